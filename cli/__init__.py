@@ -1,0 +1,1 @@
+"""The click layer of impsamp, installed as the `impsamp_cli` package."""

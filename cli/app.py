@@ -1,0 +1,78 @@
+"""The `impsamp` click group, its error handling, and options shared by the commands."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+import impsamp
+from impsamp.errors import ImpsampError
+
+
+class ImpsampGroup(click.Group):
+    """Turn library errors into one line `Error: ...` and exit 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ImpsampError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; rerun the same command to resume.", err=True)
+            ctx.exit(130)
+        except OSError as e:
+            # Disk full, permission denied, ...: name the file and what to do.
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}; check the path, its permissions and "
+                                       "free disk space, then rerun to resume") from None
+        except MemoryError:
+            raise click.ClickException("out of memory; lower --batch-size or use a smaller sample") from None
+
+
+@click.group(cls=ImpsampGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(impsamp.__version__, prog_name="impsamp")
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """Build a domain-like pretraining corpus from a generic one by clustered importance sampling.
+
+    \b
+    The pipeline (each stage writes one directory, resumable, with a manifest):
+      impsamp embed CORPUS --out runs/emb              sentence embeddings of the generic corpus
+      impsamp cluster runs/emb --out runs/clusters     faiss k-means over them (done once)
+      impsamp resample runs/emb runs/clusters --target DOMAIN_SAMPLE --out runs/sel --tokens N
+      impsamp train --data runs/sel --out runs/lm      pretrain a small LM, fine-tune, evaluate
+    Or everything at once on the bundled corpus:  impsamp demo
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def overwrite_option(f):
+    return click.option("--overwrite", is_flag=True,
+                        help="Replace an existing complete output (an interrupted one resumes without it).")(f)
+
+
+def config_option(f):
+    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                        default=None, help="TOML file; this command reads its own [section]. "
+                        "Flags override it.")(f)
+
+
+def progress_option(f):
+    return click.option("--progress/--no-progress", default=None,
+                        help="Show progress bars [default: when stderr is a terminal].")(f)
+
+
+def show_progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
+
+
+def out_option(f):
+    return click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+                        help="Output directory (created; resumed if a previous run was interrupted).")(f)

@@ -1,0 +1,74 @@
+"""`impsamp info PATH`: what a corpus or a stage directory is, with its counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from impsamp.io import corpus_summary, open_corpus
+from impsamp.manifest import MANIFEST, RUN_RECORD, describe_dir, read_manifest
+
+from .app import cli
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--text-field", default="text", show_default=True, help="Field holding the document text.")
+@click.option("--id-field", default=None, help="Field holding a document id [default: 'id' if present].")
+@click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict",
+              show_default=True, help="What to do with invalid UTF-8.")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+def info(paths, text_field, id_field, encoding_errors, as_json):
+    """Describe a corpus (files, globs, folders) or an impsamp stage directory.
+
+    \b
+    Examples:
+      impsamp info data/generic/*.jsonl.gz
+      impsamp info runs/emb
+    """
+    first = Path(paths[0])
+    if len(paths) == 1 and first.is_dir() and ((first / MANIFEST).exists() or (first / RUN_RECORD).exists()):
+        if not (first / MANIFEST).exists():
+            raise click.ClickException(f"{first} {describe_dir(first)}")
+        m = read_manifest(first)
+        facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,
+                 "inputs": {k: _short_input(v) for k, v in m.inputs.items()},
+                 "outputs": len(m.outputs), "bytes": sum(o.bytes for o in m.outputs),
+                 "created_at": m.created_at, "impsamp_version": m.impsamp_version}
+        if as_json:
+            click.echo(json.dumps(facts, indent=2, default=str))
+            return
+        click.echo(f"{first}: complete '{m.stage}' output ({facts['outputs']} files, {facts['bytes']:,} bytes), "
+                   f"made {m.created_at} by impsamp {m.impsamp_version}")
+        for key in ("config", "stats", "inputs"):
+            click.echo(f"{key}:")
+            for k, v in facts[key].items():
+                click.echo(f"  {k}: {_fmt(v)}")
+        return
+    corpus = open_corpus(list(paths), text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
+    s = corpus_summary(corpus)
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    click.echo(f"corpus: {s['files']} file(s) ({', '.join(s['formats'])}), {s['bytes']:,} bytes")
+    click.echo(f"  documents: {s['documents']:,} (of {s['rows']:,} rows; {s['skipped_empty']:,} empty skipped)")
+    click.echo(f"  characters: {s['characters']:,} (mean {s['characters'] / max(s['documents'], 1):,.0f} per document)")
+    if s["replaced_utf8"]:
+        click.echo(f"  rows with invalid UTF-8 replaced: {s['replaced_utf8']:,}")
+    for path, names in list(s["fields"].items())[:5]:
+        click.echo(f"  fields of {Path(path).name}: {', '.join(names)}")
+    if len(s["fields"]) > 5:
+        click.echo(f"  ... and {len(s['fields']) - 5} more file(s)")
+
+
+def _short_input(v):
+    if isinstance(v, dict):
+        return {k: v[k] for k in ("path", "stage", "fingerprint") if k in v} or v
+    return v
+
+
+def _fmt(v) -> str:
+    text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+    return text if len(text) <= 160 else text[:157] + "..."

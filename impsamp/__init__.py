@@ -1,0 +1,44 @@
+"""impsamp: a domain-like pretraining corpus from a generic one, by clustered importance sampling.
+
+    import impsamp
+    emb = impsamp.embed("generic/*.jsonl.gz", "runs/emb")
+    clusters = impsamp.cluster(emb, "runs/clusters", impsamp.ClusterConfig(k=1024))
+    sel = impsamp.resample(emb, clusters, "runs/sel", targets=["law.jsonl"],
+                           config=impsamp.ResampleConfig(tokens=50_000_000))
+
+Importing this package loads numpy and pyarrow only; each stage imports its heavy dependencies
+(sentence-transformers, faiss, torch) when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import ConfigError, CorpusError, ImpsampError, StageError, WeightingError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it; resolved on first use so `import impsamp` stays light
+_LAZY = {
+    "open_corpus": "io", "Corpus": "io", "corpus_summary": "io",
+    "Manifest": "manifest", "read_manifest": "manifest",
+    "embed": "embedding", "Embeddings": "embedding", "EmbedConfig": "embedding",
+    "Embedder": "embedding", "HashingEmbedder": "embedding",
+    "cluster": "clustering", "Clusters": "clustering", "ClusterConfig": "clustering",
+    "histogram": "histogram", "Histogram": "histogram",
+    "density_ratio": "weighting",
+    "resample": "resampling", "Selection": "resampling", "ResampleConfig": "resampling",
+    "demo_corpus": "datasets",
+}
+
+__all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",
+           *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'impsamp' has no attribute {name!r}")

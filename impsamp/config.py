@@ -1,0 +1,78 @@
+"""Config plumbing: frozen dataclasses per stage, one TOML file for a whole run, flags override.
+
+Each stage module defines its own `XConfig` (e.g. `impsamp.embedding.EmbedConfig`); this module
+turns a TOML section plus the flags a user typed into one of them, with errors that name the key.
+
+    [embed]
+    max_tokens = 128
+    [cluster]
+    k = 1024
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") -> T:
+    """Build `cls` from a mapping, refusing unknown keys with the list of valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+def resolve_config(cls: type[T], config_file: str | Path | None = None, section: str | None = None,
+                   **flags: Any) -> T:
+    """Defaults < the `[section]` of `config_file` < flags that are not None."""
+    data: dict[str, Any] = {}
+    source = "flags"
+    if config_file is not None:
+        doc = load_toml(config_file)
+        data = dict(doc.get(section, {})) if section else doc
+        source = f"{config_file} [{section}]" if section else str(config_file)
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+    if unknown:
+        raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")
+    return from_dict(cls, {**data, **overrides}, source=source)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def positive(name: str, value: float | int | None, *, flag: str | None = None, allow_zero: bool = False) -> None:
+    """Raise ConfigError unless `value` is > 0 (or >= 0)."""
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{flag or name} must be {bound}, got {value}")

@@ -1,0 +1,373 @@
+"""The stage contract: one output directory per stage, shards committed by rename, manifest last.
+
+A stage (embed, cluster, resample, train) writes exactly one directory:
+
+    out_dir/
+      _run.json            what this run is (stage, config, inputs): the key that lets a rerun resume
+      _shards/NNNNN.json   one completion record per committed shard (files, sizes, sha256, stats)
+      <payload files>      each written as `.name.tmp-PID`, then renamed into place
+      manifest.json        written last, atomically: "has a manifest" means "complete"
+
+A rerun with the same config and inputs skips every shard that has a record; a killed run resumes
+and ends with the same payload bytes as an uninterrupted one. A complete output is only replaced
+with `overwrite=True`, and a directory that is not an impsamp output is never deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StageError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+RUN_RECORD = "_run.json"
+SHARD_RECORDS = "_shards"
+STAGES = ("embed", "cluster", "resample", "train", "compare")
+
+
+# ----------------------------------------------------------------------------- small file helpers
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary name a file is written under before it is committed by rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_tmp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit_file(tmp: Path, final: Path) -> None:
+    """fsync `tmp` and rename it to `final` (atomic on POSIX)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable `sha256:` hash of a JSON-able object (key order does not matter)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the numeric libraries this process has imported."""
+    env = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("numpy", "pyarrow", "faiss", "torch", "sentence_transformers", "transformers",
+                 "onnxruntime", "tokenizers", "sklearn", "ray"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            env[name] = str(getattr(mod, "__version__", "unknown"))
+    return env
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One output file of a stage, relative to the stage directory."""
+
+    path: str
+    bytes: int
+    sha256: str
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a complete stage directory holds and how it was made."""
+
+    stage: str
+    impsamp_version: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: list[FileRef]
+    stats: dict[str, Any]
+    env: dict[str, str]
+    created_at: str
+    fingerprint: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        d = dict(d)
+        d["outputs"] = [FileRef(**o) for o in d.get("outputs", [])]
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def output(self, path: str) -> FileRef:
+        for ref in self.outputs:
+            if ref.path == path:
+                return ref
+        raise KeyError(path)
+
+
+def describe_dir(path: Path) -> str:
+    """What `path` looks like, for error messages."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a stage directory"
+    if (path / MANIFEST).exists():
+        try:
+            stage = json.loads((path / MANIFEST).read_text())["stage"]
+        except (ValueError, KeyError, OSError):
+            return "has an unreadable manifest.json"
+        return f"is a complete '{stage}' output"
+    if (path / RUN_RECORD).exists():
+        try:
+            stage = json.loads((path / RUN_RECORD).read_text())["stage"]
+        except (ValueError, KeyError, OSError):
+            stage = "?"
+        n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
+        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted): "
+                f"rerun the same `impsamp {stage}` command to resume it")
+    return "is not an impsamp output (no manifest.json)"
+
+
+def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | None = None,
+                  check_sizes: bool = True) -> Manifest:
+    """Load the manifest of a complete stage directory, checking its stage and its files.
+
+    Raises:
+        StageError: the directory is missing, incomplete, corrupt or of another stage.
+    """
+    path = Path(path)
+    expected = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
+    want = f"; expected a '{'/'.join(expected)}' output (from `impsamp {expected[0]}`)" if expected else ""
+    if not (path / MANIFEST).is_file():
+        raise StageError(f"{path} {describe_dir(path)}{want}")
+    try:
+        manifest = Manifest.from_dict(json.loads((path / MANIFEST).read_text()))
+    except (ValueError, TypeError, KeyError) as e:
+        raise StageError(f"{path / MANIFEST} is corrupt ({e}); rerun the stage with --overwrite") from e
+    if expected and manifest.stage not in expected:
+        raise StageError(f"{path} is a '{manifest.stage}' output{want}")
+    if check_sizes:
+        for ref in manifest.outputs:
+            f = path / ref.path
+            size = f.stat().st_size if f.exists() else None
+            if size != ref.bytes:
+                found = "is missing" if size is None else f"has {size} bytes, the manifest says {ref.bytes}"
+                raise StageError(f"{f} {found}: the stage output is damaged; rerun it with --overwrite")
+    return manifest
+
+
+def verify_outputs(path: str | Path, manifest: Manifest) -> None:
+    """Check every output file against its sha256 (slow on big outputs)."""
+    for ref in manifest.outputs:
+        if sha256_file(Path(path) / ref.path) != ref.sha256:
+            raise StageError(f"{Path(path) / ref.path} does not match its sha256 in the manifest: "
+                             "the file was changed or damaged; rerun the stage with --overwrite")
+
+
+# ----------------------------------------------------------------------------- a stage being built
+
+
+@dataclass
+class StageRun:
+    """An output directory being built by one stage: shard commits, resume, manifest last.
+
+    Use as:
+
+        run = StageRun(out_dir, "embed", config=asdict(cfg), inputs={...}, overwrite=False).begin()
+        for shard in shards:
+            if run.is_done(shard.name):
+                continue
+            tmp = run.tmp_path("vectors-00000.npy"); ...write...
+            run.commit_shard(shard.name, {"vectors-00000.npy": tmp}, stats={...})
+        manifest = run.finish(stats={...})
+    """
+
+    out_dir: Path
+    stage: str
+    config: dict[str, Any]
+    inputs: dict[str, Any]
+    overwrite: bool = False
+    version: str = ""
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if not self.version:
+            from . import __version__
+
+            self.version = __version__
+        self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
+                                "version": self.version})
+
+    @property
+    def records_dir(self) -> Path:
+        return self.out_dir / SHARD_RECORDS
+
+    def begin(self) -> StageRun:
+        """Create (or reopen for resume) the output directory; refuse to clobber what is not ours."""
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise StageError(f"{out} exists and is a file; choose another output directory")
+        if out.exists() and any(out.iterdir()):
+            self._reuse_existing(out)
+        try:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            if not (out / RUN_RECORD).exists():
+                atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key,
+                                                     "config": self.config, "inputs": self.inputs})
+        except OSError as e:
+            raise StageError(f"cannot write to {out}: {e.strerror or e}; choose a writable output "
+                             "directory with free space") from e
+        return self
+
+    def _reuse_existing(self, out: Path) -> None:
+        if (out / MANIFEST).exists():
+            if not self.overwrite:
+                raise StageError(f"{out} already holds a complete output; pass --overwrite to replace it "
+                                 "or choose another output directory")
+            self._wipe(out)
+            return
+        if (out / RUN_RECORD).exists():
+            try:
+                run = json.loads((out / RUN_RECORD).read_text())
+            except ValueError:
+                run = {}
+            if run.get("key") == self.key:
+                logger.info("resuming the interrupted run in %s", out)
+                return
+            if not self.overwrite:
+                raise StageError(f"{out} holds an interrupted '{run.get('stage', '?')}' run with other "
+                                 "settings or inputs; rerun it with the same ones to resume, or pass "
+                                 "--overwrite to start over")
+            self._wipe(out)
+            return
+        raise StageError(f"{out} is not empty and is not an impsamp output; refusing to write into it "
+                         "(choose a new or empty output directory)")
+
+    @staticmethod
+    def _wipe(out: Path) -> None:
+        # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
+        (out / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(out)
+
+    # ---- shards
+
+    def tmp_path(self, name: str) -> Path:
+        """Where to write the payload file `name` before `commit_shard` renames it into place."""
+        final = self.out_dir / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return tmp_name(final)
+
+    def is_done(self, shard: str) -> bool:
+        return (self.records_dir / f"{shard}.json").exists()
+
+    def shard_record(self, shard: str) -> dict[str, Any]:
+        return json.loads((self.records_dir / f"{shard}.json").read_text())
+
+    def commit_shard(self, shard: str, files: Mapping[str, Path], stats: Mapping[str, Any] | None = None,
+                     rows: Mapping[str, int] | None = None) -> dict[str, Any]:
+        """Rename each temp file to its final name, then write the shard's completion record."""
+        refs = []
+        for name, tmp in sorted(files.items()):
+            final = self.out_dir / name
+            commit_file(Path(tmp), final)
+            refs.append(asdict(FileRef(name, final.stat().st_size, sha256_file(final),
+                                       (rows or {}).get(name))))
+        record = {"shard": shard, "files": refs, "stats": dict(stats or {})}
+        atomic_write_json(self.records_dir / f"{shard}.json", record)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+
+    # ---- finish
+
+    def finish(self, stats: Mapping[str, Any], extra_files: Mapping[str, Path] | None = None,
+               rows: Mapping[str, int] | None = None) -> Manifest:
+        """Commit whole-stage files, then write manifest.json last and remove the run bookkeeping."""
+        outputs = [FileRef(**ref) for rec in self.records() for ref in rec["files"]]
+        for name, tmp in sorted((extra_files or {}).items()):
+            final = self.out_dir / name
+            if Path(tmp) != final:
+                commit_file(Path(tmp), final)
+            outputs.append(FileRef(name, final.stat().st_size, sha256_file(final), (rows or {}).get(name)))
+        outputs.sort(key=lambda r: r.path)
+        manifest = Manifest(
+            stage=self.stage, impsamp_version=self.version, config=self.config, inputs=self.inputs,
+            outputs=outputs, stats={**stats, "seconds": round(time.time() - self.started, 3)},
+            env=library_versions(),
+            created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            fingerprint=self.key,
+        )
+        atomic_write_json(self.out_dir / MANIFEST, manifest.to_dict())
+        self.cleanup()
+        return manifest
+
+    def cleanup(self) -> None:
+        """Remove run bookkeeping and temp residue (after the manifest is written)."""
+        shutil.rmtree(self.records_dir, ignore_errors=True)
+        (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
+        for p in self.out_dir.rglob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
+def iter_stage_files(path: Path) -> Iterator[Path]:
+    """Payload files of a stage directory (no bookkeeping, no temp residue)."""
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(is_tmp_name(part) or part in (SHARD_RECORDS, RUN_RECORD)
+                                   for part in rel.parts):
+            yield p

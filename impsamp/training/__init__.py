@@ -1,0 +1,1 @@
+"""The bundled small-LM trainer: pretrain, fine-tune, evaluate (imports torch)."""
