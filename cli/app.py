@@ -20,7 +20,7 @@ class ImpsampGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ImpsampError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_one_line(str(e))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun the same command to resume.", err=True)
             ctx.exit(130)
@@ -51,6 +51,11 @@ def cli(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _one_line(message: str) -> str:
+    """Errors print as one line: a multi-line library message is joined with '; '."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip()) or "unknown error"
 
 
 def overwrite_option(f):

@@ -29,7 +29,7 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
       impsamp info runs/emb
     """
     first = Path(paths[0])
-    if len(paths) == 1 and first.is_dir() and ((first / MANIFEST).exists() or (first / RUN_RECORD).exists()):
+    if len(paths) == 1 and first.is_dir() and _is_stage_dir(first):
         if not (first / MANIFEST).exists():
             raise click.ClickException(f"{first} {describe_dir(first)}")
         m = read_manifest(first)
@@ -55,12 +55,29 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
     click.echo(f"corpus: {s['files']} file(s) ({', '.join(s['formats'])}), {s['bytes']:,} bytes")
     click.echo(f"  documents: {s['documents']:,} (of {s['rows']:,} rows; {s['skipped_empty']:,} empty skipped)")
     click.echo(f"  characters: {s['characters']:,} (mean {s['characters'] / max(s['documents'], 1):,.0f} per document)")
+    if s["documents"] == 0:
+        click.echo(f"  warning: no documents: all {s['rows']:,} rows are empty or whitespace; "
+                   "check --text-field")
     if s["replaced_utf8"]:
         click.echo(f"  rows with invalid UTF-8 replaced: {s['replaced_utf8']:,}")
     for path, names in list(s["fields"].items())[:5]:
         click.echo(f"  fields of {Path(path).name}: {', '.join(names)}")
     if len(s["fields"]) > 5:
         click.echo(f"  ... and {len(s['fields']) - 5} more file(s)")
+
+
+def _is_stage_dir(path: Path) -> bool:
+    """An impsamp stage directory (complete or interrupted), not a folder that happens to hold a
+    manifest.json of another tool."""
+    if (path / RUN_RECORD).exists():
+        return True
+    if not (path / MANIFEST).is_file():
+        return False
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return True  # a damaged manifest: read_manifest says so
+    return isinstance(m, dict) and "stage" in m
 
 
 def _short_input(v):

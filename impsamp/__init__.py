@@ -26,7 +26,7 @@ _LAZY = {
     "embed": "embedding", "Embeddings": "embedding", "EmbedConfig": "embedding",
     "Embedder": "embedding", "HashingEmbedder": "embedding",
     "cluster": "clustering", "Clusters": "clustering", "ClusterConfig": "clustering",
-    "histogram": "histogram", "Histogram": "histogram",
+    "histogram": "histograms", "Histogram": "histograms",
     "density_ratio": "weighting",
     "resample": "resampling", "Selection": "resampling", "ResampleConfig": "resampling",
     "demo_corpus": "datasets",

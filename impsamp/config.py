@@ -41,9 +41,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         import tomli as tomllib
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8 whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
@@ -55,8 +57,12 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     source = "flags"
     if config_file is not None:
         doc = load_toml(config_file)
-        data = dict(doc.get(section, {})) if section else doc
         source = f"{config_file} [{section}]" if section else str(config_file)
+        data = doc.get(section, {}) if section else doc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config_file}: '{section}' must be a table ([{section}] with keys under "
+                              f"it), got {type(data).__name__}")
+        data = dict(data)
     overrides = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
@@ -65,8 +71,19 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config as plain JSON-able data (tuples become lists)."""
-    return dataclasses.asdict(cfg)
+    """A config as plain JSON-able data (tuples become lists, paths strings), equal to what a
+    manifest gives back after a JSON round trip."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
 
 
 def positive(name: str, value: float | int | None, *, flag: str | None = None, allow_zero: bool = False) -> None:

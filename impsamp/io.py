@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +74,55 @@ def _expand(spec: str | Path) -> list[Path]:
         if detect_format(path) is None:
             raise CorpusError(f"{path}: unsupported file type; impsamp reads {SUPPORTED}")
         return [path]
+    return _expand_dir(path)
+
+
+def _expand_dir(path: Path, _nested: bool = False) -> list[Path]:
+    """Corpus files under a folder, in sorted path order; HF dataset subfolders give their data files."""
     if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        except (ValueError, AttributeError, OSError):
+            splits = []
         raise CorpusError(f"{path} is a `datasets` DatasetDict; name one split's folder instead "
                           f"(splits: {splits}), e.g. {path / (splits[0] if splits else 'train')}")
+    # A stage directory is not a corpus, except a complete `resample` output (a `datasets` folder).
+    if _is_impsamp_output(path) and not ((path / "manifest.json").is_file() and _is_hf_dataset_dir(path)):
+        from .manifest import describe_dir
+
+        raise CorpusError(f"{path} {describe_dir(path)}, not a corpus; give the corpus files it was made "
+                          "from (only a `resample` output can be read as a corpus)")
     if _is_hf_dataset_dir(path):
-        files = json.loads((path / "state.json").read_text()).get("_data_files", [])
-        return [path / f["filename"] for f in files]
-    if (path / "manifest.json").is_file() and (path / "state.json").is_file():
-        return _expand(path)
-    found = sorted(p for p in path.rglob("*") if p.is_file() and detect_format(p)
-                   and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
-    if not found:
+        try:
+            files = json.loads((path / "state.json").read_text())["_data_files"]
+            return [path / f["filename"] for f in files]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CorpusError(f"{path / 'state.json'} is not a readable `datasets` state file ({_short(e)}); "
+                              "save the dataset again with `save_to_disk`") from None
+    found: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith((".", "_")):
+            continue  # hidden files, temp residue, bookkeeping
+        if p.is_dir():
+            found += _expand_dir(p, _nested=True)
+        elif p.is_file() and detect_format(p):
+            found.append(p)
+    if not found and not _nested:
         raise CorpusError(f"{path}: the folder holds no corpus file; impsamp reads {SUPPORTED}")
     return found
+
+
+def _is_impsamp_output(path: Path) -> bool:
+    """A stage directory (complete or interrupted), recognised by its manifest or its run record."""
+    from .manifest import MANIFEST, RUN_RECORD
+
+    if (path / RUN_RECORD).is_file():
+        return True
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "stage" in m and "impsamp_version" in m
 
 
 def _file_digest(path: Path, size: int, sample: int = 1 << 20) -> str:
@@ -119,6 +154,9 @@ class CorpusFile:
     """Global document index of this file's first row."""
     line_offsets: tuple[tuple[int, int], ...] = ()
     """(row, byte offset) checkpoints for plain JSONL, so a shard can seek to its first row."""
+    id_prefix: str = ""
+    """FILE in the `FILE:ROW` ids of documents without an id: the file name, or its path below the
+    corpus's common folder when two files share a name (e.g. two `data-00000-of-00001.arrow`)."""
 
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "rows": self.rows, "bytes": self.bytes,
@@ -253,10 +291,19 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
             f = _describe_file(p.resolve(), offset, text_field, id_field)
             files.append(f)
             offset += f.rows
+    files = _with_id_prefixes(files)
     corpus = Corpus(files, text_field, id_field, encoding_errors)
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
     return corpus
+
+
+def _with_id_prefixes(files: list[CorpusFile]) -> list[CorpusFile]:
+    names = [Path(f.path).name for f in files]
+    if len(set(names)) < len(names):
+        root = os.path.commonpath([str(Path(f.path).parent) for f in files])
+        names = [Path(os.path.relpath(f.path, root)).as_posix() for f in files]
+    return [replace(f, id_prefix=n) for f, n in zip(files, names)]
 
 
 def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
@@ -268,6 +315,9 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
     except CorpusError as e:
         raise CorpusError(f"cannot reopen the corpus recorded in the manifest: {e}") from e
     if check:
+        if len(spec["files"]) != len(corpus.files):
+            raise CorpusError(f"the corpus recorded in the manifest had {len(spec['files'])} file(s); "
+                              f"{len(corpus.files)} are found now; embed it again")
         for old, new in zip(spec["files"], corpus.files):
             if (old["bytes"], old["digest"], old["rows"]) != (new.bytes, new.digest, new.rows):
                 raise CorpusError(f"{new.path} changed since it was embedded (was {old['bytes']} bytes / "
@@ -290,7 +340,7 @@ def _describe_file(path: Path, offset: int, text_field: str, id_field: str | Non
             checkpoints = ()
     except CorpusError:
         raise
-    except (OSError, pa.ArrowException, EOFError, ValueError) as e:
+    except (OSError, pa.ArrowException, EOFError, ValueError, _zstd_error()) as e:
         raise CorpusError(f"{path}: cannot read it as {fmt} ({_short(e)}); is the file complete?") from e
     return CorpusFile(str(path), fmt, rows, size, _file_digest(path, size), offset, checkpoints)
 
@@ -318,9 +368,54 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     if name.endswith((".zst", ".zstd")):
         from ._deps import require
 
-        zstd = require("zstandard")
-        return io.BufferedReader(zstd.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdRaw(path, require("zstandard")), buffer_size=1 << 20)
     return open(path, "rb")
+
+
+class _ZstdRaw(io.RawIOBase):
+    """A zstd file as a raw stream: reads every frame, and a file cut mid-frame raises EOFError.
+
+    (`ZstdDecompressor.stream_reader` returns a silent EOF on a truncated file, which would drop
+    documents without a word, and before zstandard 0.23 it also stopped after the first frame.)
+    """
+
+    def __init__(self, path: Path, zstd: Any):
+        self._fh = open(path, "rb")
+        self._dctx = zstd.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = self._fh.read(1 << 18)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd file ended in the middle of a frame")
+                return 0
+            self._buf = memoryview(self._feed(chunk))
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._obj.decompress(data))
+            self._in_frame = not self._obj.eof
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data  # the next frame, if any
+            self._obj = self._dctx.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 _CHECKPOINT_EVERY = 4096
@@ -357,25 +452,42 @@ def _read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: in
         if r <= start:
             row, seek = r, off
     builder = _BatchBuilder(f, file_i, batch_rows)
-    with _open_binary(path) as fh:
-        if seek:
-            fh.seek(seek)
-        for raw in fh:
-            if row >= stop:
-                break
-            if row >= start:
-                text, doc_id = _parse_json_line(corpus, path, row, raw, stats)
-                if text is not None:
-                    if (batch := builder.add(row, doc_id, text)) is not None:
-                        yield batch
-            row += 1
+    try:
+        with _open_binary(path) as fh:
+            if seek:
+                fh.seek(seek)
+            for raw in fh:
+                if row >= stop:
+                    break
+                if row >= start:
+                    text, doc_id = _parse_json_line(corpus, path, row, raw, stats)
+                    if text is not None:
+                        if (batch := builder.add(row, doc_id, text)) is not None:
+                            yield batch
+                row += 1
+    except (OSError, EOFError, _zstd_error()) as e:
+        raise CorpusError(f"{path} line {row + 1}: cannot read it as jsonl ({_short(e)}); "
+                          "is the file complete?") from None
+    if row < stop:
+        raise CorpusError(f"{path}: has {row} lines, {f.rows} when the corpus was opened; "
+                          "the file changed while it was being read")
     if (batch := builder.flush()) is not None:
         yield batch
+
+
+def _zstd_error() -> type[BaseException]:
+    """zstandard's error class (a plain Exception subclass), or a stand-in when it is not installed."""
+    import sys
+
+    mod = sys.modules.get("zstandard")
+    return getattr(mod, "ZstdError", EOFError) if mod is not None else EOFError
 
 
 def _parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: ReadStats
                      ) -> tuple[str | None, str | None]:
     line_no = row + 1
+    if row == 0 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte order mark
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -390,29 +502,51 @@ def _parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: Re
     try:
         obj = json.loads(line)
     except ValueError as e:
+        if not raw.endswith(b"\n"):  # the last line, with no newline: most likely a cut file
+            raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}) on the last line, which has no "
+                              "newline: is the file complete?") from None
         raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}); fix or remove the line") from None
     if not isinstance(obj, dict):
-        raise CorpusError(f"{path} line {line_no}: expected a JSON object, got {type(obj).__name__}")
+        raise CorpusError(f"{path} line {line_no}: expected a JSON object, got {type(obj).__name__}; "
+                          "impsamp reads JSON Lines (one object per line), not a JSON array")
     _check_fields(path, list(obj), corpus.text_field, corpus.id_field, where=f" line {line_no}")
     text = obj[corpus.text_field]
     if text is None:
         stats.skipped_empty += 1
         return None, None
     if not isinstance(text, str):
-        raise CorpusError(f"{path} line {line_no}: field '{corpus.text_field}' is a "
-                          f"{type(text).__name__}, not a string; pass --text-field with a text field")
+        kind = {"int": "an int", "float": "a float", "bool": "a boolean", "list": "a list",
+                "dict": "an object"}.get(type(text).__name__, type(text).__name__)
+        raise CorpusError(f"{path} line {line_no}: field '{corpus.text_field}' is {kind}, not a string; "
+                          "pass --text-field with a text field")
     if not text.strip():
         stats.skipped_empty += 1
         return None, None
     id_field = corpus.id_field or ("id" if "id" in obj else None)
     doc_id = str(obj[id_field]) if id_field and obj.get(id_field) is not None else None
+    if b"\\u" in raw:  # a \uD800-\uDFFF escape can decode to a lone surrogate, which is not text
+        text = _no_surrogates(corpus, path, line_no, text, stats)
+        doc_id = None if doc_id is None else _no_surrogates(corpus, path, line_no, doc_id, ReadStats())
     return text, doc_id
+
+
+def _no_surrogates(corpus: Corpus, path: Path, line_no: int, text: str, stats: ReadStats) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        if corpus.encoding_errors != "replace":
+            raise CorpusError(f"{path} line {line_no}: a \\u escape encodes a lone surrogate (invalid "
+                              "UTF-16, e.g. a cut emoji); fix the file or pass --encoding-errors replace"
+                              ) from None
+        stats.replaced_utf8 += 1
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 class _BatchBuilder:
     def __init__(self, f: CorpusFile, file_i: int, batch_rows: int):
         self.f, self.file_i, self.batch_rows = f, file_i, batch_rows
-        self.prefix = Path(f.path).name
+        self.prefix = f.id_prefix or Path(f.path).name
         self.rows: list[int] = []
         self.ids: list[str] = []
         self.texts: list[str] = []
@@ -439,7 +573,23 @@ class _BatchBuilder:
 
 def _arrow_kind(path: Path) -> str:
     with open(path, "rb") as fh:
-        return "file" if fh.read(6) == b"ARROW1" else "stream"
+        magic = fh.read(6)
+    if magic[:4] == b"FEA1":
+        raise CorpusError(f"{path}: a Feather V1 file, which impsamp does not read; convert it with "
+                          "pyarrow.feather.write_feather(pyarrow.feather.read_table(PATH), NEW_PATH)")
+    return "file" if magic == b"ARROW1" else "stream"
+
+
+def _arrow_schema(path: Path, fmt: str) -> pa.Schema:
+    """The schema alone (cheap: no pass over the rows)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).schema_arrow
+    with pa.memory_map(str(path)) as src:
+        if _arrow_kind(path) == "file":
+            return pa.ipc.open_file(src).schema
+        return pa.ipc.open_stream(src).schema
 
 
 def _arrow_schema_rows(path: Path, fmt: str) -> tuple[pa.Schema, int]:
@@ -469,8 +619,11 @@ def _arrow_batches(path: Path, fmt: str, columns: list[str], start: int, stop: i
             n = pf.metadata.row_group(rg).num_rows
             if row + n > start and row < stop:
                 for b in pf.iter_batches(row_groups=[rg], columns=columns, batch_size=BATCH_ROWS):
-                    yield row, b
+                    if row + b.num_rows > start and row < stop:
+                        yield row, b
                     row += b.num_rows
+                    if row >= stop:
+                        return
             else:
                 row += n
             if row >= stop:
@@ -502,11 +655,11 @@ _read_arrow = _read_parquet
 def _read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int, batch_rows: int,
                    stats: ReadStats) -> Iterator[pa.RecordBatch]:
     path = Path(f.path)
-    schema, _ = _arrow_schema_rows(path, f.format) if f.format == "arrow" else (None, 0)
-    if schema is None:
-        import pyarrow.parquet as pq
-
-        schema = pq.ParquetFile(path).schema_arrow
+    try:
+        schema = _arrow_schema(path, f.format)
+    except (OSError, pa.ArrowException) as e:
+        raise CorpusError(f"{path}: cannot read it as {f.format} ({_short(e)}); "
+                          "is the file complete?") from None
     id_field = corpus.id_field or ("id" if "id" in schema.names else None)
     columns = [corpus.text_field] + ([id_field] if id_field and id_field != corpus.text_field else [])
     text_type = schema.field(corpus.text_field).type
@@ -518,12 +671,16 @@ def _read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop:
     try:
         for first, batch in _arrow_batches(path, f.format, columns, start, stop):
             lo, hi = max(start - first, 0), min(stop - first, batch.num_rows)
-            texts = batch.column(0).slice(lo, hi - lo).to_pylist()
-            ids = batch.column(1).slice(lo, hi - lo).to_pylist() if len(columns) > 1 else [None] * (hi - lo)
+            if hi <= lo:
+                continue
+            texts = _to_pylist(batch.column(0).slice(lo, hi - lo))
+            ids = _to_pylist(batch.column(1).slice(lo, hi - lo)) if len(columns) > 1 else [None] * (hi - lo)
             for j, (text, doc_id) in enumerate(zip(texts, ids)):
                 row = first + lo + j
                 if isinstance(text, bytes):
                     text = _decode(corpus, path, row, text, stats)
+                if isinstance(doc_id, bytes):
+                    doc_id = _decode(corpus, path, row, doc_id, ReadStats())
                 if text is None or not text.strip():
                     stats.skipped_empty += 1
                     continue
@@ -534,6 +691,15 @@ def _read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop:
         raise CorpusError(f"{path}: cannot read it as {f.format} ({_short(e)}); is the file complete?") from e
     if (batch := builder.flush()) is not None:
         yield batch
+
+
+def _to_pylist(col: pa.Array) -> list[Any]:
+    """Python values of a column; a string column holding invalid UTF-8 comes back as bytes."""
+    try:
+        return col.to_pylist()
+    except UnicodeDecodeError:
+        binary = pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary()
+        return col.view(binary).to_pylist()
 
 
 def _decode(corpus: Corpus, path: Path, row: int, raw: bytes, stats: ReadStats) -> str:

@@ -219,6 +219,16 @@ def verify_outputs(path: str | Path, manifest: Manifest) -> None:
 
 # ----------------------------------------------------------------------------- a stage being built
 
+TEST_SLOW_SHARD_ENV = "IMPSAMP_TEST_SLOW_SHARD"
+
+
+def _test_pause() -> None:
+    """Test-only hook: IMPSAMP_TEST_SLOW_SHARD=SECONDS sleeps after every committed shard, so the
+    crash tests can SIGKILL a stage between (or, with the rename in flight, during) shard commits."""
+    if delay := os.environ.get(TEST_SLOW_SHARD_ENV):
+        time.sleep(float(delay))
+
+
 
 @dataclass
 class StageRun:
@@ -261,30 +271,33 @@ class StageRun:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise StageError(f"{out} exists and is a file; choose another output directory")
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and not _only_residue(out):
             self._reuse_existing(out)
         try:
-            self.records_dir.mkdir(parents=True, exist_ok=True)
+            # The run record first: a run killed right after it is resumable, one killed before it
+            # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
+            out.mkdir(parents=True, exist_ok=True)
             if not (out / RUN_RECORD).exists():
                 atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key,
                                                      "config": self.config, "inputs": self.inputs})
+            self.records_dir.mkdir(exist_ok=True)
         except OSError as e:
             raise StageError(f"cannot write to {out}: {e.strerror or e}; choose a writable output "
                              "directory with free space") from e
         return self
 
     def _reuse_existing(self, out: Path) -> None:
-        if (out / MANIFEST).exists():
+        # Only a manifest or run record that impsamp wrote makes a directory ours: another tool's
+        # manifest.json must not let --overwrite delete that tool's output.
+        manifest = _read_json_dict(out / MANIFEST)
+        if manifest is not None and {"stage", "impsamp_version", "outputs"} <= set(manifest):
             if not self.overwrite:
-                raise StageError(f"{out} already holds a complete output; pass --overwrite to replace it "
-                                 "or choose another output directory")
+                raise StageError(f"{out} already holds a complete '{manifest['stage']}' output; pass "
+                                 "--overwrite to replace it or choose another output directory")
             self._wipe(out)
             return
-        if (out / RUN_RECORD).exists():
-            try:
-                run = json.loads((out / RUN_RECORD).read_text())
-            except ValueError:
-                run = {}
+        run = _read_json_dict(out / RUN_RECORD)
+        if not (out / MANIFEST).exists() and run is not None and {"stage", "key"} <= set(run):
             if run.get("key") == self.key:
                 logger.info("resuming the interrupted run in %s", out)
                 return
@@ -318,16 +331,21 @@ class StageRun:
         return json.loads((self.records_dir / f"{shard}.json").read_text())
 
     def commit_shard(self, shard: str, files: Mapping[str, Path], stats: Mapping[str, Any] | None = None,
-                     rows: Mapping[str, int] | None = None) -> dict[str, Any]:
-        """Rename each temp file to its final name, then write the shard's completion record."""
+                     rows: Mapping[str, int] | None = None, *, intermediate: bool = False) -> dict[str, Any]:
+        """Rename each temp file to its final name, then write the shard's completion record.
+
+        `intermediate` files (e.g. spill files of a two-pass shuffle) are kept for resume but are
+        not outputs: `finish` deletes them and leaves them out of the manifest.
+        """
         refs = []
         for name, tmp in sorted(files.items()):
             final = self.out_dir / name
             commit_file(Path(tmp), final)
             refs.append(asdict(FileRef(name, final.stat().st_size, sha256_file(final),
                                        (rows or {}).get(name))))
-        record = {"shard": shard, "files": refs, "stats": dict(stats or {})}
+        record = {"shard": shard, "files": refs, "stats": dict(stats or {}), "intermediate": intermediate}
         atomic_write_json(self.records_dir / f"{shard}.json", record)
+        _test_pause()
         return record
 
     def records(self) -> list[dict[str, Any]]:
@@ -338,7 +356,12 @@ class StageRun:
     def finish(self, stats: Mapping[str, Any], extra_files: Mapping[str, Path] | None = None,
                rows: Mapping[str, int] | None = None) -> Manifest:
         """Commit whole-stage files, then write manifest.json last and remove the run bookkeeping."""
-        outputs = [FileRef(**ref) for rec in self.records() for ref in rec["files"]]
+        records = self.records()
+        for rec in records:
+            if rec.get("intermediate"):
+                for ref in rec["files"]:
+                    (self.out_dir / ref["path"]).unlink(missing_ok=True)
+        outputs = [FileRef(**ref) for rec in records if not rec.get("intermediate") for ref in rec["files"]]
         for name, tmp in sorted((extra_files or {}).items()):
             final = self.out_dir / name
             if Path(tmp) != final:
@@ -362,6 +385,29 @@ class StageRun:
         (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
         for p in self.out_dir.rglob(".*.tmp-*"):
             p.unlink(missing_ok=True)
+        # folders emptied by removing intermediate files (e.g. resample's _spill/)
+        for d in sorted((p for p in self.out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(d.iterdir()):
+                d.rmdir()
+
+
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _only_residue(out: Path) -> bool:
+    """True when `out` holds nothing but temp files and an empty `_shards/` (a run killed at its start)."""
+    for p in out.iterdir():
+        if is_tmp_name(p.name) and p.is_file():
+            continue
+        if p.name == SHARD_RECORDS and p.is_dir() and not any(p.iterdir()):
+            continue
+        return False
+    return True
 
 
 def iter_stage_files(path: Path) -> Iterator[Path]:

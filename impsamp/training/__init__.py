@@ -1,1 +1,38 @@
-"""The bundled small-LM trainer: pretrain, fine-tune, evaluate (imports torch)."""
+"""The bundled small-LM trainer: pretrain, fine-tune, evaluate, export (imports torch when used).
+
+    from impsamp.training import TrainConfig, train, evaluate
+    run = train(["runs/sel"], "runs/lm", TrainConfig(preset="tiny", steps=300),
+                finetune=["law.jsonl"], eval=["law-eval.jsonl"])
+    run.metrics["finetuned"]["macro_ppl"]
+    evaluate("runs/lm", ["law-eval.jsonl"])            # same shape as run.metrics["pretrained"]
+    export("runs/lm", "hf/lm")                         # a transformers LlamaForCausalLM folder
+
+Modules: config (TrainConfig, presets; no torch), model (the Llama-style GPT), tokenizer (BPE),
+data (token memmaps, batches), checkpoint (safetensors), runtime (device, DDP, memory),
+loop (train, TrainRun), evaluation (ppl, bits per byte), hf (export to transformers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import PRESETS, ModelConfig, TokenizerError, TrainConfig, TrainError
+
+_LAZY = {
+    "train": "loop", "TrainRun": "loop",
+    "evaluate": "evaluation",
+    "train_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+    "export": "hf",
+    "GPT": "model",
+}
+
+__all__ = ["PRESETS", "ModelConfig", "TokenizerError", "TrainConfig", "TrainError", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'impsamp.training' has no attribute {name!r}")

@@ -1,0 +1,71 @@
+"""`impsamp resample`: draw a domain-like selection from the clustered generic corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from impsamp.config import resolve_config
+from impsamp.resampling import FORMATS, METHODS, SCHEMES, ResampleConfig, command_line, resample as _resample
+
+from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+
+
+@cli.command()
+@click.argument("embeddings_dir", type=click.Path(path_type=Path))
+@click.argument("clusters_dir", type=click.Path(path_type=Path))
+@click.option("--target", "targets", multiple=True, metavar="TARGET[:WEIGHT]",
+              help="In-domain sample: a corpus file/folder/glob, its `impsamp embed` output, or a saved "
+                   "histogram (.json). Repeat for a mixture, e.g. --target law.jsonl:0.7 --target med.jsonl:0.3.")
+@out_option
+@click.option("--tokens", type=int, default=None, help="Budget in tokens (counted at embed time).")
+@click.option("--docs", type=int, default=None, help="Budget in documents (windows with embed --windows).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help=f"Selector [default: {ResampleConfig.method}]; uniform is the random-sample baseline.")
+@click.option("--scheme", type=click.Choice(SCHEMES), default=None,
+              help=f"match: histogram matches the target, with replacement; crisp: cluster then document; "
+                   f"topk: without replacement [default: {ResampleConfig.scheme}].")
+@click.option("--weighting", default=None, metavar="NAME|MODULE:FUNCTION",
+              help="Cluster weights: ratio, uniform, or your own function (target_hist, generic_hist) -> "
+                   "weights [default: ratio].")
+@click.option("--smoothing", type=float, default=None, help="Laplace pseudo-documents per target cluster [default: 1].")
+@click.option("--temperature", type=float, default=None, help="Exponent on the density ratio [default: 1].")
+@click.option("--cap", type=float, default=None, help="Largest weight, as a multiple of the mean weight.")
+@click.option("--backoff", type=float, default=None,
+              help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
+@click.option("--max-repeat", type=int, default=None, help="match: most times a document may be drawn.")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="arrow (datasets.load_from_disk), parquet or jsonl [default: arrow].")
+@click.option("--rows-per-shard", type=int, default=None, help="Rows per output shard [default: 100000].")
+@click.option("--text-field", default=None, help="Text field of target corpora [default: text].")
+@click.option("--id-field", default=None, help="Id field of target corpora.")
+@config_option
+@overwrite_option
+@progress_option
+def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, docs, method, scheme, weighting, smoothing,
+             temperature, cap, backoff, max_repeat, seed, fmt, rows_per_shard, text_field, id_field,
+             config_file, overwrite, progress):
+    """Resample the generic corpus so its cluster histogram imitates the target's.
+
+    EMBEDDINGS_DIR is the generic corpus's `impsamp embed` output and CLUSTERS_DIR the
+    `impsamp cluster` output fitted on it; the text is read from the corpus they record (checked
+    to be unchanged). Writes shards in the `datasets.save_to_disk` layout, histograms, a plot and
+    a README.md data card.
+
+    \b
+    Example:
+      impsamp resample runs/emb runs/clusters --target law_sample.jsonl --out runs/law --tokens 50000000
+    """
+    cfg = resolve_config(ResampleConfig, config_file, "resample", tokens=tokens, docs=docs, method=method,
+                         scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
+                         backoff=backoff, max_repeat=max_repeat, seed=seed, format=fmt,
+                         rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
+    sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
+                    progress=show_progress(progress), command=command_line())
+    s = sel.stats
+    click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['unique_documents']:,} unique documents, "
+               f"repetition {s['repetition_rate']:.1%}) -> {out_dir}")
+    click.echo(f"KL(target||generic) {s['kl_target_generic']:.3f} -> KL(target||selected) "
+               f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}")

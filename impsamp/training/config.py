@@ -1,0 +1,179 @@
+"""TrainConfig, the model presets and ModelConfig (no torch import: the CLI and `compare` use these).
+
+    cfg = TrainConfig(preset="tiny", steps=300, seed=0)
+    cfg.model_config(vocab_size=4096)   # -> ModelConfig(n_layer=4, n_embd=256, ...)
+
+Presets (Llama architecture: RMSNorm, RoPE, SwiGLU, no biases, tied embeddings). The paper's
+models use a GELU MLP of 4x the width; here its MLP size is the hidden size of the gated MLP, so
+`slm-126m` has ~150M and `llm-771m` ~980M parameters with a 32k vocabulary (3 matrices per MLP
+instead of 2). Every field can be overridden (`n_layer`, `n_embd`, `n_head`, `mlp_hidden`,
+`block_size`, `vocab_size`, `batch_size`, `lr`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ..config import positive
+from ..errors import ConfigError, ImpsampError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~4.5M parameters; a few hundred steps of 16 x 256 tokens in minutes on 2 CPU cores.
+    "tiny": dict(n_layer=4, n_embd=256, n_head=4, mlp_hidden=768, block_size=256, vocab_size=4096,
+                 batch_size=16, lr=1e-3),
+    # The paper's SLM (7 layers, width 1024, 8 heads, MLP 4096, context 1024, 32k vocabulary).
+    "slm-126m": dict(n_layer=7, n_embd=1024, n_head=8, mlp_hidden=4096, block_size=1024, vocab_size=32000,
+                     batch_size=32, lr=6e-4),
+    # The paper's LLM (7 layers, width 2816, 22 heads, MLP 11264).
+    "llm-771m": dict(n_layer=7, n_embd=2816, n_head=22, mlp_hidden=11264, block_size=1024, vocab_size=32000,
+                     batch_size=8, lr=2.5e-4),
+}
+DTYPES = ("auto", "float32", "bfloat16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class TrainError(ImpsampError):
+    """Training cannot start or continue: no such device, the model does not fit, a damaged run."""
+
+
+class TokenizerError(TrainError):
+    """A tokenizer file cannot be used, or does not match the run it should resume."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the decoder (what `config.json` of a run records under "model")."""
+
+    vocab_size: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    mlp_hidden: int
+    """Hidden size of the gated (SwiGLU) MLP: down(silu(gate(x)) * up(x))."""
+    block_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def n_params(self) -> int:
+        """Parameters, counting the tied embedding once."""
+        d, h = self.n_embd, self.mlp_hidden
+        return self.vocab_size * d + self.n_layer * (4 * d * d + 3 * d * h + 2 * d) + d
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 * params + 12 * n_layer * n_embd * block_size.
+
+        6N counts forward (2N) and backward (4N) of every matmul, the tied lm head included (the
+        embedding lookup is counted too, a ~1/(1+L*12d/V) overstatement kept for comparability with
+        nanoGPT/PaLM); 12 * L * d * T is attention's QK^T and AV over the full T x T matrix
+        (PaLM appendix B), as fused causal kernels are reported.
+        """
+        return 6 * self.n_params() + 12 * self.n_layer * self.n_embd * self.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what `train()` computes (saved in the run's manifest and config.json)."""
+
+    preset: str = "tiny"
+    """Model size and defaults: one of PRESETS."""
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    mlp_hidden: int | None = None
+    block_size: int | None = None
+    vocab_size: int | None = None
+    """BPE vocabulary to train (the model's is padded to a multiple of 64); ignored with `tokenizer`."""
+    tokenizer: str | None = None
+    """A `tokenizer.json` (HF tokenizers) to use instead of training one."""
+    tokenizer_sample_docs: int = 50_000
+    """Documents (spread evenly over the corpus) the BPE is trained on."""
+    text_field: str = "text"
+    val_fraction: float = 0.01
+    """Share of documents held out for the validation loss (every k-th document)."""
+    steps: int | None = None
+    """Optimizer steps; default: one pass over the training tokens. Exclusive with `tokens`."""
+    tokens: int | None = None
+    """Token budget, turned into steps of batch_size * block_size * grad_accum * world size."""
+    batch_size: int | None = None
+    """Sequences per micro-batch per process."""
+    grad_accum: int = 1
+    lr: float | None = None
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio."""
+    warmup_steps: int | None = None
+    """Linear warm-up; default min(1000, steps // 20)."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off). The paper uses 5.0."""
+    finetune_steps: int | None = None
+    """Fine-tuning steps; default: one pass over the fine-tuning tokens."""
+    finetune_lr: float | None = None
+    """Fine-tuning peak lr; default lr / 10."""
+    device: str = "auto"
+    """auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps."""
+    dtype: str = "auto"
+    """Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    compile: bool | None = None
+    """torch.compile the model; default on CUDA only."""
+    seed: int = 0
+    checkpoint_every: int = 250
+    """Write a resumable checkpoint every N optimizer steps (and at the end of each phase)."""
+    keep_checkpoints: bool = False
+    """Keep the last checkpoint (model + optimizer) in the finished run."""
+    log_every: int = 10
+    eval_batches: int = 20
+    """Batches of the held-out split scored for the validation loss at each checkpoint."""
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
+        for name in ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size", "steps", "tokens",
+                     "batch_size", "grad_accum", "finetune_steps", "checkpoint_every", "log_every",
+                     "tokenizer_sample_docs", "eval_batches"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        for name in ("lr", "finetune_lr"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"), allow_zero=True)
+        if self.steps is not None and self.tokens is not None:
+            raise ConfigError("give --steps or --tokens, not both")
+        if self.vocab_size is not None and self.vocab_size < 260:
+            raise ConfigError(f"--vocab-size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ConfigError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"--device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
+        n_embd, n_head = self.resolved("n_embd"), self.resolved("n_head")
+        if n_embd % n_head or (n_embd // n_head) % 2:
+            raise ConfigError(f"--n-embd {n_embd} must be a multiple of --n-head {n_head} with an even "
+                              "head size (rotary embeddings rotate pairs)")
+
+    def resolved(self, name: str) -> Any:
+        """A field, or the preset's value when the field is None."""
+        value = getattr(self, name)
+        return PRESETS[self.preset][name] if value is None else value
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, **{k: self.resolved(k) for k in
+                           ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")})
+
+    def with_overrides(self, **kw: Any) -> TrainConfig:
+        return replace(self, **kw)
+
+
+def padded_vocab(n: int, multiple: int = 64) -> int:
+    """Model vocabulary: the tokenizer's rounded up (a multiple of 64 keeps GPU matmuls fast)."""
+    return -(-n // multiple) * multiple

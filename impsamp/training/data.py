@@ -1,0 +1,139 @@
+"""Token memmaps: a corpus tokenized once, in a stream, with EOS after every document.
+
+    bins = tokenize_corpus(["runs/sel"], tok, cache_dir, "train", val_fraction=0.01)
+    batches = Batches(bins["train"], block_size=256, batch_size=16, seed=0)
+    x, y = batches.get(step=12, micro=0)          # (16, 256) int64 each, y = x shifted by one
+
+Every k-th document (k = 1 / val_fraction) goes to the validation memmap. Batches are random
+windows drawn by a generator seeded with (seed, stream, step, micro-step, rank): a batch is a
+pure function of its step, so a resumed run reads exactly what an uninterrupted one would. In a
+`torchrun` job each rank draws from its own contiguous slice of the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CorpusError
+from ..io import open_corpus
+from ..manifest import atomic_write_json, fingerprint, tmp_name
+from .tokenizer import LoadedTokenizer
+
+
+@dataclass(frozen=True)
+class TokenBin:
+    """A flat array of token ids on disk."""
+
+    path: str
+    dtype: str
+    tokens: int
+    documents: int
+    bytes: int
+    """UTF-8 bytes of the documents' text."""
+
+    def array(self) -> np.ndarray:
+        if self.tokens == 0:
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.tokens,))
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class _BinWriter:
+    def __init__(self, final: Path, dtype: np.dtype):
+        self.final, self.dtype = final, dtype
+        self.tmp = tmp_name(final)
+        self.fh = open(self.tmp, "wb")
+        self.tokens = self.documents = self.bytes = 0
+
+    def add(self, ids: list[int], eos: int, n_bytes: int) -> None:
+        arr = np.fromiter((*ids, eos), dtype=self.dtype, count=len(ids) + 1)
+        arr.tofile(self.fh)
+        self.tokens += arr.size
+        self.documents += 1
+        self.bytes += n_bytes
+
+    def commit(self) -> TokenBin:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.final)
+        return TokenBin(str(self.final), self.dtype.name, self.tokens, self.documents, self.bytes)
+
+
+def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir: Path, name: str, *,
+                    text_field: str = "text", val_fraction: float = 0.0) -> dict[str, TokenBin]:
+    """Tokenize a corpus into `{name}.bin` and `{name}-val.bin`; reuse them if already made.
+
+    Returns {"train": TokenBin, "val": TokenBin} (val may hold 0 tokens).
+    """
+    corpus = open_corpus(list(paths), text_field=text_field)
+    key = fingerprint({"corpus": corpus.fingerprint(), "tokenizer": tok.tokenizer.to_str(),
+                       "val_fraction": val_fraction})
+    meta = cache_dir / f"{name}.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old.get("key") == key and all(Path(b["path"]).exists() for b in old["bins"].values()):
+            return {k: TokenBin(**v) for k, v in old["bins"].items()}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(tok.vocab_size)
+    every = round(1 / val_fraction) if val_fraction > 0 else 0
+    writers = {"train": _BinWriter(cache_dir / f"{name}.bin", dtype),
+               "val": _BinWriter(cache_dir / f"{name}-val.bin", dtype)}
+    for batch in corpus.read():
+        texts = batch.column("text").to_pylist()
+        for i, text, ids in zip(batch.column("doc_index").to_pylist(), texts, tok.encode_batch(texts)):
+            split = "val" if every and i % every == every - 1 else "train"
+            writers[split].add(ids, tok.eos_id, len(text.encode("utf-8")))
+    bins = {k: w.commit() for k, w in writers.items()}
+    if bins["train"].documents == 0:
+        raise CorpusError(f"{', '.join(map(str, paths))}: no document with text to train on "
+                          f"({corpus.stats.skipped_empty} empty skipped)")
+    atomic_write_json(meta, {"key": key, "bins": {k: asdict(b) for k, b in bins.items()}})
+    return bins
+
+
+def check_enough(bin: TokenBin, block_size: int, what: str) -> None:
+    if bin.tokens < block_size + 1:
+        raise CorpusError(f"the {what} data has {bin.tokens:,} tokens, fewer than one sequence of "
+                          f"--block-size {block_size} + 1; give more data or lower --block-size")
+
+
+class Batches:
+    """Seeded random windows of `block_size + 1` tokens from a token memmap."""
+
+    def __init__(self, bin: TokenBin, block_size: int, batch_size: int, seed: int, *, stream: int = 0,
+                 rank: int = 0, world: int = 1, pin: bool = False):
+        self.arr, self.pin = bin.array(), pin
+        self.block_size, self.batch_size = block_size, batch_size
+        self.seed, self.stream, self.rank = seed, stream, rank
+        n = len(self.arr)
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        if hi - lo < 2 * (block_size + 1):  # too small to slice: every rank draws from everything
+            lo, hi = 0, n
+        self.lo, self.hi = lo, hi
+        self.offsets = np.arange(block_size + 1)
+
+    def get(self, step: int, micro: int = 0):
+        import torch
+
+        rng = np.random.default_rng([self.seed, self.stream, step, micro, self.rank])
+        starts = rng.integers(self.lo, self.hi - self.block_size, size=self.batch_size)
+        buf = torch.from_numpy(self.arr[starts[:, None] + self.offsets].astype(np.int64))
+        if self.pin:
+            buf = buf.pin_memory()
+        return buf[:, :-1], buf[:, 1:]
+
+
+def load_bins(cache_dir: Path, name: str) -> dict[str, TokenBin]:
+    """The bins `tokenize_corpus` wrote (what the other ranks of a torchrun job read)."""
+    meta = json.loads((cache_dir / f"{name}.json").read_text())
+    return {k: TokenBin(**v) for k, v in meta["bins"].items()}

@@ -1,0 +1,105 @@
+"""Perplexity and bits per byte of a model on evaluation files, per file and macro-averaged.
+
+    metrics = evaluate("runs/lm", ["eval/law.jsonl", "eval/med.jsonl"])
+    metrics["per_file"]["eval/law.jsonl"]   # {"ppl": 14.2, "bpb": 1.03, "tokens": ..., "bytes": ...}
+    metrics["macro_ppl"], metrics["macro_bpb"]
+
+Each file's documents are tokenized like the training data and joined into one stream that starts
+with EOS and has EOS after every document; the stream is scored in non-overlapping windows of
+`block_size`, so every token (end-of-document tokens included) is predicted exactly once.
+ppl = exp(total nats / predicted tokens); bpb = total nats / (ln 2 * UTF-8 bytes of the documents),
+which does not depend on the tokenizer. Macro averages are the plain means over files of ppl and
+of bpb (the paper averages perplexity over domains).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import open_corpus
+from .tokenizer import LoadedTokenizer
+
+
+def encode_file(spec: str | Path, tok: LoadedTokenizer, text_field: str = "text") -> tuple[np.ndarray, int]:
+    """Token stream [EOS, doc, EOS, doc, EOS, ...] of one corpus spec and its text bytes."""
+    corpus = open_corpus(spec, text_field=text_field)
+    parts, n_bytes = [np.array([tok.eos_id], dtype=np.int64)], 0
+    for batch in corpus.read():
+        texts = batch.column("text").to_pylist()
+        for text, ids in zip(texts, tok.encode_batch(texts)):
+            parts.append(np.array([*ids, tok.eos_id], dtype=np.int64))
+            n_bytes += len(text.encode("utf-8"))
+    return np.concatenate(parts), n_bytes
+
+
+@torch.no_grad()
+def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_size: int,
+               device: torch.device, autocast=None, max_windows: int | None = None) -> tuple[float, int]:
+    """Summed nats and number of predicted tokens over non-overlapping windows of `ids`.
+
+    `autocast`: None or a zero-argument callable returning a context manager (e.g. torch.autocast).
+    """
+    was_training = model.training
+    model.eval()
+    n_full = (len(ids) - 1) // block_size
+    if max_windows is not None:
+        n_full = min(n_full, max_windows)
+    starts = [i * block_size for i in range(n_full)]
+    total, count = 0.0, 0
+    windows = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    tail = n_full * block_size
+    if (max_windows is None or n_full < max_windows) and len(ids) - tail >= 2:
+        windows.append([tail])  # the last, shorter window
+    for group in windows:
+        length = min(block_size, len(ids) - 1 - group[0])
+        buf = torch.from_numpy(np.stack([ids[s:s + length + 1] for s in group]).astype(np.int64)).to(device)
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            nll = model(buf[:, :-1], buf[:, 1:], reduction="sum")
+        total += float(nll)
+        count += buf[:, 1:].numel()
+    model.train(was_training)
+    return total, count
+
+
+def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Sequence[str | Path], *,
+                   block_size: int, batch_size: int, device: torch.device, autocast=None,
+                   text_field: str = "text") -> dict[str, Any]:
+    per_file: dict[str, dict[str, float]] = {}
+    for spec in eval_files:
+        ids, n_bytes = encode_file(spec, tok, text_field)
+        nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast)
+        per_file[str(spec)] = {"ppl": math.exp(nats / n_tok), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
+                               "tokens": n_tok, "bytes": n_bytes, "loss": nats / n_tok}
+    n = max(len(per_file), 1)
+    return {"per_file": per_file, "macro_ppl": sum(v["ppl"] for v in per_file.values()) / n,
+            "macro_bpb": sum(v["bpb"] for v in per_file.values()) / n}
+
+
+def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: str = "text", *,
+             device: str = "auto", batch_size: int | None = None, weights: str = "model.safetensors"
+             ) -> dict[str, Any]:
+    """Perplexity and bits per byte of a finished run's model on `eval_files` (see module doc).
+
+    Args:
+        run_dir: a complete `impsamp train` output.
+        eval_files: corpus specs (files, folders, globs); each is one entry of `per_file`.
+        weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
+    """
+    from .loop import TrainRun
+    from .runtime import resolve_device, resolve_dtype
+
+    run = TrainRun.load(run_dir)
+    dev = resolve_device(device)
+    model = run.load_model(dev, weights=weights)
+    dtype = resolve_dtype(run.config.dtype, dev)
+    ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype != torch.float32 else None
+    return evaluate_model(model, run.load_tokenizer(), eval_files, block_size=run.model_config.block_size,
+                          batch_size=batch_size or run.config.resolved("batch_size"), device=dev,
+                          autocast=ctx, text_field=text_field)

@@ -1,0 +1,402 @@
+"""`train()`: tokenizer, token memmaps, pretraining, optional fine-tuning, evaluation, a run directory.
+
+    run = train(["runs/sel"], "runs/lm", TrainConfig(preset="tiny", steps=300),
+                finetune=["law-sample.jsonl"], eval=["law-eval.jsonl"])
+    run.metrics["finetuned"]["macro_ppl"]
+
+The run directory follows the stage contract (`manifest.json` last). While it runs it also holds
+`cache/` (token memmaps) and `checkpoints/` (model + optimizer + state, every `checkpoint_every`
+steps); rerunning the same call after a kill resumes from the newest checkpoint and ends with the
+same `model.safetensors` bytes as an uninterrupted run. Under `torchrun` every rank runs this
+function: rank 0 prepares the data and writes every file, the ranks train with DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import from_dict
+from ..io import open_corpus
+from ..manifest import MANIFEST, RUN_RECORD, Manifest, StageRun, atomic_write_bytes, atomic_write_json, read_manifest
+from .checkpoint import CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, read_state, save_checkpoint, save_weights
+from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
+from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
+from .evaluation import evaluate_model, stream_nll
+from .model import GPT
+from .runtime import Runtime, check_memory
+from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
+
+CACHE = "cache"
+PAYLOAD = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json")
+
+
+@dataclass
+class TrainRun:
+    """A finished training run: its config, model shape and metrics (what `TrainRun.load` reads)."""
+
+    path: Path
+    config: TrainConfig
+    model_config: ModelConfig
+    metrics: dict[str, Any]
+    manifest: Manifest | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TrainRun:
+        path = Path(run_dir)
+        manifest = read_manifest(path, expect_stage="train")
+        info = json.loads((path / "config.json").read_text())
+        return cls(path, from_dict(TrainConfig, info["train"], source=str(path / "config.json")),
+                   ModelConfig(**info["model"]), json.loads((path / "eval.json").read_text()), manifest)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def load_tokenizer(self) -> LoadedTokenizer:
+        return load_tokenizer(self.tokenizer_path)
+
+    def load_model(self, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> GPT:
+        from .checkpoint import load_weights
+
+        if not (self.path / weights).is_file():
+            raise TrainError(f"{self.path / weights} does not exist (pretrained.safetensors is only kept "
+                             "when the run fine-tuned)")
+        model = GPT(self.model_config)
+        load_weights(model, self.path / weights)
+        return model.to(device).eval()
+
+
+@dataclass
+class Phase:
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    batches: Batches
+    val: TokenBin
+
+    def lr_at(self, step: int, min_ratio: float) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+        return self.lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step_hook(phase: str, step: int) -> None:
+    """Called after every optimizer step (tests slow a run down with IMPSAMP_TEST_STEP_SLEEP to kill it)."""
+    if delay := os.environ.get("IMPSAMP_TEST_STEP_SLEEP"):
+        time.sleep(float(delay))
+
+
+def _as_list(x: Any) -> list[str]:
+    if x is None:
+        return []
+    return [str(x)] if isinstance(x, (str, Path)) else [str(p) for p in x]
+
+
+def train(data: Sequence[str | Path] | str | Path, out_dir: str | Path, config: TrainConfig | None = None, *,
+          finetune: Sequence[str | Path] | None = None, eval: Sequence[str | Path] | None = None,
+          progress: bool = False, overwrite: bool = False, resume: bool = False) -> TrainRun:
+    """Pretrain a small LM on `data`, optionally fine-tune it on `finetune`, evaluate on `eval`.
+
+    Args:
+        data: any corpus `impsamp.io.open_corpus` reads (a `resample` selection, Parquet, JSONL...).
+        out_dir: the run directory (created; an interrupted run with the same settings is resumed).
+        finetune: the in-domain sample to fine-tune on after pretraining (`config.finetune_steps`).
+        eval: files scored before and after fine-tuning; each is one domain of the macro average.
+        overwrite: replace a complete run in `out_dir`.
+        resume: require an interrupted run in `out_dir` to continue (it is resumed either way).
+
+    Returns:
+        The finished `TrainRun` (`metrics`: "train", "pretrained", "finetuned", see evaluation.py).
+    """
+    cfg = config or TrainConfig()
+    rt = Runtime.start(cfg)
+    try:
+        return _Trainer(cfg, rt, Path(out_dir), _as_list(data), _as_list(finetune), _as_list(eval),
+                        progress).run(overwrite, resume)
+    finally:
+        rt.close()
+
+
+@dataclass
+class _Trainer:
+    cfg: TrainConfig
+    rt: Runtime
+    out: Path
+    data: list[str]
+    finetune: list[str]
+    eval: list[str]
+    progress: bool
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    # ---- preparation (rank 0), shared with the other ranks through files
+
+    def run(self, overwrite: bool, resume: bool) -> TrainRun:
+        cfg, rt = self.cfg, self.rt
+        if not self.data:
+            raise TrainError("no training data given; pass --data with at least one file, folder or glob")
+        user_tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        guess = padded_vocab(user_tok.vocab_size if user_tok else cfg.resolved("vocab_size"))
+        check_memory(cfg, cfg.model_config(guess), rt)
+        if rt.main:
+            stage = self._begin(overwrite, resume)
+            self._prepare()
+        rt.barrier()
+        tok = load_tokenizer(self.out / "tokenizer.json")
+        bins = {"pretrain": load_bins(self.out / CACHE, "pretrain")}
+        if self.finetune:
+            bins["finetune"] = load_bins(self.out / CACHE, "finetune")
+        mcfg = cfg.model_config(padded_vocab(tok.vocab_size))
+        for name, b in bins.items():
+            check_enough(b["train"], mcfg.block_size, name)
+        phases = self._phases(bins, mcfg)
+        if rt.main:
+            atomic_write_json(self.out / "config.json", {
+                "model": mcfg.to_dict(), "train": asdict(cfg), "world_size": rt.world,
+                "steps": {p.name: p.steps for p in phases}, "n_params": mcfg.n_params(),
+                "tokenizer": {"file": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                              "sha256": file_sha256(self.out / "tokenizer.json")}})
+        metrics = self._train_phases(phases, mcfg, tok)
+        if rt.main:
+            self._finish(stage, metrics)
+        rt.barrier()
+        return TrainRun.load(self.out)
+
+    def _begin(self, overwrite: bool, resume: bool) -> StageRun:
+        cfg, out = self.cfg, self.out
+        interrupted = (out / RUN_RECORD).exists() and not (out / MANIFEST).exists()
+        if resume and not interrupted:
+            raise TrainError(f"--resume: {out} holds no interrupted run to resume")
+        if interrupted and not overwrite and (out / "tokenizer.json").exists():
+            before = json.loads((out / RUN_RECORD).read_text()).get("config", {}).get("tokenizer")
+            if cfg.tokenizer and file_sha256(cfg.tokenizer) != file_sha256(out / "tokenizer.json"):
+                raise TokenizerError(f"--tokenizer {cfg.tokenizer} does not match the tokenizer of the "
+                                     f"interrupted run in {out}; resume with the same tokenizer, or pass "
+                                     "--overwrite to start over")
+            if before and not cfg.tokenizer:
+                raise TokenizerError(f"the interrupted run in {out} used --tokenizer {before}; pass it "
+                                     "again to resume, or pass --overwrite to start over")
+        corpora = {"data": self.data, "finetune": self.finetune}
+        inputs: dict[str, Any] = {k: {"paths": v, "fingerprint": open_corpus(v, text_field=cfg.text_field)
+                                      .fingerprint()} if v else None for k, v in corpora.items()}
+        inputs["eval"] = [{"path": e, "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
+                          for e in self.eval]
+        inputs["tokenizer"] = file_sha256(cfg.tokenizer) if cfg.tokenizer else None
+        inputs["world_size"] = self.rt.world
+        return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+
+    def _prepare(self) -> None:
+        cfg, out = self.cfg, self.out
+        tok_file = out / "tokenizer.json"
+        if not tok_file.exists():
+            if cfg.tokenizer:
+                atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
+            else:
+                train_tokenizer(self.data, cfg.resolved("vocab_size"), tok_file,
+                                sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
+        tok = load_tokenizer(tok_file)
+        tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
+                        val_fraction=cfg.val_fraction)
+        if self.finetune:
+            tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=cfg.text_field,
+                            val_fraction=cfg.val_fraction)
+
+    def _phases(self, bins: dict[str, dict[str, TokenBin]], mcfg: ModelConfig) -> list[Phase]:
+        cfg, rt = self.cfg, self.rt
+        batch = cfg.resolved("batch_size")
+        per_step = batch * mcfg.block_size * cfg.grad_accum * rt.world
+        lr = cfg.resolved("lr")
+        steps = cfg.steps or (-(-cfg.tokens // per_step) if cfg.tokens else
+                              max(1, -(-bins["pretrain"]["train"].tokens // per_step)))
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
+        phases = [Phase("pretrain", steps, lr, warmup, self._batches(bins["pretrain"], mcfg, 0),
+                        bins["pretrain"]["val"])]
+        if self.finetune:
+            ft = cfg.finetune_steps or max(1, -(-bins["finetune"]["train"].tokens // per_step))
+            phases.append(Phase("finetune", ft, cfg.finetune_lr or lr / 10, min(1000, ft // 20),
+                                self._batches(bins["finetune"], mcfg, 1), bins["finetune"]["val"]))
+        return phases
+
+    def _batches(self, b: dict[str, TokenBin], mcfg: ModelConfig, stream: int) -> Batches:
+        return Batches(b["train"], mcfg.block_size, self.cfg.resolved("batch_size"), self.cfg.seed,
+                       stream=stream, rank=self.rt.rank, world=self.rt.world,
+                       pin=self.rt.device.type == "cuda")
+
+    # ---- training
+
+    def _train_phases(self, phases: list[Phase], mcfg: ModelConfig, tok: LoadedTokenizer) -> dict[str, Any]:
+        cfg, rt = self.cfg, self.rt
+        if rt.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        model = GPT(mcfg).to(rt.device)
+        fwd: torch.nn.Module = torch.compile(model) if rt.compile else model
+        if rt.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            fwd = DDP(fwd, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        ckpt = latest_checkpoint(self.out)
+        state = read_state(ckpt) if ckpt else None
+        if rt.main:
+            self._trim_log(state)
+        metrics: dict[str, Any] = dict(state.get("metrics", {})) if state else {}
+        done_phase = PHASES.index(state["phase"]) if state else -1
+        for i, phase in enumerate(phases):
+            if i < done_phase:
+                continue
+            opt = _optimizer(model, cfg, rt.device)
+            start = 0
+            if state is not None and i == done_phase:
+                start = load_checkpoint(ckpt, model, opt)["step"]
+            self._run_phase(phase, model, fwd, opt, start, metrics)
+            if rt.main:
+                metrics["train" if phase.name == "pretrain" else "train_finetune"] = self._phase_stats(phase)
+                if self.eval:
+                    key = "pretrained" if phase.name == "pretrain" else "finetuned"
+                    metrics[key] = evaluate_model(model, tok, self.eval, block_size=mcfg.block_size,
+                                                  batch_size=cfg.resolved("batch_size"), device=rt.device,
+                                                  autocast=rt.autocast, text_field=cfg.text_field)
+                if phase.name == "pretrain" and self.finetune:
+                    save_weights(model, self.out / "pretrained.safetensors")
+        if rt.main:
+            save_weights(model, self.out / "model.safetensors")
+        return metrics
+
+    def _run_phase(self, ph: Phase, model: GPT, fwd: torch.nn.Module, opt: torch.optim.Optimizer,
+                   start: int, metrics: dict[str, Any]) -> None:
+        cfg, rt = self.cfg, self.rt
+        accum = cfg.grad_accum
+        per_step = ph.batches.batch_size * ph.batches.block_size * accum * rt.world
+        params = [p for p in model.parameters() if p.requires_grad]
+        bar = _progress(ph, start, self.progress and rt.main)
+        loss_sum, n_steps, t_log = torch.zeros((), device=rt.device), 0, time.perf_counter()
+        for step in range(start, ph.steps):
+            for g in opt.param_groups:
+                g["lr"] = ph.lr_at(step, cfg.min_lr_ratio)
+            for micro in range(accum):
+                x, y = (t.to(rt.device, non_blocking=True) for t in ph.batches.get(step, micro))
+                sync = not rt.ddp or micro == accum - 1
+                with contextlib.nullcontext() if sync else fwd.no_sync():
+                    with rt.autocast():
+                        loss = fwd(x, y)
+                    (loss / accum).backward()
+                loss_sum += loss.detach() / accum
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n_steps += 1
+            done = step + 1
+            is_log = done % cfg.log_every == 0 or done == ph.steps
+            is_ckpt = done % cfg.checkpoint_every == 0 or done == ph.steps
+            rec: dict[str, Any] = {"phase": ph.name, "step": done}
+            if is_log:  # every rank: the loss is averaged over ranks
+                loss_val = self._mean_over_ranks(loss_sum / n_steps)
+                speed = n_steps * per_step / (time.perf_counter() - t_log)
+                rec.update(loss=round(loss_val, 6), lr=opt.param_groups[0]["lr"], tokens=done * per_step,
+                           tokens_per_s=round(speed, 1), time=round(time.time(), 3),
+                           grad_norm=None if norm is None else round(float(norm), 4))
+                loss_sum.zero_()
+                n_steps, t_log = 0, time.perf_counter()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{speed:,.0f}")
+            if is_ckpt and rt.main:
+                t0 = time.perf_counter()
+                rec["val_loss"] = self._val_loss(ph, model)
+                self._append_log(rec)
+                save_checkpoint(self.out, ph.name, done, model, opt,
+                                {"metrics": metrics, "data": {"sampler": "seeded random windows",
+                                                              "next_step": done, "tokens": done * per_step}})
+                t_log += time.perf_counter() - t0  # checkpoints do not count against tokens/s
+            elif is_log and rt.main:
+                self._append_log(rec)
+            if bar is not None:
+                bar.update(1)
+            _step_hook(ph.name, done)
+        if bar is not None:
+            bar.close()
+
+    def _mean_over_ranks(self, t: torch.Tensor) -> float:
+        if self.rt.ddp:
+            import torch.distributed as dist
+
+            t = t.detach().clone()
+            dist.all_reduce(t)
+            t /= self.rt.world
+        return float(t)
+
+    def _val_loss(self, ph: Phase, model: GPT) -> float | None:
+        if ph.val.tokens < 2:
+            return None
+        nats, n = stream_nll(model, ph.val.array(), ph.batches.block_size, ph.batches.batch_size,
+                             self.rt.device, self.rt.autocast, max_windows=self.cfg.eval_batches * ph.batches.batch_size)
+        return round(nats / n, 6)
+
+    # ---- the metrics log and the run directory
+
+    def _trim_log(self, state: dict[str, Any] | None) -> None:
+        """Keep the log lines up to the checkpoint being resumed (all of them go on a fresh start)."""
+        path, keep = self.out / "metrics.jsonl", []
+        if state is not None and path.exists():
+            limit = (PHASES.index(state["phase"]), state["step"])
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError):
+                    rec = json.loads(line)
+                    if (PHASES.index(rec["phase"]), rec["step"]) <= limit:
+                        keep.append(rec)
+        self.log = keep
+        atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    def _append_log(self, rec: dict[str, Any]) -> None:
+        self.log.append(rec)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _phase_stats(self, ph: Phase) -> dict[str, Any]:
+        recs = [r for r in self.log if r["phase"] == ph.name and "loss" in r]
+        vals = [r["val_loss"] for r in self.log if r["phase"] == ph.name and r.get("val_loss") is not None]
+        speeds = [r["tokens_per_s"] for r in recs]
+        return {"steps": ph.steps, "tokens": recs[-1]["tokens"] if recs else 0,
+                "final_loss": recs[-1]["loss"] if recs else None, "val_loss": vals[-1] if vals else None,
+                "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None, "lr": ph.lr}
+
+    def _finish(self, stage: StageRun, metrics: dict[str, Any]) -> None:
+        out = self.out
+        atomic_write_json(out / "eval.json", metrics)
+        files = list(PAYLOAD) + (["pretrained.safetensors"] if self.finetune else [])
+        ckpt = latest_checkpoint(out)
+        if self.cfg.keep_checkpoints and ckpt is not None:
+            files += [str(p.relative_to(out)) for p in sorted(ckpt.iterdir())]
+        else:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(out / CACHE, ignore_errors=True)
+        stage.finish(stats=metrics, extra_files={f: out / f for f in files})
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only, fused on CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=cfg.resolved("lr"), betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+
+
+def _progress(ph: Phase, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=ph.steps, initial=start, desc=ph.name, unit="step", dynamic_ncols=True, leave=True)

@@ -1,0 +1,157 @@
+"""Where training runs: device and dtype choice, `torchrun` (DDP) setup, a memory estimate.
+
+    rt = Runtime.start(cfg)     # reads RANK/WORLD_SIZE/LOCAL_RANK set by torchrun
+    with rt.autocast():
+        loss = model(x, y)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .config import PRESETS, ModelConfig, TrainConfig, TrainError
+
+GIB = 1 << 30
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype
+    """Autocast dtype (float32 means no autocast)."""
+    compile: bool
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    owns_group: bool = False
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, cfg: TrainConfig) -> Runtime:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+        device = resolve_device(cfg.device, local_rank if world > 1 else None)
+        dtype = resolve_dtype(cfg.dtype, device)
+        compile_ = device.type == "cuda" if cfg.compile is None else cfg.compile
+        rt = cls(device, dtype, compile_, rank, local_rank, world)
+        if world > 1:
+            import torch.distributed as dist
+
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                # Long timeout: rank 0 trains the tokenizer and tokenizes while the others wait.
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                        timeout=datetime.timedelta(hours=4))
+                rt.owns_group = True
+        return rt
+
+    def barrier(self) -> None:
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainError(f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} "
+                             "(torch.cuda.is_available() is False); use --device cpu or --device auto")
+        if name == "cuda":
+            return torch.device("cuda", local_rank or 0)
+        index = int(name.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise TrainError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+        return torch.device(name)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise TrainError("--device mps: Apple MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def estimate_memory(m: ModelConfig, batch_size: int, act_bytes: int) -> int:
+    """Bytes one process needs to train `m` with `batch_size` sequences of `m.block_size` tokens.
+
+    fp32 weights, gradients and two AdamW moments (16 bytes per parameter), plus saved activations
+    per layer and token, (9 * n_embd + 5 * mlp_hidden) values in the autocast dtype and two fp32
+    residual copies (flash/SDPA attention saves no T x T matrix), plus the logits (autocast copy,
+    fp32 copy and its gradient), plus 10% and 512 MiB for the allocator and kernels' workspaces.
+    """
+    tokens = batch_size * m.block_size
+    states = 16 * m.n_params()
+    acts = m.n_layer * tokens * ((9 * m.n_embd + 5 * m.mlp_hidden) * act_bytes + 8 * m.n_embd)
+    logits = tokens * m.vocab_size * (act_bytes + 8)
+    return int(1.1 * (states + acts + logits)) + 512 * (1 << 20)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on `device` (CUDA: mem_get_info; CPU: MemAvailable), None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            with open("/proc/meminfo") as f:
+                line = next(li for li in f if li.startswith("MemAvailable:"))
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def check_memory(cfg: TrainConfig, m: ModelConfig, rt: Runtime, free: int | None = None) -> None:
+    """Refuse a model/batch that cannot fit, saying what would."""
+    free = free_memory(rt.device) if free is None else free
+    if free is None:
+        return
+    act = 2 if rt.dtype == torch.bfloat16 else 4
+    batch = cfg.resolved("batch_size")
+    need = estimate_memory(m, batch, act)
+    if need <= free:
+        return
+    per_seq = estimate_memory(m, 2, act) - estimate_memory(m, 1, act)
+    fits = int((free - estimate_memory(m, 1, act)) // per_seq) + 1 if per_seq else 0
+    where = f"{rt.device} has {free / GIB:.1f} GiB free"
+    if fits >= 1:
+        hint = (f"--batch-size {fits} fits (raise --grad-accum to {-(-batch * cfg.grad_accum // fits)} "
+                "to keep the tokens per step)")
+    else:
+        ok = [name for name, p in PRESETS.items() if estimate_memory(
+              ModelConfig(p["vocab_size"], p["n_layer"], p["n_embd"], p["n_head"], p["mlp_hidden"],
+                          p["block_size"]), 1, act) <= free]
+        hint = f"even one sequence does not fit; presets that fit: {', '.join(ok) or 'none'}"
+    raise TrainError(f"the model ({m.n_params() / 1e6:,.0f}M parameters) with --batch-size {batch} needs "
+                     f"about {need / GIB:.1f} GiB but {where}: {hint}")

@@ -1,0 +1,142 @@
+"""Importance weights per cluster: the built-in density ratio, or the user's own function.
+
+A weighting is any callable `(target: Histogram, generic: Histogram) -> weights` giving one
+non-negative weight per leaf cluster. A document x of the generic corpus is then drawn with
+probability proportional to w(c(x)), so the selection's histogram is p_generic(c) * w(c),
+normalised. The built-in `density_ratio` gives w = p_target / p_generic, i.e. the selection
+imitates the target histogram.
+
+    impsamp resample ... --weighting mypkg.weights:capped_ratio
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import ConfigError, WeightingError
+from .histograms import Histogram
+
+logger = logging.getLogger(__name__)
+
+
+class ClusterWeighting(Protocol):
+    def __call__(self, target: Histogram, generic: Histogram) -> np.ndarray:
+        """One non-negative weight per leaf cluster, shape (k,)."""
+
+
+def backoff_probs(target: Histogram, generic: Histogram, *, smoothing: float = 1.0,
+                  backoff: float = 0.0) -> np.ndarray:
+    """p_target per leaf; with a hierarchy, sparse leaves borrow from their parent (CRISP).
+
+    Top-down: a node's share of its parent is (n_target(node) + backoff * g) / (n_target(parent) +
+    backoff), where g is the node's generic share of the parent. With backoff = 0 this is the plain
+    target histogram; with backoff > 0 a leaf the small sample missed gets part of its parent's
+    mass, in proportion to its generic size, while the parent keeps exactly its target mass. Then
+    `smoothing` pseudo-documents are added to every leaf (Laplace).
+    """
+    counts = target.counts.astype(np.float64)
+    if backoff > 0 and len(target.ancestors) > 1:
+        g = generic.counts.astype(np.float64)
+        top = target.ancestors[0]
+        p = np.bincount(top, weights=counts, minlength=int(top.max()) + 1)[top]  # mass of the leaf's top node
+        p = p / max(counts.sum(), 1e-300)
+        for level in range(1, len(target.ancestors)):
+            node, parent = target.ancestors[level], target.ancestors[level - 1]
+            t_node = np.bincount(node, weights=counts)[node]
+            t_par = np.bincount(parent, weights=counts)[parent]
+            g_node = np.bincount(node, weights=g)[node]
+            g_par = np.bincount(parent, weights=g)[parent]
+            g_share = np.where(g_par > 0, g_node / np.maximum(g_par, 1e-300), 0.0)
+            denom = t_par + backoff
+            p = p * np.where(denom > 0, (t_node + backoff * g_share) / np.maximum(denom, 1e-300), g_share)
+        counts = p * counts.sum()
+    counts = counts + smoothing
+    return counts / counts.sum()
+
+
+def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 1.0,
+                  temperature: float = 1.0, cap: float | None = None, backoff: float = 0.0) -> np.ndarray:
+    """w(c) = (p_target(c) / p_generic(c)) ** temperature, smoothed, optionally capped.
+
+    Args:
+        smoothing: pseudo-documents added to every target leaf (Laplace). A cluster with no generic
+            document gets weight 0 (there is nothing to draw).
+        temperature: < 1 flattens the weights toward uniform sampling, > 1 sharpens them.
+        cap: largest weight relative to the mean weight of a generic document (None: no cap).
+        backoff: hierarchy only: pseudo-documents that pull a sparse leaf toward its parent.
+    """
+    p_t = backoff_probs(target, generic, smoothing=smoothing, backoff=backoff)
+    p_g = generic.probs()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(generic.counts > 0, (p_t / p_g) ** temperature, 0.0)
+    if cap is not None:
+        mean = float((w * generic.counts).sum() / max(generic.total, 1.0))
+        w = np.minimum(w, cap * mean)
+    return w
+
+
+def uniform(target: Histogram, generic: Histogram) -> np.ndarray:
+    """Every cluster weighted 1: a uniform random sample of the generic corpus (the paper's baseline)."""
+    return (generic.counts > 0).astype(np.float64)
+
+
+WEIGHTINGS: dict[str, Callable[..., np.ndarray]] = {"ratio": density_ratio, "uniform": uniform}
+
+
+def resolve_weighting(spec: str | Callable[..., Any]) -> tuple[Callable[..., Any], str]:
+    """A weighting function and its name, from a built-in name, `package.module:function` or a callable.
+
+    The module of an import string is imported only here, when the user names it.
+    """
+    if callable(spec):
+        return spec, f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', repr(spec))}"
+    if spec in WEIGHTINGS:
+        return WEIGHTINGS[spec], spec
+    module, sep, attr = str(spec).partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"unknown weighting {spec!r}; use one of {sorted(WEIGHTINGS)} or "
+                          "'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except Exception as e:  # an import can fail in any way; report it as the user's module
+        raise ConfigError(f"--weighting {spec}: cannot load it ({type(e).__name__}: {e})") from None
+    if not callable(fn):
+        raise ConfigError(f"--weighting {spec}: {attr} is a {type(fn).__name__}, not a function")
+    return fn, spec
+
+
+def check_weights(w: Any, k: int, name: str) -> np.ndarray:
+    """Validate a weighting's output; messages name the function."""
+    try:
+        w = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise WeightingError(f"weighting {name} returned {type(w).__name__}, not numbers ({e})") from None
+    if w.shape != (k,):
+        raise WeightingError(f"weighting {name} returned shape {w.shape}, expected ({k},): one weight per cluster")
+    if not np.all(np.isfinite(w)):
+        raise WeightingError(f"weighting {name} returned {int((~np.isfinite(w)).sum())} non-finite weight(s)")
+    if np.any(w < 0):
+        raise WeightingError(f"weighting {name} returned {int((w < 0).sum())} negative weight(s)")
+    if not w.any():
+        raise WeightingError(f"weighting {name} returned all-zero weights; nothing can be sampled")
+    return w
+
+
+def compute_weights(spec: str | Callable[..., Any], target: Histogram, generic: Histogram,
+                    **builtin_kwargs: Any) -> tuple[np.ndarray, str]:
+    """Run a weighting and check its output. Built-ins get `builtin_kwargs` (smoothing, ...)."""
+    fn, name = resolve_weighting(spec)
+    try:
+        w = fn(target, generic, **builtin_kwargs) if fn is density_ratio else fn(target, generic)
+    except Exception as e:
+        raise WeightingError(f"weighting {name} raised {type(e).__name__}: {e}") from None
+    w = check_weights(w, generic.k, name)
+    if not (w * generic.counts).any():
+        raise WeightingError(f"weighting {name} puts weight only on clusters with no generic documents; "
+                             "nothing can be sampled")
+    return w, name

@@ -1,0 +1,145 @@
+"""Config plumbing: frozen dataclasses, unknown keys named, defaults < TOML section < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from impsamp.config import from_dict, load_toml, positive, resolve_config, to_dict
+from impsamp.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    k: int = 1024
+    seed: int = 0
+    model: str = "all-MiniLM-L6-v2"
+    levels: tuple[int, ...] = (64, 16)
+
+    def __post_init__(self):
+        positive("k", self.k, flag="--k")
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsPath:
+    out: Path
+
+
+@pytest.fixture
+def toml(tmp_path):
+    def write(text: str, name: str = "run.toml") -> Path:
+        p = tmp_path / name
+        p.write_text(text, encoding="utf-8")
+        return p
+    return write
+
+
+def test_from_dict_builds_the_dataclass():
+    assert from_dict(DemoConfig, {"k": 8, "seed": 3}) == DemoConfig(k=8, seed=3)
+    assert from_dict(DemoConfig, {}) == DemoConfig()
+
+
+def test_from_dict_unknown_key_lists_the_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        from_dict(DemoConfig, {"k": 8, "n_clusters": 4, "sed": 1}, source="run.toml [cluster]")
+    msg = str(e.value)
+    assert "run.toml [cluster]" in msg
+    assert "['n_clusters', 'sed']" in msg
+    assert "valid keys: ['k', 'levels', 'model', 'seed']" in msg
+
+
+def test_from_dict_turns_bad_values_into_config_errors():
+    with pytest.raises(ConfigError, match="--k must be > 0, got 0"):
+        from_dict(DemoConfig, {"k": 0})
+    with pytest.raises(ConfigError, match="config: .*missing 1 required positional argument: 'out'"):
+        from_dict(NeedsPath, {})
+
+
+def test_resolve_config_precedence_defaults_then_toml_then_flags(toml):
+    p = toml('[cluster]\nk = 256\nseed = 7\n[embed]\nmodel = "other"\n')
+    assert resolve_config(DemoConfig) == DemoConfig()
+    assert resolve_config(DemoConfig, p, "cluster") == DemoConfig(k=256, seed=7)
+    # a flag beats the file; a flag left at None (not given) does not
+    assert resolve_config(DemoConfig, p, "cluster", k=64, seed=None) == DemoConfig(k=64, seed=7)
+    assert resolve_config(DemoConfig, None, "cluster", seed=5) == DemoConfig(seed=5)
+    # a missing section means defaults; each command reads only its own section
+    assert resolve_config(DemoConfig, p, "resample") == DemoConfig()
+    assert resolve_config(DemoConfig, p, "embed") == DemoConfig(model="other")
+
+
+def test_resolve_config_without_a_section_reads_top_level_keys(toml):
+    p = toml("k = 32\nlevels = [8, 4, 2]\n")
+    cfg = resolve_config(DemoConfig, p)
+    assert cfg.k == 32 and list(cfg.levels) == [8, 4, 2]
+
+
+def test_unknown_key_in_the_toml_names_the_file_and_section(toml):
+    p = toml("[cluster]\nkk = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml \[cluster\]: unknown key\(s\) \['kk'\].*valid keys"):
+        resolve_config(DemoConfig, p, "cluster")
+
+
+def test_a_bad_value_in_the_toml_is_a_config_error(toml):
+    p = toml("[cluster]\nk = -1\n")
+    with pytest.raises(ConfigError, match="--k must be > 0, got -1"):
+        resolve_config(DemoConfig, p, "cluster")
+
+
+def test_an_unknown_flag_is_a_programming_error(toml):
+    with pytest.raises(TypeError, match=r"\['bogus'\] are not fields of DemoConfig"):
+        resolve_config(DemoConfig, None, "cluster", bogus=1)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[cluster\nk = 3\n", "not valid TOML"),
+    ("k = \n", "not valid TOML"),
+    ("[cluster]\nk = 1\nk = 2\n", "not valid TOML"),
+])
+def test_bad_toml_names_the_file(toml, text, needle):
+    p = toml(text, name="broken.toml")
+    with pytest.raises(ConfigError, match=needle) as e:
+        resolve_config(DemoConfig, p, "cluster")
+    assert str(p) in str(e.value)
+
+
+def test_unreadable_config_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.toml: config file not found"):
+        load_toml(tmp_path / "missing.toml")
+    (tmp_path / "latin1.toml").write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not valid TOML"):
+        load_toml(tmp_path / "latin1.toml")
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"dir\.toml: cannot read the config file"):
+        load_toml(tmp_path / "dir.toml")
+
+
+def test_toml_is_read_as_utf8(toml):
+    p = toml('[embed]\nmodel = "modèle-😀"\n')
+    assert resolve_config(DemoConfig, p, "embed").model == "modèle-😀"
+
+
+def test_a_section_that_is_not_a_table_is_a_config_error(toml):
+    p = toml("cluster = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: 'cluster' must be a table"):
+        resolve_config(DemoConfig, p, "cluster")
+
+
+def test_to_dict_is_plain_json_data():
+    d = to_dict(DemoConfig(levels=(4, 2)))
+    assert d == {"k": 1024, "seed": 0, "model": "all-MiniLM-L6-v2", "levels": [4, 2]}
+    assert json.loads(json.dumps(d)) == d  # what a manifest gives back compares equal
+    assert to_dict(NeedsPath(Path("runs/x"))) == {"out": "runs/x"}
+    assert from_dict(DemoConfig, to_dict(DemoConfig(k=5))).k == 5
+
+
+def test_positive():
+    positive("k", 1)
+    positive("k", None)
+    positive("k", 0, allow_zero=True)
+    with pytest.raises(ConfigError, match="k must be > 0, got 0"):
+        positive("k", 0)
+    with pytest.raises(ConfigError, match="--temp must be >= 0, got -0.5"):
+        positive("temp", -0.5, flag="--temp", allow_zero=True)

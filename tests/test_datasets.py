@@ -1,0 +1,124 @@
+"""Tests of the bundled demo corpus, its loader, and the front matter of the data cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from impsamp.datasets import DEMO_DOMAINS, DemoCorpus, demo_corpus
+from impsamp.errors import ConfigError
+
+DATA_CARDS = Path(__file__).resolve().parent.parent / "data_cards"
+REQUIRED_CARD_KEYS = {"name", "description", "license"}
+COLUMNS = ["id", "text", "domain"]
+
+
+def _group(doc_id: str) -> str:
+    return doc_id.rsplit("#", 1)[0]
+
+
+def _front_matter(text: str) -> dict[str, str]:
+    """Top-level `key: value` pairs between the first two `---` lines (no YAML library needed)."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        raise ValueError("no front matter: the first line is not ---")
+    try:
+        end = next(i for i, line in enumerate(lines[1:], 1) if line.strip() == "---")
+    except StopIteration:
+        raise ValueError("front matter is not closed by a second --- line") from None
+    keys = {}
+    for line in lines[1:end]:
+        if not line.strip() or line.startswith((" ", "\t", "#", "-")):
+            continue  # blank, nested, comment or list item
+        key, sep, value = line.partition(":")
+        if sep:
+            keys[key.strip()] = value.strip()
+    return keys
+
+
+@pytest.fixture(scope="module")
+def demo() -> DemoCorpus:
+    return demo_corpus()
+
+
+@pytest.fixture(scope="module")
+def pool(demo):
+    return pq.read_table(demo.pool)
+
+
+def test_domains_are_sorted_and_complete(demo):
+    assert DEMO_DOMAINS == tuple(sorted(DEMO_DOMAINS))
+    assert len(DEMO_DOMAINS) == 8
+    assert demo.domains == DEMO_DOMAINS
+
+
+def test_loader_finds_every_file(demo):
+    assert demo.pool.is_file()
+    assert demo.pool.parent == demo.root
+    for domain in demo.domains:
+        assert demo.sample(domain).is_file(), domain
+        assert demo.eval(domain).is_file(), domain
+
+
+def test_pool_has_600_documents_per_domain(pool):
+    assert pool.column_names == COLUMNS
+    domains = pool.column("domain").to_pylist()
+    assert {d: domains.count(d) for d in DEMO_DOMAINS} == {d: 600 for d in DEMO_DOMAINS}
+    assert len(domains) == 600 * len(DEMO_DOMAINS)
+    ids = pool.column("id").to_pylist()
+    assert len(set(ids)) == len(ids)
+    assert all(text for text in pool.column("text").to_pylist())
+
+
+def test_pool_is_shuffled_across_domains(pool):
+    first = pool.column("domain").to_pylist()[:100]
+    assert len(set(first)) > 1
+
+
+@pytest.mark.parametrize("domain", DEMO_DOMAINS)
+def test_sample_and_eval_are_disjoint_by_group(demo, pool, domain):
+    sample = pq.read_table(demo.sample(domain))
+    evaluation = pq.read_table(demo.eval(domain))
+    for table in (sample, evaluation):
+        assert table.column_names == COLUMNS
+        assert 0 < table.num_rows <= 200
+        assert set(table.column("domain").to_pylist()) == {domain}
+    sample_groups = {_group(i) for i in sample.column("id").to_pylist()}
+    eval_groups = {_group(i) for i in evaluation.column("id").to_pylist()}
+    assert not sample_groups & eval_groups
+    pool_ids = set(pool.column("id").to_pylist())
+    pool_groups = {_group(i) for i in pool_ids}
+    for table in (sample, evaluation):
+        ids = set(table.column("id").to_pylist())
+        assert not ids & pool_ids
+        assert not {_group(i) for i in ids} & pool_groups
+
+
+@pytest.mark.parametrize("method", ["sample", "eval"])
+def test_unknown_domain_raises_config_error_listing_domains(demo, method):
+    with pytest.raises(ConfigError, match="unknown demo domain 'klingon'") as excinfo:
+        getattr(demo, method)("klingon")
+    assert all(d in str(excinfo.value) for d in DEMO_DOMAINS)
+
+
+def test_data_cards_have_required_front_matter():
+    cards = sorted(DATA_CARDS.glob("*.md"))
+    assert {"TEMPLATE.md", "impsamp-demo.md"} <= {c.name for c in cards}
+    for card in cards:
+        keys = _front_matter(card.read_text(encoding="utf-8"))
+        missing = REQUIRED_CARD_KEYS - keys.keys()
+        assert not missing, f"{card.name}: front matter lacks {sorted(missing)}"
+        assert all(keys[k] for k in REQUIRED_CARD_KEYS), card.name
+
+
+def test_template_renders_with_str_format():
+    import string
+
+    text = (DATA_CARDS / "TEMPLATE.md").read_text(encoding="utf-8")
+    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    assert "" not in fields, "positional {} placeholder in TEMPLATE.md"
+    rendered = text.format(**{f: f"<{f}>" for f in fields})
+    assert "{" not in rendered and "}" not in rendered
+    assert _front_matter(rendered)["name"] == "<name>"

@@ -1,0 +1,436 @@
+"""Corpus readers: every input format round-trips, shards cover every row once, ids and indices are stable."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from impsamp.errors import CorpusError
+from impsamp.io import DOC_SCHEMA, Corpus, corpus_summary, open_corpus, reopen_corpus
+
+# Non-ASCII on purpose: emoji (astral plane), CJK, combining marks, RTL, a ZWJ sequence, U+2028 and
+# an escaped newline inside the text (a raw newline would end a JSONL line).
+SAMPLES = [
+    "plain ascii document",
+    "emoji 😀🎉 and a family 👩‍👩‍👧",
+    "中文文本，日本語のテキスト、한국어",
+    "combining: e\u0301 a\u0308 n\u0303 (decomposed), é (precomposed)",
+    "right to left: שלום עולם، مرحبا",
+    "line\u2028separator and\nnewline and\ttab",
+    "quotes \" and backslash \\ and braces {}",
+]
+
+
+def make_docs(n: int = 120) -> list[dict[str, str]]:
+    return [{"id": f"doc-{i}", "text": f"{SAMPLES[i % len(SAMPLES)]} #{i}", "url": f"https://x/{i}"}
+            for i in range(n)]
+
+
+def jsonl_bytes(docs: list[dict], *, ensure_ascii: bool = False) -> bytes:
+    return "".join(json.dumps(d, ensure_ascii=ensure_ascii) + "\n" for d in docs).encode("utf-8")
+
+
+def table(docs: list[dict]) -> pa.Table:
+    return pa.table({k: [d[k] for d in docs] for k in docs[0]})
+
+
+def write_arrow_file(path: Path, t: pa.Table, chunk: int = 17) -> None:
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_file(f, t.schema) as w:
+        w.write_table(t, max_chunksize=chunk)
+
+
+def write_arrow_stream(path: Path, t: pa.Table, chunk: int = 17) -> None:
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+        w.write_table(t, max_chunksize=chunk)
+
+
+def write_format(fmt: str, root: Path, docs: list[dict]) -> str:
+    """Write `docs` in format `fmt` under `root`; return the corpus spec to open (file, folder or glob)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        (root / "c.jsonl").write_bytes(jsonl_bytes(docs))
+        return str(root / "c.jsonl")
+    if fmt == "jsonl-ascii":  # json.dumps default: every non-ASCII char as a \\u escape (surrogate pairs)
+        (root / "c.jsonl").write_bytes(jsonl_bytes(docs, ensure_ascii=True))
+        return str(root / "c.jsonl")
+    if fmt == "jsonl.gz":
+        (root / "c.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(docs)))
+        return str(root / "c.jsonl.gz")
+    if fmt == "jsonl.zst":
+        (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(docs)))
+        return str(root / "c.jsonl.zst")
+    if fmt == "parquet":
+        pq.write_table(table(docs), root / "c.parquet", row_group_size=25)
+        return str(root / "c.parquet")
+    if fmt == "arrow-file":
+        write_arrow_file(root / "c.arrow", table(docs))
+        return str(root / "c.arrow")
+    if fmt == "arrow-stream":
+        write_arrow_stream(root / "c.arrow", table(docs))
+        return str(root / "c.arrow")
+    if fmt == "feather":
+        feather.write_feather(table(docs), root / "c.feather", chunksize=19)
+        return str(root / "c.feather")
+    if fmt == "hf":
+        datasets = pytest.importorskip("datasets")
+        datasets.Dataset.from_list(docs).save_to_disk(str(root / "hf"), num_shards=3)
+        return str(root / "hf")
+    if fmt == "glob":
+        for i, k in enumerate(range(0, len(docs), 50)):
+            (root / f"part-{i:02d}.jsonl").write_bytes(jsonl_bytes(docs[k:k + 50]))
+        (root / "notes.txt").write_text("not part of the glob")
+        return str(root / "part-*.jsonl")
+    if fmt == "mixed-folder":
+        # sorted path order: a.jsonl, b.parquet, c/d.arrow, c/e.jsonl.gz, f.jsonl.zst, g.feather
+        parts = [docs[0:20], docs[20:45], docs[45:60], docs[60:85], docs[85:100], docs[100:]]
+        folder = root / "mixed"
+        (folder / "c").mkdir(parents=True)
+        (folder / "a.jsonl").write_bytes(jsonl_bytes(parts[0]))
+        pq.write_table(table(parts[1]), folder / "b.parquet", row_group_size=10)
+        write_arrow_stream(folder / "c" / "d.arrow", table(parts[2]), chunk=4)
+        (folder / "c" / "e.jsonl.gz").write_bytes(gzip.compress(jsonl_bytes(parts[3])))
+        (folder / "f.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(parts[4])))
+        feather.write_feather(table(parts[5]), folder / "g.feather")
+        (folder / ".hidden.jsonl").write_bytes(jsonl_bytes(docs[:3]))  # hidden: not read
+        (folder / "_scratch").mkdir()
+        (folder / "_scratch" / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]))  # "_" prefix: not read
+        (folder / "README.md").write_text("# not a corpus file\n")  # unsupported: skipped in a folder
+        return str(folder)
+    raise AssertionError(fmt)
+
+
+FORMATS = ["jsonl", "jsonl-ascii", "jsonl.gz", "jsonl.zst", "parquet", "arrow-file", "arrow-stream",
+           "feather", "hf", "glob", "mixed-folder"]
+
+
+def read_all(corpus: Corpus, **kw) -> pa.Table:
+    return pa.Table.from_batches(list(corpus.read(**kw)), schema=DOC_SCHEMA)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_keeps_texts_ids_and_order(tmp_path, fmt):
+    docs = make_docs()
+    corpus = open_corpus(write_format(fmt, tmp_path, docs))
+    assert corpus.n_rows == len(docs)
+    t = read_all(corpus)
+    assert t.column("text").to_pylist() == [d["text"] for d in docs]
+    assert t.column("id").to_pylist() == [d["id"] for d in docs]
+    assert t.column("doc_index").to_pylist() == list(range(len(docs)))
+    # `file` and `row` point back to the source row
+    for fi, row, idx in zip(t.column("file").to_pylist(), t.column("row").to_pylist(),
+                            t.column("doc_index").to_pylist()):
+        assert corpus.files[fi].offset + row == idx
+    assert corpus.stats.skipped_empty == 0 and corpus.stats.replaced_utf8 == 0
+    # Reopening the same files gives the same fingerprint and the same indices.
+    again = open_corpus([f.path for f in corpus.files])
+    assert again.fingerprint() == corpus.fingerprint()
+    assert read_all(again).column("doc_index").to_pylist() == list(range(len(docs)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows_per_shard", [1, 7, 25, 64, 10_000])
+def test_shards_cover_every_row_exactly_once(tmp_path, fmt, rows_per_shard):
+    docs = make_docs()
+    corpus = open_corpus(write_format(fmt, tmp_path, docs))
+    shards = corpus.shards(rows_per_shard=rows_per_shard)
+    assert [s.index for s in shards] == list(range(len(shards)))
+    assert all(0 < s.rows <= rows_per_shard for s in shards)
+    seen: list[int] = []
+    texts: list[str] = []
+    for s in shards:
+        t = pa.Table.from_batches(list(corpus.read(s)), schema=DOC_SCHEMA)
+        idx = t.column("doc_index").to_pylist()
+        lo = corpus.files[s.file].offset + s.start
+        assert idx == list(range(lo, lo + s.rows)), s
+        seen += idx
+        texts += t.column("text").to_pylist()
+    assert seen == list(range(len(docs)))
+    assert texts == [d["text"] for d in docs]
+
+
+def test_shards_are_fixed_by_the_data(tmp_path):
+    """The same corpus and rows_per_shard give the same shards, whatever else happens."""
+    spec = write_format("mixed-folder", tmp_path, make_docs())
+    a, b = open_corpus(spec).shards(30), open_corpus(spec).shards(30)
+    assert a == b
+    # shards never span files
+    files = open_corpus(spec).files
+    assert all(s.stop <= files[s.file].rows for s in a)
+
+
+@pytest.mark.parametrize("compression", ["", ".gz", ".zst"])
+@pytest.mark.parametrize("rows_per_shard", [1000, 4095, 4096, 4097, 5000, 9999])
+def test_long_jsonl_shards_past_the_seek_checkpoints(tmp_path, compression, rows_per_shard):
+    n = 10_007
+    data = "".join(json.dumps({"text": f"row {i} é😀"}, ensure_ascii=False) + "\n"
+                   for i in range(n)).encode()
+    path = tmp_path / f"long.jsonl{compression}"
+    path.write_bytes({"": lambda b: b, ".gz": gzip.compress,
+                      ".zst": zstandard.ZstdCompressor().compress}[compression](data))
+    corpus = open_corpus(path)
+    assert corpus.n_rows == n
+    if not compression:
+        assert [r for r, _ in corpus.files[0].line_offsets] == [0, 4096, 8192]
+    seen = []
+    for s in corpus.shards(rows_per_shard):
+        for b in corpus.read(s):
+            texts = b.column("text").to_pylist()
+            rows = b.column("row").to_pylist()
+            assert texts == [f"row {r} é😀" for r in rows]
+            seen += rows
+    assert seen == list(range(n))
+
+
+@pytest.mark.parametrize("rows_per_shard", [1000, 2048, 3000, 10_000])
+def test_parquet_shards_inside_a_large_row_group(tmp_path, rows_per_shard):
+    """A row group larger than one read batch (2048 rows): shards start and stop mid-group."""
+    n = 10_000
+    pq.write_table(pa.table({"text": [f"t{i}" for i in range(n)]}), tmp_path / "big.parquet",
+                   row_group_size=6000)
+    corpus = open_corpus(tmp_path / "big.parquet")
+    seen = []
+    for s in corpus.shards(rows_per_shard):
+        for b in corpus.read(s):
+            assert b.column("text").to_pylist() == [f"t{r}" for r in b.column("row").to_pylist()]
+            seen += b.column("row").to_pylist()
+    assert seen == list(range(n))
+
+
+def test_jsonl_without_final_newline_and_with_crlf(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(b'{"text": "a"}\r\n{"text": "b"}\r\n{"text": "c"}')
+    corpus = open_corpus(p)
+    assert corpus.n_rows == 3
+    assert list(corpus.iter_texts()) == ["a", "b", "c"]
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(p.read_bytes()))
+    assert list(open_corpus(tmp_path / "d.jsonl.gz").iter_texts()) == ["a", "b", "c"]
+
+
+def test_utf8_bom_on_the_first_line_is_ignored(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + jsonl_bytes([{"text": "first"}, {"text": "second"}]))
+    assert list(open_corpus(p).iter_texts()) == ["first", "second"]
+
+
+def test_multi_frame_zstd_is_read_to_the_end(tmp_path):
+    """`zstd` / `pzstd` output and concatenated files hold several frames: every one is read."""
+    docs = make_docs(60)
+    c = zstandard.ZstdCompressor()
+    p = tmp_path / "multi.jsonl.zst"
+    p.write_bytes(c.compress(jsonl_bytes(docs[:20])) + c.compress(jsonl_bytes(docs[20:45]))
+                  + c.compress(jsonl_bytes(docs[45:])))
+    corpus = open_corpus(p)
+    assert corpus.n_rows == 60
+    assert list(corpus.iter_texts()) == [d["text"] for d in docs]
+
+
+def test_truncated_compressed_jsonl_is_an_error_not_fewer_rows(tmp_path):
+    data = jsonl_bytes(make_docs(3000))
+    for name, blob in [("t.jsonl.gz", gzip.compress(data)),
+                       ("t.jsonl.zst", zstandard.ZstdCompressor().compress(data))]:
+        (tmp_path / name).write_bytes(blob[: len(blob) // 2])
+        with pytest.raises(CorpusError, match=rf"{name}: cannot read it as jsonl .*is the file complete"):
+            open_corpus(tmp_path / name)
+
+
+def test_text_field_and_id_field_options(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(jsonl_bytes([{"content": "hello", "key": 7, "id": "ignored"},
+                               {"content": "world", "key": 8, "id": "ignored"}]))
+    corpus = open_corpus(p, text_field="content", id_field="key")
+    t = read_all(corpus)
+    assert t.column("text").to_pylist() == ["hello", "world"]
+    assert t.column("id").to_pylist() == ["7", "8"]
+    pq.write_table(pa.table({"body": ["x", "y"], "uid": [10, 11]}), tmp_path / "c.parquet")
+    t = read_all(open_corpus(tmp_path / "c.parquet", text_field="body", id_field="uid"))
+    assert t.column("id").to_pylist() == ["10", "11"]
+    with pytest.raises(CorpusError, match=r"no 'nope' field; available fields: \['body', 'uid'\]\. "
+                                          r"Pass --id-field"):
+        open_corpus(tmp_path / "c.parquet", text_field="body", id_field="nope")
+
+
+def test_ids_are_derived_from_file_and_row_when_there_is_none(tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(jsonl_bytes([{"text": "x"}, {"text": "y"}]))
+    pq.write_table(pa.table({"text": ["z"]}), tmp_path / "b.parquet")
+    t = read_all(open_corpus(tmp_path))
+    assert t.column("id").to_pylist() == ["a.jsonl:0", "a.jsonl:1", "b.parquet:0"]
+
+
+def test_derived_ids_stay_unique_when_two_files_share_a_name(tmp_path):
+    """Two `datasets` folders both hold `data-00000-of-00001.arrow`: the ids must not collide."""
+    for sub in ("one", "two"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "part.jsonl").write_bytes(jsonl_bytes([{"text": f"{sub} a"}, {"text": f"{sub} b"}]))
+    ids = read_all(open_corpus(tmp_path)).column("id").to_pylist()
+    assert ids == ["one/part.jsonl:0", "one/part.jsonl:1", "two/part.jsonl:0", "two/part.jsonl:1"]
+
+
+def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path):
+    rows = [{"text": "a"}, {"text": ""}, {"text": "   \n\t"}, {"text": None}, {"text": "b"}]
+    (tmp_path / "c.jsonl").write_bytes(jsonl_bytes(rows) + b"\n   \n")  # plus two blank lines
+    corpus = open_corpus(tmp_path / "c.jsonl")
+    assert corpus.n_rows == 7
+    t = read_all(corpus)
+    assert t.column("text").to_pylist() == ["a", "b"]
+    assert t.column("doc_index").to_pylist() == [0, 4]  # indices of the kept rows do not shift
+    s = corpus_summary(open_corpus(tmp_path / "c.jsonl"))
+    assert (s["rows"], s["documents"], s["skipped_empty"]) == (7, 2, 5)
+    pq.write_table(pa.table({"text": ["a", "", None, " ", "b"]}), tmp_path / "c.parquet")
+    s = corpus_summary(open_corpus(tmp_path / "c.parquet"))
+    assert (s["rows"], s["documents"], s["skipped_empty"]) == (5, 2, 3)
+
+
+def test_invalid_utf8_names_the_line_or_is_replaced_and_counted(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(b'{"text": "good"}\n{"text": "bad \xff\xfe here"}\n{"text": "ok"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl line 2: invalid UTF-8 .*--encoding-errors replace"):
+        list(open_corpus(p).iter_texts())
+    corpus = open_corpus(p, encoding_errors="replace")
+    assert list(corpus.iter_texts()) == ["good", "bad \ufffd\ufffd here", "ok"]
+    assert corpus.stats.replaced_utf8 == 1
+
+
+def test_invalid_utf8_in_a_parquet_string_column(tmp_path):
+    raw = pa.array([b"fine", b"bad \xff"], pa.binary())
+    bad = pa.Array.from_buffers(pa.string(), 2, raw.buffers()[:3])  # a string column that lies
+    pq.write_table(pa.table({"text": bad}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"text": raw}), tmp_path / "b.parquet")
+    for name in ("s.parquet", "b.parquet"):
+        with pytest.raises(CorpusError, match=rf"{name} row 1: invalid UTF-8"):
+            list(open_corpus(tmp_path / name).iter_texts())
+        texts = list(open_corpus(tmp_path / name, encoding_errors="replace").iter_texts())
+        assert texts == ["fine", "bad \ufffd"]
+
+
+def test_lone_surrogate_escape_is_invalid_text(tmp_path):
+    """`{"text": "cut \\ud83d"}` is valid JSON but not valid Unicode (a cut emoji)."""
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(b'{"text": "pair \\ud83d\\ude00 ok"}\n{"text": "cut \\ud83d"}\n')
+    with pytest.raises(CorpusError, match=r"c\.jsonl line 2: .*lone surrogate"):
+        list(open_corpus(p).iter_texts())
+    corpus = open_corpus(p, encoding_errors="replace")
+    assert list(corpus.iter_texts()) == ["pair 😀 ok", "cut \ufffd"]
+    assert corpus.stats.replaced_utf8 == 1
+
+
+def test_a_folder_holding_a_datasets_folder_reads_its_data_files_only(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    docs = make_docs(30)
+    datasets.Dataset.from_list(docs[:20]).save_to_disk(str(tmp_path / "a_hf"), num_shards=2)
+    (tmp_path / "b.jsonl").write_bytes(jsonl_bytes(docs[20:]))
+    corpus = open_corpus(tmp_path)  # state.json / dataset_info.json are not read as JSONL
+    assert [Path(f.path).name for f in corpus.files] == ["data-00000-of-00002.arrow",
+                                                         "data-00001-of-00002.arrow", "b.jsonl"]
+    assert list(corpus.iter_texts()) == [d["text"] for d in docs]
+
+
+def test_a_stage_directory_is_not_a_corpus(tmp_path):
+    from impsamp.manifest import StageRun
+
+    run = StageRun(tmp_path / "emb", "embed", config={}, inputs={}).begin()
+    (tmp_path / "emb" / "vectors.jsonl").write_bytes(jsonl_bytes([{"text": "payload"}]))
+    with pytest.raises(CorpusError, match="incomplete 'embed' output.*not a corpus"):
+        open_corpus(tmp_path / "emb")
+    run.finish(stats={})
+    with pytest.raises(CorpusError, match="complete 'embed' output, not a corpus"):
+        open_corpus(tmp_path / "emb")
+
+
+def test_a_complete_resample_output_reads_as_a_corpus_an_incomplete_one_does_not(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from impsamp.manifest import StageRun
+
+    docs = make_docs(10)
+    datasets.Dataset.from_list(docs).save_to_disk(str(tmp_path / "hf"))
+    run = StageRun(tmp_path / "sel", "resample", config={}, inputs={}).begin()
+    files = {}
+    for src in sorted((tmp_path / "hf").iterdir()):
+        tmp = run.tmp_path(src.name)
+        shutil.copyfile(src, tmp)
+        files[src.name] = tmp
+    run.commit_shard("00000", files)  # every file is there, state.json included, but no manifest
+    with pytest.raises(CorpusError, match="incomplete 'resample' output.*not a corpus"):
+        open_corpus(tmp_path / "sel")
+    run.finish(stats={})
+    assert list(open_corpus(tmp_path / "sel").iter_texts()) == [d["text"] for d in docs]
+
+
+def test_glob_over_folders_and_duplicates(tmp_path):
+    docs = make_docs(40)
+    for i in range(4):
+        (tmp_path / f"d{i}").mkdir()
+        (tmp_path / f"d{i}" / "x.jsonl").write_bytes(jsonl_bytes(docs[i * 10:(i + 1) * 10]))
+    corpus = open_corpus([str(tmp_path / "d*"), str(tmp_path / "d0" / "x.jsonl")])  # d0 named twice
+    assert len(corpus.files) == 4
+    assert list(corpus.iter_texts()) == [d["text"] for d in docs]
+    with pytest.raises(CorpusError, match="matches no file"):
+        open_corpus(str(tmp_path / "nothing-*.jsonl"))
+
+
+def test_reopen_corpus_refuses_a_changed_corpus(tmp_path):
+    spec_path = write_format("glob", tmp_path, make_docs())
+    corpus = open_corpus(spec_path)
+    spec = json.loads(json.dumps(corpus.spec()))  # as stored in a manifest
+    assert reopen_corpus(spec).fingerprint() == corpus.fingerprint()
+    with (tmp_path / "part-01.jsonl").open("ab") as f:
+        f.write(jsonl_bytes([{"text": "appended", "id": "new"}]))
+    with pytest.raises(CorpusError, match="part-01.jsonl changed since"):
+        reopen_corpus(spec)
+    (tmp_path / "part-02.jsonl").unlink()
+    with pytest.raises(CorpusError, match="cannot reopen"):
+        reopen_corpus(spec)
+
+
+def test_take_returns_texts_and_ids_by_doc_index(tmp_path):
+    docs = make_docs()
+    corpus = open_corpus(write_format("mixed-folder", tmp_path, docs))
+    got = corpus.take([0, 21, 119, 50])
+    assert got == {i: (docs[i]["id"], docs[i]["text"]) for i in (0, 21, 50, 119)}
+
+
+def test_fingerprint_changes_with_the_data_not_the_location(tmp_path):
+    docs = make_docs()
+    a = open_corpus(write_format("jsonl", tmp_path / "a", docs))
+    b = open_corpus(write_format("jsonl", tmp_path / "b", docs))
+    c = open_corpus(write_format("jsonl", tmp_path / "c", docs[:-1]))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert a.fingerprint() != open_corpus(a.files[0].path, id_field="url").fingerprint()
+
+
+def test_reading_streams_in_bounded_batches(tmp_path):
+    docs = make_docs(5000)
+    corpus = open_corpus(write_format("jsonl", tmp_path, docs))
+    sizes = [b.num_rows for b in corpus.read(batch_rows=512)]
+    assert max(sizes) <= 512 and sum(sizes) == 5000
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz", ".zst"])
+def test_reading_is_lazy_the_first_batch_comes_before_the_end_of_the_file(tmp_path, suffix):
+    """Streaming, shown without measuring memory: a bad last line does not stop the first batch."""
+    data = jsonl_bytes(make_docs(5000)) + b'{"text": "broken\n'
+    compress = {"": bytes, ".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}[suffix]
+    (tmp_path / f"c.jsonl{suffix}").write_bytes(compress(data))
+    batches = open_corpus(tmp_path / f"c.jsonl{suffix}").read(batch_rows=100)
+    assert next(batches).num_rows == 100
+    with pytest.raises(CorpusError, match="line 5001: malformed JSON"):
+        list(batches)
+
+
+def test_rows_per_shard_must_be_positive(tmp_path):
+    corpus = open_corpus(write_format("jsonl", tmp_path, make_docs(3)))
+    with pytest.raises(ValueError, match="rows_per_shard"):
+        corpus.shards(0)
+
+
+def test_copying_a_corpus_keeps_its_fingerprint(tmp_path):
+    src = write_format("hf", tmp_path / "src", make_docs())
+    shutil.copytree(src, tmp_path / "copy")
+    assert open_corpus(src).fingerprint() == open_corpus(tmp_path / "copy").fingerprint()

@@ -1,0 +1,241 @@
+"""The whole pipeline embed -> cluster -> resample, through the CLI and the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+import impsamp
+from impsamp.clustering import ClusterConfig
+from impsamp.embedding import EmbedConfig
+from impsamp.resampling import ResampleConfig, Selection
+from impsamp_cli.main import cli
+
+TOPICS = {
+    "bio": "protein folding kinetics gene expression yeast cell membrane transport enzyme",
+    "code": "python list comprehension rust borrow checker sql join index compiler",
+    "law": "contract breach damages appellate court ruling statute limitations plaintiff",
+}
+
+
+def _doc(rng, topic):
+    words = TOPICS[topic].split()
+    return " ".join(rng.choice(words) for _ in range(int(rng.integers(8, 30))))
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A generic corpus of three topics, a 'bio' target, embedded (hashing) and clustered."""
+    root = tmp_path_factory.mktemp("pipeline")
+    rng = np.random.default_rng(0)
+    topics = rng.choice(list(TOPICS), size=900)
+    generic = root / "generic.jsonl"
+    generic.write_text("".join(json.dumps({"id": f"g{i}", "text": _doc(rng, t), "topic": str(t)}) + "\n"
+                               for i, t in enumerate(topics)))
+    target = root / "bio.jsonl"
+    target.write_text("".join(json.dumps({"text": _doc(rng, "bio")}) + "\n" for _ in range(60)))
+    emb = impsamp.embed(generic, root / "emb", EmbedConfig(model="hashing:64", rows_per_shard=200))
+    clu = impsamp.cluster(emb, root / "clu", ClusterConfig(k=6, seed=0))
+    return root, generic, target, topics, emb, clu
+
+
+def _invoke(args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    return r
+
+
+def _topics_of(sel: Selection, topics):
+    return topics[sel.to_table().column("doc_index").to_numpy()]
+
+
+def test_cli_pipeline_selects_the_target_topic_and_datasets_opens_it(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    out = tmp_path / "sel"
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--out", out, "--docs", 300,
+                 "--rows-per-shard", 120])
+    assert r.exit_code == 0, r.output
+    assert "300 rows" in r.output and "KL(target||generic)" in r.output
+    sel = Selection.load(out)
+    share = np.mean(_topics_of(sel, topics) == "bio")
+    assert share > 0.8, share
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_from_disk(str(out))
+    assert ds.num_rows == 300 and {"text", "id", "source_file", "source_row", "cluster", "weight", "repeat"} <= set(
+        ds.column_names)
+    assert len(sel.data_files) == 3
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "KL(target, selected)" in card and "{" not in card.split("---")[1]
+    assert (out / "histograms.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "_spill").exists() and not (out / "_shards").exists()
+
+
+def test_python_api_and_the_match_histogram(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    hist = impsamp.histogram(target, clu)
+    sel = impsamp.resample(emb, clu, tmp_path / "s", targets=[target],
+                           config=ResampleConfig(docs=600, smoothing=0.0, scheme="match"))
+    got = np.bincount(sel.to_table().column("cluster").to_numpy(), minlength=clu.n_leaves)
+    p = hist.probs()
+    # match reproduces the target histogram up to rounding
+    assert np.abs(got / got.sum() - p).max() <= 1 / 600 + 1e-9
+    assert sel.stats["kl_target_selected"] < 0.01 < sel.stats["kl_target_generic"]
+
+
+def test_saved_histogram_and_mixture_targets(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    saved = impsamp.histogram(target, clu).save(tmp_path / "bio.hist.json")
+    law = tmp_path / "law.jsonl"
+    rng = np.random.default_rng(1)
+    law.write_text("".join(json.dumps({"text": _doc(rng, "law")}) + "\n" for _ in range(40)))
+    sel = impsamp.resample(emb, clu, tmp_path / "mix", targets=[f"{saved}:0.5", (law, 0.5)],
+                           config=ResampleConfig(docs=400, smoothing=0.0))
+    t = _topics_of(sel, topics)
+    assert 0.35 < np.mean(t == "bio") < 0.65 and 0.35 < np.mean(t == "law") < 0.65
+
+
+@pytest.mark.parametrize("method", ["topk", "uniform", "ngram", "classifier"])
+def test_without_replacement_methods_have_no_duplicates(stages, tmp_path, method):
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=200, scheme="topk") if method == "topk" else ResampleConfig(docs=200, method=method)
+    sel = impsamp.resample(emb, clu, tmp_path / method, targets=[target], config=cfg)
+    idx = sel.to_table().column("doc_index").to_numpy()
+    assert len(idx) == 200 and len(np.unique(idx)) == 200
+    share = np.mean(topics[idx] == "bio")
+    assert (share < 0.6) if method == "uniform" else (share > 0.8), (method, share)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    outs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        sel = impsamp.resample(emb, clu, tmp_path / name, targets=[target],
+                               config=ResampleConfig(docs=250, seed=seed, rows_per_shard=100))
+        outs.append({o.path: o.sha256 for o in sel.manifest.outputs if o.path.startswith("data-")})
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_other_formats_read_back(stages, tmp_path, fmt):
+    root, generic, target, topics, emb, clu = stages
+    sel = impsamp.resample(emb, clu, tmp_path / fmt, targets=[target], config=ResampleConfig(docs=50, format=fmt))
+    assert sel.to_table().num_rows == 50
+    assert all(f.suffix == f".{fmt}" for f in sel.data_files)
+
+
+def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    args = ["resample", root / "emb", root / "clu", "--target", target, "--docs", 400, "--rows-per-shard", 60,
+            "--no-progress"]
+    ref = tmp_path / "ref"
+    assert _invoke([*args, "--out", ref]).exit_code == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "impsamp", *map(str, args), "--out", str(out)]
+    env = {**os.environ, "IMPSAMP_TEST_SLOW_SHARD": "0.3"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(impsamp.StageError, match="incomplete"):
+        Selection.load(out)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a = {o.path: o.sha256 for o in Selection.load(ref).manifest.outputs if o.path.startswith("data-")}
+    b = {o.path: o.sha256 for o in Selection.load(out).manifest.outputs if o.path.startswith("data-")}
+    assert a == b and len(a) == 7
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--docs", 100000, "--scheme", "topk"], "budget impossible without replacement"),
+    (["--docs", 5000, "--max-repeat", 1], "budget impossible with --max-repeat 1"),
+    (["--docs", 0], "--docs must be >= 1"),
+    (["--docs", 10, "--tokens", 10], "exactly one budget"),
+    (["--docs", 10, "--weighting", "tests.weighting_plugins:negative"], "tests.weighting_plugins:negative"),
+    (["--docs", 10, "--weighting", "tests.weighting_plugins:raises"], "raised RuntimeError"),
+    (["--docs", 10, "--weighting", "tests.weighting_plugins:all_zero"], "all-zero"),
+    (["--docs", 10, "--weighting", "no.such.module:fn"], "cannot load it"),
+])
+def test_bad_resample_input_is_one_line(stages, tmp_path, extra, message):
+    root, generic, target, topics, _, _ = stages
+    out = tmp_path / "bad"
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--out", out, *extra])
+    assert r.exit_code != 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], r.output
+    assert not (out / "manifest.json").exists()
+
+
+def test_empty_target_and_missing_target(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": "  "}\n')
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", empty, "--out", tmp_path / "o", "--docs", 5])
+    assert r.exit_code == 1 and "no documents" in r.output
+    r = _invoke(["resample", root / "emb", root / "clu", "--out", tmp_path / "o", "--docs", 5])
+    assert r.exit_code == 1 and "no target given" in r.output
+
+
+def test_existing_output_needs_overwrite(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    args = ["resample", root / "emb", root / "clu", "--target", target, "--out", tmp_path / "o", "--docs", 20]
+    assert _invoke(args).exit_code == 0
+    r = _invoke(args)
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert _invoke([*args, "--overwrite"]).exit_code == 0
+
+
+def test_target_embedded_with_another_model_is_refused(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    other = impsamp.embed(target, tmp_path / "t-emb", EmbedConfig(model="hashing:32"))
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", other.path, "--out", tmp_path / "o",
+                 "--docs", 5])
+    assert r.exit_code == 1 and "embedded with" in r.output
+
+
+def test_changed_corpus_is_refused(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    g2 = tmp_path / "g.jsonl"
+    g2.write_text(generic.read_text())
+    emb = impsamp.embed(g2, tmp_path / "emb", EmbedConfig(model="hashing:64"))
+    clu = impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=3))
+    with open(g2, "a") as f:
+        f.write(json.dumps({"text": "one more document"}) + "\n")
+    r = _invoke(["resample", tmp_path / "emb", tmp_path / "clu", "--target", target, "--out", tmp_path / "o",
+                 "--docs", 5])
+    assert r.exit_code == 1 and "changed since it was embedded" in r.output
+
+
+def test_clusters_of_other_embeddings_are_refused(stages, tmp_path):
+    root, generic, target, topics, _, _ = stages
+    emb = impsamp.embed(target, tmp_path / "emb", EmbedConfig(model="hashing:64"))
+    r = _invoke(["resample", tmp_path / "emb", root / "clu", "--target", target, "--out", tmp_path / "o",
+                 "--docs", 5])
+    assert r.exit_code == 1 and "was not clustered from" in r.output
+    assert emb.n == 60
+
+
+def test_windows_select_text_spans(tmp_path):
+    rng = np.random.default_rng(2)
+    g = tmp_path / "g.jsonl"
+    g.write_text("".join(json.dumps({"text": " ".join([_doc(rng, "bio")] * 6)}) + "\n" for _ in range(30)))
+    emb = impsamp.embed(g, tmp_path / "emb", EmbedConfig(model="hashing:32", max_tokens=16, windows=True))
+    clu = impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=2))
+    sel = impsamp.resample(emb, clu, tmp_path / "s", targets=[g], config=ResampleConfig(docs=20, scheme="topk"))
+    tab = sel.to_table()
+    docs = [json.loads(x)["text"] for x in g.read_text().splitlines()]
+    for text, i in zip(tab.column("text").to_pylist(), tab.column("doc_index").to_pylist()):
+        assert text in docs[i] and len(text.split()) <= 16
+    assert isinstance(tab, pa.Table)

@@ -1,0 +1,163 @@
+"""The resampler's behaviour: histograms match, no duplicates without replacement, seeded, checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from impsamp.errors import ConfigError, WeightingError
+from impsamp.histograms import Histogram, kl, mixture
+from impsamp.resampling import ResampleConfig, _plan, _unit_repeats
+from impsamp.weighting import check_weights, compute_weights, density_ratio, resolve_weighting
+
+K = 8
+
+
+def _hist(counts, fp="sha256:x", source="t"):
+    counts = np.asarray(counts, dtype=np.float64)
+    return Histogram(counts, (np.arange(len(counts)),), fp, source)
+
+
+@pytest.fixture
+def generic_shards():
+    """Three input shards of a generic corpus over 8 clusters of very different sizes."""
+    rng = np.random.default_rng(0)
+    sizes = np.array([400, 300, 150, 80, 40, 20, 8, 2])
+    leaves = rng.permutation(np.repeat(np.arange(K), sizes))
+    shards = np.array_split(leaves, 3)
+    tokens = [rng.integers(50, 150, size=len(s)) for s in shards]
+    return [s.astype(np.int64) for s in shards], tokens, _hist(sizes, source="generic")
+
+
+def _run(cfg, weights, generic, shards, tokens):
+    plan = _plan(cfg, weights, generic, shards, tokens)
+    reps = [_unit_repeats(cfg, plan, i, s) for i, s in enumerate(shards)]
+    return plan, reps
+
+
+def test_match_reproduces_the_target_histogram(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([1, 1, 1, 1, 10, 30, 40, 16])
+    w = density_ratio(target, generic, smoothing=0.0)
+    cfg = ResampleConfig(docs=2000, scheme="match")
+    plan, reps = _run(cfg, w, generic, shards, tokens)
+    got = np.zeros(K)
+    for s, r in zip(shards, reps):
+        np.add.at(got, s, r)
+    assert got.sum() == 2000
+    np.testing.assert_allclose(got / got.sum(), target.probs(), atol=1 / 2000 + 1e-9)
+    assert kl(target.probs(), got) < 1e-3 < kl(target.probs(), generic.counts)
+
+
+def test_match_spreads_repeats_evenly_inside_a_cluster(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([0, 0, 0, 0, 0, 0, 1, 1])
+    w = density_ratio(target, generic, smoothing=0.0)
+    plan, reps = _run(ResampleConfig(docs=101, scheme="match"), w, generic, shards, tokens)
+    for c in (6, 7):
+        r = np.concatenate([rr[s == c] for s, rr in zip(shards, reps)])
+        assert r.max() - r.min() <= 1  # every document is used before any is used again
+
+
+def test_max_repeat_moves_the_surplus_and_refuses_the_impossible(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([1, 1, 1, 1, 1, 1, 50, 50])
+    w = density_ratio(target, generic, smoothing=0.0)
+    plan, reps = _run(ResampleConfig(docs=200, scheme="match", max_repeat=2), w, generic, shards, tokens)
+    assert max(r.max() for r in reps) <= 2 and sum(r.sum() for r in reps) == 200
+    with pytest.raises(ConfigError, match="at most 2,000 documents"):
+        _plan(ResampleConfig(docs=5000, scheme="match", max_repeat=2), w, generic, shards, tokens)
+
+
+def test_topk_has_no_duplicates_and_prefers_heavy_clusters(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([0, 0, 0, 0, 1, 1, 1, 1])
+    w = density_ratio(target, generic, smoothing=0.1)
+    plan, reps = _run(ResampleConfig(docs=40, scheme="topk"), w, generic, shards, tokens)
+    assert all(r.max() <= 1 for r in reps) and sum(r.sum() for r in reps) == 40
+    picked = np.concatenate([s[r > 0] for s, r in zip(shards, reps)])
+    assert np.isin(picked, [4, 5, 6, 7]).mean() > 0.8
+
+
+def test_topk_budget_larger_than_the_pool_says_the_maximum(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = np.ones(K)
+    with pytest.raises(ConfigError, match="only 1,000 documents"):
+        _plan(ResampleConfig(docs=1001, scheme="topk"), w, generic, shards, tokens)
+
+
+def test_token_budget_is_met_approximately(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = density_ratio(_hist([5, 5, 5, 5, 5, 5, 5, 5]), generic)
+    for scheme in ("match", "crisp", "topk"):
+        _, reps = _run(ResampleConfig(tokens=20_000, scheme=scheme), w, generic, shards, tokens)
+        got = sum(float((r * t).sum()) for r, t in zip(reps, tokens))
+        assert abs(got - 20_000) / 20_000 < 0.05, (scheme, got)
+
+
+def test_same_seed_same_draws_other_seed_other_draws(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = density_ratio(_hist([3, 1, 4, 1, 5, 9, 2, 6]), generic)
+    for scheme in ("match", "crisp", "topk"):
+        a = _run(ResampleConfig(docs=300, scheme=scheme, seed=1), w, generic, shards, tokens)[1]
+        b = _run(ResampleConfig(docs=300, scheme=scheme, seed=1), w, generic, shards, tokens)[1]
+        c = _run(ResampleConfig(docs=300, scheme=scheme, seed=2), w, generic, shards, tokens)[1]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+        assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_budget_flags_are_checked():
+    with pytest.raises(ConfigError, match="exactly one budget"):
+        ResampleConfig()
+    with pytest.raises(ConfigError, match="--docs must be >= 1"):
+        ResampleConfig(docs=0)
+    with pytest.raises(ConfigError, match="--scheme must be one of"):
+        ResampleConfig(docs=5, scheme="nope")
+
+
+def test_mixture_weights_the_normalised_parts():
+    a, b = _hist([10, 0, 0, 0]), _hist([0, 0, 0, 1000])
+    m = mixture([(a, 0.7), (b, 0.3)])
+    np.testing.assert_allclose(m.probs(), [0.7, 0, 0, 0.3])
+
+
+def test_hierarchical_backoff_fills_sparse_leaves_from_the_parent():
+    # 2 parents x 2 leaves; the target saw leaf 0 only, leaf 1 shares its parent
+    anc = (np.array([0, 0, 1, 1]), np.arange(4))
+    target = Histogram(np.array([10.0, 0, 0, 0]), anc, "fp")
+    generic = Histogram(np.array([100.0, 100, 100, 100]), anc, "fp")
+    flat = density_ratio(target, generic, smoothing=0.0)
+    backed = density_ratio(target, generic, smoothing=0.0, backoff=5)
+    assert flat[1] == 0 and backed[1] > 0 and backed[0] > backed[1] and backed[2] == backed[3] == 0
+    assert backed[0] + backed[1] == pytest.approx(flat[0] + flat[1])  # the parent keeps its target mass
+
+
+def test_custom_weighting_by_import_string():
+    generic, target = _hist([10, 10, 10, 10]), _hist([9, 1, 0, 0])
+    w, name = compute_weights("tests.weighting_plugins:capped_ratio", target, generic)
+    assert name == "tests.weighting_plugins:capped_ratio" and w.max() <= 3.0
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("wrong_shape", r"returned shape \(3,\), expected \(4,\)"),
+    ("negative", "negative weight"),
+    ("raises", "raised RuntimeError: boom"),
+    ("all_zero", "all-zero"),
+])
+def test_bad_custom_weighting_is_named_in_the_error(fn, message):
+    generic, target = _hist([10, 10, 10, 10]), _hist([9, 1, 0, 0])
+    with pytest.raises(WeightingError, match=message) as e:
+        compute_weights(f"tests.weighting_plugins:{fn}", target, generic)
+    assert f"tests.weighting_plugins:{fn}" in str(e.value)
+
+
+def test_unknown_weighting_lists_the_builtins():
+    with pytest.raises(ConfigError, match=r"\['ratio', 'uniform'\]"):
+        resolve_weighting("nope")
+    with pytest.raises(ConfigError, match="cannot load it"):
+        resolve_weighting("no_such_module_xyz:fn")
+
+
+def test_check_weights_rejects_nan():
+    with pytest.raises(WeightingError, match="non-finite"):
+        check_weights([1.0, np.nan], 2, "f")

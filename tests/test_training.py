@@ -1,0 +1,279 @@
+"""The bundled trainer: loss falls, kill + resume is exact, HF export, DDP, bad input, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tokenizers")
+pytest.importorskip("safetensors")
+
+from click.testing import CliRunner  # noqa: E402
+
+from impsamp.training import TrainConfig, TrainRun, evaluate, train, train_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MICRO = dict(n_layer=2, n_embd=32, n_head=2, mlp_hidden=64, block_size=32, vocab_size=300, batch_size=4,
+             log_every=2)
+MICRO_FLAGS = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--mlp-hidden", "64", "--block-size", "32",
+               "--vocab-size", "300", "--batch-size", "4", "--log-every", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
+
+ANIMALS = ["the cat", "a dog", "the old horse", "a small bird", "the brown fox", "my goat"]
+VERBS = ["sleeps in", "runs to", "looks at", "walks around", "jumps over", "sits by"]
+PLACES = ["the barn", "the green field", "the river", "a quiet farm", "the tall tree", "the hill"]
+CODE = ["def f(x):", "    return x + 1", "for i in range(10):", "    print(i)", "import os", "x = [1, 2, 3]"]
+
+
+def _write_jsonl(path: Path, docs: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    return path
+
+
+def _farm_docs(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(f"{rng.choice(ANIMALS)} {rng.choice(VERBS)} {rng.choice(PLACES)}." for _ in range(8))
+            for _ in range(n)]
+
+
+def _code_docs(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["\n".join(rng.choice(CODE) for _ in range(10)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("corpus")
+    return {"farm": _write_jsonl(d / "farm.jsonl", _farm_docs(40, 0)),
+            "code": _write_jsonl(d / "code.jsonl", _code_docs(30, 1)),
+            "farm_eval": _write_jsonl(d / "farm_eval.jsonl", _farm_docs(6, 2)),
+            "code_eval": _write_jsonl(d / "code_eval.jsonl", _code_docs(6, 3))}
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> TrainRun:
+    out = tmp_path_factory.mktemp("runs") / "lm"
+    cfg = TrainConfig(**MICRO, steps=30, lr=3e-3, finetune_steps=6, checkpoint_every=10)
+    return train([corpus["farm"], corpus["code"]], out, cfg, finetune=[corpus["farm"]],
+                 eval=[corpus["farm_eval"], corpus["code_eval"]])
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], env={**ENV, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, timeout: float = 90) -> None:
+    """SIGKILL the process group of `proc` as soon as a checkpoint matching `pattern` exists."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if list((run_dir / "checkpoints").glob(pattern)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.05)
+    out = proc.communicate()[0] if proc.poll() is not None else ""
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"no checkpoint {pattern} appeared before the run ended: {out}")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_loss_falls_and_run_dir_is_complete(trained):
+    log = [json.loads(line) for line in (trained.path / "metrics.jsonl").read_text().splitlines()]
+    pre = [r["loss"] for r in log if r["phase"] == "pretrain" and "loss" in r]
+    assert pre[-1] < pre[0] - 1.0, pre
+    assert {"step", "loss", "lr", "tokens_per_s"} <= set(log[0])
+    for name in ("tokenizer.json", "model.safetensors", "pretrained.safetensors", "config.json",
+                 "metrics.jsonl", "eval.json", "manifest.json"):
+        assert (trained.path / name).is_file(), name
+    assert not (trained.path / "checkpoints").exists() and not (trained.path / "cache").exists()
+    m = trained.metrics
+    assert m["train"]["steps"] == 30 and m["train"]["final_loss"] == pre[-1]
+    for key in ("pretrained", "finetuned"):
+        assert len(m[key]["per_file"]) == 2
+        assert m[key]["macro_ppl"] > 1 and m[key]["macro_bpb"] > 0
+    farm = next(k for k in m["pretrained"]["per_file"] if k.endswith("farm_eval.jsonl"))
+    assert m["finetuned"]["per_file"][farm]["ppl"] < m["pretrained"]["per_file"][farm]["ppl"]
+    loaded = TrainRun.load(trained.path)
+    assert loaded.metrics == m and loaded.config == trained.config
+    assert loaded.manifest.stage == "train"
+
+
+def test_same_seed_same_weights_and_complete_run_is_refused(corpus, tmp_path, trained):
+    cfg = TrainConfig(**MICRO, steps=4)
+    a = train([corpus["farm"]], tmp_path / "a", cfg)
+    b = train([corpus["farm"]], tmp_path / "b", cfg)
+    assert (a.path / "model.safetensors").read_bytes() == (b.path / "model.safetensors").read_bytes()
+    assert (a.path / "tokenizer.json").read_bytes() == (b.path / "tokenizer.json").read_bytes()
+    from impsamp.errors import StageError
+
+    with pytest.raises(StageError, match="already holds a complete"):
+        train([corpus["farm"]], tmp_path / "a", cfg)
+
+
+def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
+    args = ["-m", "impsamp", "train", "--data", str(corpus["farm"]), "--data", str(corpus["code"]),
+            "--finetune", str(corpus["farm"]), "--eval", str(corpus["farm_eval"]), *MICRO_FLAGS,
+            "--steps", "10", "--finetune-steps", "8", "--checkpoint-every", "3", "--no-progress"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    slow = {"IMPSAMP_TEST_STEP_SLEEP": "0.4"}
+    run = tmp_path / "killed"
+    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-0-pretrain-*")      # killed in pretraining
+    assert not (run / "manifest.json").exists()
+    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-1-finetune-*")      # killed in fine-tuning
+    _finish(_cli(*args, "--out", str(run)))
+    _finish(ref)
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert (run / "pretrained.safetensors").read_bytes() == (tmp_path / "ref" / "pretrained.safetensors").read_bytes()
+    steps = [(r["phase"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert len(steps) == len(set(steps)), "resumed log holds duplicate steps"
+    a, b = (json.loads((p / "eval.json").read_text()) for p in (run, tmp_path / "ref"))
+    assert a["pretrained"] == b["pretrained"] and a["finetuned"] == b["finetuned"]
+
+
+def test_ddp_two_cpu_processes_train_and_resume(corpus, tmp_path):
+    run = tmp_path / "ddp"
+    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", "-m", "impsamp",
+            "train", "--data", str(corpus["farm"]), "--data", str(corpus["code"]), *MICRO_FLAGS,
+            "--steps", "8", "--checkpoint-every", "3", "--device", "cpu", "--no-progress", "--out", str(run)]
+    _kill_when(_cli(*args, env={"IMPSAMP_TEST_STEP_SLEEP": "0.4"}), run, "ckpt-0-pretrain-*")
+    assert not (run / "manifest.json").exists()
+    out = _finish(_cli(*args))
+    assert "trained" in out and out.count("trained") == 1, out  # one summary (rank 0)
+    info = json.loads((run / "config.json").read_text())
+    assert info["world_size"] == 2
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 8 and log[-1]["tokens"] == 8 * 2 * 4 * 32
+    assert TrainRun.load(run).metrics["train"]["steps"] == 8
+
+
+# ----------------------------------------------------------------------------- export and evaluate
+
+
+def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from impsamp_cli.main import cli
+
+    res = CliRunner().invoke(cli, ["export", str(trained.path), str(tmp_path / "hf")])
+    assert res.exit_code == 0, res.output
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    tok = trained.load_tokenizer()
+    text = "the cat runs to the river. def f(x):"
+    ids = tok.encode_batch([text])[0]
+    assert hf_tok(text)["input_ids"] == ids
+    x = torch.tensor([ids[:32]])
+    with torch.no_grad():
+        ours = trained.load_model()(x)
+        theirs = hf(x).logits
+    assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+
+
+def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):
+    from impsamp_cli.main import cli
+
+    files = [str(corpus["farm_eval"]), str(corpus["code_eval"])]
+    res = CliRunner().invoke(cli, ["evaluate", str(trained.path), "--eval", files[0], "--eval", files[1]])
+    assert res.exit_code == 0, res.output
+    m = evaluate(trained.path, files)
+    assert m["per_file"][files[0]] == pytest.approx(trained.metrics["finetuned"]["per_file"][files[0]])
+    lines = res.output.splitlines()
+    assert "ppl" in lines[0] and "bits/byte" in lines[0]
+    for f in files:
+        row = next(li for li in lines if li.startswith(f))
+        assert f"{m['per_file'][f]['ppl']:.2f}" in row and f"{m['per_file'][f]['bpb']:.3f}" in row
+    assert lines[-1].startswith("macro average (2 files)")
+    assert f"{m['macro_ppl']:.2f}" in lines[-1]
+    assert m["macro_ppl"] == pytest.approx(sum(v["ppl"] for v in m["per_file"].values()) / 2)
+
+
+def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):
+    tok = train_tokenizer([corpus["farm"], corpus["code"]], 280, tmp_path / "tok" / "tokenizer.json")
+    run = train([corpus["farm"]], tmp_path / "run", TrainConfig(**MICRO, steps=2, tokenizer=str(tok)))
+    assert (run.path / "tokenizer.json").read_bytes() == tok.read_bytes()
+    assert run.model_config.vocab_size == 320  # 280 padded to a multiple of 64
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(res) -> str:
+    assert res.exit_code not in (0, None), res.output
+    assert "Traceback" not in res.output
+    lines = [li for li in res.output.splitlines() if li.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    return lines[0]
+
+
+def _train_cli(out: Path, *extra: str):
+    from impsamp_cli.main import cli
+
+    return CliRunner().invoke(cli, ["train", "--out", str(out), *MICRO_FLAGS, "--steps", "4", *extra])
+
+
+def test_empty_data_is_one_line_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    assert "empty" in _one_line_error(_train_cli(tmp_path / "r1", "--data", str(tmp_path / "empty.jsonl")))
+    _write_jsonl(tmp_path / "blank.jsonl", ["   ", "\n"])
+    msg = _one_line_error(_train_cli(tmp_path / "r2", "--data", str(tmp_path / "blank.jsonl")))
+    assert "no document with text" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_is_one_line_error(corpus, tmp_path):
+    msg = _one_line_error(_train_cli(tmp_path / "r", "--data", str(corpus["farm"]), "--device", "cuda"))
+    assert "no CUDA GPU" in msg and "--device cpu" in msg
+
+
+def test_model_that_does_not_fit_says_what_fits(corpus, tmp_path, monkeypatch):
+    from impsamp.training import runtime
+
+    monkeypatch.setattr(runtime, "free_memory", lambda device: 3 << 30)
+    from impsamp_cli.main import cli
+
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "r"), "--data", str(corpus["farm"]),
+                                   "--preset", "slm-126m", "--device", "cpu"])
+    msg = _one_line_error(res)
+    assert "GiB" in msg and "--batch-size" in msg
+    res = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "r"), "--data", str(corpus["farm"]),
+                                   "--preset", "llm-771m", "--device", "cpu"])
+    assert "presets that fit: tiny" in _one_line_error(res)
+
+
+def test_other_tokenizer_on_resume_is_refused(corpus, tmp_path, monkeypatch):
+    from impsamp.training import loop
+
+    tok_a = train_tokenizer([corpus["farm"]], 300, tmp_path / "a" / "tokenizer.json")
+    tok_b = train_tokenizer([corpus["code"]], 300, tmp_path / "b" / "tokenizer.json")
+
+    def interrupt(phase, step):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_step_hook", interrupt)
+    out = tmp_path / "run"
+    res = _train_cli(out, "--data", str(corpus["farm"]), "--tokenizer", str(tok_a), "--checkpoint-every", "1")
+    assert res.exit_code == 130 and list((out / "checkpoints").glob("ckpt-*"))
+    msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--tokenizer", str(tok_b),
+                                     "--checkpoint-every", "1"))
+    assert "does not match the tokenizer of the interrupted run" in msg
+    msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--checkpoint-every", "1"))
+    assert "used --tokenizer" in msg
