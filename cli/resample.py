@@ -29,7 +29,7 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--weighting", default=None, metavar="NAME|MODULE:FUNCTION",
               help="Cluster weights: ratio, uniform, or your own function (target_hist, generic_hist) -> "
                    "weights [default: ratio].")
-@click.option("--smoothing", type=float, default=None, help="Laplace pseudo-documents per target cluster [default: 1].")
+@click.option("--smoothing", type=float, default=None, help="Laplace pseudo-documents per target cluster [default: 0].")
 @click.option("--temperature", type=float, default=None, help="Exponent on the density ratio [default: 1].")
 @click.option("--cap", type=float, default=None, help="Largest weight, as a multiple of the mean weight.")
 @click.option("--backoff", type=float, default=None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import resolve_config
+from impsamp.config import from_dict, load_toml
 from impsamp.training.config import PRESETS, TrainConfig
 
 from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
@@ -18,7 +18,6 @@ _INT_FLAGS = {
     "mlp_hidden": "Hidden size of the SwiGLU MLP.", "block_size": "Context length in tokens.",
     "vocab_size": "BPE vocabulary to train [preset: 4096 tiny, 32000 otherwise].",
     "steps": "Optimizer steps [default: one pass over the data].",
-    "tokens": "Token budget instead of --steps.",
     "batch_size": "Sequences per micro-batch per process.", "grad_accum": "Micro-batches per step.",
     "warmup_steps": "Linear warm-up steps [default: min(1000, steps/20)].",
     "finetune_steps": "Fine-tuning steps [default: one pass over the fine-tuning data].",
@@ -31,6 +30,8 @@ _FLOAT_FLAGS = {"lr": "Peak learning rate [preset].", "finetune_lr": "Fine-tunin
 
 
 def _train_options(f):
+    f = click.option("--tokens", type=float, default=None,
+                     help="Token budget instead of --steps (2e9 is fine).")(f)
     for name, text in reversed(list(_FLOAT_FLAGS.items())):
         f = click.option("--" + name.replace("_", "-"), name, type=float, default=None, help=text)(f)
     for name, text in reversed(list(_INT_FLAGS.items())):
@@ -45,15 +46,18 @@ def _train_options(f):
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Model size [default: tiny].")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
               help="Use this tokenizer.json instead of training a BPE on the data.")
-@click.option("--finetune", multiple=True, help="In-domain sample to fine-tune on after pretraining (repeatable).")
-@click.option("--eval", "eval_files", multiple=True, help="Files to score before/after fine-tuning (repeatable).")
+@click.option("--finetune", multiple=True,
+              help="In-domain sample to fine-tune on after pretraining (repeatable).")
+@click.option("--eval", "eval_files", multiple=True,
+              help="Files to score before/after fine-tuning (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
               help="Autocast dtype [default: bfloat16 on CUDA, float32 on CPU].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
-@click.option("--resume", is_flag=True, help="Require an interrupted run in --out (rerunning resumes anyway).")
+@click.option("--resume", is_flag=True,
+              help="Require an interrupted run in --out (rerunning resumes anyway).")
 @_train_options
 @config_option
 @overwrite_option
@@ -72,22 +76,37 @@ def train(data, out_dir, preset, tokenizer, finetune, eval_files, device, dtype,
     """
     from impsamp.training import train as run_training
 
-    cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, tokenizer=tokenizer, device=device,
-                         dtype=dtype, compile=compile_, text_field=text_field,
-                         keep_checkpoints=keep_checkpoints, **numbers)
-    run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None, eval=list(eval_files) or None,
+    if numbers["tokens"] is not None:
+        numbers["tokens"] = int(numbers["tokens"])
+    cfg = _resolve(config_file, dict(preset=preset, tokenizer=tokenizer, device=device, dtype=dtype,
+                                     compile=compile_, text_field=text_field,
+                                     keep_checkpoints=keep_checkpoints, **numbers))
+    run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None,
+                       eval=list(eval_files) or None,
                        progress=show_progress(progress), overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     t = run.metrics.get("train", {})
-    click.echo(f"{out_dir}: trained {run.model_config.n_params() / 1e6:.1f}M parameters for {t.get('steps')} "
-               f"steps ({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
-               f"final loss {t.get('final_loss')}, validation loss {t.get('val_loss')}")
+    val = f", validation loss {t['val_loss']:.4f}" if t.get("val_loss") is not None else ""
+    click.echo(f"{out_dir}: trained {run.model_config.n_params():,} parameters for {t.get('steps')} steps "
+               f"({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
+               f"final loss {t.get('final_loss'):.4f}{val}")
     for key in ("pretrained", "finetuned"):
         if key in run.metrics:
             m = run.metrics[key]
             click.echo(f"  {key}: macro ppl {m['macro_ppl']:.2f}, bits/byte {m['macro_bpb']:.3f} "
                        f"over {len(m['per_file'])} file(s)")
+
+
+def _resolve(config_file: Path | None, flags: dict) -> TrainConfig:
+    """Defaults < the [train] section of --config < flags; a budget flag replaces the file's other budget."""
+    data = dict(load_toml(config_file).get("train", {})) if config_file else {}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    for given, other in (("tokens", "steps"), ("steps", "tokens")):
+        if given in flags:
+            data.pop(other, None)
+    source = f"{config_file} [train]" if config_file else "flags"
+    return from_dict(TrainConfig, {**data, **flags}, source=source)
 
 
 @cli.command()
@@ -114,7 +133,8 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     width = max(len(k) for k in m["per_file"])
     click.echo(f"{'file':<{width}}  {'tokens':>10}  {'bytes':>12}  {'ppl':>9}  {'bits/byte':>9}")
     for path, v in m["per_file"].items():
-        click.echo(f"{path:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  {v['bpb']:>9.3f}")
+        click.echo(f"{path:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  "
+                   f"{v['bpb']:>9.3f}")
     label = f"macro average ({len(m['per_file'])} files)"
     click.echo(f"{label:<{width + 26}}  {m['macro_ppl']:>9.2f}  {m['macro_bpb']:>9.3f}")
 

@@ -13,7 +13,7 @@ Output directory (the `cluster` stage contract):
 
     centroids.npy               (n_leaves, d) float32 leaf centroids (flat: the k centroids)
     centroids-level{j}.npy      (n_j, d) float32 node centroids of level j (hierarchy only; level 0 = top)
-    parents-level{j}.npy        (n_j,) int32 parent (a level j-1 node) of each level-j node (hierarchy, j >= 1)
+    parents-level{j}.npy        (n_j,) int32 parent (a level j-1 node) of each level-j node (hierarchy, j>=1)
     assign-{shard}.npy          (n_i, n_levels) int32 per embedding shard, row-aligned with it;
                                 column j = node id at level j, last column = leaf id
     counts.parquet              one row per node of every level: level, node, parent (-1 at level 0),
@@ -98,9 +98,9 @@ class ClusterConfig:
             try:
                 levels = tuple(_as_int(v) for v in levels)
             except (TypeError, ValueError):
-                raise ConfigError(f"--levels must be a list of integers like 32,32, got {self.levels!r}") from None
+                raise ConfigError(f"--levels must be integers like 32,32, got {self.levels!r}") from None
             if not levels or any(v < 2 for v in levels):
-                raise ConfigError(f"--levels needs one or more integers >= 2 (e.g. 32,32), got {list(levels)}")
+                raise ConfigError(f"--levels needs integers >= 2 (e.g. 32,32), got {list(levels)}")
             object.__setattr__(self, "levels", levels)
         _check_int("--k", self.k, minimum=2)
         _check_int("--niter", self.niter, minimum=1)
@@ -282,7 +282,7 @@ class _Tree:
 
     def descend(self, x: np.ndarray, *, gpu: bool = False, levels: int | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Assign rows of x level by level: (n, levels) int32 ids and (n,) float32 scores at the last level."""
+        """Assign rows of x level by level: (n, levels) int32 ids, (n,) float32 scores at the last level."""
         levels = self.n_levels if levels is None else levels
         ids = np.empty((len(x), levels), dtype=np.int32)
         top, score = _nearest(x, self.centroids[0], spherical=self.spherical, gpu=gpu)
@@ -304,7 +304,7 @@ class _Tree:
             lo, hi, rows = group
             return _nearest(x[rows], self.centroids[j][lo:hi], spherical=self.spherical)
 
-        for (lo, _, rows), (local, s) in zip(groups, _map_small(nearest_child, groups)):
+        for (lo, _, rows), (local, s) in zip(groups, _map_small(nearest_child, groups), strict=True):
             out[rows] = lo + local
             score[rows] = s
         return out, score
@@ -325,7 +325,7 @@ def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> t
         bounds = np.searchsorted(parent_of[order], np.arange(len(tree.centroids[-1]) + 1))
         members = [order[bounds[p]:bounds[p + 1]] for p in range(len(tree.centroids[-1]))]
 
-        def fit_children(p: int, k: int = k, j: int = j) -> tuple[np.ndarray, int]:
+        def fit_children(p: int, k: int = k, j: int = j, members: list = members) -> tuple[np.ndarray, int]:
             pts = x[members[p]]                               # members are sorted: a stable order
             n_children = min(k, len(pts))
             if n_children <= 1:                               # 0 or 1 point: one child, the node itself
@@ -344,7 +344,8 @@ def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> t
         centroids = [np.asarray(c, dtype=np.float32) for c, _ in fitted]
         small_nodes += sum(len(c) < k for c in centroids)
         tree.centroids.append(np.concatenate(centroids))
-        tree.parents.append(np.concatenate([np.full(len(c), p, dtype=np.int32) for p, c in enumerate(centroids)]))
+        tree.parents.append(np.concatenate([np.full(len(c), p, dtype=np.int32)
+                                            for p, c in enumerate(centroids)]))
         used.append(sum(n for _, n in fitted))
     if small_nodes:
         logger.warning("%d node(s) held fewer sample points than their level's k and got fewer children; "
@@ -357,19 +358,24 @@ def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> t
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_vectors(x: np.ndarray, where: str) -> None:
-    """Refuse NaN/inf or rows that are not L2-normalised (float16 storage allows ~1e-3 of error)."""
+def _check_vectors(x: np.ndarray, where: str, rows: np.ndarray | int = 0) -> None:
+    """Refuse NaN/inf or rows that are not L2-normalised (float16 storage allows ~1e-3 of error).
+
+    `rows` names the rows of x in messages: an offset, or one row number per row of x.
+    """
     norm2 = np.einsum("ij,ij->i", x, x, dtype=np.float32)
     bad = ~np.isfinite(norm2)
-    if bad.any():
-        raise StageError(f"{where}: row {int(np.flatnonzero(bad)[0])} holds NaN or infinite values "
-                         f"({int(bad.sum())} such row(s)); rerun `impsamp embed` on this corpus with --overwrite")
     off = np.abs(np.sqrt(norm2) - 1.0) > NORM_TOLERANCE
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise StageError(f"{where}: row {i} has L2 norm {math.sqrt(float(norm2[i])):.4g}, not 1 "
-                         f"({int(off.sum())} such row(s)); clustering needs L2-normalised vectors "
-                         "as `impsamp embed` writes them")
+    if not (bad.any() or off.any()):
+        return
+    i = int(np.flatnonzero(bad if bad.any() else off)[0])
+    row = int(rows[i]) if isinstance(rows, np.ndarray) else rows + i
+    if bad.any():
+        raise StageError(f"{where} row {row} holds NaN or infinite values ({int(bad.sum())} such row(s) in "
+                         "this batch); the embeddings are damaged: rerun `impsamp embed` with --overwrite")
+    raise StageError(f"{where} row {row} has L2 norm {math.sqrt(float(norm2[i])):.4g}, not 1 "
+                     f"({int(off.sum())} such row(s) in this batch); clustering needs L2-normalised vectors "
+                     "as `impsamp embed` writes them")
 
 
 def _load_embeddings(embeddings: Embeddings | str | Path) -> Embeddings:
@@ -400,10 +406,25 @@ def _check_embeddings(emb: Embeddings) -> list[tuple[str, int]]:
         if name in listed and listed[name] != len(vec):
             raise StageError(f"{emb.path}: shard {name} holds {len(vec):,} vectors, the manifest says "
                              f"{listed[name]:,}; rerun `impsamp embed` with --overwrite")
+        _check_table_rows(emb, name, len(vec))
         shards.append((name, len(vec)))
     if not shards or sum(r for _, r in shards) == 0:
         raise StageError(f"{emb.path} holds no vectors; nothing to cluster")
     return shards
+
+
+def _check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | None = None) -> None:
+    """The unit table of a shard is row-aligned with its vectors (from the Parquet footer when not given)."""
+    if table_rows is None:
+        try:
+            table_rows = require("pyarrow.parquet").ParquetFile(Path(emb.path) / f"docs-{name}.parquet"
+                                                                ).metadata.num_rows
+        except OSError as e:
+            raise StageError(f"{emb.path}: the table of shard {name} cannot be read ({e}); rerun "
+                             "`impsamp embed` with --overwrite") from e
+    if table_rows != n_i:
+        raise StageError(f"{emb.path}: the table of shard {name} has {table_rows:,} rows but its vectors "
+                         f"{n_i:,}; the embeddings are damaged: rerun `impsamp embed` with --overwrite")
 
 
 def _check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
@@ -412,13 +433,13 @@ def _check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
         raise ConfigError(f"--k {cfg.k:,} is larger than the number of vectors ({n:,}) in {emb_path}; "
                           f"use --k {n:,} or fewer")
     if cfg.levels is not None and cfg.max_leaves > n:
-        raise ConfigError(f"--levels {','.join(map(str, cfg.levels))} asks for up to {cfg.max_leaves:,} leaves "
-                          f"but {emb_path} holds only {n:,} vectors; use fewer or smaller levels")
+        raise ConfigError(f"--levels {','.join(map(str, cfg.levels))} asks for up to {cfg.max_leaves:,} "
+                          f"leaves but {emb_path} holds only {n:,} vectors; use fewer or smaller levels")
     cap = cfg.max_leaves * cfg.max_points_per_centroid
     size = min(n, cfg.sample if cfg.sample is not None else cap)
     if cfg.levels is None and cfg.sample is not None and cfg.sample > cap:
-        logger.warning("--sample %d: faiss fits %d centroids on at most k * max_points_per_centroid = %d points; "
-                       "raise --max-points-per-centroid to use more", cfg.sample, cfg.k, cap)
+        logger.warning("--sample %d: faiss fits %d centroids on at most k * max_points_per_centroid = %d "
+                       "points; raise --max-points-per-centroid to use more", cfg.sample, cfg.k, cap)
         size = min(size, cap)
     need = cfg.max_leaves if cfg.levels is not None else cfg.k
     if size < need:
@@ -475,7 +496,8 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
         **fit_stats,
         "objective": score_sum / n,
         "objective_kind": ("mean cosine similarity of every vector to its leaf centroid (higher is better)"
-                           if cfg.spherical else "mean squared L2 distance to the leaf centroid (lower is better)"),
+                           if cfg.spherical else
+                           "mean squared L2 distance to the leaf centroid (lower is better)"),
         "imbalance": leaf["imbalance"], "empty_clusters": leaf["empty"], "level_stats": level_stats,
         "seconds_assign": seconds_assign, "device": "gpu" if gpu else "cpu",
         "shards": [{"name": name, "rows": rows} for name, rows in shards],
@@ -500,8 +522,8 @@ def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cf
         logger.info("resuming: the fit is already committed")
         return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
     t0 = time.perf_counter()
-    x = _gather(emb, shards, sample_rows(sum(r for _, r in shards), size, cfg.seed))
-    _check_vectors(x, f"{emb.path} (training sample)")
+    rows = sample_rows(sum(r for _, r in shards), size, cfg.seed)
+    x = _gather(emb, shards, rows)
     tree, info = _fit_tree(x, cfg, gpu, progress)
     del x
     info["seconds_fit"] = round(time.perf_counter() - t0, 3)
@@ -533,14 +555,19 @@ def _read_tree(path: Path, n_levels: int, spherical: bool) -> _Tree:
 
 
 def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray:
-    """Rows (sorted global indices) of the concatenated shards as one (len(rows), d) float32 array."""
+    """Rows (sorted global indices) of the concatenated shards as one checked (len(rows), d) float32 array."""
     out = np.empty((len(rows), emb.dim), dtype=np.float32)
     start = filled = 0
     for name, n_i in shards:
         lo, hi = np.searchsorted(rows, [start, start + n_i])
-        if hi > lo:
-            out[filled:filled + hi - lo] = emb.shard_vectors(name)[rows[lo:hi] - start]
-            filled += hi - lo
+        vectors, local = emb.shard_vectors(name), rows[lo:hi] - start
+        for a in range(0, n_i, BATCH_ROWS):  # contiguous reads (one batch of rows at a time), then pick
+            i, j = np.searchsorted(local, [a, a + BATCH_ROWS])
+            if j > i:
+                block = out[filled:filled + j - i]
+                block[:] = np.asarray(vectors[a:a + BATCH_ROWS])[local[i:j] - a]
+                _check_vectors(block, f"{emb.path}: shard {name},", local[i:j])  # fail before a long fit
+                filled += j - i
         start += n_i
     return out
 
@@ -557,7 +584,7 @@ def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
             score_sum = 0.0
             for lo in range(0, n_i, BATCH_ROWS):
                 x = np.asarray(vectors[lo:lo + BATCH_ROWS], dtype=np.float32)
-                _check_vectors(x, f"{emb.path} shard {name} (rows from {lo})")
+                _check_vectors(x, f"{emb.path}: shard {name},", lo)
                 ids[lo:lo + len(x)], score = tree.descend(x, gpu=gpu)
                 score_sum += float(score.sum(dtype=np.float64))
             tmp = run.tmp_path(f"assign-{name}.npy")
@@ -595,15 +622,13 @@ def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
     tmp = run.tmp_path("counts.parquet")
     pq.write_table(table, tmp)
     stats = [{"nodes": s, "imbalance": float(d.max() / d.mean()), "empty": int((d == 0).sum())}
-             for s, d in zip(sizes, docs)]
+             for s, d in zip(sizes, docs, strict=True)]
     return tmp, stats
 
 
 def _shard_tokens(emb: Embeddings, name: str, n_i: int) -> np.ndarray:
     table = emb.shard_table(name)
-    if table.num_rows != n_i:
-        raise StageError(f"{emb.path}: the table of shard {name} has {table.num_rows:,} rows but its vectors "
-                         f"{n_i:,}; the embeddings are damaged: rerun `impsamp embed` with --overwrite")
+    _check_table_rows(emb, name, n_i, table.num_rows)
     if "tokens" not in table.column_names:
         return np.zeros(n_i, dtype=np.float64)
     return table.column("tokens").to_numpy(zero_copy_only=False).astype(np.float64)
@@ -633,7 +658,8 @@ class Clusters:
         self.manifest = manifest
         from .config import from_dict
 
-        self.config: ClusterConfig = from_dict(ClusterConfig, manifest.config, source=str(path / "manifest.json"))
+        self.config: ClusterConfig = from_dict(ClusterConfig, manifest.config,
+                                               source=str(path / "manifest.json"))
         self._tree = _read_tree(path, int(manifest.stats["n_levels"]), self.config.spherical)
 
     @classmethod
@@ -685,7 +711,8 @@ class Clusters:
     def shard_names(self) -> list[str]:
         return [s["name"] for s in self.manifest.stats["shards"]]
 
-    def assign(self, vectors: np.ndarray, *, batch_size: int = BATCH_ROWS, device: str | None = None) -> np.ndarray:
+    def assign(self, vectors: np.ndarray, *, batch_size: int = BATCH_ROWS,
+               device: str | None = None) -> np.ndarray:
         """Node ids of new L2-normalised vectors, by the same descent rule as the generic corpus.
 
         Args:
@@ -701,15 +728,16 @@ class Clusters:
         """
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise StageError(f"vectors of shape {vectors.shape} cannot be assigned to {self.path}: its centroids "
-                             f"have dimension {self.dim}; embed them with the model of the clustered corpus")
+            raise StageError(f"vectors of shape {vectors.shape} cannot be assigned to {self.path}: its "
+                             f"centroids have dimension {self.dim}; embed them with the model of the "
+                             "clustered corpus")
         if device is None:
             device = "auto" if self.manifest.stats.get("device") == "gpu" else "cpu"
         gpu = _use_gpu(device)
         out = np.empty((len(vectors), self.n_levels), dtype=np.int32)
         for lo in range(0, len(vectors), batch_size):
             x = np.asarray(vectors[lo:lo + batch_size], dtype=np.float32)
-            _check_vectors(x, "vectors to assign" + (f" (rows from {lo})" if lo else ""))
+            _check_vectors(x, "vectors to assign:", lo)
             out[lo:lo + len(x)], _ = self._tree.descend(x, gpu=gpu)
         return out
 

@@ -227,7 +227,8 @@ _WORD = re.compile(r"\S+")
 
 @lru_cache(maxsize=1 << 18)
 def _bucket_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 class HashingEmbedder:
@@ -250,7 +251,7 @@ class HashingEmbedder:
                          "precision": "float32", "pooling": "sum"}
 
     def _vector(self, words: list[str]) -> np.ndarray:
-        keys = words + [a + "\x00" + b for a, b in zip(words, words[1:])]
+        keys = words + [a + "\x00" + b for a, b in zip(words, words[1:], strict=False)]
         idx = np.fromiter((_bucket_hash(k) % self.dim for k in keys), dtype=np.int64, count=len(keys))
         return np.bincount(idx, minlength=self.dim).astype(np.float32)
 
@@ -340,7 +341,8 @@ def _find_folder(name: str) -> tuple[Path, str]:
     try:
         hub = require("huggingface_hub")
     except ImpsampError:
-        raise _unknown_model(name, "it is not a local folder (and huggingface_hub is not installed)") from None
+        raise _unknown_model(name, "it is not a local folder (and huggingface_hub is not installed)"
+                             ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         return Path(hub.snapshot_download(name, local_files_only=True)), "hub cache"
@@ -351,8 +353,9 @@ def _find_folder(name: str) -> tuple[Path, str]:
     try:
         return Path(hub.snapshot_download(name)), "hub download"
     except Exception as e:  # noqa: BLE001
+        first_line = str(e).splitlines()[0][:120] if str(e) else ""
         raise _unknown_model(name, f"it is not a local folder, not cached, and the download failed "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+                             f"({type(e).__name__}: {first_line})") from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -386,7 +389,8 @@ def resolve_model(name: str) -> ResolvedModel:
                 extra.append(kind)
         if extra:
             pooling = None  # e.g. a Dense layer after pooling: only the torch backend runs it
-    st_config = _read_json(transformer / "sentence_bert_config.json") or _read_json(folder / "sentence_bert_config.json")
+    st_config = (_read_json(transformer / "sentence_bert_config.json")
+                 or _read_json(folder / "sentence_bert_config.json"))
     hf_config = _read_json(transformer / "config.json")
     return ResolvedModel(
         name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name, folder=folder, source=source,
@@ -433,6 +437,8 @@ class TransformerEmbedder:
     name: str
     dim: int
     identity: dict[str, Any]
+    config: EmbedConfig
+    """The config `load_embedder` made it from (worker processes load their own copy from it)."""
 
     def __init__(self, resolved: ResolvedModel, backend_tokenizer: Any, *, max_tokens: int, windows: bool,
                  batch_tokens: int, pad_id: int):
@@ -445,13 +451,15 @@ class TransformerEmbedder:
         tok.enable_truncation(max_length=max_tokens, stride=0, strategy="longest_first", direction="right")
         n_special = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
         if max_tokens <= n_special:
-            raise ConfigError(f"--max-tokens {max_tokens} leaves no room for text after {n_special} special tokens")
+            raise ConfigError(f"--max-tokens {max_tokens} leaves no room for text after {n_special} "
+                              "special tokens")
         self.resolved, self.tokenizer, self.pad_id = resolved, tok, int(pad_id)
         self.max_tokens, self.windows, self.batch_tokens = max_tokens, windows, batch_tokens
 
     # ---- tokenizing (runs in the reader thread)
 
-    def _model_texts(self, texts: Sequence[str], limit: int | None) -> tuple[list[str], list[int], list[bool]]:
+    def _model_texts(self, texts: Sequence[str], limit: int | None
+                     ) -> tuple[list[str], list[int], list[bool]]:
         out, shifts, cut = [], [], []
         for t in texts:
             s = t.lstrip()
@@ -475,7 +483,7 @@ class TransformerEmbedder:
         redo = [i for i, e in enumerate(encodings) if cut[i] and not e.overflowing]
         if redo:  # the cut kept fewer tokens than max_tokens: tokenize those texts whole
             full, _, _ = self._model_texts([texts[i] for i in redo], None)
-            for i, e in zip(redo, self.tokenizer.encode_batch(full)):
+            for i, e in zip(redo, self.tokenizer.encode_batch(full), strict=True):
                 encodings[i] = e
         ids, owner, window, tokens, starts_all, ends_all = [], [], [], [], [], []
         for i, enc in enumerate(encodings):
@@ -573,22 +581,35 @@ class TorchEmbedder(TransformerEmbedder):
                          batch_tokens=batch_tokens, pad_id=hf_tok.pad_token_id or 0)
         self._torch, self._model, self._device = torch, model, device
         self._token_types = "token_type_ids" in getattr(hf_tok, "model_input_names", ())
-        get_dim = getattr(model, "get_sentence_embedding_dimension", None) or model.get_embedding_dimension
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.name = resolved.name
         self.identity = self._identity("torch", None, "float16" if device == "cuda" else "float32")
 
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
         torch = self._torch
         with torch.inference_mode():
             ids = torch.from_numpy(input_ids).to(self._device, non_blocking=True)
-            features = {"input_ids": ids,
-                        "attention_mask": torch.from_numpy(attention_mask).to(self._device, non_blocking=True)}
+            mask = torch.from_numpy(attention_mask).to(self._device, non_blocking=True)
+            features = {"input_ids": ids, "attention_mask": mask}
             if self._token_types:
                 features["token_type_ids"] = torch.zeros_like(ids)
             out = self._model(features)["sentence_embedding"].float()
-            out = torch.nn.functional.normalize(out, dim=-1)
-            return out.cpu().numpy()
+            return torch.nn.functional.normalize(out, dim=-1)  # (B, d) on the device
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self._forward(input_ids, attention_mask).cpu().numpy()
+
+    def run(self, prepared: _Prepared) -> EmbeddedBatch:
+        if self._device == "cpu":
+            return super().run(prepared)
+        # GPU: queue every batch of the chunk, then copy back (one sync instead of one per batch)
+        outputs = [(pos, self._forward(ids, mask)) for pos, ids, mask in prepared.batches]
+        vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)
+        for pos, out in outputs:
+            vectors[pos] = out.cpu().numpy()
+        return EmbeddedBatch(vectors, prepared.text_index, prepared.window, prepared.tokens,
+                             prepared.char_start, prepared.char_end)
 
 
 def cpu_count() -> int:
@@ -641,13 +662,18 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     resolved = resolve_model(cfg.model)
     batch_tokens = cfg.batch_tokens or (GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS)
     threads = threads or cpu_count()
+    embedder: TransformerEmbedder
     if cfg.backend == "onnx":
         from .onnx_backend import OnnxEmbedder
 
-        return OnnxEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows, batch_tokens=batch_tokens,
-                            device=device, quantize=cfg.quantize, threads=threads)
-    return TorchEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows, batch_tokens=batch_tokens,
-                         device=device, threads=threads)
+        embedder = OnnxEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows,
+                                batch_tokens=batch_tokens, device=device, quantize=cfg.quantize,
+                                threads=threads)
+    else:
+        embedder = TorchEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows,
+                                 batch_tokens=batch_tokens, device=device, threads=threads)
+    embedder.config = cfg
+    return embedder
 
 
 # ----------------------------------------------------------------------------- the embedding engine
@@ -674,11 +700,15 @@ def _checked(batch: Any, n_texts: int, dim: int, name: str) -> EmbeddedBatch:
     if not np.isfinite(v).all():
         raise EmbedderError(f"{name} returned non-finite vectors")
     owner = np.asarray(batch.text_index, dtype=np.int64)
+    sizes = {len(batch.window), len(batch.tokens), len(batch.char_start), len(batch.char_end)}
+    if sizes != {n}:
+        raise EmbedderError(f"{name} returned unit arrays of lengths {sorted(sizes)}, expected {n} each")
     if n and (owner.min() < 0 or owner.max() >= n_texts) or len(np.unique(owner)) != n_texts:
         raise EmbedderError(f"{name} must return at least one unit for each of the {n_texts} texts")
     order = np.lexsort((np.asarray(batch.window), owner))
     return EmbeddedBatch(_normalize(v[order]), owner[order], np.asarray(batch.window, np.int32)[order],
-                         np.asarray(batch.tokens, np.int32)[order], np.asarray(batch.char_start, np.int64)[order],
+                         np.asarray(batch.tokens, np.int32)[order],
+                         np.asarray(batch.char_start, np.int64)[order],
                          np.asarray(batch.char_end, np.int64)[order])
 
 
@@ -790,6 +820,8 @@ def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
                      "characters_embedded": int(pc.sum(table.column("chars")).as_py() or 0),
                      "truncated_documents": truncated, "skipped_empty": chunk.end_stats.skipped_empty,
                      "replaced_utf8": chunk.end_stats.replaced_utf8}
+            if on_chunk is not None:
+                on_chunk(chunk.end_stats.skipped_empty, 0)
             yield _ShardResult(chunk.shard, vectors, table, stats)
             vecs, tables, docs, chars, truncated = [], [], 0, 0, 0
             continue
@@ -899,6 +931,20 @@ class _Progress:
             self.bar.close()
 
 
+def _config_of(cfg: EmbedConfig, identity: dict[str, Any]) -> EmbedConfig:
+    """The config as the embedder actually ran it (a plugged-in embedder overrides model, tokens, ...)."""
+    updates: dict[str, Any] = {"model": str(identity.get("name", cfg.model))}
+    for key in ("max_tokens", "windows"):
+        if key in identity:
+            updates[key] = identity[key]
+    if identity.get("backend") in BACKENDS:
+        updates.update(backend=identity["backend"], quantize=identity.get("quantize"))
+    try:
+        return replace(cfg, **updates)
+    except ConfigError:
+        return replace(cfg, model=updates["model"])
+
+
 def _resume_key(run: StageRun) -> str:
     """StageRun's key without `workers`: a run may be resumed with another number of workers."""
     config = {k: v for k, v in run.config.items() if k != "workers"}
@@ -914,7 +960,8 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         corpus: files, folders or globs, or an opened `io.Corpus` (its fields win over the config's).
         out_dir: the stage directory; an interrupted run there is resumed.
         config: model, truncation or windows, backend, device, sharding, workers.
-        embedder: any `Embedder` to use instead of the config's model (must pickle when workers > 1).
+        embedder: any `Embedder` to use instead of the config's model (must pickle when workers > 1,
+            unless it came from `load_embedder`: workers then load their own copy).
         overwrite: replace a complete output.
         progress: show a progress bar (documents, tokens/s, ETA).
 
@@ -923,6 +970,9 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
 
     Raises:
         ConfigError, CorpusError, StageError: bad flags, unreadable input, an existing output.
+
+    With `workers > 1` the worker processes are spawned: a script that calls `embed` needs the usual
+    `if __name__ == "__main__":` guard.
     """
     cfg = config or EmbedConfig()
     if not isinstance(corpus, Corpus):
@@ -933,8 +983,10 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     threads = max(1, cpu_count() // cfg.workers)
     emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
     _check_embedder(emb)
+    cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
-                   inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}}, overwrite=overwrite)
+                   inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
+                   overwrite=overwrite)
     run.key = _resume_key(run)
     run.begin()
     shards = corpus.shards(cfg.rows_per_shard)
@@ -958,8 +1010,8 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
                 "skipped_empty", "replaced_utf8"):
         totals[key] = sum(int(records[s.name]["stats"].get(key, 0)) for s in shards)
     new_docs = sum(int(records[s.name]["stats"]["documents"]) for s in pending)
-    run.finish(stats={**totals, "dim": emb.dim, "shards": [{"name": s.name, "rows": records[s.name]["stats"]["units"]}
-                                                           for s in shards],
+    shard_rows = [{"name": s.name, "rows": records[s.name]["stats"]["units"]} for s in shards]
+    run.finish(stats={**totals, "dim": emb.dim, "shards": shard_rows,
                       "docs_per_second": round(new_docs / seconds, 2) if pending and seconds > 0 else None,
                       "model": emb.identity.get("name"), "resumed_shards": len(shards) - len(pending)})
     return Embeddings.load(run.out_dir)
@@ -985,7 +1037,9 @@ def _worker_shard(shard: Shard, out_dir: str) -> tuple[str, dict[str, str], dict
 def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig,
               embedder: Embedder | None, threads: int, bar: _Progress) -> None:
     blob = None
-    if embedder is not None:
+    if getattr(embedder, "config", None) is not None and isinstance(embedder, TransformerEmbedder):
+        cfg = replace(embedder.config, workers=cfg.workers)  # each worker loads the same model once
+    elif embedder is not None:
         try:
             blob = pickle.dumps(embedder)
         except Exception as e:  # noqa: BLE001
@@ -999,7 +1053,7 @@ def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedCon
         for fut in as_completed(futures):
             name, files, stats = fut.result()
             _commit(run, name, {k: Path(v) for k, v in files.items()}, stats)
-            bar(stats["documents"], stats["tokens"])
+            bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -1084,8 +1138,8 @@ class Embeddings:
         spec = self.manifest.inputs["corpus"]
         corpus = reopen_corpus(spec)
         if corpus.fingerprint() != spec.get("fingerprint"):
-            raise StageError(f"the corpus of {self.path} changed since it was embedded "
-                             f"(fingerprint {corpus.fingerprint()} != {spec.get('fingerprint')}); embed it again")
+            raise StageError(f"the corpus of {self.path} changed since it was embedded (fingerprint "
+                             f"{corpus.fingerprint()} != {spec.get('fingerprint')}); embed it again")
         return corpus
 
     def embedder(self, *, device: str = "auto", threads: int | None = None) -> Embedder:
@@ -1096,9 +1150,10 @@ class Embeddings:
         """
         emb = load_embedder(replace(self.config, device=device, workers=1), threads=threads)
         if not same_model(emb.identity, self.model_info):
-            raise StageError(f"{self.path} was embedded with {self.model_info.get('name')} (weights sha256 "
-                             f"{self.model_info.get('weights_sha256', '')[:12]}...), but that model now loads as "
-                             f"{emb.identity.get('name')} ({emb.identity.get('weights_sha256', '')[:12]}...); "
+            was, now = self.model_info, emb.identity
+            raise StageError(f"{self.path} was embedded with {was.get('name')} (weights sha256 "
+                             f"{str(was.get('weights_sha256'))[:12]}...), but that model now loads as "
+                             f"{now.get('name')} ({str(now.get('weights_sha256'))[:12]}...); "
                              "install the same model or embed again")
         return emb
 

@@ -67,8 +67,9 @@ class ResampleConfig:
     """`match`, `crisp` or `topk` (see the module docstring)."""
     weighting: str = "ratio"
     """`ratio` (p_target / p_generic), `uniform`, or `package.module:function`."""
-    smoothing: float = 1.0
-    """Laplace pseudo-documents added to every target cluster."""
+    smoothing: float = 0.0
+    """Laplace pseudo-documents added to every target cluster. 0 by default: on the bundled corpus
+    any smoothing spread selection over off-target clusters (BENCHMARKS.md, smoothing sweep)."""
     temperature: float = 1.0
     """Exponent on the density ratio: < 1 flattens toward uniform."""
     cap: float | None = None

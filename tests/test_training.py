@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.slow
 
 MICRO = dict(n_layer=2, n_embd=32, n_head=2, mlp_hidden=64, block_size=32, vocab_size=300, batch_size=4,
              log_every=2)
-MICRO_FLAGS = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--mlp-hidden", "64", "--block-size", "32",
-               "--vocab-size", "300", "--batch-size", "4", "--log-every", "2"]
+MICRO_FLAGS = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--mlp-hidden", "64",
+               "--block-size", "32", "--vocab-size", "300", "--batch-size", "4", "--log-every", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONHASHSEED": "0"}
 
 ANIMALS = ["the cat", "a dog", "the old horse", "a small bird", "the brown fox", "my goat"]
@@ -70,7 +71,7 @@ def trained(corpus, tmp_path_factory) -> TrainRun:
 
 def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, *args], env={**ENV, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+                            stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
@@ -79,17 +80,40 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> str:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """Child processes of `pid`, recursively (torchrun starts its workers in their own sessions)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    for pid in [proc.pid, *_descendants(proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, timeout: float = 90) -> None:
     """SIGKILL the process group of `proc` as soon as a checkpoint matching `pattern` exists."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if list((run_dir / "checkpoints").glob(pattern)):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill_tree(proc)
             return
         time.sleep(0.05)
     out = proc.communicate()[0] if proc.poll() is not None else ""
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc)
     pytest.fail(f"no checkpoint {pattern} appeared before the run ended: {out}")
 
 
@@ -117,10 +141,11 @@ def test_loss_falls_and_run_dir_is_complete(trained):
     assert loaded.manifest.stage == "train"
 
 
-def test_same_seed_same_weights_and_complete_run_is_refused(corpus, tmp_path, trained):
-    cfg = TrainConfig(**MICRO, steps=4)
+def test_same_seed_same_weights_and_complete_run_is_refused(corpus, tmp_path):
+    cfg = TrainConfig(**MICRO, tokens=4 * (4 * 32 * 2) - 100, grad_accum=2)  # a token budget: 4 steps
     a = train([corpus["farm"]], tmp_path / "a", cfg)
     b = train([corpus["farm"]], tmp_path / "b", cfg)
+    assert a.metrics["train"]["steps"] == 4 and a.metrics["train"]["tokens"] == 4 * 4 * 32 * 2
     assert (a.path / "model.safetensors").read_bytes() == (b.path / "model.safetensors").read_bytes()
     assert (a.path / "tokenizer.json").read_bytes() == (b.path / "tokenizer.json").read_bytes()
     from impsamp.errors import StageError
@@ -136,14 +161,15 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
     ref = _cli(*args, "--out", str(tmp_path / "ref"))
     slow = {"IMPSAMP_TEST_STEP_SLEEP": "0.4"}
     run = tmp_path / "killed"
-    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-0-pretrain-*")      # killed in pretraining
+    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-0-pretrain-*")  # killed in pretraining
     assert not (run / "manifest.json").exists()
-    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-1-finetune-*")      # killed in fine-tuning
+    _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-1-finetune-*")  # killed in fine-tuning
     _finish(_cli(*args, "--out", str(run)))
     _finish(ref)
-    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
-    assert (run / "pretrained.safetensors").read_bytes() == (tmp_path / "ref" / "pretrained.safetensors").read_bytes()
-    steps = [(r["phase"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    for name in ("model.safetensors", "pretrained.safetensors"):
+        assert (run / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    steps = [(r["phase"], r["step"]) for r in map(json.loads, log)]
     assert len(steps) == len(set(steps)), "resumed log holds duplicate steps"
     a, b = (json.loads((p / "eval.json").read_text()) for p in (run, tmp_path / "ref"))
     assert a["pretrained"] == b["pretrained"] and a["finetuned"] == b["finetuned"]
@@ -151,12 +177,15 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
 
 def test_ddp_two_cpu_processes_train_and_resume(corpus, tmp_path):
     run = tmp_path / "ddp"
-    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", "-m", "impsamp",
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "impsamp",
             "train", "--data", str(corpus["farm"]), "--data", str(corpus["code"]), *MICRO_FLAGS,
             "--steps", "8", "--checkpoint-every", "3", "--device", "cpu", "--no-progress", "--out", str(run)]
+    ref = _cli(*args[:-1], str(tmp_path / "ref"))
     _kill_when(_cli(*args, env={"IMPSAMP_TEST_STEP_SLEEP": "0.4"}), run, "ckpt-0-pretrain-*")
     assert not (run / "manifest.json").exists()
     out = _finish(_cli(*args))
+    _finish(ref)
+    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
     assert "trained" in out and out.count("trained") == 1, out  # one summary (rank 0)
     info = json.loads((run / "config.json").read_text())
     assert info["world_size"] == 2

@@ -84,7 +84,7 @@ def rng_state() -> dict[str, Any]:
     """RNG states as JSON-able lists and ints (the trainer's batches do not depend on them)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state().tolist(), "numpy": None,
                              "python": _jsonable(random.getstate())}
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (the global RNG)
     state["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
@@ -94,7 +94,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))  # noqa: NPY002
     random.setstate(_tuples(state["python"]))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])

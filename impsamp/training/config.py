@@ -13,7 +13,7 @@ instead of 2). Every field can be overridden (`n_layer`, `n_embd`, `n_head`, `ml
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import positive
@@ -98,7 +98,7 @@ class TrainConfig:
     """Documents (spread evenly over the corpus) the BPE is trained on."""
     text_field: str = "text"
     val_fraction: float = 0.01
-    """Share of documents held out for the validation loss (every k-th document)."""
+    """Share of documents held out for the validation loss (chosen by a hash of their text)."""
     steps: int | None = None
     """Optimizer steps; default: one pass over the training tokens. Exclusive with `tokens`."""
     tokens: int | None = None
@@ -132,7 +132,7 @@ class TrainConfig:
     keep_checkpoints: bool = False
     """Keep the last checkpoint (model + optimizer) in the finished run."""
     log_every: int = 10
-    eval_batches: int = 20
+    eval_batches: int = 8
     """Batches of the held-out split scored for the validation loss at each checkpoint."""
 
     def __post_init__(self) -> None:
@@ -149,7 +149,8 @@ class TrainConfig:
         if self.steps is not None and self.tokens is not None:
             raise ConfigError("give --steps or --tokens, not both")
         if self.vocab_size is not None and self.vocab_size < 260:
-            raise ConfigError(f"--vocab-size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}")
+            raise ConfigError(f"--vocab-size must be >= 260 (256 bytes + special tokens), "
+                              f"got {self.vocab_size}")
         if not 0 <= self.val_fraction < 0.5:
             raise ConfigError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.dtype not in DTYPES:
@@ -169,9 +170,6 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, **{k: self.resolved(k) for k in
                            ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")})
-
-    def with_overrides(self, **kw: Any) -> TrainConfig:
-        return replace(self, **kw)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:

@@ -4,7 +4,9 @@
     batches = Batches(bins["train"], block_size=256, batch_size=16, seed=0)
     x, y = batches.get(step=12, micro=0)          # (16, 256) int64 each, y = x shifted by one
 
-Every k-th document (k = 1 / val_fraction) goes to the validation memmap. Batches are random
+A document goes to the validation memmap when the CRC-32 of its text is a multiple of
+k = 1 / val_fraction: about one in k, the same for every copy of a text (a resampled selection
+repeats documents, and a repeat must not sit on both sides of the split). Batches are random
 windows drawn by a generator seeded with (seed, stream, step, micro-step, rank): a batch is a
 pure function of its step, so a resumed run reads exactly what an uninterrupted one would. In a
 `torchrun` job each rank draws from its own contiguous slice of the tokens.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,8 +93,8 @@ def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir
                "val": _BinWriter(cache_dir / f"{name}-val.bin", dtype)}
     for batch in corpus.read():
         texts = batch.column("text").to_pylist()
-        for i, text, ids in zip(batch.column("doc_index").to_pylist(), texts, tok.encode_batch(texts)):
-            split = "val" if every and i % every == every - 1 else "train"
+        for text, ids in zip(texts, tok.encode_batch(texts), strict=True):
+            split = "val" if every and zlib.crc32(text.encode("utf-8")) % every == 0 else "train"
             writers[split].add(ids, tok.eos_id, len(text.encode("utf-8")))
     bins = {k: w.commit() for k, w in writers.items()}
     if bins["train"].documents == 0:
@@ -111,8 +114,8 @@ class Batches:
     """Seeded random windows of `block_size + 1` tokens from a token memmap."""
 
     def __init__(self, bin: TokenBin, block_size: int, batch_size: int, seed: int, *, stream: int = 0,
-                 rank: int = 0, world: int = 1, pin: bool = False):
-        self.arr, self.pin = bin.array(), pin
+                 rank: int = 0, world: int = 1):
+        self.arr = bin.array()
         self.block_size, self.batch_size = block_size, batch_size
         self.seed, self.stream, self.rank = seed, stream, rank
         n = len(self.arr)
@@ -122,14 +125,15 @@ class Batches:
         self.lo, self.hi = lo, hi
         self.offsets = np.arange(block_size + 1)
 
-    def get(self, step: int, micro: int = 0):
+    def get(self, step: int, micro: int = 0, device=None):
+        """(x, y) of micro-batch `micro` of `step`, on `device` (one host-to-device copy)."""
         import torch
 
         rng = np.random.default_rng([self.seed, self.stream, step, micro, self.rank])
         starts = rng.integers(self.lo, self.hi - self.block_size, size=self.batch_size)
         buf = torch.from_numpy(self.arr[starts[:, None] + self.offsets].astype(np.int64))
-        if self.pin:
-            buf = buf.pin_memory()
+        if device is not None and torch.device(device).type != "cpu":
+            buf = buf.pin_memory().to(device, non_blocking=True)
         return buf[:, :-1], buf[:, 1:]
 
 

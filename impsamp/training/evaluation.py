@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CorpusError
 from ..io import open_corpus
 from .tokenizer import LoadedTokenizer
 
@@ -33,7 +34,7 @@ def encode_file(spec: str | Path, tok: LoadedTokenizer, text_field: str = "text"
     parts, n_bytes = [np.array([tok.eos_id], dtype=np.int64)], 0
     for batch in corpus.read():
         texts = batch.column("text").to_pylist()
-        for text, ids in zip(texts, tok.encode_batch(texts)):
+        for text, ids in zip(texts, tok.encode_batch(texts), strict=True):
             parts.append(np.array([*ids, tok.eos_id], dtype=np.int64))
             n_bytes += len(text.encode("utf-8"))
     return np.concatenate(parts), n_bytes
@@ -75,6 +76,8 @@ def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Seq
     for spec in eval_files:
         ids, n_bytes = encode_file(spec, tok, text_field)
         nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast)
+        if n_tok == 0:
+            raise CorpusError(f"{spec}: no document with text to evaluate")
         per_file[str(spec)] = {"ppl": math.exp(nats / n_tok), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
                                "tokens": n_tok, "bytes": n_bytes, "loss": nats / n_tok}
     n = max(len(per_file), 1)

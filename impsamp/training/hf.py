@@ -33,7 +33,8 @@ def hf_state_dict(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, t
         out.update({
             dst + "input_layernorm.weight": state[src + "attn_norm.weight"],
             dst + "self_attn.q_proj.weight": q, dst + "self_attn.k_proj.weight": k,
-            dst + "self_attn.v_proj.weight": v, dst + "self_attn.o_proj.weight": state[src + "attn.proj.weight"],
+            dst + "self_attn.v_proj.weight": v,
+            dst + "self_attn.o_proj.weight": state[src + "attn.proj.weight"],
             dst + "post_attention_layernorm.weight": state[src + "mlp_norm.weight"],
             dst + "mlp.gate_proj.weight": gate, dst + "mlp.up_proj.weight": up,
             dst + "mlp.down_proj.weight": state[src + "mlp.down.weight"],

@@ -28,8 +28,24 @@ import torch
 
 from ..config import from_dict
 from ..io import open_corpus
-from ..manifest import MANIFEST, RUN_RECORD, Manifest, StageRun, atomic_write_bytes, atomic_write_json, read_manifest
-from .checkpoint import CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, read_state, save_checkpoint, save_weights
+from ..manifest import (
+    MANIFEST,
+    RUN_RECORD,
+    Manifest,
+    StageRun,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_manifest,
+)
+from .checkpoint import (
+    CHECKPOINTS,
+    PHASES,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+    save_weights,
+)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
 from .evaluation import evaluate_model, stream_nll
@@ -231,8 +247,7 @@ class _Trainer:
 
     def _batches(self, b: dict[str, TokenBin], mcfg: ModelConfig, stream: int) -> Batches:
         return Batches(b["train"], mcfg.block_size, self.cfg.resolved("batch_size"), self.cfg.seed,
-                       stream=stream, rank=self.rt.rank, world=self.rt.world,
-                       pin=self.rt.device.type == "cuda")
+                       stream=stream, rank=self.rt.rank, world=self.rt.world)
 
     # ---- training
 
@@ -287,7 +302,7 @@ class _Trainer:
             for g in opt.param_groups:
                 g["lr"] = ph.lr_at(step, cfg.min_lr_ratio)
             for micro in range(accum):
-                x, y = (t.to(rt.device, non_blocking=True) for t in ph.batches.get(step, micro))
+                x, y = ph.batches.get(step, micro, rt.device)
                 sync = not rt.ddp or micro == accum - 1
                 with contextlib.nullcontext() if sync else fwd.no_sync():
                     with rt.autocast():
@@ -341,7 +356,8 @@ class _Trainer:
         if ph.val.tokens < 2:
             return None
         nats, n = stream_nll(model, ph.val.array(), ph.batches.block_size, ph.batches.batch_size,
-                             self.rt.device, self.rt.autocast, max_windows=self.cfg.eval_batches * ph.batches.batch_size)
+                             self.rt.device, self.rt.autocast,
+                             max_windows=self.cfg.eval_batches * ph.batches.batch_size)
         return round(nats / n, 6)
 
     # ---- the metrics log and the run directory

@@ -24,7 +24,8 @@ from .config import ModelConfig
 def rope_cache(cfg: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (block_size, head_dim), computed in float32 exactly as HF Llama does."""
     dim = cfg.head_dim
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim
+    inv_freq = 1.0 / (cfg.rope_theta ** exponents)
     pos = torch.arange(cfg.block_size, device=device, dtype=torch.int64).float()
     freqs = torch.outer(pos, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -133,5 +134,6 @@ class GPT(nn.Module):
         logits = F.linear(self.hidden(idx), self.wte.weight)  # tied lm head
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                               reduction=reduction)
         return loss if reduction != "none" else loss.view(targets.shape)

@@ -47,7 +47,8 @@ def _sample_texts(paths: Sequence[str | Path], sample_docs: int, text_field: str
     stride = max(1, corpus.n_rows // sample_docs)
     taken = 0
     for batch in corpus.read():
-        for i, text in zip(batch.column("doc_index").to_pylist(), batch.column("text").to_pylist()):
+        texts = batch.column("text").to_pylist()
+        for i, text in zip(batch.column("doc_index").to_pylist(), texts, strict=True):
             if i % stride == 0 and taken < sample_docs:
                 taken += 1
                 yield text[:MAX_DOC_CHARS]
@@ -94,7 +95,8 @@ def load_tokenizer(path: str | Path) -> LoadedTokenizer:
     try:
         tok = tk.Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a plain Exception on bad JSON
-        raise TokenizerError(f"{path}: not a HF tokenizers tokenizer.json ({str(e).splitlines()[0][:200]})") from e
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise TokenizerError(f"{path}: not a HF tokenizers tokenizer.json ({why})") from e
     vocab = tok.get_vocab(with_added_tokens=True)
     for name in EOS_CANDIDATES:
         if name in vocab:

