@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,17 +42,19 @@ GPU_CONFIGS = [("baseline fp16", {}), ("impsamp torch fp16", {"backend": "torch"
 # ----------------------------------------------------------------------------- children (one config each)
 
 
-def _texts(path: Path) -> list[str]:
+def _texts(path: Path, limit: int | None) -> list[str]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    column = pq.read_table(path, columns=["text"]).column("text")
+    return (column if limit is None else column.slice(0, limit)).to_pylist()
 
 
 def _child(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    texts = _texts(Path(args.corpus))
     spec = json.loads(args.child)
+    texts = _texts(Path(args.corpus), None if spec["kind"] == "baseline" else 32)
+    vectors = None
     if spec["kind"] == "baseline":
         import torch
         from sentence_transformers import SentenceTransformer
@@ -80,15 +83,24 @@ def _child(args: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             emb = embed(args.corpus, Path(tmp) / "emb", cfg, embedder=embedder)
             seconds = time.perf_counter() - t0
-            table = emb.table()
-            assert table.num_rows == len(texts), "every benchmark document is one unit"
-            vectors = np.empty((len(texts), emb.dim), np.float32)
-            vectors[table.column("doc_index").to_numpy()] = emb.vectors()
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before loading results
+            n_docs = emb.manifest.stats["documents"]
+            if args.vectors:
+                table = emb.table()
+                assert table.num_rows == n_docs, "every benchmark document is one unit"
+                vectors = np.empty((n_docs, emb.dim), np.float32)
+                vectors[table.column("doc_index").to_numpy()] = emb.vectors()
+    if spec["kind"] == "baseline":
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        n_docs = len(texts)
     if args.vectors:
         np.save(args.vectors, np.asarray(vectors, np.float32))
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"docs": len(texts), "seconds": seconds, "docs_per_s": len(texts) / seconds,
-                      "maxrss_mb": rss_mb}))
+    result = {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "maxrss_mb": rss_mb}
+    if args.device == "cuda":
+        import torch
+
+        result["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -169,6 +181,13 @@ def main() -> None:
         return _child(args)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    try:
+        _bench(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, tmp: Path) -> None:
     corpus = _write_corpus(tmp / f"docs-{args.docs}.parquet", args.docs)
     configs = GPU_CONFIGS if args.device == "cuda" else CPU_CONFIGS
     lengths = [128, 256] if args.device == "cuda" else [128]
@@ -194,9 +213,12 @@ def main() -> None:
             res = best[(name, tokens)]
             cmin, cmean = _cosines(res["vectors"], base["vectors"]) if name != base_name else (1.0, 1.0)
             ratio = res["docs_per_s"] / base["docs_per_s"]
+            gpu = f" (GPU {res['gpu_peak_mb']:.0f})" if "gpu_peak_mb" in res else ""
             rows.append(f"| {name} | {tokens} | {res['docs_per_s']:.1f} | {ratio:.2f}x "
-                        f"| {cmin:.5f} | {cmean:.5f} | {res['maxrss_mb']:.0f} |")
+                        f"| {cmin:.5f} | {cmean:.5f} | {res['maxrss_mb']:.0f}{gpu} |")
     memory = ""
+    if args.device == "cuda" and args.memory_backend.startswith("onnx"):
+        args.memory_backend = "torch"  # the ONNX backend runs on the CPU here
     if args.memory_backend != "none":
         backend, _, q = args.memory_backend.partition("-")
         config = {"backend": backend, **({"quantize": q} if q else {})}

@@ -474,11 +474,15 @@ def throughput(a: argparse.Namespace, log: list[str]) -> str:
     def peak(kind: str, copies: int, key: str) -> float:
         return max(r[key] for r in runs if r["kind"] == kind and r["copies"] == copies)
 
+    def cpu_ratio(copies: int) -> float:
+        return (min(r["cpu_s"] for r in runs if r["kind"] == "baseline" and r["copies"] == copies)
+                / min(r["cpu_s"] for r in runs if r["kind"] == "impsamp" and r["copies"] == copies))
+
     mb = big["text_bytes"] / 1e6
     ratio = b["wall_s"] / i["wall_s"]
     n_shards = len(json.loads((Path(big["emb"]) / "manifest.json").read_text())["stats"]["shards"])
     lines = [
-        "## 1. Throughput: resample vs a plain pyarrow pass", "",
+        "### 1. Throughput: resample vs a plain pyarrow pass", "",
         f"Corpus: the bundled pool written {copies1} times ({big['rows']:,} rows, {mb:,.0f} MB of text, "
         f"{big['parquet_bytes'] / 1e6:,.0f} MB of Parquet (snappy) in {len(big['files'])} files of "
         f"{a.copies_per_file * pool_rows:,} rows, row groups of 10,000, ids `cNNNNN/<pool id>`), embedded with "
@@ -503,6 +507,9 @@ def throughput(a: argparse.Namespace, log: list[str]) -> str:
         f"- plain pyarrow: {fmt_rate(big['rows'], mb, b['wall_s'])} (best run {b['wall_s']:.1f} s)",
         f"- impsamp resample: {fmt_rate(big['rows'], mb, i['wall_s'])} (best run {i['wall_s']:.1f} s)",
         f"- ratio impsamp / plain: **{ratio:.3f}x** (target >= 0.7x: {verdict})",
+        f"- CPU-time ratio (least CPU s of the plain runs / least of the impsamp runs, steadier than wall time on "
+        f"a shared machine): {cpu_ratio(copies1):.3f}x at 1x"
+        + (f", {cpu_ratio(copies4):.3f}x at 4x" if quad is not None else ""),
     ]
     if quad is not None:
         b4, i4 = best("baseline", copies4), best("impsamp", copies4)
@@ -514,7 +521,7 @@ def throughput(a: argparse.Namespace, log: list[str]) -> str:
             f"- at 4x ({quad['text_bytes'] / 1e6:,.0f} MB of text): plain {fmt_rate(quad['rows'], quad['text_bytes'] / 1e6, b4['wall_s'])}, "
             f"impsamp {fmt_rate(quad['rows'], quad['text_bytes'] / 1e6, i4['wall_s'])}, ratio {b4['wall_s'] / i4['wall_s']:.3f}x",
             "",
-            "## 2. Peak memory of resample at 1x and 4x", "",
+            "### 2. Peak memory of resample at 1x and 4x", "",
             f"1x = the throughput corpus ({copies1} copies, {big['rows']:,} rows, {mb:,.0f} MB of text); 4x = {copies4} "
             f"copies ({quad['rows']:,} rows, {quad['text_bytes'] / 1e6:,.0f} MB of text, {len(quad['files'])} files), "
             "embedded and clustered the same way; same k, fraction (25%), target and scheme. Peak RSS is `ru_maxrss` of "
@@ -641,7 +648,7 @@ def pertarget(a: argparse.Namespace, log: list[str]) -> str:
     log.append(f"- per-target: load average at end {load_avg()}")
     other = "DSIR (data-selection HashedNgramDSIR)" if dsir else "impsamp --method ngram (DSIR stand-in)"
     lines = [
-        "## 3. Per-target cost: impsamp resample vs DSIR", "",
+        "### 3. Per-target cost: impsamp resample vs DSIR", "",
         f"Generic corpus: the bundled pool (4,800 documents), embedded once with all-MiniLM-L6-v2 (max_tokens 128, "
         f"torch backend) and clustered once with k=64 (both cached, not timed). Per target, both sides select "
         f"{a.docs:,} documents. impsamp: one `impsamp.resample(emb, clusters, out, targets=[sample.parquet], "
@@ -673,7 +680,7 @@ def pertarget(a: argparse.Namespace, log: list[str]) -> str:
               f"(target >= 20x: {'met' if ratio >= 20 else '**missed**'})"]
     if scaled:
         lines += [
-            "", "### Per-target cost against the size of the generic corpus", "",
+            "", "#### Per-target cost against the size of the generic corpus", "",
             "The same measurement on N copies of the pool (ids made distinct; Parquet for impsamp, JSONL for DSIR). "
             "The generic 'embedding' of the copies is the pool's real-model embedding replicated (the stored "
             "all-MiniLM-L6-v2 vectors, token counts and spans: what the model gives for those texts, without "
@@ -773,7 +780,7 @@ def main() -> None:
     log.append(f"- finished {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} after {time.perf_counter() - t0:.0f} s; "
                f"`uptime` at end: {uptime()}")
     cmd = "python benchmarks/bench_resample.py " + " ".join(sys.argv[1:])
-    body = "\n\n".join([f"# bench_resample.py\n\nCommand: `{cmd.strip()}`\n\n" + "\n".join(log), *sections])
+    body = "\n\n".join([f"## bench_resample.py\n\nCommand: `{cmd.strip()}`\n\n" + "\n".join(log), *sections])
     print("\n" + body)
     if not a.no_write:
         update_section("bench_resample" + (f"-{a.only}" if a.only else ""), body)

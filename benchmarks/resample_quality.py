@@ -127,8 +127,8 @@ def quality_tables(res: dict, cols: list[str], docs: int, a: argparse.Namespace,
         return (f"**{np.mean(vals):.3f}**" + ("" if len(vals) == len(DEMO_DOMAINS) else f" ({len(vals)} of 8)")
                 if vals else "n/a")
 
-    head = ("## 4. Quality: share of the selection from the target domain" if first else
-            f"### The same at a budget of {docs:,} documents (half of a domain's 600 pool documents)")
+    head = ("### 4. Quality: share of the selection from the target domain" if first else
+            f"#### The same at a budget of {docs:,} documents (half of a domain's 600 pool documents)")
     lines = [
         "", head, "",
         f"Bundled demo corpus: pool of 4,800 documents (8 domains x {POOL_PER_DOMAIN}), embedded with all-MiniLM-L6-v2 "
@@ -223,7 +223,7 @@ def main() -> None:
         lines += quality_tables(res, cols, n_docs, a, tok_docs, first=n_docs == a.docs)
     if not a.no_sweep:
         log.append(f"- sweep: load average at start {load_avg()}")
-        lines += ["", "## 5. Sensitivity of `match`: k and smoothing", "",
+        lines += ["", "### 5. Sensitivity of `match`: k and smoothing", "",
                   f"Same budget ({a.docs:,} documents), targets and seed; macro average over the 8 domains of the "
                   "target share, repetition rate, recall (distinct target documents / 600) and purity of the distinct "
                   "documents; 'min share' is the worst domain.", "",
@@ -244,7 +244,7 @@ def main() -> None:
     log.append(f"- finished {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} after "
                f"{time.perf_counter() - t_start:.0f} s; `uptime` at end: {uptime()}")
     cmd = "python benchmarks/resample_quality.py " + " ".join(sys.argv[1:])
-    body = "\n".join([f"# resample_quality.py\n\nCommand: `{cmd.strip()}`\n", *log, *lines])
+    body = "\n".join([f"## resample_quality.py\n\nCommand: `{cmd.strip()}`\n", *log, *lines])
     (cache_dir() / "quality.json").write_text(json.dumps({str(k): v for k, v in all_res.items()}, indent=1))
     print("\n" + body)
     if not a.no_write:

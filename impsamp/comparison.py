@@ -44,9 +44,9 @@ class CompareConfig:
     """Embedding backend: onnx (faster on CPU, same vectors) or torch."""
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     preset: str = "tiny"
-    steps: int = 120
+    steps: int = 100
     """Pretraining steps (tiny: 4,096 tokens a step, about 0.7 s on 2 CPU cores)."""
-    finetune_steps: int = 40
+    finetune_steps: int = 30
     vocab_size: int = 4096
     n_layer: int | None = None
     """Model shape overrides of the preset (None: the preset's)."""

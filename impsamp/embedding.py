@@ -833,8 +833,9 @@ def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
         tables.append(_unit_table(chunk.meta, batch))
         docs += chunk.meta.num_rows
         chars += int(chunk.lengths.sum())
-        if not getattr(embedder, "windows", False):
-            truncated += int((batch.char_end < chunk.lengths[batch.text_index]).sum())
+        covered = np.zeros(len(chunk.lengths), dtype=np.int64)  # end of the last unit of each document
+        np.maximum.at(covered, batch.text_index, batch.char_end)
+        truncated += int((covered < chunk.lengths).sum())
         if on_chunk is not None:
             on_chunk(chunk.meta.num_rows, int(batch.tokens.sum()))
 
