@@ -19,6 +19,8 @@ What is measured (every timed run in its own subprocess, page cache warm, peak R
    as text (so the target is embedded with the real model, all-MiniLM-L6-v2, model load included)
    over the bundled pool, against DSIR (`data_selection.HashedNgramDSIR`: fit, importance weights and
    resample) selecting the same number of documents from the same pool written as JSONL.
+   Then once more on 10 and 30 copies of the pool (--pertarget-scales), the copies 'embedded' by
+   replicating the pool's real-model vectors (`PrecomputedEmbedder`), to show how both costs grow.
 
 The generated corpora live under benchmarks/.cache/resample/ and are deleted at the end (--keep keeps them).
 """
@@ -409,7 +411,6 @@ def throughput(a: argparse.Namespace, log: list[str]) -> str:
 
     root = cache_dir() / "big"
     pool_rows = 4800
-    text_per_copy = None
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 

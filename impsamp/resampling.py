@@ -129,8 +129,6 @@ class Selection:
 
     def to_table(self) -> pa.Table:
         """All rows (small selections only: this loads everything)."""
-        from .io import open_corpus
-
         fmt = self.manifest.config["format"]
         if fmt == "arrow":
             tables = []
@@ -142,8 +140,9 @@ class Selection:
             import pyarrow.parquet as pq
 
             return pa.concat_tables([pq.read_table(f) for f in self.data_files])
-        corpus = open_corpus(self.data_files)
-        return pa.Table.from_batches(list(corpus.read()))
+        rows = [json.loads(line) for f in self.data_files for line in f.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+        return pa.Table.from_pylist(rows, schema=SELECTION_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import impsamp
 from impsamp.clustering import ClusterConfig
 from impsamp.embedding import EmbedConfig
-from impsamp.resampling import ResampleConfig, Selection
+from impsamp.resampling import SELECTION_SCHEMA, ResampleConfig, Selection
 from impsamp_cli.main import cli
 
 TOPICS = {
@@ -130,6 +130,7 @@ def test_other_formats_read_back(stages, tmp_path, fmt):
     root, generic, target, topics, emb, clu = stages
     sel = impsamp.resample(emb, clu, tmp_path / fmt, targets=[target], config=ResampleConfig(docs=50, format=fmt))
     assert sel.to_table().num_rows == 50
+    assert sel.to_table().schema.names == SELECTION_SCHEMA.names
     assert all(f.suffix == f".{fmt}" for f in sel.data_files)
 
 
