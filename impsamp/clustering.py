@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -60,7 +59,7 @@ NORM_TOLERANCE = 1e-2
 """|norm - 1| allowed for a stored (float16) L2-normalised vector."""
 FIT_RECORD = "fit"
 """Name of the shard record that holds the fitted centroids, committed before any assignment."""
-SLOW_SHARDS_ENV = "IMPSAMP_TEST_SLOW_SHARD"
+SLOW_SHARDS_ENV = "IMPSAMP_TEST_SLOW_SHARD"  # read by StageRun.commit_shard
 """Test-only hook (shared with `embed`): seconds to sleep after each committed shard, so a test can
 kill a run in the middle. Never set it otherwise."""
 DEVICES = ("auto", "cpu", "gpu")
@@ -575,7 +574,6 @@ def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) ->
 def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree, gpu: bool,
                   progress: bool) -> tuple[float, float]:
     """Assign every shard (skipping committed ones); returns (seconds of this pass, sum of scores)."""
-    slow = float(os.environ.get(SLOW_SHARDS_ENV, "0") or 0)
     t0 = time.perf_counter()
     for name, n_i in _progress(shards, progress, "assign"):
         if not run.is_done(name):
@@ -591,8 +589,6 @@ def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
             _save_npy(tmp, ids)
             run.commit_shard(name, {f"assign-{name}.npy": tmp}, stats={"score_sum": score_sum},
                              rows={f"assign-{name}.npy": n_i})
-            if slow:
-                time.sleep(slow)
     seconds = time.perf_counter() - t0
     score_sum = sum(run.shard_record(name)["stats"]["score_sum"] for name, _ in shards)
     return round(seconds, 3), score_sum

@@ -83,7 +83,6 @@ TEXTS_SCHEMA = pa.schema([
     ("text_index", pa.int64()), ("chars", pa.int32()), ("tokens", pa.int32()), ("window", pa.int32()),
     ("char_start", pa.int64()), ("char_end", pa.int64()),
 ])
-_SLOW_SHARD_ENV = "IMPSAMP_TEST_SLOW_SHARD"
 
 
 class EmbedderError(ImpsampError):
@@ -905,10 +904,8 @@ def _write_shard(out_dir: Path, result: _ShardResult) -> dict[str, Path]:
 
 def _commit(run: StageRun, name: str, files: dict[str, Path], stats: dict[str, Any]) -> None:
     rows = stats["units"]
+    # (the test-only IMPSAMP_TEST_SLOW_SHARD pause lives in StageRun.commit_shard)
     run.commit_shard(name, files, stats=stats, rows={_vectors_name(name): rows, _docs_name(name): rows})
-    slow = os.environ.get(_SLOW_SHARD_ENV)
-    if slow:  # test-only: lets a test SIGKILL the run between two shards
-        time.sleep(float(slow))
 
 
 class _Progress:
