@@ -34,9 +34,10 @@ import numpy as np
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CPU_CONFIGS = [("baseline", {}), ("impsamp torch", {"backend": "torch"}),
+               ("impsamp torch fp32", {"backend": "torch", "precision": "float32"}),
                ("impsamp onnx fp32", {"backend": "onnx"}),
                ("impsamp onnx int8", {"backend": "onnx", "quantize": "int8"})]
-GPU_CONFIGS = [("baseline fp16", {}), ("impsamp torch fp16", {"backend": "torch"})]
+GPU_CONFIGS = [("baseline fp16", {}), ("impsamp torch", {"backend": "torch"})]
 
 
 # ----------------------------------------------------------------------------- children (one config each)
@@ -73,11 +74,13 @@ def _child(args: argparse.Namespace) -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        precision = "float16" if args.device == "cuda" else "float32"
     else:
         from impsamp.embedding import EmbedConfig, embed, embed_texts, load_embedder
 
         cfg = EmbedConfig(model=MODEL, max_tokens=args.max_tokens, device=args.device, **spec["config"])
         embedder = load_embedder(cfg)
+        precision = embedder.identity["precision"]
         embed_texts(texts[:32], embedder)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
@@ -95,7 +98,8 @@ def _child(args: argparse.Namespace) -> None:
         n_docs = len(texts)
     if args.vectors:
         np.save(args.vectors, np.asarray(vectors, np.float32))
-    result = {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "maxrss_mb": rss_mb}
+    result = {"docs": n_docs, "seconds": seconds, "docs_per_s": n_docs / seconds, "maxrss_mb": rss_mb,
+              "precision": precision}
     if args.device == "cuda":
         import torch
 
@@ -169,7 +173,7 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--rounds", type=int, default=2,
-                   help="interleaved rounds; the best of each config is kept")
+                   help="interleaved rounds; the best of each config is kept (0: memory only)")
     p.add_argument("--memory-backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8", "none"])
     p.add_argument("--write", type=Path, default=None, help="write the results as Markdown here")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -200,13 +204,14 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
                 kind = "baseline" if name.startswith("baseline") else "impsamp"
                 vec = tmp / f"{name.replace(' ', '_')}-{tokens}.npy"
                 res = _run_child({"kind": kind, "config": config}, corpus, args, tokens, vec)
-                print(f"round {r + 1} {tokens} tokens {name:>20}: {res['docs_per_s']:7.1f} docs/s, "
+                print(f"round {r + 1} {tokens} tokens {name:>20} {res['precision']:>8}: "
+                      f"{res['docs_per_s']:7.1f} docs/s, "
                       f"{res['maxrss_mb']:6.0f} MB", file=sys.stderr, flush=True)
                 key = (name, tokens)
                 if key not in best or res["docs_per_s"] > best[key]["docs_per_s"]:
                     best[key] = {**res, "vectors": vec}
     rows = []
-    for tokens in lengths:
+    for tokens in lengths if args.rounds else []:
         base_name = configs[0][0]
         base = best[(base_name, tokens)]
         for name, _ in configs:
@@ -214,7 +219,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
             cmin, cmean = _cosines(res["vectors"], base["vectors"]) if name != base_name else (1.0, 1.0)
             ratio = res["docs_per_s"] / base["docs_per_s"]
             gpu = f" (GPU {res['gpu_peak_mb']:.0f})" if "gpu_peak_mb" in res else ""
-            rows.append(f"| {name} | {tokens} | {res['docs_per_s']:.1f} | {ratio:.2f}x "
+            rows.append(f"| {name} | {res['precision']} | {tokens} | {res['docs_per_s']:.1f} | {ratio:.2f}x "
                         f"| {cmin:.5f} | {cmean:.5f} | {res['maxrss_mb']:.0f}{gpu} |")
     memory = ""
     if args.device == "cuda" and args.memory_backend.startswith("onnx"):
@@ -230,8 +235,8 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
                   f"for {args.docs:,} documents, {four['maxrss_mb']:.0f} MB for {4 * args.docs:,} "
                   f"({four['maxrss_mb'] / one['maxrss_mb']:.2f}x; target <= 1.2x).")
     load_after = os.getloadavg()
-    header = ("| config | max tokens | docs/s | vs baseline | min cosine | mean cosine | peak RSS MB |\n"
-              "|---|---|---|---|---|---|---|")
+    header = ("| config | precision | max tokens | docs/s | vs baseline | min cosine | mean cosine "
+              "| peak RSS MB |\n|---|---|---|---|---|---|---|---|")
     report = "\n".join([
         f"Machine: {_machine()}; {_versions()}.",
         f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus; "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from impsamp.config import resolve_config
-from impsamp.embedding import BACKENDS, DEVICES, EmbedConfig, embed
+from impsamp.embedding import BACKENDS, DEVICES, PRECISIONS, EmbedConfig, embed
 
 from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
 
@@ -26,7 +26,10 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default=None,
               help="int8: dynamic int8 quantization of the ONNX model (with --backend onnx) [default: none]")
 @click.option("--device", type=click.Choice(DEVICES), default=None,
-              help=f"auto picks the GPU when there is one; float16 on GPU [default: {EmbedConfig.device}]")
+              help=f"auto picks the GPU when there is one [default: {EmbedConfig.device}]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Torch backend: auto = float16 on GPU, bfloat16 on CPUs with AMX, else float32 "
+                   "[default: auto]")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
               help="Padded tokens per batch [default: 8192 on CPU, 65536 on GPU]")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
@@ -40,9 +43,9 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @config_option
 @overwrite_option
 @progress_option
-def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, batch_tokens,
-                  rows_per_shard, workers, text_field, id_field, encoding_errors, config_file, overwrite,
-                  progress):
+def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, precision,
+                  batch_tokens, rows_per_shard, workers, text_field, id_field, encoding_errors, config_file,
+                  overwrite, progress):
     """Embed every document of CORPUS (files, folders, globs) into --out.
 
     Writes vectors-NNNNN.npy (float16, L2-normalised) and docs-NNNNN.parquet per shard, then
@@ -57,8 +60,9 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
     """
     cfg = resolve_config(EmbedConfig, config_file, "embed", model=model, max_tokens=max_tokens,
                          windows=windows, backend=backend, quantize=quantize, device=device,
-                         batch_tokens=batch_tokens, rows_per_shard=rows_per_shard, workers=workers,
-                         text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
+                         precision=precision, batch_tokens=batch_tokens, rows_per_shard=rows_per_shard,
+                         workers=workers, text_field=text_field, id_field=id_field,
+                         encoding_errors=encoding_errors)
     result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress))
     s = result.manifest.stats
     info = result.model_info

@@ -197,6 +197,8 @@ def test_hashing_embedder_is_deterministic_and_named():
     ({"backend": "tf"}, "--backend"), ({"device": "tpu"}, "--device"), ({"max_tokens": 2}, "--max-tokens"),
     ({"batch_tokens": 100, "max_tokens": 256}, "--batch-tokens"), ({"workers": 0}, "--workers"),
     ({"quantize": "int4", "backend": "onnx"}, "--quantize"), ({"rows_per_shard": 0}, "--rows-per-shard"),
+    ({"precision": "float8"}, "--precision"), ({"precision": "bfloat16", "backend": "onnx"}, "--precision"),
+    ({"precision": "float16", "device": "cpu"}, "--precision"),
 ])
 def test_config_errors_name_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
@@ -271,14 +273,28 @@ def test_torch_backend_matches_sentence_transformers(tmp_path, st_model, demo_te
     assert cos.min() >= 0.999, cos.min()
     info = emb.model_info
     assert info["name"] == "sentence-transformers/all-MiniLM-L6-v2" and info["dim"] == 384
-    assert len(info["weights_sha256"]) == 64 and info["precision"] == "float32"
+    assert len(info["weights_sha256"]) == 64 and info["precision"] in ("float32", "bfloat16")
     t = emb.table().to_pandas()
     assert (t.tokens <= 126).all() and (t.tokens == 126).any()  # 128 with [CLS] and [SEP]
 
 
 @pytest.mark.slow
+def test_bfloat16_autocast_stays_close_to_float32(demo_texts):
+    from impsamp.embedding import cpu_has_amx_bf16
+
+    if not cpu_has_amx_bf16():
+        pytest.skip("no AMX: precision auto is float32 here")
+    fast = load_embedder(EmbedConfig(max_tokens=128, device="cpu"))
+    exact = load_embedder(EmbedConfig(max_tokens=128, device="cpu", precision="float32"))
+    assert (fast.identity["precision"], exact.identity["precision"]) == ("bfloat16", "float32")
+    a, _ = embed_texts(demo_texts, fast)
+    b, _ = embed_texts(demo_texts, exact)
+    assert (a * b).sum(axis=1).min() >= 0.9999
+
+
+@pytest.mark.slow
 def test_real_windows_tile_long_documents(st_model, demo_texts):
-    emb = load_embedder(EmbedConfig(max_tokens=64, windows=True, device="cpu"))
+    emb = load_embedder(EmbedConfig(max_tokens=64, windows=True, device="cpu", precision="float32"))
     texts = demo_texts[:4] + ["  " + "word " * 300]
     vectors, units = embed_texts(texts, emb)
     assert vectors.shape == (units.num_rows, 384) and units.num_rows > 2 * len(texts)
@@ -287,7 +303,7 @@ def test_real_windows_tile_long_documents(st_model, demo_texts):
 
     check_windows_tile(pa.Table.from_pandas(t), dict(enumerate(texts)), 62)
     # each window is embedded as its own text: the first window equals the truncated document
-    head, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=64, device="cpu")))
+    head, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=64, device="cpu", precision="float32")))
     first = np.flatnonzero(t.window.to_numpy() == 0)
     assert np.allclose(vectors[first], head, atol=1e-5)
 
@@ -297,7 +313,7 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     texts = demo_texts[:6]
-    ref, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, device="cpu")))
+    ref, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, device="cpu", precision="float32")))
     onnx = load_embedder(EmbedConfig(max_tokens=128, backend="onnx", device="cpu"))
     got, _ = embed_texts(texts, onnx)
     assert (got * ref).sum(axis=1).min() >= 0.999
