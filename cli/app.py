@@ -19,6 +19,12 @@ class ImpsampGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # click prints a bad flag as usage + hint + error (three lines): one line, like ours
+            hint = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+            err = click.ClickException(_one_line(e.format_message()) + hint)
+            err.exit_code = e.exit_code
+            raise err from None
         except ImpsampError as e:
             raise click.ClickException(_one_line(str(e))) from None
         except KeyboardInterrupt:
@@ -81,3 +87,33 @@ def show_progress(flag: bool | None) -> bool:
 def out_option(f):
     return click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
                         help="Output directory (created; resumed if a previous run was interrupted).")(f)
+
+
+def scale_options(*, gpus: bool = False, slices: bool = True, slices_help: str | None = None):
+    """--engine, --ray-address, --num-shards/--shard-index (and --gpus-per-worker for embed)."""
+    def decorate(f):
+        if gpus:
+            f = click.option("--gpus-per-worker", type=float, default=None,
+                             help="--engine ray on cuda: GPUs each embedding task requests; 0.5 runs two "
+                                  "model replicas per GPU [default: 1].")(f)
+        f = click.option("--shard-index", type=int, default=None,
+                         help=slices_help or "This slice of a Slurm array: process only the shards with "
+                              "index % --num-shards == --shard-index, commit them, write no manifest "
+                              "(then `impsamp finalize DIR`).")(f)
+        f = click.option("--num-shards", type=int, default=None,
+                         help=slices_help or "Slices of a Slurm array run (with --shard-index).")(f)
+        f = click.option("--ray-address", default=None,
+                         help="--engine ray: a running Ray cluster (e.g. auto, ray://head:10001) "
+                              "[default: start a local Ray on this machine].")(f)
+        f = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                         help="Run the shards here, or as Ray tasks (same output bytes).")(f)
+        return f
+    return decorate
+
+
+def execution(engine: str, ray_address: str | None, num_shards: int | None, shard_index: int | None,
+              gpus_per_worker: float | None = None):
+    from impsamp.scale import Execution
+
+    return Execution(engine=engine, ray_address=ray_address, num_shards=num_shards, shard_index=shard_index,
+                     gpus_per_worker=1.0 if gpus_per_worker is None else gpus_per_worker)

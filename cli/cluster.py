@@ -10,7 +10,8 @@ from impsamp.clustering import ClusterConfig
 from impsamp.clustering import cluster as run_cluster
 from impsamp.config import resolve_config
 
-from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
+                  show_progress)
 
 
 def _parse_levels(ctx, param, value):
@@ -44,24 +45,36 @@ def _parse_levels(ctx, param, value):
               help="Cosine geometry (inner product, unit centroids) [default: spherical].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
               help="faiss GPU or CPU [default: auto = GPU when faiss sees one].")
+@scale_options()
 @config_option
 @overwrite_option
 @progress_option
 def cluster(embeddings_dir, out_dir, k, levels, sample, niter, seed, max_points_per_centroid, spherical,
-            device, config_file, overwrite, progress):
+            device, engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Cluster the vectors of EMBEDDINGS_DIR (an `impsamp embed` output) once, for every target domain.
 
     \b
     Examples:
       impsamp cluster runs/emb --out runs/clusters --k 1024
       impsamp cluster runs/emb --out runs/clusters --levels 32,32 --sample 500000
+      impsamp cluster runs/emb --out runs/clusters --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
+
+    With --num-shards/--shard-index every slice uses the same seeded fit (the first slice to get
+    there commits it, the others reuse it) and assigns its own embedding shards; then
+    `impsamp finalize DIR` writes counts.parquet and the manifest. --engine ray runs the
+    assignment pass as Ray tasks.
     """
     if k is not None and levels is not None:
         raise click.UsageError("--k and --levels cannot be combined: --levels sets the k of every level")
     cfg = resolve_config(ClusterConfig, config_file, "cluster", k=k, levels=levels, sample=sample,
                          niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
                          spherical=spherical, device=device)
-    result = run_cluster(embeddings_dir, out_dir, cfg, overwrite=overwrite, progress=show_progress(progress))
+    ex = execution(engine, ray_address, num_shards, shard_index)
+    result = run_cluster(embeddings_dir, out_dir, cfg, overwrite=overwrite, progress=show_progress(progress),
+                         execution=ex)
+    if ex.sliced:
+        click.echo(result.summary())
+        return
     s = result.manifest.stats
     shape = "x".join(map(str, cfg.levels)) + " tree" if cfg.levels else "flat"
     click.echo(f"{s['n_leaves']:,} clusters ({shape}) fitted on {s['train_points']:,} points; "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.comparison import METHODS, CompareConfig, Report, compare as _compare
+from impsamp.comparison import METHODS, CompareConfig, Report, compare as _compare, embed_backend
 from impsamp.config import resolve_config
 from impsamp.errors import StageError
 
@@ -100,7 +100,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     methods = METHODS if all_methods else None
     cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, steps=steps,
                          finetune_steps=finetune_steps, preset=preset, seed=seed)
-    emb_dir = cache_dir() / f"demo-{__version__}" / f"embeddings-{cfg.backend}-{cfg.max_tokens}"
+    emb_dir = cache_dir() / f"demo-{__version__}" / f"embeddings-{embed_backend(cfg.backend)}-{cfg.max_tokens}"
     show = show_progress(progress)
     emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show)
     try:
@@ -128,6 +128,6 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
         pass
     if progress:
         click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
-    embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=cfg.backend),
+    embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=embed_backend(cfg.backend)),
           progress=progress)
     return emb_dir

@@ -7,7 +7,8 @@ import click
 from impsamp.config import resolve_config
 from impsamp.embedding import BACKENDS, DEVICES, PRECISIONS, EmbedConfig, embed
 
-from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
+                  show_progress)
 
 
 @cli.command("embed")
@@ -40,12 +41,13 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--id-field", default=None, help="Field holding a document id [default: 'id' if present].")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default=None,
               help="What to do with invalid UTF-8 [default: strict].")
+@scale_options(gpus=True)
 @config_option
 @overwrite_option
 @progress_option
 def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, precision,
-                  batch_tokens, rows_per_shard, workers, text_field, id_field, encoding_errors, config_file,
-                  overwrite, progress):
+                  batch_tokens, rows_per_shard, workers, text_field, id_field, encoding_errors, engine,
+                  ray_address, num_shards, shard_index, gpus_per_worker, config_file, overwrite, progress):
     """Embed every document of CORPUS (files, folders, globs) into --out.
 
     Writes vectors-NNNNN.npy (float16, L2-normalised) and docs-NNNNN.parquet per shard, then
@@ -57,13 +59,20 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
       impsamp embed data/generic --out runs/emb --backend onnx --quantize int8 --max-tokens 128
       impsamp embed data/books.parquet --out runs/emb --windows --workers 4
       impsamp embed data/tiny.jsonl --out runs/emb --model hashing:256
+      impsamp embed data/generic --out runs/emb --engine ray --ray-address auto
+      impsamp embed data/generic --out runs/emb --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
     """
     cfg = resolve_config(EmbedConfig, config_file, "embed", model=model, max_tokens=max_tokens,
                          windows=windows, backend=backend, quantize=quantize, device=device,
                          precision=precision, batch_tokens=batch_tokens, rows_per_shard=rows_per_shard,
                          workers=workers, text_field=text_field, id_field=id_field,
                          encoding_errors=encoding_errors)
-    result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress))
+    ex = execution(engine, ray_address, num_shards, shard_index, gpus_per_worker)
+    result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress),
+                   execution=ex)
+    if ex.sliced:
+        click.echo(result.summary())
+        return
     s = result.manifest.stats
     info = result.model_info
     rate = f", {s['docs_per_second']:,.1f} docs/s" if s.get("docs_per_second") else ""

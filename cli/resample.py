@@ -9,7 +9,8 @@ import click
 from impsamp.config import resolve_config
 from impsamp.resampling import FORMATS, METHODS, SCHEMES, ResampleConfig, command_line, resample as _resample
 
-from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
+                  show_progress)
 
 
 @cli.command()
@@ -41,12 +42,14 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--rows-per-shard", type=int, default=None, help="Rows per output shard [default: 100000].")
 @click.option("--text-field", default=None, help="Text field of target corpora [default: text].")
 @click.option("--id-field", default=None, help="Id field of target corpora.")
+@scale_options(slices_help="Not supported by resample: its output is one global shuffle of every input "
+                                "shard (run it as one job; --engine ray spreads it).")
 @config_option
 @overwrite_option
 @progress_option
 def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, docs, method, scheme, weighting, smoothing,
              temperature, cap, backoff, max_repeat, seed, fmt, rows_per_shard, text_field, id_field,
-             config_file, overwrite, progress):
+             engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
 
     EMBEDDINGS_DIR is the generic corpus's `impsamp embed` output and CLUSTERS_DIR the
@@ -57,13 +60,17 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, docs, metho
     \b
     Example:
       impsamp resample runs/emb runs/clusters --target law_sample.jsonl --out runs/law --tokens 50000000
+
+    --engine ray runs the per-shard passes as Ray tasks (same bytes). Slurm-array slices
+    (--num-shards/--shard-index) are refused: the output is one global shuffle of every input shard.
     """
+    ex = execution(engine, ray_address, num_shards, shard_index)
     cfg = resolve_config(ResampleConfig, config_file, "resample", tokens=tokens, docs=docs, method=method,
                          scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
                          backoff=backoff, max_repeat=max_repeat, seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
-                    progress=show_progress(progress), command=command_line())
+                    progress=show_progress(progress), command=command_line(), execution=ex)
     s = sel.stats
     click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['unique_documents']:,} unique documents, "
                f"repetition {s['repetition_rate']:.1%}) -> {out_dir}")

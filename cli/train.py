@@ -18,7 +18,8 @@ _INT_FLAGS = {
     "mlp_hidden": "Hidden size of the SwiGLU MLP.", "block_size": "Context length in tokens.",
     "vocab_size": "BPE vocabulary to train [preset: 4096 tiny, 32000 otherwise].",
     "steps": "Optimizer steps [default: one pass over the data].",
-    "batch_size": "Sequences per micro-batch per process.", "grad_accum": "Micro-batches per step.",
+    "batch_size": "Sequences per micro-batch per process (global batch: see above).",
+    "grad_accum": "Micro-batches per optimizer step.",
     "warmup_steps": "Linear warm-up steps [default: min(1000, steps/20)].",
     "finetune_steps": "Fine-tuning steps [default: one pass over the fine-tuning data].",
     "checkpoint_every": "Steps between resumable checkpoints.", "seed": "Random seed.",
@@ -31,7 +32,7 @@ _FLOAT_FLAGS = {"lr": "Peak learning rate [preset].", "finetune_lr": "Fine-tunin
 
 def _train_options(f):
     f = click.option("--tokens", type=float, default=None,
-                     help="Token budget instead of --steps (2e9 is fine).")(f)
+                     help="Token budget instead of --steps (2e9 is fine), in steps of the global batch.")(f)
     for name, text in reversed(list(_FLOAT_FLAGS.items())):
         f = click.option("--" + name.replace("_", "-"), name, type=float, default=None, help=text)(f)
     for name, text in reversed(list(_INT_FLAGS.items())):
@@ -52,7 +53,7 @@ def _train_options(f):
               help="Files to score before/after fine-tuning (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
-              help="Autocast dtype [default: bfloat16 on CUDA, float32 on CPU].")
+              help="Autocast dtype [default: bfloat16 on CUDA and on CPUs with AMX, else float32].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
@@ -73,6 +74,13 @@ def train(data, out_dir, preset, tokenizer, finetune, eval_files, device, dtype,
           --finetune law-sample.jsonl --finetune-steps 500 --eval law-eval.jsonl
       torchrun --nproc_per_node 8 -m impsamp train --data runs/sel --out runs/lm --preset slm-126m
     A killed run resumes when the same command is run again.
+
+    Under torchrun every process trains a replica with DistributedDataParallel (NCCL on GPU, gloo on
+    CPU), draws its batches from its own slice of the tokens and averages gradients, so one optimizer
+    step sees a global batch of --batch-size x --grad-accum x world size sequences of --block-size
+    tokens (world size = torchrun's --nproc_per_node x --nnodes). Rank 0 alone trains the tokenizer,
+    tokenizes, writes checkpoints, logs and outputs, and scores --eval; fine-tuning runs on all
+    ranks. Resume with the same world size. On several nodes --out must be on a shared filesystem.
     """
     from impsamp.training import train as run_training
 
@@ -126,6 +134,8 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     """
     from impsamp.training import evaluate as run_eval
 
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # scoring is one process's work: under torchrun, rank 0 does it and the others exit
     m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
     if as_json:
         click.echo(json.dumps(m, indent=2))

@@ -44,7 +44,8 @@ import numpy as np
 
 from ._deps import require
 from .errors import ConfigError, ImpsampError, StageError
-from .manifest import Manifest, StageRun, read_manifest
+from .manifest import Manifest, StageRun, read_manifest, sha256_file
+from .scale import LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_ray, slice_result
 
 if TYPE_CHECKING:
     from .embedding import Embeddings
@@ -418,7 +419,7 @@ def _check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | No
         try:
             table_rows = require("pyarrow.parquet").ParquetFile(Path(emb.path) / f"docs-{name}.parquet"
                                                                 ).metadata.num_rows
-        except OSError as e:
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid (a damaged footer) is a ValueError
             raise StageError(f"{emb.path}: the table of shard {name} cannot be read ({e}); rerun "
                              "`impsamp embed` with --overwrite") from e
     if table_rows != n_i:
@@ -451,7 +452,8 @@ def _check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
 
 
 def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: ClusterConfig | None = None, *,
-            overwrite: bool = False, progress: bool = False) -> Clusters:
+            overwrite: bool = False, progress: bool = False,
+            execution: Execution | None = None) -> Clusters | SliceResult:
     """Fit k-means (flat or hierarchical) on a sample of `embeddings`, then assign every vector.
 
     Args:
@@ -460,15 +462,21 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
         config: see `ClusterConfig`.
         overwrite: replace a complete output.
         progress: show progress bars.
+        execution: where the assignment shards run (`impsamp.scale.Execution`): Ray tasks, or one
+            slice of a Slurm array. Every slice needs the same centroids: the first slice to get
+            there fits them (seeded: the same bytes in every slice) and commits them as the 'fit'
+            record; a slice that finds the fit committed reuses it, and one that fitted while another
+            committed first checks that both fits are byte-identical (refusing otherwise).
 
     Returns:
-        The `Clusters` handle of the finished directory.
+        The `Clusters` handle of the finished directory (a `SliceResult` for a slice).
 
     Raises:
         StageError: the embeddings are incomplete, damaged, not normalised, or the output exists.
         ConfigError: k or levels do not fit the number of vectors.
     """
     cfg = config if config is not None else ClusterConfig()
+    ex = execution or LOCAL
     out_dir = Path(out_dir)
     emb = _load_embeddings(embeddings)
     shards = _check_embeddings(emb)
@@ -478,11 +486,17 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
                              "fingerprint": emb.manifest.fingerprint, "model": _model_name(emb)}}
     existed = out_dir.exists()
-    fresh = not existed or (out_dir.is_dir() and not any(out_dir.iterdir()))
+    # (a slice never cleans up: other slices may be committing into the same directory)
+    fresh = not ex.sliced and (not existed or (out_dir.is_dir() and not any(out_dir.iterdir())))
     run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+    if ex.require_complete:
+        check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
     try:
         tree, fit_stats = _fit_stage(run, emb, shards, cfg, size, gpu, progress)
-        seconds_assign, score_sum = _assign_stage(run, emb, shards, tree, gpu, progress)
+        if ex.sliced:
+            committed = _assign_stage(run, emb, shards, tree, gpu, progress, ex)[2]
+            return slice_result(run, ex, committed, [FIT_RECORD] + [name for name, _ in shards])
+        seconds_assign, score_sum, _ = _assign_stage(run, emb, shards, tree, gpu, progress, ex)
         counts_tmp, level_stats = _write_counts(run, emb, shards, tree)
     except ImpsampError:
         if fresh:  # bad data found by this run: leave nothing behind (an interrupted run stays resumable)
@@ -530,6 +544,16 @@ def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cf
     for name, arr in _tree_files(tree, hierarchical=cfg.levels is not None):
         files[name] = tmp = run.tmp_path(name)
         _save_npy(tmp, arr)
+    if run.is_done(FIT_RECORD):  # a concurrent slice committed its fit while this one was fitting
+        record = run.shard_record(FIT_RECORD)
+        ours = {name: sha256_file(tmp) for name, tmp in files.items()}
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+        if ours != {ref["path"]: ref["sha256"] for ref in record["files"]}:
+            raise StageError(f"{run.out_dir}: this slice fitted other centroids than the slice that "
+                             "committed the fit first (the k-means fit is not bit-reproducible here, e.g. on "
+                             "GPU); run --shard-index 0 alone first, then the other slices reuse its fit")
+        return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
     run.commit_shard(FIT_RECORD, files, stats={"n_levels": tree.n_levels, "fit": info})
     return tree, info
 
@@ -571,27 +595,61 @@ def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) ->
     return out
 
 
+def _assign_shard(vectors: np.ndarray, emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, tmp: str
+                  ) -> tuple[str, float]:
+    """Assign one embedding shard, writing its ids to `tmp` (committed by the caller).
+
+    Returns (tmp, sum of scores)."""
+    ids = np.empty((n_i, tree.n_levels), dtype=np.int32)
+    score_sum = 0.0
+    for lo in range(0, n_i, BATCH_ROWS):
+        x = np.asarray(vectors[lo:lo + BATCH_ROWS], dtype=np.float32)
+        _check_vectors(x, f"{emb_path}: shard {name},", lo)
+        ids[lo:lo + len(x)], score = tree.descend(x, gpu=gpu)
+        score_sum += float(score.sum(dtype=np.float64))
+    _save_npy(Path(tmp), ids)
+    return tmp, score_sum
+
+
+def _ray_assign_shard(emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, out_dir: str
+                      ) -> tuple[str, float]:
+    from .embedding import _vectors_name
+    from .manifest import tmp_name  # a temp name of this (Ray worker) process: retries never collide
+
+    vectors = np.load(Path(emb_path) / _vectors_name(name), mmap_mode="r")
+    return _assign_shard(vectors, emb_path, name, n_i, tree, gpu,
+                         str(tmp_name(Path(out_dir) / f"assign-{name}.npy")))
+
+
 def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree, gpu: bool,
-                  progress: bool) -> tuple[float, float]:
-    """Assign every shard (skipping committed ones); returns (seconds of this pass, sum of scores)."""
+                  progress: bool, ex: Execution = LOCAL) -> tuple[float, float, int]:
+    """Assign every shard of this run (skipping committed ones); returns (seconds of this pass, sum of
+    scores over all shards (nan for a slice), shards committed now)."""
     t0 = time.perf_counter()
-    for name, n_i in _progress(shards, progress, "assign"):
-        if not run.is_done(name):
-            vectors = emb.shard_vectors(name)
-            ids = np.empty((n_i, tree.n_levels), dtype=np.int32)
-            score_sum = 0.0
-            for lo in range(0, n_i, BATCH_ROWS):
-                x = np.asarray(vectors[lo:lo + BATCH_ROWS], dtype=np.float32)
-                _check_vectors(x, f"{emb.path}: shard {name},", lo)
-                ids[lo:lo + len(x)], score = tree.descend(x, gpu=gpu)
-                score_sum += float(score.sum(dtype=np.float64))
-            tmp = run.tmp_path(f"assign-{name}.npy")
-            _save_npy(tmp, ids)
-            run.commit_shard(name, {f"assign-{name}.npy": tmp}, stats={"score_sum": score_sum},
-                             rows={f"assign-{name}.npy": n_i})
+    todo = [(i, name, n_i) for i, (name, n_i) in enumerate(shards) if not run.is_done(name) and ex.mine(i)]
+    committed = 0
+
+    def commit(name: str, result: tuple[str, float]) -> None:
+        nonlocal committed
+        tmp, score_sum = result
+        n_i = dict(shards)[name]
+        committed += commit_once(run, name, {f"assign-{name}.npy": Path(tmp)}, stats={"score_sum": score_sum},
+                                 rows={f"assign-{name}.npy": n_i})
+
+    if ex.engine == "ray" and todo:
+        tasks = [(name, (str(emb.path), name, n_i, Shared("tree"), gpu, str(run.out_dir)))
+                 for _, name, n_i in todo]
+        run_ray(ex, _ray_assign_shard, tasks, commit, shared={"tree": tree},
+                num_gpus=ex.gpus_per_worker if gpu else 0)
+    else:
+        for _, name, n_i in _progress(todo, progress, "assign"):
+            commit(name, _assign_shard(emb.shard_vectors(name), str(emb.path), name, n_i, tree, gpu,
+                                       str(run.tmp_path(f"assign-{name}.npy"))))
     seconds = time.perf_counter() - t0
+    if ex.sliced:
+        return round(seconds, 3), float("nan"), committed
     score_sum = sum(run.shard_record(name)["stats"]["score_sum"] for name, _ in shards)
-    return round(seconds, 3), score_sum
+    return round(seconds, 3), score_sum, committed
 
 
 def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree

@@ -38,6 +38,7 @@ kill a run in the middle. Never set it otherwise.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -60,9 +61,11 @@ import pyarrow.compute as pc
 
 from ._deps import require
 from .config import from_dict
-from .errors import ConfigError, ImpsampError, StageError
+from .errors import ConfigError, CorpusError, ImpsampError, StageError
 from .io import Corpus, ReadStats, Shard, open_corpus, reopen_corpus
+from ._deps import cpu_has_amx_bf16
 from .manifest import Manifest, StageRun, fingerprint, read_manifest, sha256_file, tmp_name
+from .scale import LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_ray, slice_result
 
 logger = logging.getLogger(__name__)
 
@@ -274,9 +277,12 @@ class HashingEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
         vecs, owner, window, tokens, starts_all, ends_all = [], [], [], [], [], []
         for i, text in enumerate(texts):
-            spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
-            words = [text[a:b].lower() for a, b in spans]
             n = self.max_tokens
+            # truncating: only the first n words (+1 to know it was cut) are looked at, so a 50 MB
+            # document costs what a short one does
+            found = _WORD.finditer(text) if self.windows else itertools.islice(_WORD.finditer(text), n + 1)
+            spans = [(m.start(), m.end()) for m in found]
+            words = [text[a:b].lower() for a, b in spans]
             pieces = [range(s, min(s + n, len(words))) for s in range(0, max(len(words), 1), n)]
             if not self.windows:
                 pieces = pieces[:1]
@@ -639,15 +645,6 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in AMX tiles (Intel Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
-
-
 def _resolve_precision(precision: str, device: str) -> str:
     if precision != "auto":
         return precision
@@ -992,7 +989,7 @@ def _resume_key(run: StageRun) -> str:
 
 def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Path,
           config: EmbedConfig | None = None, *, embedder: Embedder | None = None, overwrite: bool = False,
-          progress: bool = False) -> Embeddings:
+          progress: bool = False, execution: Execution | None = None) -> Embeddings | SliceResult:
     """Embed every document of a corpus into `out_dir` (resumable; see the module docstring).
 
     Args:
@@ -1003,9 +1000,12 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
             unless it came from `load_embedder`: workers then load their own copy).
         overwrite: replace a complete output.
         progress: show a progress bar (documents, tokens/s, ETA).
+        execution: where the shards run (`impsamp.scale.Execution`): Ray tasks, or one slice of a
+            Slurm array (then no manifest is written: see `impsamp.scale.finalize`). The bytes are
+            the same whichever.
 
     Returns:
-        The `Embeddings` handle of the finished directory.
+        The `Embeddings` handle of the finished directory (a `SliceResult` for a slice).
 
     Raises:
         ConfigError, CorpusError, StageError: bad flags, unreadable input, an existing output.
@@ -1014,6 +1014,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     `if __name__ == "__main__":` guard.
     """
     cfg = config or EmbedConfig()
+    ex = execution or LOCAL
     if not isinstance(corpus, Corpus):
         corpus = open_corpus(corpus, text_field=cfg.text_field, id_field=cfg.id_field,
                              encoding_errors=cfg.encoding_errors)
@@ -1029,13 +1030,17 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     run.key = _resume_key(run)
     run.begin()
     shards = corpus.shards(cfg.rows_per_shard)
-    pending = [s for s in shards if not run.is_done(s.name)]
+    if ex.require_complete:
+        check_complete(run, [s.name for s in shards])
+    pending = [s for s in shards if not run.is_done(s.name) and ex.mine(s.index)]
     if len(pending) < len(shards):
         logger.info("resuming: %d of %d shards already done", len(shards) - len(pending), len(shards))
     bar = _Progress(sum(s.rows for s in pending), progress)
     started = time.time()
     try:
-        if cfg.workers > 1 and len(pending) > 1:
+        if ex.engine == "ray" and pending:
+            _run_ray(run, corpus, pending, cfg, embedder, emb, threads, bar, ex)
+        elif cfg.workers > 1 and len(pending) > 1:
             _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
         else:
             for result in _embed_shards(corpus, pending, emb, on_chunk=bar):
@@ -1043,17 +1048,88 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     finally:
         bar.close()
     seconds = time.time() - started
+    if ex.sliced:
+        return slice_result(run, ex, len(pending), [s.name for s in shards])
     records = {r["shard"]: r for r in run.records()}
     totals: dict[str, Any] = {}
     for key in ("documents", "units", "tokens", "characters", "characters_embedded", "truncated_documents",
                 "skipped_empty", "replaced_utf8"):
         totals[key] = sum(int(records[s.name]["stats"].get(key, 0)) for s in shards)
+    if totals["documents"] == 0:  # a complete output of no vectors would only fail in the next stage
+        raise CorpusError(f"the corpus {', '.join(f.path for f in corpus.files)} has {corpus.n_rows:,} row(s) but "
+                          f"no document with text ({totals['skipped_empty']:,} empty or whitespace-only); "
+                          "check --text-field, or give a corpus with text")
     new_docs = sum(int(records[s.name]["stats"]["documents"]) for s in pending)
     shard_rows = [{"name": s.name, "rows": records[s.name]["stats"]["units"]} for s in shards]
     run.finish(stats={**totals, "dim": emb.dim, "shards": shard_rows,
                       "docs_per_second": round(new_docs / seconds, 2) if pending and seconds > 0 else None,
                       "model": emb.identity.get("name"), "resumed_shards": len(shards) - len(pending)})
     return Embeddings.load(run.out_dir)
+
+
+def _finalize(out_dir: Path, record: dict[str, Any], execution: Execution) -> Embeddings:
+    """`impsamp finalize` of an embed directory: the recorded config, corpus and model identity
+    (the model is not loaded: every shard is already embedded)."""
+    config = dict(record["config"])
+    identity = dict(config.pop("model_identity"))
+    cfg = from_dict(EmbedConfig, config, source=str(out_dir / "_run.json"))
+    corpus = reopen_corpus(record["inputs"]["corpus"])
+    dim = identity.get("dim")
+    if not isinstance(dim, int):
+        first = sorted(out_dir.glob("vectors-*.npy"))
+        dim = int(np.load(first[0], mmap_mode="r").shape[1]) if first else 0
+    return embed(corpus, out_dir, cfg, embedder=_RecordedEmbedder(identity, dim), execution=execution)
+
+
+class _RecordedEmbedder:
+    """Stands for the embedder a sliced run used, when finalize only writes the manifest."""
+
+    def __init__(self, identity: dict[str, Any], dim: int):
+        self.identity, self.dim, self.name = identity, dim, str(identity.get("name"))
+
+    def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:  # pragma: no cover - never called
+        raise StageError("finalize embeds nothing: a shard is missing")
+
+
+# ---- Ray tasks over shards (same shards, same bytes; the driver commits)
+
+
+def _ray_embed_shard(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
+                     out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One shard in a Ray worker process; the model is loaded once per worker process and reused."""
+    key = (pickle.dumps(cfg), blob, threads)
+    if _WORKER.get("key") != key:
+        _worker_init(cfg, blob, corpus, threads)
+        _WORKER["key"] = key
+    _WORKER["corpus"] = corpus
+    return _worker_shard(shard, out_dir)
+
+
+def _run_ray(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig, embedder: Embedder | None,
+             emb: Embedder, threads: int, bar: _Progress, ex: Execution) -> None:
+    blob = None
+    if isinstance(embedder, TransformerEmbedder) and getattr(embedder, "config", None) is not None:
+        cfg = embedder.config  # each Ray worker loads the same model once
+    elif embedder is not None:
+        try:
+            blob = pickle.dumps(embedder)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--engine ray needs an embedder that can be pickled to the Ray workers "
+                              f"({type(e).__name__}: {e})") from None
+    gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
+    num_gpus = ex.gpus_per_worker if gpu else 0
+    # CPU: each task gets the threads a local worker would (cpu_count // workers)
+    num_cpus = 1 if gpu else threads
+
+    def done(_key: str, result: tuple[str, dict[str, str], dict[str, Any]]) -> None:
+        name, files, stats = result
+        if commit_once(run, name, {k: Path(v) for k, v in files.items()}, stats=stats,
+                       rows={_vectors_name(name): stats["units"], _docs_name(name): stats["units"]}):
+            bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
+
+    tasks = [(s.name, (cfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
+    run_ray(ex, _ray_embed_shard, tasks, done, num_cpus=num_cpus, num_gpus=num_gpus,
+            shared={"corpus": corpus})
 
 
 # ---- a local process pool over shards
@@ -1141,13 +1217,28 @@ class Embeddings:
                          source=str(self.path / "manifest.json"))
 
     def shard_vectors(self, name: str) -> np.ndarray:
-        """(n_i, d) float16, memory-mapped read-only."""
-        return np.load(self.path / _vectors_name(name), mmap_mode="r")
+        """(n_i, d) float16, memory-mapped read-only.
 
-    def shard_table(self, name: str) -> pa.Table:
+        Raises:
+            StageError: the file is missing or not a readable .npy array (a damaged output).
+        """
+        path = self.path / _vectors_name(name)
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:
+            raise StageError(f"{path} cannot be read as vectors ({str(e)[:200]}); the embeddings are "
+                             "damaged: rerun `impsamp embed` with --overwrite") from None
+
+    def shard_table(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """The unit table of one shard (only `columns`, if given)."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path / _docs_name(name))
+        path = self.path / _docs_name(name)
+        try:
+            return pq.read_table(path, columns=columns)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise StageError(f"{path} cannot be read as a Parquet table ({str(e)[:200]}); the embeddings are "
+                             "damaged: rerun `impsamp embed` with --overwrite") from None
 
     def iter_shards(self) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
         for name in self.shard_names:

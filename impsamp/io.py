@@ -245,6 +245,60 @@ class Corpus:
         for batch in self.read():
             yield from batch.column("text").to_pylist()
 
+    def take_rows(self, shard: Shard, rows: np.ndarray) -> pa.Array:
+        """Text of the given rows (in-file row numbers within `shard`), in the order given.
+
+        Parquet and Arrow files with a string text column are read with Arrow alone (the rows not
+        asked for are never turned into Python strings); other files go through the reader.
+
+        Raises:
+            CorpusError: a row is not in the shard or holds no text (the corpus changed).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return pa.array([], pa.string())
+        f = self.files[shard.file]
+        path = Path(f.path)
+        if rows.min() < shard.start or rows.max() >= shard.stop:
+            raise CorpusError(f"{path}: rows {rows.min()}..{rows.max()} are outside shard {shard.name} "
+                              f"(rows {shard.start}..{shard.stop - 1}); the corpus changed since it was read")
+        if f.format in ("parquet", "arrow") and self.encoding_errors == "strict":
+            text_type = _arrow_schema(path, f.format).field(self.text_field).type
+            if pa.types.is_string(text_type) or pa.types.is_large_string(text_type):
+                return self._take_columnar(f, rows)
+        got: dict[int, str] = {}
+        wanted = set(rows.tolist())
+        for b in self.read(shard, stats=ReadStats()):
+            for r, t in zip(b.column("row").to_pylist(), b.column("text").to_pylist()):
+                if r in wanted:
+                    got[r] = t
+        if len(got) < len(wanted):
+            missing = min(wanted - got.keys())
+            raise CorpusError(f"{path}: row {missing} holds no text any more; the corpus changed since it "
+                              "was embedded: embed it again")
+        return pa.array([got[r] for r in rows.tolist()], pa.string())
+
+    def _take_columnar(self, f: CorpusFile, rows: np.ndarray) -> pa.Array:
+        path = Path(f.path)
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        parts = []
+        try:
+            for first, batch in _arrow_batches(path, f.format, [self.text_field], int(wanted[0]),
+                                               int(wanted[-1]) + 1):
+                lo, hi = np.searchsorted(wanted, [first, first + batch.num_rows])
+                if hi > lo:
+                    parts.append(batch.column(0).take(pa.array(wanted[lo:hi] - first)))
+        except (OSError, pa.ArrowException) as e:
+            raise CorpusError(f"{path}: cannot read it as {f.format} ({_short(e)}); is the file complete?") from e
+        texts = pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
+        if len(texts) != len(rows) or texts.null_count:
+            raise CorpusError(f"{path}: {len(rows) - len(texts) + texts.null_count} selected row(s) are "
+                              "missing or empty; the corpus changed since it was embedded: embed it again")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return texts.take(pa.array(inverse))
+
     def take(self, doc_index: np.ndarray) -> dict[int, tuple[str, str]]:
         """Text and id of the given global document indices (a streaming pass over their shards)."""
         wanted = set(int(i) for i in doc_index)

@@ -61,6 +61,17 @@ def is_tmp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
+def inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing a name that would lead outside `root` (absolute, `..`, empty): names and
+    ids read from inputs (an input manifest's shard names, ...) never choose where a stage writes."""
+    p = Path(str(rel))
+    if not str(rel) or p.is_absolute() or ".." in p.parts:
+        raise StageError(f"the file name {str(rel)!r} (from an input or a run record) would lead outside "
+                         f"{root}; the input was edited or is corrupt: rerun the stage that made it with "
+                         "--overwrite")
+    return Path(root) / p
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -199,6 +210,10 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
         raise StageError(f"{path / MANIFEST} is corrupt ({e}); rerun the stage with --overwrite") from e
     if expected and manifest.stage not in expected:
         raise StageError(f"{path} is a '{manifest.stage}' output{want}")
+    for ref in manifest.outputs:
+        if not ref.path or Path(ref.path).is_absolute() or ".." in Path(ref.path).parts:
+            raise StageError(f"{path / MANIFEST} lists {ref.path!r}, outside {path}: the manifest is corrupt "
+                             "or was edited; rerun the stage with --overwrite")
     if check_sizes:
         for ref in manifest.outputs:
             f = path / ref.path
@@ -320,12 +335,12 @@ class StageRun:
 
     def tmp_path(self, name: str) -> Path:
         """Where to write the payload file `name` before `commit_shard` renames it into place."""
-        final = self.out_dir / name
+        final = inside(self.out_dir, name)
         final.parent.mkdir(parents=True, exist_ok=True)
         return tmp_name(final)
 
     def is_done(self, shard: str) -> bool:
-        return (self.records_dir / f"{shard}.json").exists()
+        return inside(self.records_dir, f"{shard}.json").exists()
 
     def shard_record(self, shard: str) -> dict[str, Any]:
         return json.loads((self.records_dir / f"{shard}.json").read_text())
@@ -338,13 +353,14 @@ class StageRun:
         not outputs: `finish` deletes them and leaves them out of the manifest.
         """
         refs = []
+        record_file = inside(self.records_dir, f"{shard}.json")
         for name, tmp in sorted(files.items()):
-            final = self.out_dir / name
+            final = inside(self.out_dir, name)
             commit_file(Path(tmp), final)
             refs.append(asdict(FileRef(name, final.stat().st_size, sha256_file(final),
                                        (rows or {}).get(name))))
         record = {"shard": shard, "files": refs, "stats": dict(stats or {}), "intermediate": intermediate}
-        atomic_write_json(self.records_dir / f"{shard}.json", record)
+        atomic_write_json(record_file, record)
         _test_pause()
         return record
 
@@ -360,10 +376,10 @@ class StageRun:
         for rec in records:
             if rec.get("intermediate"):
                 for ref in rec["files"]:
-                    (self.out_dir / ref["path"]).unlink(missing_ok=True)
+                    inside(self.out_dir, ref["path"]).unlink(missing_ok=True)
         outputs = [FileRef(**ref) for rec in records if not rec.get("intermediate") for ref in rec["files"]]
         for name, tmp in sorted((extra_files or {}).items()):
-            final = self.out_dir / name
+            final = inside(self.out_dir, name)
             if Path(tmp) != final:
                 commit_file(Path(tmp), final)
             outputs.append(FileRef(name, final.stat().st_size, sha256_file(final), (rows or {}).get(name)))

@@ -35,6 +35,7 @@ import pyarrow as pa
 from .errors import ConfigError, StageError
 from .histograms import Histogram, describe, generic_histogram, histogram, kl, mixture
 from .manifest import Manifest, StageRun, atomic_write_bytes, read_manifest, tmp_name
+from .scale import LOCAL, Execution, Shared, commit_once, run_ray
 from .weighting import compute_weights
 
 logger = logging.getLogger(__name__)
@@ -301,30 +302,20 @@ def _unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarra
 # ----------------------------------------------------------------------------- writing
 
 
-def _unit_texts(corpus, corpus_shard, table: pa.Table, units: np.ndarray, windowed: bool) -> list[str]:
+def _unit_texts(corpus, corpus_shard, table: pa.Table, units: np.ndarray, windowed: bool) -> pa.Array:
     """Text of the given units (row numbers of one shard's embedding table), read from the corpus.
 
     A window is its own training unit; otherwise the whole document is (even when the embedding
-    model only read its beginning).
+    model only read its beginning). Columnar corpora are read with Arrow `take` on the file rows.
     """
     if len(units) == 0:
-        return []
-    doc_index = table.column("doc_index").to_numpy()[units]
-    wanted = set(doc_index.tolist())
-    texts: dict[int, str] = {}
-    for batch in corpus.read(corpus_shard):
-        for i, t in zip(batch.column("doc_index").to_pylist(), batch.column("text").to_pylist()):
-            if i in wanted:
-                texts[i] = t
-    missing = wanted - texts.keys()
-    if missing:
-        raise StageError(f"{len(missing)} selected document(s) are no longer in the corpus (e.g. index "
-                         f"{min(missing)}); the corpus changed since it was embedded: embed it again")
+        return pa.array([], pa.string())
+    texts = corpus.take_rows(corpus_shard, table.column("row").to_numpy()[units])
     if not windowed:
-        return [texts[int(d)] for d in doc_index]
+        return texts
     starts = table.column("char_start").to_numpy()[units]
     ends = table.column("char_end").to_numpy()[units]
-    return [texts[int(d)][s:e] for d, s, e in zip(doc_index, starts, ends)]
+    return pa.array([t[s:e] for t, s, e in zip(texts.to_pylist(), starts, ends)], pa.string())
 
 
 def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leaves: np.ndarray,
@@ -337,16 +328,17 @@ def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leav
     r = reps[sel]
     rep_of = np.repeat(np.arange(len(sel)), r)
     repeat_idx = np.arange(len(rep_of)) - np.repeat(np.cumsum(r) - r, r)
-    files = [corpus.files[int(f)].path for f in table.column("file").to_numpy()[sel]]
+    rows = sel[rep_of]
+    paths = pa.array([f.path for f in corpus.files], pa.string())
     cols = {
-        "text": pa.array([unit_text[i] for i in rep_of], pa.string()),
-        "id": pa.array(np.asarray(table.column("id").to_pylist(), dtype=object)[sel][rep_of], pa.string()),
-        "source_file": pa.array(np.asarray(files, dtype=object)[rep_of], pa.string()),
-        "source_row": pa.array(table.column("row").to_numpy()[sel][rep_of].astype(np.int64)),
-        "doc_index": pa.array(table.column("doc_index").to_numpy()[sel][rep_of].astype(np.int64)),
-        "window": pa.array(table.column("window").to_numpy()[sel][rep_of].astype(np.int32)),
-        "cluster": pa.array(leaves[sel][rep_of].astype(np.int32)),
-        "weight": pa.array(unit_weights[sel][rep_of].astype(np.float32)),
+        "text": unit_text.take(pa.array(rep_of)),
+        "id": table.column("id").take(pa.array(rows)).cast(pa.string()),
+        "source_file": paths.take(pa.array(table.column("file").to_numpy()[rows])),
+        "source_row": pa.array(table.column("row").to_numpy()[rows].astype(np.int64)),
+        "doc_index": pa.array(table.column("doc_index").to_numpy()[rows].astype(np.int64)),
+        "window": pa.array(table.column("window").to_numpy()[rows].astype(np.int32)),
+        "cluster": pa.array(leaves[rows].astype(np.int32)),
+        "weight": pa.array(unit_weights[rows].astype(np.float32)),
         "repeat": pa.array(repeat_idx.astype(np.int32)),
     }
     return pa.table(cols, schema=SELECTION_SCHEMA)
@@ -415,7 +407,8 @@ def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: Resample
 
 def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any] = (),
              config: ResampleConfig | None = None, weighting: Callable[..., Any] | None = None,
-             overwrite: bool = False, progress: bool = False, command: str | None = None) -> Selection:
+             overwrite: bool = False, progress: bool = False, command: str | None = None,
+             execution: Execution | None = None) -> Selection:
     """Draw a selection from the clustered generic corpus and write it as shards with a data card.
 
     Args:
@@ -425,6 +418,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
             optionally with a mixture weight (`"law.jsonl:0.7"` or `("law.jsonl", 0.7)`).
         config: budget, method, scheme, weighting options, seed, output format.
         weighting: a Python callable overriding `config.weighting`.
+        execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks
+            (same bytes). Slices (`num_shards`) are refused: the output is one global shuffle.
 
     Raises:
         ConfigError, StageError, WeightingError: bad budget, mismatched inputs, bad weights.
@@ -433,6 +428,11 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     from .embedding import Embeddings
 
     cfg = config or ResampleConfig(docs=1000)
+    ex = execution or LOCAL
+    if ex.sliced:
+        raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
+                          "input shard, so it cannot be cut into independent slices; run it as one job "
+                          "(--engine ray spreads its shards over a Ray cluster)")
     emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
     clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
     recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
@@ -458,8 +458,10 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     names = list(emb.shard_names)
     windowed = bool(emb.model_info.get("windows"))
     shard_leaves = [np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64) for n in names]
-    shard_tables = {n: emb.shard_table(n) for n in names}
-    shard_tokens = [_unit_tokens(shard_tables[n], windowed) for n in names]
+    # Unit tables are read again where needed, one shard at a time: holding every shard's table (ids
+    # and all) made peak memory grow ~180 bytes per corpus row; the plan needs only leaves and tokens.
+    shard_tables = _ShardTables(emb)
+    shard_tokens = [_unit_tokens(emb.shard_table(n, columns=_TOKEN_COLUMNS), windowed) for n in names]
     corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
     inputs = {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
               "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
@@ -478,39 +480,47 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     n_out = max(1, math.ceil(total_rows / cfg.rows_per_shard))
 
     bar = _progress(progress, len(names) + n_out, "resample")
-    unique = 0
-    for s, name in enumerate(names):
-        key = f"route-{name}"
-        if not run.is_done(key):
-            reps = _unit_repeats(cfg_eff, plan, s, shard_leaves[s])
-            unit_w = (weights[shard_leaves[s]] if doc_log_w is None
-                      else np.exp(np.clip(doc_log_w[s], -80, 80)))
-            rows = _selected_rows(corpus, corpus_shards[name], shard_tables[name], reps, shard_leaves[s], unit_w,
-                                  windowed)
-            buckets = _shard_rng(cfg.seed, s, _ROUTE).integers(n_out, size=rows.num_rows)
-            tmp = run.tmp_path(f"_spill/{name}.arrow")
-            _write_spill(tmp, rows, buckets, n_out)
-            run.commit_shard(key, {f"_spill/{name}.arrow": tmp}, stats={"unique": int((reps > 0).sum()),
-                             "rows": rows.num_rows}, intermediate=True)
-        unique += run.shard_record(key)["stats"]["unique"]
+
+    def route_done(key: str, result: tuple[str, dict[str, int]]) -> None:
+        name = key[len("route-"):]
+        commit_once(run, key, {f"_spill/{name}.arrow": Path(result[0])}, stats=result[1], intermediate=True)
         bar.update(1)
-    spills = [run.out_dir / "_spill" / f"{n}.arrow" for n in names]
-    for b in range(n_out):
-        name = _data_name(b, n_out, cfg.format)
-        if not run.is_done(f"write-{b:05d}"):
-            parts = []
-            for p in spills:
-                with pa.memory_map(str(p)) as src:
-                    batch = pa.ipc.open_file(src).get_batch(b)
-                    if batch.num_rows:
-                        parts.append(pa.Table.from_batches([batch]))
-            rows = pa.concat_tables(parts) if parts else SELECTION_SCHEMA.empty_table()
-            perm = _shard_rng(cfg.seed, b, _SHUFFLE).permutation(rows.num_rows)
-            rows = rows.take(pa.array(perm, pa.int64()))
-            tmp = run.tmp_path(name)
-            _write_output_shard(tmp, rows, cfg.format)
-            run.commit_shard(f"write-{b:05d}", {name: tmp}, rows={name: rows.num_rows})
+
+    route = [(s, name) for s, name in enumerate(names) if not run.is_done(f"route-{name}")]
+    bar.update(len(names) - len(route))
+    if ex.engine == "ray" and route:
+        tasks = [(f"route-{name}", (cfg_eff, Shared("plan"), s, name, corpus, corpus_shards[name],
+                                    Shared("tables"), shard_leaves[s], Shared("weights"),
+                                    None if doc_log_w is None else doc_log_w[s], windowed, n_out,
+                                    str(run.out_dir / "_spill" / f"{name}.arrow"), True))
+                 for s, name in route]
+        run_ray(ex, _route_shard, tasks, route_done,
+                shared={"plan": plan, "weights": weights, "tables": shard_tables})
+    else:
+        for s, name in route:
+            route_done(f"route-{name}", _route_shard(
+                cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], weights,
+                None if doc_log_w is None else doc_log_w[s], windowed, n_out,
+                str(run.tmp_path(f"_spill/{name}.arrow")), False))
+    unique = sum(run.shard_record(f"route-{name}")["stats"]["unique"] for name in names)
+    spills = [str(run.out_dir / "_spill" / f"{n}.arrow") for n in names]
+
+    def write_done(key: str, result: tuple[str, int]) -> None:
+        name = _data_name(int(key[len("write-"):]), n_out, cfg.format)
+        commit_once(run, key, {name: Path(result[0])}, rows={name: result[1]})
         bar.update(1)
+
+    write = [b for b in range(n_out) if not run.is_done(f"write-{b:05d}")]
+    bar.update(n_out - len(write))
+    if ex.engine == "ray" and write:
+        tasks = [(f"write-{b:05d}", (spills, b, cfg.seed, cfg.format,
+                                     str(run.out_dir / _data_name(b, n_out, cfg.format)), True))
+                 for b in write]
+        run_ray(ex, _gather_shard, tasks, write_done)
+    else:
+        for b in write:
+            tmp = str(run.tmp_path(_data_name(b, n_out, cfg.format)))
+            write_done(f"write-{b:05d}", _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False))
     bar.close()
 
     selected_tokens = _selected_tokens(plan, shard_leaves, shard_tokens, cfg_eff)
@@ -521,6 +531,40 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                           names, shard_leaves)
     manifest = run.finish(stats=stats, extra_files=extra)
     return Selection(run.out_dir, manifest)
+
+
+def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, corpus_shard, tables,
+                 leaves: np.ndarray, weights: np.ndarray, doc_log_w: np.ndarray | None, windowed: bool,
+                 n_out: int, path: str, own_tmp: bool) -> tuple[str, dict[str, int]]:
+    """Pass 1 for input shard `s` (embedding shard `name`, its unit table read from `tables` here):
+    its selected rows, routed to output shards, in a spill file at `path` (or, with `own_tmp`, at
+    this process's temp name of `path`: a Ray task); -> (file, stats)."""
+    reps = _unit_repeats(cfg, plan, s, leaves)
+    unit_w = weights[leaves] if doc_log_w is None else np.exp(np.clip(doc_log_w, -80, 80))
+    rows = _selected_rows(corpus, corpus_shard, tables[name], reps, leaves, unit_w, windowed)
+    buckets = _shard_rng(cfg.seed, s, _ROUTE).integers(n_out, size=rows.num_rows)
+    tmp = tmp_name(Path(path)) if own_tmp else Path(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    _write_spill(tmp, rows, buckets, n_out)
+    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows}
+
+
+def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str, own_tmp: bool
+                  ) -> tuple[str, int]:
+    """Pass 2 for output shard `b`: its rows from every spill file, shuffled, written at `path` (or its
+    temp name in this process, with `own_tmp`); -> (file, rows)."""
+    parts = []
+    for p in spills:
+        with pa.memory_map(p) as src:
+            batch = pa.ipc.open_file(src).get_batch(b)
+            if batch.num_rows:
+                parts.append(pa.Table.from_batches([batch]))
+    rows = pa.concat_tables(parts) if parts else SELECTION_SCHEMA.empty_table()
+    perm = _shard_rng(seed, b, _SHUFFLE).permutation(rows.num_rows)
+    rows = rows.take(pa.array(perm, pa.int64()))
+    tmp = tmp_name(Path(path)) if own_tmp else Path(path)
+    _write_output_shard(tmp, rows, fmt)
+    return str(tmp), rows.num_rows
 
 
 def _target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
@@ -548,7 +592,7 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
         key = f"ngram-{name}"
         if not run.is_done(key):
             table = shard_tables[name]
-            texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed)
+            texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
             tmp = run.tmp_path(f"_ngram/{name}.npy")
             with open(tmp, "wb") as f:
                 np.save(f, ngram_counts(texts))
@@ -559,7 +603,7 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
     out = []
     for name in names:
         table = shard_tables[name]
-        texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed)
+        texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
         out.append(ngram_log_weights(texts, log_ratio))
         bar.update(1)
     bar.close()
@@ -579,6 +623,22 @@ def _classifier_log_weights(cfg: ResampleConfig, targets, emb, names) -> list[np
                               for n, lo, hi in zip(names, starts[:-1], starts[1:])])
     clf = fit_classifier(tvec, generic, seed=cfg.seed)
     return [classifier_log_weights(clf, np.asarray(emb.shard_vectors(n), np.float32)) for n in names]
+
+
+class _ShardTables:
+    """name -> that embedding shard's unit table, read on each access (nothing kept)."""
+
+    def __init__(self, emb) -> None:
+        self.emb = emb
+
+    def __getitem__(self, name: str) -> pa.Table:
+        return self.emb.shard_table(name)
+
+    def column(self, name: str, column: str) -> np.ndarray:
+        return self.emb.shard_table(name, columns=[column]).column(column).to_numpy()
+
+
+_TOKEN_COLUMNS = ["tokens", "chars", "char_start", "char_end"]
 
 
 def _unit_tokens(table: pa.Table, windowed: bool) -> np.ndarray:
@@ -731,7 +791,7 @@ def _examples(clusters: list[int], corpus, shard_tables, names, shard_leaves, pe
     """First few documents of each cluster (in corpus order), for the data card."""
     want: dict[int, list[int]] = {c: [] for c in clusters}
     for name, leaves in zip(names, shard_leaves):
-        idx = shard_tables[name].column("doc_index").to_numpy()
+        idx = shard_tables.column(name, "doc_index")
         for c in clusters:
             if len(want[c]) < per:
                 want[c].extend(idx[leaves == c][: per - len(want[c])].tolist())

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 HEAVY = ("click", "torch", "faiss", "sentence_transformers", "transformers", "datasets", "sklearn",
-         "matplotlib", "onnxruntime", "tqdm")
+         "matplotlib", "onnxruntime", "tqdm", "ray")
 
 
 @pytest.mark.parametrize("imports", [

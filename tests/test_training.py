@@ -175,25 +175,6 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
     assert a["pretrained"] == b["pretrained"] and a["finetuned"] == b["finetuned"]
 
 
-def test_ddp_two_cpu_processes_train_and_resume(corpus, tmp_path):
-    run = tmp_path / "ddp"
-    args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "impsamp",
-            "train", "--data", str(corpus["farm"]), "--data", str(corpus["code"]), *MICRO_FLAGS,
-            "--steps", "8", "--checkpoint-every", "3", "--device", "cpu", "--no-progress", "--out", str(run)]
-    ref = _cli(*args[:-1], str(tmp_path / "ref"))
-    _kill_when(_cli(*args, env={"IMPSAMP_TEST_STEP_SLEEP": "0.4"}), run, "ckpt-0-pretrain-*")
-    assert not (run / "manifest.json").exists()
-    out = _finish(_cli(*args))
-    _finish(ref)
-    assert (run / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
-    assert "trained" in out and out.count("trained") == 1, out  # one summary (rank 0)
-    info = json.loads((run / "config.json").read_text())
-    assert info["world_size"] == 2
-    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == 8 and log[-1]["tokens"] == 8 * 2 * 4 * 32
-    assert TrainRun.load(run).metrics["train"]["steps"] == 8
-
-
 # ----------------------------------------------------------------------------- export and evaluate
 
 

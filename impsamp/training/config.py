@@ -104,7 +104,7 @@ class TrainConfig:
     tokens: int | None = None
     """Token budget, turned into steps of batch_size * block_size * grad_accum * world size."""
     batch_size: int | None = None
-    """Sequences per micro-batch per process."""
+    """Sequences per micro-batch per process; a step is batch_size x grad_accum x world size sequences."""
     grad_accum: int = 1
     lr: float | None = None
     min_lr_ratio: float = 0.1
@@ -123,7 +123,8 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps."""
     dtype: str = "auto"
-    """Autocast dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    """Autocast dtype: auto = bfloat16 on CUDA and on CPUs with AMX (Intel Sapphire Rapids and later),
+    else float32."""
     compile: bool | None = None
     """torch.compile the model; default on CUDA only."""
     seed: int = 0

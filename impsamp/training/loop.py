@@ -8,7 +8,12 @@ The run directory follows the stage contract (`manifest.json` last). While it ru
 `cache/` (token memmaps) and `checkpoints/` (model + optimizer + state, every `checkpoint_every`
 steps); rerunning the same call after a kill resumes from the newest checkpoint and ends with the
 same `model.safetensors` bytes as an uninterrupted run. Under `torchrun` every rank runs this
-function: rank 0 prepares the data and writes every file, the ranks train with DDP.
+function: rank 0 checks the run directory, trains the tokenizer and tokenizes (the others wait for
+it), then every rank trains its replica with DDP, pretraining and fine-tuning alike, on batches from
+its own slice of the token memmap (data.Batches), so a step's global batch is batch_size x
+grad_accum x world size sequences. Rank 0 alone writes checkpoints, metrics.jsonl, the validation
+loss, the `eval` scores and the final files; the others wait at the end. A killed job resumes
+from the newest checkpoint with the same world size (another one is refused).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -110,9 +116,17 @@ class Phase:
 
 
 def _step_hook(phase: str, step: int) -> None:
-    """Called after every optimizer step (tests slow a run down with IMPSAMP_TEST_STEP_SLEEP to kill it)."""
+    """Called after every optimizer step (and its checkpoint). Test hooks, unset in real runs:
+    IMPSAMP_TEST_STEP_SLEEP=SECONDS slows a run down so a test can kill it;
+    IMPSAMP_TEST_KILL_AT=PHASE:STEP[:RANK] SIGKILLs that rank (default 0) right after that step, a
+    crash at a known point (under torchrun the agent then stops the other ranks)."""
     if delay := os.environ.get("IMPSAMP_TEST_STEP_SLEEP"):
         time.sleep(float(delay))
+    if at := os.environ.get("IMPSAMP_TEST_KILL_AT"):
+        name, at_step, *rank = at.split(":")
+        me = int(os.environ.get("RANK", "0"))
+        if (name, int(at_step), int(rank[0]) if rank else 0) == (phase, step, me):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _as_list(x: Any) -> list[str]:
@@ -166,10 +180,22 @@ class _Trainer:
         user_tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
         guess = padded_vocab(user_tok.vocab_size if user_tok else cfg.resolved("vocab_size"))
         check_memory(cfg, cfg.model_config(guess), rt)
+        # Rank 0 alone checks the run directory, trains the tokenizer and tokenizes; the others wait
+        # for its word (a barrier that also carries rank 0's error, so every rank stops with it).
         if rt.main:
-            stage = self._begin(overwrite, resume)
-            self._prepare()
-        rt.barrier()
+            try:
+                stage = self._begin(overwrite, resume)
+                self._prepare()
+            except BaseException as e:
+                with contextlib.suppress(Exception):  # never hide the error behind a broken group
+                    rt.broadcast(f"{type(e).__name__}: {e}")
+                raise
+        failure = rt.broadcast(None)
+        if failure is not None:
+            raise TrainError(f"rank 0 stopped while preparing the run: {failure}")
+        if not (self.out / "tokenizer.json").is_file():
+            raise TrainError(f"rank {rt.rank} does not see {self.out / 'tokenizer.json'}, which rank 0 "
+                             "wrote: with torchrun on several nodes --out must be on a shared filesystem")
         tok = load_tokenizer(self.out / "tokenizer.json")
         bins = {"pretrain": load_bins(self.out / CACHE, "pretrain")}
         if self.finetune:
@@ -195,8 +221,15 @@ class _Trainer:
         interrupted = (out / RUN_RECORD).exists() and not (out / MANIFEST).exists()
         if resume and not interrupted:
             raise TrainError(f"--resume: {out} holds no interrupted run to resume")
+        record = json.loads((out / RUN_RECORD).read_text()) if interrupted else {}
+        world_before = record.get("inputs", {}).get("world_size", self.rt.world)
+        if interrupted and not overwrite and world_before != self.rt.world:
+            raise TrainError(f"the interrupted run in {out} was started by {world_before} process(es) and "
+                             f"this is {self.rt.world}; resume it with the same number (torchrun "
+                             f"--nproc_per_node ... x --nnodes ... = {world_before}: each rank's batches and "
+                             "the global batch depend on it), or pass --overwrite to start over")
         if interrupted and not overwrite and (out / "tokenizer.json").exists():
-            before = json.loads((out / RUN_RECORD).read_text()).get("config", {}).get("tokenizer")
+            before = record.get("config", {}).get("tokenizer")
             if cfg.tokenizer and file_sha256(cfg.tokenizer) != file_sha256(out / "tokenizer.json"):
                 raise TokenizerError(f"--tokenizer {cfg.tokenizer} does not match the tokenizer of the "
                                      f"interrupted run in {out}; resume with the same tokenizer, or pass "
@@ -257,6 +290,13 @@ class _Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)
+        # and the global Python and NumPy RNGs, which checkpoints record: one seed, one checkpoint's bytes
+        import random
+
+        import numpy as np
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)  # noqa: NPY002
         model = GPT(mcfg).to(rt.device)
         fwd: torch.nn.Module = torch.compile(model) if rt.compile else model
         if rt.ddp:
@@ -277,6 +317,7 @@ class _Trainer:
             if state is not None and i == done_phase:
                 start = load_checkpoint(ckpt, model, opt)["step"]
             self._run_phase(phase, model, fwd, opt, start, metrics)
+            self._check_replicas(model, phase.name)
             if rt.main:
                 metrics["train" if phase.name == "pretrain" else "train_finetune"] = self._phase_stats(phase)
                 if self.eval:
@@ -314,10 +355,12 @@ class _Trainer:
             opt.zero_grad(set_to_none=True)
             n_steps += 1
             done = step + 1
-            is_log = done % cfg.log_every == 0 or done == ph.steps
             is_ckpt = done % cfg.checkpoint_every == 0 or done == ph.steps
+            # A line at every checkpoint too: a resumed run's loss windows start where the
+            # uninterrupted run's do, so both write the same losses.
+            is_log = done % cfg.log_every == 0 or is_ckpt
             rec: dict[str, Any] = {"phase": ph.name, "step": done}
-            if is_log:  # every rank: the loss is averaged over ranks
+            if is_log:  # every rank (all reach the same steps): the loss is averaged over ranks
                 loss_val = self._mean_over_ranks(loss_sum / n_steps)
                 speed = n_steps * per_step / (time.perf_counter() - t_log)
                 rec.update(loss=round(loss_val, 6), lr=opt.param_groups[0]["lr"], tokens=done * per_step,
@@ -342,6 +385,22 @@ class _Trainer:
             _step_hook(ph.name, done)
         if bar is not None:
             bar.close()
+
+    def _check_replicas(self, model: GPT, phase: str) -> None:
+        """Under DDP every rank must end a phase with the same weights (averaged gradients, same
+        optimizer): compare a float64 checksum per parameter across ranks, refuse to go on if not."""
+        if not self.rt.ddp:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            hi = torch.stack([p.double().sum() for p in model.parameters()])
+        lo = hi.clone()
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        if not torch.equal(hi, lo):
+            raise TrainError(f"the {self.rt.world} DDP replicas disagree after {phase} (seen by rank "
+                             f"{self.rt.rank}): their gradients were not averaged (a bug: please report it)")
 
     def _mean_over_ranks(self, t: torch.Tensor) -> float:
         if self.rt.ddp:

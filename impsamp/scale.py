@@ -1,0 +1,304 @@
+"""How a stage runs its shards: in this process, as Slurm-array slices, or as Ray tasks.
+
+The shards of a stage are fixed by the data (DESIGN.md, "Scale"); where they run never changes the
+output bytes. `Execution` says where, and is deliberately not part of a stage's config: it does not
+enter the manifest nor the resume key, so slices, a Ray run and a plain run share one directory.
+
+Slices (a Slurm array, `--num-shards N --shard-index I`): a slice processes only the shards whose
+index i has i % N == I, commits each through the stage contract (`StageRun.commit_shard`) and stops
+without writing manifest.json. `finalize(out_dir)` (`impsamp finalize DIR`) checks that every shard
+is committed and writes the manifest; rerunning the stage without the flags completes it as well.
+
+Ray (`engine="ray"`): each shard runs as a Ray task (`ray.remote`); a task writes its payload under
+temp names (`.name.tmp-PID`, unique per process, so a retried task never writes over another
+attempt's files) and returns their paths, and the driver commits them through the same `StageRun`.
+A commit is idempotent: a shard that already has a record is not committed twice (the duplicate's
+temp files are deleted). The output directory must be on a filesystem that every Ray node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ImpsampError, StageError
+from .manifest import MANIFEST, RUN_RECORD, StageRun, describe_dir
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+MAX_RETRIES = 3
+"""Ray retries of a task whose worker died (the shard is recomputed from scratch)."""
+TEST_CRASH_ENV = "IMPSAMP_TEST_CRASH_ONCE"
+"""Test-only hook: a marker-file path; the first Ray task to start creates it and kills its worker
+process (os._exit), so a test can check that Ray's retry ends with the same output. Never set it
+otherwise."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where the shards of a stage run. Never part of the config: the output bytes do not depend on it."""
+
+    engine: str = "local"
+    """`local` (this process, or `--workers` local processes for embed) or `ray` (Ray tasks)."""
+    ray_address: str | None = None
+    """Address of a running Ray cluster (`auto`, `ray://host:10001`, ...); default: start a local one."""
+    num_shards: int | None = None
+    """Slice count of a Slurm-array style run (with `shard_index`)."""
+    shard_index: int | None = None
+    """This slice: it processes the shards with index % num_shards == shard_index."""
+    gpus_per_worker: float = 1.0
+    """Ray, embed on cuda: GPUs each embedding task requests (0.5 = two replicas per GPU)."""
+    num_cpus: int | None = None
+    """CPUs of a local Ray started here [default: all of this machine's]."""
+    require_complete: bool = False
+    """Finalize: process no shard; refuse unless every shard is committed."""
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError("--ray-address needs --engine ray")
+        if (self.num_shards is None) != (self.shard_index is None):
+            raise ConfigError("--num-shards and --shard-index go together (a Slurm array: "
+                              "--num-shards N --shard-index $SLURM_ARRAY_TASK_ID)")
+        if self.num_shards is not None:
+            n = self.num_shards
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"--num-shards must be an integer >= 1, got {self.num_shards!r}")
+            if (isinstance(self.shard_index, bool) or not isinstance(self.shard_index, int)
+                    or not 0 <= self.shard_index < self.num_shards):
+                raise ConfigError(f"--shard-index must be in 0..{self.num_shards - 1} (--num-shards "
+                                  f"{self.num_shards}), got {self.shard_index!r}")
+        if not isinstance(self.gpus_per_worker, (int, float)) or not 0 < self.gpus_per_worker <= 1_000:
+            raise ConfigError(f"--gpus-per-worker must be > 0 (0.5 runs two replicas per GPU), got "
+                              f"{self.gpus_per_worker!r}")
+
+    @property
+    def sliced(self) -> bool:
+        return self.num_shards is not None
+
+    def mine(self, index: int) -> bool:
+        """Whether this run processes the shard with this index."""
+        if self.require_complete:
+            return False
+        return not self.sliced or index % self.num_shards == self.shard_index  # type: ignore[operator]
+
+
+LOCAL = Execution()
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What a slice run did: it committed its shards and left the manifest to `finalize`."""
+
+    out_dir: Path
+    stage: str
+    num_shards: int
+    shard_index: int
+    committed: int
+    """Shards this slice committed now."""
+    done: int
+    """Shards committed by all slices so far."""
+    total: int
+
+    def summary(self) -> str:
+        left = self.total - self.done
+        nxt = (f"run `impsamp finalize {self.out_dir}` to write the manifest" if left == 0 else
+               f"{left} left to the other slices; then `impsamp finalize {self.out_dir}`")
+        return (f"slice {self.shard_index}/{self.num_shards}: committed {self.committed} shard(s); "
+                f"{self.done} of {self.total} done in {self.out_dir}; {nxt}")
+
+
+def slice_result(run: StageRun, execution: Execution, committed: int, names: Sequence[str]) -> SliceResult:
+    done = sum(run.is_done(n) for n in names)
+    return SliceResult(run.out_dir, run.stage, int(execution.num_shards or 1),
+                       int(execution.shard_index or 0), committed, done, len(names))
+
+
+def check_complete(run: StageRun, names: Sequence[str]) -> None:
+    """Raise a one-line StageError unless every shard in `names` is committed (finalize)."""
+    missing = [n for n in names if not run.is_done(n)]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise StageError(f"{run.out_dir}: {len(missing)} of {len(names)} shard(s) are missing ({shown}); run "
+                         f"the remaining --shard-index slices, or rerun `impsamp {run.stage}` without "
+                         "--num-shards to complete it")
+
+
+def commit_once(run: StageRun, shard: str, files: Mapping[str, Path], **kwargs: Any) -> bool:
+    """Commit a shard unless it already has a record (a duplicated task); returns whether it committed."""
+    if run.is_done(shard):
+        for tmp in files.values():
+            Path(tmp).unlink(missing_ok=True)
+        return False
+    run.commit_shard(shard, files, **kwargs)
+    return True
+
+
+# ----------------------------------------------------------------------------- finalize
+
+
+def finalize(out_dir: str | Path) -> Any:
+    """Write the manifest of a stage whose shards were committed by slices.
+
+    Returns the stage's handle (`Embeddings`, `Clusters`).
+
+    Raises:
+        StageError: not a sliced stage directory, or shards are missing (how many, and which).
+    """
+    out = Path(out_dir)
+    if (out / MANIFEST).is_file():  # finalized already (or run whole): say so, like a rerun would
+        from .manifest import read_manifest
+
+        stage = read_manifest(out).stage
+        if stage == "embed":
+            from .embedding import Embeddings
+
+            return Embeddings.load(out)
+        if stage == "cluster":
+            from .clustering import Clusters
+
+            return Clusters.load(out)
+        raise StageError(f"{out} is a complete '{stage}' output; finalize applies to embed and cluster")
+    try:
+        record = json.loads((out / RUN_RECORD).read_text())
+        stage = record["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(f"{out} {describe_dir(out)}; `impsamp finalize` completes a directory written by "
+                         "`--num-shards/--shard-index` slices of embed or cluster") from None
+    done = Execution(require_complete=True)
+    if stage == "embed":
+        from .embedding import _finalize
+
+        return _finalize(out, record, done)
+    if stage == "cluster":
+        from .clustering import ClusterConfig, cluster
+        from .config import from_dict
+
+        cfg = from_dict(ClusterConfig, record["config"], source=str(out / RUN_RECORD))
+        return cluster(record["inputs"]["embeddings"]["path"], out, cfg, execution=done)
+    raise StageError(f"{out} is an interrupted '{stage}' run; only embed and cluster run in slices: rerun "
+                     f"the same `impsamp {stage}` command to resume it")
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'ray>=2.9' (or pip install "
+                          "'impsamp[ray]')") from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(execution: Execution) -> Iterator[Any]:
+    """Connect to Ray (the address given, an already initialised Ray, or a new local one we shut down)."""
+    ray = _ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
+                                  "logging_level": logging.WARNING}
+        if execution.ray_address:
+            kwargs["address"] = execution.ray_address
+        else:
+            from .embedding import cpu_count
+
+            kwargs["num_cpus"] = execution.num_cpus or cpu_count()
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = execution.ray_address or "a local cluster"
+            raise ConfigError(f"--engine ray: cannot start or reach Ray at {where} "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _crash_once(marker: str | None) -> None:
+    """Test-only (TEST_CRASH_ENV): the first task to get here kills its own worker process."""
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os._exit(1)
+
+
+def _task(fn: Callable[..., Any], marker: str | None, *args: Any) -> Any:
+    _crash_once(marker)
+    return fn(*args)
+
+
+def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[Any, tuple[Any, ...]]],
+            on_result: Callable[[Any, Any], None], *, num_cpus: float = 1, num_gpus: float = 0,
+            shared: Mapping[str, Any] | None = None) -> None:
+    """Run `fn(*args)` for every (key, args) as Ray tasks; `on_result(key, result)` in the driver as each
+    ends.
+
+    `shared` values are put in the object store once; an argument equal to `Shared(name)` is replaced by
+    the reference (Ray resolves it to the value in the task). A library error raised in a task is
+    re-raised here as itself (one line for the CLI), not wrapped in Ray's traceback.
+    """
+    with ray_session(execution) as ray:
+        refs = {name: ray.put(value) for name, value in (shared or {}).items()}
+        # a task asking for more CPUs than any node has would wait forever
+        largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+        num_cpus = max(min(num_cpus, largest), 0.001) if largest else num_cpus
+        remote = ray.remote(_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=MAX_RETRIES)
+        marker = os.environ.get(TEST_CRASH_ENV) or None
+        pending: dict[Any, Any] = {}
+        for key, args in tasks:
+            args = tuple(refs[a.name] if isinstance(a, Shared) else a for a in args)
+            pending[remote.remote(fn, marker, *args)] = key
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    key = pending.pop(ref)
+                    on_result(key, _get(ray, ref, key))
+        except BaseException:
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=True)
+            raise
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A placeholder argument of `run_ray`: the value put once in the object store under `name`."""
+
+    name: str
+
+
+def _get(ray: Any, ref: Any, key: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, (ImpsampError, OSError, MemoryError)):
+            raise cause from None
+        raise
+    except ray.exceptions.RayError as e:  # the worker or node died more often than max_retries, ...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise StageError(f"the Ray task of shard {key} failed after {MAX_RETRIES} retries "
+                         f"({type(e).__name__}: {first}); the shards committed so far are kept: rerun the "
+                         "same command to resume") from None
+
+
+__all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "finalize",
+           "ray_session", "run_ray"]

@@ -1,0 +1,223 @@
+"""Scale-out: Ray tasks and Slurm-array slices write the same bytes as a plain local run.
+
+One local Ray (2 CPUs) serves the whole module; the hashing embedder keeps it offline and fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import impsamp
+from impsamp.clustering import ClusterConfig
+from impsamp.embedding import EmbedConfig
+from impsamp.errors import ConfigError, StageError
+from impsamp.resampling import ResampleConfig
+from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, finalize
+
+ray = pytest.importorskip("ray")
+
+ROWS, ROWS_PER_SHARD = 480, 60            # 8 embedding shards
+EMBED = EmbedConfig(model="hashing:64", rows_per_shard=ROWS_PER_SHARD)
+CLUSTER = ClusterConfig(k=8, niter=10)
+RESAMPLE = ResampleConfig(docs=200, rows_per_shard=60)   # 4 output shards
+RAY = Execution(engine="ray")
+CLI = [sys.executable, "-m", "impsamp"]
+
+
+def payload(path: Path) -> dict[str, str]:
+    """sha256 of every file of a stage directory but manifest.json (which holds times), plus the
+    manifest's list of outputs (names, sizes, hashes, rows)."""
+    files = {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(path.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    manifest = json.loads((path / "manifest.json").read_text())
+    files["<outputs>"] = json.dumps(manifest["outputs"], sort_keys=True)
+    files["<fingerprint>"] = manifest["fingerprint"]
+    return files
+
+
+def assert_same(a: Path, b: Path) -> None:
+    pa_, pb = payload(a), payload(b)
+    differ = sorted(k for k in pa_.keys() | pb.keys() if pa_.get(k) != pb.get(k))
+    assert not differ, f"{a} and {b} differ in {differ}"
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    demo = impsamp.demo_corpus()
+    pq.write_table(pq.read_table(demo.pool).slice(0, ROWS), root / "generic.parquet")
+    target = pq.read_table(demo.root / "sample" / "shakespeare.parquet").slice(0, 40)
+    pq.write_table(target, root / "target.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(data):
+    """The reference: every stage run locally, in this process."""
+    emb = impsamp.embed(data / "generic.parquet", data / "emb", EMBED)
+    clu = impsamp.cluster(emb, data / "clu", CLUSTER)
+    impsamp.resample(emb, clu, data / "sel", targets=[data / "target.parquet"], config=RESAMPLE, command="x")
+    assert len(emb.shard_names) == 8
+    return {"emb": data / "emb", "clu": data / "clu", "sel": data / "sel"}
+
+
+def test_ray_engine_writes_the_same_bytes_as_the_local_engine(ray_cluster, data, local, tmp_path):
+    emb = impsamp.embed(data / "generic.parquet", tmp_path / "emb", EMBED, execution=RAY)
+    assert_same(tmp_path / "emb", local["emb"])
+    # cluster and resample from the same inputs as the reference, so that their inputs match too
+    impsamp.cluster(local["emb"], tmp_path / "clu", CLUSTER, execution=RAY)
+    assert_same(tmp_path / "clu", local["clu"])
+    impsamp.resample(local["emb"], local["clu"], tmp_path / "sel", targets=[data / "target.parquet"],
+                     config=RESAMPLE, command="x", execution=RAY)
+    assert_same(tmp_path / "sel", local["sel"])
+    assert len([p for p in (tmp_path / "sel").glob("data-*.arrow")]) == 4
+    assert emb.n == ROWS
+    assert ray_cluster.is_initialized()  # a Ray we did not start is left running
+
+
+def test_a_ray_worker_killed_mid_stage_is_retried_and_the_output_is_the_same(ray_cluster, data, local,
+                                                                              tmp_path, monkeypatch):
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(TEST_CRASH_ENV, str(marker))     # the first task os._exit()s its worker
+    impsamp.embed(data / "generic.parquet", tmp_path / "emb", EMBED, execution=RAY)
+    assert marker.exists(), "no task crashed: the test hook did not fire"
+    assert_same(tmp_path / "emb", local["emb"])
+    marker.unlink()
+    impsamp.cluster(local["emb"], tmp_path / "clu", CLUSTER, execution=RAY)
+    assert marker.exists()
+    assert_same(tmp_path / "clu", local["clu"])
+    residue = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name in ("_shards", "_run.json")]
+    assert residue == []
+
+
+def _cli(*args, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def _slices(*args) -> None:
+    """Both slices of a 2-slice array, as two concurrent processes (like two Slurm array tasks)."""
+    procs = [subprocess.Popen([*CLI, *map(str, args), "--num-shards", "2", "--shard-index", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "slice" in out and "finalize" in out
+
+
+def test_two_slices_then_finalize_equal_a_single_run(data, local, tmp_path):
+    emb = tmp_path / "emb"
+    _slices("embed", data / "generic.parquet", "--out", emb, "--model", "hashing:64",
+            "--rows-per-shard", ROWS_PER_SHARD, "--no-progress")
+    assert not (emb / "manifest.json").exists()          # slices never write the manifest
+    assert len(list(emb.glob("vectors-*.npy"))) == 8
+    r = _cli("finalize", emb)
+    assert "manifest.json written" in r.stdout
+    assert_same(emb, local["emb"])
+
+    clu = tmp_path / "clu"
+    _slices("cluster", local["emb"], "--out", clu, "--k", 8, "--niter", 10, "--no-progress")
+    assert not (clu / "manifest.json").exists() and not (clu / "counts.parquet").exists()
+    _cli("finalize", clu)
+    assert_same(clu, local["clu"])
+    assert "already complete" in _cli("finalize", clu).stdout   # idempotent: a retried finalize job is fine
+
+
+def test_finalize_refuses_missing_shards_and_a_plain_rerun_completes(data, local, tmp_path):
+    out = tmp_path / "emb"
+    res = impsamp.embed(data / "generic.parquet", out, EMBED,
+                        execution=Execution(num_shards=4, shard_index=1))
+    assert isinstance(res, SliceResult) and (res.committed, res.done, res.total) == (2, 2, 8)
+    r = _cli("finalize", out, check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "6 of 8 shard(s) are missing" in r.stderr
+    with pytest.raises(StageError, match="6 of 8"):
+        finalize(out)
+    assert not (out / "manifest.json").exists()
+    impsamp.embed(data / "generic.parquet", out, EMBED)    # resume: the 6 others, then the manifest
+    assert_same(out, local["emb"])
+
+
+def test_resample_refuses_slices_in_one_line(data, local, tmp_path):
+    r = _cli("resample", local["emb"], local["clu"], "--target", data / "target.parquet", "--docs", 10,
+             "--out", tmp_path / "sel", "--num-shards", 2, "--shard-index", 0, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1
+    assert "--num-shards" in r.stderr and "global shuffle" in r.stderr
+    assert not (tmp_path / "sel").exists()
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"engine": "spark"}, "--engine"),
+    ({"num_shards": 2}, "--shard-index"),
+    ({"num_shards": 2, "shard_index": 2}, "--shard-index"),
+    ({"num_shards": 0, "shard_index": 0}, "--num-shards"),
+    ({"ray_address": "auto"}, "--ray-address"),
+    ({"engine": "ray", "gpus_per_worker": 0}, "--gpus-per-worker"),
+])
+def test_bad_execution_flags_name_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        Execution(**kwargs)
+
+
+def test_finalize_refuses_what_is_not_a_sliced_stage(tmp_path):
+    (tmp_path / "x").mkdir()
+    with pytest.raises(StageError, match="finalize"):
+        finalize(tmp_path / "x")
+
+
+@pytest.mark.parametrize("same_fit", [True, False])
+def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_path, monkeypatch, same_fit):
+    """Two slices fitting at once: the one that commits second checks that its centroids are the bytes
+    already committed (reusing them) and refuses, one line, when they are not."""
+    import numpy as np
+
+    from impsamp import clustering
+
+    first = tmp_path / "first"
+    impsamp.cluster(local["emb"], first, CLUSTER, execution=Execution(num_shards=2, shard_index=0))
+    out = tmp_path / "second"
+    real_fit = clustering._fit_tree
+
+    def fit_while_another_slice_commits(x, cfg, gpu, progress):
+        tree, info = real_fit(x, cfg, gpu, progress)
+        # meanwhile, the other slice committed its fit into the same directory
+        (out / "centroids.npy").write_bytes((first / "centroids.npy").read_bytes())
+        (out / "_shards" / "fit.json").write_bytes((first / "_shards" / "fit.json").read_bytes())
+        if not same_fit:
+            tree.centroids[-1] = tree.centroids[-1] + np.float32(1e-3)
+        return tree, info
+
+    monkeypatch.setattr(clustering, "_fit_tree", fit_while_another_slice_commits)
+    ex = Execution(num_shards=2, shard_index=1)
+    if same_fit:
+        res = impsamp.cluster(local["emb"], out, CLUSTER, execution=ex)
+        assert res.committed == 4
+        assert [p for p in out.iterdir() if ".tmp-" in p.name] == []
+        ref = local["clu"]
+        for p in out.glob("assign-*.npy"):
+            assert p.read_bytes() == (ref / p.name).read_bytes()
+    else:
+        with pytest.raises(StageError, match="other centroids") as e:
+            impsamp.cluster(local["emb"], out, CLUSTER, execution=ex)
+        assert "\n" not in str(e.value)
+        assert (out / "_shards" / "fit.json").exists()   # a slice never deletes what others committed
+        assert list(out.glob("assign-*.npy")) == []
