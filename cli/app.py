@@ -22,7 +22,7 @@ class ImpsampGroup(click.Group):
         except click.UsageError as e:
             # click prints a bad flag as usage + hint + error (three lines): one line, like ours
             hint = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
-            err = click.ClickException(_one_line(e.format_message()) + hint)
+            err = click.ClickException(_one_line(e.format_message()).rstrip(".") + hint)
             err.exit_code = e.exit_code
             raise err from None
         except ImpsampError as e:

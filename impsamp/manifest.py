@@ -357,8 +357,9 @@ class StageRun:
         for name, tmp in sorted(files.items()):
             final = inside(self.out_dir, name)
             commit_file(Path(tmp), final)
-            refs.append(asdict(FileRef(name, final.stat().st_size, sha256_file(final),
-                                       (rows or {}).get(name))))
+            # intermediate files are deleted by finish() and never listed: no checksum for them
+            digest = "" if intermediate else sha256_file(final)
+            refs.append(asdict(FileRef(name, final.stat().st_size, digest, (rows or {}).get(name))))
         record = {"shard": shard, "files": refs, "stats": dict(stats or {}), "intermediate": intermediate}
         atomic_write_json(record_file, record)
         _test_pause()

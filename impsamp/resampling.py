@@ -331,7 +331,7 @@ def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leav
     rows = sel[rep_of]
     paths = pa.array([f.path for f in corpus.files], pa.string())
     cols = {
-        "text": unit_text.take(pa.array(rep_of)),
+        "text": unit_text if len(rep_of) == len(sel) else unit_text.take(pa.array(rep_of)),
         "id": table.column("id").take(pa.array(rows)).cast(pa.string()),
         "source_file": paths.take(pa.array(table.column("file").to_numpy()[rows])),
         "source_row": pa.array(table.column("row").to_numpy()[rows].astype(np.int64)),
@@ -360,18 +360,30 @@ def _data_name(b: int, n: int, fmt: str) -> str:
     return f"data-{b:05d}-of-{n:05d}." + {"arrow": "arrow", "parquet": "parquet", "jsonl": "jsonl"}[fmt]
 
 
-def _write_output_shard(path: Path, rows: pa.Table, fmt: str) -> None:
+WRITE_CHUNK = 10_000
+"""Rows gathered (Arrow `take`) and written at a time: bounds an output shard's extra memory."""
+
+
+def _write_output_shard(path: Path, rows: pa.Table, fmt: str, order: np.ndarray | None = None) -> None:
+    """Write `rows` (in `order`, if given) as one output shard, WRITE_CHUNK rows at a time."""
+    n = rows.num_rows
+    order = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)
+    chunks = (rows.take(pa.array(order[i:i + WRITE_CHUNK])).combine_chunks() for i in range(0, n, WRITE_CHUNK))
     if fmt == "arrow":  # IPC stream, as datasets.save_to_disk writes
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, SELECTION_SCHEMA) as w:
-            w.write_table(rows, max_chunksize=1000)
+            for chunk in chunks:
+                w.write_table(chunk, max_chunksize=1000)
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(rows, path, compression="zstd", row_group_size=10_000)
+        with pq.ParquetWriter(path, SELECTION_SCHEMA, compression="zstd") as w:
+            for chunk in chunks:
+                w.write_table(chunk, row_group_size=WRITE_CHUNK)
     else:
         with open(path, "w", encoding="utf-8") as f:
-            for rec in rows.to_pylist():
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            for chunk in chunks:
+                for rec in chunk.to_pylist():
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -476,6 +488,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     elif cfg.method == "classifier":
         doc_log_w = _classifier_log_weights(cfg, targets, emb, names)
     plan = _plan(cfg_eff, weights, generic, shard_leaves, shard_tokens, doc_log_w)
+    # the histogram plot (mostly importing matplotlib) overlaps the two passes, which run in Arrow
+    plot = _in_background(_plot, run.out_dir / "histograms.png", target, generic, plan)
     total_rows = int(plan.draws.sum())
     n_out = max(1, math.ceil(total_rows / cfg.rows_per_shard))
 
@@ -497,11 +511,10 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         run_ray(ex, _route_shard, tasks, route_done,
                 shared={"plan": plan, "weights": weights, "tables": shard_tables})
     else:
-        for s, name in route:
-            route_done(f"route-{name}", _route_shard(
-                cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], weights,
-                None if doc_log_w is None else doc_log_w[s], windowed, n_out,
-                str(run.tmp_path(f"_spill/{name}.arrow")), False))
+        _in_threads(route_done, [(f"route-{name}", lambda s=s, name=name: _route_shard(
+            cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], weights,
+            None if doc_log_w is None else doc_log_w[s], windowed, n_out,
+            str(run.tmp_path(f"_spill/{name}.arrow")), False)) for s, name in route])
     unique = sum(run.shard_record(f"route-{name}")["stats"]["unique"] for name in names)
     spills = [str(run.out_dir / "_spill" / f"{n}.arrow") for n in names]
 
@@ -517,7 +530,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                                      str(run.out_dir / _data_name(b, n_out, cfg.format)), True))
                  for b in write]
         run_ray(ex, _gather_shard, tasks, write_done)
-    else:
+    else:  # one output shard at a time: each holds up to rows_per_shard rows (threads would double it)
         for b in write:
             tmp = str(run.tmp_path(_data_name(b, n_out, cfg.format)))
             write_done(f"write-{b:05d}", _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False))
@@ -528,9 +541,58 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     stats.update({"output_shards": n_out, "targets": described, "weighting": weighting_name,
                   "method": cfg.method, "scheme": cfg_eff.scheme})
     extra = _write_extras(run, cfg, stats, target, generic, plan, emb, clu, command, n_out, corpus, shard_tables,
-                          names, shard_leaves)
+                          names, shard_leaves, plot)
     manifest = run.finish(stats=stats, extra_files=extra)
     return Selection(run.out_dir, manifest)
+
+
+def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on a daemon thread; -> a Future."""
+    import threading
+    from concurrent.futures import Future
+
+    fut: Future = Future()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the result
+            fut.set_exception(e)
+
+    threading.Thread(target=work, daemon=True, name="impsamp-plot").start()
+    return fut
+
+
+def _in_threads(done: Callable[[str, Any], None], jobs: list[tuple[str, Callable[[], Any]]]) -> None:
+    """Run `jobs` (key, thunk) on a few threads (Arrow reads, takes and writes release the GIL), each
+    followed by `done(key, result)` on the same thread (jobs have distinct keys, so their commits are
+    independent). Every job's output depends only on its key, so the bytes do not depend on the
+    order; at most `threads` shards are in memory at once."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .embedding import cpu_count
+
+    threads = max(1, min(len(jobs), cpu_count(), 4))
+    if threads == 1:
+        for key, job in jobs:
+            done(key, job())
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending: set[Any] = set()
+        try:
+            for key, job in jobs:
+                # the commit (fsync, checksum) runs on the worker thread too, overlapping the others' reads
+                pending.add(pool.submit(lambda key=key, job=job: done(key, job())))
+                if len(pending) >= threads:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
 
 
 def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, corpus_shard, tables,
@@ -561,9 +623,8 @@ def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str,
                 parts.append(pa.Table.from_batches([batch]))
     rows = pa.concat_tables(parts) if parts else SELECTION_SCHEMA.empty_table()
     perm = _shard_rng(seed, b, _SHUFFLE).permutation(rows.num_rows)
-    rows = rows.take(pa.array(perm, pa.int64()))
     tmp = tmp_name(Path(path)) if own_tmp else Path(path)
-    _write_output_shard(tmp, rows, fmt)
+    _write_output_shard(tmp, rows, fmt, perm)
     return str(tmp), rows.num_rows
 
 
@@ -632,13 +693,15 @@ class _ShardTables:
         self.emb = emb
 
     def __getitem__(self, name: str) -> pa.Table:
-        return self.emb.shard_table(name)
+        return self.emb.shard_table(name, columns=_ROW_COLUMNS)
 
     def column(self, name: str, column: str) -> np.ndarray:
         return self.emb.shard_table(name, columns=[column]).column(column).to_numpy()
 
 
 _TOKEN_COLUMNS = ["tokens", "chars", "char_start", "char_end"]
+_ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_end"]
+"""What writing a selected unit needs from the unit table."""
 
 
 def _unit_tokens(table: pa.Table, windowed: bool) -> np.ndarray:
@@ -687,7 +750,7 @@ def _diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.
 
 def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram,
                   generic: Histogram, plan: Plan, emb, clu, command: str | None, n_out: int, corpus,
-                  shard_tables, names, shard_leaves) -> dict[str, Path]:
+                  shard_tables, names, shard_leaves, plot=None) -> dict[str, Path]:
     out = run.out_dir
     files: dict[str, Path] = {}
     hist = {"target": target.counts.tolist(), "generic": generic.counts.tolist(),
@@ -706,7 +769,7 @@ def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], tar
         for name, obj in (("state.json", state), ("dataset_info.json", info)):
             atomic_write_bytes(out / name, (json.dumps(obj, indent=2) + "\n").encode())
             files[name] = out / name
-    if _plot(out / "histograms.png", target, generic, plan):
+    if plot.result() if plot is not None else _plot(out / "histograms.png", target, generic, plan):
         files["histograms.png"] = out / "histograms.png"
     card = render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
                        shard_leaves, run.key)
@@ -717,10 +780,7 @@ def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], tar
 
 def _plot(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no global state, a faster import
     except ImportError:
         logger.warning("matplotlib is not installed: no histogram plot (pip install matplotlib)")
         return False
@@ -728,7 +788,8 @@ def _plot(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: in
     p_s = plan.draws / max(plan.draws.sum(), 1)
     order = np.argsort(-(p_t + p_s), kind="stable")[:top]
     x = np.arange(len(order))
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax = fig.add_subplot()
     for off, p, label in ((-0.27, p_t, "target"), (0.0, p_g, "generic"), (0.27, p_s, "selected")):
         ax.bar(x + off, p[order], width=0.27, label=label)
     ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=7)
@@ -738,7 +799,6 @@ def _plot(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: in
     fig.tight_layout()
     tmp = tmp_name(path)
     fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
     tmp.replace(path)
     return True
 

@@ -1,0 +1,130 @@
+"""Determinism: the same inputs and seed give the same bytes, whatever the process, worker count or resume.
+
+A whole pipeline (embed -> cluster -> resample -> train) is run twice: once in-process, once stage by
+stage in fresh processes with another PYTHONHASHSEED and other directory names, and every payload file
+is compared byte for byte (train: weights, tokenizer, config, and the logged losses, on CPU). Embedding
+is compared across --workers 1, --workers 2 and a run killed with one worker and resumed with two.
+Another seed must change the bytes, so the comparisons are not vacuous.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from impsamp.manifest import MANIFEST, SHARD_RECORDS
+from tests._helpers import (
+    CLUSTER_ARGS,
+    EMBED_ARGS,
+    ENV,
+    RESAMPLE_ARGS,
+    TRAIN_ARGS,
+    argv,
+    assert_clean,
+    build_pipeline,
+    comparable,
+    invoke,
+    ok,
+    payload,
+    run_sub,
+    stable_stats,
+    write_corpus,
+)
+
+STAGES = ("emb", "clu", "sel", "lm")
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    p = build_pipeline(tmp_path_factory.mktemp("first"))
+    p["lm"] = p["root"] / "lm"
+    ok(invoke(*TRAIN_ARGS(p["sel"], p["lm"], "--keep-checkpoints")))
+    return p
+
+
+def test_each_stage_in_a_fresh_process_gives_identical_bytes(first, tmp_path):
+    """Other process, other PYTHONHASHSEED, other paths (the inputs are the same files)."""
+    env = {"PYTHONHASHSEED": "12345"}
+    d = {k: tmp_path / f"again-{k}" for k in STAGES}
+    for args in (EMBED_ARGS(first["generic"], d["emb"]), CLUSTER_ARGS(d["emb"], d["clu"]),
+                 RESAMPLE_ARGS(d["emb"], d["clu"], first["target"], d["sel"]), TRAIN_ARGS(d["sel"], d["lm"], "--keep-checkpoints")):
+        r = run_sub(*args, env=env)
+        assert r.returncode == 0, r.stderr
+    compared = 0
+    for k in STAGES:
+        a, b = comparable(first[k]), comparable(d[k])
+        for card in (a, b):  # the card names the run by its fingerprint, which covers the input paths
+            if "README.md" in card:
+                card["README.md"] = [ln for ln in card["README.md"]
+                                     if b"impsamp-selection-" not in ln and b"sha256:" not in ln]
+        assert a.keys() == b.keys(), k
+        for name in a:
+            assert a[name] == b[name], f"{k}/{name} differs between two runs with the same inputs and seed"
+        compared += sum(len(v) for v in payload(d[k]).values())
+        assert stable_stats(first[k]) == stable_stats(d[k]), k
+        assert_clean(d[k])
+    print(f"{compared:,} payload bytes compared")  # (shown with -s)
+    assert compared > 100_000  # the comparison is not of empty files
+    lm_a = json.loads((first["lm"] / MANIFEST).read_text())["outputs"]
+    lm_b = json.loads((d["lm"] / MANIFEST).read_text())["outputs"]
+    sha_a, sha_b = ({o["path"]: o["sha256"] for o in lm} for lm in (lm_a, lm_b))
+    ckpt = [k for k in sha_a if k.startswith("checkpoints/") and k.endswith(".safetensors")]
+    assert len(ckpt) == 2 and "model.safetensors" in sha_a  # the kept checkpoint: weights and optimizer
+    assert all(sha_a[k] == sha_b[k] for k in [*ckpt, "model.safetensors"])
+
+
+def test_another_seed_changes_the_bytes(first, tmp_path):
+    """The comparisons above can fail: a different seed gives different clusters and selections."""
+    ok(invoke(*CLUSTER_ARGS(first["emb"], tmp_path / "clu", "--seed", "1")))
+    assert payload(tmp_path / "clu")["centroids.npy"] != payload(first["clu"])["centroids.npy"]
+    ok(invoke(*RESAMPLE_ARGS(first["emb"], first["clu"], first["target"], tmp_path / "sel", "--seed", "1")))
+    a, b = payload(first["sel"]), payload(tmp_path / "sel")
+    assert [a[n] != b[n] for n in sorted(a) if n.startswith("data-")].count(True) >= 1
+
+
+@pytest.fixture(scope="module")
+def mixed_corpus(tmp_path_factory):
+    """Two files in two formats, with long documents (windows) and blank ones."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_corpus(root / "a.jsonl", 90, seed=3)
+    docs = [(" ".join(["gene protein"] * (i % 17)) if i % 11 else "  ") for i in range(70)]
+    pq.write_table(pa.table({"id": [f"p{i}" for i in range(70)], "text": docs}), root / "b.parquet",
+                   row_group_size=16)
+    return root
+
+
+def _embed(corpus, out, *extra):
+    return EMBED_ARGS(corpus, out, "--windows", "--max-tokens", "8", "--rows-per-shard", "15", *extra)
+
+
+def test_embed_workers_and_resume_give_identical_bytes(mixed_corpus, tmp_path):
+    one, two, resumed = tmp_path / "w1", tmp_path / "w2", tmp_path / "resumed"
+    ok(invoke(*_embed(mixed_corpus, one, "--workers", "1")))
+    r = run_sub(*_embed(mixed_corpus, two, "--workers", "2"))
+    assert r.returncode == 0, r.stderr
+    # killed with one worker after three shards, resumed with two
+    proc = subprocess.Popen(argv(*_embed(mixed_corpus, resumed, "--workers", "1")),
+                            env={**ENV, "IMPSAMP_TEST_SLOW_SHARD": "0.3"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list((resumed / SHARD_RECORDS).glob("*.json"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (resumed / MANIFEST).exists()
+    r = run_sub(*_embed(mixed_corpus, resumed, "--workers", "2"))
+    assert r.returncode == 0, r.stderr
+    ref = payload(one)
+    assert len(ref) == 2 * 11  # 160 rows / 15 per shard: 11 shards, vectors + table each
+    assert payload(two) == ref and payload(resumed) == ref
+    assert stable_stats(two) == stable_stats(one) == stable_stats(resumed)
+    assert json.loads((resumed / MANIFEST).read_text())["stats"]["resumed_shards"] >= 3
+    for out in (one, two, resumed):
+        assert_clean(out)
