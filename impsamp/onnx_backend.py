@@ -189,9 +189,11 @@ def _session(path: Path, threads: int | None, device: str = "cpu") -> Any:
     if threads:
         so.intra_op_num_threads = threads
     # Idle pool threads sleep instead of spinning: each op here runs for milliseconds, so waking costs
-    # nothing measurable, while spinning threads steal the cores from their peers on a shared
-    # machine (1.2-1.7x slower medians measured on the 2-core dev box under load).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # little, while spinning threads steal the cores from their peers on a shared machine (1.2-1.7x
+    # slower medians measured on the 2-core dev box under load). IMPSAMP_ORT_SPIN=1 lets them spin
+    # (ONNX Runtime's own default), which can be faster on a machine nothing else uses.
+    spin = os.environ.get("IMPSAMP_ORT_SPIN", "0") == "1"
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     if device == "cuda":

@@ -469,11 +469,14 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
 
     names = list(emb.shard_names)
     windowed = bool(emb.model_info.get("windows"))
-    shard_leaves = [np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64) for n in names]
+    # Per-unit cluster ids and token counts are read shard by shard where needed, never all at once:
+    # planning keeps per-(shard, cluster) counts only, so memory does not grow with the corpus (topk,
+    # ngram and classifier still hold one log-weight per unit).
+    shard_leaves = _PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64))
     # Unit tables are read again where needed, one shard at a time: holding every shard's table (ids
     # and all) made peak memory grow ~180 bytes per corpus row; the plan needs only leaves and tokens.
     shard_tables = _ShardTables(emb)
-    shard_tokens = [_unit_tokens(emb.shard_table(n, columns=_TOKEN_COLUMNS), windowed) for n in names]
+    shard_tokens = _PerShard(names, lambda n: _unit_tokens(emb.shard_table(n, columns=_TOKEN_COLUMNS), windowed))
     corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
     inputs = {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
               "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
@@ -536,7 +539,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
             write_done(f"write-{b:05d}", _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False))
     bar.close()
 
-    selected_tokens = _selected_tokens(plan, shard_leaves, shard_tokens, cfg_eff)
+    selected_tokens = int(sum(run.shard_record(f"route-{name}")["stats"]["tokens"] for name in names))
     stats = _diagnostics(target, generic, plan, weights, total_rows, unique, selected_tokens)
     stats.update({"output_shards": n_out, "targets": described, "weighting": weighting_name,
                   "method": cfg.method, "scheme": cfg_eff.scheme})
@@ -603,12 +606,14 @@ def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, cor
     this process's temp name of `path`: a Ray task); -> (file, stats)."""
     reps = _unit_repeats(cfg, plan, s, leaves)
     unit_w = weights[leaves] if doc_log_w is None else np.exp(np.clip(doc_log_w, -80, 80))
-    rows = _selected_rows(corpus, corpus_shard, tables[name], reps, leaves, unit_w, windowed)
+    table = tables[name]
+    rows = _selected_rows(corpus, corpus_shard, table, reps, leaves, unit_w, windowed)
     buckets = _shard_rng(cfg.seed, s, _ROUTE).integers(n_out, size=rows.num_rows)
     tmp = tmp_name(Path(path)) if own_tmp else Path(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     _write_spill(tmp, rows, buckets, n_out)
-    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows}
+    tokens = float((reps * _unit_tokens(table, windowed)).sum())
+    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows, "tokens": tokens}
 
 
 def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str, own_tmp: bool
@@ -686,6 +691,19 @@ def _classifier_log_weights(cfg: ResampleConfig, targets, emb, names) -> list[np
     return [classifier_log_weights(clf, np.asarray(emb.shard_vectors(n), np.float32)) for n in names]
 
 
+class _PerShard(Sequence):
+    """A per-shard array, read by `load(shard name)` on each access (nothing kept)."""
+
+    def __init__(self, names: Sequence[str], load: Callable[[str], np.ndarray]) -> None:
+        self.names, self.load = list(names), load
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.load(self.names[i])
+
+
 class _ShardTables:
     """name -> that embedding shard's unit table, read on each access (nothing kept)."""
 
@@ -700,7 +718,7 @@ class _ShardTables:
 
 
 _TOKEN_COLUMNS = ["tokens", "chars", "char_start", "char_end"]
-_ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_end"]
+_ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_end", "tokens", "chars"]
 """What writing a selected unit needs from the unit table."""
 
 
@@ -719,14 +737,6 @@ def _hist_key(h: Histogram) -> str:
     from .manifest import fingerprint
 
     return fingerprint(np.round(h.probs(), 12).tolist())
-
-
-def _selected_tokens(plan: Plan, shard_leaves: list[np.ndarray], shard_tokens: list[np.ndarray],
-                     cfg: ResampleConfig) -> int:
-    total = 0.0
-    for s, (lv, t) in enumerate(zip(shard_leaves, shard_tokens)):
-        total += float((_unit_repeats(cfg, plan, s, lv) * t).sum())
-    return int(total)
 
 
 def _diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,

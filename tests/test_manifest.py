@@ -130,8 +130,14 @@ def test_sigkill_mid_write_then_resume_gives_the_uninterrupted_bytes(tmp_path, s
     proc = subprocess.Popen(stage.argv(out, 5, sleep=0.4), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # after shard 0 is committed and while shard 1 is half written
-        wait_for(lambda: (out / SHARD_RECORDS / "00000.json").exists()
-                 and any((out / "vectors").glob(".part-00001.bin.tmp-*")), proc)
+        # (the temp file exists a moment before its first half is written: wait for the bytes)
+        def half_written() -> bool:
+            try:
+                return any(p.stat().st_size == 32 * 1024 for p in (out / "vectors").glob(".part-00001.bin.tmp-*"))
+            except FileNotFoundError:  # renamed between the listing and the stat
+                return False
+
+        wait_for(lambda: (out / SHARD_RECORDS / "00000.json").exists() and half_written(), proc)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
