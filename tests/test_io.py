@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
@@ -394,6 +395,24 @@ def test_take_returns_texts_and_ids_by_doc_index(tmp_path):
     corpus = open_corpus(write_format("mixed-folder", tmp_path, docs))
     got = corpus.take([0, 21, 119, 50])
     assert got == {i: (docs[i]["id"], docs[i]["text"]) for i in (0, 21, 50, 119)}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_take_rows_gives_the_texts_of_those_rows_in_the_order_asked(tmp_path, fmt):
+    docs = make_docs()
+    corpus = open_corpus(write_format(fmt, tmp_path, docs))
+    rng = np.random.default_rng(0)
+    for shard in corpus.shards(rows_per_shard=50):
+        f = corpus.files[shard.file]
+        rows = np.concatenate([rng.integers(shard.start, shard.stop, size=7), [shard.start, shard.start]])
+        got = corpus.take_rows(shard, rows).to_pylist()
+        assert got == [docs[f.offset + r]["text"] for r in rows], (fmt, shard)
+        in_order = np.arange(shard.start, shard.stop)
+        assert corpus.take_rows(shard, in_order).to_pylist() == [docs[f.offset + r]["text"] for r in in_order]
+    first = corpus.shards(rows_per_shard=50)[0]
+    assert corpus.take_rows(first, np.array([], dtype=np.int64)).to_pylist() == []
+    with pytest.raises(CorpusError, match="outside shard"):
+        corpus.take_rows(first, np.array([first.stop]))
 
 
 def test_fingerprint_changes_with_the_data_not_the_location(tmp_path):
