@@ -63,3 +63,43 @@ def test_compare_config_checks_methods():
 
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
+
+
+def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(1)
+    generic = _write(tmp_path / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 200, rng)
+    target = _write(tmp_path / "target.jsonl", lambda i: "code", 30, rng)
+    evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 10, rng)
+    (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nvocab_size = 300\nn_layer = 1\n'
+                                  'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+
+    def run(out, **env):
+        args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
+                "--methods", "uniform,importance", "--tokens", 2000, "--k", 4, "--steps", 4,
+                "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml"]
+        return subprocess.run([sys.executable, "-m", "impsamp", *map(str, args)], capture_output=True,
+                              text=True, env={**os.environ, **env}, timeout=300)
+
+    ref = run(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "cmp"
+    # killed in the first LM run, after the embeddings, clusters and both selections are done
+    killed = run(out, IMPSAMP_TEST_KILL_AT="pretrain:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "manifest.json").exists()
+    done = {p: (out / p / "manifest.json").stat().st_mtime_ns
+            for p in ("embeddings", "clusters", "selections/uniform", "selections/importance")}
+    again = run(out)
+    assert again.returncode == 0, again.stderr
+    assert {p: (out / p / "manifest.json").stat().st_mtime_ns for p in done} == done  # reused, not redone
+    a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
+    for res in (a, b):  # wall-clock speed is the only thing allowed to differ
+        for e in res["methods"].values():
+            for phase in ("train", "train_finetune"):
+                e["metrics"][phase].pop("tokens_per_s")
+    assert a == b
