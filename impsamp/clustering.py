@@ -810,7 +810,8 @@ class Clusters:
         """Per node of `level` (default: leaves): 'documents' (embedding rows) and 'tokens', int64."""
         pq = require("pyarrow.parquet")
         j = range(self.n_levels)[level]
-        table = pq.read_table(self.path / "counts.parquet")
+        with pq.ParquetFile(self.path / "counts.parquet") as f:  # (read_table goes through pyarrow.dataset)
+            table = f.read()
         mask = table.column("level").to_numpy() == j
         return {key: table.column(key).to_numpy()[mask] for key in ("documents", "tokens")}
 

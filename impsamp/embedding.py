@@ -1235,7 +1235,8 @@ class Embeddings:
 
         path = self.path / _docs_name(name)
         try:
-            return pq.read_table(path, columns=columns)
+            with pq.ParquetFile(path) as f:  # one file: no pyarrow.dataset machinery
+                return f.read(columns=columns)
         except (OSError, ValueError, pa.ArrowException) as e:
             raise StageError(f"{path} cannot be read as a Parquet table ({str(e)[:200]}); the embeddings are "
                              "damaged: rerun `impsamp embed` with --overwrite") from None
