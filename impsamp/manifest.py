@@ -81,12 +81,14 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def commit_file(tmp: Path, final: Path) -> None:
-    """fsync `tmp` and rename it to `final` (atomic on POSIX)."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+def commit_file(tmp: Path, final: Path, *, durable: bool = True) -> None:
+    """fsync `tmp` (unless not `durable`) and rename it to `final` (atomic on POSIX)."""
+    if durable:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    if durable:
+        _fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -350,13 +352,16 @@ class StageRun:
         """Rename each temp file to its final name, then write the shard's completion record.
 
         `intermediate` files (e.g. spill files of a two-pass shuffle) are kept for resume but are
-        not outputs: `finish` deletes them and leaves them out of the manifest.
+        not outputs: `finish` deletes them and leaves them out of the manifest. They are not
+        checksummed nor fsynced (a killed process loses nothing that the page cache holds; after a
+        machine crash the stage must check them before trusting them, as `resample` does with its
+        spill files).
         """
         refs = []
         record_file = inside(self.records_dir, f"{shard}.json")
         for name, tmp in sorted(files.items()):
             final = inside(self.out_dir, name)
-            commit_file(Path(tmp), final)
+            commit_file(Path(tmp), final, durable=not intermediate)
             # intermediate files are deleted by finish() and never listed: no checksum for them
             digest = "" if intermediate else sha256_file(final)
             refs.append(asdict(FileRef(name, final.stat().st_size, digest, (rows or {}).get(name))))
@@ -364,6 +369,10 @@ class StageRun:
         atomic_write_json(record_file, record)
         _test_pause()
         return record
+
+    def forget(self, shard: str) -> None:
+        """Drop a shard's completion record (its work is redone), e.g. a damaged intermediate file."""
+        inside(self.records_dir, f"{shard}.json").unlink(missing_ok=True)
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]

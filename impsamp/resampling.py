@@ -356,6 +356,23 @@ def _write_spill(path: Path, rows: pa.Table, buckets: np.ndarray, n_buckets: int
                           pa.record_batch([pa.array([], f.type) for f in SELECTION_SCHEMA], schema=SELECTION_SCHEMA))
 
 
+def _spill_ok(path: Path, n_buckets: int, rows: int) -> bool:
+    """Whether a committed spill file is whole: readable, one valid batch per output shard, `rows` rows."""
+    try:
+        with pa.memory_map(str(path)) as src:
+            reader = pa.ipc.open_file(src)
+            if reader.num_record_batches != n_buckets:
+                return False
+            total = 0
+            for i in range(n_buckets):
+                batch = reader.get_batch(i)
+                batch.validate(full=True)
+                total += batch.num_rows
+            return total == rows
+    except (OSError, pa.ArrowException):
+        return False
+
+
 def _data_name(b: int, n: int, fmt: str) -> str:
     return f"data-{b:05d}-of-{n:05d}." + {"arrow": "arrow", "parquet": "parquet", "jsonl": "jsonl"}[fmt]
 
@@ -503,6 +520,12 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         commit_once(run, key, {f"_spill/{name}.arrow": Path(result[0])}, stats=result[1], intermediate=True)
         bar.update(1)
 
+    for name in names:  # spill files are not fsynced: after a machine crash, redo any that is damaged
+        key = f"route-{name}"
+        if run.is_done(key) and not _spill_ok(run.out_dir / "_spill" / f"{name}.arrow", n_out,
+                                                run.shard_record(key)["stats"]["rows"]):
+            logger.warning("spill file of input shard %s is damaged; recomputing it", name)
+            run.forget(key)
     route = [(s, name) for s, name in enumerate(names) if not run.is_done(f"route-{name}")]
     bar.update(len(names) - len(route))
     if ex.engine == "ray" and route:
@@ -655,15 +678,18 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
     generic_counts = np.zeros(N_FEATURES)
     bar = _progress(progress, 2 * len(names), "ngram weights")
     for name in names:
-        key = f"ngram-{name}"
-        if not run.is_done(key):
+        key, path = f"ngram-{name}", run.out_dir / "_ngram" / f"{name}.npy"
+        counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
+        if counts is None:
             table = shard_tables[name]
             texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+            counts = ngram_counts(texts)
             tmp = run.tmp_path(f"_ngram/{name}.npy")
             with open(tmp, "wb") as f:
-                np.save(f, ngram_counts(texts))
+                np.save(f, counts)
+            run.forget(key)
             run.commit_shard(key, {f"_ngram/{name}.npy": tmp}, intermediate=True)
-        generic_counts += np.load(run.out_dir / "_ngram" / f"{name}.npy")
+        generic_counts += counts
         bar.update(1)
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
@@ -674,6 +700,15 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
         bar.update(1)
     bar.close()
     return out
+
+
+def _load_counts(path: Path, n: int) -> np.ndarray | None:
+    """A committed n-gram count vector, or None when it is unreadable or damaged (then it is redone)."""
+    try:
+        counts = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return counts if counts.shape == (n,) and np.isfinite(counts).all() and (counts >= 0).all() else None
 
 
 def _classifier_log_weights(cfg: ResampleConfig, targets, emb, names) -> list[np.ndarray]:

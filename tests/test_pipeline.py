@@ -159,6 +159,32 @@ def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):
     assert a == b and len(a) == 7
 
 
+def test_a_damaged_spill_file_is_recomputed_on_resume(stages, tmp_path, monkeypatch):
+    # Spill files are intermediate and not fsynced; after a machine crash one may be cut short or
+    # zeroed while its shard record survived. The resumed run must notice and redo that shard.
+    import impsamp.resampling as rs
+
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=400, rows_per_shard=60)
+    ref = impsamp.resample(emb, clu, tmp_path / "ref", targets=[target], config=cfg)
+
+    def crash(*a, **k):
+        raise RuntimeError("machine crash")
+
+    monkeypatch.setattr(rs, "_gather_shard", crash)
+    with pytest.raises(RuntimeError, match="machine crash"):
+        impsamp.resample(emb, clu, tmp_path / "out", targets=[target], config=cfg)
+    monkeypatch.undo()
+    spills = sorted((tmp_path / "out" / "_spill").glob("*.arrow"))
+    assert len(spills) == 5
+    spills[1].write_bytes(spills[1].read_bytes()[:100])              # cut short
+    data = spills[3].read_bytes()
+    spills[3].write_bytes(bytes(len(data) // 2) + data[len(data) // 2:])  # first half zeroed
+    sel = impsamp.resample(emb, clu, tmp_path / "out", targets=[target], config=cfg)
+    got = {o.path: o.sha256 for o in sel.manifest.outputs if o.path.startswith("data-")}
+    assert got == {o.path: o.sha256 for o in ref.manifest.outputs if o.path.startswith("data-")}
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--docs", 100000, "--scheme", "topk"], "budget impossible without replacement"),
     (["--docs", 5000, "--max-repeat", 1], "budget impossible with --max-repeat 1"),
