@@ -1105,17 +1105,24 @@ def _ray_embed_shard(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threa
     return _worker_shard(shard, out_dir)
 
 
+def _for_workers(cfg: EmbedConfig, embedder: Embedder | None, flag: str, where: str
+                 ) -> tuple[EmbedConfig, bytes | None]:
+    """How worker processes get the embedder: a model loaded from its config (each worker loads it
+    once), or a pickled plug-in embedder. -> (config to load from, pickled embedder or None)."""
+    if isinstance(embedder, TransformerEmbedder) and getattr(embedder, "config", None) is not None:
+        return replace(embedder.config, workers=cfg.workers), None
+    if embedder is None:
+        return cfg, None
+    try:
+        return cfg, pickle.dumps(embedder)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{flag} needs an embedder that can be pickled to {where} "
+                          f"({type(e).__name__}: {e})") from None
+
+
 def _run_ray(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig, embedder: Embedder | None,
              emb: Embedder, threads: int, bar: _Progress, ex: Execution) -> None:
-    blob = None
-    if isinstance(embedder, TransformerEmbedder) and getattr(embedder, "config", None) is not None:
-        cfg = embedder.config  # each Ray worker loads the same model once
-    elif embedder is not None:
-        try:
-            blob = pickle.dumps(embedder)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"--engine ray needs an embedder that can be pickled to the Ray workers "
-                              f"({type(e).__name__}: {e})") from None
+    cfg, blob = _for_workers(cfg, embedder, "--engine ray", "the Ray workers")
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
     num_gpus = ex.gpus_per_worker if gpu else 0
     # CPU: each task gets the threads a local worker would (cpu_count // workers)
@@ -1151,15 +1158,7 @@ def _worker_shard(shard: Shard, out_dir: str) -> tuple[str, dict[str, str], dict
 
 def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig,
               embedder: Embedder | None, threads: int, bar: _Progress) -> None:
-    blob = None
-    if getattr(embedder, "config", None) is not None and isinstance(embedder, TransformerEmbedder):
-        cfg = replace(embedder.config, workers=cfg.workers)  # each worker loads the same model once
-    elif embedder is not None:
-        try:
-            blob = pickle.dumps(embedder)
-        except Exception as e:  # noqa: BLE001
-            raise ConfigError(f"--workers {cfg.workers} needs an embedder that can be pickled to the worker "
-                              f"processes ({type(e).__name__}: {e}); use workers=1") from None
+    cfg, blob = _for_workers(cfg, embedder, f"--workers {cfg.workers}", "the worker processes (or use workers=1)")
     ctx = multiprocessing.get_context("spawn")  # torch and threads do not survive fork
     pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=ctx,
                                initializer=_worker_init, initargs=(cfg, blob, corpus, threads))
