@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embed import _machine  # noqa: E402  (one machine description for the benchmarks)
+
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -46,22 +49,6 @@ def _child(spec: dict) -> None:
             digest.update(p.name.encode() + p.read_bytes())
     print(json.dumps({"seconds": seconds, "docs": emb.manifest.stats["documents"],
                       "precision": emb.model_info.get("precision"), "sha256": digest.hexdigest()}))
-
-
-def _machine(device: str) -> str:
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    gpu = ""
-    if device == "cuda":
-        import torch
-
-        gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    return f"{os.cpu_count()}-core CPU ({name}){gpu}"
 
 
 def main() -> None:
@@ -112,7 +99,7 @@ def main() -> None:
             "",
             f"Command: `python benchmarks/bench_ray.py --write {args.write}`.",
             "",
-            f"Machine: {_machine(args.device)}; ray {ray.__version__}, python {platform.python_version()}.",
+            f"Machine: {_machine()}; ray {ray.__version__}, python {platform.python_version()}.",
             f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus in "
             f"{shards} shards of {args.rows_per_shard}; {MODEL}, torch backend, 128 tokens, device "
             f"{args.device}, precision {local['precision']}; one run each, each engine in a fresh process; "

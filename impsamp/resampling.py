@@ -202,17 +202,20 @@ def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_le
     log-weight is that of its cluster.
     """
     k = len(weights)
-    shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)
-    n_c = shard_counts.sum(axis=0)
     if cfg.scheme == "topk" or doc_log_w is not None:
+        shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)
         if doc_log_w is None:
             with np.errstate(divide="ignore"):
                 log_w = np.log(weights)
             doc_log_w = [log_w[a] for a in shard_leaves]
         return _plan_topk(cfg, weights, doc_log_w, shard_leaves, shard_tokens, shard_counts)
-    tok_c = np.zeros(k)
+    # one pass over the shards (each read once): units and tokens per (shard, cluster)
+    counts, tok_c = [], np.zeros(k)
     for a, t in zip(shard_leaves, shard_tokens):
+        counts.append(np.bincount(a, minlength=k))
         tok_c += np.bincount(a, weights=t, minlength=k)
+    shard_counts = np.stack(counts).astype(np.int64)
+    n_c = shard_counts.sum(axis=0)
     mean_tok = np.where(n_c > 0, tok_c / np.maximum(n_c, 1), 0.0)
     q = weights * n_c
     q = q / q.sum()
