@@ -382,6 +382,9 @@ def _data_name(b: int, n: int, fmt: str) -> str:
 
 WRITE_CHUNK = 10_000
 """Rows gathered (Arrow `take`) and written at a time: bounds an output shard's extra memory."""
+COMBINE_BYTES = 1 << 30
+"""An output shard's rows are copied into one contiguous chunk per column before the shuffle when
+they are smaller than this (string offsets are 32-bit: one chunk holds at most 2 GiB of text)."""
 
 
 def _write_output_shard(path: Path, rows: pa.Table, fmt: str, order: np.ndarray | None = None) -> None:
@@ -511,8 +514,6 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     elif cfg.method == "classifier":
         doc_log_w = _classifier_log_weights(cfg, targets, emb, names)
     plan = _plan(cfg_eff, weights, generic, shard_leaves, shard_tokens, doc_log_w)
-    # the histogram plot (mostly importing matplotlib) overlaps the two passes, which run in Arrow
-    plot = _in_background(_plot, run.out_dir / "histograms.png", target, generic, plan)
     total_rows = int(plan.draws.sum())
     n_out = max(1, math.ceil(total_rows / cfg.rows_per_shard))
 
@@ -544,6 +545,9 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
             cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], weights,
             None if doc_log_w is None else doc_log_w[s], windowed, n_out,
             str(run.tmp_path(f"_spill/{name}.arrow")), False)) for s, name in route])
+    # the histogram plot (~0.7 s of CPU, mostly importing matplotlib) is drawn on a thread during the
+    # gathering pass, which leaves a core idle (Arrow takes and writes; the routing pass uses both)
+    plot = _in_background(_plot, run.out_dir / "histograms.png", target, generic, plan)
     unique = sum(run.shard_record(f"route-{name}")["stats"]["unique"] for name in names)
     spills = [str(run.out_dir / "_spill" / f"{n}.arrow") for n in names]
 
@@ -559,10 +563,20 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                                      str(run.out_dir / _data_name(b, n_out, cfg.format)), True))
                  for b in write]
         run_ray(ex, _gather_shard, tasks, write_done)
-    else:  # one output shard at a time: each holds up to rows_per_shard rows (threads would double it)
-        for b in write:
-            tmp = str(run.tmp_path(_data_name(b, n_out, cfg.format)))
-            write_done(f"write-{b:05d}", _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False))
+    else:  # one output shard gathered at a time: each holds up to rows_per_shard rows (threads would
+        # double that); its commit (fsync, checksum) runs on a thread while the next one is gathered
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as committer:
+            pending = None
+            for b in write:
+                tmp = str(run.tmp_path(_data_name(b, n_out, cfg.format)))
+                result = _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False)
+                if pending is not None:
+                    pending.result()
+                pending = committer.submit(write_done, f"write-{b:05d}", result)
+            if pending is not None:
+                pending.result()
     bar.close()
 
     selected_tokens = int(sum(run.shard_record(f"route-{name}")["stats"]["tokens"] for name in names))
@@ -653,6 +667,8 @@ def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str,
             if batch.num_rows:
                 parts.append(pa.Table.from_batches([batch]))
     rows = pa.concat_tables(parts) if parts else SELECTION_SCHEMA.empty_table()
+    if rows.nbytes < COMBINE_BYTES:  # random `take` from one chunk per column is ~3x faster than from many
+        rows = rows.combine_chunks()
     perm = _shard_rng(seed, b, _SHUFFLE).permutation(rows.num_rows)
     tmp = tmp_name(Path(path)) if own_tmp else Path(path)
     _write_output_shard(tmp, rows, fmt, perm)
