@@ -185,6 +185,19 @@ def test_a_plugged_in_embedder_is_used_and_checked(tmp_path):
     assert not (tmp_path / "bad" / MANIFEST).exists()
 
 
+@pytest.mark.parametrize("batch_rows", [1, 7, 300, 5000])
+def test_sort_buffers_do_not_depend_on_how_the_shard_was_read(batch_rows):
+    import pyarrow as pa
+
+    from impsamp.embedding import FIRST_CHUNK, SORT_BUFFER, _text_chunks
+
+    n = FIRST_CHUNK + 2 * SORT_BUFFER + 5
+    rows = pa.table({"doc_index": np.arange(n)})
+    chunks = list(_text_chunks(iter(rows.to_batches(max_chunksize=batch_rows))))
+    assert [c.num_rows for c in chunks] == [FIRST_CHUNK, SORT_BUFFER, SORT_BUFFER, 5]
+    assert np.concatenate([c.column("doc_index").to_numpy() for c in chunks]).tolist() == list(range(n))
+
+
 def test_hashing_embedder_is_deterministic_and_named():
     a = HashingEmbedder(128).embed_texts(["The cat sat", "the CAT sat"])
     assert np.array_equal(a.vectors[0], a.vectors[1]) and np.isclose(np.linalg.norm(a.vectors[0]), 1)
@@ -279,7 +292,7 @@ def test_torch_backend_matches_sentence_transformers(tmp_path, st_model, demo_te
 
 
 @pytest.mark.slow
-def test_bfloat16_autocast_stays_close_to_float32(demo_texts):
+def test_bfloat16_stays_close_to_float32(demo_texts):
     from impsamp.embedding import cpu_has_amx_bf16
 
     if not cpu_has_amx_bf16():
