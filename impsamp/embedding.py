@@ -18,7 +18,7 @@ exactly (whitespace between two windows belongs to the first); a truncated docum
 [0, end of its last kept token), a document that fits covers [0, len). `chars` = char_end - char_start.
 
 Precision: the torch backend computes in float16 on GPU and, on CPUs with AMX (Intel Sapphire
-Rapids and later), in bfloat16 (the whole model cast, as on GPU; cosine to float32 >= 0.9999, ~3x faster);
+Rapids and later), in bfloat16 (the whole model cast, as on GPU; cosine to float32 >= 0.9998, ~3x faster);
 `precision="float32"` keeps exact float32. The manifest records the precision used.
 
 Speed: documents are sorted by token length inside a bounded buffer (`SORT_BUFFER` documents, never
@@ -81,7 +81,9 @@ SORT_BUFFER = 2048
 """Documents sorted by length together (a bound on memory; buffers never cross shards). At most two
 buffers are in flight: one tokenized ahead by the reader thread, one in the model."""
 FIRST_CHUNK = 256
-"""Documents in the first sorted buffer of each shard (the model waits for it to be tokenized)."""
+"""Documents in the first sorted buffer of each shard: a run's model waits for its first buffer to be
+tokenized. Every shard starts so (not only a run's first), so a shard's bytes do not depend on
+which worker or resumed run embedded it."""
 MAX_BATCH_UNITS = 1024
 CPU_BATCH_TOKENS = {"torch": 8192, "onnx": 1024}
 """Padded tokens per batch on CPU, per backend: the fastest measured for all-MiniLM-L6-v2 at 128 tokens
@@ -125,7 +127,7 @@ class EmbedConfig:
     """`auto` (GPU if present), `cpu` or `cuda`."""
     precision: str = "auto"
     """Torch backend compute precision: `auto` is float16 on GPU, bfloat16 on CPUs with AMX (cosine to
-    float32 >= 0.9999, ~3x faster) and float32 elsewhere; or `float32`, `bfloat16`, `float16` (GPU).
+    float32 >= 0.9998, ~3x faster) and float32 elsewhere; or `float32`, `bfloat16`, `float16` (GPU).
     The ONNX backend computes in float32 (or int8 with `quantize`)."""
     batch_tokens: int | None = None
     """Padded tokens per batch; default on CPU 8192 (torch) or 1024 (onnx), 65536 on GPU."""
@@ -603,7 +605,8 @@ class TorchEmbedder(TransformerEmbedder):
         # float16 (GPU) and bfloat16 (AMX CPUs) run the whole model in that type, as `model.half()`
         # does. On CPU: 1.2-1.3x faster than autocast (which keeps LayerNorm, softmax and the residual
         # stream in float32) on a fixed batch, ~1.1x end to end (185 vs 169 docs/s, median of 3);
-        # min cosine to float32 0.9999 on all-MiniLM-L6-v2 (0.99995 with autocast).
+        # min cosine to float32 0.99988 on 2,000 demo documents with all-MiniLM-L6-v2 (0.99995 with
+        # autocast; deeper models keep more bfloat16 rounding: --precision float32 is exact).
         if precision != "float32":
             model.to(getattr(torch, precision))
         hf_tok = model.tokenizer
@@ -616,7 +619,9 @@ class TorchEmbedder(TransformerEmbedder):
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.name = resolved.name
-        self.identity = self._identity("torch", None, precision)
+        # how the numbers are computed: an interrupted run made another way must not resume into this one
+        self.identity = {**self._identity("torch", None, precision),
+                         "compute": "float32" if precision == "float32" else f"model cast to {precision}"}
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
         torch = self._torch

@@ -291,7 +291,8 @@ class OnnxEmbedder(TransformerEmbedder):
         self._pooling = resolved.pooling
         self.dim = int(self._session.get_outputs()[0].shape[-1] or resolved.hidden_size)
         self.name = resolved.name
-        self.identity = self._identity("onnx", quantize, "int8" if quantize else "float32")
+        self.identity = {**self._identity("onnx", quantize, "int8" if quantize else "float32"),
+                         "compute": f"onnx export recipe {EXPORT_RECIPE}"}
         if quantize:
             self._check_int8(threads)
 

@@ -302,7 +302,8 @@ def test_bfloat16_stays_close_to_float32(demo_texts):
     assert (fast.identity["precision"], exact.identity["precision"]) == ("bfloat16", "float32")
     a, _ = embed_texts(demo_texts, fast)
     b, _ = embed_texts(demo_texts, exact)
-    assert (a * b).sum(axis=1).min() >= 0.9999
+    assert (a * b).sum(axis=1).min() >= 0.9998
+    assert fast.identity["compute"] != exact.identity["compute"]  # a run made one way never resumes the other
 
 
 @pytest.mark.slow
