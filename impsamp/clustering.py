@@ -681,7 +681,7 @@ def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
 
 
 def _shard_tokens(emb: Embeddings, name: str, n_i: int) -> np.ndarray:
-    table = emb.shard_table(name)
+    table = emb.shard_table(name, columns=["tokens"])  # an older or foreign table may lack the column
     _check_table_rows(emb, name, n_i, table.num_rows)
     if "tokens" not in table.column_names:
         return np.zeros(n_i, dtype=np.float64)

@@ -335,3 +335,55 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
         EmbedConfig(model="all-MiniLM-L6-v2", backend="onnx", max_tokens=128)).identity)
     int8, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8")))
     assert (int8 * ref).sum(axis=1).mean() >= 0.98
+
+
+EDGE_TEXTS = ["x" * 5000, "word " * 3000, "a" * 2000 + " b" * 500, "  lead  " + "y " * 1000, "",
+              "\n\n", "short text", "hello " + "\x00" * 900 + " there" * 300, "tab\tseparated " * 200]
+
+
+@pytest.mark.slow
+def test_cutting_characters_before_tokenizing_keeps_the_whole_texts_tokens(demo_texts):
+    """Texts are cut at a word boundary before tokenizing (and re-tokenized longer when the cut was too
+    short): the units must be exactly those the tokenizer gives the whole text."""
+    import tokenizers
+
+    emb = load_embedder(EmbedConfig(max_tokens=32, device="cpu", precision="float32"))
+    texts = demo_texts + EDGE_TEXTS + ["wonderful " * 9 + "abcdefgh." * 40]  # no space near the cut
+    cut_texts, _, cut = emb._model_texts(texts, 32 * 6)
+    for text, short, was_cut in zip(texts, cut_texts, cut):  # cuts only at a word boundary
+        whole = text.strip()
+        assert whole.startswith(short) and (whole[len(short):][:1] in (" ", "\n") if was_cut else short == whole)
+    assert sum(cut) > len(texts) // 2
+    prepared = emb.prepare(texts)
+    ref = tokenizers.Tokenizer.from_str(emb.tokenizer.to_str())
+    got_ids = {}
+    for pos, input_ids, mask in prepared.batches:
+        for p, row, m in zip(pos, input_ids, mask):
+            got_ids[int(p)] = row[m.astype(bool)].tolist()
+    for i, text in enumerate(texts):
+        stripped = text.strip()
+        want = ref.encode(stripped)
+        assert got_ids[i] == want.ids, i
+        content = [k for k, s in enumerate(want.special_tokens_mask) if not s]
+        assert prepared.tokens[i] == len(content)
+        shift = len(text) - len(text.lstrip())
+        end = shift + want.offsets[content[-1]][1] if want.overflowing and content else len(text)
+        assert (prepared.char_start[i], prepared.char_end[i]) == (0, end), i
+
+
+@pytest.mark.slow
+def test_threads_that_tokenize_ahead_give_the_same_bytes(tmp_path, monkeypatch, demo_texts):
+    import impsamp.embedding as embedding
+
+    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(embedding, "SORT_BUFFER", 24)
+    src = tmp_path / "docs.jsonl"
+    texts = (demo_texts + EDGE_TEXTS) * 4
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    cfg = EmbedConfig(max_tokens=32, device="cpu", precision="float32", rows_per_shard=50)
+    emb = load_embedder(cfg)
+    assert emb.prepare_threads == 1  # on CPU the model has the cores
+    embed(src, tmp_path / "one", cfg, embedder=emb)
+    emb.prepare_threads = 4
+    embed(src, tmp_path / "four", cfg, embedder=emb)
+    assert payload(tmp_path / "one") == payload(tmp_path / "four")
