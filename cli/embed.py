@@ -37,6 +37,9 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help=f"Corpus rows per output shard [default: {EmbedConfig.rows_per_shard}]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help=f"Local worker processes over shards [default: {EmbedConfig.workers}]")
+@click.option("--tokenize-processes", type=click.IntRange(min=0), default=None,
+              help="Processes that tokenize ahead of the model, for GPU runs that tokenizing bounds "
+                   "(per worker) [default: 0: threads of the embedding process]")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--id-field", default=None, help="Field holding a document id [default: 'id' if present].")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default=None,
@@ -46,8 +49,8 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @overwrite_option
 @progress_option
 def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, precision,
-                  batch_tokens, rows_per_shard, workers, text_field, id_field, encoding_errors, engine,
-                  ray_address, num_shards, shard_index, gpus_per_worker, config_file, overwrite, progress):
+                  batch_tokens, rows_per_shard, workers, tokenize_processes, text_field, id_field,
+                  encoding_errors, engine, ray_address, num_shards, shard_index, gpus_per_worker, config_file, overwrite, progress):
     """Embed every document of CORPUS (files, folders, globs) into --out.
 
     Writes vectors-NNNNN.npy (float16, L2-normalised) and docs-NNNNN.parquet per shard, then
@@ -59,14 +62,15 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
       impsamp embed data/generic --out runs/emb --backend onnx --quantize int8 --max-tokens 128
       impsamp embed data/books.parquet --out runs/emb --windows --workers 4
       impsamp embed data/tiny.jsonl --out runs/emb --model hashing:256
+      impsamp embed data/generic --out runs/emb --device cuda --tokenize-processes 15
       impsamp embed data/generic --out runs/emb --engine ray --ray-address auto
       impsamp embed data/generic --out runs/emb --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
     """
     cfg = resolve_config(EmbedConfig, config_file, "embed", model=model, max_tokens=max_tokens,
                          windows=windows, backend=backend, quantize=quantize, device=device,
                          precision=precision, batch_tokens=batch_tokens, rows_per_shard=rows_per_shard,
-                         workers=workers, text_field=text_field, id_field=id_field,
-                         encoding_errors=encoding_errors)
+                         workers=workers, tokenize_processes=tokenize_processes, text_field=text_field,
+                         id_field=id_field, encoding_errors=encoding_errors)
     ex = execution(engine, ray_address, num_shards, shard_index, gpus_per_worker)
     result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress),
                    execution=ex)

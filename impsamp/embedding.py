@@ -28,7 +28,8 @@ longer cut, then whole, when that gave too few tokens, so the kept tokens are th
 text gives); a reader thread reads and tokenizes the next buffer while the model runs. On a GPU,
 `prepare_threads` threads tokenize several buffers at once (the model outruns one; on an H200 one
 process embeds ~11,000 documents/s at 128 tokens, bound by tokenizing, while the model alone runs
-~65,000). The ONNX backend lives in `impsamp.onnx_backend`.
+~65,000), or `tokenize_processes` processes do, free of the GIL. The ONNX backend lives in
+`impsamp.onnx_backend`.
 
 Determinism: the bytes of every shard depend only on its documents and the config (batches never
 cross shards), so a resumed run and a run with more workers write the same files as a plain run on
@@ -54,6 +55,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -142,6 +144,10 @@ class EmbedConfig:
     """Corpus rows per output shard (the unit of resume and of parallel work)."""
     workers: int = 1
     """Local worker processes, each loading the model once (shards are fixed by the data)."""
+    tokenize_processes: int = 0
+    """Processes that tokenize ahead of the model (0: threads in the embedding process). For GPU runs,
+    which tokenizing bounds: threads share one GIL (on an H200 15 threads tokenized ~14,400 docs/s,
+    the model alone ran ~65,000). Same bytes either way; needs the `__main__` guard, as `workers`."""
     text_field: str = "text"
     id_field: str | None = None
     encoding_errors: str = "strict"
@@ -173,6 +179,7 @@ class EmbedConfig:
                       why=f" (--max-tokens {self.max_tokens}: one unit must fit in a batch)")
         _at_least("--rows-per-shard", self.rows_per_shard, 1)
         _at_least("--workers", self.workers, 1)
+        _at_least("--tokenize-processes", self.tokenize_processes, 0)
         if self.encoding_errors not in ("strict", "replace"):
             raise ConfigError(f"--encoding-errors must be strict or replace, got {self.encoding_errors!r}")
 
@@ -478,6 +485,8 @@ class TransformerEmbedder:
     prepare_threads: int = 1
     """Threads that tokenize chunks at once: 1 on CPU (the model has the cores), more on a GPU, whose
     model outruns one tokenizing thread (`load_embedder` sets it)."""
+    prepare_processes: int = 0
+    """Processes that tokenize chunks instead of threads (`EmbedConfig.tokenize_processes`)."""
 
     def __init__(self, resolved: ResolvedModel, backend_tokenizer: Any, *, max_tokens: int, windows: bool,
                  batch_tokens: int, pad_id: int):
@@ -495,7 +504,14 @@ class TransformerEmbedder:
         self.resolved, self.tokenizer, self.pad_id = resolved, tok, int(pad_id)
         self.max_tokens, self.windows, self.batch_tokens = max_tokens, windows, batch_tokens
 
-    # ---- tokenizing (runs in the reader thread)
+    # ---- tokenizing (runs in the reader thread, or in tokenizing processes)
+
+    def tokenizing_only(self) -> TransformerEmbedder:
+        """A copy that tokenizes (`prepare`) and holds no model: what a tokenizing process receives."""
+        twin = TransformerEmbedder.__new__(TransformerEmbedder)
+        for name in ("resolved", "tokenizer", "pad_id", "max_tokens", "windows", "batch_tokens"):
+            setattr(twin, name, getattr(self, name))
+        return twin
 
     def _model_texts(self, texts: Sequence[str], limit: int | None
                      ) -> tuple[list[str], list[int], list[bool]]:
@@ -773,6 +789,7 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     embedder.config = cfg
     if device == "cuda":  # one core runs the model's Python; the others tokenize
         embedder.prepare_threads = max(1, min(MAX_PREPARE_THREADS, threads - 1))
+    embedder.prepare_processes = cfg.tokenize_processes
     return embedder
 
 
@@ -834,6 +851,10 @@ def _background(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
             put(("done", None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
             put(("error", e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's pools (tokenizing threads or processes) shut down now
+                close()
 
     thread = threading.Thread(target=work, name="impsamp-embed-reader", daemon=True)
     thread.start()
@@ -894,12 +915,19 @@ def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder) -> Iter
     if not isinstance(embedder, TransformerEmbedder):
         yield from read()
         return
-    threads = max(1, embedder.prepare_threads)
-    with ThreadPoolExecutor(threads, thread_name_prefix="impsamp-tokenize") as pool:
+    if embedder.prepare_processes > 0:
+        n = embedder.prepare_processes
+        pool: Any = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(),))
+        prepare: Any = _tokenize_in_process
+    else:
+        n = max(1, embedder.prepare_threads)
+        pool, prepare = ThreadPoolExecutor(n, thread_name_prefix="impsamp-tokenize"), embedder.prepare
+    with pool:
         ahead: collections.deque[tuple[_Chunk, Any]] = collections.deque()
         for chunk in read():
-            ahead.append((chunk, None if chunk.texts is None else pool.submit(embedder.prepare, chunk.texts)))
-            while len(ahead) > threads:
+            ahead.append((chunk, None if chunk.texts is None else pool.submit(prepare, chunk.texts)))
+            while len(ahead) > n:
                 yield _prepared(*ahead.popleft())
         while ahead:
             yield _prepared(*ahead.popleft())
@@ -907,8 +935,27 @@ def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder) -> Iter
 
 def _prepared(chunk: _Chunk, future: Any) -> _Chunk:
     if future is not None:
-        chunk.prepared, chunk.texts = future.result(), None
+        try:
+            chunk.prepared, chunk.texts = future.result(), None
+        except BrokenProcessPool as e:
+            raise StageError(f"a tokenizing process died ({e}); rerun the command to resume (committed "
+                             "shards are kept), with fewer --tokenize-processes if memory ran out") from None
     return chunk
+
+
+_TOKENIZING: TransformerEmbedder | None = None
+"""The tokenizing copy of the embedder, in a tokenizing process."""
+
+
+def _tokenizing_init(twin: TransformerEmbedder) -> None:
+    global _TOKENIZING
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
+    _TOKENIZING = twin
+
+
+def _tokenize_in_process(texts: list[str]) -> _Prepared:
+    assert _TOKENIZING is not None, "not a tokenizing process"
+    return _TOKENIZING.prepare(texts)
 
 
 @dataclass
@@ -1067,8 +1114,9 @@ def _config_of(cfg: EmbedConfig, identity: dict[str, Any]) -> EmbedConfig:
 
 
 def _resume_key(run: StageRun) -> str:
-    """StageRun's key without `workers`: a run may be resumed with another number of workers."""
-    config = {k: v for k, v in run.config.items() if k != "workers"}
+    """StageRun's key without `workers` and `tokenize_processes`: a run may be resumed with other
+    numbers of either (they do not change the bytes)."""
+    config = {k: v for k, v in run.config.items() if k not in ("workers", "tokenize_processes")}
     return fingerprint({"stage": run.stage, "config": config, "inputs": run.inputs, "version": run.version})
 
 

@@ -387,3 +387,29 @@ def test_threads_that_tokenize_ahead_give_the_same_bytes(tmp_path, monkeypatch, 
     emb.prepare_threads = 4
     embed(src, tmp_path / "four", cfg, embedder=emb)
     assert payload(tmp_path / "one") == payload(tmp_path / "four")
+
+
+@pytest.mark.slow
+def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_texts):
+    import impsamp.embedding as embedding
+
+    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(embedding, "SORT_BUFFER", 24)  # (the processes keep the real sizes: only the
+    src = tmp_path / "docs.jsonl"                       # chunking, done here, depends on them)
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in (demo_texts + EDGE_TEXTS) * 3))
+    base = dict(max_tokens=32, device="cpu", precision="float32", rows_per_shard=40)
+    embed(src, tmp_path / "threads", EmbedConfig(**base))
+    out = CliRunner().invoke(cli, ["embed", str(src), "--out", str(tmp_path / "procs"), "--max-tokens", "32",
+                                   "--device", "cpu", "--precision", "float32", "--rows-per-shard", "40",
+                                   "--tokenize-processes", "2"])
+    assert out.exit_code == 0, out.output
+    assert payload(tmp_path / "threads") == payload(tmp_path / "procs")
+    # an interrupted run may resume with another number of tokenizing processes (or workers)
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    def key(**kw):
+        run = SimpleNamespace(stage="embed", inputs={}, version="v", config=asdict(EmbedConfig(**{**base, **kw})))
+        return embedding._resume_key(run)
+
+    assert key(tokenize_processes=3, workers=2) == key() != key(max_tokens=64)
