@@ -23,9 +23,10 @@ Rapids and later), in bfloat16 (the whole model cast, as on GPU; cosine to float
 
 Speed: documents are sorted by token length inside a bounded buffer (`SORT_BUFFER` documents, never
 across shards) and batched by padded token count; characters are cut before tokenizing (at the
-word boundary nearest below `max_tokens * CHARS_PER_TOKEN` characters, re-tokenizing from a 4x
-longer cut, then whole, when that gave too few tokens, so the kept tokens are the ones the whole
-text gives); a reader thread reads and tokenizes the next buffer while the model runs. On a GPU,
+start of the whitespace run nearest below `max_tokens * CHARS_PER_TOKEN` characters, for
+pre-tokenizers that split at whitespace; a cut text that does not overflow `max_tokens` is
+re-tokenized from a 4x longer cut, then whole, so the kept tokens are the ones the whole text
+gives: tests check this for WordPiece, byte-level BPE, a split regex and SentencePiece); a reader thread reads and tokenizes the next buffer while the model runs. On a GPU,
 `prepare_threads` threads tokenize several buffers at once (the model outruns one; on an H200 one
 process embeds ~11,000 documents/s at 128 tokens, bound by tokenizing, while the model alone runs
 ~65,000), or `tokenize_processes` processes do, free of the GIL. The ONNX backend lives in
@@ -53,6 +54,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -85,8 +87,11 @@ CHARS_PER_TOKEN = 6
 """Characters kept per allowed token before tokenizing (re-tokenized from a longer cut if that was too
 short). 2 of the 4,800 demo documents need it at 128 tokens; tokenizing is 1.3x faster than at 8."""
 SORT_BUFFER = 2048
-"""Documents sorted by length together (a bound on memory; buffers never cross shards). At most two
-buffers are in flight: one tokenized ahead by the reader thread, one in the model."""
+"""Documents sorted by length together (a bound on memory; buffers never cross shards). On CPU at
+most two buffers are in flight: one tokenized ahead by the reader thread, one in the model; on GPU
+one per tokenizing thread or process more, within `AHEAD_CHARS`."""
+AHEAD_CHARS = 1 << 26
+"""Characters of the buffers waiting or being tokenized beyond the oldest one (~64 MiB of ASCII)."""
 FIRST_CHUNK = 256
 """Documents in the first sorted buffer of each shard: a run's model waits for its first buffer to be
 tokenized. Every shard starts so (not only a run's first), so a shard's bytes do not depend on
@@ -257,6 +262,32 @@ def _spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[
     starts = [0] + starts[1:]
     ends = starts[1:] + [n_chars if truncated_end is None else truncated_end]
     return starts, ends
+
+
+_WORD_CHAR = re.compile(r"\w")
+_WHITESPACE_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+
+
+def _splits_at_whitespace(pre: dict[str, Any] | None) -> bool:
+    """Whether a tokenizer's pre-tokenizer (its JSON) never joins characters across a whitespace
+    run, so that the tokens of a text cut at the start of such a run are the whole text's there.
+    True for BERT, whitespace, byte-level (GPT-2 regex) and splitting Metaspace pre-tokenizers and for
+    sequences of them with punctuation or digit splitting; False for anything else (e.g. SentencePiece
+    without splitting, custom regexes), whose texts are then tokenized whole."""
+    if not pre:
+        return False
+    kind = pre.get("type")
+    if kind in _WHITESPACE_SPLITTERS:
+        return True
+    if kind == "ByteLevel":
+        return bool(pre.get("use_regex", True))
+    if kind == "Metaspace":
+        return bool(pre.get("split", True))
+    if kind == "Sequence":
+        members = pre.get("pretokenizers") or []
+        return (any(_splits_at_whitespace(m) for m in members)
+                and all(_splits_at_whitespace(m) or m.get("type") in ("Punctuation", "Digits") for m in members))
+    return False
 
 
 # ----------------------------------------------------------------------------- hashing embedder
@@ -485,8 +516,6 @@ class TransformerEmbedder:
     prepare_threads: int = 1
     """Threads that tokenize chunks at once: 1 on CPU (the model has the cores), more on a GPU, whose
     model outruns one tokenizing thread (`load_embedder` sets it)."""
-    prepare_processes: int = 0
-    """Processes that tokenize chunks instead of threads (`EmbedConfig.tokenize_processes`)."""
 
     def __init__(self, resolved: ResolvedModel, backend_tokenizer: Any, *, max_tokens: int, windows: bool,
                  batch_tokens: int, pad_id: int):
@@ -503,13 +532,14 @@ class TransformerEmbedder:
                               "special tokens")
         self.resolved, self.tokenizer, self.pad_id = resolved, tok, int(pad_id)
         self.max_tokens, self.windows, self.batch_tokens = max_tokens, windows, batch_tokens
+        self.cut_safe = _splits_at_whitespace(json.loads(tok.to_str()).get("pre_tokenizer"))
 
     # ---- tokenizing (runs in the reader thread, or in tokenizing processes)
 
     def tokenizing_only(self) -> TransformerEmbedder:
         """A copy that tokenizes (`prepare`) and holds no model: what a tokenizing process receives."""
-        twin = TransformerEmbedder.__new__(TransformerEmbedder)
-        for name in ("resolved", "tokenizer", "pad_id", "max_tokens", "windows", "batch_tokens"):
+        twin = type(self).__new__(type(self))  # (a subclass's own tokenizing methods travel with it)
+        for name in ("resolved", "tokenizer", "pad_id", "max_tokens", "windows", "batch_tokens", "cut_safe"):
             setattr(twin, name, getattr(self, name))
         return twin
 
@@ -523,12 +553,14 @@ class TransformerEmbedder:
             if self.resolved.lowercase:
                 s = s.lower()
             at = -1
-            if limit is not None and len(s) > limit:
+            if limit is not None and len(s) > limit and self.cut_safe:
                 at = max(s.rfind(" ", limit // 2, limit), s.rfind("\n", limit // 2, limit))
                 if at <= 0:  # no word boundary just before the limit: the first one after it
                     after = [j for j in (s.find(" ", limit), s.find("\n", limit)) if j > 0]
                     at = min(after) if after else -1
-            if at > 0:  # cut at a word boundary only: the tokens before it are the whole text's
+                while at > 0 and s[at - 1].isspace():  # at the start of the whitespace run
+                    at -= 1
+            if at > 0:  # the text ends with a whole word: its tokens are the whole text's
                 s = s[:at]
             cut.append(at > 0)
             out.append(s)
@@ -539,44 +571,48 @@ class TransformerEmbedder:
             return self._prepare_windows(texts)
         return self._prepare_truncated(texts)
 
-    def _encode_cut(self, texts: Sequence[str]) -> tuple[list[Any], list[int], list[bool]]:
-        """Encode each text cut at a word boundary after `max_tokens * CHARS_PER_TOKEN` characters; a
-        cut text that gave fewer than `max_tokens` tokens is encoded again from a 4x longer cut, then
-        whole. The kept tokens are those of the whole text (a cut at whitespace never changes the
-        tokens before it); `cut[i]` says the text encoded was shorter than the text."""
-        limit = self.max_tokens * CHARS_PER_TOKEN
-        model_texts, shifts, cut = self._model_texts(texts, limit)
-        encodings = self.tokenizer.encode_batch(model_texts)
-        for longer in (4 * limit, None):
-            redo = [i for i, e in enumerate(encodings) if cut[i] and len(e) < self.max_tokens]
-            if not redo:
-                break
-            again, _, again_cut = self._model_texts([texts[i] for i in redo], longer)
-            for i, e, c in zip(redo, self.tokenizer.encode_batch(again), again_cut, strict=True):
-                encodings[i], cut[i] = e, c
-        return encodings, shifts, cut
-
     def _prepare_truncated(self, texts: Sequence[str]) -> _Prepared:
-        """One unit per text, its first `max_tokens` tokens. The per-text Python work is kept small
-        (it holds the GIL, which caps how many threads can tokenize at once on a GPU machine)."""
-        encodings, shifts, cut = self._encode_cut(texts)
-        n = len(texts)
-        ids: list[list[int]] = []
+        """One unit per text: its first `max_tokens` tokens, exactly those the whole text gives.
+
+        Each text is first cut at a word boundary near `max_tokens * CHARS_PER_TOKEN` characters (only
+        for pre-tokenizers that split at whitespace: the tokens before such a cut are the whole
+        text's). A cut text that did not overflow `max_tokens` is encoded again from a 4x longer
+        cut, then whole. The per-text Python work is kept small: it holds the GIL, which caps how
+        many threads can tokenize at once for a GPU."""
+        n, full = len(texts), self.max_tokens
+        ids: list[list[int]] = [[] for _ in range(n)]
         tokens = np.zeros(n, np.int32)
         ends = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n)
-        full = self.max_tokens
-        for i, enc in enumerate(encodings):
-            ids.append(enc.ids)
-            mask = enc.special_tokens_mask
-            n_content = len(mask) - sum(mask)
-            if not n_content:
-                continue  # nothing but special tokens: covers [0, len), as a document that fits
-            tokens[i] = n_content
-            # truncated: a text cut at a word boundary filled max_tokens (so the whole text has more
-            # tokens), or the whole text overflowed. A unit starts at 0 (leading whitespace is its own).
-            if len(mask) == full and (cut[i] or enc.overflowing):
-                last = len(mask) - 1 - mask[::-1].index(0)
-                ends[i] = shifts[i] + enc.token_to_chars(last)[1]
+        todo = list(range(n))
+        limit = full * CHARS_PER_TOKEN
+        for cut_at in (limit, 4 * limit, None):
+            model_texts, shifts, cut = self._model_texts([texts[i] for i in todo], cut_at)
+            redo = []
+            for j, enc in enumerate(self.tokenizer.encode_batch(model_texts)):
+                i = todo[j]
+                mask = enc.special_tokens_mask
+                n_content = len(mask) - sum(mask)
+                end = None
+                if len(mask) == full and n_content:
+                    last = len(mask) - 1 - mask[::-1].index(0)
+                    last_end = enc.token_to_chars(last)[1]
+                    # overflowed: a word character after the last kept token (it gives a token), or
+                    # the tokenizer says so (e.g. punctuation, or characters it drops)
+                    if _WORD_CHAR.search(model_texts[j], last_end) is not None or enc.overflowing:
+                        end = shifts[j] + last_end
+                    elif cut[j]:  # the cut text fits exactly: the whole text may not be truncated
+                        redo.append(i)
+                        continue
+                elif cut[j]:  # the cut was too short for max_tokens tokens
+                    redo.append(i)
+                    continue
+                ids[i] = enc.ids
+                tokens[i] = n_content
+                if end is not None:  # truncated; a unit starts at 0 (leading whitespace is its own)
+                    ends[i] = end
+            todo = redo
+            if not todo:
+                break
         prepared = _Prepared(n, np.arange(n, dtype=np.int64), np.zeros(n, np.int32), tokens,
                              np.zeros(n, np.int64), ends)
         prepared.batches = self._batches(ids)
@@ -789,7 +825,6 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     embedder.config = cfg
     if device == "cuda":  # one core runs the model's Python; the others tokenize
         embedder.prepare_threads = max(1, min(MAX_PREPARE_THREADS, threads - 1))
-    embedder.prepare_processes = cfg.tokenize_processes
     return embedder
 
 
@@ -900,9 +935,12 @@ def _text_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(buf)
 
 
-def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder) -> Iterator[_Chunk]:
+def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder, processes: int = 0
+            ) -> Iterator[_Chunk]:
     """Each shard's chunks, then its end marker; a `TransformerEmbedder`'s chunks come tokenized, by
-    `prepare_threads` threads at once (each chunk's result is the same whichever thread made it)."""
+    `prepare_threads` threads, or `processes` processes, at once (each chunk's result is the same
+    whichever thread or process made it). Chunks waiting or being tokenized are bounded in number
+    (one per thread or process, plus one) and in characters (`AHEAD_CHARS`)."""
     def read() -> Iterator[_Chunk]:
         for shard in shards:
             stats = ReadStats()
@@ -915,22 +953,33 @@ def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder) -> Iter
     if not isinstance(embedder, TransformerEmbedder):
         yield from read()
         return
-    if embedder.prepare_processes > 0:
-        n = embedder.prepare_processes
-        pool: Any = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(),))
+    thread_pool = None
+    if processes > 0:
+        n, pool = processes, _process_pool(embedder, processes)
         prepare: Any = _tokenize_in_process
     else:
         n = max(1, embedder.prepare_threads)
-        pool, prepare = ThreadPoolExecutor(n, thread_name_prefix="impsamp-tokenize"), embedder.prepare
-    with pool:
-        ahead: collections.deque[tuple[_Chunk, Any]] = collections.deque()
+        pool = thread_pool = ThreadPoolExecutor(n, thread_name_prefix="impsamp-tokenize")
+        prepare = embedder.prepare
+    ahead: collections.deque[tuple[_Chunk, Any]] = collections.deque()
+    chars = 0
+    try:
         for chunk in read():
+            if chunk.texts is not None:
+                chars += int(chunk.lengths.sum())
             ahead.append((chunk, None if chunk.texts is None else pool.submit(prepare, chunk.texts)))
-            while len(ahead) > n:
-                yield _prepared(*ahead.popleft())
+            while len(ahead) > n or (len(ahead) > 1 and chars > AHEAD_CHARS):
+                done = _prepared(*ahead.popleft())
+                chars -= 0 if done.lengths is None else int(done.lengths.sum())
+                yield done
         while ahead:
             yield _prepared(*ahead.popleft())
+    finally:  # early stop or error: drop what has not started
+        for _, future in ahead:
+            if future is not None:
+                future.cancel()
+        if thread_pool is not None:
+            thread_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _prepared(chunk: _Chunk, future: Any) -> _Chunk:
@@ -938,9 +987,24 @@ def _prepared(chunk: _Chunk, future: Any) -> _Chunk:
         try:
             chunk.prepared, chunk.texts = future.result(), None
         except BrokenProcessPool as e:
-            raise StageError(f"a tokenizing process died ({e}); rerun the command to resume (committed "
-                             "shards are kept), with fewer --tokenize-processes if memory ran out") from None
+            raise StageError(f"a tokenizing process died ({e}): killed, out of memory, or started from a "
+                             "script without the `if __name__ == '__main__':` guard; rerun to resume "
+                             "(committed shards are kept)") from None
     return chunk
+
+
+def _process_pool(embedder: TransformerEmbedder, processes: int) -> ProcessPoolExecutor:
+    """The embedder's pool of `processes` tokenizing processes, started once and kept while it lives
+    (a worker process embeds many shards with one)."""
+    pool = embedder.__dict__.get("_tokenizing_pool")
+    if pool is None or pool[0] != processes:
+        if pool is not None:
+            pool[1].shutdown(wait=False, cancel_futures=True)
+        executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(),))
+        weakref.finalize(embedder, executor.shutdown, wait=False, cancel_futures=True)
+        pool = embedder.__dict__["_tokenizing_pool"] = (processes, executor)
+    return pool[1]
 
 
 _TOKENIZING: TransformerEmbedder | None = None
@@ -975,12 +1039,12 @@ def _unit_table(meta: pa.Table, batch: EmbeddedBatch) -> pa.Table:
 
 
 def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
-                  on_chunk: Any = None) -> Iterator[_ShardResult]:
+                  on_chunk: Any = None, processes: int = 0) -> Iterator[_ShardResult]:
     """Embed shards in order; a reader thread reads and tokenizes ahead of the model."""
     vecs: list[np.ndarray] = []
     tables: list[pa.Table] = []
     docs = chars = truncated = 0
-    for chunk in _background(_chunks(corpus, shards, embedder), depth=1):
+    for chunk in _background(_chunks(corpus, shards, embedder, processes), depth=1):
         if chunk.end_stats is not None:
             vectors = np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float16)
             table = pa.concat_tables(tables) if tables else DOCS_SCHEMA.empty_table()
@@ -1176,7 +1240,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         elif cfg.workers > 1 and len(pending) > 1:
             _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
         else:
-            for result in _embed_shards(corpus, pending, emb, on_chunk=bar):
+            for result in _embed_shards(corpus, pending, emb, on_chunk=bar, processes=cfg.tokenize_processes):
                 _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
     finally:
         bar.close()
@@ -1279,12 +1343,14 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(cfg: EmbedConfig, embedder_blob: bytes | None, corpus: Corpus, threads: int) -> None:
     _WORKER["corpus"] = corpus
+    _WORKER["processes"] = cfg.tokenize_processes
     _WORKER["embedder"] = (pickle.loads(embedder_blob) if embedder_blob is not None
                            else load_embedder(cfg, threads=threads))
 
 
 def _worker_shard(shard: Shard, out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    (result,) = list(_embed_shards(_WORKER["corpus"], [shard], _WORKER["embedder"]))
+    (result,) = list(_embed_shards(_WORKER["corpus"], [shard], _WORKER["embedder"],
+                                   processes=_WORKER["processes"]))
     files = _write_shard(Path(out_dir), result)
     return shard.name, {k: str(v) for k, v in files.items()}, result.stats
 

@@ -341,19 +341,11 @@ EDGE_TEXTS = ["x" * 5000, "word " * 3000, "a" * 2000 + " b" * 500, "  lead  " + 
               "\n\n", "short text", "hello " + "\x00" * 900 + " there" * 300, "tab\tseparated " * 200]
 
 
-@pytest.mark.slow
-def test_cutting_characters_before_tokenizing_keeps_the_whole_texts_tokens(demo_texts):
-    """Texts are cut at a word boundary before tokenizing (and re-tokenized longer when the cut was too
-    short): the units must be exactly those the tokenizer gives the whole text."""
+def check_units_are_the_whole_texts(emb, texts):
+    """Every unit `prepare` makes holds exactly the first max_tokens tokens of the whole (stripped)
+    text, counts its content tokens, and ends where those end (or at the text's end if they are all)."""
     import tokenizers
 
-    emb = load_embedder(EmbedConfig(max_tokens=32, device="cpu", precision="float32"))
-    texts = demo_texts + EDGE_TEXTS + ["wonderful " * 9 + "abcdefgh." * 40]  # no space near the cut
-    cut_texts, _, cut = emb._model_texts(texts, 32 * 6)
-    for text, short, was_cut in zip(texts, cut_texts, cut):  # cuts only at a word boundary
-        whole = text.strip()
-        assert whole.startswith(short) and (whole[len(short):][:1] in (" ", "\n") if was_cut else short == whole)
-    assert sum(cut) > len(texts) // 2
     prepared = emb.prepare(texts)
     ref = tokenizers.Tokenizer.from_str(emb.tokenizer.to_str())
     got_ids = {}
@@ -361,14 +353,72 @@ def test_cutting_characters_before_tokenizing_keeps_the_whole_texts_tokens(demo_
         for p, row, m in zip(pos, input_ids, mask):
             got_ids[int(p)] = row[m.astype(bool)].tolist()
     for i, text in enumerate(texts):
-        stripped = text.strip()
-        want = ref.encode(stripped)
-        assert got_ids[i] == want.ids, i
+        want = ref.encode(text.strip())
+        assert got_ids[i] == want.ids, (i, text[:80])
         content = [k for k, s in enumerate(want.special_tokens_mask) if not s]
-        assert prepared.tokens[i] == len(content)
+        assert prepared.tokens[i] == len(content), i
         shift = len(text) - len(text.lstrip())
         end = shift + want.offsets[content[-1]][1] if want.overflowing and content else len(text)
-        assert (prepared.char_start[i], prepared.char_end[i]) == (0, end), i
+        assert (prepared.char_start[i], prepared.char_end[i]) == (0, end), (i, text[:80])
+
+
+def tokenizing_embedder(tokenizer, max_tokens: int):
+    """A TransformerEmbedder without a model (tokenizing only) around any `tokenizers.Tokenizer`."""
+    from impsamp.embedding import ResolvedModel, TransformerEmbedder
+
+    resolved = ResolvedModel(name="test", folder=Path("."), source="test", weights_sha256="0",
+                             transformer_folder=Path("."), pooling="mean", lowercase=False,
+                             max_positions=None, hidden_size=None)
+    return TransformerEmbedder(resolved, tokenizer, max_tokens=max_tokens, windows=False,
+                               batch_tokens=1 << 16, pad_id=0)
+
+
+TRICKY = (["protein " * a + "court \n" + " " * b + "river " * 300 for a in range(0, 30, 3) for b in range(0, 9, 2)]
+          + ["word " * n + "\x00" * 200 for n in range(10, 40)] + ["a" * 2000 + " b" * 500, "x" * 3000])
+
+
+@pytest.mark.slow
+def test_cutting_characters_before_tokenizing_keeps_the_whole_texts_tokens(demo_texts):
+    """Texts are cut at a word boundary before tokenizing (and re-tokenized longer when the cut was too
+    short): the units must be exactly those the tokenizer gives the whole text."""
+    emb = load_embedder(EmbedConfig(max_tokens=32, device="cpu", precision="float32"))
+    texts = demo_texts + EDGE_TEXTS + TRICKY + ["wonderful " * 9 + "abcdefgh." * 40]
+    cut_texts, _, cut = emb._model_texts(texts, 32 * 6)
+    for text, short, was_cut in zip(texts, cut_texts, cut):  # cuts only before a whitespace run
+        whole = text.strip()
+        assert whole.startswith(short) and (whole[len(short):][:1].isspace() if was_cut else short == whole)
+        assert not (was_cut and short[-1:].isspace())
+    assert sum(cut) > len(texts) // 2
+    check_units_are_the_whole_texts(emb, texts)
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "regex split", "metaspace no split"])
+def test_cuts_keep_the_whole_texts_tokens_for_other_tokenizers(kind):
+    """Byte-level BPE (GPT-2 / RoBERTa), a custom split regex (Qwen / Llama 3 style) and SentencePiece
+    without whitespace splitting: whitespace runs near the cut must not change the kept tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    corpus = ["protein court river  mountain\n  harvest, market; song 42 poem"] * 50
+    if kind == "metaspace no split":
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(split=False)
+        tok.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=60, unk_token="<unk>",
+                                                                special_tokens=["<s>", "</s>", "<unk>"]))
+        tok.decoder = decoders.Metaspace()
+    else:
+        tok = Tokenizer(models.BPE())
+        if kind == "byte-level":
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        else:
+            pattern = Regex(r"[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+            tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(pattern, behavior="isolated"),
+                                                         pre_tokenizers.ByteLevel(use_regex=False)])
+        tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
+    emb = tokenizing_embedder(tok, max_tokens=16)
+    assert emb.cut_safe == (kind == "byte-level")
+    check_units_are_the_whole_texts(emb, TRICKY + EDGE_TEXTS)
 
 
 @pytest.mark.slow
@@ -399,10 +449,20 @@ def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_te
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in (demo_texts + EDGE_TEXTS) * 3))
     base = dict(max_tokens=32, device="cpu", precision="float32", rows_per_shard=40)
     embed(src, tmp_path / "threads", EmbedConfig(**base))
+    pools = []
+
+    class Spy(embedding.ProcessPoolExecutor):
+        def __init__(self, n, **kw):
+            pools.append(n)
+            super().__init__(n, **kw)
+
+    monkeypatch.setattr(embedding, "ProcessPoolExecutor", Spy)
     out = CliRunner().invoke(cli, ["embed", str(src), "--out", str(tmp_path / "procs"), "--max-tokens", "32",
                                    "--device", "cpu", "--precision", "float32", "--rows-per-shard", "40",
                                    "--tokenize-processes", "2"])
     assert out.exit_code == 0, out.output
+    assert pools == [2]  # one pool of 2 processes for every shard of the run
+    assert len(list((tmp_path / "procs").glob("vectors-*.npy"))) > 1
     assert payload(tmp_path / "threads") == payload(tmp_path / "procs")
     # an interrupted run may resume with another number of tokenizing processes (or workers)
     from dataclasses import asdict
@@ -413,3 +473,28 @@ def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_te
         return embedding._resume_key(run)
 
     assert key(tokenize_processes=3, workers=2) == key() != key(max_tokens=64)
+
+
+@pytest.mark.slow
+def test_a_tokenizing_thread_that_fails_stops_the_run(tmp_path, monkeypatch, demo_texts):
+    import impsamp.embedding as embedding
+
+    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(embedding, "SORT_BUFFER", 8)
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_texts * 5))
+    emb = load_embedder(EmbedConfig(max_tokens=32, device="cpu", precision="float32"))
+    emb.prepare_threads = 3
+    real, calls = emb.prepare, []
+
+    def prepare(texts):
+        calls.append(len(texts))
+        if len(calls) == 4:
+            raise ValueError("tokenizer broke")
+        return real(texts)
+
+    emb.prepare = prepare
+    with pytest.raises(ValueError, match="tokenizer broke"):
+        embed(src, tmp_path / "out", EmbedConfig(max_tokens=32, rows_per_shard=1000), embedder=emb)
+    assert not (tmp_path / "out" / MANIFEST).exists()
+    assert len(calls) <= 4 + 3  # the chunks after the failure were not all tokenized
