@@ -87,9 +87,10 @@ CHARS_PER_TOKEN = 6
 """Characters kept per allowed token before tokenizing (re-tokenized from a longer cut if that was too
 short). 2 of the 4,800 demo documents need it at 128 tokens; tokenizing is 1.3x faster than at 8."""
 SORT_BUFFER = 2048
-"""Documents sorted by length together (a bound on memory; buffers never cross shards). On CPU at
-most two buffers are in flight: one tokenized ahead by the reader thread, one in the model; on GPU
-one per tokenizing thread or process more, within `AHEAD_CHARS`."""
+"""Documents sorted by length together (a bound on memory; buffers never cross shards). At most
+n + 3 buffers are held at once: n being tokenized (one thread on CPU; on GPU one per tokenizing
+thread or process, fewer when they pass `AHEAD_CHARS`), one read ahead, one tokenized and waiting,
+one in the model."""
 AHEAD_CHARS = 1 << 26
 """Characters of the buffers waiting or being tokenized beyond the oldest one (~64 MiB of ASCII)."""
 FIRST_CHUNK = 256
