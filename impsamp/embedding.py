@@ -266,6 +266,16 @@ def _spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[
 
 
 _WORD_CHAR = re.compile(r"\w")
+
+
+def _orig_start(place: Any, pos: int) -> int:
+    """Where the character at `pos` of a model text is in its original text."""
+    return place + pos if isinstance(place, int) else int(place[pos])
+
+
+def _orig_end(place: Any, pos: int) -> int:
+    """Where a span of a model text ending (exclusive) at `pos` ends in its original text."""
+    return place + pos if isinstance(place, int) else int(place[pos - 1]) + 1
 _WHITESPACE_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
 
 
@@ -545,14 +555,22 @@ class TransformerEmbedder:
         return twin
 
     def _model_texts(self, texts: Sequence[str], limit: int | None
-                     ) -> tuple[list[str], list[int], list[bool]]:
-        out, shifts, cut = [], [], []
+                     ) -> tuple[list[str], list[Any], list[bool]]:
+        """The texts the tokenizer sees (stripped, lowercased if the model says so, cut near `limit`
+        characters), where each one's positions are in the original text (`_orig_start`/`_orig_end`:
+        a shift, or a map when lowercasing changed the length), and whether it was cut."""
+        out, places, cut = [], [], []
         for t in texts:
             s = t.lstrip()
-            shifts.append(len(t) - len(s))
+            shift = len(t) - len(s)
             s = s.rstrip()  # sentence-transformers strips, so do we (offsets are shifted back)
+            place: Any = shift
             if self.resolved.lowercase:
-                s = s.lower()
+                low = s.lower()
+                if len(low) != len(s):  # e.g. "İ" lowercases to 2 characters: map positions back
+                    place = shift + np.repeat(np.arange(len(s)), [len(c.lower()) for c in s])
+                s = low
+            places.append(place)
             at = -1
             if limit is not None and len(s) > limit and self.cut_safe:
                 at = max(s.rfind(" ", limit // 2, limit), s.rfind("\n", limit // 2, limit))
@@ -565,7 +583,7 @@ class TransformerEmbedder:
                 s = s[:at]
             cut.append(at > 0)
             out.append(s)
-        return out, shifts, cut
+        return out, places, cut
 
     def prepare(self, texts: Sequence[str]) -> _Prepared:
         if self.windows:
@@ -600,7 +618,7 @@ class TransformerEmbedder:
                     # overflowed: a word character after the last kept token (it gives a token), or
                     # the tokenizer says so (e.g. punctuation, or characters it drops)
                     if _WORD_CHAR.search(model_texts[j], last_end) is not None or enc.overflowing:
-                        end = shifts[j] + last_end
+                        end = _orig_end(shifts[j], last_end)
                     elif cut[j]:  # the cut text fits exactly: the whole text may not be truncated
                         redo.append(i)
                         continue
@@ -631,7 +649,7 @@ class TransformerEmbedder:
                 content = np.flatnonzero(~special)
                 ids.append(piece.ids)
                 owner.append(i), window.append(w), tokens.append(len(content))
-                first_starts.append(shifts[i] + offsets[content[0]][0] if len(content) else 0)
+                first_starts.append(_orig_start(shifts[i], offsets[content[0]][0]) if len(content) else 0)
             starts, ends = _spans(first_starts, len(texts[i]), None)
             starts_all += starts
             ends_all += ends

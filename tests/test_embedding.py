@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -498,3 +499,33 @@ def test_a_tokenizing_thread_that_fails_stops_the_run(tmp_path, monkeypatch, dem
         embed(src, tmp_path / "out", EmbedConfig(max_tokens=32, rows_per_shard=1000), embedder=emb)
     assert not (tmp_path / "out" / MANIFEST).exists()
     assert len(calls) <= 4 + 3  # the chunks after the failure were not all tokenized
+
+
+def test_spans_are_in_the_original_text_when_lowercasing_changes_its_length():
+    """A model with do_lower_case: "İ" lowercases to two characters; spans still index the original."""
+    import tokenizers
+    from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(["istanbul izmir word x y i̇stanbul"] * 20,
+                            trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "[CLS]", "[SEP]"]))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    emb = tokenizing_embedder(tok, max_tokens=16)
+    emb.resolved = replace(emb.resolved, lowercase=True)
+    texts = ["  İİ word " * 40, "x İ y " * 60, "İ" * 3]
+    prepared = emb.prepare(texts)
+    ref = tokenizers.Tokenizer.from_str(emb.tokenizer.to_str())  # truncating at max_tokens
+    for i, text in enumerate(texts):
+        model_text = text.strip().lower()
+        want = ref.encode(model_text)
+        content = [k for k, s in enumerate(want.special_tokens_mask) if not s]
+        if want.overflowing:  # the span ends after the original character of the last kept token
+            kept = model_text[:want.offsets[content[-1]][1]]
+            end = int(prepared.char_end[i])
+            assert text[:end].strip().lower().startswith(kept), i
+            assert len(text[:end - 1].strip().lower()) < len(kept), i  # and no later
+        else:
+            assert prepared.char_end[i] == len(text)
