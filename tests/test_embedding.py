@@ -334,8 +334,18 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
     assert (got * ref).sum(axis=1).min() >= 0.999
     assert onnx.identity["backend"] == "onnx" and same_model(onnx.identity, load_embedder(
         EmbedConfig(model="all-MiniLM-L6-v2", backend="onnx", max_tokens=128)).identity)
-    int8, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8")))
+    int8_emb = load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8", device="cpu"),
+                             threads=2)
+    int8, _ = embed_texts(texts, int8_emb)
     assert (int8 * ref).sum(axis=1).mean() >= 0.98
+    # two sessions side by side (batches alternate) give the same bits as one session alone
+    assert len(int8_emb._sessions) == 2
+    int8_emb.batch_tokens = 128  # one text per batch: both sessions get work
+    split, _ = embed_texts(texts, int8_emb)
+    alone = load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8", device="cpu"), threads=1)
+    assert len(alone._sessions) == 1
+    alone.batch_tokens = 128
+    assert np.array_equal(split, embed_texts(texts, alone)[0])
 
 
 EDGE_TEXTS = ["x" * 5000, "word " * 3000, "a" * 2000 + " b" * 500, "  lead  " + "y " * 1000, "",
