@@ -29,8 +29,9 @@ re-tokenized from a 4x longer cut, then whole, so the kept tokens are the ones t
 gives: tests check this for WordPiece, byte-level BPE, a split regex and SentencePiece); a reader thread reads and tokenizes the next buffer while the model runs. On a GPU,
 `prepare_threads` threads tokenize several buffers at once (the model outruns one; on an H200 one
 process embeds ~11,000 documents/s at 128 tokens, bound by tokenizing, while the model alone runs
-~65,000), or `tokenize_processes` processes do, free of the GIL. The ONNX backend lives in
-`impsamp.onnx_backend`.
+~65,000), or `tokenize_processes` processes do, free of the GIL. On CPU, `CPU_CALLERS` threads run
+alternate batches of a buffer side by side, each on its share of the cores (bit-identical vectors,
++15-20% end to end with bfloat16 on 2 cores). The ONNX backend lives in `impsamp.onnx_backend`.
 
 Determinism: the bytes of every shard depend only on its documents and the config (batches never
 cross shards), so a resumed run and a run with more workers write the same files as a plain run on
@@ -98,6 +99,8 @@ FIRST_CHUNK = 256
 tokenized. Every shard starts so (not only a run's first), so a shard's bytes do not depend on
 which worker or resumed run embedded it."""
 MAX_BATCH_UNITS = 1024
+CPU_CALLERS = 2
+"""Threads that run batches side by side on CPU (torch backend; the ONNX backend's sessions likewise)."""
 MAX_PREPARE_THREADS = 16
 """Most threads that tokenize at once for a GPU (each holds the GIL for ~30 us per document)."""
 CPU_BATCH_TOKENS = {"torch": 8192, "onnx": 1024}
@@ -693,6 +696,21 @@ class TransformerEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
         return self.run(self.prepare(texts))
 
+    def _run_side_by_side(self, prepared: _Prepared, pool: ThreadPoolExecutor, n: int,
+                          forward: Any) -> EmbeddedBatch:
+        """Run a chunk's batches on `n` callers at once: caller k takes batches k, k + n, ... (longest
+        first, so the loads are even) through `forward(k, input_ids, attention_mask)`."""
+        vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)
+
+        def share(k: int) -> None:
+            for pos, input_ids, mask in prepared.batches[k::n]:
+                vectors[pos] = forward(k, input_ids, mask)
+
+        for future in [pool.submit(share, k) for k in range(n)]:
+            future.result()
+        return EmbeddedBatch(vectors, prepared.text_index, prepared.window, prepared.tokens,
+                             prepared.char_start, prepared.char_end)
+
     def _identity(self, backend: str, quantize: str | None, precision: str) -> dict[str, Any]:
         r = self.resolved
         return {"name": r.name, "weights_sha256": r.weights_sha256, "source": r.source, "dim": self.dim,
@@ -720,6 +738,15 @@ class TorchEmbedder(TransformerEmbedder):
         _quiet_transformers()
         if device == "cpu" and threads:
             torch.set_num_threads(threads)
+        # On CPU, CPU_CALLERS threads run alternate batches side by side, each on its share of the
+        # cores (bfloat16 on 2 AMX cores, model alone: 245 vs 189-202 docs/s; float32 +2%; the
+        # vectors are bit-identical either way).
+        self._callers = min(CPU_CALLERS, threads or 1) if device == "cpu" else 1
+        self._pool = None
+        if self._callers > 1:
+            self._pool = ThreadPoolExecutor(self._callers, thread_name_prefix="impsamp-torch")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+            self._threads_per_caller = max(1, (threads or 1) // self._callers)
         precision = _resolve_precision(precision, device)
         model = st.SentenceTransformer(str(resolved.folder), device=device)
         model.eval()
@@ -760,7 +787,16 @@ class TorchEmbedder(TransformerEmbedder):
 
     def run(self, prepared: _Prepared) -> EmbeddedBatch:
         if self._device == "cpu":
-            return super().run(prepared)
+            if self._pool is None or len(prepared.batches) < 2:
+                return super().run(prepared)
+            torch = self._torch
+            before = torch.get_num_threads()  # (restored: the process may train with torch next)
+            torch.set_num_threads(self._threads_per_caller)
+            try:
+                return self._run_side_by_side(prepared, self._pool, self._callers,
+                                              lambda _k, ids, mask: self.forward(ids, mask))
+            finally:
+                torch.set_num_threads(before)
         # GPU: queue every batch of the chunk, then copy back (one sync instead of one per batch)
         outputs = [(pos, self._forward(ids, mask)) for pos, ids, mask in prepared.batches]
         vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)

@@ -38,7 +38,8 @@ from typing import Any
 import numpy as np
 
 from ._deps import require
-from .embedding import EmbeddedBatch, ResolvedModel, TransformerEmbedder, _normalize, _quiet_transformers
+from .embedding import (CPU_CALLERS, EmbeddedBatch, ResolvedModel, TransformerEmbedder, _normalize,
+                        _quiet_transformers)
 from .errors import ConfigError, ImpsampError
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def _session(path: Path, threads: int | None, device: str = "cpu") -> Any:
                                 disabled_optimizers=_CPU_DISABLED_FUSIONS if device == "cpu" else [])
 
 
-CPU_SESSIONS = 2
+CPU_SESSIONS = CPU_CALLERS
 """ONNX Runtime sessions an `OnnxEmbedder` runs side by side on CPU (given at least 2 threads)."""
 _CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 """Session fusions left out on CPU: SkipLayerNormalization is slower there than what it replaces (see
@@ -318,17 +319,8 @@ class OnnxEmbedder(TransformerEmbedder):
     def run(self, prepared: Any) -> EmbeddedBatch:
         if self._pool is None or len(prepared.batches) < 2:
             return super().run(prepared)
-        vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)
-        n = len(self._sessions)
-
-        def share(k: int) -> None:  # session k runs batches k, k + n, ... (longest first: even loads)
-            for pos, input_ids, mask in prepared.batches[k::n]:
-                vectors[pos] = self.forward(input_ids, mask, self._sessions[k])
-
-        for future in [self._pool.submit(share, k) for k in range(n)]:
-            future.result()
-        return EmbeddedBatch(vectors, prepared.text_index, prepared.window, prepared.tokens,
-                             prepared.char_start, prepared.char_end)
+        return self._run_side_by_side(prepared, self._pool, len(self._sessions),
+                                      lambda k, ids, mask: self.forward(ids, mask, self._sessions[k]))
 
     def _check_int8(self, threads: int | None) -> None:
         """Compare int8 with float32 on the probe sentences (once; the result is cached beside the model)."""

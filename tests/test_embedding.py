@@ -539,3 +539,18 @@ def test_spans_are_in_the_original_text_when_lowercasing_changes_its_length():
             assert len(text[:end - 1].strip().lower()) < len(kept), i  # and no later
         else:
             assert prepared.char_end[i] == len(text)
+
+
+@pytest.mark.slow
+def test_batches_side_by_side_on_cpu_give_the_same_bits(demo_texts):
+    import torch
+
+    threads = torch.get_num_threads()
+    one = load_embedder(EmbedConfig(max_tokens=64, device="cpu", batch_tokens=128), threads=1)
+    b, _ = embed_texts(demo_texts, one)
+    two = load_embedder(EmbedConfig(max_tokens=64, device="cpu", batch_tokens=128), threads=2)
+    assert (two._callers, one._callers) == (2, 1)
+    a, _ = embed_texts(demo_texts, two)
+    assert torch.get_num_threads() == 2  # run() restores the process's torch threads
+    assert np.array_equal(a, b)
+    torch.set_num_threads(threads)
