@@ -301,8 +301,9 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
             same = _same_cluster(base["vectors"], res["vectors"]) if name != base_name else 1.0
             ratio = res["docs_per_s"] / base["docs_per_s"]
             gpu = f" (GPU {res['gpu_peak_mb']:.0f})" if "gpu_peak_mb" in res else ""
+            same_txt = "n/a" if same != same else f"{same:.1%}"  # nan: no faiss to cluster with
             rows.append(f"| {name} | {res['precision']} | {tokens} | {res['docs_per_s']:.1f} | {ratio:.2f}x "
-                        f"| {cmin:.5f} | {cmean:.5f} | {'n/a' if same != same else f'{same:.1%}'} | {res['maxrss_mb']:.0f}{gpu} |")
+                        f"| {cmin:.5f} | {cmean:.5f} | {same_txt} | {res['maxrss_mb']:.0f}{gpu} |")
     memory = ""
     if args.memory_backend != "none":
         backend, _, q = args.memory_backend.partition("-")

@@ -50,7 +50,8 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @progress_option
 def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, precision,
                   batch_tokens, rows_per_shard, workers, tokenize_processes, text_field, id_field,
-                  encoding_errors, engine, ray_address, num_shards, shard_index, gpus_per_worker, config_file, overwrite, progress):
+                  encoding_errors, engine, ray_address, num_shards, shard_index, gpus_per_worker,
+                  config_file, overwrite, progress):
     """Embed every document of CORPUS (files, folders, globs) into --out.
 
     Writes vectors-NNNNN.npy (float16, L2-normalised) and docs-NNNNN.parquet per shard, then

@@ -26,7 +26,8 @@ across shards) and batched by padded token count; characters are cut before toke
 start of the whitespace run nearest below `max_tokens * CHARS_PER_TOKEN` characters, for
 pre-tokenizers that split at whitespace; a cut text that does not overflow `max_tokens` is
 re-tokenized from a 4x longer cut, then whole, so the kept tokens are the ones the whole text
-gives: tests check this for WordPiece, byte-level BPE, a split regex and SentencePiece); a reader thread reads and tokenizes the next buffer while the model runs. On a GPU,
+gives: tests check this for WordPiece, byte-level BPE, a split regex and SentencePiece); a reader
+thread reads and tokenizes the next buffer while the model runs. On a GPU,
 `prepare_threads` threads tokenize several buffers at once (the model outruns one; on an H200 one
 process embeds ~11,000 documents/s at 128 tokens, bound by tokenizing, while the model alone runs
 ~65,000), or `tokenize_processes` processes do, free of the GIL. On CPU, `CPU_CALLERS` threads run
@@ -1295,7 +1296,8 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         elif cfg.workers > 1 and len(pending) > 1:
             _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
         else:
-            for result in _embed_shards(corpus, pending, emb, on_chunk=bar, processes=cfg.tokenize_processes):
+            for result in _embed_shards(corpus, pending, emb, on_chunk=bar,
+                                        processes=cfg.tokenize_processes):
                 _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
     finally:
         bar.close()

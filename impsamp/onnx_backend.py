@@ -313,7 +313,8 @@ class OnnxEmbedder(TransformerEmbedder):
             self._check_int8(threads)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, session: Any = None) -> np.ndarray:
-        hidden = (session or self._session).run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        hidden = (session or self._session).run(None, feed)[0]
         return _normalize(_pool(hidden, attention_mask, self._pooling))
 
     def run(self, prepared: Any) -> EmbeddedBatch:
