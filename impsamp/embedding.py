@@ -280,6 +280,8 @@ def _orig_start(place: Any, pos: int) -> int:
 def _orig_end(place: Any, pos: int) -> int:
     """Where a span of a model text ending (exclusive) at `pos` ends in its original text."""
     return place + pos if isinstance(place, int) else int(place[pos - 1]) + 1
+
+
 _WHITESPACE_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
 
 
@@ -697,6 +699,14 @@ class TransformerEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> EmbeddedBatch:
         return self.run(self.prepare(texts))
 
+    def _side_by_side_pool(self, n: int, name: str) -> ThreadPoolExecutor | None:
+        """The threads that run `n` batches at once on CPU (None for one), shut down with the embedder."""
+        if n <= 1:
+            return None
+        pool = ThreadPoolExecutor(n, thread_name_prefix=name)
+        weakref.finalize(self, pool.shutdown, wait=False)
+        return pool
+
     def _run_side_by_side(self, prepared: _Prepared, pool: ThreadPoolExecutor, n: int,
                           forward: Any) -> EmbeddedBatch:
         """Run a chunk's batches on `n` callers at once: caller k takes batches k, k + n, ... (longest
@@ -743,11 +753,8 @@ class TorchEmbedder(TransformerEmbedder):
         # cores (bfloat16 on 2 AMX cores, model alone: 245 vs 189-202 docs/s; float32 +2%; the
         # vectors are bit-identical either way).
         self._callers = min(CPU_CALLERS, threads or 1) if device == "cpu" else 1
-        self._pool = None
-        if self._callers > 1:
-            self._pool = ThreadPoolExecutor(self._callers, thread_name_prefix="impsamp-torch")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
-            self._threads_per_caller = max(1, (threads or 1) // self._callers)
+        self._threads_per_caller = max(1, (threads or 1) // self._callers)
+        self._pool = self._side_by_side_pool(self._callers, "impsamp-torch")
         precision = _resolve_precision(precision, device)
         model = st.SentenceTransformer(str(resolved.folder), device=device)
         model.eval()
@@ -1052,14 +1059,14 @@ def _prepared(chunk: _Chunk, future: Any) -> _Chunk:
 def _process_pool(embedder: TransformerEmbedder, processes: int) -> ProcessPoolExecutor:
     """The embedder's pool of `processes` tokenizing processes, started once and kept while it lives
     (a worker process embeds many shards with one)."""
-    pool = embedder.__dict__.get("_tokenizing_pool")
+    pool = getattr(embedder, "_tokenizing_pool", None)
     if pool is None or pool[0] != processes:
         if pool is not None:
             pool[1].shutdown(wait=False, cancel_futures=True)
         executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(),))
         weakref.finalize(embedder, executor.shutdown, wait=False, cancel_futures=True)
-        pool = embedder.__dict__["_tokenizing_pool"] = (processes, executor)
+        pool = embedder._tokenizing_pool = (processes, executor)
     return pool[1]
 
 

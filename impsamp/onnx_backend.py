@@ -29,9 +29,7 @@ import os
 import shutil
 import tempfile
 import warnings
-import weakref
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -300,10 +298,7 @@ class OnnxEmbedder(TransformerEmbedder):
         self._sessions = [_session(self.path, max(1, (threads or 1) // n) if threads else None, device)
                           for _ in range(n)]
         self._session = self._sessions[0]
-        self._pool = None
-        if n > 1:
-            self._pool = ThreadPoolExecutor(n, thread_name_prefix="impsamp-onnx")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._pool = self._side_by_side_pool(n, "impsamp-onnx")
         self._pooling = resolved.pooling
         self.dim = int(self._session.get_outputs()[0].shape[-1] or resolved.hidden_size)
         self.name = resolved.name
