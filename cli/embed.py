@@ -32,7 +32,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="Torch backend: auto = float16 on GPU, bfloat16 on CPUs with AMX, else float32 "
                    "[default: auto]")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
-              help="Padded tokens per batch [default: 8192 on CPU with torch, 1024 with onnx; 65536 on GPU]")
+              help="Padded tokens per batch [default: 4096 on CPU with torch, 512 with onnx; 65536 on GPU]")
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=None,
               help=f"Corpus rows per output shard [default: {EmbedConfig.rows_per_shard}]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,

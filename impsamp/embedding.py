@@ -58,7 +58,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
@@ -104,10 +104,12 @@ CPU_CALLERS = 2
 """Threads that run batches side by side on CPU (torch backend; the ONNX backend's sessions likewise)."""
 MAX_PREPARE_THREADS = 16
 """Most threads that tokenize at once for a GPU (each holds the GIL for ~30 us per document)."""
-CPU_BATCH_TOKENS = {"torch": 8192, "onnx": 1024}
-"""Padded tokens per batch on CPU, per backend: the fastest measured for all-MiniLM-L6-v2 at 128 tokens
-on 2 cores (torch in bfloat16: 172 docs/s at 8192 vs 154 at 2048; ONNX Runtime int8: 163 at 1024 vs
-140 at 8192, float32 68 vs 61: its kernels run best on activations that stay in cache)."""
+CPU_BATCH_TOKENS = {"torch": 4096, "onnx": 512}
+"""Padded tokens per batch on CPU, per backend: the fastest measured for all-MiniLM-L6-v2 on 2 cores with
+`CPU_CALLERS` batches side by side, each on one core (docs/s at 128 / 256 tokens: torch in bfloat16
+260-278 / 115-121 at 4096 vs 202-217 / 112-115 at 8192; ONNX Runtime int8 231-241 / 106-109 at 512 vs
+201-235 / 94-95 at 1024, float32 85-87 vs 80-81 at 128 tokens): a core's kernels run fastest on a
+batch whose activations stay in its cache. The batch size changes the vectors' last bits."""
 GPU_BATCH_TOKENS = 65536
 DOCS_SCHEMA = pa.schema([
     ("doc_index", pa.int64()), ("id", pa.string()), ("file", pa.int32()), ("row", pa.int64()),
@@ -149,7 +151,7 @@ class EmbedConfig:
     float32 >= 0.9998, ~3x faster) and float32 elsewhere; or `float32`, `bfloat16`, `float16` (GPU).
     The ONNX backend computes in float32 (or int8 with `quantize`)."""
     batch_tokens: int | None = None
-    """Padded tokens per batch; default on CPU 8192 (torch) or 1024 (onnx), 65536 on GPU."""
+    """Padded tokens per batch; default on CPU 4096 (torch) or 512 (onnx), 65536 on GPU."""
     rows_per_shard: int = 10_000
     """Corpus rows per output shard (the unit of resume and of parallel work)."""
     workers: int = 1
@@ -726,7 +728,8 @@ class TransformerEmbedder:
         r = self.resolved
         return {"name": r.name, "weights_sha256": r.weights_sha256, "source": r.source, "dim": self.dim,
                 "max_tokens": self.max_tokens, "windows": self.windows, "backend": backend,
-                "quantize": quantize, "precision": precision, "pooling": r.pooling}
+                "quantize": quantize, "precision": precision, "pooling": r.pooling,
+                "batch_tokens": self.batch_tokens}  # it changes the vectors' last bits: part of the resume key
 
 
 def _quiet_transformers() -> None:
@@ -1205,6 +1208,30 @@ def _commit(run: StageRun, name: str, files: dict[str, Path], stats: dict[str, A
     run.commit_shard(name, files, stats=stats, rows={_vectors_name(name): rows, _docs_name(name): rows})
 
 
+def _run_here(run: StageRun, corpus: Corpus, pending: list[Shard], emb: Embedder, bar: _Progress,
+              processes: int) -> None:
+    """Embed the shards in this process; a thread writes and commits each finished shard while the
+    model goes on with the next (one shard in flight: memory stays bounded, commits stay in order)."""
+
+    def write_and_commit(result: _ShardResult) -> None:
+        _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
+
+    writing: Future[None] | None = None
+
+    def on_chunk(documents: int, tokens: int) -> None:
+        if writing is not None and writing.done():
+            writing.result()  # a failed commit stops the run at the next chunk, not a shard later
+        bar(documents, tokens)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impsamp-commit") as committer:
+        for result in _embed_shards(corpus, pending, emb, on_chunk=on_chunk, processes=processes):
+            if writing is not None:
+                writing.result()  # the previous shard is committed (or its error raised) first
+            writing = committer.submit(write_and_commit, result)
+        if writing is not None:
+            writing.result()
+
+
 class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.bar = None
@@ -1303,9 +1330,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         elif cfg.workers > 1 and len(pending) > 1:
             _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
         else:
-            for result in _embed_shards(corpus, pending, emb, on_chunk=bar,
-                                        processes=cfg.tokenize_processes):
-                _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
+            _run_here(run, corpus, pending, emb, bar, cfg.tokenize_processes)
     finally:
         bar.close()
     seconds = time.time() - started
@@ -1357,7 +1382,13 @@ class _RecordedEmbedder:
 
 def _ray_embed_shard(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
                      out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """One shard in a Ray worker process; the model is loaded once per worker process and reused."""
+    """One shard in a Ray worker process; the model is loaded once per worker process and reused.
+
+    It runs on the CPUs Ray gave the task (a GPU task: its GPU's share of the node, see `_run_ray`)."""
+    from .scale import task_cpus
+
+    cpus = task_cpus(0)
+    threads = cpus if cpus > 1 else threads  # 1: no GPU node was up to size the share (see run_ray)
     key = (pickle.dumps(cfg), blob, threads)
     if _WORKER.get("key") != key:
         _worker_init(cfg, blob, corpus, threads)
@@ -1386,8 +1417,9 @@ def _run_ray(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConf
     cfg, blob = _for_workers(cfg, embedder, "--engine ray", "the Ray workers")
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
     num_gpus = ex.gpus_per_worker if gpu else 0
-    # CPU: each task gets the threads a local worker would (cpu_count // workers)
-    num_cpus = 1 if gpu else threads
+    # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its GPU's share
+    # of the node's CPUs, which tokenize for it (one task per GPU on a 16-core node holds all 16)
+    num_cpus = None if gpu else threads
 
     def done(_key: str, result: tuple[str, dict[str, str], dict[str, Any]]) -> None:
         name, files, stats = result

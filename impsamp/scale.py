@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,19 +246,25 @@ def _task(fn: Callable[..., Any], marker: str | None, *args: Any) -> Any:
 
 
 def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[Any, tuple[Any, ...]]],
-            on_result: Callable[[Any, Any], None], *, num_cpus: float = 1, num_gpus: float = 0,
+            on_result: Callable[[Any, Any], None], *, num_cpus: float | None = 1, num_gpus: float = 0,
             shared: Mapping[str, Any] | None = None) -> None:
     """Run `fn(*args)` for every (key, args) as Ray tasks; `on_result(key, result)` in the driver as each
     ends.
 
-    `shared` values are put in the object store once; an argument equal to `Shared(name)` is replaced by
-    the reference (Ray resolves it to the value in the task). A library error raised in a task is
-    re-raised here as itself (one line for the CLI), not wrapped in Ray's traceback.
+    `num_cpus=None` with `num_gpus` asks for the GPUs' share of their node's CPUs (`gpu_task_cpus`): a
+    task that feeds a GPU from host threads then gets the cores it uses, and GPU tasks on one node do
+    not oversubscribe it. `shared` values are put in the object store once; an argument equal to
+    `Shared(name)` is replaced by the reference (Ray resolves it to the value in the task). A library
+    error raised in a task is re-raised here as itself (one line for the CLI), not wrapped in Ray's
+    traceback.
     """
     with ray_session(execution) as ray:
         refs = {name: ray.put(value) for name, value in (shared or {}).items()}
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if num_cpus is None:
+            num_cpus = gpu_task_cpus(nodes, num_gpus)
         # a task asking for more CPUs than any node has would wait forever
-        largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+        largest = max((r.get("CPU", 0) for r in nodes), default=1)
         num_cpus = max(min(num_cpus, largest), 0.001) if largest else num_cpus
         remote = ray.remote(_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=MAX_RETRIES)
         marker = os.environ.get(TEST_CRASH_ENV) or None
@@ -276,6 +283,26 @@ def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise
+
+
+def gpu_task_cpus(nodes: Sequence[Mapping[str, float]], num_gpus: float) -> int:
+    """Whole CPUs for a task holding `num_gpus` GPUs: that share of a GPU node's CPUs, the smallest over
+    the nodes that can hold the task (so the share fits on each), at least 1; 1 when none is up (an
+    autoscaling cluster). `nodes`: the alive nodes' Ray resources."""
+    shares = [r.get("CPU", 0) * num_gpus / r["GPU"] for r in nodes if r.get("GPU", 0) >= num_gpus > 0]
+    return max(1, int(min(shares))) if shares and num_gpus > 0 else 1
+
+
+def task_cpus(default: int) -> int:
+    """Whole CPUs that Ray assigned to the running task; `default` outside a Ray task."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported it; elsewhere there is no task
+    if ray is None or not ray.is_initialized():
+        return default
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    except Exception:  # noqa: BLE001 - the driver, or an older Ray: no assignment to read
+        return default
+    return max(1, int(cpus)) if cpus else default
 
 
 @dataclass(frozen=True)

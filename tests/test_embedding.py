@@ -142,6 +142,33 @@ def test_workers_give_identical_bytes(tmp_path):
     assert len(one.shard_names) == 6 and payload(one.path) == payload(two.path)
 
 
+def test_a_failed_shard_commit_stops_the_run_and_the_rerun_resumes(tmp_path, monkeypatch):
+    import errno
+
+    import impsamp.embedding as embedding
+
+    src = write_corpus(tmp_path / "c.jsonl", 120)
+    cfg = EmbedConfig(model="hashing:64", rows_per_shard=20)
+    real, calls = embedding._write_shard, []
+
+    def write_shard(out_dir, result):  # shards are written on the committer thread
+        calls.append(result.shard.name)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(out_dir, result)
+
+    monkeypatch.setattr(embedding, "_write_shard", write_shard)
+    with pytest.raises(OSError, match="No space left"):
+        embed(src, tmp_path / "out", cfg)
+    out = tmp_path / "out"
+    assert sorted(p.stem for p in (out / "_shards").glob("*.json")) == calls[:2]
+    assert not (out / MANIFEST).exists()
+    monkeypatch.setattr(embedding, "_write_shard", real)
+    resumed = embed(src, out, cfg)
+    assert resumed.manifest.stats["resumed_shards"] == 2
+    assert payload(out) == payload(embed(src, tmp_path / "ref", cfg).path)
+
+
 def test_resume_after_sigkill_gives_the_uninterrupted_bytes(tmp_path):
     src = write_corpus(tmp_path / "c.jsonl", 240)
     args = ["embed", str(src), "--model", "hashing:64", "--rows-per-shard", "10"]

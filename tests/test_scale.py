@@ -20,7 +20,7 @@ from impsamp.clustering import ClusterConfig
 from impsamp.embedding import EmbedConfig
 from impsamp.errors import ConfigError, StageError
 from impsamp.resampling import ResampleConfig
-from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, finalize
+from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, finalize, gpu_task_cpus, run_ray, task_cpus
 
 ray = pytest.importorskip("ray")
 
@@ -103,6 +103,38 @@ def test_a_ray_worker_killed_mid_stage_is_retried_and_the_output_is_the_same(ray
     assert_same(tmp_path / "clu", local["clu"])
     residue = [p.name for p in tmp_path.rglob("*") if ".tmp-" in p.name or p.name in ("_shards", "_run.json")]
     assert residue == []
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_ray_task_runs_on_the_cpus_it_was_given(ray_cluster, cpus):
+    got = {}
+    run_ray(RAY, task_cpus, [("a", (-1,))], got.__setitem__, num_cpus=cpus)
+    assert got == {"a": cpus}  # inside the task: what Ray assigned, not the default
+    assert task_cpus(7) == 7  # the driver is no task
+
+
+def test_a_gpu_task_gets_its_gpus_share_of_the_cpus():
+    # Ray accepts declared GPUs without CUDA; a fresh process, as this module's Ray has none
+    code = ("import ray; ray.init(num_cpus=6, num_gpus=2, include_dashboard=False, log_to_driver=False, "
+            "logging_level='ERROR'); from impsamp.scale import Execution, run_ray, task_cpus; got = {}; "
+            "run_ray(Execution(engine='ray'), task_cpus, [('a', (-1,))], got.__setitem__, num_cpus=None, "
+            "num_gpus=1); print(got['a'])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == "3"
+
+
+@pytest.mark.parametrize(("nodes", "gpus", "cpus"), [
+    ([{"CPU": 16, "GPU": 1}], 1, 16),                          # one GPU: the whole node tokenizes for it
+    ([{"CPU": 16, "GPU": 1}], 0.5, 8),                         # two replicas share the GPU and the cores
+    ([{"CPU": 64, "GPU": 8}, {"CPU": 16, "GPU": 1}], 1, 8),    # the smallest share fits on every node
+    ([{"CPU": 96}, {"CPU": 32, "GPU": 4}], 1, 8),              # CPU-only nodes do not count
+    ([{"CPU": 2, "GPU": 1}, {"CPU": 64, "GPU": 4}], 2, 32),    # nor nodes with too few GPUs for the task
+    ([{"CPU": 12, "GPU": 8}], 1, 1),                           # at least 1
+    ([{"CPU": 8}], 1, 1),                                      # no GPU node up yet
+])
+def test_gpu_tasks_ask_for_their_gpus_share_of_the_node(nodes, gpus, cpus):
+    assert gpu_task_cpus(nodes, gpus) == cpus
 
 
 def _cli(*args, check: bool = True) -> subprocess.CompletedProcess:
