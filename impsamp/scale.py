@@ -290,7 +290,7 @@ def gpu_task_cpus(nodes: Sequence[Mapping[str, float]], num_gpus: float) -> int:
     the nodes that can hold the task (so the share fits on each), at least 1; 1 when none is up (an
     autoscaling cluster). `nodes`: the alive nodes' Ray resources."""
     shares = [r.get("CPU", 0) * num_gpus / r["GPU"] for r in nodes if r.get("GPU", 0) >= num_gpus > 0]
-    return max(1, int(min(shares))) if shares and num_gpus > 0 else 1
+    return max(1, int(min(shares))) if shares else 1
 
 
 def task_cpus(default: int) -> int:
