@@ -471,10 +471,16 @@ def test_threads_that_tokenize_ahead_give_the_same_bytes(tmp_path, monkeypatch, 
     cfg = EmbedConfig(max_tokens=32, device="cpu", precision="float32", rows_per_shard=50)
     emb = load_embedder(cfg)
     assert emb.prepare_threads == 1  # on CPU the model has the cores
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
     embed(src, tmp_path / "one", cfg, embedder=emb)
+    assert "TOKENIZERS_PARALLELISM" not in os.environ  # one thread: the library's default is left alone
     emb.prepare_threads = 4
     embed(src, tmp_path / "four", cfg, embedder=emb)
     assert payload(tmp_path / "one") == payload(tmp_path / "four")
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"  # the threads are the parallelism
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # a user's explicit choice wins
+    embed(src, tmp_path / "again", cfg, embedder=emb)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
 
 
 @pytest.mark.slow
