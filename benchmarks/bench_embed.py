@@ -59,7 +59,7 @@ def _texts(path: Path, limit: int | None) -> list[str]:
 def _child(args: argparse.Namespace) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.device == "cpu":  # 2 cores: the model has them. On a GPU machine the plain encode's tokenizer
-        # uses its own threads; impsamp's tokenizing threads each tokenize serially (`_embed_shards`)
+        # uses its own threads; impsamp's tokenizing threads each tokenize serially (`tokenize_serially`)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     spec = json.loads(args.child)
     texts = _texts(Path(args.corpus), None if spec["kind"] == "baseline" else 32)
@@ -120,7 +120,7 @@ def _ceilings(args: argparse.Namespace, corpus: Path, max_tokens: int) -> str:
     already-tokenized batches), in docs/s, on the same documents."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from impsamp.embedding import SORT_BUFFER, EmbedConfig, load_embedder
+    from impsamp.embedding import SORT_BUFFER, EmbedConfig, load_embedder, tokenize_serially
 
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
@@ -132,7 +132,7 @@ def _ceilings(args: argparse.Namespace, corpus: Path, max_tokens: int) -> str:
     chunks = [texts[i:i + SORT_BUFFER] for i in range(0, len(texts), SORT_BUFFER)]
     n = args.tokenize_workers or emb.prepare_threads
     if n > 1:  # as `embed` does with several tokenizing threads
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        tokenize_serially()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
         prepared = list(pool.map(emb.prepare, chunks))
