@@ -6,7 +6,8 @@
 
 On a GPU the documents are 50,000 (the demo pool cycled; the plain encode takes ~25 s on an H200),
 and impsamp runs with tokenizing threads (the default) and with one tokenizing process per core but
-one (`--tokenize-processes`); the whole GPU run took ~4 minutes there with `--rounds 1 --ceilings`.
+one (`--tokenize-processes`); the whole GPU run took ~4 minutes there with `--rounds 1 --ceilings`, ~6 with
+`--scale-docs 250000` (impsamp alone on 250,000 documents: the sustained rate, process start-up spread).
 
 The documents are the first N of the bundled demo corpus (`impsamp.datasets.demo_corpus().pool`).
 The baseline is `SentenceTransformer(model).encode(texts, batch_size=32, normalize_embeddings=True)`
@@ -254,6 +255,9 @@ def main() -> None:
                    help="also time impsamp's tokenizing alone and its model alone (what bounds its speed)")
     p.add_argument("--tokenize-workers", type=int, default=None,
                    help="threads and processes for the tokenizing ceilings (default: impsamp's threads)")
+    p.add_argument("--scale-docs", type=int, default=0,
+                   help="also run impsamp's configurations alone on this many documents (the pool cycled; "
+                        "no baseline): the rate once fixed costs such as starting processes are spread")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--corpus", help=argparse.SUPPRESS)
     p.add_argument("--max-tokens", type=int, default=128, help=argparse.SUPPRESS)
@@ -318,6 +322,14 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
                   f"{one['maxrss_mb']:.0f} MB "
                   f"for {args.docs:,} documents, {four['maxrss_mb']:.0f} MB for {4 * args.docs:,} "
                   f"({four['maxrss_mb'] / one['maxrss_mb']:.2f}x; target <= 1.2x).")
+    scale = []
+    if args.scale_docs:
+        big = _write_corpus(tmp / f"docs-{args.scale_docs}.parquet", args.scale_docs)
+        for name, config in configs[1:]:
+            res = _run_child({"kind": "impsamp", "config": config}, big, args, lengths[0], None)
+            print(f"scale {args.scale_docs} {name}: {res['docs_per_s']:.1f} docs/s", file=sys.stderr, flush=True)
+            scale.append(f"At scale ({args.scale_docs:,} documents, {lengths[0]} tokens, no baseline): {name} "
+                         f"{res['docs_per_s']:,.0f} docs/s, peak RSS {res['maxrss_mb']:.0f} MB.")
     ceilings = [_ceilings(args, corpus, t) for t in lengths] if args.ceilings else []
     load_after = os.getloadavg()
     header = ("| config | precision | max tokens | docs/s | vs baseline | min cosine | mean cosine "
@@ -327,7 +339,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
         f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus; "
         f"best of {args.rounds} interleaved rounds; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; {time.time() - started:.0f} s in all.",
-        "", header, *rows, "", memory, *ceilings])
+        "", header, *rows, "", memory, *scale, *ceilings])
     print(report)
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
