@@ -38,8 +38,9 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help=f"Local worker processes over shards [default: {EmbedConfig.workers}]")
 @click.option("--tokenize-processes", type=click.IntRange(min=0), default=None,
-              help="Processes that tokenize ahead of the model, for GPU runs that tokenizing bounds "
-                   "(per worker) [default: 0: threads of the embedding process]")
+              help="Processes that tokenize ahead of the model instead of threads, for GPU runs that "
+                   "tokenizing bounds (per worker; on an H200 host level with threads on large corpora, "
+                   "slower on small ones, as they take seconds to start) [default: 0: threads]")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--id-field", default=None, help="Field holding a document id [default: 'id' if present].")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default=None,
@@ -63,7 +64,7 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
       impsamp embed data/generic --out runs/emb --backend onnx --quantize int8 --max-tokens 128
       impsamp embed data/books.parquet --out runs/emb --windows --workers 4
       impsamp embed data/tiny.jsonl --out runs/emb --model hashing:256
-      impsamp embed data/generic --out runs/emb --device cuda --tokenize-processes 15
+      impsamp embed data/generic --out runs/emb --device cuda --max-tokens 128
       impsamp embed data/generic --out runs/emb --engine ray --ray-address auto
       impsamp embed data/generic --out runs/emb --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
     """
