@@ -126,7 +126,7 @@ def _ceilings(args: argparse.Namespace, corpus: Path, max_tokens: int) -> str:
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
-    from impsamp.embedding import _tokenize_in_process, _tokenizing_init
+    from impsamp.embedding.engine import _tokenize_in_process, _tokenizing_init
 
     texts = _texts(corpus, None)
     emb = load_embedder(EmbedConfig(model=args.model, max_tokens=max_tokens, device=args.device))

@@ -40,18 +40,18 @@ def _spin(n: int) -> float:
 
 
 def _raw(texts: list[str]) -> int:
-    from impsamp import embedding
+    from impsamp.embedding import engine
 
-    assert embedding._TOKENIZING is not None, "not a tokenizing process"
-    return len(embedding._TOKENIZING.tokenizer.encode_batch(texts))
+    assert engine._TOKENIZING is not None, "not a tokenizing process"
+    return len(engine._TOKENIZING.tokenizer.encode_batch(texts))
 
 
 def main() -> None:
     import pyarrow.parquet as pq
 
     from impsamp.datasets import demo_corpus
-    from impsamp.embedding import (CHARS_PER_TOKEN, SORT_BUFFER, EmbedConfig, _tokenize_in_process,
-                                   _tokenizing_init, load_embedder)
+    from impsamp.embedding import CHARS_PER_TOKEN, SORT_BUFFER, EmbedConfig, load_embedder
+    from impsamp.embedding.engine import _tokenize_in_process, _tokenizing_init
 
     cores = os.cpu_count() or 2
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -613,7 +613,7 @@ def _assign_shard(vectors: np.ndarray, emb_path: str, name: str, n_i: int, tree:
 
 def _ray_assign_shard(emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, out_dir: str
                       ) -> tuple[str, float]:
-    from .embedding import _vectors_name
+    from .embedding.result import _vectors_name
     from .manifest import tmp_name  # a temp name of this (Ray worker) process: retries never collide
 
     vectors = np.load(Path(emb_path) / _vectors_name(name), mmap_mode="r")

@@ -176,7 +176,7 @@ def finalize(out_dir: str | Path) -> Any:
                          "`--num-shards/--shard-index` slices of embed or cluster") from None
     done = Execution(require_complete=True)
     if stage == "embed":
-        from .embedding import _finalize
+        from .embedding.stage import _finalize
 
         return _finalize(out, record, done)
     if stage == "cluster":

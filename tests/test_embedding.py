@@ -145,11 +145,11 @@ def test_workers_give_identical_bytes(tmp_path):
 def test_a_failed_shard_commit_stops_the_run_and_the_rerun_resumes(tmp_path, monkeypatch):
     import errno
 
-    import impsamp.embedding as embedding
+    from impsamp.embedding import stage
 
     src = write_corpus(tmp_path / "c.jsonl", 120)
     cfg = EmbedConfig(model="hashing:64", rows_per_shard=20)
-    real, calls = embedding._write_shard, []
+    real, calls = stage._write_shard, []
 
     def write_shard(out_dir, result):  # shards are written on the committer thread
         calls.append(result.shard.name)
@@ -157,13 +157,13 @@ def test_a_failed_shard_commit_stops_the_run_and_the_rerun_resumes(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(out_dir, result)
 
-    monkeypatch.setattr(embedding, "_write_shard", write_shard)
+    monkeypatch.setattr(stage, "_write_shard", write_shard)
     with pytest.raises(OSError, match="No space left"):
         embed(src, tmp_path / "out", cfg)
     out = tmp_path / "out"
     assert sorted(p.stem for p in (out / "_shards").glob("*.json")) == calls[:2]
     assert not (out / MANIFEST).exists()
-    monkeypatch.setattr(embedding, "_write_shard", real)
+    monkeypatch.setattr(stage, "_write_shard", real)
     resumed = embed(src, out, cfg)
     assert resumed.manifest.stats["resumed_shards"] == 2
     assert payload(out) == payload(embed(src, tmp_path / "ref", cfg).path)
@@ -217,7 +217,7 @@ def test_a_plugged_in_embedder_is_used_and_checked(tmp_path):
 def test_sort_buffers_do_not_depend_on_how_the_shard_was_read(batch_rows):
     import pyarrow as pa
 
-    from impsamp.embedding import FIRST_CHUNK, SORT_BUFFER, _text_chunks
+    from impsamp.embedding.engine import FIRST_CHUNK, SORT_BUFFER, _text_chunks
 
     n = FIRST_CHUNK + 2 * SORT_BUFFER + 5
     rows = pa.table({"doc_index": np.arange(n)})
@@ -461,10 +461,10 @@ def test_cuts_keep_the_whole_texts_tokens_for_other_tokenizers(kind):
 
 @pytest.mark.slow
 def test_threads_that_tokenize_ahead_give_the_same_bytes(tmp_path, monkeypatch, demo_texts):
-    import impsamp.embedding as embedding
+    from impsamp.embedding import engine
 
-    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
-    monkeypatch.setattr(embedding, "SORT_BUFFER", 24)
+    monkeypatch.setattr(engine, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(engine, "SORT_BUFFER", 24)
     src = tmp_path / "docs.jsonl"
     texts = (demo_texts + EDGE_TEXTS) * 4
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -485,22 +485,22 @@ def test_threads_that_tokenize_ahead_give_the_same_bytes(tmp_path, monkeypatch, 
 
 @pytest.mark.slow
 def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_texts):
-    import impsamp.embedding as embedding
+    from impsamp.embedding import engine, stage
 
-    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
-    monkeypatch.setattr(embedding, "SORT_BUFFER", 24)  # (the processes keep the real sizes: only the
+    monkeypatch.setattr(engine, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(engine, "SORT_BUFFER", 24)  # (the processes keep the real sizes: only the
     src = tmp_path / "docs.jsonl"                       # chunking, done here, depends on them)
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in (demo_texts + EDGE_TEXTS) * 3))
     base = dict(max_tokens=32, device="cpu", precision="float32", rows_per_shard=40)
     embed(src, tmp_path / "threads", EmbedConfig(**base))
     pools = []
 
-    class Spy(embedding.ProcessPoolExecutor):
+    class Spy(engine.ProcessPoolExecutor):
         def __init__(self, n, **kw):
             pools.append(n)
             super().__init__(n, **kw)
 
-    monkeypatch.setattr(embedding, "ProcessPoolExecutor", Spy)
+    monkeypatch.setattr(engine, "ProcessPoolExecutor", Spy)
     out = CliRunner().invoke(cli, ["embed", str(src), "--out", str(tmp_path / "procs"), "--max-tokens", "32",
                                    "--device", "cpu", "--precision", "float32", "--rows-per-shard", "40",
                                    "--tokenize-processes", "2"])
@@ -514,17 +514,17 @@ def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_te
 
     def key(**kw):
         run = SimpleNamespace(stage="embed", inputs={}, version="v", config=asdict(EmbedConfig(**{**base, **kw})))
-        return embedding._resume_key(run)
+        return stage._resume_key(run)
 
     assert key(tokenize_processes=3, workers=2) == key() != key(max_tokens=64)
 
 
 @pytest.mark.slow
 def test_a_tokenizing_thread_that_fails_stops_the_run(tmp_path, monkeypatch, demo_texts):
-    import impsamp.embedding as embedding
+    from impsamp.embedding import engine
 
-    monkeypatch.setattr(embedding, "FIRST_CHUNK", 8)
-    monkeypatch.setattr(embedding, "SORT_BUFFER", 8)
+    monkeypatch.setattr(engine, "FIRST_CHUNK", 8)
+    monkeypatch.setattr(engine, "SORT_BUFFER", 8)
     src = tmp_path / "docs.jsonl"
     src.write_text("".join(json.dumps({"text": t}) + "\n" for t in demo_texts * 5))
     emb = load_embedder(EmbedConfig(max_tokens=32, device="cpu", precision="float32"))

@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ._deps import require
-from .embedding import (CPU_CALLERS, EmbeddedBatch, ResolvedModel, TransformerEmbedder, _normalize,
-                        _quiet_transformers)
-from .errors import ConfigError, ImpsampError
+from .._deps import require
+from ..errors import ConfigError, ImpsampError
+from .config import CPU_CALLERS
+from .contract import EmbeddedBatch, _normalize
+from .models import ResolvedModel
+from .transformer import TransformerEmbedder, _quiet_transformers
 
 logger = logging.getLogger(__name__)
 
