@@ -162,7 +162,7 @@ def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):
 def test_a_damaged_spill_file_is_recomputed_on_resume(stages, tmp_path, monkeypatch):
     # Spill files are intermediate and not fsynced; after a machine crash one may be cut short or
     # zeroed while its shard record survived. The resumed run must notice and redo that shard.
-    import impsamp.resampling as rs
+    from impsamp.resampling import stage as rs
 
     root, generic, target, topics, emb, clu = stages
     cfg = ResampleConfig(docs=400, rows_per_shard=60)

@@ -7,7 +7,8 @@ import pytest
 
 from impsamp.errors import ConfigError, WeightingError
 from impsamp.histograms import Histogram, kl, mixture
-from impsamp.resampling import ResampleConfig, _plan, _unit_repeats
+from impsamp.resampling import ResampleConfig
+from impsamp.resampling.planning import _plan, _unit_repeats
 from impsamp.weighting import check_weights, compute_weights, density_ratio, resolve_weighting
 
 K = 8

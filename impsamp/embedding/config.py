@@ -126,5 +126,3 @@ class EmbedConfig:
 def _at_least(flag: str, value: Any, low: int, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{flag} must be an integer >= {low}{why}, got {value!r}")
-
-

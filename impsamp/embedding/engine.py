@@ -315,5 +315,3 @@ def embed_texts(texts: Sequence[str], embedder: Embedder | None = None,
     if not vecs:
         return np.zeros((0, emb.dim), np.float32), TEXTS_SCHEMA.empty_table()
     return np.concatenate(vecs), pa.concat_tables(tables)
-
-

@@ -70,5 +70,3 @@ class HashingEmbedder:
         return EmbeddedBatch(vectors, np.asarray(owner, np.int64), np.asarray(window, np.int32),
                              np.asarray(tokens, np.int32), np.asarray(starts_all, np.int64),
                              np.asarray(ends_all, np.int64))
-
-

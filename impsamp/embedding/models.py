@@ -143,5 +143,3 @@ def _pooling_mode(cfg: dict[str, Any]) -> str | None:
                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
         modes = [v for k, v in names.items() if cfg.get(k)]
     return modes[0] if len(modes) == 1 and modes[0] in ("mean", "cls", "max") else None
-
-

@@ -18,6 +18,7 @@ from .config import DOCS_SCHEMA, EmbedConfig
 from .contract import Embedder, same_model
 from .transformer import load_embedder
 
+
 def _vectors_name(shard: str) -> str:
     return f"vectors-{shard}.npy"
 
@@ -135,4 +136,3 @@ class Embeddings:
                              f"{now.get('name')} ({str(now.get('weights_sha256'))[:12]}...); "
                              "install the same model or embed again")
         return emb
-

@@ -306,5 +306,3 @@ def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedCon
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-
-

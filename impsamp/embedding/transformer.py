@@ -446,5 +446,3 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     if device == "cuda":  # one core runs the model's Python; the others tokenize
         embedder.prepare_threads = max(1, min(MAX_PREPARE_THREADS, threads - 1))
     return embedder
-
-

@@ -1,0 +1,33 @@
+"""Resample the generic corpus toward a target: plan per-cluster draws, then write shuffled shards.
+
+    impsamp resample runs/emb runs/clusters --target law.jsonl --out runs/law-sel --tokens 50000000
+
+Three schemes (DESIGN.md):
+- `match` (default, the seed paper): the selection's cluster histogram matches the weighted
+  generic histogram (= the target's with the density ratio). Inside a cluster, documents are taken
+  as evenly as possible: each is repeated floor(m/n) times and (m mod n) of them once more, so a
+  repeat only happens once every document of the cluster has been used.
+- `crisp`: draw a cluster from the weighted histogram, then a document uniformly inside it, i.i.d.
+- `topk`: without replacement, Gumbel top-k on log w(c(x)) (DSIR's form); no repeats.
+
+Everything runs in data-fixed shards (the embedding shards) with a random stream per shard, so the
+bytes do not depend on the number of workers. Writing is a bounded-memory global shuffle: pass 1
+routes every selected row of an input shard to a random output shard (one Arrow record batch per
+output shard in a spill file); pass 2 gathers each output shard's rows from the spill files,
+shuffles them and writes `data-XXXXX-of-NNNNN.arrow` (the `datasets.save_to_disk` layout).
+
+Modules: `config` (ResampleConfig, schemes, the output schema), `planning` (draws per cluster and per
+unit), `tables` (per-shard views of the embedding), `writing` (spill files and shuffled shards),
+`methods` (targets; the n-gram and classifier baselines), `report` (diagnostics, plot, data card),
+`stage` (`resample`) and `selection` (the `Selection` handle).
+"""
+
+from __future__ import annotations
+
+from .config import FORMATS, METHODS, SCHEMES, SELECTION_SCHEMA, ResampleConfig
+from .report import render_card
+from .selection import Selection
+from .stage import command_line, resample, target_histogram
+
+__all__ = ["FORMATS", "METHODS", "SCHEMES", "SELECTION_SCHEMA", "ResampleConfig", "Selection", "command_line",
+           "render_card", "resample", "target_histogram"]

@@ -1,0 +1,73 @@
+"""The resample stage's settings (`ResampleConfig`), schemes, methods, formats and the output schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from ..errors import ConfigError
+
+SCHEMES = ("match", "crisp", "topk")
+METHODS = ("importance", "uniform", "ngram", "classifier")
+FORMATS = ("arrow", "parquet", "jsonl")
+SELECTION_SCHEMA = pa.schema([
+    ("text", pa.string()), ("id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
+    ("doc_index", pa.int64()), ("window", pa.int32()), ("cluster", pa.int32()), ("weight", pa.float32()),
+    ("repeat", pa.int32()),
+])
+_FEATURES = {f.name: {"dtype": {"string": "string", "int64": "int64", "int32": "int32", "float": "float32"}[
+    str(f.type)], "_type": "Value"} for f in SELECTION_SCHEMA}
+
+
+@dataclass(frozen=True)
+class ResampleConfig:
+    """How to draw a selection from the clustered generic corpus."""
+
+    tokens: int | None = None
+    """Budget in tokens (of the embedding model's tokenizer, counted at embed time)."""
+    docs: int | None = None
+    """Budget in documents (embedding units: windows with `embed --windows`)."""
+    method: str = "importance"
+    """`importance` (clustered importance sampling), `uniform` (random sample: the paper's baseline),
+    `ngram` (DSIR-style hashed n-grams) or `classifier` (logistic regression on the embeddings);
+    the last three draw without replacement (Gumbel top-k)."""
+    scheme: str = "match"
+    """`match`, `crisp` or `topk` (see the module docstring)."""
+    weighting: str = "ratio"
+    """`ratio` (p_target / p_generic), `uniform`, or `package.module:function`."""
+    smoothing: float = 0.0
+    """Laplace pseudo-documents added to every target cluster. 0 by default: on the bundled corpus
+    any smoothing spread selection over off-target clusters (BENCHMARKS.md, smoothing sweep)."""
+    temperature: float = 1.0
+    """Exponent on the density ratio: < 1 flattens toward uniform."""
+    cap: float | None = None
+    """Largest cluster weight, as a multiple of the mean weight of a generic document."""
+    backoff: float = 0.0
+    """Hierarchy: pseudo-documents pulling a sparse leaf's target share toward its parent's."""
+    max_repeat: int | None = None
+    """`match`: most times one document may be drawn; the surplus moves to other clusters."""
+    seed: int = 0
+    format: str = "arrow"
+    """`arrow` (datasets.save_to_disk layout), `parquet` or `jsonl`."""
+    rows_per_shard: int = 100_000
+    """Rows per output shard."""
+    text_field: str = "text"
+    """Text field of target corpora."""
+    id_field: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tokens is None) == (self.docs is None):
+            raise ConfigError("give exactly one budget: --tokens N or --docs N")
+        for name in ("tokens", "docs", "rows_per_shard", "max_repeat"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        for name in ("smoothing", "backoff"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0 or (self.cap is not None and self.cap <= 0):
+            raise ConfigError("--temperature and --cap must be > 0")
+        for name, allowed in (("scheme", SCHEMES), ("method", METHODS), ("format", FORMATS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

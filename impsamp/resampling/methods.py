@@ -1,0 +1,98 @@
+"""Targets and the document-level baselines' weights: DSIR-style n-grams and the embedding classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..manifest import StageRun
+from .config import ResampleConfig
+from .tables import _progress
+from .writing import _unit_texts
+
+
+def _parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
+    if isinstance(t, tuple):
+        return t[0], float(t[1])
+    s = str(t)
+    head, sep, tail = s.rpartition(":")
+    if sep and head and not Path(s).exists():
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return t, 1.0
+
+
+def _target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
+    from ..io import open_corpus
+
+    from ..histograms import is_histogram_file
+
+    specs = [_parse_target(t)[0] for t in targets]
+    for sp in specs:
+        if (Path(sp).is_dir() and (Path(sp) / "manifest.json").exists()) or is_histogram_file(sp):
+            raise ConfigError(f"--method {method} needs the target's text; {sp} is a stage output or "
+                              "histogram: pass the in-domain corpus itself")
+    return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
+
+
+def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
+                       names, windowed, progress) -> list[np.ndarray]:
+    """DSIR-style log-weights per unit; the generic n-gram counts are committed per shard (resumable)."""
+    from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
+
+    target_counts = ngram_counts(_target_corpus(targets, cfg, "ngram").iter_texts())
+    generic_counts = np.zeros(N_FEATURES)
+    bar = _progress(progress, 2 * len(names), "ngram weights")
+    for name in names:
+        key, path = f"ngram-{name}", run.out_dir / "_ngram" / f"{name}.npy"
+        counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
+        if counts is None:
+            table = shard_tables[name]
+            texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+            counts = ngram_counts(texts)
+            tmp = run.tmp_path(f"_ngram/{name}.npy")
+            with open(tmp, "wb") as f:
+                np.save(f, counts)
+            run.forget(key)
+            run.commit_shard(key, {f"_ngram/{name}.npy": tmp}, intermediate=True)
+        generic_counts += counts
+        bar.update(1)
+    log_ratio = ngram_log_ratio(target_counts, generic_counts)
+    out = []
+    for name in names:
+        table = shard_tables[name]
+        texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+        out.append(ngram_log_weights(texts, log_ratio))
+        bar.update(1)
+    bar.close()
+    return out
+
+
+def _load_counts(path: Path, n: int) -> np.ndarray | None:
+    """A committed n-gram count vector, or None when it is unreadable or damaged (then it is redone)."""
+    try:
+        counts = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return counts if counts.shape == (n,) and np.isfinite(counts).all() and (counts >= 0).all() else None
+
+
+def _classifier_log_weights(cfg: ResampleConfig, targets, emb, names) -> list[np.ndarray]:
+    """Log-odds of a logistic regression, target sample against a generic sample, per unit."""
+    from ..histograms import embed_like
+    from ..selectors import classifier_log_weights, fit_classifier, sample_rows
+
+    tvec, _ = embed_like(_target_corpus(targets, cfg, "classifier"), emb)
+    sizes = [emb.shard_table(n).num_rows for n in names]
+    rows = sample_rows(sum(sizes), max(10 * len(tvec), 5000), cfg.seed)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    generic = np.concatenate([np.asarray(emb.shard_vectors(n)[rows[(rows >= lo) & (rows < hi)] - lo], np.float32)
+                              for n, lo, hi in zip(names, starts[:-1], starts[1:])])
+    clf = fit_classifier(tvec, generic, seed=cfg.seed)
+    return [classifier_log_weights(clf, np.asarray(emb.shard_vectors(n), np.float32)) for n in names]

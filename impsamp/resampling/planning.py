@@ -1,0 +1,164 @@
+"""Planning the draws: how many units each cluster gives (match, crisp, topk) and each unit's repeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..histograms import Histogram
+from .config import ResampleConfig
+
+
+def _largest_remainder(expected: np.ndarray, total: int) -> np.ndarray:
+    """Integers summing to `total`, each floor or ceil of `expected` (ties to the lower cluster id)."""
+    base = np.floor(expected).astype(np.int64)
+    short = int(total - base.sum())
+    if short > 0:
+        frac = expected - base
+        order = np.lexsort((np.arange(len(frac)), -frac))
+        base[order[:short]] += 1
+    return base
+
+
+def _cap_draws(q: np.ndarray, n_total: int, limit: np.ndarray) -> np.ndarray:
+    """Expected draws per cluster, proportional to q, never above `limit` (water-filling)."""
+    expected = np.zeros_like(q)
+    free = q > 0
+    remaining = float(n_total)
+    while remaining > 1e-9 and free.any():
+        share = remaining * q[free] / q[free].sum()
+        room = limit[free] - expected[free]
+        add = np.minimum(share, room)
+        expected[free] += add
+        remaining -= add.sum()
+        free &= expected < limit - 1e-9
+    return expected
+
+
+@dataclass
+class Plan:
+    """How many draws each (input shard, cluster) gets, and the numbers behind them."""
+
+    weights: np.ndarray       # (k,) w(c)
+    draws: np.ndarray         # (k,) m_c: selected units per cluster (topk: expected)
+    shard_counts: np.ndarray  # (S, k) generic units per shard and cluster
+    shard_draws: np.ndarray | None   # (S, k) draws per shard and cluster (match, crisp)
+    topk_threshold: float | None = None
+    doc_log_w: list[np.ndarray] | None = None  # per shard, per unit (topk)
+
+
+def _shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([seed, shard, purpose])
+
+
+_KEYS, _DRAWS, _ROUTE, _SHUFFLE = 1, 2, 3, 4
+
+
+def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_leaves: list[np.ndarray],
+          shard_tokens: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None) -> Plan:
+    """Draws per shard and cluster (match, crisp), or the top-k key threshold (topk).
+
+    `doc_log_w` gives document-level log-weights (ngram, classifier); by default a unit's
+    log-weight is that of its cluster.
+    """
+    k = len(weights)
+    if cfg.scheme == "topk" or doc_log_w is not None:
+        shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)
+        if doc_log_w is None:
+            with np.errstate(divide="ignore"):
+                log_w = np.log(weights)
+            doc_log_w = [log_w[a] for a in shard_leaves]
+        return _plan_topk(cfg, weights, doc_log_w, shard_leaves, shard_tokens, shard_counts)
+    # one pass over the shards (each read once): units and tokens per (shard, cluster)
+    counts, tok_c = [], np.zeros(k)
+    for a, t in zip(shard_leaves, shard_tokens):
+        counts.append(np.bincount(a, minlength=k))
+        tok_c += np.bincount(a, weights=t, minlength=k)
+    shard_counts = np.stack(counts).astype(np.int64)
+    n_c = shard_counts.sum(axis=0)
+    mean_tok = np.where(n_c > 0, tok_c / np.maximum(n_c, 1), 0.0)
+    q = weights * n_c
+    q = q / q.sum()
+    # units to draw: a doc budget directly; a token budget through each cluster's mean length
+    n_units = cfg.docs if cfg.docs is not None else cfg.tokens / max(float((q * mean_tok).sum()), 1e-12)
+    rng = np.random.default_rng([cfg.seed, _DRAWS])
+    if cfg.scheme == "match":
+        limit = np.where(q > 0, n_c * (cfg.max_repeat or np.inf), 0.0)
+        if cfg.max_repeat is not None and limit.sum() < n_units:
+            most = int(limit.sum()) if cfg.docs is not None else int((limit * mean_tok).sum())
+            raise ConfigError(f"budget impossible with --max-repeat {cfg.max_repeat}: at most {most:,} "
+                              f"{'documents' if cfg.docs is not None else 'tokens'} can be drawn; "
+                              "lower the budget or raise --max-repeat")
+        draws = _largest_remainder(_cap_draws(q, n_units, limit), int(round(n_units)))
+        extra = draws % np.maximum(n_c, 1)
+        shard_draws = shard_counts * (draws // np.maximum(n_c, 1))
+        for c in np.flatnonzero(extra):
+            shard_draws[:, c] += rng.multivariate_hypergeometric(shard_counts[:, c], int(extra[c]))
+    else:  # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
+        draws = rng.multinomial(int(round(n_units)), q)
+        shard_draws = np.zeros_like(shard_counts)
+        for c in np.flatnonzero(draws):
+            shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
+    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+
+
+def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:
+    """Gumbel keys: the top-n keys are a draw of n units without replacement, P ~ exp(log_w)."""
+    keys = log_w + _shard_rng(cfg.seed, shard, _KEYS).gumbel(size=len(log_w))
+    return np.where(np.isfinite(log_w), keys, -np.inf)
+
+
+def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndarray],
+               shard_leaves: list[np.ndarray], shard_tokens: list[np.ndarray], shard_counts: np.ndarray) -> Plan:
+    eligible = [np.isfinite(lw) for lw in doc_log_w]
+    available = int(sum(e.sum() for e in eligible))
+    available_tokens = float(sum(t[e].sum() for t, e in zip(shard_tokens, eligible)))
+    if cfg.docs is not None and cfg.docs > available:
+        raise ConfigError(f"budget impossible without replacement: --docs {cfg.docs:,} but only "
+                          f"{available:,} documents have a non-zero weight; lower --docs or use --scheme match")
+    if cfg.tokens is not None and cfg.tokens > available_tokens:
+        raise ConfigError(f"budget impossible without replacement: --tokens {cfg.tokens:,} but only "
+                          f"{int(available_tokens):,} tokens have a non-zero weight; lower --tokens or "
+                          "use --scheme match")
+    # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
+    best_k = np.empty(0)
+    best_t = np.empty(0)
+    for s, (lw, toks) in enumerate(zip(doc_log_w, shard_tokens)):
+        best_k = np.concatenate([best_k, _topk_keys(cfg, lw, s)])
+        best_t = np.concatenate([best_t, toks.astype(np.float64)])
+        order = np.argsort(-best_k, kind="stable")
+        if cfg.docs is not None:
+            keep = order[:cfg.docs]
+        else:
+            cum = np.cumsum(best_t[order])
+            keep = order[:int(np.searchsorted(cum, cfg.tokens)) + 1]
+        best_k, best_t = best_k[keep], best_t[keep]
+    threshold = float(best_k.min())
+    draws = np.zeros(len(weights), dtype=np.int64)
+    for s, (lw, leaves) in enumerate(zip(doc_log_w, shard_leaves)):
+        draws += np.bincount(leaves[_topk_keys(cfg, lw, s) >= threshold], minlength=len(weights))
+    return Plan(weights, draws, shard_counts, None, threshold, doc_log_w)
+
+
+def _unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarray) -> np.ndarray:
+    """How many times each unit of one input shard is selected."""
+    if plan.topk_threshold is not None:
+        return (_topk_keys(cfg, plan.doc_log_w[shard], shard) >= plan.topk_threshold).astype(np.int64)
+    rng = _shard_rng(cfg.seed, shard, _DRAWS)
+    counts = plan.shard_counts[shard]
+    draws = plan.shard_draws[shard]
+    reps = np.zeros(len(leaves), dtype=np.int64)
+    order = np.argsort(leaves, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    for c in np.flatnonzero(draws):
+        members = order[bounds[c]:bounds[c + 1]]
+        if cfg.scheme == "match":
+            base, extra = divmod(int(draws[c]), len(members))
+            reps[members] = base
+            if extra:
+                reps[rng.choice(members, size=extra, replace=False)] += 1
+        else:
+            reps[members] = rng.multinomial(int(draws[c]), np.full(len(members), 1.0 / len(members)))
+    return reps

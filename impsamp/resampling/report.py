@@ -1,0 +1,151 @@
+"""What a resample run reports: diagnostics, the cluster plot and the data card."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..histograms import Histogram, describe, kl
+from ..manifest import StageRun, atomic_write_bytes, tmp_name
+from .config import ResampleConfig, _FEATURES
+from .planning import Plan
+from .writing import _data_name
+
+logger = logging.getLogger(__name__)
+
+
+def _diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,
+                 unique: int, tokens: int) -> dict[str, Any]:
+    n_c = generic.counts
+    w_docs = weights * n_c
+    ess = float(w_docs.sum() ** 2 / max((weights ** 2 * n_c).sum(), 1e-300))
+    t = describe(target)
+    return {
+        "rows": rows, "tokens": tokens, "unique_documents": unique,
+        "unique_share": unique / rows if rows else 0.0,
+        "repetition_rate": 1 - unique / rows if rows else 0.0,
+        "kl_target_generic": kl(target.probs(), generic.probs()),
+        "kl_target_selected": kl(target.probs(), plan.draws.astype(np.float64) + 1e-12),
+        "effective_sample_size": ess, "effective_sample_share": ess / max(generic.total, 1.0),
+        "target_documents": t["documents"], "target_entropy": t["entropy"],
+        "target_top_cluster_mass": t["top_cluster_mass"], "empty_target_clusters": t["empty_clusters"],
+        "clusters": t["clusters"],
+    }
+
+
+def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram,
+                  generic: Histogram, plan: Plan, emb, clu, command: str | None, n_out: int, corpus,
+                  shard_tables, names, shard_leaves, plot=None) -> dict[str, Path]:
+    out = run.out_dir
+    files: dict[str, Path] = {}
+    hist = {"target": target.counts.tolist(), "generic": generic.counts.tolist(),
+            "selected": plan.draws.tolist(), "weights": plan.weights.tolist()}
+    atomic_write_bytes(out / "histograms.json", json.dumps(hist).encode())
+    files["histograms.json"] = out / "histograms.json"
+    if cfg.format == "arrow":
+        data_files = [{"filename": _data_name(b, n_out, "arrow")} for b in range(n_out)]
+        from ..manifest import fingerprint
+
+        state = {"_data_files": data_files, "_fingerprint": fingerprint(stats["kl_target_selected"])[7:23],
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": None}
+        info = {"citation": "", "description": "impsamp selection", "features": _FEATURES,
+                "homepage": "", "license": ""}
+        for name, obj in (("state.json", state), ("dataset_info.json", info)):
+            atomic_write_bytes(out / name, (json.dumps(obj, indent=2) + "\n").encode())
+            files[name] = out / name
+    if plot.result() if plot is not None else _plot(out / "histograms.png", target, generic, plan):
+        files["histograms.png"] = out / "histograms.png"
+    card = render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
+                       shard_leaves, run.key)
+    atomic_write_bytes(out / "README.md", card.encode())
+    files["README.md"] = out / "README.md"
+    return files
+
+
+def _plot(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global state, a faster import
+    except ImportError:
+        logger.warning("matplotlib is not installed: no histogram plot (pip install matplotlib)")
+        return False
+    p_t, p_g = target.probs(), generic.probs()
+    p_s = plan.draws / max(plan.draws.sum(), 1)
+    order = np.argsort(-(p_t + p_s), kind="stable")[:top]
+    x = np.arange(len(order))
+    fig = Figure(figsize=(10, 4), dpi=100)
+    ax = fig.add_subplot()
+    for off, p, label in ((-0.27, p_t, "target"), (0.0, p_g, "generic"), (0.27, p_s, "selected")):
+        ax.bar(x + off, p[order], width=0.27, label=label)
+    ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=7)
+    ax.set_xlabel(f"cluster (top {len(order)} by target + selected mass)")
+    ax.set_ylabel("share of documents")
+    ax.legend()
+    fig.tight_layout()
+    tmp = tmp_name(path)
+    fig.savefig(tmp, format="png", metadata={"Software": None})
+    tmp.replace(path)
+    return True
+
+
+def _yaml(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
+                shard_leaves, fingerprint_key) -> str:
+    """The selection's README.md data card, filled from the template in `data_cards/TEMPLATE.md`."""
+    from .. import __version__
+
+    template = (Path(__file__).parents[1] / "data" / "selection_card.md").read_text()
+    generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (" ..." if len(corpus.files) > 3 else "")
+    target_name = ", ".join(t["target"] for t in stats["targets"]) or "(none: uniform sample)"
+    diag = ["| diagnostic | value |", "|---|---:|"] + [
+        f"| {k.replace('_', ' ')} | {_num(stats[k])} |" for k in (
+            "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
+            "effective_sample_size", "target_top_cluster_mass", "target_entropy", "empty_target_clusters")]
+    p_t, p_g = target.probs(), generic.probs()
+    p_s = plan.draws / max(plan.draws.sum(), 1)
+    top = [int(c) for c in np.argsort(-p_s, kind="stable")[:5] if p_s[c] > 0]
+    examples = _examples(top, corpus, shard_tables, names, shard_leaves)
+    lines = ["| cluster | target | generic | selected | weight | examples |", "|---:|---:|---:|---:|---:|---|"]
+    for c in top:
+        ex = " / ".join(json.dumps(e[:80])[1:-1].replace("|", "\\|") for e in examples.get(c, []))
+        lines.append(f"| {c} | {p_t[c]:.3f} | {p_g[c]:.3f} | {p_s[c]:.3f} | {plan.weights[c]:.3g} | {ex} |")
+    values = {
+        "name": _yaml(f"impsamp-selection-{fingerprint_key[7:15]}"), "generic_corpus": _yaml(generic_name),
+        "target": _yaml(target_name), "license": _yaml("that of the generic corpus"),
+        "num_documents": stats["rows"], "num_tokens": stats["tokens"], "k": clu.n_leaves,
+        "scheme": _yaml(cfg.scheme if cfg.method == "importance" else "uniform"),
+        "weighting": _yaml(stats["weighting"]), "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
+        "kl_target_selected": f"{stats['kl_target_selected']:.4f}", "seed": cfg.seed,
+        "fingerprint": _yaml(fingerprint_key), "impsamp_version": _yaml(__version__),
+        "command": command or "impsamp.resample(...)",
+        "config": json.dumps(asdict(cfg), indent=2, sort_keys=True),
+        "diagnostics_table": "\n".join(diag), "top_clusters": "\n".join(lines),
+    }
+    return template.format(**values)
+
+
+def _num(v: Any) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _examples(clusters: list[int], corpus, shard_tables, names, shard_leaves, per: int = 3
+              ) -> dict[int, list[str]]:
+    """First few documents of each cluster (in corpus order), for the data card."""
+    want: dict[int, list[int]] = {c: [] for c in clusters}
+    for name, leaves in zip(names, shard_leaves):
+        idx = shard_tables.column(name, "doc_index")
+        for c in clusters:
+            if len(want[c]) < per:
+                want[c].extend(idx[leaves == c][: per - len(want[c])].tolist())
+        if all(len(v) >= per for v in want.values()):
+            break
+    texts = corpus.take(np.asarray([i for v in want.values() for i in v], dtype=np.int64))
+    return {c: [" ".join(texts[i][1].split()) for i in v if i in texts] for c, v in want.items()}

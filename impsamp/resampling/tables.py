@@ -1,0 +1,65 @@
+"""Per-shard helpers: views of the embedding's unit tables and arrays (read on access), a progress bar."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..histograms import Histogram
+
+
+class _PerShard(Sequence):
+    """A per-shard array, read by `load(shard name)` on each access (nothing kept)."""
+
+    def __init__(self, names: Sequence[str], load: Callable[[str], np.ndarray]) -> None:
+        self.names, self.load = list(names), load
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        return self.load(self.names[i])
+
+
+class _ShardTables:
+    """name -> that embedding shard's unit table, read on each access (nothing kept)."""
+
+    def __init__(self, emb) -> None:
+        self.emb = emb
+
+    def __getitem__(self, name: str) -> pa.Table:
+        return self.emb.shard_table(name, columns=_ROW_COLUMNS)
+
+    def column(self, name: str, column: str) -> np.ndarray:
+        return self.emb.shard_table(name, columns=[column]).column(column).to_numpy()
+
+
+_TOKEN_COLUMNS = ["tokens", "chars", "char_start", "char_end"]
+_ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_end", "tokens", "chars"]
+"""What writing a selected unit needs from the unit table."""
+
+
+def _unit_tokens(table: pa.Table, windowed: bool) -> np.ndarray:
+    """Tokens of each unit as it will be written: a truncated document counts in full, estimated
+    from the characters the embedding model read and the document's length."""
+    tokens = table.column("tokens").to_numpy().astype(np.float64)
+    if windowed:
+        return tokens
+    chars = table.column("chars").to_numpy().astype(np.float64)
+    read = (table.column("char_end").to_numpy() - table.column("char_start").to_numpy()).astype(np.float64)
+    return np.where(read < chars, tokens * chars / np.maximum(read, 1.0), tokens)
+
+
+def _hist_key(h: Histogram) -> str:
+    from ..manifest import fingerprint
+
+    return fingerprint(np.round(h.probs(), 12).tolist())
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="shard", disable=not enabled, file=sys.stderr)
