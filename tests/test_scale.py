@@ -222,7 +222,7 @@ def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_pa
     already committed (reusing them) and refuses, one line, when they are not."""
     import numpy as np
 
-    from impsamp import clustering
+    from impsamp.clustering import stage as clustering
 
     first = tmp_path / "first"
     impsamp.cluster(local["emb"], first, CLUSTER, execution=Execution(num_shards=2, shard_index=0))

@@ -1,0 +1,252 @@
+"""The `cluster` stage: fit on a sample (committed once), then assign every shard (resumable, Ray or local)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._deps import require
+from ..errors import ImpsampError, StageError
+from ..manifest import StageRun, sha256_file
+from ..scale import Execution, LOCAL, Shared, SliceResult, check_complete, commit_once, run_ray, slice_result
+from .config import BATCH_ROWS, ClusterConfig, FIT_RECORD
+from .kmeans import _use_gpu, sample_rows
+from .tree import _Tree, _fit_tree, _progress, _read_tree, _tree_files
+from .checks import (_check_embeddings, _check_sizes, _check_table_rows, _check_vectors, _load_embeddings,
+                     _model_name)
+from .result import Clusters
+
+
+if TYPE_CHECKING:
+    from ..embedding import Embeddings
+
+logger = logging.getLogger(__name__)
+
+
+def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: ClusterConfig | None = None, *,
+            overwrite: bool = False, progress: bool = False,
+            execution: Execution | None = None) -> Clusters | SliceResult:
+    """Fit k-means (flat or hierarchical) on a sample of `embeddings`, then assign every vector.
+
+    Args:
+        embeddings: an `impsamp embed` output (handle or path).
+        out_dir: the output directory; an interrupted run with the same inputs and config resumes.
+        config: see `ClusterConfig`.
+        overwrite: replace a complete output.
+        progress: show progress bars.
+        execution: where the assignment shards run (`impsamp.scale.Execution`): Ray tasks, or one
+            slice of a Slurm array. Every slice needs the same centroids: the first slice to get
+            there fits them (seeded: the same bytes in every slice) and commits them as the 'fit'
+            record; a slice that finds the fit committed reuses it, and one that fitted while another
+            committed first checks that both fits are byte-identical (refusing otherwise).
+
+    Returns:
+        The `Clusters` handle of the finished directory (a `SliceResult` for a slice).
+
+    Raises:
+        StageError: the embeddings are incomplete, damaged, not normalised, or the output exists.
+        ConfigError: k or levels do not fit the number of vectors.
+    """
+    cfg = config if config is not None else ClusterConfig()
+    ex = execution or LOCAL
+    out_dir = Path(out_dir)
+    emb = _load_embeddings(embeddings)
+    shards = _check_embeddings(emb)
+    n = sum(rows for _, rows in shards)
+    size = _check_sizes(cfg, n, Path(emb.path))
+    gpu = _use_gpu(cfg.device)
+    inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
+                             "fingerprint": emb.manifest.fingerprint, "model": _model_name(emb)}}
+    existed = out_dir.exists()
+    # (a slice never cleans up: other slices may be committing into the same directory)
+    fresh = not ex.sliced and (not existed or (out_dir.is_dir() and not any(out_dir.iterdir())))
+    run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+    if ex.require_complete:
+        check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
+    try:
+        tree, fit_stats = _fit_stage(run, emb, shards, cfg, size, gpu, progress)
+        if ex.sliced:
+            committed = _assign_stage(run, emb, shards, tree, gpu, progress, ex)[2]
+            return slice_result(run, ex, committed, [FIT_RECORD] + [name for name, _ in shards])
+        seconds_assign, score_sum, _ = _assign_stage(run, emb, shards, tree, gpu, progress, ex)
+        counts_tmp, level_stats = _write_counts(run, emb, shards, tree)
+    except ImpsampError:
+        if fresh:  # bad data found by this run: leave nothing behind (an interrupted run stays resumable)
+            _remove_run(out_dir, keep_dir=existed)
+        raise
+    leaf = level_stats[-1]
+    stats = {
+        "n_leaves": len(tree.centroids[-1]), "levels": [len(c) for c in tree.centroids],
+        "n_levels": tree.n_levels, "dim": int(emb.dim), "rows": n, "sample_points": size,
+        **fit_stats,
+        "objective": score_sum / n,
+        "objective_kind": ("mean cosine similarity of every vector to its leaf centroid (higher is better)"
+                           if cfg.spherical else
+                           "mean squared L2 distance to the leaf centroid (lower is better)"),
+        "imbalance": leaf["imbalance"], "empty_clusters": leaf["empty"], "level_stats": level_stats,
+        "seconds_assign": seconds_assign, "device": "gpu" if gpu else "cpu",
+        "shards": [{"name": name, "rows": rows} for name, rows in shards],
+    }
+    run.finish(stats, extra_files={"counts.parquet": counts_tmp})
+    return Clusters.load(out_dir)
+
+
+def _remove_run(out_dir: Path, *, keep_dir: bool) -> None:
+    if not keep_dir:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for p in out_dir.iterdir():
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cfg: ClusterConfig, size: int,
+               gpu: bool, progress: bool) -> tuple[_Tree, dict[str, Any]]:
+    """Fit once and commit the centroids as the 'fit' record; a resumed run reloads them."""
+    if run.is_done(FIT_RECORD):
+        record = run.shard_record(FIT_RECORD)
+        logger.info("resuming: the fit is already committed")
+        return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
+    t0 = time.perf_counter()
+    rows = sample_rows(sum(r for _, r in shards), size, cfg.seed)
+    x = _gather(emb, shards, rows)
+    tree, info = _fit_tree(x, cfg, gpu, progress)
+    del x
+    info["seconds_fit"] = round(time.perf_counter() - t0, 3)
+    files = {}
+    for name, arr in _tree_files(tree, hierarchical=cfg.levels is not None):
+        files[name] = tmp = run.tmp_path(name)
+        _save_npy(tmp, arr)
+    if run.is_done(FIT_RECORD):  # a concurrent slice committed its fit while this one was fitting
+        record = run.shard_record(FIT_RECORD)
+        ours = {name: sha256_file(tmp) for name, tmp in files.items()}
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+        if ours != {ref["path"]: ref["sha256"] for ref in record["files"]}:
+            raise StageError(f"{run.out_dir}: this slice fitted other centroids than the slice that "
+                             "committed the fit first (the k-means fit is not bit-reproducible here, e.g. on "
+                             "GPU); run --shard-index 0 alone first, then the other slices reuse its fit")
+        return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
+    run.commit_shard(FIT_RECORD, files, stats={"n_levels": tree.n_levels, "fit": info})
+    return tree, info
+
+
+def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted global indices) of the concatenated shards as one checked (len(rows), d) float32 array."""
+    out = np.empty((len(rows), emb.dim), dtype=np.float32)
+    start = filled = 0
+    for name, n_i in shards:
+        lo, hi = np.searchsorted(rows, [start, start + n_i])
+        vectors, local = emb.shard_vectors(name), rows[lo:hi] - start
+        for a in range(0, n_i, BATCH_ROWS):  # contiguous reads (one batch of rows at a time), then pick
+            i, j = np.searchsorted(local, [a, a + BATCH_ROWS])
+            if j > i:
+                block = out[filled:filled + j - i]
+                block[:] = np.asarray(vectors[a:a + BATCH_ROWS])[local[i:j] - a]
+                _check_vectors(block, f"{emb.path}: shard {name},", local[i:j])  # fail before a long fit
+                filled += j - i
+        start += n_i
+    return out
+
+
+def _assign_shard(vectors: np.ndarray, emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, tmp: str
+                  ) -> tuple[str, float]:
+    """Assign one embedding shard, writing its ids to `tmp` (committed by the caller).
+
+    Returns (tmp, sum of scores)."""
+    ids = np.empty((n_i, tree.n_levels), dtype=np.int32)
+    score_sum = 0.0
+    for lo in range(0, n_i, BATCH_ROWS):
+        x = np.asarray(vectors[lo:lo + BATCH_ROWS], dtype=np.float32)
+        _check_vectors(x, f"{emb_path}: shard {name},", lo)
+        ids[lo:lo + len(x)], score = tree.descend(x, gpu=gpu)
+        score_sum += float(score.sum(dtype=np.float64))
+    _save_npy(Path(tmp), ids)
+    return tmp, score_sum
+
+
+def _ray_assign_shard(emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, out_dir: str
+                      ) -> tuple[str, float]:
+    from ..embedding.result import _vectors_name
+    from ..manifest import tmp_name  # a temp name of this (Ray worker) process: retries never collide
+
+    vectors = np.load(Path(emb_path) / _vectors_name(name), mmap_mode="r")
+    return _assign_shard(vectors, emb_path, name, n_i, tree, gpu,
+                         str(tmp_name(Path(out_dir) / f"assign-{name}.npy")))
+
+
+def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree, gpu: bool,
+                  progress: bool, ex: Execution = LOCAL) -> tuple[float, float, int]:
+    """Assign every shard of this run (skipping committed ones); returns (seconds of this pass, sum of
+    scores over all shards (nan for a slice), shards committed now)."""
+    t0 = time.perf_counter()
+    todo = [(i, name, n_i) for i, (name, n_i) in enumerate(shards) if not run.is_done(name) and ex.mine(i)]
+    committed = 0
+
+    def commit(name: str, result: tuple[str, float]) -> None:
+        nonlocal committed
+        tmp, score_sum = result
+        n_i = dict(shards)[name]
+        committed += commit_once(run, name, {f"assign-{name}.npy": Path(tmp)}, stats={"score_sum": score_sum},
+                                 rows={f"assign-{name}.npy": n_i})
+
+    if ex.engine == "ray" and todo:
+        tasks = [(name, (str(emb.path), name, n_i, Shared("tree"), gpu, str(run.out_dir)))
+                 for _, name, n_i in todo]
+        run_ray(ex, _ray_assign_shard, tasks, commit, shared={"tree": tree},
+                num_gpus=ex.gpus_per_worker if gpu else 0)
+    else:
+        for _, name, n_i in _progress(todo, progress, "assign"):
+            commit(name, _assign_shard(emb.shard_vectors(name), str(emb.path), name, n_i, tree, gpu,
+                                       str(run.tmp_path(f"assign-{name}.npy"))))
+    seconds = time.perf_counter() - t0
+    if ex.sliced:
+        return round(seconds, 3), float("nan"), committed
+    score_sum = sum(run.shard_record(name)["stats"]["score_sum"] for name, _ in shards)
+    return round(seconds, 3), score_sum, committed
+
+
+def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree
+                  ) -> tuple[Path, list[dict[str, Any]]]:
+    """counts.parquet (one row per node of every level) and per-level balance statistics."""
+    pa = require("pyarrow")
+    pq = require("pyarrow.parquet")
+    sizes = [len(c) for c in tree.centroids]
+    docs = [np.zeros(s, dtype=np.int64) for s in sizes]
+    tokens = [np.zeros(s, dtype=np.int64) for s in sizes]
+    for name, n_i in shards:
+        ids = np.load(run.out_dir / f"assign-{name}.npy", mmap_mode="r")
+        tok = _shard_tokens(emb, name, n_i)
+        for j in range(tree.n_levels):
+            col = np.asarray(ids[:, j], dtype=np.int64)
+            docs[j] += np.bincount(col, minlength=sizes[j])
+            tokens[j] += np.bincount(col, weights=tok, minlength=sizes[j]).round().astype(np.int64)
+    table = pa.table({
+        "level": np.concatenate([np.full(s, j, dtype=np.int32) for j, s in enumerate(sizes)]),
+        "node": np.concatenate([np.arange(s, dtype=np.int32) for s in sizes]),
+        "parent": np.concatenate(tree.parents).astype(np.int32),
+        "documents": np.concatenate(docs), "tokens": np.concatenate(tokens),
+    })
+    tmp = run.tmp_path("counts.parquet")
+    pq.write_table(table, tmp)
+    stats = [{"nodes": s, "imbalance": float(d.max() / d.mean()), "empty": int((d == 0).sum())}
+             for s, d in zip(sizes, docs, strict=True)]
+    return tmp, stats
+
+
+def _shard_tokens(emb: Embeddings, name: str, n_i: int) -> np.ndarray:
+    table = emb.shard_table(name, columns=["tokens"])  # an older or foreign table may lack the column
+    _check_table_rows(emb, name, n_i, table.num_rows)
+    if "tokens" not in table.column_names:
+        return np.zeros(n_i, dtype=np.float64)
+    return table.column("tokens").to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append .npy to the temp name
+        np.save(f, np.ascontiguousarray(arr))
