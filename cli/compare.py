@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -75,6 +76,14 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
+def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str) -> Path:
+    """The demo's embedding cache for this installation's pool file. The embeddings record the corpus
+    path they were made from and selections read the text there, so each installation keeps its
+    own: a cache made by another (perhaps deleted) install is never picked up."""
+    install = hashlib.sha256(str(Path(pool).resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / f"demo-{version}" / f"embeddings-{backend}-{max_tokens}-{install}"
+
+
 @cli.command()
 @click.option("--target", "domain", default="python_docs", show_default=True,
               help="Bundled domain to imitate (see data_cards/impsamp-demo.md).")
@@ -100,7 +109,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     methods = METHODS if all_methods else None
     cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, steps=steps,
                          finetune_steps=finetune_steps, preset=preset, seed=seed)
-    emb_dir = cache_dir() / f"demo-{__version__}" / f"embeddings-{embed_backend(cfg.backend)}-{cfg.max_tokens}"
+    emb_dir = demo_embeddings_dir(corpus.pool, embed_backend(cfg.backend), cfg.max_tokens, __version__)
     show = show_progress(progress)
     emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show)
     try:

@@ -103,3 +103,17 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
             for phase in ("train", "train_finetune"):
                 e["metrics"][phase].pop("tokens_per_s")
     assert a == b
+
+
+def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypatch):
+    # Embeddings record the corpus path they were made from, and selections read the text there: a
+    # cache made from another install's pool (maybe deleted since) must not be picked up.
+    from impsamp_cli.compare import demo_embeddings_dir
+
+    monkeypatch.setenv("IMPSAMP_CACHE", str(tmp_path / "cache"))
+    one, two = tmp_path / "a" / "pool.parquet", tmp_path / "b" / "pool.parquet"
+    assert demo_embeddings_dir(one, "torch", 128, "0.1.0") != demo_embeddings_dir(two, "torch", 128, "0.1.0")
+    same = demo_embeddings_dir(tmp_path / "a" / ".." / "a" / "pool.parquet", "torch", 128, "0.1.0")
+    assert same == demo_embeddings_dir(one, "torch", 128, "0.1.0")
+    assert same.parent == tmp_path / "cache" / "demo-0.1.0"
+    assert demo_embeddings_dir(one, "onnx", 128, "0.1.0") != same != demo_embeddings_dir(one, "torch", 256, "0.1.0")
