@@ -115,7 +115,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     try:
         report = Report.load(out_dir)
         same = report.results.get("config") == {**CompareConfig().__dict__, **cfg.__dict__} and \
-            report.results.get("target_domain") == domain
+            report.results.get("target_domain") == domain and report.results.get("impsamp_version") == __version__
     except StageError:
         same = False
     if not same:

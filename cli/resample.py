@@ -20,7 +20,14 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="In-domain sample: a corpus file/folder/glob, its `impsamp embed` output, or a saved "
                    "histogram (.json). Repeat for a mixture, e.g. --target law.jsonl:0.7 --target med.jsonl:0.3.")
 @out_option
-@click.option("--tokens", type=int, default=None, help="Budget in tokens (counted at embed time).")
+@click.option("--tokens", type=int, default=None,
+              help="Budget in tokens of the text written (whole documents, or windows with embed --windows), "
+                   "counted with the embedding model's tokenizer (past its window, estimated from the tokens "
+                   "per character of the part it read) or with --budget-tokenizer.")
+@click.option("--budget-tokenizer", type=click.Path(dir_okay=False), default=None, metavar="TOKENIZER.JSON",
+              help="Count --tokens with this tokenizer (e.g. your trainer's), exactly: reads and tokenizes the "
+                   "generic corpus's text once (resumable).")
+@click.option("--bytes", "n_bytes", type=int, default=None, help="Budget in UTF-8 bytes of the text written.")
 @click.option("--docs", type=int, default=None, help="Budget in documents (windows with embed --windows).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help=f"Selector [default: {ResampleConfig.method}]; uniform is the random-sample baseline.")
@@ -47,7 +54,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @config_option
 @overwrite_option
 @progress_option
-def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, docs, method, scheme, weighting, smoothing,
+def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_tokenizer, n_bytes, docs, method, scheme, weighting, smoothing,
              temperature, cap, backoff, max_repeat, seed, fmt, rows_per_shard, text_field, id_field,
              engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
@@ -65,14 +72,15 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, docs, metho
     (--num-shards/--shard-index) are refused: the output is one global shuffle of every input shard.
     """
     ex = execution(engine, ray_address, num_shards, shard_index)
-    cfg = resolve_config(ResampleConfig, config_file, "resample", tokens=tokens, docs=docs, method=method,
+    cfg = resolve_config(ResampleConfig, config_file, "resample", tokens=tokens, docs=docs, bytes=n_bytes,
+                         budget_tokenizer=None if budget_tokenizer is None else str(budget_tokenizer), method=method,
                          scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
                          backoff=backoff, max_repeat=max_repeat, seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
                     progress=show_progress(progress), command=command_line(), execution=ex)
     s = sel.stats
-    click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['unique_documents']:,} unique documents, "
-               f"repetition {s['repetition_rate']:.1%}) -> {out_dir}")
+    click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['unique_documents']:,} "
+               f"unique documents, repetition {s['repetition_rate']:.1%}) -> {out_dir}")
     click.echo(f"KL(target||generic) {s['kl_target_generic']:.3f} -> KL(target||selected) "
                f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}")

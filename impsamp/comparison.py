@@ -105,12 +105,17 @@ def embed_backend(backend: str) -> str:
 
 
 def _reuse(path: Path, stage: str, config: dict[str, Any], fingerprints: dict[str, str]) -> bool:
-    """True if `path` is a complete `stage` output with this config and these input fingerprints."""
+    """True if `path` is a complete `stage` output of this impsamp version with this config and these input
+    fingerprints (another version may count or draw differently)."""
+    from . import __version__
+
     if not (path / MANIFEST).is_file():
         return False
     try:
         m = read_manifest(path, expect_stage=stage)
     except StageError:
+        return False
+    if m.impsamp_version != __version__:
         return False
     same_cfg = all(m.config.get(k) == v for k, v in config.items())
     same_inputs = all(m.inputs.get(role, {}).get("fingerprint") == fp for role, fp in fingerprints.items())
@@ -197,7 +202,9 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     tcfg = TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
                        tokenizer=str(tok_path.resolve()), n_layer=cfg.n_layer, n_embd=cfg.n_embd,
                        n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size)
-    results: dict[str, Any] = {"config": asdict(cfg), "methods": {}}
+    from . import __version__
+
+    results: dict[str, Any] = {"config": asdict(cfg), "impsamp_version": __version__, "methods": {}}
     domains = _domains(generic_corpus)
     target_domain = _majority_domain(target_corpus)
     for method, sel in selections.items():
@@ -206,8 +213,10 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
             from .training import TrainRun
 
             tr = TrainRun.load(path)
-            if tr.manifest.config != asdict(tcfg):
-                raise StageError("other config")
+            data = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
+            if tr.manifest.config != asdict(tcfg) or tr.manifest.impsamp_version != __version__ or \
+                    data != open_corpus([sel.path], text_field=tcfg.text_field).fingerprint():
+                raise StageError("another config, version or selection")
         except (StageError, FileNotFoundError, KeyError):
             _log(progress, f"training on the {method} selection")
             tr = train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)

@@ -112,8 +112,8 @@ def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypa
 
     monkeypatch.setenv("IMPSAMP_CACHE", str(tmp_path / "cache"))
     one, two = tmp_path / "a" / "pool.parquet", tmp_path / "b" / "pool.parquet"
-    assert demo_embeddings_dir(one, "torch", 128, "0.1.0") != demo_embeddings_dir(two, "torch", 128, "0.1.0")
-    same = demo_embeddings_dir(tmp_path / "a" / ".." / "a" / "pool.parquet", "torch", 128, "0.1.0")
-    assert same == demo_embeddings_dir(one, "torch", 128, "0.1.0")
-    assert same.parent == tmp_path / "cache" / "demo-0.1.0"
-    assert demo_embeddings_dir(one, "onnx", 128, "0.1.0") != same != demo_embeddings_dir(one, "torch", 256, "0.1.0")
+    assert demo_embeddings_dir(one, "torch", 128, "0.2.0") != demo_embeddings_dir(two, "torch", 128, "0.2.0")
+    same = demo_embeddings_dir(tmp_path / "a" / ".." / "a" / "pool.parquet", "torch", 128, "0.2.0")
+    assert same == demo_embeddings_dir(one, "torch", 128, "0.2.0")
+    assert same.parent == tmp_path / "cache" / "demo-0.2.0"
+    assert demo_embeddings_dir(one, "onnx", 128, "0.2.0") != same != demo_embeddings_dir(one, "torch", 256, "0.2.0")

@@ -17,7 +17,8 @@ Output directory (the `cluster` stage contract):
     assign-{shard}.npy          (n_i, n_levels) int32 per embedding shard, row-aligned with it;
                                 column j = node id at level j, last column = leaf id
     counts.parquet              one row per node of every level: level, node, parent (-1 at level 0),
-                                documents (embedding rows), tokens (sum of the rows' `tokens`)
+                                documents (embedding rows), tokens (sum of the rows' `text_tokens`,
+                                their whole texts')
     manifest.json               config, inputs (embeddings path + fingerprint + model), stats
 
 Hierarchy: the children of a node are fitted on the sample points that the node holds under the

@@ -240,11 +240,14 @@ def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
 
 
 def _shard_tokens(emb: Embeddings, name: str, n_i: int) -> np.ndarray:
-    table = emb.shard_table(name, columns=["tokens"])  # an older or foreign table may lack the column
+    """Tokens of each unit's whole text (`text_tokens`); older tables have only the embedded span's."""
+    have = emb.shard_columns(name)  # an older or foreign table may lack the columns
+    column = next((c for c in ("text_tokens", "tokens") if c in have), None)
+    table = emb.shard_table(name, columns=[column] if column else [])
     _check_table_rows(emb, name, n_i, table.num_rows)
-    if "tokens" not in table.column_names:
+    if column is None:
         return np.zeros(n_i, dtype=np.float64)
-    return table.column("tokens").to_numpy(zero_copy_only=False).astype(np.float64)
+    return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

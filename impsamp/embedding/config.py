@@ -45,7 +45,15 @@ DOCS_SCHEMA = pa.schema([
     ("doc_index", pa.int64()), ("id", pa.string()), ("file", pa.int32()), ("row", pa.int64()),
     ("chars", pa.int32()), ("tokens", pa.int32()), ("window", pa.int32()),
     ("char_start", pa.int64()), ("char_end", pa.int64()),
+    ("text_chars", pa.int64()), ("text_bytes", pa.int64()), ("text_tokens", pa.int64()),
 ])
+"""One row per unit. `chars`, `tokens`, `char_start`, `char_end`: the span the model read. `text_*`: the
+unit's text as a selection writes it (the whole document when truncated, the window with `--windows`):
+its characters, UTF-8 bytes and tokens, counted exactly where the model read all of it and otherwise
+estimated past the span at the span's own tokens per character (`LENGTH_COLUMNS`)."""
+LENGTH_COLUMNS = ("text_chars", "text_bytes", "text_tokens")
+"""Full-length columns; embeddings written before they existed lack them (`resample` then reads the
+lengths from the corpus)."""
 TEXTS_SCHEMA = pa.schema([
     ("text_index", pa.int64()), ("chars", pa.int32()), ("tokens", pa.int32()), ("window", pa.int32()),
     ("char_start", pa.int64()), ("char_end", pa.int64()),

@@ -90,6 +90,17 @@ class Embeddings:
             raise StageError(f"{path} cannot be read as a Parquet table ({str(e)[:200]}); the embeddings are "
                              "damaged: rerun `impsamp embed` with --overwrite") from None
 
+    def shard_columns(self, name: str) -> list[str]:
+        """The columns of one shard's unit table (older outputs lack the `text_*` lengths)."""
+        import pyarrow.parquet as pq
+
+        path = self.path / _docs_name(name)
+        try:
+            return list(pq.read_schema(path).names)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise StageError(f"{path} cannot be read as a Parquet table ({str(e)[:200]}); the embeddings are "
+                             "damaged: rerun `impsamp embed` with --overwrite") from None
+
     def iter_shards(self) -> Iterator[tuple[str, np.ndarray, pa.Table]]:
         for name in self.shard_names:
             yield name, self.shard_vectors(name), self.shard_table(name)

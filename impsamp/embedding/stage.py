@@ -177,8 +177,8 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         return slice_result(run, ex, len(pending), [s.name for s in shards])
     records = {r["shard"]: r for r in run.records()}
     totals: dict[str, Any] = {}
-    for key in ("documents", "units", "tokens", "characters", "characters_embedded", "truncated_documents",
-                "skipped_empty", "replaced_utf8"):
+    for key in ("documents", "units", "tokens", "characters", "characters_embedded", "text_tokens", "text_bytes",
+                "truncated_documents", "skipped_empty", "replaced_utf8"):
         totals[key] = sum(int(records[s.name]["stats"].get(key, 0)) for s in shards)
     if totals["documents"] == 0:  # a complete output of no vectors would only fail in the next stage
         raise CorpusError(f"the corpus {', '.join(f.path for f in corpus.files)} has {corpus.n_rows:,} row(s) but "

@@ -25,9 +25,14 @@ class ResampleConfig:
     """How to draw a selection from the clustered generic corpus."""
 
     tokens: int | None = None
-    """Budget in tokens (of the embedding model's tokenizer, counted at embed time)."""
+    """Budget in tokens of the text written: the embedding model's tokenizer on whole documents (past the
+    embedded window estimated at the window's tokens per character), or `budget_tokenizer`'s, exact."""
     docs: int | None = None
     """Budget in documents (embedding units: windows with `embed --windows`)."""
+    bytes: int | None = None
+    """Budget in UTF-8 bytes of the text written."""
+    budget_tokenizer: str | None = None
+    """A tokenizer.json to count `tokens` in (e.g. the trainer's); reads the generic corpus's text once."""
     method: str = "importance"
     """`importance` (clustered importance sampling), `uniform` (random sample: the paper's baseline),
     `ngram` (DSIR-style hashed n-grams) or `classifier` (logistic regression on the embeddings);
@@ -57,9 +62,11 @@ class ResampleConfig:
     id_field: str | None = None
 
     def __post_init__(self) -> None:
-        if (self.tokens is None) == (self.docs is None):
-            raise ConfigError("give exactly one budget: --tokens N or --docs N")
-        for name in ("tokens", "docs", "rows_per_shard", "max_repeat"):
+        if sum(v is not None for v in (self.tokens, self.docs, self.bytes)) != 1:
+            raise ConfigError("give exactly one budget: --tokens N, --bytes N or --docs N")
+        if self.budget_tokenizer is not None and self.tokens is None:
+            raise ConfigError("--budget-tokenizer counts a --tokens budget; give --tokens N with it")
+        for name in ("tokens", "docs", "bytes", "rows_per_shard", "max_repeat"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
@@ -71,3 +78,9 @@ class ResampleConfig:
         for name, allowed in (("scheme", SCHEMES), ("method", METHODS), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    @property
+    def budget(self) -> tuple[str, int]:
+        """(unit, amount): unit is `tokens`, `bytes` or `docs`."""
+        return next((u, v) for u, v in (("tokens", self.tokens), ("bytes", self.bytes), ("docs", self.docs))
+                    if v is not None)

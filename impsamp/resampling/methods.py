@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..manifest import StageRun
 from .config import ResampleConfig
 from .tables import _progress
-from .writing import _unit_texts
+from .writing import unit_texts
 
 
 def _parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
@@ -54,7 +54,7 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
         counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
         if counts is None:
             table = shard_tables[name]
-            texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+            texts = unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
             counts = ngram_counts(texts)
             tmp = run.tmp_path(f"_ngram/{name}.npy")
             with open(tmp, "wb") as f:
@@ -67,7 +67,7 @@ def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corp
     out = []
     for name in names:
         table = shard_tables[name]
-        texts = _unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+        texts = unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
         out.append(ngram_log_weights(texts, log_ratio))
         bar.update(1)
     bar.close()

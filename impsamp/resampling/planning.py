@@ -54,14 +54,15 @@ def _shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
 
 
 _KEYS, _DRAWS, _ROUTE, _SHUFFLE = 1, 2, 3, 4
+_UNIT_NAMES = {"tokens": "tokens", "bytes": "bytes", "docs": "documents"}
 
 
 def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_leaves: list[np.ndarray],
-          shard_tokens: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None) -> Plan:
+          shard_sizes: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None) -> Plan:
     """Draws per shard and cluster (match, crisp), or the top-k key threshold (topk).
 
-    `doc_log_w` gives document-level log-weights (ngram, classifier); by default a unit's
-    log-weight is that of its cluster.
+    `shard_sizes` gives each unit's size in the budget's unit (`cfg.budget`). `doc_log_w` gives
+    document-level log-weights (ngram, classifier); by default a unit's log-weight is its cluster's.
     """
     k = len(weights)
     if cfg.scheme == "topk" or doc_log_w is not None:
@@ -70,27 +71,28 @@ def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_le
             with np.errstate(divide="ignore"):
                 log_w = np.log(weights)
             doc_log_w = [log_w[a] for a in shard_leaves]
-        return _plan_topk(cfg, weights, doc_log_w, shard_leaves, shard_tokens, shard_counts)
-    # one pass over the shards (each read once): units and tokens per (shard, cluster)
-    counts, tok_c = [], np.zeros(k)
-    for a, t in zip(shard_leaves, shard_tokens):
+        return _plan_topk(cfg, weights, doc_log_w, shard_leaves, shard_sizes, shard_counts)
+    # one pass over the shards (each read once): units and their sizes per (shard, cluster)
+    unit, amount = cfg.budget
+    counts, size_c = [], np.zeros(k)
+    for a, t in zip(shard_leaves, shard_sizes):
         counts.append(np.bincount(a, minlength=k))
-        tok_c += np.bincount(a, weights=t, minlength=k)
+        if unit != "docs":
+            size_c += np.bincount(a, weights=t, minlength=k)
     shard_counts = np.stack(counts).astype(np.int64)
     n_c = shard_counts.sum(axis=0)
-    mean_tok = np.where(n_c > 0, tok_c / np.maximum(n_c, 1), 0.0)
+    mean_size = np.where(n_c > 0, size_c / np.maximum(n_c, 1), 0.0)
     q = weights * n_c
     q = q / q.sum()
-    # units to draw: a doc budget directly; a token budget through each cluster's mean length
-    n_units = cfg.docs if cfg.docs is not None else cfg.tokens / max(float((q * mean_tok).sum()), 1e-12)
+    # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
+    n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, _DRAWS])
     if cfg.scheme == "match":
         limit = np.where(q > 0, n_c * (cfg.max_repeat or np.inf), 0.0)
         if cfg.max_repeat is not None and limit.sum() < n_units:
-            most = int(limit.sum()) if cfg.docs is not None else int((limit * mean_tok).sum())
+            most = int(limit.sum()) if unit == "docs" else int((limit * mean_size).sum())
             raise ConfigError(f"budget impossible with --max-repeat {cfg.max_repeat}: at most {most:,} "
-                              f"{'documents' if cfg.docs is not None else 'tokens'} can be drawn; "
-                              "lower the budget or raise --max-repeat")
+                              f"{_UNIT_NAMES[unit]} can be drawn; lower the budget or raise --max-repeat")
         draws = _largest_remainder(_cap_draws(q, n_units, limit), int(round(n_units)))
         extra = draws % np.maximum(n_c, 1)
         shard_draws = shard_counts * (draws // np.maximum(n_c, 1))
@@ -111,29 +113,27 @@ def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray
 
 
 def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndarray],
-               shard_leaves: list[np.ndarray], shard_tokens: list[np.ndarray], shard_counts: np.ndarray) -> Plan:
+               shard_leaves: list[np.ndarray], shard_sizes: list[np.ndarray], shard_counts: np.ndarray) -> Plan:
+    unit, amount = cfg.budget
     eligible = [np.isfinite(lw) for lw in doc_log_w]
-    available = int(sum(e.sum() for e in eligible))
-    available_tokens = float(sum(t[e].sum() for t, e in zip(shard_tokens, eligible)))
-    if cfg.docs is not None and cfg.docs > available:
-        raise ConfigError(f"budget impossible without replacement: --docs {cfg.docs:,} but only "
-                          f"{available:,} documents have a non-zero weight; lower --docs or use --scheme match")
-    if cfg.tokens is not None and cfg.tokens > available_tokens:
-        raise ConfigError(f"budget impossible without replacement: --tokens {cfg.tokens:,} but only "
-                          f"{int(available_tokens):,} tokens have a non-zero weight; lower --tokens or "
+    available = (sum(int(e.sum()) for e in eligible) if unit == "docs" else
+                 float(sum(t[e].sum() for t, e in zip(shard_sizes, eligible))))
+    if amount > available:
+        raise ConfigError(f"budget impossible without replacement: --{unit} {amount:,} but only "
+                          f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or "
                           "use --scheme match")
     # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
     best_k = np.empty(0)
     best_t = np.empty(0)
-    for s, (lw, toks) in enumerate(zip(doc_log_w, shard_tokens)):
+    for s, (lw, sizes) in enumerate(zip(doc_log_w, shard_sizes)):
         best_k = np.concatenate([best_k, _topk_keys(cfg, lw, s)])
-        best_t = np.concatenate([best_t, toks.astype(np.float64)])
+        best_t = np.concatenate([best_t, np.asarray(sizes, dtype=np.float64)])
         order = np.argsort(-best_k, kind="stable")
-        if cfg.docs is not None:
-            keep = order[:cfg.docs]
+        if unit == "docs":
+            keep = order[:amount]
         else:
             cum = np.cumsum(best_t[order])
-            keep = order[:int(np.searchsorted(cum, cfg.tokens)) + 1]
+            keep = order[:int(np.searchsorted(cum, amount)) + 1]
         best_k, best_t = best_k[keep], best_t[keep]
     threshold = float(best_k.min())
     draws = np.zeros(len(weights), dtype=np.int64)

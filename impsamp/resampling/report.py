@@ -103,12 +103,14 @@ def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, sh
     from .. import __version__
 
     template = (Path(__file__).parents[1] / "data" / "selection_card.md").read_text()
+    budget = stats["budget"]
     generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (" ..." if len(corpus.files) > 3 else "")
     target_name = ", ".join(t["target"] for t in stats["targets"]) or "(none: uniform sample)"
     diag = ["| diagnostic | value |", "|---|---:|"] + [
         f"| {k.replace('_', ' ')} | {_num(stats[k])} |" for k in (
-            "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
-            "effective_sample_size", "target_top_cluster_mass", "target_entropy", "empty_target_clusters")]
+            "rows", "tokens", "characters", "bytes", "unique_documents", "repetition_rate", "kl_target_generic",
+            "kl_target_selected", "effective_sample_size", "target_top_cluster_mass", "target_entropy",
+            "empty_target_clusters")]
     p_t, p_g = target.probs(), generic.probs()
     p_s = plan.draws / max(plan.draws.sum(), 1)
     top = [int(c) for c in np.argsort(-p_s, kind="stable")[:5] if p_s[c] > 0]
@@ -120,7 +122,10 @@ def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, sh
     values = {
         "name": _yaml(f"impsamp-selection-{fingerprint_key[7:15]}"), "generic_corpus": _yaml(generic_name),
         "target": _yaml(target_name), "license": _yaml("that of the generic corpus"),
-        "num_documents": stats["rows"], "num_tokens": stats["tokens"], "k": clu.n_leaves,
+        "num_documents": stats["rows"], "num_tokens": stats["tokens"], "num_characters": stats["characters"],
+        "num_bytes": stats["bytes"], "budget": f"{budget['amount']:,} {budget['unit']}",
+        "tokens_counted_with": _yaml(budget["tokens_counted_with"]),
+        "tokens_how": budget.get("how", "exact, every unit's whole text tokenized"), "k": clu.n_leaves,
         "scheme": _yaml(cfg.scheme if cfg.method == "importance" else "uniform"),
         "weighting": _yaml(stats["weighting"]), "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
         "kl_target_selected": f"{stats['kl_target_selected']:.4f}", "seed": cfg.seed,

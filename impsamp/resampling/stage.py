@@ -22,7 +22,8 @@ from ..weighting import compute_weights
 from .config import ResampleConfig, SELECTION_SCHEMA
 from .selection import Selection
 from .planning import _ROUTE, _SHUFFLE, Plan, _plan, _shard_rng, _unit_repeats
-from .tables import _PerShard, _ShardTables, _TOKEN_COLUMNS, _hist_key, _progress, _unit_tokens
+from .budget import BudgetCounter, UnitSizes
+from .tables import _PerShard, _ShardTables, _hist_key, _progress
 from .writing import COMBINE_BYTES, _data_name, _selected_rows, _spill_ok, _write_output_shard, _write_spill
 from .methods import _classifier_log_weights, _ngram_log_weights, _parse_target
 from .report import _diagnostics, _plot, _write_extras
@@ -102,15 +103,22 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     # ngram and classifier still hold one log-weight per unit).
     shard_leaves = _PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64))
     # Unit tables are read again where needed, one shard at a time: holding every shard's table (ids
-    # and all) made peak memory grow ~180 bytes per corpus row; the plan needs only leaves and tokens.
+    # and all) made peak memory grow ~180 bytes per corpus row; the plan needs only leaves and sizes.
     shard_tables = _ShardTables(emb)
-    shard_tokens = _PerShard(names, lambda n: _unit_tokens(emb.shard_table(n, columns=_TOKEN_COLUMNS), windowed))
     corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
+    counter = BudgetCounter(emb, corpus, corpus_shards, windowed, cfg.budget_tokenizer)
+    unit = cfg.budget[0]
+    shard_sizes = _PerShard(names, lambda n: counter[n].of(unit))
     inputs = {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
               "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
-              "targets": described, "target_fingerprint": _hist_key(target)}
+              "targets": described, "target_fingerprint": _hist_key(target), "budget": counter.describe()}
     run = StageRun(Path(out_dir), "resample", config={**asdict(cfg), "weighting": weighting_name},
                    inputs=inputs, overwrite=overwrite).begin()
+    if not counter.in_tables:
+        with _progress(progress, len(names), "counting tokens" if cfg.budget_tokenizer else "reading lengths") as b:
+            counter.prepare(run, names, b)
+    else:
+        counter.prepare(run, names)
 
     doc_log_w = None
     if cfg.method == "ngram":
@@ -118,7 +126,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                                        progress)
     elif cfg.method == "classifier":
         doc_log_w = _classifier_log_weights(cfg, targets, emb, names)
-    plan = _plan(cfg_eff, weights, generic, shard_leaves, shard_tokens, doc_log_w)
+    plan = _plan(cfg_eff, weights, generic, shard_leaves, shard_sizes, doc_log_w)
     total_rows = int(plan.draws.sum())
     n_out = max(1, math.ceil(total_rows / cfg.rows_per_shard))
 
@@ -139,7 +147,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     bar.update(len(names) - len(route))
     if ex.engine == "ray" and route:
         tasks = [(f"route-{name}", (cfg_eff, Shared("plan"), s, name, corpus, corpus_shards[name],
-                                    Shared("tables"), shard_leaves[s], Shared("weights"),
+                                    Shared("tables"), shard_leaves[s], counter[name], Shared("weights"),
                                     None if doc_log_w is None else doc_log_w[s], windowed, n_out,
                                     str(run.out_dir / "_spill" / f"{name}.arrow"), True))
                  for s, name in route]
@@ -147,8 +155,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                 shared={"plan": plan, "weights": weights, "tables": shard_tables})
     else:
         _in_threads(route_done, [(f"route-{name}", lambda s=s, name=name: _route_shard(
-            cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], weights,
-            None if doc_log_w is None else doc_log_w[s], windowed, n_out,
+            cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], counter[name],
+            weights, None if doc_log_w is None else doc_log_w[s], windowed, n_out,
             str(run.tmp_path(f"_spill/{name}.arrow")), False)) for s, name in route])
     # the histogram plot (~0.7 s of CPU, mostly importing matplotlib) is drawn on a thread during the
     # gathering pass, which leaves a core idle (Arrow takes and writes; the routing pass uses both)
@@ -186,9 +194,12 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                 pending.result()
     bar.close()
 
-    selected_tokens = int(sum(run.shard_record(f"route-{name}")["stats"]["tokens"] for name in names))
-    stats = _diagnostics(target, generic, plan, weights, total_rows, unique, selected_tokens)
-    stats.update({"output_shards": n_out, "targets": described, "weighting": weighting_name,
+    selected = {key: int(sum(run.shard_record(f"route-{name}")["stats"][key] for name in names))
+                for key in ("tokens", "chars", "bytes")}
+    stats = _diagnostics(target, generic, plan, weights, total_rows, unique, selected["tokens"])
+    stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
+                  "budget": {"unit": unit, "amount": cfg.budget[1], **counter.describe()},
+                  "output_shards": n_out, "targets": described, "weighting": weighting_name,
                   "method": cfg.method, "scheme": cfg_eff.scheme})
     extra = _write_extras(run, cfg, stats, target, generic, plan, emb, clu, command, n_out, corpus, shard_tables,
                           names, shard_leaves, plot)
@@ -246,8 +257,8 @@ def _in_threads(done: Callable[[str, Any], None], jobs: list[tuple[str, Callable
 
 
 def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, corpus_shard, tables,
-                 leaves: np.ndarray, weights: np.ndarray, doc_log_w: np.ndarray | None, windowed: bool,
-                 n_out: int, path: str, own_tmp: bool) -> tuple[str, dict[str, int]]:
+                 leaves: np.ndarray, sizes: UnitSizes, weights: np.ndarray, doc_log_w: np.ndarray | None,
+                 windowed: bool, n_out: int, path: str, own_tmp: bool) -> tuple[str, dict[str, int]]:
     """Pass 1 for input shard `s` (embedding shard `name`, its unit table read from `tables` here):
     its selected rows, routed to output shards, in a spill file at `path` (or, with `own_tmp`, at
     this process's temp name of `path`: a Ray task); -> (file, stats)."""
@@ -259,8 +270,7 @@ def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, cor
     tmp = tmp_name(Path(path)) if own_tmp else Path(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     _write_spill(tmp, rows, buckets, n_out)
-    tokens = float((reps * _unit_tokens(table, windowed)).sum())
-    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows, "tokens": tokens}
+    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows, **sizes.totals(reps)}
 
 
 def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str, own_tmp: bool

@@ -37,20 +37,8 @@ class _ShardTables:
         return self.emb.shard_table(name, columns=[column]).column(column).to_numpy()
 
 
-_TOKEN_COLUMNS = ["tokens", "chars", "char_start", "char_end"]
 _ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_end", "tokens", "chars"]
 """What writing a selected unit needs from the unit table."""
-
-
-def _unit_tokens(table: pa.Table, windowed: bool) -> np.ndarray:
-    """Tokens of each unit as it will be written: a truncated document counts in full, estimated
-    from the characters the embedding model read and the document's length."""
-    tokens = table.column("tokens").to_numpy().astype(np.float64)
-    if windowed:
-        return tokens
-    chars = table.column("chars").to_numpy().astype(np.float64)
-    read = (table.column("char_end").to_numpy() - table.column("char_start").to_numpy()).astype(np.float64)
-    return np.where(read < chars, tokens * chars / np.maximum(read, 1.0), tokens)
 
 
 def _hist_key(h: Histogram) -> str:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from .config import SELECTION_SCHEMA
 
 
-def _unit_texts(corpus, corpus_shard, table: pa.Table, units: np.ndarray, windowed: bool) -> pa.Array:
+def unit_texts(corpus, corpus_shard, table: pa.Table, units: np.ndarray, windowed: bool) -> pa.Array:
     """Text of the given units (row numbers of one shard's embedding table), read from the corpus.
 
     A window is its own training unit; otherwise the whole document is (even when the embedding
@@ -33,7 +33,7 @@ def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leav
     sel = np.flatnonzero(reps)
     if len(sel) == 0:
         return SELECTION_SCHEMA.empty_table()
-    unit_text = _unit_texts(corpus, corpus_shard, table, sel, windowed)
+    unit_text = unit_texts(corpus, corpus_shard, table, sel, windowed)
     r = reps[sel]
     rep_of = np.repeat(np.arange(len(sel)), r)
     repeat_idx = np.arange(len(rep_of)) - np.repeat(np.cumsum(r) - r, r)
