@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -273,19 +274,6 @@ def purity_table(emb: Path, work: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    import faiss
-
-    return (f"{model}, {os.cpu_count()} cores, faiss {faiss.__version__} (CPU, {faiss.omp_get_max_threads()} "
-            f"OpenMP threads), numpy {np.__version__}, Python {platform.python_version()}")
-
-
 def gb(b: float) -> str:
     return f"{b / 2**30:.2f} GiB"
 
@@ -297,7 +285,7 @@ def row(*cells) -> str:
 def report(parts: dict) -> str:
     command = f"`.venv/bin/python benchmarks/bench_cluster.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
     lines = ["# `impsamp cluster` benchmark", "",
-             f"Machine: {machine()}. Date: {dt.date.today().isoformat()}. Load average at the end: "
+             f"Machine: {machine()}, faiss {faiss_info()}. Date: {dt.date.today().isoformat()}. Load average at the end: "
              f"{os.getloadavg()[0]:.1f} (a shared machine; each figure is the best of its runs).", "",
              f"Command: {command}", ""]
     lines += ["## impsamp cluster vs plain faiss, same vectors, same sample, same seed", "",
@@ -407,3 +395,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def faiss_info() -> str:
+    import faiss
+
+    return f"{faiss.__version__} (CPU, {faiss.omp_get_max_threads()} OpenMP threads), numpy {np.__version__}"

@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 CPU_CONFIGS = [("baseline", {}), ("impsamp torch", {"backend": "torch"}),
@@ -119,13 +120,10 @@ def _child(args: argparse.Namespace) -> None:
 def _ceilings(args: argparse.Namespace, corpus: Path, max_tokens: int) -> str:
     """What bounds impsamp's speed: tokenizing alone (its threads, no model) and the model alone (on
     already-tokenized batches), in docs/s, on the same documents."""
-    from concurrent.futures import ThreadPoolExecutor
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
     from impsamp.embedding import SORT_BUFFER, EmbedConfig, load_embedder, tokenize_serially
-
-    from concurrent.futures import ProcessPoolExecutor
-    import multiprocessing
-
     from impsamp.embedding.engine import _tokenize_in_process, _tokenizing_init
 
     texts = _texts(corpus, None)
@@ -213,25 +211,6 @@ def _same_cluster(a: Path, b: Path, k: int = 64) -> float:
     _, ax = km.index.search(x, 1)
     _, ay = km.index.search(y, 1)
     return float((ax[:, 0] == ay[:, 0]).mean())
-
-
-def _machine() -> str:
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)}"
-    except ImportError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({name}){gpu}"
 
 
 def _versions() -> str:
@@ -335,7 +314,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> None:
     header = ("| config | precision | max tokens | docs/s | vs baseline | min cosine | mean cosine "
               "| same cluster (k=64) | peak RSS MB |\n|---|---|---|---|---|---|---|---|---|")
     report = "\n".join([
-        f"Machine: {_machine()}; {_versions()}.",
+        f"Machine: {machine()}; {_versions()}.",
         f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus; "
         f"best of {args.rounds} interleaved rounds; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; {time.time() - started:.0f} s in all.",

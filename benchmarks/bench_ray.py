@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_embed import _machine  # noqa: E402  (one machine description for the benchmarks)
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -99,7 +99,7 @@ def main() -> None:
             "",
             f"Command: `python benchmarks/bench_ray.py --write {args.write}`.",
             "",
-            f"Machine: {_machine()}; ray {ray.__version__}, python {platform.python_version()}.",
+            f"Machine: {machine()}; ray {ray.__version__}, python {platform.python_version()}.",
             f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus in "
             f"{shards} shards of {args.rows_per_shard}; {MODEL}, torch backend, 128 tokens, device "
             f"{args.device}, precision {local['precision']}; one run each, each engine in a fresh process; "

@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import resource
 import shutil
@@ -42,6 +41,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache" / "resample"
@@ -70,19 +71,6 @@ def uptime() -> str:
 def load_avg() -> str:
     m = re.search(r"load average: (.*)$", uptime())
     return m.group(1) if m else "?"
-
-
-def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
 
 
 def versions() -> str:
@@ -324,9 +312,8 @@ def warm(files: list[str]) -> None:
 
 def worker_impsamp(a: argparse.Namespace) -> dict:
     import impsamp
-    from impsamp.resampling import ResampleConfig
-
     import impsamp.histograms as hist_mod
+    from impsamp.resampling import ResampleConfig
 
     # time the target's embedding inside the call (torch import, model load, forward passes): a
     # wrapper around the module-level function `histogram` looks up; the library is not changed

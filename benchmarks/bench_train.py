@@ -24,13 +24,11 @@ MFU = tokens/s * (6 * N + 12 * n_layer * n_embd * block_size) / peak, with N the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
-import platform
+import sys
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,8 @@ from impsamp.datasets import demo_corpus
 from impsamp.training import TrainConfig, train, train_tokenizer
 from impsamp.training.config import PRESETS
 from impsamp.training.model import GPT
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -158,17 +158,6 @@ def _vocab(tokenizer: Path) -> int:
     from impsamp.training.tokenizer import load_tokenizer
 
     return padded_vocab(load_tokenizer(tokenizer).vocab_size)
-
-
-def machine() -> str:
-    with contextlib.suppress(Exception):
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    with contextlib.suppress(Exception):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(li.split(":", 1)[1].strip() for li in out.splitlines() if li.startswith("Model name"))
-        return f"{name}, {torch.get_num_threads()} threads"
-    return platform.processor()
 
 
 def main() -> None:

@@ -42,8 +42,8 @@ def _pool(args, work: Path) -> tuple[Path, dict[str, Path], list[str]]:
         demo = demo_corpus()
         domains = args.domains.split(",") if args.domains else list(demo.domains)
         return demo.pool, {d: demo.sample(d) for d in domains}, domains
-    import json
     import gzip
+    import json
 
     domains = args.domains.split(",")
     rows, samples = [], {}

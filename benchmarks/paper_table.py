@@ -22,26 +22,15 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "paper.md"
-
-
-def _machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def _mean(xs: list[float]) -> float:
@@ -147,7 +136,7 @@ def main() -> None:
     cfg = res["config"]
     header = "\n".join([
         "# The paper table on the bundled corpus", "",
-        f"Machine: {_machine()}; date {dt.date.today().isoformat()}; load average {load0:.1f} at the start, "
+        f"Machine: {machine()}; date {dt.date.today().isoformat()}; load average {load0:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end; {time.time() - t0:.0f} s in all (runs reused from "
         f"`{args.work}` count as 0).",
         f"Command: `python benchmarks/paper_table.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.",

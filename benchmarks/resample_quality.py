@@ -33,8 +33,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_resample import (cache_dir, have_dsir, load_avg, machine, pool_jsonl, real_clusters,  # noqa: E402
-                            real_embeddings, target_jsonl, update_section, uptime, versions)
+from bench_resample import (  # noqa: E402
+    cache_dir,
+    have_dsir,
+    load_avg,
+    machine,
+    pool_jsonl,
+    real_clusters,
+    real_embeddings,
+    target_jsonl,
+    update_section,
+    uptime,
+    versions,
+)
 
 POOL_PER_DOMAIN = 600
 

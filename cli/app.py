@@ -30,6 +30,8 @@ class ImpsampGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun the same command to resume.", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            raise  # the reader went away (`impsamp info DIR | head`): click's main exits quietly
         except OSError as e:
             # Disk full, permission denied, ...: name the file and what to do.
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""

@@ -10,8 +10,8 @@ from impsamp.clustering import ClusterConfig
 from impsamp.clustering import cluster as run_cluster
 from impsamp.config import resolve_config
 
-from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
-                  show_progress)
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option,
+                  scale_options, show_progress)
 
 
 def _parse_levels(ctx, param, value):

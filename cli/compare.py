@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from impsamp.comparison import METHODS, CompareConfig, Report, compare as _compare, embed_backend
+from impsamp.comparison import METHODS, CompareConfig, Report, embed_backend
+from impsamp.comparison import compare as _compare
 from impsamp.config import resolve_config
 from impsamp.errors import StageError
 

@@ -7,8 +7,8 @@ import click
 from impsamp.config import resolve_config
 from impsamp.embedding import BACKENDS, DEVICES, PRECISIONS, EmbedConfig, embed
 
-from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
-                  show_progress)
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option,
+                  scale_options, show_progress)
 
 
 @cli.command("embed")

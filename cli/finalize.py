@@ -23,7 +23,7 @@ def finalize(out_dir):
       impsamp embed data/generic --out runs/emb --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
       impsamp finalize runs/emb
     """
-    from impsamp.scale import finalize as run_finalize
+    from impsamp.finalizing import finalize as run_finalize
 
     was_complete = (Path(out_dir) / "manifest.json").is_file()
     handle = run_finalize(out_dir)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from . import compare, info, resample  # noqa: F401  (each module registers its commands on `cli`)
-from . import cluster  # noqa: F401
-from . import embed  # noqa: F401
-from . import finalize  # noqa: F401
-from . import train  # noqa: F401
+from . import cluster, compare, embed, finalize, info, resample, train  # noqa: F401 (each registers its commands)
 from .app import cli
 
 

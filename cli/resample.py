@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from impsamp.config import resolve_config
-from impsamp.resampling import FORMATS, METHODS, SCHEMES, ResampleConfig, command_line, resample as _resample
+from impsamp.resampling import FORMATS, METHODS, SCHEMES, ResampleConfig, command_line
+from impsamp.resampling import resample as _resample
 
-from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
-                  show_progress)
+from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option,
+                  scale_options, show_progress)
 
 
 @cli.command()

@@ -10,6 +10,7 @@ import click
 
 from impsamp.config import from_dict, load_toml
 from impsamp.training.config import PRESETS, TrainConfig
+from impsamp.training.families import FAMILIES
 
 from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
 
@@ -45,6 +46,8 @@ def _train_options(f):
               help="Training corpus: a `resample` selection, Parquet, JSONL, a folder or glob (repeatable).")
 @out_option
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Model size [default: tiny].")
+@click.option("--arch", type=click.Choice(sorted(FAMILIES)), default=None,
+              help="Model family [default: dense, the Llama-style decoder].")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
               help="Use this tokenizer.json instead of training a BPE on the data.")
 @click.option("--finetune", multiple=True,
@@ -63,7 +66,7 @@ def _train_options(f):
 @config_option
 @overwrite_option
 @progress_option
-def train(data, out_dir, preset, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
+def train(data, out_dir, preset, arch, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
           keep_checkpoints, resume, config_file, overwrite, progress, **numbers):
     """Pretrain a small LM on --data, optionally fine-tune on --finetune, score --eval files.
 
@@ -86,7 +89,7 @@ def train(data, out_dir, preset, tokenizer, finetune, eval_files, device, dtype,
 
     if numbers["tokens"] is not None:
         numbers["tokens"] = int(numbers["tokens"])
-    cfg = _resolve(config_file, dict(preset=preset, tokenizer=tokenizer, device=device, dtype=dtype,
+    cfg = _resolve(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
                                      compile=compile_, text_field=text_field,
                                      keep_checkpoints=keep_checkpoints, **numbers))
     run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None,

@@ -30,7 +30,7 @@ _LAZY = {
     "density_ratio": "weighting",
     "resample": "resampling", "Selection": "resampling", "ResampleConfig": "resampling",
     "demo_corpus": "datasets",
-    "Execution": "scale", "finalize": "scale",
+    "Execution": "scale", "finalize": "finalizing",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

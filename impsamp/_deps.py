@@ -32,12 +32,3 @@ def require(module: str) -> ModuleType:
             f"{module} is needed for this step but cannot be imported ({e}); "
             f"install it with: pip install '{pkg}' (or pip install 'impsamp[{extra}]')"
         ) from e
-
-
-def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in AMX tiles (Intel Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False

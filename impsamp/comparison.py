@@ -92,7 +92,7 @@ def embed_backend(backend: str) -> str:
     """`auto` -> the faster exact-enough backend on this machine (see `CompareConfig.backend`)."""
     if backend != "auto":
         return backend
-    from ._deps import cpu_has_amx_bf16
+    from .hardware import cpu_has_amx_bf16
 
     if cpu_has_amx_bf16():
         return "torch"
@@ -133,12 +133,10 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         target: the in-domain sample (used to select, then to fine-tune).
         eval_files: in-domain evaluation text (never seen in selection or training).
         embeddings, clusters: existing stage outputs of the generic corpus to reuse.
+
+    Every step reuses a finished output of the same settings and inputs, so a killed run resumes.
     """
-    from .clustering import ClusterConfig, Clusters, cluster
-    from .embedding import EmbedConfig, Embeddings, embed
     from .io import open_corpus
-    from .resampling import ResampleConfig, resample
-    from .training import TrainConfig, train, train_tokenizer
 
     cfg = config or CompareConfig()
     out = Path(out_dir)
@@ -153,10 +151,21 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
               "target": {"fingerprint": target_corpus.fingerprint()}, "eval": evals}
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+    emb, clu = _embed_and_cluster(out, cfg, generic_corpus, embeddings, clusters, progress)
+    selections = _select(out, cfg, emb, clu, targets, progress)
+    tcfg = _train_config(out, cfg, generic_corpus, progress)
+    results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
+    files = _write_report(out, results, clu)
+    run.finish(stats={"methods": list(cfg.methods), "table": _summary(results)}, extra_files=files)
+    return Report(out, results)
 
-    # 1. embed and cluster the generic corpus once
+
+def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings, clusters, progress: bool):
+    """1. The generic corpus embedded and clustered once (or the given outputs)."""
+    from .clustering import ClusterConfig, Clusters, cluster
+    from .embedding import EmbedConfig, Embeddings, embed
+
     backend = embed_backend(cfg.backend)
-    ecfg = EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend, text_field=cfg.text_field)
     if embeddings is not None:
         emb = Embeddings.load(embeddings)
     elif _reuse(out / "embeddings", "embed", {"max_tokens": cfg.max_tokens, "backend": backend},
@@ -164,62 +173,60 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         emb = Embeddings.load(out / "embeddings")
     else:
         _log(progress, "embedding the generic corpus")
+        ecfg = EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend, text_field=cfg.text_field)
         emb = embed(generic_corpus, out / "embeddings", ecfg, overwrite=True, progress=progress)
-    ccfg = ClusterConfig(k=cfg.k, seed=cfg.seed)
     if clusters is not None:
-        clu = Clusters.load(clusters)
-    elif _reuse(out / "clusters", "cluster", {"k": cfg.k, "seed": cfg.seed},
-                {"embeddings": emb.manifest.fingerprint}):
-        clu = Clusters.load(out / "clusters")
-    else:
-        _log(progress, f"clustering (k={cfg.k})")
-        clu = cluster(emb, out / "clusters", ccfg, overwrite=True, progress=progress)
+        return emb, Clusters.load(clusters)
+    if _reuse(out / "clusters", "cluster", {"k": cfg.k, "seed": cfg.seed}, {"embeddings": emb.manifest.fingerprint}):
+        return emb, Clusters.load(out / "clusters")
+    _log(progress, f"clustering (k={cfg.k})")
+    return emb, cluster(emb, out / "clusters", ClusterConfig(k=cfg.k, seed=cfg.seed), overwrite=True,
+                        progress=progress)
 
-    # 2. one selection per method, same budget
+
+def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bool) -> dict[str, Any]:
+    """2. One selection per method, at the same budget."""
+    from .resampling import ResampleConfig, Selection, resample
+
     selections = {}
     for method in cfg.methods:
         rcfg = ResampleConfig(tokens=cfg.tokens, method=method, scheme=cfg.scheme, seed=cfg.seed,
                               text_field=cfg.text_field)
         path = out / "selections" / method
-        if _reuse(path, "resample", {k: v for k, v in asdict(rcfg).items() if k != "weighting"},
+        if _reuse(path, "resample", {k: v for k, v in asdict(rcfg.effective()).items() if k != "weighting"},
                   {"clusters": clu.manifest.fingerprint}):
-            from .resampling import Selection
-
             selections[method] = Selection.load(path)
             continue
         _log(progress, f"selecting: {method}")
         selections[method] = resample(emb, clu, path, targets=targets, config=rcfg, overwrite=True,
                                       progress=progress, command=f"impsamp compare (method {method})")
+    return selections
 
-    # 3. one tokenizer for all runs (trained on the generic corpus), so perplexities compare
+
+def _train_config(out: Path, cfg: CompareConfig, generic_corpus, progress: bool):
+    """3. One tokenizer for all runs (trained on the generic corpus, so perplexities compare), and the
+    one training config every selection gets."""
+    from .training import TrainConfig, train_tokenizer
+
     tok_path = out / "tokenizer.json"
     if not tok_path.exists():
         _log(progress, "training the tokenizer")
-        train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path,
-                        text_field=cfg.text_field)
-
-    # 4. the same LM on each selection, fine-tuned on the target, evaluated on the eval text
-    tcfg = TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
+        train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path, text_field=cfg.text_field)
+    return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
                        tokenizer=str(tok_path.resolve()), n_layer=cfg.n_layer, n_embd=cfg.n_embd,
                        n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size)
+
+
+def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, Any], generic_corpus,
+                     target_corpus, targets: list, evals: list[str], progress: bool) -> dict[str, Any]:
+    """4. The same LM on each selection, fine-tuned on the target, evaluated on the eval text."""
     from . import __version__
 
     results: dict[str, Any] = {"config": asdict(cfg), "impsamp_version": __version__, "methods": {}}
     domains = _domains(generic_corpus)
     target_domain = _majority_domain(target_corpus)
     for method, sel in selections.items():
-        path = out / "runs" / method
-        try:
-            from .training import TrainRun
-
-            tr = TrainRun.load(path)
-            data = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
-            if tr.manifest.config != asdict(tcfg) or tr.manifest.impsamp_version != __version__ or \
-                    data != open_corpus([sel.path], text_field=tcfg.text_field).fingerprint():
-                raise StageError("another config, version or selection")
-        except (StageError, FileNotFoundError, KeyError):
-            _log(progress, f"training on the {method} selection")
-            tr = train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
+        tr = _trained(out / "runs" / method, tcfg, sel, targets, evals, progress)
         entry = {"metrics": tr.metrics, "selection": {k: sel.stats.get(k) for k in (
             "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
             "effective_sample_size")}}
@@ -229,11 +236,25 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
                 entry["target_domain_share"] = entry["domain_shares"].get(target_domain, 0.0)
         results["methods"][method] = entry
     results["target_domain"] = target_domain
+    return results
 
-    # 5. the report
-    files = _write_report(out, results, clu)
-    run.finish(stats={"methods": list(cfg.methods), "table": _summary(results)}, extra_files=files)
-    return Report(out, results)
+
+def _trained(path: Path, tcfg, sel, targets: list, evals: list[str], progress: bool):
+    """A finished run of this config and version on this selection, or a new one."""
+    from . import __version__
+    from .io import open_corpus
+    from .training import TrainRun, train
+
+    try:
+        tr = TrainRun.load(path)
+        data = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
+        if tr.manifest.config == asdict(tcfg) and tr.manifest.impsamp_version == __version__ and \
+                data == open_corpus([sel.path], text_field=tcfg.text_field).fingerprint():
+            return tr
+    except (StageError, FileNotFoundError, KeyError):
+        pass
+    _log(progress, f"training on the {path.name} selection")
+    return train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -257,9 +278,9 @@ def _domains(corpus) -> np.ndarray | None:
                 return None
             out.extend(pq.read_table(f.path, columns=["domain"]).column("domain").to_pylist())
         elif f.format == "jsonl":
-            from .io import _open_binary
+            from .io import open_binary
 
-            with _open_binary(Path(f.path)) as fh:
+            with open_binary(Path(f.path)) as fh:
                 for line in fh:
                     try:
                         out.append(json.loads(line).get("domain") if line.strip() else None)

@@ -59,10 +59,6 @@ class Histogram:
             raise ConfigError(f"histogram of {self.source or 'the target'} is empty: no documents were assigned")
         return c / s
 
-    def level_counts(self, level: int) -> np.ndarray:
-        anc = self.ancestors[level]
-        return np.bincount(anc, weights=self.counts, minlength=int(anc.max()) + 1)
-
     def entropy(self) -> float:
         p = self.probs()
         p = p[p > 0]
@@ -173,7 +169,7 @@ def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
 
 def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | str | Path, *,
               embeddings: Embeddings | str | Path | None = None, text_field: str = "text",
-              id_field: str | None = None, progress: bool = False) -> Histogram:
+              id_field: str | None = None) -> Histogram:
     """The histogram of a target over a clustering.
 
     Args:

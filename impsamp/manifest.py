@@ -72,7 +72,7 @@ def inside(root: Path, rel: str) -> Path:
     return Path(root) / p
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -88,7 +88,7 @@ def commit_file(tmp: Path, final: Path, *, durable: bool = True) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, final)
     if durable:
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -104,7 +104,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

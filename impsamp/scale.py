@@ -6,7 +6,7 @@ enter the manifest nor the resume key, so slices, a Ray run and a plain run shar
 
 Slices (a Slurm array, `--num-shards N --shard-index I`): a slice processes only the shards whose
 index i has i % N == I, commits each through the stage contract (`StageRun.commit_shard`) and stops
-without writing manifest.json. `finalize(out_dir)` (`impsamp finalize DIR`) checks that every shard
+without writing manifest.json. `impsamp.finalize(out_dir)` (`impsamp finalize DIR`, in `finalizing`) checks that every shard
 is committed and writes the manifest; rerunning the stage without the flags completes it as well.
 
 Ray (`engine="ray"`): each shard runs as a Ray task (`ray.remote`); a task writes its payload under
@@ -19,7 +19,6 @@ temp files are deleted). The output directory must be on a filesystem that every
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ImpsampError, StageError
-from .manifest import MANIFEST, RUN_RECORD, StageRun, describe_dir
+from .manifest import StageRun
 
 logger = logging.getLogger(__name__)
 
@@ -143,50 +142,109 @@ def commit_once(run: StageRun, shard: str, files: Mapping[str, Path], **kwargs: 
     return True
 
 
-# ----------------------------------------------------------------------------- finalize
+# ----------------------------------------------------------------------------- the executor
 
 
-def finalize(out_dir: str | Path) -> Any:
-    """Write the manifest of a stage whose shards were committed by slices.
+def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple[Any, ...]]],
+              done: Callable[[str, Any], None], *, shared: Mapping[str, Any] | None = None, threads: int = 1,
+              processes: int = 0, stream: Callable[[], Iterator[tuple[str, Any]]] | None = None,
+              done_in_background: bool = False, num_cpus: float | None = 1, num_gpus: float = 0) -> None:
+    """Run a stage's shard tasks where `execution` says, and hand each result to `done(key, result)` in
+    this process, which commits it through the stage contract. The one place that decides how shards
+    run: no stage branches on the engine.
 
-    Returns the stage's handle (`Embeddings`, `Clusters`).
+    Every task is `fn(*args)`; an argument `Shared(name)` stands for `shared[name]` (put in Ray's object
+    store once). `fn` writes its files under this process's temp names (`manifest.tmp_name`) and
+    returns what `done` commits, so its result is the same wherever it ran.
 
-    Raises:
-        StageError: not a sliced stage directory, or shards are missing (how many, and which).
+    - Ray (`engine="ray"`): Ray tasks with `num_cpus` / `num_gpus` each (see `run_ray`).
+    - Here, `processes` > 1: a pool of spawned processes (torch and threads do not survive fork).
+    - Here, `stream` given: `stream()` yields (key, result) itself, e.g. a model that reads ahead across
+      shards; `fn` is not used.
+    - Here, otherwise: `threads` threads (each task's `done` on its own thread: commits are
+      independent), or one after another.
+    With `done_in_background` (one thread here, a stream, or one after another), each `done` runs on a
+    thread while the next task runs, one in flight: memory stays bounded and commits stay in order.
+    Slices (`num_shards`) choose their tasks before: `execution.mine(i)`.
     """
-    out = Path(out_dir)
-    if (out / MANIFEST).is_file():  # finalized already (or run whole): say so, like a rerun would
-        from .manifest import read_manifest
+    if not tasks:
+        return
+    if execution.engine == "ray":
+        run_ray(execution, fn, tasks, done, num_cpus=num_cpus, num_gpus=num_gpus, shared=shared)
+        return
+    values = dict(shared or {})
+    calls = [(key, tuple(values[a.name] if isinstance(a, Shared) else a for a in args)) for key, args in tasks]
+    if stream is not None:
+        _in_order(stream(), done, done_in_background)
+    elif processes > 1 and len(calls) > 1:
+        _in_processes(fn, calls, done, processes)
+    elif threads > 1 and len(calls) > 1:
+        _in_threads(fn, calls, done, threads)
+    else:
+        _in_order(((key, fn(*args)) for key, args in calls), done, done_in_background)
 
-        stage = read_manifest(out).stage
-        if stage == "embed":
-            from .embedding import Embeddings
 
-            return Embeddings.load(out)
-        if stage == "cluster":
-            from .clustering import Clusters
+def _in_order(results: Iterator[tuple[str, Any]], done: Callable[[str, Any], None], background: bool) -> None:
+    if not background:
+        for key, result in results:
+            done(key, result)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-            return Clusters.load(out)
-        raise StageError(f"{out} is a complete '{stage}' output; finalize applies to embed and cluster")
+    with ThreadPoolExecutor(1, thread_name_prefix="impsamp-commit") as committer:
+        pending = None
+        it = iter(results)
+        while True:
+            if pending is not None and pending.done():
+                pending.result()  # a failed commit stops the run before the next task, not one later
+            try:
+                key, result = next(it)
+            except StopIteration:
+                break
+            if pending is not None:
+                pending.result()  # the previous one is committed (or its error raised) first
+            pending = committer.submit(done, key, result)
+        if pending is not None:
+            pending.result()
+
+
+def _in_threads(fn: Callable[..., Any], calls: list[tuple[str, tuple[Any, ...]]],
+                done: Callable[[str, Any], None], threads: int) -> None:
+    """At most `threads` tasks at once (Arrow reads, takes and writes release the GIL), each followed by
+    its `done` on the same thread; the first error cancels what has not started."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(min(threads, len(calls))) as pool:
+        pending: set[Any] = set()
+        try:
+            for key, args in calls:
+                pending.add(pool.submit(lambda key=key, args=args: done(key, fn(*args))))
+                if len(pending) >= threads:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def _in_processes(fn: Callable[..., Any], calls: list[tuple[str, tuple[Any, ...]]],
+                  done: Callable[[str, Any], None], processes: int) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(calls)), mp_context=multiprocessing.get_context("spawn"))
     try:
-        record = json.loads((out / RUN_RECORD).read_text())
-        stage = record["stage"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise StageError(f"{out} {describe_dir(out)}; `impsamp finalize` completes a directory written by "
-                         "`--num-shards/--shard-index` slices of embed or cluster") from None
-    done = Execution(require_complete=True)
-    if stage == "embed":
-        from .embedding.stage import _finalize
-
-        return _finalize(out, record, done)
-    if stage == "cluster":
-        from .clustering import ClusterConfig, cluster
-        from .config import from_dict
-
-        cfg = from_dict(ClusterConfig, record["config"], source=str(out / RUN_RECORD))
-        return cluster(record["inputs"]["embeddings"]["path"], out, cfg, execution=done)
-    raise StageError(f"{out} is an interrupted '{stage}' run; only embed and cluster run in slices: rerun "
-                     f"the same `impsamp {stage}` command to resume it")
+        futures = {pool.submit(fn, *args): key for key, args in calls}
+        for fut in as_completed(futures):
+            done(futures[fut], fut.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -212,7 +270,7 @@ def ray_session(execution: Execution) -> Iterator[Any]:
         if execution.ray_address:
             kwargs["address"] = execution.ray_address
         else:
-            from .embedding import cpu_count
+            from .hardware import cpu_count
 
             kwargs["num_cpus"] = execution.num_cpus or cpu_count()
         try:
@@ -327,5 +385,5 @@ def _get(ray: Any, ref: Any, key: Any) -> Any:
                          "same command to resume") from None
 
 
-__all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "finalize",
+__all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "run_tasks",
            "ray_session", "run_ray"]

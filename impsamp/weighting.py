@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +22,6 @@ from .errors import ConfigError, WeightingError
 from .histograms import Histogram
 
 logger = logging.getLogger(__name__)
-
-
-class ClusterWeighting(Protocol):
-    def __call__(self, target: Histogram, generic: Histogram) -> np.ndarray:
-        """One non-negative weight per leaf cluster, shape (k,)."""
 
 
 def backoff_probs(target: Histogram, generic: Histogram, *, smoothing: float = 1.0,

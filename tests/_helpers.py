@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from impsamp_cli.main import cli
 
 from impsamp.manifest import MANIFEST, RUN_RECORD, SHARD_RECORDS, is_tmp_name, iter_stage_files
-from impsamp_cli.main import cli
 
 TOPICS = {
     "bio": "protein folding kinetics gene expression yeast cell membrane transport enzyme".split(),

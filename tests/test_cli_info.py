@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from click.testing import CliRunner
+from impsamp_cli.main import cli
 
 from impsamp.manifest import StageRun
-from impsamp_cli.main import cli
 
 
 def info(*args: str):
@@ -325,6 +325,7 @@ def test_the_real_console_entry_point_prints_no_traceback(tmp_path):
 
 def test_library_error_with_newlines_still_prints_one_line(tmp_path, monkeypatch):
     import impsamp_cli.info as info_mod
+
     from impsamp.errors import CorpusError
 
     def boom(*a, **k):
@@ -332,3 +333,18 @@ def test_library_error_with_newlines_still_prints_one_line(tmp_path, monkeypatch
 
     monkeypatch.setattr(info_mod, "open_corpus", boom)
     assert_one_line_error(info(tmp_path), "first line; second line")
+
+
+def test_a_closed_pipe_stops_quietly(tmp_path):
+    """`impsamp info X | head` with the reader gone before anything is written: no error message."""
+    import os
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(3)))
+    r, w = os.pipe()
+    os.close(r)  # the reader has gone: the first write raises EPIPE
+    p = subprocess.run([sys.executable, "-m", "impsamp", "info", str(corpus)], stdout=w, stderr=subprocess.PIPE,
+                       text=True, timeout=120)
+    os.close(w)
+    assert p.returncode != 0
+    assert p.stderr == "", p.stderr

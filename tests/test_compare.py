@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from impsamp_cli.main import cli
 
 from impsamp.comparison import CompareConfig, Report
-from impsamp_cli.main import cli
 
 pytest.importorskip("torch")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -122,3 +123,19 @@ def test_template_renders_with_str_format():
     rendered = text.format(**{f: f"<{f}>" for f in fields})
     assert "{" not in rendered and "}" not in rendered
     assert _front_matter(rendered)["name"] == "<name>"
+
+
+def test_each_selection_has_its_own_datasets_fingerprint(tmp_path):
+    """state.json's `_fingerprint` (what `datasets` keys its caches by) follows the selection's content:
+    another seed or method gives another one, the same command in another folder the same one."""
+    from ._helpers import RESAMPLE_ARGS, build_pipeline, invoke, ok
+
+    p = build_pipeline(tmp_path)
+
+    def fp(name: str, *extra: str) -> str:
+        ok(invoke(*RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp_path / name, *extra)))
+        return json.loads((tmp_path / name / "state.json").read_text())["_fingerprint"]
+
+    first = json.loads((p["sel"] / "state.json").read_text())["_fingerprint"]
+    assert fp("again") == first
+    assert len({first, fp("seed1", "--seed", "1"), fp("uniform", "--method", "uniform")}) == 3

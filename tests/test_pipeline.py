@@ -8,18 +8,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+from impsamp_cli.main import cli
 
 import impsamp
 from impsamp.clustering import ClusterConfig
 from impsamp.embedding import EmbedConfig
 from impsamp.resampling import SELECTION_SCHEMA, ResampleConfig, Selection
-from impsamp_cli.main import cli
 
 TOPICS = {
     "bio": "protein folding kinetics gene expression yeast cell membrane transport enzyme",
@@ -237,7 +236,7 @@ def test_changed_corpus_is_refused(stages, tmp_path):
     g2 = tmp_path / "g.jsonl"
     g2.write_text(generic.read_text())
     emb = impsamp.embed(g2, tmp_path / "emb", EmbedConfig(model="hashing:64"))
-    clu = impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=3))
+    impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=3))
     with open(g2, "a") as f:
         f.write(json.dumps({"text": "one more document"}) + "\n")
     r = _invoke(["resample", tmp_path / "emb", tmp_path / "clu", "--target", target, "--out", tmp_path / "o",

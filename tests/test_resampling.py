@@ -8,7 +8,7 @@ import pytest
 from impsamp.errors import ConfigError, WeightingError
 from impsamp.histograms import Histogram, kl, mixture
 from impsamp.resampling import ResampleConfig
-from impsamp.resampling.planning import _plan, _unit_repeats
+from impsamp.resampling.planning import make_plan, unit_repeats
 from impsamp.weighting import check_weights, compute_weights, density_ratio, resolve_weighting
 
 K = 8
@@ -31,8 +31,8 @@ def generic_shards():
 
 
 def _run(cfg, weights, generic, shards, tokens):
-    plan = _plan(cfg, weights, generic, shards, tokens)
-    reps = [_unit_repeats(cfg, plan, i, s) for i, s in enumerate(shards)]
+    plan = make_plan(cfg, weights, generic, shards, tokens)
+    reps = [unit_repeats(cfg, plan, i, s) for i, s in enumerate(shards)]
     return plan, reps
 
 
@@ -67,7 +67,7 @@ def test_max_repeat_moves_the_surplus_and_refuses_the_impossible(generic_shards)
     plan, reps = _run(ResampleConfig(docs=200, scheme="match", max_repeat=2), w, generic, shards, tokens)
     assert max(r.max() for r in reps) <= 2 and sum(r.sum() for r in reps) == 200
     with pytest.raises(ConfigError, match="at most 2,000 documents"):
-        _plan(ResampleConfig(docs=5000, scheme="match", max_repeat=2), w, generic, shards, tokens)
+        make_plan(ResampleConfig(docs=5000, scheme="match", max_repeat=2), w, generic, shards, tokens)
 
 
 def test_topk_has_no_duplicates_and_prefers_heavy_clusters(generic_shards):
@@ -84,7 +84,7 @@ def test_topk_budget_larger_than_the_pool_says_the_maximum(generic_shards):
     shards, tokens, generic = generic_shards
     w = np.ones(K)
     with pytest.raises(ConfigError, match="only 1,000 documents"):
-        _plan(ResampleConfig(docs=1001, scheme="topk"), w, generic, shards, tokens)
+        make_plan(ResampleConfig(docs=1001, scheme="topk"), w, generic, shards, tokens)
 
 
 def test_token_budget_is_met_approximately(generic_shards):

@@ -16,17 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from impsamp.manifest import MANIFEST
-from tests._helpers import (
-    CLUSTER_ARGS,
-    EMBED_ARGS,
-    RESAMPLE_ARGS,
-    TRAIN_ARGS,
-    build_pipeline,
-    invoke,
-    ok,
-    one_line_error,
-    write_corpus,
-)
+from tests._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, TRAIN_ARGS, build_pipeline, invoke, ok,
+                            one_line_error, write_corpus)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "impsamp").rglob("*.py"), *(ROOT / "cli").rglob("*.py")])
@@ -51,7 +42,7 @@ UNPICKLERS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "cloudpickle.lo
               "dill.load", "dill.loads", "joblib.load", "marshal.load", "marshal.loads", "shelve.open",
               "pd.read_pickle", "pandas.read_pickle", "torch.save", "pickle.dump"}
 # In memory only: an embedder object the parent process pickled for its own spawned workers (never a file).
-ALLOWED = {("impsamp/embedding/stage.py", "_worker_init", "pickle.loads")}
+ALLOWED = {("impsamp/embedding/stage.py", "_embed_in_worker", "pickle.loads")}
 
 
 def unsafe_calls(path: Path) -> list[str]:

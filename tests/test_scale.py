@@ -19,8 +19,9 @@ import impsamp
 from impsamp.clustering import ClusterConfig
 from impsamp.embedding import EmbedConfig
 from impsamp.errors import ConfigError, StageError
+from impsamp.finalizing import finalize
 from impsamp.resampling import ResampleConfig
-from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, finalize, gpu_task_cpus, run_ray, task_cpus
+from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, gpu_task_cpus, run_ray, task_cpus
 
 ray = pytest.importorskip("ray")
 
@@ -227,7 +228,7 @@ def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_pa
     first = tmp_path / "first"
     impsamp.cluster(local["emb"], first, CLUSTER, execution=Execution(num_shards=2, shard_index=0))
     out = tmp_path / "second"
-    real_fit = clustering._fit_tree
+    real_fit = clustering.fit_tree
 
     def fit_while_another_slice_commits(x, cfg, gpu, progress):
         tree, info = real_fit(x, cfg, gpu, progress)
@@ -238,7 +239,7 @@ def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_pa
             tree.centroids[-1] = tree.centroids[-1] + np.float32(1e-3)
         return tree, info
 
-    monkeypatch.setattr(clustering, "_fit_tree", fit_while_another_slice_commits)
+    monkeypatch.setattr(clustering, "fit_tree", fit_while_another_slice_commits)
     ex = Execution(num_shards=2, shard_index=1)
     if same_fit:
         res = impsamp.cluster(local["emb"], out, CLUSTER, execution=ex)

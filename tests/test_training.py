@@ -222,6 +222,35 @@ def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):
     assert run.model_config.vocab_size == 320  # 280 padded to a multiple of 64
 
 
+def test_a_new_model_family_is_one_registration(corpus, tmp_path, monkeypatch):
+    """The loop, checkpoints, evaluation and TrainRun use only the family contract: a registered toy
+    family (the dense model with its own parameter groups and no transformers export) trains, resumes
+    from its weights and evaluates; `export` refuses it in one line."""
+    from impsamp.errors import ConfigError
+    from impsamp.training import families
+    from impsamp.training.model import GPT
+
+    groups_asked = []
+
+    class Toy(GPT):
+        def param_groups(self, weight_decay):
+            groups_asked.append(weight_decay)
+            return [{"params": list(self.parameters()), "weight_decay": 0.0}]
+
+    monkeypatch.setitem(families.FAMILIES, "toy", families.ModelFamily("toy", Toy, "a test family"))
+    run = train([corpus["farm"]], tmp_path / "toy", TrainConfig(**MICRO, steps=3, arch="toy"), eval=[corpus["farm"]])
+    assert groups_asked == [0.1] and run.config.arch == "toy"
+    loaded = TrainRun.load(run.path)
+    assert isinstance(loaded.load_model(), Toy)
+    assert evaluate(run.path, [corpus["farm"]])["macro_ppl"] == pytest.approx(run.metrics["pretrained"]["macro_ppl"])
+    from impsamp_cli.main import cli
+
+    msg = _one_line_error(CliRunner().invoke(cli, ["export", str(run.path), str(tmp_path / "hf")]))
+    assert "'toy' model" in msg and not (tmp_path / "hf").exists()
+    with pytest.raises(ConfigError, match="--arch 'nope' is unknown; model families: .*dense"):
+        TrainConfig(**MICRO, steps=1, arch="nope")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -11,8 +11,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ConfigError, StageError
-from .config import ClusterConfig, NORM_TOLERANCE
-
+from .config import NORM_TOLERANCE, ClusterConfig
 
 if TYPE_CHECKING:
     from ..embedding import Embeddings
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _check_vectors(x: np.ndarray, where: str, rows: np.ndarray | int = 0) -> None:
+def check_vectors(x: np.ndarray, where: str, rows: np.ndarray | int = 0) -> None:
     """Refuse NaN/inf or rows that are not L2-normalised (float16 storage allows ~1e-3 of error).
 
     `rows` names the rows of x in messages: an offset, or one row number per row of x.
@@ -40,18 +39,18 @@ def _check_vectors(x: np.ndarray, where: str, rows: np.ndarray | int = 0) -> Non
                      "as `impsamp embed` writes them")
 
 
-def _load_embeddings(embeddings: Embeddings | str | Path) -> Embeddings:
+def load_embeddings(embeddings: Embeddings | str | Path) -> Embeddings:
     from ..embedding import Embeddings
 
     return embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
 
 
-def _model_name(emb: Embeddings) -> str:
+def embedding_model_name(emb: Embeddings) -> str:
     identity = emb.manifest.config.get("model_identity") or {}
     return str(identity.get("name") or emb.manifest.config.get("model", ""))
 
 
-def _check_embeddings(emb: Embeddings) -> list[tuple[str, int]]:
+def check_embeddings(emb: Embeddings) -> list[tuple[str, int]]:
     """Every shard present, float16 (n_i, dim), row-aligned with its table; returns (name, rows)."""
     listed = {s["name"]: int(s["rows"]) for s in emb.manifest.stats.get("shards", [])}
     shards = []
@@ -68,14 +67,14 @@ def _check_embeddings(emb: Embeddings) -> list[tuple[str, int]]:
         if name in listed and listed[name] != len(vec):
             raise StageError(f"{emb.path}: shard {name} holds {len(vec):,} vectors, the manifest says "
                              f"{listed[name]:,}; rerun `impsamp embed` with --overwrite")
-        _check_table_rows(emb, name, len(vec))
+        check_table_rows(emb, name, len(vec))
         shards.append((name, len(vec)))
     if not shards or sum(r for _, r in shards) == 0:
         raise StageError(f"{emb.path} holds no vectors; nothing to cluster")
     return shards
 
 
-def _check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | None = None) -> None:
+def check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | None = None) -> None:
     """The unit table of a shard is row-aligned with its vectors (from the Parquet footer when not given)."""
     if table_rows is None:
         try:
@@ -89,7 +88,7 @@ def _check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | No
                          f"{n_i:,}; the embeddings are damaged: rerun `impsamp embed` with --overwrite")
 
 
-def _check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
+def check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
     """Check k / levels / sample against n vectors; return the sample size S."""
     if cfg.levels is None and cfg.k > n:
         raise ConfigError(f"--k {cfg.k:,} is larger than the number of vectors ({n:,}) in {emb_path}; "

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 _GPU_RESOURCES: Any = None
 
 
-def _use_gpu(device: str) -> bool:
+def use_gpu(device: str) -> bool:
     """Resolve `device` against the faiss build and the visible GPUs."""
     if device == "cpu":
         return False
@@ -37,7 +37,7 @@ def _flat_index(d: int, spherical: bool, gpu: bool = False) -> Any:
     return faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d)
 
 
-def _nearest(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, gpu: bool = False
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, gpu: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row: (n,) int64 ids and (n,) float32 scores (similarity or squared L2)."""
     if len(centroids) == 1:  # a single child: no search needed
@@ -80,7 +80,7 @@ def _n_workers() -> int:
     return max(1, require("faiss").omp_get_max_threads())
 
 
-def _map_small(fn: Any, items: Sequence[Any]) -> list[Any]:
+def map_small(fn: Any, items: Sequence[Any]) -> list[Any]:
     """`[fn(item) for item in items]`, run on a thread pool with one OpenMP thread per call, in order."""
     if len(items) <= 1 or _n_workers() == 1:
         with _omp_threads(1):
@@ -116,7 +116,7 @@ def fit_kmeans(x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0, spheric
         if spherical:
             c /= max(np.linalg.norm(c), 1e-12)
         c = c.astype(np.float32)[None]
-        _, score = _nearest(x, c, spherical=spherical)
+        _, score = nearest_centroid(x, c, spherical=spherical)
         return c, float(score.sum(dtype=np.float64))
     km = faiss.Kmeans(d, k, niter=niter, seed=seed, spherical=spherical, gpu=gpu,
                       max_points_per_centroid=max(256, -(-n // k)), min_points_per_centroid=1)

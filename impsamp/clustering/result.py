@@ -10,11 +10,10 @@ import numpy as np
 from .._deps import require
 from ..errors import StageError
 from ..manifest import Manifest, read_manifest
+from .checks import check_vectors
 from .config import BATCH_ROWS, ClusterConfig
-from .kmeans import _use_gpu
-from .tree import _read_tree
-from .checks import _check_vectors
-
+from .kmeans import use_gpu
+from .tree import read_tree
 
 if TYPE_CHECKING:
     from ..embedding import Embeddings
@@ -30,7 +29,7 @@ class Clusters:
 
         self.config: ClusterConfig = from_dict(ClusterConfig, manifest.config,
                                                source=str(path / "manifest.json"))
-        self._tree = _read_tree(path, int(manifest.stats["n_levels"]), self.config.spherical)
+        self._tree = read_tree(path, int(manifest.stats["n_levels"]), self.config.spherical)
 
     @classmethod
     def load(cls, path: str | Path) -> Clusters:
@@ -68,11 +67,6 @@ class Clusters:
         return self._tree.centroids[-1]
 
     @property
-    def level_centroids(self) -> list[np.ndarray]:
-        """Per level j (0 = top): (n_j, d) float32 node centroids; for flat, [centroids]."""
-        return list(self._tree.centroids)
-
-    @property
     def parents(self) -> list[np.ndarray]:
         """Per level j: (n_j,) int32 parent at level j-1 of each node; level 0 is all -1 (no parent)."""
         return list(self._tree.parents)
@@ -103,11 +97,11 @@ class Clusters:
                              "clustered corpus")
         if device is None:
             device = "auto" if self.manifest.stats.get("device") == "gpu" else "cpu"
-        gpu = _use_gpu(device)
+        gpu = use_gpu(device)
         out = np.empty((len(vectors), self.n_levels), dtype=np.int32)
         for lo in range(0, len(vectors), batch_size):
             x = np.asarray(vectors[lo:lo + batch_size], dtype=np.float32)
-            _check_vectors(x, "vectors to assign:", lo)
+            check_vectors(x, "vectors to assign:", lo)
             out[lo:lo + len(x)], _ = self._tree.descend(x, gpu=gpu)
         return out
 

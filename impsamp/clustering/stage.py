@@ -13,15 +13,15 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ImpsampError, StageError
-from ..manifest import StageRun, sha256_file
-from ..scale import Execution, LOCAL, Shared, SliceResult, check_complete, commit_once, run_ray, slice_result
-from .config import BATCH_ROWS, ClusterConfig, FIT_RECORD
-from .kmeans import _use_gpu, sample_rows
-from .tree import _Tree, _fit_tree, _progress, _read_tree, _tree_files
-from .checks import (_check_embeddings, _check_sizes, _check_table_rows, _check_vectors, _load_embeddings,
-                     _model_name)
+from ..manifest import StageRun, sha256_file, tmp_name
+from ..progress import progress_bar
+from ..scale import LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks, slice_result
+from .checks import (check_embeddings, check_sizes, check_table_rows, check_vectors, embedding_model_name,
+                     load_embeddings)
+from .config import BATCH_ROWS, FIT_RECORD, ClusterConfig
+from .kmeans import sample_rows, use_gpu
 from .result import Clusters
-
+from .tree import Tree, fit_tree, read_tree, tree_files
 
 if TYPE_CHECKING:
     from ..embedding import Embeddings
@@ -56,13 +56,13 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     cfg = config if config is not None else ClusterConfig()
     ex = execution or LOCAL
     out_dir = Path(out_dir)
-    emb = _load_embeddings(embeddings)
-    shards = _check_embeddings(emb)
+    emb = load_embeddings(embeddings)
+    shards = check_embeddings(emb)
     n = sum(rows for _, rows in shards)
-    size = _check_sizes(cfg, n, Path(emb.path))
-    gpu = _use_gpu(cfg.device)
+    size = check_sizes(cfg, n, Path(emb.path))
+    gpu = use_gpu(cfg.device)
     inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
-                             "fingerprint": emb.manifest.fingerprint, "model": _model_name(emb)}}
+                             "fingerprint": emb.manifest.fingerprint, "model": embedding_model_name(emb)}}
     existed = out_dir.exists()
     # (a slice never cleans up: other slices may be committing into the same directory)
     fresh = not ex.sliced and (not existed or (out_dir.is_dir() and not any(out_dir.iterdir())))
@@ -80,21 +80,20 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
         if fresh:  # bad data found by this run: leave nothing behind (an interrupted run stays resumable)
             _remove_run(out_dir, keep_dir=existed)
         raise
-    leaf = level_stats[-1]
-    stats = {
-        "n_leaves": len(tree.centroids[-1]), "levels": [len(c) for c in tree.centroids],
-        "n_levels": tree.n_levels, "dim": int(emb.dim), "rows": n, "sample_points": size,
-        **fit_stats,
-        "objective": score_sum / n,
-        "objective_kind": ("mean cosine similarity of every vector to its leaf centroid (higher is better)"
-                           if cfg.spherical else
-                           "mean squared L2 distance to the leaf centroid (lower is better)"),
-        "imbalance": leaf["imbalance"], "empty_clusters": leaf["empty"], "level_stats": level_stats,
-        "seconds_assign": seconds_assign, "device": "gpu" if gpu else "cpu",
-        "shards": [{"name": name, "rows": rows} for name, rows in shards],
-    }
-    run.finish(stats, extra_files={"counts.parquet": counts_tmp})
+    stats = {"dim": int(emb.dim), "rows": n, "sample_points": size, **fit_stats, "objective": score_sum / n,
+             "seconds_assign": seconds_assign, "device": "gpu" if gpu else "cpu",
+             "shards": [{"name": name, "rows": rows} for name, rows in shards]}
+    run.finish({**stats, **_shape_stats(tree, level_stats, cfg.spherical)}, extra_files={"counts.parquet": counts_tmp})
     return Clusters.load(out_dir)
+
+
+def _shape_stats(tree: Tree, level_stats: list[dict[str, Any]], spherical: bool) -> dict[str, Any]:
+    leaf = level_stats[-1]
+    return {"n_leaves": len(tree.centroids[-1]), "levels": [len(c) for c in tree.centroids],
+            "n_levels": tree.n_levels, "imbalance": leaf["imbalance"], "empty_clusters": leaf["empty"],
+            "level_stats": level_stats,
+            "objective_kind": ("mean cosine similarity of every vector to its leaf centroid (higher is better)"
+                               if spherical else "mean squared L2 distance to the leaf centroid (lower is better)")}
 
 
 def _remove_run(out_dir: Path, *, keep_dir: bool) -> None:
@@ -106,20 +105,20 @@ def _remove_run(out_dir: Path, *, keep_dir: bool) -> None:
 
 
 def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cfg: ClusterConfig, size: int,
-               gpu: bool, progress: bool) -> tuple[_Tree, dict[str, Any]]:
+               gpu: bool, progress: bool) -> tuple[Tree, dict[str, Any]]:
     """Fit once and commit the centroids as the 'fit' record; a resumed run reloads them."""
     if run.is_done(FIT_RECORD):
         record = run.shard_record(FIT_RECORD)
         logger.info("resuming: the fit is already committed")
-        return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
+        return read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
     t0 = time.perf_counter()
     rows = sample_rows(sum(r for _, r in shards), size, cfg.seed)
     x = _gather(emb, shards, rows)
-    tree, info = _fit_tree(x, cfg, gpu, progress)
+    tree, info = fit_tree(x, cfg, gpu, progress)
     del x
     info["seconds_fit"] = round(time.perf_counter() - t0, 3)
     files = {}
-    for name, arr in _tree_files(tree, hierarchical=cfg.levels is not None):
+    for name, arr in tree_files(tree, hierarchical=cfg.levels is not None):
         files[name] = tmp = run.tmp_path(name)
         _save_npy(tmp, arr)
     if run.is_done(FIT_RECORD):  # a concurrent slice committed its fit while this one was fitting
@@ -131,7 +130,7 @@ def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cf
             raise StageError(f"{run.out_dir}: this slice fitted other centroids than the slice that "
                              "committed the fit first (the k-means fit is not bit-reproducible here, e.g. on "
                              "GPU); run --shard-index 0 alone first, then the other slices reuse its fit")
-        return _read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
+        return read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
     run.commit_shard(FIT_RECORD, files, stats={"n_levels": tree.n_levels, "fit": info})
     return tree, info
 
@@ -148,39 +147,29 @@ def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) ->
             if j > i:
                 block = out[filled:filled + j - i]
                 block[:] = np.asarray(vectors[a:a + BATCH_ROWS])[local[i:j] - a]
-                _check_vectors(block, f"{emb.path}: shard {name},", local[i:j])  # fail before a long fit
+                check_vectors(block, f"{emb.path}: shard {name},", local[i:j])  # fail before a long fit
                 filled += j - i
         start += n_i
     return out
 
 
-def _assign_shard(vectors: np.ndarray, emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, tmp: str
-                  ) -> tuple[str, float]:
-    """Assign one embedding shard, writing its ids to `tmp` (committed by the caller).
-
-    Returns (tmp, sum of scores)."""
+def _assign_shard(emb: Embeddings, name: str, n_i: int, tree: Tree, gpu: bool, path: str) -> tuple[str, float]:
+    """Assign one embedding shard, writing its ids at this process's temp name of `path` (committed by
+    the caller; a retried Ray task never collides with another attempt). Returns (file, sum of scores)."""
+    vectors = emb.shard_vectors(name)
     ids = np.empty((n_i, tree.n_levels), dtype=np.int32)
     score_sum = 0.0
     for lo in range(0, n_i, BATCH_ROWS):
         x = np.asarray(vectors[lo:lo + BATCH_ROWS], dtype=np.float32)
-        _check_vectors(x, f"{emb_path}: shard {name},", lo)
+        check_vectors(x, f"{emb.path}: shard {name},", lo)
         ids[lo:lo + len(x)], score = tree.descend(x, gpu=gpu)
         score_sum += float(score.sum(dtype=np.float64))
-    _save_npy(Path(tmp), ids)
-    return tmp, score_sum
+    tmp = tmp_name(Path(path))
+    _save_npy(tmp, ids)
+    return str(tmp), score_sum
 
 
-def _ray_assign_shard(emb_path: str, name: str, n_i: int, tree: _Tree, gpu: bool, out_dir: str
-                      ) -> tuple[str, float]:
-    from ..embedding.result import _vectors_name
-    from ..manifest import tmp_name  # a temp name of this (Ray worker) process: retries never collide
-
-    vectors = np.load(Path(emb_path) / _vectors_name(name), mmap_mode="r")
-    return _assign_shard(vectors, emb_path, name, n_i, tree, gpu,
-                         str(tmp_name(Path(out_dir) / f"assign-{name}.npy")))
-
-
-def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree, gpu: bool,
+def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: Tree, gpu: bool,
                   progress: bool, ex: Execution = LOCAL) -> tuple[float, float, int]:
     """Assign every shard of this run (skipping committed ones); returns (seconds of this pass, sum of
     scores over all shards (nan for a slice), shards committed now)."""
@@ -195,15 +184,11 @@ def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
         committed += commit_once(run, name, {f"assign-{name}.npy": Path(tmp)}, stats={"score_sum": score_sum},
                                  rows={f"assign-{name}.npy": n_i})
 
-    if ex.engine == "ray" and todo:
-        tasks = [(name, (str(emb.path), name, n_i, Shared("tree"), gpu, str(run.out_dir)))
-                 for _, name, n_i in todo]
-        run_ray(ex, _ray_assign_shard, tasks, commit, shared={"tree": tree},
-                num_gpus=ex.gpus_per_worker if gpu else 0)
-    else:
-        for _, name, n_i in _progress(todo, progress, "assign"):
-            commit(name, _assign_shard(emb.shard_vectors(name), str(emb.path), name, n_i, tree, gpu,
-                                       str(run.tmp_path(f"assign-{name}.npy"))))
+    tasks = [(name, (Shared("emb"), name, n_i, Shared("tree"), gpu, str(run.out_dir / f"assign-{name}.npy")))
+             for _, name, n_i in todo]
+    with progress_bar(progress, "assign", "shard", total=len(tasks), leave=False) as bar:
+        run_tasks(ex, _assign_shard, tasks, lambda name, result: (commit(name, result), bar.update(1)),
+                  shared={"emb": emb, "tree": tree}, num_gpus=ex.gpus_per_worker if gpu else 0)
     seconds = time.perf_counter() - t0
     if ex.sliced:
         return round(seconds, 3), float("nan"), committed
@@ -211,7 +196,7 @@ def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
     return round(seconds, 3), score_sum, committed
 
 
-def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: _Tree
+def _write_counts(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], tree: Tree
                   ) -> tuple[Path, list[dict[str, Any]]]:
     """counts.parquet (one row per node of every level) and per-level balance statistics."""
     pa = require("pyarrow")
@@ -244,7 +229,7 @@ def _shard_tokens(emb: Embeddings, name: str, n_i: int) -> np.ndarray:
     have = emb.shard_columns(name)  # an older or foreign table may lack the columns
     column = next((c for c in ("text_tokens", "tokens") if c in have), None)
     table = emb.shard_table(name, columns=[column] if column else [])
-    _check_table_rows(emb, name, n_i, table.num_rows)
+    check_table_rows(emb, name, n_i, table.num_rows)
     if column is None:
         return np.zeros(n_i, dtype=np.float64)
     return table.column(column).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from ..progress import progress_bar
 from .config import ClusterConfig
-from .kmeans import _map_small, _nearest, fit_kmeans, sample_rows
+from .kmeans import fit_kmeans, map_small, nearest_centroid, sample_rows
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class _Tree:
+class Tree:
     """Fitted centroids per level and each node's parent; the descent rule lives here."""
 
     centroids: list[np.ndarray]   # level j: (n_j, d) float32
@@ -37,7 +38,7 @@ class _Tree:
         """Assign rows of x level by level: (n, levels) int32 ids, (n,) float32 scores at the last level."""
         levels = self.n_levels if levels is None else levels
         ids = np.empty((len(x), levels), dtype=np.int32)
-        top, score = _nearest(x, self.centroids[0], spherical=self.spherical, gpu=gpu)
+        top, score = nearest_centroid(x, self.centroids[0], spherical=self.spherical, gpu=gpu)
         ids[:, 0] = top
         for j in range(1, levels):
             ids[:, j], score = self._descend_level(x, ids[:, j - 1], j)
@@ -54,21 +55,21 @@ class _Tree:
 
         def nearest_child(group: tuple[int, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
             lo, hi, rows = group
-            return _nearest(x[rows], self.centroids[j][lo:hi], spherical=self.spherical)
+            return nearest_centroid(x[rows], self.centroids[j][lo:hi], spherical=self.spherical)
 
-        for (lo, _, rows), (local, s) in zip(groups, _map_small(nearest_child, groups), strict=True):
+        for (lo, _, rows), (local, s) in zip(groups, map_small(nearest_child, groups), strict=True):
             out[rows] = lo + local
             score[rows] = s
         return out, score
 
 
-def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> tuple[_Tree, dict[str, Any]]:
+def fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> tuple[Tree, dict[str, Any]]:
     """Fit every level on the sample `x` (S, d) float32; children on their parent's points."""
     mppc = cfg.max_points_per_centroid
     k0 = cfg.branching[0]
     sub = sample_rows(len(x), k0 * mppc, cfg.seed, salt=(0,))  # faiss's cap, applied here, seeded
     c0, train_obj = fit_kmeans(x[sub], k0, niter=cfg.niter, seed=cfg.seed, spherical=cfg.spherical, gpu=gpu)
-    tree = _Tree([c0], [np.full(k0, -1, dtype=np.int32)], cfg.spherical)
+    tree = Tree([c0], [np.full(k0, -1, dtype=np.int32)], cfg.spherical)
     used = [len(sub)]
     small_nodes = 0
     for j, k in enumerate(cfg.branching[1:], start=1):
@@ -89,10 +90,10 @@ def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> t
 
         nodes = list(range(len(tree.centroids[-1])))
         if gpu:
-            fitted = [fit_children(p) for p in _progress(nodes, progress, f"fit level {j}")]
+            fitted = [fit_children(p) for p in progress_bar(progress, f"fit level {j}", "node", items=nodes, leave=False)]
         else:
             logger.info("fitting %d node(s) of level %d", len(nodes), j)
-            fitted = _map_small(fit_children, nodes)
+            fitted = map_small(fit_children, nodes)
         centroids = [np.asarray(c, dtype=np.float32) for c, _ in fitted]
         small_nodes += sum(len(c) < k for c in centroids)
         tree.centroids.append(np.concatenate(centroids))
@@ -107,7 +108,7 @@ def _fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> t
     return tree, info
 
 
-def _tree_files(tree: _Tree, hierarchical: bool) -> Iterator[tuple[str, np.ndarray]]:
+def tree_files(tree: Tree, hierarchical: bool) -> Iterator[tuple[str, np.ndarray]]:
     yield "centroids.npy", tree.centroids[-1]
     if hierarchical:
         for j in range(tree.n_levels):
@@ -116,19 +117,11 @@ def _tree_files(tree: _Tree, hierarchical: bool) -> Iterator[tuple[str, np.ndarr
                 yield f"parents-level{j}.npy", tree.parents[j]
 
 
-def _read_tree(path: Path, n_levels: int, spherical: bool) -> _Tree:
+def read_tree(path: Path, n_levels: int, spherical: bool) -> Tree:
     if n_levels == 1:
         c = np.load(path / "centroids.npy")
-        return _Tree([c], [np.full(len(c), -1, dtype=np.int32)], spherical)
+        return Tree([c], [np.full(len(c), -1, dtype=np.int32)], spherical)
     centroids = [np.load(path / f"centroids-level{j}.npy") for j in range(n_levels)]
     parents = [np.full(len(centroids[0]), -1, dtype=np.int32)]
     parents += [np.load(path / f"parents-level{j}.npy") for j in range(1, n_levels)]
-    return _Tree(centroids, parents, spherical)
-
-
-def _progress(items: Any, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, unit="shard" if desc == "assign" else "node", leave=False)
+    return Tree(centroids, parents, spherical)

@@ -43,23 +43,37 @@ kill a run in the middle. Never set it otherwise.
 
 Modules: `config` (EmbedConfig, defaults, schemas), `contract` (EmbeddedBatch, the Embedder protocol),
 `models` (finding a model), `hashing` (the test embedder), `transformer` (tokenizing and batching, the
-torch backend, `load_embedder`), `onnx_backend`, `engine` (reading, tokenizing ahead, running the
+torch backend), `onnx_backend`, `loading` (`load_embedder`), `engine` (reading, tokenizing ahead, running the
 model), `stage` (`embed`: resumable runs, worker pools, Ray) and `result` (`Embeddings`).
 """
 
 from __future__ import annotations
 
-from .._deps import cpu_has_amx_bf16
-from .config import (BACKENDS, CHARS_PER_TOKEN, CPU_BATCH_TOKENS, DEFAULT_MODEL, DEVICES, DOCS_SCHEMA,
-                     FIRST_CHUNK, GPU_BATCH_TOKENS, PRECISIONS, QUANTIZE, SORT_BUFFER, TEXTS_SCHEMA,
-                     EmbedConfig, EmbedderError)
+from ..hardware import cpu_count, cpu_has_amx_bf16
+from .config import (
+                     BACKENDS,
+                     CHARS_PER_TOKEN,
+                     CPU_BATCH_TOKENS,
+                     DEFAULT_MODEL,
+                     DEVICES,
+                     DOCS_SCHEMA,
+                     FIRST_CHUNK,
+                     GPU_BATCH_TOKENS,
+                     PRECISIONS,
+                     QUANTIZE,
+                     SORT_BUFFER,
+                     TEXTS_SCHEMA,
+                     EmbedConfig,
+                     EmbedderError,
+)
 from .contract import EmbeddedBatch, Embedder, same_model
 from .engine import embed_texts, tokenize_serially
 from .hashing import HashingEmbedder
+from .loading import load_embedder
 from .models import ResolvedModel, resolve_model, weights_sha256
 from .result import Embeddings
 from .stage import embed
-from .transformer import TorchEmbedder, TransformerEmbedder, cpu_count, load_embedder
+from .transformer import TorchEmbedder, TransformerEmbedder
 
 __all__ = ["BACKENDS", "CHARS_PER_TOKEN", "CPU_BATCH_TOKENS", "DEFAULT_MODEL", "FIRST_CHUNK", "GPU_BATCH_TOKENS",
            "SORT_BUFFER", "DEVICES", "DOCS_SCHEMA", "PRECISIONS", "QUANTIZE", "TEXTS_SCHEMA",

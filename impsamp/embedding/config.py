@@ -10,7 +10,7 @@ import pyarrow as pa
 from ..errors import ConfigError, ImpsampError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
+DEFAULT_ALIASES = (DEFAULT_MODEL, "all-MiniLM-L6-v2")
 BACKENDS = ("torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")

@@ -63,12 +63,12 @@ def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return (a.get("name"), a.get("weights_sha256")) == (b.get("name"), b.get("weights_sha256"))
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[list[int], list[int]]:
+def window_spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[list[int], list[int]]:
     """Windows tile [0, n_chars): window w starts at its first token (window 0 at 0), ends where the next
     starts. A single truncated unit ends at `truncated_end`."""
     starts = [0] + starts[1:]

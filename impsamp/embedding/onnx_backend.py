@@ -38,9 +38,9 @@ import numpy as np
 from .._deps import require
 from ..errors import ConfigError, ImpsampError
 from .config import CPU_CALLERS
-from .contract import EmbeddedBatch, _normalize
+from .contract import EmbeddedBatch, l2_normalize
 from .models import ResolvedModel
-from .transformer import TransformerEmbedder, _quiet_transformers
+from .transformer import TransformerEmbedder, quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def _export(resolved: ResolvedModel, folder: Path) -> None:
         raise ConfigError(_UNSUPPORTED.format(name=resolved.name))
     torch = require("torch")
     transformers = require("transformers")
-    _quiet_transformers()
+    quiet_transformers()
     folder.parent.mkdir(parents=True, exist_ok=True)
     logger.warning("exporting %s to ONNX once (cached in %s)", resolved.name, folder)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=folder.parent))
@@ -286,7 +286,7 @@ class OnnxEmbedder(TransformerEmbedder):
         if resolved.pooling is None:
             raise ConfigError(_UNSUPPORTED.format(name=resolved.name))
         transformers = require("transformers")
-        _quiet_transformers()
+        quiet_transformers()
         hf_tok = transformers.AutoTokenizer.from_pretrained(str(resolved.transformer_folder))
         if not hasattr(hf_tok, "backend_tokenizer"):
             raise ConfigError(f"{resolved.name}: impsamp needs a model with a fast (Rust) tokenizer")
@@ -312,7 +312,7 @@ class OnnxEmbedder(TransformerEmbedder):
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, session: Any = None) -> np.ndarray:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         hidden = (session or self._session).run(None, feed)[0]
-        return _normalize(_pool(hidden, attention_mask, self._pooling))
+        return l2_normalize(_pool(hidden, attention_mask, self._pooling))
 
     def run(self, prepared: Any) -> EmbeddedBatch:
         if self._pool is None or len(prepared.batches) < 2:
@@ -331,7 +331,7 @@ class OnnxEmbedder(TransformerEmbedder):
             cos: list[float] = []
             for _, ids, mask in probe.batches:
                 hidden = fp32.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-                want = _normalize(_pool(hidden, mask, self._pooling))
+                want = l2_normalize(_pool(hidden, mask, self._pooling))
                 cos.extend((self.forward(ids, mask) * want).sum(axis=1).tolist())
             self.int8_probe_cosine = float(np.mean(cos))
             tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")

@@ -16,14 +16,14 @@ from ..io import Corpus, reopen_corpus
 from ..manifest import Manifest, read_manifest
 from .config import DOCS_SCHEMA, EmbedConfig
 from .contract import Embedder, same_model
-from .transformer import load_embedder
+from .loading import load_embedder
 
 
-def _vectors_name(shard: str) -> str:
+def vectors_name(shard: str) -> str:
     return f"vectors-{shard}.npy"
 
 
-def _docs_name(shard: str) -> str:
+def docs_name(shard: str) -> str:
     return f"docs-{shard}.parquet"
 
 
@@ -71,7 +71,7 @@ class Embeddings:
         Raises:
             StageError: the file is missing or not a readable .npy array (a damaged output).
         """
-        path = self.path / _vectors_name(name)
+        path = self.path / vectors_name(name)
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError, EOFError) as e:
@@ -82,7 +82,7 @@ class Embeddings:
         """The unit table of one shard (only `columns`, if given)."""
         import pyarrow.parquet as pq
 
-        path = self.path / _docs_name(name)
+        path = self.path / docs_name(name)
         try:
             with pq.ParquetFile(path) as f:  # one file: no pyarrow.dataset machinery
                 return f.read(columns=columns)
@@ -94,7 +94,7 @@ class Embeddings:
         """The columns of one shard's unit table (older outputs lack the `text_*` lengths)."""
         import pyarrow.parquet as pq
 
-        path = self.path / _docs_name(name)
+        path = self.path / docs_name(name)
         try:
             return list(pq.read_schema(path).names)
         except (OSError, ValueError, pa.ArrowException) as e:

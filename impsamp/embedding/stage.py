@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import pickle
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -16,59 +14,31 @@ import numpy as np
 
 from ..config import from_dict
 from ..errors import ConfigError, CorpusError, StageError
+from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, fingerprint, tmp_name
-from ..scale import Execution, LOCAL, Shared, SliceResult, check_complete, commit_once, run_ray, slice_result
+from ..scale import LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks, slice_result
 from .config import BACKENDS, EmbedConfig
 from .contract import EmbeddedBatch, Embedder
-from .transformer import TransformerEmbedder, cpu_count, load_embedder
-from .engine import _ShardResult, _check_embedder, _embed_shards
-from .result import Embeddings, _docs_name, _vectors_name
+from .engine import ShardResult, check_embedder, embed_shards
+from .loading import load_embedder
+from .result import Embeddings, docs_name, vectors_name
+from .transformer import TransformerEmbedder
 
 logger = logging.getLogger(__name__)
 
 
-def _write_shard(out_dir: Path, result: _ShardResult) -> dict[str, Path]:
+def _write_shard(out_dir: Path, result: ShardResult) -> dict[str, Path]:
     """Write a shard's payload under temporary names (committed by the caller)."""
     import pyarrow.parquet as pq
 
     name = result.shard.name
-    tmp_v = tmp_name(out_dir / _vectors_name(name))
-    tmp_d = tmp_name(out_dir / _docs_name(name))
+    tmp_v = tmp_name(out_dir / vectors_name(name))
+    tmp_d = tmp_name(out_dir / docs_name(name))
     with open(tmp_v, "wb") as f:  # np.save on a path would append ".npy" to the temp name
         np.save(f, np.ascontiguousarray(result.vectors, dtype=np.float16))
     pq.write_table(result.table, tmp_d, compression="zstd")
-    return {_vectors_name(name): tmp_v, _docs_name(name): tmp_d}
-
-
-def _commit(run: StageRun, name: str, files: dict[str, Path], stats: dict[str, Any]) -> None:
-    rows = stats["units"]
-    # (the test-only IMPSAMP_TEST_SLOW_SHARD pause lives in StageRun.commit_shard)
-    run.commit_shard(name, files, stats=stats, rows={_vectors_name(name): rows, _docs_name(name): rows})
-
-
-def _run_here(run: StageRun, corpus: Corpus, pending: list[Shard], emb: Embedder, bar: _Progress,
-              processes: int) -> None:
-    """Embed the shards in this process; a thread writes and commits each finished shard while the
-    model goes on with the next (one shard in flight: memory stays bounded, commits stay in order)."""
-
-    def write_and_commit(result: _ShardResult) -> None:
-        _commit(run, result.shard.name, _write_shard(run.out_dir, result), result.stats)
-
-    writing: Future[None] | None = None
-
-    def on_chunk(documents: int, tokens: int) -> None:
-        if writing is not None and writing.done():
-            writing.result()  # a failed commit stops the run at the next chunk, not a shard later
-        bar(documents, tokens)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="impsamp-commit") as committer:
-        for result in _embed_shards(corpus, pending, emb, on_chunk=on_chunk, processes=processes):
-            if writing is not None:
-                writing.result()  # the previous shard is committed (or its error raised) first
-            writing = committer.submit(write_and_commit, result)
-        if writing is not None:
-            writing.result()
+    return {vectors_name(name): tmp_v, docs_name(name): tmp_d}
 
 
 class _Progress:
@@ -127,7 +97,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         overwrite: replace a complete output.
         progress: show a progress bar (documents, tokens/s, ETA).
         execution: where the shards run (`impsamp.scale.Execution`): Ray tasks, or one slice of a
-            Slurm array (then no manifest is written: see `impsamp.scale.finalize`). The bytes are
+            Slurm array (then no manifest is written: see `impsamp.finalize`). The bytes are
             the same whichever.
 
     Returns:
@@ -148,7 +118,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
                   encoding_errors=corpus.encoding_errors)
     threads = max(1, cpu_count() // cfg.workers)
     emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
-    _check_embedder(emb)
+    check_embedder(emb)
     cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
                    inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
@@ -164,17 +134,17 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     bar = _Progress(sum(s.rows for s in pending), progress)
     started = time.time()
     try:
-        if ex.engine == "ray" and pending:
-            _run_ray(run, corpus, pending, cfg, embedder, emb, threads, bar, ex)
-        elif cfg.workers > 1 and len(pending) > 1:
-            _run_pool(run, corpus, pending, cfg, embedder, threads, bar)
-        else:
-            _run_here(run, corpus, pending, emb, bar, cfg.tokenize_processes)
+        _run_shards(run, ex, corpus, pending, cfg, embedder, emb, threads, bar)
     finally:
         bar.close()
-    seconds = time.time() - started
     if ex.sliced:
         return slice_result(run, ex, len(pending), [s.name for s in shards])
+    return _finish(run, corpus, shards, pending, emb, time.time() - started)
+
+
+def _finish(run: StageRun, corpus: Corpus, shards: list[Shard], pending: list[Shard], emb: Embedder,
+            seconds: float) -> Embeddings:
+    """Totals over the shards' records, then the manifest (which makes the output complete)."""
     records = {r["shard"]: r for r in run.records()}
     totals: dict[str, Any] = {}
     for key in ("documents", "units", "tokens", "characters", "characters_embedded", "text_tokens", "text_bytes",
@@ -192,7 +162,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     return Embeddings.load(run.out_dir)
 
 
-def _finalize(out_dir: Path, record: dict[str, Any], execution: Execution) -> Embeddings:
+def finalize_embed(out_dir: Path, record: dict[str, Any], execution: Execution) -> Embeddings:
     """`impsamp finalize` of an embed directory: the recorded config, corpus and model identity
     (the model is not loaded: every shard is already embedded)."""
     config = dict(record["config"])
@@ -216,24 +186,57 @@ class _RecordedEmbedder:
         raise StageError("finalize embeds nothing: a shard is missing")
 
 
-# ---- Ray tasks over shards (same shards, same bytes; the driver commits)
+# ---- where the shards run (`scale.run_tasks`): here as one stream, or in worker processes / Ray tasks
 
 
-def _ray_embed_shard(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
+def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig,
+                embedder: Embedder | None, emb: Embedder, threads: int, bar: _Progress) -> None:
+    """Here the model reads ahead across shards (one stream), and a thread writes and commits each
+    finished shard while the model goes on (one shard in flight: memory bounded, commits in order).
+    In `--workers` processes or Ray tasks each shard is one task; a worker loads the model once."""
+    def done(name: str, result: ShardResult | tuple[str, dict[str, str], dict[str, Any]]) -> None:
+        if isinstance(result, ShardResult):
+            files, stats = _write_shard(run.out_dir, result), result.stats
+        else:
+            files, stats = {k: Path(v) for k, v in result[1].items()}, result[2]
+        if commit_once(run, name, files, stats=stats,
+                       rows={vectors_name(name): stats["units"], docs_name(name): stats["units"]}):
+            if not isinstance(result, ShardResult):  # the stream counts its chunks as they pass
+                bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
+
+    workers = ex.engine == "ray" or (cfg.workers > 1 and len(pending) > 1)
+    where = ("--engine ray", "the Ray workers") if ex.engine == "ray" else (
+        f"--workers {cfg.workers}", "the worker processes (or use workers=1)")
+    wcfg, blob = _for_workers(cfg, embedder, *where) if workers else (cfg, None)
+    gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
+    tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
+    run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
+              stream=None if workers else lambda: ((r.shard.name, r) for r in embed_shards(
+                  corpus, pending, emb, on_chunk=bar, processes=cfg.tokenize_processes)),
+              done_in_background=True,
+              # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its
+              # GPU's share of the node's CPUs, which tokenize for it (one task per GPU on 16 cores: 16)
+              num_cpus=None if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _embed_in_worker(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
                      out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """One shard in a Ray worker process; the model is loaded once per worker process and reused.
-
-    It runs on the CPUs Ray gave the task (a GPU task: its GPU's share of the node, see `_run_ray`)."""
+    """One shard in a worker process (`--workers`) or a Ray task; the model is loaded once per process
+    and reused. A Ray task runs on the CPUs Ray gave it (a GPU task: its GPU's share of the node)."""
     from ..scale import task_cpus
 
     cpus = task_cpus(0)
     threads = cpus if cpus > 1 else threads  # 1: no GPU node was up to size the share (see run_ray)
     key = (pickle.dumps(cfg), blob, threads)
     if _WORKER.get("key") != key:
-        _worker_init(cfg, blob, corpus, threads)
+        _WORKER["embedder"] = pickle.loads(blob) if blob is not None else load_embedder(cfg, threads=threads)
         _WORKER["key"] = key
-    _WORKER["corpus"] = corpus
-    return _worker_shard(shard, out_dir)
+    (result,) = list(embed_shards(corpus, [shard], _WORKER["embedder"], processes=cfg.tokenize_processes))
+    files = _write_shard(Path(out_dir), result)
+    return shard.name, {k: str(v) for k, v in files.items()}, result.stats
 
 
 def _for_workers(cfg: EmbedConfig, embedder: Embedder | None, flag: str, where: str
@@ -249,60 +252,3 @@ def _for_workers(cfg: EmbedConfig, embedder: Embedder | None, flag: str, where: 
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"{flag} needs an embedder that can be pickled to {where} "
                           f"({type(e).__name__}: {e})") from None
-
-
-def _run_ray(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig, embedder: Embedder | None,
-             emb: Embedder, threads: int, bar: _Progress, ex: Execution) -> None:
-    cfg, blob = _for_workers(cfg, embedder, "--engine ray", "the Ray workers")
-    gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
-    num_gpus = ex.gpus_per_worker if gpu else 0
-    # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its GPU's share
-    # of the node's CPUs, which tokenize for it (one task per GPU on a 16-core node holds all 16)
-    num_cpus = None if gpu else threads
-
-    def done(_key: str, result: tuple[str, dict[str, str], dict[str, Any]]) -> None:
-        name, files, stats = result
-        if commit_once(run, name, {k: Path(v) for k, v in files.items()}, stats=stats,
-                       rows={_vectors_name(name): stats["units"], _docs_name(name): stats["units"]}):
-            bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
-
-    tasks = [(s.name, (cfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
-    run_ray(ex, _ray_embed_shard, tasks, done, num_cpus=num_cpus, num_gpus=num_gpus,
-            shared={"corpus": corpus})
-
-
-# ---- a local process pool over shards
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(cfg: EmbedConfig, embedder_blob: bytes | None, corpus: Corpus, threads: int) -> None:
-    _WORKER["corpus"] = corpus
-    _WORKER["processes"] = cfg.tokenize_processes
-    _WORKER["embedder"] = (pickle.loads(embedder_blob) if embedder_blob is not None
-                           else load_embedder(cfg, threads=threads))
-
-
-def _worker_shard(shard: Shard, out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    (result,) = list(_embed_shards(_WORKER["corpus"], [shard], _WORKER["embedder"],
-                                   processes=_WORKER["processes"]))
-    files = _write_shard(Path(out_dir), result)
-    return shard.name, {k: str(v) for k, v in files.items()}, result.stats
-
-
-def _run_pool(run: StageRun, corpus: Corpus, pending: list[Shard], cfg: EmbedConfig,
-              embedder: Embedder | None, threads: int, bar: _Progress) -> None:
-    cfg, blob = _for_workers(cfg, embedder, f"--workers {cfg.workers}", "the worker processes (or use workers=1)")
-    ctx = multiprocessing.get_context("spawn")  # torch and threads do not survive fork
-    pool = ProcessPoolExecutor(max_workers=min(cfg.workers, len(pending)), mp_context=ctx,
-                               initializer=_worker_init, initargs=(cfg, blob, corpus, threads))
-    try:
-        futures = [pool.submit(_worker_shard, shard, str(run.out_dir)) for shard in pending]
-        for fut in as_completed(futures):
-            name, files, stats = fut.result()
-            _commit(run, name, {k: Path(v) for k, v in files.items()}, stats)
-            bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)

@@ -1,9 +1,8 @@
-"""Transformer embedders: tokenizing, cutting and batching (shared), the torch backend, `load_embedder`."""
+"""Transformer embedders: tokenizing, cutting and batching (shared), and the torch backend."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import weakref
 from collections.abc import Sequence
@@ -13,14 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .._deps import cpu_has_amx_bf16, require
-from ..errors import ConfigError, ImpsampError
-from .config import (CHARS_PER_TOKEN, CPU_BATCH_TOKENS, CPU_CALLERS, EmbedConfig, GPU_BATCH_TOKENS,
-                     MAX_BATCH_UNITS, MAX_PREPARE_THREADS)
-from .contract import EmbeddedBatch, Embedder, _spans
-from .hashing import HashingEmbedder
-from .models import ResolvedModel, resolve_model
-
+from .._deps import require
+from ..errors import ConfigError
+from ..hardware import cpu_has_amx_bf16
+from .config import CHARS_PER_TOKEN, CPU_CALLERS, MAX_BATCH_UNITS, EmbedConfig
+from .contract import EmbeddedBatch, window_spans
+from .models import ResolvedModel
 
 _WORD_CHAR = re.compile(r"\w")
 
@@ -61,7 +58,7 @@ def _splits_at_whitespace(pre: dict[str, Any] | None) -> bool:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     """Tokenized texts: unit metadata plus padded, length-sorted batches (made in the reader thread)."""
 
     n_texts: int
@@ -147,12 +144,12 @@ class TransformerEmbedder:
             out.append(s)
         return out, places, cut
 
-    def prepare(self, texts: Sequence[str]) -> _Prepared:
+    def prepare(self, texts: Sequence[str]) -> Prepared:
         if self.windows:
             return self._prepare_windows(texts)
         return self._prepare_truncated(texts)
 
-    def _prepare_truncated(self, texts: Sequence[str]) -> _Prepared:
+    def _prepare_truncated(self, texts: Sequence[str]) -> Prepared:
         """One unit per text: its first `max_tokens` tokens, exactly those the whole text gives.
 
         Each text is first cut at a word boundary near `max_tokens * CHARS_PER_TOKEN` characters (only
@@ -194,12 +191,12 @@ class TransformerEmbedder:
             todo = redo
             if not todo:
                 break
-        prepared = _Prepared(n, np.arange(n, dtype=np.int64), np.zeros(n, np.int32), tokens,
+        prepared = Prepared(n, np.arange(n, dtype=np.int64), np.zeros(n, np.int32), tokens,
                              np.zeros(n, np.int64), ends)
         prepared.batches = self._batches(ids)
         return prepared
 
-    def _prepare_windows(self, texts: Sequence[str]) -> _Prepared:
+    def _prepare_windows(self, texts: Sequence[str]) -> Prepared:
         model_texts, shifts, _ = self._model_texts(texts, None)
         encodings = self.tokenizer.encode_batch(model_texts)
         ids, owner, window, tokens, starts_all, ends_all = [], [], [], [], [], []
@@ -212,10 +209,10 @@ class TransformerEmbedder:
                 ids.append(piece.ids)
                 owner.append(i), window.append(w), tokens.append(len(content))
                 first_starts.append(_orig_start(shifts[i], offsets[content[0]][0]) if len(content) else 0)
-            starts, ends = _spans(first_starts, len(texts[i]), None)
+            starts, ends = window_spans(first_starts, len(texts[i]), None)
             starts_all += starts
             ends_all += ends
-        prepared = _Prepared(len(texts), np.asarray(owner, np.int64), np.asarray(window, np.int32),
+        prepared = Prepared(len(texts), np.asarray(owner, np.int64), np.asarray(window, np.int32),
                              np.asarray(tokens, np.int32), np.asarray(starts_all, np.int64),
                              np.asarray(ends_all, np.int64))
         prepared.batches = self._batches(ids)
@@ -245,7 +242,7 @@ class TransformerEmbedder:
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def run(self, prepared: _Prepared) -> EmbeddedBatch:
+    def run(self, prepared: Prepared) -> EmbeddedBatch:
         vectors = np.zeros((len(prepared.text_index), self.dim), dtype=np.float32)
         for pos, input_ids, mask in prepared.batches:
             vectors[pos] = self.forward(input_ids, mask)
@@ -263,7 +260,7 @@ class TransformerEmbedder:
         weakref.finalize(self, pool.shutdown, wait=False)
         return pool
 
-    def _run_side_by_side(self, prepared: _Prepared, pool: ThreadPoolExecutor, n: int,
+    def _run_side_by_side(self, prepared: Prepared, pool: ThreadPoolExecutor, n: int,
                           forward: Any) -> EmbeddedBatch:
         """Run a chunk's batches on `n` callers at once: caller k takes batches k, k + n, ... (longest
         first, so the loads are even) through `forward(k, input_ids, attention_mask)`."""
@@ -286,7 +283,7 @@ class TransformerEmbedder:
                 "batch_tokens": self.batch_tokens}  # it changes the vectors' last bits: part of the resume key
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     try:
         import transformers
 
@@ -303,7 +300,7 @@ class TorchEmbedder(TransformerEmbedder):
                  device: str, precision: str = "auto", threads: int | None = None):
         torch = require("torch")
         st = require("sentence_transformers")
-        _quiet_transformers()
+        quiet_transformers()
         if device == "cpu" and threads:
             torch.set_num_threads(threads)
         # On CPU, CPU_CALLERS threads run alternate batches side by side, each on its share of the
@@ -312,7 +309,7 @@ class TorchEmbedder(TransformerEmbedder):
         self._callers = min(CPU_CALLERS, threads or 1) if device == "cpu" else 1
         self._threads_per_caller = max(1, (threads or 1) // self._callers)
         self._pool = self._side_by_side_pool(self._callers, "impsamp-torch")
-        precision = _resolve_precision(precision, device)
+        precision = resolve_precision(precision, device)
         model = st.SentenceTransformer(str(resolved.folder), device=device)
         model.eval()
         # float16 (GPU) and bfloat16 (AMX CPUs) run the whole model in that type, as `model.half()`
@@ -350,7 +347,7 @@ class TorchEmbedder(TransformerEmbedder):
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._forward(input_ids, attention_mask).cpu().numpy()
 
-    def run(self, prepared: _Prepared) -> EmbeddedBatch:
+    def run(self, prepared: Prepared) -> EmbeddedBatch:
         if self._device == "cpu":
             if self._pool is None or len(prepared.batches) < 2:
                 return super().run(prepared)
@@ -371,78 +368,10 @@ class TorchEmbedder(TransformerEmbedder):
                              prepared.char_start, prepared.char_end)
 
 
-def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _resolve_precision(precision: str, device: str) -> str:
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto`: float16 on GPU, bfloat16 on CPUs with AMX, float32 otherwise."""
     if precision != "auto":
         return precision
     if device == "cuda":
         return "float16"
     return "bfloat16" if cpu_has_amx_bf16() else "float32"
-
-
-def _resolve_device(cfg: EmbedConfig) -> str:
-    if cfg.backend == "onnx" and not cfg.model.startswith("hashing:"):
-        ort = require("onnxruntime")
-        has_gpu = "CUDAExecutionProvider" in ort.get_available_providers()
-        if cfg.device == "cuda" and not has_gpu:
-            raise ConfigError("--device cuda with --backend onnx needs onnxruntime-gpu (the CUDA execution "
-                              "provider is not available here); use --device cpu or --backend torch")
-        if cfg.quantize and cfg.device == "cuda":
-            raise ConfigError("--quantize int8 runs on the CPU; use --device cpu (or auto)")
-        return "cuda" if has_gpu and cfg.device != "cpu" and not cfg.quantize else "cpu"
-    if cfg.device == "cpu" or (cfg.device == "auto" and cfg.model.startswith("hashing:")):
-        return "cpu"
-    try:
-        torch = require("torch")
-        has_gpu = bool(torch.cuda.is_available())
-    except ImpsampError:
-        has_gpu = False
-    if cfg.device == "cuda" and not has_gpu:
-        raise ConfigError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is "
-                          "False); use --device cpu or --device auto")
-    return "cuda" if has_gpu else "cpu"
-
-
-def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = None) -> Embedder:
-    """The embedder a config names: `hashing:DIM`, or a sentence-transformers model on torch or ONNX.
-
-    Args:
-        config: model, max_tokens, windows, backend, quantize, device and batch_tokens are used.
-        threads: CPU threads for torch / ONNX Runtime (default: all cores).
-
-    Raises:
-        ConfigError: unknown model, `cuda` without a GPU, an ONNX-incompatible model, ...
-    """
-    cfg = config or EmbedConfig()
-    device = _resolve_device(cfg)
-    if cfg.model.startswith("hashing:"):
-        dim = cfg.model.split(":", 1)[1]
-        if not dim.isdigit():
-            raise ConfigError(f"--model hashing:DIM needs an integer DIM, got {cfg.model!r}")
-        return HashingEmbedder(int(dim), max_tokens=cfg.max_tokens, windows=cfg.windows)
-    if cfg.precision == "float16" and device == "cpu":
-        raise ConfigError("--precision float16 runs on GPU only and no GPU is in use; use bfloat16 or float32")
-    resolved = resolve_model(cfg.model)
-    batch_tokens = cfg.batch_tokens or (GPU_BATCH_TOKENS if device == "cuda" else CPU_BATCH_TOKENS[cfg.backend])
-    threads = threads or cpu_count()
-    embedder: TransformerEmbedder
-    if cfg.backend == "onnx":
-        from .onnx_backend import OnnxEmbedder  # (imports onnxruntime)
-
-        embedder = OnnxEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows,
-                                batch_tokens=batch_tokens, device=device, quantize=cfg.quantize,
-                                threads=threads)
-    else:
-        embedder = TorchEmbedder(resolved, max_tokens=cfg.max_tokens, windows=cfg.windows,
-                                 batch_tokens=batch_tokens, device=device, precision=cfg.precision,
-                                 threads=threads)
-    embedder.config = cfg
-    if device == "cuda":  # one core runs the model's Python; the others tokenize
-        embedder.prepare_threads = max(1, min(MAX_PREPARE_THREADS, threads - 1))
-    return embedder

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -16,7 +16,7 @@ SELECTION_SCHEMA = pa.schema([
     ("doc_index", pa.int64()), ("window", pa.int32()), ("cluster", pa.int32()), ("weight", pa.float32()),
     ("repeat", pa.int32()),
 ])
-_FEATURES = {f.name: {"dtype": {"string": "string", "int64": "int64", "int32": "int32", "float": "float32"}[
+FEATURES = {f.name: {"dtype": {"string": "string", "int64": "int64", "int32": "int32", "float": "float32"}[
     str(f.type)], "_type": "Value"} for f in SELECTION_SCHEMA}
 
 
@@ -78,6 +78,10 @@ class ResampleConfig:
         for name, allowed in (("scheme", SCHEMES), ("method", METHODS), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+    def effective(self) -> ResampleConfig:
+        """This config as it runs: `uniform`, `ngram` and `classifier` draw without replacement (`topk`)."""
+        return self if self.method == "importance" else replace(self, scheme="topk")
 
     @property
     def budget(self) -> tuple[str, int]:

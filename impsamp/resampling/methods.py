@@ -10,12 +10,12 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..manifest import StageRun
+from ..progress import progress_bar
 from .config import ResampleConfig
-from .tables import _progress
 from .writing import unit_texts
 
 
-def _parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
+def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
     if isinstance(t, tuple):
         return t[0], float(t[1])
     s = str(t)
@@ -28,12 +28,11 @@ def _parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]
     return t, 1.0
 
 
-def _target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
+def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
+    from ..histograms import is_histogram_file
     from ..io import open_corpus
 
-    from ..histograms import is_histogram_file
-
-    specs = [_parse_target(t)[0] for t in targets]
+    specs = [parse_target(t)[0] for t in targets]
     for sp in specs:
         if (Path(sp).is_dir() and (Path(sp) / "manifest.json").exists()) or is_histogram_file(sp):
             raise ConfigError(f"--method {method} needs the target's text; {sp} is a stage output or "
@@ -41,14 +40,14 @@ def _target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
 
 
-def _ngram_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
+def ngram_unit_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
                        names, windowed, progress) -> list[np.ndarray]:
     """DSIR-style log-weights per unit; the generic n-gram counts are committed per shard (resumable)."""
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
 
-    target_counts = ngram_counts(_target_corpus(targets, cfg, "ngram").iter_texts())
+    target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     generic_counts = np.zeros(N_FEATURES)
-    bar = _progress(progress, 2 * len(names), "ngram weights")
+    bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
     for name in names:
         key, path = f"ngram-{name}", run.out_dir / "_ngram" / f"{name}.npy"
         counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
@@ -83,13 +82,12 @@ def _load_counts(path: Path, n: int) -> np.ndarray | None:
     return counts if counts.shape == (n,) and np.isfinite(counts).all() and (counts >= 0).all() else None
 
 
-def _classifier_log_weights(cfg: ResampleConfig, targets, emb, names) -> list[np.ndarray]:
-    """Log-odds of a logistic regression, target sample against a generic sample, per unit."""
-    from ..histograms import embed_like
+def classifier_unit_log_weights(cfg: ResampleConfig, tvec: np.ndarray, emb, names) -> list[np.ndarray]:
+    """Log-odds of a logistic regression, target vectors (embedded once, for the histogram too) against
+    a generic sample, per unit."""
     from ..selectors import classifier_log_weights, fit_classifier, sample_rows
 
-    tvec, _ = embed_like(_target_corpus(targets, cfg, "classifier"), emb)
-    sizes = [emb.shard_table(n).num_rows for n in names]
+    sizes = [emb.shard_table(n, columns=["row"]).num_rows for n in names]
     rows = sample_rows(sum(sizes), max(10 * len(tvec), 5000), cfg.seed)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     generic = np.concatenate([np.asarray(emb.shard_vectors(n)[rows[(rows >= lo) & (rows < hi)] - lo], np.float32)

@@ -46,18 +46,19 @@ class Plan:
     shard_counts: np.ndarray  # (S, k) generic units per shard and cluster
     shard_draws: np.ndarray | None   # (S, k) draws per shard and cluster (match, crisp)
     topk_threshold: float | None = None
-    doc_log_w: list[np.ndarray] | None = None  # per shard, per unit (topk)
+    keys: list[np.ndarray] | None = None  # per shard, per unit: Gumbel keys (topk), computed once
+    doc_log_w: list[np.ndarray] | None = None  # per shard, per unit: a document-level selector's log-weights
 
 
-def _shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
+def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, shard, purpose])
 
 
-_KEYS, _DRAWS, _ROUTE, _SHUFFLE = 1, 2, 3, 4
+KEYS, DRAWS, ROUTE, SHUFFLE = 1, 2, 3, 4
 _UNIT_NAMES = {"tokens": "tokens", "bytes": "bytes", "docs": "documents"}
 
 
-def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_leaves: list[np.ndarray],
+def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_leaves: list[np.ndarray],
           shard_sizes: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None) -> Plan:
     """Draws per shard and cluster (match, crisp), or the top-k key threshold (topk).
 
@@ -67,11 +68,14 @@ def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_le
     k = len(weights)
     if cfg.scheme == "topk" or doc_log_w is not None:
         shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)
-        if doc_log_w is None:
+        log_w = doc_log_w
+        if log_w is None:
             with np.errstate(divide="ignore"):
-                log_w = np.log(weights)
-            doc_log_w = [log_w[a] for a in shard_leaves]
-        return _plan_topk(cfg, weights, doc_log_w, shard_leaves, shard_sizes, shard_counts)
+                log_wc = np.log(weights)
+            log_w = [log_wc[a] for a in shard_leaves]
+        plan = _plan_topk(cfg, weights, log_w, shard_leaves, shard_sizes, shard_counts)
+        plan.doc_log_w = doc_log_w
+        return plan
     # one pass over the shards (each read once): units and their sizes per (shard, cluster)
     unit, amount = cfg.budget
     counts, size_c = [], np.zeros(k)
@@ -86,7 +90,7 @@ def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_le
     q = q / q.sum()
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
-    rng = np.random.default_rng([cfg.seed, _DRAWS])
+    rng = np.random.default_rng([cfg.seed, DRAWS])
     if cfg.scheme == "match":
         limit = np.where(q > 0, n_c * (cfg.max_repeat or np.inf), 0.0)
         if cfg.max_repeat is not None and limit.sum() < n_units:
@@ -108,7 +112,7 @@ def _plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_le
 
 def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:
     """Gumbel keys: the top-n keys are a draw of n units without replacement, P ~ exp(log_w)."""
-    keys = log_w + _shard_rng(cfg.seed, shard, _KEYS).gumbel(size=len(log_w))
+    keys = log_w + shard_rng(cfg.seed, shard, KEYS).gumbel(size=len(log_w))
     return np.where(np.isfinite(log_w), keys, -np.inf)
 
 
@@ -123,10 +127,11 @@ def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndar
                           f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or "
                           "use --scheme match")
     # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
+    keys = [_topk_keys(cfg, lw, s) for s, lw in enumerate(doc_log_w)]
     best_k = np.empty(0)
     best_t = np.empty(0)
-    for s, (lw, sizes) in enumerate(zip(doc_log_w, shard_sizes)):
-        best_k = np.concatenate([best_k, _topk_keys(cfg, lw, s)])
+    for s, sizes in enumerate(shard_sizes):
+        best_k = np.concatenate([best_k, keys[s]])
         best_t = np.concatenate([best_t, np.asarray(sizes, dtype=np.float64)])
         order = np.argsort(-best_k, kind="stable")
         if unit == "docs":
@@ -137,16 +142,16 @@ def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndar
         best_k, best_t = best_k[keep], best_t[keep]
     threshold = float(best_k.min())
     draws = np.zeros(len(weights), dtype=np.int64)
-    for s, (lw, leaves) in enumerate(zip(doc_log_w, shard_leaves)):
-        draws += np.bincount(leaves[_topk_keys(cfg, lw, s) >= threshold], minlength=len(weights))
-    return Plan(weights, draws, shard_counts, None, threshold, doc_log_w)
+    for s, leaves in enumerate(shard_leaves):
+        draws += np.bincount(leaves[keys[s] >= threshold], minlength=len(weights))
+    return Plan(weights, draws, shard_counts, None, threshold, keys)
 
 
-def _unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarray) -> np.ndarray:
+def unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarray) -> np.ndarray:
     """How many times each unit of one input shard is selected."""
     if plan.topk_threshold is not None:
-        return (_topk_keys(cfg, plan.doc_log_w[shard], shard) >= plan.topk_threshold).astype(np.int64)
-    rng = _shard_rng(cfg.seed, shard, _DRAWS)
+        return (plan.keys[shard] >= plan.topk_threshold).astype(np.int64)
+    rng = shard_rng(cfg.seed, shard, DRAWS)
     counts = plan.shard_counts[shard]
     draws = plan.shard_draws[shard]
     reps = np.zeros(len(leaves), dtype=np.int64)

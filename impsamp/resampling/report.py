@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 
 from ..histograms import Histogram, describe, kl
-from ..manifest import StageRun, atomic_write_bytes, tmp_name
-from .config import ResampleConfig, _FEATURES
+from ..manifest import StageRun, atomic_write_bytes, fingerprint, tmp_name
+from .config import FEATURES, ResampleConfig
 from .planning import Plan
-from .writing import _data_name
+from .writing import data_name
 
 logger = logging.getLogger(__name__)
 
 
-def _diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,
+def selection_diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,
                  unique: int, tokens: int) -> dict[str, Any]:
     n_c = generic.counts
     w_docs = weights * n_c
@@ -38,7 +38,7 @@ def _diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.
     }
 
 
-def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram,
+def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram,
                   generic: Histogram, plan: Plan, emb, clu, command: str | None, n_out: int, corpus,
                   shard_tables, names, shard_leaves, plot=None) -> dict[str, Path]:
     out = run.out_dir
@@ -48,18 +48,16 @@ def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], tar
     atomic_write_bytes(out / "histograms.json", json.dumps(hist).encode())
     files["histograms.json"] = out / "histograms.json"
     if cfg.format == "arrow":
-        data_files = [{"filename": _data_name(b, n_out, "arrow")} for b in range(n_out)]
-        from ..manifest import fingerprint
-
-        state = {"_data_files": data_files, "_fingerprint": fingerprint(stats["kl_target_selected"])[7:23],
+        data_files = [{"filename": data_name(b, n_out, "arrow")} for b in range(n_out)]
+        state = {"_data_files": data_files, "_fingerprint": content_key(run, emb, clu)[7:23],
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": None}
-        info = {"citation": "", "description": "impsamp selection", "features": _FEATURES,
+        info = {"citation": "", "description": "impsamp selection", "features": FEATURES,
                 "homepage": "", "license": ""}
         for name, obj in (("state.json", state), ("dataset_info.json", info)):
             atomic_write_bytes(out / name, (json.dumps(obj, indent=2) + "\n").encode())
             files[name] = out / name
-    if plot.result() if plot is not None else _plot(out / "histograms.png", target, generic, plan):
+    if plot.result() if plot is not None else plot_histograms(out / "histograms.png", target, generic, plan):
         files["histograms.png"] = out / "histograms.png"
     card = render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
                        shard_leaves, run.key)
@@ -68,7 +66,18 @@ def _write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], tar
     return files
 
 
-def _plot(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
+def content_key(run: StageRun, emb, clu) -> str:
+    """A fingerprint of what the selection is made of, wherever its inputs lie: the corpus's content, the
+    embed, cluster and resample settings, the target histogram, how the budget was counted and the
+    version (the run key also covers the input paths). `datasets` keys its caches by it."""
+    budget = {k: v for k, v in run.inputs.get("budget", {}).items() if k != "tokens_counted_with"}
+    return fingerprint({"corpus": emb.manifest.inputs.get("corpus", {}).get("fingerprint"),
+                        "embed": emb.manifest.config, "cluster": clu.manifest.config,
+                        "resample": {k: v for k, v in run.config.items() if k != "budget_tokenizer"},
+                        "target": run.inputs.get("target_fingerprint"), "budget": budget, "version": run.version})
+
+
+def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
     try:
         from matplotlib.figure import Figure  # no pyplot: no global state, a faster import
     except ImportError:
@@ -126,7 +135,7 @@ def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, sh
         "num_bytes": stats["bytes"], "budget": f"{budget['amount']:,} {budget['unit']}",
         "tokens_counted_with": _yaml(budget["tokens_counted_with"]),
         "tokens_how": budget.get("how", "exact, every unit's whole text tokenized"), "k": clu.n_leaves,
-        "scheme": _yaml(cfg.scheme if cfg.method == "importance" else "uniform"),
+        "scheme": _yaml(cfg.scheme if cfg.method == "importance" else f"{cfg.method} (topk)"),
         "weighting": _yaml(stats["weighting"]), "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
         "kl_target_selected": f"{stats['kl_target_selected']:.4f}", "seed": cfg.seed,
         "fingerprint": _yaml(fingerprint_key), "impsamp_version": _yaml(__version__),

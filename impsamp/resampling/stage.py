@@ -1,4 +1,9 @@
-"""The `resample` stage: target histogram, weights, plan, then the two writing passes (resumable)."""
+"""The `resample` stage as named steps: open the inputs, weigh the clusters, plan the draws, route the
+selected rows to output shards (pass 1), gather and shuffle each output shard (pass 2), report.
+
+Both passes are shard tasks handed to `scale.run_tasks` (threads here, or Ray tasks: the same bytes),
+each committed through the stage contract, so a killed run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import math
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,35 +20,113 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, StageError
-from ..histograms import Histogram, generic_histogram, histogram, mixture
+from ..hardware import cpu_count
+from ..histograms import Histogram, embed_like, from_assignments, generic_histogram, histogram, is_histogram_file, mixture
 from ..manifest import StageRun, tmp_name
-from ..scale import Execution, LOCAL, Shared, commit_once, run_ray
+from ..progress import progress_bar
+from ..scale import LOCAL, Execution, Shared, commit_once, run_tasks
 from ..weighting import compute_weights
-from .config import ResampleConfig, SELECTION_SCHEMA
-from .selection import Selection
-from .planning import _ROUTE, _SHUFFLE, Plan, _plan, _shard_rng, _unit_repeats
 from .budget import BudgetCounter, UnitSizes
-from .tables import _PerShard, _ShardTables, _hist_key, _progress
-from .writing import COMBINE_BYTES, _data_name, _selected_rows, _spill_ok, _write_output_shard, _write_spill
-from .methods import _classifier_log_weights, _ngram_log_weights, _parse_target
-from .report import _diagnostics, _plot, _write_extras
+from .config import SELECTION_SCHEMA, ResampleConfig
+from .methods import classifier_unit_log_weights, ngram_unit_log_weights, parse_target, target_corpus
+from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
+from .report import plot_histograms, selection_diagnostics, write_extras
+from .selection import Selection
+from .tables import PerShard, ShardTables, hist_key
+from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
 logger = logging.getLogger(__name__)
 
 
-def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig,
-                     progress: bool = False) -> tuple[Histogram, list[dict[str, Any]]]:
-    """The (mixture) target histogram, and a description of each part for the manifest."""
-    parts, described = [], []
+@dataclass
+class Inputs:
+    """The generic side, opened once: embeddings, clusters, corpus, and per-shard views read on access
+    (leaves, unit tables, unit sizes), so memory does not grow with the corpus."""
+
+    emb: Any
+    clu: Any
+    corpus: Any
+    generic: Histogram
+    names: list[str]
+    windowed: bool
+    corpus_shards: dict[str, Any]
+    tables: ShardTables
+    leaves: PerShard
+    counter: BudgetCounter
+
+    def described(self) -> dict[str, Any]:
+        emb, clu = self.emb, self.clu
+        return {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
+                "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
+                "budget": self.counter.describe()}
+
+
+@dataclass
+class Target:
+    """The target side: its histogram, its parts for the manifest, its vectors (corpus targets), weights."""
+
+    histogram: Histogram
+    described: list[dict[str, Any]]
+    vectors: np.ndarray | None
+    weights: np.ndarray
+    weighting: str
+
+
+def open_inputs(embeddings, clusters, cfg: ResampleConfig) -> Inputs:
+    """Load and check the generic side: the clustering must come from these embeddings, the corpus be
+    unchanged since it was embedded."""
+    from ..clustering import Clusters
+    from ..embedding import Embeddings
+
+    emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
+    clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
+    recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
+    if recorded != emb.manifest.fingerprint:
+        raise StageError(f"{clu.path} was not clustered from {emb.path} (its manifest records "
+                         f"{clu.manifest.inputs.get('embeddings', {}).get('path')}); pass the matching pair")
+    corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
+    names = list(emb.shard_names)
+    windowed = bool(emb.model_info.get("windows"))
+    corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
+    return Inputs(emb, clu, corpus, generic_histogram(clu), names, windowed, corpus_shards, ShardTables(emb),
+                  PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64)),
+                  BudgetCounter(emb, corpus, corpus_shards, windowed, cfg.budget_tokenizer))
+
+
+def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
+                     ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None]:
+    """The (mixture) target histogram, a description of each part for the manifest, and the vectors of
+    the parts (when every part is a corpus, embedded once here; else None)."""
+    parts, described, vectors = [], [], []
     for t in targets:
-        spec, w = _parse_target(t)
-        h = histogram(spec, clusters, embeddings=embeddings, text_field=cfg.text_field, id_field=cfg.id_field,
-                      progress=progress)
+        spec, w = parse_target(t)
+        is_corpus = not is_histogram_file(spec) and not (Path(spec).is_dir() and (Path(spec) / "manifest.json").exists())
+        if is_corpus:
+            v, _ = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
+            h = from_assignments(clusters.assign(v)[:, -1], clusters, source=str(spec))
+            vectors.append(v)
+        else:
+            h = histogram(spec, clusters, embeddings=embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
         described.append({"target": str(spec), "weight": w, "documents": h.total})
-    return mixture(parts), described
+    return mixture(parts), described, np.concatenate(vectors) if len(vectors) == len(parts) else None
+
+
+def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting: Callable[..., Any] | None
+          ) -> Target:
+    """The target histogram and the cluster weights (uniform: the generic histogram, weight 1)."""
+    if cfg.method == "uniform":
+        hist, described, vectors, spec = inputs.generic, [], None, "uniform"
+    else:
+        if not targets:
+            raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")
+        hist, described, vectors = target_histogram(targets, inputs.clu, inputs.emb, cfg)
+        spec = (weighting or cfg.weighting) if cfg.method == "importance" else "ratio"
+    builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
+    weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
+    return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name)
 
 
 def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any] = (),
@@ -65,146 +148,113 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     Raises:
         ConfigError, StageError, WeightingError: bad budget, mismatched inputs, bad weights.
     """
-    from ..clustering import Clusters
-    from ..embedding import Embeddings
-
     cfg = config or ResampleConfig(docs=1000)
     ex = execution or LOCAL
     if ex.sliced:
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
                           "input shard, so it cannot be cut into independent slices; run it as one job "
                           "(--engine ray spreads its shards over a Ray cluster)")
-    emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
-    clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
-    recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
-    if recorded != emb.manifest.fingerprint:
-        raise StageError(f"{clu.path} was not clustered from {emb.path} (its manifest records "
-                         f"{clu.manifest.inputs.get('embeddings', {}).get('path')}); pass the matching pair")
-    corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
-    generic = generic_histogram(clu)
-    if cfg.method == "uniform":
-        target, described, spec = generic, [], "uniform"
-    else:
-        if not targets:
-            raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")
-        target, described = target_histogram(targets, clu, emb, cfg, progress=progress)
-        spec = (weighting or cfg.weighting) if cfg.method == "importance" else "ratio"
-    builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
-    weights, weighting_name = compute_weights(spec, target, generic, **builtin)
-    # uniform, ngram and classifier draw without replacement; importance uses the chosen scheme
-    cfg_eff = cfg if cfg.method == "importance" else ResampleConfig(**{**asdict(cfg), "scheme": "topk"})
-    if cfg.method in ("ngram", "classifier"):
-        weighting_name = cfg.method
+    inputs = open_inputs(embeddings, clusters, cfg)
+    target = weigh(inputs, targets, cfg, weighting)
+    cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
+    run = StageRun(Path(out_dir), "resample", config={**asdict(cfg_eff), "weighting": target.weighting},
+                   inputs={**inputs.described(), "targets": target.described,
+                           "target_fingerprint": hist_key(target.histogram)}, overwrite=overwrite).begin()
+    _count_sizes(run, inputs, cfg, progress)
+    plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
+                     PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
+                     _document_log_weights(run, cfg, targets, target, inputs, progress))
+    n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
+    bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
+    _route_pass(run, ex, cfg_eff, inputs, plan, target.weights, n_out, bar)
+    # the histogram plot (~0.7 s of CPU, mostly importing matplotlib) is drawn on a thread during the
+    # gathering pass, which leaves a core idle (Arrow takes and writes; the routing pass uses both)
+    plot = _in_background(plot_histograms, run.out_dir / "histograms.png", target.histogram, inputs.generic, plan)
+    _gather_pass(run, ex, cfg, inputs.names, n_out, bar)
+    bar.close()
+    return _finish(run, cfg_eff, inputs, target, plan, n_out, command, plot)
 
-    names = list(emb.shard_names)
-    windowed = bool(emb.model_info.get("windows"))
-    # Per-unit cluster ids and token counts are read shard by shard where needed, never all at once:
-    # planning keeps per-(shard, cluster) counts only, so memory does not grow with the corpus (topk,
-    # ngram and classifier still hold one log-weight per unit).
-    shard_leaves = _PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64))
-    # Unit tables are read again where needed, one shard at a time: holding every shard's table (ids
-    # and all) made peak memory grow ~180 bytes per corpus row; the plan needs only leaves and sizes.
-    shard_tables = _ShardTables(emb)
-    corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
-    counter = BudgetCounter(emb, corpus, corpus_shards, windowed, cfg.budget_tokenizer)
-    unit = cfg.budget[0]
-    shard_sizes = _PerShard(names, lambda n: counter[n].of(unit))
-    inputs = {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
-              "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
-              "targets": described, "target_fingerprint": _hist_key(target), "budget": counter.describe()}
-    run = StageRun(Path(out_dir), "resample", config={**asdict(cfg), "weighting": weighting_name},
-                   inputs=inputs, overwrite=overwrite).begin()
-    if not counter.in_tables:
-        with _progress(progress, len(names), "counting tokens" if cfg.budget_tokenizer else "reading lengths") as b:
-            counter.prepare(run, names, b)
-    else:
-        counter.prepare(run, names)
 
-    doc_log_w = None
+def _count_sizes(run: StageRun, inputs: Inputs, cfg: ResampleConfig, progress: bool) -> None:
+    """Each unit's size in the budget's unit: from the unit tables, or counted once (resumable)."""
+    if inputs.counter.in_tables:
+        inputs.counter.prepare(run, inputs.names)
+        return
+    what = "counting tokens" if cfg.budget_tokenizer else "reading lengths"
+    with progress_bar(progress, what, "shard", total=len(inputs.names)) as bar:
+        inputs.counter.prepare(run, inputs.names, bar)
+
+
+def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
+                          inputs: Inputs, progress: bool) -> list[np.ndarray] | None:
+    """Per-unit log-weights of the document-level selectors (ngram, classifier); None for the others."""
     if cfg.method == "ngram":
-        doc_log_w = _ngram_log_weights(run, cfg, targets, corpus, corpus_shards, shard_tables, names, windowed,
-                                       progress)
-    elif cfg.method == "classifier":
-        doc_log_w = _classifier_log_weights(cfg, targets, emb, names)
-    plan = _plan(cfg_eff, weights, generic, shard_leaves, shard_sizes, doc_log_w)
-    total_rows = int(plan.draws.sum())
-    n_out = max(1, math.ceil(total_rows / cfg.rows_per_shard))
+        return ngram_unit_log_weights(run, cfg, targets, inputs.corpus, inputs.corpus_shards, inputs.tables,
+                                      inputs.names, inputs.windowed, progress)
+    if cfg.method == "classifier":
+        if target.vectors is None:
+            target_corpus(targets, cfg, "classifier")  # says which target is not a corpus
+        return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names)
+    return None
 
-    bar = _progress(progress, len(names) + n_out, "resample")
 
-    def route_done(key: str, result: tuple[str, dict[str, int]]) -> None:
+def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Inputs, plan: Plan,
+                weights: np.ndarray, n_out: int, bar) -> None:
+    """Pass 1: each input shard's selected rows, routed to output shards, in a spill file."""
+    names = inputs.names
+    for name in names:  # spill files are not fsynced: after a machine crash, redo any that is damaged
+        key = f"route-{name}"
+        if run.is_done(key) and not spill_ok(run.out_dir / "_spill" / f"{name}.arrow", n_out,
+                                             run.shard_record(key)["stats"]["rows"]):
+            logger.warning("spill file of input shard %s is damaged; recomputing it", name)
+            run.forget(key)
+
+    def done(key: str, result: tuple[str, dict[str, int]]) -> None:
         name = key[len("route-"):]
         commit_once(run, key, {f"_spill/{name}.arrow": Path(result[0])}, stats=result[1], intermediate=True)
         bar.update(1)
 
-    for name in names:  # spill files are not fsynced: after a machine crash, redo any that is damaged
-        key = f"route-{name}"
-        if run.is_done(key) and not _spill_ok(run.out_dir / "_spill" / f"{name}.arrow", n_out,
-                                                run.shard_record(key)["stats"]["rows"]):
-            logger.warning("spill file of input shard %s is damaged; recomputing it", name)
-            run.forget(key)
-    route = [(s, name) for s, name in enumerate(names) if not run.is_done(f"route-{name}")]
-    bar.update(len(names) - len(route))
-    if ex.engine == "ray" and route:
-        tasks = [(f"route-{name}", (cfg_eff, Shared("plan"), s, name, corpus, corpus_shards[name],
-                                    Shared("tables"), shard_leaves[s], counter[name], Shared("weights"),
-                                    None if doc_log_w is None else doc_log_w[s], windowed, n_out,
-                                    str(run.out_dir / "_spill" / f"{name}.arrow"), True))
-                 for s, name in route]
-        run_ray(ex, _route_shard, tasks, route_done,
-                shared={"plan": plan, "weights": weights, "tables": shard_tables})
-    else:
-        _in_threads(route_done, [(f"route-{name}", lambda s=s, name=name: _route_shard(
-            cfg_eff, plan, s, name, corpus, corpus_shards[name], shard_tables, shard_leaves[s], counter[name],
-            weights, None if doc_log_w is None else doc_log_w[s], windowed, n_out,
-            str(run.tmp_path(f"_spill/{name}.arrow")), False)) for s, name in route])
-    # the histogram plot (~0.7 s of CPU, mostly importing matplotlib) is drawn on a thread during the
-    # gathering pass, which leaves a core idle (Arrow takes and writes; the routing pass uses both)
-    plot = _in_background(_plot, run.out_dir / "histograms.png", target, generic, plan)
-    unique = sum(run.shard_record(f"route-{name}")["stats"]["unique"] for name in names)
+    todo = [(s, name) for s, name in enumerate(names) if not run.is_done(f"route-{name}")]
+    bar.update(len(names) - len(todo))
+    tasks = [(f"route-{name}", (cfg, Shared("plan"), s, name, Shared("inputs"), Shared("weights"), n_out,
+                                str(run.out_dir / "_spill" / f"{name}.arrow"))) for s, name in todo]
+    run_tasks(ex, _route_shard, tasks, done, shared={"plan": plan, "weights": weights, "inputs": inputs},
+              threads=max(1, min(cpu_count(), 4)))
+
+
+def _gather_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, names: list[str], n_out: int, bar) -> None:
+    """Pass 2: each output shard's rows from every spill file, shuffled. Here one output shard is
+    gathered at a time (each holds up to rows_per_shard rows; threads would double that) while the
+    previous one is committed (fsync, checksum) on a thread."""
     spills = [str(run.out_dir / "_spill" / f"{n}.arrow") for n in names]
 
-    def write_done(key: str, result: tuple[str, int]) -> None:
-        name = _data_name(int(key[len("write-"):]), n_out, cfg.format)
+    def done(key: str, result: tuple[str, int]) -> None:
+        name = data_name(int(key[len("write-"):]), n_out, cfg.format)
         commit_once(run, key, {name: Path(result[0])}, rows={name: result[1]})
         bar.update(1)
 
-    write = [b for b in range(n_out) if not run.is_done(f"write-{b:05d}")]
-    bar.update(n_out - len(write))
-    if ex.engine == "ray" and write:
-        tasks = [(f"write-{b:05d}", (spills, b, cfg.seed, cfg.format,
-                                     str(run.out_dir / _data_name(b, n_out, cfg.format)), True))
-                 for b in write]
-        run_ray(ex, _gather_shard, tasks, write_done)
-    else:  # one output shard gathered at a time: each holds up to rows_per_shard rows (threads would
-        # double that); its commit (fsync, checksum) runs on a thread while the next one is gathered
-        from concurrent.futures import ThreadPoolExecutor
+    todo = [b for b in range(n_out) if not run.is_done(f"write-{b:05d}")]
+    bar.update(n_out - len(todo))
+    tasks = [(f"write-{b:05d}", (spills, b, cfg.seed, cfg.format, str(run.out_dir / data_name(b, n_out, cfg.format))))
+             for b in todo]
+    run_tasks(ex, _gather_shard, tasks, done, done_in_background=True)
 
-        with ThreadPoolExecutor(1) as committer:
-            pending = None
-            for b in write:
-                if pending is not None and pending.done():
-                    pending.result()  # a failed commit stops the run before the next shard is gathered
-                tmp = str(run.tmp_path(_data_name(b, n_out, cfg.format)))
-                result = _gather_shard(spills, b, cfg.seed, cfg.format, tmp, False)
-                if pending is not None:
-                    pending.result()
-                pending = committer.submit(write_done, f"write-{b:05d}", result)
-            if pending is not None:
-                pending.result()
-    bar.close()
 
-    selected = {key: int(sum(run.shard_record(f"route-{name}")["stats"][key] for name in names))
-                for key in ("tokens", "chars", "bytes")}
-    stats = _diagnostics(target, generic, plan, weights, total_rows, unique, selected["tokens"])
+def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, plan: Plan, n_out: int,
+            command: str | None, plot) -> Selection:
+    """Diagnostics, histograms, plot, data card, then the manifest (which makes the output complete)."""
+    names = inputs.names
+    records = [run.shard_record(f"route-{name}")["stats"] for name in names]
+    selected = {key: int(sum(r[key] for r in records)) for key in ("tokens", "chars", "bytes")}
+    stats = selection_diagnostics(target.histogram, inputs.generic, plan, target.weights, int(plan.draws.sum()),
+                                  sum(r["unique"] for r in records), selected["tokens"])
     stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
-                  "budget": {"unit": unit, "amount": cfg.budget[1], **counter.describe()},
-                  "output_shards": n_out, "targets": described, "weighting": weighting_name,
-                  "method": cfg.method, "scheme": cfg_eff.scheme})
-    extra = _write_extras(run, cfg, stats, target, generic, plan, emb, clu, command, n_out, corpus, shard_tables,
-                          names, shard_leaves, plot)
-    manifest = run.finish(stats=stats, extra_files=extra)
-    return Selection(run.out_dir, manifest)
+                  "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
+                  "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
+                  "method": cfg.method, "scheme": cfg.scheme})
+    extra = write_extras(run, cfg, stats, target.histogram, inputs.generic, plan, inputs.emb, inputs.clu, command,
+                         n_out, inputs.corpus, inputs.tables, names, inputs.leaves, plot)
+    return Selection(run.out_dir, run.finish(stats=stats, extra_files=extra))
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
@@ -224,59 +274,27 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
     return fut
 
 
-def _in_threads(done: Callable[[str, Any], None], jobs: list[tuple[str, Callable[[], Any]]]) -> None:
-    """Run `jobs` (key, thunk) on a few threads (Arrow reads, takes and writes release the GIL), each
-    followed by `done(key, result)` on the same thread (jobs have distinct keys, so their commits are
-    independent). Every job's output depends only on its key, so the bytes do not depend on the
-    order; at most `threads` shards are in memory at once."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from ..embedding import cpu_count
-
-    threads = max(1, min(len(jobs), cpu_count(), 4))
-    if threads == 1:
-        for key, job in jobs:
-            done(key, job())
-        return
-    with ThreadPoolExecutor(threads) as pool:
-        pending: set[Any] = set()
-        try:
-            for key, job in jobs:
-                # the commit (fsync, checksum) runs on the worker thread too, overlapping the others' reads
-                pending.add(pool.submit(lambda key=key, job=job: done(key, job())))
-                if len(pending) >= threads:
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        f.result()
-            for f in pending:
-                f.result()
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-
-
-def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, corpus, corpus_shard, tables,
-                 leaves: np.ndarray, sizes: UnitSizes, weights: np.ndarray, doc_log_w: np.ndarray | None,
-                 windowed: bool, n_out: int, path: str, own_tmp: bool) -> tuple[str, dict[str, int]]:
-    """Pass 1 for input shard `s` (embedding shard `name`, its unit table read from `tables` here):
-    its selected rows, routed to output shards, in a spill file at `path` (or, with `own_tmp`, at
-    this process's temp name of `path`: a Ray task); -> (file, stats)."""
-    reps = _unit_repeats(cfg, plan, s, leaves)
+def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, inputs: Inputs, weights: np.ndarray,
+                 n_out: int, path: str) -> tuple[str, dict[str, int]]:
+    """Pass 1 for input shard `s` (embedding shard `name`): its selected rows, routed to output shards,
+    in a spill file at this process's temp name of `path`; -> (file, stats)."""
+    leaves = inputs.leaves[s]
+    reps = unit_repeats(cfg, plan, s, leaves)
+    doc_log_w = None if plan.doc_log_w is None else plan.doc_log_w[s]
     unit_w = weights[leaves] if doc_log_w is None else np.exp(np.clip(doc_log_w, -80, 80))
-    table = tables[name]
-    rows = _selected_rows(corpus, corpus_shard, table, reps, leaves, unit_w, windowed)
-    buckets = _shard_rng(cfg.seed, s, _ROUTE).integers(n_out, size=rows.num_rows)
-    tmp = tmp_name(Path(path)) if own_tmp else Path(path)
+    rows = selected_rows(inputs.corpus, inputs.corpus_shards[name], inputs.tables[name], reps, leaves, unit_w,
+                         inputs.windowed)
+    buckets = shard_rng(cfg.seed, s, ROUTE).integers(n_out, size=rows.num_rows)
+    tmp = tmp_name(Path(path))
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    _write_spill(tmp, rows, buckets, n_out)
+    write_spill(tmp, rows, buckets, n_out)
+    sizes: UnitSizes = inputs.counter[name]
     return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows, **sizes.totals(reps)}
 
 
-def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str, own_tmp: bool
-                  ) -> tuple[str, int]:
-    """Pass 2 for output shard `b`: its rows from every spill file, shuffled, written at `path` (or its
-    temp name in this process, with `own_tmp`); -> (file, rows)."""
+def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str) -> tuple[str, int]:
+    """Pass 2 for output shard `b`: its rows from every spill file, shuffled, written at this process's
+    temp name of `path`; -> (file, rows)."""
     parts = []
     for p in spills:
         with pa.memory_map(p) as src:
@@ -286,9 +304,9 @@ def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str,
     rows = pa.concat_tables(parts) if parts else SELECTION_SCHEMA.empty_table()
     if rows.nbytes < COMBINE_BYTES:  # random `take` from one chunk per column is ~3x faster than from many
         rows = rows.combine_chunks()
-    perm = _shard_rng(seed, b, _SHUFFLE).permutation(rows.num_rows)
-    tmp = tmp_name(Path(path)) if own_tmp else Path(path)
-    _write_output_shard(tmp, rows, fmt, perm)
+    perm = shard_rng(seed, b, SHUFFLE).permutation(rows.num_rows)
+    tmp = tmp_name(Path(path))
+    write_output_shard(tmp, rows, fmt, perm)
     return str(tmp), rows.num_rows
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -11,7 +10,7 @@ import pyarrow as pa
 from ..histograms import Histogram
 
 
-class _PerShard(Sequence):
+class PerShard(Sequence):
     """A per-shard array, read by `load(shard name)` on each access (nothing kept)."""
 
     def __init__(self, names: Sequence[str], load: Callable[[str], np.ndarray]) -> None:
@@ -24,7 +23,7 @@ class _PerShard(Sequence):
         return self.load(self.names[i])
 
 
-class _ShardTables:
+class ShardTables:
     """name -> that embedding shard's unit table, read on each access (nothing kept)."""
 
     def __init__(self, emb) -> None:
@@ -41,13 +40,7 @@ _ROW_COLUMNS = ["doc_index", "id", "file", "row", "window", "char_start", "char_
 """What writing a selected unit needs from the unit table."""
 
 
-def _hist_key(h: Histogram) -> str:
+def hist_key(h: Histogram) -> str:
     from ..manifest import fingerprint
 
     return fingerprint(np.round(h.probs(), 12).tolist())
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="shard", disable=not enabled, file=sys.stderr)

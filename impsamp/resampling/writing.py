@@ -27,7 +27,7 @@ def unit_texts(corpus, corpus_shard, table: pa.Table, units: np.ndarray, windowe
     return pa.array([t[s:e] for t, s, e in zip(texts.to_pylist(), starts, ends)], pa.string())
 
 
-def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leaves: np.ndarray,
+def selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leaves: np.ndarray,
                    unit_weights: np.ndarray, windowed: bool) -> pa.Table:
     """The selected units of one input shard, each repeated as planned, with their text."""
     sel = np.flatnonzero(reps)
@@ -53,7 +53,7 @@ def _selected_rows(corpus, corpus_shard, table: pa.Table, reps: np.ndarray, leav
     return pa.table(cols, schema=SELECTION_SCHEMA)
 
 
-def _write_spill(path: Path, rows: pa.Table, buckets: np.ndarray, n_buckets: int) -> None:
+def write_spill(path: Path, rows: pa.Table, buckets: np.ndarray, n_buckets: int) -> None:
     """One record batch per output shard, in output-shard order (an IPC file: random access)."""
     order = np.argsort(buckets, kind="stable")
     rows = rows.take(pa.array(order))
@@ -65,7 +65,7 @@ def _write_spill(path: Path, rows: pa.Table, buckets: np.ndarray, n_buckets: int
                           pa.record_batch([pa.array([], f.type) for f in SELECTION_SCHEMA], schema=SELECTION_SCHEMA))
 
 
-def _spill_ok(path: Path, n_buckets: int, rows: int) -> bool:
+def spill_ok(path: Path, n_buckets: int, rows: int) -> bool:
     """Whether a committed spill file is whole: readable, one valid batch per output shard, `rows` rows."""
     try:
         with pa.memory_map(str(path)) as src:
@@ -82,7 +82,7 @@ def _spill_ok(path: Path, n_buckets: int, rows: int) -> bool:
         return False
 
 
-def _data_name(b: int, n: int, fmt: str) -> str:
+def data_name(b: int, n: int, fmt: str) -> str:
     return f"data-{b:05d}-of-{n:05d}." + {"arrow": "arrow", "parquet": "parquet", "jsonl": "jsonl"}[fmt]
 
 
@@ -96,7 +96,7 @@ much, per process or Ray task). Larger shards are taken from the mapped batches 
 offsets are 32-bit: one chunk holds at most 2 GiB of text)."""
 
 
-def _write_output_shard(path: Path, rows: pa.Table, fmt: str, order: np.ndarray | None = None) -> None:
+def write_output_shard(path: Path, rows: pa.Table, fmt: str, order: np.ndarray | None = None) -> None:
     """Write `rows` (in `order`, if given) as one output shard, WRITE_CHUNK rows at a time."""
     n = rows.num_rows
     order = np.arange(n) if order is None else np.asarray(order, dtype=np.int64)

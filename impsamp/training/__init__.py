@@ -7,9 +7,11 @@
     evaluate("runs/lm", ["law-eval.jsonl"])            # same shape as run.metrics["pretrained"]
     export("runs/lm", "hf/lm")                         # a transformers LlamaForCausalLM folder
 
-Modules: config (TrainConfig, presets; no torch), model (the Llama-style GPT), tokenizer (BPE),
+Modules: config (TrainConfig, presets; no torch), shape (ModelConfig), families (the model registry:
+`--arch`), model (the Llama-style GPT, family "dense"), tokenizer (BPE),
 data (token memmaps, batches), checkpoint (safetensors), runtime (device, DDP, memory),
-loop (train, TrainRun), evaluation (ppl, bits per byte), hf (export to transformers).
+loop (train), result (TrainRun: a finished run), evaluation (ppl, bits per byte), hf (the dense
+family as a transformers Llama), export (a run as a transformers folder).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from typing import Any
 from .config import PRESETS, ModelConfig, TokenizerError, TrainConfig, TrainError
 
 _LAZY = {
-    "train": "loop", "TrainRun": "loop",
+    "train": "loop", "TrainRun": "result",
     "evaluate": "evaluation",
     "train_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
-    "export": "hf",
+    "export": "export",
     "GPT": "model",
 }
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..manifest import _fsync_dir
+from ..manifest import fsync_dir
 from .config import TrainError
 
 PHASES = ("pretrain", "finetune")
@@ -38,7 +38,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt"})
     _fsync_file(tmp)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -127,11 +127,11 @@ def save_checkpoint(run_dir: Path, phase: str, step: int, model: torch.nn.Module
     (tmp / "state.json").write_text(json.dumps(full))
     for f in tmp.iterdir():
         _fsync_file(f)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in root.iterdir():
         if old.name != final.name:
             shutil.rmtree(old, ignore_errors=True)

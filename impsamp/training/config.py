@@ -13,11 +13,12 @@ instead of 2). Every field can be overridden (`n_layer`, `n_embd`, `n_head`, `ml
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import positive
 from ..errors import ConfigError, ImpsampError
+from .shape import ModelConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
     # ~4.5M parameters; a few hundred steps of 16 x 256 tokens in minutes on 2 CPU cores.
@@ -43,43 +44,6 @@ class TokenizerError(TrainError):
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Shape of the decoder (what `config.json` of a run records under "model")."""
-
-    vocab_size: int
-    n_layer: int
-    n_embd: int
-    n_head: int
-    mlp_hidden: int
-    """Hidden size of the gated (SwiGLU) MLP: down(silu(gate(x)) * up(x))."""
-    block_size: int
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def n_params(self) -> int:
-        """Parameters, counting the tied embedding once."""
-        d, h = self.n_embd, self.mlp_hidden
-        return self.vocab_size * d + self.n_layer * (4 * d * d + 3 * d * h + 2 * d) + d
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token: 6 * params + 12 * n_layer * n_embd * block_size.
-
-        6N counts forward (2N) and backward (4N) of every matmul, the tied lm head included (the
-        embedding lookup is counted too, a ~1/(1+L*12d/V) overstatement kept for comparability with
-        nanoGPT/PaLM); 12 * L * d * T is attention's QK^T and AV over the full T x T matrix
-        (PaLM appendix B), as fused causal kernels are reported.
-        """
-        return 6 * self.n_params() + 12 * self.n_layer * self.n_embd * self.block_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what `train()` computes (saved in the run's manifest and config.json)."""
 
@@ -92,6 +56,8 @@ class TrainConfig:
     block_size: int | None = None
     vocab_size: int | None = None
     """BPE vocabulary to train (the model's is padded to a multiple of 64); ignored with `tokenizer`."""
+    arch: str = "dense"
+    """Model family (`families.FAMILIES`): `dense` is the Llama-style decoder."""
     tokenizer: str | None = None
     """A `tokenizer.json` (HF tokenizers) to use instead of training one."""
     tokenizer_sample_docs: int = 50_000
@@ -137,6 +103,9 @@ class TrainConfig:
     """Batches of the held-out split scored for the validation loss at each checkpoint."""
 
     def __post_init__(self) -> None:
+        from .families import get_family
+
+        get_family(self.arch)  # an unknown family is a one-line error
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
         for name in ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size", "steps", "tokens",

@@ -95,7 +95,7 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
         eval_files: corpus specs (files, folders, globs); each is one entry of `per_file`.
         weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
     """
-    from .loop import TrainRun
+    from .result import TrainRun
     from .runtime import resolve_device, resolve_dtype
 
     run = TrainRun.load(run_dir)

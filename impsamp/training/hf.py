@@ -1,4 +1,4 @@
-"""Export a run to a Hugging Face `transformers` Llama checkpoint.
+"""The dense family as a Hugging Face `transformers` Llama checkpoint (`export` writes the folder).
 
     export("runs/lm", "hf/lm")
     AutoModelForCausalLM.from_pretrained("hf/lm")      # same logits as the run's model
@@ -11,15 +11,11 @@ embedding, `tie_word_embeddings=True`); the rotary embedding already uses HF's r
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
-from pathlib import Path
 
 import torch
 
 from .._deps import require
-from ..errors import StageError
-from .config import ModelConfig
+from .shape import ModelConfig
 
 
 def hf_state_dict(state: dict[str, torch.Tensor], m: ModelConfig) -> dict[str, torch.Tensor]:
@@ -54,47 +50,3 @@ def llama_config(m: ModelConfig, eos_id: int):
     else:  # transformers 4.x
         kw["rope_theta"] = m.rope_theta
     return transformers.LlamaConfig(**kw)
-
-
-def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.safetensors",
-           overwrite: bool = False) -> Path:
-    """Write `out_dir` as a `transformers` folder: config.json, model.safetensors, tokenizer files.
-
-    Args:
-        run_dir: a complete `impsamp train` output.
-        weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
-        overwrite: replace an existing `out_dir`.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from .loop import TrainRun
-
-    transformers = require("transformers")
-    run = TrainRun.load(run_dir)
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise StageError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
-    src = run.path / weights
-    if not src.is_file():
-        raise StageError(f"{src} does not exist; weights must be model.safetensors or pretrained.safetensors "
-                         "(kept only when the run fine-tuned)")
-    tok = run.load_tokenizer()
-    eos = tok.tokenizer.id_to_token(tok.eos_id)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        llama_config(run.model_config, tok.eos_id).save_pretrained(tmp)
-        save_file(hf_state_dict(load_file(str(src)), run.model_config), str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(run.tokenizer_path), eos_token=eos,
-                                                    bos_token=eos, unk_token=None, pad_token=eos,
-                                                    model_max_length=run.model_config.block_size)
-        fast.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out

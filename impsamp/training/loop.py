@@ -32,71 +32,21 @@ from typing import Any
 
 import torch
 
-from ..config import from_dict
 from ..io import open_corpus
-from ..manifest import (
-    MANIFEST,
-    RUN_RECORD,
-    Manifest,
-    StageRun,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_manifest,
-)
-from .checkpoint import (
-    CHECKPOINTS,
-    PHASES,
-    latest_checkpoint,
-    load_checkpoint,
-    read_state,
-    save_checkpoint,
-    save_weights,
-)
+from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
+from ..progress import progress_bar
+from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, read_state,
+                         save_checkpoint, save_weights)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
 from .evaluation import evaluate_model, stream_nll
-from .model import GPT
+from .families import build_model, param_groups
+from .result import TrainRun
 from .runtime import Runtime, check_memory
 from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
 
 CACHE = "cache"
 PAYLOAD = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json")
-
-
-@dataclass
-class TrainRun:
-    """A finished training run: its config, model shape and metrics (what `TrainRun.load` reads)."""
-
-    path: Path
-    config: TrainConfig
-    model_config: ModelConfig
-    metrics: dict[str, Any]
-    manifest: Manifest | None = None
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> TrainRun:
-        path = Path(run_dir)
-        manifest = read_manifest(path, expect_stage="train")
-        info = json.loads((path / "config.json").read_text())
-        return cls(path, from_dict(TrainConfig, info["train"], source=str(path / "config.json")),
-                   ModelConfig(**info["model"]), json.loads((path / "eval.json").read_text()), manifest)
-
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.path / "tokenizer.json"
-
-    def load_tokenizer(self) -> LoadedTokenizer:
-        return load_tokenizer(self.tokenizer_path)
-
-    def load_model(self, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> GPT:
-        from .checkpoint import load_weights
-
-        if not (self.path / weights).is_file():
-            raise TrainError(f"{self.path / weights} does not exist (pretrained.safetensors is only kept "
-                             "when the run fine-tuned)")
-        model = GPT(self.model_config)
-        load_weights(model, self.path / weights)
-        return model.to(device).eval()
 
 
 @dataclass
@@ -297,7 +247,7 @@ class _Trainer:
 
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)  # noqa: NPY002
-        model = GPT(mcfg).to(rt.device)
+        model = build_model(cfg.arch, mcfg).to(rt.device)
         fwd: torch.nn.Module = torch.compile(model) if rt.compile else model
         if rt.ddp:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -331,13 +281,13 @@ class _Trainer:
             save_weights(model, self.out / "model.safetensors")
         return metrics
 
-    def _run_phase(self, ph: Phase, model: GPT, fwd: torch.nn.Module, opt: torch.optim.Optimizer,
+    def _run_phase(self, ph: Phase, model: torch.nn.Module, fwd: torch.nn.Module, opt: torch.optim.Optimizer,
                    start: int, metrics: dict[str, Any]) -> None:
         cfg, rt = self.cfg, self.rt
         accum = cfg.grad_accum
         per_step = ph.batches.batch_size * ph.batches.block_size * accum * rt.world
         params = [p for p in model.parameters() if p.requires_grad]
-        bar = _progress(ph, start, self.progress and rt.main)
+        bar = progress_bar(self.progress and rt.main, ph.name, "step", total=ph.steps, initial=start)
         loss_sum, n_steps, t_log = torch.zeros((), device=rt.device), 0, time.perf_counter()
         for step in range(start, ph.steps):
             for g in opt.param_groups:
@@ -368,7 +318,7 @@ class _Trainer:
                            grad_norm=None if norm is None else round(float(norm), 4))
                 loss_sum.zero_()
                 n_steps, t_log = 0, time.perf_counter()
-                if bar is not None:
+                if self.progress and rt.main:
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{speed:,.0f}")
             if is_ckpt and rt.main:
                 t0 = time.perf_counter()
@@ -380,13 +330,11 @@ class _Trainer:
                 t_log += time.perf_counter() - t0  # checkpoints do not count against tokens/s
             elif is_log and rt.main:
                 self._append_log(rec)
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             _step_hook(ph.name, done)
-        if bar is not None:
-            bar.close()
+        bar.close()
 
-    def _check_replicas(self, model: GPT, phase: str) -> None:
+    def _check_replicas(self, model: torch.nn.Module, phase: str) -> None:
         """Under DDP every rank must end a phase with the same weights (averaged gradients, same
         optimizer): compare a float64 checksum per parameter across ranks, refuse to go on if not."""
         if not self.rt.ddp:
@@ -411,7 +359,7 @@ class _Trainer:
             t /= self.rt.world
         return float(t)
 
-    def _val_loss(self, ph: Phase, model: GPT) -> float | None:
+    def _val_loss(self, ph: Phase, model: torch.nn.Module) -> float | None:
         if ph.val.tokens < 2:
             return None
         nats, n = stream_nll(model, ph.val.array(), ph.batches.block_size, ph.batches.batch_size,
@@ -461,17 +409,7 @@ class _Trainer:
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, weight decay on matrices only, fused on CUDA."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW over the model family's parameter groups (decay on matrices only by default), fused on CUDA."""
+    groups = param_groups(model, cfg.weight_decay)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.resolved("lr"), betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
-
-
-def _progress(ph: Phase, start: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=ph.steps, initial=start, desc=ph.name, unit="step", dynamic_ncols=True, leave=True)

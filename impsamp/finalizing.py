@@ -1,0 +1,57 @@
+"""`impsamp finalize DIR`: complete a stage directory whose shards were committed by array slices.
+
+It sits above the stages (it dispatches to each), so that `scale`, which the stages use, needs none of them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import StageError
+from .manifest import MANIFEST, RUN_RECORD, describe_dir
+from .scale import Execution
+
+
+def finalize(out_dir: str | Path) -> Any:
+    """Write the manifest of a stage whose shards were committed by slices.
+
+    Returns the stage's handle (`Embeddings`, `Clusters`).
+
+    Raises:
+        StageError: not a sliced stage directory, or shards are missing (how many, and which).
+    """
+    out = Path(out_dir)
+    if (out / MANIFEST).is_file():  # finalized already (or run whole): say so, like a rerun would
+        from .manifest import read_manifest
+
+        stage = read_manifest(out).stage
+        if stage == "embed":
+            from .embedding import Embeddings
+
+            return Embeddings.load(out)
+        if stage == "cluster":
+            from .clustering import Clusters
+
+            return Clusters.load(out)
+        raise StageError(f"{out} is a complete '{stage}' output; finalize applies to embed and cluster")
+    try:
+        record = json.loads((out / RUN_RECORD).read_text())
+        stage = record["stage"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise StageError(f"{out} {describe_dir(out)}; `impsamp finalize` completes a directory written by "
+                         "`--num-shards/--shard-index` slices of embed or cluster") from None
+    done = Execution(require_complete=True)
+    if stage == "embed":
+        from .embedding.stage import finalize_embed
+
+        return finalize_embed(out, record, done)
+    if stage == "cluster":
+        from .clustering import ClusterConfig, cluster
+        from .config import from_dict
+
+        cfg = from_dict(ClusterConfig, record["config"], source=str(out / RUN_RECORD))
+        return cluster(record["inputs"]["embeddings"]["path"], out, cfg, execution=done)
+    raise StageError(f"{out} is an interrupted '{stage}' run; only embed and cluster run in slices: rerun "
+                     f"the same `impsamp {stage}` command to resume it")

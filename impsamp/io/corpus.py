@@ -1,0 +1,251 @@
+"""The corpus model: `Corpus` (files, shards fixed by the data, streaming reads, taking rows),
+`open_corpus`, `reopen_corpus` and `corpus_summary`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import CorpusError
+from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
+from .discovery import expand, file_digest
+from .jsonl import count_lines, open_binary, read_jsonl, zstd_error
+from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
+                      short_error)
+
+
+@dataclass
+class Corpus:
+    """An opened corpus: its files with row counts, and readers over shards of them."""
+
+    files: list[CorpusFile]
+    text_field: str = "text"
+    id_field: str | None = None
+    encoding_errors: str = "strict"
+    stats: ReadStats = field(default_factory=ReadStats)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def spec(self) -> dict[str, Any]:
+        """What is needed to reopen this corpus and check it has not changed (stored in manifests)."""
+        return {"files": [f.describe() for f in self.files], "text_field": self.text_field,
+                "id_field": self.id_field, "encoding_errors": self.encoding_errors}
+
+    def fingerprint(self) -> str:
+        from ..manifest import fingerprint
+
+        return fingerprint([[Path(f.path).name, f.format, f.rows, f.bytes, f.digest] for f in self.files]
+                           + [self.text_field, self.id_field])
+
+    def shards(self, rows_per_shard: int = 10_000) -> list[Shard]:
+        if rows_per_shard < 1:
+            raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+        out: list[Shard] = []
+        for i, f in enumerate(self.files):
+            for start in range(0, f.rows, rows_per_shard):
+                out.append(Shard(len(out), i, start, min(f.rows, start + rows_per_shard)))
+        return out
+
+    def read(self, shard: Shard | None = None, *, batch_rows: int = BATCH_ROWS,
+             stats: ReadStats | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream the documents of one shard (or of the whole corpus) as `DOC_SCHEMA` batches."""
+        stats = stats if stats is not None else self.stats
+        if shard is None:
+            for s in self.shards(rows_per_shard=1 << 62):
+                yield from self.read(s, batch_rows=batch_rows, stats=stats)
+            return
+        f = self.files[shard.file]
+        reader = {"jsonl": read_jsonl, "parquet": read_parquet, "arrow": read_arrow}[f.format]
+        yield from reader(self, f, shard.file, shard.start, shard.stop, batch_rows, stats)
+
+    def iter_texts(self) -> Iterator[str]:
+        for batch in self.read():
+            yield from batch.column("text").to_pylist()
+
+    def take_rows(self, shard: Shard, rows: np.ndarray) -> pa.Array:
+        """Text of the given rows (in-file row numbers within `shard`), in the order given.
+
+        Parquet and Arrow files with a string text column are read with Arrow alone (the rows not
+        asked for are never turned into Python strings); other files go through the reader.
+
+        Raises:
+            CorpusError: a row is not in the shard or holds no text (the corpus changed).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return pa.array([], pa.string())
+        f = self.files[shard.file]
+        path = Path(f.path)
+        if rows.min() < shard.start or rows.max() >= shard.stop:
+            raise CorpusError(f"{path}: rows {rows.min()}..{rows.max()} are outside shard {shard.name} "
+                              f"(rows {shard.start}..{shard.stop - 1}); the corpus changed since it was read")
+        if f.format in ("parquet", "arrow") and self.encoding_errors == "strict":
+            text_type = arrow_schema(path, f.format).field(self.text_field).type
+            if pa.types.is_string(text_type) or pa.types.is_large_string(text_type):
+                return self._take_columnar(f, rows)
+        got: dict[int, str] = {}
+        wanted = set(rows.tolist())
+        for b in self.read(shard, stats=ReadStats()):
+            for r, t in zip(b.column("row").to_pylist(), b.column("text").to_pylist()):
+                if r in wanted:
+                    got[r] = t
+        if len(got) < len(wanted):
+            missing = min(wanted - got.keys())
+            raise CorpusError(f"{path}: row {missing} holds no text any more; the corpus changed since it "
+                              "was embedded: embed it again")
+        return pa.array([got[r] for r in rows.tolist()], pa.string())
+
+    def _take_columnar(self, f: CorpusFile, rows: np.ndarray) -> pa.Array:
+        path = Path(f.path)
+        order = np.argsort(rows, kind="stable")
+        wanted = rows[order]
+        parts = []
+        try:
+            for first, batch in arrow_batches(path, f.format, [self.text_field], int(wanted[0]),
+                                               int(wanted[-1]) + 1):
+                lo, hi = np.searchsorted(wanted, [first, first + batch.num_rows])
+                if hi > lo:
+                    parts.append(batch.column(0).take(pa.array(wanted[lo:hi] - first)))
+        except (OSError, pa.ArrowException) as e:
+            raise CorpusError(f"{path}: cannot read it as {f.format} ({short_error(e)}); is the file complete?") from e
+        texts = pa.concat_arrays(parts).cast(pa.string()) if parts else pa.array([], pa.string())
+        if len(texts) != len(rows) or texts.null_count:
+            raise CorpusError(f"{path}: {len(rows) - len(texts) + texts.null_count} selected row(s) are "
+                              "missing or empty; the corpus changed since it was embedded: embed it again")
+        if (order[1:] > order[:-1]).all():  # asked in file order (the usual case): no reordering copy
+            return texts
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return texts.take(pa.array(inverse))
+
+    def take(self, doc_index: np.ndarray) -> dict[int, tuple[str, str]]:
+        """Text and id of the given global document indices (a streaming pass over their shards)."""
+        wanted = set(int(i) for i in doc_index)
+        out: dict[int, tuple[str, str]] = {}
+        for s in self.shards():
+            lo = self.files[s.file].offset + s.start
+            if not any(lo <= i < lo + s.rows for i in wanted):
+                continue
+            for b in self.read(s, stats=ReadStats()):
+                for i, d, t in zip(b.column("doc_index").to_pylist(), b.column("id").to_pylist(),
+                                   b.column("text").to_pylist()):
+                    if i in wanted:
+                        out[i] = (d, t)
+        return out
+
+
+def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "text",
+                id_field: str | None = None, encoding_errors: str = "strict") -> Corpus:
+    """Find the files of a corpus, count their rows and check the text field exists.
+
+    Args:
+        paths: files, folders or glob patterns.
+        text_field: column or JSON key holding the document text.
+        id_field: column holding a document id; default: `id` if present, else `FILE:ROW`.
+        encoding_errors: "strict" (invalid UTF-8 is an error) or "replace" (U+FFFD, counted).
+
+    Raises:
+        CorpusError: no file, an unsupported file, a missing field, or an empty corpus.
+    """
+    if encoding_errors not in ENCODING_ERRORS:
+        raise CorpusError(f"encoding_errors must be one of {ENCODING_ERRORS}, got {encoding_errors!r}")
+    specs = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not specs:
+        raise CorpusError("no corpus given; name at least one file, folder or glob")
+    files: list[CorpusFile] = []
+    seen: set[str] = set()
+    offset = 0
+    for spec in specs:
+        for p in expand(spec):
+            key = str(p.resolve())
+            if key in seen:
+                continue
+            seen.add(key)
+            f = describe_file(p.resolve(), offset, text_field, id_field)
+            files.append(f)
+            offset += f.rows
+    files = with_id_prefixes(files)
+    corpus = Corpus(files, text_field, id_field, encoding_errors)
+    if corpus.n_rows == 0:
+        raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
+    return corpus
+
+
+def with_id_prefixes(files: list[CorpusFile]) -> list[CorpusFile]:
+    names = [Path(f.path).name for f in files]
+    if len(set(names)) < len(names):
+        root = os.path.commonpath([str(Path(f.path).parent) for f in files])
+        names = [Path(os.path.relpath(f.path, root)).as_posix() for f in files]
+    return [replace(f, id_prefix=n) for f, n in zip(files, names)]
+
+
+def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
+    """Reopen a corpus from `Corpus.spec()`; with `check`, refuse it if a file changed since."""
+    files = [f["path"] for f in spec["files"]]
+    try:
+        corpus = open_corpus(files, text_field=spec["text_field"], id_field=spec["id_field"],
+                             encoding_errors=spec["encoding_errors"])
+    except CorpusError as e:
+        raise CorpusError(f"cannot reopen the corpus recorded in the manifest: {e}") from e
+    if check:
+        if len(spec["files"]) != len(corpus.files):
+            raise CorpusError(f"the corpus recorded in the manifest had {len(spec['files'])} file(s); "
+                              f"{len(corpus.files)} are found now; embed it again")
+        for old, new in zip(spec["files"], corpus.files):
+            if (old["bytes"], old["digest"], old["rows"]) != (new.bytes, new.digest, new.rows):
+                raise CorpusError(f"{new.path} changed since it was embedded (was {old['bytes']} bytes / "
+                                  f"{old['rows']} rows, now {new.bytes} bytes / {new.rows} rows); "
+                                  "embed it again")
+    return corpus
+
+
+def describe_file(path: Path, offset: int, text_field: str, id_field: str | None) -> CorpusFile:
+    fmt = detect_format(path)
+    size = path.stat().st_size
+    try:
+        if fmt == "jsonl":
+            rows, checkpoints = count_lines(path)
+            names = None
+        else:
+            schema, rows = arrow_schema_rows(path, fmt)
+            names = schema.names
+            check_fields(path, names, text_field, id_field, where="")
+            checkpoints = ()
+    except CorpusError:
+        raise
+    except (OSError, pa.ArrowException, EOFError, ValueError, zstd_error()) as e:
+        raise CorpusError(f"{path}: cannot read it as {fmt} ({short_error(e)}); is the file complete?") from e
+    return CorpusFile(str(path), fmt, rows, size, file_digest(path, size), offset, checkpoints)
+
+
+def corpus_summary(corpus: Corpus) -> dict[str, Any]:
+    """Counts over a whole corpus (a full read): documents, characters, skipped, fields per file."""
+    stats = ReadStats()
+    n_docs = n_chars = 0
+    for batch in corpus.read(stats=stats):
+        n_docs += batch.num_rows
+        n_chars += sum(len(t) for t in batch.column("text").to_pylist())
+    fields = {}
+    for f in corpus.files:
+        if f.format != "jsonl":
+            fields[f.path] = arrow_schema_rows(Path(f.path), f.format)[0].names
+        else:
+            with open_binary(Path(f.path)) as fh:
+                first = next((ln for ln in fh if ln.strip()), b"{}")
+            try:
+                fields[f.path] = list(json.loads(first))
+            except ValueError:
+                fields[f.path] = []
+    return {"files": len(corpus.files), "rows": corpus.n_rows, "documents": n_docs, "characters": n_chars,
+            "skipped_empty": stats.skipped_empty, "replaced_utf8": stats.replaced_utf8,
+            "bytes": sum(f.bytes for f in corpus.files), "fields": fields,
+            "formats": sorted({f.format for f in corpus.files})}

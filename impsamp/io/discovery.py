@@ -1,0 +1,94 @@
+"""Finding a corpus's files: paths, folders, globs and `datasets.save_to_disk` folders; file digests."""
+
+from __future__ import annotations
+
+import glob as _glob
+import hashlib
+import json
+from pathlib import Path
+
+from ..errors import CorpusError
+from .records import SUPPORTED, detect_format, short_error
+
+
+def is_hf_dataset_dir(path: Path) -> bool:
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
+def expand(spec: str | Path) -> list[Path]:
+    """Files of one path, folder or glob, sorted; HF folders expand to their data files."""
+    s = str(spec)
+    if any(c in s for c in "*?["):
+        matches = sorted(Path(p) for p in _glob.glob(s, recursive=True))
+        if not matches:
+            raise CorpusError(f"{s}: the pattern matches no file; check the path")
+        return [f for m in matches for f in expand(m)]
+    path = Path(s)
+    if not path.exists():
+        raise CorpusError(f"{path}: no such file or folder")
+    if path.is_file():
+        if detect_format(path) is None:
+            raise CorpusError(f"{path}: unsupported file type; impsamp reads {SUPPORTED}")
+        return [path]
+    return expand_dir(path)
+
+
+def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
+    """Corpus files under a folder, in sorted path order; HF dataset subfolders give their data files."""
+    if (path / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        except (ValueError, AttributeError, OSError):
+            splits = []
+        raise CorpusError(f"{path} is a `datasets` DatasetDict; name one split's folder instead "
+                          f"(splits: {splits}), e.g. {path / (splits[0] if splits else 'train')}")
+    # A stage directory is not a corpus, except a complete `resample` output (a `datasets` folder).
+    if is_impsamp_output(path) and not ((path / "manifest.json").is_file() and is_hf_dataset_dir(path)):
+        from ..manifest import describe_dir
+
+        raise CorpusError(f"{path} {describe_dir(path)}, not a corpus; give the corpus files it was made "
+                          "from (only a `resample` output can be read as a corpus)")
+    if is_hf_dataset_dir(path):
+        try:
+            files = json.loads((path / "state.json").read_text())["_data_files"]
+            return [path / f["filename"] for f in files]
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CorpusError(f"{path / 'state.json'} is not a readable `datasets` state file ({short_error(e)}); "
+                              "save the dataset again with `save_to_disk`") from None
+    found: list[Path] = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith((".", "_")):
+            continue  # hidden files, temp residue, bookkeeping
+        if p.is_dir():
+            found += expand_dir(p, _nested=True)
+        elif p.is_file() and detect_format(p):
+            found.append(p)
+    if not found and not _nested:
+        raise CorpusError(f"{path}: the folder holds no corpus file; impsamp reads {SUPPORTED}")
+    return found
+
+
+def is_impsamp_output(path: Path) -> bool:
+    """A stage directory (complete or interrupted), recognised by its manifest or its run record."""
+    from ..manifest import MANIFEST, RUN_RECORD
+
+    if (path / RUN_RECORD).is_file():
+        return True
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and "stage" in m and "impsamp_version" in m
+
+
+def file_digest(path: Path, size: int, sample: int = 1 << 20) -> str:
+    """sha256 over the size and the first and last MiB: catches edits without reading 100 GB."""
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(sample))
+        if size > 2 * sample:
+            f.seek(size - sample)
+            h.update(f.read(sample))
+        elif size > sample:
+            h.update(f.read())
+    return h.hexdigest()

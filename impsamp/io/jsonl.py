@@ -1,0 +1,200 @@
+"""JSON Lines (plain, gzip, zstd): opening, counting rows (with seek checkpoints) and reading documents."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ..errors import CorpusError
+from .records import BatchBuilder, CorpusFile, ReadStats, check_fields, detect_format, short_error
+
+if TYPE_CHECKING:
+    from .corpus import Corpus
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith((".zst", ".zstd")):
+        from .._deps import require
+
+        return io.BufferedReader(ZstdRaw(path, require("zstandard")), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class ZstdRaw(io.RawIOBase):
+    """A zstd file as a raw stream: reads every frame, and a file cut mid-frame raises EOFError.
+
+    (`ZstdDecompressor.stream_reader` returns a silent EOF on a truncated file, which would drop
+    documents without a word, and before zstandard 0.23 it also stopped after the first frame.)
+    """
+
+    def __init__(self, path: Path, zstd: Any):
+        self._fh = open(path, "rb")
+        self._dctx = zstd.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            chunk = self._fh.read(1 << 18)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd file ended in the middle of a frame")
+                return 0
+            self._buf = memoryview(self._feed(chunk))
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            out.append(self._obj.decompress(data))
+            self._in_frame = not self._obj.eof
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data  # the next frame, if any
+            self._obj = self._dctx.decompressobj()
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+CHECKPOINT_EVERY = 4096
+
+
+def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """Rows (lines) of a JSONL file, with byte offsets every 4096 lines for plain files."""
+    plain = detect_format(path) == "jsonl" and not path.name.lower().endswith((".gz", ".zst", ".zstd"))
+    rows, pos, checkpoints = 0, 0, [(0, 0)]
+    last = b"\n"
+    with open_binary(path) as f:
+        if not plain:
+            while block := f.read(1 << 22):
+                rows += block.count(b"\n")
+                last = block[-1:]
+        else:
+            for line in f:
+                rows += 1
+                pos += len(line)
+                if rows % CHECKPOINT_EVERY == 0:
+                    checkpoints.append((rows, pos))
+                last = line[-1:]
+            return rows, tuple(checkpoints)
+    if last != b"\n":
+        rows += 1  # a last line without a newline is still a row
+    return rows, ()
+
+
+def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int, batch_rows: int,
+                stats: ReadStats) -> Iterator[pa.RecordBatch]:
+    path = Path(f.path)
+    row, seek = 0, 0
+    for r, off in f.line_offsets:
+        if r <= start:
+            row, seek = r, off
+    builder = BatchBuilder(f, file_i, batch_rows)
+    try:
+        with open_binary(path) as fh:
+            if seek:
+                fh.seek(seek)
+            for raw in fh:
+                if row >= stop:
+                    break
+                if row >= start:
+                    text, doc_id = parse_json_line(corpus, path, row, raw, stats)
+                    if text is not None:
+                        if (batch := builder.add(row, doc_id, text)) is not None:
+                            yield batch
+                row += 1
+    except (OSError, EOFError, zstd_error()) as e:
+        raise CorpusError(f"{path} line {row + 1}: cannot read it as jsonl ({short_error(e)}); "
+                          "is the file complete?") from None
+    if row < stop:
+        raise CorpusError(f"{path}: has {row} lines, {f.rows} when the corpus was opened; "
+                          "the file changed while it was being read")
+    if (batch := builder.flush()) is not None:
+        yield batch
+
+
+def zstd_error() -> type[BaseException]:
+    """zstandard's error class (a plain Exception subclass), or a stand-in when it is not installed."""
+    import sys
+
+    mod = sys.modules.get("zstandard")
+    return getattr(mod, "ZstdError", EOFError) if mod is not None else EOFError
+
+
+def parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: ReadStats
+                     ) -> tuple[str | None, str | None]:
+    line_no = row + 1
+    if row == 0 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte order mark
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if corpus.encoding_errors != "replace":
+            raise CorpusError(f"{path} line {line_no}: invalid UTF-8 at byte {e.start}; fix the file or "
+                              "pass --encoding-errors replace") from None
+        line = raw.decode("utf-8", errors="replace")
+        stats.replaced_utf8 += 1
+    if not line.strip():
+        stats.skipped_empty += 1
+        return None, None
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        if not raw.endswith(b"\n"):  # the last line, with no newline: most likely a cut file
+            raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}) on the last line, which has no "
+                              "newline: is the file complete?") from None
+        raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}); fix or remove the line") from None
+    if not isinstance(obj, dict):
+        raise CorpusError(f"{path} line {line_no}: expected a JSON object, got {type(obj).__name__}; "
+                          "impsamp reads JSON Lines (one object per line), not a JSON array")
+    check_fields(path, list(obj), corpus.text_field, corpus.id_field, where=f" line {line_no}")
+    text = obj[corpus.text_field]
+    if text is None:
+        stats.skipped_empty += 1
+        return None, None
+    if not isinstance(text, str):
+        kind = {"int": "an int", "float": "a float", "bool": "a boolean", "list": "a list",
+                "dict": "an object"}.get(type(text).__name__, type(text).__name__)
+        raise CorpusError(f"{path} line {line_no}: field '{corpus.text_field}' is {kind}, not a string; "
+                          "pass --text-field with a text field")
+    if not text.strip():
+        stats.skipped_empty += 1
+        return None, None
+    id_field = corpus.id_field or ("id" if "id" in obj else None)
+    doc_id = str(obj[id_field]) if id_field and obj.get(id_field) is not None else None
+    if b"\\u" in raw:  # a \uD800-\uDFFF escape can decode to a lone surrogate, which is not text
+        text = no_surrogates(corpus, path, line_no, text, stats)
+        doc_id = None if doc_id is None else no_surrogates(corpus, path, line_no, doc_id, ReadStats())
+    return text, doc_id
+
+
+def no_surrogates(corpus: Corpus, path: Path, line_no: int, text: str, stats: ReadStats) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        if corpus.encoding_errors != "replace":
+            raise CorpusError(f"{path} line {line_no}: a \\u escape encodes a lone surrogate (invalid "
+                              "UTF-16, e.g. a cut emoji); fix the file or pass --encoding-errors replace"
+                              ) from None
+        stats.replaced_utf8 += 1
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

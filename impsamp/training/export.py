@@ -1,0 +1,58 @@
+"""`impsamp export RUN OUT`: a finished run as a `transformers` folder, for the families that have one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .._deps import require
+from ..errors import StageError
+from .families import get_family
+from .result import TrainRun
+
+
+def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.safetensors",
+           overwrite: bool = False) -> Path:
+    """Write `out_dir` as a `transformers` folder: config.json, model.safetensors, tokenizer files.
+
+    Args:
+        run_dir: a complete `impsamp train` output.
+        weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
+        overwrite: replace an existing `out_dir`.
+    """
+    from safetensors.torch import load_file, save_file
+
+    transformers = require("transformers")
+    run = TrainRun.load(run_dir)
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise StageError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
+    src = run.path / weights
+    if not src.is_file():
+        raise StageError(f"{src} does not exist; weights must be model.safetensors or pretrained.safetensors "
+                         "(kept only when the run fine-tuned)")
+    family = get_family(run.config.arch)
+    if family.export is None:
+        raise StageError(f"{run.path} is a '{family.name}' model, which has no transformers equivalent; "
+                         "`impsamp export` writes families that have one (dense)")
+    tok = run.load_tokenizer()
+    eos = tok.tokenizer.id_to_token(tok.eos_id)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        hf_config, state = family.export(load_file(str(src)), run.model_config, tok.eos_id)
+        hf_config.save_pretrained(tmp)
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(run.tokenizer_path), eos_token=eos,
+                                                    bos_token=eos, unk_token=None, pad_token=eos,
+                                                    model_max_length=run.model_config.block_size)
+        fast.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,52 @@
+"""A finished training run: `TrainRun.load(dir)` reads its config, model shape, metrics and weights."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import from_dict
+from ..manifest import Manifest, read_manifest
+from .config import ModelConfig, TrainConfig, TrainError
+from .families import build_model
+from .tokenizer import LoadedTokenizer, load_tokenizer
+
+
+@dataclass
+class TrainRun:
+    """A finished training run: its config, model shape and metrics (what `TrainRun.load` reads)."""
+
+    path: Path
+    config: TrainConfig
+    model_config: ModelConfig
+    metrics: dict[str, Any]
+    manifest: Manifest | None = None
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TrainRun:
+        path = Path(run_dir)
+        manifest = read_manifest(path, expect_stage="train")
+        info = json.loads((path / "config.json").read_text())
+        return cls(path, from_dict(TrainConfig, info["train"], source=str(path / "config.json")),
+                   ModelConfig(**info["model"]), json.loads((path / "eval.json").read_text()), manifest)
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    def load_tokenizer(self) -> LoadedTokenizer:
+        return load_tokenizer(self.tokenizer_path)
+
+    def load_model(self, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> torch.nn.Module:
+        from .checkpoint import load_weights
+
+        if not (self.path / weights).is_file():
+            raise TrainError(f"{self.path / weights} does not exist (pretrained.safetensors is only kept "
+                             "when the run fine-tuned)")
+        model = build_model(self.config.arch, self.model_config)
+        load_weights(model, self.path / weights)
+        return model.to(device).eval()
