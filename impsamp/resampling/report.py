@@ -13,6 +13,7 @@ import numpy as np
 from ..histograms import Histogram, describe, kl
 from ..manifest import StageRun, atomic_write_bytes, fingerprint, tmp_name
 from .config import FEATURES, ResampleConfig
+from .inputs import Inputs
 from .planning import Plan
 from .writing import data_name
 
@@ -38,10 +39,10 @@ def selection_diagnostics(target: Histogram, generic: Histogram, plan: Plan, wei
     }
 
 
-def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram,
-                  generic: Histogram, plan: Plan, emb, clu, command: str | None, n_out: int, corpus,
-                  shard_tables, names, shard_leaves, plot=None) -> dict[str, Path]:
-    out = run.out_dir
+def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, inputs: Inputs,
+                 plan: Plan, command: str | None, n_out: int, plot=None) -> dict[str, Path]:
+    """histograms.json, the `datasets` state files (arrow), the plot and the data card."""
+    out, generic = run.out_dir, inputs.generic
     files: dict[str, Path] = {}
     hist = {"target": target.counts.tolist(), "generic": generic.counts.tolist(),
             "selected": plan.draws.tolist(), "weights": plan.weights.tolist()}
@@ -49,7 +50,7 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
     files["histograms.json"] = out / "histograms.json"
     if cfg.format == "arrow":
         data_files = [{"filename": data_name(b, n_out, "arrow")} for b in range(n_out)]
-        state = {"_data_files": data_files, "_fingerprint": content_key(run, emb, clu)[7:23],
+        state = {"_data_files": data_files, "_fingerprint": content_key(run, inputs.emb, inputs.clu)[7:23],
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": None}
         info = {"citation": "", "description": "impsamp selection", "features": FEATURES,
@@ -59,8 +60,7 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
             files[name] = out / name
     if plot.result() if plot is not None else plot_histograms(out / "histograms.png", target, generic, plan):
         files["histograms.png"] = out / "histograms.png"
-    card = render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
-                       shard_leaves, run.key)
+    card = render_card(cfg, stats, target, inputs, plan, command, run.key)
     atomic_write_bytes(out / "README.md", card.encode())
     files["README.md"] = out / "README.md"
     return files
@@ -106,10 +106,12 @@ def _yaml(v: Any) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
-def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, shard_tables, names,
-                shard_leaves, fingerprint_key) -> str:
+def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, inputs: Inputs, plan: Plan,
+                command: str | None, fingerprint_key: str) -> str:
     """The selection's README.md data card, filled from the template in `data_cards/TEMPLATE.md`."""
     from .. import __version__
+
+    corpus, generic, clu = inputs.corpus, inputs.generic, inputs.clu
 
     template = (Path(__file__).parents[1] / "data" / "selection_card.md").read_text()
     budget = stats["budget"]
@@ -123,7 +125,7 @@ def render_card(cfg, stats, target, generic, plan, emb, clu, command, corpus, sh
     p_t, p_g = target.probs(), generic.probs()
     p_s = plan.draws / max(plan.draws.sum(), 1)
     top = [int(c) for c in np.argsort(-p_s, kind="stable")[:5] if p_s[c] > 0]
-    examples = _examples(top, corpus, shard_tables, names, shard_leaves)
+    examples = _examples(top, corpus, inputs.tables, inputs.names, inputs.leaves)
     lines = ["| cluster | target | generic | selected | weight | examples |", "|---:|---:|---:|---:|---:|---|"]
     for c in top:
         ex = " / ".join(json.dumps(e[:80])[1:-1].replace("|", "\\|") for e in examples.get(c, []))

@@ -19,46 +19,24 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..errors import ConfigError, StageError
+from ..errors import ConfigError
 from ..hardware import cpu_count
-from ..histograms import Histogram, embed_like, from_assignments, generic_histogram, histogram, is_histogram_file, mixture
+from ..histograms import Histogram, embed_like, from_assignments, histogram, is_histogram_file, mixture
 from ..manifest import StageRun, tmp_name
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, run_tasks
 from ..weighting import compute_weights
-from .budget import BudgetCounter, UnitSizes
+from .budget import UnitSizes
 from .config import SELECTION_SCHEMA, ResampleConfig
+from .inputs import Inputs, open_inputs
 from .methods import classifier_unit_log_weights, ngram_unit_log_weights, parse_target, target_corpus
 from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
-from .tables import PerShard, ShardTables, hist_key
+from .tables import PerShard, hist_key
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Inputs:
-    """The generic side, opened once: embeddings, clusters, corpus, and per-shard views read on access
-    (leaves, unit tables, unit sizes), so memory does not grow with the corpus."""
-
-    emb: Any
-    clu: Any
-    corpus: Any
-    generic: Histogram
-    names: list[str]
-    windowed: bool
-    corpus_shards: dict[str, Any]
-    tables: ShardTables
-    leaves: PerShard
-    counter: BudgetCounter
-
-    def described(self) -> dict[str, Any]:
-        emb, clu = self.emb, self.clu
-        return {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
-                "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
-                "budget": self.counter.describe()}
 
 
 @dataclass
@@ -70,27 +48,6 @@ class Target:
     vectors: np.ndarray | None
     weights: np.ndarray
     weighting: str
-
-
-def open_inputs(embeddings, clusters, cfg: ResampleConfig) -> Inputs:
-    """Load and check the generic side: the clustering must come from these embeddings, the corpus be
-    unchanged since it was embedded."""
-    from ..clustering import Clusters
-    from ..embedding import Embeddings
-
-    emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
-    clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
-    recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
-    if recorded != emb.manifest.fingerprint:
-        raise StageError(f"{clu.path} was not clustered from {emb.path} (its manifest records "
-                         f"{clu.manifest.inputs.get('embeddings', {}).get('path')}); pass the matching pair")
-    corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
-    names = list(emb.shard_names)
-    windowed = bool(emb.model_info.get("windows"))
-    corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
-    return Inputs(emb, clu, corpus, generic_histogram(clu), names, windowed, corpus_shards, ShardTables(emb),
-                  PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64)),
-                  BudgetCounter(emb, corpus, corpus_shards, windowed, cfg.budget_tokenizer))
 
 
 def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
@@ -252,8 +209,7 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
                   "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
                   "method": cfg.method, "scheme": cfg.scheme})
-    extra = write_extras(run, cfg, stats, target.histogram, inputs.generic, plan, inputs.emb, inputs.clu, command,
-                         n_out, inputs.corpus, inputs.tables, names, inputs.leaves, plot)
+    extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)
     return Selection(run.out_dir, run.finish(stats=stats, extra_files=extra))
 
 

@@ -1,0 +1,58 @@
+"""The generic side of a selection, opened once: embeddings, clusters, corpus, per-shard views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import StageError
+from ..histograms import Histogram, generic_histogram
+from .budget import BudgetCounter
+from .config import ResampleConfig
+from .tables import PerShard, ShardTables
+
+
+@dataclass
+class Inputs:
+    """The generic side, opened once: embeddings, clusters, corpus, and per-shard views read on access
+    (leaves, unit tables, unit sizes), so memory does not grow with the corpus."""
+
+    emb: Any
+    clu: Any
+    corpus: Any
+    generic: Histogram
+    names: list[str]
+    windowed: bool
+    corpus_shards: dict[str, Any]
+    tables: ShardTables
+    leaves: PerShard
+    counter: BudgetCounter
+
+    def described(self) -> dict[str, Any]:
+        emb, clu = self.emb, self.clu
+        return {"embeddings": {"path": str(emb.path.resolve()), "stage": "embed", "fingerprint": emb.manifest.fingerprint},
+                "clusters": {"path": str(clu.path.resolve()), "stage": "cluster", "fingerprint": clu.manifest.fingerprint},
+                "budget": self.counter.describe()}
+
+
+def open_inputs(embeddings, clusters, cfg: ResampleConfig) -> Inputs:
+    """Load and check the generic side: the clustering must come from these embeddings, the corpus be
+    unchanged since it was embedded."""
+    from ..clustering import Clusters
+    from ..embedding import Embeddings
+
+    emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
+    clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
+    recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
+    if recorded != emb.manifest.fingerprint:
+        raise StageError(f"{clu.path} was not clustered from {emb.path} (its manifest records "
+                         f"{clu.manifest.inputs.get('embeddings', {}).get('path')}); pass the matching pair")
+    corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
+    names = list(emb.shard_names)
+    windowed = bool(emb.model_info.get("windows"))
+    corpus_shards = {s.name: s for s in corpus.shards(emb.manifest.config.get("rows_per_shard", 10_000))}
+    return Inputs(emb, clu, corpus, generic_histogram(clu), names, windowed, corpus_shards, ShardTables(emb),
+                  PerShard(names, lambda n: np.asarray(clu.shard_assign(n)[:, -1], dtype=np.int64)),
+                  BudgetCounter(emb, corpus, corpus_shards, windowed, cfg.budget_tokenizer))
