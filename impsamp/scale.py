@@ -84,6 +84,11 @@ class Execution:
     def sliced(self) -> bool:
         return self.num_shards is not None
 
+    def in_workers(self, processes: int, tasks: int) -> bool:
+        """Whether `run_tasks` runs these tasks outside this process (Ray tasks, or a process pool): their
+        arguments must then pickle."""
+        return self.engine == "ray" or (processes > 1 and tasks > 1)
+
     def mine(self, index: int) -> bool:
         """Whether this run processes the shard with this index."""
         if self.require_complete:
@@ -176,7 +181,7 @@ def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tupl
     calls = [(key, tuple(values[a.name] if isinstance(a, Shared) else a for a in args)) for key, args in tasks]
     if stream is not None:
         _in_order(stream(), done, done_in_background)
-    elif processes > 1 and len(calls) > 1:
+    elif execution.in_workers(processes, len(calls)):
         _in_processes(fn, calls, done, processes)
     elif threads > 1 and len(calls) > 1:
         _in_threads(fn, calls, done, threads)

@@ -157,3 +157,22 @@ def test_budget_tokenizer_errors(pipeline, tmp_path):
                str(tmp_path / "o"), "--tokens", "1000", "--budget-tokenizer", str(bad))
     one_line_error(r, "--budget-tokenizer", "bad.json", "tokenizer.json")
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_text_lengths_of_windows_and_truncated_units():
+    """Windows count their own span (bytes exact for non-ASCII text); a truncated unit counts its whole
+    document, tokens past the span estimated at the span's tokens per character."""
+    from impsamp.embedding.contract import EmbeddedBatch
+    from impsamp.embedding.engine import text_lengths
+
+    texts = ["héllo wörld abc", "plain"]
+    lengths = np.array([len(t) for t in texts])
+    n_bytes = np.array([len(t.encode()) for t in texts])
+    windows = EmbeddedBatch(np.zeros((3, 2)), np.array([0, 0, 1]), np.array([0, 1, 0], np.int32),
+                            np.array([2, 3, 1], np.int32), np.array([0, 6, 0]), np.array([6, 15, 5]))
+    chars, b, tokens = text_lengths(windows, lengths, n_bytes, texts, windowed=True)
+    assert chars.tolist() == [6, 9, 5] and b.tolist() == [7, 10, 5] and tokens.tolist() == [2, 3, 1]
+    truncated = EmbeddedBatch(np.zeros((2, 2)), np.array([0, 1]), np.zeros(2, np.int32), np.array([2, 1], np.int32),
+                              np.array([0, 0]), np.array([6, 5]))
+    chars, b, tokens = text_lengths(truncated, lengths, n_bytes, texts, windowed=False)
+    assert chars.tolist() == [15, 5] and b.tolist() == [17, 5] and tokens.tolist() == [5, 1]  # 2 + 9 * 2/6

@@ -17,7 +17,17 @@ from ..errors import ConfigError, CorpusError, StageError
 from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, fingerprint, tmp_name
-from ..scale import LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks, slice_result
+from ..progress import progress_bar
+from ..scale import (
+    LOCAL,
+    Execution,
+    Shared,
+    SliceResult,
+    check_complete,
+    commit_once,
+    run_tasks,
+    slice_result,
+)
 from .config import BACKENDS, EmbedConfig
 from .contract import EmbeddedBatch, Embedder
 from .engine import ShardResult, check_embedder, embed_shards
@@ -42,24 +52,21 @@ def _write_shard(out_dir: Path, result: ShardResult) -> dict[str, Path]:
 
 
 class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        self.started, self.tokens = time.time(), 0
-        if enabled:
-            from tqdm.auto import tqdm
+    """The progress bar in documents, with the tokens per second so far beside it."""
 
-            self.bar = tqdm(total=total, unit="doc", desc="embed", dynamic_ncols=True, smoothing=0.1)
+    def __init__(self, total: int, enabled: bool):
+        self.enabled, self.started, self.tokens = enabled, time.time(), 0
+        self.bar = progress_bar(enabled, "embed", "doc", total=total, smoothing=0.1)
 
     def __call__(self, docs: int, tokens: int) -> None:
         self.tokens += tokens
-        if self.bar is not None:
-            self.bar.update(docs)
+        self.bar.update(docs)
+        if self.enabled:
             rate = self.tokens / max(time.time() - self.started, 1e-9)
             self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
 def _config_of(cfg: EmbedConfig, identity: dict[str, Any]) -> EmbedConfig:
@@ -204,10 +211,8 @@ def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shar
             if not isinstance(result, ShardResult):  # the stream counts its chunks as they pass
                 bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
 
-    workers = ex.engine == "ray" or (cfg.workers > 1 and len(pending) > 1)
-    where = ("--engine ray", "the Ray workers") if ex.engine == "ray" else (
-        f"--workers {cfg.workers}", "the worker processes (or use workers=1)")
-    wcfg, blob = _for_workers(cfg, embedder, *where) if workers else (cfg, None)
+    workers = ex.in_workers(cfg.workers, len(pending))
+    wcfg, blob = _for_workers(cfg, embedder) if workers else (cfg, None)
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
     tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
     run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
@@ -239,8 +244,7 @@ def _embed_in_worker(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threa
     return shard.name, {k: str(v) for k, v in files.items()}, result.stats
 
 
-def _for_workers(cfg: EmbedConfig, embedder: Embedder | None, flag: str, where: str
-                 ) -> tuple[EmbedConfig, bytes | None]:
+def _for_workers(cfg: EmbedConfig, embedder: Embedder | None) -> tuple[EmbedConfig, bytes | None]:
     """How worker processes get the embedder: a model loaded from its config (each worker loads it
     once), or a pickled plug-in embedder. -> (config to load from, pickled embedder or None)."""
     if isinstance(embedder, TransformerEmbedder) and getattr(embedder, "config", None) is not None:
@@ -250,5 +254,5 @@ def _for_workers(cfg: EmbedConfig, embedder: Embedder | None, flag: str, where: 
     try:
         return cfg, pickle.dumps(embedder)
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{flag} needs an embedder that can be pickled to {where} "
-                          f"({type(e).__name__}: {e})") from None
+        raise ConfigError(f"--workers > 1 and --engine ray need an embedder that can be pickled to the worker "
+                          f"processes ({type(e).__name__}: {e}); use one worker here") from None
