@@ -15,24 +15,10 @@ from .._deps import require
 from ..errors import ImpsampError, StageError
 from ..manifest import StageRun, sha256_file, tmp_name
 from ..progress import progress_bar
-from ..scale import (
-    LOCAL,
-    Execution,
-    Shared,
-    SliceResult,
-    check_complete,
-    commit_once,
-    run_tasks,
-    slice_result,
-)
-from .checks import (
-    check_embeddings,
-    check_sizes,
-    check_table_rows,
-    check_vectors,
-    embedding_model_name,
-    load_embeddings,
-)
+from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
+                     slice_result)
+from .checks import (check_embeddings, check_sizes, check_table_rows, check_vectors, embedding_model_name,
+                     load_embeddings)
 from .config import BATCH_ROWS, FIT_RECORD, ClusterConfig
 from .kmeans import sample_rows, use_gpu
 from .result import Clusters

@@ -20,15 +20,8 @@ import pyarrow.compute as pc
 
 from ..errors import StageError
 from ..io import Corpus, ReadStats, Shard
-from .config import (
-    AHEAD_CHARS,
-    DOCS_SCHEMA,
-    FIRST_CHUNK,
-    SORT_BUFFER,
-    TEXTS_SCHEMA,
-    EmbedConfig,
-    EmbedderError,
-)
+from .config import (AHEAD_CHARS, DOCS_SCHEMA, FIRST_CHUNK, SORT_BUFFER, TEXTS_SCHEMA, EmbedConfig,
+                     EmbedderError)
 from .contract import EmbeddedBatch, Embedder, l2_normalize
 from .loading import load_embedder
 from .transformer import Prepared, TransformerEmbedder

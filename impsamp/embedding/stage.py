@@ -18,16 +18,8 @@ from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, fingerprint, tmp_name
 from ..progress import progress_bar
-from ..scale import (
-    LOCAL,
-    Execution,
-    Shared,
-    SliceResult,
-    check_complete,
-    commit_once,
-    run_tasks,
-    slice_result,
-)
+from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
+                     slice_result)
 from .config import BACKENDS, EmbedConfig
 from .contract import EmbeddedBatch, Embedder
 from .engine import ShardResult, check_embedder, embed_shards

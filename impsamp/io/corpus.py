@@ -17,16 +17,8 @@ from ..errors import CorpusError
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import expand, file_digest
 from .jsonl import count_lines, open_binary, read_jsonl, zstd_error
-from .records import (
-    BATCH_ROWS,
-    ENCODING_ERRORS,
-    CorpusFile,
-    ReadStats,
-    Shard,
-    check_fields,
-    detect_format,
-    short_error,
-)
+from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
+                      short_error)
 
 
 @dataclass

@@ -35,15 +35,8 @@ import torch
 from ..io import open_corpus
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
 from ..progress import progress_bar
-from .checkpoint import (
-    CHECKPOINTS,
-    PHASES,
-    latest_checkpoint,
-    load_checkpoint,
-    read_state,
-    save_checkpoint,
-    save_weights,
-)
+from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, read_state,
+                         save_checkpoint, save_weights)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
 from .evaluation import evaluate_model, stream_nll
