@@ -152,7 +152,7 @@ def commit_once(run: StageRun, shard: str, files: Mapping[str, Path], **kwargs: 
 
 def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[str, tuple[Any, ...]]],
               done: Callable[[str, Any], None], *, shared: Mapping[str, Any] | None = None, threads: int = 1,
-              processes: int = 0, stream: Callable[[], Iterator[tuple[str, Any]]] | None = None,
+              processes: int = 0, stream: Callable[[Callable[[], None]], Iterator[tuple[str, Any]]] | None = None,
               done_in_background: bool = False, num_cpus: float | None = 1, num_gpus: float = 0) -> None:
     """Run a stage's shard tasks where `execution` says, and hand each result to `done(key, result)` in
     this process, which commits it through the stage contract. The one place that decides how shards
@@ -164,8 +164,9 @@ def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tupl
 
     - Ray (`engine="ray"`): Ray tasks with `num_cpus` / `num_gpus` each (see `run_ray`).
     - Here, `processes` > 1: a pool of spawned processes (torch and threads do not survive fork).
-    - Here, `stream` given: `stream()` yields (key, result) itself, e.g. a model that reads ahead across
-      shards; `fn` is not used.
+    - Here, `stream` given: `stream(check)` yields (key, result) itself, e.g. a model that reads ahead
+      across shards, calling `check()` often (it raises a failed background `done` at once); `fn` is
+      not used.
     - Here, otherwise: `threads` threads (each task's `done` on its own thread: commits are
       independent), or one after another.
     With `done_in_background` (one thread here, a stream, or one after another), each `done` runs on a
@@ -180,37 +181,47 @@ def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tupl
     values = dict(shared or {})
     calls = [(key, tuple(values[a.name] if isinstance(a, Shared) else a for a in args)) for key, args in tasks]
     if stream is not None:
-        _in_order(stream(), done, done_in_background)
+        order = _InOrder(done, done_in_background)
+        order.run(stream(order.check))
     elif execution.in_workers(processes, len(calls)):
         _in_processes(fn, calls, done, processes)
     elif threads > 1 and len(calls) > 1:
         _in_threads(fn, calls, done, threads)
     else:
-        _in_order(((key, fn(*args)) for key, args in calls), done, done_in_background)
+        _InOrder(done, done_in_background).run((key, fn(*args)) for key, args in calls)
 
 
-def _in_order(results: Iterator[tuple[str, Any]], done: Callable[[str, Any], None], background: bool) -> None:
-    if not background:
-        for key, result in results:
-            done(key, result)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+class _InOrder:
+    """Hands results to `done` in order; with `background`, each `done` runs on a thread while the next
+    result is made (one in flight). `check()` raises a failed `done` at once (a stream calls it often)."""
 
-    with ThreadPoolExecutor(1, thread_name_prefix="impsamp-commit") as committer:
-        pending = None
-        it = iter(results)
-        while True:
-            if pending is not None and pending.done():
-                pending.result()  # a failed commit stops the run before the next task, not one later
-            try:
-                key, result = next(it)
-            except StopIteration:
-                break
-            if pending is not None:
-                pending.result()  # the previous one is committed (or its error raised) first
-            pending = committer.submit(done, key, result)
-        if pending is not None:
-            pending.result()
+    def __init__(self, done: Callable[[str, Any], None], background: bool) -> None:
+        self.done, self.background, self.pending = done, background, None
+
+    def check(self) -> None:
+        if self.pending is not None and self.pending.done():
+            self.pending.result()
+
+    def run(self, results: Iterator[tuple[str, Any]]) -> None:
+        if not self.background:
+            for key, result in results:
+                self.done(key, result)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="impsamp-commit") as committer:
+            it = iter(results)
+            while True:
+                self.check()  # a failed commit stops the run before the next task, not one later
+                try:
+                    key, result = next(it)
+                except StopIteration:
+                    break
+                if self.pending is not None:
+                    self.pending.result()  # the previous one is committed (or its error raised) first
+                self.pending = committer.submit(self.done, key, result)
+            if self.pending is not None:
+                self.pending.result()
 
 
 def _in_threads(fn: Callable[..., Any], calls: list[tuple[str, tuple[Any, ...]]],

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ImpsampError, StageError
-from ..manifest import StageRun, sha256_file, tmp_name
+from ..manifest import StageRun, inside, sha256_file, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
                      slice_result)
@@ -185,7 +185,7 @@ def _assign_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]],
         committed += commit_once(run, name, {f"assign-{name}.npy": Path(tmp)}, stats={"score_sum": score_sum},
                                  rows={f"assign-{name}.npy": n_i})
 
-    tasks = [(name, (Shared("emb"), name, n_i, Shared("tree"), gpu, str(run.out_dir / f"assign-{name}.npy")))
+    tasks = [(name, (Shared("emb"), name, n_i, Shared("tree"), gpu, str(inside(run.out_dir, f"assign-{name}.npy"))))
              for _, name, n_i in todo]
     with progress_bar(progress, "assign", "shard", total=len(tasks), leave=False) as bar:
         run_tasks(ex, _assign_shard, tasks, lambda name, result: (commit(name, result), bar.update(1)),

@@ -203,13 +203,14 @@ def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shar
             if not isinstance(result, ShardResult):  # the stream counts its chunks as they pass
                 bar(stats["documents"] + stats["skipped_empty"], stats["tokens"])
 
-    workers = ex.in_workers(cfg.workers, len(pending))
+    workers = bool(pending) and ex.in_workers(cfg.workers, len(pending))
     wcfg, blob = _for_workers(cfg, embedder) if workers else (cfg, None)
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
     tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
     run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
-              stream=None if workers else lambda: ((r.shard.name, r) for r in embed_shards(
-                  corpus, pending, emb, on_chunk=bar, processes=cfg.tokenize_processes)),
+              stream=None if workers else lambda check: ((r.shard.name, r) for r in embed_shards(
+                  corpus, pending, emb, on_chunk=lambda docs, tokens: (check(), bar(docs, tokens)),
+                  processes=cfg.tokenize_processes)),
               done_in_background=True,
               # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its
               # GPU's share of the node's CPUs, which tokenize for it (one task per GPU on 16 cores: 16)

@@ -113,7 +113,8 @@ class BudgetCounter:
             arr = np.load(self.run.out_dir / "_sizes" / f"{name}.npy", allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
-        ok = arr.ndim == 2 and arr.shape[0] == 3 and (arr >= 0).all()
+        units = self.emb.shard_table(name, columns=[]).num_rows
+        ok = arr.ndim == 2 and arr.shape == (3, units) and (arr >= 0).all()
         return UnitSizes(arr[0], arr[1], arr[2]) if ok else None
 
     def _count(self, name: str, tokenizer) -> UnitSizes:

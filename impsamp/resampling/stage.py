@@ -22,7 +22,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 from ..hardware import cpu_count
 from ..histograms import Histogram, embed_like, from_assignments, histogram, is_histogram_file, mixture
-from ..manifest import StageRun, tmp_name
+from ..manifest import StageRun, inside, tmp_name
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, run_tasks
 from ..weighting import compute_weights
@@ -51,9 +51,16 @@ class Target:
 
 
 def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
-                     ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None]:
-    """The (mixture) target histogram, a description of each part for the manifest, and the vectors of
-    the parts (when every part is a corpus, embedded once here; else None)."""
+                     ) -> tuple[Histogram, list[dict[str, Any]]]:
+    """The (mixture) target histogram, and a description of each part for the manifest."""
+    hist, described, _ = target_parts(targets, clusters, embeddings, cfg)
+    return hist, described
+
+
+def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
+                 ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None]:
+    """`target_histogram`, and the vectors of the parts when every part is a corpus (embedded once here,
+    each part on its own, for the classifier too), else None."""
     parts, described, vectors = [], [], []
     for t in targets:
         spec, w = parse_target(t)
@@ -79,7 +86,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     else:
         if not targets:
             raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")
-        hist, described, vectors = target_histogram(targets, inputs.clu, inputs.emb, cfg)
+        hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg)
         spec = (weighting or cfg.weighting) if cfg.method == "importance" else "ratio"
     builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
     weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
@@ -174,7 +181,7 @@ def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Input
     todo = [(s, name) for s, name in enumerate(names) if not run.is_done(f"route-{name}")]
     bar.update(len(names) - len(todo))
     tasks = [(f"route-{name}", (cfg, Shared("plan"), s, name, Shared("inputs"), Shared("weights"), n_out,
-                                str(run.out_dir / "_spill" / f"{name}.arrow"))) for s, name in todo]
+                                str(inside(run.out_dir, f"_spill/{name}.arrow")))) for s, name in todo]
     run_tasks(ex, _route_shard, tasks, done, shared={"plan": plan, "weights": weights, "inputs": inputs},
               threads=max(1, min(cpu_count(), 4)))
 
@@ -192,7 +199,7 @@ def _gather_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, names: list[
 
     todo = [b for b in range(n_out) if not run.is_done(f"write-{b:05d}")]
     bar.update(n_out - len(todo))
-    tasks = [(f"write-{b:05d}", (spills, b, cfg.seed, cfg.format, str(run.out_dir / data_name(b, n_out, cfg.format))))
+    tasks = [(f"write-{b:05d}", (spills, b, cfg.seed, cfg.format, str(inside(run.out_dir, data_name(b, n_out, cfg.format)))))
              for b in todo]
     run_tasks(ex, _gather_shard, tasks, done, done_in_background=True)
 
