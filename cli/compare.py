@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.comparison import METHODS, CompareConfig, Report, embed_backend
+from impsamp.comparison import METHODS, MODELS, CompareConfig, Report, embed_backend
 from impsamp.comparison import compare as _compare
 from impsamp.config import resolve_config
 from impsamp.errors import StageError
@@ -49,21 +49,33 @@ def _shared_options(f):
 @click.option("--clusters", type=click.Path(path_type=Path), default=None,
               help="Reuse an `impsamp cluster` output of those embeddings.")
 @_methods
+@click.option("--models", default=None, metavar="M1,M2",
+              help=f"Models to compare, from {', '.join(MODELS)} [default: dense]. dense: the preset trained on "
+                   "each method's selection; experts: --groups experts trained on the generic corpus at the same "
+                   "generic FLOPs, the target's expert fine-tuned.")
+@click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
+@click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
+              help="How the target's expert is picked [default: top].")
 @_shared_options
 @click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
 @config_option
 @overwrite_option
 @progress_option
-def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, tokens, k, steps, finetune_steps,
-            preset, seed, text_field, config_file, overwrite, progress):
+def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select, tokens,
+            k, steps, finetune_steps, preset, seed, text_field, config_file, overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
     \b
     Example:
       impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \\
           --out runs/law-compare --methods uniform,importance,ngram,classifier
+      impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \
+          --out runs/law-plan --methods uniform,importance --models dense,experts --groups 8
+    Every row carries its costs: generic pretraining FLOPs (paid once for all targets), per-target FLOPs
+    and the parameters that run at inference.
     """
-    cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods), tokens=tokens, k=k,
+    cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods), models=_split(models),
+                         groups=groups, expert_select=expert_select, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))

@@ -45,7 +45,14 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
         for key in ("config", "stats", "inputs"):
             click.echo(f"{key}:")
             for k, v in facts[key].items():
-                click.echo(f"  {k}: {_fmt(v)}")
+                if not (key == "stats" and k == "costs"):
+                    click.echo(f"  {k}: {_fmt(v)}")
+        if isinstance(m.stats.get("costs"), dict):
+            from impsamp.costs import Costs, describe
+
+            click.echo("costs (FLOPs):")
+            for line in describe(Costs.from_dict(m.stats["costs"])):
+                click.echo(f"  {line}")
         return
     corpus = open_corpus(list(paths), text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
     s = corpus_summary(corpus)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cluster, compare, embed, finalize, info, resample, train  # noqa: F401 (each registers its commands)
+from . import cluster, compare, embed, experts, finalize, info, resample, train  # noqa: F401 (each registers its commands)
 from .app import cli
 
 

@@ -25,10 +25,15 @@ _INT_FLAGS = {
     "finetune_steps": "Fine-tuning steps [default: one pass over the fine-tuning data].",
     "checkpoint_every": "Steps between resumable checkpoints.", "seed": "Random seed.",
     "log_every": "Steps between metrics lines.",
+    "early_stopping": "Stop fine-tuning after N validations without a lower in-domain validation loss; "
+                      "keep the best weights [default: off].",
+    "eval_every": "Fine-tuning steps between those validations [default: finetune steps / 10].",
 }
 _FLOAT_FLAGS = {"lr": "Peak learning rate [preset].", "finetune_lr": "Fine-tuning peak lr [default: lr/10].",
                 "grad_clip": "Clip the gradient norm (0: off).", "weight_decay": "AdamW weight decay.",
-                "val_fraction": "Share of documents held out for the validation loss."}
+                "val_fraction": "Share of documents held out for the validation loss.",
+                "finetune_val_fraction": "Share of the in-domain sample held out for validation "
+                                         "[default: 0.1 with --early-stopping, else --val-fraction]."}
 
 
 def _train_options(f):
@@ -42,8 +47,11 @@ def _train_options(f):
 
 
 @cli.command()
-@click.option("--data", multiple=True, required=True,
-              help="Training corpus: a `resample` selection, Parquet, JSONL, a folder or glob (repeatable).")
+@click.option("--data", multiple=True,
+              help="Training corpus: a `resample` selection, Parquet, JSONL, a folder or glob (repeatable); "
+                   "optional with --init.")
+@click.option("--init", "init", type=click.Path(file_okay=False), default=None,
+              help="Start from this finished run: its weights, tokenizer and shape (fine-tune any model).")
 @out_option
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Model size [default: tiny].")
 @click.option("--arch", type=click.Choice(sorted(FAMILIES)), default=None,
@@ -60,14 +68,17 @@ def _train_options(f):
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
+@click.option("--pretrain-costs", type=click.Choice(["auto", "generic", "per-target"]), default=None,
+              help="Charge pretraining FLOPs to generic (paid once) or per-target [default: auto: per-target "
+                   "when --data is a `resample` selection].")
 @click.option("--resume", is_flag=True,
               help="Require an interrupted run in --out (rerunning resumes anyway).")
 @_train_options
 @config_option
 @overwrite_option
 @progress_option
-def train(data, out_dir, preset, arch, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
-          keep_checkpoints, resume, config_file, overwrite, progress, **numbers):
+def train(data, init, out_dir, preset, arch, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
+          keep_checkpoints, pretrain_costs, resume, config_file, overwrite, progress, **numbers):
     """Pretrain a small LM on --data, optionally fine-tune on --finetune, score --eval files.
 
     \b
@@ -76,7 +87,9 @@ def train(data, out_dir, preset, arch, tokenizer, finetune, eval_files, device, 
       impsamp train --data runs/sel --out runs/lm --preset slm-126m --tokens 2e9 \\
           --finetune law-sample.jsonl --finetune-steps 500 --eval law-eval.jsonl
       torchrun --nproc_per_node 8 -m impsamp train --data runs/sel --out runs/lm --preset slm-126m
-    A killed run resumes when the same command is run again.
+      impsamp train --init runs/lm --finetune law-sample.jsonl --early-stopping 3 --out runs/law
+    A killed run resumes when the same command is run again. Every run records its cost in FLOPs
+    (generic, per target, inference) in eval.json; `impsamp info RUN` shows it.
 
     Under torchrun every process trains a replica with DistributedDataParallel (NCCL on GPU, gloo on
     CPU), draws its batches from its own slice of the tokens and averages gradients, so one optimizer
@@ -89,24 +102,51 @@ def train(data, out_dir, preset, arch, tokenizer, finetune, eval_files, device, 
 
     if numbers["tokens"] is not None:
         numbers["tokens"] = int(numbers["tokens"])
+    if not data and not init:
+        raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune")
+    if init and preset is None and arch is None:  # the run's own preset and family
+        preset, arch = _init_defaults(init)
     cfg = _resolve(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
-                                     compile=compile_, text_field=text_field,
-                                     keep_checkpoints=keep_checkpoints, **numbers))
+                                     compile=compile_, text_field=text_field, init=init,
+                                     pretrain_costs=pretrain_costs, keep_checkpoints=keep_checkpoints,
+                                     **numbers))
     run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None,
                        eval=list(eval_files) or None,
                        progress=show_progress(progress), overwrite=overwrite, resume=resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    t = run.metrics.get("train", {})
-    val = f", validation loss {t['val_loss']:.4f}" if t.get("val_loss") is not None else ""
-    click.echo(f"{out_dir}: trained {run.model_config.n_params():,} parameters for {t.get('steps')} steps "
-               f"({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
-               f"final loss {t.get('final_loss'):.4f}{val}")
+    for phase in ("train", "train_finetune"):
+        t = run.metrics.get(phase)
+        if t is None:
+            continue
+        val = f", validation loss {t['val_loss']:.4f}" if t.get("val_loss") is not None else ""
+        what = "trained" if phase == "train" else "fine-tuned"
+        click.echo(f"{out_dir}: {what} {run.model_config.n_params():,} parameters for {t.get('steps')} steps "
+                   f"({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
+                   f"final loss {t.get('final_loss'):.4f}{val}")
+    if stop := run.metrics.get("early_stopping"):
+        click.echo(f"  early stopping: best validation loss {stop['best_val_loss']:.4f} at step "
+                   f"{stop['best_step']}" + (f", stopped at {stop['stopped_at']}" if stop["stopped_at"] else ""))
     for key in ("pretrained", "finetuned"):
         if key in run.metrics:
             m = run.metrics[key]
             click.echo(f"  {key}: macro ppl {m['macro_ppl']:.2f}, bits/byte {m['macro_bpb']:.3f} "
                        f"over {len(m['per_file'])} file(s)")
+
+
+def _stage(path: Path) -> str | None:
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _init_defaults(init: str) -> tuple[str | None, str | None]:
+    try:
+        train_cfg = json.loads((Path(init) / "config.json").read_text())["train"]
+        return train_cfg.get("preset"), train_cfg.get("arch")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None  # train() says what is wrong with the run
 
 
 def _resolve(config_file: Path | None, flags: dict) -> TrainConfig:
@@ -134,12 +174,19 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     \b
     Example:
       impsamp evaluate runs/lm --eval law-eval.jsonl --eval med-eval.jsonl
+      impsamp evaluate runs/experts --eval generic-heldout.parquet
+    On an `impsamp experts` output each document is scored by the expert of its own group.
     """
     from impsamp.training import evaluate as run_eval
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # scoring is one process's work: under torchrun, rank 0 does it and the others exit
-    m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
+    if _stage(run_dir) == "experts":
+        from impsamp.mixture import evaluate_routed
+
+        m = evaluate_routed(run_dir, list(eval_files), text_field=text_field, device=device)
+    else:
+        m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, CorpusError, ImpsampError, StageError, WeightingError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # public name -> module that defines it; resolved on first use so `import impsamp` stays light
 _LAZY = {
@@ -31,6 +31,8 @@ _LAZY = {
     "resample": "resampling", "Selection": "resampling", "ResampleConfig": "resampling",
     "demo_corpus": "datasets",
     "Execution": "scale", "finalize": "finalizing",
+    "experts": "mixture", "Experts": "mixture", "ExpertsConfig": "mixture", "specialize": "mixture",
+    "evaluate_routed": "mixture", "Costs": "costs",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

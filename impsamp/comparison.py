@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
 logger = logging.getLogger(__name__)
 
 METHODS = ("uniform", "importance", "ngram", "classifier")
+MODELS = ("dense", "experts")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,13 @@ class CompareConfig:
     """What `compare` runs; the defaults are sized for a 2-core CPU and the bundled corpus."""
 
     methods: tuple[str, ...] = ("uniform", "importance")
+    models: tuple[str, ...] = ("dense",)
+    """dense: the preset trained on each method's selection; experts: G experts trained on the generic
+    corpus at the same generic FLOPs as one dense run, the target's expert picked and fine-tuned."""
+    groups: int = 4
+    """Experts (with `experts` in models)."""
+    expert_select: str = "top"
+    """How the target's expert is picked: top, lowest-loss or all."""
     tokens: int = 200_000
     """Selection budget per method, in embedding-model tokens (about the size of one bundled domain)."""
     k: int = 64
@@ -66,6 +74,13 @@ class CompareConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"--methods: unknown {unknown}; valid: {', '.join(METHODS)}")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
+        if self.expert_select not in ("top", "lowest-loss", "all"):
+            raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
+        if self.groups < 2:
+            raise ConfigError(f"--groups must be >= 2, got {self.groups}")
         for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -155,8 +170,13 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     selections = _select(out, cfg, emb, clu, targets, progress)
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
+    if "experts" in cfg.models:
+        from .mixture.strategy import experts_entry
+
+        results["models"] = {"experts": experts_entry(out, cfg, tcfg, emb, clu, targets, evals, progress, _log)}
     files = _write_report(out, results, clu)
-    run.finish(stats={"methods": list(cfg.methods), "table": _summary(results)}, extra_files=files)
+    run.finish(stats={"methods": list(cfg.methods), "models": list(cfg.models), "table": _summary(results)},
+               extra_files=files)
     return Report(out, results)
 
 
@@ -188,7 +208,9 @@ def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bo
     """2. One selection per method, at the same budget."""
     from .resampling import ResampleConfig, Selection, resample
 
-    selections = {}
+    selections: dict[str, Any] = {}
+    if "dense" not in cfg.models:
+        return selections
     for method in cfg.methods:
         rcfg = ResampleConfig(tokens=cfg.tokens, method=method, scheme=cfg.scheme, seed=cfg.seed,
                               text_field=cfg.text_field)
@@ -226,8 +248,10 @@ def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, 
     domains = _domains(generic_corpus)
     target_domain = _majority_domain(target_corpus)
     for method, sel in selections.items():
-        tr = _trained(out / "runs" / method, tcfg, sel, targets, evals, progress)
-        entry = {"metrics": tr.metrics, "selection": {k: sel.stats.get(k) for k in (
+        # a uniform selection does not depend on the target: its model is pretrained once for all of them
+        mcfg = replace(tcfg, pretrain_costs="generic" if method == "uniform" else "per-target")
+        tr = _trained(out / "runs" / method, mcfg, sel, targets, evals, progress)
+        entry = {"metrics": tr.metrics, "costs": tr.metrics.get("costs"), "selection": {k: sel.stats.get(k) for k in (
             "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
             "effective_sample_size")}}
         if domains is not None:
@@ -314,26 +338,45 @@ def _domain_shares(sel, domains: np.ndarray) -> dict[str, float]:
     return {str(v): float(c / counts.sum()) for v, c in zip(values, counts)}
 
 
+def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, entry) of every row of the report: the dense model per method, then the other models."""
+    out = [(m if "models" not in results else f"dense, {m}", e) for m, e in results["methods"].items()]
+    for name, e in results.get("models", {}).items():
+        out.append((f"experts G={e['groups']} ({e['select']})" if name == "experts" else name, e))
+    return out
+
+
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
-    return {m: {"pretrained_ppl": e["metrics"]["pretrained"]["macro_ppl"],
-                "finetuned_ppl": e["metrics"].get("finetuned", {}).get("macro_ppl")}
-            for m, e in results["methods"].items()}
+    return {label: {"pretrained_ppl": e["metrics"]["pretrained"]["macro_ppl"],
+                    "finetuned_ppl": e["metrics"].get("finetuned", {}).get("macro_ppl")}
+            for label, e in rows(results)}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The paper-style table: method x {pretrained only, after fine-tuning}: ppl and bits per byte."""
-    has_domain = any("target_domain_share" in e for e in results["methods"].values())
+    """The paper-style table: one row per strategy, perplexity and bits per byte before and after
+    fine-tuning, what its selection repeated, and its costs (FLOPs paid once and per target,
+    parameters at inference)."""
+    from .costs import format_flops
+
+    entries = rows(results)
+    has_domain = any("target_domain_share" in e for _, e in entries)
     head = ["method", "ppl pretrained", "bpb pretrained", "ppl fine-tuned", "bpb fine-tuned",
-            "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else [])
+            "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else []) + \
+        ["generic FLOPs", "per-target FLOPs", "params (inference)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m, e in results["methods"].items():
+    for label, e in entries:
         pre, fin = e["metrics"]["pretrained"], e["metrics"].get("finetuned", {})
-        s = e["selection"]
-        row = [m, f"{pre['macro_ppl']:.2f}", f"{pre['macro_bpb']:.3f}",
+        s = e.get("selection")
+        row = [label, f"{pre['macro_ppl']:.2f}", f"{pre['macro_bpb']:.3f}",
                f"{fin.get('macro_ppl', float('nan')):.2f}", f"{fin.get('macro_bpb', float('nan')):.3f}",
-               f"{s['repetition_rate']:.1%}", f"{s['kl_target_selected']:.3f}"]
+               f"{s['repetition_rate']:.1%}" if s else "-", f"{s['kl_target_selected']:.3f}" if s else "-"]
         if has_domain:
-            row.append(f"{e.get('target_domain_share', 0.0):.1%}")
+            row.append(f"{e['target_domain_share']:.1%}" if "target_domain_share" in e else "-")
+        c = e.get("costs") or {}
+        row += [format_flops(c.get("generic", 0)), format_flops(c.get("per_target", 0)),
+                f"{c.get('params_active', 0) / 1e6:.2f}M" + (f" of {c['params_total'] / 1e6:.2f}M"
+                                                             if c.get("params_total", 0) > c.get("params_active", 0)
+                                                             else "")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -359,8 +402,16 @@ def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
             shares = sorted(e.get("domain_shares", {}).items(), key=lambda kv: -kv[1])
             lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" for d, s in shares[:8]))
         lines.append("")
+    if "experts" in results.get("models", {}):
+        e = results["models"]["experts"]
+        lines += [f"Experts: {e['groups']} groups of the clusters, trained on the generic corpus at the dense "
+                  f"model's generic FLOPs; rule `{e['select']}` chose expert {e['chosen']}, which holds "
+                  f"{e['target_mass_on_chosen']:.0%} of the target's cluster mass (per group: "
+                  + ", ".join(f"{m:.0%}" for m in e["group_mass"]) + "). The experts are in `experts/`, the "
+                  f"fine-tuned one in `runs/experts-{e['select']}/`.", ""]
     lines += ["Selections are in `selections/<method>/` (each with its data card and histogram plot), "
-              "runs in `runs/<method>/`, every number in `results.json`.", ""]
+              "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
+              "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     files["report.md"] = out / "report.md"
     return files
@@ -374,14 +425,16 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    methods = list(results["methods"])
-    pre = [results["methods"][m]["metrics"]["pretrained"]["macro_ppl"] for m in methods]
-    fin = [results["methods"][m]["metrics"].get("finetuned", {}).get("macro_ppl", np.nan) for m in methods]
+    entries = rows(results)
+    methods = [label for label, _ in entries]
+    pre = [e["metrics"]["pretrained"]["macro_ppl"] for _, e in entries]
+    fin = [e["metrics"].get("finetuned", {}).get("macro_ppl", np.nan) for _, e in entries]
     x = np.arange(len(methods))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(methods)), 3.8), dpi=100)
     ax.bar(x - 0.2, pre, width=0.4, label="pretrained only")
     ax.bar(x + 0.2, fin, width=0.4, label="after fine-tuning")
-    ax.set_xticks(x, methods)
+    ax.set_xticks(x, methods, rotation=20 if max(map(len, methods)) > 12 else 0, ha="right" if
+                  max(map(len, methods)) > 12 else "center")
     ax.set_ylabel("in-domain perplexity (lower is better)")
     ax.legend()
     fig.tight_layout()

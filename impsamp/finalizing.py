@@ -35,13 +35,17 @@ def finalize(out_dir: str | Path) -> Any:
             from .clustering import Clusters
 
             return Clusters.load(out)
-        raise StageError(f"{out} is a complete '{stage}' output; finalize applies to embed and cluster")
+        if stage == "experts":
+            from .mixture import Experts
+
+            return Experts.load(out)
+        raise StageError(f"{out} is a complete '{stage}' output; finalize applies to embed, cluster and experts")
     try:
         record = json.loads((out / RUN_RECORD).read_text())
         stage = record["stage"]
     except (OSError, ValueError, KeyError, TypeError):
         raise StageError(f"{out} {describe_dir(out)}; `impsamp finalize` completes a directory written by "
-                         "`--num-shards/--shard-index` slices of embed or cluster") from None
+                         "`--num-shards/--shard-index` slices of embed, cluster or experts") from None
     done = Execution(require_complete=True)
     if stage == "embed":
         from .embedding.stage import finalize_embed
@@ -53,5 +57,12 @@ def finalize(out_dir: str | Path) -> Any:
 
         cfg = from_dict(ClusterConfig, record["config"], source=str(out / RUN_RECORD))
         return cluster(record["inputs"]["embeddings"]["path"], out, cfg, execution=done)
-    raise StageError(f"{out} is an interrupted '{stage}' run; only embed and cluster run in slices: rerun "
+    if stage == "experts":
+        from .config import from_dict
+        from .mixture import ExpertsConfig, experts
+
+        cfg = from_dict(ExpertsConfig, record["config"], source=str(out / RUN_RECORD))
+        inputs = record["inputs"]
+        return experts(inputs["embeddings"]["path"], inputs["clusters"]["path"], out, cfg, execution=done)
+    raise StageError(f"{out} is an interrupted '{stage}' run; only embed, cluster and experts run in slices: rerun "
                      f"the same `impsamp {stage}` command to resume it")

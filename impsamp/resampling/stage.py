@@ -34,6 +34,7 @@ from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .tables import PerShard, hist_key
+from ..costs import encoder_flops, encoder_params
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
 logger = logging.getLogger(__name__)
@@ -65,16 +66,18 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
     for t in targets:
         spec, w = parse_target(t)
         is_corpus = not is_histogram_file(spec) and not (Path(spec).is_dir() and (Path(spec) / "manifest.json").exists())
+        embedded = 0  # tokens the encoder read here (for the selection's cost)
         if is_corpus:
-            v, _ = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
+            v, table = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
             h = from_assignments(clusters.assign(v)[:, -1], clusters, source=str(spec))
             vectors.append(v)
+            embedded = int(np.asarray(table.column("tokens")).sum())
         else:
             h = histogram(spec, clusters, embeddings=embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
-        described.append({"target": str(spec), "weight": w, "documents": h.total})
+        described.append({"target": str(spec), "weight": w, "documents": h.total, "embedded_tokens": embedded})
     return mixture(parts), described, np.concatenate(vectors) if len(vectors) == len(parts) else None
 
 
@@ -215,7 +218,9 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
     stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
                   "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
-                  "method": cfg.method, "scheme": cfg.scheme})
+                  "method": cfg.method, "scheme": cfg.scheme,
+                  "selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")),
+                                                   sum(t.get("embedded_tokens", 0) for t in target.described))})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)
     return Selection(run.out_dir, run.finish(stats=stats, extra_files=extra))
 

@@ -113,8 +113,12 @@ def checkpoint_name(phase: str, step: int) -> str:
 
 
 def save_checkpoint(run_dir: Path, phase: str, step: int, model: torch.nn.Module,
-                    opt: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
-    """Write checkpoint (phase, step) atomically and delete the older ones."""
+                    opt: torch.optim.Optimizer, state: dict[str, Any],
+                    best: tuple[str, torch.nn.Module | Path] | None = None) -> Path:
+    """Write checkpoint (phase, step) atomically and delete the older ones.
+
+    `best`: (file name, weights) kept beside it: a model's weights, or a file (of the previous
+    checkpoint) copied over."""
     root = run_dir / CHECKPOINTS
     final = root / checkpoint_name(phase, step)
     tmp = root / f"_tmp-{final.name}-{os.getpid()}"
@@ -125,6 +129,12 @@ def save_checkpoint(run_dir: Path, phase: str, step: int, model: torch.nn.Module
     save_file(tensors, str(tmp / "optimizer.safetensors"), metadata={"format": "pt"})
     full = {"phase": phase, "step": step, "optimizer": rest, "rng": rng_state(), **state}
     (tmp / "state.json").write_text(json.dumps(full))
+    if best is not None:
+        name, weights = best
+        if isinstance(weights, Path):
+            shutil.copyfile(weights, tmp / name)
+        else:
+            save_file(state_dict_tensors(weights), str(tmp / name), metadata={"format": "pt"})
     for f in tmp.iterdir():
         _fsync_file(f)
     fsync_dir(tmp)

@@ -58,6 +58,9 @@ class TrainConfig:
     """BPE vocabulary to train (the model's is padded to a multiple of 64); ignored with `tokenizer`."""
     arch: str = "dense"
     """Model family (`families.FAMILIES`): `dense` is the Llama-style decoder."""
+    init: str | None = None
+    """A finished run to start from: its weights, tokenizer and model shape (e.g. fine-tune an expert).
+    With `init`, pretraining data is optional (fine-tuning only)."""
     tokenizer: str | None = None
     """A `tokenizer.json` (HF tokenizers) to use instead of training one."""
     tokenizer_sample_docs: int = 50_000
@@ -86,6 +89,17 @@ class TrainConfig:
     """Fine-tuning steps; default: one pass over the fine-tuning tokens."""
     finetune_lr: float | None = None
     """Fine-tuning peak lr; default lr / 10."""
+    early_stopping: int | None = None
+    """Fine-tuning stops after this many validations in a row without a lower validation loss on
+    the held-out split of the in-domain sample, and keeps the best weights (None: off)."""
+    eval_every: int | None = None
+    """Fine-tuning steps between those validations [default: finetune steps / 10, at least 1]."""
+    finetune_val_fraction: float | None = None
+    """Share of the in-domain sample held out for validation [default: 0.1 with early stopping,
+    else val_fraction]."""
+    pretrain_costs: str = "auto"
+    """Whom pretraining FLOPs are charged to: generic (paid once), per-target (a selection made for
+    one target), or auto (per-target when every --data is a `resample` selection)."""
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps."""
     dtype: str = "auto"
@@ -121,8 +135,14 @@ class TrainConfig:
         if self.vocab_size is not None and self.vocab_size < 260:
             raise ConfigError(f"--vocab-size must be >= 260 (256 bytes + special tokens), "
                               f"got {self.vocab_size}")
-        if not 0 <= self.val_fraction < 0.5:
-            raise ConfigError(f"--val-fraction must be in [0, 0.5), got {self.val_fraction}")
+        for name in ("val_fraction", "finetune_val_fraction"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 0.5:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 0.5), got {value}")
+        positive("early_stopping", self.early_stopping, flag="--early-stopping")
+        positive("eval_every", self.eval_every, flag="--eval-every")
+        if self.pretrain_costs not in ("auto", "generic", "per-target"):
+            raise ConfigError(f"--pretrain-costs must be auto, generic or per-target, got {self.pretrain_costs!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
         if not _DEVICE.match(self.device):
@@ -136,6 +156,12 @@ class TrainConfig:
         """A field, or the preset's value when the field is None."""
         value = getattr(self, name)
         return PRESETS[self.preset][name] if value is None else value
+
+    def finetune_val(self) -> float:
+        """Share of the in-domain sample held out (see `finetune_val_fraction`)."""
+        if self.finetune_val_fraction is not None:
+            return self.finetune_val_fraction
+        return 0.1 if self.early_stopping else self.val_fraction
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, **{k: self.resolved(k) for k in

@@ -32,17 +32,20 @@ from typing import Any
 
 import torch
 
+from ..costs import Costs
 from ..io import open_corpus
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
 from ..progress import progress_bar
-from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, read_state,
+from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, load_weights, read_state,
                          save_checkpoint, save_weights)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
 from .evaluation import evaluate_model, stream_nll
 from .families import build_model, param_groups
+from .provenance import init_run, run_costs
 from .result import TrainRun
 from .runtime import Runtime, check_memory
+from .stopping import BEST, EarlyStop
 from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
 
 CACHE = "cache"
@@ -57,6 +60,7 @@ class Phase:
     warmup: int
     batches: Batches
     val: TokenBin
+    stop: EarlyStop | None = None
 
     def lr_at(self, step: int, min_ratio: float) -> float:
         if step < self.warmup:
@@ -85,18 +89,23 @@ def _as_list(x: Any) -> list[str]:
     return [str(x)] if isinstance(x, (str, Path)) else [str(p) for p in x]
 
 
-def train(data: Sequence[str | Path] | str | Path, out_dir: str | Path, config: TrainConfig | None = None, *,
-          finetune: Sequence[str | Path] | None = None, eval: Sequence[str | Path] | None = None,
-          progress: bool = False, overwrite: bool = False, resume: bool = False) -> TrainRun:
+def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, config: TrainConfig | None = None,
+          *, finetune: Sequence[str | Path] | None = None, eval: Sequence[str | Path] | None = None,
+          progress: bool = False, overwrite: bool = False, resume: bool = False,
+          base_costs: Costs | None = None, records: dict[str, Any] | None = None) -> TrainRun:
     """Pretrain a small LM on `data`, optionally fine-tune it on `finetune`, evaluate on `eval`.
 
     Args:
-        data: any corpus `impsamp.io.open_corpus` reads (a `resample` selection, Parquet, JSONL...).
+        data: any corpus `impsamp.io.open_corpus` reads (a `resample` selection, Parquet, JSONL...);
+            None or empty with `config.init` (fine-tune a trained run only).
         out_dir: the run directory (created; an interrupted run with the same settings is resumed).
         finetune: the in-domain sample to fine-tune on after pretraining (`config.finetune_steps`).
         eval: files scored before and after fine-tuning; each is one domain of the macro average.
         overwrite: replace a complete run in `out_dir`.
         resume: require an interrupted run in `out_dir` to continue (it is resumed either way).
+        base_costs: what the run's costs start from [default: the `init` run's costs] (a strategy
+            that chose the init among several models passes what choosing cost).
+        records: extra JSON files for the run directory ({name: object}), e.g. why it was chosen.
 
     Returns:
         The finished `TrainRun` (`metrics`: "train", "pretrained", "finetuned", see evaluation.py).
@@ -105,7 +114,7 @@ def train(data: Sequence[str | Path] | str | Path, out_dir: str | Path, config: 
     rt = Runtime.start(cfg)
     try:
         return _Trainer(cfg, rt, Path(out_dir), _as_list(data), _as_list(finetune), _as_list(eval),
-                        progress).run(overwrite, resume)
+                        progress, base_costs, dict(records or {})).run(overwrite, resume)
     finally:
         rt.close()
 
@@ -119,17 +128,25 @@ class _Trainer:
     finetune: list[str]
     eval: list[str]
     progress: bool
+    base_costs: Costs | None = None
+    records: dict[str, Any] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
+    init: TrainRun | None = None
 
     # ---- preparation (rank 0), shared with the other ranks through files
 
     def run(self, overwrite: bool, resume: bool) -> TrainRun:
         cfg, rt = self.cfg, self.rt
-        if not self.data:
-            raise TrainError("no training data given; pass --data with at least one file, folder or glob")
+        if not self.data and not cfg.init:
+            raise TrainError("no training data given; pass --data with at least one file, folder or glob "
+                             "(or --init RUN with --finetune to fine-tune a trained run)")
+        if not self.data and not self.finetune:
+            raise TrainError(f"--init {cfg.init} without --data has nothing to train: pass --finetune "
+                             "(the in-domain sample) or --data")
+        self.init = init_run(cfg) if cfg.init else None
         user_tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
         guess = padded_vocab(user_tok.vocab_size if user_tok else cfg.resolved("vocab_size"))
-        check_memory(cfg, cfg.model_config(guess), rt)
+        check_memory(cfg, self.init.model_config if self.init else cfg.model_config(guess), rt)
         # Rank 0 alone checks the run directory, trains the tokenizer and tokenizes; the others wait
         # for its word (a barrier that also carries rank 0's error, so every rank stops with it).
         if rt.main:
@@ -147,10 +164,10 @@ class _Trainer:
             raise TrainError(f"rank {rt.rank} does not see {self.out / 'tokenizer.json'}, which rank 0 "
                              "wrote: with torchrun on several nodes --out must be on a shared filesystem")
         tok = load_tokenizer(self.out / "tokenizer.json")
-        bins = {"pretrain": load_bins(self.out / CACHE, "pretrain")}
+        bins = {"pretrain": load_bins(self.out / CACHE, "pretrain")} if self.data else {}
         if self.finetune:
             bins["finetune"] = load_bins(self.out / CACHE, "finetune")
-        mcfg = cfg.model_config(padded_vocab(tok.vocab_size))
+        mcfg = self.init.model_config if self.init else cfg.model_config(padded_vocab(tok.vocab_size))
         for name, b in bins.items():
             check_enough(b["train"], mcfg.block_size, name)
         phases = self._phases(bins, mcfg)
@@ -162,6 +179,8 @@ class _Trainer:
                               "sha256": file_sha256(self.out / "tokenizer.json")}})
         metrics = self._train_phases(phases, mcfg, tok)
         if rt.main:
+            metrics["costs"] = run_costs(mcfg, metrics, self.base_costs, self.init, self.data,
+                                         cfg.pretrain_costs).to_dict()
             self._finish(stage, metrics)
         rt.barrier()
         return TrainRun.load(self.out)
@@ -193,6 +212,10 @@ class _Trainer:
         inputs["eval"] = [{"path": e, "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
                           for e in self.eval]
         inputs["tokenizer"] = file_sha256(cfg.tokenizer) if cfg.tokenizer else None
+        if self.init is not None:
+            inputs["init"] = {"path": cfg.init, "fingerprint": self.init.manifest.fingerprint}
+        if self.base_costs is not None:
+            inputs["base_costs"] = self.base_costs.to_dict()
         inputs["world_size"] = self.rt.world
         return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
 
@@ -200,32 +223,41 @@ class _Trainer:
         cfg, out = self.cfg, self.out
         tok_file = out / "tokenizer.json"
         if not tok_file.exists():
-            if cfg.tokenizer:
+            if self.init is not None:
+                atomic_write_bytes(tok_file, self.init.tokenizer_path.read_bytes())
+            elif cfg.tokenizer:
                 atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
             else:
                 train_tokenizer(self.data, cfg.resolved("vocab_size"), tok_file,
                                 sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
         tok = load_tokenizer(tok_file)
-        tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
-                        val_fraction=cfg.val_fraction)
-        if self.finetune:
-            tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=cfg.text_field,
+        if self.data:
+            tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
                             val_fraction=cfg.val_fraction)
+        if self.finetune:
+            bins = tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=cfg.text_field,
+                                   val_fraction=cfg.finetune_val())
+            if cfg.early_stopping and bins["val"].tokens < 2:
+                raise TrainError(f"--early-stopping: the held-out split of {', '.join(self.finetune)} is empty "
+                                 f"(--finetune-val-fraction {cfg.finetune_val()}); raise it or give a larger sample")
 
     def _phases(self, bins: dict[str, dict[str, TokenBin]], mcfg: ModelConfig) -> list[Phase]:
         cfg, rt = self.cfg, self.rt
         batch = cfg.resolved("batch_size")
         per_step = batch * mcfg.block_size * cfg.grad_accum * rt.world
         lr = cfg.resolved("lr")
-        steps = cfg.steps or (-(-cfg.tokens // per_step) if cfg.tokens else
-                              max(1, -(-bins["pretrain"]["train"].tokens // per_step)))
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
-        phases = [Phase("pretrain", steps, lr, warmup, self._batches(bins["pretrain"], mcfg, 0),
-                        bins["pretrain"]["val"])]
+        phases = []
+        if self.data:
+            steps = cfg.steps or (-(-cfg.tokens // per_step) if cfg.tokens else
+                                  max(1, -(-bins["pretrain"]["train"].tokens // per_step)))
+            warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
+            phases.append(Phase("pretrain", steps, lr, warmup, self._batches(bins["pretrain"], mcfg, 0),
+                                bins["pretrain"]["val"]))
         if self.finetune:
             ft = cfg.finetune_steps or max(1, -(-bins["finetune"]["train"].tokens // per_step))
+            stop = EarlyStop(cfg.early_stopping, cfg.eval_every or max(1, ft // 10)) if cfg.early_stopping else None
             phases.append(Phase("finetune", ft, cfg.finetune_lr or lr / 10, min(1000, ft // 20),
-                                self._batches(bins["finetune"], mcfg, 1), bins["finetune"]["val"]))
+                                self._batches(bins["finetune"], mcfg, 1), bins["finetune"]["val"], stop))
         return phases
 
     def _batches(self, b: dict[str, TokenBin], mcfg: ModelConfig, stream: int) -> Batches:
@@ -255,31 +287,46 @@ class _Trainer:
             fwd = DDP(fwd, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
         ckpt = latest_checkpoint(self.out)
         state = read_state(ckpt) if ckpt else None
+        if state is None and self.init is not None:
+            load_weights(model, self.init.path / "model.safetensors")
         if rt.main:
             self._trim_log(state)
         metrics: dict[str, Any] = dict(state.get("metrics", {})) if state else {}
         done_phase = PHASES.index(state["phase"]) if state else -1
-        for i, phase in enumerate(phases):
+        for phase in phases:
+            i = PHASES.index(phase.name)
             if i < done_phase:
                 continue
+            if phase.name == "finetune" and self.init is not None and self.eval and "pretrained" not in metrics \
+                    and rt.main and not self.data:  # the --init model before fine-tuning
+                metrics["pretrained"] = self._evaluate(model, mcfg, tok)
             opt = _optimizer(model, cfg, rt.device)
             start = 0
             if state is not None and i == done_phase:
-                start = load_checkpoint(ckpt, model, opt)["step"]
+                resumed = load_checkpoint(ckpt, model, opt)
+                start = resumed["step"]
+                if phase.stop is not None and resumed.get("early_stopping"):
+                    phase.stop = EarlyStop.from_state(resumed["early_stopping"])
             self._run_phase(phase, model, fwd, opt, start, metrics)
+            if phase.stop is not None:
+                rt.barrier()  # rank 0 wrote the checkpoint holding the best weights
+                load_weights(model, latest_checkpoint(self.out) / BEST)
+                metrics["early_stopping"] = phase.stop.summary(phase.steps)
             self._check_replicas(model, phase.name)
             if rt.main:
                 metrics["train" if phase.name == "pretrain" else "train_finetune"] = self._phase_stats(phase)
                 if self.eval:
-                    key = "pretrained" if phase.name == "pretrain" else "finetuned"
-                    metrics[key] = evaluate_model(model, tok, self.eval, block_size=mcfg.block_size,
-                                                  batch_size=cfg.resolved("batch_size"), device=rt.device,
-                                                  autocast=rt.autocast, text_field=cfg.text_field)
+                    metrics["pretrained" if phase.name == "pretrain" else "finetuned"] = self._evaluate(model, mcfg, tok)
                 if phase.name == "pretrain" and self.finetune:
                     save_weights(model, self.out / "pretrained.safetensors")
         if rt.main:
             save_weights(model, self.out / "model.safetensors")
         return metrics
+
+    def _evaluate(self, model: torch.nn.Module, mcfg: ModelConfig, tok: LoadedTokenizer) -> dict[str, Any]:
+        return evaluate_model(model, tok, self.eval, block_size=mcfg.block_size,
+                              batch_size=self.cfg.resolved("batch_size"), device=self.rt.device,
+                              autocast=self.rt.autocast, text_field=self.cfg.text_field)
 
     def _run_phase(self, ph: Phase, model: torch.nn.Module, fwd: torch.nn.Module, opt: torch.optim.Optimizer,
                    start: int, metrics: dict[str, Any]) -> None:
@@ -290,6 +337,8 @@ class _Trainer:
         bar = progress_bar(self.progress and rt.main, ph.name, "step", total=ph.steps, initial=start)
         loss_sum, n_steps, t_log = torch.zeros((), device=rt.device), 0, time.perf_counter()
         for step in range(start, ph.steps):
+            if ph.stop is not None and ph.stop.stopped:
+                break
             for g in opt.param_groups:
                 g["lr"] = ph.lr_at(step, cfg.min_lr_ratio)
             for micro in range(accum):
@@ -305,7 +354,8 @@ class _Trainer:
             opt.zero_grad(set_to_none=True)
             n_steps += 1
             done = step + 1
-            is_ckpt = done % cfg.checkpoint_every == 0 or done == ph.steps
+            is_val = ph.stop is not None and ph.stop.due(done, ph.steps)
+            is_ckpt = done % cfg.checkpoint_every == 0 or done == ph.steps or is_val
             # A line at every checkpoint too: a resumed run's loss windows start where the
             # uninterrupted run's do, so both write the same losses.
             is_log = done % cfg.log_every == 0 or is_ckpt
@@ -322,14 +372,18 @@ class _Trainer:
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{speed:,.0f}")
             if is_ckpt and rt.main:
                 t0 = time.perf_counter()
-                rec["val_loss"] = self._val_loss(ph, model)
+                rec["val_loss"] = self._val_loss(ph, model, whole=is_val)
                 self._append_log(rec)
+                extra, best = self._validate(ph, done, rec["val_loss"], model) if is_val else ({}, None)
                 save_checkpoint(self.out, ph.name, done, model, opt,
                                 {"metrics": metrics, "data": {"sampler": "seeded random windows",
-                                                              "next_step": done, "tokens": done * per_step}})
+                                                              "next_step": done, "tokens": done * per_step},
+                                 **extra}, best=best)
                 t_log += time.perf_counter() - t0  # checkpoints do not count against tokens/s
             elif is_log and rt.main:
                 self._append_log(rec)
+            if is_val and rt.ddp:  # every rank stops where rank 0 decided
+                ph.stop = EarlyStop.from_state(rt.broadcast(ph.stop.state() if rt.main else None))
             bar.update(1)
             _step_hook(ph.name, done)
         bar.close()
@@ -359,13 +413,24 @@ class _Trainer:
             t /= self.rt.world
         return float(t)
 
-    def _val_loss(self, ph: Phase, model: torch.nn.Module) -> float | None:
+    def _val_loss(self, ph: Phase, model: torch.nn.Module, whole: bool = False) -> float | None:
+        """Loss on the held-out split: `eval_batches` batches of it, or all of it (`whole`)."""
         if ph.val.tokens < 2:
             return None
         nats, n = stream_nll(model, ph.val.array(), ph.batches.block_size, ph.batches.batch_size,
                              self.rt.device, self.rt.autocast,
-                             max_windows=self.cfg.eval_batches * ph.batches.batch_size)
+                             max_windows=None if whole else self.cfg.eval_batches * ph.batches.batch_size)
         return round(nats / n, 6)
+
+    def _validate(self, ph: Phase, step: int, loss: float | None, model: torch.nn.Module
+                  ) -> tuple[dict[str, Any], tuple[str, torch.nn.Module | Path]]:
+        """Early stopping's bookkeeping at a validation: its state for the checkpoint, and the best
+        weights to keep beside it (these, or the previous checkpoint's copy)."""
+        assert ph.stop is not None and loss is not None
+        improved = ph.stop.update(step, loss)
+        previous = latest_checkpoint(self.out)
+        keep: torch.nn.Module | Path = model if improved or previous is None else previous / BEST
+        return {"early_stopping": ph.stop.state()}, (BEST, keep)
 
     # ---- the metrics log and the run directory
 
@@ -391,14 +456,18 @@ class _Trainer:
         recs = [r for r in self.log if r["phase"] == ph.name and "loss" in r]
         vals = [r["val_loss"] for r in self.log if r["phase"] == ph.name and r.get("val_loss") is not None]
         speeds = [r["tokens_per_s"] for r in recs]
-        return {"steps": ph.steps, "tokens": recs[-1]["tokens"] if recs else 0,
+        # (a phase that stopped early ends at its last line)
+        return {"steps": recs[-1]["step"] if recs else ph.steps, "tokens": recs[-1]["tokens"] if recs else 0,
                 "final_loss": recs[-1]["loss"] if recs else None, "val_loss": vals[-1] if vals else None,
                 "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None, "lr": ph.lr}
 
     def _finish(self, stage: StageRun, metrics: dict[str, Any]) -> None:
         out = self.out
         atomic_write_json(out / "eval.json", metrics)
-        files = list(PAYLOAD) + (["pretrained.safetensors"] if self.finetune else [])
+        for name, obj in self.records.items():
+            atomic_write_json(out / name, obj)
+        files = list(PAYLOAD) + list(self.records) + (["pretrained.safetensors"] if self.data and self.finetune
+                                                       else [])
         ckpt = latest_checkpoint(out)
         if self.cfg.keep_checkpoints and ckpt is not None:
             files += [str(p.relative_to(out)) for p in sorted(ckpt.iterdir())]

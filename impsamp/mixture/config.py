@@ -1,0 +1,57 @@
+"""ExpertsConfig: how the generic corpus is split into groups and what each expert trains (no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import positive
+from ..errors import ConfigError
+
+SELECT_RULES = ("top", "lowest-loss", "all")
+
+
+@dataclass(frozen=True)
+class ExpertsConfig:
+    """What `experts()` builds (saved in the manifest; the execution engine is not part of it)."""
+
+    groups: int | None = None
+    """Experts G: the clusters are merged into G groups (k-means on the leaf centroids, weighted by
+    their documents) unless the clustering has exactly G leaves [default: 4, or the nodes of `level`]."""
+    level: int | None = None
+    """Group by the nodes of this level of a hierarchical clustering (0: the top level)."""
+    tokens_per_expert: int | None = None
+    """Training tokens of every expert."""
+    total_tokens: int | None = None
+    """Training tokens of all experts together, split in proportion to the groups' tokens (the same
+    generic pretraining FLOPs as one dense model trained on that many tokens)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields of every expert (preset, lr, batch_size, ...); tokens, tokenizer and init are
+    set per expert."""
+    tokenizer: str | None = None
+    """A tokenizer.json every expert shares [default: a BPE trained on the generic corpus]."""
+    seed: int = 0
+    """Seed of the grouping and of every expert's training."""
+
+    def __post_init__(self) -> None:
+        from ..training import TrainConfig
+
+        positive("groups", self.groups, flag="--groups")
+        positive("tokens_per_expert", self.tokens_per_expert, flag="--tokens-per-expert")
+        positive("total_tokens", self.total_tokens, flag="--total-tokens")
+        if self.level is not None and self.level < 0:
+            raise ConfigError(f"--level must be >= 0, got {self.level}")
+        if self.groups is not None and self.groups < 2:
+            raise ConfigError(f"--groups must be >= 2 (one group is the dense model), got {self.groups}")
+        if self.tokens_per_expert is not None and self.total_tokens is not None:
+            raise ConfigError("give --tokens-per-expert or --total-tokens, not both")
+        fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed"} & set(self.train))
+        if fixed:
+            raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
+        TrainConfig(**self.train)  # unknown keys and bad values fail here, in one line
+
+    def train_config(self, tokens: int | None, tokenizer: str):
+        from ..training import TrainConfig
+
+        return TrainConfig(**self.train, tokens=tokens, tokenizer=tokenizer, seed=self.seed,
+                           pretrain_costs="generic")

@@ -1,0 +1,200 @@
+"""`experts()`: the seed paper's SLM-mix. The generic corpus split into groups of clusters, one small LM
+pretrained per group, every expert an ordinary `train` run sharing one tokenizer.
+
+    DIR/groups.json            the grouping (leaf -> group) and each group's documents, tokens, budget
+    DIR/tokenizer.json         the shared BPE (trained on the generic corpus, or the one given)
+    DIR/data/g000/part-*.parquet   group 0's documents, written by the resampler's writer
+    DIR/experts/g000/          group 0's expert: a complete `impsamp train` run
+    DIR/manifest.json          last, listing every file above
+
+Shards: one per embedding shard for the data (`data-00000`, ...) and one per expert (`expert-000`,
+...). A killed run resumes: committed shards are kept and an expert interrupted mid-training resumes
+from its checkpoint. Experts run one after another here, as Ray tasks (`engine="ray"`), or as
+Slurm-array slices (`--num-shards/--shard-index`, then `impsamp finalize DIR`); the bytes are the
+same whichever way (a run's weights do not depend on the number of torch threads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..costs import Costs
+from ..manifest import MANIFEST, StageRun, atomic_write_json, read_manifest
+from ..progress import progress_bar
+from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
+from .config import ExpertsConfig
+from .grouping import Grouping, make_grouping
+from .result import GROUPS, TOKENIZER, Experts, data_dir, expert_dir
+
+
+def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | None = None, *,
+            execution: Execution | None = None, overwrite: bool = False, progress: bool = False
+            ) -> Experts | SliceResult:
+    """Split the generic corpus into groups of clusters and pretrain one small LM per group.
+
+    Args:
+        embeddings, clusters: `impsamp embed` and `impsamp cluster` outputs (paths or handles) of the
+            generic corpus; the clustering must come from these embeddings.
+        config: groups, budgets and the experts' training settings (`ExpertsConfig`).
+        execution: where the experts train (`impsamp.scale.Execution`).
+
+    Returns:
+        `Experts`, or a `SliceResult` for a slice of a Slurm array.
+    """
+    from ..resampling.config import ResampleConfig
+    from ..resampling.inputs import open_inputs
+
+    cfg = config or ExpertsConfig()
+    ex = execution or LOCAL
+    inputs = open_inputs(embeddings, clusters, ResampleConfig(docs=1))
+    grouping = make_grouping(inputs.clu, cfg.groups, cfg.level, cfg.seed)
+    described = inputs.described()
+    run = StageRun(Path(out_dir), "experts", config=asdict(cfg), inputs={
+        "embeddings": described["embeddings"], "clusters": described["clusters"]}, overwrite=overwrite).begin()
+    out = run.out_dir
+    groups = _describe_groups(grouping, inputs.clu, cfg)
+    atomic_write_json(out / GROUPS, {**grouping.to_dict(), "per_group": groups})
+    tokenizer = _shared_tokenizer(out, cfg, inputs, progress)
+    data_names = [f"data-{s:05d}" for s in range(len(inputs.names))]
+    expert_names = [f"expert-{g:03d}" for g in range(grouping.n_groups)]
+    if ex.require_complete:
+        check_complete(run, data_names + expert_names)
+    else:
+        _write_group_data(run, inputs, grouping, data_names, progress)
+    committed = 0
+
+    def done(name: str, result: dict[str, Any]) -> None:
+        nonlocal committed
+        committed += commit_once(run, name, {}, stats=result)
+
+    tasks = [(name, (g, str(out), cfg, groups[g]["budget"], str(tokenizer), progress and ex.engine == "local"))
+             for g, name in enumerate(expert_names) if ex.mine(g) and not run.is_done(name)]
+    run_tasks(ex, train_expert, tasks, done)
+    if ex.sliced:
+        return slice_result(run, ex, committed, data_names + expert_names)
+    return _finish(run, grouping, groups)
+
+
+def _describe_groups(grouping: Grouping, clu, cfg: ExpertsConfig) -> list[dict[str, Any]]:
+    counts = clu.counts()
+    docs = np.bincount(grouping.leaf_group, weights=counts["documents"], minlength=grouping.n_groups)
+    tokens = np.bincount(grouping.leaf_group, weights=counts["tokens"], minlength=grouping.n_groups)
+    if cfg.total_tokens is not None:
+        budgets = _split_budget(cfg, tokens)
+    else:
+        budgets = [cfg.tokens_per_expert] * grouping.n_groups
+    return [{"group": g, "clusters": int((grouping.leaf_group == g).sum()), "documents": int(docs[g]),
+             "tokens": int(tokens[g]), "budget": budgets[g]} for g in range(grouping.n_groups)]
+
+
+def _split_budget(cfg: ExpertsConfig, tokens: np.ndarray) -> list[int]:
+    """`total_tokens` as whole optimizer steps per expert, in proportion to the groups' tokens (largest
+    remainders; at least one step each), so that the experts train exactly that many steps together."""
+    from ..training import TrainConfig
+
+    tcfg = TrainConfig(**cfg.train)
+    per_step = tcfg.resolved("batch_size") * tcfg.resolved("block_size") * tcfg.grad_accum
+    total = max(len(tokens), round(cfg.total_tokens / per_step))
+    share = total * tokens / tokens.sum()
+    steps = np.maximum(np.floor(share).astype(np.int64), 1)
+    order = np.argsort(-(share - np.floor(share)), kind="stable")
+    i = 0
+    while steps.sum() < total:
+        steps[order[i % len(order)]] += 1
+        i += 1
+    while steps.sum() > total:  # the at-least-one-step floors overshot: take from the largest
+        steps[int(np.argmax(steps))] -= 1
+    return [int(n) * per_step for n in steps]
+
+
+def _shared_tokenizer(out: Path, cfg: ExpertsConfig, inputs, progress: bool) -> Path:
+    """One tokenizer for every expert (so their losses compare and routing can mix them)."""
+    from ..manifest import atomic_write_bytes
+    from ..training import TrainConfig, train_tokenizer
+
+    path = out / TOKENIZER
+    if path.exists():
+        return path
+    if cfg.tokenizer:
+        atomic_write_bytes(path, Path(cfg.tokenizer).read_bytes())
+        return path
+    tcfg = TrainConfig(**cfg.train)
+    if progress:
+        import sys
+
+        print("[impsamp] training the experts' shared tokenizer", file=sys.stderr, flush=True)
+    train_tokenizer([f.path for f in inputs.corpus.files], tcfg.resolved("vocab_size"), path,
+                    sample_docs=tcfg.tokenizer_sample_docs, text_field=tcfg.text_field)
+    return path
+
+
+def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str], progress: bool) -> None:
+    """One pass over the embedding shards: each group's units, with their text, as Parquet parts."""
+    from ..resampling.writing import selected_rows, write_output_shard
+
+    bar = progress_bar(progress, "group data", "shard", total=len(names))
+    for s, (name, shard) in enumerate(zip(names, inputs.names)):
+        if run.is_done(name):
+            bar.update(1)
+            continue
+        table = inputs.tables[shard]
+        leaves = inputs.leaves[s]
+        group = grouping.leaf_group[leaves]
+        ones = np.ones(len(leaves), dtype=np.float32)
+        files, rows = {}, {}
+        for g in np.unique(group):
+            reps = (group == g).astype(np.int64)
+            part = selected_rows(inputs.corpus, inputs.corpus_shards[shard], table, reps, leaves, ones,
+                                 inputs.windowed)
+            rel = f"{data_dir(int(g))}/part-{s:05d}.parquet"
+            tmp = run.tmp_path(rel)
+            write_output_shard(tmp, part, "parquet")
+            files[rel], rows[rel] = tmp, part.num_rows
+        run.commit_shard(name, files, stats={"rows": rows}, rows=rows)
+        bar.update(1)
+    bar.close()
+
+
+def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, tokenizer: str,
+                 progress: bool) -> dict[str, Any]:
+    """Pretrain group g's expert (resuming an interrupted one); returns what its shard record keeps."""
+    from ..training import train
+
+    path = Path(out) / expert_dir(g)
+    tcfg = cfg.train_config(budget, tokenizer)
+    if (path / MANIFEST).is_file():  # trained before a kill that came before its commit
+        from ..training import TrainRun
+
+        tr = TrainRun.load(path)
+        if tr.manifest.config != asdict(tcfg):
+            tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=True)
+    else:
+        tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress)
+    return {"group": g, "fingerprint": tr.manifest.fingerprint, "train": tr.metrics["train"],
+            "costs": tr.metrics["costs"]}
+
+
+def _finish(run: StageRun, grouping: Grouping, groups: list[dict[str, Any]]) -> Experts:
+    out = run.out_dir
+    files: dict[str, Path] = {GROUPS: out / GROUPS, TOKENIZER: out / TOKENIZER}
+    total = Costs()
+    per_expert = []
+    for g in range(grouping.n_groups):
+        rec = run.shard_record(f"expert-{g:03d}")["stats"]
+        m = read_manifest(out / expert_dir(g), expect_stage="train")
+        for ref in m.outputs:
+            files[f"{expert_dir(g)}/{ref.path}"] = out / expert_dir(g) / ref.path
+        files[f"{expert_dir(g)}/{MANIFEST}"] = out / expert_dir(g) / MANIFEST
+        total = total + Costs.from_dict(rec["costs"])
+        per_expert.append({**groups[g], "steps": rec["train"]["steps"], "trained_tokens": rec["train"]["tokens"],
+                           "val_loss": rec["train"]["val_loss"]})
+    one = Costs.from_dict(run.shard_record("expert-000")["stats"]["costs"])
+    costs = Costs(generic=total.generic, inference_flops_per_token=one.inference_flops_per_token,
+                  params_total=one.params_active * grouping.n_groups, params_active=one.params_active)
+    run.finish(stats={"groups": grouping.n_groups, "grouping": grouping.how, "per_group": per_expert,
+                      "costs": costs.to_dict()}, extra_files=files)
+    return Experts.load(out)

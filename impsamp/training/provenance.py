@@ -1,0 +1,76 @@
+"""Where a run starts from and what it cost: `--init` checked against the flags, and the FLOPs
+accounting every run records (`impsamp.costs`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..costs import Costs, model_costs, training_flops
+from ..errors import ConfigError, StageError
+from ..manifest import MANIFEST
+from .config import ModelConfig, TokenizerError, TrainConfig, TrainError
+from .result import TrainRun
+from .tokenizer import file_sha256
+
+
+def selection_flops(spec: str) -> float:
+    """What making a `resample` selection cost (its target's embedding), 0 for anything else."""
+    try:
+        return float(json.loads((Path(spec) / MANIFEST).read_text())["stats"].get("selection_flops", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0.0
+
+
+def is_selection(spec: str) -> bool:
+    """Whether a --data spec is a `resample` output (a selection made for one target)."""
+    p = Path(spec)
+    if not (p / MANIFEST).is_file():
+        return False
+    try:
+        return json.loads((p / MANIFEST).read_text()).get("stage") == "resample"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def init_run(cfg: TrainConfig) -> TrainRun:
+    """The run `--init` names, checked against the flags that would contradict it."""
+    try:
+        run = TrainRun.load(cfg.init)
+    except (StageError, FileNotFoundError) as e:
+        raise TrainError(f"--init {cfg.init}: not a finished `impsamp train` run ({e})") from None
+    if run.config.arch != cfg.arch:
+        raise ConfigError(f"--init {cfg.init} is a {run.config.arch!r} model; pass --arch {run.config.arch}")
+    shape = run.model_config
+    clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (the run has {getattr(shape, k)})"
+             for k in ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")
+             if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(shape, k)]
+    if clash:
+        raise ConfigError(f"--init {cfg.init} fixes the model shape: drop {', '.join(clash)}")
+    if cfg.tokenizer and file_sha256(cfg.tokenizer) != file_sha256(run.tokenizer_path):
+        raise TokenizerError(f"--tokenizer {cfg.tokenizer} is not the tokenizer of --init {cfg.init}; "
+                             "drop --tokenizer (the run's own is used)")
+    return run
+
+
+def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, init: TrainRun | None,
+              data: list[str], pretrain_costs: str) -> Costs:
+    """FLOPs of a run's phases on top of what it started from: `base`, else the `init` run's costs.
+
+    Pretraining is charged to `generic` unless it ran on `resample` selections (a selection is
+    made for one target: per-target `pretraining`) or `pretrain_costs` says otherwise."""
+    if base is None:
+        base = Costs.from_dict(init.metrics.get("costs")) if init is not None else Costs()
+    c = base + model_costs(mcfg)
+    if "train" in metrics:
+        how = pretrain_costs
+        if how == "auto":
+            how = "per-target" if all(is_selection(d) for d in data) else "generic"
+        c = c.with_part("generic" if how == "generic" else "pretraining",
+                        training_flops(mcfg, metrics["train"]["tokens"]))
+        if how != "generic":  # embedding the target to select its data
+            c = c.with_part("selection", sum(selection_flops(d) for d in data))
+    if "train_finetune" in metrics:
+        c = c.with_part("finetuning", training_flops(mcfg, metrics["train_finetune"]["tokens"]))
+    return c

@@ -1,0 +1,116 @@
+"""Shared pieces of the strategies: `--init`, early stopping with the best weights kept, cost accounting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ._helpers import TRAIN_FLAGS, invoke, ok, one_line_error, write_corpus
+
+pytest.importorskip("torch")
+
+# TRAIN_FLAGS: 2 layers, width 32, 2 heads, MLP 64, context 32, BPE 300, batch 4
+L, D, H, T, B = 2, 32, 64, 32, 4
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("costs")
+    data = write_corpus(root / "generic.jsonl", 200)
+    sample = write_corpus(root / "bio.jsonl", 80, seed=3, topics=("bio",))
+    run = root / "base"
+    ok(invoke("train", "--data", data, "--out", run, *TRAIN_FLAGS, "--steps", "5"))
+    return {"root": root, "data": data, "sample": sample, "run": run}
+
+
+def test_costs_match_a_hand_count(base):
+    from impsamp.costs import Costs
+    from impsamp.training import TrainRun
+
+    run = TrainRun.load(base["run"])
+    v = run.model_config.vocab_size
+    assert v % 64 == 0 and v >= 300
+    params = v * D + L * (4 * D * D + 3 * D * H + 2 * D) + D  # tied embedding, RMSNorm weights
+    per_token = 6 * params + 12 * L * D * T                    # forward + backward, plus attention
+    tokens = 5 * B * T
+    c = Costs.from_dict(run.metrics["costs"])
+    assert c.params_total == c.params_active == params == sum(
+        p.numel() for p in run.load_model().parameters())
+    assert c.generic == per_token * tokens and c.per_target == 0
+    assert c.inference_flops_per_token == pytest.approx(per_token / 3)
+    assert c.total(10) == c.generic
+    out = ok(invoke("info", base["run"])).output
+    assert "generic (paid once)" in out and f"{params:,} total" in out
+
+
+def test_init_continues_from_the_given_weights(base, tmp_path):
+    from impsamp.costs import Costs
+    from impsamp.training import TrainRun, evaluate
+
+    out = tmp_path / "ft"
+    r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--eval", base["sample"],
+                  "--out", out, "--finetune-steps", "3", "--device", "cpu", "--no-progress", "--batch-size", "4"))
+    assert "fine-tuned" in r.output
+    run = TrainRun.load(out)
+    # scored before fine-tuning: exactly the --init run's model
+    before = evaluate(base["run"], [base["sample"]], device="cpu")
+    assert run.metrics["pretrained"]["macro_ppl"] == pytest.approx(before["macro_ppl"], rel=1e-9)
+    assert (out / "tokenizer.json").read_bytes() == (base["run"] / "tokenizer.json").read_bytes()
+    assert run.model_config == TrainRun.load(base["run"]).model_config
+    # and it carries the init's generic cost, adding its own fine-tuning as per-target
+    c, c0 = Costs.from_dict(run.metrics["costs"]), Costs.from_dict(TrainRun.load(base["run"]).metrics["costs"])
+    assert c.generic == c0.generic and c.finetuning == 3 * 4 * T * (6 * c.params_total + 12 * L * D * T)
+    # a shape flag that contradicts the run, and a run that is not one, are one-line errors
+    one_line_error(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", tmp_path / "x",
+                          "--n-embd", "64"), "--n-embd 64")
+    one_line_error(invoke("train", "--init", tmp_path, "--finetune", base["sample"], "--out", tmp_path / "y"),
+                   "--init")
+    one_line_error(invoke("train", "--init", base["run"], "--out", tmp_path / "z"), "--finetune")
+
+
+def test_early_stopping_keeps_the_best_weights(base, tmp_path):
+    import torch
+
+    from impsamp.training import TrainRun
+    from impsamp.training.data import tokenize_corpus
+    from impsamp.training.evaluation import stream_nll
+
+    out = tmp_path / "es"
+    ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "40",
+              "--finetune-lr", "0.3", "--early-stopping", "2", "--eval-every", "2", "--finetune-val-fraction", "0.25",
+              "--device", "cpu", "--no-progress", "--batch-size", "4"))
+    run = TrainRun.load(out)
+    stop = run.metrics["early_stopping"]
+    vals = [r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if r.get("val_loss") is not None]
+    # a learning rate this high makes the loss go up: it stopped early, after `patience` worse validations
+    assert stop["stopped_at"] is not None and stop["stopped_at"] < 40
+    assert stop["best_val_loss"] == min(vals) < vals[-1]
+    assert run.metrics["train_finetune"]["steps"] == stop["stopped_at"]
+    # the final weights are the best ones: they score the best validation loss on the held-out split
+    bins = tokenize_corpus([base["sample"]], run.load_tokenizer(), tmp_path / "cache", "ft", val_fraction=0.25)
+    nats, n = stream_nll(run.load_model(), bins["val"].array(), T, 4, torch.device("cpu"))
+    assert round(nats / n, 6) == pytest.approx(stop["best_val_loss"], abs=2e-6)
+    # fine-tuning FLOPs count the steps that ran, not the planned 40
+    assert run.metrics["costs"]["finetuning"] == pytest.approx(
+        stop["stopped_at"] * 4 * T * (6 * run.model_config.n_params() + 12 * L * D * T))
+
+
+def test_early_stopping_resumes_to_the_same_bytes(base, tmp_path):
+    from ._helpers import run_sub
+
+    args = ["train", "--init", base["run"], "--finetune", base["sample"], "--finetune-steps", "12",
+            "--finetune-lr", "0.05", "--early-stopping", "2", "--eval-every", "2", "--finetune-val-fraction", "0.25",
+            "--device", "cpu", "--no-progress", "--batch-size", "4"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_sub(*args, "--out", whole).returncode == 0
+    r = run_sub(*args, "--out", killed, env={"IMPSAMP_TEST_KILL_AT": "finetune:4"})
+    assert r.returncode != 0
+    r = run_sub(*args, "--out", killed)
+    assert r.returncode == 0, r.stderr
+    assert (killed / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    a, b = (json.loads((d / "eval.json").read_text())["early_stopping"] for d in (whole, killed))
+    assert a == b
+    assert np.isfinite(a["best_val_loss"])

@@ -1,0 +1,272 @@
+"""Cluster experts (SLM-mix): groups, one expert per group, routing, specialization, resume, scale-out."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from impsamp.manifest import MANIFEST
+
+from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, TIMING, invoke, ok, one_line_error, run_sub,
+                       write_corpus)
+
+pytest.importorskip("torch")
+
+TINY = """[experts]
+total_tokens = 1536
+[experts.train]
+n_layer = 1
+n_embd = 32
+n_head = 2
+mlp_hidden = 64
+block_size = 32
+vocab_size = 300
+batch_size = 4
+device = "cpu"
+checkpoint_every = 2
+"""
+FT = ["--finetune-steps", "4", "--device", "cpu", "--no-progress"]
+
+
+def payload(root: Path) -> dict[str, object]:
+    """Every file the manifest lists (weights, data, tokenizer, metrics) by relative path, wall-clock
+    fields (speeds, timestamps) left out and the output folder's own path (in configs) made relative."""
+    m = json.loads((root / MANIFEST).read_text())
+    out: dict[str, object] = {}
+    for o in m["outputs"]:
+        path = root / o["path"]
+        if path.name == MANIFEST:
+            continue
+        if path.suffix in (".json", ".jsonl") and path.name != "tokenizer.json":
+            text = path.read_text().replace(str(root), "<out>")
+            out[o["path"]] = [_untimed(json.loads(li)) for li in text.splitlines() if li.strip()] \
+                if path.suffix == ".jsonl" else _untimed(json.loads(text))
+        else:
+            out[o["path"]] = path.read_bytes()
+    return out
+
+
+def _untimed(x):
+    if isinstance(x, dict):
+        return {k: _untimed(v) for k, v in x.items() if k not in TIMING}
+    return [_untimed(v) for v in x] if isinstance(x, list) else x
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experts")
+    p = {"root": root, "generic": write_corpus(root / "generic.jsonl", 240),
+         "target": write_corpus(root / "bio.jsonl", 40, seed=1, topics=("bio",), ids=False),
+         "toml": root / "tiny.toml", "emb": root / "emb", "clu": root / "clu"}
+    p["toml"].write_text(TINY)
+    ok(invoke(*EMBED_ARGS(p["generic"], p["emb"])))
+    ok(invoke(*CLUSTER_ARGS(p["emb"], p["clu"])))
+    p["ex"] = root / "ex"
+    ok(invoke("experts", p["emb"], p["clu"], "--out", p["ex"], "--groups", "2", "--config", p["toml"], "--no-progress"))
+    return p
+
+
+def test_groups_split_the_corpus_and_each_expert_is_a_train_run(pipe):
+    from impsamp.clustering import Clusters
+    from impsamp.mixture import Experts
+
+    ex, clu = Experts.load(pipe["ex"]), Clusters.load(pipe["clu"])
+    assert ex.n_groups == 2
+    doc_group = ex.groups_of(clu.leaf_assign())
+    for g in range(2):
+        rows = _group_rows(pipe["ex"], g)
+        assert sorted(rows) == sorted(np.flatnonzero(doc_group == g).tolist())  # every document once, in its group
+        run = ex.expert(g)
+        assert run.metrics["train"]["tokens"] > 0 and (run.path / "model.safetensors").is_file()
+    # the budget is split in proportion to the groups' tokens and adds up to the total
+    budgets = [g["budget"] for g in ex.per_group]
+    assert abs(sum(budgets) - 1536) <= 2
+    # every expert loads in evaluate and export
+    for g in range(2):
+        r = ok(invoke("evaluate", ex.expert_path(g), "--eval", pipe["target"], "--device", "cpu", "--json"))
+        assert math.isfinite(json.loads(r.output)["macro_ppl"])
+    pytest.importorskip("transformers")
+    ok(invoke("export", ex.expert_path(1), pipe["root"] / "hf1"))
+    assert (pipe["root"] / "hf1" / "config.json").is_file()
+
+
+def _group_rows(ex_dir: Path, g: int) -> list[int]:
+    files = sorted((ex_dir / f"data/g{g:03d}").glob("*.parquet"))
+    return [i for f in files for i in pq.read_table(f, columns=["doc_index"]).column("doc_index").to_pylist()]
+
+
+def test_routing_scores_each_document_with_its_groups_expert(pipe, tmp_path):
+    from impsamp.clustering import Clusters
+    from impsamp.io import open_corpus
+    from impsamp.mixture import Experts, evaluate_routed
+    from impsamp.mixture.routing import route
+    from impsamp.training import evaluate
+
+    ex, clu = Experts.load(pipe["ex"]), Clusters.load(pipe["clu"])
+    texts = list(open_corpus(pipe["generic"]).iter_texts())
+    groups = route(ex, texts)
+    assert groups.tolist() == ex.groups_of(clu.leaf_assign()).tolist()  # as the data was split
+    # a file of one group's documents: the mixture's score is exactly that expert's
+    for g in range(2):
+        f = tmp_path / f"g{g}.jsonl"
+        f.write_text("".join(json.dumps({"text": t}) + "\n" for t, gr in zip(texts, groups) if gr == g))
+        routed = evaluate_routed(ex, [f], device="cpu")["per_file"][str(f)]
+        alone = evaluate(ex.expert_path(g), [f], device="cpu")["per_file"][str(f)]
+        assert routed["ppl"] == pytest.approx(alone["ppl"], rel=1e-6)
+        assert routed["documents_per_group"][g] == sum(groups == g)
+        other = evaluate(ex.expert_path(1 - g), [f], device="cpu")["per_file"][str(f)]
+        assert routed["ppl"] != pytest.approx(other["ppl"], rel=1e-6)
+
+
+def test_specialize_top_picks_the_largest_group_and_records_why(pipe):
+    from impsamp.clustering import Clusters
+    from impsamp.embedding import Embeddings, embed_texts
+    from impsamp.io import open_corpus
+    from impsamp.mixture import Experts
+
+    ex, clu = Experts.load(pipe["ex"]), Clusters.load(pipe["clu"])
+    out = pipe["root"] / "sp-top"
+    r = ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", out, "--eval", pipe["target"], *FT))
+    rec = json.loads((out / "specialization.json").read_text())
+    vectors, _ = embed_texts(list(open_corpus(pipe["target"]).iter_texts()), Embeddings.load(pipe["emb"]).embedder())
+    mass = np.bincount(ex.groups_of(clu.assign(vectors)[:, -1]), minlength=2) / len(vectors)
+    assert rec["chosen"] == int(np.argmax(mass)) == rec["top_group"]
+    assert rec["group_mass"] == pytest.approx(mass.tolist())
+    assert "most target mass" in rec["why"] and f"expert {rec['chosen']}" in r.output
+    info = ok(invoke("info", out)).output
+    assert "costs (FLOPs):" in info and "generic (paid once)" in info
+
+
+def test_lowest_loss_and_all_rules(pipe):
+    from impsamp.mixture import Experts
+    from impsamp.training import TrainRun
+
+    ex = Experts.load(pipe["ex"])
+    low = pipe["root"] / "sp-low"
+    ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", low, "--select", "lowest-loss", *FT))
+    rec = json.loads((low / "specialization.json").read_text())
+    losses = rec["scores"]["loss_before_finetuning"]
+    assert rec["chosen"] == int(np.argmin(losses)) and len(losses) == ex.n_groups
+    assert rec["selection_flops"]["scoring_experts"] > 0
+    every = pipe["root"] / "sp-all"
+    ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", every, "--select", "all", *FT))
+    rec = json.loads((every / "specialization.json").read_text())
+    val = rec["scores"]["val_loss_after_finetuning"]
+    assert rec["chosen"] == int(np.argmin(val))
+    # the winner's weights are its candidate's; its cost counts every candidate's fine-tuning
+    cand = every.with_name("sp-all.candidates") / f"g{rec['chosen']:03d}"
+    assert (every / "model.safetensors").read_bytes() == (cand / "model.safetensors").read_bytes()
+    one = TrainRun.load(low).metrics["costs"]["finetuning"]
+    assert TrainRun.load(every).metrics["costs"]["finetuning"] == pytest.approx(ex.n_groups * one)
+
+
+def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
+    one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "x", "--groups", "5",
+                          "--config", pipe["toml"]), "--groups 5", "4 clusters")
+    one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "x", "--level", "1",
+                          "--config", pipe["toml"]), "--level 1")
+    one_line_error(invoke("specialize", pipe["root"] / "nope", "--target", pipe["target"], "--out", tmp_path / "s"),
+                   "experts")
+    # a target embedded with another model
+    other = tmp_path / "other-emb"
+    ok(invoke("embed", pipe["target"], "--out", other, "--model", "hashing:32", "--no-progress"))
+    one_line_error(invoke("specialize", pipe["ex"], "--target", other, "--out", tmp_path / "s2"), "hashing:32")
+    # experts of a clustering that was rebuilt since
+    emb2, clu2, ex2 = tmp_path / "emb", tmp_path / "clu", tmp_path / "ex"
+    ok(invoke(*EMBED_ARGS(pipe["generic"], emb2)))
+    ok(invoke(*CLUSTER_ARGS(emb2, clu2)))
+    ok(invoke("experts", emb2, clu2, "--out", ex2, "--groups", "4", "--tokens-per-expert", "256",
+              "--config", pipe["toml"], "--no-progress"))
+    ok(invoke(*CLUSTER_ARGS(emb2, clu2, "--overwrite", "--seed", "3")))
+    one_line_error(invoke("specialize", ex2, "--target", pipe["target"], "--out", tmp_path / "s3"),
+                   "not the clustering")
+    emb3, clu3 = tmp_path / "emb3", tmp_path / "clu3"  # another model's vectors
+    ok(invoke("embed", pipe["generic"], "--out", emb3, "--model", "hashing:32", "--no-progress"))
+    ok(invoke(*CLUSTER_ARGS(emb3, clu3)))
+    one_line_error(invoke("experts", pipe["emb"], clu3, "--out", tmp_path / "y", "--config", pipe["toml"]),
+                   "was not clustered from")
+
+
+def test_killed_experts_resume_and_slices_give_the_same_bytes(pipe, tmp_path):
+    args = ["experts", pipe["emb"], pipe["clu"], "--groups", "2", "--config", pipe["toml"], "--no-progress"]
+    killed = tmp_path / "killed"
+    r = run_sub(*args, "--out", killed, env={"IMPSAMP_TEST_KILL_AT": "pretrain:4"})
+    assert r.returncode != 0 and not (killed / MANIFEST).exists()
+    r = run_sub(*args, "--out", killed)
+    assert r.returncode == 0, r.stderr
+    want = payload(pipe["ex"])
+    assert payload(killed) == want
+    sliced = tmp_path / "sliced"
+    for i in (1, 0):
+        ok(invoke(*args, "--out", sliced, "--num-shards", "2", "--shard-index", str(i)))
+        assert not (sliced / MANIFEST).exists()
+    ok(invoke("finalize", sliced))
+    assert payload(sliced) == want
+
+
+def test_ray_experts_give_the_same_bytes(pipe, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    r = run_sub("experts", pipe["emb"], pipe["clu"], "--out", out, "--groups", "2", "--config", pipe["toml"],
+                "--engine", "ray", "--no-progress", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert payload(out) == payload(pipe["ex"])
+
+
+def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path):
+    from impsamp.comparison import Report
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
+                    'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    out = tmp_path / "cmp"
+    r = ok(invoke("compare", "--generic", pipe["generic"], "--target", pipe["target"], "--eval", pipe["target"],
+                  "--out", out, "--methods", "uniform,importance", "--models", "dense,experts", "--groups", "2",
+                  "--tokens", "2000", "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml,
+                  "--no-progress"))
+    assert "| experts G=2 (top) |" in r.output and "| dense, importance |" in r.output
+    res = Report.load(out).results
+    e, uniform, imp = res["models"]["experts"], res["methods"]["uniform"], res["methods"]["importance"]
+    # equal generic pretraining FLOPs (to whole steps), one expert's size at inference
+    assert e["costs"]["generic"] == pytest.approx(uniform["costs"]["generic"], rel=0.5)
+    assert e["costs"]["params_total"] == 2 * e["costs"]["params_active"] == 2 * uniform["costs"]["params_active"]
+    assert imp["costs"]["generic"] == 0 and imp["costs"]["pretraining"] > 0
+    assert uniform["costs"]["pretraining"] == 0
+    assert 0 < e["target_mass_on_chosen"] <= 1 and e["chosen"] in (0, 1)
+    assert "Experts: 2 groups" in (out / "report.md").read_text()
+
+
+def test_resample_selection_counts_as_per_target_pretraining(pipe, tmp_path):
+    from impsamp.training import TrainRun
+
+    sel = tmp_path / "sel"
+    ok(invoke(*RESAMPLE_ARGS(pipe["emb"], pipe["clu"], pipe["target"], sel)))
+    out = tmp_path / "lm"
+    ok(invoke("train", "--data", sel, "--out", out, "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
+              "--mlp-hidden", "64", "--block-size", "32", "--vocab-size", "300", "--batch-size", "4", "--steps", "3",
+              "--device", "cpu", "--no-progress"))
+    c = TrainRun.load(out).metrics["costs"]
+    assert c["generic"] == 0 and c["pretraining"] > 0 and c["per_target"] == c["pretraining"]
+
+
+def test_level_groups_follow_the_tree(pipe, tmp_path):
+    from impsamp.clustering import Clusters
+    from impsamp.histograms import leaf_ancestors
+    from impsamp.mixture import Experts
+
+    tree = tmp_path / "tree"
+    ok(invoke("cluster", pipe["emb"], "--out", tree, "--levels", "2,2", "--seed", "0", "--no-progress"))
+    out = tmp_path / "ex"
+    r = ok(invoke("experts", pipe["emb"], tree, "--out", out, "--level", "0", "--tokens-per-expert", "256",
+                  "--config", pipe["toml"], "--no-progress"))
+    assert "level 0 of the tree" in r.output
+    ex, clu = Experts.load(out), Clusters.load(tree)
+    assert ex.n_groups == 2 and ex.grouping.leaf_group.tolist() == leaf_ancestors(clu)[0].tolist()
+    assert all(g["budget"] == 256 for g in ex.per_group)
+    one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "x", "--level", "0", "--groups", "3",
+                          "--config", pipe["toml"]), "disagree")
