@@ -270,3 +270,43 @@ def test_level_groups_follow_the_tree(pipe, tmp_path):
     assert all(g["budget"] == 256 for g in ex.per_group)
     one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "x", "--level", "0", "--groups", "3",
                           "--config", pipe["toml"]), "disagree")
+
+
+@pytest.mark.slow
+def test_real_model_experts_specialize_on_the_bundled_corpus(tmp_path):
+    """The real path: all-MiniLM-L6-v2 vectors of bundled documents, k-means, two experts, a real target."""
+    import os
+
+    import pyarrow as pa
+
+    from impsamp.clustering import ClusterConfig, cluster
+    from impsamp.datasets import demo_corpus
+    from impsamp.embedding import EmbedConfig, embed
+    from impsamp.mixture import ExpertsConfig, evaluate_routed, experts, specialize
+    from impsamp.training import TrainConfig
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    corpus = demo_corpus()
+    pool = pq.read_table(corpus.pool)
+    rows = np.sort(np.random.default_rng(0).choice(pool.num_rows, 320, replace=False))
+    pq.write_table(pool.take(pa.array(rows)).select(["id", "text"]), tmp_path / "pool.parquet")
+    emb = embed(tmp_path / "pool.parquet", tmp_path / "emb",
+                config=EmbedConfig(max_tokens=16, backend="torch", precision="float32"))
+    clu = cluster(emb, tmp_path / "clu", config=ClusterConfig(k=6, seed=0))
+    shape = dict(n_layer=1, n_embd=32, n_head=2, mlp_hidden=64, block_size=32, vocab_size=300, batch_size=4,
+                 device="cpu")
+    ex = experts(emb, clu, tmp_path / "ex", ExpertsConfig(groups=2, total_tokens=2048, train=shape))
+    run = specialize(ex, [corpus.sample("python_docs")], tmp_path / "sp", select="top",
+                     config=TrainConfig(finetune_steps=2, batch_size=4, device="cpu"),
+                     eval=[corpus.eval("python_docs")])
+    rec = json.loads((tmp_path / "sp" / "specialization.json").read_text())
+    assert rec["chosen"] == int(np.argmax(rec["group_mass"])) and rec["target_mass_on_chosen"] > 0.5
+    # embedding the 200-document sample with the 22.7M-parameter encoder is counted per target (2N per text
+    # token it read: 14 of the 16-token window, the other 2 are [CLS] and [SEP])
+    assert rec["selection_flops"]["target_embedding"] == pytest.approx(2 * 22_713_216 * 200 * 14, rel=0.01)
+    assert run.metrics["costs"]["selection"] == rec["selection_flops"]["target_embedding"]
+    routed = evaluate_routed(ex, [corpus.eval("python_docs")], device="cpu")
+    per = routed["per_file"][str(corpus.eval("python_docs"))]
+    assert math.isfinite(per["ppl"]) and sum(per["documents_per_group"]) == 200
+    # held-out python_docs goes mostly where the sample's mass is
+    assert per["documents_per_group"][rec["chosen"]] >= 100
