@@ -163,6 +163,15 @@ def test_lowest_loss_and_all_rules(pipe):
     assert (every / "model.safetensors").read_bytes() == (cand / "model.safetensors").read_bytes()
     one = TrainRun.load(low).metrics["costs"]["finetuning"]
     assert TrainRun.load(every).metrics["costs"]["finetuning"] == pytest.approx(ex.n_groups * one)
+    # killed after the candidates: a rerun keeps them (same bytes, not retrained) and ends the same
+    import shutil
+
+    stamps = {p: p.stat().st_mtime_ns for p in every.with_name("sp-all.candidates").rglob("model.safetensors")}
+    before = (every / "model.safetensors").read_bytes()
+    shutil.rmtree(every)
+    ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", every, "--select", "all", *FT))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (every / "model.safetensors").read_bytes() == before
 
 
 def test_bad_inputs_are_one_line_errors(pipe, tmp_path):

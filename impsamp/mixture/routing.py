@@ -54,30 +54,36 @@ def evaluate_routed(experts: Experts | str | Path, eval_files: Sequence[str | Pa
     embedder = ex.clusters().embeddings().embedder()
     tok = load_tokenizer(ex.path / TOKENIZER)
     dev = resolve_device(device)
-    models: dict[int, Any] = {}
-    per_file: dict[str, dict[str, Any]] = {}
+    files = []  # (spec, texts, group of each text)
     for spec in eval_files:
         texts = list(open_corpus(spec, text_field=text_field).iter_texts())
         if not texts:
             raise CorpusError(f"{spec}: no document with text to evaluate")
-        groups = route(ex, texts, embedder)
-        nats = count = 0.0
-        for g in np.unique(groups[groups >= 0]):
-            if g not in models:
-                run = ex.expert(int(g))
-                dtype = resolve_dtype(run.config.dtype, dev)
-                ctx = (lambda d=dtype: torch.autocast(dev.type, dtype=d)) if dtype != torch.float32 else None
-                models[g] = (run.load_model(dev), run, ctx)
-            model, run, ctx = models[g]
-            docs = [texts[i] for i in np.flatnonzero(groups == g)]
+        files.append((str(spec), texts, route(ex, texts, embedder)))
+    nats = np.zeros(len(files))
+    count = np.zeros(len(files))
+    for g in range(ex.n_groups):  # one expert in memory at a time
+        if not any((groups == g).any() for _, _, groups in files):
+            continue
+        run = ex.expert(g)
+        model = run.load_model(dev)
+        dtype = resolve_dtype(run.config.dtype, dev)
+        ctx = (lambda d=dtype: torch.autocast(dev.type, dtype=d)) if dtype != torch.float32 else None
+        for i, (_, texts, groups) in enumerate(files):
+            docs = [texts[j] for j in np.flatnonzero(groups == g)]
+            if not docs:
+                continue
             ids = np.concatenate([[tok.eos_id]] + [[*t, tok.eos_id] for t in tok.encode_batch(docs)]).astype(np.int64)
             n, c = stream_nll(model, ids, run.model_config.block_size, run.config.resolved("batch_size"), dev, ctx)
-            nats, count = nats + n, count + c
+            nats[i] += n
+            count[i] += c
+        del model
+    per_file: dict[str, dict[str, Any]] = {}
+    for i, (spec, texts, groups) in enumerate(files):
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        per_file[str(spec)] = {"ppl": math.exp(nats / count), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
-                               "tokens": int(count), "bytes": n_bytes, "loss": nats / count,
-                               "documents_per_group": np.bincount(groups[groups >= 0],
-                                                                  minlength=ex.n_groups).tolist()}
+        per_file[spec] = {"ppl": math.exp(nats[i] / count[i]), "bpb": nats[i] / (math.log(2) * max(n_bytes, 1)),
+                          "tokens": int(count[i]), "bytes": n_bytes, "loss": nats[i] / count[i],
+                          "documents_per_group": np.bincount(groups[groups >= 0], minlength=ex.n_groups).tolist()}
     n = max(len(per_file), 1)
     return {"per_file": per_file, "macro_ppl": sum(v["ppl"] for v in per_file.values()) / n,
             "macro_bpb": sum(v["bpb"] for v in per_file.values()) / n, "routing": "nearest leaf cluster's group"}

@@ -16,6 +16,7 @@ target's embedding and any scoring as selection, and every candidate's fine-tuni
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -126,6 +127,22 @@ def _losses(ex: Experts, targets: list[str], text_field: str) -> tuple[list[floa
     return losses, flops
 
 
+def _finished(path: Path, cfg, targets: list[str]):
+    """The complete candidate run in `path` if it fine-tuned this expert on these targets with `cfg`."""
+    from .. import __version__
+    from ..errors import StageError
+    from ..io import open_corpus
+    from ..training import TrainRun
+
+    try:
+        run = TrainRun.load(path)
+    except (StageError, OSError, ValueError):
+        return None
+    same = run.manifest.config == json.loads(json.dumps(asdict(cfg))) and run.manifest.impsamp_version == __version__ \
+        and (run.manifest.inputs.get("finetune") or {}).get("fingerprint") == open_corpus(targets).fingerprint()
+    return run if same else None
+
+
 def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, base: Costs, progress: bool,
                    overwrite: bool) -> tuple[int, list[float], float]:
     """Fine-tune every expert; (the best one, each one's held-out loss, the FLOPs of all but the best)."""
@@ -134,8 +151,11 @@ def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, base: Costs, 
     where = out.with_name(out.name + ".candidates")
     val, flops = [], []
     for g in range(ex.n_groups):
-        run = train(None, where / f"g{g:03d}", replace(ft, init=str(ex.expert_path(g))), finetune=targets,
-                    progress=progress, overwrite=overwrite, base_costs=Costs())
+        cfg = replace(ft, init=str(ex.expert_path(g)))
+        run = _finished(where / f"g{g:03d}", cfg, targets) if not overwrite else None
+        if run is None:  # a candidate finished before a kill is kept
+            run = train(None, where / f"g{g:03d}", cfg, finetune=targets, progress=progress, overwrite=True,
+                        base_costs=Costs())
         stop = run.metrics.get("early_stopping")
         loss = stop["best_val_loss"] if stop else run.metrics["train_finetune"]["val_loss"]
         if loss is None:
