@@ -250,10 +250,12 @@ def report(bench: Bench, started: float) -> str:
               "| rule | macro ppl after | per-target FLOPs | experts chosen (per domain) |", "|---|---|---|---|"]
     for select in ("top", "lowest-loss", "all"):
         rows = [r.get(f"S{large}/{rule}/{select}/full/{d}") for d in doms]
-        if all(rows):
-            lines.append(f"| {select} | {_mean([x['after'] for x in rows]):.2f} | "
-                         f"{format_flops(_mean([x['costs']['per_target'] for x in rows]))} | "
-                         f"{', '.join(str(x.get('chosen')) for x in rows)} |")
+        done = [x for x in rows if x]
+        if done:  # a partial row says over how many domains
+            part = "" if len(done) == len(rows) else f" ({len(done)} of {len(rows)} domains)"
+            lines.append(f"| {select}{part} | {_mean([x['after'] for x in done]):.2f} | "
+                         f"{format_flops(_mean([x['costs']['per_target'] for x in done]))} | "
+                         f"{', '.join(str(x.get('chosen')) if x else '-' for x in rows)} |")
     lines.append("")
     imp = [r.get(f"importance/S{small}/{d}") for d in doms]
     if all(imp):
