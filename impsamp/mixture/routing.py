@@ -22,11 +22,11 @@ from ..errors import CorpusError
 from .result import TOKENIZER, Experts
 
 
-def route(experts: Experts, texts: Sequence[str], embedder=None) -> np.ndarray:
+def route(experts: Experts, texts: Sequence[str], embedder=None, clusters=None) -> np.ndarray:
     """Group of each text (-1 for a text with no unit, e.g. whitespace only)."""
     from ..embedding import embed_texts
 
-    clu = experts.clusters()
+    clu = clusters if clusters is not None else experts.clusters()
     embedder = embedder if embedder is not None else clu.embeddings().embedder()
     vectors, table = embed_texts(list(texts), embedder)
     leaves = clu.assign(vectors)[:, -1] if len(vectors) else np.zeros(0, dtype=np.int64)
@@ -51,7 +51,8 @@ def evaluate_routed(experts: Experts | str | Path, eval_files: Sequence[str | Pa
     from ..training.tokenizer import load_tokenizer
 
     ex = experts if isinstance(experts, Experts) else Experts.load(experts)
-    embedder = ex.clusters().embeddings().embedder()
+    clu = ex.clusters()  # opened once for every file
+    embedder = clu.embeddings().embedder()
     tok = load_tokenizer(ex.path / TOKENIZER)
     dev = resolve_device(device)
     files = []  # (spec, texts, group of each text)
@@ -59,7 +60,7 @@ def evaluate_routed(experts: Experts | str | Path, eval_files: Sequence[str | Pa
         texts = list(open_corpus(spec, text_field=text_field).iter_texts())
         if not texts:
             raise CorpusError(f"{spec}: no document with text to evaluate")
-        files.append((str(spec), texts, route(ex, texts, embedder)))
+        files.append((str(spec), texts, route(ex, texts, embedder, clu)))
     nats = np.zeros(len(files))
     count = np.zeros(len(files))
     for g in range(ex.n_groups):  # one expert in memory at a time

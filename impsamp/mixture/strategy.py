@@ -28,7 +28,7 @@ def experts_entry(out: Path, cfg, tcfg, emb, clu, targets: list, evals: list[str
 
     shape = {k: getattr(tcfg, k) for k in ("preset", "n_layer", "n_embd", "n_head", "block_size", "batch_size")
              if getattr(tcfg, k) is not None}
-    per_step = tcfg.resolved("batch_size") * (tcfg.block_size or tcfg.resolved("block_size"))
+    per_step = tcfg.resolved("batch_size") * tcfg.resolved("block_size")
     ecfg = ExpertsConfig(groups=cfg.groups, total_tokens=cfg.steps * per_step, train=shape,
                          tokenizer=tcfg.tokenizer, seed=cfg.seed)
     path = out / "experts"
