@@ -106,7 +106,7 @@ class Bench:
 
     def pretrain(self, steps: int) -> dict[str, Path]:
         from impsamp.errors import StageError
-        from impsamp.mixture import ExpertsConfig, Experts, evaluate_routed, experts
+        from impsamp.mixture import Experts, ExpertsConfig, evaluate_routed, experts
         from impsamp.training import TrainConfig, TrainRun, evaluate, train
 
         models = {}
@@ -117,7 +117,7 @@ class Bench:
             train([str(self.corpus.pool)], dense, TrainConfig(steps=steps, tokenizer=str(self.tok), seed=0,
                                                               pretrain_costs="generic"), overwrite=True)
         models["dense"] = dense
-        self.once(f"S{steps}/dense/generic", lambda: _scores(evaluate(dense, self.evals), TrainRun.load(dense)))
+        self.once(f"S{steps}/dense/generic", lambda: scores(evaluate(dense, self.evals), TrainRun.load(dense)))
         for g in self.args.groups:
             path = self.work / f"S{steps}" / f"experts{g}"
             try:
@@ -127,7 +127,7 @@ class Bench:
                                                                 tokenizer=str(self.tok)), overwrite=True)
             models[f"experts{g}"] = path
             self.once(f"S{steps}/experts{g}/generic",
-                      lambda p=path: {**_scores(evaluate_routed(p, self.evals)),
+                      lambda p=path: {**scores(evaluate_routed(p, self.evals)),
                                       "costs": Experts.load(p).costs.to_dict()})
         return models
 
@@ -185,7 +185,7 @@ class Bench:
             self.once(f"importance/S{small}/{d}", lambda d=d: self.importance(small, d))
 
 
-def _scores(m: dict, run=None) -> dict:
+def scores(m: dict, run=None) -> dict:
     out = {"macro_ppl": m["macro_ppl"], "per_file": {Path(k).stem: v["ppl"] for k, v in m["per_file"].items()}}
     if run is not None:
         out["costs"] = run.metrics["costs"]
@@ -195,6 +195,43 @@ def _scores(m: dict, run=None) -> dict:
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def budget_table(r: dict, steps: int, names: list[str], label: dict[str, str], doms: list[str]) -> list[str]:
+    """One budget's rows: generic perplexity, costs, macro perplexity before and after fine-tuning."""
+    from impsamp.costs import format_flops
+
+    lines = [f"## Generic pretraining budget: {steps} steps ({steps * STEP_TOKENS:,} tokens)", "",
+             "| model | generic ppl | generic FLOPs (paid once) | params stored / active | before fine-tuning "
+             "| after, quarter sample | after, whole sample |", "|---|---|---|---|---|---|---|"]
+    for n in names:
+        gen = r.get(f"S{steps}/{n}/generic")
+        if gen is None:
+            continue
+        c = gen["costs"]
+        full = [r.get(f"S{steps}/{n}/top/full/{d}") for d in doms]
+        quarter = [r.get(f"S{steps}/{n}/top/quarter/{d}") for d in doms]
+        lines.append(f"| {label[n]} | {gen['macro_ppl']:.2f} | {format_flops(c['generic'])} | "
+                     f"{c['params_total'] / 1e6:.1f}M / {c['params_active'] / 1e6:.1f}M | "
+                     f"{_mean([x and x['before'] for x in full]):.2f} | "
+                     f"{_mean([x and x['after'] for x in quarter]):.2f} | {_mean([x and x['after'] for x in full]):.2f} |")
+    return lines + [""]
+
+
+def arguments(description: str) -> argparse.Namespace:
+    """The flags both tables take (they share --work)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--work", default="/tmp/impsamp-bench-experts")
+    ap.add_argument("--budgets", default="30,120", help="small,large generic pretraining steps")
+    ap.add_argument("--groups", default="4,8")
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--domains", default=None)
+    ap.add_argument("--finetune-steps", type=int, default=12)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    args.budgets = tuple(int(x) for x in args.budgets.split(","))
+    args.groups = [int(x) for x in args.groups.split(",")]
+    return args
 
 
 def report(bench: Bench, started: float) -> str:
@@ -219,21 +256,7 @@ def report(bench: Bench, started: float) -> str:
         "best weights kept. Perplexity macro-averaged over the 8 domains' held-out text.", "",
     ]
     for steps in (small, large):
-        lines += [f"## Generic pretraining budget: {steps} steps ({steps * STEP_TOKENS:,} tokens)", "",
-                  "| model | generic ppl | generic FLOPs (paid once) | params stored / active | before fine-tuning "
-                  "| after, quarter sample | after, whole sample |", "|---|---|---|---|---|---|---|"]
-        for n in names:
-            gen = r.get(f"S{steps}/{n}/generic")
-            if gen is None:
-                continue
-            c = gen["costs"]
-            full = [r.get(f"S{steps}/{n}/top/full/{d}") for d in doms]
-            quarter = [r.get(f"S{steps}/{n}/top/quarter/{d}") for d in doms]
-            lines.append(f"| {label[n]} | {gen['macro_ppl']:.2f} | {format_flops(c['generic'])} | "
-                         f"{c['params_total'] / 1e6:.1f}M / {c['params_active'] / 1e6:.1f}M | "
-                         f"{_mean([x and x['before'] for x in full]):.2f} | "
-                         f"{_mean([x and x['after'] for x in quarter]):.2f} | {_mean([x and x['after'] for x in full]):.2f} |")
-        lines.append("")
+        lines += budget_table(r, steps, names, label, doms)
     lines += ["## Per domain after fine-tuning (whole sample / quarter sample)", "",
               "| domain | " + " | ".join(f"{label[n]}, S={s}" for s in (small, large) for n in names) + " |",
               "|---|" + "---|" * (2 * len(names))]
@@ -259,7 +282,6 @@ def report(bench: Bench, started: float) -> str:
     lines.append("")
     imp = [r.get(f"importance/S{small}/{d}") for d in doms]
     if all(imp):
-        dense = [r.get(f"S{small}/dense/top/full/{d}") for d in doms]
         lines += ["## Importance sampling at the same inference size", "",
                   f"A `tiny` model pretrained per target on its importance-sampled selection ({small} steps), then "
                   "fine-tuned on the whole sample: all of its cost is per target.", "",
@@ -278,17 +300,7 @@ def report(bench: Bench, started: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/impsamp-bench-experts")
-    ap.add_argument("--budgets", default="30,120", help="small,large generic pretraining steps")
-    ap.add_argument("--groups", default="4,8")
-    ap.add_argument("--k", type=int, default=64)
-    ap.add_argument("--domains", default=None)
-    ap.add_argument("--finetune-steps", type=int, default=12)
-    ap.add_argument("--report-only", action="store_true")
-    args = ap.parse_args()
-    args.budgets = tuple(int(x) for x in args.budgets.split(","))
-    args.groups = [int(x) for x in args.groups.split(",")]
+    args = arguments(__doc__.splitlines()[0])
     started = time.time()
     bench = Bench(args)
     if not args.report_only:

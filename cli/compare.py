@@ -52,7 +52,9 @@ def _shared_options(f):
 @click.option("--models", default=None, metavar="M1,M2",
               help=f"Models to compare, from {', '.join(MODELS)} [default: dense]. dense: the preset trained on "
                    "each method's selection; experts: --groups experts trained on the generic corpus at the same "
-                   "generic FLOPs, the target's expert fine-tuned.")
+                   "generic FLOPs, the target's expert fine-tuned; projected / soup: a projected network / a soup "
+                   "of experts trained on the generic corpus for the same steps, its small model for the target "
+                   "projected and fine-tuned.")
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")

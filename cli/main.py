@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cluster, compare, embed, experts, finalize, info, resample, train  # noqa: F401 (each registers its commands)
+from . import cluster, compare, distill, embed, experts, finalize, info, project, resample, train  # noqa: F401
 from .app import cli
 
 

@@ -56,6 +56,17 @@ def _train_options(f):
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Model size [default: tiny].")
 @click.option("--arch", type=click.Choice(sorted(FAMILIES)), default=None,
               help="Model family [default: dense, the Llama-style decoder].")
+@click.option("--clusters", type=click.Path(file_okay=False), default=None,
+              help="--arch projected: a `cluster` output; its corpus is the data, its clusters the conditions.")
+@click.option("--level", type=int, default=None,
+              help="--arch projected: condition on the nodes of this level of the tree [default: every leaf].")
+@click.option("--condition", type=click.Choice(["cluster", "histogram"]), default=None,
+              help="--arch projected: one cluster per micro-batch (projected network) or random mixtures of "
+                   "clusters (soup of experts) [default: cluster].")
+@click.option("--basis", type=int, default=None, help="--arch projected: basis matrices h per MLP weight [16].")
+@click.option("--code-dim", type=int, default=None, help="--arch projected: size m of a cluster's code [16].")
+@click.option("--codes", type=click.Choice(["learned", "onehot"]), default=None,
+              help="--arch projected: learned codes, or one basis per cluster (a mixture of experts).")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
               help="Use this tokenizer.json instead of training a BPE on the data.")
 @click.option("--finetune", multiple=True,
@@ -77,7 +88,7 @@ def _train_options(f):
 @config_option
 @overwrite_option
 @progress_option
-def train(data, init, out_dir, preset, arch, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
+def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, code_dim, codes, tokenizer, finetune, eval_files, device, dtype, compile_, text_field,
           keep_checkpoints, pretrain_costs, resume, config_file, overwrite, progress, **numbers):
     """Pretrain a small LM on --data, optionally fine-tune on --finetune, score --eval files.
 
@@ -88,6 +99,7 @@ def train(data, init, out_dir, preset, arch, tokenizer, finetune, eval_files, de
           --finetune law-sample.jsonl --finetune-steps 500 --eval law-eval.jsonl
       torchrun --nproc_per_node 8 -m impsamp train --data runs/sel --out runs/lm --preset slm-126m
       impsamp train --init runs/lm --finetune law-sample.jsonl --early-stopping 3 --out runs/law
+      impsamp train --arch projected --clusters runs/clu --out runs/pn --steps 2000   # then `impsamp project`
     A killed run resumes when the same command is run again. Every run records its cost in FLOPs
     (generic, per target, inference) in eval.json; `impsamp info RUN` shows it.
 
@@ -102,12 +114,14 @@ def train(data, init, out_dir, preset, arch, tokenizer, finetune, eval_files, de
 
     if numbers["tokens"] is not None:
         numbers["tokens"] = int(numbers["tokens"])
-    if not data and not init:
-        raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune")
+    if not data and not init and not clusters:
+        raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
+                               "(or --arch projected --clusters CLU)")
     if init and preset is None and arch is None:  # the run's own preset and family
         preset, arch = _init_defaults(init)
-    cfg = _resolve(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
-                                     compile=compile_, text_field=text_field, init=init,
+    cfg = resolve_train_config(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
+                                     compile=compile_, text_field=text_field, init=init, clusters=clusters,
+                                     level=level, condition=condition, basis=basis, code_dim=code_dim, codes=codes,
                                      pretrain_costs=pretrain_costs, keep_checkpoints=keep_checkpoints,
                                      **numbers))
     run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None,
@@ -149,7 +163,7 @@ def _init_defaults(init: str) -> tuple[str | None, str | None]:
         return None, None  # train() says what is wrong with the run
 
 
-def _resolve(config_file: Path | None, flags: dict) -> TrainConfig:
+def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
     """Defaults < the [train] section of --config < flags; a budget flag replaces the file's other budget."""
     data = dict(load_toml(config_file).get("train", {})) if config_file else {}
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -175,7 +189,8 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     Example:
       impsamp evaluate runs/lm --eval law-eval.jsonl --eval med-eval.jsonl
       impsamp evaluate runs/experts --eval generic-heldout.parquet
-    On an `impsamp experts` output each document is scored by the expert of its own group.
+    On an `impsamp experts` output each document is scored by the expert of its own group; on a
+    projected network (`--arch projected`), by the small model of its own cluster.
     """
     from impsamp.training import evaluate as run_eval
 
@@ -185,6 +200,10 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
         from impsamp.mixture import evaluate_routed
 
         m = evaluate_routed(run_dir, list(eval_files), text_field=text_field, device=device)
+    elif _init_defaults(run_dir)[1] == "projected":
+        from impsamp.projection import evaluate_projected
+
+        m = evaluate_projected(run_dir, list(eval_files), text_field=text_field, device=device)
     else:
         m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
     if as_json:

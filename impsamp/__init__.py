@@ -33,6 +33,7 @@ _LAZY = {
     "Execution": "scale", "finalize": "finalizing",
     "experts": "mixture", "Experts": "mixture", "ExpertsConfig": "mixture", "specialize": "mixture",
     "evaluate_routed": "mixture", "Costs": "costs",
+    "project": "projection", "evaluate_projected": "projection", "distill": "distillation",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

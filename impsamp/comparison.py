@@ -26,7 +26,7 @@ from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
 logger = logging.getLogger(__name__)
 
 METHODS = ("uniform", "importance", "ngram", "classifier")
-MODELS = ("dense", "experts")
+MODELS = ("dense", "experts", "projected", "soup")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class CompareConfig:
     methods: tuple[str, ...] = ("uniform", "importance")
     models: tuple[str, ...] = ("dense",)
     """dense: the preset trained on each method's selection; experts: G experts trained on the generic
-    corpus at the same generic FLOPs as one dense run, the target's expert picked and fine-tuned."""
+    corpus at the same generic FLOPs as one dense run, the target's expert picked and fine-tuned;
+    projected / soup: one shared network conditioned on a cluster / a histogram, trained on the generic
+    corpus for the dense steps, its small model for the target projected and fine-tuned."""
     groups: int = 4
     """Experts (with `experts` in models)."""
     expert_select: str = "top"
@@ -174,6 +176,12 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         from .mixture.strategy import experts_entry
 
         results["models"] = {"experts": experts_entry(out, cfg, tcfg, emb, clu, targets, evals, progress, _log)}
+    for name, condition in (("projected", "cluster"), ("soup", "histogram")):
+        if name in cfg.models:
+            from .projection import projected_entry
+
+            results.setdefault("models", {})[name] = projected_entry(out, cfg, tcfg, clu, targets, evals, progress,
+                                                                     _log, condition)
     files = _write_report(out, results, clu)
     run.finish(stats={"methods": list(cfg.methods), "models": list(cfg.models), "table": _summary(results)},
                extra_files=files)
@@ -342,8 +350,16 @@ def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, entry) of every row of the report: the dense model per method, then the other models."""
     out = [(m if "models" not in results else f"dense, {m}", e) for m, e in results["methods"].items()]
     for name, e in results.get("models", {}).items():
-        out.append((f"experts G={e['groups']} ({e['select']})" if name == "experts" else name, e))
+        out.append((_model_label(name, e), e))
     return out
+
+
+def _model_label(name: str, e: dict[str, Any]) -> str:
+    if name == "experts":
+        return f"experts G={e['groups']} ({e['select']})"
+    if name == "projected":
+        return f"projected network (cluster {e['condition']})"
+    return "soup of experts" if name == "soup" else name
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +425,12 @@ def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
                   f"{e['target_mass_on_chosen']:.0%} of the target's cluster mass (per group: "
                   + ", ".join(f"{m:.0%}" for m in e["group_mass"]) + "). The experts are in `experts/`, the "
                   f"fine-tuned one in `runs/experts-{e['select']}/`.", ""]
+    for name in ("projected", "soup"):
+        if name in results.get("models", {}):
+            e = results["models"][name]
+            lines += [f"{_model_label(name, e).capitalize()}: one shared network trained on the generic corpus for "
+                      f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
+                      f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
     lines += ["Selections are in `selections/<method>/` (each with its data card and histogram plot), "
               "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
               "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]

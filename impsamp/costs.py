@@ -89,8 +89,9 @@ def forward_flops(model_config: Any, tokens: int) -> float:
 def model_costs(model_config: Any, *, experts: int = 1) -> Costs:
     """Inference cost and parameters of one deployed model (of `experts` stored alongside it)."""
     n = model_config.n_params()
+    active = model_config.n_active_params() if hasattr(model_config, "n_active_params") else n
     return Costs(inference_flops_per_token=float(model_config.flops_per_token()) / 3,
-                 params_total=n * experts, params_active=n)
+                 params_total=n * experts, params_active=active)
 
 
 ENCODERS = {"all-MiniLM-L6-v2": 22_713_216, "all-MiniLM-L12-v2": 33_360_000, "all-mpnet-base-v2": 109_486_464}

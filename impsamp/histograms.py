@@ -206,6 +206,30 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
                             source=str(target) if spec is not None else ", ".join(map(str, target)))
 
 
+def target_counts(clu: Clusters, target) -> tuple[list[str], np.ndarray, int, int]:
+    """A target's documents per leaf cluster of `clu`: (target corpus specs, leaf counts, tokens the
+    encoder read, encoder parameters). `target`: files, folder, glob, or an `embed` output of them
+    (checked to come from the same model as the clustering's embeddings)."""
+    from .costs import encoder_params
+    from .embedding import Embeddings, embed_texts
+    from .io import open_corpus
+
+    specs = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
+    if len(specs) == 1 and Path(specs[0]).is_dir() and (Path(specs[0]) / "manifest.json").is_file():
+        emb = Embeddings.load(specs[0])          # a target embedded before: checked to be the same model
+        hist = histogram(specs[0], clu)
+        return [f.path for f in emb.corpus().files], hist.counts, 0, 0
+    generic = clu.embeddings()
+    texts = list(open_corpus(specs).iter_texts())
+    if not texts:
+        raise ConfigError(f"the target {', '.join(specs)} has no documents")
+    embedder = generic.embedder()
+    vectors, table = embed_texts(texts, embedder)
+    leaves = clu.assign(vectors)[:, -1]
+    counts = np.bincount(leaves, minlength=clu.n_leaves).astype(np.float64)
+    return specs, counts, int(np.asarray(table.column("tokens")).sum()), encoder_params(generic.model_info.get("name", ""))
+
+
 def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_field: str | None = None):
     """Embed a small corpus (e.g. a target sample) exactly as `generic` was embedded.
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from ..clustering.groups import Grouping
 from ..costs import Costs
 from ..errors import StageError
 from ..manifest import Manifest, read_manifest
-from .grouping import Grouping
 
 GROUPS = "groups.json"
 TOKENIZER = "tokenizer.json"

@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..costs import Costs, encoder_flops, encoder_params, forward_flops
+from ..clustering.groups import group_mass
+from ..costs import Costs, encoder_flops, forward_flops
 from ..errors import ConfigError
+from ..histograms import target_counts
 from .config import SELECT_RULES
-from .grouping import group_mass
 from .result import Experts
 
 SPECIALIZATION = "specialization.json"
@@ -51,7 +52,7 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     if select not in SELECT_RULES:
         raise ConfigError(f"--select {select!r} is unknown; valid: {', '.join(SELECT_RULES)}")
     ex = experts if isinstance(experts, Experts) else Experts.load(experts)
-    targets, counts, enc_tokens, enc_params = _target_histogram(ex, target)
+    targets, counts, enc_tokens, enc_params = target_counts(ex.clusters(), target)
     mass = group_mass(counts, ex.grouping)
     first = ex.expert(0)
     base_cfg = replace(config or TrainConfig(), init=None, tokenizer=None, steps=None, tokens=None)
@@ -84,29 +85,6 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     run_cfg = replace(ft, init=str(ex.expert_path(chosen)))
     return train(None, out_dir, run_cfg, finetune=targets, eval=list(eval or []) or None, progress=progress,
                  overwrite=overwrite, base_costs=base, records={SPECIALIZATION: record})
-
-
-def _target_histogram(ex: Experts, target) -> tuple[list[str], np.ndarray, int, int]:
-    """(target corpus specs, leaf counts, tokens the encoder read, encoder parameters)."""
-    from ..embedding import Embeddings, embed_texts
-    from ..histograms import histogram
-    from ..io import open_corpus
-
-    clu = ex.clusters()
-    specs = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
-    if len(specs) == 1 and Path(specs[0]).is_dir() and (Path(specs[0]) / "manifest.json").is_file():
-        emb = Embeddings.load(specs[0])          # a target embedded before: checked to be the same model
-        hist = histogram(specs[0], clu)
-        return [f.path for f in emb.corpus().files], hist.counts, 0, 0
-    generic = clu.embeddings()
-    texts = list(open_corpus(specs).iter_texts())
-    if not texts:
-        raise ConfigError(f"the target {', '.join(specs)} has no documents")
-    embedder = generic.embedder()
-    vectors, table = embed_texts(texts, embedder)
-    leaves = clu.assign(vectors)[:, -1]
-    counts = np.bincount(leaves, minlength=clu.n_leaves).astype(np.float64)
-    return specs, counts, int(np.asarray(table.column("tokens")).sum()), encoder_params(generic.model_info.get("name", ""))
 
 
 def _losses(ex: Experts, targets: list[str], text_field: str) -> tuple[list[float], float]:

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ..clustering.groups import Grouping, make_grouping
 from ..costs import Costs
 from ..manifest import MANIFEST, StageRun, atomic_write_json, read_manifest
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
 from .config import ExpertsConfig
-from .grouping import Grouping, make_grouping
 from .result import GROUPS, TOKENIZER, Experts, data_dir, expert_dir
 
 

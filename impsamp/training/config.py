@@ -28,6 +28,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "slm-126m": dict(n_layer=7, n_embd=1024, n_head=8, mlp_hidden=4096, block_size=1024, vocab_size=32000,
                      batch_size=32, lr=6e-4),
     # The paper's LLM (7 layers, width 2816, 22 heads, MLP 11264).
+    # A CPU-sized large model: about 5x `tiny`'s parameters and inference FLOPs (the paper's LLM is
+    # about 6x its SLM), the teacher and the large-model baseline of `compare` on 2 cores.
+    "tiny-large": dict(n_layer=6, n_embd=512, n_head=8, mlp_hidden=1536, block_size=256, vocab_size=4096,
+                       batch_size=16, lr=6e-4),
     "llm-771m": dict(n_layer=7, n_embd=2816, n_head=22, mlp_hidden=11264, block_size=1024, vocab_size=32000,
                      batch_size=8, lr=2.5e-4),
 }
@@ -57,10 +61,32 @@ class TrainConfig:
     vocab_size: int | None = None
     """BPE vocabulary to train (the model's is padded to a multiple of 64); ignored with `tokenizer`."""
     arch: str = "dense"
-    """Model family (`families.FAMILIES`): `dense` is the Llama-style decoder."""
+    """Model family (`families.FAMILIES`): `dense` is the Llama-style decoder, `projected` the shared
+    network of the seed paper's projected networks and of a soup of experts (`impsamp project`)."""
+    clusters: str | None = None
+    """`--arch projected`: a `cluster` output; its corpus is the training data, one group per code."""
+    level: int | None = None
+    """`--arch projected`: condition on the nodes of this level of the tree [default: every leaf]."""
+    condition: str = "cluster"
+    """`--arch projected`: cluster (one cluster's code per micro-batch: the projected network) or
+    histogram (random mixtures of clusters through a small network: a soup of experts)."""
+    basis: int | None = None
+    """`--arch projected`: h, basis matrices per MLP weight [default 16; the clusters with onehot codes]."""
+    code_dim: int | None = None
+    """`--arch projected`: m, the size of a code [default 16; the clusters with onehot codes]."""
+    codes: str = "learned"
+    """`--arch projected`: learned, or onehot (each cluster owns one basis: a mixture of experts)."""
     init: str | None = None
     """A finished run to start from: its weights, tokenizer and model shape (e.g. fine-tune an expert).
     With `init`, pretraining data is optional (fine-tuning only)."""
+    teacher: str | None = None
+    """A finished run (a larger model, fine-tuned on the target) whose next-token distributions guide
+    fine-tuning: the loss is (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at
+    temperature T. It must share this run's tokenizer."""
+    alpha: float = 0.5
+    """With `teacher`: the weight of the distillation term (0: plain fine-tuning)."""
+    temperature: float = 2.0
+    """With `teacher`: the softmax temperature of both distributions in the distillation term."""
     tokenizer: str | None = None
     """A `tokenizer.json` (HF tokenizers) to use instead of training one."""
     tokenizer_sample_docs: int = 50_000
@@ -140,6 +166,10 @@ class TrainConfig:
             if value is not None and not 0 <= value < 0.5:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 0.5), got {value}")
         positive("early_stopping", self.early_stopping, flag="--early-stopping")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+        positive("temperature", self.temperature, flag="--temperature")
+        self._check_projection()
         positive("eval_every", self.eval_every, flag="--eval-every")
         if self.pretrain_costs not in ("auto", "generic", "per-target"):
             raise ConfigError(f"--pretrain-costs must be auto, generic or per-target, got {self.pretrain_costs!r}")
@@ -152,6 +182,36 @@ class TrainConfig:
             raise ConfigError(f"--n-embd {n_embd} must be a multiple of --n-head {n_head} with an even "
                               "head size (rotary embeddings rotate pairs)")
 
+    def _check_projection(self) -> None:
+        from .shape import CODES, CONDITIONS
+
+        if self.arch == "projected" and not (self.clusters or self.init):
+            raise ConfigError("--arch projected needs --clusters CLU (a `cluster` output: its corpus is the "
+                              "training data and its clusters the conditions)")
+        if self.clusters and self.arch != "projected":
+            raise ConfigError(f"--clusters conditions a projected network: add --arch projected (--arch is {self.arch!r})")
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        if self.codes not in CODES:
+            raise ConfigError(f"--codes must be one of {', '.join(CODES)}, got {self.codes!r}")
+        positive("basis", self.basis, flag="--basis")
+        positive("code_dim", self.code_dim, flag="--code-dim")
+        positive("level", self.level, flag="--level", allow_zero=True)
+
+    def projection(self, n_codes: int):
+        """The `Projection` of a projected network over `n_codes` groups (None for other families)."""
+        from .shape import Projection
+
+        if self.arch != "projected":
+            return None
+        if self.codes == "onehot":
+            for name in ("basis", "code_dim"):
+                if getattr(self, name) not in (None, n_codes):
+                    raise ConfigError(f"--codes onehot gives each of the {n_codes} clusters one basis: drop "
+                                      f"--{name.replace('_', '-')} {getattr(self, name)}")
+            return Projection(n_codes, n_codes, n_codes, self.condition, "onehot")
+        return Projection(n_codes, self.basis or 16, self.code_dim or 16, self.condition, "learned")
+
     def resolved(self, name: str) -> Any:
         """A field, or the preset's value when the field is None."""
         value = getattr(self, name)
@@ -163,9 +223,11 @@ class TrainConfig:
             return self.finetune_val_fraction
         return 0.1 if self.early_stopping else self.val_fraction
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
+    def model_config(self, vocab_size: int, n_codes: int | None = None) -> ModelConfig:
+        """The model's shape; a projected network's needs its number of groups (`n_codes`)."""
         return ModelConfig(vocab_size=vocab_size, **{k: self.resolved(k) for k in
-                           ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")})
+                           ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")},
+                           projection=self.projection(n_codes) if n_codes else None)
 
 
 def padded_vocab(n: int, multiple: int = 64) -> int:

@@ -50,7 +50,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
 
 
-class _BinWriter:
+class BinWriter:
     def __init__(self, final: Path, dtype: np.dtype):
         self.final, self.dtype = final, dtype
         self.tmp = tmp_name(final)
@@ -89,8 +89,8 @@ def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
     every = round(1 / val_fraction) if val_fraction > 0 else 0
-    writers = {"train": _BinWriter(cache_dir / f"{name}.bin", dtype),
-               "val": _BinWriter(cache_dir / f"{name}-val.bin", dtype)}
+    writers = {"train": BinWriter(cache_dir / f"{name}.bin", dtype),
+               "val": BinWriter(cache_dir / f"{name}-val.bin", dtype)}
     for batch in corpus.read():
         texts = batch.column("text").to_pylist()
         for text, ids in zip(texts, tok.encode_batch(texts), strict=True):

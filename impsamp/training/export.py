@@ -35,7 +35,9 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     family = get_family(run.config.arch)
     if family.export is None:
         raise StageError(f"{run.path} is a '{family.name}' model, which has no transformers equivalent; "
-                         "`impsamp export` writes families that have one (dense)")
+                         "`impsamp export` writes families that have one (dense)"
+                         + ("; export the small model `impsamp project` makes from it" if family.name == "projected"
+                            else ""))
     tok = run.load_tokenizer()
     eos = tok.tokenizer.id_to_token(tok.eos_id)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -77,3 +77,14 @@ def _export_dense(state: dict[str, Any], model_config: Any, eos_id: int) -> tupl
 
 register(ModelFamily("dense", _build_dense, "the Llama-style decoder (RMSNorm, RoPE, SwiGLU, tied embeddings)",
                      _export_dense))
+
+
+def _build_projected(model_config: Any) -> Any:
+    from .projected import ProjectedGPT
+
+    return ProjectedGPT(model_config)
+
+
+register(ModelFamily("projected", _build_projected,
+                     "one shared network whose MLPs are combinations of a basis bank, conditioned on a cluster "
+                     "or a histogram (`impsamp project` makes a dense model from it)"))

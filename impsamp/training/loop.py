@@ -38,17 +38,21 @@ from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomi
 from ..progress import progress_bar
 from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, load_weights, read_state,
                          save_checkpoint, save_weights)
+from .conditioned import (GroupBatches, GroupBins, check_projected, clustered_corpus, conditioning_record,
+                          count_groups, load_group_bins, tokenize_groups)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
+from .distill import Distilled
 from .evaluation import evaluate_model, stream_nll
 from .families import build_model, param_groups
-from .provenance import init_run, run_costs
+from .provenance import check_teacher, init_run, run_costs
 from .result import TrainRun
 from .runtime import Runtime, check_memory
 from .stopping import BEST, EarlyStop
 from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
 
 CACHE = "cache"
+GROUPS_CACHE = "cache/groups"
 PAYLOAD = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json")
 
 
@@ -58,8 +62,9 @@ class Phase:
     steps: int
     lr: float
     warmup: int
-    batches: Batches
-    val: TokenBin
+    batches: Batches | GroupBatches
+    val: TokenBin | None
+    """The held-out split (None: the batches score their own, `GroupBatches.val_nll`)."""
     stop: EarlyStop | None = None
 
     def lr_at(self, step: int, min_ratio: float) -> float:
@@ -132,21 +137,25 @@ class _Trainer:
     records: dict[str, Any] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
     init: TrainRun | None = None
+    teacher: TrainRun | None = None
 
     # ---- preparation (rank 0), shared with the other ranks through files
 
     def run(self, overwrite: bool, resume: bool) -> TrainRun:
         cfg, rt = self.cfg, self.rt
-        if not self.data and not cfg.init:
+        check_projected(cfg, self.data, self.finetune, self.eval)
+        if not self.data and not cfg.init and not cfg.clusters:
             raise TrainError("no training data given; pass --data with at least one file, folder or glob "
                              "(or --init RUN with --finetune to fine-tune a trained run)")
-        if not self.data and not self.finetune:
+        if not self.data and not self.finetune and not cfg.clusters:
             raise TrainError(f"--init {cfg.init} without --data has nothing to train: pass --finetune "
                              "(the in-domain sample) or --data")
         self.init = init_run(cfg) if cfg.init else None
+        self.teacher = check_teacher(cfg, self.init, bool(self.finetune)) if cfg.teacher else None
         user_tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
         guess = padded_vocab(user_tok.vocab_size if user_tok else cfg.resolved("vocab_size"))
-        check_memory(cfg, self.init.model_config if self.init else cfg.model_config(guess), rt)
+        codes = count_groups(cfg.clusters, cfg.level) if cfg.clusters else None
+        check_memory(cfg, self.init.model_config if self.init else cfg.model_config(guess, codes), rt)
         # Rank 0 alone checks the run directory, trains the tokenizer and tokenizes; the others wait
         # for its word (a barrier that also carries rank 0's error, so every rank stops with it).
         if rt.main:
@@ -167,20 +176,23 @@ class _Trainer:
         bins = {"pretrain": load_bins(self.out / CACHE, "pretrain")} if self.data else {}
         if self.finetune:
             bins["finetune"] = load_bins(self.out / CACHE, "finetune")
-        mcfg = self.init.model_config if self.init else cfg.model_config(padded_vocab(tok.vocab_size))
+        groups = load_group_bins(self.out / GROUPS_CACHE) if cfg.clusters else None
+        mcfg = self.init.model_config if self.init else cfg.model_config(
+            padded_vocab(tok.vocab_size), groups.n_groups if groups else None)
         for name, b in bins.items():
             check_enough(b["train"], mcfg.block_size, name)
-        phases = self._phases(bins, mcfg)
+        phases = self._phases(bins, mcfg, groups)
         if rt.main:
             atomic_write_json(self.out / "config.json", {
                 "model": mcfg.to_dict(), "train": asdict(cfg), "world_size": rt.world,
                 "steps": {p.name: p.steps for p in phases}, "n_params": mcfg.n_params(),
                 "tokenizer": {"file": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
-                              "sha256": file_sha256(self.out / "tokenizer.json")}})
+                              "sha256": file_sha256(self.out / "tokenizer.json")},
+                **({"conditioning": conditioning_record(groups, phases[0].batches)} if groups else {})})
         metrics = self._train_phases(phases, mcfg, tok)
         if rt.main:
             metrics["costs"] = run_costs(mcfg, metrics, self.base_costs, self.init, self.data,
-                                         cfg.pretrain_costs).to_dict()
+                                         cfg.pretrain_costs, self.teacher if cfg.alpha > 0 else None).to_dict()
             self._finish(stage, metrics)
         rt.barrier()
         return TrainRun.load(self.out)
@@ -214,6 +226,10 @@ class _Trainer:
         inputs["tokenizer"] = file_sha256(cfg.tokenizer) if cfg.tokenizer else None
         if self.init is not None:
             inputs["init"] = {"path": cfg.init, "fingerprint": self.init.manifest.fingerprint}
+        if cfg.clusters:
+            from ..clustering import Clusters
+
+            inputs["clusters"] = {"path": cfg.clusters, "fingerprint": Clusters.load(cfg.clusters).manifest.fingerprint}
         if self.base_costs is not None:
             inputs["base_costs"] = self.base_costs.to_dict()
         inputs["world_size"] = self.rt.world
@@ -228,9 +244,12 @@ class _Trainer:
             elif cfg.tokenizer:
                 atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
             else:
-                train_tokenizer(self.data, cfg.resolved("vocab_size"), tok_file,
+                train_tokenizer(self.data or clustered_corpus(cfg.clusters), cfg.resolved("vocab_size"), tok_file,
                                 sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
         tok = load_tokenizer(tok_file)
+        if cfg.clusters:
+            tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
+                            text_field=cfg.text_field)
         if self.data:
             tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
                             val_fraction=cfg.val_fraction)
@@ -241,12 +260,19 @@ class _Trainer:
                 raise TrainError(f"--early-stopping: the held-out split of {', '.join(self.finetune)} is empty "
                                  f"(--finetune-val-fraction {cfg.finetune_val()}); raise it or give a larger sample")
 
-    def _phases(self, bins: dict[str, dict[str, TokenBin]], mcfg: ModelConfig) -> list[Phase]:
+    def _phases(self, bins: dict[str, dict[str, TokenBin]], mcfg: ModelConfig,
+                groups: GroupBins | None = None) -> list[Phase]:
         cfg, rt = self.cfg, self.rt
         batch = cfg.resolved("batch_size")
         per_step = batch * mcfg.block_size * cfg.grad_accum * rt.world
         lr = cfg.resolved("lr")
         phases = []
+        if groups is not None:
+            steps = cfg.steps or -(-(cfg.tokens or sum(b.tokens for b in groups.train)) // per_step)
+            warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(1000, steps // 20)
+            batches = GroupBatches(groups, mcfg.block_size, batch, cfg.seed, cfg.condition, rank=rt.rank,
+                                   world=rt.world)
+            phases.append(Phase("pretrain", steps, lr, warmup, batches, None))
         if self.data:
             steps = cfg.steps or (-(-cfg.tokens // per_step) if cfg.tokens else
                                   max(1, -(-bins["pretrain"]["train"].tokens // per_step)))
@@ -268,23 +294,11 @@ class _Trainer:
 
     def _train_phases(self, phases: list[Phase], mcfg: ModelConfig, tok: LoadedTokenizer) -> dict[str, Any]:
         cfg, rt = self.cfg, self.rt
-        if rt.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.seed)
-        # and the global Python and NumPy RNGs, which checkpoints record: one seed, one checkpoint's bytes
-        import random
-
-        import numpy as np
-
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed)  # noqa: NPY002
+        rt.seed(cfg.seed)
         model = build_model(cfg.arch, mcfg).to(rt.device)
-        fwd: torch.nn.Module = torch.compile(model) if rt.compile else model
-        if rt.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            fwd = DDP(fwd, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        teacher = self.teacher.load_model(rt.device).requires_grad_(False) if self.teacher else None
+        # a projected network's step leaves the codes and bases it does not use without gradient
+        fwd = rt.wrap(model, find_unused_parameters=cfg.arch == "projected")
         ckpt = latest_checkpoint(self.out)
         state = read_state(ckpt) if ckpt else None
         if state is None and self.init is not None:
@@ -307,12 +321,14 @@ class _Trainer:
                 start = resumed["step"]
                 if phase.stop is not None and resumed.get("early_stopping"):
                     phase.stop = EarlyStop.from_state(resumed["early_stopping"])
-            self._run_phase(phase, model, fwd, opt, start, metrics)
+            step_fwd = Distilled(fwd, teacher, cfg.alpha, cfg.temperature) \
+                if teacher is not None and phase.name == "finetune" else fwd
+            self._run_phase(phase, model, step_fwd, opt, start, metrics)
             if phase.stop is not None:
                 rt.barrier()  # rank 0 wrote the checkpoint holding the best weights
                 load_weights(model, latest_checkpoint(self.out) / BEST)
                 metrics["early_stopping"] = phase.stop.summary(phase.steps)
-            self._check_replicas(model, phase.name)
+            rt.check_replicas(model, phase.name)
             if rt.main:
                 metrics["train" if phase.name == "pretrain" else "train_finetune"] = self._phase_stats(phase)
                 if self.eval:
@@ -342,11 +358,11 @@ class _Trainer:
             for g in opt.param_groups:
                 g["lr"] = ph.lr_at(step, cfg.min_lr_ratio)
             for micro in range(accum):
-                x, y = ph.batches.get(step, micro, rt.device)
+                x, y, *cond = ph.batches.get(step, micro, rt.device)
                 sync = not rt.ddp or micro == accum - 1
                 with contextlib.nullcontext() if sync else fwd.no_sync():
                     with rt.autocast():
-                        loss = fwd(x, y)
+                        loss = fwd(x, y, cond=cond[0]) if cond else fwd(x, y)
                     (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
@@ -361,7 +377,7 @@ class _Trainer:
             is_log = done % cfg.log_every == 0 or is_ckpt
             rec: dict[str, Any] = {"phase": ph.name, "step": done}
             if is_log:  # every rank (all reach the same steps): the loss is averaged over ranks
-                loss_val = self._mean_over_ranks(loss_sum / n_steps)
+                loss_val = rt.mean(loss_sum / n_steps)
                 speed = n_steps * per_step / (time.perf_counter() - t_log)
                 rec.update(loss=round(loss_val, 6), lr=opt.param_groups[0]["lr"], tokens=done * per_step,
                            tokens_per_s=round(speed, 1), time=round(time.time(), 3),
@@ -388,38 +404,16 @@ class _Trainer:
             _step_hook(ph.name, done)
         bar.close()
 
-    def _check_replicas(self, model: torch.nn.Module, phase: str) -> None:
-        """Under DDP every rank must end a phase with the same weights (averaged gradients, same
-        optimizer): compare a float64 checksum per parameter across ranks, refuse to go on if not."""
-        if not self.rt.ddp:
-            return
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            hi = torch.stack([p.double().sum() for p in model.parameters()])
-        lo = hi.clone()
-        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-        if not torch.equal(hi, lo):
-            raise TrainError(f"the {self.rt.world} DDP replicas disagree after {phase} (seen by rank "
-                             f"{self.rt.rank}): their gradients were not averaged (a bug: please report it)")
-
-    def _mean_over_ranks(self, t: torch.Tensor) -> float:
-        if self.rt.ddp:
-            import torch.distributed as dist
-
-            t = t.detach().clone()
-            dist.all_reduce(t)
-            t /= self.rt.world
-        return float(t)
-
     def _val_loss(self, ph: Phase, model: torch.nn.Module, whole: bool = False) -> float | None:
         """Loss on the held-out split: `eval_batches` batches of it, or all of it (`whole`)."""
+        cap = None if whole else self.cfg.eval_batches * ph.batches.batch_size
+        if ph.val is None:
+            nats, n = ph.batches.val_nll(model, self.rt.device, self.rt.autocast, cap)
+            return round(nats / n, 6) if n else None
         if ph.val.tokens < 2:
             return None
         nats, n = stream_nll(model, ph.val.array(), ph.batches.block_size, ph.batches.batch_size,
-                             self.rt.device, self.rt.autocast,
-                             max_windows=None if whole else self.cfg.eval_batches * ph.batches.batch_size)
+                             self.rt.device, self.rt.autocast, max_windows=cap)
         return round(nats / n, 6)
 
     def _validate(self, ph: Phase, step: int, loss: float | None, model: torch.nn.Module
@@ -482,3 +476,4 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     groups = param_groups(model, cfg.weight_decay)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.resolved("lr"), betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+

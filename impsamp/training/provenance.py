@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..costs import Costs, model_costs, training_flops
+from ..costs import Costs, forward_flops, model_costs, training_flops
 from ..errors import ConfigError, StageError
 from ..manifest import MANIFEST
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError
@@ -54,23 +54,48 @@ def init_run(cfg: TrainConfig) -> TrainRun:
     return run
 
 
+def check_teacher(cfg: TrainConfig, init: TrainRun | None, finetunes: bool) -> TrainRun:
+    """The `--teacher` run, checked before anything is written: it guides fine-tuning and must share
+    the student's tokenizer (the --init run's, or --tokenizer)."""
+    if not finetunes:
+        raise ConfigError(f"--teacher {cfg.teacher} guides fine-tuning: pass --finetune (the in-domain sample)")
+    try:
+        teacher = TrainRun.load(cfg.teacher)
+    except (StageError, FileNotFoundError) as e:
+        raise TrainError(f"--teacher {cfg.teacher}: not a finished `impsamp train` run ({e})") from None
+    student_tok = init.tokenizer_path if init is not None else cfg.tokenizer
+    if student_tok is None:
+        raise ConfigError(f"--teacher {cfg.teacher}: give the student's tokenizer (--init RUN or --tokenizer) so "
+                          "teacher and student share it")
+    if file_sha256(student_tok) != file_sha256(teacher.tokenizer_path):
+        raise TokenizerError(f"--teacher {cfg.teacher} has another tokenizer than the student ({student_tok}); "
+                             "a teacher only guides a student over the same tokens: train both with one --tokenizer")
+    return teacher
+
+
 def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, init: TrainRun | None,
-              data: list[str], pretrain_costs: str) -> Costs:
+              data: list[str], pretrain_costs: str, teacher: TrainRun | None = None) -> Costs:
     """FLOPs of a run's phases on top of what it started from: `base`, else the `init` run's costs.
 
     Pretraining is charged to `generic` unless it ran on `resample` selections (a selection is
-    made for one target: per-target `pretraining`) or `pretrain_costs` says otherwise."""
+    made for one target: per-target `pretraining`) or `pretrain_costs` says otherwise. A distilling
+    run adds its teacher: the teacher's generic FLOPs to `generic`, its per-target FLOPs (its own
+    fine-tuning on the target) and its forward passes over the fine-tuning tokens to `teacher`."""
     if base is None:
         base = Costs.from_dict(init.metrics.get("costs")) if init is not None else Costs()
     c = base + model_costs(mcfg)
     if "train" in metrics:
         how = pretrain_costs
         if how == "auto":
-            how = "per-target" if all(is_selection(d) for d in data) else "generic"
+            how = "per-target" if data and all(is_selection(d) for d in data) else "generic"
         c = c.with_part("generic" if how == "generic" else "pretraining",
                         training_flops(mcfg, metrics["train"]["tokens"]))
         if how != "generic":  # embedding the target to select its data
             c = c.with_part("selection", sum(selection_flops(d) for d in data))
     if "train_finetune" in metrics:
         c = c.with_part("finetuning", training_flops(mcfg, metrics["train_finetune"]["tokens"]))
+    if teacher is not None:
+        t = Costs.from_dict(teacher.metrics.get("costs"))
+        c = c.with_part("generic", t.generic).with_part("teacher", t.per_target + forward_flops(
+            teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
     return c

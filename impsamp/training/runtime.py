@@ -75,6 +75,56 @@ class Runtime:
         dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
         return box[0]
 
+    def seed(self, seed: int) -> None:
+        """Seed torch and the global Python and NumPy RNGs (checkpoints record them: one seed, one
+        checkpoint's bytes); TF32 matmuls on CUDA."""
+        import random
+
+        import numpy as np
+
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)  # noqa: NPY002
+
+    def wrap(self, model: torch.nn.Module, *, find_unused_parameters: bool = False) -> torch.nn.Module:
+        """What the training step calls: the model, compiled and/or in DDP as this run asks."""
+        fwd: torch.nn.Module = torch.compile(model) if self.compile else model
+        if self.ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            fwd = DDP(fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                      find_unused_parameters=find_unused_parameters)
+        return fwd
+
+    def check_replicas(self, model: torch.nn.Module, phase: str) -> None:
+        """Under DDP every rank must end a phase with the same weights (averaged gradients, same
+        optimizer): compare a float64 checksum per parameter across ranks, refuse to go on if not."""
+        if not self.ddp:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            hi = torch.stack([p.double().sum() for p in model.parameters()])
+        lo = hi.clone()
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        if not torch.equal(hi, lo):
+            raise TrainError(f"the {self.world} DDP replicas disagree after {phase} (seen by rank "
+                             f"{self.rank}): their gradients were not averaged (a bug: please report it)")
+
+    def mean(self, t: torch.Tensor) -> float:
+        """A scalar averaged over the ranks (itself without DDP)."""
+        if self.ddp:
+            import torch.distributed as dist
+
+            t = t.detach().clone()
+            dist.all_reduce(t)
+            t /= self.world
+        return float(t)
+
     def close(self) -> None:
         if self.owns_group:
             import torch.distributed as dist

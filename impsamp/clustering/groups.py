@@ -1,5 +1,5 @@
-"""Groups of clusters, one expert each: the clusters themselves, a level of the tree, or leaves merged
-by k-means on their centroids (weighted by their documents)."""
+"""Groups of clusters, one expert each (or one code of a projected network): the clusters themselves,
+a level of the tree, or leaves merged by k-means on their centroids (weighted by their documents)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ class Grouping:
         return cls(np.asarray(d["leaf_group"], dtype=np.int64), d["how"])
 
 
-def make_grouping(clusters, groups: int | None, level: int | None, seed: int) -> Grouping:
-    """Split `clusters` into groups (see the module doc); a one-line ConfigError when it cannot."""
+def make_grouping(clusters, groups: int | None, level: int | None, seed: int, *,
+                  allow_empty: bool = False) -> Grouping:
+    """Split `clusters` into groups (see the module doc); a one-line ConfigError when it cannot
+    (a group without documents too, unless `allow_empty`)."""
     k, where = clusters.n_leaves, clusters.path
     if level is not None:
         if level >= clusters.n_levels:
@@ -44,13 +46,14 @@ def make_grouping(clusters, groups: int | None, level: int | None, seed: int) ->
             raise ConfigError(f"--groups {groups} and --level {level} disagree: level {level} of {where} has "
                               f"{n} nodes; drop one of them")
         leaf_group = leaf_ancestors(clusters)[level]
-        return _checked(Grouping(np.asarray(leaf_group, dtype=np.int64), f"level {level} of the tree"), clusters)
+        return _checked(Grouping(np.asarray(leaf_group, dtype=np.int64), f"level {level} of the tree"), clusters,
+                        allow_empty)
     g = DEFAULT_GROUPS if groups is None else groups
     if g > k:
         raise ConfigError(f"--groups {g} is larger than the {k} clusters of {where}; give --groups <= {k} "
                           "or cluster with a larger k")
     if g == k:
-        return _checked(Grouping(np.arange(k, dtype=np.int64), "one group per cluster"), clusters)
+        return _checked(Grouping(np.arange(k, dtype=np.int64), "one group per cluster"), clusters, allow_empty)
     from sklearn.cluster import KMeans
 
     docs = np.asarray(clusters.counts()["documents"], dtype=np.float64)
@@ -60,13 +63,14 @@ def make_grouping(clusters, groups: int | None, level: int | None, seed: int) ->
     first = {int(label): i for i, label in reversed(list(enumerate(km.labels_)))}
     order = {label: rank for rank, label in enumerate(sorted(first, key=first.get))}
     leaf_group = np.asarray([order[int(label)] for label in km.labels_], dtype=np.int64)
-    return _checked(Grouping(leaf_group, f"{k} leaves merged by k-means on their centroids (seed {seed})"), clusters)
+    return _checked(Grouping(leaf_group, f"{k} leaves merged by k-means on their centroids (seed {seed})"), clusters,
+                    allow_empty)
 
 
-def _checked(grouping: Grouping, clusters) -> Grouping:
+def _checked(grouping: Grouping, clusters, allow_empty: bool) -> Grouping:
     docs = np.bincount(grouping.leaf_group, weights=clusters.counts()["documents"], minlength=grouping.n_groups)
     empty = np.flatnonzero(docs == 0)
-    if len(empty):
+    if len(empty) and not allow_empty:
         raise ConfigError(f"expert group(s) {empty.tolist()[:5]} of {clusters.path} hold no documents; "
                           "ask for fewer --groups")
     return grouping

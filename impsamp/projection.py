@@ -1,0 +1,200 @@
+"""`project()`: the small model of a projected network (or a soup of experts) for one target, in seconds.
+
+    small = impsamp.project("runs/pn", "runs/law-pn", target="law-sample.jsonl")
+    train(None, "runs/law", TrainConfig(init=str(small.path), finetune_steps=60), finetune=["law-sample.jsonl"])
+
+The target's documents are assigned to the network's clusters (embedded like the generic corpus, or
+read from a saved histogram or `embed` output of the same clustering), summed per group, and the
+condition follows: a network conditioned on one cluster takes the group with the most target mass
+(or `cluster=`); a soup takes the whole histogram. Each layer's MLP is computed once (no data pass)
+and the result is an ordinary dense `train` run of the network's shape (tokenizer, weights,
+config.json, eval.json with its costs, `projection.json` saying what it was made from), so
+`evaluate`, `export` and `train --init` take it as they take any run.
+
+Costs: the network's pretraining stays generic (paid once for every target); the target's
+embedding and the projection (2 x h multiply-adds per MLP weight) are per-target selection; the
+parameters stored are the network's, the active ones the small model's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .costs import Costs, encoder_flops
+from .errors import ConfigError
+
+PROJECTION = "projection.json"
+
+
+def project(network: str | Path, out_dir: str | Path, *, target: str | Path | list | None = None,
+            cluster: int | None = None, overwrite: bool = False):
+    """Compute the dense small model of a projected `network` run for a target (or one cluster).
+
+    Args:
+        network: an `impsamp train --arch projected` run.
+        target: the in-domain sample (files, folder, glob), an `embed` output of it, or a saved
+            histogram (`impsamp histogram`) of the network's clustering.
+        cluster: a group number instead of a target.
+
+    Returns:
+        The `TrainRun` in `out_dir`.
+    """
+    import torch
+
+    from .manifest import StageRun, atomic_write_bytes, atomic_write_json
+    from .training import TrainRun
+    from .training.checkpoint import save_weights
+
+    t0 = time.perf_counter()
+    net = _load_network(network)
+    if (target is None) == (cluster is None):
+        raise ConfigError("give --target SAMPLE or --cluster ID (one of them)")
+    cond_info = json.loads((net.path / "config.json").read_text())["conditioning"]
+    if cluster is not None:
+        if not 0 <= cluster < cond_info["groups"]:
+            raise ConfigError(f"--cluster {cluster}: {net.path} has clusters 0..{cond_info['groups'] - 1}")
+        mass, enc_flops, spec = np.eye(cond_info["groups"])[cluster], 0.0, None
+    else:
+        mass, enc_flops, spec = _target_mass(target, cond_info)
+    cond, record = _condition(mass, cond_info)
+    mcfg = net.model_config
+    small_cfg = replace(net.config, arch="dense", clusters=None, level=None, condition="cluster", basis=None,
+                        code_dim=None, codes="learned", init=None)
+    run = StageRun(Path(out_dir), "train", config=asdict(small_cfg), inputs={
+        "projected": {"path": str(net.path), "fingerprint": net.manifest.fingerprint}, "target": spec,
+        "cluster": cluster}, overwrite=overwrite).begin()
+    out = run.out_dir
+    with torch.no_grad():
+        small = net.load_model("cpu").project(cond)
+    save_weights(small, out / "model.safetensors")
+    atomic_write_bytes(out / "tokenizer.json", net.tokenizer_path.read_bytes())
+    p = mcfg.projection
+    proj_flops = 2.0 * p.n_basis * mcfg.n_layer * 3 * mcfg.n_embd * mcfg.mlp_hidden
+    costs = Costs(generic=Costs.from_dict(net.metrics["costs"]).generic, selection=enc_flops + proj_flops,
+                  inference_flops_per_token=mcfg.flops_per_token() / 3, params_total=mcfg.n_params(),
+                  params_active=mcfg.n_active_params())
+    dense = mcfg.dense()
+    atomic_write_json(out / "config.json", {
+        "model": dense.to_dict(), "train": asdict(small_cfg), "world_size": 1, "steps": {},
+        "n_params": dense.n_params(), "tokenizer": json.loads((net.path / "config.json").read_text())["tokenizer"]})
+    record.update(network=str(net.path), network_fingerprint=net.manifest.fingerprint, target=spec,
+                  cluster=cluster, seconds=round(time.perf_counter() - t0, 3))
+    atomic_write_json(out / PROJECTION, record)
+    metrics = {"costs": costs.to_dict(), "projection": {k: record[k] for k in ("condition", "why")}}
+    atomic_write_json(out / "eval.json", metrics)
+    (out / "metrics.jsonl").write_text("")
+    files = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json", PROJECTION)
+    run.finish(stats=metrics, extra_files={f: out / f for f in files})
+    return TrainRun.load(out)
+
+
+def _load_network(network):
+    from .errors import StageError
+    from .training import TrainRun
+
+    try:
+        net = network if hasattr(network, "model_config") else TrainRun.load(network)
+    except (StageError, FileNotFoundError) as e:
+        raise ConfigError(f"{network}: not a finished `impsamp train` run ({e})") from None
+    if net.config.arch != "projected":
+        raise ConfigError(f"{net.path} is a {net.config.arch!r} run; project a run trained with --arch projected")
+    return net
+
+
+def _target_mass(target, cond_info: dict[str, Any]) -> tuple[np.ndarray, float, list[str]]:
+    """The target's mass per group, the FLOPs of embedding it, and what it was read from."""
+    from .clustering import Clusters
+    from .histograms import Histogram, is_histogram_file, target_counts
+
+    recorded = cond_info["clusters"]
+    specs = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
+    if len(specs) == 1 and is_histogram_file(specs[0]):
+        hist = Histogram.load(specs[0])
+        if hist.clusters_fingerprint != recorded["fingerprint"]:
+            raise ConfigError(f"{specs[0]} is a histogram over another clustering than the network's "
+                              f"({recorded['path']}); make it with `impsamp histogram ... {recorded['path']}`")
+        counts, flops = hist.counts, 0.0
+    else:
+        clu = Clusters.load(recorded["path"])
+        if clu.manifest.fingerprint != recorded["fingerprint"]:
+            raise ConfigError(f"{recorded['path']} has changed since the network was trained on it; "
+                              "retrain the network or restore that clustering")
+        specs, counts, enc_tokens, enc_params = target_counts(clu, specs)
+        flops = encoder_flops(enc_params, enc_tokens)
+    leaf_group = np.asarray(cond_info["leaf_group"], dtype=np.int64)
+    if len(counts) != len(leaf_group):
+        raise ConfigError(f"the target's histogram has {len(counts)} clusters, the network {len(leaf_group)}")
+    mass = np.bincount(leaf_group, weights=np.asarray(counts, dtype=np.float64), minlength=cond_info["groups"])
+    if mass.sum() <= 0:
+        raise ConfigError(f"no document of the target {', '.join(specs)} was assigned to a cluster")
+    return mass / mass.sum(), flops, specs
+
+
+def _condition(mass: np.ndarray, cond_info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The network's condition for a target's group mass, and the record of why."""
+    untrained = set(cond_info.get("untrained_groups", []))
+    rec: dict[str, Any] = {"group_mass": [round(float(m), 6) for m in mass]}
+    if cond_info["condition"] == "cluster":
+        g = int(np.argmax(mass))
+        rec.update(condition=g, why=f"cluster {g} holds the most target mass ({mass[g]:.1%})")
+        if g in untrained:
+            rec["warning"] = f"cluster {g} was too small to train its code"
+        return g, rec
+    rec.update(condition="histogram", why="the target's whole histogram over the network's clusters")
+    return mass, rec
+
+
+def evaluate_projected(network: str | Path, eval_files, *, text_field: str = "text", device: str = "auto"
+                       ) -> dict[str, Any]:
+    """Routed perplexity of a projected network: each document scored by the small model of its own
+    cluster (a soup: of its one-cluster histogram), as `evaluate_routed` scores a mixture of experts."""
+    from .clustering import Clusters
+    from .mixture.routing import score_routed
+    from .training.runtime import resolve_device
+
+    net = _load_network(network)
+    info = json.loads((net.path / "config.json").read_text())["conditioning"]
+    dev = resolve_device(device)
+    shared = net.load_model(dev)
+    n = info["groups"]
+
+    def model_of(g: int):
+        return shared.project(g if info["condition"] == "cluster" else np.eye(n)[g]).eval(), net
+
+    return score_routed(Clusters.load(info["clusters"]["path"]), np.asarray(info["leaf_group"]), n,
+                        net.load_tokenizer(), model_of, eval_files, text_field=text_field, device=dev,
+                        routing="nearest leaf cluster's group, its projected small model")
+
+
+def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], progress: bool, log,
+                    condition: str) -> dict[str, Any]:
+    """A projected network (`condition` cluster) or a soup of experts (histogram) as a `compare` model:
+    trained on the generic corpus for the dense runs' steps and batch (the same generic FLOPs),
+    projected for the target, fine-tuned like the dense runs; the report's entry."""
+    from .errors import StageError
+    from .training import TrainRun, train
+
+    name = "projected" if condition == "cluster" else "soup"
+    ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,
+                   pretrain_costs="generic")
+    path = out / name
+    try:
+        net = TrainRun.load(path)
+        if net.config != ncfg or net.manifest.inputs["clusters"]["fingerprint"] != clu.manifest.fingerprint:
+            raise StageError("stale")
+    except (StageError, FileNotFoundError, KeyError):
+        log(progress, f"training the {'projected network' if name == 'projected' else 'soup of experts'}")
+        net = train(None, path, ncfg, progress=progress, overwrite=True)
+    small = project(net, out / "runs" / f"{name}-small", target=targets, overwrite=True)
+    rec = json.loads((small.path / PROJECTION).read_text())
+    ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps, init=str(small.path))
+    log(progress, f"fine-tuning the {name} small model")
+    run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)
+    return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": net.model_config.n_params()},
+            "condition": rec["condition"], "group_mass": rec["group_mass"], "why": rec["why"]}
