@@ -54,7 +54,16 @@ def _shared_options(f):
                    "each method's selection; experts: --groups experts trained on the generic corpus at the same "
                    "generic FLOPs, the target's expert fine-tuned; projected / soup: a projected network / a soup "
                    "of experts trained on the generic corpus for the same steps, its small model for the target "
-                   "projected and fine-tuned.")
+                   "projected and fine-tuned; large: the large preset (tiny-large for tiny) at the same generic "
+                   "FLOPs; distill: the dense model fine-tuned with the fine-tuned large one as its teacher.")
+@click.option("--large-steps", type=int, default=None,
+              help="Pretraining steps of the large model [default: the dense model's generic FLOPs].")
+@click.option("--alpha", "distill_alpha", type=float, default=None, help="Distillation weight [default: 0.5].")
+@click.option("--targets-expected", type=int, default=None,
+              help="Planning: how many targets you expect (C(N) is reported there).")
+@click.option("--inference-budget", default=None,
+              help="Planning: the largest model you can serve, active parameters (5e6) or FLOPs per token (1e7flops).")
+@click.option("--per-target-budget", type=float, default=None, help="Planning: the most FLOPs you can spend per target.")
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")
@@ -63,7 +72,8 @@ def _shared_options(f):
 @config_option
 @overwrite_option
 @progress_option
-def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select, tokens,
+def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
+            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, tokens,
             k, steps, finetune_steps, preset, seed, text_field, config_file, overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
@@ -72,16 +82,24 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
       impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \\
           --out runs/law-compare --methods uniform,importance,ngram,classifier
       impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \
-          --out runs/law-plan --methods uniform,importance --models dense,experts --groups 8
-    Every row carries its costs: generic pretraining FLOPs (paid once for all targets), per-target FLOPs
-    and the parameters that run at inference.
+          --out runs/law-plan --methods uniform,importance --models dense,experts,projected,large,distill \
+          --targets-expected 100 --inference-budget 5e6 --per-target-budget 3e13
+    Every row carries its costs: generic pretraining FLOPs (paid once for all targets), per-target FLOPs,
+    inference FLOPs per token and the parameters that run at inference. The report's planning section
+    gives C(N) = generic + N x per-target (plan.png), the strategy with the lowest perplexity within
+    the budgets you state and the runner-up, and the decision figure (decision.png).
     """
     cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods), models=_split(models),
-                         groups=groups, expert_select=expert_select, tokens=tokens, k=k,
+                         groups=groups, expert_select=expert_select, large_steps=large_steps,
+                         distill_alpha=distill_alpha, targets_expected=targets_expected,
+                         inference_budget=inference_budget, per_target_budget=per_target_budget, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
     click.echo(report.table())
+    plan = report.results.get("plan", {})
+    if plan.get("budgets", {}) and any(v is not None for k, v in plan["budgets"].items() if k != "inference_unit"):
+        click.echo(f"plan: {plan['best']} (runner-up {plan['runner_up']})" if plan["best"] else f"plan: {plan['why']}")
     click.echo(f"report: {out_dir / 'report.md'}")
 
 

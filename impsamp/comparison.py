@@ -26,7 +26,7 @@ from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
 logger = logging.getLogger(__name__)
 
 METHODS = ("uniform", "importance", "ngram", "classifier")
-MODELS = ("dense", "experts", "projected", "soup")
+MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,21 @@ class CompareConfig:
     """dense: the preset trained on each method's selection; experts: G experts trained on the generic
     corpus at the same generic FLOPs as one dense run, the target's expert picked and fine-tuned;
     projected / soup: one shared network conditioned on a cluster / a histogram, trained on the generic
-    corpus for the dense steps, its small model for the target projected and fine-tuned."""
+    corpus for the dense steps, its small model for the target projected and fine-tuned; large: the
+    large preset at the same generic FLOPs; distill: the dense model fine-tuned with the large one as
+    its teacher (`impsamp.strategies`)."""
     groups: int = 4
     """Experts (with `experts` in models)."""
+    large_steps: int | None = None
+    """Pretraining steps of the large model [default: the dense model's generic FLOPs]."""
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    targets_expected: int | None = None
+    """Planning: targets expected (C(N) is reported at this N)."""
+    inference_budget: str | None = None
+    """Planning: the largest deployed model, in active parameters (5e6) or FLOPs per token (1e7flops)."""
+    per_target_budget: float | None = None
+    """Planning: the largest per-target FLOPs."""
     expert_select: str = "top"
     """How the target's expert is picked: top, lowest-loss or all."""
     tokens: int = 200_000
@@ -81,6 +93,9 @@ class CompareConfig:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
+        from .planning import parse_inference_budget
+
+        parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
         if self.groups < 2:
             raise ConfigError(f"--groups must be >= 2, got {self.groups}")
         for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
@@ -172,16 +187,11 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     selections = _select(out, cfg, emb, clu, targets, progress)
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
-    if "experts" in cfg.models:
-        from .mixture.strategy import experts_entry
+    if set(cfg.models) - {"dense"}:
+        from .strategies import model_entries
 
-        results["models"] = {"experts": experts_entry(out, cfg, tcfg, emb, clu, targets, evals, progress, _log)}
-    for name, condition in (("projected", "cluster"), ("soup", "histogram")):
-        if name in cfg.models:
-            from .projection import projected_entry
-
-            results.setdefault("models", {})[name] = projected_entry(out, cfg, tcfg, clu, targets, evals, progress,
-                                                                     _log, condition)
+        results["models"] = model_entries(out, cfg, tcfg, emb, clu, selections, generic_corpus, targets, evals,
+                                          progress, _log)
     files = _write_report(out, results, clu)
     run.finish(stats={"methods": list(cfg.methods), "models": list(cfg.models), "table": _summary(results)},
                extra_files=files)
@@ -273,18 +283,11 @@ def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, 
 
 def _trained(path: Path, tcfg, sel, targets: list, evals: list[str], progress: bool):
     """A finished run of this config and version on this selection, or a new one."""
-    from . import __version__
-    from .io import open_corpus
-    from .training import TrainRun, train
+    from .training import train
+    from .training.provenance import finished_run
 
-    try:
-        tr = TrainRun.load(path)
-        data = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
-        if tr.manifest.config == asdict(tcfg) and tr.manifest.impsamp_version == __version__ and \
-                data == open_corpus([sel.path], text_field=tcfg.text_field).fingerprint():
-            return tr
-    except (StageError, FileNotFoundError, KeyError):
-        pass
+    if (tr := finished_run(path, tcfg, [str(sel.path)])) is not None:
+        return tr
     _log(progress, f"training on the {path.name} selection")
     return train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
 
@@ -359,6 +362,10 @@ def _model_label(name: str, e: dict[str, Any]) -> str:
         return f"experts G={e['groups']} ({e['select']})"
     if name == "projected":
         return f"projected network (cluster {e['condition']})"
+    if name == "large":
+        return f"large ({e['preset']}, {e['steps']} steps)"
+    if name == "distill":
+        return f"distilled (teacher {e['teacher']}, alpha {e['alpha']})"
     return "soup of experts" if name == "soup" else name
 
 
@@ -378,7 +385,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     has_domain = any("target_domain_share" in e for _, e in entries)
     head = ["method", "ppl pretrained", "bpb pretrained", "ppl fine-tuned", "bpb fine-tuned",
             "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else []) + \
-        ["generic FLOPs", "per-target FLOPs", "params (inference)"]
+        ["generic FLOPs", "per-target FLOPs", "inference FLOPs/token", "params (inference)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, e in entries:
         pre, fin = e["metrics"]["pretrained"], e["metrics"].get("finetuned", {})
@@ -390,6 +397,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             row.append(f"{e['target_domain_share']:.1%}" if "target_domain_share" in e else "-")
         c = e.get("costs") or {}
         row += [format_flops(c.get("generic", 0)), format_flops(c.get("per_target", 0)),
+                format_flops(c.get("inference_flops_per_token", 0)),
                 f"{c.get('params_active', 0) / 1e6:.2f}M" + (f" of {c['params_total'] / 1e6:.2f}M"
                                                              if c.get("params_total", 0) > c.get("params_active", 0)
                                                              else "")]
@@ -398,9 +406,7 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
-    files = {}
-    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
-    files["results.json"] = out / "results.json"
+    files: dict[str, Path] = {}
     if _plot_perplexity(out / "perplexity.png", results):
         files["perplexity.png"] = out / "perplexity.png"
     cfg = results["config"]
@@ -431,12 +437,31 @@ def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
             lines += [f"{_model_label(name, e).capitalize()}: one shared network trained on the generic corpus for "
                       f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
                       f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
+    plan_lines, results["plan"] = _plan(out, results, files)
+    lines += plan_lines
     lines += ["Selections are in `selections/<method>/` (each with its data card and histogram plot), "
               "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
               "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     files["report.md"] = out / "report.md"
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
+    files["results.json"] = out / "results.json"
     return files
+
+
+def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[list[str], dict[str, Any]]:
+    """The planning section (C(N), the choice under the stated budgets, the decision figure)."""
+    from .planning import Budgets, parse_inference_budget, plan_section, plot_costs, plot_decision
+
+    cfg = results["config"]
+    value, unit = parse_inference_budget(cfg.get("inference_budget"))
+    budgets = Budgets(cfg.get("targets_expected"), value, unit, cfg.get("per_target_budget"))
+    entries = rows(results)
+    for name, plot in (("plan.png", lambda p: plot_costs(p, entries, budgets.targets)),
+                       ("decision.png", lambda p: plot_decision(p, entries))):
+        if plot(out / name):
+            files[name] = out / name
+    return plan_section(entries, budgets)
 
 
 def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:

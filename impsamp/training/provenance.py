@@ -99,3 +99,23 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
         c = c.with_part("generic", t.generic).with_part("teacher", t.per_target + forward_flops(
             teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
     return c
+
+
+def finished_run(path: Path, cfg: TrainConfig, data: list[str]) -> TrainRun | None:
+    """The finished run in `path` if this impsamp version made it with `cfg` on these data (by
+    fingerprint), else None: what `compare` reuses after a kill or a rerun."""
+    from dataclasses import asdict
+
+    from .. import __version__
+    from ..io import open_corpus
+
+    try:
+        tr = TrainRun.load(path)
+        recorded = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
+        wanted = open_corpus(data, text_field=cfg.text_field).fingerprint() if data else None
+        if tr.manifest.config == json.loads(json.dumps(asdict(cfg))) and tr.manifest.impsamp_version == __version__ \
+                and recorded == wanted:
+            return tr
+    except (StageError, FileNotFoundError, KeyError, OSError):
+        pass
+    return None

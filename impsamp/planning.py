@@ -1,0 +1,248 @@
+"""Which strategy to plan for: the large model and distillation as `compare` models, and the
+planning report over every row (the seed paper's question, answered on the user's own data).
+
+    plan = choose(rows, Budgets(targets=100, inference=5e6, per_target=2e13))
+    plan["best"], plan["runner_up"], plan["why"]
+
+Every row of a compare (dense per method, experts, projected, soup, large, distill) has generic
+FLOPs (paid once), per-target FLOPs, inference FLOPs per token, active parameters and perplexity
+after fine-tuning. The report adds:
+- C(N) = generic + N x per-target for N = 1..1,000 (`cost_curves`, plan.png);
+- the strategy with the lowest perplexity after fine-tuning among those within the budgets the
+  user states (inference: active parameters or FLOPs per token; per-target FLOPs), the runner-up,
+  and C(N) at the number of targets expected (`choose`); one line when nothing fits;
+- the paper's decision figure redrawn from these numbers (`decision_map`, decision.png): over a grid
+  of per-target and inference budgets, the row that `choose` would pick.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+LARGE_PRESET = {"tiny": "tiny-large", "slm-126m": "llm-771m"}
+"""The large model of each small preset (about 5-6x its parameters and inference FLOPs)."""
+N_TARGETS = np.unique(np.round(np.logspace(0, 3, 61)).astype(int))
+
+
+@dataclass(frozen=True)
+class Budgets:
+    targets: int | None = None
+    """Targets expected (C(N) is reported at this N)."""
+    inference: float | None = None
+    """Largest deployed model: active parameters, or FLOPs per token when `inference_unit` is flops."""
+    inference_unit: str = "params"
+    per_target: float | None = None
+    """Largest per-target FLOPs (selection, pretraining on a selection, fine-tuning, teacher)."""
+
+    @property
+    def given(self) -> bool:
+        return any(v is not None for v in (self.targets, self.inference, self.per_target))
+
+
+def parse_inference_budget(text: str | float | None) -> tuple[float | None, str]:
+    """'5e6', '5e6params', '4.5M params' -> parameters; '1e7flops', '10M flops' -> FLOPs per token."""
+    if text is None:
+        return None, "params"
+    if isinstance(text, (int, float)):
+        return float(text), "params"
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?\d+)?)\s*([kmgt]?)\s*(params?|flops?)?\s*", str(text).lower())
+    if not m:
+        raise ConfigError(f"--inference-budget {text!r}: give a parameter count (5e6, 4.5M params) or FLOPs per "
+                          "token (1e7flops, 10M flops)")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
+    unit = "flops" if (m.group(3) or "params").startswith("flop") else "params"
+    return float(m.group(1)) * scale, unit
+
+
+def row_costs(entry: dict[str, Any]) -> dict[str, float]:
+    c = entry.get("costs") or {}
+    return {"generic": float(c.get("generic", 0.0)), "per_target": float(c.get("per_target", 0.0)),
+            "teacher": float(c.get("teacher", 0.0)), "inference": float(c.get("inference_flops_per_token", 0.0)),
+            "params": float(c.get("params_active", 0.0))}
+
+
+def cost_curves(rows: list[tuple[str, dict[str, Any]]], n: np.ndarray = N_TARGETS) -> dict[str, np.ndarray]:
+    """C(N) = generic + N x per-target of every row."""
+    out = {}
+    for label, e in rows:
+        c = row_costs(e)
+        out[label] = c["generic"] + n * c["per_target"]
+    return out
+
+
+def _fits(c: dict[str, float], b: Budgets) -> bool:
+    if b.per_target is not None and c["per_target"] > b.per_target:
+        return False
+    if b.inference is not None:
+        used = c["inference"] if b.inference_unit == "flops" else c["params"]
+        if used > b.inference:
+            return False
+    return True
+
+
+def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]:
+    """The row with the lowest perplexity after fine-tuning within the budgets, and the runner-up."""
+    scored = []
+    for label, e in rows:
+        ppl = e["metrics"].get("finetuned", {}).get("macro_ppl")
+        if ppl is None or not math.isfinite(ppl):
+            continue
+        c = row_costs(e)
+        scored.append((ppl, label, c, _fits(c, b)))
+    fitting = sorted((s for s in scored if s[3]), key=lambda s: (s[0], s[1]))
+    n = b.targets or 1
+    out: dict[str, Any] = {"budgets": {"targets": b.targets, "inference": b.inference,
+                                       "inference_unit": b.inference_unit, "per_target": b.per_target},
+                           "fitting": [s[1] for s in fitting]}
+    if not fitting:
+        cheapest = min(scored, key=lambda s: s[2]["per_target"]) if scored else None
+        smallest = min(scored, key=lambda s: s[2]["params"]) if scored else None
+        out.update(best=None, runner_up=None, why=(
+            "no strategy fits these budgets" + (
+                f": the cheapest per target is {cheapest[1]} ({cheapest[2]['per_target']:.3g} FLOPs) and the "
+                f"smallest at inference {smallest[1]} ({smallest[2]['params']:.3g} parameters, "
+                f"{smallest[2]['inference']:.3g} FLOPs per token)" if cheapest else "")))
+        return out
+    best = fitting[0]
+    out.update(best=best[1], best_ppl=best[0], total_cost=best[2]["generic"] + n * best[2]["per_target"],
+               runner_up=fitting[1][1] if len(fitting) > 1 else None,
+               runner_up_ppl=fitting[1][0] if len(fitting) > 1 else None)
+    out["why"] = (f"{best[1]} has the lowest perplexity after fine-tuning ({best[0]:.2f}) of the "
+                  f"{len(fitting)} strategies within the budgets; C({n}) = {out['total_cost']:.3g} FLOPs")
+    return out
+
+
+def decision_map(rows: list[tuple[str, dict[str, Any]]], n: int = 25) -> dict[str, Any]:
+    """The row `choose` picks over a log grid of per-target budgets x inference budgets (parameters)."""
+    costs = [row_costs(e) for _, e in rows]
+    per = [c["per_target"] for c in costs if c["per_target"] > 0]
+    params = [c["params"] for c in costs if c["params"] > 0]
+    if not per or not params:
+        return {}
+    xs = np.logspace(math.log10(min(per)) - 0.5, math.log10(max(per)) + 0.5, n)
+    ys = np.logspace(math.log10(min(params)) - 0.2, math.log10(max(params)) + 0.2, n)
+    labels = [label for label, _ in rows]
+    grid = np.full((n, n), -1, dtype=np.int64)
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            best = choose(rows, Budgets(inference=float(y), per_target=float(x)))["best"]
+            grid[i, j] = labels.index(best) if best is not None else -1
+    return {"per_target": xs, "params": ys, "grid": grid, "labels": labels}
+
+
+# ---- the report section and its figures
+
+
+def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[list[str], dict[str, Any]]:
+    """Markdown lines of the planning report and the choice (for results.json)."""
+    from .costs import format_flops
+
+    plan = choose(rows, b)
+    ns = sorted({1, 10, 100, 1000, *([b.targets] if b.targets else [])})
+    lines = ["## Which strategy to plan for", "",
+             "Cost of serving N targets, C(N) = generic (paid once) + N x per-target, from the rows above:", "",
+             "| strategy | " + " | ".join(f"C({k})" for k in ns) + " | inference FLOPs/token | ppl after fine-tuning |",
+             "|---|" + "---|" * (len(ns) + 2)]
+    for label, e in rows:
+        c = row_costs(e)
+        ppl = e["metrics"].get("finetuned", {}).get("macro_ppl", float("nan"))
+        lines.append(f"| {label} | " + " | ".join(format_flops(c["generic"] + k * c["per_target"]) for k in ns)
+                     + f" | {format_flops(c['inference'])} | {ppl:.2f} |")
+    lines.append("")
+    if b.given:
+        stated = ", ".join(x for x in (
+            f"{b.targets} targets expected" if b.targets else "",
+            f"inference at most {b.inference:.3g} {'FLOPs per token' if b.inference_unit == 'flops' else 'parameters'}"
+            if b.inference is not None else "",
+            f"per-target at most {b.per_target:.3g} FLOPs" if b.per_target is not None else "") if x)
+        if plan["best"] is None:
+            lines += [f"Budgets: {stated}. **{plan['why'].capitalize()}.**", ""]
+        else:
+            runner = (f"; runner-up: {plan['runner_up']} ({plan['runner_up_ppl']:.2f})" if plan["runner_up"]
+                      else "; no other strategy fits")
+            lines += [f"Budgets: {stated}. **Plan for {plan['best']}**: {plan['why']}{runner}.", ""]
+    lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining is "
+              "flat, one that pays per target climbs); `decision.png` shades, for each per-target budget and "
+              "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
+              "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
+              "with `--targets-expected`, `--inference-budget` and `--per-target-budget` to get the choice in one "
+              "line.", ""]
+    return lines, plan
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, format="png", metadata={"Software": None})
+    tmp.replace(path)
+
+
+def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int | None = None) -> bool:
+    plt = _pyplot()
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=100)
+    for label, curve in cost_curves(rows).items():
+        ax.plot(N_TARGETS, np.maximum(curve, 1.0), label=label)
+    if targets:
+        ax.axvline(targets, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("targets served (N)")
+    ax.set_ylabel("total training FLOPs, C(N)")
+    ax.set_title("C(N) = generic + N x per-target")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
+    plt = _pyplot()
+    m = decision_map(rows)
+    if plt is None or not m:
+        return False
+    from matplotlib.colors import ListedColormap
+
+    labels = m["labels"]
+    used = sorted(set(m["grid"].ravel().tolist()))
+    colors = plt.get_cmap("tab10")
+    cmap = ListedColormap(["#eeeeee"] + [colors(i % 10) for i in range(len(labels))])
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=100)
+    ax.pcolormesh(m["per_target"], m["params"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels), shading="nearest")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("per-target budget (FLOPs)")
+    ax.set_ylabel("inference budget (active parameters)")
+    ax.set_title("lowest perplexity after fine-tuning within both budgets")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in used if i >= 0]
+    names = [labels[i] for i in used if i >= 0]
+    if -1 in used:
+        handles.append(plt.Rectangle((0, 0), 1, 1, color=cmap(0)))
+        names.append("nothing fits")
+    ax.legend(handles, names, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True

@@ -1,0 +1,130 @@
+"""Planning: C(N), the choice under budgets, the decision map, and `compare --models ...,large,distill`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from impsamp.errors import ConfigError
+from impsamp.planning import Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section
+
+from ._helpers import invoke, ok, run_sub, write_corpus
+
+
+def entry(generic, per_target, params, ppl, inference=None):
+    return {"metrics": {"pretrained": {"macro_ppl": ppl * 2}, "finetuned": {"macro_ppl": ppl}},
+            "costs": {"generic": generic, "per_target": per_target, "params_active": params,
+                      "inference_flops_per_token": inference if inference is not None else 2 * params}}
+
+
+ROWS = [("dense, importance", entry(0, 10, 5, 100)), ("experts G=4 (top)", entry(100, 1, 5, 120)),
+        ("large", entry(500, 5, 25, 80))]
+
+
+def test_cost_curves_are_generic_plus_n_times_per_target():
+    n = np.array([1, 10, 1000])
+    curves = cost_curves(ROWS, n)
+    assert curves["dense, importance"].tolist() == [10, 100, 10000]
+    assert curves["experts G=4 (top)"].tolist() == [101, 110, 1100]
+    assert curves["large"].tolist() == [505, 550, 5500]
+
+
+def test_choice_under_budgets_and_the_runner_up():
+    free = choose(ROWS, Budgets())
+    assert (free["best"], free["runner_up"]) == ("large", "dense, importance")
+    small = choose(ROWS, Budgets(targets=100, inference=10))
+    assert (small["best"], small["runner_up"]) == ("dense, importance", "experts G=4 (top)")
+    assert small["total_cost"] == 0 + 100 * 10
+    cheap = choose(ROWS, Budgets(inference=10, per_target=2))
+    assert (cheap["best"], cheap["runner_up"]) == ("experts G=4 (top)", None)
+    flops = choose(ROWS, Budgets(inference=20, inference_unit="flops"))  # 2 x params FLOPs per token
+    assert flops["best"] == "dense, importance"
+
+
+def test_nothing_fits_is_said_in_one_line():
+    plan = choose(ROWS, Budgets(inference=1))
+    assert plan["best"] is None and plan["fitting"] == []
+    assert "no strategy fits" in plan["why"] and "experts G=4 (top)" in plan["why"]
+    lines, _ = plan_section(ROWS, Budgets(inference=1))
+    said = [li for li in lines if "No strategy fits" in li]
+    assert len(said) == 1 and "Plan for" not in "\n".join(lines)
+    lines, plan = plan_section(ROWS, Budgets(targets=10, per_target=6))
+    assert any(li.startswith("Budgets: 10 targets expected, per-target at most 6 FLOPs. **Plan for large**")
+               for li in lines), lines
+
+
+def test_decision_map_redraws_the_papers_rule_from_the_rows():
+    m = decision_map(ROWS, n=9)
+    labels, grid = m["labels"], m["grid"]
+    assert grid[-1, -1] == labels.index("large")              # everything affordable: the large model
+    assert (grid[0] == -1).all()                              # below the smallest model: nothing fits
+    small = int(np.argmax(m["params"] >= 5))                   # the first inference budget a small model fits
+    assert grid[small, -1] == labels.index("dense, importance")  # large per-target budget: importance sampling
+    assert grid[small, 0] == -1 and labels.index("experts G=4 (top)") in grid[small].tolist()  # small: experts
+
+
+def test_inference_budget_parsing():
+    assert parse_inference_budget("5e6") == (5e6, "params")
+    assert parse_inference_budget("4.5M params") == (4.5e6, "params")
+    assert parse_inference_budget("10M flops") == (1e7, "flops")
+    assert parse_inference_budget("1e7flops") == (1e7, "flops")
+    with pytest.raises(ConfigError, match="--inference-budget"):
+        parse_inference_budget("lots")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    p = {"root": root, "generic": write_corpus(root / "generic.jsonl", 240),
+         "target": write_corpus(root / "bio.jsonl", 40, seed=1, topics=("bio",), ids=False),
+         "toml": root / "c.toml"}
+    p["toml"].write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
+                         'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    return p
+
+
+def compare_args(p, out, *extra):
+    return ["compare", "--generic", p["generic"], "--target", p["target"], "--eval", p["target"], "--out", out,
+            "--methods", "uniform,importance", "--tokens", "2000", "--k", "4", "--steps", "4", "--finetune-steps",
+            "2", "--config", p["toml"], "--no-progress", *extra]
+
+
+def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
+    from impsamp.comparison import Report
+    from impsamp.training import TrainRun
+
+    out = tmp_path / "plan"
+    r = ok(invoke(*compare_args(corpus, out, "--models", "dense,large,distill", "--targets-expected", "50",
+                                "--inference-budget", "1e6", "--per-target-budget", "1e15")))
+    assert "| large (tiny-large, 1 steps) |" in r.output and "| distilled (teacher tiny-large, alpha 0.5) |" in r.output
+    res = Report.load(out).results
+    large, dist, uni = res["models"]["large"], res["models"]["distill"], res["methods"]["uniform"]
+    assert large["costs"]["params_active"] > 4 * uni["costs"]["params_active"]
+    assert dist["costs"]["teacher"] > 0 and dist["costs"]["generic"] == uni["costs"]["generic"] + large["costs"]["generic"]
+    assert dist["per_target_without_teacher"] == pytest.approx(uni["costs"]["finetuning"])
+    assert TrainRun.load(out / "runs" / "distill").config.teacher == str(out / "runs" / "large")
+    plan = res["plan"]
+    assert plan["best"] in ("dense, uniform", "dense, importance", "distilled (teacher tiny-large, alpha 0.5)")
+    assert "large (tiny-large, 1 steps)" not in plan["fitting"]  # over the inference budget
+    assert f"plan: {plan['best']}" in r.output
+    report = (out / "report.md").read_text()
+    assert "## Which strategy to plan for" in report and "Plan for" in report
+    assert (out / "plan.png").stat().st_size > 5000 and (out / "decision.png").stat().st_size > 5000
+
+
+def test_killed_compare_resumes_reusing_finished_runs(corpus, tmp_path):
+    out = tmp_path / "k"
+    args = compare_args(corpus, out, "--models", "dense,large")
+    r = run_sub(*args, env={"IMPSAMP_TEST_KILL_AT": "finetune:1"}, timeout=300)  # the first run that fine-tunes
+    assert r.returncode != 0 and not (out / "manifest.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/manifest.json")}  # finished selections
+    assert stamps
+    r = run_sub(*args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    ref = tmp_path / "ref"
+    ok(invoke(*compare_args(corpus, ref, "--models", "dense,large")))
+    table = lambda d: json.loads((d / "results.json").read_text())["models"]["large"]["metrics"]["finetuned"]  # noqa: E731
+    assert table(out)["macro_ppl"] == table(ref)["macro_ppl"]
