@@ -100,7 +100,7 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     plan = report.results.get("plan", {})
     if plan.get("budgets", {}) and any(v is not None for k, v in plan["budgets"].items() if k != "inference_unit"):
         click.echo(f"plan: {plan['best']} (runner-up {plan['runner_up']})" if plan["best"] else f"plan: {plan['why']}")
-    click.echo(f"report: {out_dir / 'report.md'}")
+    click.echo(f"report: {out_dir / 'report.md'} (in a browser: {out_dir / 'report.html'})")
 
 
 def cache_dir() -> Path:
@@ -149,6 +149,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
         report = Report.load(out_dir)
         same = report.results.get("config") == {**CompareConfig().__dict__, **cfg.__dict__} and \
             report.results.get("target_domain") == domain and report.results.get("impsamp_version") == __version__
+        same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
     except StageError:
         same = False
     if not same:
@@ -158,6 +159,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     click.echo(report.table())
     click.echo(f"\nreport: {out_dir / 'report.md'}  (selections, runs, plots and results.json beside it)")
     click.echo(f"finished in {time.time() - started:.0f} s")
+    click.echo(f"open in a browser: {out_dir / 'report.html'}  (plots, each selection's cluster explorer)")
 
 
 def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import cluster, compare, distill, embed, experts, finalize, info, project, resample, train  # noqa: F401
+from . import cluster, compare, distill, embed, experts, finalize, info, inspect, project, resample, train  # noqa: F401
 from .app import cli
 
 

@@ -34,6 +34,7 @@ _LAZY = {
     "experts": "mixture", "Experts": "mixture", "ExpertsConfig": "mixture", "specialize": "mixture",
     "evaluate_routed": "mixture", "Costs": "costs",
     "project": "projection", "evaluate_projected": "projection", "distill": "distillation",
+    "inspect": "explorer",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

@@ -439,14 +439,17 @@ def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
                       f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
     plan_lines, results["plan"] = _plan(out, results, files)
     lines += plan_lines
-    lines += ["Selections are in `selections/<method>/` (each with its data card and histogram plot), "
+    lines += ["Selections are in `selections/<method>/` (each with its data card, histogram plot and cluster "
+              "explorer, `explorer.html`, linked from `report.html`), "
               "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
               "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     files["report.md"] = out / "report.md"
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
     files["results.json"] = out / "results.json"
-    return files
+    from .explorer import write_report_html  # report.html beside report.md, each selection's explorer linked
+
+    return {**files, **write_report_html(out, clu, list(results["methods"]), seed=cfg["seed"])}
 
 
 def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[list[str], dict[str, Any]]:

@@ -8,10 +8,13 @@
     export("runs/lm", "hf/lm")                         # a transformers LlamaForCausalLM folder
 
 Modules: config (TrainConfig, presets; no torch), shape (ModelConfig), families (the model registry:
-`--arch`), model (the Llama-style GPT, family "dense"), tokenizer (BPE),
-data (token memmaps, batches), checkpoint (safetensors), runtime (device, DDP, memory),
-loop (train), result (TrainRun: a finished run), evaluation (ppl, bits per byte), hf (the dense
-family as a transformers Llama), export (a run as a transformers folder).
+`--arch`), model (the Llama-style GPT, family "dense"), projected (family "projected": the shared
+network of a projected network / soup of experts, and its small models), tokenizer (BPE),
+data (token memmaps, batches), conditioned (per-cluster memmaps and cluster- or histogram-conditioned
+batches), checkpoint (safetensors), runtime (device, DDP, memory), loop (train), distill (the
+distillation loss), provenance (`--init`, `--teacher`, cost accounting), stopping (early stopping),
+result (TrainRun: a finished run), evaluation (ppl, bits per byte), hf (the dense family as a
+transformers Llama), export (a run as a transformers folder).
 """
 
 from __future__ import annotations
