@@ -299,16 +299,22 @@ def report(bench: Bench, started: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
+def run_table(bench_class, report_fn, out_md: Path, doc: str) -> None:
+    """The main of every table script: run (unless --report-only), print the report, write it unless
+    --domains limits the run."""
+    args = arguments(doc.splitlines()[0])
     started = time.time()
-    bench = Bench(args)
+    bench = bench_class(args)
     if not args.report_only:
         bench.run()
-    text = report(bench, started)
+    text = report_fn(bench, started)
     print(text)
     if not args.domains:
-        OUT_MD.write_text(text + "\n")
+        out_md.write_text(text.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    run_table(Bench, report, OUT_MD, __doc__)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from experts_table import STEP_TOKENS, _mean, arguments, scores  # noqa: E402
+from experts_table import STEP_TOKENS, _mean, run_table, scores  # noqa: E402
 from projected_table import NETS, ProjBench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,15 +246,7 @@ def report(bench: PlanBench, started: float) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    started = time.time()
-    bench = PlanBench(args)
-    if not args.report_only:
-        bench.run()
-    text = report(bench, started)
-    print(text)
-    if not args.domains:
-        OUT_MD.write_text(text)
+    run_table(PlanBench, report, OUT_MD, __doc__)
 
 
 if __name__ == "__main__":

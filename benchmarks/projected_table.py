@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from experts_table import Bench, arguments, budget_table, scores  # noqa: E402
+from experts_table import Bench, budget_table, run_table, scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_MD = ROOT / "benchmarks" / "results" / "projected.md"
@@ -156,6 +156,8 @@ class ProjBench(Bench):
         self.per_target(large, "quarter")
         for size in ("full", "quarter"):
             self.per_target(small, size)
+        experts = self.work / "results.json"  # what experts_table.py finished meanwhile
+        self.experts = json.loads(experts.read_text()) if experts.exists() else {}
 
 
 def report(bench: ProjBench, started: float) -> str:
@@ -218,17 +220,7 @@ def report(bench: ProjBench, started: float) -> str:
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0])
-    started = time.time()
-    bench = ProjBench(args)
-    if not args.report_only:
-        bench.run()
-        bench.experts = json.loads((bench.work / "results.json").read_text()) if (bench.work / "results.json").exists() \
-            else {}
-    text = report(bench, started)
-    print(text)
-    if not args.domains:
-        OUT_MD.write_text(text + "\n")
+    run_table(ProjBench, report, OUT_MD, __doc__)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,10 @@ def assert_clean(out: Path) -> None:
 
 def no_manifest_anywhere(root: Path) -> bool:
     return not any(root.rglob(MANIFEST)) if root.exists() else True
+
+
+def tiny_compare_toml(path: Path) -> Path:
+    """A [compare] config for the test corpora: hashed embeddings and a 1-layer, 32-wide LM."""
+    path.write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
+                    'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    return path

@@ -13,7 +13,7 @@ import pytest
 from impsamp.manifest import MANIFEST
 
 from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, TIMING, invoke, ok, one_line_error, run_sub,
-                       write_corpus)
+                       tiny_compare_toml, write_corpus)
 
 pytest.importorskip("torch")
 
@@ -230,9 +230,7 @@ def test_ray_experts_give_the_same_bytes(pipe, tmp_path):
 def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path):
     from impsamp.comparison import Report
 
-    toml = tmp_path / "c.toml"
-    toml.write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
-                    'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
     r = ok(invoke("compare", "--generic", pipe["generic"], "--target", pipe["target"], "--eval", pipe["target"],
                   "--out", out, "--methods", "uniform,importance", "--models", "dense,experts", "--groups", "2",

@@ -10,7 +10,7 @@ import pytest
 from impsamp.errors import ConfigError
 from impsamp.planning import Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section
 
-from ._helpers import invoke, ok, run_sub, write_corpus
+from ._helpers import invoke, ok, run_sub, tiny_compare_toml, write_corpus
 
 
 def entry(generic, per_target, params, ppl, inference=None):
@@ -79,9 +79,7 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     p = {"root": root, "generic": write_corpus(root / "generic.jsonl", 240),
          "target": write_corpus(root / "bio.jsonl", 40, seed=1, topics=("bio",), ids=False),
-         "toml": root / "c.toml"}
-    p["toml"].write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
-                         'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+         "toml": tiny_compare_toml(root / "c.toml")}
     return p
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from impsamp.manifest import MANIFEST
 
-from ._helpers import CLUSTER_ARGS, EMBED_ARGS, TRAIN_FLAGS, invoke, ok, one_line_error, run_sub, write_corpus
+from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, TRAIN_FLAGS, invoke, ok, one_line_error, run_sub, tiny_compare_toml,
+                       write_corpus)
 
 torch = pytest.importorskip("torch")
 
@@ -228,15 +229,23 @@ def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pi
     from impsamp.projection import evaluate_projected, project
     from impsamp.training import evaluate
 
-    routed = evaluate_projected(pipe["pn"], [pipe["target"]], device="cpu")["per_file"][str(pipe["target"])]
-    by_group = routed["documents_per_group"]
-    if sum(1 for n in by_group if n) == 1:  # every document in one cluster: that cluster's small model
-        g = int(np.argmax(by_group))
-        project(pipe["pn"], tmp_path / "g", cluster=g)
-        assert routed["ppl"] == pytest.approx(evaluate(tmp_path / "g", [pipe["target"]])["per_file"]
-                                              [str(pipe["target"])]["ppl"], rel=1e-6)
+    from impsamp.clustering import Clusters
+    from impsamp.io import open_corpus
+    from impsamp.mixture.routing import route_to_groups
+
+    # the target's documents of its largest cluster: routed, each must be scored by that cluster's small model
+    texts = list(open_corpus(pipe["target"]).iter_texts())
+    groups = route_to_groups(Clusters.load(pipe["clu"]), np.arange(4), texts)
+    g = int(np.bincount(groups[groups >= 0]).argmax())
+    one = tmp_path / "one-cluster.jsonl"
+    one.write_text("".join(json.dumps({"text": t}) + "\n" for t, k in zip(texts, groups, strict=True) if k == g))
+    routed = evaluate_projected(pipe["pn"], [one], device="cpu")["per_file"][str(one)]
+    assert routed["documents_per_group"][g] == int((groups == g).sum()) == sum(routed["documents_per_group"])
+    project(pipe["pn"], tmp_path / "g", cluster=g)
+    assert routed["ppl"] == pytest.approx(evaluate(tmp_path / "g", [one])["per_file"][str(one)]["ppl"], rel=1e-6)
+    whole = evaluate_projected(pipe["pn"], [pipe["target"]], device="cpu")["per_file"][str(pipe["target"])]
     r = ok(invoke("evaluate", pipe["pn"], "--eval", pipe["target"]))
-    assert f"{routed['ppl']:.2f}" in r.output
+    assert f"{whole['ppl']:.2f}" in r.output
 
 
 def test_killed_projected_run_resumes_to_the_same_weights(pipe, tmp_path):
@@ -300,9 +309,7 @@ def test_torchrun_trains_a_projected_network_and_resumes_after_a_crash(pipe, tmp
 def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe, tmp_path):
     from impsamp.comparison import Report
 
-    toml = tmp_path / "c.toml"
-    toml.write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\nn_layer = 1\n'
-                    'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
     r = ok(invoke("compare", "--generic", pipe["generic"], "--target", pipe["target"], "--eval", pipe["target"],
                   "--out", out, "--methods", "uniform", "--models", "dense,projected,soup", "--tokens", "2000",

@@ -296,7 +296,7 @@ class _Trainer:
         cfg, rt = self.cfg, self.rt
         rt.seed(cfg.seed)
         model = build_model(cfg.arch, mcfg).to(rt.device)
-        teacher = self.teacher.load_model(rt.device).requires_grad_(False) if self.teacher else None
+        teacher = self.teacher.load_model(rt.device).requires_grad_(False) if self.teacher and cfg.alpha > 0 else None
         # a projected network's step leaves the codes and bases it does not use without gradient
         fwd = rt.wrap(model, find_unused_parameters=cfg.arch == "projected")
         ckpt = latest_checkpoint(self.out)
