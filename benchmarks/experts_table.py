@@ -66,7 +66,6 @@ class Bench:
 
     def prepare(self) -> None:
         from impsamp.clustering import ClusterConfig, Clusters, cluster
-        from impsamp.comparison import embed_backend
         from impsamp.embedding import EmbedConfig, Embeddings, embed
         from impsamp.errors import StageError
         from impsamp.training import train_tokenizer
@@ -75,7 +74,7 @@ class Bench:
             self.emb = Embeddings.load(self.work / "emb")
         except StageError:
             self.emb = embed(self.corpus.pool, self.work / "emb",
-                             EmbedConfig(max_tokens=128, backend=embed_backend("auto")), overwrite=True)
+                             EmbedConfig(max_tokens=128, backend="onnx"), overwrite=True)
         try:
             self.clu = Clusters.load(self.work / "clu")
         except StageError:

@@ -39,7 +39,8 @@ def _mean(xs: list[float]) -> float:
 
 def run(args: argparse.Namespace) -> dict[str, dict]:
     from impsamp.clustering import ClusterConfig, cluster
-    from impsamp.comparison import CompareConfig, compare, embed_backend
+    from impsamp.comparison import CompareConfig, compare
+    from impsamp.embedding.loading import backend_label, embed_backend
     from impsamp.datasets import demo_corpus
     from impsamp.embedding import EmbedConfig, embed
 
@@ -50,11 +51,13 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     overrides["methods"] = tuple(args.methods.split(","))
     cfg = CompareConfig(**overrides)
     work = Path(args.work)
-    backend = embed_backend(cfg.backend)
-    emb_dir, clu_dir = work / f"embeddings-{backend}-{cfg.max_tokens}", work / f"clusters-k{cfg.k}-s{cfg.seed}"
+    backend, quantize = embed_backend(cfg.backend)
+    emb_dir = work / f"embeddings-{backend_label((backend, quantize))}-{cfg.max_tokens}"
+    clu_dir = emb_dir.with_name(f"clusters-k{cfg.k}-s{cfg.seed}-{emb_dir.name}")
     t0 = time.time()
     if not (emb_dir / "manifest.json").exists():
-        embed(corpus.pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend),
+        embed(corpus.pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
+                                               quantize=quantize),
               overwrite=True, progress=True)
     if not (clu_dir / "manifest.json").exists():
         cluster(emb_dir, clu_dir, ClusterConfig(k=cfg.k, seed=cfg.seed), overwrite=True)

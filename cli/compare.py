@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
 import click
 
-from impsamp.comparison import METHODS, MODELS, CompareConfig, Report, embed_backend
+from impsamp.comparison import METHODS, MODELS, CompareConfig, Report
+from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
-from impsamp.config import resolve_config
+from impsamp.config import cache_dir, resolve_config
 from impsamp.errors import StageError
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
@@ -24,19 +24,32 @@ def _split(methods: str | None) -> tuple[str, ...] | None:
     return tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
 
 
-def _shared_options(f):
-    for opt in reversed([
-        click.option("--tokens", type=int, default=None, help="Selection budget per method, in tokens "
-                     f"[default: {CompareConfig.tokens:,}]."),
-        click.option("--k", type=int, default=None, help=f"k-means clusters [default: {CompareConfig.k}]."),
-        click.option("--steps", type=int, default=None, help=f"Pretraining steps [default: {CompareConfig.steps}]."),
-        click.option("--finetune-steps", type=int, default=None,
-                     help=f"Fine-tuning steps on the in-domain sample [default: {CompareConfig.finetune_steps}]."),
-        click.option("--preset", default=None, help=f"LM preset [default: {CompareConfig.preset}]."),
-        click.option("--seed", type=int, default=None, help="Seed of every stage [default: 0]."),
-    ]):
-        f = opt(f)
-    return f
+DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20}
+"""`impsamp demo`'s model and steps, where `compare` has `tiny`, 100 and 30: about half the training time
+(the `mini` preset runs ~2.2x `tiny`'s tokens/s), so the demo ends in about 4 minutes on 2 cores without
+AMX, and importance sampling's lead over uniform stays as plain (BENCHMARKS.md, `impsamp demo`)."""
+
+
+def _shared_options(f=None, *, defaults: dict | None = None):
+    d = {name: getattr(CompareConfig, name) for name in ("tokens", "k", "steps", "finetune_steps", "preset")}
+    d.update(defaults or {})
+
+    def apply(f):
+        for opt in reversed([
+            click.option("--tokens", type=int, default=None, help="Selection budget per method, in tokens "
+                         f"[default: {d['tokens']:,}]."),
+            click.option("--k", type=int, default=None, help=f"k-means clusters [default: {d['k']}]."),
+            click.option("--steps", type=int, default=None,
+                         help=f"Pretraining steps [default: {d['steps']}]."),
+            click.option("--finetune-steps", type=int, default=None,
+                         help=f"Fine-tuning steps on the in-domain sample [default: {d['finetune_steps']}]."),
+            click.option("--preset", default=None, help=f"LM preset [default: {d['preset']}]."),
+            click.option("--seed", type=int, default=None, help="Seed of every stage [default: 0]."),
+        ]):
+            f = opt(f)
+        return f
+
+    return apply(f) if f is not None else apply
 
 
 @cli.command()
@@ -103,12 +116,6 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     click.echo(f"report: {out_dir / 'report.md'} (in a browser: {out_dir / 'report.html'})")
 
 
-def cache_dir() -> Path:
-    """Where the demo keeps the bundled corpus's embeddings between runs."""
-    root = os.environ.get("IMPSAMP_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "impsamp")
-    return Path(root).expanduser()
-
-
 def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str) -> Path:
     """The demo's embedding cache for this installation's pool file. The embeddings record the corpus
     path they were made from and selections read the text there, so each installation keeps its
@@ -123,7 +130,7 @@ def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str)
 @click.option("--all-methods", is_flag=True, help="Also run the ngram (DSIR-style) and classifier selectors.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("impsamp-demo"), show_default=True,
               help="Report folder.")
-@_shared_options
+@_shared_options(defaults=DEMO_DEFAULTS)
 @progress_option
 def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset, seed, progress):
     """The main job on the bundled real corpus, no argument needed.
@@ -132,7 +139,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     in-domain sample; evaluation: that domain's held-out text. Selects with uniform sampling and
     clustered importance sampling (and the other methods with --all-methods), trains the same
     small LM on each, fine-tunes it on the sample and prints the in-domain perplexities.
-    Embeddings are cached between runs (IMPSAMP_CACHE, default ~/.cache/impsamp).
+    Embeddings are cached between runs (IMPSAMP_CACHE_DIR or IMPSAMP_CACHE, default ~/.cache/impsamp).
     """
     from impsamp import __version__
     from impsamp.datasets import demo_corpus
@@ -140,9 +147,11 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     started = time.time()
     corpus = demo_corpus()
     methods = METHODS if all_methods else None
-    cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, steps=steps,
-                         finetune_steps=finetune_steps, preset=preset, seed=seed)
-    emb_dir = demo_embeddings_dir(corpus.pool, embed_backend(cfg.backend), cfg.max_tokens, __version__)
+    flags = {"steps": steps, "finetune_steps": finetune_steps, "preset": preset}
+    cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, seed=seed,
+                         **{name: DEMO_DEFAULTS[name] if v is None else v for name, v in flags.items()})
+    emb_dir = demo_embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens,
+                                 __version__)
     show = show_progress(progress)
     emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show)
     try:
@@ -172,6 +181,7 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
         pass
     if progress:
         click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
-    embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=embed_backend(cfg.backend)),
-          progress=progress)
+    backend, quantize = embed_backend(cfg.backend)
+    embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
+                                     quantize=quantize), progress=progress)
     return emb_dir

@@ -43,7 +43,15 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--cap", type=float, default=None, help="Largest weight, as a multiple of the mean weight.")
 @click.option("--backoff", type=float, default=None,
               help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
-@click.option("--max-repeat", type=int, default=None, help="match: most times a document may be drawn.")
+@click.option("--max-repeat", type=int, default=None,
+              help="match: most times a document may be drawn; the rest spills to the nearest clusters "
+                   "[default: none; 4 with --within knn].")
+@click.option("--within", default=None, metavar="uniform|knn|MODULE:FUNCTION",
+              help="match: documents inside a cluster's quota drawn uniformly (the paper), weighted by "
+                   "closeness to the nearest target document (knn), or by your function(target_vectors, "
+                   "vectors) -> positive weights [default: uniform].")
+@click.option("--within-temperature", type=float, default=None,
+              help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau) [default: 0.05].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="arrow (datasets.load_from_disk), parquet or jsonl [default: arrow].")
@@ -56,7 +64,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @overwrite_option
 @progress_option
 def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_tokenizer, n_bytes, docs, method, scheme, weighting, smoothing,
-             temperature, cap, backoff, max_repeat, seed, fmt, rows_per_shard, text_field, id_field,
+             temperature, cap, backoff, max_repeat, within, within_temperature, seed, fmt, rows_per_shard, text_field, id_field,
              engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
 
@@ -76,12 +84,15 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
     cfg = resolve_config(ResampleConfig, config_file, "resample", tokens=tokens, docs=docs, bytes=n_bytes,
                          budget_tokenizer=None if budget_tokenizer is None else str(budget_tokenizer), method=method,
                          scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
-                         backoff=backoff, max_repeat=max_repeat, seed=seed, format=fmt,
+                         backoff=backoff, max_repeat=max_repeat, within=within,
+                         within_temperature=within_temperature, seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
                     progress=show_progress(progress), command=command_line(), execution=ex)
     s = sel.stats
     click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['unique_documents']:,} "
-               f"unique documents, repetition {s['repetition_rate']:.1%}) -> {out_dir}")
+               f"unique documents, repetition {s['repetition_rate']:.1%}"
+               + (f", {s['spilled_units']:,.0f} draws spilled over the repeat cap" if s.get("spilled_units") else "")
+               + f") -> {out_dir}")
     click.echo(f"KL(target||generic) {s['kl_target_generic']:.3f} -> KL(target||selected) "
                f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}")

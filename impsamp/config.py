@@ -12,6 +12,7 @@ turns a TOML section plus the flags a user typed into one of them, with errors t
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,3 +94,12 @@ def positive(name: str, value: float | int | None, *, flag: str | None = None, a
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{flag or name} must be {bound}, got {value}")
+
+
+def cache_dir() -> Path:
+    """impsamp's user cache (the demo's embeddings, exported ONNX models, tokenizers): `$IMPSAMP_CACHE_DIR`
+    or `$IMPSAMP_CACHE`, else `$XDG_CACHE_HOME/impsamp`, else `~/.cache/impsamp`."""
+    root = os.environ.get("IMPSAMP_CACHE_DIR") or os.environ.get("IMPSAMP_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "impsamp"

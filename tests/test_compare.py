@@ -110,6 +110,7 @@ def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypa
     # cache made from another install's pool (maybe deleted since) must not be picked up.
     from impsamp_cli.compare import demo_embeddings_dir
 
+    monkeypatch.delenv("IMPSAMP_CACHE_DIR", raising=False)
     monkeypatch.setenv("IMPSAMP_CACHE", str(tmp_path / "cache"))
     one, two = tmp_path / "a" / "pool.parquet", tmp_path / "b" / "pool.parquet"
     assert demo_embeddings_dir(one, "torch", 128, "0.2.0") != demo_embeddings_dir(two, "torch", 128, "0.2.0")
@@ -117,3 +118,25 @@ def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypa
     assert same == demo_embeddings_dir(one, "torch", 128, "0.2.0")
     assert same.parent == tmp_path / "cache" / "demo-0.2.0"
     assert demo_embeddings_dir(one, "onnx", 128, "0.2.0") != same != demo_embeddings_dir(one, "torch", 256, "0.2.0")
+
+
+def test_auto_backend_is_onnx_int8_without_amx_and_torch_with_it(monkeypatch):
+    import impsamp.hardware
+    from impsamp.embedding.loading import backend_label, embed_backend
+
+    monkeypatch.setattr(impsamp.hardware, "cpu_has_amx_bf16", lambda: True)
+    assert embed_backend("auto") == ("torch", None)
+    monkeypatch.setattr(impsamp.hardware, "cpu_has_amx_bf16", lambda: False)
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert embed_backend("auto") == ("onnx", "int8") and backend_label(embed_backend("auto")) == "onnx-int8"
+    assert embed_backend("onnx") == ("onnx", None) and embed_backend("torch") == ("torch", None)
+
+
+def test_demo_help_gives_its_own_model_and_steps():
+    from impsamp_cli.compare import DEMO_DEFAULTS
+
+    demo = CliRunner().invoke(cli, ["demo", "--help"]).output
+    compare = CliRunner().invoke(cli, ["compare", "--help"]).output
+    assert f"[default: {DEMO_DEFAULTS['preset']}]" in demo and "[default: tiny]" in compare
+    assert f"[default: {DEMO_DEFAULTS['steps']}]" in demo and "[default: 100]" in compare

@@ -373,6 +373,40 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
     assert len(alone._sessions) == 1
     alone.batch_tokens = 128
     assert np.array_equal(split, embed_texts(texts, alone)[0])
+    check_target_path_needs_no_torch(texts, int8, tmp_path_factory.mktemp("vectors"))
+
+
+def check_target_path_needs_no_torch(texts, want, tmp):
+    """Once the ONNX model and its tokenizer are cached, a new process embeds a target with neither torch
+    nor transformers imported, to the same bits; a damaged tokenizer record is rebuilt."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from impsamp.config import cache_dir
+
+    (tmp / "texts.json").write_text(json.dumps(texts))
+    code = ("import json, sys, numpy as np\n"
+            "from impsamp.embedding import EmbedConfig, embed_texts, load_embedder\n"
+            f"texts = json.load(open({str(tmp / 'texts.json')!r}))\n"
+            "cfg = EmbedConfig(max_tokens=128, backend='onnx', quantize='int8', device='cpu')\n"
+            "e = load_embedder(cfg, threads=2)\n"
+            f"np.save({str(tmp / 'v.npy')!r}, embed_texts(texts, e)[0])\n"
+            "heavy = {'torch', 'transformers', 'sentence_transformers'} & set(sys.modules)\n"
+            "print(json.dumps(sorted(heavy)))\n")
+    records = list((cache_dir() / "tokenizers").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["pad_id"] == 0
+    for damaged in (False, True):
+        if damaged:
+            records[0].write_text("{not json")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        heavy = json.loads(r.stdout.strip().splitlines()[-1])
+        assert ("transformers" in heavy) if damaged else not heavy, heavy  # damaged: built again
+        assert np.array_equal(np.load(tmp / "v.npy"), want)
+    assert json.loads(records[0].read_text())["tokenizer"].startswith("{")  # rebuilt
 
 
 EDGE_TEXTS = ["x" * 5000, "word " * 3000, "a" * 2000 + " b" * 500, "  lead  " + "y " * 1000, "",

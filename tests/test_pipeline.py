@@ -124,6 +124,40 @@ def test_same_seed_same_bytes_other_seed_other_bytes(stages, tmp_path):
     assert outs[0] != outs[2]
 
 
+def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=400, within="knn", max_repeat=1, rows_per_shard=150)
+    a, b = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("a", "b"))
+    hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (a, b)]
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 3
+    idx = a.to_table().column("doc_index").to_numpy()
+    assert len(idx) == 400 and len(np.unique(idx)) == 400  # --max-repeat 1: no document twice
+    # ~300 'bio' documents cannot hold the target's ~400 draws once each: the rest spilled, and said so
+    hist = json.loads((tmp_path / "a" / "histograms.json").read_text())
+    assert a.stats["within"] == "knn" and a.stats["spilled_units"] > 50
+    assert abs(sum(hist["spilled"]) - a.stats["spilled_units"]) < 1e-6
+    assert np.mean(topics[idx] == "bio") > 0.6
+    with pytest.raises(impsamp.ConfigError, match="needs the target's text"):
+        impsamp.resample(emb, clu, tmp_path / "c", targets=[root / "emb"], config=cfg)
+
+
+def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=300, within="tests.weighting_plugins:closeness", max_repeat=1)
+    sel = impsamp.resample(emb, clu, tmp_path / "ok", targets=[target], config=cfg)
+    assert sel.stats["within"] == "tests.weighting_plugins:closeness" and np.mean(_topics_of(sel, topics) == "bio") > 0.6
+    for fn, message in (("negative_document_weights", r"returned 200 weight\(s\) that are not positive"),
+                        ("wrong_length_document_weights", r"returned shape \(201,\), expected \(200,\)"),
+                        ("missing", "cannot load it")):
+        bad = ResampleConfig(docs=300, within=f"tests.weighting_plugins:{fn}")
+        with pytest.raises((impsamp.WeightingError, impsamp.ConfigError), match=message):
+            impsamp.resample(emb, clu, tmp_path / fn, targets=[target], config=bad)
+        assert not (tmp_path / fn / "manifest.json").exists()
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within",
+                 "tests.weighting_plugins:negative_document_weights", "--out", tmp_path / "cli"])
+    assert r.exit_code != 0 and "not positive finite" in r.output and "Traceback" not in r.output
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
 def test_other_formats_read_back(stages, tmp_path, fmt):
     root, generic, target, topics, emb, clu = stages

@@ -30,8 +30,14 @@ def generic_shards():
     return [s.astype(np.int64) for s in shards], tokens, _hist(sizes, source="generic")
 
 
-def _run(cfg, weights, generic, shards, tokens):
-    plan = make_plan(cfg, weights, generic, shards, tokens)
+def _centroids():
+    """Leaf centroids on an arc at uneven angles (no two at the same distance from a third)."""
+    a = np.radians([0, 10, 25, 45, 70, 100, 135, 175])
+    return np.stack([np.cos(a), np.sin(a)], axis=1)
+
+
+def _run(cfg, weights, generic, shards, tokens, within_log_w=None):
+    plan = make_plan(cfg, weights, generic, shards, tokens, within_log_w=within_log_w, centroids=_centroids())
     reps = [unit_repeats(cfg, plan, i, s) for i, s in enumerate(shards)]
     return plan, reps
 
@@ -60,12 +66,18 @@ def test_match_spreads_repeats_evenly_inside_a_cluster(generic_shards):
         assert r.max() - r.min() <= 1  # every document is used before any is used again
 
 
-def test_max_repeat_moves_the_surplus_and_refuses_the_impossible(generic_shards):
+def test_max_repeat_spills_to_the_nearest_clusters_and_refuses_the_impossible(generic_shards):
     shards, tokens, generic = generic_shards
     target = _hist([1, 1, 1, 1, 1, 1, 50, 50])
     w = density_ratio(target, generic, smoothing=0.0)
     plan, reps = _run(ResampleConfig(docs=200, scheme="match", max_repeat=2), w, generic, shards, tokens)
     assert max(r.max() for r in reps) <= 2 and sum(r.sum() for r in reps) == 200
+    # clusters 6 (8 documents) and 7 (2) hold 16 and 4 draws under the cap; the rest of their ~189 draws
+    # (~169) spills to the nearest centroids with room: 6's to 5 (20 documents: room for 40), then 4; 7's to
+    # 4 (6 and 5 are full) until it is full too, then 3. Clusters 0-2, the farthest, keep their own ~1.9.
+    assert plan.draws[6] == 16 and plan.draws[7] == 4 and plan.draws[5] == 40 and plan.draws[4] == 80
+    assert plan.draws[3] > 50 and plan.draws[[0, 1, 2]].max() <= 2
+    assert plan.spilled[:6].sum() == 0 and abs(plan.spilled.sum() - (200 * 100 / 106 - 20)) < 1e-6
     with pytest.raises(ConfigError, match="at most 2,000 documents"):
         make_plan(ResampleConfig(docs=5000, scheme="match", max_repeat=2), w, generic, shards, tokens)
 
@@ -162,3 +174,55 @@ def test_unknown_weighting_lists_the_builtins():
 def test_check_weights_rejects_nan():
     with pytest.raises(WeightingError, match="non-finite"):
         check_weights([1.0, np.nan], 2, "f")
+
+
+def _knn(shards, seed=0):
+    """Per-unit log-weights as `--within knn` makes them: (similarity - 1) / tau, similarities in (0, 1)."""
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(0.2, 1.0, size=len(s)) - 1.0) / 0.05 for s in shards]
+
+
+def test_within_knn_keeps_the_cluster_quotas_and_prefers_close_documents(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([50, 1, 1, 1, 1, 1, 1, 1])
+    w = density_ratio(target, generic, smoothing=0.0)
+    base, _ = _run(ResampleConfig(docs=300, scheme="match", max_repeat=3), w, generic, shards, tokens)
+    log_w = _knn(shards)
+    cfg = ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3)
+    plan, reps = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)
+    assert np.array_equal(plan.draws, base.draws)  # the outer budget is `uniform`'s under the same cap
+    got = np.zeros(K)
+    for s, r in zip(shards, reps):
+        np.add.at(got, s, r)
+    assert np.array_equal(got, plan.draws) and max(r.max() for r in reps) == 3
+    lw, r = np.concatenate(log_w), np.concatenate(reps)
+    lw0, r0 = lw[np.concatenate(shards) == 0], r[np.concatenate(shards) == 0]  # ~260 draws, 400 documents
+    assert lw0[r0 == 3].min() > lw0[r0 == 0].max()  # the closest fill up to the cap first
+    assert np.average(lw0, weights=r0) > np.quantile(lw0, 0.75) and (r0 == 0).sum() > 100
+    again = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)[1]
+    assert all(np.array_equal(a, b) for a, b in zip(reps, again))
+    other = _run(ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3, seed=1), w, generic,
+                 shards, tokens, within_log_w=log_w)[1]
+    assert not all(np.array_equal(a, b) for a, b in zip(reps, other))
+
+
+def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_shards):
+    from impsamp.resampling.within import spread
+
+    rng = np.random.default_rng(0)
+    log_w = (rng.uniform(0.5, 1.0, size=50) - 1.0) / 1e6  # tau -> infinity: uniform
+    r = spread(120, log_w, cap=4, rng=np.random.default_rng(1))
+    assert r.sum() == 120 and r.max() - r.min() <= 1
+    sharp = spread(120, (rng.uniform(0.5, 1.0, size=50) - 1.0) / 0.01, cap=4, rng=np.random.default_rng(1))
+    assert sharp.sum() == 120 and sharp.max() == 4 and (sharp == 4).sum() >= 25 and (sharp == 0).sum() >= 15
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"within": "nearest"}, "--within must be one of uniform, knn"),
+    ({"within": "knn", "scheme": "crisp"}, "--within knn weighs documents inside `match`"),
+    ({"within": "knn", "method": "uniform"}, "--within knn weighs documents inside `match`"),
+    ({"within": "knn", "within_temperature": 0}, "--within-temperature must be > 0"),
+])
+def test_within_flags_are_checked(kw, message):
+    with pytest.raises(ConfigError, match=message.replace("-", "\\-").replace("`", ".")):
+        ResampleConfig(docs=10, **kw)

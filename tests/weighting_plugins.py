@@ -23,3 +23,16 @@ def raises(target, generic):
 
 def all_zero(target, generic):
     return np.zeros(generic.k)
+
+
+def closeness(target_vectors, vectors):
+    """A document-weight hook (`--within tests.weighting_plugins:closeness`): exp of 20 x the best cosine."""
+    return np.exp(20 * (vectors @ target_vectors.T).max(axis=1))
+
+
+def negative_document_weights(target_vectors, vectors):
+    return -np.ones(len(vectors))
+
+
+def wrong_length_document_weights(target_vectors, vectors):
+    return np.ones(len(vectors) + 1)

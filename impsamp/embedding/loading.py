@@ -72,3 +72,27 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     if device == "cuda":  # one core runs the model's Python; the others tokenize
         embedder.prepare_threads = max(1, min(MAX_PREPARE_THREADS, threads - 1))
     return embedder
+
+
+def embed_backend(backend: str) -> tuple[str, str | None]:
+    """`auto` -> (backend, quantize): the fastest close-enough embedding on this machine (see
+    `impsamp.comparison.CompareConfig.backend`); `torch` and `onnx` -> that backend in float32 (torch: its precision rule)."""
+    if backend != "auto":
+        return backend, None
+    from .. import hardware
+
+    if hardware.cpu_has_amx_bf16():
+        return "torch", None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch", None
+    except ImportError:
+        pass
+    return "onnx", "int8"
+
+
+def backend_label(backend: tuple[str, str | None]) -> str:
+    """`onnx-int8`, `onnx`, `torch`: a backend choice in a folder name."""
+    return "-".join(x for x in backend if x)

@@ -6,13 +6,14 @@
 The Hugging Face transformer of a sentence-transformers model is exported with `torch.onnx.export`
 (the TorchScript exporter, eager attention, dynamic batch and sequence axes), its attention, LayerNorm
 and GELU subgraphs are fused into ONNX Runtime's contrib ops for BERT-like models (the optimizer's
-portable Python fusions only), and the result goes to a user cache: `$IMPSAMP_CACHE_DIR`, else
-`$XDG_CACHE_HOME/impsamp`, else `~/.cache/impsamp`, under `onnx/<weights sha256>-v<recipe>/`
-(`model.onnx`, `model-int8.onnx`, `export.json`). The folder is built under a temporary name and
-renamed, each later file is written to a temporary name and renamed, so a crash or a concurrent run
-never leaves a half-written model. Every graph is checked against PyTorch (on another shape than the
-trace's, with padding) before it is kept; the int8 model is compared with float32 on a few probe
-sentences once (a warning below cosine 0.98).
+portable Python fusions only), and the result goes to impsamp's user cache (`impsamp.config.cache_dir`)
+under `onnx/<weights sha256>-v<recipe>/` (`model.onnx`, `model-int8.onnx`, `export.json`). The folder
+is built under a temporary name and renamed, each later file is written to a temporary name and
+renamed, so a crash or a concurrent run never leaves a half-written model. Every graph is checked
+against PyTorch (on another shape than the trace's, with padding) before it is kept; the int8 model is
+compared with float32 on a few probe sentences once (a warning below cosine 0.98). The tokenizer that
+transformers builds is cached beside (`model_tokenizer`), so that once both are cached, embedding needs
+neither torch nor transformers: a new target costs ~0.7 s before its first document, not ~4 s.
 
 Pooling (mean, CLS or max, read from the model's Pooling config) and L2 normalisation run in numpy
 on the transformer's last hidden state; tokenization uses the model's fast tokenizer, exactly as
@@ -23,6 +24,8 @@ On CPU two sessions run alternate batches side by side, each with half the threa
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -36,7 +39,9 @@ from typing import Any
 import numpy as np
 
 from .._deps import require
+from ..config import cache_dir
 from ..errors import ConfigError, ImpsampError
+from ..manifest import sha256_file
 from .config import CPU_CALLERS
 from .contract import EmbeddedBatch, l2_normalize
 from .models import ResolvedModel
@@ -52,14 +57,6 @@ _UNSUPPORTED = ("{name}: the onnx backend runs Transformer + Pooling (mean, cls 
 _PROBE = ["The cat sat on the mat.", "Quarterly revenue rose 4% on strong cloud demand.",
           "def add(a, b):\n    return a + b", "Thou shalt not kill.",
           "The protein folds into a beta sheet within microseconds."]
-
-
-def cache_dir() -> Path:
-    """Where impsamp caches derived model files."""
-    if os.environ.get("IMPSAMP_CACHE_DIR"):
-        return Path(os.environ["IMPSAMP_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "impsamp"
 
 
 def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> Path:
@@ -278,6 +275,57 @@ def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
     return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
 
 
+_TOKENIZER_SKIP = (".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".ot", ".md")
+
+
+def _tokenizer_key(resolved: ResolvedModel) -> str:
+    """sha256 over what transformers builds the tokenizer from: the transformer folder's small files
+    (vocabularies, tokenizer and model configs; not weights) and the installed transformers version."""
+    h = hashlib.sha256()
+    for f in sorted(resolved.transformer_folder.iterdir()):
+        if f.is_file() and f.suffix not in _TOKENIZER_SKIP and f.stat().st_size < (64 << 20):
+            h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    try:
+        h.update(importlib.metadata.version("transformers").encode())
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return h.hexdigest()
+
+
+def model_tokenizer(resolved: ResolvedModel) -> tuple[Any, int]:
+    """The model's fast tokenizer exactly as transformers builds it, and its padding id.
+
+    Importing transformers (and torch with it) takes 2-3 s, most of a small target's cost, so the
+    first load keeps the `tokenizers` serialization of what transformers built in the cache
+    (`tokenizers/<key>.json`, keyed by `_tokenizer_key`); later loads read it back with `tokenizers`
+    alone. The embedder always tokenizes with such a round-tripped copy (`TransformerEmbedder`), so
+    both ways give the same token ids.
+    """
+    tokenizers = require("tokenizers")
+    record = cache_dir() / "tokenizers" / f"{_tokenizer_key(resolved)[:32]}.json"
+    try:
+        cached = json.loads(record.read_text())
+        return tokenizers.Tokenizer.from_str(cached["tokenizer"]), int(cached["pad_id"])
+    except Exception:  # noqa: BLE001 - missing, unreadable or from another tokenizers: build it again
+        pass
+    transformers = require("transformers")
+    quiet_transformers()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(resolved.transformer_folder))
+    if not hasattr(hf_tok, "backend_tokenizer"):
+        raise ConfigError(f"{resolved.name}: impsamp needs a model with a fast (Rust) tokenizer")
+    pad_id = int(hf_tok.pad_token_id or 0)
+    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"model": resolved.name, "pad_id": pad_id,
+                                   "tokenizer": hf_tok.backend_tokenizer.to_str()}) + "\n")
+        os.replace(tmp, record)
+    except OSError as e:  # a read-only cache only costs the import next time
+        logger.info("could not cache the tokenizer of %s in %s: %s", resolved.name, record, e)
+        tmp.unlink(missing_ok=True)
+    return hf_tok.backend_tokenizer, pad_id
+
+
 class OnnxEmbedder(TransformerEmbedder):
     """A sentence-transformers model's transformer run with ONNX Runtime, pooled and normalised here."""
 
@@ -285,13 +333,9 @@ class OnnxEmbedder(TransformerEmbedder):
                  device: str, quantize: str | None, threads: int | None = None):
         if resolved.pooling is None:
             raise ConfigError(_UNSUPPORTED.format(name=resolved.name))
-        transformers = require("transformers")
-        quiet_transformers()
-        hf_tok = transformers.AutoTokenizer.from_pretrained(str(resolved.transformer_folder))
-        if not hasattr(hf_tok, "backend_tokenizer"):
-            raise ConfigError(f"{resolved.name}: impsamp needs a model with a fast (Rust) tokenizer")
-        super().__init__(resolved, hf_tok.backend_tokenizer, max_tokens=max_tokens, windows=windows,
-                         batch_tokens=batch_tokens, pad_id=hf_tok.pad_token_id or 0)
+        backend_tokenizer, pad_id = model_tokenizer(resolved)
+        super().__init__(resolved, backend_tokenizer, max_tokens=max_tokens, windows=windows,
+                         batch_tokens=batch_tokens, pad_id=pad_id)
         self.path = onnx_model_path(resolved, quantize)
         # On CPU, CPU_SESSIONS sessions run alternate batches side by side, each on its share of the
         # threads: fewer threads per operator wait on each other (int8 on 2 cores: 215-220 vs 195-205

@@ -9,6 +9,11 @@ import pyarrow as pa
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
+WITHIN = ("uniform", "knn")
+KNN_MAX_REPEAT = 4
+"""`--within knn`'s repeat cap when `--max-repeat` is not given: about 4 epochs of a document train
+nearly as well as fresh text (data-constrained scaling), and the cap keeps the closest documents from
+taking a whole cluster's quota."""
 METHODS = ("importance", "uniform", "ngram", "classifier")
 FORMATS = ("arrow", "parquet", "jsonl")
 SELECTION_SCHEMA = pa.schema([
@@ -51,7 +56,14 @@ class ResampleConfig:
     backoff: float = 0.0
     """Hierarchy: pseudo-documents pulling a sparse leaf's target share toward its parent's."""
     max_repeat: int | None = None
-    """`match`: most times one document may be drawn; the surplus moves to other clusters."""
+    """`match`: most times one document may be drawn; what a cluster cannot hold spills to the clusters
+    nearest to it by centroid (`impsamp.resampling.within`). `--within knn` caps at 4 when not given."""
+    within: str = "uniform"
+    """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
+    (weighted by closeness to the nearest target document) or `package.module:function` (your document
+    weights; `impsamp.resampling.within`)."""
+    within_temperature: float = 0.05
+    """`--within knn`: tau in w = exp((cosine to the nearest target document - 1) / tau)."""
     seed: int = 0
     format: str = "arrow"
     """`arrow` (datasets.save_to_disk layout), `parquet` or `jsonl`."""
@@ -73,8 +85,15 @@ class ResampleConfig:
         for name in ("smoothing", "backoff"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.temperature <= 0 or (self.cap is not None and self.cap <= 0):
-            raise ConfigError("--temperature and --cap must be > 0")
+        if self.temperature <= 0 or (self.cap is not None and self.cap <= 0) or self.within_temperature <= 0:
+            raise ConfigError("--temperature, --cap and --within-temperature must be > 0")
+        module, sep, attr = self.within.partition(":")
+        if self.within not in WITHIN and not (sep and module and attr):
+            raise ConfigError(f"--within must be one of {', '.join(WITHIN)} or package.module:function, "
+                              f"got {self.within!r}")
+        if self.within != "uniform" and (self.method != "importance" or self.scheme != "match"):
+            raise ConfigError(f"--within {self.within} weighs documents inside `match`'s cluster quotas; use it "
+                              "with --method importance --scheme match")
         for name, allowed in (("scheme", SCHEMES), ("method", METHODS), ("format", FORMATS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -22,21 +22,6 @@ def _largest_remainder(expected: np.ndarray, total: int) -> np.ndarray:
     return base
 
 
-def _cap_draws(q: np.ndarray, n_total: int, limit: np.ndarray) -> np.ndarray:
-    """Expected draws per cluster, proportional to q, never above `limit` (water-filling)."""
-    expected = np.zeros_like(q)
-    free = q > 0
-    remaining = float(n_total)
-    while remaining > 1e-9 and free.any():
-        share = remaining * q[free] / q[free].sum()
-        room = limit[free] - expected[free]
-        add = np.minimum(share, room)
-        expected[free] += add
-        remaining -= add.sum()
-        free &= expected < limit - 1e-9
-    return expected
-
-
 @dataclass
 class Plan:
     """How many draws each (input shard, cluster) gets, and the numbers behind them."""
@@ -48,6 +33,8 @@ class Plan:
     topk_threshold: float | None = None
     keys: list[np.ndarray] | None = None  # per shard, per unit: Gumbel keys (topk), computed once
     doc_log_w: list[np.ndarray] | None = None  # per shard, per unit: a document-level selector's log-weights
+    repeats: list[np.ndarray] | None = None  # per shard, per unit: repeats fixed in the plan (`--within knn`)
+    spilled: np.ndarray | None = None  # (k,) expected draws each cluster passed to its neighbours (repeat cap)
 
 
 def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
@@ -59,11 +46,14 @@ _UNIT_NAMES = {"tokens": "tokens", "bytes": "bytes", "docs": "documents"}
 
 
 def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shard_leaves: list[np.ndarray],
-          shard_sizes: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None) -> Plan:
+              shard_sizes: list[np.ndarray], doc_log_w: list[np.ndarray] | None = None,
+              within_log_w: list[np.ndarray] | None = None, centroids: np.ndarray | None = None) -> Plan:
     """Draws per shard and cluster (match, crisp), or the top-k key threshold (topk).
 
     `shard_sizes` gives each unit's size in the budget's unit (`cfg.budget`). `doc_log_w` gives
     document-level log-weights (ngram, classifier); by default a unit's log-weight is its cluster's.
+    `within_log_w` (`--within knn`) weighs the units inside each cluster's `match` quota; `centroids`
+    (leaf clusters') say where a cluster's draws over the repeat cap spill (`within.spill`).
     """
     k = len(weights)
     if cfg.scheme == "topk" or doc_log_w is not None:
@@ -92,22 +82,48 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, DRAWS])
     if cfg.scheme == "match":
-        limit = np.where(q > 0, n_c * (cfg.max_repeat or np.inf), 0.0)
-        if cfg.max_repeat is not None and limit.sum() < n_units:
-            most = int(limit.sum()) if unit == "docs" else int((limit * mean_size).sum())
-            raise ConfigError(f"budget impossible with --max-repeat {cfg.max_repeat}: at most {most:,} "
+        return _plan_match(cfg, weights, q, n_units, n_c, mean_size, shard_counts, shard_leaves, within_log_w,
+                           centroids, rng)
+    # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
+    draws = rng.multinomial(int(round(n_units)), q)
+    shard_draws = np.zeros_like(shard_counts)
+    for c in np.flatnonzero(draws):
+        shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
+    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+
+
+def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units: float, n_c: np.ndarray,
+                mean_size: np.ndarray, shard_counts: np.ndarray, shard_leaves: list[np.ndarray],
+                within_log_w: list[np.ndarray] | None, centroids: np.ndarray | None,
+                rng: np.random.Generator) -> Plan:
+    """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours)."""
+    from .config import KNN_MAX_REPEAT
+    from .within import spill, unit_repeats_within
+
+    unit = cfg.budget[0]
+    cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
+    expected, spilled = q * n_units, None
+    if cap is not None:
+        room = n_c * float(cap)
+        if room.sum() < n_units:
+            most = int(room.sum()) if unit == "docs" else int((room * mean_size).sum())
+            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} "
                               f"{_UNIT_NAMES[unit]} can be drawn; lower the budget or raise --max-repeat")
-        draws = _largest_remainder(_cap_draws(q, n_units, limit), int(round(n_units)))
+        if centroids is None:  # no geometry given: every cluster equally near, the lower id first
+            centroids = np.eye(len(q))
+        expected, spilled = spill(expected, room, centroids, np.ones_like(q) if unit == "docs" else mean_size)
+    draws = _largest_remainder(expected, int(round(n_units)))
+    repeats = None
+    if cfg.within != "uniform":
+        repeats = unit_repeats_within(draws, shard_leaves, within_log_w, float(cap), cfg.seed)
+        shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
+                               ).astype(np.int64)
+    else:
         extra = draws % np.maximum(n_c, 1)
         shard_draws = shard_counts * (draws // np.maximum(n_c, 1))
         for c in np.flatnonzero(extra):
             shard_draws[:, c] += rng.multivariate_hypergeometric(shard_counts[:, c], int(extra[c]))
-    else:  # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
-        draws = rng.multinomial(int(round(n_units)), q)
-        shard_draws = np.zeros_like(shard_counts)
-        for c in np.flatnonzero(draws):
-            shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
-    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, repeats=repeats, spilled=spilled)
 
 
 def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:
@@ -151,6 +167,8 @@ def unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarray
     """How many times each unit of one input shard is selected."""
     if plan.topk_threshold is not None:
         return (plan.keys[shard] >= plan.topk_threshold).astype(np.int64)
+    if plan.repeats is not None:
+        return plan.repeats[shard]
     rng = shard_rng(cfg.seed, shard, DRAWS)
     counts = plan.shard_counts[shard]
     draws = plan.shard_draws[shard]

@@ -45,7 +45,8 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
     out, generic = run.out_dir, inputs.generic
     files: dict[str, Path] = {}
     hist = {"target": target.counts.tolist(), "generic": generic.counts.tolist(),
-            "selected": plan.draws.tolist(), "weights": plan.weights.tolist()}
+            "selected": plan.draws.tolist(), "weights": plan.weights.tolist(),
+            **({"spilled": plan.spilled.tolist()} if plan.spilled is not None else {})}
     atomic_write_bytes(out / "histograms.json", json.dumps(hist).encode())
     files["histograms.json"] = out / "histograms.json"
     if cfg.format == "arrow":

@@ -34,6 +34,7 @@ from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .tables import PerShard, hist_key
+from .within import within_log_weights
 from ..costs import encoder_flops, encoder_params
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
@@ -130,7 +131,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     _count_sizes(run, inputs, cfg, progress)
     plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
                      PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
-                     _document_log_weights(run, cfg, targets, target, inputs, progress))
+                     _document_log_weights(run, cfg, targets, target, inputs, progress),
+                     _within_log_weights(cfg, targets, target, inputs), inputs.clu.centroids)
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
     _route_pass(run, ex, cfg_eff, inputs, plan, target.weights, n_out, bar)
@@ -163,6 +165,16 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
             target_corpus(targets, cfg, "classifier")  # says which target is not a corpus
         return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names)
     return None
+
+
+def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs
+                        ) -> list[np.ndarray] | None:
+    """Per-unit log-weights inside the clusters' quotas (`--within knn` or a function); None for `uniform`."""
+    if cfg.within == "uniform":
+        return None
+    if target.vectors is None:
+        target_corpus(targets, cfg, f"importance --within {cfg.within}")  # says which target is not a corpus
+    return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
 
 
 def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Inputs, plan: Plan,
@@ -218,7 +230,8 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
     stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
                   "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
-                  "method": cfg.method, "scheme": cfg.scheme,
+                  "method": cfg.method, "scheme": cfg.scheme, "within": cfg.within,
+                  "spilled_units": float(plan.spilled.sum()) if plan.spilled is not None else 0.0,
                   "selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")),
                                                    sum(t.get("embedded_tokens", 0) for t in target.described))})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)

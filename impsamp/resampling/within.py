@@ -1,0 +1,171 @@
+"""Inside each cluster's quota: which documents, and how often (`--within`, `--max-repeat`).
+
+`match` fixes how many draws each cluster gets from the target's histogram: that outer budget is what
+makes clustered importance sampling robust, and it stays. Inside a cluster:
+
+- `--within uniform` (the seed paper): every document of the cluster equally likely;
+- `--within knn`: document i weighted by its closeness to the target, w_i = exp((s_i - 1) / tau), with
+  s_i the cosine similarity of its vector to the nearest target document's (exact search, faiss) and
+  tau = `--within-temperature` (smaller: sharper; tau -> infinity is `uniform`);
+- `--within package.module:function`: your own document weights, `function(target_vectors (m, d),
+  vectors (n, d)) -> (n,)` positive finite numbers for one input shard's units (checked; relative
+  inside each cluster: the cluster's quota is drawn whatever their scale).
+
+Either way no document is drawn more than `--max-repeat` times: a cluster's draws are spread in
+proportion to w_i with each document's expected count capped (water-filling), rounded to whole draws
+with a seeded draw of the remainders. What a cluster cannot hold under the cap (fewer than draws /
+max_repeat documents) spills to the clusters nearest to it by centroid that still have room, nearest
+first, and the selection's diagnostics say how much spilled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._deps import require
+from ..errors import ConfigError, WeightingError
+
+WITHIN_RNG = 5
+
+
+def cap_draws(q: np.ndarray, n_total: int, limit: np.ndarray) -> np.ndarray:
+    """Expected draws per cluster, proportional to q, never above `limit` (water-filling)."""
+    expected = np.zeros_like(q)
+    free = q > 0
+    remaining = float(n_total)
+    while remaining > 1e-9 and free.any():
+        share = remaining * q[free] / q[free].sum()
+        room = limit[free] - expected[free]
+        add = np.minimum(share, room)
+        expected[free] += add
+        remaining -= add.sum()
+        free &= expected < limit - 1e-9
+    return expected
+
+
+def knn_log_weights(target_vectors: np.ndarray, emb, names: Sequence[str], temperature: float
+                    ) -> list[np.ndarray]:
+    """Per input shard, each unit's log-weight (s - 1) / tau: s its cosine to the nearest target vector."""
+    faiss = require("faiss")
+    tvec = np.ascontiguousarray(target_vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(tvec.shape[1])
+    index.add(tvec)
+    out = []
+    for name in names:
+        v = np.ascontiguousarray(emb.shard_vectors(name), dtype=np.float32)
+        sim = index.search(v, 1)[0][:, 0] if len(v) else np.zeros(0, np.float32)
+        out.append((sim.astype(np.float64) - 1.0) / temperature)
+    return out
+
+
+def within_log_weights(spec: str, target_vectors: np.ndarray, emb, names: Sequence[str], temperature: float
+                       ) -> list[np.ndarray]:
+    """Per input shard, each unit's log-weight inside its cluster: `knn`, or the user's function."""
+    if spec == "knn":
+        return knn_log_weights(target_vectors, emb, names, temperature)
+    fn = resolve_within(spec)
+    out = []
+    for name in names:
+        v = np.asarray(emb.shard_vectors(name), dtype=np.float32)
+        try:
+            w = fn(np.asarray(target_vectors, dtype=np.float32), v)
+        except Exception as e:  # the user's code: any error is theirs, named in one line
+            raise WeightingError(f"--within {spec} raised {type(e).__name__}: {e}") from None
+        out.append(np.log(check_document_weights(w, len(v), spec, name)))
+    return out
+
+
+def resolve_within(spec: str):
+    """The function `package.module:function` names (imported only here)."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except Exception as e:  # noqa: BLE001 - an import can fail in any way; report it as the user's module
+        raise ConfigError(f"--within {spec}: cannot load it ({type(e).__name__}: {e})") from None
+    if not callable(fn):
+        raise ConfigError(f"--within {spec}: {attr} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def check_document_weights(w, n: int, spec: str, shard: str) -> np.ndarray:
+    """A document-weight function's output for one shard: n positive finite numbers, else a one-line error."""
+    try:
+        w = np.asarray(w, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise WeightingError(f"--within {spec} returned {type(w).__name__}, not numbers ({e})") from None
+    where = f"--within {spec} on embedding shard {shard}"
+    if w.shape != (n,):
+        raise WeightingError(f"{where} returned shape {w.shape}, expected ({n},): one weight per unit")
+    bad = ~np.isfinite(w) | (w <= 0)
+    if bad.any():
+        raise WeightingError(f"{where} returned {int(bad.sum())} weight(s) that are not positive finite numbers "
+                             f"(first at unit {int(np.flatnonzero(bad)[0])}); weights must be > 0")
+    return w
+
+
+def spill(expected: np.ndarray, room: np.ndarray, centroids: np.ndarray, size: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Expected draws per cluster moved off clusters over their `room` (draws they can hold) to the
+    nearest clusters by centroid with room left, nearest first. `size`: each cluster's mean unit size in
+    the budget's unit, so the budget moved is kept, not the count. -> (new expected, spilled out per cluster)."""
+    expected = expected.astype(np.float64).copy()
+    out = np.zeros_like(expected)
+    over = np.flatnonzero(expected > room + 1e-9)
+    if len(over) == 0:
+        return expected, out
+    c = np.asarray(centroids, dtype=np.float64)
+    for k in over:  # in cluster order: deterministic
+        excess = (expected[k] - room[k]) * size[k]
+        expected[k] = room[k]
+        out[k] = excess / max(size[k], 1e-12)
+        order = np.argsort(-(c @ c[k]), kind="stable")
+        for j in order:
+            if excess <= 1e-9:
+                break
+            free = (room[j] - expected[j]) * size[j]
+            if j == k or free <= 1e-9 or size[j] <= 0:
+                continue
+            moved = min(free, excess)
+            expected[j] += moved / size[j]
+            excess -= moved
+    return expected, out
+
+
+def spread(draws: int, log_w: np.ndarray, cap: float, rng: np.random.Generator) -> np.ndarray:
+    """Whole repeats per member summing to `draws`: expected counts proportional to exp(log_w), none over
+    `cap` (water-filling); the fractional parts decide the remaining draws by a seeded draw without
+    replacement (Gumbel top-k on their logs), so that rounding favours no member by its position."""
+    n = len(log_w)
+    if draws <= 0 or n == 0:
+        return np.zeros(n, np.int64)
+    w = np.exp(np.maximum(log_w - log_w.max(), -700.0))  # > 0: every member can take a share
+    expected = cap_draws(w / w.sum(), float(draws), np.full(n, float(cap)))
+    base = np.floor(expected + 1e-9).astype(np.int64)
+    extra = int(draws - base.sum())
+    if extra > 0:
+        frac = np.clip(expected - base, 0.0, None)
+        with np.errstate(divide="ignore"):
+            keys = np.log(frac) + rng.gumbel(size=n)
+        base[np.argsort(-keys, kind="stable")[:extra]] += 1
+    return base
+
+
+def unit_repeats_within(draws: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray] | None,
+                        cap: float, seed: int) -> list[np.ndarray]:
+    """Each input shard's repeats per unit: every cluster's `draws` spread over its members (all shards
+    together) by `spread`; `log_w` None: uniform inside the cluster."""
+    leaves = np.concatenate(shard_leaves)
+    weights = np.concatenate(log_w) if log_w is not None else np.zeros(len(leaves))
+    reps = np.zeros(len(leaves), np.int64)
+    order = np.argsort(leaves, kind="stable")
+    bounds = np.searchsorted(leaves[order], np.arange(len(draws) + 1))
+    for c in np.flatnonzero(draws):
+        members = order[bounds[c]:bounds[c + 1]]
+        reps[members] = spread(int(draws[c]), weights[members], cap,
+                               np.random.default_rng([seed, WITHIN_RNG, int(c)]))
+    starts = np.cumsum([0] + [len(a) for a in shard_leaves])
+    return [reps[a:b] for a, b in zip(starts[:-1], starts[1:])]
