@@ -127,7 +127,8 @@ def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str)
 @cli.command()
 @click.option("--target", "domain", default="python_docs", show_default=True,
               help="Bundled domain to imitate (see data_cards/impsamp-demo.md).")
-@click.option("--all-methods", is_flag=True, help="Also run the ngram (DSIR-style) and classifier selectors.")
+@click.option("--all-methods", is_flag=True,
+              help="Also run the knn, ngram (DSIR-style) and classifier selectors.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("impsamp-demo"), show_default=True,
               help="Report folder.")
 @_shared_options(defaults=DEMO_DEFAULTS)

@@ -45,7 +45,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
 @click.option("--max-repeat", type=int, default=None,
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
-                   "[default: none; 4 with --within knn].")
+                   "[default: none; 4 with a --within other than uniform].")
 @click.option("--within", default=None, metavar="uniform|knn|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the paper), weighted by "
                    "closeness to the nearest target document (knn), or by your function(target_vectors, "

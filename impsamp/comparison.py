@@ -95,6 +95,9 @@ class CompareConfig:
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
+        if "knn" in self.methods and self.scheme != "match":
+            raise ConfigError("--methods knn weighs documents inside `match`'s cluster quotas; drop it or "
+                              f"use the match scheme (scheme = {self.scheme!r} in the config)")
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
         from .planning import parse_inference_budget

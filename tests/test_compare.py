@@ -140,3 +140,11 @@ def test_demo_help_gives_its_own_model_and_steps():
     compare = CliRunner().invoke(cli, ["compare", "--help"]).output
     assert f"[default: {DEMO_DEFAULTS['preset']}]" in demo and "[default: tiny]" in compare
     assert f"[default: {DEMO_DEFAULTS['steps']}]" in demo and "[default: 100]" in compare
+
+
+def test_knn_method_needs_the_match_scheme():
+    from impsamp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--methods knn weighs documents inside `match`"):
+        CompareConfig(methods=("importance", "knn"), scheme="crisp")
+    assert CompareConfig(methods=("knn",)).methods == ("knn",)

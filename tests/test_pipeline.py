@@ -126,13 +126,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes(stages, tmp_path):
 
 def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
-    cfg = ResampleConfig(docs=400, within="knn", max_repeat=1, rows_per_shard=150)
+    # smoothing > 0: every cluster has a weight, so the surplus may spill out of the target's clusters
+    cfg = ResampleConfig(docs=400, within="knn", max_repeat=1, smoothing=0.01, rows_per_shard=150)
     a, b = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("a", "b"))
     hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (a, b)]
     assert hashes[0] == hashes[1] and len(hashes[0]) == 3
     idx = a.to_table().column("doc_index").to_numpy()
     assert len(idx) == 400 and len(np.unique(idx)) == 400  # --max-repeat 1: no document twice
-    # ~300 'bio' documents cannot hold the target's ~400 draws once each: the rest spilled, and said so
+    # ~290 'bio' documents cannot hold the target's ~400 draws once each: the rest spilled, and said so
     hist = json.loads((tmp_path / "a" / "histograms.json").read_text())
     assert a.stats["within"] == "knn" and a.stats["spilled_units"] > 50
     assert abs(sum(hist["spilled"]) - a.stats["spilled_units"]) < 1e-6
@@ -143,7 +144,7 @@ def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path)
 
 def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
-    cfg = ResampleConfig(docs=300, within="tests.weighting_plugins:closeness", max_repeat=1)
+    cfg = ResampleConfig(docs=300, within="tests.weighting_plugins:closeness", max_repeat=1, smoothing=0.01)
     sel = impsamp.resample(emb, clu, tmp_path / "ok", targets=[target], config=cfg)
     assert sel.stats["within"] == "tests.weighting_plugins:closeness" and np.mean(_topics_of(sel, topics) == "bio") > 0.6
     for fn, message in (("negative_document_weights", r"returned 200 weight\(s\) that are not positive"),
@@ -299,3 +300,29 @@ def test_windows_select_text_spans(tmp_path):
     for text, i in zip(tab.column("text").to_pylist(), tab.column("doc_index").to_pylist()):
         assert text in docs[i] and len(text.split()) <= 16
     assert isinstance(tab, pa.Table)
+
+
+def test_within_knn_resume_refuses_other_document_weights(stages, tmp_path, monkeypatch):
+    """The plan's document weights are part of the run's inputs: an interrupted run is resumed only with the
+    same ones (another embedder thread count could change their last bits), never mixed."""
+    import impsamp.resampling.stage as stage_mod
+
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=200, within="knn")
+    ref = impsamp.resample(emb, clu, tmp_path / "ref", targets=[target], config=cfg)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # killed after the routing pass
+
+    with monkeypatch.context() as m:
+        m.setattr(stage_mod, "_gather_pass", crash)
+        with pytest.raises(KeyboardInterrupt):
+            impsamp.resample(emb, clu, tmp_path / "a", targets=[target], config=cfg)
+    real = stage_mod.within_log_weights
+    with monkeypatch.context() as m:
+        m.setattr(stage_mod, "within_log_weights", lambda *a: [w + 1e-6 for w in real(*a)])
+        with pytest.raises(impsamp.StageError, match="interrupted 'resample' run with other settings"):
+            impsamp.resample(emb, clu, tmp_path / "a", targets=[target], config=cfg)
+    again = impsamp.resample(emb, clu, tmp_path / "a", targets=[target], config=cfg)
+    data = [{o.path: o.sha256 for o in x.manifest.outputs if o.path.startswith("data-")} for x in (ref, again)]
+    assert data[0] == data[1] and again.manifest.inputs["within_fingerprint"].startswith("sha256:")

@@ -226,3 +226,41 @@ def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_sh
 def test_within_flags_are_checked(kw, message):
     with pytest.raises(ConfigError, match=message.replace("-", "\\-").replace("`", ".")):
         ResampleConfig(docs=10, **kw)
+
+
+def _two_clusters(n_a, size_a, n_b, size_b):
+    leaves = np.array([0] * n_a + [1] * n_b, dtype=np.int64)
+    sizes = np.array([size_a] * n_a + [size_b] * n_b, dtype=np.int64)
+    return [leaves], [sizes], _hist([n_a, n_b])
+
+
+def test_repeat_cap_holds_under_a_token_budget_and_token_capacity_is_checked():
+    shards, sizes, generic = _two_clusters(10, 1, 1000, 100)
+    cfg = ResampleConfig(tokens=5050, scheme="match", max_repeat=1)
+    plan = make_plan(cfg, np.array([0.5, 0.5]) / generic.probs(), generic, shards, sizes)
+    reps = unit_repeats(cfg, plan, 0, shards[0])
+    assert reps.max() <= 1 and abs(float((reps * sizes[0]).sum()) - 5050) / 5050 < 0.03
+    shards, sizes, generic = _two_clusters(1000, 1, 1, 100)  # 1,100 tokens at most once each
+    with pytest.raises(ConfigError, match="at most 1,100 tokens"):
+        make_plan(ResampleConfig(tokens=9901, scheme="match", max_repeat=1),
+                  np.array([0.01, 0.99]) / generic.probs(), generic, shards, sizes)
+
+
+def test_a_cluster_weighted_zero_takes_no_spill():
+    shards, sizes, generic = _two_clusters(10, 1, 1000, 1)
+    with pytest.raises(ConfigError, match="at most 10 documents"):
+        make_plan(ResampleConfig(docs=50, scheme="match", max_repeat=1), np.array([1.0, 0.0]), generic,
+                  shards, sizes)
+
+
+def test_within_knn_meets_a_token_budget_when_close_documents_are_short():
+    n = 500
+    leaves = [np.zeros(2 * n, dtype=np.int64)]
+    sizes = [np.array([10] * n + [1000] * n)]
+    log_w = [np.concatenate([np.zeros(n), np.full(n, -10.0)])]  # the short documents are the close ones
+    cfg = ResampleConfig(tokens=101_000, scheme="match", within="knn")
+    plan = make_plan(cfg, np.ones(1), _hist([2 * n]), leaves, sizes, within_log_w=log_w)
+    reps = unit_repeats(cfg, plan, 0, leaves[0])
+    got = float((reps * sizes[0]).sum())
+    assert abs(got - 101_000) / 101_000 < 0.02 and reps.max() <= 4 and plan.draws.sum() == reps.sum()
+    assert reps[:n].sum() == 4 * n  # the close documents are used up to the cap first

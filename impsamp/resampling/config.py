@@ -57,7 +57,8 @@ class ResampleConfig:
     """Hierarchy: pseudo-documents pulling a sparse leaf's target share toward its parent's."""
     max_repeat: int | None = None
     """`match`: most times one document may be drawn; what a cluster cannot hold spills to the clusters
-    nearest to it by centroid (`impsamp.resampling.within`). `--within knn` caps at 4 when not given."""
+    nearest to it by centroid that the weighting does not exclude (`impsamp.resampling.within`). A
+    `within` other than `uniform` caps at `KNN_MAX_REPEAT` (4) when this is not given."""
     within: str = "uniform"
     """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
     (weighted by closeness to the nearest target document) or `package.module:function` (your document

@@ -11,13 +11,17 @@ from ..histograms import Histogram
 from .config import ResampleConfig
 
 
-def _largest_remainder(expected: np.ndarray, total: int) -> np.ndarray:
-    """Integers summing to `total`, each floor or ceil of `expected` (ties to the lower cluster id)."""
-    base = np.floor(expected).astype(np.int64)
+def _largest_remainder(expected: np.ndarray, total: int, room: np.ndarray | None = None) -> np.ndarray:
+    """Integers summing to `total`, each floor or ceil of `expected` (ties to the lower cluster id), none
+    above `room` (clusters at their room are not rounded up)."""
+    base = np.floor(expected + 1e-9).astype(np.int64)
     short = int(total - base.sum())
     if short > 0:
-        frac = expected - base
+        frac = np.clip(expected - base, 0.0, None)
+        if room is not None:
+            frac = np.where(base + 1 <= room + 1e-9, frac, -1.0)
         order = np.lexsort((np.arange(len(frac)), -frac))
+        order = order[frac[order] >= 0]
         base[order[:short]] += 1
     return base
 
@@ -82,8 +86,8 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, DRAWS])
     if cfg.scheme == "match":
-        return _plan_match(cfg, weights, q, n_units, n_c, mean_size, shard_counts, shard_leaves, within_log_w,
-                           centroids, rng)
+        return _plan_match(cfg, weights, q, n_units, n_c, mean_size, shard_counts, shard_leaves, shard_sizes,
+                           within_log_w, centroids, rng)
     # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
     draws = rng.multinomial(int(round(n_units)), q)
     shard_draws = np.zeros_like(shard_counts)
@@ -93,7 +97,7 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
 
 
 def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units: float, n_c: np.ndarray,
-                mean_size: np.ndarray, shard_counts: np.ndarray, shard_leaves: list[np.ndarray],
+                mean_size: np.ndarray, shard_counts: np.ndarray, shard_leaves: list[np.ndarray], shard_sizes,
                 within_log_w: list[np.ndarray] | None, centroids: np.ndarray | None,
                 rng: np.random.Generator) -> Plan:
     """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours)."""
@@ -102,22 +106,27 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
 
     unit = cfg.budget[0]
     cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
-    expected, spilled = q * n_units, None
+    size = np.ones_like(q) if unit == "docs" else mean_size
+    expected, spilled, room = q * n_units, None, None
     if cap is not None:
-        room = n_c * float(cap)
-        if room.sum() < n_units:
-            most = int(room.sum()) if unit == "docs" else int((room * mean_size).sum())
-            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} "
-                              f"{_UNIT_NAMES[unit]} can be drawn; lower the budget or raise --max-repeat")
+        room = np.where(q > 0, n_c * float(cap), 0.0)  # a cluster weighted 0 is never drawn, not even spilled to
+        if (room * size).sum() < n_units * float((q * size).sum()) * (1 - 1e-9):
+            most = int((room * size).sum())
+            flag = f"--max-repeat {cap}" if cfg.max_repeat else f"--within's repeat cap ({cap})"
+            raise ConfigError(f"budget impossible with {flag}: at most {most:,} {_UNIT_NAMES[unit]} can be "
+                              "drawn from the clusters the target weighs; lower the budget or raise --max-repeat")
         if centroids is None:  # no geometry given: every cluster equally near, the lower id first
             centroids = np.eye(len(q))
-        expected, spilled = spill(expected, room, centroids, np.ones_like(q) if unit == "docs" else mean_size)
-    draws = _largest_remainder(expected, int(round(n_units)))
+        expected, spilled = spill(expected, room, centroids, size)
+    # whole draws: the units the (spilled) budget holds, no cluster past its room
+    draws = _largest_remainder(expected, int(round(expected.sum())), room)
     repeats = None
     if cfg.within != "uniform":
-        repeats = unit_repeats_within(draws, shard_leaves, within_log_w, float(cap), cfg.seed)
+        repeats = unit_repeats_within(draws * size, shard_leaves, within_log_w, float(cap), cfg.seed,
+                                      None if unit == "docs" else shard_sizes)
         shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
                                ).astype(np.int64)
+        draws = shard_draws.sum(axis=0)
     else:
         extra = draws % np.maximum(n_c, 1)
         shard_draws = shard_counts * (draws // np.maximum(n_c, 1))

@@ -125,14 +125,19 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
+    within = _within_log_weights(cfg, targets, target, inputs)
+    # the document weights go into the run's inputs: a resume whose weights differ (another thread count
+    # of the embedder, say) is refused instead of mixing two plans' shards
+    within_key = {"within_fingerprint": _fingerprint(within)} if within is not None else {}
     run = StageRun(Path(out_dir), "resample", config={**asdict(cfg_eff), "weighting": target.weighting},
                    inputs={**inputs.described(), "targets": target.described,
-                           "target_fingerprint": hist_key(target.histogram)}, overwrite=overwrite).begin()
+                           "target_fingerprint": hist_key(target.histogram), **within_key},
+                   overwrite=overwrite).begin()
     _count_sizes(run, inputs, cfg, progress)
     plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
                      PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
-                     _document_log_weights(run, cfg, targets, target, inputs, progress),
-                     _within_log_weights(cfg, targets, target, inputs), inputs.clu.centroids)
+                     _document_log_weights(run, cfg, targets, target, inputs, progress), within,
+                     inputs.clu.centroids)
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
     _route_pass(run, ex, cfg_eff, inputs, plan, target.weights, n_out, bar)
@@ -175,6 +180,16 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
     if target.vectors is None:
         target_corpus(targets, cfg, f"importance --within {cfg.within}")  # says which target is not a corpus
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
+
+
+def _fingerprint(arrays: list[np.ndarray]) -> str:
+    """sha256 of per-unit float arrays, rounded to 1e-9 (what the plan is made from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.round(np.asarray(a, np.float64), 9).tobytes())
+    return "sha256:" + h.hexdigest()
 
 
 def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Inputs, plan: Plan,

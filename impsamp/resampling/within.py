@@ -30,17 +30,18 @@ from ..errors import ConfigError, WeightingError
 WITHIN_RNG = 5
 
 
-def cap_draws(q: np.ndarray, n_total: int, limit: np.ndarray) -> np.ndarray:
-    """Expected draws per cluster, proportional to q, never above `limit` (water-filling)."""
-    expected = np.zeros_like(q)
-    free = q > 0
-    remaining = float(n_total)
-    while remaining > 1e-9 and free.any():
-        share = remaining * q[free] / q[free].sum()
-        room = limit[free] - expected[free]
-        add = np.minimum(share, room)
+def cap_draws(q: np.ndarray, total: float, limit: np.ndarray, size: np.ndarray | None = None) -> np.ndarray:
+    """Expected counts proportional to q, never above `limit` (water-filling), holding `total` in all:
+    sum(counts * size) = total, `size` each item's size in the budget's unit (default 1: a count)."""
+    size = np.ones_like(q, dtype=np.float64) if size is None else np.asarray(size, dtype=np.float64)
+    expected = np.zeros_like(q, dtype=np.float64)
+    free = (q > 0) & (size > 0)
+    remaining = float(total)
+    while remaining > 1e-9 * max(total, 1.0) and free.any():
+        mass = q[free] * size[free]
+        add = np.minimum(remaining * q[free] / mass.sum(), limit[free] - expected[free])
         expected[free] += add
-        remaining -= add.sum()
+        remaining -= float((add * size[free]).sum())
         free &= expected < limit - 1e-9
     return expected
 
@@ -122,7 +123,7 @@ def spill(expected: np.ndarray, room: np.ndarray, centroids: np.ndarray, size: n
         excess = (expected[k] - room[k]) * size[k]
         expected[k] = room[k]
         out[k] = excess / max(size[k], 1e-12)
-        order = np.argsort(-(c @ c[k]), kind="stable")
+        order = np.argsort(((c - c[k]) ** 2).sum(axis=1), kind="stable")  # nearest first (any centroid norm)
         for j in order:
             if excess <= 1e-9:
                 break
@@ -132,40 +133,49 @@ def spill(expected: np.ndarray, room: np.ndarray, centroids: np.ndarray, size: n
             moved = min(free, excess)
             expected[j] += moved / size[j]
             excess -= moved
+        if excess > 1e-6 * max(float((expected * size).sum()), 1.0):
+            raise ConfigError(f"budget impossible under the repeat cap: cluster {int(k)}'s surplus finds no "
+                              "cluster with room; lower the budget or raise --max-repeat")
     return expected, out
 
 
-def spread(draws: int, log_w: np.ndarray, cap: float, rng: np.random.Generator) -> np.ndarray:
-    """Whole repeats per member summing to `draws`: expected counts proportional to exp(log_w), none over
-    `cap` (water-filling); the fractional parts decide the remaining draws by a seeded draw without
-    replacement (Gumbel top-k on their logs), so that rounding favours no member by its position."""
+def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator,
+           size: np.ndarray | None = None) -> np.ndarray:
+    """Whole repeats per member holding `quota` (in the budget's unit; `size`: each member's size in it,
+    default 1, so `quota` is a count): expected counts proportional to exp(log_w), none over `cap`
+    (water-filling); the fractional parts decide the remaining draws by a seeded draw without replacement
+    (Gumbel top-k on their logs), so that rounding favours no member by its position."""
     n = len(log_w)
-    if draws <= 0 or n == 0:
+    if quota <= 0 or n == 0:
         return np.zeros(n, np.int64)
     w = np.exp(np.maximum(log_w - log_w.max(), -700.0))  # > 0: every member can take a share
-    expected = cap_draws(w / w.sum(), float(draws), np.full(n, float(cap)))
+    expected = cap_draws(w / w.sum(), float(quota), np.full(n, float(cap)), size)
     base = np.floor(expected + 1e-9).astype(np.int64)
-    extra = int(draws - base.sum())
+    extra = int(round(expected.sum() - base.sum()))
     if extra > 0:
         frac = np.clip(expected - base, 0.0, None)
         with np.errstate(divide="ignore"):
-            keys = np.log(frac) + rng.gumbel(size=n)
-        base[np.argsort(-keys, kind="stable")[:extra]] += 1
+            keys = np.where(frac > 0, np.log(frac), -np.inf) + rng.gumbel(size=n)
+        order = np.argsort(-keys, kind="stable")
+        base[order[:min(extra, int((frac > 0).sum()))]] += 1
     return base
 
 
-def unit_repeats_within(draws: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray] | None,
-                        cap: float, seed: int) -> list[np.ndarray]:
-    """Each input shard's repeats per unit: every cluster's `draws` spread over its members (all shards
-    together) by `spread`; `log_w` None: uniform inside the cluster."""
+def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray] | None,
+                        cap: float, seed: int, shard_sizes=None) -> list[np.ndarray]:
+    """Each input shard's repeats per unit: every cluster's `quota` (in the budget's unit; units' sizes in
+    `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`; `log_w` None:
+    uniform inside the cluster."""
     leaves = np.concatenate(shard_leaves)
     weights = np.concatenate(log_w) if log_w is not None else np.zeros(len(leaves))
+    sizes = None if shard_sizes is None else np.concatenate([np.asarray(t, np.float64) for t in shard_sizes])
     reps = np.zeros(len(leaves), np.int64)
     order = np.argsort(leaves, kind="stable")
-    bounds = np.searchsorted(leaves[order], np.arange(len(draws) + 1))
-    for c in np.flatnonzero(draws):
+    bounds = np.searchsorted(leaves[order], np.arange(len(quota) + 1))
+    for c in np.flatnonzero(quota > 0):
         members = order[bounds[c]:bounds[c + 1]]
-        reps[members] = spread(int(draws[c]), weights[members], cap,
-                               np.random.default_rng([seed, WITHIN_RNG, int(c)]))
+        reps[members] = spread(float(quota[c]), weights[members], cap,
+                               np.random.default_rng([seed, WITHIN_RNG, int(c)]),
+                               None if sizes is None else sizes[members])
     starts = np.cumsum([0] + [len(a) for a in shard_leaves])
     return [reps[a:b] for a, b in zip(starts[:-1], starts[1:])]
