@@ -14,7 +14,7 @@ from .config import ResampleConfig
 def _largest_remainder(expected: np.ndarray, total: int, room: np.ndarray | None = None) -> np.ndarray:
     """Integers summing to `total`, each floor or ceil of `expected` (ties to the lower cluster id), none
     above `room` (clusters at their room are not rounded up)."""
-    base = np.floor(expected + 1e-9).astype(np.int64)
+    base = np.floor(expected).astype(np.int64)
     short = int(total - base.sum())
     if short > 0:
         frac = np.clip(expected - base, 0.0, None)
