@@ -165,16 +165,13 @@ class Bench:
                 "costs": run.metrics["costs"]}
 
     def run(self) -> None:
+        """Every row, the larger budget's whole-sample rows, selection rules and importance rows first (the
+        parts a session is most likely not to reach otherwise); each row is kept in results.json, so the
+        order changes no figure."""
         self.prepare()
         small, large = self.args.budgets
-        for steps in (large, small):
-            models = self.pretrain(steps)
-            for size in ("full", "quarter"):
-                for name, path in models.items():
-                    for d in self.domains:
-                        self.once(f"S{steps}/{name}/top/{size}/{d}",
-                                  lambda n=name, p=path, d=d, s=size: self.finetune(steps, n, p, d, s))
         models = self.pretrain(large)
+        self.top_rows(large, models, "full")
         rule_model = f"experts{self.args.groups[0]}"
         for select in ("lowest-loss", "all"):
             for d in self.domains:
@@ -182,6 +179,16 @@ class Bench:
                           lambda s=select, d=d: self.finetune(large, rule_model, models[rule_model], d, "full", s))
         for d in self.domains:
             self.once(f"importance/S{small}/{d}", lambda d=d: self.importance(small, d))
+        self.top_rows(large, models, "quarter")
+        models = self.pretrain(small)
+        for size in ("full", "quarter"):
+            self.top_rows(small, models, size)
+
+    def top_rows(self, steps: int, models: dict[str, Path], size: str) -> None:
+        for name, path in models.items():
+            for d in self.domains:
+                self.once(f"S{steps}/{name}/top/{size}/{d}",
+                          lambda n=name, p=path, d=d: self.finetune(steps, n, p, d, size))
 
 
 def scores(m: dict, run=None) -> dict:
