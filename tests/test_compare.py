@@ -37,7 +37,7 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 20, rng)
     out = tmp_path / "cmp"
     args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
-            "--methods", "uniform,importance,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
+            "--methods", "uniform,importance,knn,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
             "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml"]
     (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\n'
                                   'n_layer = 1\nn_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
@@ -46,12 +46,14 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     assert "| importance |" in r.output and "| ngram |" in r.output
     report = Report.load(out)
     methods = report.results["methods"]
-    assert set(methods) == {"uniform", "importance", "ngram", "classifier"}
+    assert set(methods) == {"uniform", "importance", "knn", "ngram", "classifier"}
     for m, e in methods.items():
         assert np.isfinite(e["metrics"]["pretrained"]["macro_ppl"]), m
         assert np.isfinite(e["metrics"]["finetuned"]["macro_ppl"]), m
     assert report.results["target_domain"] == "code"
-    assert methods["importance"]["target_domain_share"] > methods["uniform"]["target_domain_share"]
+    for m in ("importance", "knn"):
+        assert methods[m]["target_domain_share"] > methods["uniform"]["target_domain_share"], m
+    assert json.loads((out / "selections" / "knn" / "manifest.json").read_text())["config"]["within"] == "knn"
     assert (out / "report.md").read_text().startswith("# impsamp compare")
     # a second run reuses every stage and refuses to clobber without --overwrite
     r2 = CliRunner().invoke(cli, [str(a) for a in args])
