@@ -96,13 +96,20 @@ def resolve_weighting(spec: str | Callable[..., Any]) -> tuple[Callable[..., Any
     if not sep or not module or not attr:
         raise ConfigError(f"unknown weighting {spec!r}; use one of {sorted(WEIGHTINGS)} or "
                           "'package.module:function'")
+    return load_function(spec, "--weighting"), spec
+
+
+def load_function(spec: str, flag: str) -> Callable[..., Any]:
+    """The function an import string `package.module:function` names, imported only now; a one-line
+    ConfigError naming `flag` if it cannot be loaded or is not callable."""
+    module, _, attr = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except Exception as e:  # an import can fail in any way; report it as the user's module
-        raise ConfigError(f"--weighting {spec}: cannot load it ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{flag} {spec}: cannot load it ({type(e).__name__}: {e})") from None
     if not callable(fn):
-        raise ConfigError(f"--weighting {spec}: {attr} is a {type(fn).__name__}, not a function")
-    return fn, spec
+        raise ConfigError(f"{flag} {spec}: {attr} is a {type(fn).__name__}, not a function")
+    return fn
 
 
 def check_weights(w: Any, k: int, name: str) -> np.ndarray:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import ConfigError, WeightingError
+from ..weighting import load_function
 
 WITHIN_RNG = 5
 
@@ -66,7 +67,7 @@ def within_log_weights(spec: str, target_vectors: np.ndarray, emb, names: Sequen
     """Per input shard, each unit's log-weight inside its cluster: `knn`, or the user's function."""
     if spec == "knn":
         return knn_log_weights(target_vectors, emb, names, temperature)
-    fn = resolve_within(spec)
+    fn = load_function(spec, "--within")
     out = []
     for name in names:
         v = np.asarray(emb.shard_vectors(name), dtype=np.float32)
@@ -76,20 +77,6 @@ def within_log_weights(spec: str, target_vectors: np.ndarray, emb, names: Sequen
             raise WeightingError(f"--within {spec} raised {type(e).__name__}: {e}") from None
         out.append(np.log(check_document_weights(w, len(v), spec, name)))
     return out
-
-
-def resolve_within(spec: str):
-    """The function `package.module:function` names (imported only here)."""
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # noqa: BLE001 - an import can fail in any way; report it as the user's module
-        raise ConfigError(f"--within {spec}: cannot load it ({type(e).__name__}: {e})") from None
-    if not callable(fn):
-        raise ConfigError(f"--within {spec}: {attr} is a {type(fn).__name__}, not a function")
-    return fn
 
 
 def check_document_weights(w, n: int, spec: str, shard: str) -> np.ndarray:
@@ -161,13 +148,12 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
     return base
 
 
-def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray] | None,
+def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray],
                         cap: float, seed: int, shard_sizes=None) -> list[np.ndarray]:
     """Each input shard's repeats per unit: every cluster's `quota` (in the budget's unit; units' sizes in
-    `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`; `log_w` None:
-    uniform inside the cluster."""
+    `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`."""
     leaves = np.concatenate(shard_leaves)
-    weights = np.concatenate(log_w) if log_w is not None else np.zeros(len(leaves))
+    weights = np.concatenate(log_w)
     sizes = None if shard_sizes is None else np.concatenate([np.asarray(t, np.float64) for t in shard_sizes])
     reps = np.zeros(len(leaves), np.int64)
     order = np.argsort(leaves, kind="stable")
