@@ -3,14 +3,17 @@
     python benchmarks/bench_ray.py                                    # 2,000 demo documents, CPU
     python benchmarks/bench_ray.py --write benchmarks/results/ray.md
     python benchmarks/bench_ray.py --device cuda --gpus-per-worker 0.5
+    python benchmarks/bench_ray.py --device cuda --engines local,ray-fed --docs 40000 --rows-per-shard 1000
 
 Both engines embed the first N documents of the bundled demo corpus (`impsamp.datasets.demo_corpus()`)
 with sentence-transformers/all-MiniLM-L6-v2 (torch backend, 128 tokens) in shards of
 `--rows-per-shard` rows, each engine in its own fresh subprocess. Timed: the whole `embed()` call,
 as a user runs it: reading, loading the model (in the driver, and for Ray in its worker process too),
 for Ray starting the local Ray and stopping it, embedding, writing and committing the shards and the
-manifest. The overhead ratio is local docs/s over Ray docs/s. The script also checks that both
-outputs hold the same bytes.
+manifest. The overhead ratio is local docs/s over Ray docs/s. The script also checks that all
+outputs hold the same bytes. `ray-fed` is `--engine ray --tokenize-tasks`: each shard tokenized in a
+CPU-only Ray task that hands its token ids to the model's task (on a GPU host, every core but the
+model task's tokenizes; a GPU fed by more nodes than its own).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402  (one machine description for every benchmark)
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+LABELS = {"ray": "ray (local Ray started and stopped by the run)",
+          "ray-fed": "ray --tokenize-tasks (shards tokenized in CPU-only tasks)"}
 
 
 def _child(spec: dict) -> None:
@@ -39,7 +44,8 @@ def _child(spec: dict) -> None:
 
     cfg = EmbedConfig(model=MODEL, backend="torch", max_tokens=128, device=spec["device"],
                       rows_per_shard=spec["rows_per_shard"])
-    ex = Execution(engine=spec["engine"], gpus_per_worker=spec["gpus_per_worker"])
+    ex = Execution(engine="local" if spec["engine"] == "local" else "ray", gpus_per_worker=spec["gpus_per_worker"],
+                   tokenize_tasks=spec["engine"] == "ray-fed")
     t0 = time.perf_counter()
     emb = embed(spec["corpus"], spec["out"], cfg, execution=ex)
     seconds = time.perf_counter() - t0
@@ -57,6 +63,7 @@ def main() -> None:
     p.add_argument("--rows-per-shard", type=int, default=500)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--gpus-per-worker", type=float, default=1.0)
+    p.add_argument("--engines", default="local,ray", help="comma-separated: local, ray, ray-fed")
     p.add_argument("--write", type=Path, default=None, help="write a Markdown result file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -75,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "docs.parquet"
         pq.write_table(pq.read_table(impsamp.demo_corpus().pool).slice(0, args.docs), corpus)
-        for engine in ("local", "ray"):
+        for engine in args.engines.split(","):
             spec = {"engine": engine, "corpus": str(corpus), "out": str(Path(tmp) / engine),
                     "device": args.device, "rows_per_shard": args.rows_per_shard,
                     "gpus_per_worker": args.gpus_per_worker}
@@ -85,19 +92,22 @@ def main() -> None:
                 sys.exit(f"{engine} failed:\n{out.stderr[-3000:]}")
             results[engine] = r = json.loads(out.stdout.strip().splitlines()[-1])
             r["docs_per_s"] = r["docs"] / r["seconds"]
-            print(f"{engine:6s} {r['docs_per_s']:8.1f} docs/s  ({r['seconds']:.1f} s, {r['docs']} docs, "
+            print(f"{engine:7s} {r['docs_per_s']:8.1f} docs/s  ({r['seconds']:.1f} s, {r['docs']} docs, "
                   f"{r['precision']})", flush=True)
     load_after = os.getloadavg()
-    local, ray_r = results["local"], results["ray"]
+    local = results["local"]
+    ray_r = results.get("ray") or results[next(e for e in results if e != "local")]
     ratio = local["docs_per_s"] / ray_r["docs_per_s"]
-    same = local["sha256"] == ray_r["sha256"]
+    same = len({r["sha256"] for r in results.values()}) == 1
     print(f"overhead ratio local/ray: {ratio:.2f}x; outputs byte-identical: {same}")
     if args.write:
         shards = -(-args.docs // args.rows_per_shard)
         lines = [
             "# `--engine ray` against `--engine local` (embed)",
             "",
-            f"Command: `python benchmarks/bench_ray.py --write {args.write}`.",
+            f"Command: `python benchmarks/bench_ray.py --engines {args.engines} --docs {args.docs} --rows-per-shard "
+            f"{args.rows_per_shard} --device {args.device} --gpus-per-worker {args.gpus_per_worker} --write "
+            f"{args.write}`.",
             "",
             f"Machine: {machine()}; ray {ray.__version__}, python {platform.python_version()}.",
             f"Date: {dt.date.today().isoformat()}; {args.docs:,} documents of the bundled demo corpus in "
@@ -109,8 +119,8 @@ def main() -> None:
             "| engine | docs/s | seconds |",
             "|---|---|---|",
             f"| local | {local['docs_per_s']:.1f} | {local['seconds']:.1f} |",
-            f"| ray (local Ray started and stopped by the run) | {ray_r['docs_per_s']:.1f} "
-            f"| {ray_r['seconds']:.1f} |",
+            *(f"| {LABELS[e]} | {r['docs_per_s']:.1f} | {r['seconds']:.1f} |" for e, r in results.items()
+              if e != "local"),
             "",
             f"Overhead ratio (local docs/s / ray docs/s): {ratio:.2f}x. Outputs byte-identical: "
             f"{'yes' if same else 'NO'}.",

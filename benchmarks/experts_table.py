@@ -198,6 +198,13 @@ def scores(m: dict, run=None) -> dict:
     return out
 
 
+def result_files(work: Path) -> list[Path]:
+    """Every result file of the three table scripts in a work folder (plan_table may write several,
+    one per invocation run side by side with --results)."""
+    names = [work / "results.json", work / "results-projected.json", *sorted(work.glob("results-plan*.json"))]
+    return [p for p in names if p.exists()]
+
+
 def _mean(xs):
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
@@ -234,6 +241,7 @@ def arguments(description: str) -> argparse.Namespace:
     ap.add_argument("--domains", default=None)
     ap.add_argument("--finetune-steps", type=int, default=12)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--results", default=None, help="plan_table only: its result file in --work")
     args = ap.parse_args()
     args.budgets = tuple(int(x) for x in args.budgets.split(","))
     args.groups = [int(x) for x in args.groups.split(",")]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of every open issue, in one run of under 8 minutes on one H100/H200 (the `device` tool):
+# The GPU checks of every open issue, in one run of under 9 minutes on one H100/H200 (the `device` tool):
 #
 #   bash benchmarks/gpu_check.sh            # results under $OUT (or ./gpu-check), one file per check
 #
@@ -9,7 +9,8 @@
 #    (histogram codes), a few bf16 training steps each, on random tokens (no faiss needed);
 # 3. embedding on the GPU against plain sentence-transformers (benchmarks/bench_embed.py);
 # 4. `embed --engine ray --gpus-per-worker 0.5` on a local Ray cluster (benchmarks/bench_ray.py), if Ray
-#    is installed there.
+#    is installed there; then `--tokenize-tasks` (shards tokenized in CPU-only Ray tasks feeding the GPU
+#    task) against the local engine on 40,000 documents: does one host reach its tokenizing bound?
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_BATCH=2 runs check 2 on a CPU (a dry run of the script's Python).
 # Each check has its own time limit, so one that hangs leaves the others their time. The device machine
 # has no network: it runs with the packages it has (`pip install -e . --no-deps` makes impsamp importable).
@@ -27,7 +28,7 @@ run() {  # run NAME SECONDS CMD...: CMD's output to $OUT/NAME.log, its exit stat
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; lscpu | grep 'Model name'; nproc
   $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'; } > "$OUT/machine.txt" 2>&1
 
-run train 200 $PY benchmarks/bench_train.py --gpu --steps 40 --json "$OUT/train.json"
+run train 180 $PY benchmarks/bench_train.py --gpu --steps 40 --json "$OUT/train.json"
 run families 60 $PY - <<'EOF'
 import os, time, torch
 from impsamp.training.model import GPT
@@ -58,7 +59,9 @@ EOF
 run embed 110 $PY benchmarks/bench_embed.py --device cuda --rounds 1 --child-timeout 45 --docs 20000 \
   --write "$OUT/embed.md"
 if $PY -c 'import ray' 2>/dev/null; then
-  run ray 90 $PY benchmarks/bench_ray.py --device cuda --gpus-per-worker 0.5 --docs 4000 --write "$OUT/ray.md"
+  run ray 80 $PY benchmarks/bench_ray.py --device cuda --gpus-per-worker 0.5 --docs 4000 --write "$OUT/ray.md"
+  run ray_fed 90 $PY benchmarks/bench_ray.py --device cuda --engines local,ray-fed --docs 40000 \
+    --rows-per-shard 1000 --write "$OUT/ray_fed.md"
 else
   echo "ray: not installed on this machine" | tee -a "$OUT/summary.txt"
 fi

@@ -18,8 +18,10 @@ Sizing for one developer session on 2 cores: `tiny` models, fine-tuning at most 
 stopping, the large model at equal FLOPs (so its pretraining costs what the dense model's does), and
 no row computed twice across the three scripts.
 
-Results go to --work/results-plan.json (a rerun skips what is there) and benchmarks/results/plan.md
-(+ plan-decision-S*.png). Not run in CI.
+Results go to --work/results-plan.json (a rerun skips what is there; `--results results-plan-B.json`
+names another file, so that two invocations can share the 2 cores, each on its own budgets, e.g. with
+OMP_NUM_THREADS=1: each reads the other's rows) and benchmarks/results/plan.md (+ plan-decision-S*.png).
+Not run in CI.
 """
 
 from __future__ import annotations
@@ -33,17 +35,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from experts_table import STEP_TOKENS, _mean, run_table, scores  # noqa: E402
+from experts_table import STEP_TOKENS, _mean, result_files, run_table, scores  # noqa: E402
 from projected_table import NETS, ProjBench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_MD = ROOT / "benchmarks" / "results" / "plan.md"
 SIZES = ("quarter", "full")
+RUN_ORDER = ("full", "quarter")
 IMPORTANCE_STEPS = 120
 
 
 def importance_steps(budgets) -> int:
-    return min(IMPORTANCE_STEPS, budgets[-1])
+    return min(IMPORTANCE_STEPS, max(budgets))
 
 
 class PlanBench(ProjBench):
@@ -51,12 +54,12 @@ class PlanBench(ProjBench):
 
     def __init__(self, args):
         super().__init__(args)
-        self.path = self.work / "results-plan.json"
+        self.path = self.work / (args.results or "results-plan.json")
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.others = {}
-        for name in ("results.json", "results-projected.json"):
-            if (self.work / name).exists():
-                self.others.update(json.loads((self.work / name).read_text()))
+        for path in result_files(self.work):
+            if path != self.path:
+                self.others.update(json.loads(path.read_text()))
 
     def once(self, key: str, fn):
         if key in self.others:
@@ -68,7 +71,7 @@ class PlanBench(ProjBench):
 
     def large(self, steps: int) -> Path:
         from impsamp.errors import StageError
-        from impsamp.training import TrainConfig, TrainRun, evaluate, train
+        from impsamp.training import TrainConfig, TrainRun, train
 
         dense = TrainConfig(tokenizer=str(self.tok)).model_config(4096)
         cfg = TrainConfig(preset="tiny-large", tokenizer=str(self.tok), seed=0, pretrain_costs="generic")
@@ -78,8 +81,9 @@ class PlanBench(ProjBench):
             TrainRun.load(path)
         except StageError:
             train([str(self.corpus.pool)], path, replace(cfg, steps=large_steps), overwrite=True)
-        self.once(f"S{steps}/large/generic", lambda: {**scores(evaluate(path, self.evals)),
-                                                     "costs": TrainRun.load(path).metrics["costs"],
+        # no generic perplexity: the plan compares fine-tuned rows, and scoring 8 held-out sets with a
+        # 5x model costs 4-5 minutes per budget on 2 cores
+        self.once(f"S{steps}/large/generic", lambda: {"costs": TrainRun.load(path).metrics["costs"],
                                                      "steps": large_steps})
         return path
 
@@ -117,29 +121,41 @@ class PlanBench(ProjBench):
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
                 "costs": run.metrics["costs"]}
 
+    def row(self, steps: int, name: str, size: str, domain: str) -> dict:
+        """One strategy's fine-tuned row; its pretrained model is trained the first time it is needed."""
+        if name in ("large", "distill"):
+            large = self.models.get((steps, "large")) or self.large(steps)
+            self.models[(steps, "large")] = large
+            if name == "large":
+                return self.finetuned(steps, "large", large, domain, size)[0]
+            self.row_once(steps, "large", size, domain)  # the teacher first
+            return self.distilled(steps, domain, size)
+        if name in NETS:
+            net = self.models.get((steps, name)) or self.network(steps, name)
+            self.models[(steps, name)] = net
+            return self.specialise(steps, name, net, self.samples[domain][size], [str(self.corpus.eval(domain))],
+                                   f"{size}-{domain}")
+        if (steps, name) not in self.models:
+            self.models.update({(steps, n): path for n, path in self.pretrain(steps).items()})
+        return self.finetune(steps, name, self.models[(steps, name)], domain, size)
+
+    def row_once(self, steps: int, name: str, size: str, domain: str) -> dict:
+        return self.once(f"S{steps}/{name}/top/{size}/{domain}", lambda: self.row(steps, name, size, domain))
+
     def run(self) -> None:
+        """Budget by budget in the order given, the whole sample before the quarter, every strategy of a
+        domain together: an interrupted run leaves whole budgets and whole rows behind. Models are
+        pretrained when a row first needs them; rows of other result files are reused."""
         self.prepare()
-        budgets = self.args.budgets
-        for steps in budgets:
-            models = self.pretrain(steps)  # dense and experts (reused when measured before)
-            models.update({name: self.network(steps, name) for name in NETS})
-            for size in SIZES:
+        self.models = {}
+        names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill")
+        for steps in self.args.budgets:
+            for size in RUN_ORDER:
                 for d in self.domains:
-                    for name in ("dense", f"experts{self.args.groups[0]}"):
-                        self.once(f"S{steps}/{name}/top/{size}/{d}",
-                                  lambda n=name, d=d, s=size: self.finetune(steps, n, models[n], d, s))
-                    for name in NETS:
-                        self.once(f"S{steps}/{name}/top/{size}/{d}", lambda n=name, d=d, s=size: self.specialise(
-                            steps, n, models[n], self.samples[d][s], [str(self.corpus.eval(d))], f"{s}-{d}"))
-        for steps in budgets:
-            large = self.large(steps)
-            for size in SIZES:
-                for d in self.domains:
-                    self.once(f"S{steps}/large/top/{size}/{d}",
-                              lambda d=d, s=size: self.finetuned(steps, "large", large, d, s)[0])
-                    self.once(f"S{steps}/distill/top/{size}/{d}", lambda d=d, s=size: self.distilled(steps, d, s))
-        small = importance_steps(budgets)
-        for size in SIZES:
+                    for name in names:
+                        self.row_once(steps, name, size, d)
+        small = importance_steps(self.args.budgets)
+        for size in RUN_ORDER:
             for d in self.domains:
                 key = f"importance/S{small}/{d}" if size == "full" else f"importance/S{small}/{size}/{d}"
                 self.once(key, lambda d=d, s=size: self.importance_at(small, d, s))

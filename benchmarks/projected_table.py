@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from experts_table import Bench, budget_table, run_table, scores  # noqa: E402
+from experts_table import Bench, budget_table, result_files, run_table, scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_MD = ROOT / "benchmarks" / "results" / "projected.md"
@@ -165,6 +165,8 @@ def report(bench: ProjBench, started: float) -> str:
     small, large = a.budgets
     doms = bench.domains
     both = {**ex, **r}
+    for path in result_files(bench.work):  # plan_table.py measures the budgets this script did not reach
+        both = {**json.loads(path.read_text()), **both}
     names = ["dense"] + [f"experts{g}" for g in a.groups] + list(NETS)
     label = {"dense": "dense", **{f"experts{g}": f"experts G={g} (top)" for g in a.groups},
              "projected": "projected network (top cluster)", "soup": "soup of experts (histogram)"}

@@ -94,9 +94,10 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     Example:
       impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \\
           --out runs/law-compare --methods uniform,importance,ngram,classifier
-      impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \
-          --out runs/law-plan --methods uniform,importance --models dense,experts,projected,large,distill \
+      impsamp compare --generic 'web/*.jsonl.gz' --target law_sample.jsonl --eval law_heldout.jsonl \\
+          --out runs/law-plan --methods uniform,importance --models dense,experts,projected,large,distill \\
           --targets-expected 100 --inference-budget 5e6 --per-target-budget 3e13
+
     Every row carries its costs: generic pretraining FLOPs (paid once for all targets), per-target FLOPs,
     inference FLOPs per token and the parameters that run at inference. The report's planning section
     gives C(N) = generic + N x per-target (plan.png), the strategy with the lowest perplexity within

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from impsamp.config import resolve_config
@@ -41,6 +43,9 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="Processes that tokenize ahead of the model instead of threads, for GPU runs that "
                    "tokenizing bounds (per worker; on an H200 host level with threads on large corpora, "
                    "slower on small ones, as they take seconds to start) [default: 0: threads]")
+@click.option("--tokenize-tasks", is_flag=True, default=False,
+              help="--engine ray: tokenize each shard in a CPU-only Ray task that hands its token ids to the "
+                   "model's task, so that GPU nodes are fed by the CPU-only nodes too (same output bytes).")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--id-field", default=None, help="Field holding a document id [default: 'id' if present].")
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default=None,
@@ -50,7 +55,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @overwrite_option
 @progress_option
 def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize, device, precision,
-                  batch_tokens, rows_per_shard, workers, tokenize_processes, text_field, id_field,
+                  batch_tokens, rows_per_shard, workers, tokenize_processes, tokenize_tasks, text_field, id_field,
                   encoding_errors, engine, ray_address, num_shards, shard_index, gpus_per_worker,
                   config_file, overwrite, progress):
     """Embed every document of CORPUS (files, folders, globs) into --out.
@@ -66,6 +71,7 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
       impsamp embed data/tiny.jsonl --out runs/emb --model hashing:256
       impsamp embed data/generic --out runs/emb --device cuda --max-tokens 128
       impsamp embed data/generic --out runs/emb --engine ray --ray-address auto
+      impsamp embed data/generic --out runs/emb --engine ray --ray-address auto --device cuda --tokenize-tasks
       impsamp embed data/generic --out runs/emb --num-shards 8 --shard-index $SLURM_ARRAY_TASK_ID
     """
     cfg = resolve_config(EmbedConfig, config_file, "embed", model=model, max_tokens=max_tokens,
@@ -73,7 +79,8 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
                          precision=precision, batch_tokens=batch_tokens, rows_per_shard=rows_per_shard,
                          workers=workers, tokenize_processes=tokenize_processes, text_field=text_field,
                          id_field=id_field, encoding_errors=encoding_errors)
-    ex = execution(engine, ray_address, num_shards, shard_index, gpus_per_worker)
+    ex = replace(execution(engine, ray_address, num_shards, shard_index, gpus_per_worker),
+                 tokenize_tasks=tokenize_tasks)
     result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress),
                    execution=ex)
     if ex.sliced:

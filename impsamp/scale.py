@@ -14,11 +14,15 @@ temp names (`.name.tmp-PID`, unique per process, so a retried task never writes 
 attempt's files) and returns their paths, and the driver commits them through the same `StageRun`.
 A commit is idempotent: a shard that already has a record is not committed twice (the duplicate's
 temp files are deleted). The output directory must be on a filesystem that every Ray node sees.
+A task argument may be `Upstream(fn, args)`: a CPU-only task run first, whose result Ray hands to the
+task (embed's `--tokenize-tasks`: a shard tokenized anywhere, its ids fed to a GPU task); tasks are
+then submitted a window at a time so that upstream results do not pile up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -57,6 +61,9 @@ class Execution:
     """Ray, embed on cuda: GPUs each embedding task requests (0.5 = two replicas per GPU)."""
     num_cpus: int | None = None
     """CPUs of a local Ray started here [default: all of this machine's]."""
+    tokenize_tasks: bool = False
+    """Ray, embed: tokenize each shard in a CPU-only task of its own, whose token ids Ray hands to the
+    task that runs the model: a GPU is then fed by every CPU of the cluster, not only its own host's."""
     require_complete: bool = False
     """Finalize: process no shard; refuse unless every shard is committed."""
 
@@ -65,6 +72,9 @@ class Execution:
             raise ConfigError(f"--engine must be one of {list(ENGINES)}, got {self.engine!r}")
         if self.ray_address is not None and self.engine != "ray":
             raise ConfigError("--ray-address needs --engine ray")
+        if self.tokenize_tasks and self.engine != "ray":
+            raise ConfigError("--tokenize-tasks needs --engine ray (locally, --tokenize-processes N "
+                              "tokenizes in N processes)")
         if (self.num_shards is None) != (self.shard_index is None):
             raise ConfigError("--num-shards and --shard-index go together (a Slurm array: "
                               "--num-shards N --shard-index $SLURM_ARRAY_TASK_ID)")
@@ -179,7 +189,7 @@ def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tupl
         run_ray(execution, fn, tasks, done, num_cpus=num_cpus, num_gpus=num_gpus, shared=shared)
         return
     values = dict(shared or {})
-    calls = [(key, tuple(values[a.name] if isinstance(a, Shared) else a for a in args)) for key, args in tasks]
+    calls = [(key, tuple(_in_place(a, values) for a in args)) for key, args in tasks]
     if stream is not None:
         order = _InOrder(done, done_in_background)
         order.run(stream(order.check))
@@ -189,6 +199,15 @@ def run_tasks(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tupl
         _in_threads(fn, calls, done, threads)
     else:
         _InOrder(done, done_in_background).run((key, fn(*args)) for key, args in calls)
+
+
+def _in_place(arg: Any, values: Mapping[str, Any]) -> Any:
+    """A task argument's value here: `Shared` looked up, `Upstream` computed."""
+    if isinstance(arg, Shared):
+        return values[arg.name]
+    if isinstance(arg, Upstream):
+        return arg.fn(*(_in_place(a, values) for a in arg.args))
+    return arg
 
 
 class _InOrder:
@@ -341,17 +360,33 @@ def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[
         largest = max((r.get("CPU", 0) for r in nodes), default=1)
         num_cpus = max(min(num_cpus, largest), 0.001) if largest else num_cpus
         remote = ray.remote(_task).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=MAX_RETRIES)
+        upstream = ray.remote(_task)
         marker = os.environ.get(TEST_CRASH_ENV) or None
+
+        def arg(a: Any) -> Any:
+            if isinstance(a, Shared):
+                return refs[a.name]
+            if isinstance(a, Upstream):  # its result goes from its node to the task's, not through here
+                return upstream.options(num_cpus=a.num_cpus, num_gpus=0, max_retries=MAX_RETRIES).remote(
+                    a.fn, None, *(arg(b) for b in a.args))
+            return a
+
+        # with upstream tasks, at most `window` tasks in flight: the CPUs stay busy and what they made
+        # does not pile up in the object store ahead of slower model tasks
+        feeds = any(isinstance(a, Upstream) for _, args in tasks for a in args)
+        window = max(2, 2 * int(sum(r.get("CPU", 0) for r in nodes))) if feeds else len(tasks)
+        todo = iter(tasks)
         pending: dict[Any, Any] = {}
-        for key, args in tasks:
-            args = tuple(refs[a.name] if isinstance(a, Shared) else a for a in args)
-            pending[remote.remote(fn, marker, *args)] = key
         try:
+            for key, args in itertools.islice(todo, window):
+                pending[remote.remote(fn, marker, *(arg(a) for a in args))] = key
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     key = pending.pop(ref)
                     on_result(key, _get(ray, ref, key))
+                    for key, args in itertools.islice(todo, 1):
+                        pending[remote.remote(fn, marker, *(arg(a) for a in args))] = key
         except BaseException:
             for ref in pending:
                 with contextlib.suppress(Exception):
@@ -384,6 +419,17 @@ class Shared:
     """A placeholder argument of `run_ray`: the value put once in the object store under `name`."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A task argument that is the result of `fn(*args)` run first as a Ray task of its own, on
+    `num_cpus` CPUs and no GPU (e.g. a shard tokenized on any node for a task that holds a GPU); Ray
+    passes the result between the nodes. Outside Ray it is computed in place. `args` may hold `Shared`."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    num_cpus: float = 1
 
 
 def _get(ray: Any, ref: Any, key: Any) -> Any:

@@ -21,7 +21,8 @@ from impsamp.embedding import EmbedConfig
 from impsamp.errors import ConfigError, StageError
 from impsamp.finalizing import finalize
 from impsamp.resampling import ResampleConfig
-from impsamp.scale import TEST_CRASH_ENV, Execution, SliceResult, gpu_task_cpus, run_ray, task_cpus
+from impsamp.scale import (LOCAL, TEST_CRASH_ENV, Execution, SliceResult, Upstream, gpu_task_cpus, run_ray,
+                           run_tasks, task_cpus)
 
 ray = pytest.importorskip("ray")
 
@@ -254,3 +255,41 @@ def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_pa
         assert "\n" not in str(e.value)
         assert (out / "_shards" / "fit.json").exists()   # a slice never deletes what others committed
         assert list(out.glob("assign-*.npy")) == []
+
+
+# ----------------------------------------------------------------------------- tokenizing tasks
+
+
+def _with_own_cpus(upstream_cpus: int) -> tuple[int, int]:
+    return upstream_cpus, task_cpus(-1)
+
+
+def test_an_upstream_argument_runs_as_its_own_task_first(ray_cluster):
+    got = {}
+    tasks = [(i, (Upstream(task_cpus, (-1,), num_cpus=1),)) for i in range(5)]  # more tasks than the window
+    run_ray(RAY, _with_own_cpus, tasks, got.__setitem__, num_cpus=2)
+    assert got == {i: (1, 2) for i in range(5)}  # the upstream task had its CPU, the task its two
+    here = {}
+    run_tasks(LOCAL, _with_own_cpus, tasks[:1], here.__setitem__)  # outside Ray: computed in place
+    assert here == {0: (-1, -1)}
+
+
+@pytest.mark.slow
+def test_tokenizing_tasks_feed_the_model_the_same_bytes(ray_cluster, data, tmp_path):
+    """--tokenize-tasks: each shard read and tokenized in a CPU-only task, its token ids handed to the
+    task that runs the real model: the same files as a local run (windows: several units a document)."""
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pq.read_table(data / "generic.parquet").slice(0, 90), src)
+    cfg = EmbedConfig(max_tokens=32, windows=True, rows_per_shard=15, device="cpu", precision="float32")
+    impsamp.embed(src, tmp_path / "local", cfg)
+    fed = impsamp.embed(src, tmp_path / "fed", cfg, execution=Execution(engine="ray", tokenize_tasks=True))
+    assert_same(tmp_path / "fed", tmp_path / "local")
+    assert len(fed.shard_names) == 6 and fed.n > 90
+
+
+def test_tokenizing_tasks_need_ray_and_a_transformer_model(ray_cluster, data, tmp_path):
+    with pytest.raises(ConfigError, match="--tokenize-tasks needs --engine ray"):
+        Execution(tokenize_tasks=True)
+    with pytest.raises(ConfigError, match="needs a transformer model; hashing"):
+        impsamp.embed(data / "generic.parquet", tmp_path / "emb", EMBED,
+                      execution=Execution(engine="ray", tokenize_tasks=True))

@@ -30,7 +30,9 @@ gives: tests check this for WordPiece, byte-level BPE, a split regex and Sentenc
 thread reads and tokenizes the next buffer while the model runs. On a GPU,
 `prepare_threads` threads tokenize several buffers at once (the model outruns one; on an H200 one
 process embeds 10,000-13,000 documents/s at 128 tokens, bound by tokenizing, while the model alone
-runs ~64,000), or `tokenize_processes` processes do, free of the GIL. On CPU, `CPU_CALLERS` threads run
+runs ~64,000), or `tokenize_processes` processes do, free of the GIL; with Ray, `--tokenize-tasks`
+(`Execution.tokenize_tasks`) tokenizes each shard in a CPU-only task on any node (`tokenize_shard`)
+and the GPU's task only runs the model (`embed_chunks`). On CPU, `CPU_CALLERS` threads run
 alternate batches of a buffer side by side, each on its share of the cores (bit-identical vectors,
 +15-20% end to end with bfloat16 on 2 cores). The ONNX backend lives in `impsamp.embedding.onnx_backend`.
 

@@ -142,24 +142,37 @@ def tokenize_serially() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _read_chunks(corpus: Corpus, shards: Sequence[Shard]) -> Iterator[_Chunk]:
+    """Each shard's text chunks (not tokenized yet), then its end marker."""
+    for shard in shards:
+        stats = ReadStats()
+        for table in _text_chunks(corpus.read(shard, stats=stats)):
+            texts = table.column("text").to_pylist()
+            lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+            n_bytes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False)
+            yield _Chunk(shard, table.drop_columns(["text"]), lengths, n_bytes.astype(np.int64), texts)
+        yield _Chunk(shard, end_stats=stats)
+
+
+def tokenize_shard(corpus: Corpus, shard: Shard, tokenizer: TransformerEmbedder) -> list[_Chunk]:
+    """One shard read and tokenized, with no model: what a CPU-only tokenizing task hands to the task
+    that runs the model (`embed_chunks`). The chunks are the ones `embed_shards` makes, so the vectors
+    are too. `tokenizer`: a `TransformerEmbedder.tokenizing_only()` copy."""
+    chunks = list(_read_chunks(corpus, [shard]))
+    for chunk in chunks:
+        if chunk.texts is not None:
+            chunk.prepared = tokenizer.prepare(chunk.texts)
+    return chunks
+
+
 def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder, processes: int = 0
             ) -> Iterator[_Chunk]:
     """Each shard's chunks, then its end marker; a `TransformerEmbedder`'s chunks come tokenized, by
     `prepare_threads` threads, or `processes` processes, at once (each chunk's result is the same
     whichever thread or process made it). Chunks waiting or being tokenized are bounded in number
     (one per thread or process, plus one) and in characters (`AHEAD_CHARS`)."""
-    def read() -> Iterator[_Chunk]:
-        for shard in shards:
-            stats = ReadStats()
-            for table in _text_chunks(corpus.read(shard, stats=stats)):
-                texts = table.column("text").to_pylist()
-                lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
-                n_bytes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False)
-                yield _Chunk(shard, table.drop_columns(["text"]), lengths, n_bytes.astype(np.int64), texts)
-            yield _Chunk(shard, end_stats=stats)
-
     if not isinstance(embedder, TransformerEmbedder):
-        yield from read()
+        yield from _read_chunks(corpus, shards)
         return
     thread_pool = None
     if processes > 0:
@@ -172,7 +185,7 @@ def _chunks(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder, process
     ahead: collections.deque[tuple[_Chunk, Any]] = collections.deque()
     chars = 0
     try:
-        for chunk in read():
+        for chunk in _read_chunks(corpus, shards):
             if chunk.texts is not None:
                 chars += int(chunk.lengths.sum())
             ahead.append((chunk, None if chunk.texts is None else pool.submit(prepare, chunk.texts)))
@@ -277,11 +290,19 @@ def embed_shards(corpus: Corpus, shards: Sequence[Shard], embedder: Embedder,
     """Embed shards in order; a reader thread reads and tokenizes ahead of the model."""
     if getattr(embedder, "prepare_threads", 1) > 1:
         tokenize_serially()  # before any tokenizing thread starts
+    chunks = _background(_chunks(corpus, shards, embedder, processes), depth=1)
+    yield from embed_chunks(chunks, embedder, on_chunk)
+
+
+def embed_chunks(chunks: Iterator[_Chunk], embedder: Embedder, on_chunk: Any = None
+                 ) -> Iterator[ShardResult]:
+    """Run the model over chunks (tokenized ahead, or texts for a plain `Embedder`), one `ShardResult`
+    at each shard's end marker. `on_chunk(documents, tokens)` after each chunk."""
     vecs: list[np.ndarray] = []
     tables: list[pa.Table] = []
     docs = chars = truncated = 0
     windowed = bool(embedder.identity.get("windows"))
-    for chunk in _background(_chunks(corpus, shards, embedder, processes), depth=1):
+    for chunk in chunks:
         if chunk.end_stats is not None:
             vectors = np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float16)
             table = pa.concat_tables(tables) if tables else DOCS_SCHEMA.empty_table()

@@ -18,11 +18,11 @@ from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, fingerprint, tmp_name
 from ..progress import progress_bar
-from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
-                     slice_result)
+from ..scale import (LOCAL, Execution, Shared, SliceResult, Upstream, check_complete, commit_once,
+                     run_tasks, slice_result)
 from .config import BACKENDS, EmbedConfig
 from .contract import EmbeddedBatch, Embedder
-from .engine import ShardResult, check_embedder, embed_shards
+from .engine import ShardResult, check_embedder, embed_chunks, embed_shards, tokenize_shard
 from .loading import load_embedder
 from .result import Embeddings, docs_name, vectors_name
 from .transformer import TransformerEmbedder
@@ -206,6 +206,9 @@ def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shar
     workers = bool(pending) and ex.in_workers(cfg.workers, len(pending))
     wcfg, blob = _for_workers(cfg, embedder) if workers else (cfg, None)
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
+    if ex.tokenize_tasks:
+        _run_fed(run, ex, corpus, pending, wcfg, blob, emb, threads, gpu, done)
+        return
     tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
     run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
               stream=None if workers else lambda check: ((r.shard.name, r) for r in embed_shards(
@@ -217,13 +220,25 @@ def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shar
               num_cpus=None if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
 
 
+def _run_fed(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shard], wcfg: EmbedConfig,
+             blob: bytes | None, emb: Embedder, threads: int, gpu: bool, done: Any) -> None:
+    """`--tokenize-tasks`: per shard, a CPU-only Ray task reads and tokenizes it and hands the token ids
+    to the task that runs the model (on a GPU, with one CPU: it tokenizes nothing)."""
+    if not isinstance(emb, TransformerEmbedder):
+        raise ConfigError(f"--tokenize-tasks needs a transformer model; {emb.name} tokenizes inside its own "
+                          "embed_texts: drop the flag")
+    tasks = [(s.name, (wcfg, blob, Upstream(tokenize_shard, (Shared("corpus"), s, Shared("tokenizer"))),
+                       threads, s, str(run.out_dir))) for s in pending]
+    shared = {"corpus": corpus, "tokenizer": emb.tokenizing_only()}
+    run_tasks(ex, _embed_tokenized, tasks, done, shared=shared, num_cpus=1 if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
+
+
 _WORKER: dict[str, Any] = {}
 
 
-def _embed_in_worker(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
-                     out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
-    """One shard in a worker process (`--workers`) or a Ray task; the model is loaded once per process
-    and reused. A Ray task runs on the CPUs Ray gave it (a GPU task: its GPU's share of the node)."""
+def _worker_embedder(cfg: EmbedConfig, blob: bytes | None, threads: int) -> Embedder:
+    """The embedder of a worker process or Ray worker: loaded once per process and reused. A Ray task
+    runs on the CPUs Ray gave it (a GPU task: its GPU's share of the node)."""
     from ..scale import task_cpus
 
     cpus = task_cpus(0)
@@ -232,9 +247,27 @@ def _embed_in_worker(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threa
     if _WORKER.get("key") != key:
         _WORKER["embedder"] = pickle.loads(blob) if blob is not None else load_embedder(cfg, threads=threads)
         _WORKER["key"] = key
-    (result,) = list(embed_shards(corpus, [shard], _WORKER["embedder"], processes=cfg.tokenize_processes))
+    return _WORKER["embedder"]
+
+
+def _written(out_dir: str, result: ShardResult) -> tuple[str, dict[str, str], dict[str, Any]]:
     files = _write_shard(Path(out_dir), result)
-    return shard.name, {k: str(v) for k, v in files.items()}, result.stats
+    return result.shard.name, {k: str(v) for k, v in files.items()}, result.stats
+
+
+def _embed_in_worker(cfg: EmbedConfig, blob: bytes | None, corpus: Corpus, threads: int, shard: Shard,
+                     out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One shard in a worker process (`--workers`) or a Ray task."""
+    embedder = _worker_embedder(cfg, blob, threads)
+    (result,) = list(embed_shards(corpus, [shard], embedder, processes=cfg.tokenize_processes))
+    return _written(out_dir, result)
+
+
+def _embed_tokenized(cfg: EmbedConfig, blob: bytes | None, chunks: list[Any], threads: int, shard: Shard,
+                     out_dir: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """One shard's model task fed by its tokenizing task (`tokenize_shard`'s chunks)."""
+    (result,) = list(embed_chunks(iter(chunks), _worker_embedder(cfg, blob, threads)))
+    return _written(out_dir, result)
 
 
 def _for_workers(cfg: EmbedConfig, embedder: Embedder | None) -> tuple[EmbedConfig, bytes | None]:
