@@ -224,6 +224,7 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     if plt is None or not m:
         return False
     from matplotlib.colors import ListedColormap
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
     labels = m["labels"]
     used = sorted(set(m["grid"].ravel().tolist()))
@@ -233,6 +234,9 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     ax.pcolormesh(m["per_target"], m["params"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels), shading="nearest")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # a range of a decade or two labels every minor tick: keep 2 and 5
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
     ax.set_xlabel("per-target budget (FLOPs)")
     ax.set_ylabel("inference budget (active parameters)")
     ax.set_title("lowest perplexity after fine-tuning within both budgets")
