@@ -226,9 +226,15 @@ def budget_table(r: dict, steps: int, names: list[str], label: dict[str, str], d
         quarter = [r.get(f"S{steps}/{n}/top/quarter/{d}") for d in doms]
         lines.append(f"| {label[n]} | {gen['macro_ppl']:.2f} | {format_flops(c['generic'])} | "
                      f"{c['params_total'] / 1e6:.1f}M / {c['params_active'] / 1e6:.1f}M | "
-                     f"{_mean([x and x['before'] for x in full]):.2f} | "
-                     f"{_mean([x and x['after'] for x in quarter]):.2f} | {_mean([x and x['after'] for x in full]):.2f} |")
+                     f"{_macro(full, 'before')} | {_macro(quarter, 'after')} | {_macro(full, 'after')} |")
     return lines + [""]
+
+
+def _macro(cells: list, field: str) -> str:
+    """A macro average only over every domain; else how many domains are measured (a partial mean
+    would compare unlike sets of domains)."""
+    done = [c[field] for c in cells if c]
+    return f"{_mean(done):.2f}" if len(done) == len(cells) else f"({len(done)} of {len(cells)} domains)"
 
 
 def arguments(description: str) -> argparse.Namespace:

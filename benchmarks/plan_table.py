@@ -143,16 +143,17 @@ class PlanBench(ProjBench):
         return self.once(f"S{steps}/{name}/top/{size}/{domain}", lambda: self.row(steps, name, size, domain))
 
     def run(self) -> None:
-        """Budget by budget in the order given, the whole sample before the quarter, every strategy of a
-        domain together: an interrupted run leaves whole budgets and whole rows behind. Models are
-        pretrained when a row first needs them; rows of other result files are reused."""
+        """Budget by budget in the order given, the whole sample before the quarter, strategy by strategy
+        over all the domains: an interrupted run leaves whole budgets and whole strategies (a macro
+        row needs every domain) behind. Models are pretrained when a row first needs them; rows of
+        other result files are reused."""
         self.prepare()
         self.models = {}
         names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill")
         for steps in self.args.budgets:
             for size in RUN_ORDER:
-                for d in self.domains:
-                    for name in names:
+                for name in names:
+                    for d in self.domains:
                         self.row_once(steps, name, size, d)
         small = importance_steps(self.args.budgets)
         for size in RUN_ORDER:
@@ -240,7 +241,7 @@ def report(bench: PlanBench, started: float) -> str:
     for steps in budgets:
         for size in SIZES:
             rows = macro_rows(r, steps, importance_steps(budgets), doms, size)
-            if not rows:
+            if not any(label != LABEL["importance"] for label, _ in rows):  # no strategy of this budget yet
                 continue
             tables[(steps, size)] = rows
             lines += [f"## S={steps} steps of generic pretraining, {size} sample", "",

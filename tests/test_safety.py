@@ -42,7 +42,7 @@ UNPICKLERS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "cloudpickle.lo
               "dill.load", "dill.loads", "joblib.load", "marshal.load", "marshal.loads", "shelve.open",
               "pd.read_pickle", "pandas.read_pickle", "torch.save", "pickle.dump"}
 # In memory only: an embedder object the parent process pickled for its own spawned workers (never a file).
-ALLOWED = {("impsamp/embedding/stage.py", "_embed_in_worker", "pickle.loads")}
+ALLOWED = {("impsamp/embedding/stage.py", "_worker_embedder", "pickle.loads")}
 
 
 def unsafe_calls(path: Path) -> list[str]:
