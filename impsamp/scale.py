@@ -363,18 +363,23 @@ def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[
         upstream = ray.remote(_task)
         marker = os.environ.get(TEST_CRASH_ENV) or None
 
+        upstream_refs: list[Any] = []  # cancelled with the tasks if the run fails
+
         def arg(a: Any) -> Any:
             if isinstance(a, Shared):
                 return refs[a.name]
             if isinstance(a, Upstream):  # its result goes from its node to the task's, not through here
-                return upstream.options(num_cpus=a.num_cpus, num_gpus=0, max_retries=MAX_RETRIES).remote(
+                ref = upstream.options(num_cpus=a.num_cpus, num_gpus=0, max_retries=MAX_RETRIES).remote(
                     a.fn, None, *(arg(b) for b in a.args))
+                upstream_refs.append(ref)
+                return ref
             return a
 
         # with upstream tasks, at most `window` tasks in flight: the CPUs stay busy and what they made
         # does not pile up in the object store ahead of slower model tasks
         feeds = any(isinstance(a, Upstream) for _, args in tasks for a in args)
-        window = max(2, 2 * int(sum(r.get("CPU", 0) for r in nodes))) if feeds else len(tasks)
+        # (sized by the CPUs up at the start: an autoscaling cluster's later nodes do not widen it)
+        window = max(8, 2 * int(sum(r.get("CPU", 0) for r in nodes))) if feeds else len(tasks)
         todo = iter(tasks)
         pending: dict[Any, Any] = {}
         try:
@@ -388,7 +393,7 @@ def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[
                     for key, args in itertools.islice(todo, 1):
                         pending[remote.remote(fn, marker, *(arg(a) for a in args))] = key
         except BaseException:
-            for ref in pending:
+            for ref in [*pending, *upstream_refs]:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=True)
             raise
@@ -439,12 +444,15 @@ def _get(ray: Any, ref: Any, key: Any) -> Any:
         cause = getattr(e, "cause", None)
         if isinstance(cause, (ImpsampError, OSError, MemoryError)):
             raise cause from None
-        raise
+        if not isinstance(cause, ray.exceptions.RayError):  # a bug: its traceback is wanted
+            raise
+        failure = cause  # an upstream task's worker or node died past its retries
     except ray.exceptions.RayError as e:  # the worker or node died more often than max_retries, ...
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise StageError(f"the Ray task of shard {key} failed after {MAX_RETRIES} retries "
-                         f"({type(e).__name__}: {first}); the shards committed so far are kept: rerun the "
-                         "same command to resume") from None
+        failure = e
+    first = (str(failure).strip().splitlines() or [""])[0][:200]
+    raise StageError(f"the Ray task of shard {key} failed after {MAX_RETRIES} retries "
+                     f"({type(failure).__name__}: {first}); the shards committed so far are kept: rerun the "
+                     "same command to resume") from None
 
 
 __all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "run_tasks",

@@ -274,6 +274,15 @@ def test_an_upstream_argument_runs_as_its_own_task_first(ray_cluster):
     assert here == {0: (-1, -1)}
 
 
+def _dies() -> None:
+    os._exit(1)
+
+
+def test_an_upstream_task_that_keeps_dying_is_one_stage_error(ray_cluster):
+    with pytest.raises(StageError, match=r"the Ray task of shard a failed after \d+ retries"):
+        run_ray(RAY, _with_own_cpus, [("a", (Upstream(_dies, ()),))], lambda key, result: None)
+
+
 @pytest.mark.slow
 def test_tokenizing_tasks_feed_the_model_the_same_bytes(ray_cluster, data, tmp_path):
     """--tokenize-tasks: each shard read and tokenized in a CPU-only task, its token ids handed to the

@@ -158,6 +158,7 @@ def tokenize_shard(corpus: Corpus, shard: Shard, tokenizer: TransformerEmbedder)
     """One shard read and tokenized, with no model: what a CPU-only tokenizing task hands to the task
     that runs the model (`embed_chunks`). The chunks are the ones `embed_shards` makes, so the vectors
     are too. `tokenizer`: a `TransformerEmbedder.tokenizing_only()` copy."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the task holds one CPU: tasks are the parallelism
     chunks = list(_read_chunks(corpus, [shard]))
     for chunk in chunks:
         if chunk.texts is not None:

@@ -118,6 +118,9 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     threads = max(1, cpu_count() // cfg.workers)
     emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
     check_embedder(emb)
+    if ex.tokenize_tasks and not isinstance(emb, TransformerEmbedder):
+        raise ConfigError(f"--tokenize-tasks needs a transformer model; {emb.name} tokenizes inside its own "
+                          "embed_texts: drop the flag")
     cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
                    inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
@@ -224,13 +227,11 @@ def _run_fed(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shard],
              blob: bytes | None, emb: Embedder, threads: int, gpu: bool, done: Any) -> None:
     """`--tokenize-tasks`: per shard, a CPU-only Ray task reads and tokenizes it and hands the token ids
     to the task that runs the model (on a GPU, with one CPU: it tokenizes nothing)."""
-    if not isinstance(emb, TransformerEmbedder):
-        raise ConfigError(f"--tokenize-tasks needs a transformer model; {emb.name} tokenizes inside its own "
-                          "embed_texts: drop the flag")
     tasks = [(s.name, (wcfg, blob, Upstream(tokenize_shard, (Shared("corpus"), s, Shared("tokenizer"))),
                        threads, s, str(run.out_dir))) for s in pending]
     shared = {"corpus": corpus, "tokenizer": emb.tokenizing_only()}
-    run_tasks(ex, _embed_tokenized, tasks, done, shared=shared, num_cpus=1 if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
+    run_tasks(ex, _embed_tokenized, tasks, done, shared=shared, num_cpus=1 if gpu else threads,
+              num_gpus=ex.gpus_per_worker if gpu else 0)
 
 
 _WORKER: dict[str, Any] = {}
