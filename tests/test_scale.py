@@ -266,9 +266,9 @@ def _with_own_cpus(upstream_cpus: int) -> tuple[int, int]:
 
 def test_an_upstream_argument_runs_as_its_own_task_first(ray_cluster):
     got = {}
-    tasks = [(i, (Upstream(task_cpus, (-1,), num_cpus=1),)) for i in range(5)]  # more tasks than the window
+    tasks = [(i, (Upstream(task_cpus, (-1,), num_cpus=1),)) for i in range(12)]  # more than the window (8)
     run_ray(RAY, _with_own_cpus, tasks, got.__setitem__, num_cpus=2)
-    assert got == {i: (1, 2) for i in range(5)}  # the upstream task had its CPU, the task its two
+    assert got == {i: (1, 2) for i in range(12)}  # the upstream task had its CPU, the task its two
     here = {}
     run_tasks(LOCAL, _with_own_cpus, tasks[:1], here.__setitem__)  # outside Ray: computed in place
     assert here == {0: (-1, -1)}
