@@ -40,8 +40,7 @@ from projected_table import NETS, ProjBench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_MD = ROOT / "benchmarks" / "results" / "plan.md"
-SIZES = ("quarter", "full")
-RUN_ORDER = ("full", "quarter")
+SIZES = ("full", "quarter")
 IMPORTANCE_STEPS = 120
 
 
@@ -121,23 +120,29 @@ class PlanBench(ProjBench):
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
                 "costs": run.metrics["costs"]}
 
-    def row(self, steps: int, name: str, size: str, domain: str) -> dict:
-        """One strategy's fine-tuned row; its pretrained model is trained the first time it is needed."""
-        if name in ("large", "distill"):
-            large = self.models.get((steps, "large")) or self.large(steps)
-            self.models[(steps, "large")] = large
+    def model(self, steps: int, name: str) -> Path:
+        """A budget's pretrained model, trained (or loaded) the first time a row needs it."""
+        if (steps, name) not in self.models:
             if name == "large":
-                return self.finetuned(steps, "large", large, domain, size)[0]
+                self.models[(steps, name)] = self.large(steps)
+            elif name in NETS:
+                self.models[(steps, name)] = self.network(steps, name)
+            else:  # dense and the experts come together
+                self.models.update({(steps, n): path for n, path in self.pretrain(steps).items()})
+        return self.models[(steps, name)]
+
+    def row(self, steps: int, name: str, size: str, domain: str) -> dict:
+        """One strategy's fine-tuned row."""
+        if name == "distill":
             self.row_once(steps, "large", size, domain)  # the teacher first
             return self.distilled(steps, domain, size)
+        model = self.model(steps, name)
+        if name == "large":
+            return self.finetuned(steps, "large", model, domain, size)[0]
         if name in NETS:
-            net = self.models.get((steps, name)) or self.network(steps, name)
-            self.models[(steps, name)] = net
-            return self.specialise(steps, name, net, self.samples[domain][size], [str(self.corpus.eval(domain))],
-                                   f"{size}-{domain}")
-        if (steps, name) not in self.models:
-            self.models.update({(steps, n): path for n, path in self.pretrain(steps).items()})
-        return self.finetune(steps, name, self.models[(steps, name)], domain, size)
+            return self.specialise(steps, name, model, self.samples[domain][size],
+                                   [str(self.corpus.eval(domain))], f"{size}-{domain}")
+        return self.finetune(steps, name, model, domain, size)
 
     def row_once(self, steps: int, name: str, size: str, domain: str) -> dict:
         return self.once(f"S{steps}/{name}/top/{size}/{domain}", lambda: self.row(steps, name, size, domain))
@@ -151,12 +156,12 @@ class PlanBench(ProjBench):
         self.models = {}
         names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill")
         for steps in self.args.budgets:
-            for size in RUN_ORDER:
+            for size in SIZES:
                 for name in names:
                     for d in self.domains:
                         self.row_once(steps, name, size, d)
         small = importance_steps(self.args.budgets)
-        for size in RUN_ORDER:
+        for size in SIZES:
             for d in self.domains:
                 key = f"importance/S{small}/{d}" if size == "full" else f"importance/S{small}/{size}/{d}"
                 self.once(key, lambda d=d, s=size: self.importance_at(small, d, s))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import click
 
 from impsamp.config import resolve_config
@@ -79,8 +77,7 @@ def embed_command(corpus, out_dir, model, max_tokens, windows, backend, quantize
                          precision=precision, batch_tokens=batch_tokens, rows_per_shard=rows_per_shard,
                          workers=workers, tokenize_processes=tokenize_processes, text_field=text_field,
                          id_field=id_field, encoding_errors=encoding_errors)
-    ex = replace(execution(engine, ray_address, num_shards, shard_index, gpus_per_worker),
-                 tokenize_tasks=tokenize_tasks)
+    ex = execution(engine, ray_address, num_shards, shard_index, gpus_per_worker, tokenize_tasks)
     result = embed(list(corpus), out_dir, cfg, overwrite=overwrite, progress=show_progress(progress),
                    execution=ex)
     if ex.sliced:

@@ -284,14 +284,19 @@ def test_an_upstream_task_that_keeps_dying_is_one_stage_error(ray_cluster):
 
 
 @pytest.mark.slow
-def test_tokenizing_tasks_feed_the_model_the_same_bytes(ray_cluster, data, tmp_path):
+def test_tokenizing_tasks_feed_the_model_the_same_bytes(ray_cluster, data, tmp_path, monkeypatch):
     """--tokenize-tasks: each shard read and tokenized in a CPU-only task, its token ids handed to the
     task that runs the real model: the same files as a local run (windows: several units a document)."""
     src = tmp_path / "docs.parquet"
     pq.write_table(pq.read_table(data / "generic.parquet").slice(0, 90), src)
     cfg = EmbedConfig(max_tokens=32, windows=True, rows_per_shard=15, device="cpu", precision="float32")
     impsamp.embed(src, tmp_path / "local", cfg)
+    from impsamp.embedding import stage
+
+    fed_runs, run_fed = [], stage._run_fed
+    monkeypatch.setattr(stage, "_run_fed", lambda *a: (fed_runs.append(a[0]), run_fed(*a))[1])
     fed = impsamp.embed(src, tmp_path / "fed", cfg, execution=Execution(engine="ray", tokenize_tasks=True))
+    assert len(fed_runs) == 1  # the tokenizing-task path ran, not the plain Ray one (same bytes either way)
     assert_same(tmp_path / "fed", tmp_path / "local")
     assert len(fed.shard_names) == 6 and fed.n > 90
 
