@@ -248,6 +248,9 @@ def arguments(description: str) -> argparse.Namespace:
     ap.add_argument("--finetune-steps", type=int, default=12)
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=None, help="plan_table only: its result file in --work")
+    ap.add_argument("--sizes", default="full,quarter", help="plan_table only: the in-domain sizes to run")
+    ap.add_argument("--strategies", default=None,
+                    help="plan_table only: the strategies to run (default all, importance included)")
     args = ap.parse_args()
     args.budgets = tuple(int(x) for x in args.budgets.split(","))
     args.groups = [int(x) for x in args.groups.split(",")]

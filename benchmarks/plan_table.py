@@ -20,7 +20,8 @@ no row computed twice across the three scripts.
 
 Results go to --work/results-plan.json (a rerun skips what is there; `--results results-plan-B.json`
 names another file, so that two invocations can share the 2 cores, each on its own budgets, e.g. with
-OMP_NUM_THREADS=1: each reads the other's rows) and benchmarks/results/plan.md (+ plan-decision-S*.png).
+OMP_NUM_THREADS=1: each reads the other's rows; `--sizes quarter --strategies large,distill` runs a part) and
+benchmarks/results/plan.md (+ plan-decision-S*.png).
 Not run in CI.
 """
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from experts_table import STEP_TOKENS, _mean, result_files, run_table, scores  # noqa: E402
+from experts_table import STEP_TOKENS, _mean, result_files, run_table  # noqa: E402
 from projected_table import NETS, ProjBench  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,12 +96,18 @@ class PlanBench(ProjBench):
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
                 "costs": run.metrics["costs"]}, out
 
-    def distilled(self, steps: int, domain: str, size: str) -> dict:
+    def distilled(self, steps: int, domain: str, size: str, teacher: str = "large") -> dict:
+        """The budget's dense model fine-tuned with a teacher: the budget's large model fine-tuned on the
+        target, or (teacher "dense") the largest budget's dense model fine-tuned on it."""
         from impsamp.distillation import distill
 
-        teacher = self.work / f"S{steps}" / "ft" / f"large-{size}-{domain}"
-        out = self.work / f"S{steps}" / "ft" / f"distill-{size}-{domain}"
-        run = distill(teacher, self.work / f"S{steps}" / "dense", [self.samples[domain][size]], out,
+        if teacher == "large":
+            teacher_run = self.work / f"S{steps}" / "ft" / f"large-{size}-{domain}"
+            out = self.work / f"S{steps}" / "ft" / f"distill-{size}-{domain}"
+        else:
+            teacher_run = self.work / f"S{max(self.args.budgets)}" / "ft" / f"dense-top-{size}-{domain}"
+            out = self.work / f"S{steps}" / "ft" / f"distill-dense-{size}-{domain}"
+        run = distill(teacher_run, self.work / f"S{steps}" / "dense", [self.samples[domain][size]], out,
                       config=self.ft_config(), eval=[str(self.corpus.eval(domain))], overwrite=True)
         c = run.metrics["costs"]
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
@@ -136,6 +143,9 @@ class PlanBench(ProjBench):
         if name == "distill":
             self.row_once(steps, "large", size, domain)  # the teacher first
             return self.distilled(steps, domain, size)
+        if name == "distill-dense":
+            self.row_once(max(self.args.budgets), "dense", size, domain)
+            return self.distilled(steps, domain, size, teacher="dense")
         model = self.model(steps, name)
         if name == "large":
             return self.finetuned(steps, "large", model, domain, size)[0]
@@ -154,22 +164,29 @@ class PlanBench(ProjBench):
         other result files are reused."""
         self.prepare()
         self.models = {}
-        names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill")
+        names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill", "distill-dense",
+                 "importance")
+        names = [n for n in names if not self.args.strategies or n in self.args.strategies.split(",")]
+        sizes = [s for s in SIZES if s in self.args.sizes.split(",")]
         for steps in self.args.budgets:
-            for size in SIZES:
+            for size in sizes:
                 for name in names:
+                    if name == "importance" or (name == "distill-dense" and steps == max(self.args.budgets)):
+                        continue  # importance below; the largest budget's dense model is no better teacher
                     for d in self.domains:
                         self.row_once(steps, name, size, d)
         small = importance_steps(self.args.budgets)
-        for size in SIZES:
+        for size in sizes if "importance" in names else ():
             for d in self.domains:
                 key = f"importance/S{small}/{d}" if size == "full" else f"importance/S{small}/{size}/{d}"
                 self.once(key, lambda d=d, s=size: self.importance_at(small, d, s))
 
 
-MODELS = ("dense", "experts4", "projected", "soup", "large", "distill")
+MODELS = ("dense", "experts4", "projected", "soup", "large", "distill", "distill-dense")
 LABEL = {"dense": "dense", "experts4": "experts G=4", "projected": "projected network", "soup": "soup of experts",
-         "large": "large (tiny-large)", "distill": "distilled (teacher tiny-large)", "importance": "importance sampling"}
+         "large": "large (tiny-large)", "distill": "distilled (teacher tiny-large)",
+         "distill-dense": "distilled (teacher: dense at the largest budget)",
+         "importance": "importance sampling"}
 
 
 def macro_rows(r: dict, steps: int, small: int, doms: list[str], size: str) -> list[tuple[str, dict]]:
@@ -189,11 +206,13 @@ def macro_rows(r: dict, steps: int, small: int, doms: list[str], size: str) -> l
     return out
 
 
+def ppl(rows: list[tuple[str, dict]], label: str) -> float | None:
+    """A strategy's macro perplexity after fine-tuning in one table, None if it has no row."""
+    return next((e["metrics"]["finetuned"]["macro_ppl"] for lab, e in rows if lab == label), None)
+
+
 def verdicts(tables: dict[tuple[int, str], list[tuple[str, dict]]], budgets) -> list[str]:
     """The paper's decision rule, checked on the numbers: holds / does not hold, with the figures."""
-    def ppl(rows, label):
-        return next((e["metrics"]["finetuned"]["macro_ppl"] for lab, e in rows if lab == label), None)
-
     lines = []
     small_models = ("dense", "experts G=4", "projected network", "soup of experts")
     for (steps, size), rows in sorted(tables.items()):
@@ -225,7 +244,24 @@ def verdicts(tables: dict[tuple[int, str], list[tuple[str, dict]]], budgets) -> 
             lines.append(f"- S={steps}, {size} sample: distillation helps the small model at equal student cost: "
                          f"**{'holds' if dist < dense else 'does not hold'}** (distilled {dist:.1f} vs dense "
                          f"{dense:.1f}).")
+        lines += better_teacher(rows, tables.get((max(budgets), size), []), steps, size, max(budgets))
     return lines
+
+
+def better_teacher(rows: list, top_rows: list, steps: int, size: str, top: int) -> list[str]:
+    """Distillation from the largest budget's dense model (fine-tuned): better than the student, so
+    the rule's two halves can be checked: it helps at equal student cost, and counting the
+    teacher, the teacher alone (same inference size) is better still."""
+    dist, dense, teacher = ppl(rows, LABEL["distill-dense"]), ppl(rows, "dense"), ppl(top_rows, "dense")
+    if not (dist and dense and teacher):
+        return []
+    helps, pays = dist < dense, dist < teacher
+    return [f"- S={steps}, {size} sample, with a better teacher (the dense model of S={top}, fine-tuned: "
+            f"{teacher:.1f}): distillation helps at equal student cost: "
+            f"**{'holds' if helps else 'does not hold'}** (distilled {dist:.1f} vs dense {dense:.1f}); and not "
+            "once its teacher is counted: "
+            f"**{'does not hold' if pays else 'holds'}** (the teacher alone serves at the same inference "
+            f"cost: {teacher:.1f})."]
 
 
 def report(bench: PlanBench, started: float) -> str:
@@ -264,7 +300,20 @@ def report(bench: PlanBench, started: float) -> str:
                 if plot_decision(png, rows):
                     lines += [f"![decision map, S={steps}]({png.name})", ""]
     lines += ["## The paper's decision rule, checked", ""] + (verdicts(tables, budgets) or ["(not measured yet)"])
+    rows, seconds = measured_cost(r, budgets)
+    lines += ["", f"Cost of the rows measured so far: {rows} result entries, {seconds / 3600:.1f} hours "
+              "of one process (the sum of each entry's wall time; a model's pretraining is in the first entry that "
+              "needed it; an entry that ran while its process was paused counts the pause)."]
     return "\n".join(lines) + "\n"
+
+
+def measured_cost(r: dict, budgets) -> tuple[int, float]:
+    """How many of the table's result entries exist and the sum of their wall times (seconds)."""
+    small = importance_steps(budgets)
+    keys = [k for k in r if any(k.startswith(f"S{b}/{m}/") for b in budgets for m in MODELS)
+            and not k.endswith("/spread")]
+    keys += [k for k in r if k.startswith(f"importance/S{small}/")]
+    return len(keys), sum(r[k].get("seconds", 0.0) for k in keys)
 
 
 def main() -> None:
