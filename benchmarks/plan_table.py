@@ -12,6 +12,9 @@ again). Adds, at each budget S (steps of 4,096 tokens of generic pretraining):
 - `distill`: the dense model of budget S fine-tuned with the fine-tuned large model as its teacher
   (alpha 0.5, T 2); its per-target cost includes the teacher's fine-tuning and forward passes;
 - the budgets and models experts_table.py and projected_table.py did not reach (the smallest budget);
+- `distill-dense` (below the largest budget given): the same student distilled from the largest budget's
+  dense model fine-tuned on the target, a teacher better than the student (keys do not name the
+  teacher's budget: keep --budgets' largest the same across runs);
 - importance sampling at both in-domain sizes (a per-target selection of 120 x 4,096 tokens and a
   `tiny` model pretrained on it for 120 steps, experts_table.py's; fewer when the budgets are smaller).
 Sizing for one developer session on 2 cores: `tiny` models, fine-tuning at most 12 steps with early
@@ -96,18 +99,12 @@ class PlanBench(ProjBench):
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
                 "costs": run.metrics["costs"]}, out
 
-    def distilled(self, steps: int, domain: str, size: str, teacher: str = "large") -> dict:
-        """The budget's dense model fine-tuned with a teacher: the budget's large model fine-tuned on the
-        target, or (teacher "dense") the largest budget's dense model fine-tuned on it."""
+    def distilled(self, steps: int, domain: str, size: str, teacher: Path, name: str) -> dict:
+        """The budget's dense model fine-tuned on the target guided by `teacher` (a fine-tuned run)."""
         from impsamp.distillation import distill
 
-        if teacher == "large":
-            teacher_run = self.work / f"S{steps}" / "ft" / f"large-{size}-{domain}"
-            out = self.work / f"S{steps}" / "ft" / f"distill-{size}-{domain}"
-        else:
-            teacher_run = self.work / f"S{max(self.args.budgets)}" / "ft" / f"dense-top-{size}-{domain}"
-            out = self.work / f"S{steps}" / "ft" / f"distill-dense-{size}-{domain}"
-        run = distill(teacher_run, self.work / f"S{steps}" / "dense", [self.samples[domain][size]], out,
+        out = self.work / f"S{steps}" / "ft" / f"{name}-{size}-{domain}"
+        run = distill(teacher, self.work / f"S{steps}" / "dense", [self.samples[domain][size]], out,
                       config=self.ft_config(), eval=[str(self.corpus.eval(domain))], overwrite=True)
         c = run.metrics["costs"]
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
@@ -140,12 +137,12 @@ class PlanBench(ProjBench):
 
     def row(self, steps: int, name: str, size: str, domain: str) -> dict:
         """One strategy's fine-tuned row."""
-        if name == "distill":
-            self.row_once(steps, "large", size, domain)  # the teacher first
-            return self.distilled(steps, domain, size)
-        if name == "distill-dense":
-            self.row_once(max(self.args.budgets), "dense", size, domain)
-            return self.distilled(steps, domain, size, teacher="dense")
+        if name in ("distill", "distill-dense"):  # the teacher's row first: large, or the top budget's dense
+            top = max(self.args.budgets)
+            at, kind, prefix = (steps, "large", "large-") if name == "distill" else (top, "dense", "dense-top-")
+            self.row_once(at, kind, size, domain)
+            run = self.work / f"S{at}" / "ft" / f"{prefix}{size}-{domain}"
+            return self.distilled(steps, domain, size, run, name)
         model = self.model(steps, name)
         if name == "large":
             return self.finetuned(steps, "large", model, domain, size)[0]
@@ -162,12 +159,17 @@ class PlanBench(ProjBench):
         over all the domains: an interrupted run leaves whole budgets and whole strategies (a macro
         row needs every domain) behind. Models are pretrained when a row first needs them; rows of
         other result files are reused."""
-        self.prepare()
-        self.models = {}
         names = ("dense", f"experts{self.args.groups[0]}", *NETS, "large", "distill", "distill-dense",
                  "importance")
-        names = [n for n in names if not self.args.strategies or n in self.args.strategies.split(",")]
+        if self.args.strategies:
+            unknown = set(self.args.strategies.split(",")) - set(names)
+            if unknown:
+                raise SystemExit(f"--strategies: no strategy {', '.join(sorted(unknown))}; "
+                                 f"choose from {','.join(names)}")
+            names = [n for n in names if n in self.args.strategies.split(",")]
         sizes = [s for s in SIZES if s in self.args.sizes.split(",")]
+        self.prepare()
+        self.models = {}
         for steps in self.args.budgets:
             for size in sizes:
                 for name in names:
