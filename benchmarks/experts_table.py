@@ -156,7 +156,8 @@ class Bench:
 
         sample, ev = self.samples[domain]["full"], [str(self.corpus.eval(domain))]
         sel = resample(self.emb, self.clu, self.work / "importance" / f"sel-{domain}", targets=[sample],
-                       config=ResampleConfig(tokens=steps * STEP_TOKENS, seed=0), overwrite=True)
+                       config=ResampleConfig(tokens=steps * STEP_TOKENS, seed=0, within="uniform"),
+                       overwrite=True)  # within uniform: the seed paper's draw, as the committed tables measured it
         cfg = TrainConfig(steps=steps, tokenizer=str(self.tok), seed=0, finetune_steps=self.args.finetune_steps,
                           early_stopping=2, eval_every=2, finetune_val_fraction=0.2)
         run = train([str(sel.path)], self.work / "importance" / f"lm-{domain}", cfg, finetune=[sample], eval=ev,

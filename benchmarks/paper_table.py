@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/paper_table.py                     # all 8 domains, 4 methods (long)
     .venv/bin/python benchmarks/paper_table.py --domains python_docs,fortunes --steps 60
+    .venv/bin/python benchmarks/paper_table.py --methods importance,knn,ngram --tokens 40000 --no-write
+    .venv/bin/python benchmarks/paper_table.py --methods importance --windows   # windows as the unit
 
 For each of the 8 bundled domains as the target (in-domain sample = `demo_corpus().sample(domain)`,
 evaluation = `demo_corpus().eval(domain)`, generic = the pool of all 8 domains) it runs `impsamp
@@ -11,8 +13,8 @@ evaluated on the held-out text. The pool is embedded and clustered once and reus
 
 Prints, and writes to benchmarks/results/paper.md: perplexity after pretraining only and after
 fine-tuning per domain and method, the macro average over domains (the shape of the seed paper's
-table), how often importance beats uniform after fine-tuning, and the target-domain share of each
-selection. Not run in CI (tens of minutes on 2 CPU cores); resumable: each domain's compare folder
+table), how often importance beats uniform after fine-tuning, and each selection's target-domain
+share, unique documents and repetition. Not run in CI (tens of minutes on 2 CPU cores); resumable: each domain's compare folder
 under --work is reused when its settings match.
 """
 
@@ -43,27 +45,28 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     from impsamp.embedding.loading import backend_label, embed_backend
     from impsamp.datasets import demo_corpus
     from impsamp.embedding import EmbedConfig, embed
+    from impsamp_cli.compare import DEMO_DEFAULTS
 
     corpus = demo_corpus()
     domains = args.domains.split(",") if args.domains else list(corpus.domains)
     overrides = {f.name: getattr(args, f.name) for f in fields(CompareConfig)
                  if getattr(args, f.name, None) is not None}
     overrides["methods"] = tuple(args.methods.split(","))
-    cfg = CompareConfig(**overrides)
+    cfg = CompareConfig(**{**DEMO_DEFAULTS, **overrides})
     work = Path(args.work)
     backend, quantize = embed_backend(cfg.backend)
-    emb_dir = work / f"embeddings-{backend_label((backend, quantize))}-{cfg.max_tokens}"
+    emb_dir = work / f"embeddings-{backend_label((backend, quantize))}-{cfg.max_tokens}{'-windows' * args.windows}"
     clu_dir = emb_dir.with_name(f"clusters-k{cfg.k}-s{cfg.seed}-{emb_dir.name}")
     t0 = time.time()
     if not (emb_dir / "manifest.json").exists():
         embed(corpus.pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
-                                               quantize=quantize),
+                                               quantize=quantize, windows=args.windows),
               overwrite=True, progress=True)
     if not (clu_dir / "manifest.json").exists():
         cluster(emb_dir, clu_dir, ClusterConfig(k=cfg.k, seed=cfg.seed), overwrite=True)
     results = {}
     for d in domains:
-        out = work / f"compare-{d}"
+        out = work / f"compare-{d}{'-windows' * args.windows}"  # the embeddings differ
         started = time.time()
         try:
             from impsamp.comparison import Report
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         results[d] = report.results
         print(f"[paper] {d}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     print(f"[paper] all domains: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    return {"config": asdict(cfg), "domains": results}
+    return {"config": asdict(cfg), "windows": args.windows, "domains": results}
 
 
 def table(res: dict) -> str:
@@ -108,11 +111,14 @@ def table(res: dict) -> str:
                   + (f" (not on: {', '.join(sorted(set(domains) - set(wins)))})" if len(wins) < len(domains) else "")
                   + ".", ""]
     head = ["domain"] + methods
-    lines += ["Share of each selection's rows from the target domain:", "",
+    lines += ["Each selection: share of its rows from the target domain / unique documents / repetition (rows "
+              "that repeat a document already selected):", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in domains:
         ms = res["domains"][d]["methods"]
-        lines.append("| " + " | ".join([d] + [f"{ms[m].get('target_domain_share', float('nan')):.0%}"
+        lines.append("| " + " | ".join([d] + [f"{ms[m].get('target_domain_share', float('nan')):.0%} / "
+                                               f"{ms[m]['selection']['unique_documents']:,} / "
+                                               f"{ms[m]['selection']['repetition_rate']:.0%}"
                                                for m in methods]) + " |")
     return "\n".join(lines)
 
@@ -125,10 +131,15 @@ def main() -> None:
     p.add_argument("--k", type=int)
     p.add_argument("--scheme")
     p.add_argument("--max-tokens", dest="max_tokens", type=int)
+    p.add_argument("--within-temperature", dest="within_temperature", type=float, help="the knn method's tau")
+    p.add_argument("--within-repeats", dest="within_repeats", help="the knn method's even|weighted")
+    p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance and knn: the repeat cap")
     p.add_argument("--preset")
     p.add_argument("--steps", type=int)
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--windows", action="store_true",
+                   help="embed the pool in --max-tokens windows: the window is the selection unit (else truncated)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".cache" / "paper"), help="where the runs go")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
@@ -144,7 +155,10 @@ def main() -> None:
         f"`{args.work}` count as 0).",
         f"Command: `python benchmarks/paper_table.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.",
         f"Settings (as `impsamp demo`): budget {cfg['tokens']:,} tokens per selection, k={cfg['k']}, scheme "
-        f"`{cfg['scheme']}`, embedding max tokens {cfg['max_tokens']}, LM preset `{cfg['preset']}` "
+        f"`{cfg['scheme']}`, embedding max tokens {cfg['max_tokens']} "
+        f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), knn's tau "
+        f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
+        f"{cfg['max_repeat'] or 'none (knn: 4)'}, LM preset `{cfg['preset']}` "
         f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, seed {cfg['seed']}.", ""])
     print(header + "\n" + text)
     if not args.no_write:

@@ -80,14 +80,24 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")
+@click.option("--within-temperature", type=float, default=None,
+              help="importance: documents weighted by exp((cosine to the nearest target document - 1) / tau) "
+                   "inside the clusters' quotas; tau [default: 0.05].")
+@click.option("--within-repeats", type=click.Choice(["even", "weighted"]), default=None,
+              help="importance: even (no document drawn more often than its cluster's quota needs, "
+                   "ceil(quota / cluster size)) or weighted (the weights decide, up to the cap) [default: even].")
+@click.option("--max-repeat", type=int, default=None,
+              help="importance methods: most draws of one document, the rest spilled to the nearest clusters "
+                   "[default: 4 for importance, none for importance-uniform].")
 @_shared_options
 @click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
 @config_option
 @overwrite_option
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
-            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, tokens,
-            k, steps, finetune_steps, preset, seed, text_field, config_file, overwrite, progress):
+            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, within_temperature,
+            within_repeats, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
+            overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
     \b
@@ -106,7 +116,9 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods), models=_split(models),
                          groups=groups, expert_select=expert_select, large_steps=large_steps,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
-                         inference_budget=inference_budget, per_target_budget=per_target_budget, tokens=tokens, k=k,
+                         inference_budget=inference_budget, per_target_budget=per_target_budget,
+                         within_temperature=within_temperature, within_repeats=within_repeats, max_repeat=max_repeat,
+                         tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
@@ -129,7 +141,7 @@ def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str)
 @click.option("--target", "domain", default="python_docs", show_default=True,
               help="Bundled domain to imitate (see data_cards/impsamp-demo.md).")
 @click.option("--all-methods", is_flag=True,
-              help="Also run the knn, ngram (DSIR-style) and classifier selectors.")
+              help="Also run the importance-uniform (the seed paper's), ngram (DSIR-style) and classifier selectors.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("impsamp-demo"), show_default=True,
               help="Report folder.")
 @_shared_options(defaults=DEMO_DEFAULTS)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from impsamp.config import resolve_config
-from impsamp.resampling import FORMATS, METHODS, SCHEMES, ResampleConfig, command_line
+from impsamp.resampling import FORMATS, METHODS, SCHEMES, WITHIN_REPEATS, ResampleConfig, command_line
 from impsamp.resampling import resample as _resample
 
 from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option,
@@ -45,13 +45,19 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
 @click.option("--max-repeat", type=int, default=None,
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
-                   "[default: none; 4 with a --within other than uniform].")
-@click.option("--within", default=None, metavar="uniform|knn|MODULE:FUNCTION",
-              help="match: documents inside a cluster's quota drawn uniformly (the paper), weighted by "
+                   "[default: 4 when documents are weighted inside clusters (--within knn, auto's usual "
+                   "pick, or a function), raised if the budget needs more; none with --within uniform].")
+@click.option("--within", default=None, metavar="auto|uniform|knn|MODULE:FUNCTION",
+              help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
                    "closeness to the nearest target document (knn), or by your function(target_vectors, "
-                   "vectors) -> positive weights [default: uniform].")
+                   "vectors) -> positive weights [default: auto: knn for --method importance with a corpus "
+                   "target, else uniform].")
 @click.option("--within-temperature", type=float, default=None,
               help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau) [default: 0.05].")
+@click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
+              help="--within other than uniform: even (no document repeated past the fewest repeats that hold its "
+                   "cluster's quota; the weights choose which documents) or weighted (the weights decide how "
+                   "often, up to --max-repeat) [default: even].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="arrow (datasets.load_from_disk), parquet or jsonl [default: arrow].")
@@ -64,7 +70,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @overwrite_option
 @progress_option
 def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_tokenizer, n_bytes, docs, method, scheme, weighting, smoothing,
-             temperature, cap, backoff, max_repeat, within, within_temperature, seed, fmt, rows_per_shard, text_field, id_field,
+             temperature, cap, backoff, max_repeat, within, within_temperature, within_repeats, seed, fmt, rows_per_shard, text_field, id_field,
              engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
 
@@ -85,7 +91,7 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                          budget_tokenizer=None if budget_tokenizer is None else str(budget_tokenizer), method=method,
                          scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
                          backoff=backoff, max_repeat=max_repeat, within=within,
-                         within_temperature=within_temperature, seed=seed, format=fmt,
+                         within_temperature=within_temperature, within_repeats=within_repeats, seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
                     progress=show_progress(progress), command=command_line(), execution=ex)

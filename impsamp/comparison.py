@@ -20,14 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
 from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("uniform", "importance", "knn", "ngram", "classifier")
-"""Selectors; `knn` is `importance` with `--within knn` (documents inside each cluster's quota weighted by
-closeness to the target)."""
+METHODS = ("uniform", "importance", "importance-uniform", "ngram", "classifier")
+"""Selectors; `importance` is `resample`'s default (the cluster histogram matched, documents inside each
+cluster's quota weighted by closeness to the target: `--within knn`), `importance-uniform` the seed
+paper's (documents drawn uniformly inside the quotas: `--within uniform`)."""
 MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 
 
@@ -62,6 +64,12 @@ class CompareConfig:
     k: int = 64
     """Flat k-means clusters."""
     scheme: str = "match"
+    within_temperature: float = 0.05
+    within_repeats: str = "even"
+    """`importance`'s `--within-temperature` and `--within-repeats` (`impsamp.resampling.within`)."""
+    max_repeat: int | None = None
+    """`importance` and `importance-uniform`: most draws of one document (`resample --max-repeat`;
+    `importance`'s default 4)."""
     max_tokens: int = 128
     """Tokens the embedding model reads per document."""
     backend: str = "auto"
@@ -95,9 +103,8 @@ class CompareConfig:
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
-        if "knn" in self.methods and self.scheme != "match":
-            raise ConfigError("--methods knn weighs documents inside `match`'s cluster quotas; drop it or "
-                              f"use the match scheme (scheme = {self.scheme!r} in the config)")
+        for m in self.methods:
+            self.selection_config(m)  # resample's checks of --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
         from .planning import parse_inference_budget
@@ -108,6 +115,18 @@ class CompareConfig:
         for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+
+    def selection_config(self, method: str):
+        """`resample`'s settings for one method's selection (`importance-uniform`: importance with
+        `--within uniform`; the other selections stay reusable whatever `importance`'s knn settings)."""
+        from .resampling import ResampleConfig
+
+        within = {"importance": {"within_temperature": self.within_temperature,
+                                 "within_repeats": self.within_repeats},
+                  "importance-uniform": {"within": "uniform"}}.get(method, {})
+        return ResampleConfig(tokens=self.tokens, method="importance" if "importance" in method else method,
+                              scheme=self.scheme, seed=self.seed, text_field=self.text_field,
+                              max_repeat=self.max_repeat if "importance" in method else None, **within)
 
 
 @dataclass
@@ -219,17 +238,16 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
 
 def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bool) -> dict[str, Any]:
     """2. One selection per method, at the same budget."""
-    from .resampling import ResampleConfig, Selection, resample
+    from .resampling import Selection, resample
 
     selections: dict[str, Any] = {}
     if "dense" not in cfg.models:
         return selections
     for method in cfg.methods:
-        within = "knn" if method == "knn" else "uniform"
-        rcfg = ResampleConfig(tokens=cfg.tokens, method="importance" if within == "knn" else method,
-                              scheme=cfg.scheme, within=within, seed=cfg.seed, text_field=cfg.text_field)
+        rcfg = cfg.selection_config(method)
         path = out / "selections" / method
-        if _reuse(path, "resample", {k: v for k, v in asdict(rcfg.effective()).items() if k != "weighting"},
+        ran = rcfg.resolved(target_has_vectors=True).effective()  # as the manifest records it: targets are corpora
+        if _reuse(path, "resample", {k: v for k, v in asdict(ran).items() if k != "weighting"},
                   {"clusters": clu.manifest.fingerprint}):
             selections[method] = Selection.load(path)
             continue
@@ -259,8 +277,8 @@ def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, 
     from . import __version__
 
     results: dict[str, Any] = {"config": asdict(cfg), "impsamp_version": __version__, "methods": {}}
-    domains = _domains(generic_corpus)
-    target_domain = _majority_domain(target_corpus)
+    domains = domain_column(generic_corpus)
+    target_domain = majority_domain(target_corpus)
     for method, sel in selections.items():
         # a uniform selection does not depend on the target: its model is pretrained once for all of them
         mcfg = replace(tcfg, pretrain_costs="generic" if method == "uniform" else "per-target")
@@ -269,7 +287,7 @@ def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, 
             "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
             "effective_sample_size")}}
         if domains is not None:
-            entry["domain_shares"] = _domain_shares(sel, domains)
+            entry["domain_shares"] = domain_shares(sel, domains)
             if target_domain:
                 entry["target_domain_share"] = entry["domain_shares"].get(target_domain, 0.0)
         results["methods"][method] = entry
@@ -295,54 +313,6 @@ def _log(progress: bool, msg: str) -> None:
 
         print(f"[impsamp] {msg}", file=sys.stderr, flush=True)
 
-
-def _domains(corpus) -> np.ndarray | None:
-    """The `domain` column of the generic corpus by document index, if it has one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out: list[Any] = []
-    for f in corpus.files:
-        if f.format == "parquet":
-            schema = pq.ParquetFile(f.path).schema_arrow
-            if "domain" not in schema.names:
-                return None
-            out.extend(pq.read_table(f.path, columns=["domain"]).column("domain").to_pylist())
-        elif f.format == "jsonl":
-            from .io import open_binary
-
-            with open_binary(Path(f.path)) as fh:
-                for line in fh:
-                    try:
-                        out.append(json.loads(line).get("domain") if line.strip() else None)
-                    except ValueError:
-                        out.append(None)
-            if all(d is None for d in out):
-                return None
-        else:
-            with pa.memory_map(f.path) as src:
-                try:
-                    t = pa.ipc.open_file(src).read_all()
-                except pa.ArrowInvalid:
-                    t = pa.ipc.open_stream(pa.memory_map(f.path)).read_all()
-            if "domain" not in t.column_names:
-                return None
-            out.extend(t.column("domain").to_pylist())
-    return np.asarray(out, dtype=object)
-
-
-def _majority_domain(corpus) -> str | None:
-    d = _domains(corpus)
-    if d is None or not len(d):
-        return None
-    values, counts = np.unique(d[d != None].astype(str), return_counts=True)  # noqa: E711
-    return str(values[np.argmax(counts)]) if len(values) else None
-
-
-def _domain_shares(sel, domains: np.ndarray) -> dict[str, float]:
-    idx = sel.to_table().column("doc_index").to_numpy()
-    values, counts = np.unique(domains[idx].astype(str), return_counts=True)
-    return {str(v): float(c / counts.sum()) for v, c in zip(values, counts)}
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -37,8 +37,9 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 20, rng)
     out = tmp_path / "cmp"
     args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
-            "--methods", "uniform,importance,knn,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
-            "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml"]
+            "--methods", "uniform,importance,importance-uniform,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
+            "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml",
+            "--within-temperature", 0.1, "--within-repeats", "weighted", "--max-repeat", 3]
     (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\n'
                                   'n_layer = 1\nn_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
     r = CliRunner().invoke(cli, [str(a) for a in args])
@@ -46,14 +47,19 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     assert "| importance |" in r.output and "| ngram |" in r.output
     report = Report.load(out)
     methods = report.results["methods"]
-    assert set(methods) == {"uniform", "importance", "knn", "ngram", "classifier"}
+    assert set(methods) == {"uniform", "importance", "importance-uniform", "ngram", "classifier"}
     for m, e in methods.items():
         assert np.isfinite(e["metrics"]["pretrained"]["macro_ppl"]), m
         assert np.isfinite(e["metrics"]["finetuned"]["macro_ppl"]), m
     assert report.results["target_domain"] == "code"
-    for m in ("importance", "knn"):
+    for m in ("importance", "importance-uniform"):
         assert methods[m]["target_domain_share"] > methods["uniform"]["target_domain_share"], m
-    assert json.loads((out / "selections" / "knn" / "manifest.json").read_text())["config"]["within"] == "knn"
+    imp, paper = (json.loads((out / "selections" / m / "manifest.json").read_text())["config"]
+                  for m in ("importance", "importance-uniform"))
+    # importance: the default `--within auto`, knn for a corpus target, with the flags' settings
+    assert (imp["within"], imp["within_temperature"], imp["within_repeats"], imp["max_repeat"]) == (
+        "knn", 0.1, "weighted", 3)
+    assert (paper["within"], paper["max_repeat"], paper["within_temperature"]) == ("uniform", 3, 0.05)
     assert (out / "report.md").read_text().startswith("# impsamp compare")
     # a second run reuses every stage and refuses to clobber without --overwrite
     r2 = CliRunner().invoke(cli, [str(a) for a in args])
@@ -144,9 +150,16 @@ def test_demo_help_gives_its_own_model_and_steps():
     assert f"[default: {DEMO_DEFAULTS['steps']}]" in demo and "[default: 100]" in compare
 
 
-def test_knn_method_needs_the_match_scheme():
-    from impsamp.errors import ConfigError
+def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
+    from impsamp.comparison import CompareConfig
 
-    with pytest.raises(ConfigError, match="--methods knn weighs documents inside `match`"):
-        CompareConfig(methods=("importance", "knn"), scheme="crisp")
-    assert CompareConfig(methods=("knn",)).methods == ("knn",)
+    cfg = CompareConfig(methods=("importance", "importance-uniform"), within_temperature=0.2)
+    imp, paper = cfg.selection_config("importance"), cfg.selection_config("importance-uniform")
+    assert (imp.method, imp.within, imp.within_temperature) == ("importance", "auto", 0.2)
+    assert imp.resolved(target_has_vectors=True).within == "knn"
+    assert imp.resolved(target_has_vectors=False).within == "uniform"  # a saved histogram: no documents
+    assert (paper.method, paper.within) == ("importance", "uniform")
+    assert cfg.selection_config("ngram").within == "auto" and cfg.selection_config("ngram").resolved(True).within \
+        == "uniform"  # the other methods never weigh inside clusters
+    crisp = CompareConfig(methods=("importance",), scheme="crisp").selection_config("importance")
+    assert crisp.resolved(True).within == "uniform"  # knn needs match's quotas

@@ -82,6 +82,22 @@ def test_max_repeat_spills_to_the_nearest_clusters_and_refuses_the_impossible(ge
         make_plan(ResampleConfig(docs=5000, scheme="match", max_repeat=2), w, generic, shards, tokens)
 
 
+def test_the_default_repeat_cap_gives_way_where_a_given_one_is_refused(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = density_ratio(_hist([1, 1, 1, 1, 1, 1, 50, 50]), generic, smoothing=0.0)
+    log_w = _knn(shards)
+    plan, reps = _run(ResampleConfig(docs=200, scheme="match", within="knn"), w, generic, shards, tokens,
+                      within_log_w=log_w)
+    assert plan.max_repeat == 4 and max(r.max() for r in reps) <= 4  # the default cap: spills, as above
+    # 5,000 draws from 1,000 documents need 5 each: the default cap (4) is raised, not a failure
+    plan, reps = _run(ResampleConfig(docs=5000, scheme="match", within="knn"), w, generic, shards, tokens,
+                      within_log_w=log_w)
+    assert plan.max_repeat == 5 and max(r.max() for r in reps) <= 5 and sum(r.sum() for r in reps) == 5000
+    with pytest.raises(ConfigError, match="budget impossible with --max-repeat 4: at most 4,000 documents"):
+        make_plan(ResampleConfig(docs=5000, scheme="match", within="knn", max_repeat=4), w, generic, shards,
+                  tokens, within_log_w=log_w)
+
+
 def test_topk_has_no_duplicates_and_prefers_heavy_clusters(generic_shards):
     shards, tokens, generic = generic_shards
     target = _hist([0, 0, 0, 0, 1, 1, 1, 1])
@@ -188,7 +204,7 @@ def test_within_knn_keeps_the_cluster_quotas_and_prefers_close_documents(generic
     w = density_ratio(target, generic, smoothing=0.0)
     base, _ = _run(ResampleConfig(docs=300, scheme="match", max_repeat=3), w, generic, shards, tokens)
     log_w = _knn(shards)
-    cfg = ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3)
+    cfg = ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3, within_repeats="weighted")
     plan, reps = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)
     assert np.array_equal(plan.draws, base.draws)  # the outer budget is `uniform`'s under the same cap
     got = np.zeros(K)
@@ -201,9 +217,25 @@ def test_within_knn_keeps_the_cluster_quotas_and_prefers_close_documents(generic
     assert np.average(lw0, weights=r0) > np.quantile(lw0, 0.75) and (r0 == 0).sum() > 100
     again = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)[1]
     assert all(np.array_equal(a, b) for a, b in zip(reps, again))
-    other = _run(ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3, seed=1), w, generic,
-                 shards, tokens, within_log_w=log_w)[1]
+    other = _run(ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3, seed=1,
+                                within_repeats="weighted"), w, generic, shards, tokens, within_log_w=log_w)[1]
     assert not all(np.array_equal(a, b) for a, b in zip(reps, other))
+
+
+def test_within_knn_even_repeats_no_document_while_its_cluster_has_undrawn_ones(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = density_ratio(_hist([50, 1, 1, 1, 1, 1, 1, 1]), generic, smoothing=0.0)
+    log_w = _knn(shards)
+    plan, reps = _run(ResampleConfig(docs=300, scheme="match", within="knn", max_repeat=3), w, generic, shards,
+                      tokens, within_log_w=log_w)
+    base, _ = _run(ResampleConfig(docs=300, scheme="match", max_repeat=3), w, generic, shards, tokens)
+    assert np.array_equal(plan.draws, base.draws)  # the same cluster quotas as `uniform`
+    leaves, lw, r = np.concatenate(shards), np.concatenate(log_w), np.concatenate(reps)
+    for c in np.flatnonzero(plan.draws):
+        n_c, rc = (leaves == c).sum(), r[leaves == c]
+        assert rc.sum() == plan.draws[c] and rc.max() <= -(-plan.draws[c] // n_c)  # ceil(quota / members)
+    lw0, r0 = lw[leaves == 0], r[leaves == 0]  # ~260 draws over 400 documents: each drawn at most once
+    assert r0.max() == 1 and lw0[r0 == 1].mean() > lw0[r0 == 0].mean() + 1.0  # the closer ones are drawn
 
 
 def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_shards):
@@ -218,7 +250,7 @@ def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_sh
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"within": "nearest"}, "--within must be one of uniform, knn"),
+    ({"within": "nearest"}, "--within must be one of auto, uniform, knn"),
     ({"within": "knn", "scheme": "crisp"}, "--within knn weighs documents inside `match`"),
     ({"within": "knn", "method": "uniform"}, "--within knn weighs documents inside `match`"),
     ({"within": "knn", "within_temperature": 0}, "--within-temperature must be > 0"),
@@ -253,14 +285,17 @@ def test_a_cluster_weighted_zero_takes_no_spill():
                   shards, sizes)
 
 
-def test_within_knn_meets_a_token_budget_when_close_documents_are_short():
+@pytest.mark.parametrize("repeats,most", [("weighted", 4), ("even", 1)])
+def test_within_knn_meets_a_token_budget_when_close_documents_are_short(repeats, most):
     n = 500
     leaves = [np.zeros(2 * n, dtype=np.int64)]
     sizes = [np.array([10] * n + [1000] * n)]
     log_w = [np.concatenate([np.zeros(n), np.full(n, -10.0)])]  # the short documents are the close ones
-    cfg = ResampleConfig(tokens=101_000, scheme="match", within="knn")
+    cfg = ResampleConfig(tokens=101_000, scheme="match", within="knn", within_repeats=repeats)
     plan = make_plan(cfg, np.ones(1), _hist([2 * n]), leaves, sizes, within_log_w=log_w)
     reps = unit_repeats(cfg, plan, 0, leaves[0])
     got = float((reps * sizes[0]).sum())
-    assert abs(got - 101_000) / 101_000 < 0.02 and reps.max() <= 4 and plan.draws.sum() == reps.sum()
-    assert reps[:n].sum() == 4 * n  # the close documents are used up to the cap first
+    assert abs(got - 101_000) / 101_000 < 0.02 and reps.max() == most and plan.draws.sum() == reps.sum()
+    # the close documents are used up to the cap first: 4 each (weighted), or once each (even: 101,000
+    # tokens of a 505,000-token cluster need no repeat)
+    assert reps[:n].sum() == most * n

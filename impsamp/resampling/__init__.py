@@ -24,10 +24,10 @@ unit), `tables` (per-shard views of the embedding), `writing` (spill files and s
 
 from __future__ import annotations
 
-from .config import FORMATS, METHODS, SCHEMES, SELECTION_SCHEMA, ResampleConfig
+from .config import FORMATS, METHODS, SCHEMES, SELECTION_SCHEMA, WITHIN_REPEATS, ResampleConfig
 from .report import render_card
 from .selection import Selection
 from .stage import command_line, resample, target_histogram
 
-__all__ = ["FORMATS", "METHODS", "SCHEMES", "SELECTION_SCHEMA", "ResampleConfig", "Selection", "command_line",
-           "render_card", "resample", "target_histogram"]
+__all__ = ["FORMATS", "METHODS", "SCHEMES", "SELECTION_SCHEMA", "WITHIN_REPEATS", "ResampleConfig", "Selection",
+           "command_line", "render_card", "resample", "target_histogram"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..histograms import Histogram
 from .config import ResampleConfig
+
+logger = logging.getLogger(__name__)
 
 
 def _largest_remainder(expected: np.ndarray, total: int, room: np.ndarray | None = None) -> np.ndarray:
@@ -39,6 +42,7 @@ class Plan:
     doc_log_w: list[np.ndarray] | None = None  # per shard, per unit: a document-level selector's log-weights
     repeats: list[np.ndarray] | None = None  # per shard, per unit: repeats fixed in the plan (`--within knn`)
     spilled: np.ndarray | None = None  # (k,) expected draws each cluster passed to its neighbours (repeat cap)
+    max_repeat: float | None = None  # the repeat cap the plan kept (None: no cap)
 
 
 def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
@@ -56,9 +60,12 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
 
     `shard_sizes` gives each unit's size in the budget's unit (`cfg.budget`). `doc_log_w` gives
     document-level log-weights (ngram, classifier); by default a unit's log-weight is its cluster's.
-    `within_log_w` (`--within knn`) weighs the units inside each cluster's `match` quota; `centroids`
+    `within_log_w` (`--within knn`) weighs the units inside each cluster's `match` quota (`within = auto`
+    means knn when they are given, else uniform); `centroids`
     (leaf clusters') say where a cluster's draws over the repeat cap spill (`within.spill`).
     """
+    if cfg.within == "auto":
+        cfg = replace(cfg, within="knn" if within_log_w is not None else "uniform")
     k = len(weights)
     if cfg.scheme == "topk" or doc_log_w is not None:
         shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)
@@ -109,12 +116,20 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
     size = np.ones_like(q) if unit == "docs" else mean_size
     expected, spilled, room = q * n_units, None, None
     if cap is not None:
-        room = np.where(q > 0, n_c * float(cap), 0.0)  # a cluster weighted 0 is never drawn, not even spilled to
-        if (room * size).sum() < n_units * float((q * size).sum()) * (1 - 1e-9):
+        held = np.where(q > 0, n_c, 0.0) * size  # a cluster weighted 0 is never drawn, not even spilled to
+        need = n_units * float((q * size).sum())
+        if not cfg.max_repeat and held.sum() * cap < need * (1 - 1e-9):
+            # the default cap gives way to the fewest repeats that hold the budget (never a failure where
+            # uniform drawing succeeds); a --max-repeat the user gives is kept, and refused below
+            cap = max(cap, int(np.ceil(need / max(held.sum(), 1e-12) - 1e-9)))
+            logger.warning("the budget needs up to %d draws of a document in the clusters the target weighs: "
+                           "the default repeat cap (%d) is raised to it", cap, KNN_MAX_REPEAT)
+        room = np.where(q > 0, n_c * float(cap), 0.0)
+        if (room * size).sum() < need * (1 - 1e-9):
             most = int((room * size).sum())
-            flag = f"--max-repeat {cap}" if cfg.max_repeat else f"--within's repeat cap ({cap})"
-            raise ConfigError(f"budget impossible with {flag}: at most {most:,} {_UNIT_NAMES[unit]} can be "
-                              "drawn from the clusters the target weighs; lower the budget or raise --max-repeat")
+            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} {_UNIT_NAMES[unit]} "
+                              "can be drawn from the clusters the target weighs; lower the budget or raise "
+                              "--max-repeat")
         if centroids is None:  # no geometry given: every cluster equally near, the lower id first
             centroids = np.eye(len(q))
         expected, spilled = spill(expected, room, centroids, size)
@@ -123,7 +138,7 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
     repeats = None
     if cfg.within != "uniform":
         repeats = unit_repeats_within(draws * size, shard_leaves, within_log_w, float(cap), cfg.seed,
-                                      None if unit == "docs" else shard_sizes)
+                                      None if unit == "docs" else shard_sizes, even=cfg.within_repeats == "even")
         shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
                                ).astype(np.int64)
         draws = shard_draws.sum(axis=0)
@@ -132,7 +147,8 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
         shard_draws = shard_counts * (draws // np.maximum(n_c, 1))
         for c in np.flatnonzero(extra):
             shard_draws[:, c] += rng.multivariate_hypergeometric(shard_counts[:, c], int(extra[c]))
-    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, repeats=repeats, spilled=spilled)
+    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, repeats=repeats, spilled=spilled,
+                max_repeat=cap)
 
 
 def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:

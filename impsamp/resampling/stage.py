@@ -124,6 +124,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                           "(--engine ray spreads its shards over a Ray cluster)")
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
+    cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn where the target's text is at hand
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
     within = _within_log_weights(cfg, targets, target, inputs)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
@@ -247,6 +248,7 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
                   "method": cfg.method, "scheme": cfg.scheme, "within": cfg.within,
                   "spilled_units": float(plan.spilled.sum()) if plan.spilled is not None else 0.0,
+                  "max_repeat": plan.max_repeat,
                   "selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")),
                                                    sum(t.get("embedded_tokens", 0) for t in target.described))})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)

@@ -4,7 +4,8 @@
 makes clustered importance sampling robust, and it stays. Inside a cluster:
 
 - `--within uniform` (the seed paper): every document of the cluster equally likely;
-- `--within knn`: document i weighted by its closeness to the target, w_i = exp((s_i - 1) / tau), with
+- `--within knn` (what the default `auto` picks when the target is a corpus): document i weighted by
+  its closeness to the target, w_i = exp((s_i - 1) / tau), with
   s_i the cosine similarity of its vector to the nearest target document's (exact search, faiss) and
   tau = `--within-temperature` (smaller: sharper; tau -> infinity is `uniform`);
 - `--within package.module:function`: your own document weights, `function(target_vectors (m, d),
@@ -13,7 +14,10 @@ makes clustered importance sampling robust, and it stays. Inside a cluster:
 
 Either way no document is drawn more than `--max-repeat` times: a cluster's draws are spread in
 proportion to w_i with each document's expected count capped (water-filling), rounded to whole draws
-with a seeded draw of the remainders. What a cluster cannot hold under the cap (fewer than draws /
+with a seeded draw of the remainders. With `--within-repeats even` (the default) the cap inside a
+cluster is also the fewest repeats that hold its quota (1 while the quota is smaller than the cluster):
+the weights pick which documents are drawn rather than how often; `weighted` lets the weights alone
+decide, up to the cap (measured worse: fewer unique documents, BENCHMARKS.md `paper`). What a cluster cannot hold under the cap (fewer than draws /
 max_repeat documents) spills to the clusters nearest to it by centroid that still have room, nearest
 first, and the selection's diagnostics say how much spilled.
 """
@@ -149,9 +153,11 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
 
 
 def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray],
-                        cap: float, seed: int, shard_sizes=None) -> list[np.ndarray]:
+                        cap: float, seed: int, shard_sizes=None, even: bool = True) -> list[np.ndarray]:
     """Each input shard's repeats per unit: every cluster's `quota` (in the budget's unit; units' sizes in
-    `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`."""
+    `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`. `even`: no
+    member past the fewest repeats that hold the cluster's quota (ceil(quota / the cluster's size)), so
+    the weights choose which documents are drawn rather than how often."""
     leaves = np.concatenate(shard_leaves)
     weights = np.concatenate(log_w)
     sizes = None if shard_sizes is None else np.concatenate([np.asarray(t, np.float64) for t in shard_sizes])
@@ -160,7 +166,11 @@ def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w
     bounds = np.searchsorted(leaves[order], np.arange(len(quota) + 1))
     for c in np.flatnonzero(quota > 0):
         members = order[bounds[c]:bounds[c + 1]]
-        reps[members] = spread(float(quota[c]), weights[members], cap,
+        room = cap
+        if even:
+            held = float(len(members) if sizes is None else sizes[members].sum())
+            room = min(cap, max(1.0, float(np.ceil(quota[c] / max(held, 1e-12) - 1e-9))))
+        reps[members] = spread(float(quota[c]), weights[members], room,
                                np.random.default_rng([seed, WITHIN_RNG, int(c)]),
                                None if sizes is None else sizes[members])
     starts = np.cumsum([0] + [len(a) for a in shard_leaves])
