@@ -722,8 +722,8 @@ def pertarget(a: argparse.Namespace, log: list[str]) -> str:
                   "document). The ratio passes 20x near "
                   + (f"N = {n20:,.0f} generic documents" if n20 == n20 else "no N (d < 20 r)")
                   + f" and tends to d / r = {d_row / r_row:.0f}x. Section 1 gives another estimate of r: the "
-                  "resample wall time per corpus row of the 1 GB run (hashing vectors; resample does not read the "
-                  "vectors for --method importance)."]
+                  "resample wall time per corpus row of the 1 GB run (hashing vectors; measured with `--within "
+                  "uniform`, which reads no vectors: the default's nearest-target search reads each shard's once)."]
     lines += ["", "Load average at the start and end of each pair:", ""]
     for dom, rep, *_, la0, la1 in rows:
         lines.append(f"- {dom} rep {rep}: {la0} -> {la1}")

@@ -66,7 +66,7 @@ class ResampleConfig:
     (weighted by closeness to the nearest target document), `package.module:function` (your document
     weights; `impsamp.resampling.within`), or `auto`: knn for `importance` with `match` when the target's
     documents are at hand (a corpus, not a saved histogram), else uniform (`resolved`). knn with
-    `within_repeats = even` measured 1-2% lower macro perplexity than uniform on the paper table at
+    `within_repeats = even` measured 1-3% lower macro perplexity than uniform on the paper table at
     200,000 and 40,000 tokens (BENCHMARKS.md `paper`)."""
     within_temperature: float = 0.05
     """`--within knn`: tau in w = exp((cosine to the nearest target document - 1) / tau)."""
