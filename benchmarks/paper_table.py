@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/paper_table.py                     # all 8 domains, 4 methods (long)
     .venv/bin/python benchmarks/paper_table.py --domains python_docs,fortunes --steps 60
-    .venv/bin/python benchmarks/paper_table.py --methods importance,knn,ngram --tokens 40000 --no-write
-    .venv/bin/python benchmarks/paper_table.py --methods importance --windows   # windows as the unit
+    .venv/bin/python benchmarks/paper_table.py --methods importance-uniform,importance,ngram --tokens 40000 --no-write
+    .venv/bin/python benchmarks/paper_table.py --methods importance --windows  # windows as the unit
 
 For each of the 8 bundled domains as the target (in-domain sample = `demo_corpus().sample(domain)`,
 evaluation = `demo_corpus().eval(domain)`, generic = the pool of all 8 domains) it runs `impsamp
@@ -131,9 +131,9 @@ def main() -> None:
     p.add_argument("--k", type=int)
     p.add_argument("--scheme")
     p.add_argument("--max-tokens", dest="max_tokens", type=int)
-    p.add_argument("--within-temperature", dest="within_temperature", type=float, help="the knn method's tau")
-    p.add_argument("--within-repeats", dest="within_repeats", help="the knn method's even|weighted")
-    p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance and knn: the repeat cap")
+    p.add_argument("--within-temperature", dest="within_temperature", type=float, help="importance's tau inside the clusters")
+    p.add_argument("--within-repeats", dest="within_repeats", help="importance's even|weighted repeats")
+    p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance methods: the repeat cap")
     p.add_argument("--preset")
     p.add_argument("--steps", type=int)
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int)
@@ -156,9 +156,9 @@ def main() -> None:
         f"Command: `python benchmarks/paper_table.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.",
         f"Settings (as `impsamp demo`): budget {cfg['tokens']:,} tokens per selection, k={cfg['k']}, scheme "
         f"`{cfg['scheme']}`, embedding max tokens {cfg['max_tokens']} "
-        f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), knn's tau "
+        f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), importance's tau "
         f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
-        f"{cfg['max_repeat'] or 'none (knn: 4)'}, LM preset `{cfg['preset']}` "
+        f"{cfg['max_repeat'] or 'default (importance: 4)'}, LM preset `{cfg['preset']}` "
         f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, seed {cfg['seed']}.", ""])
     print(header + "\n" + text)
     if not args.no_write:

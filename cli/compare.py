@@ -13,6 +13,7 @@ from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
 from impsamp.config import cache_dir, resolve_config
 from impsamp.errors import StageError
+from impsamp.resampling import WITHIN_REPEATS
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -83,7 +84,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--within-temperature", type=float, default=None,
               help="importance: documents weighted by exp((cosine to the nearest target document - 1) / tau) "
                    "inside the clusters' quotas; tau [default: 0.05].")
-@click.option("--within-repeats", type=click.Choice(["even", "weighted"]), default=None,
+@click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
               help="importance: even (no document drawn more often than its cluster's quota needs, "
                    "ceil(quota / cluster size)) or weighted (the weights decide, up to the cap) [default: even].")
 @click.option("--max-repeat", type=int, default=None,

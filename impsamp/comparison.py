@@ -124,9 +124,10 @@ class CompareConfig:
         within = {"importance": {"within_temperature": self.within_temperature,
                                  "within_repeats": self.within_repeats},
                   "importance-uniform": {"within": "uniform"}}.get(method, {})
-        return ResampleConfig(tokens=self.tokens, method="importance" if "importance" in method else method,
+        importance = method in ("importance", "importance-uniform")
+        return ResampleConfig(tokens=self.tokens, method="importance" if importance else method,
                               scheme=self.scheme, seed=self.seed, text_field=self.text_field,
-                              max_repeat=self.max_repeat if "importance" in method else None, **within)
+                              max_repeat=self.max_repeat if importance else None, **within)
 
 
 @dataclass

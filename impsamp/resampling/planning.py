@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,11 +61,10 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     `shard_sizes` gives each unit's size in the budget's unit (`cfg.budget`). `doc_log_w` gives
     document-level log-weights (ngram, classifier); by default a unit's log-weight is its cluster's.
     `within_log_w` (`--within knn`) weighs the units inside each cluster's `match` quota (`within = auto`
-    means knn when they are given, else uniform); `centroids`
+    resolves as `ResampleConfig.resolved` does: knn when they are given); `centroids`
     (leaf clusters') say where a cluster's draws over the repeat cap spill (`within.spill`).
     """
-    if cfg.within == "auto":
-        cfg = replace(cfg, within="knn" if within_log_w is not None else "uniform")
+    cfg = cfg.resolved(target_has_vectors=within_log_w is not None)
     k = len(weights)
     if cfg.scheme == "topk" or doc_log_w is not None:
         shard_counts = np.stack([np.bincount(a, minlength=k) for a in shard_leaves]).astype(np.int64)

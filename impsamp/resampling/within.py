@@ -17,9 +17,10 @@ proportion to w_i with each document's expected count capped (water-filling), ro
 with a seeded draw of the remainders. With `--within-repeats even` (the default) the cap inside a
 cluster is also the fewest repeats that hold its quota (1 while the quota is smaller than the cluster):
 the weights pick which documents are drawn rather than how often; `weighted` lets the weights alone
-decide, up to the cap (measured worse: fewer unique documents, BENCHMARKS.md `paper`). What a cluster cannot hold under the cap (fewer than draws /
-max_repeat documents) spills to the clusters nearest to it by centroid that still have room, nearest
-first, and the selection's diagnostics say how much spilled.
+decide, up to the cap (measured worse: fewer unique documents, BENCHMARKS.md `paper`). What a cluster
+cannot hold under the cap (fewer than draws / max_repeat documents) spills to the clusters nearest to
+it by centroid that still have room, nearest first, and the selection's diagnostics say how much
+spilled.
 """
 
 from __future__ import annotations
