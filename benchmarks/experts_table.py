@@ -29,6 +29,7 @@ import datetime as dt
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,7 +52,10 @@ class Bench:
         self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.results, indent=1, sort_keys=True))
+        """Atomically: a reader (plan_table's workers) never sees half a file."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.results, indent=1, sort_keys=True))
+        tmp.replace(self.path)
 
     def once(self, key: str, fn):
         if key not in self.results:
@@ -82,8 +86,9 @@ class Bench:
         self.tok = self.work / "tokenizer.json"
         if not self.tok.exists():
             train_tokenizer([str(self.corpus.pool)], 4096, self.tok)
-        self.evals = [str(self.corpus.eval(d)) for d in self.corpus.domains]
         import pyarrow.parquet as pq
+
+        self.evals = [self.eval_file(d) for d in self.corpus.domains]
 
         self.samples = {}
         for d in self.domains:
@@ -95,11 +100,26 @@ class Bench:
                 pq.write_table(t.slice(0, max(8, t.num_rows // 4)), quarter)
             self.samples[d] = {"quarter": str(quarter), "full": str(full)}
 
+    def eval_file(self, domain: str) -> str:
+        """A domain's held-out text: the whole split, or its first --eval-docs documents (written once)."""
+        import pyarrow.parquet as pq
+
+        full = self.corpus.eval(domain)
+        if not self.args.eval_docs:
+            return str(full)
+        path = self.work / "evals" / str(self.args.eval_docs) / f"{domain}.parquet"  # the domain's name kept
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            pq.write_table(pq.read_table(full).slice(0, self.args.eval_docs), tmp)
+            tmp.replace(path)
+        return str(path)
+
     def ft_config(self, **kw):
         from impsamp.training import TrainConfig
 
         return TrainConfig(finetune_steps=self.args.finetune_steps, early_stopping=2, eval_every=2,
-                           finetune_val_fraction=0.2, seed=0, **kw)
+                           finetune_val_fraction=0.2, seed=0, dtype=self.args.dtype, **kw)
 
     # ---- generic pretraining at equal FLOPs
 
@@ -114,7 +134,7 @@ class Bench:
             TrainRun.load(dense)
         except StageError:
             train([str(self.corpus.pool)], dense, TrainConfig(steps=steps, tokenizer=str(self.tok), seed=0,
-                                                              pretrain_costs="generic"), overwrite=True)
+                                                              pretrain_costs="generic", dtype=self.args.dtype), overwrite=True)
         models["dense"] = dense
         self.once(f"S{steps}/dense/generic", lambda: scores(evaluate(dense, self.evals), TrainRun.load(dense)))
         for g in self.args.groups:
@@ -123,7 +143,8 @@ class Bench:
                 Experts.load(path)
             except StageError:
                 experts(self.emb, self.clu, path, ExpertsConfig(groups=g, total_tokens=steps * STEP_TOKENS,
-                                                                tokenizer=str(self.tok)), overwrite=True)
+                                                                tokenizer=str(self.tok),
+                                                                train={"dtype": self.args.dtype}), overwrite=True)
             models[f"experts{g}"] = path
             self.once(f"S{steps}/experts{g}/generic",
                       lambda p=path: {**scores(evaluate_routed(p, self.evals)),
@@ -137,7 +158,7 @@ class Bench:
         from impsamp.training import train
 
         out = self.work / f"S{steps}" / "ft" / f"{name}-{select}-{size}-{domain}"
-        sample, ev = self.samples[domain][size], [str(self.corpus.eval(domain))]
+        sample, ev = self.samples[domain][size], [self.eval_file(domain)]
         if name == "dense":
             run = train(None, out, self.ft_config(init=str(model)), finetune=[sample], eval=ev, overwrite=True)
         else:
@@ -152,14 +173,13 @@ class Bench:
 
     def importance(self, steps: int, domain: str) -> dict:
         from impsamp.resampling import ResampleConfig, resample
-        from impsamp.training import TrainConfig, train
+        from impsamp.training import train
 
-        sample, ev = self.samples[domain]["full"], [str(self.corpus.eval(domain))]
+        sample, ev = self.samples[domain]["full"], [self.eval_file(domain)]
         sel = resample(self.emb, self.clu, self.work / "importance" / f"sel-{domain}", targets=[sample],
                        config=ResampleConfig(tokens=steps * STEP_TOKENS, seed=0, within="uniform"),
                        overwrite=True)  # within uniform: the seed paper's draw, as the committed tables measured it
-        cfg = TrainConfig(steps=steps, tokenizer=str(self.tok), seed=0, finetune_steps=self.args.finetune_steps,
-                          early_stopping=2, eval_every=2, finetune_val_fraction=0.2)
+        cfg = replace(self.ft_config(), steps=steps, tokenizer=str(self.tok))
         run = train([str(sel.path)], self.work / "importance" / f"lm-{domain}", cfg, finetune=[sample], eval=ev,
                     overwrite=True)
         return {"before": run.metrics["pretrained"]["macro_ppl"], "after": run.metrics["finetuned"]["macro_ppl"],
@@ -247,6 +267,16 @@ def arguments(description: str) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--domains", default=None)
     ap.add_argument("--finetune-steps", type=int, default=12)
+    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="every model's autocast dtype (auto: the trainer's choice for this CPU)")
+    ap.add_argument("--eval-docs", type=int, default=None,
+                    help="score each domain's first N held-out documents [default: all of them]")
+    ap.add_argument("--out", default=None, help="the report's Markdown file [default: benchmarks/results/<table>.md]")
+    ap.add_argument("--importance-steps", type=int, default=None,
+                    help="plan_table only: importance sampling's per-target pretraining steps [default: 120, at "
+                         "most the largest budget]")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="plan_table only: worker processes, one torch thread each (2 on a 2-core machine)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--results", default=None, help="plan_table only: its result file in --work")
     ap.add_argument("--sizes", default="full,quarter", help="plan_table only: the in-domain sizes to run")
@@ -327,6 +357,8 @@ def run_table(bench_class, report_fn, out_md: Path, doc: str) -> None:
     """The main of every table script: run (unless --report-only), print the report, write it unless
     --domains limits the run."""
     args = arguments(doc.splitlines()[0])
+    out_md = Path(args.out) if args.out else out_md
+    out_md.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     bench = bench_class(args)
     if not args.report_only:

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = (ROOT / "benchmarks" / "summary.md").read_text()
 parts = [SUMMARY]
 for name in ("embed", "embed_gpu", "cluster", "resample", "budget", "train", "demo", "paper", "experts", "projected", "plan",
-             "ray"):
+             "plan-session", "ray"):
     f = ROOT / "benchmarks" / "results" / f"{name}.md"
     if f.exists():
         text = f.read_text().strip()

@@ -55,7 +55,7 @@ class ProjBench(Bench):
             TrainRun.load(path)
         except StageError:
             cfg = TrainConfig(arch="projected", clusters=str(self.work / "clu"), condition=NETS[name], steps=steps,
-                              tokenizer=str(self.tok), seed=0)
+                              tokenizer=str(self.tok), seed=0, dtype=self.args.dtype)
             train(None, path, cfg, overwrite=True)
         self.once(f"S{steps}/{name}/generic", lambda: {**scores(evaluate_projected(path, self.evals)),
                                                        "costs": TrainRun.load(path).metrics["costs"],
@@ -87,7 +87,7 @@ class ProjBench(Bench):
         n = min(t.num_rows for t in tables)
         if not path.exists():  # an even mix: as many documents from each
             pq.write_table(pa.concat_tables([t.slice(0, n) for t in tables]), path)
-        return str(path), [str(self.corpus.eval(d)) for d in SPREAD]
+        return str(path), [self.eval_file(d) for d in SPREAD]
 
     def spread_baselines(self, steps: int, target: str, evals: list[str]) -> None:
         from impsamp.mixture import specialize
@@ -136,7 +136,7 @@ class ProjBench(Bench):
         for name in NETS:
             net = self.network(steps, name)
             for d in self.domains:
-                ev = [str(self.corpus.eval(d))]
+                ev = [self.eval_file(d)]
                 self.once(f"S{steps}/{name}/top/{size}/{d}", lambda n=name, p=net, d=d, ev=ev: self.specialise(
                     steps, n, p, self.samples[d][size], ev, f"{size}-{d}"))
 

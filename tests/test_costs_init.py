@@ -21,7 +21,8 @@ def base(tmp_path_factory):
     data = write_corpus(root / "generic.jsonl", 200)
     sample = write_corpus(root / "bio.jsonl", 80, seed=3, topics=("bio",))
     run = root / "base"
-    ok(invoke("train", "--data", data, "--out", run, *TRAIN_FLAGS, "--steps", "5"))
+    # float32 on every CPU: the early-stopping test rescores in float32 and needs its loss to rise at lr 0.3
+    ok(invoke("train", "--data", data, "--out", run, *TRAIN_FLAGS, "--steps", "5", "--dtype", "float32"))
     return {"root": root, "data": data, "sample": sample, "run": run}
 
 
@@ -51,7 +52,8 @@ def test_init_continues_from_the_given_weights(base, tmp_path):
 
     out = tmp_path / "ft"
     r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--eval", base["sample"],
-                  "--out", out, "--finetune-steps", "3", "--device", "cpu", "--no-progress", "--batch-size", "4"))
+                  "--out", out, "--finetune-steps", "3", "--device", "cpu", "--no-progress", "--batch-size", "4",
+                  "--dtype", "float32"))  # the --init run's precision: scored before, it must match evaluate()
     assert "fine-tuned" in r.output
     run = TrainRun.load(out)
     # scored before fine-tuning: exactly the --init run's model
@@ -80,7 +82,7 @@ def test_early_stopping_keeps_the_best_weights(base, tmp_path):
     out = tmp_path / "es"
     ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "40",
               "--finetune-lr", "0.3", "--early-stopping", "2", "--eval-every", "2", "--finetune-val-fraction", "0.25",
-              "--device", "cpu", "--no-progress", "--batch-size", "4"))
+              "--device", "cpu", "--no-progress", "--batch-size", "4", "--dtype", "float32"))
     run = TrainRun.load(out)
     stop = run.metrics["early_stopping"]
     vals = [r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())

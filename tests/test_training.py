@@ -316,3 +316,16 @@ def test_other_tokenizer_on_resume_is_refused(corpus, tmp_path, monkeypatch):
     assert "does not match the tokenizer of the interrupted run" in msg
     msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--checkpoint-every", "1"))
     assert "used --tokenizer" in msg
+
+
+def test_auto_dtype_is_bfloat16_where_the_cpu_multiplies_it_in_hardware(monkeypatch):
+    import impsamp.hardware as hw
+    from impsamp.training.runtime import resolve_dtype
+
+    cpu = torch.device("cpu")
+    for flags, want in (({"avx512f", "avx512_bf16"}, torch.bfloat16), ({"amx_bf16", "amx_tile"}, torch.bfloat16),
+                        ({"avx2", "avx512f"}, torch.float32), (set(), torch.float32)):
+        monkeypatch.setattr(hw, "_cpu_flags", lambda f=flags: f)
+        assert resolve_dtype("auto", cpu) == want, flags
+        assert hw.cpu_has_amx_bf16() == ("amx_bf16" in flags)  # the embedder's choice stays AMX-only
+    assert resolve_dtype("float32", cpu) == torch.float32 and resolve_dtype("bfloat16", cpu) == torch.bfloat16

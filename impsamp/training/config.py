@@ -133,8 +133,8 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps."""
     dtype: str = "auto"
-    """Autocast dtype: auto = bfloat16 on CUDA and on CPUs with AMX (Intel Sapphire Rapids and later),
-    else float32."""
+    """Autocast dtype: auto = bfloat16 on CUDA and on CPUs that multiply bfloat16 in hardware (AMX:
+    Intel Sapphire Rapids and later; AVX512-BF16: AMD Zen 4 and later, Intel Cooper Lake), else float32."""
     compile: bool | None = None
     """torch.compile the model; default on CUDA only."""
     seed: int = 0
