@@ -283,6 +283,7 @@ def arguments(description: str) -> argparse.Namespace:
     ap.add_argument("--strategies", default=None,
                     help="plan_table only: the strategies to run (default all, importance included)")
     args = ap.parse_args()
+    args.defaults = {dest: ap.get_default(dest) for dest in vars(args)}  # to name only the flags given
     args.budgets = tuple(int(x) for x in args.budgets.split(","))
     args.groups = [int(x) for x in args.groups.split(",")]
     return args

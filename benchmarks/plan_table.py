@@ -471,11 +471,14 @@ def run_lines(runs: list[dict], started: float) -> list[str]:
 
 def command_line(a) -> str:
     """The flags that shaped this table (those not at their defaults), as a command to rerun it."""
-    parts = [f"--budgets {','.join(map(str, a.budgets))}", f"--finetune-steps {a.finetune_steps}"]
-    optional = (("groups", ",".join(map(str, a.groups)), "4,8"), ("k", a.k, 64), ("dtype", a.dtype, "auto"),
-                ("eval-docs", a.eval_docs, None), ("importance-steps", a.importance_steps, None),
-                ("jobs", a.jobs, 1), ("work", a.work, "/tmp/impsamp-bench-experts"), ("out", a.out, None))
-    return " ".join(parts + [f"--{flag} {value}" for flag, value, default in optional if value != default])
+    def text(v):
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    parts = [f"--budgets {text(a.budgets)}", f"--finetune-steps {a.finetune_steps}"]
+    for dest in ("groups", "k", "dtype", "eval_docs", "importance_steps", "jobs", "work", "out"):
+        if text(getattr(a, dest)) != text(a.defaults[dest]):
+            parts.append(f"--{dest.replace('_', '-')} {text(getattr(a, dest))}")
+    return " ".join(parts)
 
 
 def measured_cost(r: dict, a) -> tuple[int, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 
@@ -13,16 +14,17 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _cpu_flags() -> set[str]:
-    """The first CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags from /proc/cpuinfo (empty where there is none), read once."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def cpu_has_amx_bf16() -> bool:
