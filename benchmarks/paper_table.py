@@ -131,6 +131,9 @@ def main() -> None:
     p.add_argument("--k", type=int)
     p.add_argument("--scheme")
     p.add_argument("--max-tokens", dest="max_tokens", type=int)
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+                   help="training dtype (the committed 0.6.0 tables: float32; auto is bfloat16 on AVX512-BF16 CPUs)")
+    p.add_argument("--within", help="importance's --within (auto, knn, knn+ngram)")
     p.add_argument("--within-temperature", dest="within_temperature", type=float, help="importance's tau inside the clusters")
     p.add_argument("--within-repeats", dest="within_repeats", help="importance's even|weighted repeats")
     p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance methods: the repeat cap")
@@ -156,10 +159,12 @@ def main() -> None:
         f"Command: `python benchmarks/paper_table.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`.",
         f"Settings (as `impsamp demo`): budget {cfg['tokens']:,} tokens per selection, k={cfg['k']}, scheme "
         f"`{cfg['scheme']}`, embedding max tokens {cfg['max_tokens']} "
-        f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), importance's tau "
+        f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), importance's within "
+        f"`{cfg.get('within', 'auto')}`, tau "
         f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
         f"{cfg['max_repeat'] or 'default (importance: 4)'}, LM preset `{cfg['preset']}` "
-        f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, seed {cfg['seed']}.", ""])
+        f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, training dtype "
+        f"`{cfg.get('dtype', 'auto')}`, seed {cfg['seed']}.", ""])
     print(header + "\n" + text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

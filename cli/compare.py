@@ -14,6 +14,7 @@ from impsamp.comparison import compare as _compare
 from impsamp.config import cache_dir, resolve_config
 from impsamp.errors import StageError
 from impsamp.resampling import WITHIN_REPEATS
+from impsamp.training.config import DTYPES
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -81,9 +82,16 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Every model's autocast dtype [default: auto: bfloat16 on a GPU or on a CPU with AMX or "
+                   "AVX512-BF16, else float32]; fix it to compare figures across machines.")
+@click.option("--within", default=None, metavar="auto|knn|knn+ngram|MODULE:FUNCTION",
+              help="importance: how documents are weighted inside the clusters' quotas (resample --within) "
+                   "[default: auto: knn].")
 @click.option("--within-temperature", type=float, default=None,
               help="importance: documents weighted by exp((cosine to the nearest target document - 1) / tau) "
-                   "inside the clusters' quotas; tau [default: 0.05].")
+                   "inside the clusters' quotas (knn+ngram: exp((z(cosine) + z(n-gram log-ratio)) / (5 tau))); "
+                   "tau [default: 0.05].")
 @click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
               help="importance: even (no document drawn more often than its cluster's quota needs, "
                    "ceil(quota / cluster size)) or weighted (the weights decide, up to the cap) [default: even].")
@@ -96,8 +104,8 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @overwrite_option
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
-            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, within_temperature,
-            within_repeats, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
+            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, dtype,
+            within, within_temperature, within_repeats, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
             overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
@@ -118,8 +126,8 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          groups=groups, expert_select=expert_select, large_steps=large_steps,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,
-                         within_temperature=within_temperature, within_repeats=within_repeats, max_repeat=max_repeat,
-                         tokens=tokens, k=k,
+                         dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
+                         max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))

@@ -47,13 +47,15 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
                    "[default: 4 when documents are weighted inside clusters (--within knn, auto's usual "
                    "pick, or a function), raised if the budget needs more; none with --within uniform].")
-@click.option("--within", default=None, metavar="auto|uniform|knn|MODULE:FUNCTION",
+@click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
-                   "closeness to the nearest target document (knn), or by your function(target_vectors, "
-                   "vectors) -> positive weights [default: auto: knn for --method importance with a corpus "
-                   "target, else uniform].")
+                   "closeness to the nearest target document (knn), by that and their hashed n-gram log-ratio "
+                   "(knn+ngram: reads every document's text once per target; measured better at small "
+                   "budgets), or by your function(target_vectors, vectors) -> positive weights [default: "
+                   "auto: knn for --method importance with a corpus target, else uniform].")
 @click.option("--within-temperature", type=float, default=None,
-              help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau) [default: 0.05].")
+              help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau); knn+ngram: "
+                   "exp((z(cosine) + z(n-gram log-ratio)) / (5 tau)) [default: 0.05].")
 @click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
               help="--within other than uniform: even (no document repeated past the fewest repeats that hold its "
                    "cluster's quota; the weights choose which documents) or weighted (the weights decide how "

@@ -64,6 +64,8 @@ class CompareConfig:
     k: int = 64
     """Flat k-means clusters."""
     scheme: str = "match"
+    within: str = "auto"
+    """`importance`'s `--within`: auto (knn for a corpus target), knn, knn+ngram, or a function."""
     within_temperature: float = 0.05
     within_repeats: str = "even"
     """`importance`'s `--within-temperature` and `--within-repeats` (`impsamp.resampling.within`)."""
@@ -89,12 +91,19 @@ class CompareConfig:
     n_head: int | None = None
     block_size: int | None = None
     batch_size: int | None = None
+    dtype: str = "auto"
+    """Every model's autocast dtype (`train --dtype`; auto: bfloat16 on a GPU or a CPU that multiplies
+    it in hardware, else float32): fix it to compare figures across machines."""
     seed: int = 0
     text_field: str = "text"
 
     def __post_init__(self) -> None:
+        from .training.config import DTYPES
+
         if self.backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"backend must be auto, torch or onnx, got {self.backend!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.methods:
             raise ConfigError("--methods: give at least one method")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -103,8 +112,8 @@ class CompareConfig:
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
-        for m in self.methods:
-            self.selection_config(m)  # resample's checks of --within-temperature, --max-repeat, ...
+        for m in (*self.methods, "importance"):  # importance's settings are checked even when it does not run
+            self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
         from .planning import parse_inference_budget
@@ -121,7 +130,7 @@ class CompareConfig:
         `--within uniform`; the other selections stay reusable whatever `importance`'s knn settings)."""
         from .resampling import ResampleConfig
 
-        within = {"importance": {"within_temperature": self.within_temperature,
+        within = {"importance": {"within": self.within, "within_temperature": self.within_temperature,
                                  "within_repeats": self.within_repeats},
                   "importance-uniform": {"within": "uniform"}}.get(method, {})
         importance = method in ("importance", "importance-uniform")
@@ -268,7 +277,7 @@ def _train_config(out: Path, cfg: CompareConfig, generic_corpus, progress: bool)
         _log(progress, "training the tokenizer")
         train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path, text_field=cfg.text_field)
     return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
-                       tokenizer=str(tok_path.resolve()), n_layer=cfg.n_layer, n_embd=cfg.n_embd,
+                       tokenizer=str(tok_path.resolve()), dtype=cfg.dtype, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
                        n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size)
 
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from impsamp_cli.main import cli
 
 from impsamp.comparison import CompareConfig, Report
+from impsamp.errors import ConfigError
 
 pytest.importorskip("torch")
 
@@ -39,7 +40,7 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
             "--methods", "uniform,importance,importance-uniform,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
             "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml",
-            "--within-temperature", 0.1, "--within-repeats", "weighted", "--max-repeat", 3]
+            "--within-temperature", 0.1, "--within-repeats", "weighted", "--max-repeat", 3, "--dtype", "float32"]
     (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nbackend = "torch"\nvocab_size = 300\n'
                                   'n_layer = 1\nn_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
     r = CliRunner().invoke(cli, [str(a) for a in args])
@@ -60,6 +61,8 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     assert (imp["within"], imp["within_temperature"], imp["within_repeats"], imp["max_repeat"]) == (
         "knn", 0.1, "weighted", 3)
     assert (paper["within"], paper["max_repeat"], paper["within_temperature"]) == ("uniform", 3, 0.05)
+    trained = json.loads((out / "runs" / "importance" / "manifest.json").read_text())["config"]
+    assert trained["dtype"] == "float32"  # --dtype reaches every run
     assert (out / "report.md").read_text().startswith("# impsamp compare")
     # a second run reuses every stage and refuses to clobber without --overwrite
     r2 = CliRunner().invoke(cli, [str(a) for a in args])
@@ -67,8 +70,6 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
 
 
 def test_compare_config_checks_methods():
-    from impsamp.errors import ConfigError
-
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
 
@@ -161,5 +162,12 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
     assert (paper.method, paper.within) == ("importance", "uniform")
     assert cfg.selection_config("ngram").within == "auto" and cfg.selection_config("ngram").resolved(True).within \
         == "uniform"  # the other methods never weigh inside clusters
+    hybrid = CompareConfig(within="knn+ngram")
+    assert (hybrid.selection_config("importance").within, hybrid.selection_config("importance-uniform").within) \
+        == ("knn+ngram", "uniform")  # --within is importance's; importance-uniform stays the paper's
+    with pytest.raises(ConfigError, match="--within must be one of"):
+        CompareConfig(within="nearest")
+    with pytest.raises(ConfigError, match="--dtype must be one of"):
+        CompareConfig(dtype="float16")
     crisp = CompareConfig(methods=("importance",), scheme="crisp").selection_config("importance")
     assert crisp.resolved(True).within == "uniform"  # knn needs match's quotas

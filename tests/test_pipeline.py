@@ -142,6 +142,23 @@ def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path)
         impsamp.resample(emb, clu, tmp_path / "c", targets=[root / "emb"], config=cfg)
 
 
+def test_within_knn_ngram_reads_the_text_same_bytes_and_needs_a_corpus_target(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=200, within="knn+ngram", rows_per_shard=150)
+    a, b = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("a", "b"))
+    hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (a, b)]
+    assert hashes[0] == hashes[1] and a.stats["within"] == "knn+ngram"
+    assert a.manifest.inputs["within_fingerprint"].startswith("sha256:")
+    knn = impsamp.resample(emb, clu, tmp_path / "knn", targets=[target], config=ResampleConfig(docs=200, within="knn"))
+    assert np.mean(_topics_of(a, topics) == "bio") >= np.mean(_topics_of(knn, topics) == "bio") - 0.05 > 0.6
+    with pytest.raises(impsamp.ConfigError, match="needs the target's text"):
+        impsamp.resample(emb, clu, tmp_path / "c", targets=[root / "emb"], config=cfg)
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within", "knn+ngram",
+                 "--out", tmp_path / "cli"])
+    assert r.exit_code == 0, r.output
+    assert Selection.load(tmp_path / "cli").stats["within"] == "knn+ngram"
+
+
 def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
     cfg = ResampleConfig(docs=300, within="tests.weighting_plugins:closeness", max_repeat=1, smoothing=0.01)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -254,9 +256,10 @@ def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_sh
     ({"within": "knn", "scheme": "crisp"}, "--within knn weighs documents inside `match`"),
     ({"within": "knn", "method": "uniform"}, "--within knn weighs documents inside `match`"),
     ({"within": "knn", "within_temperature": 0}, "--within-temperature must be > 0"),
+    ({"within": "knn+ngram", "method": "ngram"}, "--within knn+ngram weighs documents inside `match`"),
 ])
 def test_within_flags_are_checked(kw, message):
-    with pytest.raises(ConfigError, match=message.replace("-", "\\-").replace("`", ".")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         ResampleConfig(docs=10, **kw)
 
 
@@ -299,3 +302,19 @@ def test_within_knn_meets_a_token_budget_when_close_documents_are_short(repeats,
     # the close documents are used up to the cap first: 4 each (weighted), or once each (even: 101,000
     # tokens of a 505,000-token cluster need no repeat)
     assert reps[:n].sum() == most * n
+
+
+def test_within_knn_ngram_sums_standardised_scores_whatever_the_shard_cut():
+    from impsamp.resampling.within import HYBRID_SCALE, knn_ngram_log_weights
+
+    rng = np.random.default_rng(0)
+    sim, gram = rng.uniform(0.3, 0.9, 50), rng.normal(0.0, 40.0, 50)
+    whole = knn_ngram_log_weights([sim], [gram], 0.05)[0]
+    cut = np.concatenate(knn_ngram_log_weights([sim[:17], sim[17:]], [gram[:17], gram[17:]], 0.05))
+    np.testing.assert_allclose(cut, whole)  # standardised over the pool, not per shard
+    z = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    np.testing.assert_allclose(whole, (z(sim) + z(gram)) / (HYBRID_SCALE * 0.05))
+    # either score raises a unit's weight; a higher temperature flattens the spread
+    up = knn_ngram_log_weights([sim], [np.where(np.arange(50) == 3, gram + 100, gram)], 0.05)[0]
+    assert up[3] - np.delete(up, 3).mean() > whole[3] - np.delete(whole, 3).mean()
+    assert np.ptp(knn_ngram_log_weights([sim], [gram], 0.5)[0]) == pytest.approx(np.ptp(whole) / 10)

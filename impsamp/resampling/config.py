@@ -9,7 +9,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
-WITHIN = ("auto", "uniform", "knn")
+WITHIN = ("auto", "uniform", "knn", "knn+ngram")
 WITHIN_REPEATS = ("even", "weighted")
 KNN_MAX_REPEAT = 4
 """`--within knn`'s repeat cap when `--max-repeat` is not given: about 4 epochs of a document train
@@ -63,13 +63,15 @@ class ResampleConfig:
     fewest repeats that hold the budget where 4 cannot (with a warning; the cap used is in the stats)."""
     within: str = "auto"
     """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
-    (weighted by closeness to the nearest target document), `package.module:function` (your document
+    (weighted by closeness to the nearest target document), `knn+ngram` (that closeness and the hashed
+    n-gram log-ratio of the document, standardised and summed), `package.module:function` (your document
     weights; `impsamp.resampling.within`), or `auto`: knn for `importance` with `match` when the target's
     documents are at hand (a corpus, not a saved histogram), else uniform (`resolved`). knn with
     `within_repeats = even` measured 1-3% lower macro perplexity than uniform on the paper table at
     200,000 and 40,000 tokens (BENCHMARKS.md `paper`)."""
     within_temperature: float = 0.05
-    """`--within knn`: tau in w = exp((cosine to the nearest target document - 1) / tau)."""
+    """`--within knn`: tau in w = exp((cosine to the nearest target document - 1) / tau); `knn+ngram`:
+    w = exp((z(cosine) + z(n-gram log-ratio)) / (5 tau))."""
     within_repeats: str = "even"
     """`--within` other than uniform: `even` (no document repeated past the fewest repeats that hold its
     cluster's quota: the weights choose which documents) or `weighted` (the weights alone decide how

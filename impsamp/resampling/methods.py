@@ -40,37 +40,46 @@ def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
 
 
-def ngram_unit_log_weights(run: StageRun, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
-                       names, windowed, progress) -> list[np.ndarray]:
-    """DSIR-style log-weights per unit; the generic n-gram counts are committed per shard (resumable)."""
+def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
+                           names, windowed, progress) -> list[np.ndarray]:
+    """DSIR-style log-weights per unit; the generic n-gram counts are committed per shard in `run`
+    (resumable; None: counted here and not kept)."""
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     generic_counts = np.zeros(N_FEATURES)
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
+
+    def texts(name: str) -> list[str]:
+        table = shard_tables[name]
+        return unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+
     for name in names:
-        key, path = f"ngram-{name}", run.out_dir / "_ngram" / f"{name}.npy"
-        counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
-        if counts is None:
-            table = shard_tables[name]
-            texts = unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
-            counts = ngram_counts(texts)
-            tmp = run.tmp_path(f"_ngram/{name}.npy")
-            with open(tmp, "wb") as f:
-                np.save(f, counts)
-            run.forget(key)
-            run.commit_shard(key, {f"_ngram/{name}.npy": tmp}, intermediate=True)
-        generic_counts += counts
+        generic_counts += ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
         bar.update(1)
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
     for name in names:
-        table = shard_tables[name]
-        texts = unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
-        out.append(ngram_log_weights(texts, log_ratio))
+        out.append(ngram_log_weights(texts(name), log_ratio))
         bar.update(1)
     bar.close()
     return out
+
+
+def _committed_counts(run: StageRun, name: str, texts) -> np.ndarray:
+    """One shard's generic n-gram counts: committed in the run once, read back on a resume."""
+    from ..selectors import N_FEATURES, ngram_counts
+
+    key, path = f"ngram-{name}", run.out_dir / "_ngram" / f"{name}.npy"
+    counts = _load_counts(path, N_FEATURES) if run.is_done(key) else None  # not fsynced: check it
+    if counts is None:
+        counts = ngram_counts(texts(name))
+        tmp = run.tmp_path(f"_ngram/{name}.npy")
+        with open(tmp, "wb") as f:
+            np.save(f, counts)
+        run.forget(key)
+        run.commit_shard(key, {f"_ngram/{name}.npy": tmp}, intermediate=True)
+    return counts
 
 
 def _load_counts(path: Path, n: int) -> np.ndarray | None:

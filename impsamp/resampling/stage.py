@@ -34,7 +34,7 @@ from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .tables import PerShard, hist_key
-from .within import within_log_weights
+from .within import knn_ngram_log_weights, knn_similarity, within_log_weights
 from ..costs import encoder_flops, encoder_params
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
@@ -126,7 +126,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     target = weigh(inputs, targets, cfg, weighting)
     cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn where the target's text is at hand
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
-    within = _within_log_weights(cfg, targets, target, inputs)
+    within = _within_log_weights(cfg, targets, target, inputs, progress)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
     # of the embedder, say) is refused instead of mixing two plans' shards
     within_key = {"within_fingerprint": _fingerprint(within)} if within is not None else {}
@@ -173,13 +173,19 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
     return None
 
 
-def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs
-                        ) -> list[np.ndarray] | None:
-    """Per-unit log-weights inside the clusters' quotas (`--within knn` or a function); None for `uniform`."""
+def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
+                        progress: bool) -> list[np.ndarray] | None:
+    """Per-unit log-weights inside the clusters' quotas (`--within knn`, `knn+ngram` or a function);
+    None for `uniform`."""
     if cfg.within == "uniform":
         return None
     if target.vectors is None:
         target_corpus(targets, cfg, f"importance --within {cfg.within}")  # says which target is not a corpus
+    if cfg.within == "knn+ngram":
+        ngram = ngram_unit_log_weights(None, cfg, targets, inputs.corpus, inputs.corpus_shards, inputs.tables,
+                                       inputs.names, inputs.windowed, progress)
+        return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
+                                     cfg.within_temperature)
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
 
 
