@@ -42,6 +42,7 @@ from impsamp.training.config import PRESETS
 from impsamp.training.model import GPT
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402  (one machine description for every benchmark)
+from impsamp.training.config import DTYPES  # noqa: E402  (the trainer's dtypes, one list)
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -165,7 +166,7 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="GPU mode: slm-126m (bf16 + compile) and tiny")
     ap.add_argument("--steps", type=int, default=None, help="steps per run [60]")
     ap.add_argument("--repeats", type=int, default=None, help="runs per preset [CPU 3, GPU 1]")
-    ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+    ap.add_argument("--dtype", choices=DTYPES, default="auto",
                     help="autocast dtype of both loops [auto: bfloat16 on GPU, float32 on CPU]")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()

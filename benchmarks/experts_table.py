@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
+from impsamp.training.config import DTYPES  # noqa: E402  (the trainer's dtypes, one list)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_MD = ROOT / "benchmarks" / "results" / "experts.md"
@@ -267,7 +268,7 @@ def arguments(description: str) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--domains", default=None)
     ap.add_argument("--finetune-steps", type=int, default=12)
-    ap.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
                     help="every model's autocast dtype (auto: the trainer's choice for this CPU)")
     ap.add_argument("--eval-docs", type=int, default=None,
                     help="score each domain's first N held-out documents [default: all of them]")

@@ -30,6 +30,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402  (one machine description for every benchmark)
+from impsamp.training.config import DTYPES  # noqa: E402  (the trainer's dtypes, one list)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "paper.md"
@@ -131,7 +132,7 @@ def main() -> None:
     p.add_argument("--k", type=int)
     p.add_argument("--scheme")
     p.add_argument("--max-tokens", dest="max_tokens", type=int)
-    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+    p.add_argument("--dtype", choices=DTYPES,
                    help="training dtype (the committed 0.6.0 tables: float32; auto is bfloat16 on AVX512-BF16 CPUs)")
     p.add_argument("--within", help="importance's --within (auto, knn, knn+ngram)")
     p.add_argument("--within-temperature", dest="within_temperature", type=float, help="importance's tau inside the clusters")
