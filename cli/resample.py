@@ -66,6 +66,10 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--rows-per-shard", type=int, default=None, help="Rows per output shard [default: 100000].")
 @click.option("--text-field", default=None, help="Text field of target corpora [default: text].")
 @click.option("--id-field", default=None, help="Id field of target corpora.")
+@click.option("--ngram-cache/--no-ngram-cache", default=True, show_default=True,
+              help="--method ngram and --within knn+ngram: keep the generic corpus's hashed n-grams in the user "
+                   "cache (about the size of its embeddings), so later targets on the same embeddings skip "
+                   "reading its text; the selection is the same either way.")
 @scale_options(slices_help="Not supported by resample: its output is one global shuffle of every input "
                                 "shard (run it as one job; --engine ray spreads it).")
 @config_option
@@ -73,7 +77,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @progress_option
 def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_tokenizer, n_bytes, docs, method, scheme, weighting, smoothing,
              temperature, cap, backoff, max_repeat, within, within_temperature, within_repeats, seed, fmt, rows_per_shard, text_field, id_field,
-             engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
+             ngram_cache, engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
 
     EMBEDDINGS_DIR is the generic corpus's `impsamp embed` output and CLUSTERS_DIR the
@@ -96,7 +100,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                          within_temperature=within_temperature, within_repeats=within_repeats, seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
-                    progress=show_progress(progress), command=command_line(), execution=ex)
+                    progress=show_progress(progress), command=command_line(), execution=ex,
+                    ngram_cache=ngram_cache)
     s = sel.stats
     click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['unique_documents']:,} "
                f"unique documents, repetition {s['repetition_rate']:.1%}"

@@ -6,7 +6,8 @@ diagnostics and data card as the clustered importance sampler.
 
 - `ngram` (DSIR, Xie et al. 2023): bag-of-hashed-unigrams-and-bigrams models of the target and of
   the generic corpus; log w(x) = sum over x's n-grams of log p_target(b) - log p_generic(b).
-  Needs a pass over the generic text per target (what clustering avoids).
+  Needs the generic text's hashed n-grams per target: the first target on an embedding hashes them once
+  and keeps them (`resampling.ngram_features`); later targets read them instead of the text.
 - `classifier`: logistic regression on the sentence embeddings, in-domain sample against a generic
   sample; log w(x) is its log-odds (the common "quality classifier" practice).
 """
@@ -30,6 +31,22 @@ def _vectorizer(n_features: int = N_FEATURES):
     # DSIR's featuriser: lower-cased word unigrams and bigrams, hashed, raw counts.
     return text.HashingVectorizer(n_features=n_features, ngram_range=(1, 2), alternate_sign=False,
                                   norm=None, lowercase=True, dtype=np.float64)
+
+
+def featurizer_recipe() -> dict[str, object]:
+    """What makes two runs' hashed features the same: the vectorizer's settings and sklearn's hashing."""
+    sklearn = require("sklearn")
+    params = _vectorizer().get_params()
+    return {"params": {k: repr(v) for k, v in sorted(params.items())},
+            "sklearn": ".".join(sklearn.__version__.split(".")[:2])}
+
+
+def ngram_matrix(texts: list[str], n_features: int = N_FEATURES, batch: int = 512):
+    """Hashed n-gram counts per text, a scipy CSR matrix (len(texts), n_features), made in batches."""
+    sparse = require("scipy.sparse")
+    vec = _vectorizer(n_features)
+    parts = [vec.transform(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    return sparse.vstack(parts, format="csr") if parts else sparse.csr_matrix((0, n_features))
 
 
 def ngram_counts(texts: Iterable[str], n_features: int = N_FEATURES, batch: int = 512) -> np.ndarray:

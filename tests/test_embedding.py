@@ -621,3 +621,41 @@ def test_batches_side_by_side_on_cpu_give_the_same_bits(demo_texts):
     assert torch.get_num_threads() == 2  # run() restores the process's torch threads
     assert np.array_equal(a, b)
     torch.set_num_threads(threads)
+
+
+def _quantize_after(barrier, fp32, int8):
+    from impsamp.embedding.onnx_backend import _quantize
+
+    barrier.wait()
+    _quantize(fp32, int8)
+
+
+def test_processes_quantizing_one_cached_model_side_by_side_all_succeed(tmp_path):
+    """ONNX Runtime's quantizer writes and deletes a scratch file beside its input: runs that start
+    together (two benchmarks on a fresh cache) must not share it."""
+    import multiprocessing
+
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime.quantization")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(8):  # big enough that shape inference takes a while
+        inits.append(numpy_helper.from_array(rng.normal(size=(512, 512)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 512])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [None, 512])], inits)
+    fp32, int8 = tmp_path / "model.onnx", tmp_path / "model-int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_quantize_after, args=(barrier, fp32, int8)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    onnx.checker.check_model(str(int8))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["model-int8.onnx", "model.onnx"]

@@ -159,6 +159,33 @@ def test_within_knn_ngram_reads_the_text_same_bytes_and_needs_a_corpus_target(st
     assert Selection.load(tmp_path / "cli").stats["within"] == "knn+ngram"
 
 
+@pytest.mark.parametrize("cfg", [ResampleConfig(docs=200, method="ngram", rows_per_shard=150),
+                                 ResampleConfig(docs=200, within="knn+ngram", rows_per_shard=150)],
+                         ids=["ngram", "knn+ngram"])
+def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stages, tmp_path, monkeypatch, cfg):
+    import impsamp.selectors
+
+    root, generic, target, topics, emb, clu = stages
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))
+
+    def data_hashes(name, **kw):
+        sel = impsamp.resample(emb, clu, tmp_path / name, targets=[target], config=cfg, **kw)
+        return {o.path: o.sha256 for o in sel.manifest.outputs if o.path.startswith("data-")}
+
+    plain = data_hashes("plain", ngram_cache=False)
+    assert not (tmp_path / "cache").exists()  # --no-ngram-cache keeps nothing outside the run
+    assert data_hashes("cold") == plain
+    kept = sorted((tmp_path / "cache" / "ngram").glob("*/*.npz"))
+    assert [f.stem for f in kept] == list(emb.shard_names)  # one file per embedding shard, nothing else
+    real = impsamp.selectors.ngram_matrix
+    monkeypatch.setattr(impsamp.selectors, "ngram_matrix", lambda *a, **k: pytest.fail("text hashed again"))
+    assert data_hashes("warm") == plain  # a later target reads the kept features, not the text
+    kept[1].write_bytes(b"PK\x03\x04 not a whole file")  # damaged (or foreign): hashed again
+    monkeypatch.setattr(impsamp.selectors, "ngram_matrix", real)
+    assert data_hashes("damaged") == plain
+    assert np.load(kept[1])["indptr"][0] == 0
+
+
 def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
     cfg = ResampleConfig(docs=300, within="tests.weighting_plugins:closeness", max_repeat=1, smoothing=0.01)

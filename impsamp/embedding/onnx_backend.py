@@ -251,18 +251,27 @@ def _quantize(fp32: Path, int8: Path) -> None:
     onnx = require("onnx")
     quantization = require("onnxruntime.quantization")
     logger.warning("quantizing %s to int8 once (cached)", fp32)
-    tmp = int8.with_name(f".{int8.name}.tmp-{os.getpid()}")
+    # ONNX Runtime writes a scratch `<input>-inferred.onnx` beside its input and deletes it: two processes
+    # quantizing the same cached model would share (and delete) one scratch file. Each run quantizes a
+    # link to the model inside a folder of its own and renames the result into place.
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{int8.stem}-", dir=int8.parent))
     try:
+        source = tmp / fp32.name
+        try:
+            os.link(fp32, source)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(fp32, source)
         with warnings.catch_warnings(), _root_logging_off():
             warnings.simplefilter("ignore")
             # Weights of the MatMul and fused Attention nodes, one scale per output channel (per-tensor
             # scales lost ~0.05 of cosine on all-MiniLM-L6-v2); activations are quantized per batch.
-            quantization.quantize_dynamic(str(fp32), str(tmp), weight_type=quantization.QuantType.QInt8,
+            quantization.quantize_dynamic(str(source), str(tmp / int8.name),
+                                          weight_type=quantization.QuantType.QInt8,
                                           per_channel=True, op_types_to_quantize=["MatMul", "Attention"],
                                           extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        os.replace(tmp, int8)
+        os.replace(tmp / int8.name, int8)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:

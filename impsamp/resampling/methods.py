@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..manifest import StageRun
 from ..progress import progress_bar
 from .config import ResampleConfig
+from .inputs import Inputs
 from .writing import unit_texts
 
 
@@ -40,27 +41,42 @@ def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
 
 
-def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, corpus, corpus_shards, shard_tables,
-                           names, windowed, progress) -> list[np.ndarray]:
-    """DSIR-style log-weights per unit; the generic n-gram counts are committed per shard in `run`
-    (resumable; None: counted here and not kept)."""
+def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, inputs: Inputs, progress,
+                           cache: bool = True) -> list[np.ndarray]:
+    """DSIR-style log-weights per unit. `cache`: the generic units' hashed n-grams are read from (or, for
+    the first target, written to) the user cache (`ngram_features`), so later targets skip the text;
+    else the text is hashed twice here, the generic counts committed per shard in `run` (resumable;
+    None: not kept)."""
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
+    from .ngram_features import features_folder, shard_features
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
-    generic_counts = np.zeros(N_FEATURES)
+    names = inputs.names
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
 
     def texts(name: str) -> list[str]:
-        table = shard_tables[name]
-        return unit_texts(corpus, corpus_shards[name], table, np.arange(table.num_rows), windowed).to_pylist()
+        table = inputs.tables[name]
+        return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
+                          inputs.windowed).to_pylist()
 
+    folder = features_folder(inputs.emb.manifest.fingerprint) if cache else None
+
+    def features(name: str):
+        return shard_features(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
+
+    generic_counts = np.zeros(N_FEATURES)
     for name in names:
-        generic_counts += ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
+        if folder is not None:
+            x = features(name)
+            generic_counts += np.bincount(x.indices, weights=x.data, minlength=N_FEATURES)
+        else:
+            generic_counts += ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
         bar.update(1)
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
     for name in names:
-        out.append(ngram_log_weights(texts(name), log_ratio))
+        out.append(np.asarray(features(name) @ log_ratio).ravel() if folder is not None
+                   else ngram_log_weights(texts(name), log_ratio))
         bar.update(1)
     bar.close()
     return out

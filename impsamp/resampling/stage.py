@@ -100,7 +100,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
 def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any] = (),
              config: ResampleConfig | None = None, weighting: Callable[..., Any] | None = None,
              overwrite: bool = False, progress: bool = False, command: str | None = None,
-             execution: Execution | None = None) -> Selection:
+             execution: Execution | None = None, ngram_cache: bool = True) -> Selection:
     """Draw a selection from the clustered generic corpus and write it as shards with a data card.
 
     Args:
@@ -112,6 +112,9 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         weighting: a Python callable overriding `config.weighting`.
         execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks
             (same bytes). Slices (`num_shards`) are refused: the output is one global shuffle.
+        ngram_cache: `--method ngram` and `--within knn+ngram` keep the generic units' hashed n-grams in
+            the user cache for later targets (`ngram_features`); False keeps nothing outside the run.
+            The selection is the same either way.
 
     Raises:
         ConfigError, StageError, WeightingError: bad budget, mismatched inputs, bad weights.
@@ -126,7 +129,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     target = weigh(inputs, targets, cfg, weighting)
     cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn where the target's text is at hand
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
-    within = _within_log_weights(cfg, targets, target, inputs, progress)
+    within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
     # of the embedder, say) is refused instead of mixing two plans' shards
     within_key = {"within_fingerprint": _fingerprint(within)} if within is not None else {}
@@ -137,7 +140,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     _count_sizes(run, inputs, cfg, progress)
     plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
                      PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
-                     _document_log_weights(run, cfg, targets, target, inputs, progress), within,
+                     _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache), within,
                      inputs.clu.centroids)
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
@@ -161,11 +164,10 @@ def _count_sizes(run: StageRun, inputs: Inputs, cfg: ResampleConfig, progress: b
 
 
 def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
-                          inputs: Inputs, progress: bool) -> list[np.ndarray] | None:
+                          inputs: Inputs, progress: bool, ngram_cache: bool) -> list[np.ndarray] | None:
     """Per-unit log-weights of the document-level selectors (ngram, classifier); None for the others."""
     if cfg.method == "ngram":
-        return ngram_unit_log_weights(run, cfg, targets, inputs.corpus, inputs.corpus_shards, inputs.tables,
-                                      inputs.names, inputs.windowed, progress)
+        return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache)
     if cfg.method == "classifier":
         if target.vectors is None:
             target_corpus(targets, cfg, "classifier")  # says which target is not a corpus
@@ -174,7 +176,7 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
 
 
 def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
-                        progress: bool) -> list[np.ndarray] | None:
+                        progress: bool, ngram_cache: bool) -> list[np.ndarray] | None:
     """Per-unit log-weights inside the clusters' quotas (`--within knn`, `knn+ngram` or a function);
     None for `uniform`."""
     if cfg.within == "uniform":
@@ -182,8 +184,7 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
     if target.vectors is None:
         target_corpus(targets, cfg, f"importance --within {cfg.within}")  # says which target is not a corpus
     if cfg.within == "knn+ngram":
-        ngram = ngram_unit_log_weights(None, cfg, targets, inputs.corpus, inputs.corpus_shards, inputs.tables,
-                                       inputs.names, inputs.windowed, progress)
+        ngram = ngram_unit_log_weights(None, cfg, targets, inputs, progress, cache=ngram_cache)
         return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
                                      cfg.within_temperature)
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)

@@ -1,0 +1,86 @@
+"""The generic corpus's hashed n-gram features, computed once per embedding and kept for every later target.
+
+`--method ngram` and `--within knn+ngram` need, per target, the generic corpus's total n-gram counts and
+each unit's dot product with the target's log-ratio. Hashing the text is what costs (~160 us a document
+on one core); the features themselves do not depend on the target. The first target that needs them
+hashes each shard's units once and writes that shard's sparse count matrix to impsamp's user cache:
+
+    <cache_dir>/ngram/<key>/<shard>.npz     indptr (int64), indices (uint16), data (uint16 counts)
+
+`<key>` is a hash of the embedding run's fingerprint (the corpus, its units and the embedding settings)
+and the featuriser's recipe, so a cache made from other units or another featuriser is never read. Each
+shard file is written under a temporary name and renamed, so a killed run leaves whole files only and its
+rerun goes on from them; a damaged file is hashed again. Later targets read the matrices (~4 bytes per
+distinct n-gram of a unit: 1.5x the float16 embeddings of the bundled pool) and skip the text: the weights and counts
+are the same numbers, to the bit, as hashing again gives. `impsamp resample --no-ngram-cache` keeps
+nothing outside the run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .._deps import require
+from ..config import cache_dir
+from ..manifest import fingerprint
+from ..selectors import N_FEATURES
+
+RECIPE = 1
+"""Bump when the stored layout or the featuriser changes."""
+assert N_FEATURES <= 1 << 16, "hashed n-gram indices are stored as uint16"
+
+
+def features_folder(embedding_fingerprint: str) -> Path:
+    """Where one embedding run's n-gram features are kept in the user cache."""
+    from ..selectors import featurizer_recipe
+
+    key = fingerprint({"embeddings": embedding_fingerprint, "featurizer": featurizer_recipe(),
+                       "n_features": N_FEATURES, "recipe": RECIPE})
+    return cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
+
+
+def shard_features(folder: Path, name: str, n_units: int, texts: Callable[[], list[str]]):
+    """One shard's units x hashed n-grams count matrix (scipy CSR, float64 counts): read from `folder`,
+    or hashed from `texts()` and written there."""
+    from ..selectors import ngram_matrix
+
+    path = folder / f"{name}.npz"
+    x = _read(path, n_units)
+    if x is None:
+        x = ngram_matrix(texts())
+        _write(path, x)
+    return x
+
+
+def _read(path: Path, n_units: int):
+    """The stored matrix, or None when it is missing, unreadable or not what `_write` leaves."""
+    sparse = require("scipy.sparse")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            indptr, indices, data = z["indptr"], z["indices"], z["data"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    ok = (indptr.shape == (n_units + 1,) and indptr[0] == 0 and indptr[-1] == len(indices) == len(data)
+          and indices.dtype == np.uint16 and data.dtype.kind == "u" and bool((np.diff(indptr) >= 0).all())
+          and bool((data > 0).all()))
+    if not ok:
+        return None
+    return sparse.csr_matrix((data.astype(np.float64), indices.astype(np.int32), indptr), shape=(n_units, N_FEATURES))
+
+
+def _write(path: Path, x) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npz", dir=path.parent)
+    try:
+        counts = x.data.astype(np.uint16 if x.data.max(initial=0) < 2**16 else np.uint32)  # whole numbers: exact
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, indptr=x.indptr.astype(np.int64), indices=x.indices.astype(np.uint16), data=counts)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
