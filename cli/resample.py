@@ -68,8 +68,9 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--id-field", default=None, help="Id field of target corpora.")
 @click.option("--ngram-cache/--no-ngram-cache", default=True, show_default=True,
               help="--method ngram and --within knn+ngram: keep the generic corpus's hashed n-grams in the user "
-                   "cache (about the size of its embeddings), so later targets on the same embeddings skip "
-                   "reading its text; the selection is the same either way.")
+                   "cache (IMPSAMP_CACHE_DIR, else ~/.cache/impsamp; ~4 bytes per distinct n-gram of a document: "
+                   "1.5x the bundled pool's embeddings, more for long documents), so later targets on the same "
+                   "embeddings skip reading its text; the selection is the same either way.")
 @scale_options(slices_help="Not supported by resample: its output is one global shuffle of every input "
                                 "shard (run it as one job; --engine ray spreads it).")
 @config_option

@@ -35,10 +35,13 @@ def _vectorizer(n_features: int = N_FEATURES):
 
 def featurizer_recipe() -> dict[str, object]:
     """What makes two runs' hashed features the same: the vectorizer's settings and sklearn's hashing."""
+    import unicodedata
+
     sklearn = require("sklearn")
     params = _vectorizer().get_params()
     return {"params": {k: repr(v) for k, v in sorted(params.items())},
-            "sklearn": ".".join(sklearn.__version__.split(".")[:2])}
+            "sklearn": ".".join(sklearn.__version__.split(".")[:2]),
+            "unicode": unicodedata.unidata_version}  # lower-casing and \w follow Python's Unicode tables
 
 
 def ngram_matrix(texts: list[str], n_features: int = N_FEATURES, batch: int = 512):

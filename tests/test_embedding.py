@@ -624,6 +624,8 @@ def test_batches_side_by_side_on_cpu_give_the_same_bits(demo_texts):
 
 
 def _quantize_after(barrier, fp32, int8):
+    import onnxruntime.quantization  # noqa: F401  (imported before the barrier: the runs start together)
+
     from impsamp.embedding.onnx_backend import _quantize
 
     barrier.wait()
@@ -656,6 +658,8 @@ def test_processes_quantizing_one_cached_model_side_by_side_all_succeed(tmp_path
         p.start()
     for p in procs:
         p.join(120)
+        if p.is_alive():
+            p.kill()
     assert [p.exitcode for p in procs] == [0] * 4
     onnx.checker.check_model(str(int8))
     assert sorted(f.name for f in tmp_path.iterdir()) == ["model-int8.onnx", "model.onnx"]

@@ -162,7 +162,8 @@ def test_within_knn_ngram_reads_the_text_same_bytes_and_needs_a_corpus_target(st
 @pytest.mark.parametrize("cfg", [ResampleConfig(docs=200, method="ngram", rows_per_shard=150),
                                  ResampleConfig(docs=200, within="knn+ngram", rows_per_shard=150)],
                          ids=["ngram", "knn+ngram"])
-def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stages, tmp_path, monkeypatch, cfg):
+def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stages, tmp_path, monkeypatch, caplog,
+                                                                           cfg):
     import impsamp.selectors
 
     root, generic, target, topics, emb, clu = stages
@@ -184,6 +185,38 @@ def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stage
     monkeypatch.setattr(impsamp.selectors, "ngram_matrix", real)
     assert data_hashes("damaged") == plain
     assert np.load(kept[1])["indptr"][0] == 0
+    (tmp_path / "not-a-folder").write_text("")  # a cache that cannot be written: a warning, the same selection
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "not-a-folder" / "cache"))
+    with caplog.at_level("WARNING", logger="impsamp.resampling.ngram_features"):
+        assert data_hashes("unwritable") == plain
+    assert "could not keep the n-gram features" in caplog.text
+
+
+def test_kept_ngram_features_are_the_same_numbers_and_never_another_embeddings(stages, tmp_path, monkeypatch):
+    from impsamp.resampling.inputs import open_inputs
+    from impsamp.resampling.methods import ngram_unit_log_weights
+    from impsamp.resampling.ngram_features import _read, features_folder
+
+    root, generic, target, topics, emb, clu = stages
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = ResampleConfig(docs=200, method="ngram")
+    inputs = open_inputs(emb, clu, cfg)
+    plain = ngram_unit_log_weights(None, cfg, [target], inputs, False, cache=False)
+    for _ in ("cold", "warm"):  # to the bit, writing the features and reading them back
+        kept = ngram_unit_log_weights(None, cfg, [target], inputs, False, cache=True)
+        assert all(np.array_equal(a, b) for a, b in zip(plain, kept))
+    # the same corpus embedded with other units (windows), or other shards, is kept apart
+    other = impsamp.embed(generic, tmp_path / "emb-w", EmbedConfig(model="hashing:64", rows_per_shard=200,
+                                                                    windows=True, max_tokens=8))
+    assert features_folder(other.manifest) != features_folder(emb.manifest)
+    name = emb.shard_names[0]
+    path = features_folder(emb.manifest) / f"{name}.npz"
+    n = len(inputs.tables.column(name, "row"))
+    assert _read(path, n) is not None and _read(path, n + 1) is None  # a file for other units is not read
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache2"))
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--method", "ngram",
+                 "--no-ngram-cache", "--out", tmp_path / "cli"])
+    assert r.exit_code == 0 and not (tmp_path / "cache2").exists(), r.output
 
 
 def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):

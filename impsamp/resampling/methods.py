@@ -59,7 +59,7 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
         return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
                           inputs.windowed).to_pylist()
 
-    folder = features_folder(inputs.emb.manifest.fingerprint) if cache else None
+    folder = features_folder(inputs.emb.manifest) if cache else None
 
     def features(name: str):
         return shard_features(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))

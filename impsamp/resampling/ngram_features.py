@@ -7,19 +7,24 @@ hashes each shard's units once and writes that shard's sparse count matrix to im
 
     <cache_dir>/ngram/<key>/<shard>.npz     indptr (int64), indices (uint16), data (uint16 counts)
 
-`<key>` is a hash of the embedding run's fingerprint (the corpus, its units and the embedding settings)
-and the featuriser's recipe, so a cache made from other units or another featuriser is never read. Each
-shard file is written under a temporary name and renamed, so a killed run leaves whole files only and its
-rerun goes on from them; a damaged file is hashed again. Later targets read the matrices (~4 bytes per
-distinct n-gram of a unit: 1.5x the float16 embeddings of the bundled pool) and skip the text: the weights and counts
-are the same numbers, to the bit, as hashing again gives. `impsamp resample --no-ngram-cache` keeps
-nothing outside the run.
+`<key>` is a hash of the embedding run's fingerprint and output files (the corpus, its units and the
+embedding settings) and of the featuriser's recipe, so a cache made from other units or another
+featuriser is never read. Each shard file is written under a temporary name and renamed, so a killed run
+leaves whole files only and its rerun goes on from them; a damaged file is hashed again, and a cache that
+cannot be written is skipped with a warning. Later targets read the matrices and skip the text: the
+weights and counts are the same numbers, to the bit, as hashing again gives. Size: ~4 bytes per distinct
+n-gram of a unit, so it grows with the documents' length (1.5x the float16 embeddings of the bundled pool,
+several times that for long web pages); `IMPSAMP_CACHE_DIR` moves the cache, deleting `ngram/` clears it,
+and `impsamp resample --no-ngram-cache` keeps nothing outside the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,18 +36,34 @@ from ..config import cache_dir
 from ..manifest import fingerprint
 from ..selectors import N_FEATURES
 
+logger = logging.getLogger(__name__)
+_WARNED: set[Path] = set()
+
 RECIPE = 1
 """Bump when the stored layout or the featuriser changes."""
 assert N_FEATURES <= 1 << 16, "hashed n-gram indices are stored as uint16"
 
 
-def features_folder(embedding_fingerprint: str) -> Path:
-    """Where one embedding run's n-gram features are kept in the user cache."""
+def features_folder(manifest) -> Path:
+    """Where one embedding run's n-gram features are kept in the user cache: keyed by its fingerprint and
+    its output files' sha256 (the unit tables: a corpus edited where its fingerprint does not look, then
+    embedded again, gets other features), and by the featuriser."""
     from ..selectors import featurizer_recipe
 
-    key = fingerprint({"embeddings": embedding_fingerprint, "featurizer": featurizer_recipe(),
-                       "n_features": N_FEATURES, "recipe": RECIPE})
-    return cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
+    key = fingerprint({"embeddings": manifest.fingerprint, "files": sorted((o.path, o.sha256) for o in manifest.outputs),
+                       "featurizer": featurizer_recipe(), "n_features": N_FEATURES, "recipe": RECIPE})
+    folder = cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
+    _sweep(folder)
+    return folder
+
+
+def _sweep(folder: Path, age_s: float = 86_400) -> None:
+    """Remove temporary files a killed run left over a day ago (a live run's are younger)."""
+    now = time.time()
+    for f in folder.glob(".*.npz") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if now - f.stat().st_mtime > age_s:
+                f.unlink()
 
 
 def shard_features(folder: Path, name: str, n_units: int, texts: Callable[[], list[str]]):
@@ -54,7 +75,13 @@ def shard_features(folder: Path, name: str, n_units: int, texts: Callable[[], li
     x = _read(path, n_units)
     if x is None:
         x = ngram_matrix(texts())
-        _write(path, x)
+        try:
+            _write(path, x)
+        except OSError as e:  # a full or read-only cache: the selection does not need it
+            if folder not in _WARNED:
+                _WARNED.add(folder)
+                logger.warning("could not keep the n-gram features in %s (%s): later targets will read the text "
+                               "again; --no-ngram-cache skips keeping them", folder, e)
     return x
 
 
