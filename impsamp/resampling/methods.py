@@ -48,7 +48,7 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
     else the text is hashed twice here, the generic counts committed per shard in `run` (resumable;
     None: not kept)."""
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
-    from .ngram_features import features_folder, shard_features
+    from .ngram_features import features_folder, shard_features, shard_totals
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     names = inputs.names
@@ -61,21 +61,20 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
 
     folder = features_folder(inputs.emb.manifest) if cache else None
 
-    def features(name: str):
-        return shard_features(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
+    def kept(read, name: str):  # shard_totals or shard_features: from the cache, else hashed and kept
+        return read(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
 
     generic_counts = np.zeros(N_FEATURES)
     for name in names:
         if folder is not None:
-            x = features(name)
-            generic_counts += np.bincount(x.indices, weights=x.data, minlength=N_FEATURES)
+            generic_counts += kept(shard_totals, name)
         else:
             generic_counts += ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
         bar.update(1)
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
     for name in names:
-        out.append(np.asarray(features(name) @ log_ratio).ravel() if folder is not None
+        out.append(np.asarray(kept(shard_features, name) @ log_ratio).ravel() if folder is not None
                    else ngram_log_weights(texts(name), log_ratio))
         bar.update(1)
     bar.close()

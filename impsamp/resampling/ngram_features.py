@@ -5,7 +5,8 @@ each unit's dot product with the target's log-ratio. Hashing the text is what co
 on one core); the features themselves do not depend on the target. The first target that needs them
 hashes each shard's units once and writes that shard's sparse count matrix to impsamp's user cache:
 
-    <cache_dir>/ngram/<key>/<shard>.npz     indptr (int64), indices (uint16), data (uint16 counts)
+    <cache_dir>/ngram/<key>/<shard>.npz     indptr (int64), indices (uint16), data (uint16 counts),
+                                          totals (uint64 per bucket: the shard's counts, read alone)
 
 `<key>` is a hash of the embedding run's fingerprint and output files (the corpus, its units and the
 embedding settings) and of the featuriser's recipe, so a cache made from other units or another
@@ -39,7 +40,7 @@ from ..selectors import N_FEATURES
 logger = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
 
-RECIPE = 1
+RECIPE = 2
 """Bump when the stored layout or the featuriser changes."""
 assert N_FEATURES <= 1 << 16, "hashed n-gram indices are stored as uint16"
 
@@ -85,6 +86,20 @@ def shard_features(folder: Path, name: str, n_units: int, texts: Callable[[], li
     return x
 
 
+def shard_totals(folder: Path, name: str, n_units: int, texts: Callable[[], list[str]]) -> np.ndarray:
+    """One shard's total count per hashed n-gram, float64 (N_FEATURES,): read alone from `folder` (a few
+    hundred KB, not the matrix), or from `shard_features`."""
+    try:
+        with np.load(folder / f"{name}.npz", allow_pickle=False) as z:
+            indptr, totals = z["indptr"], z["totals"]
+        if indptr.shape == (n_units + 1,) and totals.shape == (N_FEATURES,) and totals.dtype == np.uint64:
+            return totals.astype(np.float64)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    x = shard_features(folder, name, n_units, texts)
+    return np.bincount(x.indices, weights=x.data, minlength=N_FEATURES)
+
+
 def _read(path: Path, n_units: int):
     """The stored matrix, or None when it is missing, unreadable or not what `_write` leaves."""
     sparse = require("scipy.sparse")
@@ -107,7 +122,8 @@ def _write(path: Path, x) -> None:
     try:
         counts = x.data.astype(np.uint16 if x.data.max(initial=0) < 2**16 else np.uint32)  # whole numbers: exact
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, indptr=x.indptr.astype(np.int64), indices=x.indices.astype(np.uint16), data=counts)
+            np.savez(f, indptr=x.indptr.astype(np.int64), indices=x.indices.astype(np.uint16), data=counts,
+                     totals=np.bincount(x.indices, weights=x.data, minlength=N_FEATURES).astype(np.uint64))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
