@@ -50,7 +50,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
                    "closeness to the nearest target document (knn), by that and their hashed n-gram log-ratio "
-                   "(knn+ngram: reads every document's text once per target; measured better at small "
+                   "(knn+ngram: the pool's text hashed once per embedding and kept, --ngram-cache; better at small "
                    "budgets), or by your function(target_vectors, vectors) -> positive weights [default: "
                    "auto: knn for --method importance with a corpus target, else uniform].")
 @click.option("--within-temperature", type=float, default=None,

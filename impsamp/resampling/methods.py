@@ -59,23 +59,32 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
         return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
                           inputs.windowed).to_pylist()
 
-    folder = features_folder(inputs.emb.manifest) if cache else None
+    if cache:  # the user cache: read, or hashed once and kept for the next target
+        folder = features_folder(inputs.emb.manifest)
 
-    def kept(read, name: str):  # shard_totals or shard_features: from the cache, else hashed and kept
-        return read(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
+        def kept(read, name: str):
+            return read(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
+
+        def totals(name: str) -> np.ndarray:
+            return kept(shard_totals, name)
+
+        def weights(name: str, log_ratio: np.ndarray) -> np.ndarray:
+            return np.asarray(kept(shard_features, name) @ log_ratio).ravel()
+    else:  # the text hashed in each pass
+        def totals(name: str) -> np.ndarray:
+            return ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
+
+        def weights(name: str, log_ratio: np.ndarray) -> np.ndarray:
+            return ngram_log_weights(texts(name), log_ratio)
 
     generic_counts = np.zeros(N_FEATURES)
     for name in names:
-        if folder is not None:
-            generic_counts += kept(shard_totals, name)
-        else:
-            generic_counts += ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
+        generic_counts += totals(name)
         bar.update(1)
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
     for name in names:
-        out.append(np.asarray(kept(shard_features, name) @ log_ratio).ravel() if folder is not None
-                   else ngram_log_weights(texts(name), log_ratio))
+        out.append(weights(name, log_ratio))
         bar.update(1)
     bar.close()
     return out

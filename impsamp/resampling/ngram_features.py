@@ -40,6 +40,8 @@ from ..selectors import N_FEATURES
 logger = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
 
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+"""What reading a missing, truncated or foreign file raises: hashed again."""
 RECIPE = 2
 """Bump when the stored layout or the featuriser changes."""
 assert N_FEATURES <= 1 << 16, "hashed n-gram indices are stored as uint16"
@@ -94,9 +96,14 @@ def shard_totals(folder: Path, name: str, n_units: int, texts: Callable[[], list
             indptr, totals = z["indptr"], z["totals"]
         if indptr.shape == (n_units + 1,) and totals.shape == (N_FEATURES,) and totals.dtype == np.uint64:
             return totals.astype(np.float64)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except _UNREADABLE:
         pass
     x = shard_features(folder, name, n_units, texts)
+    return _totals(x)
+
+
+def _totals(x) -> np.ndarray:
+    """Each hashed n-gram's count over the matrix's units, float64 (whole numbers: exact)."""
     return np.bincount(x.indices, weights=x.data, minlength=N_FEATURES)
 
 
@@ -106,7 +113,7 @@ def _read(path: Path, n_units: int):
     try:
         with np.load(path, allow_pickle=False) as z:
             indptr, indices, data = z["indptr"], z["indices"], z["data"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except _UNREADABLE:
         return None
     ok = (indptr.shape == (n_units + 1,) and indptr[0] == 0 and indptr[-1] == len(indices) == len(data)
           and indices.dtype == np.uint16 and data.dtype.kind == "u" and bool((np.diff(indptr) >= 0).all())
@@ -123,7 +130,7 @@ def _write(path: Path, x) -> None:
         counts = x.data.astype(np.uint16 if x.data.max(initial=0) < 2**16 else np.uint32)  # whole numbers: exact
         with os.fdopen(fd, "wb") as f:
             np.savez(f, indptr=x.indptr.astype(np.int64), indices=x.indices.astype(np.uint16), data=counts,
-                     totals=np.bincount(x.indices, weights=x.data, minlength=N_FEATURES).astype(np.uint64))
+                     totals=_totals(x).astype(np.uint64))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
