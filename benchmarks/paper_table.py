@@ -134,7 +134,7 @@ def main() -> None:
     p.add_argument("--max-tokens", dest="max_tokens", type=int)
     p.add_argument("--dtype", choices=DTYPES,
                    help="training dtype (the committed 0.6.0 tables: float32; auto is bfloat16 on AVX512-BF16 CPUs)")
-    p.add_argument("--within", help="importance's --within (auto, knn, knn+ngram)")
+    p.add_argument("--within", help="importance's --within (auto, knn, knn+ngram, ngram-classifier)")
     p.add_argument("--within-temperature", dest="within_temperature", type=float, help="importance's tau inside the clusters")
     p.add_argument("--within-repeats", dest="within_repeats", help="importance's even|weighted repeats")
     p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance methods: the repeat cap")

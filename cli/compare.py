@@ -85,7 +85,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Every model's autocast dtype [default: auto: bfloat16 on a GPU or on a CPU with AMX or "
                    "AVX512-BF16, else float32]; fix it to compare figures across machines.")
-@click.option("--within", default=None, metavar="auto|knn|knn+ngram|MODULE:FUNCTION",
+@click.option("--within", default=None, metavar="auto|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
               help="importance: how documents are weighted inside the clusters' quotas (resample --within) "
                    "[default: auto: knn].")
 @click.option("--within-temperature", type=float, default=None,

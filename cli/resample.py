@@ -47,15 +47,18 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
                    "[default: 4 when documents are weighted inside clusters (--within knn, auto's usual "
                    "pick, or a function), raised if the budget needs more; none with --within uniform].")
-@click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|MODULE:FUNCTION",
+@click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
                    "closeness to the nearest target document (knn), by that and their hashed n-gram log-ratio "
-                   "(knn+ngram: the pool's text hashed once per embedding and kept, --ngram-cache; better at small "
-                   "budgets), or by your function(target_vectors, vectors) -> positive weights [default: "
-                   "auto: knn for --method importance with a corpus target, else uniform].")
+                   "(knn+ngram), by the odds of a logistic regression on hashed n-grams, target against pool "
+                   "(ngram-classifier: the purest and best measured at small budgets; both n-gram options hash "
+                   "the pool's text once per embedding and keep it, --ngram-cache), or by your "
+                   "function(target_vectors, vectors) -> positive weights [default: "
+                   "auto: knn for --method importance, uniform where a target is a saved histogram].")
 @click.option("--within-temperature", type=float, default=None,
               help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau); knn+ngram: "
-                   "exp((z(cosine) + z(n-gram log-ratio)) / (5 tau)) [default: 0.05].")
+                   "exp((z(cosine) + z(n-gram log-ratio)) / (5 tau)); ngram-classifier: exp(z(log-odds) / (2 tau)) "
+                   "[default: 0.05].")
 @click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
               help="--within other than uniform: even (no document repeated past the fewest repeats that hold its "
                    "cluster's quota; the weights choose which documents) or weighted (the weights decide how "
@@ -67,7 +70,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--text-field", default=None, help="Text field of target corpora [default: text].")
 @click.option("--id-field", default=None, help="Id field of target corpora.")
 @click.option("--ngram-cache/--no-ngram-cache", default=True, show_default=True,
-              help="--method ngram and --within knn+ngram: keep the generic corpus's hashed n-grams in the user "
+              help="--method ngram and the --within n-gram options: keep the generic corpus's hashed n-grams in the user "
                    "cache (IMPSAMP_CACHE_DIR, else ~/.cache/impsamp; ~4 bytes per distinct n-gram of a document: "
                    "1.5x the bundled pool's embeddings, more for long documents), so later targets on the same "
                    "embeddings skip reading its text; the selection is the same either way.")

@@ -195,12 +195,9 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
         return hist
     generic = embeddings if isinstance(embeddings, Embeddings) else (
         Embeddings.load(embeddings) if embeddings is not None else clusters.embeddings())
-    if spec is not None and Path(spec).is_dir() and (Path(spec) / "manifest.json").is_file():
-        emb = Embeddings.load(spec)
-        check_same_model(emb, generic, what=str(spec))
-        leaves = np.concatenate([clusters.assign(np.asarray(v, dtype=np.float32))[:, -1]
-                                 for _, v, _ in emb.iter_shards()])
-        return from_assignments(leaves, clusters, source=str(spec))
+    if spec is not None and is_embed_output(spec):
+        vectors = stored_target_vectors(spec, generic)
+        return from_assignments(clusters.assign(vectors)[:, -1], clusters, source=str(spec))
     vectors, _table = embed_like(target, generic, text_field=text_field, id_field=id_field)
     return from_assignments(clusters.assign(vectors)[:, -1], clusters,
                             source=str(target) if spec is not None else ", ".join(map(str, target)))
@@ -228,6 +225,21 @@ def target_counts(clu: Clusters, target) -> tuple[list[str], np.ndarray, int, in
     leaves = clu.assign(vectors)[:, -1]
     counts = np.bincount(leaves, minlength=clu.n_leaves).astype(np.float64)
     return specs, counts, int(np.asarray(table.column("tokens")).sum()), encoder_params(generic.model_info.get("name", ""))
+
+
+def is_embed_output(path: str | Path) -> bool:
+    """A folder holding a stage's manifest: for a target, its `impsamp embed` output."""
+    return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
+
+
+def stored_target_vectors(spec: str | Path, generic: Embeddings) -> np.ndarray:
+    """The vectors of a target's `impsamp embed` output (float32, in unit order), checked to come from the
+    generic embeddings' model and settings (else StageError naming `spec`)."""
+    from .embedding import Embeddings
+
+    emb = Embeddings.load(spec)
+    check_same_model(emb, generic, what=str(spec))
+    return emb.vectors()
 
 
 def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_field: str | None = None):

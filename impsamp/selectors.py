@@ -10,6 +10,8 @@ diagnostics and data card as the clustered importance sampler.
   and keeps them (`resampling.ngram_features`); later targets read them instead of the text.
 - `classifier`: logistic regression on the sentence embeddings, in-domain sample against a generic
   sample; log w(x) is its log-odds (the common "quality classifier" practice).
+- the n-gram classifier of `--within ngram-classifier`: logistic regression on the hashed n-grams, target
+  sample against the pool's units, cross-fitted; its log-odds weigh documents inside the cluster quotas.
 """
 
 from __future__ import annotations
@@ -80,6 +82,34 @@ def ngram_log_weights(texts: list[str], log_ratio: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     x = _vectorizer(len(log_ratio)).transform(texts)
     return np.asarray(x @ log_ratio).ravel()
+
+
+CLASSIFIER_FOLDS = 5
+
+
+def ngram_classifier_features(counts):
+    """The n-gram classifier's inputs: log(1 + count) of each hashed n-gram, rows L2-normalised (CSR)."""
+    preprocessing = require("sklearn.preprocessing")
+    return preprocessing.normalize(counts.astype(np.float64).log1p())
+
+
+def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER_FOLDS):
+    """Logistic regression on hashed n-grams (`ngram_classifier_features`), target documents (1) against
+    generic units (0), class-balanced, cross-fitted: the generic rows fall in `folds` seeded folds and
+    each is scored by the model fitted without its fold (so a unit's own n-grams never count as
+    "generic" in its score). -> (log-odds per generic row, the fold models)."""
+    linear, sparse = require("sklearn.linear_model"), require("scipy.sparse")
+    xg, xt = ngram_classifier_features(generic_counts), ngram_classifier_features(target_counts)
+    fold = np.random.default_rng(0).permutation(xg.shape[0]) % folds
+    odds, models = np.zeros(xg.shape[0]), []
+    for f in range(folds):
+        train = np.flatnonzero(fold != f)
+        y = np.concatenate([np.zeros(len(train)), np.ones(xt.shape[0])])
+        clf = linear.LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
+        clf.fit(sparse.vstack([xg[train], xt], format="csr"), y)
+        odds[fold == f] = clf.decision_function(xg[fold == f])
+        models.append(clf)
+    return odds, models
 
 
 def fit_classifier(target_vectors: np.ndarray, generic_vectors: np.ndarray, seed: int = 0):

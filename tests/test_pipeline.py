@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -138,8 +139,35 @@ def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path)
     assert a.stats["within"] == "knn" and a.stats["spilled_units"] > 50
     assert abs(sum(hist["spilled"]) - a.stats["spilled_units"]) < 1e-6
     assert np.mean(topics[idx] == "bio") > 0.6
-    with pytest.raises(impsamp.ConfigError, match="needs the target's text"):
-        impsamp.resample(emb, clu, tmp_path / "c", targets=[root / "emb"], config=cfg)
+
+
+def test_within_knn_reads_a_target_embed_output_and_refuses_a_saved_histogram_in_one_line(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    t_emb = impsamp.embed(target, tmp_path / "t-emb", EmbedConfig(model="hashing:64"))
+    cfg = ResampleConfig(docs=300, seed=1, rows_per_shard=150)  # within auto: knn for both
+    a = impsamp.resample(emb, clu, tmp_path / "corpus", targets=[target], config=cfg)
+    b = impsamp.resample(emb, clu, tmp_path / "embedded", targets=[t_emb.path], config=cfg)
+    assert a.stats["within"] == b.stats["within"] == "knn"
+    # the stored vectors are the corpus target's, rounded to float16: the same histogram, (nearly) the same draw
+    hists = [json.loads((tmp_path / n / "histograms.json").read_text())["target"] for n in ("corpus", "embedded")]
+    assert hists[0] == hists[1]
+    picked = [np.sort(s.to_table().column("doc_index").to_numpy()) for s in (a, b)]
+    assert len(np.intersect1d(*picked)) >= 0.9 * len(np.unique(picked[0]))
+    clf = ResampleConfig(docs=300, method="classifier", rows_per_shard=150)
+    assert impsamp.resample(emb, clu, tmp_path / "clf", targets=[t_emb.path], config=clf).stats["rows"] == 300
+    saved = impsamp.histogram(target, clu).save(tmp_path / "bio-hist.json")
+    auto = impsamp.resample(emb, clu, tmp_path / "auto", targets=[saved], config=cfg)
+    assert auto.stats["within"] == "uniform"  # nothing to compare documents with: the seed paper's draw
+    with pytest.raises(impsamp.ConfigError, match=r"--within knn needs the target's documents .*bio-hist.json is a "
+                                                  r"saved histogram"):
+        impsamp.resample(emb, clu, tmp_path / "c", targets=[saved], config=replace(cfg, within="knn"))
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", saved, "--docs", 50, "--within", "knn",
+                 "--out", tmp_path / "cli"])
+    assert r.exit_code != 0 and "saved histogram" in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "cli").exists()
+    with pytest.raises(impsamp.ConfigError, match="--method classifier needs the target's documents"):
+        impsamp.resample(emb, clu, tmp_path / "clf-hist", targets=[t_emb.path, f"{saved}:0.5"], config=clf)
+    assert not (tmp_path / "clf-hist").exists()  # refused before anything is written
 
 
 def test_within_knn_ngram_reads_the_text_same_bytes_and_needs_a_corpus_target(stages, tmp_path):
@@ -159,9 +187,54 @@ def test_within_knn_ngram_reads_the_text_same_bytes_and_needs_a_corpus_target(st
     assert Selection.load(tmp_path / "cli").stats["within"] == "knn+ngram"
 
 
+def test_within_ngram_classifier_same_bytes_purer_than_knn_and_a_large_pool_sampled(stages, tmp_path, monkeypatch):
+    import impsamp.resampling.methods as methods
+
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=300, within="ngram-classifier", rows_per_shard=150)
+    a, b = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("a", "b"))
+    hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (a, b)]
+    assert hashes[0] == hashes[1] and a.stats["within"] == "ngram-classifier"
+    knn = impsamp.resample(emb, clu, tmp_path / "knn", targets=[target], config=replace(cfg, within="knn"))
+    assert np.mean(_topics_of(a, topics) == "bio") >= np.mean(_topics_of(knn, topics) == "bio") - 0.05 > 0.6
+    # a pool past CLASSIFIER_ROWS: fitted on a seeded sample, the rest scored by the fold models' mean
+    monkeypatch.setattr(methods, "CLASSIFIER_ROWS", 400)
+    c, d = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("c", "d"))
+    assert c.manifest.inputs["within_fingerprint"] == d.manifest.inputs["within_fingerprint"]
+    assert c.manifest.inputs["within_fingerprint"] != a.manifest.inputs["within_fingerprint"]
+    assert np.mean(_topics_of(c, topics) == "bio") > 0.6
+    with pytest.raises(impsamp.ConfigError, match="--within ngram-classifier needs the target's text"):
+        impsamp.resample(emb, clu, tmp_path / "e", targets=[root / "emb"], config=cfg)
+    assert not (tmp_path / "e").exists()
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within",
+                 "ngram-classifier", "--out", tmp_path / "cli"])
+    assert r.exit_code == 0, r.output
+    assert Selection.load(tmp_path / "cli").stats["within"] == "ngram-classifier"
+
+
+def test_ngram_classifier_odds_are_cross_fitted_and_rank_the_target_like_rows_first():
+    from impsamp.selectors import ngram_classifier_features, ngram_classifier_odds, ngram_matrix
+
+    rng = np.random.default_rng(3)
+    kinds = rng.choice(list(TOPICS), size=300)
+    generic = [_doc(rng, t) for t in kinds]
+    target = ngram_matrix([_doc(rng, "bio") for _ in range(40)])
+    odds, models = ngram_classifier_odds(ngram_matrix(generic), target)
+    assert odds.shape == (300,) and np.isfinite(odds).all() and len(models) == 5
+    again, _ = ngram_classifier_odds(ngram_matrix(generic), target)
+    assert np.array_equal(odds, again)
+    assert odds[kinds == "bio"].min() > odds[kinds != "bio"].max()  # the target's topic ranked first
+    # cross-fitted: each row scored by the one model that did not see it, not by all of them
+    fold = np.random.default_rng(0).permutation(300) % 5
+    x = ngram_classifier_features(ngram_matrix(generic))
+    assert np.allclose(odds[fold == 2], models[2].decision_function(x[fold == 2]))
+    assert not np.allclose(odds[fold == 2], models[0].decision_function(x[fold == 2]))
+
+
 @pytest.mark.parametrize("cfg", [ResampleConfig(docs=200, method="ngram", rows_per_shard=150),
-                                 ResampleConfig(docs=200, within="knn+ngram", rows_per_shard=150)],
-                         ids=["ngram", "knn+ngram"])
+                                 ResampleConfig(docs=200, within="knn+ngram", rows_per_shard=150),
+                                 ResampleConfig(docs=200, within="ngram-classifier", rows_per_shard=150)],
+                         ids=["ngram", "knn+ngram", "ngram-classifier"])
 def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stages, tmp_path, monkeypatch, caplog,
                                                                            cfg):
     import impsamp.selectors
@@ -179,7 +252,14 @@ def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stage
     kept = sorted((tmp_path / "cache" / "ngram").glob("*/*.npz"))
     assert [f.stem for f in kept] == list(emb.shard_names)  # one file per embedding shard, nothing else
     real = impsamp.selectors.ngram_matrix
-    monkeypatch.setattr(impsamp.selectors, "ngram_matrix", lambda *a, **k: pytest.fail("text hashed again"))
+    target_texts = {json.loads(line)["text"] for line in target.read_text().splitlines()}
+
+    def target_only(texts, *a, **k):  # the target's own text may be hashed (the classifier), the pool's not
+        if not set(texts) <= target_texts:
+            pytest.fail("generic text hashed again")
+        return real(texts, *a, **k)
+
+    monkeypatch.setattr(impsamp.selectors, "ngram_matrix", target_only)
     assert data_hashes("warm") == plain  # a later target reads the kept features, not the text
     kept[1].write_bytes(b"PK\x03\x04 not a whole file")  # damaged (or foreign): hashed again
     monkeypatch.setattr(impsamp.selectors, "ngram_matrix", real)

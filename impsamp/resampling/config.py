@@ -9,7 +9,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
-WITHIN = ("auto", "uniform", "knn", "knn+ngram")
+WITHIN = ("auto", "uniform", "knn", "knn+ngram", "ngram-classifier")
 WITHIN_REPEATS = ("even", "weighted")
 KNN_MAX_REPEAT = 4
 """`--within knn`'s repeat cap when `--max-repeat` is not given: about 4 epochs of a document train
@@ -64,9 +64,10 @@ class ResampleConfig:
     within: str = "auto"
     """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
     (weighted by closeness to the nearest target document), `knn+ngram` (that closeness and the hashed
-    n-gram log-ratio of the document, standardised and summed), `package.module:function` (your document
+    n-gram log-ratio of the document, standardised and summed), `ngram-classifier` (the cross-fitted
+    log-odds of a logistic regression on hashed n-grams, target against pool), `package.module:function` (your document
     weights; `impsamp.resampling.within`), or `auto`: knn for `importance` with `match` when the target's
-    documents are at hand (a corpus, not a saved histogram), else uniform (`resolved`). knn with
+    vectors are at hand (a corpus or its `embed` output, not a saved histogram), else uniform (`resolved`). knn with
     `within_repeats = even` measured 1-3% lower macro perplexity than uniform on the paper table at
     200,000 and 40,000 tokens (BENCHMARKS.md `paper`)."""
     within_temperature: float = 0.05
@@ -118,7 +119,7 @@ class ResampleConfig:
 
     def resolved(self, target_has_vectors: bool) -> ResampleConfig:
         """`within = "auto"` made concrete: `knn` for `importance` with `match` when the target's vectors
-        are at hand (every target part a corpus), else `uniform`."""
+        are at hand (no target part a saved histogram), else `uniform`."""
         if self.within != "auto":
             return self
         knn = self.method == "importance" and self.scheme == "match" and target_has_vectors

@@ -1,4 +1,5 @@
-"""Targets and the document-level baselines' weights: DSIR-style n-grams and the embedding classifier."""
+"""Targets and the document-level weights: DSIR-style n-grams, the embedding classifier and the n-gram
+classifier of `--within ngram-classifier`."""
 
 from __future__ import annotations
 
@@ -41,6 +42,68 @@ def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
 
 
+CLASSIFIER_ROWS = 20_000
+"""`--within ngram-classifier`: the most generic units the classifier is fitted on (a seeded sample of a
+larger pool; the units outside it are scored by the mean of the fold models)."""
+
+
+def _unit_ngrams(inputs: Inputs, cache: bool):
+    """(texts(name), matrix(name)): a shard's unit texts, and its units' hashed n-gram counts (CSR),
+    read from the user cache (hashed once per embedding and kept) or, with `cache` False, hashed now."""
+    from ..selectors import ngram_matrix
+    from .ngram_features import features_folder, shard_features
+
+    def texts(name: str) -> list[str]:
+        table = inputs.tables[name]
+        return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
+                          inputs.windowed).to_pylist()
+
+    if not cache:
+        return texts, lambda name: ngram_matrix(texts(name))
+    folder = features_folder(inputs.emb.manifest)
+    return texts, lambda name: shard_features(folder, name, len(inputs.tables.column(name, "row")),
+                                              lambda: texts(name))
+
+
+def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs, progress, cache: bool = True
+                                   ) -> list[np.ndarray]:
+    """`--within ngram-classifier`: per input shard, each unit's log-odds under a logistic regression on
+    hashed n-grams, the target's documents against the pool's units (`selectors.ngram_classifier_odds`:
+    cross-fitted, so a unit fitted on is scored by the fold model that did not see it; units past
+    CLASSIFIER_ROWS, not fitted on, by the fold models' mean)."""
+    from scipy import sparse
+
+    from ..selectors import ngram_classifier_features, ngram_classifier_odds, ngram_matrix
+
+    target = ngram_matrix(list(target_corpus(targets, cfg, "importance --within ngram-classifier").iter_texts()))
+    _, matrix = _unit_ngrams(inputs, cache)
+    names = inputs.names
+    sizes = [len(inputs.tables.column(n, "row")) for n in names]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    n = int(starts[-1])
+    fit = (np.arange(n) if n <= CLASSIFIER_ROWS else
+           np.sort(np.random.default_rng([cfg.seed, 23]).choice(n, CLASSIFIER_ROWS, replace=False)))
+    bar = progress_bar(progress, "ngram classifier", "shard", total=2 * len(names))
+    parts = []
+    for name, lo, hi in zip(names, starts[:-1], starts[1:]):
+        parts.append(matrix(name)[fit[(fit >= lo) & (fit < hi)] - lo])
+        bar.update(1)
+    fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target)
+    out = []
+    for name, lo, hi in zip(names, starts[:-1], starts[1:]):
+        inside = (fit >= lo) & (fit < hi)
+        if n <= CLASSIFIER_ROWS:
+            odds = fitted_odds[inside]
+        else:
+            x = ngram_classifier_features(matrix(name))
+            odds = np.mean([m.decision_function(x) for m in models], axis=0)
+            odds[fit[inside] - lo] = fitted_odds[inside]
+        out.append(np.asarray(odds, dtype=np.float64))
+        bar.update(1)
+    bar.close()
+    return out
+
+
 def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, inputs: Inputs, progress,
                            cache: bool = True) -> list[np.ndarray]:
     """DSIR-style log-weights per unit. `cache`: the generic units' hashed n-grams are read from (or, for
@@ -48,28 +111,21 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
     else the text is hashed twice here, the generic counts committed per shard in `run` (resumable;
     None: not kept)."""
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
-    from .ngram_features import features_folder, shard_features, shard_totals
+    from .ngram_features import features_folder, shard_totals
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     names = inputs.names
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
-
-    def texts(name: str) -> list[str]:
-        table = inputs.tables[name]
-        return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
-                          inputs.windowed).to_pylist()
+    texts, matrix = _unit_ngrams(inputs, cache)
 
     if cache:  # the user cache: read, or hashed once and kept for the next target
         folder = features_folder(inputs.emb.manifest)
 
-        def kept(read, name: str):
-            return read(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
-
         def totals(name: str) -> np.ndarray:
-            return kept(shard_totals, name)
+            return shard_totals(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
 
         def weights(name: str, log_ratio: np.ndarray) -> np.ndarray:
-            return np.asarray(kept(shard_features, name) @ log_ratio).ravel()
+            return np.asarray(matrix(name) @ log_ratio).ravel()
     else:  # the text hashed in each pass
         def totals(name: str) -> np.ndarray:
             return ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..hardware import cpu_count
-from ..histograms import Histogram, embed_like, from_assignments, histogram, is_histogram_file, mixture
+from ..histograms import (Histogram, embed_like, from_assignments, histogram, is_embed_output,
+                          is_histogram_file, mixture, stored_target_vectors)
 from ..manifest import StageRun, inside, tmp_name
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, run_tasks
@@ -29,21 +30,25 @@ from ..weighting import compute_weights
 from .budget import UnitSizes
 from .config import SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
-from .methods import classifier_unit_log_weights, ngram_unit_log_weights, parse_target, target_corpus
+from .methods import (classifier_unit_log_weights, ngram_classifier_unit_log_odds, ngram_unit_log_weights,
+                      parse_target, target_corpus)
 from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .tables import PerShard, hist_key
-from .within import knn_ngram_log_weights, knn_similarity, within_log_weights
+from .within import classifier_log_weights, knn_ngram_log_weights, knn_similarity, within_log_weights
 from ..costs import encoder_flops, encoder_params
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
 logger = logging.getLogger(__name__)
+NGRAM_WITHIN = ("knn+ngram", "ngram-classifier")
+"""The `--within` settings that read the units' hashed n-grams (and so the target's text)."""
 
 
 @dataclass
 class Target:
-    """The target side: its histogram, its parts for the manifest, its vectors (corpus targets), weights."""
+    """The target side: its histogram, its parts for the manifest, its vectors (None if a part is a saved
+    histogram), weights."""
 
     histogram: Histogram
     described: list[dict[str, Any]]
@@ -61,20 +66,22 @@ def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: Resample
 
 def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
                  ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None]:
-    """`target_histogram`, and the vectors of the parts when every part is a corpus (embedded once here,
-    each part on its own, for the classifier too), else None."""
+    """`target_histogram`, and the vectors of the parts when no part is a saved histogram (a corpus is
+    embedded once here, each part on its own; an `impsamp embed` output gives its stored vectors), else None."""
     parts, described, vectors = [], [], []
     for t in targets:
         spec, w = parse_target(t)
-        is_corpus = not is_histogram_file(spec) and not (Path(spec).is_dir() and (Path(spec) / "manifest.json").exists())
         embedded = 0  # tokens the encoder read here (for the selection's cost)
-        if is_corpus:
-            v, table = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
+        if is_histogram_file(spec):
+            h = histogram(spec, clusters, embeddings=embeddings)
+        else:
+            if is_embed_output(spec):  # embedded before: its stored vectors (same model, checked)
+                v = stored_target_vectors(spec, embeddings)
+            else:
+                v, table = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
+                embedded = int(np.asarray(table.column("tokens")).sum())
             h = from_assignments(clusters.assign(v)[:, -1], clusters, source=str(spec))
             vectors.append(v)
-            embedded = int(np.asarray(table.column("tokens")).sum())
-        else:
-            h = histogram(spec, clusters, embeddings=embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
@@ -127,7 +134,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                           "(--engine ray spreads its shards over a Ray cluster)")
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
-    cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn where the target's text is at hand
+    cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn unless a target is a saved histogram
+    _check_target_kinds(cfg, targets, target)  # before anything is written
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
     within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
@@ -169,8 +177,6 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
     if cfg.method == "ngram":
         return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache)
     if cfg.method == "classifier":
-        if target.vectors is None:
-            target_corpus(targets, cfg, "classifier")  # says which target is not a corpus
         return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names)
     return None
 
@@ -181,13 +187,29 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
     None for `uniform`."""
     if cfg.within == "uniform":
         return None
-    if target.vectors is None:
-        target_corpus(targets, cfg, f"importance --within {cfg.within}")  # says which target is not a corpus
+    if cfg.within == "ngram-classifier":
+        odds = ngram_classifier_unit_log_odds(cfg, targets, inputs, progress, cache=ngram_cache)
+        return classifier_log_weights(odds, cfg.within_temperature)
     if cfg.within == "knn+ngram":
         ngram = ngram_unit_log_weights(None, cfg, targets, inputs, progress, cache=ngram_cache)
         return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
                                      cfg.within_temperature)
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
+
+
+def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Target) -> None:
+    """One line for a setting the targets cannot serve: the n-grams need each target's text, and the
+    document-level comparisons (`--method classifier`, `--within` other than uniform) its vectors, which
+    a saved histogram does not have."""
+    if cfg.method == "ngram" or (cfg.method == "importance" and cfg.within in NGRAM_WITHIN):
+        target_corpus(targets, cfg, "ngram" if cfg.method == "ngram" else f"importance --within {cfg.within}")
+    what = ("--method classifier" if cfg.method == "classifier" else
+            f"--within {cfg.within}" if cfg.method == "importance" and cfg.within != "uniform" else None)
+    if what and target.vectors is None:
+        specs = [parse_target(t)[0] for t in targets]
+        spec = next((sp for sp in specs if is_histogram_file(sp)), specs[0] if specs else "the target")
+        raise ConfigError(f"{what} needs the target's documents (the sample, or its `impsamp embed` output); "
+                          f"{spec} is a saved histogram: pass the in-domain sample itself")
 
 
 def _fingerprint(arrays: list[np.ndarray]) -> str:

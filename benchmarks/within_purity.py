@@ -1,0 +1,292 @@
+"""Inside the cluster quotas: how pure a selection could be, and how pure the document weights make it.
+
+    .venv/bin/python benchmarks/within_purity.py                          # seeds 0,1,2 at 40,000 tokens
+    .venv/bin/python benchmarks/within_purity.py --seeds 2 --work /tmp/p  # reuse paper_table.py's --work
+
+`--within` leaves each cluster's token quota (the target's histogram matched) as it is and only decides
+which of the cluster's documents fill it. For every bundled domain as the target this script takes the
+default selection (`importance`, `match`, `--within knn`) at the budget and, from its per-cluster token
+quotas and the pool's `domain` labels (which no selector sees), works out the most of the budget that any
+within-cluster weighting could put on the target domain: each cluster's quota against the target-domain
+tokens the cluster holds, with the repeats `--within-repeats even` (the default) allows in that cluster
+(once while the quota is under the cluster's size) and with the repeat cap (4). Then it draws the quotas
+with other document weights and reports the share of the selected tokens that are in the target domain,
+so the gap between the weights and the quota-bound maximum shows.
+
+Weights compared (the quotas are the same for all but `uniform`, which has no repeat cap to spill by, up to
+whole-document rounding): `uniform`, `knn`, `knn` at tau 0.02, `knn+ngram` (the library's), and through
+the `--within module:function` hook: the n-gram log-ratio averaged per n-gram instead of summed (DSIR
+sums, which favours long documents) and its sum with the cosine, a kNN density ratio (target documents
+among a unit's 20 nearest of pool + target), and a logistic regression on the hashed n-grams (target
+sample against the pool, cross-fitted in 5 folds so that no unit is scored by a model trained on it) alone
+and summed with the cosine. `--train COLUMN` trains paper_table.py's LM on a hooked column's selections.
+
+Embeddings and clusters are made as `paper_table.py` makes them (the demo's model, 128 tokens, k=64, the
+seed's k-means), in the same folder names, so a paper-table `--work` folder is reused. Selection only: no
+LM is trained without --train (about 2 minutes a seed after the pool's embedding). Writes
+benchmarks/results/within_purity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "within_purity.md"
+HOOKED: dict[str, np.ndarray] = {}  # the per-unit log-weights the hook hands back, set before each draw
+COLUMNS = ["uniform", "knn", "knn tau 0.02", "knn+ngram", "ngram per n-gram", "knn+ngram per n-gram",
+           "kNN density ratio", "n-gram classifier", "knn+n-gram classifier"]
+
+
+def hook(target_vectors: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """`--within __main__:hook`: the precomputed weights of the pool's one embedding shard."""
+    lw = HOOKED["log_w"]
+    if len(lw) != len(vectors):
+        raise ValueError(f"{len(lw)} weights for {len(vectors)} units")
+    return np.exp(np.maximum(lw - lw.max(), -700.0))
+
+
+def prepare(work: Path, seed: int):
+    """The pool's embeddings and the seed's k-means clusters, named as paper_table.py names them."""
+    from impsamp.clustering import ClusterConfig, cluster
+    from impsamp.comparison import CompareConfig
+    from impsamp.datasets import demo_corpus
+    from impsamp.embedding import EmbedConfig, embed
+    from impsamp.embedding.loading import backend_label, embed_backend
+
+    cfg = CompareConfig()  # the demo's model, max_tokens and k
+    backend, quantize = embed_backend(cfg.backend)
+    emb = work / f"embeddings-{backend_label((backend, quantize))}-{cfg.max_tokens}"
+    clu = emb.with_name(f"clusters-k{cfg.k}-s{seed}-{emb.name}")
+    if not (emb / "manifest.json").exists():
+        embed(demo_corpus().pool, emb, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
+                                                  quantize=quantize), overwrite=True, progress=True)
+    if not (clu / "manifest.json").exists():
+        cluster(emb, clu, ClusterConfig(k=cfg.k, seed=seed), overwrite=True)
+    return emb, clu
+
+
+class Pool(NamedTuple):
+    """The pool's units (one embedding shard, whole documents: unit i is document i), in unit order."""
+
+    domain: np.ndarray
+    tokens: np.ndarray
+    texts: list[str]
+    vectors: np.ndarray
+
+
+def pool_units(emb: Path) -> Pool:
+    import pyarrow.parquet as pq
+
+    from impsamp.datasets import demo_corpus
+
+    shards = sorted(emb.glob("docs-*.parquet"))
+    units = pq.read_table(shards[0]).to_pandas()
+    if len(shards) != 1 or (units["window"] != 0).any() or (units["doc_index"] != np.arange(len(units))).any():
+        raise SystemExit(f"{emb}: expected one shard of whole documents in order (the demo's embedding)")
+    pool = pq.read_table(demo_corpus().pool, columns=["text", "domain"])
+    rows = units["row"].to_numpy()
+    return Pool(np.asarray(pool.column("domain").to_pylist())[rows], units["text_tokens"].to_numpy(np.float64),
+                [pool.column("text")[int(r)].as_py() for r in rows],
+                np.load(sorted(emb.glob("vectors-*.npy"))[0]).astype(np.float32))
+
+
+def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) -> dict[str, np.ndarray]:
+    """The columns that go through the `--within` hook: per-unit log-weights (each standardised over the
+    pool, then divided by a temperature: the scale `knn+ngram` uses)."""
+    import faiss
+
+    from impsamp.selectors import ngram_counts, ngram_log_ratio, ngram_matrix
+
+    def z(x: np.ndarray) -> np.ndarray:
+        return (x - x.mean()) / max(float(x.std()), 1e-12)
+
+    matrix, counts = pool_ngrams
+    ratio = ngram_log_ratio(ngram_counts(target_texts), counts)
+    per_ngram = np.asarray(matrix @ ratio).ravel() / np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0)
+    vectors = pool.vectors
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(target_vectors)
+    cosine = index.search(vectors, 1)[0][:, 0].astype(np.float64)
+    both = faiss.IndexFlatIP(vectors.shape[1])
+    both.add(np.vstack([vectors, target_vectors]))
+    near = both.search(vectors, 21)[1][:, 1:]  # the unit itself first
+    in_target = (near >= len(vectors)).sum(axis=1)
+    odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))
+    return {"ngram per n-gram": z(per_ngram) / 0.1, "knn+ngram per n-gram": (z(cosine) + z(per_ngram)) / 0.1,
+            "kNN density ratio": 4.0 * np.log((in_target + 0.5) / (20 - in_target + 0.5)),
+            "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1}
+
+
+def ngram_classifier_odds(pool, target, folds: int = 5) -> np.ndarray:
+    """Cross-fitted log-odds of a logistic regression, target sample against pool, on log(1 + count) of the
+    hashed n-grams (rows L2-normalised): each pool unit scored by a model that did not see it."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import normalize
+
+    def features(m):
+        return normalize(m.astype(np.float64).log1p())
+
+    xp, xt = features(pool), features(target)
+    odds = np.zeros(xp.shape[0])
+    fold = np.random.default_rng(0).permutation(xp.shape[0]) % folds
+    for f in range(folds):
+        train = np.flatnonzero(fold != f)
+        x = sp.vstack([xp[train], xt])
+        y = np.r_[np.zeros(len(train)), np.ones(xt.shape[0])]
+        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(x, y)
+        odds[fold == f] = clf.decision_function(xp[fold == f])
+    return odds
+
+
+def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:
+    """The hooked columns' per-unit log-weights toward `domain` (they do not depend on the seed: kept in
+    `cache`); its sample embedded like the pool, in WORK/target-DOMAIN-EMBEDDING."""
+    import pyarrow.parquet as pq
+
+    from impsamp.datasets import demo_corpus
+    from impsamp.embedding import Embeddings, embed
+
+    if domain not in cache:
+        target_emb, sample = work / f"target-{domain}-{emb.name}", demo_corpus().sample(domain)
+        if not (target_emb / "manifest.json").exists():
+            embed(sample, target_emb, Embeddings.load(emb).config, overwrite=True)  # the pool's settings
+        target_vectors = np.load(sorted(target_emb.glob("vectors-*.npy"))[0]).astype(np.float32)
+        cache[domain] = hooked_log_weights(target_vectors, pq.read_table(sample).column("text").to_pylist(), pool,
+                                           pool_ngrams)
+    return cache[domain]
+
+
+def purity(domain: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int, pool: Pool, weights: dict
+           ) -> dict:
+    """Each column's target-domain share of the selected tokens, and the most its own quotas allow."""
+    from impsamp.datasets import demo_corpus
+    from impsamp.resampling import ResampleConfig, resample
+
+    on = pool.domain == domain
+    leaves = np.load(sorted(clu.glob("assign-*.npy"))[0])[:, -1]
+    settings = {"uniform": {"within": "uniform"}, "knn": {"within": "knn"},
+                "knn tau 0.02": {"within": "knn", "within_temperature": 0.02}, "knn+ngram": {"within": "knn+ngram"},
+                **{name: {"within": "__main__:hook"} for name in weights}}
+    out, shares, bounds = work / "purity-selection", {}, {}
+    for name, extra in settings.items():
+        HOOKED["log_w"] = weights.get(name)
+        target = work / f"target-{domain}-{emb.name}" if name != "knn+ngram" else demo_corpus().sample(domain)
+        sel = resample(emb, clu, out, targets=[str(target)], config=ResampleConfig(tokens=tokens, seed=seed, **extra),
+                       overwrite=True)
+        t = sel.to_table()
+        idx, cl = t.column("doc_index").to_numpy(), t.column("cluster").to_numpy()
+        shares[name] = float(pool.tokens[idx][on[idx]].sum() / pool.tokens[idx].sum())
+        if name != "uniform":  # the most this selection's own per-cluster quotas allow (tokens drawn per cluster)
+            k = len(np.bincount(leaves)) if len(leaves) else 0
+            quota = np.bincount(cl, weights=pool.tokens[idx], minlength=k)
+            size = np.bincount(leaves, weights=pool.tokens, minlength=len(quota))
+            held = np.bincount(leaves[on], weights=pool.tokens[on], minlength=len(quota))
+            even = np.minimum(sel.stats["max_repeat"], np.maximum(1, np.ceil(quota / np.maximum(size, 1e-12) - 1e-9)))
+            bounds[name] = (float(np.minimum(quota, even * held).sum() / quota.sum()),
+                            float(np.minimum(quota, sel.stats["max_repeat"] * held).sum() / quota.sum()))
+    shutil.rmtree(out, ignore_errors=True)
+    return {"shares": shares, "bound_once": bounds["knn"][0], "bound_cap": bounds["knn"][1],
+            "bounds": bounds}
+
+
+def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int, domains: list[str], pool: Pool,
+          pool_ngrams, cache: dict) -> None:
+    """`--train COLUMN`: paper_table.py's LM run (the demo's settings, float32) of `importance` with the
+    column's weights through the `--within` hook, per domain, in WORK/lm-COLUMN-sSEED. paper_table reuses a
+    finished run whose settings match, and the hook's name does not change with its weights: delete that
+    folder after changing them."""
+    from argparse import Namespace
+
+    import paper_table
+
+    out = work / f"lm-{column.replace(' ', '_').replace('+', 'and')}-s{seed}"
+    for stage in (emb, clu):  # paper_table finds them by name: a copy, so its folders stay its own
+        if not (out / stage.name / "manifest.json").exists():
+            shutil.copytree(stage, out / stage.name, dirs_exist_ok=True)
+    for d in domains:
+        HOOKED["log_w"] = domain_weights(d, emb, work, pool, pool_ngrams, cache)[column]
+        args = Namespace(domains=d, methods="importance", tokens=tokens, k=None, scheme=None, max_tokens=None,
+                         dtype="float32", within="__main__:hook", within_temperature=None, within_repeats=None,
+                         max_repeat=None, preset=None, steps=None, finetune_steps=None, seed=seed, windows=False,
+                         work=str(out), progress=False)
+        res = paper_table.run(args)["domains"][d]["methods"]["importance"]
+        print(f"[lm] {column} seed {seed} {d}: {res['metrics']['finetuned']['macro_ppl']:.2f} after fine-tuning, "
+              f"share {res.get('target_domain_share')}", flush=True)
+
+
+def table(res: dict[int, dict[str, dict]]) -> list[str]:
+    domains = sorted(next(iter(res.values())))
+    head = ["domain", "most (even repeats)", "most (up to the cap)", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def mean(d: str, get) -> float:
+        return float(np.mean([get(res[s][d]) for s in res]))
+
+    for d in [*domains, "**macro**"]:
+        ds = domains if d == "**macro**" else [d]
+        cells = [np.mean([mean(x, lambda r: r["bound_once"]) for x in ds]),
+                 np.mean([mean(x, lambda r: r["bound_cap"]) for x in ds]),
+                 *[np.mean([mean(x, lambda r, c=c: r["shares"][c]) for x in ds]) for c in COLUMNS]]
+        lines.append(f"| {d} | " + " | ".join(f"{v:.3f}" for v in cells) + " |")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", default="0,1,2", help="k-means and draw seeds (each: its own clustering)")
+    p.add_argument("--tokens", type=int, default=40_000)
+    p.add_argument("--domains", help="comma-separated bundled domains (default: all 8)")
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / ".cache" / "paper"))
+    p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    p.add_argument("--train", metavar="COLUMN", choices=COLUMNS[4:],
+                   help="instead: train paper_table.py's LM on this hooked column's selections (results.json in "
+                        "WORK/lm-COLUMN-sSEED/compare-DOMAIN)")
+    a = p.parse_args()
+    from impsamp.datasets import demo_corpus
+    from impsamp.selectors import ngram_counts, ngram_matrix
+
+    work, started = Path(a.work), dt.datetime.now(dt.timezone.utc)
+    domains = a.domains.split(",") if a.domains else list(demo_corpus().domains)
+    res: dict[int, dict[str, dict]] = {}
+    pool_ngrams, cache = None, {}
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        emb, clu = prepare(work, seed)
+        pool = pool_units(emb)
+        pool_ngrams = pool_ngrams or (ngram_matrix(pool.texts), ngram_counts(pool.texts))
+        if a.train:
+            train(a.train, emb, clu, work, seed, a.tokens, domains, pool, pool_ngrams, cache)
+            continue
+        res[seed] = {d: purity(d, emb, clu, work, seed, a.tokens, pool,
+                               domain_weights(d, emb, work, pool, pool_ngrams, cache)) for d in domains}
+        for d, r in res[seed].items():
+            print(f"seed {seed} {d}: most {r['bound_once']:.3f}/{r['bound_cap']:.3f}, "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r["shares"].items()), flush=True)
+    if a.train:
+        return
+    lines = [f"# Purity inside the cluster quotas ({started:%Y-%m-%d %H:%M} UTC)", "",
+             f"Machine: {machine()}. Command: `{' '.join(['within_purity.py', *sys.argv[1:]])}`. "
+             f"Budget {a.tokens:,} tokens; seeds {a.seeds} (means over them). Share of the selected tokens "
+             "that are in the target domain. The first two columns: the most any within-cluster weighting could "
+             "put on the target domain under the default's (`knn`'s) per-cluster token quotas, each cluster's "
+             "quota against the target-domain tokens it holds, with the repeats `even` allows there (once while "
+             "the quota is under the cluster's size) and up to the cap. Each selection's quotas differ a "
+             "little (whole documents), so a column can pass them by a point.", "", *table(res)]
+    print("\n".join(lines))
+    if not a.no_write:
+        RESULTS.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
