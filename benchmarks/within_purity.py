@@ -204,14 +204,14 @@ def purity(domain: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int
 def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int, domains: list[str], pool: Pool,
           pool_ngrams, cache: dict) -> None:
     """`--train COLUMN`: paper_table.py's LM run (the demo's settings, float32) of `importance` with the
-    column's weights through the `--within` hook, per domain, in WORK/lm-COLUMN-sSEED. paper_table reuses a
-    finished run whose settings match, and the hook's name does not change with its weights: delete that
-    folder after changing them."""
+    column's weights through the `--within` hook, per domain, in WORK/lm-COLUMN-TOKENS-sSEED. paper_table
+    reuses a finished run whose settings match, and the hook's name does not change with its weights:
+    delete that folder after changing them."""
     from argparse import Namespace
 
     import paper_table
 
-    out = work / f"lm-{column.replace(' ', '_').replace('+', 'and')}-s{seed}"
+    out = work / f"lm-{column.replace(' ', '_').replace('+', 'and')}-{tokens}-s{seed}"
     for stage in (emb, clu):  # paper_table finds them by name: a copy, so its folders stay its own
         if not (out / stage.name / "manifest.json").exists():
             shutil.copytree(stage, out / stage.name, dirs_exist_ok=True)
@@ -252,7 +252,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
     p.add_argument("--train", metavar="COLUMN", choices=COLUMNS[4:],
                    help="instead: train paper_table.py's LM on this hooked column's selections (results.json in "
-                        "WORK/lm-COLUMN-sSEED/compare-DOMAIN)")
+                        "WORK/lm-COLUMN-TOKENS-sSEED/compare-DOMAIN)")
     a = p.parse_args()
     from impsamp.datasets import demo_corpus
     from impsamp.selectors import ngram_counts, ngram_matrix

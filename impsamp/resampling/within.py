@@ -21,8 +21,8 @@ makes clustered importance sampling robust, and it stays. Inside a cluster:
   apart inside a shared cluster, the classifier learns the n-grams that do: at 40,000 tokens it put
   94.9% of the selected tokens on the target domain against 89.8% for `knn` and 92.9% for `knn+ngram`
   (three seeds, BENCHMARKS.md `within_purity`) and measured 1.7% lower macro perplexity than `knn`
-  (0.973, 0.982, 0.995; `paper`). It reads the same kept n-grams as `knn+ngram`, plus five fits per
-  target; an option, not `auto`'s pick (200,000 tokens not measured);
+  (0.973, 0.982, 0.995; `paper`), 1.2% lower at 200,000 (two seeds). It reads the same kept n-grams as
+  `knn+ngram`, plus five fits per target; an option, not `auto`'s pick (yet: BENCHMARKS.md `paper`);
 - `--within package.module:function`: your own document weights, `function(target_vectors (m, d),
   vectors (n, d)) -> (n,)` positive finite numbers for one input shard's units (checked; relative
   inside each cluster: the cluster's quota is drawn whatever their scale).
