@@ -106,7 +106,7 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     pool, then divided by a temperature: the scale `knn+ngram` uses)."""
     import faiss
 
-    from impsamp.selectors import ngram_counts, ngram_log_ratio, ngram_matrix
+    from impsamp.selectors import ngram_classifier_odds, ngram_counts, ngram_log_ratio, ngram_matrix
 
     def z(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / max(float(x.std()), 1e-12)
@@ -122,32 +122,10 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     both.add(np.vstack([vectors, target_vectors]))
     near = both.search(vectors, 21)[1][:, 1:]  # the unit itself first
     in_target = (near >= len(vectors)).sum(axis=1)
-    odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))
+    odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))[0]  # what --within ngram-classifier fits
     return {"ngram per n-gram": z(per_ngram) / 0.1, "knn+ngram per n-gram": (z(cosine) + z(per_ngram)) / 0.1,
             "kNN density ratio": 4.0 * np.log((in_target + 0.5) / (20 - in_target + 0.5)),
             "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1}
-
-
-def ngram_classifier_odds(pool, target, folds: int = 5) -> np.ndarray:
-    """Cross-fitted log-odds of a logistic regression, target sample against pool, on log(1 + count) of the
-    hashed n-grams (rows L2-normalised): each pool unit scored by a model that did not see it."""
-    import scipy.sparse as sp
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import normalize
-
-    def features(m):
-        return normalize(m.astype(np.float64).log1p())
-
-    xp, xt = features(pool), features(target)
-    odds = np.zeros(xp.shape[0])
-    fold = np.random.default_rng(0).permutation(xp.shape[0]) % folds
-    for f in range(folds):
-        train = np.flatnonzero(fold != f)
-        x = sp.vstack([xp[train], xt])
-        y = np.r_[np.zeros(len(train)), np.ones(xt.shape[0])]
-        clf = LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced").fit(x, y)
-        odds[fold == f] = clf.decision_function(xp[fold == f])
-    return odds
 
 
 def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:

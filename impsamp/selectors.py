@@ -76,14 +76,6 @@ def ngram_log_ratio(target_counts: np.ndarray, generic_counts: np.ndarray, smoot
     return np.log(p_t) - np.log(p_g)
 
 
-def ngram_log_weights(texts: list[str], log_ratio: np.ndarray) -> np.ndarray:
-    """Per-document log importance weight under the two bag-of-n-grams models."""
-    if not texts:
-        return np.zeros(0)
-    x = _vectorizer(len(log_ratio)).transform(texts)
-    return np.asarray(x @ log_ratio).ravel()
-
-
 CLASSIFIER_FOLDS = 5
 
 

@@ -92,13 +92,12 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
     out = []
     for name, lo, hi in zip(names, starts[:-1], starts[1:]):
         inside = (fit >= lo) & (fit < hi)
-        if n <= CLASSIFIER_ROWS:
-            odds = fitted_odds[inside]
-        else:
+        odds = np.zeros(hi - lo)
+        if inside.sum() < hi - lo:  # units not fitted on (a pool past CLASSIFIER_ROWS): the folds' mean
             x = ngram_classifier_features(matrix(name))
             odds = np.mean([m.decision_function(x) for m in models], axis=0)
-            odds[fit[inside] - lo] = fitted_odds[inside]
-        out.append(np.asarray(odds, dtype=np.float64))
+        odds[fit[inside] - lo] = fitted_odds[inside]
+        out.append(odds)
         bar.update(1)
     bar.close()
     return out
@@ -110,28 +109,22 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
     the first target, written to) the user cache (`ngram_features`), so later targets skip the text;
     else the text is hashed twice here, the generic counts committed per shard in `run` (resumable;
     None: not kept)."""
-    from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio, ngram_log_weights
+    from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio
     from .ngram_features import features_folder, shard_totals
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     names = inputs.names
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
-    texts, matrix = _unit_ngrams(inputs, cache)
+    texts, matrix = _unit_ngrams(inputs, cache)  # the second pass: read from the cache, or hashed again
 
     if cache:  # the user cache: read, or hashed once and kept for the next target
         folder = features_folder(inputs.emb.manifest)
 
         def totals(name: str) -> np.ndarray:
             return shard_totals(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
-
-        def weights(name: str, log_ratio: np.ndarray) -> np.ndarray:
-            return np.asarray(matrix(name) @ log_ratio).ravel()
-    else:  # the text hashed in each pass
+    else:
         def totals(name: str) -> np.ndarray:
             return ngram_counts(texts(name)) if run is None else _committed_counts(run, name, texts)
-
-        def weights(name: str, log_ratio: np.ndarray) -> np.ndarray:
-            return ngram_log_weights(texts(name), log_ratio)
 
     generic_counts = np.zeros(N_FEATURES)
     for name in names:
@@ -140,7 +133,7 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
     log_ratio = ngram_log_ratio(target_counts, generic_counts)
     out = []
     for name in names:
-        out.append(weights(name, log_ratio))
+        out.append(np.asarray(matrix(name) @ log_ratio).ravel())
         bar.update(1)
     bar.close()
     return out

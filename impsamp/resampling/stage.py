@@ -119,8 +119,9 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         weighting: a Python callable overriding `config.weighting`.
         execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks
             (same bytes). Slices (`num_shards`) are refused: the output is one global shuffle.
-        ngram_cache: `--method ngram` and `--within knn+ngram` keep the generic units' hashed n-grams in
-            the user cache for later targets (`ngram_features`); False keeps nothing outside the run.
+        ngram_cache: `--method ngram` and `--within knn+ngram|ngram-classifier` keep the generic units'
+            hashed n-grams in the user cache for later targets (`ngram_features`); False keeps nothing
+            outside the run.
             The selection is the same either way.
 
     Raises:
@@ -183,8 +184,8 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
 
 def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
                         progress: bool, ngram_cache: bool) -> list[np.ndarray] | None:
-    """Per-unit log-weights inside the clusters' quotas (`--within knn`, `knn+ngram` or a function);
-    None for `uniform`."""
+    """Per-unit log-weights inside the clusters' quotas (`--within knn`, `knn+ngram`, `ngram-classifier`
+    or a function); None for `uniform`."""
     if cfg.within == "uniform":
         return None
     if cfg.within == "ngram-classifier":
