@@ -9,7 +9,7 @@ the user cache; later targets read them. Measured here, each in a fresh process 
 cache of its own (IMPSAMP_CACHE_DIR), one target (the bundled python_docs sample, given as text, so it
 is embedded with the real model inside the call), `ResampleConfig(tokens=200,000 x copies)`:
 
-- `knn` (the default; reads no text of the generic corpus) for reference,
+- `knn` (the default before 0.7.0; reads no text of the generic corpus) for reference,
 - `knn+ngram` and `ngram` without the cache (the text hashed twice per target, 0.6.2's only path),
   with an empty cache (the first target: hashes once, writes) and with a filled one (every later target).
 

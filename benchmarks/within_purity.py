@@ -5,7 +5,7 @@
 
 `--within` leaves each cluster's token quota (the target's histogram matched) as it is and only decides
 which of the cluster's documents fill it. For every bundled domain as the target this script takes the
-default selection (`importance`, `match`, `--within knn`) at the budget and, from its per-cluster token
+selection 0.6 made by default (`importance`, `match`, `--within knn`) at the budget and, from its per-cluster token
 quotas and the pool's `domain` labels (which no selector sees), works out the most of the budget that any
 within-cluster weighting could put on the target domain: each cluster's quota against the target-domain
 tokens the cluster holds, with the repeats `--within-repeats even` (the default) allows in that cluster
@@ -257,7 +257,7 @@ def main() -> None:
              f"Machine: {machine()}. Command: `{' '.join(['within_purity.py', *sys.argv[1:]])}`. "
              f"Budget {a.tokens:,} tokens; seeds {a.seeds} (means over them). Share of the selected tokens "
              "that are in the target domain. The first two columns: the most any within-cluster weighting could "
-             "put on the target domain under the default's (`knn`'s) per-cluster token quotas, each cluster's "
+             "put on the target domain under `knn`'s (0.6's default's) per-cluster token quotas, each cluster's "
              "quota against the target-domain tokens it holds, with the repeats `even` allows there (once while "
              "the quota is under the cluster's size) and up to the cap. Each selection's quotas differ a "
              "little (whole documents), so a column can pass them by a point.", "", *table(res)]

@@ -85,13 +85,13 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Every model's autocast dtype [default: auto: bfloat16 on a GPU or on a CPU with AMX or "
                    "AVX512-BF16, else float32]; fix it to compare figures across machines.")
-@click.option("--within", default=None, metavar="auto|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
+@click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
               help="importance: how documents are weighted inside the clusters' quotas (resample --within) "
-                   "[default: auto: knn].")
+                   "[default: auto: ngram-classifier].")
 @click.option("--within-temperature", type=float, default=None,
-              help="importance: documents weighted by exp((cosine to the nearest target document - 1) / tau) "
-                   "inside the clusters' quotas (knn+ngram: exp((z(cosine) + z(n-gram log-ratio)) / (5 tau))); "
-                   "tau [default: 0.05].")
+              help="importance: tau of the document weights inside the clusters' quotas: ngram-classifier "
+                   "exp(z(log-odds) / (2 tau)), knn exp((cosine to the nearest target document - 1) / tau), "
+                   "knn+ngram exp((z(cosine) + z(n-gram log-ratio)) / (5 tau)) [default: 0.05].")
 @click.option("--within-repeats", type=click.Choice(WITHIN_REPEATS), default=None,
               help="importance: even (no document drawn more often than its cluster's quota needs, "
                    "ceil(quota / cluster size)) or weighted (the weights decide, up to the cap) [default: even].")

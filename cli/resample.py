@@ -45,16 +45,17 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
 @click.option("--max-repeat", type=int, default=None,
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
-                   "[default: 4 when documents are weighted inside clusters (--within knn, auto's usual "
-                   "pick, or a function), raised if the budget needs more; none with --within uniform].")
+                   "[default: 4 when documents are weighted inside clusters (--within other than uniform, auto's "
+                   "usual pick included), raised if the budget needs more; none with --within uniform].")
 @click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
                    "closeness to the nearest target document (knn), by that and their hashed n-gram log-ratio "
                    "(knn+ngram), by the odds of a logistic regression on hashed n-grams, target against pool "
-                   "(ngram-classifier: the purest and best measured at small budgets; both n-gram options hash "
-                   "the pool's text once per embedding and keep it, --ngram-cache), or by your "
-                   "function(target_vectors, vectors) -> positive weights [default: "
-                   "auto: knn for --method importance, uniform where a target is a saved histogram].")
+                   "(ngram-classifier: the purest and best measured; both n-gram options hash the pool's text once "
+                   "per embedding and keep it, --ngram-cache), or by your "
+                   "function(target_vectors, vectors) -> positive weights [default: auto: for --method "
+                   "importance, ngram-classifier when every target is a corpus, knn when one is its embed "
+                   "output (no text), uniform when one is a saved histogram].")
 @click.option("--within-temperature", type=float, default=None,
               help="--within knn: tau in exp((cosine to the nearest target document - 1) / tau); knn+ngram: "
                    "exp((z(cosine) + z(n-gram log-ratio)) / (5 tau)); ngram-classifier: exp(z(log-odds) / (2 tau)) "
@@ -70,7 +71,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--text-field", default=None, help="Text field of target corpora [default: text].")
 @click.option("--id-field", default=None, help="Id field of target corpora.")
 @click.option("--ngram-cache/--no-ngram-cache", default=True, show_default=True,
-              help="--method ngram and the --within n-gram options: keep the generic corpus's hashed n-grams in the user "
+              help="--method ngram and the --within n-gram options (auto's pick for a corpus target): keep the generic corpus's hashed n-grams in the user "
                    "cache (IMPSAMP_CACHE_DIR, else ~/.cache/impsamp; ~4 bytes per distinct n-gram of a document: "
                    "1.5x the bundled pool's embeddings, more for long documents), so later targets on the same "
                    "embeddings skip reading its text; the selection is the same either way.")
@@ -112,4 +113,6 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                + (f", {s['spilled_units']:,.0f} draws spilled over the repeat cap" if s.get("spilled_units") else "")
                + f") -> {out_dir}")
     click.echo(f"KL(target||generic) {s['kl_target_generic']:.3f} -> KL(target||selected) "
-               f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}")
+               f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}"
+               + (f"; documents inside the clusters: --within {s['within']}"
+                  if s.get("within") and (cfg.method, cfg.scheme) == ("importance", "match") else ""))

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("uniform", "importance", "importance-uniform", "ngram", "classifier")
 """Selectors; `importance` is `resample`'s default (the cluster histogram matched, documents inside each
-cluster's quota weighted by closeness to the target: `--within knn`), `importance-uniform` the seed
-paper's (documents drawn uniformly inside the quotas: `--within uniform`)."""
+cluster's quota weighted by a cross-fitted n-gram classifier's odds: `--within ngram-classifier`),
+`importance-uniform` the seed paper's (documents drawn uniformly inside the quotas: `--within uniform`)."""
 MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 
 
@@ -65,7 +65,8 @@ class CompareConfig:
     """Flat k-means clusters."""
     scheme: str = "match"
     within: str = "auto"
-    """`importance`'s `--within`: auto (knn for a corpus target), knn, knn+ngram, or a function."""
+    """`importance`'s `--within`: auto (ngram-classifier for a corpus target), knn, knn+ngram, ngram-classifier,
+    uniform, or a function."""
     within_temperature: float = 0.05
     within_repeats: str = "even"
     """`importance`'s `--within-temperature` and `--within-repeats` (`impsamp.resampling.within`)."""
@@ -127,7 +128,7 @@ class CompareConfig:
 
     def selection_config(self, method: str):
         """`resample`'s settings for one method's selection (`importance-uniform`: importance with
-        `--within uniform`; the other selections stay reusable whatever `importance`'s knn settings)."""
+        `--within uniform`; the other selections stay reusable whatever `importance`'s --within settings)."""
         from .resampling import ResampleConfig
 
         within = {"importance": {"within": self.within, "within_temperature": self.within_temperature,
@@ -256,7 +257,7 @@ def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bo
     for method in cfg.methods:
         rcfg = cfg.selection_config(method)
         path = out / "selections" / method
-        ran = rcfg.resolved(target_has_vectors=True).effective()  # as the manifest records it: targets are corpora
+        ran = rcfg.resolved(True, target_has_text=True).effective()  # as the manifest records it: targets are corpora
         if _reuse(path, "resample", {k: v for k, v in asdict(ran).items() if k != "weighting"},
                   {"clusters": clu.manifest.fingerprint}):
             selections[method] = Selection.load(path)

@@ -94,7 +94,9 @@ def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER
     xg, xt = ngram_classifier_features(generic_counts), ngram_classifier_features(target_counts)
     fold = np.random.default_rng(0).permutation(xg.shape[0]) % folds
     odds, models = np.zeros(xg.shape[0]), []
-    for f in range(folds):
+    if xg.shape[0] < 2:  # nothing to hold out against: every unit alike
+        return odds, models
+    for f in range(min(folds, xg.shape[0])):  # a pool smaller than `folds`: one unit per fold
         train = np.flatnonzero(fold != f)
         y = np.concatenate([np.zeros(len(train)), np.ones(xt.shape[0])])
         clf = linear.LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")

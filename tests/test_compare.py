@@ -57,9 +57,9 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
         assert methods[m]["target_domain_share"] > methods["uniform"]["target_domain_share"], m
     imp, paper = (json.loads((out / "selections" / m / "manifest.json").read_text())["config"]
                   for m in ("importance", "importance-uniform"))
-    # importance: the default `--within auto`, knn for a corpus target, with the flags' settings
+    # importance: the default `--within auto`, ngram-classifier for a corpus target, with the flags' settings
     assert (imp["within"], imp["within_temperature"], imp["within_repeats"], imp["max_repeat"]) == (
-        "knn", 0.1, "weighted", 3)
+        "ngram-classifier", 0.1, "weighted", 3)
     assert (paper["within"], paper["max_repeat"], paper["within_temperature"]) == ("uniform", 3, 0.05)
     trained = json.loads((out / "runs" / "importance" / "manifest.json").read_text())["config"]
     assert trained["dtype"] == "float32"  # --dtype reaches every run
@@ -157,11 +157,12 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
     cfg = CompareConfig(methods=("importance", "importance-uniform"), within_temperature=0.2)
     imp, paper = cfg.selection_config("importance"), cfg.selection_config("importance-uniform")
     assert (imp.method, imp.within, imp.within_temperature) == ("importance", "auto", 0.2)
-    assert imp.resolved(target_has_vectors=True).within == "knn"
+    assert imp.resolved(target_has_vectors=True, target_has_text=True).within == "ngram-classifier"
+    assert imp.resolved(target_has_vectors=True).within == "knn"  # a target's embed output: vectors, no text
     assert imp.resolved(target_has_vectors=False).within == "uniform"  # a saved histogram: no documents
     assert (paper.method, paper.within) == ("importance", "uniform")
-    assert cfg.selection_config("ngram").within == "auto" and cfg.selection_config("ngram").resolved(True).within \
-        == "uniform"  # the other methods never weigh inside clusters
+    assert cfg.selection_config("ngram").within == "auto" and cfg.selection_config("ngram").resolved(True, True) \
+        .within == "uniform"  # the other methods never weigh inside clusters
     hybrid = CompareConfig(within="knn+ngram")
     assert (hybrid.selection_config("importance").within, hybrid.selection_config("importance-uniform").within) \
         == ("knn+ngram", "uniform")  # --within is importance's; importance-uniform stays the paper's
@@ -170,4 +171,4 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
     with pytest.raises(ConfigError, match="--dtype must be one of"):
         CompareConfig(dtype="float16")
     crisp = CompareConfig(methods=("importance",), scheme="crisp").selection_config("importance")
-    assert crisp.resolved(True).within == "uniform"  # knn needs match's quotas
+    assert crisp.resolved(True, True).within == "uniform"  # weights inside clusters need match's quotas

@@ -141,10 +141,42 @@ def test_within_knn_same_bytes_cap_honoured_and_spill_recorded(stages, tmp_path)
     assert np.mean(topics[idx] == "bio") > 0.6
 
 
+def test_within_auto_picks_by_what_the_target_gives(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    t_emb = impsamp.embed(target, tmp_path / "t-emb", EmbedConfig(model="hashing:64"))
+    saved = impsamp.histogram(target, clu).save(tmp_path / "bio-hist.json")
+    cfg = ResampleConfig(docs=100, rows_per_shard=150)  # within auto
+    picked = {name: impsamp.resample(emb, clu, tmp_path / name, targets=targets, config=cfg).stats["within"]
+              for name, targets in (("corpus", [target]), ("embedded", [t_emb.path]),
+                                    ("mixed", [target, f"{t_emb.path}:0.5"]), ("saved", [saved]))}
+    # text and vectors: the n-gram classifier; vectors only: knn; a histogram: the seed paper's uniform draw
+    assert picked == {"corpus": "ngram-classifier", "embedded": "knn", "mixed": "knn", "saved": "uniform"}
+    explicit = impsamp.resample(emb, clu, tmp_path / "explicit", targets=[target],
+                                config=replace(cfg, within="ngram-classifier"))
+    data = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")}
+            for s in (Selection.load(tmp_path / "corpus"), explicit)]
+    assert data[0] == data[1] and data[0]  # auto is that choice, byte for byte
+    cards = {n: (tmp_path / n / "README.md").read_text() for n in ("corpus", "saved")}  # the card says how
+    assert "(`--within ngram-classifier`)" in cards["corpus"] and "equally likely" not in cards["corpus"]
+    assert "equally likely to be drawn" in cards["saved"]
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--out", tmp_path / "cli"])
+    assert r.exit_code == 0 and "documents inside the clusters: --within ngram-classifier" in r.output, r.output
+
+
+def test_within_auto_without_scikit_learn_weighs_by_knn_and_says_so(stages, tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    root, generic, target, topics, emb, clu = stages
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else find(name, *a))
+    sel = impsamp.resample(emb, clu, tmp_path / "s", targets=[target], config=ResampleConfig(docs=100))
+    assert sel.stats["within"] == "knn" and "scikit-learn is not installed" in caplog.text
+
+
 def test_within_knn_reads_a_target_embed_output_and_refuses_a_saved_histogram_in_one_line(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
     t_emb = impsamp.embed(target, tmp_path / "t-emb", EmbedConfig(model="hashing:64"))
-    cfg = ResampleConfig(docs=300, seed=1, rows_per_shard=150)  # within auto: knn for both
+    cfg = ResampleConfig(docs=300, seed=1, rows_per_shard=150, within="knn")
     a = impsamp.resample(emb, clu, tmp_path / "corpus", targets=[target], config=cfg)
     b = impsamp.resample(emb, clu, tmp_path / "embedded", targets=[t_emb.path], config=cfg)
     assert a.stats["within"] == b.stats["within"] == "knn"
@@ -156,11 +188,9 @@ def test_within_knn_reads_a_target_embed_output_and_refuses_a_saved_histogram_in
     clf = ResampleConfig(docs=300, method="classifier", rows_per_shard=150)
     assert impsamp.resample(emb, clu, tmp_path / "clf", targets=[t_emb.path], config=clf).stats["rows"] == 300
     saved = impsamp.histogram(target, clu).save(tmp_path / "bio-hist.json")
-    auto = impsamp.resample(emb, clu, tmp_path / "auto", targets=[saved], config=cfg)
-    assert auto.stats["within"] == "uniform"  # nothing to compare documents with: the seed paper's draw
     with pytest.raises(impsamp.ConfigError, match=r"--within knn needs the target's documents .*bio-hist.json is a "
                                                   r"saved histogram"):
-        impsamp.resample(emb, clu, tmp_path / "c", targets=[saved], config=replace(cfg, within="knn"))
+        impsamp.resample(emb, clu, tmp_path / "c", targets=[saved], config=cfg)
     r = _invoke(["resample", root / "emb", root / "clu", "--target", saved, "--docs", 50, "--within", "knn",
                  "--out", tmp_path / "cli"])
     assert r.exit_code != 0 and "saved histogram" in r.output and "Traceback" not in r.output
@@ -229,6 +259,39 @@ def test_ngram_classifier_odds_are_cross_fitted_and_rank_the_target_like_rows_fi
     x = ngram_classifier_features(ngram_matrix(generic))
     assert np.allclose(odds[fold == 2], models[2].decision_function(x[fold == 2]))
     assert not np.allclose(odds[fold == 2], models[0].decision_function(x[fold == 2]))
+
+
+def test_ngram_classifier_scores_the_units_not_fitted_on_by_the_fold_models_mean(stages, tmp_path, monkeypatch):
+    import impsamp.resampling.methods as methods
+    import impsamp.resampling.stage as stage
+    import impsamp.selectors as selectors
+
+    root, generic, target, topics, emb, clu = stages
+    monkeypatch.setattr(methods, "CLASSIFIER_ROWS", 400)
+    seen = {}
+    fit_odds, weights = selectors.ngram_classifier_odds, stage.classifier_log_weights
+    monkeypatch.setattr(selectors, "ngram_classifier_odds", lambda g, t: seen.setdefault("fit", fit_odds(g, t)))
+    monkeypatch.setattr(stage, "classifier_log_weights", lambda o, tau: seen.setdefault("odds", o) and weights(o, tau))
+    impsamp.resample(emb, clu, tmp_path / "s", targets=[target],
+                     config=ResampleConfig(docs=100, within="ngram-classifier", seed=2))
+    odds, models = np.concatenate(seen["odds"]), seen["fit"][1]
+    texts = [json.loads(line)["text"] for line in generic.read_text().splitlines()]  # units: the documents, in order
+    x = selectors.ngram_classifier_features(selectors.ngram_matrix(texts))
+    fitted = np.random.default_rng([2, 23]).choice(len(texts), 400, replace=False)
+    rest = np.setdiff1d(np.arange(len(texts)), fitted)
+    assert odds.shape == (900,) and len(rest) == 500
+    assert np.allclose(odds[rest], np.mean([m.decision_function(x[rest]) for m in models], axis=0))
+    assert np.array_equal(np.sort(odds[fitted]), np.sort(seen["fit"][0]))  # the fitted units: their cross-fitted odds
+
+
+def test_ngram_classifier_odds_on_a_pool_smaller_than_the_folds():
+    from impsamp.selectors import ngram_classifier_odds, ngram_matrix
+
+    target = ngram_matrix(["cells and proteins", "genes in cells"])
+    odds, models = ngram_classifier_odds(ngram_matrix(["cells of the body", "stock prices fell", "a football match"]),
+                                         target)
+    assert odds.shape == (3,) and np.isfinite(odds).all() and len(models) == 3  # one unit held out per fit
+    assert ngram_classifier_odds(ngram_matrix(["one unit"]), target)[0].tolist() == [0.0]
 
 
 @pytest.mark.parametrize("cfg", [ResampleConfig(docs=200, method="ngram", rows_per_shard=150),

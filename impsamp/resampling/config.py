@@ -12,7 +12,8 @@ SCHEMES = ("match", "crisp", "topk")
 WITHIN = ("auto", "uniform", "knn", "knn+ngram", "ngram-classifier")
 WITHIN_REPEATS = ("even", "weighted")
 KNN_MAX_REPEAT = 4
-"""`--within knn`'s repeat cap when `--max-repeat` is not given: about 4 epochs of a document train
+"""The repeat cap of a weighted `--within` (knn, knn+ngram, ngram-classifier, a function) when
+`--max-repeat` is not given: about 4 epochs of a document train
 nearly as well as fresh text (data-constrained scaling), and the cap keeps the closest documents from
 taking a whole cluster's quota."""
 METHODS = ("importance", "uniform", "ngram", "classifier")
@@ -65,14 +66,16 @@ class ResampleConfig:
     """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
     (weighted by closeness to the nearest target document), `knn+ngram` (that closeness and the hashed
     n-gram log-ratio of the document, standardised and summed), `ngram-classifier` (the cross-fitted
-    log-odds of a logistic regression on hashed n-grams, target against pool), `package.module:function` (your document
-    weights; `impsamp.resampling.within`), or `auto`: knn for `importance` with `match` when the target's
-    vectors are at hand (a corpus or its `embed` output, not a saved histogram), else uniform (`resolved`). knn with
-    `within_repeats = even` measured 1-3% lower macro perplexity than uniform on the paper table at
-    200,000 and 40,000 tokens (BENCHMARKS.md `paper`)."""
+    log-odds of a logistic regression on hashed n-grams, target against pool), `package.module:function`
+    (your document weights; `impsamp.resampling.within`), or `auto` (`resolved`): for `importance` with
+    `match`, ngram-classifier when every target is an in-domain corpus, knn when one is given as its
+    `embed` output (vectors, no text), uniform when one is a saved histogram; uniform for the other
+    methods and schemes. On the paper table ngram-classifier measured lower macro perplexity than knn at
+    40,000 and 200,000 tokens, and knn lower than uniform (BENCHMARKS.md `paper`)."""
     within_temperature: float = 0.05
-    """`--within knn`: tau in w = exp((cosine to the nearest target document - 1) / tau); `knn+ngram`:
-    w = exp((z(cosine) + z(n-gram log-ratio)) / (5 tau))."""
+    """tau of the weights inside the clusters: `ngram-classifier` w = exp(z(log-odds) / (2 tau)); `knn`
+    w = exp((cosine to the nearest target document - 1) / tau); `knn+ngram` w = exp((z(cosine) + z(n-gram
+    log-ratio)) / (5 tau))."""
     within_repeats: str = "even"
     """`--within` other than uniform: `even` (no document repeated past the fewest repeats that hold its
     cluster's quota: the weights choose which documents) or `weighted` (the weights alone decide how
@@ -117,13 +120,15 @@ class ResampleConfig:
         """This config as it runs: `uniform`, `ngram` and `classifier` draw without replacement (`topk`)."""
         return self if self.method == "importance" else replace(self, scheme="topk")
 
-    def resolved(self, target_has_vectors: bool) -> ResampleConfig:
-        """`within = "auto"` made concrete: `knn` for `importance` with `match` when the target's vectors
-        are at hand (no target part a saved histogram), else `uniform`."""
+    def resolved(self, target_has_vectors: bool, target_has_text: bool = False) -> ResampleConfig:
+        """`within = "auto"` made concrete for `importance` with `match`: `ngram-classifier` when every
+        target is an in-domain corpus (its text and vectors at hand), `knn` when a target is given as its
+        `embed` output (vectors, no text), `uniform` when one is a saved histogram; `uniform` otherwise."""
         if self.within != "auto":
             return self
-        knn = self.method == "importance" and self.scheme == "match" and target_has_vectors
-        return replace(self, within="knn" if knn else "uniform")
+        if self.method != "importance" or self.scheme != "match" or not target_has_vectors:
+            return replace(self, within="uniform")
+        return replace(self, within="ngram-classifier" if target_has_text else "knn")
 
     @property
     def budget(self) -> tuple[str, int]:

@@ -1,8 +1,9 @@
 """The generic corpus's hashed n-gram features, computed once per embedding and kept for every later target.
 
-`--method ngram` and `--within knn+ngram` need, per target, the generic corpus's total n-gram counts and
-each unit's dot product with the target's log-ratio. Hashing the text is what costs (~160 us a document
-on one core); the features themselves do not depend on the target. The first target that needs them
+`--method ngram`, `--within knn+ngram` and `--within ngram-classifier` (the default for a corpus
+target) need, per target, every generic unit's hashed n-grams: the corpus's total counts and each unit's
+dot product with the target's log-ratio, or the classifier's features. Hashing the text is what costs
+(~160 us a document on one core); the features themselves do not depend on the target. The first target that needs them
 hashes each shard's units once and writes that shard's sparse count matrix to impsamp's user cache:
 
     <cache_dir>/ngram/<key>/<shard>.npz     indptr (int64), indices (uint16), data (uint16 counts),

@@ -40,7 +40,7 @@ class Plan:
     topk_threshold: float | None = None
     keys: list[np.ndarray] | None = None  # per shard, per unit: Gumbel keys (topk), computed once
     doc_log_w: list[np.ndarray] | None = None  # per shard, per unit: a document-level selector's log-weights
-    repeats: list[np.ndarray] | None = None  # per shard, per unit: repeats fixed in the plan (`--within knn`)
+    repeats: list[np.ndarray] | None = None  # per shard, per unit: repeats fixed in the plan (`--within` weights)
     spilled: np.ndarray | None = None  # (k,) expected draws each cluster passed to its neighbours (repeat cap)
     max_repeat: float | None = None  # the repeat cap the plan kept (None: no cap)
 
@@ -60,8 +60,8 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
 
     `shard_sizes` gives each unit's size in the budget's unit (`cfg.budget`). `doc_log_w` gives
     document-level log-weights (ngram, classifier); by default a unit's log-weight is its cluster's.
-    `within_log_w` (`--within knn`) weighs the units inside each cluster's `match` quota (`within = auto`
-    resolves as `ResampleConfig.resolved` does: knn when they are given); `centroids`
+    `within_log_w` (`--within` other than uniform) weighs the units inside each cluster's `match` quota
+    (`within = auto` counts as weighted when they are given); `centroids`
     (leaf clusters') say where a cluster's draws over the repeat cap spill (`within.spill`).
     """
     cfg = cfg.resolved(target_has_vectors=within_log_w is not None)

@@ -107,6 +107,26 @@ def _yaml(v: Any) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
+def _within_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
+    """The card's sentences on how documents were picked inside the clusters."""
+    within = stats.get("within", "uniform")
+    if cfg.method == "uniform":
+        return "This is a uniform random sample of the generic corpus: nothing in it was matched to a target."
+    if cfg.method in ("ngram", "classifier"):
+        return (f"Each document was scored on its own (`--method {cfg.method}`), so the selection follows what "
+                "that score separates, not the target's cluster histogram.")
+    if cfg.method != "importance" or cfg.scheme != "match" or within == "uniform":
+        return ("The budget is shared out between clusters, not documents: inside a cluster every document is "
+                "equally likely to be drawn, whether or not it resembles the target.")
+    how = {"knn": "the closeness of its embedding to the nearest target document",
+           "knn+ngram": "its closeness to the nearest target document and its hashed n-gram log-ratio",
+           "ngram-classifier": "its odds under a logistic regression on hashed n-grams, the target sample "
+                               "against this corpus"}.get(within, f"the function {within}")
+    return (f"The budget is shared out between clusters; inside a cluster's quota each document was weighted by "
+            f"{how} (`--within {within}`), which ranks documents only as well as that score separates the target "
+            "from its neighbours.")
+
+
 def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, inputs: Inputs, plan: Plan,
                 command: str | None, fingerprint_key: str) -> str:
     """The selection's README.md data card, filled from the template in `data_cards/TEMPLATE.md`."""
@@ -145,6 +165,7 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
         "command": command or "impsamp.resample(...)",
         "config": json.dumps(asdict(cfg), indent=2, sort_keys=True),
         "diagnostics_table": "\n".join(diag), "top_clusters": "\n".join(lines),
+        "within_how": _within_how(cfg, stats),
     }
     return template.format(**values)
 

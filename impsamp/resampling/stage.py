@@ -31,7 +31,7 @@ from .budget import UnitSizes
 from .config import SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, ngram_classifier_unit_log_odds, ngram_unit_log_weights,
-                      parse_target, target_corpus)
+                      parse_target, target_corpus, targets_have_text)
 from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
@@ -135,7 +135,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
                           "(--engine ray spreads its shards over a Ray cluster)")
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
-    cfg = cfg.resolved(target.vectors is not None)  # `--within auto`: knn unless a target is a saved histogram
+    # `--within auto`: ngram-classifier for corpus targets, knn for `embed` outputs, uniform for histograms
+    cfg = cfg.resolved(target.vectors is not None, targets_have_text(targets) and _have_sklearn(cfg))
     _check_target_kinds(cfg, targets, target)  # before anything is written
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
     within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache)
@@ -196,6 +197,19 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
         return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
                                      cfg.within_temperature)
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
+
+
+def _have_sklearn(cfg: ResampleConfig) -> bool:
+    """Whether `--within auto` can use the n-gram classifier (scikit-learn, the `select` extra); without
+    it auto falls back to knn, and says so once."""
+    import importlib.util
+
+    if cfg.within != "auto" or (cfg.method, cfg.scheme) != ("importance", "match") or \
+            importlib.util.find_spec("sklearn") is not None:
+        return True
+    logger.warning("--within auto: scikit-learn is not installed (pip install 'impsamp[select]'), so documents "
+                   "are weighted by --within knn instead of ngram-classifier")
+    return False
 
 
 def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Target) -> None:

@@ -3,26 +3,27 @@
 `match` fixes how many draws each cluster gets from the target's histogram: that outer budget is what
 makes clustered importance sampling robust, and it stays. Inside a cluster:
 
-- `--within uniform` (the seed paper): every document of the cluster equally likely;
-- `--within knn` (what the default `auto` picks unless the target is a saved histogram): document i weighted by
-  its closeness to the target, w_i = exp((s_i - 1) / tau), with
+- `--within uniform` (the seed paper): every document of the cluster equally likely; what `auto` picks
+  when a target is a saved histogram (no documents to weigh);
+- `--within knn`: document i weighted by its closeness to the target, w_i = exp((s_i - 1) / tau), with
   s_i the cosine similarity of its vector to the nearest target document's (exact search, faiss) and
-  tau = `--within-temperature` (smaller: sharper; tau -> infinity is `uniform`);
+  tau = `--within-temperature` (smaller: sharper; tau -> infinity is `uniform`); what `auto` picks when
+  a target is given as its `embed` output (vectors, no text);
 - `--within knn+ngram`: that closeness and the unit's DSIR-style hashed n-gram log-ratio (target against
   pool, `impsamp.selectors`), each standardised over the pool's units, summed and divided by 5 tau: the
   embedding says what a document is about, the n-grams how it is written. Measured 1.2% lower
   macro perplexity than `knn` at 40,000 tokens and level at 200,000 (three seeds each, BENCHMARKS.md
-  `paper`); it needs every unit's hashed n-grams, like `--method ngram` (hashed once per embedding and
-  kept: `ngram_features`), so it is an option, not `auto`'s pick;
-- `--within ngram-classifier`: the log-odds of a logistic regression on the units' hashed n-grams (log(1 +
-  count), rows L2-normalised), the target's documents against the pool's units, cross-fitted in 5 folds
-  (no unit scored by a model fitted on it; at most 20,000 units fitted on, a seeded sample of a larger
-  pool), standardised over the pool and divided by 2 tau. Where the embedding cannot tell two domains
-  apart inside a shared cluster, the classifier learns the n-grams that do: at 40,000 tokens it put
-  94.9% of the selected tokens on the target domain against 89.8% for `knn` and 92.9% for `knn+ngram`
-  (three seeds, BENCHMARKS.md `within_purity`) and measured 1.7% lower macro perplexity than `knn`
-  (0.973, 0.982, 0.995; `paper`), 1.2% lower at 200,000 (two seeds). It reads the same kept n-grams as
-  `knn+ngram`, plus five fits per target; an option, not `auto`'s pick (yet: BENCHMARKS.md `paper`);
+  `paper`);
+- `--within ngram-classifier` (what `auto` picks when every target is an in-domain corpus): the log-odds
+  of a logistic regression on the units' hashed n-grams (log(1 + count), rows L2-normalised), the
+  target's documents against the pool's units, cross-fitted in 5 folds (no unit scored by a model fitted
+  on it; at most 5,000 units fitted on, a seeded sample of a larger pool), standardised over the pool
+  and divided by 2 tau. Where the embedding cannot tell two domains apart inside a shared cluster, the
+  classifier learns the n-grams that do: at 40,000 tokens it put 94.9% of the selected tokens on the
+  target domain against 89.8% for `knn` and 92.9% for `knn+ngram` (three seeds, BENCHMARKS.md
+  `within_purity`), and it measured 1.7% lower macro perplexity than `knn` at both 40,000 and 200,000
+  tokens (three seeds each; `paper`). Both n-gram options need every unit's hashed n-grams, like
+  `--method ngram`: hashed once per embedding and kept (`ngram_features`);
 - `--within package.module:function`: your own document weights, `function(target_vectors (m, d),
   vectors (n, d)) -> (n,)` positive finite numbers for one input shard's units (checked; relative
   inside each cluster: the cluster's quota is drawn whatever their scale).
