@@ -284,6 +284,26 @@ def test_ngram_classifier_scores_the_units_not_fitted_on_by_the_fold_models_mean
     assert np.array_equal(np.sort(odds[fitted]), np.sort(seen["fit"][0]))  # the fitted units: their cross-fitted odds
 
 
+def test_the_first_target_hashes_a_large_pool_in_processes_with_the_same_bytes(stages, tmp_path, monkeypatch):
+    import impsamp.hardware
+    import impsamp.resampling.methods as methods
+    import impsamp.scale
+
+    root, generic, target, topics, emb, clu = stages
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(methods, "PARALLEL_HASH_UNITS", 500)  # the fixture's 900 units in 5 shards
+    monkeypatch.setattr(impsamp.hardware, "cpu_count", lambda: 2)
+    calls, run_tasks = [], impsamp.scale.run_tasks
+    monkeypatch.setattr(impsamp.scale, "run_tasks", lambda *a, **k: calls.append(k.get("processes")) or run_tasks(*a, **k))
+    cfg = ResampleConfig(docs=200, within="ngram-classifier", rows_per_shard=150)
+    first = impsamp.resample(emb, clu, tmp_path / "first", targets=[target], config=cfg)
+    assert calls == [2] and len(list((tmp_path / "cache" / "ngram").glob("*/*.npz"))) == len(emb.shard_names)
+    plain = impsamp.resample(emb, clu, tmp_path / "plain", targets=[target], config=cfg, ngram_cache=False)
+    later = impsamp.resample(emb, clu, tmp_path / "later", targets=[target], config=cfg)
+    hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (first, plain, later)]
+    assert hashes[0] == hashes[1] == hashes[2] and calls == [2]  # the later target found every shard kept
+
+
 def test_ngram_classifier_odds_on_a_pool_smaller_than_the_folds():
     from impsamp.selectors import ngram_classifier_odds, ngram_matrix
 

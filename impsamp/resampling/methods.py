@@ -63,6 +63,40 @@ of its 4,800 units put as much of the selection on the target domain as a fit on
 on a 48,000-document pool cost 14.0 s instead of 10.5 s."""
 
 
+PARALLEL_HASH_UNITS = 50_000
+"""The first target on an embedding: when the shards whose n-grams are not kept yet hold at least this
+many units (two shards or more), they are hashed in one spawned process per core (each costs ~2 s to
+start; hashing costs ~200 us a unit on one core) and kept, before the weights read them."""
+
+
+def _shard_texts(inputs: Inputs, name: str) -> list[str]:
+    table = inputs.tables[name]
+    return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
+                      inputs.windowed).to_pylist()
+
+
+def _hash_shard(corpus, corpus_shard, table, windowed: bool):
+    """A task: one shard's units' hashed n-gram counts (CSR)."""
+    from ..selectors import ngram_matrix
+
+    return ngram_matrix(unit_texts(corpus, corpus_shard, table, np.arange(table.num_rows), windowed).to_pylist())
+
+
+def _hash_missing_in_parallel(inputs: Inputs, folder: Path) -> None:
+    """Hash the shards the cache lacks in `cpu_count()` processes and keep them (large pools only)."""
+    from ..hardware import cpu_count
+    from ..scale import LOCAL, Shared, run_tasks
+    from .ngram_features import keep, missing
+
+    todo = missing(folder, inputs.names)
+    units = sum(len(inputs.tables.column(n, "row")) for n in todo)
+    if len(todo) < 2 or units < PARALLEL_HASH_UNITS or cpu_count() < 2:
+        return
+    tasks = [(n, (Shared("corpus"), inputs.corpus_shards[n], inputs.tables[n], inputs.windowed)) for n in todo]
+    run_tasks(LOCAL, _hash_shard, tasks, lambda n, x: keep(folder, n, x), shared={"corpus": inputs.corpus},
+              processes=cpu_count())
+
+
 def _unit_ngrams(inputs: Inputs, cache: bool):
     """(texts(name), matrix(name)): a shard's unit texts, and its units' hashed n-gram counts (CSR),
     read from the user cache (hashed once per embedding and kept) or, with `cache` False, hashed now."""
@@ -70,13 +104,12 @@ def _unit_ngrams(inputs: Inputs, cache: bool):
     from .ngram_features import features_folder, shard_features
 
     def texts(name: str) -> list[str]:
-        table = inputs.tables[name]
-        return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
-                          inputs.windowed).to_pylist()
+        return _shard_texts(inputs, name)
 
     if not cache:
         return texts, lambda name: ngram_matrix(texts(name))
     folder = features_folder(inputs.emb.manifest)
+    _hash_missing_in_parallel(inputs, folder)
     return texts, lambda name: shard_features(folder, name, len(inputs.tables.column(name, "row")),
                                               lambda: texts(name))
 

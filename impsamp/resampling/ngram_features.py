@@ -75,18 +75,28 @@ def shard_features(folder: Path, name: str, n_units: int, texts: Callable[[], li
     or hashed from `texts()` and written there."""
     from ..selectors import ngram_matrix
 
-    path = folder / f"{name}.npz"
-    x = _read(path, n_units)
+    x = _read(folder / f"{name}.npz", n_units)
     if x is None:
         x = ngram_matrix(texts())
-        try:
-            _write(path, x)
-        except OSError as e:  # a full or read-only cache: the selection does not need it
-            if folder not in _WARNED:
-                _WARNED.add(folder)
-                logger.warning("could not keep the n-gram features in %s (%s): later targets will read the text "
-                               "again; --no-ngram-cache skips keeping them", folder, e)
+        keep(folder, name, x)
     return x
+
+
+def keep(folder: Path, name: str, x) -> None:
+    """Write one shard's matrix to the cache (whole files only); a cache that cannot be written is skipped
+    with one warning."""
+    try:
+        _write(folder / f"{name}.npz", x)
+    except OSError as e:  # a full or read-only cache: the selection does not need it
+        if folder not in _WARNED:
+            _WARNED.add(folder)
+            logger.warning("could not keep the n-gram features in %s (%s): later targets will read the text "
+                           "again; --no-ngram-cache skips keeping them", folder, e)
+
+
+def missing(folder: Path, names: list[str]) -> list[str]:
+    """The shards with no kept features yet (a damaged file is found, and redone, when it is read)."""
+    return [n for n in names if not (folder / f"{n}.npz").exists()]
 
 
 def shard_totals(folder: Path, name: str, n_units: int, texts: Callable[[], list[str]]) -> np.ndarray:
