@@ -231,6 +231,8 @@ def test_within_ngram_classifier_same_bytes_purer_than_knn_and_a_large_pool_samp
     monkeypatch.setattr(methods, "CLASSIFIER_ROWS", 400)
     c, d = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("c", "d"))
     assert c.manifest.inputs["within_fingerprint"] == d.manifest.inputs["within_fingerprint"]
+    unkept = impsamp.resample(emb, clu, tmp_path / "unkept", targets=[target], config=cfg, ngram_cache=False)
+    assert unkept.manifest.inputs["within_fingerprint"] == c.manifest.inputs["within_fingerprint"]  # fit rows hashed alone
     assert c.manifest.inputs["within_fingerprint"] != a.manifest.inputs["within_fingerprint"]
     assert np.mean(_topics_of(c, topics) == "bio") > 0.6
     with pytest.raises(impsamp.ConfigError, match="--within ngram-classifier needs the target's text"):

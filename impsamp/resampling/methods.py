@@ -33,9 +33,9 @@ def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
 
 def _textless(spec: str | Path) -> bool:
     """A target given as a stage output (its `embed` run) or a saved histogram: no text to hash."""
-    from ..histograms import is_histogram_file
+    from ..histograms import is_embed_output, is_histogram_file
 
-    return (Path(spec).is_dir() and (Path(spec) / "manifest.json").exists()) or is_histogram_file(spec)
+    return is_embed_output(spec) or is_histogram_file(spec)
 
 
 def targets_have_text(targets: Sequence[Any]) -> bool:
@@ -69,17 +69,12 @@ many units (two shards or more), they are hashed in one spawned process per core
 start; hashing costs ~200 us a unit on one core) and kept, before the weights read them."""
 
 
-def _shard_texts(inputs: Inputs, name: str) -> list[str]:
-    table = inputs.tables[name]
-    return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
-                      inputs.windowed).to_pylist()
-
-
-def _hash_shard(corpus, corpus_shard, table, windowed: bool):
-    """A task: one shard's units' hashed n-gram counts (CSR)."""
+def _hash_shard(corpus, corpus_shard, table, windowed: bool, rows: np.ndarray | None = None):
+    """One shard's units' (or the given rows') hashed n-gram counts (CSR); also a process task."""
     from ..selectors import ngram_matrix
 
-    return ngram_matrix(unit_texts(corpus, corpus_shard, table, np.arange(table.num_rows), windowed).to_pylist())
+    rows = np.arange(table.num_rows) if rows is None else rows
+    return ngram_matrix(unit_texts(corpus, corpus_shard, table, rows, windowed).to_pylist())
 
 
 def _hash_missing_in_parallel(inputs: Inputs, folder: Path) -> None:
@@ -98,20 +93,27 @@ def _hash_missing_in_parallel(inputs: Inputs, folder: Path) -> None:
 
 
 def _unit_ngrams(inputs: Inputs, cache: bool):
-    """(texts(name), matrix(name)): a shard's unit texts, and its units' hashed n-gram counts (CSR),
-    read from the user cache (hashed once per embedding and kept) or, with `cache` False, hashed now."""
-    from ..selectors import ngram_matrix
+    """(texts(name), matrix(name, rows=None)): a shard's unit texts, and its units' (or the given rows')
+    hashed n-gram counts (CSR), read from the user cache (hashed once per embedding and kept) or, with
+    `cache` False, hashed now (only the rows asked for)."""
     from .ngram_features import features_folder, shard_features
 
     def texts(name: str) -> list[str]:
-        return _shard_texts(inputs, name)
+        table = inputs.tables[name]
+        return unit_texts(inputs.corpus, inputs.corpus_shards[name], table, np.arange(table.num_rows),
+                          inputs.windowed).to_pylist()
 
     if not cache:
-        return texts, lambda name: ngram_matrix(texts(name))
+        return texts, lambda name, rows=None: _hash_shard(inputs.corpus, inputs.corpus_shards[name],
+                                                          inputs.tables[name], inputs.windowed, rows)
     folder = features_folder(inputs.emb.manifest)
     _hash_missing_in_parallel(inputs, folder)
-    return texts, lambda name: shard_features(folder, name, len(inputs.tables.column(name, "row")),
-                                              lambda: texts(name))
+
+    def matrix(name: str, rows: np.ndarray | None = None):
+        x = shard_features(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
+        return x if rows is None else x[rows]
+
+    return texts, matrix
 
 
 def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs, progress, cache: bool = True
@@ -135,7 +137,7 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
     bar = progress_bar(progress, "ngram classifier", "shard", total=2 * len(names))
     parts = []
     for name, lo, hi in zip(names, starts[:-1], starts[1:]):
-        parts.append(matrix(name)[fit[(fit >= lo) & (fit < hi)] - lo])
+        parts.append(matrix(name, fit[(fit >= lo) & (fit < hi)] - lo))  # without the cache: only these rows hashed
         bar.update(1)
     fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target)
     if len(fit) < n:  # the units not fitted on are scored by the fold models' mean: one linear model
