@@ -321,6 +321,7 @@ def worker_impsamp(a: argparse.Namespace) -> dict:
     import impsamp.resampling.stage as stage_mod
     from impsamp.embedding import embed_texts
     from impsamp.resampling import ResampleConfig
+    from impsamp.scale import Execution
 
     # time the target's embedding inside the call (imports, model load, forward passes): a wrapper
     # around `embed_like` where the resampler and `histogram` look it up; the library is not changed
@@ -339,7 +340,8 @@ def worker_impsamp(a: argparse.Namespace) -> dict:
                          **({"within": a.within} if a.method == "importance" and a.scheme == "match" else {}))
     rss0 = maxrss_mib()
     t0 = time.perf_counter()
-    sel = impsamp.resample(a.emb, a.clu, a.out, targets=[a.target], config=cfg, overwrite=True)
+    sel = impsamp.resample(a.emb, a.clu, a.out, targets=[a.target], config=cfg, overwrite=True,
+                           execution=Execution(engine=a.engine))  # ray: a local Ray, started in the call
     wall = time.perf_counter() - t0
     ru = resource.getrusage(resource.RUSAGE_SELF)
     out_bytes = sum(f.stat().st_size for f in Path(a.out).rglob("*") if f.is_file())
@@ -805,6 +807,7 @@ def main() -> None:
                    help="resample --within for the throughput runs [default: uniform: the draw itself, what the "
                         "recorded figures measured; auto would hash the whole corpus's n-grams on a cold cache]")
     p.add_argument("--num-proc", type=int, default=2, help=argparse.SUPPRESS)
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help=argparse.SUPPRESS)
     p.add_argument("--min-len", type=int, default=100, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:

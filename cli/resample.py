@@ -94,7 +94,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
     Example:
       impsamp resample runs/emb runs/clusters --target law_sample.jsonl --out runs/law --tokens 50000000
 
-    --engine ray runs the per-shard passes as Ray tasks (same bytes). Slurm-array slices
+    --engine ray runs the per-shard passes as Ray tasks, and the hashing of the shards' n-grams
+    that the first target on an embedding does (same bytes). Slurm-array slices
     (--num-shards/--shard-index) are refused: the output is one global shuffle of every input shard.
     """
     ex = execution(engine, ray_address, num_shards, shard_index)

@@ -322,6 +322,17 @@ def ray_session(execution: Execution) -> Iterator[Any]:
             ray.shutdown()
 
 
+@contextlib.contextmanager
+def engine_session(execution: Execution) -> Iterator[None]:
+    """Around a stage's several passes: with Ray, one session (connected, or a local Ray started once
+    and stopped at the end) that every `run_tasks` call inside reuses; nothing for the other engines."""
+    if execution.engine != "ray":
+        yield
+        return
+    with ray_session(execution):
+        yield
+
+
 def _crash_once(marker: str | None) -> None:
     """Test-only (TEST_CRASH_ENV): the first task to get here kills its own worker process."""
     if marker:
@@ -456,4 +467,4 @@ def _get(ray: Any, ref: Any, key: Any) -> Any:
 
 
 __all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "run_tasks",
-           "ray_session", "run_ray"]
+           "ray_session", "engine_session", "run_ray"]

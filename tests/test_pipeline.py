@@ -296,7 +296,7 @@ def test_the_first_target_hashes_a_large_pool_in_processes_with_the_same_bytes(s
     monkeypatch.setattr(methods, "PARALLEL_HASH_UNITS", 500)  # the fixture's 900 units in 5 shards
     monkeypatch.setattr(impsamp.hardware, "cpu_count", lambda: 2)
     calls, run_tasks = [], impsamp.scale.run_tasks
-    monkeypatch.setattr(impsamp.scale, "run_tasks", lambda *a, **k: calls.append(k.get("processes")) or run_tasks(*a, **k))
+    monkeypatch.setattr(methods, "run_tasks", lambda *a, **k: calls.append(k.get("processes")) or run_tasks(*a, **k))
     cfg = ResampleConfig(docs=200, within="ngram-classifier", rows_per_shard=150)
     first = impsamp.resample(emb, clu, tmp_path / "first", targets=[target], config=cfg)
     assert calls == [2] and len(list((tmp_path / "cache" / "ngram").glob("*/*.npz"))) == len(emb.shard_names)

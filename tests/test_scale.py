@@ -92,6 +92,55 @@ def test_ray_engine_writes_the_same_bytes_as_the_local_engine(ray_cluster, data,
     assert ray_cluster.is_initialized()  # a Ray we did not start is left running
 
 
+def test_the_first_ngram_target_hashes_the_shards_as_ray_tasks(ray_cluster, data, local, tmp_path, monkeypatch):
+    import impsamp.scale
+
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))  # nothing kept yet
+    calls, run_ray = [], impsamp.scale.run_ray
+    monkeypatch.setattr(impsamp.scale, "run_ray", lambda ex, fn, tasks, *a, **k:
+                        calls.append((fn.__name__, len(tasks))) or run_ray(ex, fn, tasks, *a, **k))
+    sel = impsamp.resample(local["emb"], local["clu"], tmp_path / "sel", targets=[data / "target.parquet"],
+                           config=RESAMPLE, command="x", execution=RAY)
+    assert sel.manifest.config["within"] == "ngram-classifier"  # the default for a corpus target
+    assert calls[0] == ("_hash_shard", 8)  # however small the pool: every shard the cache lacked, on Ray
+    assert len(list((tmp_path / "cache" / "ngram").glob("*/*.npz"))) == 8
+    assert_same(tmp_path / "sel", local["sel"])
+    calls.clear()
+    impsamp.resample(local["emb"], local["clu"], tmp_path / "again", targets=[data / "target.parquet"],
+                     config=RESAMPLE, command="x", execution=RAY)
+    assert [name for name, _ in calls] == ["_route_shard", "_gather_shard"]  # the next target reads the cache
+
+
+def test_a_stage_session_starts_ray_once_for_all_its_passes(monkeypatch):
+    import impsamp.scale
+
+    class FakeRay:  # stands in for the ray module: counts the starts and stops
+        def __init__(self):
+            self.up, self.events = False, []
+
+        def is_initialized(self):
+            return self.up
+
+        def init(self, **kwargs):
+            self.up = True
+            self.events.append("init")
+
+        def shutdown(self):
+            self.up = False
+            self.events.append("shutdown")
+
+    fake = FakeRay()
+    monkeypatch.setattr(impsamp.scale, "_ray", lambda: fake)
+    with impsamp.scale.engine_session(RAY):
+        for _ in range(3):  # the passes
+            with impsamp.scale.ray_session(RAY):
+                assert fake.up
+    assert fake.events == ["init", "shutdown"]
+    with impsamp.scale.engine_session(LOCAL):
+        pass
+    assert fake.events == ["init", "shutdown"]  # the local engine does not touch Ray
+
+
 def test_a_ray_worker_killed_mid_stage_is_retried_and_the_output_is_the_same(ray_cluster, data, local,
                                                                               tmp_path, monkeypatch):
     marker = tmp_path / "crashed"

@@ -13,6 +13,7 @@ from .._deps import require
 from ..errors import ConfigError
 from ..manifest import StageRun
 from ..progress import progress_bar
+from ..scale import LOCAL, Execution, Shared, run_tasks
 from .config import ResampleConfig
 from .inputs import Inputs
 from .writing import unit_texts
@@ -66,7 +67,8 @@ on a 48,000-document pool cost 14.0 s instead of 10.5 s."""
 PARALLEL_HASH_UNITS = 50_000
 """The first target on an embedding: when the shards whose n-grams are not kept yet hold at least this
 many units (two shards or more), they are hashed in one spawned process per core (each costs ~2 s to
-start; hashing costs ~200 us a unit on one core) and kept, before the weights read them."""
+start; hashing costs ~200 us a unit on one core) and kept, before the weights read them. With `--engine
+ray` they are Ray tasks whatever their number, spread over the cluster like the stage's other passes."""
 
 
 def _hash_shard(corpus, corpus_shard, table, windowed: bool, rows: np.ndarray | None = None):
@@ -77,25 +79,32 @@ def _hash_shard(corpus, corpus_shard, table, windowed: bool, rows: np.ndarray | 
     return ngram_matrix(unit_texts(corpus, corpus_shard, table, rows, windowed).to_pylist())
 
 
-def _hash_missing_in_parallel(inputs: Inputs, folder: Path) -> None:
-    """Hash the shards the cache lacks in `cpu_count()` processes and keep them (large pools only)."""
+def _hash_missing_in_parallel(inputs: Inputs, folder: Path, execution: Execution, progress: bool) -> None:
+    """Hash the shards the cache lacks as Ray tasks (`--engine ray`), or here in `cpu_count()` processes
+    (large pools only), and keep them; the driver writes every cache file."""
     from ..hardware import cpu_count
-    from ..scale import LOCAL, Shared, run_tasks
     from .ngram_features import keep, missing
 
     todo = missing(folder, inputs.names)
     units = sum(len(inputs.tables.column(n, "row")) for n in todo)
-    if len(todo) < 2 or units < PARALLEL_HASH_UNITS or cpu_count() < 2:
+    on_ray = execution.engine == "ray"
+    if not todo or (not on_ray and (len(todo) < 2 or units < PARALLEL_HASH_UNITS or cpu_count() < 2)):
         return
     tasks = [(n, (Shared("corpus"), inputs.corpus_shards[n], inputs.tables[n], inputs.windowed)) for n in todo]
-    run_tasks(LOCAL, _hash_shard, tasks, lambda n, x: keep(folder, n, x), shared={"corpus": inputs.corpus},
-              processes=cpu_count())
+    with progress_bar(progress, "hashing n-grams", "shard", total=len(todo)) as bar:
+        def done(name: str, x) -> None:
+            keep(folder, name, x)
+            bar.update(1)
+
+        run_tasks(execution if on_ray else LOCAL, _hash_shard, tasks, done, shared={"corpus": inputs.corpus},
+                  processes=cpu_count())
 
 
-def _unit_ngrams(inputs: Inputs, cache: bool):
+def _unit_ngrams(inputs: Inputs, cache: bool, execution: Execution = LOCAL, progress: bool = False):
     """(texts(name), matrix(name, rows=None)): a shard's unit texts, and its units' (or the given rows')
-    hashed n-gram counts (CSR), read from the user cache (hashed once per embedding and kept) or, with
-    `cache` False, hashed now (only the rows asked for)."""
+    hashed n-gram counts (CSR), read from the user cache (hashed once per embedding and kept: the shards
+    it lacks are hashed first, as Ray tasks with `--engine ray`) or, with `cache` False, hashed now (only
+    the rows asked for)."""
     from .ngram_features import features_folder, shard_features
 
     def texts(name: str) -> list[str]:
@@ -107,7 +116,7 @@ def _unit_ngrams(inputs: Inputs, cache: bool):
         return texts, lambda name, rows=None: _hash_shard(inputs.corpus, inputs.corpus_shards[name],
                                                           inputs.tables[name], inputs.windowed, rows)
     folder = features_folder(inputs.emb.manifest)
-    _hash_missing_in_parallel(inputs, folder)
+    _hash_missing_in_parallel(inputs, folder, execution, progress)
 
     def matrix(name: str, rows: np.ndarray | None = None):
         x = shard_features(folder, name, len(inputs.tables.column(name, "row")), lambda: texts(name))
@@ -116,8 +125,8 @@ def _unit_ngrams(inputs: Inputs, cache: bool):
     return texts, matrix
 
 
-def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs, progress, cache: bool = True
-                                   ) -> list[np.ndarray]:
+def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs, progress, cache: bool = True,
+                                   execution: Execution = LOCAL) -> list[np.ndarray]:
     """`--within ngram-classifier`: per input shard, each unit's log-odds under a logistic regression on
     hashed n-grams, the target's documents against the pool's units (`selectors.ngram_classifier_odds`:
     cross-fitted, so a unit fitted on is scored by the fold model that did not see it; units past
@@ -127,7 +136,7 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
     sparse = require("scipy.sparse")
 
     target = ngram_matrix(list(target_corpus(targets, cfg, "importance --within ngram-classifier").iter_texts()))
-    _, matrix = _unit_ngrams(inputs, cache)
+    _, matrix = _unit_ngrams(inputs, cache, execution, progress)
     names = inputs.names
     sizes = [len(inputs.tables.column(n, "row")) for n in names]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -158,7 +167,7 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
 
 
 def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, inputs: Inputs, progress,
-                           cache: bool = True) -> list[np.ndarray]:
+                           cache: bool = True, execution: Execution = LOCAL) -> list[np.ndarray]:
     """DSIR-style log-weights per unit. `cache`: the generic units' hashed n-grams are read from (or, for
     the first target, written to) the user cache (`ngram_features`), so later targets skip the text;
     else the text is hashed twice here, the generic counts committed per shard in `run` (resumable;
@@ -168,8 +177,8 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
 
     target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
     names = inputs.names
+    texts, matrix = _unit_ngrams(inputs, cache, execution, progress)  # the second pass reads these
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
-    texts, matrix = _unit_ngrams(inputs, cache)  # the second pass: read from the cache, or hashed again
 
     if cache:  # the user cache: read, or hashed once and kept for the next target
         folder = features_folder(inputs.emb.manifest)

@@ -25,7 +25,7 @@ from ..histograms import (Histogram, embed_like, from_assignments, histogram, is
                           is_histogram_file, mixture, stored_target_vectors)
 from ..manifest import StageRun, inside, tmp_name
 from ..progress import progress_bar
-from ..scale import LOCAL, Execution, Shared, commit_once, run_tasks
+from ..scale import LOCAL, Execution, Shared, commit_once, engine_session, run_tasks
 from ..weighting import compute_weights
 from .budget import UnitSizes
 from .config import SELECTION_SCHEMA, ResampleConfig
@@ -117,8 +117,9 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
             optionally with a mixture weight (`"law.jsonl:0.7"` or `("law.jsonl", 0.7)`).
         config: budget, method, scheme, weighting options, seed, output format.
         weighting: a Python callable overriding `config.weighting`.
-        execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks
-            (same bytes). Slices (`num_shards`) are refused: the output is one global shuffle.
+        execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks, and
+            the first n-gram target's hashing of the shards the cache lacks (same bytes). Slices
+            (`num_shards`) are refused: the output is one global shuffle.
         ngram_cache: `--method ngram` and `--within knn+ngram|ngram-classifier` keep the generic units'
             hashed n-grams in the user cache for later targets (`ngram_features`); False keeps nothing
             outside the run.
@@ -133,13 +134,22 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
                           "input shard, so it cannot be cut into independent slices; run it as one job "
                           "(--engine ray spreads its shards over a Ray cluster)")
+    with engine_session(ex):  # with Ray: one session for every pass (each would start and stop its own)
+        return _resample(embeddings, clusters, out_dir, targets, cfg, weighting, overwrite, progress, command, ex,
+                         ngram_cache)
+
+
+def _resample(embeddings, clusters, out_dir: str | Path, targets: Sequence[Any], cfg: ResampleConfig,
+              weighting: Callable[..., Any] | None, overwrite: bool, progress: bool, command: str | None,
+              ex: Execution, ngram_cache: bool) -> Selection:
+    """`resample`'s work, on a checked config and execution."""
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
     # `--within auto`: ngram-classifier for corpus targets, knn for `embed` outputs, uniform for histograms
     cfg = cfg.resolved(target.vectors is not None, targets_have_text(targets) and _have_sklearn(cfg))
     _check_target_kinds(cfg, targets, target)  # before anything is written
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
-    within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache)
+    within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache, ex)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
     # of the embedder, say) is refused instead of mixing two plans' shards
     within_key = {"within_fingerprint": _fingerprint(within)} if within is not None else {}
@@ -150,7 +160,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     _count_sizes(run, inputs, cfg, progress)
     plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
                      PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
-                     _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache), within,
+                     _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache, ex), within,
                      inputs.clu.centroids)
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
@@ -174,26 +184,27 @@ def _count_sizes(run: StageRun, inputs: Inputs, cfg: ResampleConfig, progress: b
 
 
 def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
-                          inputs: Inputs, progress: bool, ngram_cache: bool) -> list[np.ndarray] | None:
+                          inputs: Inputs, progress: bool, ngram_cache: bool, ex: Execution
+                          ) -> list[np.ndarray] | None:
     """Per-unit log-weights of the document-level selectors (ngram, classifier); None for the others."""
     if cfg.method == "ngram":
-        return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache)
+        return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
     if cfg.method == "classifier":
         return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names)
     return None
 
 
 def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
-                        progress: bool, ngram_cache: bool) -> list[np.ndarray] | None:
+                        progress: bool, ngram_cache: bool, ex: Execution) -> list[np.ndarray] | None:
     """Per-unit log-weights inside the clusters' quotas (`--within knn`, `knn+ngram`, `ngram-classifier`
     or a function); None for `uniform`."""
     if cfg.within == "uniform":
         return None
     if cfg.within == "ngram-classifier":
-        odds = ngram_classifier_unit_log_odds(cfg, targets, inputs, progress, cache=ngram_cache)
+        odds = ngram_classifier_unit_log_odds(cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
         return classifier_log_weights(odds, cfg.within_temperature)
     if cfg.within == "knn+ngram":
-        ngram = ngram_unit_log_weights(None, cfg, targets, inputs, progress, cache=ngram_cache)
+        ngram = ngram_unit_log_weights(None, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
         return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
                                      cfg.within_temperature)
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
