@@ -15,8 +15,8 @@ attempt's files) and returns their paths, and the driver commits them through th
 A commit is idempotent: a shard that already has a record is not committed twice (the duplicate's
 temp files are deleted). The output directory must be on a filesystem that every Ray node sees.
 A task argument may be `Upstream(fn, args)`: a CPU-only task run first, whose result Ray hands to the
-task (embed's `--tokenize-tasks`: a shard tokenized anywhere, its ids fed to a GPU task); tasks are
-then submitted a window at a time so that upstream results do not pile up.
+task (embed's `--tokenize-tasks`: a shard tokenized anywhere, its ids fed to a GPU task). Tasks are
+submitted a window at a time (twice the cluster's CPUs) so that results do not pile up.
 """
 
 from __future__ import annotations
@@ -386,11 +386,10 @@ def run_ray(execution: Execution, fn: Callable[..., Any], tasks: Sequence[tuple[
                 return ref
             return a
 
-        # with upstream tasks, at most `window` tasks in flight: the CPUs stay busy and what they made
-        # does not pile up in the object store ahead of slower model tasks
-        feeds = any(isinstance(a, Upstream) for _, args in tasks for a in args)
-        # (sized by the CPUs up at the start: an autoscaling cluster's later nodes do not widen it)
-        window = max(8, 2 * int(sum(r.get("CPU", 0) for r in nodes))) if feeds else len(tasks)
+        # at most `window` tasks in flight: the CPUs stay busy, and what tasks made (upstream token ids
+        # ahead of slower model tasks, shards' n-gram matrices the driver writes) does not pile up in the
+        # object store (sized by the CPUs up at the start: an autoscaling cluster's later nodes do not widen it)
+        window = max(8, 2 * int(sum(r.get("CPU", 0) for r in nodes)))
         todo = iter(tasks)
         pending: dict[Any, Any] = {}
         try:

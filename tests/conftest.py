@@ -6,23 +6,29 @@ import os
 import shutil
 import tempfile
 
-_CACHE: str | None = None
+_SAVED: dict[str, str | None] = {}
+_MADE: str | None = None
 
 
 def pytest_configure(config):
     """impsamp's user cache (the n-gram features of every embedding a test makes, exported ONNX models,
-    trained tokenizers) goes to a folder of the session's, not the user's ~/.cache/impsamp, which tests
-    used to fill with entries nothing would read again. Set here, before the test modules are imported:
-    tests/_helpers.py copies the environment for its subprocesses at import."""
-    global _CACHE
-    if os.environ.get("IMPSAMP_CACHE_DIR"):  # the caller chose one (a CI cache, say): kept
-        return
-    _CACHE = tempfile.mkdtemp(prefix="impsamp-test-cache-")
-    os.environ.pop("IMPSAMP_CACHE", None)
-    os.environ["IMPSAMP_CACHE_DIR"] = _CACHE
+    trained tokenizers) goes to a folder of the session's, not the user's cache (`IMPSAMP_CACHE_DIR` or
+    ~/.cache/impsamp), which tests used to fill with entries nothing would read again;
+    `IMPSAMP_TEST_CACHE_DIR` names a folder to use instead (a CI cache, say). Set here, before the test
+    modules are imported: tests/_helpers.py copies the environment for its subprocesses at import."""
+    global _MADE
+    _SAVED.update({name: os.environ.pop(name, None) for name in ("IMPSAMP_CACHE_DIR", "IMPSAMP_CACHE")})
+    chosen = os.environ.get("IMPSAMP_TEST_CACHE_DIR")
+    if not chosen:
+        chosen = _MADE = tempfile.mkdtemp(prefix="impsamp-test-cache-")
+    os.environ["IMPSAMP_CACHE_DIR"] = chosen
 
 
 def pytest_unconfigure(config):
-    if _CACHE is not None:
-        shutil.rmtree(_CACHE, ignore_errors=True)
-        os.environ.pop("IMPSAMP_CACHE_DIR", None)
+    if _MADE is not None:
+        shutil.rmtree(_MADE, ignore_errors=True)
+    for name, value in _SAVED.items():  # the caller's own settings back
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -292,12 +292,15 @@ def test_the_first_target_hashes_a_large_pool_in_processes_with_the_same_bytes(s
     import impsamp.scale
 
     root, generic, target, topics, emb, clu = stages
-    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(methods, "PARALLEL_HASH_UNITS", 500)  # the fixture's 900 units in 5 shards
     monkeypatch.setattr(impsamp.hardware, "cpu_count", lambda: 2)
     calls, run_tasks = [], impsamp.scale.run_tasks
     monkeypatch.setattr(methods, "run_tasks", lambda *a, **k: calls.append(k.get("processes")) or run_tasks(*a, **k))
     cfg = ResampleConfig(docs=200, within="ngram-classifier", rows_per_shard=150)
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "small"))
+    impsamp.resample(emb, clu, tmp_path / "small-pool", targets=[target], config=cfg)
+    assert calls == []  # 900 units: hashed here, no processes started
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(methods, "PARALLEL_HASH_UNITS", 500)  # the fixture's 900 units in 5 shards
     first = impsamp.resample(emb, clu, tmp_path / "first", targets=[target], config=cfg)
     assert calls == [2] and len(list((tmp_path / "cache" / "ngram").glob("*/*.npz"))) == len(emb.shard_names)
     plain = impsamp.resample(emb, clu, tmp_path / "plain", targets=[target], config=cfg, ngram_cache=False)

@@ -93,15 +93,29 @@ def test_ray_engine_writes_the_same_bytes_as_the_local_engine(ray_cluster, data,
 
 
 def test_the_first_ngram_target_hashes_the_shards_as_ray_tasks(ray_cluster, data, local, tmp_path, monkeypatch):
+    import contextlib
+
+    import impsamp.resampling.stage as stage
     import impsamp.scale
 
     monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache"))  # nothing kept yet
-    calls, run_ray = [], impsamp.scale.run_ray
+    calls, run_ray, session, opened = [], impsamp.scale.run_ray, stage.engine_session, []
+
+    @contextlib.contextmanager
+    def watched(ex):  # the stage's one session: open while every pass runs
+        with session(ex):
+            opened.append(True)
+            yield
+            opened.append(False)
+
+    monkeypatch.setattr(stage, "engine_session", watched)
     monkeypatch.setattr(impsamp.scale, "run_ray", lambda ex, fn, tasks, *a, **k:
-                        calls.append((fn.__name__, len(tasks))) or run_ray(ex, fn, tasks, *a, **k))
+                        calls.append((fn.__name__, len(tasks))) or run_ray(ex, fn, tasks, *a, **k)
+                        if opened[-1:] == [True] else pytest.fail(f"{fn.__name__} ran outside the stage's session"))
     sel = impsamp.resample(local["emb"], local["clu"], tmp_path / "sel", targets=[data / "target.parquet"],
                            config=RESAMPLE, command="x", execution=RAY)
     assert sel.manifest.config["within"] == "ngram-classifier"  # the default for a corpus target
+    assert opened == [True, False]
     assert calls[0] == ("_hash_shard", 8)  # however small the pool: every shard the cache lacked, on Ray
     assert len(list((tmp_path / "cache" / "ngram").glob("*/*.npz"))) == 8
     assert_same(tmp_path / "sel", local["sel"])

@@ -134,20 +134,19 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
                           "input shard, so it cannot be cut into independent slices; run it as one job "
                           "(--engine ray spreads its shards over a Ray cluster)")
-    with engine_session(ex):  # with Ray: one session for every pass (each would start and stop its own)
-        return _resample(embeddings, clusters, out_dir, targets, cfg, weighting, overwrite, progress, command, ex,
-                         ngram_cache)
-
-
-def _resample(embeddings, clusters, out_dir: str | Path, targets: Sequence[Any], cfg: ResampleConfig,
-              weighting: Callable[..., Any] | None, overwrite: bool, progress: bool, command: str | None,
-              ex: Execution, ngram_cache: bool) -> Selection:
-    """`resample`'s work, on a checked config and execution."""
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
     # `--within auto`: ngram-classifier for corpus targets, knn for `embed` outputs, uniform for histograms
     cfg = cfg.resolved(target.vectors is not None, targets_have_text(targets) and _have_sklearn(cfg))
     _check_target_kinds(cfg, targets, target)  # before anything is written
+    # with Ray: one session for every pass (each would start and stop its own), once the inputs are checked
+    with engine_session(ex):
+        return _resample(inputs, target, out_dir, targets, cfg, overwrite, progress, command, ex, ngram_cache)
+
+
+def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequence[Any], cfg: ResampleConfig,
+              overwrite: bool, progress: bool, command: str | None, ex: Execution, ngram_cache: bool) -> Selection:
+    """`resample`'s passes, on checked inputs, target and config."""
     cfg_eff = cfg.effective()  # uniform, ngram and classifier draw without replacement
     within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache, ex)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
