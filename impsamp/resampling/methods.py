@@ -157,7 +157,8 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
         inside = (fit >= lo) & (fit < hi)
         odds = np.zeros(hi - lo)
         if inside.sum() < hi - lo:  # units not fitted on (a pool past CLASSIFIER_ROWS): the folds' mean,
-            # one product with the mean of the (linear) fold models
+            # one product with the mean of the (linear) fold models; the shard is read again rather than
+            # held since the first loop, so memory stays at one shard's matrix whatever the pool
             odds = ngram_classifier_features(matrix(name)) @ mean_coef + mean_intercept
         odds[fit[inside] - lo] = fitted_odds[inside]
         out.append(odds)

@@ -115,7 +115,7 @@ def _within_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
     if cfg.method in ("ngram", "classifier"):
         return (f"Each document was scored on its own (`--method {cfg.method}`), so the selection follows what "
                 "that score separates, not the target's cluster histogram.")
-    if cfg.method != "importance" or cfg.scheme != "match" or within == "uniform":
+    if cfg.scheme != "match" or within == "uniform":  # importance left: crisp, or the seed paper's draw
         return ("The budget is shared out between clusters, not documents: inside a cluster every document is "
                 "equally likely to be drawn, whether or not it resembles the target.")
     how = {"knn": "the closeness of its embedding to the nearest target document",
