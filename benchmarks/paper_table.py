@@ -138,6 +138,8 @@ def main() -> None:
     p.add_argument("--within-temperature", dest="within_temperature", type=float, help="importance's tau inside the clusters")
     p.add_argument("--within-repeats", dest="within_repeats", help="importance's even|weighted repeats")
     p.add_argument("--max-repeat", dest="max_repeat", type=int, help="importance methods: the repeat cap")
+    p.add_argument("--within-top", dest="within_top", type=float,
+                   help="importance's --within-top F: only the top units holding F x the budget may be drawn")
     p.add_argument("--preset")
     p.add_argument("--steps", type=int)
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int)
@@ -163,7 +165,7 @@ def main() -> None:
         f"({'windows: the window is the unit' if res['windows'] else 'truncated'}), importance's within "
         f"`{cfg.get('within', 'auto')}`, tau "
         f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
-        f"{cfg['max_repeat'] or 'default (importance: 4)'}, LM preset `{cfg['preset']}` "
+        f"{cfg['max_repeat'] or 'default (importance: 4)'}, within-top {cfg.get('within_top') or 'off'}, LM preset `{cfg['preset']}` "
         f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, training dtype "
         f"`{cfg.get('dtype', 'auto')}`, seed {cfg['seed']}.", ""])
     print(header + "\n" + text)

@@ -97,7 +97,11 @@ def _shared_options(f=None, *, defaults: dict | None = None):
                    "ceil(quota / cluster size)) or weighted (the weights decide, up to the cap) [default: even].")
 @click.option("--max-repeat", type=int, default=None,
               help="importance methods: most draws of one document, the rest spilled to the nearest clusters "
-                   "[default: 4 for importance, none for importance-uniform].")
+                   "[default: 4 for importance (1 with --within-top), none for importance-uniform].")
+@click.option("--within-top", type=float, default=None, metavar="F",
+              help="importance: only the units of highest --within weight holding F times the budget may be "
+                   "drawn, each once (with --max-repeat R: F / R times the budget, each up to R times); the "
+                   "quotas bend toward them (resample --within-top) [default: off].")
 @_shared_options
 @click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
 @config_option
@@ -105,7 +109,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
             large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, dtype,
-            within, within_temperature, within_repeats, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
+            within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
             overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
@@ -127,7 +131,7 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,
                          dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
-                         max_repeat=max_repeat, tokens=tokens, k=k,
+                         within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))

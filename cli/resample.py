@@ -46,7 +46,8 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @click.option("--max-repeat", type=int, default=None,
               help="match: most times a document may be drawn; the rest spills to the nearest clusters "
                    "[default: 4 when documents are weighted inside clusters (--within other than uniform, auto's "
-                   "usual pick included), raised if the budget needs more; none with --within uniform].")
+                   "usual pick included), 1 with --within-top, raised if the budget needs more; none with --within "
+                   "uniform].")
 @click.option("--within", default=None, metavar="auto|uniform|knn|knn+ngram|ngram-classifier|MODULE:FUNCTION",
               help="match: documents inside a cluster's quota drawn uniformly (the seed paper), weighted by "
                    "closeness to the nearest target document (knn), by that and their hashed n-gram log-ratio "
@@ -64,6 +65,13 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="--within other than uniform: even (no document repeated past the fewest repeats that hold its "
                    "cluster's quota; the weights choose which documents) or weighted (the weights decide how "
                    "often, up to --max-repeat) [default: even].")
+@click.option("--within-top", type=float, default=None, metavar="F",
+              help="match with a weighted --within: only the units of highest --within weight holding F times the "
+                   "budget may be drawn, each once (with --max-repeat R: F / R times the budget, each up to R "
+                   "times; without it, raised with a warning where the clusters the target weighs hold less than "
+                   "the budget); a cluster's quota past what they hold spills to the nearest clusters, so the quotas bend toward the target-like units. F >= 1; "
+                   "measured at 1.25, with --max-repeat 2 where the target holds less text than the budget "
+                   "[default: off].")
 @click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="arrow (datasets.load_from_disk), parquet or jsonl [default: arrow].")
@@ -81,7 +89,7 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
 @overwrite_option
 @progress_option
 def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_tokenizer, n_bytes, docs, method, scheme, weighting, smoothing,
-             temperature, cap, backoff, max_repeat, within, within_temperature, within_repeats, seed, fmt, rows_per_shard, text_field, id_field,
+             temperature, cap, backoff, max_repeat, within, within_temperature, within_repeats, within_top, seed, fmt, rows_per_shard, text_field, id_field,
              ngram_cache, engine, ray_address, num_shards, shard_index, config_file, overwrite, progress):
     """Resample the generic corpus so its cluster histogram imitates the target's.
 
@@ -103,7 +111,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                          budget_tokenizer=None if budget_tokenizer is None else str(budget_tokenizer), method=method,
                          scheme=scheme, weighting=weighting, smoothing=smoothing, temperature=temperature, cap=cap,
                          backoff=backoff, max_repeat=max_repeat, within=within,
-                         within_temperature=within_temperature, within_repeats=within_repeats, seed=seed, format=fmt,
+                         within_temperature=within_temperature, within_repeats=within_repeats, within_top=within_top,
+                         seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
                     progress=show_progress(progress), command=command_line(), execution=ex,

@@ -69,10 +69,11 @@ class CompareConfig:
     uniform, or a function."""
     within_temperature: float = 0.05
     within_repeats: str = "even"
-    """`importance`'s `--within-temperature` and `--within-repeats` (`impsamp.resampling.within`)."""
+    within_top: float | None = None
+    """`importance`'s `--within-temperature`, `--within-repeats` and `--within-top` (`impsamp.resampling.within`)."""
     max_repeat: int | None = None
     """`importance` and `importance-uniform`: most draws of one document (`resample --max-repeat`;
-    `importance`'s default 4)."""
+    `importance`'s default 4, 1 with `within_top`)."""
     max_tokens: int = 128
     """Tokens the embedding model reads per document."""
     backend: str = "auto"
@@ -132,7 +133,7 @@ class CompareConfig:
         from .resampling import ResampleConfig
 
         within = {"importance": {"within": self.within, "within_temperature": self.within_temperature,
-                                 "within_repeats": self.within_repeats},
+                                 "within_repeats": self.within_repeats, "within_top": self.within_top},
                   "importance-uniform": {"within": "uniform"}}.get(method, {})
         importance = method in ("importance", "importance-uniform")
         return ResampleConfig(tokens=self.tokens, method="importance" if importance else method,

@@ -166,6 +166,11 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
     hybrid = CompareConfig(within="knn+ngram")
     assert (hybrid.selection_config("importance").within, hybrid.selection_config("importance-uniform").within) \
         == ("knn+ngram", "uniform")  # --within is importance's; importance-uniform stays the paper's
+    top = CompareConfig(within_top=1.5)
+    assert (top.selection_config("importance").within_top, top.selection_config("importance-uniform").within_top) \
+        == (1.5, None)  # importance's option, never the paper's variant's
+    with pytest.raises(ConfigError, match="--within-top must be >= 1"):
+        CompareConfig(within_top=0.9)
     with pytest.raises(ConfigError, match="--within must be one of"):
         CompareConfig(within="nearest")
     with pytest.raises(ConfigError, match="--dtype must be one of"):

@@ -244,6 +244,35 @@ def test_within_ngram_classifier_same_bytes_purer_than_knn_and_a_large_pool_samp
     assert Selection.load(tmp_path / "cli").stats["within"] == "ngram-classifier"
 
 
+def test_within_top_same_bytes_each_unit_once_and_said_on_the_card(stages, tmp_path):
+    root, generic, target, topics, emb, clu = stages
+    cfg = ResampleConfig(docs=200, within="ngram-classifier", within_top=1.5, rows_per_shard=150)
+    a, b = (impsamp.resample(emb, clu, tmp_path / n, targets=[target], config=cfg) for n in ("a", "b"))
+    hashes = [{o.path: o.sha256 for o in s.manifest.outputs if o.path.startswith("data-")} for s in (a, b)]
+    assert hashes[0] == hashes[1]
+    idx = a.to_table().column("doc_index").to_numpy()
+    # the top 300 units of the clusters the target weighs, or all of them where those hold fewer
+    hist = json.loads((tmp_path / "a" / "histograms.json").read_text())
+    weighed = int(np.asarray(hist["generic"])[np.asarray(hist["weights"]) > 0].sum())
+    assert len(idx) == 200 == len(np.unique(idx)) and a.stats["eligible_units"] == min(300, weighed)
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert a.stats["max_repeat"] == 1 and "could be drawn (`--within-top 1.5`), each once" in card
+    assert ("went to the nearest clusters" in card) == (a.stats["spilled_units"] > 0)
+    plain = impsamp.resample(emb, clu, tmp_path / "plain", targets=[target], config=replace(cfg, within_top=None))
+    assert "eligible_units" not in plain.stats
+    assert np.mean(_topics_of(a, topics) == "bio") >= np.mean(_topics_of(plain, topics) == "bio") - 0.02
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within-top", "1.5",
+                 "--out", tmp_path / "cli"])
+    assert r.exit_code == 0, r.output
+    assert Selection.load(tmp_path / "cli").stats["eligible_units"] == 75
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within-top", "0.5",
+                 "--out", tmp_path / "bad"])
+    assert r.exit_code != 0 and "--within-top must be >= 1" in r.output and "Traceback" not in r.output
+    r = _invoke(["resample", root / "emb", root / "clu", "--target", root / "emb", "--docs", 50, "--within",
+                 "uniform", "--within-top", "2", "--out", tmp_path / "bad"])
+    assert r.exit_code != 0 and "--within-top ranks units" in r.output and not (tmp_path / "bad").exists()
+
+
 def test_ngram_classifier_odds_are_cross_fitted_and_rank_the_target_like_rows_first():
     from impsamp.selectors import ngram_classifier_features, ngram_classifier_odds, ngram_matrix
 

@@ -318,3 +318,102 @@ def test_within_knn_ngram_sums_standardised_scores_whatever_the_shard_cut():
     up = knn_ngram_log_weights([sim], [np.where(np.arange(50) == 3, gram + 100, gram)], 0.05)[0]
     assert up[3] - np.delete(up, 3).mean() > whole[3] - np.delete(whole, 3).mean()
     assert np.ptp(knn_ngram_log_weights([sim], [gram], 0.5)[0]) == pytest.approx(np.ptp(whole) / 10)
+
+
+def _top_mask(log_w, amount, sizes=None):
+    """The units --within-top may draw, found the plain way: sort by weight, take them until `amount`."""
+    lw = np.concatenate(log_w)
+    t = np.ones(len(lw)) if sizes is None else np.concatenate(sizes).astype(float)
+    order = np.argsort(-lw, kind="stable")
+    n = int(np.argmax(np.cumsum(t[order]) >= amount)) + 1
+    mask = np.zeros(len(lw), bool)
+    mask[order[:n]] = True
+    return mask
+
+
+def test_within_top_draws_only_the_top_units_once_and_bends_the_quotas(generic_shards):
+    shards, tokens, generic = generic_shards
+    w = density_ratio(_hist([50, 1, 1, 1, 1, 1, 1, 1]), generic, smoothing=0.0)
+    log_w = _knn(shards)
+    cfg = ResampleConfig(docs=200, scheme="match", within="knn", within_top=1.5)
+    plan, reps = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)
+    base, _ = _run(ResampleConfig(docs=200, scheme="match", within="knn"), w, generic, shards, tokens,
+                   within_log_w=log_w)
+    leaves, r = np.concatenate(shards), np.concatenate(reps)
+    top = _top_mask(log_w, 300)
+    assert r.sum() == 200 and r.max() == 1 and not r[~top].any()  # only the top 300 units, each once
+    assert plan.eligible == 300 and plan.max_repeat == 1
+    # cluster 0 (~175 draws without it) holds only its eligible units; the rest went to its neighbours
+    held0 = int((top & (leaves == 0)).sum())
+    assert base.draws[0] > held0 and plan.draws[0] == held0 and plan.spilled[0] > 0
+    assert plan.draws.sum() == 200 and (plan.draws[1:] > base.draws[1:]).any()
+    again = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)[1]
+    assert all(np.array_equal(a, b) for a, b in zip(reps, again))
+    # with --max-repeat R the room is the same F x the budget: the top F / R of it, each up to R times
+    twice, twice_reps = _run(ResampleConfig(docs=200, scheme="match", within="knn", within_top=1.5, max_repeat=2), w,
+                             generic, shards, tokens, within_log_w=log_w)
+    r2 = np.concatenate(twice_reps)
+    assert twice.eligible == 150 and r2.sum() == 200 and r2.max() == 2 and not r2[~_top_mask(log_w, 150)].any()
+    # F past the pool makes every unit eligible: the quotas of --max-repeat 1 (cluster 7's 2 units spill one)
+    loose, _ = _run(ResampleConfig(docs=200, scheme="match", within="knn", within_top=5), w, generic, shards,
+                    tokens, within_log_w=log_w)
+    once, _ = _run(ResampleConfig(docs=200, scheme="match", within="knn", max_repeat=1), w, generic, shards,
+                   tokens, within_log_w=log_w)
+    assert loose.eligible == 1000 and np.array_equal(loose.draws, once.draws)
+    assert np.array_equal(loose.spilled, once.spilled) and loose.spilled[7] > 0
+
+
+def test_within_top_holds_a_token_budget_and_skips_clusters_the_target_does_not_weigh(generic_shards):
+    shards, tokens, generic = generic_shards
+    target = _hist([30, 10, 10, 0, 0, 1, 1, 1])
+    w = density_ratio(target, generic, smoothing=0.0)
+    log_w = _knn(shards, seed=1)
+    leaves = np.concatenate(shards)
+    log_w[0] = np.where(shards[0] == 3, 50.0, log_w[0])  # the best-scored units lie in a cluster weighted 0
+    cfg = ResampleConfig(tokens=20_000, scheme="match", within="knn", within_top=1.25)
+    plan, reps = _run(cfg, w, generic, shards, tokens, within_log_w=log_w)
+    r, t = np.concatenate(reps), np.concatenate(tokens)
+    assert abs(float((r * t).sum()) - 20_000) / 20_000 < 0.02 and r.max() == 1
+    weighed = [np.where(np.isin(s, [3, 4]), -np.inf, lw) for s, lw in zip(shards, log_w)]
+    top = _top_mask(weighed, 25_000, tokens)
+    assert not r[~top].any() and not r[np.isin(leaves, [3, 4])].any()
+    assert plan.eligible == int(top.sum())
+
+
+def test_within_top_is_checked():
+    for kw, message in (({"within_top": 0.5, "within": "knn"}, "--within-top must be >= 1"),
+                        ({"within_top": 2, "within": "uniform"}, "--within-top ranks units by their --within"),
+                        ({"within_top": 2, "method": "ngram"}, "--within-top ranks units by their --within"),
+                        ({"within_top": 2, "within": "knn", "scheme": "crisp"}, "use it with the importance method, "
+                                                                               "--scheme match")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ResampleConfig(docs=10, **kw)
+    shards, sizes, generic = _two_clusters(10, 1, 10, 1)  # auto with a saved histogram: no weights to rank by
+    with pytest.raises(ConfigError, match="a target given as a saved histogram has none"):
+        make_plan(ResampleConfig(docs=5, within_top=1.5), np.ones(2), generic, shards, sizes)
+
+
+def test_within_top_repeats_only_when_the_weighed_clusters_hold_less_than_the_budget():
+    shards, sizes, generic = _two_clusters(40, 1, 1000, 1)
+    log_w = [np.random.default_rng(0).normal(size=1040)]
+    cfg = ResampleConfig(docs=100, within="knn", within_top=1.5)
+    plan = make_plan(cfg, np.array([1.0, 0.0]), generic, shards, sizes, within_log_w=log_w)
+    reps = unit_repeats(cfg, plan, 0, shards[0])
+    assert plan.eligible == 40 and plan.max_repeat == 3 and reps.sum() == 100 and reps[:40].max() == 3
+    assert not reps[40:].any()  # never a unit of a cluster the target does not weigh
+    with pytest.raises(ConfigError, match="budget impossible with --max-repeat 2"):
+        make_plan(ResampleConfig(docs=100, within="knn", within_top=1.5, max_repeat=2), np.array([1.0, 0.0]),
+                  generic, shards, sizes, within_log_w=log_w)
+
+
+@pytest.mark.parametrize("repeats", ["even", "weighted"])
+def test_within_top_holds_a_bytes_budget_under_either_repeat_mode(generic_shards, repeats):
+    shards, sizes, generic = generic_shards  # sizes read as bytes here
+    w = density_ratio(_hist([50, 5, 5, 1, 1, 1, 1, 1]), generic, smoothing=0.0)
+    log_w = _knn(shards, seed=2)
+    cfg = ResampleConfig(bytes=30_000, scheme="match", within="knn", within_top=1.5, max_repeat=2,
+                         within_repeats=repeats)
+    plan, reps = _run(cfg, w, generic, shards, sizes, within_log_w=log_w)
+    r, t = np.concatenate(reps), np.concatenate(sizes)
+    assert abs(float((r * t).sum()) - 30_000) / 30_000 < 0.02 and r.max() <= 2
+    assert not r[~_top_mask(log_w, 22_500, sizes)].any()  # the top F / R = 0.75 of the budget

@@ -43,6 +43,7 @@ class Plan:
     repeats: list[np.ndarray] | None = None  # per shard, per unit: repeats fixed in the plan (`--within` weights)
     spilled: np.ndarray | None = None  # (k,) expected draws each cluster passed to its neighbours (repeat cap)
     max_repeat: float | None = None  # the repeat cap the plan kept (None: no cap)
+    eligible: int | None = None  # `--within-top`: how many units could be drawn
 
 
 def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
@@ -107,28 +108,14 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
                 within_log_w: list[np.ndarray] | None, centroids: np.ndarray | None,
                 rng: np.random.Generator) -> Plan:
     """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours)."""
-    from .config import KNN_MAX_REPEAT
     from .within import spill, unit_repeats_within
 
     unit = cfg.budget[0]
-    cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
     size = np.ones_like(q) if unit == "docs" else mean_size
-    expected, spilled, room = q * n_units, None, None
-    if cap is not None:
-        held = np.where(q > 0, n_c, 0.0) * size  # a cluster weighted 0 is never drawn, not even spilled to
-        need = n_units * float((q * size).sum())
-        if not cfg.max_repeat and held.sum() * cap < need * (1 - 1e-9):
-            # the default cap gives way to the fewest repeats that hold the budget (never a failure where
-            # uniform drawing succeeds); a --max-repeat the user gives is kept, and refused below
-            cap = max(cap, int(np.ceil(need / max(held.sum(), 1e-12) - 1e-9)))
-            logger.warning("the budget needs up to %d draws of a document in the clusters the target weighs: "
-                           "the default repeat cap (%d) is raised to it", cap, KNN_MAX_REPEAT)
-        room = np.where(q > 0, n_c * float(cap), 0.0)
-        if (room * size).sum() < need * (1 - 1e-9):
-            most = int((room * size).sum())
-            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} {_UNIT_NAMES[unit]} "
-                              "can be drawn from the clusters the target weighs; lower the budget or raise "
-                              "--max-repeat")
+    need = n_units * float((q * size).sum())
+    cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, within_log_w)
+    expected, spilled = q * n_units, None
+    if room is not None:
         if centroids is None:  # no geometry given: every cluster equally near, the lower id first
             centroids = np.eye(len(q))
         expected, spilled = spill(expected, room, centroids, size)
@@ -136,8 +123,13 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
     draws = _largest_remainder(expected, int(round(expected.sum())), room)
     repeats = None
     if cfg.within != "uniform":
-        repeats = unit_repeats_within(draws * size, shard_leaves, within_log_w, float(cap), cfg.seed,
-                                      None if unit == "docs" else shard_sizes, even=cfg.within_repeats == "even")
+        # --within-top's rooms in tokens or bytes are fractional counts (eligible size / the cluster's mean
+        # size): whole draws under them would drop a part of a unit per full cluster, so those quotas stay
+        # in the budget's unit
+        quota = (expected if eligible is not None and unit != "docs" else draws) * size
+        repeats = unit_repeats_within(quota, shard_leaves, within_log_w, float(cap), cfg.seed,
+                                      None if unit == "docs" else shard_sizes, even=cfg.within_repeats == "even",
+                                      eligible=eligible)
         shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
                                ).astype(np.int64)
         draws = shard_draws.sum(axis=0)
@@ -147,7 +139,50 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
         for c in np.flatnonzero(extra):
             shard_draws[:, c] += rng.multivariate_hypergeometric(shard_counts[:, c], int(extra[c]))
     return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, repeats=repeats, spilled=spilled,
-                max_repeat=cap)
+                max_repeat=cap, eligible=None if eligible is None else int(sum(e.sum() for e in eligible)))
+
+
+def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray, need: float,
+          shard_leaves: list[np.ndarray], shard_sizes, within_log_w: list[np.ndarray] | None):
+    """`match`'s repeat cap and each cluster's room (draws it can hold; None: no limit), and with
+    `--within-top` the units that may be drawn (per shard, a mask). `need`: the budget in its unit."""
+    from .config import KNN_MAX_REPEAT
+    from .within import top_units
+
+    unit = cfg.budget[0]
+    if cfg.within_top is not None:
+        # the room is F x the budget: the top units holding F / R of it, each drawn up to R = --max-repeat times
+        sizes = [None] * len(shard_leaves) if unit == "docs" else [np.asarray(t, np.float64) for t in shard_sizes]
+        eligible = top_units(within_log_w, shard_leaves, q > 0, sizes, cfg.within_top * need / (cfg.max_repeat or 1))
+        held = sum(np.bincount(a[e], weights=None if t is None else t[e], minlength=len(q))  # in the budget's unit
+                   for a, e, t in zip(shard_leaves, eligible, sizes))
+        cap = cfg.max_repeat or max(1, int(np.ceil(need / max(held.sum(), 1e-12) - 1e-9)))
+        if cap > 1 and not cfg.max_repeat:  # fewer eligible units than the budget: all of them, repeated
+            logger.warning("--within-top: the clusters the target weighs hold less than the budget; each of their "
+                           "units may be drawn up to %d times", cap)
+        room = np.where(size > 0, held / np.maximum(size, 1e-12), 0.0) * float(cap)
+        if (room * size).sum() < need * (1 - 1e-9):
+            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {int((room * size).sum()):,} "
+                              f"{_UNIT_NAMES[unit]} can be drawn from the clusters the target weighs (every unit "
+                              "of them eligible); lower the budget or raise --max-repeat")
+        return cap, room, eligible
+    cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
+    if cap is None:
+        return None, None, None
+    held = np.where(q > 0, n_c, 0.0) * size  # a cluster weighted 0 is never drawn, not even spilled to
+    if not cfg.max_repeat and held.sum() * cap < need * (1 - 1e-9):
+        # the default cap gives way to the fewest repeats that hold the budget (never a failure where
+        # uniform drawing succeeds); a --max-repeat the user gives is kept, and refused below
+        cap = max(cap, int(np.ceil(need / max(held.sum(), 1e-12) - 1e-9)))
+        logger.warning("the budget needs up to %d draws of a document in the clusters the target weighs: "
+                       "the default repeat cap (%d) is raised to it", cap, KNN_MAX_REPEAT)
+    room = np.where(q > 0, n_c * float(cap), 0.0)
+    if (room * size).sum() < need * (1 - 1e-9):
+        most = int((room * size).sum())
+        raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} {_UNIT_NAMES[unit]} "
+                          "can be drawn from the clusters the target weighs; lower the budget or raise "
+                          "--max-repeat")
+    return cap, room, None
 
 
 def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:

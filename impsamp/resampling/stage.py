@@ -303,6 +303,7 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
                   "method": cfg.method, "scheme": cfg.scheme, "within": cfg.within,
                   "spilled_units": float(plan.spilled.sum()) if plan.spilled is not None else 0.0,
                   "max_repeat": plan.max_repeat,
+                  **({"eligible_units": plan.eligible} if plan.eligible is not None else {}),
                   "selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")),
                                                    sum(t.get("embedded_tokens", 0) for t in target.described))})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)

@@ -37,6 +37,14 @@ decide, up to the cap (measured worse: fewer unique documents, BENCHMARKS.md `pa
 cannot hold under the cap (fewer than draws / max_repeat documents) spills to the clusters nearest to
 it by centroid that still have room, nearest first, and the selection's diagnostics say how much
 spilled.
+
+`--within-top F` bends the quotas toward the documents the weights rank first: only the pool's units of
+highest weight, over the clusters the target weighs, that together hold F / R times the budget may be
+drawn (`top_units`), each up to R = `--max-repeat` times (1 when not given); a cluster's room is what its
+eligible units hold, R times, and its quota past that spills like the repeat cap's. Where two domains
+share a cluster, the target's quota there no longer has to be filled with its neighbour's documents once
+the target-like ones run out. Where the target's text in the pool is less than the budget, R > 1 keeps
+the selection on it (BENCHMARKS.md `paper`, 0.7.2).
 """
 
 from __future__ import annotations
@@ -203,20 +211,42 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
     return base
 
 
+def top_units(log_w: list[np.ndarray], shard_leaves: list[np.ndarray], weighed: np.ndarray, sizes: list,
+              amount: float) -> list[np.ndarray]:
+    """`--within-top`: per input shard, a mask of the units of highest log-weight, over the clusters
+    `weighed` (a bool per cluster), that together hold `amount` (each unit's size in `sizes`, None: 1),
+    the unit that crosses it included; equal weights are taken in the pool's order."""
+    lw = np.concatenate(log_w)
+    lw = np.where(weighed[np.concatenate(shard_leaves)], lw, -np.inf)
+    order = np.argsort(-lw, kind="stable")
+    order = order[np.isfinite(lw[order])]
+    t = np.concatenate([np.ones(len(a)) if s is None else s for a, s in zip(shard_leaves, sizes)])
+    n = int(np.searchsorted(np.cumsum(t[order]), amount * (1 - 1e-12))) + 1
+    mask = np.zeros(len(lw), bool)
+    mask[order[:n]] = True
+    starts = np.cumsum([0] + [len(a) for a in shard_leaves])
+    return [mask[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
 def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w: list[np.ndarray],
-                        cap: float, seed: int, shard_sizes=None, even: bool = True) -> list[np.ndarray]:
+                        cap: float, seed: int, shard_sizes=None, even: bool = True,
+                        eligible: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Each input shard's repeats per unit: every cluster's `quota` (in the budget's unit; units' sizes in
     `shard_sizes`, None: counts) spread over its members (all shards together) by `spread`. `even`: no
     member past the fewest repeats that hold the cluster's quota (ceil(quota / the cluster's size)), so
-    the weights choose which documents are drawn rather than how often."""
+    the weights choose which documents are drawn rather than how often. `eligible` (`--within-top`): per
+    shard, a mask of the only units that may be drawn."""
     leaves = np.concatenate(shard_leaves)
     weights = np.concatenate(log_w)
     sizes = None if shard_sizes is None else np.concatenate([np.asarray(t, np.float64) for t in shard_sizes])
     reps = np.zeros(len(leaves), np.int64)
     order = np.argsort(leaves, kind="stable")
     bounds = np.searchsorted(leaves[order], np.arange(len(quota) + 1))
+    allowed = None if eligible is None else np.concatenate(eligible)
     for c in np.flatnonzero(quota > 0):
         members = order[bounds[c]:bounds[c + 1]]
+        if allowed is not None:
+            members = members[allowed[members]]
         room = cap
         if even:
             held = float(len(members) if sizes is None else sizes[members].sum())
