@@ -112,6 +112,8 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
 
     unit = cfg.budget[0]
     size = np.ones_like(q) if unit == "docs" else mean_size
+    if cfg.within != "uniform" and unit != "docs":  # the units' sizes, read once for `_room` and the spread
+        shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]
     need = n_units * float((q * size).sum())
     cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, within_log_w)
     expected, spilled = q * n_units, None
@@ -152,7 +154,7 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
     unit = cfg.budget[0]
     if cfg.within_top is not None:
         # the room is F x the budget: the top units holding F / R of it, each drawn up to R = --max-repeat times
-        sizes = [None] * len(shard_leaves) if unit == "docs" else [np.asarray(t, np.float64) for t in shard_sizes]
+        sizes = [None] * len(shard_leaves) if unit == "docs" else shard_sizes
         eligible = top_units(within_log_w, shard_leaves, q > 0, sizes, cfg.within_top * need / (cfg.max_repeat or 1))
         held = sum(np.bincount(a[e], weights=None if t is None else t[e], minlength=len(q))  # in the budget's unit
                    for a, e, t in zip(shard_leaves, eligible, sizes))

@@ -122,11 +122,13 @@ def _within_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
            "knn+ngram": "its closeness to the nearest target document and its hashed n-gram log-ratio",
            "ngram-classifier": "its odds under a logistic regression on hashed n-grams, the target sample "
                                "against this corpus"}.get(within, f"the function {within}")
-    cap = stats.get("max_repeat") or 1
-    top = (f" Only the {stats['eligible_units']:,} units ranked highest by it could be drawn (`--within-top "
-           f"{cfg.within_top:g}`), {'each once' if cap == 1 else f'each at most {cap:g} times'}"
-           + ("; a cluster's quota past what they hold went to the nearest clusters" if stats.get("spilled_units")
-              else "") + "." if "eligible_units" in stats else "")
+    top = ""
+    if "eligible_units" in stats:  # --within-top
+        cap = stats.get("max_repeat") or 1
+        top = (f" Only the {stats['eligible_units']:,} units ranked highest by it could be drawn (`--within-top "
+               f"{cfg.within_top:g}`), {'each once' if cap == 1 else f'each at most {cap:g} times'}")
+        top += "; a cluster's quota past what they hold went to the nearest clusters." if stats.get("spilled_units") \
+            else "."
     return (f"The budget is shared out between clusters; inside a cluster's quota each document was weighted by "
             f"{how} (`--within {within}`), which ranks documents only as well as that score separates the target "
             f"from its neighbours.{top}")
