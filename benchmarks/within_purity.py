@@ -19,7 +19,8 @@ the `--within module:function` hook: the n-gram log-ratio averaged per n-gram in
 sums, which favours long documents) and its sum with the cosine, a kNN density ratio (target documents
 among a unit's 20 nearest of pool + target), and a logistic regression on the hashed n-grams (target
 sample against the pool, cross-fitted in 5 folds so that no unit is scored by a model trained on it) alone
-and summed with the cosine. `--train COLUMN` trains paper_table.py's LM on a hooked column's selections.
+and summed with the cosine, DSIR's own summed log-ratio alone and beside the classifier's odds (z-scores
+averaged). `--train COLUMN [--within-top F]` trains paper_table.py's LM on a hooked column's selections.
 
 Embeddings and clusters are made as `paper_table.py` makes them (the demo's model, 128 tokens, k=64, the
 seed's k-means), in the same folder names, so a paper-table `--work` folder is reused. Selection only: no
@@ -45,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "within_purity.md"
 HOOKED: dict[str, np.ndarray] = {}  # the per-unit log-weights the hook hands back, set before each draw
 COLUMNS = ["uniform", "knn", "knn tau 0.02", "knn+ngram", "ngram per n-gram", "knn+ngram per n-gram",
-           "kNN density ratio", "n-gram classifier", "knn+n-gram classifier"]
+           "kNN density ratio", "n-gram classifier", "knn+n-gram classifier", "DSIR log-ratio sum",
+           "n-gram classifier+DSIR"]
 
 
 def hook(target_vectors: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -123,9 +125,11 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     near = both.search(vectors, 21)[1][:, 1:]  # the unit itself first
     in_target = (near >= len(vectors)).sum(axis=1)
     odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))[0]  # what --within ngram-classifier fits
+    summed = np.asarray(matrix @ ratio).ravel()  # DSIR's own weight: the log-ratio summed over the unit's n-grams
     return {"ngram per n-gram": z(per_ngram) / 0.1, "knn+ngram per n-gram": (z(cosine) + z(per_ngram)) / 0.1,
             "kNN density ratio": 4.0 * np.log((in_target + 0.5) / (20 - in_target + 0.5)),
-            "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1}
+            "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1,
+            "DSIR log-ratio sum": z(summed) / 0.1, "n-gram classifier+DSIR": (z(odds) + z(summed)) / 0.2}
 
 
 def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:
@@ -180,16 +184,18 @@ def purity(domain: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int
 
 
 def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int, domains: list[str], pool: Pool,
-          pool_ngrams, cache: dict) -> None:
+          pool_ngrams, cache: dict, within_top: float | None = None, max_repeat: int | None = None) -> None:
     """`--train COLUMN`: paper_table.py's LM run (the demo's settings, float32) of `importance` with the
-    column's weights through the `--within` hook, per domain, in WORK/lm-COLUMN-TOKENS-sSEED. paper_table
+    column's weights through the `--within` hook (with `--within-top`, `--max-repeat` when given), per domain, in
+    WORK/lm-COLUMN[-topF[rR]]-TOKENS-sSEED. paper_table
     reuses a finished run whose settings match, and the hook's name does not change with its weights:
     delete that folder after changing them."""
     from argparse import Namespace
 
     import paper_table
 
-    out = work / f"lm-{column.replace(' ', '_').replace('+', 'and')}-{tokens}-s{seed}"
+    top = f"-top{within_top}{f'r{max_repeat}' if max_repeat else ''}" if within_top else ""
+    out = work / f"lm-{column.replace(' ', '_').replace('+', 'and')}{top}-{tokens}-s{seed}"
     for stage in (emb, clu):  # paper_table finds them by name: a copy, so its folders stay its own
         if not (out / stage.name / "manifest.json").exists():
             shutil.copytree(stage, out / stage.name, dirs_exist_ok=True)
@@ -197,7 +203,7 @@ def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int,
         HOOKED["log_w"] = domain_weights(d, emb, work, pool, pool_ngrams, cache)[column]
         args = Namespace(domains=d, methods="importance", tokens=tokens, k=None, scheme=None, max_tokens=None,
                          dtype="float32", within="__main__:hook", within_temperature=None, within_repeats=None,
-                         max_repeat=None, preset=None, steps=None, finetune_steps=None, seed=seed, windows=False,
+                         max_repeat=max_repeat, within_top=within_top, preset=None, steps=None, finetune_steps=None, seed=seed, windows=False,
                          work=str(out), progress=False)
         res = paper_table.run(args)["domains"][d]["methods"]["importance"]
         print(f"[lm] {column} seed {seed} {d}: {res['metrics']['finetuned']['macro_ppl']:.2f} after fine-tuning, "
@@ -231,6 +237,8 @@ def main() -> None:
     p.add_argument("--train", metavar="COLUMN", choices=COLUMNS[4:],
                    help="instead: train paper_table.py's LM on this hooked column's selections (results.json in "
                         "WORK/lm-COLUMN-TOKENS-sSEED/compare-DOMAIN)")
+    p.add_argument("--within-top", dest="within_top", type=float, help="--train: importance's --within-top F")
+    p.add_argument("--max-repeat", dest="max_repeat", type=int, help="--train: importance's --max-repeat")
     a = p.parse_args()
     from impsamp.datasets import demo_corpus
     from impsamp.selectors import ngram_counts, ngram_matrix
@@ -244,7 +252,8 @@ def main() -> None:
         pool = pool_units(emb)
         pool_ngrams = pool_ngrams or (ngram_matrix(pool.texts), ngram_counts(pool.texts))
         if a.train:
-            train(a.train, emb, clu, work, seed, a.tokens, domains, pool, pool_ngrams, cache)
+            train(a.train, emb, clu, work, seed, a.tokens, domains, pool, pool_ngrams, cache, a.within_top,
+                  a.max_repeat)
             continue
         res[seed] = {d: purity(d, emb, clu, work, seed, a.tokens, pool,
                                domain_weights(d, emb, work, pool, pool_ngrams, cache)) for d in domains}
