@@ -13,7 +13,7 @@ token; lower is better) per domain and column, the seeds' mean, and the target-d
 
 What it is good for (BENCHMARKS.md `paper`, fourteenth session): against three seeds of LM runs at 40,000
 tokens, the sign of its difference between `--within-top 1.25` and `--method ngram` matched the LM's on all 8
-domains (including database_docs, where `ngram` wins, and factbook, where it loses by 40%). Between
+domains (including database_docs, where `ngram` wins, and factbook, where its perplexity is 66% higher). Between
 selections closer than that (the default against `--within-top`, 1-3% of perplexity) it was no better than a
 coin, and it ranks `--within uniform` first on database_docs where the LM ranks it last: a bigram model
 rewards coverage of the text more than an LM at this size, and purity less. A screen for large differences
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from within_purity import pool_units, prepare  # noqa: E402  (paper_table's embedding and clusters, the pool's labels)
+from within_purity import Pool, pool_units, prepare, target_share  # noqa: E402  (paper_table's stages, the labels)
 
 ROOT = Path(__file__).resolve().parents[1]
 DISCOUNT = 0.75
@@ -85,33 +86,24 @@ def bigram_cross_entropy(train: list[np.ndarray], held_out: list[np.ndarray], vo
     return total / max(count, 1)
 
 
-def screen(domain: str, seed: int, tokens: int, columns: dict[str, dict], work: Path, tokenizer) -> dict[str, dict]:
-    """Each column's selection for `domain` at `seed`: its bigram cross-entropy on the evaluation text and its
-    target-domain share."""
-    import pyarrow.parquet as pq
-
+def screen(domain: str, seed: int, tokens: int, columns: dict[str, dict], stages: tuple[Path, Path, Pool],
+           texts: tuple[list[np.ndarray], list[np.ndarray]], encode, vocab: int, out: Path) -> dict[str, dict]:
+    """Each column's selection for `domain` at `seed` (`stages`: the seed's embedding, clustering and pool
+    units; `texts`: the domain's evaluation text and sample, encoded): its bigram cross-entropy on the
+    evaluation text and its target-domain share."""
     from impsamp.datasets import demo_corpus
     from impsamp.resampling import ResampleConfig, resample
 
-    corpus = demo_corpus()
-    emb, clu = prepare(work, seed)
-    pool = pool_units(emb)
-
-    def encode(texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(texts)]
-
-    held_out = encode(pq.read_table(corpus.eval(domain)).column("text").to_pylist())
-    sample = encode(pq.read_table(corpus.sample(domain)).column("text").to_pylist())
-    on = pool.domain == domain
-    out = {}
+    emb, clu, pool = stages
+    held_out, sample = texts
+    result = {}
     for name, settings in columns.items():
-        sel = resample(emb, clu, work / "proxy-selection", targets=[str(corpus.sample(domain))],
+        sel = resample(emb, clu, out, targets=[str(demo_corpus().sample(domain))],
                        config=ResampleConfig(tokens=tokens, seed=seed, **settings), overwrite=True)
         idx = sel.to_table().column("doc_index").to_numpy()
-        out[name] = {"xent": bigram_cross_entropy(encode([pool.texts[i] for i in idx]) + sample, held_out,
-                                                  tokenizer.vocab_size),
-                     "share": float(pool.tokens[idx][on[idx]].sum() / pool.tokens[idx].sum())}
-    return out
+        result[name] = {"xent": bigram_cross_entropy(encode([pool.texts[i] for i in idx]) + sample, held_out, vocab),
+                        "share": target_share(pool, idx, domain)}
+    return result
 
 
 def main() -> None:
@@ -123,6 +115,8 @@ def main() -> None:
                    help="a selection to screen (repeatable; default: " + ", ".join(COLUMNS) + ")")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".cache" / "paper"))
     a = p.parse_args()
+    import pyarrow.parquet as pq
+
     from impsamp.comparison import CompareConfig
     from impsamp.datasets import demo_corpus
     from impsamp.training import train_tokenizer
@@ -136,14 +130,28 @@ def main() -> None:
         train_tokenizer([str(demo_corpus().pool)], CompareConfig().vocab_size, tok_path)
     tokenizer = load_tokenizer(tok_path)
     seeds = [int(s) for s in a.seeds.split(",")]
+
+    def encode(texts: list[str]) -> list[np.ndarray]:
+        return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_batch(texts)]
+
+    def read(path: Path) -> list[np.ndarray]:
+        return encode(pq.read_table(path).column("text").to_pylist())
+
+    stages = {}
+    for s in seeds:  # each seed's embedding, clustering and pool units, read once for every domain
+        emb, clu = prepare(work, s)
+        stages[s] = (emb, clu, pool_units(emb))
+    corpus, out = demo_corpus(), work / "proxy-selection"
     print(f"Machine: {machine()}. Budget {a.tokens:,} tokens, seeds {a.seeds}: bigram cross-entropy of the "
           "evaluation text (nats/token, lower is better), per seed and their mean; target-domain share.")
     print("| domain | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns))
     for d in domains:
-        runs = [screen(d, s, a.tokens, columns, work, tokenizer) for s in seeds]
+        texts = (read(corpus.eval(d)), read(corpus.sample(d)))
+        runs = [screen(d, s, a.tokens, columns, stages[s], texts, encode, tokenizer.vocab_size, out) for s in seeds]
         cells = [" ".join(f"{r[c]['xent']:.3f}" for r in runs) + f" (mean {np.mean([r[c]['xent'] for r in runs]):.3f}; "
                  f"{np.mean([r[c]['share'] for r in runs]):.1%})" for c in columns]
         print(f"| {d} | " + " | ".join(cells) + " |", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

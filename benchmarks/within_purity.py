@@ -103,6 +103,12 @@ def pool_units(emb: Path) -> Pool:
                 np.load(sorted(emb.glob("vectors-*.npy"))[0]).astype(np.float32))
 
 
+def target_share(pool: Pool, idx: np.ndarray, domain: str) -> float:
+    """The share of a selection's tokens (units `idx`, repeats included) that are in `domain`."""
+    on = pool.domain[idx] == domain
+    return float(pool.tokens[idx][on].sum() / pool.tokens[idx].sum())
+
+
 def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) -> dict[str, np.ndarray]:
     """The columns that go through the `--within` hook: per-unit log-weights (each standardised over the
     pool, then divided by a temperature: the scale `knn+ngram` uses)."""
@@ -169,7 +175,7 @@ def purity(domain: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int
                        overwrite=True)
         t = sel.to_table()
         idx, cl = t.column("doc_index").to_numpy(), t.column("cluster").to_numpy()
-        shares[name] = float(pool.tokens[idx][on[idx]].sum() / pool.tokens[idx].sum())
+        shares[name] = target_share(pool, idx, domain)
         if name != "uniform":  # the most this selection's own per-cluster quotas allow (tokens drawn per cluster)
             k = len(np.bincount(leaves)) if len(leaves) else 0
             quota = np.bincount(cl, weights=pool.tokens[idx], minlength=k)
@@ -186,10 +192,9 @@ def purity(domain: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int
 def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int, domains: list[str], pool: Pool,
           pool_ngrams, cache: dict, within_top: float | None = None, max_repeat: int | None = None) -> None:
     """`--train COLUMN`: paper_table.py's LM run (the demo's settings, float32) of `importance` with the
-    column's weights through the `--within` hook (with `--within-top`, `--max-repeat` when given), per domain, in
-    WORK/lm-COLUMN[-topF[rR]]-TOKENS-sSEED. paper_table
-    reuses a finished run whose settings match, and the hook's name does not change with its weights:
-    delete that folder after changing them."""
+    column's weights through the `--within` hook (with `--within-top`, `--max-repeat` when given), per domain,
+    in WORK/lm-COLUMN[-topF[rR]]-TOKENS-sSEED. paper_table reuses a finished run whose settings match, and the
+    hook's name does not change with its weights: delete that folder after changing them."""
     from argparse import Namespace
 
     import paper_table
@@ -203,8 +208,8 @@ def train(column: str, emb: Path, clu: Path, work: Path, seed: int, tokens: int,
         HOOKED["log_w"] = domain_weights(d, emb, work, pool, pool_ngrams, cache)[column]
         args = Namespace(domains=d, methods="importance", tokens=tokens, k=None, scheme=None, max_tokens=None,
                          dtype="float32", within="__main__:hook", within_temperature=None, within_repeats=None,
-                         max_repeat=max_repeat, within_top=within_top, preset=None, steps=None, finetune_steps=None, seed=seed, windows=False,
-                         work=str(out), progress=False)
+                         max_repeat=max_repeat, within_top=within_top, preset=None, steps=None, finetune_steps=None,
+                         seed=seed, windows=False, work=str(out), progress=False)
         res = paper_table.run(args)["domains"][d]["methods"]["importance"]
         print(f"[lm] {column} seed {seed} {d}: {res['metrics']['finetuned']['macro_ppl']:.2f} after fine-tuning, "
               f"share {res.get('target_domain_share')}", flush=True)
@@ -236,7 +241,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
     p.add_argument("--train", metavar="COLUMN", choices=COLUMNS[4:],
                    help="instead: train paper_table.py's LM on this hooked column's selections (results.json in "
-                        "WORK/lm-COLUMN-TOKENS-sSEED/compare-DOMAIN)")
+                        "WORK/lm-COLUMN[-topF[rR]]-TOKENS-sSEED/compare-DOMAIN)")
     p.add_argument("--within-top", dest="within_top", type=float, help="--train: importance's --within-top F")
     p.add_argument("--max-repeat", dest="max_repeat", type=int, help="--train: importance's --max-repeat")
     a = p.parse_args()

@@ -163,10 +163,7 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
             logger.warning("--within-top: the clusters the target weighs hold less than the budget; each of their "
                            "units may be drawn up to %d times", cap)
         room = np.where(size > 0, held / np.maximum(size, 1e-12), 0.0) * float(cap)
-        if (room * size).sum() < need * (1 - 1e-9):
-            raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {int((room * size).sum()):,} "
-                              f"{_UNIT_NAMES[unit]} can be drawn from the clusters the target weighs (every unit "
-                              "of them eligible); lower the budget or raise --max-repeat")
+        _check_room(room, size, need, cap, unit, " (every unit of them eligible)")
         return cap, room, eligible
     cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
     if cap is None:
@@ -179,12 +176,17 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
         logger.warning("the budget needs up to %d draws of a document in the clusters the target weighs: "
                        "the default repeat cap (%d) is raised to it", cap, KNN_MAX_REPEAT)
     room = np.where(q > 0, n_c * float(cap), 0.0)
-    if (room * size).sum() < need * (1 - 1e-9):
-        most = int((room * size).sum())
-        raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {most:,} {_UNIT_NAMES[unit]} "
-                          "can be drawn from the clusters the target weighs; lower the budget or raise "
-                          "--max-repeat")
+    _check_room(room, size, need, cap, unit)
     return cap, room, None
+
+
+def _check_room(room: np.ndarray, size: np.ndarray, need: float, cap: int, unit: str, which: str = "") -> None:
+    """One line for a budget the clusters' rooms under the repeat cap cannot hold."""
+    most = (room * size).sum()
+    if most < need * (1 - 1e-9):
+        raise ConfigError(f"budget impossible with --max-repeat {cap}: at most {int(most):,} {_UNIT_NAMES[unit]} "
+                          f"can be drawn from the clusters the target weighs{which}; lower the budget or raise "
+                          "--max-repeat")
 
 
 def _topk_keys(cfg: ResampleConfig, log_w: np.ndarray, shard: int) -> np.ndarray:
