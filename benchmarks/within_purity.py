@@ -20,7 +20,11 @@ sums, which favours long documents) and its sum with the cosine, a kNN density r
 among a unit's 20 nearest of pool + target), and a logistic regression on the hashed n-grams (target
 sample against the pool, cross-fitted in 5 folds so that no unit is scored by a model trained on it) alone
 and summed with the cosine, DSIR's own summed log-ratio alone and beside the classifier's odds (z-scores
-averaged). `--train COLUMN [--within-top F]` trains paper_table.py's LM on a hooked column's selections.
+averaged), the classifier on cased n-grams (`FEATURISERS`), and either classifier's odds capped at even
+odds (min(o, 0) on the same slope: every unit the classifier calls the target's weighs the same, so the
+draw among them is not tilted to the domain's most distinctive documents). `--train COLUMN [--within-top
+F]` trains paper_table.py's LM on a hooked column's selections; `--membership` tables how well the
+classifier finds each domain's pool units under each featuriser (benchmarks/results/membership.md).
 
 Embeddings and clusters are made as `paper_table.py` makes them (the demo's model, 128 tokens, k=64, the
 seed's k-means), in the same folder names, so a paper-table `--work` folder is reused. Selection only: no
@@ -44,10 +48,12 @@ from _common import machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "within_purity.md"
+MEMBERSHIP = ROOT / "benchmarks" / "results" / "membership.md"
 HOOKED: dict[str, np.ndarray] = {}  # the per-unit log-weights the hook hands back, set before each draw
 COLUMNS = ["uniform", "knn", "knn tau 0.02", "knn+ngram", "ngram per n-gram", "knn+ngram per n-gram",
            "kNN density ratio", "n-gram classifier", "knn+n-gram classifier", "DSIR log-ratio sum",
-           "n-gram classifier+DSIR"]
+           "n-gram classifier+DSIR", "cased n-gram classifier", "cased classifier, capped at even odds",
+           "n-gram classifier, capped at even odds"]
 
 
 def hook(target_vectors: np.ndarray, vectors: np.ndarray) -> np.ndarray:
@@ -109,6 +115,60 @@ def target_share(pool: Pool, idx: np.ndarray, domain: str) -> float:
     return float(pool.tokens[idx][on].sum() / pool.tokens[idx].sum())
 
 
+FEATURISERS = {"lower-cased words (the library's)": {},
+               "case kept": {"lowercase": False},
+               "cased: case and punctuation kept": {"lowercase": False, "token_pattern": r"\w+|[^\w\s]"},
+               "characters 3-5": {"lowercase": False, "analyzer": "char_wb", "ngram_range": (3, 5)}}
+"""Hashed n-gram featurisers for the classifier (sklearn HashingVectorizer settings over DSIR's: word
+unigrams and bigrams, 2**16 buckets, raw counts). "cased" keeps case and gives every non-space character
+that is not a word character a token of its own."""
+
+
+def featurise(name: str, texts: list[str]):
+    """Hashed n-gram counts of `texts` (CSR) under one of FEATURISERS ("cased" for the cased one)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from impsamp.selectors import N_FEATURES
+
+    settings = next(v for k, v in FEATURISERS.items() if k.startswith(name))
+    vec = HashingVectorizer(**{"n_features": N_FEATURES, "ngram_range": (1, 2), "alternate_sign": False,
+                               "norm": None, "dtype": np.float64, **settings})
+    return vec.transform(texts)
+
+
+def recall_at_precision(score: np.ndarray, on: np.ndarray, tokens: np.ndarray, precision: float) -> float:
+    """The share of the target domain's tokens among the units ranked highest by `score`, taken as far down
+    as the ranking stays at `precision` (token-weighted) or better."""
+    order = np.argsort(-score, kind="stable")
+    good = np.cumsum(tokens[order] * on[order])
+    ok = np.flatnonzero(good / np.cumsum(tokens[order]) >= precision)
+    return float(good[ok[-1]] / good[-1]) if len(ok) else 0.0
+
+
+def membership(pool: Pool, domains: list[str]) -> list[str]:
+    """`--membership`: how well the cross-fitted n-gram classifier, under each featuriser, tells each
+    domain's pool units from the rest (pool labels, which no selector sees): ROC AUC, and the share of
+    the domain's tokens it finds at 98% and 95% precision."""
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from impsamp.datasets import demo_corpus
+    from impsamp.selectors import ngram_classifier_odds
+
+    pool_x = {f: featurise(f, pool.texts) for f in FEATURISERS}
+    lines = ["| domain | " + " | ".join(FEATURISERS) + " |", "|---|" + "---|" * len(FEATURISERS)]
+    for d in domains:
+        on, sample = pool.domain == d, pq.read_table(demo_corpus().sample(d)).column("text").to_pylist()
+        cells = []
+        for f in FEATURISERS:
+            odds = ngram_classifier_odds(pool_x[f], featurise(f, sample))[0]
+            cells.append(f"{roc_auc_score(on, odds):.4f} / {recall_at_precision(odds, on, pool.tokens, 0.98):.2f} / "
+                         f"{recall_at_precision(odds, on, pool.tokens, 0.95):.2f}")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) -> dict[str, np.ndarray]:
     """The columns that go through the `--within` hook: per-unit log-weights (each standardised over the
     pool, then divided by a temperature: the scale `knn+ngram` uses)."""
@@ -119,7 +179,7 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     def z(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / max(float(x.std()), 1e-12)
 
-    matrix, counts = pool_ngrams
+    matrix, counts, cased = pool_ngrams
     ratio = ngram_log_ratio(ngram_counts(target_texts), counts)
     per_ngram = np.asarray(matrix @ ratio).ravel() / np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0)
     vectors = pool.vectors
@@ -132,10 +192,14 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     in_target = (near >= len(vectors)).sum(axis=1)
     odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))[0]  # what --within ngram-classifier fits
     summed = np.asarray(matrix @ ratio).ravel()  # DSIR's own weight: the log-ratio summed over the unit's n-grams
+    cased_odds = ngram_classifier_odds(cased, featurise("cased", target_texts))[0]
     return {"ngram per n-gram": z(per_ngram) / 0.1, "knn+ngram per n-gram": (z(cosine) + z(per_ngram)) / 0.1,
             "kNN density ratio": 4.0 * np.log((in_target + 0.5) / (20 - in_target + 0.5)),
             "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1,
-            "DSIR log-ratio sum": z(summed) / 0.1, "n-gram classifier+DSIR": (z(odds) + z(summed)) / 0.2}
+            "DSIR log-ratio sum": z(summed) / 0.1, "n-gram classifier+DSIR": (z(odds) + z(summed)) / 0.2,
+            "cased n-gram classifier": z(cased_odds) / 0.1,
+            "cased classifier, capped at even odds": np.minimum(cased_odds, 0.0) / (0.1 * cased_odds.std()),
+            "n-gram classifier, capped at even odds": np.minimum(odds, 0.0) / (0.1 * odds.std())}
 
 
 def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:
@@ -242,6 +306,8 @@ def main() -> None:
     p.add_argument("--train", metavar="COLUMN", choices=COLUMNS[4:],
                    help="instead: train paper_table.py's LM on this hooked column's selections (results.json in "
                         "WORK/lm-COLUMN[-topF[rR]]-TOKENS-sSEED/compare-DOMAIN)")
+    p.add_argument("--membership", action="store_true",
+                   help=f"instead: the classifier's membership table per featuriser ({MEMBERSHIP.relative_to(ROOT)})")
     p.add_argument("--within-top", dest="within_top", type=float, help="--train: importance's --within-top F")
     p.add_argument("--max-repeat", dest="max_repeat", type=int, help="--train: importance's --max-repeat")
     a = p.parse_args()
@@ -252,10 +318,22 @@ def main() -> None:
     domains = a.domains.split(",") if a.domains else list(demo_corpus().domains)
     res: dict[int, dict[str, dict]] = {}
     pool_ngrams, cache = None, {}
+    if a.membership:
+        lines = [f"# The n-gram classifier's membership signal per featuriser ({started:%Y-%m-%d %H:%M} UTC)", "",
+                 f"Machine: {machine()}. Command: `{' '.join(['within_purity.py', *sys.argv[1:]])}`. For each bundled "
+                 "domain as the target: the cross-fitted n-gram classifier of `--within ngram-classifier` (its "
+                 "sample against the pool's units) with the hashed n-grams of each featuriser, scored against the "
+                 "pool's `domain` labels (which no selector sees). Each cell: ROC AUC / the share of the domain's "
+                 "pool tokens found at 98% precision / at 95% (token-weighted, down the ranking by log-odds).", "",
+                 *membership(pool_units(prepare(work, int(a.seeds.split(",")[0]))[0]), domains)]
+        if not a.no_write:
+            MEMBERSHIP.write_text("\n".join(lines) + "\n")
+        return
     for seed in [int(s) for s in a.seeds.split(",")]:
         emb, clu = prepare(work, seed)
         pool = pool_units(emb)
-        pool_ngrams = pool_ngrams or (ngram_matrix(pool.texts), ngram_counts(pool.texts))
+        pool_ngrams = pool_ngrams or (ngram_matrix(pool.texts), ngram_counts(pool.texts),
+                                      featurise("cased", pool.texts))
         if a.train:
             train(a.train, emb, clu, work, seed, a.tokens, domains, pool, pool_ngrams, cache, a.within_top,
                   a.max_repeat)
