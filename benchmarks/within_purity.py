@@ -20,7 +20,7 @@ sums, which favours long documents) and its sum with the cosine, a kNN density r
 among a unit's 20 nearest of pool + target), and a logistic regression on the hashed n-grams (target
 sample against the pool, cross-fitted in 5 folds so that no unit is scored by a model trained on it) alone
 and summed with the cosine, DSIR's own summed log-ratio alone and beside the classifier's odds (z-scores
-averaged), the classifier on cased n-grams (`FEATURISERS`), and either classifier's odds capped at even
+averaged), the classifier on cased n-grams (`FEATURISERS[CASED]`), and either classifier's odds capped at even
 odds (min(o, 0) on the same slope: every unit the classifier calls the target's weighs the same, so the
 draw among them is not tilted to the domain's most distinctive documents). `--train COLUMN [--within-top
 F]` trains paper_table.py's LM on a hooked column's selections; `--membership` tables how well the
@@ -115,24 +115,26 @@ def target_share(pool: Pool, idx: np.ndarray, domain: str) -> float:
     return float(pool.tokens[idx][on].sum() / pool.tokens[idx].sum())
 
 
-FEATURISERS = {"lower-cased words (the library's)": {},
+LIBRARY, CASED = "lower-cased words (the library's)", "cased: case and punctuation kept"
+FEATURISERS = {LIBRARY: None,
                "case kept": {"lowercase": False},
-               "cased: case and punctuation kept": {"lowercase": False, "token_pattern": r"\w+|[^\w\s]"},
+               CASED: {"lowercase": False, "token_pattern": r"\w+|[^\w\s]"},
                "characters 3-5": {"lowercase": False, "analyzer": "char_wb", "ngram_range": (3, 5)}}
-"""Hashed n-gram featurisers for the classifier (sklearn HashingVectorizer settings over DSIR's: word
-unigrams and bigrams, 2**16 buckets, raw counts). "cased" keeps case and gives every non-space character
-that is not a word character a token of its own."""
+"""Hashed n-gram featurisers for the classifier: the library's (`selectors.ngram_matrix`, DSIR's), and sklearn
+HashingVectorizer settings over its word unigrams and bigrams, 2**16 buckets, raw counts. CASED keeps case
+and gives every non-space character that is not a word character a token of its own."""
 
 
 def featurise(name: str, texts: list[str]):
-    """Hashed n-gram counts of `texts` (CSR) under one of FEATURISERS ("cased" for the cased one)."""
+    """Hashed n-gram counts of `texts` (CSR) under FEATURISERS[name]."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from impsamp.selectors import N_FEATURES
+    from impsamp.selectors import N_FEATURES, ngram_matrix
 
-    settings = next(v for k, v in FEATURISERS.items() if k.startswith(name))
+    if FEATURISERS[name] is None:
+        return ngram_matrix(texts)
     vec = HashingVectorizer(**{"n_features": N_FEATURES, "ngram_range": (1, 2), "alternate_sign": False,
-                               "norm": None, "dtype": np.float64, **settings})
+                               "norm": None, "dtype": np.float64, **FEATURISERS[name]})
     return vec.transform(texts)
 
 
@@ -179,6 +181,9 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     def z(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / max(float(x.std()), 1e-12)
 
+    def capped(o: np.ndarray) -> np.ndarray:  # z(o) / 0.1's slope below even odds, flat above
+        return np.minimum(o, 0.0) / (0.1 * max(float(o.std()), 1e-12))
+
     matrix, counts, cased = pool_ngrams
     ratio = ngram_log_ratio(ngram_counts(target_texts), counts)
     per_ngram = np.asarray(matrix @ ratio).ravel() / np.maximum(np.asarray(matrix.sum(axis=1)).ravel(), 1.0)
@@ -192,14 +197,14 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
     in_target = (near >= len(vectors)).sum(axis=1)
     odds = ngram_classifier_odds(matrix, ngram_matrix(target_texts))[0]  # what --within ngram-classifier fits
     summed = np.asarray(matrix @ ratio).ravel()  # DSIR's own weight: the log-ratio summed over the unit's n-grams
-    cased_odds = ngram_classifier_odds(cased, featurise("cased", target_texts))[0]
+    cased_odds = ngram_classifier_odds(cased, featurise(CASED, target_texts))[0]
     return {"ngram per n-gram": z(per_ngram) / 0.1, "knn+ngram per n-gram": (z(cosine) + z(per_ngram)) / 0.1,
             "kNN density ratio": 4.0 * np.log((in_target + 0.5) / (20 - in_target + 0.5)),
             "n-gram classifier": z(odds) / 0.1, "knn+n-gram classifier": (z(cosine) + z(odds)) / 0.1,
             "DSIR log-ratio sum": z(summed) / 0.1, "n-gram classifier+DSIR": (z(odds) + z(summed)) / 0.2,
             "cased n-gram classifier": z(cased_odds) / 0.1,
-            "cased classifier, capped at even odds": np.minimum(cased_odds, 0.0) / (0.1 * cased_odds.std()),
-            "n-gram classifier, capped at even odds": np.minimum(odds, 0.0) / (0.1 * odds.std())}
+            "cased classifier, capped at even odds": capped(cased_odds),
+            "n-gram classifier, capped at even odds": capped(odds)}
 
 
 def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:
@@ -333,7 +338,7 @@ def main() -> None:
         emb, clu = prepare(work, seed)
         pool = pool_units(emb)
         pool_ngrams = pool_ngrams or (ngram_matrix(pool.texts), ngram_counts(pool.texts),
-                                      featurise("cased", pool.texts))
+                                      featurise(CASED, pool.texts))
         if a.train:
             train(a.train, emb, clu, work, seed, a.tokens, domains, pool, pool_ngrams, cache, a.within_top,
                   a.max_repeat)
