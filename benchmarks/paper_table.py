@@ -144,6 +144,8 @@ def main() -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--train-seed", dest="train_seed", type=int,
+                   help="the LMs' seed, when it should differ from the selections' (--seed): the training's own noise")
     p.add_argument("--windows", action="store_true",
                    help="embed the pool in --max-tokens windows: the window is the selection unit (else truncated)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".cache" / "paper"), help="where the runs go")
@@ -154,6 +156,7 @@ def main() -> None:
     res = run(args)
     text = table(res)
     cfg = res["config"]
+    lm_seed = "" if cfg.get("train_seed") is None else f" (the LMs' seed: {cfg['train_seed']})"
     header = "\n".join([
         "# The paper table on the bundled corpus", "",
         f"Machine: {machine()}; date {dt.date.today().isoformat()}; load average {load0:.1f} at the start, "
@@ -167,7 +170,7 @@ def main() -> None:
         f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
         f"{cfg['max_repeat'] or 'default (importance: 4)'}, within-top {cfg.get('within_top') or 'off'}, LM preset `{cfg['preset']}` "
         f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, training dtype "
-        f"`{cfg.get('dtype', 'auto')}`, seed {cfg['seed']}.", ""])
+        f"`{cfg.get('dtype', 'auto')}`, seed {cfg['seed']}{lm_seed}.", ""])
     print(header + "\n" + text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -103,13 +103,16 @@ def _shared_options(f=None, *, defaults: dict | None = None):
                    "drawn, each once (with --max-repeat R: F / R times the budget, each up to R times); the "
                    "quotas bend toward them (resample --within-top) [default: off].")
 @_shared_options
+@click.option("--train-seed", type=int, default=None,
+              help="Seed of the LMs' initialisation and batches, to train the same selections again and see how "
+                   "much of a difference is the training's own noise [default: --seed].")
 @click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
 @config_option
 @overwrite_option
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
             large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, dtype,
-            within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps, preset, seed, text_field, config_file,
+            within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps, preset, seed, train_seed, text_field, config_file,
             overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
@@ -132,7 +135,8 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,
                          dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
-                         steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, text_field=text_field)
+                         steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,
+                         text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
     click.echo(report.table())

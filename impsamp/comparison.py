@@ -97,6 +97,10 @@ class CompareConfig:
     """Every model's autocast dtype (`train --dtype`; auto: bfloat16 on a GPU or a CPU that multiplies
     it in hardware, else float32): fix it to compare figures across machines."""
     seed: int = 0
+    train_seed: int | None = None
+    """Seed of every LM's initialisation and batches; None: `seed`. Another value trains on the same selections
+    again: how far a method's perplexity moves with it is the training's own noise, the yardstick for a
+    difference between methods."""
     text_field: str = "text"
 
     def __post_init__(self) -> None:
@@ -278,7 +282,8 @@ def _train_config(out: Path, cfg: CompareConfig, generic_corpus, progress: bool)
     if not tok_path.exists():
         _log(progress, "training the tokenizer")
         train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path, text_field=cfg.text_field)
-    return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps, seed=cfg.seed,
+    return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps,
+                       seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
                        tokenizer=str(tok_path.resolve()), dtype=cfg.dtype, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
                        n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size)
 

@@ -31,6 +31,17 @@ def _write(path, topic_of, n, rng):
     return path
 
 
+def _small_inputs(tmp_path, seed: int):
+    """A 200-document two-topic generic corpus, a 'code' target and eval, and c.toml: a one-layer LM."""
+    rng = np.random.default_rng(seed)
+    generic = _write(tmp_path / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 200, rng)
+    target = _write(tmp_path / "target.jsonl", lambda i: "code", 30, rng)
+    evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 10, rng)
+    (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nvocab_size = 300\nn_layer = 1\n'
+                                  'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    return generic, target, evals
+
+
 def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     rng = np.random.default_rng(0)
     generic = _write(tmp_path / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 300, rng)
@@ -69,6 +80,29 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     assert r2.exit_code == 1 and "--overwrite" in r2.output
 
 
+def test_train_seed_trains_the_same_selections_again(tmp_path):
+    generic, target, evals = _small_inputs(tmp_path, seed=2)
+
+    def run(out, *extra):
+        args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out, "--methods",
+                "importance", "--tokens", 2000, "--k", 4, "--steps", 3, "--finetune-steps", 2, "--no-progress",
+                "--dtype", "float32", "--config", tmp_path / "c.toml", *extra]
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        return Report.load(out).results["methods"]["importance"]
+
+    plain, same, other = run(tmp_path / "a"), run(tmp_path / "b", "--train-seed", 0), run(tmp_path / "c", "--train-seed", 5)
+    data = [{o["path"]: o["sha256"] for o in json.loads((tmp_path / d / "selections" / "importance" / "manifest.json")
+                                                         .read_text())["outputs"] if o["path"].startswith("data-")}
+            for d in "abc"]
+    assert data[0] == data[1] == data[2] and data[0]  # the selection follows --seed only
+    seeds = [json.loads((tmp_path / d / "runs" / "importance" / "manifest.json").read_text())["config"]["seed"]
+             for d in "abc"]
+    assert seeds == [0, 0, 5]
+    ppl = [m["metrics"]["pretrained"]["macro_ppl"] for m in (plain, same, other)]
+    assert ppl[0] == ppl[1] != ppl[2]
+
+
 def test_compare_config_checks_methods():
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
@@ -80,12 +114,7 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
     import subprocess
     import sys
 
-    rng = np.random.default_rng(1)
-    generic = _write(tmp_path / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 200, rng)
-    target = _write(tmp_path / "target.jsonl", lambda i: "code", 30, rng)
-    evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 10, rng)
-    (tmp_path / "c.toml").write_text('[compare]\nmodel = "hashing:64"\nvocab_size = 300\nn_layer = 1\n'
-                                  'n_embd = 32\nn_head = 2\nblock_size = 32\nbatch_size = 4\n')
+    generic, target, evals = _small_inputs(tmp_path, seed=1)
 
     def run(out, **env):
         args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
