@@ -130,6 +130,9 @@ class CompareConfig:
         for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "train_seed"):
+            if (getattr(self, name) or 0) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
     def selection_config(self, method: str):
         """`resample`'s settings for one method's selection (`importance-uniform`: importance with

@@ -103,9 +103,12 @@ def test_train_seed_trains_the_same_selections_again(tmp_path):
     assert ppl[0] == ppl[1] != ppl[2]
 
 
-def test_compare_config_checks_methods():
+def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
+    for name in ("seed", "train_seed"):
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be >= 0, got -1"):
+            CompareConfig(**{name: -1})
 
 
 def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
