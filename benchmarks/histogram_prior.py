@@ -38,11 +38,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
-from within_purity import Pool, pool_units, prepare  # noqa: E402
+from within_purity import Pool, embedded, pool_units, prepare  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "histogram_prior.md"
-K = 64
 ESTIMATES = ("sample", "pool, labelled", "pool, classifier", "half and half")
 DRAW = 200
 MIXED: dict[str, object] = {}  # the share F and the classifier's per-cluster unit counts, set before each run
@@ -68,46 +67,46 @@ def classifier_positive(pool: Pool, pool_matrix, domain: str) -> np.ndarray:
     return ngram_classifier_odds(pool_matrix, ngram_matrix(texts))[0] > 0
 
 
-def embedded(path: Path, emb: Path, out: Path) -> np.ndarray:
-    """`path`'s vectors, embedded with the pool's settings (kept in `out`)."""
-    from impsamp.embedding import Embeddings, embed
+def classified_pool(work: Path, seed: int) -> tuple[Path, Pool, object]:
+    """The pool's embedding (as paper_table.py makes it), its units, and their hashed n-grams."""
+    from impsamp.selectors import ngram_matrix
 
-    if not (out / "manifest.json").exists():
-        embed(path, out, Embeddings.load(emb).config, overwrite=True)
-    return np.concatenate([np.load(f) for f in sorted(out.glob("vectors-*.npy"))]).astype(np.float32)
+    emb = prepare(work, seed)[0]
+    pool = pool_units(emb)
+    return emb, pool, ngram_matrix(pool.texts)
 
 
 def distances(work: Path, seeds: list[int], domains: list[str]) -> list[str]:
     """The table: mean total variation over the seeds from each estimate to the evaluation text's histogram."""
     from impsamp.clustering import Clusters
     from impsamp.datasets import demo_corpus
-    from impsamp.selectors import ngram_matrix
 
-    emb = prepare(work, seeds[0])[0]
-    pool = pool_units(emb)
-    matrix = ngram_matrix(pool.texts)
+    emb, pool, matrix = classified_pool(work, seeds[0])
+    clusterings = []  # each seed's clusters and the pool units' leaves, loaded once
+    for seed in seeds:
+        clu = Clusters.load(prepare(work, seed)[1])
+        clusterings.append((clu, np.load(sorted(clu.path.glob("assign-*.npy"))[0])[:, -1]))
 
-    def hist(leaves: np.ndarray) -> np.ndarray:
-        return np.bincount(leaves, minlength=K) / max(len(leaves), 1)
+    def hist(leaves: np.ndarray, k: int) -> np.ndarray:
+        return np.bincount(leaves, minlength=k) / max(len(leaves), 1)
 
     lines = ["| domain | " + " | ".join(ESTIMATES) + " | two draws | classifier's units (precision) |",
              "|---|" + "---|" * 6]
-    sums, rng = np.zeros(len(ESTIMATES) + 1), np.random.default_rng(0)
+    sums, rng, corpus = np.zeros(len(ESTIMATES) + 1), np.random.default_rng(0), demo_corpus()
     for d in domains:
         positive = classifier_positive(pool, matrix, d)
-        corpus = demo_corpus()  # the sample's folder is within_purity.py's
-        vectors = {"sample": embedded(corpus.sample(d), emb, work / f"target-{d}-{emb.name}"),
+        vectors = {"sample": embedded(corpus.sample(d), emb, work / f"target-{d}-{emb.name}"),  # within_purity's
                    "eval": embedded(corpus.eval(d), emb, work / f"eval-{d}-{emb.name}")}
         tv = np.zeros(len(ESTIMATES) + 1)
-        for seed in seeds:
-            clu = Clusters.load(prepare(work, seed)[1])
-            leaves = np.load(sorted(clu.path.glob("assign-*.npy"))[0])[:, -1]
-            near = {s: hist(clu.assign(v)[:, -1]) for s, v in vectors.items()}
-            found = hist(leaves[positive])
-            est = (near["sample"], hist(leaves[pool.domain == d]), found, 0.5 * near["sample"] + 0.5 * found)
+        for clu, leaves in clusterings:
+            k = clu.n_leaves
+            near = {s: hist(clu.assign(v)[:, -1], k) for s, v in vectors.items()}
+            found = hist(leaves[positive], k)
+            est = (near["sample"], hist(leaves[pool.domain == d], k), found, 0.5 * near["sample"] + 0.5 * found)
             tv[:-1] += [0.5 * np.abs(e - near["eval"]).sum() / len(seeds) for e in est]
             units = rng.permutation(np.flatnonzero(pool.domain == d))
-            tv[-1] += 0.5 * np.abs(hist(leaves[units[:DRAW]]) - hist(leaves[units[DRAW:2 * DRAW]])).sum() / len(seeds)
+            draws = (hist(leaves[units[:DRAW]], k), hist(leaves[units[DRAW:2 * DRAW]], k))
+            tv[-1] += 0.5 * np.abs(draws[0] - draws[1]).sum() / len(seeds)
         sums += tv / len(domains)
         precision = float(np.mean(pool.domain[positive] == d)) if positive.any() else float("nan")
         lines.append(f"| {d} | " + " | ".join(f"{x:.3f}" for x in tv) + f" | {int(positive.sum())} ({precision:.2f}) |")
@@ -124,7 +123,7 @@ def train(share: float, work: Path, seeds: list[int], tokens: int, domains: list
     import paper_table
 
     import impsamp.comparison as comparison
-    from impsamp.selectors import ngram_matrix
+    from impsamp.clustering import Clusters
 
     plain = comparison.CompareConfig.selection_config
 
@@ -133,19 +132,17 @@ def train(share: float, work: Path, seeds: list[int], tokens: int, domains: list
         return replace(cfg, weighting="__main__:pool_mixed") if method == "importance" else cfg
 
     comparison.CompareConfig.selection_config = mixed
-    emb = prepare(work, seeds[0])[0]
-    pool = pool_units(emb)
-    matrix = ngram_matrix(pool.texts)
+    emb, pool, matrix = classified_pool(work, seeds[0])
     positive = {d: classifier_positive(pool, matrix, d) for d in domains}
     for seed in seeds:
         clu = prepare(work, seed)[1]
-        leaves = np.load(sorted(clu.glob("assign-*.npy"))[0])[:, -1]
+        leaves, k = np.load(sorted(clu.glob("assign-*.npy"))[0])[:, -1], Clusters.load(clu).n_leaves
         out = work / f"lm-smoothed{share:g}-{tokens}-s{seed}"
         for stage in (emb, clu):  # paper_table finds them by name: a copy, so its folders stay its own
             if not (out / stage.name / "manifest.json").exists():
                 shutil.copytree(stage, out / stage.name, dirs_exist_ok=True)
         for d in domains:
-            MIXED.update(share=share, counts=np.bincount(leaves[positive[d]], minlength=K).astype(np.float64))
+            MIXED.update(share=share, counts=np.bincount(leaves[positive[d]], minlength=k).astype(np.float64))
             args = Namespace(domains=d, methods="importance", tokens=tokens, k=None, scheme=None, max_tokens=None,
                              dtype="float32", within=None, within_temperature=None, within_repeats=None,
                              max_repeat=None, within_top=None, preset=None, steps=None, finetune_steps=None,
@@ -167,6 +164,7 @@ def main() -> None:
     p.add_argument("--train", type=float, metavar="F", help="instead: the LM runs with F of the histogram from the pool")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
     a = p.parse_args()
+    from impsamp.comparison import CompareConfig
     from impsamp.datasets import demo_corpus
 
     work, seeds = Path(a.work), [int(s) for s in a.seeds.split(",")]
@@ -178,7 +176,7 @@ def main() -> None:
         return
     started = dt.datetime.now(dt.timezone.utc)
     lines = [f"# The target histogram from the pool ({started:%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {machine()}. Command: `{' '.join(['histogram_prior.py', *sys.argv[1:]])}`. k = {K}; seeds "
+             f"Machine: {machine()}. Command: `{' '.join(['histogram_prior.py', *sys.argv[1:]])}`. k = {CompareConfig().k} (paper_table.py's); seeds "
              f"{a.seeds} (means over them). Each cell: the total variation between an estimate of the target's "
              "cluster histogram and that of the domain's held-out evaluation text (lower is closer); `two draws`: "
              f"between two disjoint random draws of {DRAW} of the domain's pool units.", "",

@@ -207,19 +207,25 @@ def hooked_log_weights(target_vectors, target_texts, pool: Pool, pool_ngrams) ->
             "n-gram classifier, capped at even odds": capped(odds)}
 
 
+def embedded(path: Path, emb: Path, out: Path) -> np.ndarray:
+    """`path`'s vectors, embedded with the pool's settings (`emb`'s) and kept in `out` for the next run."""
+    from impsamp.embedding import Embeddings, embed
+
+    if not (out / "manifest.json").exists():
+        embed(path, out, Embeddings.load(emb).config, overwrite=True)
+    return np.concatenate([np.load(f) for f in sorted(out.glob("vectors-*.npy"))]).astype(np.float32)
+
+
 def domain_weights(domain: str, emb: Path, work: Path, pool: Pool, pool_ngrams, cache: dict) -> dict[str, np.ndarray]:
     """The hooked columns' per-unit log-weights toward `domain` (they do not depend on the seed: kept in
     `cache`); its sample embedded like the pool, in WORK/target-DOMAIN-EMBEDDING."""
     import pyarrow.parquet as pq
 
     from impsamp.datasets import demo_corpus
-    from impsamp.embedding import Embeddings, embed
 
     if domain not in cache:
-        target_emb, sample = work / f"target-{domain}-{emb.name}", demo_corpus().sample(domain)
-        if not (target_emb / "manifest.json").exists():
-            embed(sample, target_emb, Embeddings.load(emb).config, overwrite=True)  # the pool's settings
-        target_vectors = np.load(sorted(target_emb.glob("vectors-*.npy"))[0]).astype(np.float32)
+        sample = demo_corpus().sample(domain)
+        target_vectors = embedded(sample, emb, work / f"target-{domain}-{emb.name}")
         cache[domain] = hooked_log_weights(target_vectors, pq.read_table(sample).column("text").to_pylist(), pool,
                                            pool_ngrams)
     return cache[domain]
