@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402  (one machine description for every benchmark)
 from impsamp.training.config import DTYPES  # noqa: E402  (the trainer's dtypes, one list)
+from impsamp.training_noise import seed_words  # noqa: E402  (the seeds sentence of compare's report)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "paper.md"
@@ -146,6 +147,8 @@ def main() -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--train-seed", dest="train_seed", type=int,
                    help="the LMs' seed, when it should differ from the selections' (--seed): the training's own noise")
+    p.add_argument("--lm-seeds", dest="lm_seeds", type=int,
+                   help="LMs per selection (seeds --train-seed and after): cells are their means")
     p.add_argument("--windows", action="store_true",
                    help="embed the pool in --max-tokens windows: the window is the selection unit (else truncated)")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / ".cache" / "paper"), help="where the runs go")
@@ -156,7 +159,6 @@ def main() -> None:
     res = run(args)
     text = table(res)
     cfg = res["config"]
-    lm_seed = "" if cfg.get("train_seed") is None else f" (the LMs' seed: {cfg['train_seed']})"
     header = "\n".join([
         "# The paper table on the bundled corpus", "",
         f"Machine: {machine()}; date {dt.date.today().isoformat()}; load average {load0:.1f} at the start, "
@@ -170,7 +172,7 @@ def main() -> None:
         f"{cfg['within_temperature']} and repeats `{cfg['within_repeats']}`, repeat cap "
         f"{cfg['max_repeat'] or 'default (importance: 4)'}, within-top {cfg.get('within_top') or 'off'}, LM preset `{cfg['preset']}` "
         f"{cfg['steps']} pretraining + {cfg['finetune_steps']} fine-tuning steps, training dtype "
-        f"`{cfg.get('dtype', 'auto')}`, seed {cfg['seed']}{lm_seed}.", ""])
+        f"`{cfg.get('dtype', 'auto')}`, {seed_words(cfg)}.", ""])
     print(header + "\n" + text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

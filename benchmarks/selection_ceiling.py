@@ -40,8 +40,9 @@ AGAINST = ROOT / "benchmarks" / "results" / "paper-0.6.0.json"
 RESULTS = ROOT / "benchmarks" / "results" / "ceiling.json"
 
 
-def domain_selection(work: Path, domain: str, tokens: int, seed: int):
-    """The target domain's pool documents at the budget (an impsamp selection, counted as resample counts)."""
+def domain_selection(work: Path, domain: str, tokens: int, seed: int, pool: Path | None = None):
+    """The target domain's documents in `pool` (default: the bundled pool) at the budget (an impsamp selection,
+    counted as resample counts)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -57,8 +58,8 @@ def domain_selection(work: Path, domain: str, tokens: int, seed: int):
         return Selection.load(out)
     pure = work / f"pool-{domain}.parquet"
     if not pure.exists():
-        pool = pq.read_table(corpus.pool)
-        pq.write_table(pool.filter(np.asarray(pool.column("domain").to_pylist()) == domain), pure)
+        table = pq.read_table(corpus.pool if pool is None else pool)
+        pq.write_table(table.filter(np.asarray(table.column("domain").to_pylist()) == domain), pure)
     emb_dir, clu_dir = work / f"embeddings-{domain}", work / f"clusters-{domain}-s{seed}"
     if not (emb_dir / "manifest.json").exists():  # the paper table's embeddings (ONNX int8, 128 tokens)
         embed(pure, emb_dir, EmbedConfig(max_tokens=128, backend="onnx", quantize="int8"), overwrite=True)

@@ -106,13 +106,19 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--train-seed", type=int, default=None,
               help="Seed of the LMs' initialisation and batches, to train the same selections again and see how "
                    "much of a difference is the training's own noise [default: --seed].")
+@click.option("--lm-seeds", type=int, default=None, metavar="N",
+              help="Train every selection's LM under N seeds (--train-seed, else --seed, and the N - 1 after "
+                   "it): the report gives mean perplexities ± a standard error, and each method's difference from "
+                   "the first one paired on the seed, so a gap can be told from the training's noise (N times the "
+                   "training time) [default: 1].")
 @click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
 @config_option
 @overwrite_option
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
             large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, dtype,
-            within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps, preset, seed, train_seed, text_field, config_file,
+            within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps,
+            preset, seed, train_seed, lm_seeds, text_field, config_file,
             overwrite, progress):
     """Select with each method at the same budget, train the same LM on each, compare perplexities.
 
@@ -136,7 +142,7 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,
-                         text_field=text_field)
+                         lm_seeds=lm_seeds, text_field=text_field)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
     click.echo(report.table())

@@ -23,6 +23,8 @@ import numpy as np
 from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
 from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
+from .training_noise import (lm_seeds, mean_metrics, paired, per_seed, plus_minus, report_lines, run_dir, seed_words,
+                             standard_error)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,9 @@ class CompareConfig:
     """Seed of every LM's initialisation and batches; None: `seed`. Another value trains on the same selections
     again: how far a method's perplexity moves with it is the training's own noise, the yardstick for a
     difference between methods."""
+    lm_seeds: int = 1
+    """LMs trained on each selection (dense rows), seeds `train_seed` (else `seed`) and the ones after it: the
+    report gives the means, their standard errors and each method paired with the first (`impsamp.training_noise`)."""
     text_field: str = "text"
 
     def __post_init__(self) -> None:
@@ -127,7 +132,7 @@ class CompareConfig:
         parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
         if self.groups < 2:
             raise ConfigError(f"--groups must be >= 2, got {self.groups}")
-        for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens"):
+        for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("seed", "train_seed"):
@@ -299,18 +304,25 @@ def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, 
     results: dict[str, Any] = {"config": asdict(cfg), "impsamp_version": __version__, "methods": {}}
     domains = domain_column(generic_corpus)
     target_domain = majority_domain(target_corpus)
+    seeds = lm_seeds(cfg.seed, cfg.train_seed, cfg.lm_seeds)
     for method, sel in selections.items():
         # a uniform selection does not depend on the target: its model is pretrained once for all of them
         mcfg = replace(tcfg, pretrain_costs="generic" if method == "uniform" else "per-target")
-        tr = _trained(out / "runs" / method, mcfg, sel, targets, evals, progress)
-        entry = {"metrics": tr.metrics, "costs": tr.metrics.get("costs"), "selection": {k: sel.stats.get(k) for k in (
-            "rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic", "kl_target_selected",
-            "effective_sample_size")}}
+        runs = [_trained(run_dir(out / "runs", method, i, s), replace(mcfg, seed=s), sel, targets, evals, progress)
+                for i, s in enumerate(seeds)]
+        metrics = [tr.metrics for tr in runs]
+        entry = {"metrics": mean_metrics(metrics), "costs": metrics[0].get("costs"), "selection": {
+            k: sel.stats.get(k) for k in ("rows", "tokens", "unique_documents", "repetition_rate", "kl_target_generic",
+                                          "kl_target_selected", "effective_sample_size")}}
+        if len(seeds) > 1:
+            entry["lm_seeds"] = per_seed(metrics, seeds)
         if domains is not None:
             entry["domain_shares"] = domain_shares(sel, domains)
             if target_domain:
                 entry["target_domain_share"] = entry["domain_shares"].get(target_domain, 0.0)
         results["methods"][method] = entry
+    if len(seeds) > 1:
+        results["lm_seeds"] = paired(results["methods"])
     results["target_domain"] = target_domain
     return results
 
@@ -376,8 +388,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     for label, e in entries:
         pre, fin = e["metrics"]["pretrained"], e["metrics"].get("finetuned", {})
         s = e.get("selection")
-        row = [label, f"{pre['macro_ppl']:.2f}", f"{pre['macro_bpb']:.3f}",
-               f"{fin.get('macro_ppl', float('nan')):.2f}", f"{fin.get('macro_bpb', float('nan')):.3f}",
+        noise = e.get("lm_seeds") or {}
+        row = [label, f"{pre['macro_ppl']:.2f}" + plus_minus(noise.get("pretrained_ppl")), f"{pre['macro_bpb']:.3f}",
+               f"{fin.get('macro_ppl', float('nan')):.2f}" + plus_minus(noise.get("finetuned_ppl")),
+               f"{fin.get('macro_bpb', float('nan')):.3f}",
                f"{s['repetition_rate']:.1%}" if s else "-", f"{s['kl_target_selected']:.3f}" if s else "-"]
         if has_domain:
             row.append(f"{e['target_domain_share']:.1%}" if "target_domain_share" in e else "-")
@@ -399,11 +413,12 @@ def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     lines = [
         "# impsamp compare", "",
         f"Same LM preset (`{cfg['preset']}`, {cfg['steps']} pretraining steps, {cfg['finetune_steps']} "
-        f"fine-tuning steps, seed {cfg['seed']}) pretrained on each selection of {cfg['tokens']:,} "
+        f"fine-tuning steps, {seed_words(cfg)}) pretrained on each selection of {cfg['tokens']:,} "
         f"tokens from the generic corpus, then fine-tuned on the in-domain sample; perplexity and bits "
         f"per byte on the evaluation text (macro-averaged over files). Clusters: k={clu.n_leaves}.", "",
         markdown_table(results), "",
     ]
+    lines += report_lines(results)
     if results.get("target_domain"):
         lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection:", ""]
         for m, e in results["methods"].items():
@@ -465,14 +480,17 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
     methods = [label for label, _ in entries]
     pre = [e["metrics"]["pretrained"]["macro_ppl"] for _, e in entries]
     fin = [e["metrics"].get("finetuned", {}).get("macro_ppl", np.nan) for _, e in entries]
+    pre_se, fin_se = ([standard_error(e["lm_seeds"][key]) if "lm_seeds" in e else np.nan for _, e in entries]
+                      for key in ("pretrained_ppl", "finetuned_ppl"))  # error bars where there are several LM seeds
     x = np.arange(len(methods))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(methods)), 3.8), dpi=100)
-    ax.bar(x - 0.2, pre, width=0.4, label="pretrained only")
-    ax.bar(x + 0.2, fin, width=0.4, label="after fine-tuning")
+    ax.bar(x - 0.2, pre, width=0.4, yerr=pre_se, capsize=3, label="pretrained only")
+    ax.bar(x + 0.2, fin, width=0.4, yerr=fin_se, capsize=3, label="after fine-tuning")
+    ax.set_ylim(top=1.2 * np.nanmax([*pre, *fin]))  # room for the legend above the bars
     ax.set_xticks(x, methods, rotation=20 if max(map(len, methods)) > 12 else 0, ha="right" if
                   max(map(len, methods)) > 12 else "center")
     ax.set_ylabel("in-domain perplexity (lower is better)")
-    ax.legend()
+    ax.legend(loc="upper right", ncol=2)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fig.savefig(tmp, format="png", metadata={"Software": None})

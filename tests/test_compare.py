@@ -102,6 +102,17 @@ def test_train_seed_trains_the_same_selections_again(tmp_path):
     ppl = [m["metrics"]["pretrained"]["macro_ppl"] for m in (plain, same, other)]
     assert ppl[0] == ppl[1] != ppl[2]
 
+    # --lm-seeds 2 from seed 4: LMs under seeds 4 and 5, the second the same run as --train-seed 5's
+    both = run(tmp_path / "d", "--train-seed", 4, "--lm-seeds", 2)
+    assert both["lm_seeds"]["seeds"] == [4, 5] and (tmp_path / "d" / "runs" / "importance-lm5").is_dir()
+    four, five = both["lm_seeds"]["pretrained_ppl"]
+    assert five == other["metrics"]["pretrained"]["macro_ppl"] and four != five
+    assert both["metrics"]["pretrained"]["macro_ppl"] == pytest.approx((four + five) / 2)
+    assert both["lm_seeds"]["finetuned_ppl"][1] == other["metrics"]["finetuned"]["macro_ppl"]
+    report = (tmp_path / "d" / "report.md").read_text()
+    assert "LM seeds 4, 5" in report and "trained under 2 LM seeds (4, 5)" in report
+    assert f"{both['metrics']['finetuned']['macro_ppl']:.2f} ± " in report
+
 
 def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="unknown"):
@@ -109,6 +120,35 @@ def test_compare_config_checks_methods_and_seeds():
     for name in ("seed", "train_seed"):
         with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be >= 0, got -1"):
             CompareConfig(**{name: -1})
+    with pytest.raises(ConfigError, match="--lm-seeds must be >= 1, got 0"):
+        CompareConfig(lm_seeds=0)
+
+
+def test_lm_seed_pairs_give_mean_standard_error_and_wins():
+    from impsamp.training_noise import mean_metrics, paired, per_seed, report_lines
+
+    def metrics(pre, fin):
+        return {"pretrained": {"macro_ppl": pre, "macro_bpb": pre / 100, "per_file": {"e": {"ppl": pre, "bpb": 1.0}}},
+                "finetuned": {"macro_ppl": fin, "macro_bpb": fin / 100}, "train": {"steps": 3}}
+
+    base = [metrics(300, 200), metrics(320, 220), metrics(310, 210)]
+    better = [metrics(290, 190), metrics(300, 215), metrics(305, 200)]
+    same = [metrics(300, 201), metrics(320, 219), metrics(310, 210)]
+    mean = mean_metrics(base)
+    assert mean["pretrained"]["macro_ppl"] == 310 and mean["finetuned"]["macro_bpb"] == pytest.approx(2.1)
+    assert mean["pretrained"]["per_file"]["e"]["ppl"] == 310 and mean["train"] == {"steps": 3}
+    assert base[0]["pretrained"]["macro_ppl"] == 300  # the runs' own metrics are left alone
+    methods = {m: {"lm_seeds": per_seed(r, [0, 1, 2])} for m, r in (("a", base), ("b", better), ("c", same))}
+    noise = paired(methods)
+    assert noise["baseline"] == "a" and noise["measure"] == "finetuned_ppl" and set(noise["paired"]) == {"b", "c"}
+    b = noise["paired"]["b"]  # differences -10, -5, -10
+    assert (b["lower"], b["n"]) == (3, 3) and b["mean"] == pytest.approx(-25 / 3)
+    assert b["se"] == pytest.approx(np.std([-10, -5, -10], ddof=1) / np.sqrt(3))
+    assert noise["paired"]["c"]["lower"] == 1
+    lines = "\n".join(report_lines({"lm_seeds": noise}))
+    assert "- b: -8.33 (standard error 1.67), lower in 3 of 3 seeds\n" in lines
+    assert "- c: +0.00 (standard error 0.58), lower in 1 of 3 seeds: within the training noise" in lines
+    assert report_lines({}) == [] and paired({"a": {}}) is None
 
 
 def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
