@@ -68,33 +68,44 @@ def config(args: argparse.Namespace, seed: int):
                          dtype="float32", seed=seed)
 
 
+def compare_dir(args: argparse.Namespace, domain: str, seed: int) -> Path:
+    return Path(args.work) / f"compare-{domain}-{args.fraction:.3g}-{args.tokens}-s{seed}"
+
+
+def finished(args: argparse.Namespace, domain: str, seed: int) -> dict | None:
+    """The results of a finished compare of this domain, seed and settings, else None."""
+    from impsamp.comparison import Report
+    from impsamp.errors import StageError
+
+    try:
+        res = Report.load(compare_dir(args, domain, seed)).results
+    except StageError:  # not there or not finished
+        return None
+    return res if res.get("config") == json.loads(json.dumps(asdict(config(args, seed)))) else None
+
+
 def run_domain(args: argparse.Namespace, domain: str, seed: int) -> dict:
-    """One domain and seed: its thinned pool embedded (once) and clustered, then `compare`."""
+    """One domain and seed: its thinned pool embedded (once) and clustered, then `compare` (a finished one reused)."""
     from impsamp.clustering import ClusterConfig, cluster
-    from impsamp.comparison import Report, compare
+    from impsamp.comparison import compare
     from impsamp.datasets import demo_corpus
     from impsamp.embedding import EmbedConfig, embed
     from impsamp.embedding.loading import embed_backend
 
+    if (res := finished(args, domain, seed)) is not None:
+        return res
     work, corpus, cfg = Path(args.work), demo_corpus(), config(args, seed)
     pool = thinned_pool(work, domain, args.fraction)
     emb_dir = work / f"embeddings-{domain}-{args.fraction:.3g}"
     clu_dir = work / f"clusters-{domain}-{args.fraction:.3g}-k{cfg.k}-s{seed}"
-    out = work / f"compare-{domain}-{args.fraction:.3g}-{cfg.tokens}-s{seed}"
     if not (emb_dir / "manifest.json").exists():
         backend, quantize = embed_backend(cfg.backend)
         embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
                                          quantize=quantize), overwrite=True)
     if not (clu_dir / "manifest.json").exists():
         cluster(emb_dir, clu_dir, ClusterConfig(k=cfg.k, seed=seed), overwrite=True)
-    try:
-        report = Report.load(out)
-        if report.results.get("config") != json.loads(json.dumps(asdict(cfg))):
-            raise ValueError("other settings")
-    except Exception:  # noqa: BLE001 - not there, incomplete or other settings: run it
-        report = compare([pool], [corpus.sample(domain)], [corpus.eval(domain)], out, cfg, embeddings=emb_dir,
-                         clusters=clu_dir, overwrite=True)
-    return report.results
+    return compare([pool], [corpus.sample(domain)], [corpus.eval(domain)], compare_dir(args, domain, seed), cfg,
+                   embeddings=emb_dir, clusters=clu_dir, overwrite=True).results
 
 
 def ceiling(args: argparse.Namespace, domain: str, seed: int, run: bool = True) -> dict | None:
@@ -107,7 +118,7 @@ def ceiling(args: argparse.Namespace, domain: str, seed: int, run: bool = True) 
     from impsamp.training.provenance import finished_run
 
     work, corpus, cfg, tag = Path(args.work), demo_corpus(), config(args, seed), f"{args.fraction:.3g}"
-    tok = work / f"compare-{domain}-{tag}-{cfg.tokens}-s{seed}" / "tokenizer.json"
+    tok = compare_dir(args, domain, seed) / "tokenizer.json"
     where = work / f"ceiling-{domain}-{tag}"
     path = where / f"run-{cfg.tokens}-s{seed}"
     if not run and not (path / "manifest.json").exists():
@@ -120,14 +131,6 @@ def ceiling(args: argparse.Namespace, domain: str, seed: int, run: bool = True) 
         [sel.path], path, tcfg, finetune=[corpus.sample(domain)], eval=[corpus.eval(domain)], overwrite=True)
     return {"metrics": tr.metrics, "target_domain_share": 1.0,
             "selection": {k: sel.stats.get(k) for k in ("rows", "unique_documents", "repetition_rate")}}
-
-
-def finished(args: argparse.Namespace, domain: str, seed: int) -> dict | None:
-    path = Path(args.work) / f"compare-{domain}-{args.fraction:.3g}-{args.tokens}-s{seed}" / "results.json"
-    if not path.exists():
-        return None
-    res = json.loads(path.read_text())
-    return res if res.get("config") == json.loads(json.dumps(asdict(config(args, seed)))) else None
 
 
 def table(args: argparse.Namespace, results: dict[tuple[str, int], dict]) -> str:

@@ -42,7 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "ceiling.json"
 
 def domain_selection(work: Path, domain: str, tokens: int, seed: int, pool: Path | None = None):
     """The target domain's documents in `pool` (default: the bundled pool) at the budget (an impsamp selection,
-    counted as resample counts)."""
+    counted as resample counts). `work` keeps one domain pool per domain: give another `pool` its own `work`."""
     import numpy as np
     import pyarrow.parquet as pq
 
