@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ class ImpsampGroup(click.Group):
             ctx.exit(130)
         except BrokenPipeError:
             raise  # the reader went away (`impsamp info DIR | head`): click's main exits quietly
+        except (NotADirectoryError, FileExistsError) as e:
+            # A path through a file (--out notes.txt/x): nothing to resume, another path to give.
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}: a file is where a folder is expected; choose "
+                                       "another path") from None
         except OSError as e:
             # Disk full, permission denied, ...: name the file and what to do.
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
@@ -66,15 +72,44 @@ def _one_line(message: str) -> str:
     return "; ".join(line.strip() for line in message.splitlines() if line.strip()) or "unknown error"
 
 
+class Count(click.ParamType):
+    """A count that may be written as a float (2e9): a finite number, rounded down to an integer."""
+
+    name = "N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number != int(number):
+            self.fail(f"{value!r} is not a whole finite number (give a count such as 2e9)", param, ctx)
+        return int(number)
+
+
+COUNT = Count()
+
+
 def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
                         help="Replace an existing complete output (an interrupted one resumes without it).")(f)
 
 
-def config_option(f):
-    return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-                        default=None, help="TOML file; this command reads its own [section]. "
-                        "Flags override it.")(f)
+def config_option(f=None, *, section: str | None = None):
+    """`--config FILE`; `section` names the TOML section read where it is not the command's own."""
+    where = f"its [{section}] section" if section else "its own [section]"
+
+    def deco(g):
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                            default=None, help=f"TOML file; this command reads {where}. "
+                            "Flags override it.")(g)
+    return deco(f) if f is not None else deco
 
 
 def progress_option(f):

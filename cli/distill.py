@@ -26,7 +26,7 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--eval", "eval_files", multiple=True, help="In-domain evaluation files (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
 @click.option("--seed", type=int, default=None, help="Random seed.")
-@config_option
+@config_option(section="train")
 @overwrite_option
 @progress_option
 def distill(teacher, student, target, out_dir, alpha, temperature, finetune_steps, finetune_lr, early_stopping,

@@ -10,8 +10,8 @@ import click
 from impsamp.config import from_dict, load_toml
 from impsamp.training.config import PRESETS
 
-from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option, scale_options,
-                  show_progress)
+from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, progress_option,
+                  scale_options, show_progress)
 
 
 @cli.command()
@@ -23,8 +23,8 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
                    "(a clustering with exactly this many clusters is used as is) [default: 4].")
 @click.option("--level", type=int, default=None,
               help="Group by the nodes of this level of a hierarchical clustering (0: the top).")
-@click.option("--tokens-per-expert", type=float, default=None, help="Training tokens of every expert.")
-@click.option("--total-tokens", type=float, default=None,
+@click.option("--tokens-per-expert", type=COUNT, default=None, help="Training tokens of every expert.")
+@click.option("--total-tokens", type=COUNT, default=None,
               help="Training tokens of all experts, split in proportion to the groups' tokens (the generic "
                    "pretraining FLOPs of one dense model on that many tokens) [default: one pass over each group].")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None, help="Every expert's size [default: tiny].")
@@ -62,8 +62,8 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     for given, other in ((tokens_per_expert, "total_tokens"), (total_tokens, "tokens_per_expert")):
         if given is not None:  # a budget flag replaces the file's other budget
             section.pop(other, None)
-    flags = dict(groups=groups, level=level, tokens_per_expert=_int(tokens_per_expert),
-                 total_tokens=_int(total_tokens), tokenizer=tokenizer, seed=seed)
+    flags = dict(groups=groups, level=level, tokens_per_expert=tokens_per_expert,
+                 total_tokens=total_tokens, tokenizer=tokenizer, seed=seed)
     cfg = from_dict(ExpertsConfig, {**section, **{k: v for k, v in flags.items() if v is not None}},
                     source=f"{config_file} [experts]" if config_file else "flags")
     ex = execution(engine, ray_address, num_shards, shard_index)
@@ -78,10 +78,6 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
         val = f", validation loss {g['val_loss']:.4f}" if g["val_loss"] is not None else ""
         click.echo(f"  expert {g['group']}: {g['clusters']} clusters, {g['documents']:,} documents, trained "
                    f"{g['trained_tokens']:,} tokens{val}")
-
-
-def _int(x: float | None) -> int | None:
-    return None if x is None else int(x)
 
 
 @cli.command()

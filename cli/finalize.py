@@ -12,7 +12,7 @@ from .app import cli
 @cli.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
 def finalize(out_dir):
-    """Complete OUT_DIR, an embed or cluster output written by --num-shards/--shard-index slices.
+    """Complete OUT_DIR, an embed, cluster or experts output written by --num-shards/--shard-index slices.
 
     Checks that every shard is committed (exit 1 with how many are missing otherwise) and writes
     the stage's last files and manifest.json: the bytes a single run writes. Rerunning the stage

@@ -37,7 +37,8 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
                    f"topk: without replacement [default: {ResampleConfig.scheme}].")
 @click.option("--weighting", default=None, metavar="NAME|MODULE:FUNCTION",
               help="Cluster weights: ratio, uniform, or your own function (target_hist, generic_hist) -> "
-                   "weights [default: ratio].")
+                   "one weight per leaf; both are impsamp.Histogram objects (.counts, .probs(), .k) "
+                   "[default: ratio].")
 @click.option("--smoothing", type=float, default=None, help="Laplace pseudo-documents per target cluster [default: 0].")
 @click.option("--temperature", type=float, default=None, help="Exponent on the density ratio [default: 1].")
 @click.option("--cap", type=float, default=None, help="Largest weight, as a multiple of the mean weight.")

@@ -12,12 +12,13 @@ from impsamp.config import from_dict, load_toml
 from impsamp.training.config import PRESETS, TrainConfig
 from impsamp.training.families import FAMILIES
 
-from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import COUNT, cli, config_option, out_option, overwrite_option, progress_option, show_progress
 
 _INT_FLAGS = {
     "n_layer": "Transformer layers.", "n_embd": "Model width.", "n_head": "Attention heads.",
     "mlp_hidden": "Hidden size of the SwiGLU MLP.", "block_size": "Context length in tokens.",
-    "vocab_size": "BPE vocabulary to train [preset: 4096 tiny, 32000 otherwise].",
+    "vocab_size": "BPE vocabulary to train [preset: 4096 tiny, mini and tiny-large; 32000 slm-126m and "
+                  "llm-771m].",
     "steps": "Optimizer steps [default: one pass over the data].",
     "batch_size": "Sequences per micro-batch per process (global batch: see above).",
     "grad_accum": "Micro-batches per optimizer step.",
@@ -37,7 +38,7 @@ _FLOAT_FLAGS = {"lr": "Peak learning rate [preset].", "finetune_lr": "Fine-tunin
 
 
 def _train_options(f):
-    f = click.option("--tokens", type=float, default=None,
+    f = click.option("--tokens", type=COUNT, default=None,
                      help="Token budget instead of --steps (2e9 is fine), in steps of the global batch.")(f)
     for name, text in reversed(list(_FLOAT_FLAGS.items())):
         f = click.option("--" + name.replace("_", "-"), name, type=float, default=None, help=text)(f)
@@ -75,7 +76,8 @@ def _train_options(f):
               help="Files to score before/after fine-tuning (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16"]), default=None,
-              help="Autocast dtype [default: bfloat16 on CUDA and on CPUs with AMX, else float32].")
+              help="Autocast dtype [default: bfloat16 on CUDA and on CPUs with AMX or AVX512-BF16, "
+              "else float32].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
 @click.option("--text-field", default=None, help="Field holding the document text [default: text].")
 @click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
@@ -112,11 +114,10 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     """
     from impsamp.training import train as run_training
 
-    if numbers["tokens"] is not None:
-        numbers["tokens"] = int(numbers["tokens"])
     if not data and not init and not clusters:
         raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
                                "(or --arch projected --clusters CLU)")
+    _check_tuning(numbers, finetune)
     if init and preset is None and arch is None:  # the run's own preset and family
         preset, arch = _init_defaults(init)
     cfg = resolve_train_config(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
@@ -153,6 +154,13 @@ def _stage(path: Path) -> str | None:
         return json.loads((Path(path) / "manifest.json").read_text()).get("stage")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _check_tuning(numbers: dict, finetune) -> None:
+    tuning = [f"--{k.replace('_', '-')}" for k in ("finetune_steps", "finetune_lr", "early_stopping", "eval_every",
+                                                    "finetune_val_fraction") if numbers.get(k) is not None]
+    if tuning and not finetune:  # a warning: scripts pass one set of flags to every run
+        click.echo(f"warning: {', '.join(tuning)} ignored: no --finetune sample to fine-tune on", err=True)
 
 
 def _init_defaults(init: str) -> tuple[str | None, str | None]:

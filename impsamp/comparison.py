@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .comparison_report import markdown_table, rows, write_report
+from .config import check_seed, positive
 from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
-from .manifest import MANIFEST, StageRun, atomic_write_bytes, read_manifest
-from .training_noise import (lm_seeds, mean_metrics, paired, per_seed, plus_minus, report_lines, run_dir, seed_words,
-                             standard_error)
+from .manifest import MANIFEST, StageRun, read_manifest
+from .training_noise import lm_seeds, mean_metrics, paired, per_seed, run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +109,11 @@ class CompareConfig:
     def __post_init__(self) -> None:
         from .training.config import DTYPES
 
+        check_seed(self.seed)  # it seeds faiss's k-means too: 31 bits
+        check_seed(self.train_seed, "--train-seed")
+        first = self.seed if self.train_seed is None else self.train_seed
+        if self.lm_seeds >= 1:
+            check_seed(first + self.lm_seeds - 1, "the last LM seed, --train-seed (else --seed) + --lm-seeds - 1,")
         if self.backend not in ("auto", "torch", "onnx"):
             raise ConfigError(f"backend must be auto, torch or onnx, got {self.backend!r}")
         if self.dtype not in DTYPES:
@@ -130,14 +133,18 @@ class CompareConfig:
         from .planning import parse_inference_budget
 
         parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
-        if self.groups < 2:
-            raise ConfigError(f"--groups must be >= 2, got {self.groups}")
-        for name in ("tokens", "k", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
+        for name in ("groups", "k"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"--{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("tokens", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("seed", "train_seed"):
-            if (getattr(self, name) or 0) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
+        positive("targets_expected", self.targets_expected, flag="--targets-expected")
+        from .training.config import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
 
     def selection_config(self, method: str):
         """`resample`'s settings for one method's selection (`importance-uniform`: importance with
@@ -216,7 +223,8 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         open_corpus(e, text_field=cfg.text_field)  # fail early on a bad evaluation file
     inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
               "target": {"fingerprint": target_corpus.fingerprint()}, "eval": evals}
-    run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+    read = [f.path for f in [*generic_corpus.files, *target_corpus.files]] + [embeddings, clusters]
+    run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, embeddings, clusters, progress)
     selections = _select(out, cfg, emb, clu, targets, progress)
     tcfg = _train_config(out, cfg, generic_corpus, progress)
@@ -226,7 +234,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
 
         results["models"] = model_entries(out, cfg, tcfg, emb, clu, selections, generic_corpus, targets, evals,
                                           progress, _log)
-    files = _write_report(out, results, clu)
+    files = write_report(out, results, clu)
     run.finish(stats={"methods": list(cfg.methods), "models": list(cfg.models), "table": _summary(results)},
                extra_files=files)
     return Report(out, results)
@@ -240,8 +248,19 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
     from .embedding.loading import embed_backend
 
     backend, quantize = embed_backend(cfg.backend)
+    clu, given = (Clusters.load(clusters) if clusters is not None else None), "--embeddings"
+    if embeddings is None and clu is not None:  # the clusters' own embeddings
+        embeddings = clu.manifest.inputs.get("embeddings", {}).get("path")
+        if not (embeddings and (Path(embeddings) / MANIFEST).is_file()):
+            raise ConfigError(f"--clusters {clusters}: the embeddings they were made from ({embeddings}) are "
+                              "gone; pass them with --embeddings, or leave --clusters out")
+        given = f"--clusters {clusters}: their embeddings"
     if embeddings is not None:
         emb = Embeddings.load(embeddings)
+        made_of = [(f.get("digest"), f.get("rows")) for f in emb.manifest.inputs.get("corpus", {}).get("files", [])]
+        if made_of != [(f.digest, f.rows) for f in generic_corpus.files]:
+            raise ConfigError(f"{given} {embeddings} were made from another corpus than --generic; pass "
+                              "the embeddings of --generic, or leave them out to embed it")
     elif _reuse(out / "embeddings", "embed",
                 {"max_tokens": cfg.max_tokens, "backend": backend, "quantize": quantize},
                 {"corpus": generic_corpus.fingerprint()}):
@@ -251,8 +270,11 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
         ecfg = EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend, quantize=quantize,
                            text_field=cfg.text_field)
         emb = embed(generic_corpus, out / "embeddings", ecfg, overwrite=True, progress=progress)
-    if clusters is not None:
-        return emb, Clusters.load(clusters)
+    if clu is not None:
+        if clu.manifest.inputs.get("embeddings", {}).get("fingerprint") != emb.manifest.fingerprint:
+            raise ConfigError(f"--clusters {clusters} were made from other embeddings than those of --generic; "
+                              "pass a clustering of them, or leave --clusters out")
+        return emb, clu
     if _reuse(out / "clusters", "cluster", {"k": cfg.k, "seed": cfg.seed}, {"embeddings": emb.manifest.fingerprint}):
         return emb, Clusters.load(out / "clusters")
     _log(progress, f"clustering (k={cfg.k})")
@@ -346,154 +368,7 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[impsamp] {msg}", file=sys.stderr, flush=True)
 
 
-
-def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, entry) of every row of the report: the dense model per method, then the other models."""
-    out = [(m if "models" not in results else f"dense, {m}", e) for m, e in results["methods"].items()]
-    for name, e in results.get("models", {}).items():
-        out.append((_model_label(name, e), e))
-    return out
-
-
-def _model_label(name: str, e: dict[str, Any]) -> str:
-    if name == "experts":
-        return f"experts G={e['groups']} ({e['select']})"
-    if name == "projected":
-        return f"projected network (cluster {e['condition']})"
-    if name == "large":
-        return f"large ({e['preset']}, {e['steps']} steps)"
-    if name == "distill":
-        return f"distilled (teacher {e['teacher']}, alpha {e['alpha']})"
-    return "soup of experts" if name == "soup" else name
-
-
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     return {label: {"pretrained_ppl": e["metrics"]["pretrained"]["macro_ppl"],
                     "finetuned_ppl": e["metrics"].get("finetuned", {}).get("macro_ppl")}
             for label, e in rows(results)}
-
-
-def markdown_table(results: dict[str, Any]) -> str:
-    """The paper-style table: one row per strategy, perplexity and bits per byte before and after
-    fine-tuning, what its selection repeated, and its costs (FLOPs paid once and per target,
-    parameters at inference)."""
-    from .costs import format_flops
-
-    entries = rows(results)
-    has_domain = any("target_domain_share" in e for _, e in entries)
-    head = ["method", "ppl pretrained", "bpb pretrained", "ppl fine-tuned", "bpb fine-tuned",
-            "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else []) + \
-        ["generic FLOPs", "per-target FLOPs", "inference FLOPs/token", "params (inference)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, e in entries:
-        pre, fin = e["metrics"]["pretrained"], e["metrics"].get("finetuned", {})
-        s = e.get("selection")
-        noise = e.get("lm_seeds") or {}
-        row = [label, f"{pre['macro_ppl']:.2f}" + plus_minus(noise.get("pretrained_ppl")), f"{pre['macro_bpb']:.3f}",
-               f"{fin.get('macro_ppl', float('nan')):.2f}" + plus_minus(noise.get("finetuned_ppl")),
-               f"{fin.get('macro_bpb', float('nan')):.3f}",
-               f"{s['repetition_rate']:.1%}" if s else "-", f"{s['kl_target_selected']:.3f}" if s else "-"]
-        if has_domain:
-            row.append(f"{e['target_domain_share']:.1%}" if "target_domain_share" in e else "-")
-        c = e.get("costs") or {}
-        row += [format_flops(c.get("generic", 0)), format_flops(c.get("per_target", 0)),
-                format_flops(c.get("inference_flops_per_token", 0)),
-                f"{c.get('params_active', 0) / 1e6:.2f}M" + (f" of {c['params_total'] / 1e6:.2f}M"
-                                                             if c.get("params_total", 0) > c.get("params_active", 0)
-                                                             else "")]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
-
-
-def _write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    if _plot_perplexity(out / "perplexity.png", results):
-        files["perplexity.png"] = out / "perplexity.png"
-    cfg = results["config"]
-    lines = [
-        "# impsamp compare", "",
-        f"Same LM preset (`{cfg['preset']}`, {cfg['steps']} pretraining steps, {cfg['finetune_steps']} "
-        f"fine-tuning steps, {seed_words(cfg)}) pretrained on each selection of {cfg['tokens']:,} "
-        f"tokens from the generic corpus, then fine-tuned on the in-domain sample; perplexity and bits "
-        f"per byte on the evaluation text (macro-averaged over files). Clusters: k={clu.n_leaves}.", "",
-        markdown_table(results), "",
-    ]
-    lines += report_lines(results)
-    if results.get("target_domain"):
-        lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection:", ""]
-        for m, e in results["methods"].items():
-            shares = sorted(e.get("domain_shares", {}).items(), key=lambda kv: -kv[1])
-            lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" for d, s in shares[:8]))
-        lines.append("")
-    if "experts" in results.get("models", {}):
-        e = results["models"]["experts"]
-        lines += [f"Experts: {e['groups']} groups of the clusters, trained on the generic corpus at the dense "
-                  f"model's generic FLOPs; rule `{e['select']}` chose expert {e['chosen']}, which holds "
-                  f"{e['target_mass_on_chosen']:.0%} of the target's cluster mass (per group: "
-                  + ", ".join(f"{m:.0%}" for m in e["group_mass"]) + "). The experts are in `experts/`, the "
-                  f"fine-tuned one in `runs/experts-{e['select']}/`.", ""]
-    for name in ("projected", "soup"):
-        if name in results.get("models", {}):
-            e = results["models"][name]
-            lines += [f"{_model_label(name, e).capitalize()}: one shared network trained on the generic corpus for "
-                      f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
-                      f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
-    plan_lines, results["plan"] = _plan(out, results, files)
-    lines += plan_lines
-    lines += ["Selections are in `selections/<method>/` (each with its data card, histogram plot and cluster "
-              "explorer, `explorer.html`, linked from `report.html`), "
-              "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
-              "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]
-    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
-    files["report.md"] = out / "report.md"
-    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())
-    files["results.json"] = out / "results.json"
-    from .explorer import write_report_html  # report.html beside report.md, each selection's explorer linked
-
-    return {**files, **write_report_html(out, clu, list(results["methods"]), seed=cfg["seed"])}
-
-
-def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[list[str], dict[str, Any]]:
-    """The planning section (C(N), the choice under the stated budgets, the decision figure)."""
-    from .planning import Budgets, parse_inference_budget, plan_section, plot_costs, plot_decision
-
-    cfg = results["config"]
-    value, unit = parse_inference_budget(cfg.get("inference_budget"))
-    budgets = Budgets(cfg.get("targets_expected"), value, unit, cfg.get("per_target_budget"))
-    entries = rows(results)
-    for name, plot in (("plan.png", lambda p: plot_costs(p, entries, budgets.targets)),
-                       ("decision.png", lambda p: plot_decision(p, entries))):
-        if plot(out / name):
-            files[name] = out / name
-    return plan_section(entries, budgets)
-
-
-def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    entries = rows(results)
-    methods = [label for label, _ in entries]
-    pre = [e["metrics"]["pretrained"]["macro_ppl"] for _, e in entries]
-    fin = [e["metrics"].get("finetuned", {}).get("macro_ppl", np.nan) for _, e in entries]
-    pre_se, fin_se = ([standard_error(e["lm_seeds"][key]) if "lm_seeds" in e else np.nan for _, e in entries]
-                      for key in ("pretrained_ppl", "finetuned_ppl"))  # error bars where there are several LM seeds
-    x = np.arange(len(methods))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(methods)), 3.8), dpi=100)
-    ax.bar(x - 0.2, pre, width=0.4, yerr=pre_se, capsize=3, label="pretrained only")
-    ax.bar(x + 0.2, fin, width=0.4, yerr=fin_se, capsize=3, label="after fine-tuning")
-    ax.set_ylim(top=1.2 * np.nanmax([*pre, *fin]))  # room for the legend above the bars
-    ax.set_xticks(x, methods, rotation=20 if max(map(len, methods)) > 12 else 0, ha="right" if
-                  max(map(len, methods)) > 12 else "center")
-    ax.set_ylabel("in-domain perplexity (lower is better)")
-    ax.legend(loc="upper right", ncol=2)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
-    return True

@@ -12,6 +12,8 @@ turns a TOML section plus the flags a user typed into one of them, with errors t
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 import sys
 from collections.abc import Mapping
@@ -88,12 +90,31 @@ def _plain(v: Any) -> Any:
 
 
 def positive(name: str, value: float | int | None, *, flag: str | None = None, allow_zero: bool = False) -> None:
-    """Raise ConfigError unless `value` is > 0 (or >= 0)."""
+    """Raise ConfigError unless `value` is a finite number > 0 (or >= 0)."""
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{flag or name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{flag or name} must be {bound}, got {value}")
+        what = bound if math.isfinite(value) else f"a finite number {bound}"
+        raise ConfigError(f"{flag or name} must be {what}, got {value}")
+
+
+MAX_SEED = 2**31 - 1
+"""The largest seed faiss's k-means takes (a 32-bit signed int): `cluster`'s and `compare`'s."""
+MAX_SEED_32 = 2**32 - 1
+"""The largest seed numpy's legacy seeding and scikit-learn take: `train`'s and `experts`'."""
+
+
+def check_seed(value: int | None, flag: str = "--seed", maximum: int | None = MAX_SEED) -> None:
+    """Raise ConfigError unless `value` is None or an integer in [0, maximum] (None: no upper bound)."""
+    if value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0
+            or (maximum is not None and value > maximum)):
+        bound = f"from 0 to {maximum}" if maximum is not None else ">= 0"
+        raise ConfigError(f"{flag} must be an integer {bound}, got {value!r}")
 
 
 def cache_dir() -> Path:

@@ -85,10 +85,12 @@ class Histogram:
             d = json.loads(path.read_text())
             if d.get("format") != HIST_FORMAT:
                 raise ValueError(f"format is {d.get('format')!r}, expected {HIST_FORMAT!r}")
-            return cls(np.asarray(d["counts"], dtype=np.float64),
-                       tuple(np.asarray(a, dtype=np.int64) for a in d["ancestors"]),
+            counts = np.asarray(d["counts"], dtype=np.float64)
+            if counts.ndim != 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
+                raise ValueError("its counts must be one list of finite numbers >= 0")
+            return cls(counts, tuple(np.asarray(a, dtype=np.int64) for a in d["ancestors"]),
                        d["clusters_fingerprint"], d.get("source", str(path)))
-        except (ValueError, KeyError, OSError) as e:
+        except (ValueError, KeyError, OSError, TypeError) as e:
             raise ConfigError(f"{path}: not a saved impsamp histogram ({e})") from None
 
     def mix(self, others: Sequence[tuple[Histogram, float]]) -> Histogram:  # pragma: no cover - alias
@@ -142,8 +144,9 @@ def mixture(parts: Sequence[tuple[Histogram, float]]) -> Histogram:
     if not parts:
         raise ConfigError("no target given; pass at least one --target")
     weights = np.asarray([w for _, w in parts], dtype=np.float64)
-    if np.any(weights < 0) or weights.sum() <= 0:
-        raise ConfigError(f"target mixture weights must be >= 0 and not all 0, got {weights.tolist()}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ConfigError(f"target mixture weights (--target FILE:WEIGHT) must be finite, >= 0 and not all 0, "
+                          f"got {weights.tolist()}")
     fps = {h.clusters_fingerprint for h, _ in parts}
     if len(fps) > 1:
         raise StageError("the target histograms were made over different clusterings; "

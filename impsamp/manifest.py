@@ -226,6 +226,36 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     return manifest
 
 
+def _strings(obj: Any) -> Iterator[str]:
+    if isinstance(obj, (str, Path)):
+        yield str(obj)
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _strings(v)
+
+
+def refuse_input_inside(out: Path, inputs: Any) -> None:
+    """Refuse an output folder that is, or holds, one of the run's inputs (any path named in `inputs`):
+    replacing it would delete that input."""
+    if not out.exists():
+        return
+    root = out.resolve()
+    for s in _strings(inputs):
+        if not s or "\n" in s or len(s) > 4096:
+            continue
+        try:
+            p = Path(s).resolve()
+            hit = p.exists() and (p == root or root in p.parents)
+        except (OSError, ValueError):
+            continue
+        if hit:
+            raise StageError(f"{out} is also an input of this run ({s}): writing there would delete it; "
+                             "choose another output directory")
+
+
 def verify_outputs(path: str | Path, manifest: Manifest) -> None:
     """Check every output file against its sha256 (slow on big outputs)."""
     for ref in manifest.outputs:
@@ -268,6 +298,9 @@ class StageRun:
     inputs: dict[str, Any]
     overwrite: bool = False
     version: str = ""
+    input_paths: Any = ()
+    """Paths the run reads that `inputs` does not name (nested lists allowed): --overwrite refuses to
+    delete a folder holding one."""
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -327,8 +360,8 @@ class StageRun:
         raise StageError(f"{out} is not empty and is not an impsamp output; refusing to write into it "
                          "(choose a new or empty output directory)")
 
-    @staticmethod
-    def _wipe(out: Path) -> None:
+    def _wipe(self, out: Path) -> None:
+        refuse_input_inside(out, [self.inputs, self.input_paths])
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
         (out / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(out)

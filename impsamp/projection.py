@@ -39,7 +39,7 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
     Args:
         network: an `impsamp train --arch projected` run.
         target: the in-domain sample (files, folder, glob), an `embed` output of it, or a saved
-            histogram (`impsamp histogram`) of the network's clustering.
+            histogram (`impsamp.histogram(...).save(path)`) over the network's clustering.
         cluster: a group number instead of a target.
 
     Returns:
@@ -118,7 +118,8 @@ def _target_mass(target, cond_info: dict[str, Any]) -> tuple[np.ndarray, float, 
         hist = Histogram.load(specs[0])
         if hist.clusters_fingerprint != recorded["fingerprint"]:
             raise ConfigError(f"{specs[0]} is a histogram over another clustering than the network's "
-                              f"({recorded['path']}); make it with `impsamp histogram ... {recorded['path']}`")
+                              f"({recorded['path']}); give the sample itself, or save its histogram over "
+                              "that clustering with `impsamp.histogram(sample, clusters).save(path)`")
         counts, flops = hist.counts, 0.0
     else:
         clu = Clusters.load(recorded["path"])

@@ -321,6 +321,64 @@ def train_garbage_tokenizer(tmp, p):
     return TRAIN_ARGS(p["target"], tmp / "out", "--tokenizer", tmp / "tok.json"), tmp / "out", ["tok.json"]
 
 
+def train_tokens_not_finite(tmp, p):
+    return TRAIN_ARGS(p["target"], tmp / "out", "--tokens", "nan"), tmp / "out", ["--tokens", "not a whole finite number"]
+
+
+def train_negative_seed(tmp, p):
+    return TRAIN_ARGS(p["target"], tmp / "out", "--seed", "-1"), tmp / "out", ["--seed", "from 0 to"]
+
+
+def train_nan_learning_rate(tmp, p):
+    return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "nan"), tmp / "out", ["--lr", "finite number > 0"]
+
+
+def train_that_diverges(tmp, p):  # a finite but absurd learning rate: the loss turns NaN, no run is committed
+    return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e12"), tmp / "out", ["diverged", "--lr"]
+
+
+def resample_nan_within_temperature(tmp, p):
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--within-temperature", "nan"),
+            tmp / "out", ["--within-temperature", "finite"])
+
+
+def resample_ngram_with_cluster_weight_flags(tmp, p):
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--method", "ngram", "--temperature", "0.5"),
+            tmp / "out", ["--temperature", "--method ngram", "leave them out"])
+
+
+def resample_target_weight_not_a_number(tmp, p):
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], f"{p['target']}:abc", tmp / "out"), tmp / "out",
+            ["bio.jsonl:abc", "'abc'", "FILE:WEIGHT"])
+
+
+def resample_histogram_with_negative_counts(tmp, p):
+    import impsamp
+
+    path = impsamp.histogram(p["target"], p["clu"]).save(tmp / "h.json")
+    d = json.loads(path.read_text())
+    d["counts"] = [-1.0 for _ in d["counts"]]
+    path.write_text(json.dumps(d))
+    return RESAMPLE_ARGS(p["emb"], p["clu"], path, tmp / "out"), tmp / "out", ["h.json", "finite numbers >= 0"]
+
+
+# --out naming one of the stage's own inputs, with --overwrite: refused before anything is deleted
+def cluster_into_its_own_embeddings(tmp, p):
+    emb = _copy(p["emb"], tmp / "emb")
+    return CLUSTER_ARGS(emb, emb, "--overwrite"), None, [str(emb), "also an input", "another output directory"]
+
+
+def resample_into_its_own_clusters(tmp, p):
+    clu = _copy(p["clu"], tmp / "clu")
+    return (RESAMPLE_ARGS(p["emb"], clu, p["target"], clu, "--overwrite"), None,
+            [str(clu), "also an input", "another output directory"])
+
+
+def train_into_its_own_data(tmp, p):
+    sel = _copy(p["sel"], tmp / "sel")
+    return TRAIN_ARGS(sel, sel, "--overwrite"), None, [str(sel), "also an input"]
+
+
 CASES = [v for k, v in dict(globals()).items() if k.split("_")[0] in ("embed", "cluster", "resample", "train")
          and callable(v) and not k.startswith("_")]
 

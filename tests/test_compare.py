@@ -118,10 +118,14 @@ def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
     for name in ("seed", "train_seed"):
-        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be >= 0, got -1"):
-            CompareConfig(**{name: -1})
+        for bad in (-1, 2**31):
+            with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be an integer from 0 to "
+                                                  f"2147483647, got {bad}"):
+                CompareConfig(**{name: bad})
     with pytest.raises(ConfigError, match="--lm-seeds must be >= 1, got 0"):
         CompareConfig(lm_seeds=0)
+    with pytest.raises(ConfigError, match="--k must be >= 2, got 1"):
+        CompareConfig(k=1)
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():
@@ -249,3 +253,31 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
         CompareConfig(dtype="float16")
     crisp = CompareConfig(methods=("importance",), scheme="crisp").selection_config("importance")
     assert crisp.resolved(True, True).within == "uniform"  # weights inside clusters need match's quotas
+
+
+def test_compare_refuses_stage_outputs_of_another_corpus_and_keeps_its_inputs(tmp_path):
+    from impsamp.clustering import ClusterConfig, cluster
+    from impsamp.embedding import EmbedConfig, embed
+    from impsamp.manifest import MANIFEST
+
+    generic, target, evals = _small_inputs(tmp_path, seed=0)
+    emb = embed(target, tmp_path / "emb", EmbedConfig(model="hashing:64"))  # the target's, not the generic's
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp"), "--embeddings", str(emb.path),
+                                 "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 1 and "--embeddings" in r.output and "another corpus than --generic" in r.output, r.output
+    assert not (tmp_path / "cmp" / MANIFEST).exists()
+    clu = cluster(emb, tmp_path / "clu", ClusterConfig(k=2))  # --clusters alone: their own embeddings are checked
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path),
+                                 "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 1 and "their embeddings" in r.output and "another corpus" in r.output, r.output
+    # --overwrite never deletes a folder that holds one of the compare's inputs
+    (tmp_path / "cmp2").mkdir()
+    inner = _write(tmp_path / "cmp2" / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 200,
+                   np.random.default_rng(0))
+    (tmp_path / "cmp2" / "_run.json").write_text(json.dumps({"stage": "compare", "key": "another run"}))
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(inner), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp2"), "--overwrite", "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 1 and "is also an input of this run" in r.output, r.output
+    assert inner.exists()

@@ -206,6 +206,22 @@ def test_a_complete_output_is_replaced_only_with_overwrite(tmp_path, stage):
     assert_clean(out)
 
 
+def test_overwrite_never_deletes_an_input_of_the_run(tmp_path):
+    out = tmp_path / "out"
+    StageRun(out, "embed", config={}, inputs={}).begin().finish(stats={})
+    (out / "corpus.jsonl").write_text('{"text": "mine"}\n')
+    named = [{"inputs": {"corpus": {"files": [{"path": str(out / "corpus.jsonl")}]}}},  # in the recorded inputs
+             {"inputs": {"run": {"path": str(out)}}},  # the folder itself
+             {"inputs": {}, "input_paths": ([tmp_path / "elsewhere", out / "corpus.jsonl"],)}]  # read, not recorded
+    for kw in named:
+        with pytest.raises(StageError, match=f"{out} is also an input of this run .*choose another output"):
+            StageRun(out, "embed", config={"seed": 1}, overwrite=True, **kw).begin()
+        assert (out / MANIFEST).exists() and (out / "corpus.jsonl").exists()
+    StageRun(out, "embed", config={"seed": 1}, inputs={"corpus": {"path": str(tmp_path / "elsewhere")}},
+             overwrite=True).begin()  # an input outside: replaced as before
+    assert not (out / "corpus.jsonl").exists()
+
+
 def test_a_directory_that_is_not_ours_is_never_deleted(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

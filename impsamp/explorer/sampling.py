@@ -31,8 +31,8 @@ class Sample:
 
 
 def docs_per_cluster(k: int) -> int:
-    """Default sample per leaf: 32 up to k = 1,024, fewer above (16 at 4,096) so the text read stays
-    near 32,000 units x `TEXT_CHARS`."""
+    """Default sample per leaf: 32 up to k = 1,024, fewer above (16 at 2,048, 8 at 4,096) so the text
+    read stays near 32,000 units x `TEXT_CHARS`."""
     return int(np.clip(32_768 // max(k, 1), 8, 32))
 
 

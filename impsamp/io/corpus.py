@@ -202,9 +202,10 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
                               f"{len(corpus.files)} are found now; embed it again")
         for old, new in zip(spec["files"], corpus.files):
             if (old["bytes"], old["digest"], old["rows"]) != (new.bytes, new.digest, new.rows):
-                raise CorpusError(f"{new.path} changed since it was embedded (was {old['bytes']} bytes / "
-                                  f"{old['rows']} rows, now {new.bytes} bytes / {new.rows} rows); "
-                                  "embed it again")
+                how = (f"was {old['bytes']} bytes / {old['rows']} rows, now {new.bytes} bytes / {new.rows} rows"
+                       if (old["bytes"], old["rows"]) != (new.bytes, new.rows) else
+                       "same size and rows, other content: its sha256 differs")
+                raise CorpusError(f"{new.path} changed since it was embedded ({how}); embed it again")
     return corpus
 
 

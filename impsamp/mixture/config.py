@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import positive
+from ..config import MAX_SEED_32, check_seed, positive
 from ..errors import ConfigError
 
 SELECT_RULES = ("top", "lowest-loss", "all")
@@ -39,6 +39,7 @@ class ExpertsConfig:
         positive("groups", self.groups, flag="--groups")
         positive("tokens_per_expert", self.tokens_per_expert, flag="--tokens-per-expert")
         positive("total_tokens", self.total_tokens, flag="--total-tokens")
+        check_seed(self.seed, maximum=MAX_SEED_32)
         if self.level is not None and self.level < 0:
             raise ConfigError(f"--level must be >= 0, got {self.level}")
         if self.groups is not None and self.groups < 2:

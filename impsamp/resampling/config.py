@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
+from ..config import check_seed, positive
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
@@ -104,19 +106,25 @@ class ResampleConfig:
             raise ConfigError("--budget-tokenizer counts a --tokens budget; give --tokens N with it")
         for name in ("tokens", "docs", "bytes", "rows_per_shard", "max_repeat"):
             v = getattr(self, name)
-            if v is not None and v < 1:
+            if v is not None and not (math.isfinite(v) and v >= 1):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
         for name in ("smoothing", "backoff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            positive(name, getattr(self, name), flag="--" + name, allow_zero=True)
+        for name in ("temperature", "cap", "within_temperature"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        check_seed(self.seed, maximum=None)
         if self.within_top is not None and not self.within_top >= 1:
             raise ConfigError(f"--within-top must be >= 1 (a multiple of the budget), got {self.within_top}")
         if self.within_top is not None and (self.within == "uniform" or self.method != "importance"
                                             or self.scheme != "match"):
             raise ConfigError("--within-top ranks units by their --within weight inside `match`'s quotas; use it with "
                               "the importance method, --scheme match and a --within other than uniform")
-        if self.temperature <= 0 or (self.cap is not None and self.cap <= 0) or self.within_temperature <= 0:
-            raise ConfigError("--temperature, --cap and --within-temperature must be > 0")
+        if self.method != "importance":  # the other methods rank documents: no cluster weights to shape
+            shaping = [f"--{n}" for n, default in (("weighting", "ratio"), ("smoothing", 0.0), ("temperature", 1.0),
+                                                    ("cap", None), ("backoff", 0.0)) if getattr(self, n) != default]
+            if shaping:
+                raise ConfigError(f"{', '.join(shaping)} shape(s) the cluster weights of --method importance; "
+                                  f"--method {self.method} has none: leave them out")
         module, sep, attr = self.within.partition(":")
         if self.within not in WITHIN and not (sep and module and attr):
             raise ConfigError(f"--within must be one of {', '.join(WITHIN)} or package.module:function, "

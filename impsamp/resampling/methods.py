@@ -28,7 +28,9 @@ def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
         try:
             return head, float(tail)
         except ValueError:
-            pass
+            if Path(head).exists():
+                raise ConfigError(f"--target {s}: {tail!r} after the colon is not a weight; give FILE or "
+                                  "FILE:WEIGHT (law.jsonl:0.3)") from None
     return t, 1.0
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import positive
+from ..config import MAX_SEED_32, check_seed, positive
 from ..errors import ConfigError, ImpsampError
 from .shape import ModelConfig
 
@@ -173,6 +173,7 @@ class TrainConfig:
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
         positive("temperature", self.temperature, flag="--temperature")
+        check_seed(self.seed, maximum=MAX_SEED_32)
         self._check_projection()
         positive("eval_every", self.eval_every, flag="--eval-every")
         if self.pretrain_costs not in ("auto", "generic", "per-target"):

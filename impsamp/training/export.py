@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .._deps import require
 from ..errors import StageError
+from ..manifest import refuse_input_inside
 from .families import get_family
 from .result import TrainRun
 
@@ -26,6 +27,9 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     transformers = require("transformers")
     run = TrainRun.load(run_dir)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise StageError(f"{out} is a file; choose a folder to export to")
+    refuse_input_inside(out, [str(run.path)])
     if out.exists() and not overwrite:
         raise StageError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
     src = run.path / weights

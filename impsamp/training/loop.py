@@ -88,6 +88,14 @@ def _step_hook(phase: str, step: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _finite(loss: float, phase: str, step: int) -> float:
+    """The loss, unless training diverged: then an error, and the run is never committed as complete."""
+    if not math.isfinite(loss):
+        raise TrainError(f"training diverged: the {phase} loss is {loss} at step {step}; lower the learning "
+                         "rate (--lr, or --finetune-lr) and pass --overwrite")
+    return loss
+
+
 def _as_list(x: Any) -> list[str]:
     if x is None:
         return []
@@ -377,7 +385,7 @@ class _Trainer:
             is_log = done % cfg.log_every == 0 or is_ckpt
             rec: dict[str, Any] = {"phase": ph.name, "step": done}
             if is_log:  # every rank (all reach the same steps): the loss is averaged over ranks
-                loss_val = rt.mean(loss_sum / n_steps)
+                loss_val = _finite(rt.mean(loss_sum / n_steps), ph.name, done)
                 speed = n_steps * per_step / (time.perf_counter() - t_log)
                 rec.update(loss=round(loss_val, 6), lr=opt.param_groups[0]["lr"], tokens=done * per_step,
                            tokens_per_s=round(speed, 1), time=round(time.time(), 3),
