@@ -26,11 +26,12 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @click.option("--eval", "eval_files", multiple=True, help="In-domain evaluation files (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
 @click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--text-field", default=None, help="Text field of --target and --eval [default: text].")
 @config_option(section="train")
 @overwrite_option
 @progress_option
 def distill(teacher, student, target, out_dir, alpha, temperature, finetune_steps, finetune_lr, early_stopping,
-            eval_files, device, seed, config_file, overwrite, progress):
+            eval_files, device, seed, text_field, config_file, overwrite, progress):
     """Fine-tune --student on --target, guided by --teacher (the seed paper's distillation).
 
     \b
@@ -47,7 +48,8 @@ def distill(teacher, student, target, out_dir, alpha, temperature, finetune_step
     from .train import resolve_train_config
 
     cfg = resolve_train_config(config_file, dict(finetune_steps=finetune_steps, finetune_lr=finetune_lr,
-                                     early_stopping=early_stopping, device=device, seed=seed))
+                                     early_stopping=early_stopping, device=device, seed=seed,
+                                     text_field=text_field))
     run = run_distill(teacher, student, list(target), out_dir, alpha=0.5 if alpha is None else alpha,
                       temperature=2.0 if temperature is None else temperature, config=cfg,
                       eval=list(eval_files), progress=show_progress(progress), overwrite=overwrite)
