@@ -337,6 +337,11 @@ def train_that_diverges(tmp, p):  # a finite but absurd learning rate: the loss 
     return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e12"), tmp / "out", ["diverged", "--lr"]
 
 
+def train_projected_flags_on_a_dense_model(tmp, p):
+    return (TRAIN_ARGS(p["target"], tmp / "out", "--condition", "histogram"), tmp / "out",
+            ["--condition", "--arch projected"])
+
+
 def resample_nan_within_temperature(tmp, p):
     return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--within-temperature", "nan"),
             tmp / "out", ["--within-temperature", "finite"])

@@ -197,6 +197,11 @@ class TrainConfig:
             raise ConfigError(f"--clusters conditions a projected network: add --arch projected (--arch is {self.arch!r})")
         if self.condition not in CONDITIONS:
             raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
+        shaping = [f"--{n.replace('_', '-')}" for n, default in (("condition", "cluster"), ("codes", "learned"),
+                   ("basis", None), ("code_dim", None), ("level", None)) if getattr(self, n) != default]
+        if shaping and self.arch != "projected":
+            raise ConfigError(f"{', '.join(shaping)} shape(s) a projected network: add --arch projected, or leave "
+                              "them out")
         if self.codes not in CODES:
             raise ConfigError(f"--codes must be one of {', '.join(CODES)}, got {self.codes!r}")
         positive("basis", self.basis, flag="--basis")
