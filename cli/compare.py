@@ -22,6 +22,15 @@ _methods = click.option("--methods", default=None, metavar="M1,M2,...",
                         help=f"Selectors to compare, from {', '.join(METHODS)} [default: uniform,importance].")
 
 
+def _check_k(clusters: Path, k: int) -> None:
+    from impsamp.clustering import Clusters
+
+    n = Clusters.load(clusters).n_leaves
+    if n != k:
+        raise click.UsageError(f"--clusters {clusters} has k = {n}: drop --k {k}, or leave --clusters out to "
+                               f"cluster with --k {k}")
+
+
 def _split(methods: str | None) -> tuple[str, ...] | None:
     return tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
 
@@ -143,6 +152,8 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,
                          lm_seeds=lm_seeds, text_field=text_field)
+    if clusters is not None and k is not None:
+        _check_k(clusters, k)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
     click.echo(report.table())

@@ -126,6 +126,11 @@ class CompareConfig:
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
+        within_set = [f"--{n.replace('_', '-')}" for n, default in (("within", "auto"), ("within_temperature", 0.05),
+                      ("within_repeats", "even"), ("within_top", None)) if getattr(self, n) != default]
+        if within_set and "importance" not in self.methods:
+            raise ConfigError(f"{', '.join(within_set)} set(s) how `importance` draws inside the clusters; add "
+                              "importance to --methods, or leave them out")
         for m in (*self.methods, "importance"):  # importance's settings are checked even when it does not run
             self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):

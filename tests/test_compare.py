@@ -281,3 +281,18 @@ def test_compare_refuses_stage_outputs_of_another_corpus_and_keeps_its_inputs(tm
                                  "--out", str(tmp_path / "cmp2"), "--overwrite", "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 1 and "is also an input of this run" in r.output, r.output
     assert inner.exists()
+
+
+def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters_are_refused(tmp_path):
+    from impsamp.clustering import ClusterConfig, cluster
+    from impsamp.embedding import EmbedConfig, embed
+
+    with pytest.raises(ConfigError, match="--within, --within-top set.s. how `importance` draws"):
+        CompareConfig(methods=("uniform", "ngram"), within="knn", within_top=1.25)
+    generic, target, evals = _small_inputs(tmp_path, seed=0)
+    clu = cluster(embed(generic, tmp_path / "emb", EmbedConfig(model="hashing:64")), tmp_path / "clu",
+                  ClusterConfig(k=3))
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path), "--k", "4"])
+    assert r.exit_code == 2 and "has k = 3: drop --k 4" in r.output, r.output
+    assert not (tmp_path / "cmp").exists()
