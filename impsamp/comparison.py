@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison_report import markdown_table, rows, write_report
-from .config import check_seed, positive
+from .config import check_seed, flags_set, positive
 from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
 from .manifest import MANIFEST, StageRun, read_manifest
@@ -107,7 +107,7 @@ class CompareConfig:
     text_field: str = "text"
 
     def __post_init__(self) -> None:
-        from .training.config import DTYPES
+        from .training.config import DTYPES, PRESETS
 
         check_seed(self.seed)  # it seeds faiss's k-means too: 31 bits
         check_seed(self.train_seed, "--train-seed")
@@ -126,8 +126,7 @@ class CompareConfig:
         unknown = [m for m in self.models if m not in MODELS]
         if unknown or not self.models:
             raise ConfigError(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
-        within_set = [f"--{n.replace('_', '-')}" for n, default in (("within", "auto"), ("within_temperature", 0.05),
-                      ("within_repeats", "even"), ("within_top", None)) if getattr(self, n) != default]
+        within_set = flags_set(self, ("within", "within_temperature", "within_repeats", "within_top"))
         if within_set and "importance" not in self.methods:
             raise ConfigError(f"{', '.join(within_set)} set(s) how `importance` draws inside the clusters; add "
                               "importance to --methods, or leave them out")
@@ -146,8 +145,6 @@ class CompareConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
         positive("targets_expected", self.targets_expected, flag="--targets-expected")
-        from .training.config import PRESETS
-
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
 

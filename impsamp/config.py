@@ -16,7 +16,7 @@ import math
 import numbers
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,6 +99,13 @@ def positive(name: str, value: float | int | None, *, flag: str | None = None, a
         bound = ">= 0" if allow_zero else "> 0"
         what = bound if math.isfinite(value) else f"a finite number {bound}"
         raise ConfigError(f"{flag or name} must be {what}, got {value}")
+
+
+def flags_set(cfg: Any, names: Sequence[str]) -> list[str]:
+    """The `--flag` names of the fields in `names` whose value differs from the dataclass's default: settings
+    a user gave that another setting would ignore."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(cfg, n) != defaults[n]]
 
 
 MAX_SEED = 2**31 - 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-from ..config import check_seed, positive
+from ..config import check_seed, flags_set, positive
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
@@ -120,8 +120,7 @@ class ResampleConfig:
             raise ConfigError("--within-top ranks units by their --within weight inside `match`'s quotas; use it with "
                               "the importance method, --scheme match and a --within other than uniform")
         if self.method != "importance":  # the other methods rank documents: no cluster weights to shape
-            shaping = [f"--{n}" for n, default in (("weighting", "ratio"), ("smoothing", 0.0), ("temperature", 1.0),
-                                                    ("cap", None), ("backoff", 0.0)) if getattr(self, n) != default]
+            shaping = flags_set(self, ("weighting", "smoothing", "temperature", "cap", "backoff"))
             if shaping:
                 raise ConfigError(f"{', '.join(shaping)} shape(s) the cluster weights of --method importance; "
                                   f"--method {self.method} has none: leave them out")

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import MAX_SEED_32, check_seed, positive
+from ..config import MAX_SEED_32, check_seed, flags_set, positive
 from ..errors import ConfigError, ImpsampError
 from .shape import ModelConfig
 
@@ -197,8 +197,7 @@ class TrainConfig:
             raise ConfigError(f"--clusters conditions a projected network: add --arch projected (--arch is {self.arch!r})")
         if self.condition not in CONDITIONS:
             raise ConfigError(f"--condition must be one of {', '.join(CONDITIONS)}, got {self.condition!r}")
-        shaping = [f"--{n.replace('_', '-')}" for n, default in (("condition", "cluster"), ("codes", "learned"),
-                   ("basis", None), ("code_dim", None), ("level", None)) if getattr(self, n) != default]
+        shaping = flags_set(self, ("condition", "codes", "basis", "code_dim", "level"))
         if shaping and self.arch != "projected":
             raise ConfigError(f"{', '.join(shaping)} shape(s) a projected network: add --arch projected, or leave "
                               "them out")
