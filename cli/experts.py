@@ -98,10 +98,11 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
               help="Share of the sample held out for validation [default: 0.1 with --early-stopping or --select all].")
 @click.option("--seed", type=int, default=None, help="Seed [default: 0].")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N [default: auto].")
+@click.option("--text-field", default=None, help="Text field of --target and --eval [default: text].")
 @overwrite_option
 @progress_option
 def specialize(experts_dir, target, out_dir, select, eval_files, finetune_steps, finetune_lr, early_stopping,
-               eval_every, finetune_val_fraction, seed, device, overwrite, progress):
+               eval_every, finetune_val_fraction, seed, device, text_field, overwrite, progress):
     """Pick the expert for a target by its cluster histogram, and fine-tune it.
 
     \b
@@ -114,7 +115,8 @@ def specialize(experts_dir, target, out_dir, select, eval_files, finetune_steps,
     from impsamp.training import TrainConfig
 
     flags = dict(finetune_steps=finetune_steps, finetune_lr=finetune_lr, early_stopping=early_stopping,
-                 eval_every=eval_every, finetune_val_fraction=finetune_val_fraction, seed=seed, device=device)
+                 eval_every=eval_every, finetune_val_fraction=finetune_val_fraction, seed=seed, device=device,
+                 text_field=text_field)
     cfg = TrainConfig(**{k: v for k, v in flags.items() if v is not None})
     run = run_specialize(experts_dir, list(target), out_dir, select=select, config=cfg, eval=list(eval_files),
                          progress=show_progress(progress), overwrite=overwrite)

@@ -24,7 +24,8 @@ from .app import cli
               help="Seed of the documents sampled per cluster.")
 @click.option("--sample", "per_cluster", type=click.IntRange(min=1), default=None,
               help="Documents sampled per cluster for its terms [default: 32 up to k=1,024, then fewer].")
-def inspect(clusters_dir, selection, targets, out_file, seed, per_cluster):
+@click.option("--text-field", default="text", show_default=True, help="Text field of a --target corpus.")
+def inspect(clusters_dir, selection, targets, out_file, seed, per_cluster, text_field):
     """Write the cluster explorer of a clustering (and a selection, a target) as one HTML file.
 
     \b
@@ -40,7 +41,7 @@ def inspect(clusters_dir, selection, targets, out_file, seed, per_cluster):
 
     target = None if not targets else (targets[0] if len(targets) == 1 else list(targets))
     path = run_inspect(clusters_dir, out_file, selection=selection, target=target, seed=seed,
-                       per_cluster=per_cluster)
+                       per_cluster=per_cluster, text_field=text_field)
     size = path.stat().st_size
     shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
     click.echo(f"{path}: cluster explorer, {shown}; open it in a browser")

@@ -16,9 +16,10 @@ from .app import cli, out_option, overwrite_option
               help="The in-domain sample (file, folder, glob; repeatable), its `embed` output, or a saved "
                    "histogram of the network's clustering.")
 @click.option("--cluster", type=int, default=None, help="A cluster (group) number instead of --target.")
+@click.option("--text-field", default="text", show_default=True, help="Text field of a --target corpus.")
 @out_option
 @overwrite_option
-def project(network, target, cluster, out_dir, overwrite):
+def project(network, target, cluster, text_field, out_dir, overwrite):
     """Compute the dense small model of a projected network for a target, in seconds (no data pass).
 
     \b
@@ -33,7 +34,8 @@ def project(network, target, cluster, out_dir, overwrite):
     from impsamp.projection import project as run_project
 
     spec = None if not target else (target[0] if len(target) == 1 else list(target))
-    run = run_project(network, out_dir, target=spec, cluster=cluster, overwrite=overwrite)
+    run = run_project(network, out_dir, target=spec, cluster=cluster, text_field=text_field,
+                      overwrite=overwrite)
     rec = json.loads((run.path / "projection.json").read_text())
     click.echo(f"{out_dir}: {run.model_config.n_params():,}-parameter dense model in {rec['seconds']:.2f} s; "
                f"{rec['why']}")

@@ -118,8 +118,8 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
         raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
                                "(or --arch projected --clusters CLU)")
     _check_tuning(numbers, finetune)
-    if init and preset is None and arch is None:  # the run's own preset and family
-        preset, arch = _init_defaults(init)
+    if init:  # the run's own preset (its lr and batch defaults) and family
+        preset, arch = _init_defaults(init, preset, arch)
     cfg = resolve_train_config(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
                                      compile=compile_, text_field=text_field, init=init, clusters=clusters,
                                      level=level, condition=condition, basis=basis, code_dim=code_dim, codes=codes,
@@ -163,12 +163,21 @@ def _check_tuning(numbers: dict, finetune) -> None:
         click.echo(f"warning: {', '.join(tuning)} ignored: no --finetune sample to fine-tune on", err=True)
 
 
-def _init_defaults(init: str) -> tuple[str | None, str | None]:
+def _recorded(run: str | Path) -> dict:
+    """A run's recorded train settings ({} when unreadable: train() and evaluate() say what is wrong)."""
     try:
-        train_cfg = json.loads((Path(init) / "config.json").read_text())["train"]
-        return train_cfg.get("preset"), train_cfg.get("arch")
+        train_cfg = json.loads((Path(run) / "config.json").read_text())["train"]
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None  # train() says what is wrong with the run
+        return {}
+    return train_cfg if isinstance(train_cfg, dict) else {}
+
+
+def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str | None, str | None]:
+    own = _recorded(init)
+    if preset is not None and own.get("preset") not in (None, preset):
+        raise click.UsageError(f"--init {init} fixes the model (preset {own['preset']}): "
+                               f"drop --preset {preset}")
+    return preset or own.get("preset"), arch or own.get("arch")
 
 
 def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
@@ -208,7 +217,7 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
         from impsamp.mixture import evaluate_routed
 
         m = evaluate_routed(run_dir, list(eval_files), text_field=text_field, device=device)
-    elif _init_defaults(run_dir)[1] == "projected":
+    elif _recorded(run_dir).get("arch") == "projected":
         from impsamp.projection import evaluate_projected
 
         m = evaluate_projected(run_dir, list(eval_files), text_field=text_field, device=device)

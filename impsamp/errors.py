@@ -4,6 +4,22 @@
 class ImpsampError(Exception):
     """Base of every error a user can fix: bad input, bad flags, an incomplete stage directory."""
 
+    keeps_output = False
+    """True where the run stopped for a reason outside its input and settings (a worker died, a read
+    failed): a new run keeps what it committed, for the same command to resume
+    (`StageRun.discarded_on_error`); bad input or settings leave nothing behind."""
+
+
+def keeping_output(err: ImpsampError, when: bool = True) -> ImpsampError:
+    """`err`, marked (when `when`) as a stop outside the run's input: its committed output is kept."""
+    err.keeps_output = when
+    return err
+
+
+def is_io_failure(e: BaseException) -> bool:
+    """An operating-system read or write failure (it has an errno), not a damaged or malformed file."""
+    return isinstance(e, OSError) and e.errno is not None
+
 
 class ConfigError(ImpsampError):
     """A config value or flag is invalid or flags do not fit together."""

@@ -206,10 +206,11 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
                             source=str(target) if spec is not None else ", ".join(map(str, target)))
 
 
-def target_counts(clu: Clusters, target) -> tuple[list[str], np.ndarray, int, int]:
+def target_counts(clu: Clusters, target, text_field: str = "text") -> tuple[list[str], np.ndarray, int, int]:
     """A target's documents per leaf cluster of `clu`: (target corpus specs, leaf counts, tokens the
     encoder read, encoder parameters). `target`: files, folder, glob, or an `embed` output of them
-    (checked to come from the same model as the clustering's embeddings)."""
+    (checked to come from the same model as the clustering's embeddings); `text_field` names a corpus's
+    text field."""
     from .costs import encoder_params
     from .embedding import Embeddings, embed_texts
     from .io import open_corpus
@@ -220,7 +221,7 @@ def target_counts(clu: Clusters, target) -> tuple[list[str], np.ndarray, int, in
         hist = histogram(specs[0], clu)
         return [f.path for f in emb.corpus().files], hist.counts, 0, 0
     generic = clu.embeddings()
-    texts = list(open_corpus(specs).iter_texts())
+    texts = list(open_corpus(specs, text_field=text_field).iter_texts())
     if not texts:
         raise ConfigError(f"the target {', '.join(specs)} has no documents")
     embedder = generic.embedder()

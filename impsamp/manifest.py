@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import StageError
+from .errors import ImpsampError, StageError
 
 logger = logging.getLogger(__name__)
 
@@ -311,6 +311,7 @@ class StageRun:
             self.version = __version__
         self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
                                 "version": self.version})
+        self.fresh, self._made_dir, self._found = False, False, set()  # set by `begin`
 
     @property
     def records_dir(self) -> Path:
@@ -323,6 +324,8 @@ class StageRun:
             raise StageError(f"{out} exists and is a file; choose another output directory")
         if out.exists() and not _only_residue(out):
             self._reuse_existing(out)
+        self._made_dir, self._found = not out.exists(), set(out.iterdir()) if out.exists() else set()
+        self.fresh = self._made_dir or _only_residue(out)  # nothing to resume; `discard` keeps what was found
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
             # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
@@ -365,6 +368,24 @@ class StageRun:
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
         (out / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(out)
+
+    @contextlib.contextmanager
+    def discarded_on_error(self, enabled: bool = True) -> Iterator[StageRun]:
+        """Inside, bad input found by a fresh run (an `ImpsampError`) removes what it wrote: the fixed rerun
+        starts clean. A resumed run, a kill, an OS error, a Slurm slice (`enabled=False`) stay resumable."""
+        try:
+            yield self
+        except ImpsampError as e:
+            if enabled and self.fresh and not e.keeps_output:
+                self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove what this fresh run wrote: the folder if the run made it, else what it added to it."""
+        out = self.out_dir
+        (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
+        for p in [out] if self._made_dir else set(out.iterdir()) - self._found:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     # ---- shards
 

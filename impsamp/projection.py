@@ -33,7 +33,7 @@ PROJECTION = "projection.json"
 
 
 def project(network: str | Path, out_dir: str | Path, *, target: str | Path | list | None = None,
-            cluster: int | None = None, overwrite: bool = False):
+            cluster: int | None = None, text_field: str = "text", overwrite: bool = False):
     """Compute the dense small model of a projected `network` run for a target (or one cluster).
 
     Args:
@@ -41,9 +41,9 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
         target: the in-domain sample (files, folder, glob), an `embed` output of it, or a saved
             histogram (`impsamp.histogram(...).save(path)`) over the network's clustering.
         cluster: a group number instead of a target.
+        text_field: the text field of a corpus target.
 
-    Returns:
-        The `TrainRun` in `out_dir`.
+    Returns the `TrainRun` in `out_dir`.
     """
     import torch
 
@@ -61,7 +61,7 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
             raise ConfigError(f"--cluster {cluster}: {net.path} has clusters 0..{cond_info['groups'] - 1}")
         mass, enc_flops, spec = np.eye(cond_info["groups"])[cluster], 0.0, None
     else:
-        mass, enc_flops, spec = _target_mass(target, cond_info)
+        mass, enc_flops, spec = _target_mass(target, cond_info, text_field)
     cond, record = _condition(mass, cond_info)
     mcfg = net.model_config
     small_cfg = replace(net.config, arch="dense", clusters=None, level=None, condition="cluster", basis=None,
@@ -107,7 +107,8 @@ def _load_network(network):
     return net
 
 
-def _target_mass(target, cond_info: dict[str, Any]) -> tuple[np.ndarray, float, list[str]]:
+def _target_mass(target, cond_info: dict[str, Any], text_field: str = "text"
+                 ) -> tuple[np.ndarray, float, list[str]]:
     """The target's mass per group, the FLOPs of embedding it, and what it was read from."""
     from .clustering import Clusters
     from .histograms import Histogram, is_histogram_file, target_counts
@@ -126,7 +127,7 @@ def _target_mass(target, cond_info: dict[str, Any]) -> tuple[np.ndarray, float, 
         if clu.manifest.fingerprint != recorded["fingerprint"]:
             raise ConfigError(f"{recorded['path']} has changed since the network was trained on it; "
                               "retrain the network or restore that clustering")
-        specs, counts, enc_tokens, enc_params = target_counts(clu, specs)
+        specs, counts, enc_tokens, enc_params = target_counts(clu, specs, text_field)
         flops = encoder_flops(enc_params, enc_tokens)
     leaf_group = np.asarray(cond_info["leaf_group"], dtype=np.int64)
     if len(counts) != len(leaf_group):

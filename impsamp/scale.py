@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ImpsampError, StageError
+from .errors import ConfigError, ImpsampError, StageError, keeping_output
 from .manifest import StageRun
 
 logger = logging.getLogger(__name__)
@@ -460,9 +460,9 @@ def _get(ray: Any, ref: Any, key: Any) -> Any:
     except ray.exceptions.RayError as e:  # the worker or node died more often than max_retries, ...
         failure = e
     first = (str(failure).strip().splitlines() or [""])[0][:200]
-    raise StageError(f"the Ray task of shard {key} failed after {MAX_RETRIES} retries "
-                     f"({type(failure).__name__}: {first}); the shards committed so far are kept: rerun the "
-                     "same command to resume") from None
+    raise keeping_output(StageError(
+        f"the Ray task of shard {key} failed after {MAX_RETRIES} retries ({type(failure).__name__}: "
+        f"{first}); the shards committed so far are kept: rerun the same command to resume")) from None
 
 
 __all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "run_tasks",

@@ -112,6 +112,23 @@ def one_line_error(result, *needles: str) -> str:
     return lines[0]
 
 
+def under_field(src: Path, dst: Path, field: str = "body") -> Path:
+    """A copy of JSONL corpus `src` whose text is under `field` (and no `text` field)."""
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    dst.write_text("".join(json.dumps({field: r["text"]}) + "\n" for r in rows))
+    return dst
+
+
+def with_and_without_text_field(args, corpus: Path, tmp: Path, suffix: str = "") -> tuple[Path, Path]:
+    """`args(corpus, out)` on a copy of `corpus` with its text under `body`: refused in one line without
+    --text-field, run with it (out `yes`), and run on `corpus` itself (out `ref`); returns (yes, ref)."""
+    body = under_field(corpus, tmp / "body.jsonl")
+    one_line_error(invoke(*args(body, tmp / f"no{suffix}")), "no 'text' field", "--text-field")
+    ok(invoke(*args(body, tmp / f"yes{suffix}"), "--text-field", "body"))
+    ok(invoke(*args(corpus, tmp / f"ref{suffix}")))
+    return tmp / f"yes{suffix}", tmp / f"ref{suffix}"
+
+
 def payload(out: Path) -> dict[str, bytes]:
     """Every file a reader sees (manifest excluded: it holds timings), by relative path."""
     return {p.relative_to(out).as_posix(): p.read_bytes()

@@ -136,6 +136,11 @@ def embed_out_inside_a_file(tmp, p):
     return EMBED_ARGS(p["generic"], tmp / "afile" / "out"), tmp / "afile", ["afile"]
 
 
+def embed_gpus_per_worker_without_ray(tmp, p):
+    return (EMBED_ARGS(p["generic"], tmp / "out", "--gpus-per-worker", "0.5"), tmp / "out",
+            ["--gpus-per-worker", "--engine ray"])
+
+
 def cluster_plain_directory(tmp, p):
     (tmp / "notes").mkdir()
     (tmp / "notes" / "todo.txt").write_text("buy milk")
@@ -333,6 +338,12 @@ def train_nan_learning_rate(tmp, p):
     return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "nan"), tmp / "out", ["--lr", "finite number > 0"]
 
 
+def train_too_little_data_for_one_sequence(tmp, p):
+    _jsonl(tmp / "d.jsonl", GOOD[:2])
+    return (TRAIN_ARGS(tmp / "d.jsonl", tmp / "out", "--block-size", "512"), tmp / "out",
+            ["fewer than one sequence", "--block-size 512"])
+
+
 def train_that_diverges(tmp, p):  # a finite but absurd learning rate: the loss turns NaN, no run is committed
     return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e12"), tmp / "out", ["diverged", "--lr"]
 
@@ -397,9 +408,25 @@ def test_bad_input_is_one_error_line_and_nothing_complete(case, pipe, tmp_path, 
     one_line_error(invoke(*args), *needles)
     if out is not None:
         assert not any(out.rglob(MANIFEST)) if out.is_dir() else not (out / MANIFEST).exists()
+        if case not in (resample_into_a_foreign_directory, train_that_diverges):  # (kept: theirs; a log)
+            # a fresh run that met bad input leaves nothing behind: the fixed rerun needs no --overwrite
+            assert not out.is_dir() or not any(out.iterdir()), sorted(out.rglob("*"))
     else:  # the complete output that was there is untouched
         assert (Path(args[args.index("--out") + 1]) / MANIFEST).exists()
     assert {q: q.stat().st_mtime_ns for q in Path(pipe["root"]).rglob("*")} == before  # inputs untouched
+
+
+@pytest.mark.parametrize("stage", ["embed", "train"])
+def test_the_rerun_after_fixing_a_bad_row_needs_no_overwrite(stage, pipe, tmp_path):
+    bad = _jsonl(tmp_path / "c.jsonl", [*GOOD[:7], {"body": "no text here"}, *GOOD[7:]])
+    out = tmp_path / "out"
+    out.mkdir()  # a folder the user made stays, emptied
+    args = EMBED_ARGS(bad, out) if stage == "embed" else TRAIN_ARGS(bad, out)
+    one_line_error(invoke(*args), "c.jsonl line 8", "--text-field")
+    assert out.is_dir() and not any(out.iterdir())
+    _jsonl(bad, GOOD)
+    ok(invoke(*args))
+    assert (out / MANIFEST).exists()
 
 
 def test_there_are_at_least_25_cases_across_all_stages():
@@ -440,6 +467,47 @@ def test_a_full_or_unwritable_disk_is_one_line_and_resumable(stage, err, pipe, t
     monkeypatch.undo()
     ok(invoke(*args))  # once the disk is fixed, the same command finishes the run
     assert (out / MANIFEST).exists()
+
+
+def test_a_read_failure_mid_corpus_keeps_the_committed_shards_and_resumes(tmp_path, monkeypatch):
+    import impsamp.io.jsonl as jsonl
+
+    corpus = _jsonl(tmp_path / "c.jsonl", [{"text": f"document {i} about genes"} for i in range(60)])
+    real, calls = jsonl.open_binary, []
+
+    def failing(path):  # the disk (or network filesystem) fails past line 30 once reading starts
+        fh = real(path)
+        calls.append(path)
+        if len(calls) == 1:  # counting the lines when the corpus is opened
+            return fh
+        lines = iter(fh.readlines())
+
+        class Failing:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                fh.close()
+
+            def seek(self, pos):
+                nonlocal lines
+                fh.seek(pos)
+                lines = iter(fh.readlines())
+
+            def __iter__(self):
+                for n, line in enumerate(lines):
+                    if n == 30:
+                        raise OSError(errno.EIO, "Input/output error")
+                    yield line
+        return Failing()
+
+    monkeypatch.setattr(jsonl, "open_binary", failing)
+    out = tmp_path / "out"
+    one_line_error(invoke(*EMBED_ARGS(corpus, out)), "c.jsonl line 31", "Input/output error")
+    assert (out / "_shards" / "00000.json").exists()  # kept for the rerun
+    monkeypatch.undo()
+    ok(invoke(*EMBED_ARGS(corpus, out)))
+    assert json.loads((out / MANIFEST).read_text())["stats"]["resumed_shards"] == 1
 
 
 # ----------------------------------------------------------------------------- a 50 MB document

@@ -67,6 +67,8 @@ def test_init_continues_from_the_given_weights(base, tmp_path):
     # a shape flag that contradicts the run, and a run that is not one, are one-line errors
     one_line_error(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", tmp_path / "x",
                           "--n-embd", "64"), "--n-embd 64")
+    one_line_error(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", tmp_path / "x",
+                          "--preset", "tiny-large"), "preset tiny", "drop --preset tiny-large")
     one_line_error(invoke("train", "--init", tmp_path, "--finetune", base["sample"], "--out", tmp_path / "y"),
                    "--init")
     one_line_error(invoke("train", "--init", base["run"], "--out", tmp_path / "z"), "--finetune")

@@ -13,7 +13,8 @@ import pytest
 from impsamp.manifest import MANIFEST
 
 from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, TIMING, invoke, ok, one_line_error, run_sub,
-                       tiny_compare_toml, write_corpus)
+                       tiny_compare_toml, with_and_without_text_field,
+                       write_corpus)
 
 pytest.importorskip("torch")
 
@@ -174,6 +175,17 @@ def test_lowest_loss_and_all_rules(pipe):
     assert (every / "model.safetensors").read_bytes() == before
 
 
+def test_specialize_reads_a_sample_whose_text_is_under_another_field(pipe, tmp_path):
+    def args(t, out):
+        return ["specialize", pipe["ex"], "--select", "lowest-loss", *FT, "--target", t, "--eval", t,
+                "--out", out]
+
+    runs = with_and_without_text_field(args, pipe["target"], tmp_path)
+    yes, ref = (json.loads((d / "specialization.json").read_text()) for d in runs)
+    assert yes["group_mass"] == ref["group_mass"] and yes["scores"] == ref["scores"]
+    assert (runs[0] / "model.safetensors").read_bytes() == (runs[1] / "model.safetensors").read_bytes()
+
+
 def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
     one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "x", "--groups", "5",
                           "--config", pipe["toml"]), "--groups 5", "4 clusters")
@@ -277,6 +289,11 @@ def test_level_groups_follow_the_tree(pipe, tmp_path):
     assert all(g["budget"] == 256 for g in ex.per_group)
     one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "x", "--level", "0", "--groups", "3",
                           "--config", pipe["toml"]), "disagree")
+    # a group too small for one training sequence: named, with the experts' own remedies
+    long = tmp_path / "long.toml"
+    long.write_text(TINY.replace("block_size = 32", "block_size = 4096"))
+    one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "y", "--level", "1",
+                          "--config", long), ": its group holds", "4096 + 1", "[experts.train]")
 
 
 @pytest.mark.slow

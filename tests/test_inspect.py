@@ -15,7 +15,8 @@ from impsamp.explorer.sampling import SNIPPET_CHARS, Sample, sample_units, snipp
 from impsamp.explorer.terms import top_terms
 
 from ._browser import Browser, find_chromium
-from ._helpers import CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, invoke, ok, one_line_error, write_corpus
+from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, invoke, ok, one_line_error,
+                       with_and_without_text_field, write_corpus)
 
 pytest.importorskip("sklearn")
 
@@ -113,6 +114,13 @@ def test_the_page_embeds_escaped_capped_deterministic_data(run):
     assert d["selection"]["name"] == "sel" and d["target"]["source"] == "bio.jsonl"
     ok(invoke("inspect", run["clu"], "--selection", run["sel"], "--out", run["root"] / "again.html"))
     assert (run["root"] / "again.html").read_bytes() == raw  # same inputs, same bytes
+
+
+def test_a_target_under_another_field_needs_text_field(run, tmp_path):
+    pages = with_and_without_text_field(lambda t, out: ["inspect", run["clu"], "--target", t, "--out", out],
+                                        run["target"], tmp_path, ".html")
+    yes, ref = (_data(page.read_text())["leaves"] for page in pages)
+    assert yes["target"] == ref["target"] and yes["weight"] == ref["weight"]
 
 
 def test_a_tree_page_has_every_level(run, tmp_path):

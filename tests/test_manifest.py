@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from impsamp.errors import StageError
+from impsamp.errors import StageError, keeping_output
 from impsamp.manifest import (
     MANIFEST,
     RUN_RECORD,
@@ -173,6 +173,45 @@ def test_a_failing_run_leaves_no_manifest_and_resumes(tmp_path, stage):
     assert stage(tmp_path / "ref", 4).returncode == 0
     same_result(tmp_path / "ref", out)
     assert_clean(out)
+
+
+def _commit_one(run: StageRun, name: str) -> None:
+    tmp = run.tmp_path(f"{name}.bin")
+    tmp.write_bytes(name.encode())
+    run.commit_shard(name, {f"{name}.bin": tmp})
+
+
+def test_bad_input_met_by_a_fresh_run_discards_it_a_resumed_run_and_os_errors_keep_it(tmp_path):
+    from impsamp.errors import CorpusError
+
+    def attempt(out, err, key="a"):
+        run = StageRun(out, "embed", config={"k": key}, inputs={}).begin()
+        with pytest.raises(type(err)), run.discarded_on_error():
+            _commit_one(run, "s0")
+            raise err
+
+    attempt(tmp_path / "new", CorpusError("bad row"))
+    assert not (tmp_path / "new").exists()  # the run made the folder: gone
+    (tmp_path / "mine").mkdir()
+    attempt(tmp_path / "mine", CorpusError("bad row"))
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())  # the user's: emptied
+    (tmp_path / "mine" / ".notes.tmp-1").write_text("looks like residue")
+    attempt(tmp_path / "mine", CorpusError("bad row"))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == [".notes.tmp-1"]  # there before: kept
+    attempt(tmp_path / "disk", OSError(28, "No space left on device"))
+    assert (tmp_path / "disk" / RUN_RECORD).exists()  # not bad input: resumable
+    attempt(tmp_path / "died", keeping_output(StageError("a worker died; rerun to resume")))
+    assert (tmp_path / "died" / RUN_RECORD).exists()
+    run = StageRun(tmp_path / "disk", "embed", config={"k": "a"}, inputs={}).begin()
+    assert not run.fresh and run.is_done("s0")
+    with pytest.raises(CorpusError), run.discarded_on_error():
+        raise CorpusError("bad row")
+    assert run.is_done("s0")  # a resumed run keeps what earlier attempts committed
+    run = StageRun(tmp_path / "off", "embed", config={}, inputs={}).begin()
+    with pytest.raises(CorpusError), run.discarded_on_error(enabled=False):  # a slice: others share it
+        _commit_one(run, "s0")
+        raise CorpusError("bad row")
+    assert run.is_done("s0")
 
 
 def test_an_interrupted_run_with_other_settings_is_refused_without_overwrite(tmp_path, stage):

@@ -496,6 +496,7 @@ def test_a_damaged_spill_file_is_recomputed_on_resume(stages, tmp_path, monkeypa
 @pytest.mark.parametrize("extra, message", [
     (["--docs", 100000, "--scheme", "topk"], "budget impossible without replacement"),
     (["--docs", 5000, "--max-repeat", 1], "budget impossible with --max-repeat 1"),
+    (["--docs", 10, "--scheme", "topk", "--max-repeat", 2], "--scheme topk draws each unit at most once"),
     (["--docs", 0], "--docs must be >= 1"),
     (["--docs", 10, "--tokens", 10], "exactly one budget"),
     (["--docs", 10, "--weighting", "tests.weighting_plugins:negative"], "tests.weighting_plugins:negative"),

@@ -10,7 +10,7 @@ import pytest
 from impsamp.manifest import MANIFEST
 
 from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, TRAIN_FLAGS, invoke, ok, one_line_error, run_sub, tiny_compare_toml,
-                       write_corpus)
+                       with_and_without_text_field, write_corpus)
 
 torch = pytest.importorskip("torch")
 
@@ -223,6 +223,13 @@ def test_project_makes_a_dense_run_that_evaluate_and_init_take(pipe, tmp_path):
         assert tuned.metrics["costs"]["generic"] == costs["generic"]
     ok(invoke("project", pipe["pn"], "--cluster", "2", "--out", tmp_path / "c2"))
     assert json.loads((tmp_path / "c2" / "projection.json").read_text())["condition"] == 2
+
+
+def test_project_reads_a_target_whose_text_is_under_another_field(pipe, tmp_path):
+    runs = with_and_without_text_field(lambda t, out: ["project", pipe["pn"], "--target", t, "--out", out],
+                                       pipe["target"], tmp_path)
+    yes, ref = (json.loads((d / "projection.json").read_text())["group_mass"] for d in runs)
+    assert yes == ref
 
 
 def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pipe, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._deps import require
-from ..errors import ImpsampError, StageError
+from ..errors import StageError
 from ..manifest import StageRun, inside, sha256_file, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
@@ -64,23 +63,16 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     gpu = use_gpu(cfg.device)
     inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
                              "fingerprint": emb.manifest.fingerprint, "model": embedding_model_name(emb)}}
-    existed = out_dir.exists()
-    # (a slice never cleans up: other slices may be committing into the same directory)
-    fresh = not ex.sliced and (not existed or (out_dir.is_dir() and not any(out_dir.iterdir())))
     run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
     if ex.require_complete:
         check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
-    try:
+    with run.discarded_on_error(enabled=not ex.sliced):  # bad vectors found by this run: nothing left behind
         tree, fit_stats = _fit_stage(run, emb, shards, cfg, size, gpu, progress)
         if ex.sliced:
             committed = _assign_stage(run, emb, shards, tree, gpu, progress, ex)[2]
             return slice_result(run, ex, committed, [FIT_RECORD] + [name for name, _ in shards])
         seconds_assign, score_sum, _ = _assign_stage(run, emb, shards, tree, gpu, progress, ex)
         counts_tmp, level_stats = _write_counts(run, emb, shards, tree)
-    except ImpsampError:
-        if fresh:  # bad data found by this run: leave nothing behind (an interrupted run stays resumable)
-            _remove_run(out_dir, keep_dir=existed)
-        raise
     stats = {"dim": int(emb.dim), "rows": n, "sample_points": size, **fit_stats, "objective": score_sum / n,
              "seconds_assign": seconds_assign, "device": "gpu" if gpu else "cpu",
              "shards": [{"name": name, "rows": rows} for name, rows in shards]}
@@ -95,14 +87,6 @@ def _shape_stats(tree: Tree, level_stats: list[dict[str, Any]], spherical: bool)
             "level_stats": level_stats,
             "objective_kind": ("mean cosine similarity of every vector to its leaf centroid (higher is better)"
                                if spherical else "mean squared L2 distance to the leaf centroid (lower is better)")}
-
-
-def _remove_run(out_dir: Path, *, keep_dir: bool) -> None:
-    if not keep_dir:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return
-    for p in out_dir.iterdir():
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cfg: ClusterConfig, size: int,

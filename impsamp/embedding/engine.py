@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import StageError
+from ..errors import StageError, keeping_output
 from ..io import Corpus, ReadStats, Shard
 from .config import (AHEAD_CHARS, DOCS_SCHEMA, FIRST_CHUNK, SORT_BUFFER, TEXTS_SCHEMA, EmbedConfig,
                      EmbedderError)
@@ -209,9 +209,10 @@ def _prepared(chunk: _Chunk, future: Any) -> _Chunk:
         try:
             chunk.prepared = future.result()
         except BrokenProcessPool as e:
-            raise StageError(f"a tokenizing process died ({e}): killed, out of memory, or started from a "
-                             "script without the `if __name__ == '__main__':` guard; rerun to resume "
-                             "(committed shards are kept)") from None
+            raise keeping_output(StageError(
+                f"a tokenizing process died ({e}): killed, out of memory, or started from a script "
+                "without the `if __name__ == '__main__':` guard; rerun to resume (committed shards are "
+                "kept)")) from None
     return chunk
 
 

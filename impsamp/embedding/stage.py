@@ -95,9 +95,8 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
             unless it came from `load_embedder`: workers then load their own copy).
         overwrite: replace a complete output.
         progress: show a progress bar (documents, tokens/s, ETA).
-        execution: where the shards run (`impsamp.scale.Execution`): Ray tasks, or one slice of a
-            Slurm array (then no manifest is written: see `impsamp.finalize`). The bytes are
-            the same whichever.
+        execution: where the shards run (`impsamp.scale.Execution`): Ray tasks, or one slice of a Slurm
+            array (then no manifest is written: see `impsamp.finalize`). The bytes are the same whichever.
 
     Returns:
         The `Embeddings` handle of the finished directory (a `SliceResult` for a slice).
@@ -135,13 +134,14 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
         logger.info("resuming: %d of %d shards already done", len(shards) - len(pending), len(shards))
     bar = _Progress(sum(s.rows for s in pending), progress)
     started = time.time()
-    try:
-        _run_shards(run, ex, corpus, pending, cfg, embedder, emb, threads, bar)
-    finally:
-        bar.close()
-    if ex.sliced:
-        return slice_result(run, ex, len(pending), [s.name for s in shards])
-    return _finish(run, corpus, shards, pending, emb, time.time() - started)
+    with run.discarded_on_error(enabled=not ex.sliced):  # a bad row found by a fresh run: nothing left behind
+        try:
+            _run_shards(run, ex, corpus, pending, cfg, embedder, emb, threads, bar)
+        finally:
+            bar.close()
+        if ex.sliced:
+            return slice_result(run, ex, len(pending), [s.name for s in shards])
+        return _finish(run, corpus, shards, pending, emb, time.time() - started)
 
 
 def _finish(run: StageRun, corpus: Corpus, shards: list[Shard], pending: list[Shard], emb: Embedder,

@@ -20,7 +20,7 @@ EXPLORER = "explorer.html"
 
 
 def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int = 0,
-            per_cluster: int | None = None) -> Path:
+            per_cluster: int | None = None, text_field: str = "text") -> Path:
     """Write the cluster explorer of a clustering (with a selection's and a target's masses) to `out`.
 
     Args:
@@ -31,6 +31,7 @@ def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int
             mass per cluster and, without a selection, the weights `resample` would use.
         seed: the seed of the sample of documents behind the terms and snippets.
         per_cluster: documents sampled per cluster [default: 32 up to k = 1,024, then fewer].
+        text_field: the text field of a corpus target.
 
     Returns:
         The path written.
@@ -47,7 +48,7 @@ def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int
     if selection is not None:
         masses = selection_masses(load_selection(selection, clu), clu.n_leaves)
     if target is not None and not (isinstance(target, (list, tuple)) and not target):
-        masses = target_masses(target, clu, masses)
+        masses = target_masses(target, clu, masses, text_field=text_field)
     view = cluster_view(clu, seed=seed, per_cluster=per_cluster)
     return write_page(out, view, masses)
 

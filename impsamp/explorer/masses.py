@@ -102,7 +102,7 @@ def _ints(col) -> np.ndarray:
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def target_masses(target, clusters, masses: Masses | None = None) -> Masses:
+def target_masses(target, clusters, masses: Masses | None = None, *, text_field: str = "text") -> Masses:
     """`masses` with the target's share per leaf from `target`; without a selection, also the weights
     `impsamp resample` would use by default (the density ratio, no smoothing).
 
@@ -113,7 +113,7 @@ def target_masses(target, clusters, masses: Masses | None = None) -> Masses:
     from ..resampling import ResampleConfig
     from ..weighting import compute_weights
 
-    hist = target if isinstance(target, Histogram) else histogram(target, clusters)
+    hist = target if isinstance(target, Histogram) else histogram(target, clusters, text_field=text_field)
     about = {"source": hist.source and ", ".join(Path(s.strip()).name for s in hist.source.split(",")),
              "documents": hist.total}
     masses = masses or Masses()

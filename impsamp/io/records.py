@@ -124,7 +124,7 @@ def short_error(e: BaseException) -> str:
 def check_fields(path: Path, names: list[str], text_field: str, id_field: str | None, where: str) -> None:
     if text_field not in names:
         raise CorpusError(f"{path}{where}: no '{text_field}' field; available fields: {sorted(names)}. "
-                          f"Pass --text-field NAME (embed, resample, train, compare, distill, info), or name the "
+                          f"Pass --text-field NAME (every command that reads text), or name the "
                           f"field '{text_field}'")
     if id_field is not None and id_field not in names:
         raise CorpusError(f"{path}{where}: no '{id_field}' field; available fields: {sorted(names)}. "

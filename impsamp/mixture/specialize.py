@@ -52,7 +52,8 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     if select not in SELECT_RULES:
         raise ConfigError(f"--select {select!r} is unknown; valid: {', '.join(SELECT_RULES)}")
     ex = experts if isinstance(experts, Experts) else Experts.load(experts)
-    targets, counts, enc_tokens, enc_params = target_counts(ex.clusters(), target)
+    text_field = config.text_field if config is not None else "text"
+    targets, counts, enc_tokens, enc_params = target_counts(ex.clusters(), target, text_field)
     mass = group_mass(counts, ex.grouping)
     first = ex.expert(0)
     base_cfg = replace(config or TrainConfig(), init=None, tokenizer=None, steps=None, tokens=None)

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..clustering.groups import Grouping, make_grouping
 from ..costs import Costs
+from ..errors import CorpusError
 from ..manifest import MANIFEST, StageRun, atomic_write_json, read_manifest
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
@@ -163,18 +164,21 @@ def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str
 def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, tokenizer: str,
                  progress: bool) -> dict[str, Any]:
     """Pretrain group g's expert (resuming an interrupted one); returns what its shard record keeps."""
-    from ..training import train
+    from ..training import TrainRun, train
+    from ..training.data import TooLittleData
 
     path = Path(out) / expert_dir(g)
     tcfg = cfg.train_config(budget, tokenizer)
-    if (path / MANIFEST).is_file():  # trained before a kill that came before its commit
-        from ..training import TrainRun
-
-        tr = TrainRun.load(path)
-        if tr.manifest.config != asdict(tcfg):
-            tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=True)
-    else:
-        tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress)
+    done = (path / MANIFEST).is_file()  # trained before a kill that came before its commit
+    try:
+        tr = TrainRun.load(path) if done else None
+        if tr is None or tr.manifest.config != asdict(tcfg):
+            tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=done)
+    except TooLittleData as e:
+        raise CorpusError(f"expert {g}: its group holds {e.tokens:,} tokens, fewer than one sequence of "
+                          f"{e.block_size} + 1; make fewer, larger groups (--groups, or a level nearer "
+                          "the top with --level) or a smaller block_size under [experts.train] of --config, "
+                          "and pass --overwrite") from None
     return {"group": g, "fingerprint": tr.manifest.fingerprint, "train": tr.metrics["train"],
             "costs": tr.metrics["costs"]}
 

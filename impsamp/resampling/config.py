@@ -119,6 +119,11 @@ class ResampleConfig:
                                             or self.scheme != "match"):
             raise ConfigError("--within-top ranks units by their --within weight inside `match`'s quotas; use it with "
                               "the importance method, --scheme match and a --within other than uniform")
+        if self.max_repeat is not None and (self.method != "importance" or self.scheme != "match"):
+            which = f"--scheme {self.scheme}" if self.method == "importance" else f"--method {self.method}"
+            how = "clusters i.i.d., with no cap" if which == "--scheme crisp" else "each unit at most once"
+            raise ConfigError(f"--max-repeat caps the repeats of --method importance --scheme match; {which} "
+                              f"draws {how}: leave it out")
         if self.method != "importance":  # the other methods rank documents: no cluster weights to shape
             shaping = flags_set(self, ("weighting", "smoothing", "temperature", "cap", "backoff"))
             if shaping:

@@ -156,11 +156,12 @@ def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequ
                    inputs={**inputs.described(), "targets": target.described,
                            "target_fingerprint": hist_key(target.histogram), **within_key},
                    overwrite=overwrite).begin()
-    _count_sizes(run, inputs, cfg, progress)
-    plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
-                     PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
-                     _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache, ex), within,
-                     inputs.clu.centroids)
+    with run.discarded_on_error():  # e.g. a unit table or a weighting hook found bad: nothing left behind
+        _count_sizes(run, inputs, cfg, progress)
+        plan = make_plan(cfg_eff, target.weights, inputs.generic, inputs.leaves,
+                         PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
+                         _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache, ex),
+                         within, inputs.clu.centroids)
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
     _route_pass(run, ex, cfg_eff, inputs, plan, target.weights, n_out, bar)

@@ -104,10 +104,22 @@ def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir
     return bins
 
 
+class TooLittleData(CorpusError):
+    """Fewer tokens than one training sequence."""
+
+    def __init__(self, message: str, tokens: int, block_size: int) -> None:
+        super().__init__(message)
+        self.tokens, self.block_size = tokens, block_size
+
+    def __reduce__(self):  # out of a worker process or Ray task whole
+        return type(self), (str(self), self.tokens, self.block_size)
+
+
 def check_enough(bin: TokenBin, block_size: int, what: str) -> None:
     if bin.tokens < block_size + 1:
-        raise CorpusError(f"the {what} data has {bin.tokens:,} tokens, fewer than one sequence of "
-                          f"--block-size {block_size} + 1; give more data or lower --block-size")
+        raise TooLittleData(f"the {what} data has {bin.tokens:,} tokens, fewer than one sequence of "
+                            f"--block-size {block_size} + 1; give more data or lower --block-size",
+                            bin.tokens, block_size)
 
 
 class Batches:

@@ -169,7 +169,8 @@ class _Trainer:
         if rt.main:
             try:
                 stage = self._begin(overwrite, resume)
-                self._prepare()
+                with stage.discarded_on_error():  # a bad file found while tokenizing: nothing left behind
+                    self._prepare()
             except BaseException as e:
                 with contextlib.suppress(Exception):  # never hide the error behind a broken group
                     rt.broadcast(f"{type(e).__name__}: {e}")
@@ -187,8 +188,6 @@ class _Trainer:
         groups = load_group_bins(self.out / GROUPS_CACHE) if cfg.clusters else None
         mcfg = self.init.model_config if self.init else cfg.model_config(
             padded_vocab(tok.vocab_size), groups.n_groups if groups else None)
-        for name, b in bins.items():
-            check_enough(b["train"], mcfg.block_size, name)
         phases = self._phases(bins, mcfg, groups)
         if rt.main:
             atomic_write_json(self.out / "config.json", {
@@ -258,12 +257,15 @@ class _Trainer:
         if cfg.clusters:
             tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
                             text_field=cfg.text_field)
+        block = self.init.model_config.block_size if self.init else cfg.resolved("block_size")
         if self.data:
-            tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
-                            val_fraction=cfg.val_fraction)
+            bins = tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
+                                   val_fraction=cfg.val_fraction)
+            check_enough(bins["train"], block, "pretrain")
         if self.finetune:
             bins = tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=cfg.text_field,
                                    val_fraction=cfg.finetune_val())
+            check_enough(bins["train"], block, "finetune")
             if cfg.early_stopping and bins["val"].tokens < 2:
                 raise TrainError(f"--early-stopping: the held-out split of {', '.join(self.finetune)} is empty "
                                  f"(--finetune-val-fraction {cfg.finetune_val()}); raise it or give a larger sample")
