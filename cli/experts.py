@@ -57,6 +57,8 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     from impsamp.mixture import experts as run_experts
 
     section = dict(load_toml(config_file).get("experts", {})) if config_file else {}
+    in_section = section.pop("preset", None)  # [experts] preset = ..., as the flag (which wins)
+    preset = preset or in_section
     if preset:  # the flag wins over [experts.train] preset, the section's other keys stay
         section["train"] = {**(section.get("train") or {}), "preset": preset}
     for given, other in ((tokens_per_expert, "total_tokens"), (total_tokens, "tokens_per_expert")):

@@ -45,7 +45,9 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
         for key in ("config", "stats", "inputs"):
             click.echo(f"{key}:")
             for k, v in facts[key].items():
-                if not (key == "stats" and k == "costs"):
+                skip = (key == "stats" and k == "costs") or (  # shown below; a tree's unused flat k
+                    key == "config" and m.stage == "cluster" and k == "k" and m.config.get("levels"))
+                if not skip:
                     click.echo(f"  {k}: {_fmt(v)}")
         if isinstance(m.stats.get("costs"), dict):
             from impsamp.costs import Costs, describe

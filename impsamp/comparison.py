@@ -134,9 +134,12 @@ class CompareConfig:
             self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
-        from .planning import parse_inference_budget
+        from .planning import LARGE_PRESET, parse_inference_budget
 
         parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
+        if {"large", "distill"} & set(self.models) and self.preset not in LARGE_PRESET:
+            raise ConfigError(f"--models large/distill: no large preset for --preset {self.preset} (they run "
+                              f"with {' or '.join(LARGE_PRESET)}); drop them or choose one of those presets")
         for name in ("groups", "k"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"--{name} must be >= 2, got {getattr(self, name)}")

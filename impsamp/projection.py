@@ -62,7 +62,7 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
         mass, enc_flops, spec = np.eye(cond_info["groups"])[cluster], 0.0, None
     else:
         mass, enc_flops, spec = _target_mass(target, cond_info, text_field)
-    cond, record = _condition(mass, cond_info)
+    cond, record = _condition(mass, cond_info, cluster)
     mcfg = net.model_config
     small_cfg = replace(net.config, arch="dense", clusters=None, level=None, condition="cluster", basis=None,
                         code_dim=None, codes="learned", init=None)
@@ -138,17 +138,20 @@ def _target_mass(target, cond_info: dict[str, Any], text_field: str = "text"
     return mass / mass.sum(), flops, specs
 
 
-def _condition(mass: np.ndarray, cond_info: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """The network's condition for a target's group mass, and the record of why."""
+def _condition(mass: np.ndarray, cond_info: dict[str, Any], cluster: int | None = None
+               ) -> tuple[Any, dict[str, Any]]:
+    """The network's condition for a target's group mass (one-hot for `cluster`), and the record of why."""
     untrained = set(cond_info.get("untrained_groups", []))
     rec: dict[str, Any] = {"group_mass": [round(float(m), 6) for m in mass]}
     if cond_info["condition"] == "cluster":
         g = int(np.argmax(mass))
-        rec.update(condition=g, why=f"cluster {g} holds the most target mass ({mass[g]:.1%})")
+        rec.update(condition=g, why=f"--cluster {g}" if cluster is not None else
+                   f"cluster {g} holds the most target mass ({mass[g]:.1%})")
         if g in untrained:
             rec["warning"] = f"cluster {g} was too small to train its code"
         return g, rec
-    rec.update(condition="histogram", why="the target's whole histogram over the network's clusters")
+    rec.update(condition="histogram", why=f"--cluster {cluster}: a histogram of that cluster alone"
+               if cluster is not None else "the target's whole histogram over the network's clusters")
     return mass, rec
 
 

@@ -152,6 +152,11 @@ def case_truncated_jsonl(tmp):
     return [p], ["cut.jsonl line 3: malformed JSON", "no newline: is the file complete?"]
 
 
+def case_json_document_given_as_a_corpus(tmp):  # e.g. a stage's manifest.json as --target
+    p = _write(tmp / "manifest.json", b'{\n  "stage": "embed"\n}\n')
+    return [p], ["manifest.json line 1: malformed JSON", "read as JSON Lines", "is it a corpus?"]
+
+
 def case_missing_text_field(tmp):
     p = _write(tmp / "f.jsonl", lines([{"content": "x", "url": "u"}]))
     return [p], ["f.jsonl line 1: no 'text' field", "available fields: ['content', 'url']", "--text-field"]

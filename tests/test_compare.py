@@ -126,6 +126,9 @@ def test_compare_config_checks_methods_and_seeds():
         CompareConfig(lm_seeds=0)
     with pytest.raises(ConfigError, match="--k must be >= 2, got 1"):
         CompareConfig(k=1)
+    with pytest.raises(ConfigError, match="no large preset for --preset mini"):  # before any work, not after
+        CompareConfig(preset="mini", models=("dense", "distill"))
+    assert CompareConfig(preset="mini", models=("dense", "experts")).preset == "mini"
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():

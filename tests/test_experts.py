@@ -289,6 +289,12 @@ def test_level_groups_follow_the_tree(pipe, tmp_path):
     assert all(g["budget"] == 256 for g in ex.per_group)
     one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "x", "--level", "0", "--groups", "3",
                           "--config", pipe["toml"]), "disagree")
+    # [experts] preset = ..., as the flag
+    named = tmp_path / "named.toml"
+    named.write_text(TINY.replace("[experts]\n", '[experts]\npreset = "mini"\n'))
+    ok(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "m", "--level", "0", "--config", named,
+              "--no-progress"))
+    assert Experts.load(tmp_path / "m").expert(0).config.preset == "mini"
     # a group too small for one training sequence: named, with the experts' own remedies
     long = tmp_path / "long.toml"
     long.write_text(TINY.replace("block_size = 32", "block_size = 4096"))

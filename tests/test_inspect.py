@@ -134,6 +134,9 @@ def test_a_tree_page_has_every_level(run, tmp_path):
     assert len(d["leaves"]["parent"]) == len(d["leaves"]["docs"]) and set(d["leaves"]["parent"]) == {0, 1}
     assert abs(sum(level0["target"]) - 1) < 1e-3 and d["leaves"]["weight"] and d["leaves"]["rows"] is None
     assert all(level0["terms"])
+    tree, flat = (ok(invoke("info", run[name])).output for name in ("tree", "clu"))
+    assert "  levels: [2, 2]" in tree and "\n  k: " not in tree  # a tree's unused flat k is not shown
+    assert "\n  k: 4\n" in flat
 
 
 def test_bad_inputs_are_one_line_errors(run):

@@ -221,8 +221,9 @@ def test_project_makes_a_dense_run_that_evaluate_and_init_take(pipe, tmp_path):
         tuned = TrainRun.load(ft)
         assert tuned.metrics["pretrained"]["macro_ppl"] == pytest.approx(ppl)
         assert tuned.metrics["costs"]["generic"] == costs["generic"]
-    ok(invoke("project", pipe["pn"], "--cluster", "2", "--out", tmp_path / "c2"))
-    assert json.loads((tmp_path / "c2" / "projection.json").read_text())["condition"] == 2
+    r = ok(invoke("project", pipe["pn"], "--cluster", "2", "--out", tmp_path / "c2"))
+    rec = json.loads((tmp_path / "c2" / "projection.json").read_text())
+    assert rec["condition"] == 2 and rec["why"] == "--cluster 2" and "target" not in r.output
 
 
 def test_project_reads_a_target_whose_text_is_under_another_field(pipe, tmp_path):

@@ -163,6 +163,9 @@ def parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: Rea
         if not raw.endswith(b"\n"):  # the last line, with no newline: most likely a cut file
             raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}) on the last line, which has no "
                               "newline: is the file complete?") from None
+        if line_no == 1 and path.suffix == ".json":  # a JSON document, say a manifest, given as a corpus
+            raise CorpusError(f"{path} line 1: malformed JSON ({e}); a .json file is read as JSON Lines, one "
+                              "document per line: is it a corpus?") from None
         raise CorpusError(f"{path} line {line_no}: malformed JSON ({e}); fix or remove the line") from None
     if not isinstance(obj, dict):
         raise CorpusError(f"{path} line {line_no}: expected a JSON object, got {type(obj).__name__}; "
