@@ -338,6 +338,18 @@ def train_nan_learning_rate(tmp, p):
     return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "nan"), tmp / "out", ["--lr", "finite number > 0"]
 
 
+def train_eval_file_with_a_bad_row(tmp, p):  # found before training, not after it
+    _jsonl(tmp / "e.jsonl", [*GOOD, b'{"text": oops}'])
+    return (TRAIN_ARGS(p["target"], tmp / "out", "--eval", tmp / "e.jsonl"), tmp / "out",
+            ["e.jsonl line 21", "malformed JSON"])
+
+
+def train_empty_eval_file(tmp, p):
+    _jsonl(tmp / "e.jsonl", [{"text": "   "}])
+    return (TRAIN_ARGS(p["target"], tmp / "out", "--eval", tmp / "e.jsonl"), tmp / "out",
+            ["e.jsonl", "no document"])
+
+
 def train_too_little_data_for_one_sequence(tmp, p):
     _jsonl(tmp / "d.jsonl", GOOD[:2])
     return (TRAIN_ARGS(tmp / "d.jsonl", tmp / "out", "--block-size", "512"), tmp / "out",

@@ -299,3 +299,17 @@ def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters
                                  "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path), "--k", "4"])
     assert r.exit_code == 2 and "has k = 3: drop --k 4" in r.output, r.output
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("eval", '{"text": "fine"}\n{"text": oops}\n', "eval.jsonl line 2: malformed JSON"),
+    ("target", '{"text": "  "}\n', "--target"),
+])
+def test_a_bad_target_or_eval_file_is_refused_before_the_generic_corpus_is_embedded(tmp_path, which, content,
+                                                                                      message):
+    generic, target, evals = _small_inputs(tmp_path, seed=0)
+    {"eval": evals, "target": target}[which].write_text(content)
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval",
+                                 str(evals), "--out", str(tmp_path / "cmp"), "--config", str(tmp_path / "c.toml")])
+    assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "cmp").exists()

@@ -40,6 +40,15 @@ def encode_file(spec: str | Path, tok: LoadedTokenizer, text_field: str = "text"
     return np.concatenate(parts), n_bytes
 
 
+def check_eval_files(eval_files: Sequence[str | Path], tok: LoadedTokenizer, text_field: str = "text"
+                     ) -> None:
+    """Read and tokenize every evaluation file before training: a bad row or an empty file is then one
+    line at the start (and the new run leaves nothing behind), not an error after the training."""
+    for spec in eval_files:
+        if len(encode_file(spec, tok, text_field)[0]) < 2:
+            raise CorpusError(f"{spec}: no document with text to evaluate")
+
+
 @torch.no_grad()
 def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_size: int,
                device: torch.device, autocast=None, max_windows: int | None = None) -> tuple[float, int]:

@@ -43,7 +43,7 @@ from .conditioned import (GroupBatches, GroupBins, check_projected, clustered_co
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
 from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
 from .distill import Distilled
-from .evaluation import evaluate_model, stream_nll
+from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
 from .provenance import check_teacher, init_run, run_costs
 from .result import TrainRun
@@ -254,6 +254,7 @@ class _Trainer:
                 train_tokenizer(self.data or clustered_corpus(cfg.clusters), cfg.resolved("vocab_size"), tok_file,
                                 sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
         tok = load_tokenizer(tok_file)
+        check_eval_files(self.eval, tok, cfg.text_field)
         if cfg.clusters:
             tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
                             text_field=cfg.text_field)
