@@ -21,6 +21,17 @@ def is_io_failure(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno is not None
 
 
+def stopped_outside_input(err: BaseException) -> bool:
+    """Whether a run that stopped on `err` keeps its committed output: `err` is marked so, or it (or an
+    error it was raised while handling) is an operating-system read or write failure."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if getattr(seen, "keeps_output", False) or is_io_failure(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class ConfigError(ImpsampError):
     """A config value or flag is invalid or flags do not fit together."""
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImpsampError, StageError
+from .errors import ImpsampError, StageError, stopped_outside_input
 
 logger = logging.getLogger(__name__)
 
@@ -299,8 +299,7 @@ class StageRun:
     overwrite: bool = False
     version: str = ""
     input_paths: Any = ()
-    """Paths the run reads that `inputs` does not name (nested lists allowed): --overwrite refuses to
-    delete a folder holding one."""
+    """Paths the run reads that `inputs` does not name (nested lists): --overwrite never deletes them."""
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -324,8 +323,9 @@ class StageRun:
             raise StageError(f"{out} exists and is a file; choose another output directory")
         if out.exists() and not _only_residue(out):
             self._reuse_existing(out)
-        self._made_dir, self._found = not out.exists(), set(out.iterdir()) if out.exists() else set()
-        self.fresh = self._made_dir or _only_residue(out)  # nothing to resume; `discard` keeps what was found
+        self._made_dir = made = not out.exists()
+        self.fresh = made or _only_residue(out)  # nothing to resume; `discard` keeps the files found here
+        self._found = set() if made else {p for p in out.iterdir() if not p.is_dir()}
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
             # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
@@ -371,12 +371,12 @@ class StageRun:
 
     @contextlib.contextmanager
     def discarded_on_error(self, enabled: bool = True) -> Iterator[StageRun]:
-        """Inside, bad input found by a fresh run (an `ImpsampError`) removes what it wrote: the fixed rerun
-        starts clean. A resumed run, a kill, an OS error, a Slurm slice (`enabled=False`) stay resumable."""
+        """Inside, bad input met by a fresh run (an `ImpsampError`) removes what it wrote. A resumed run, a
+        kill, an I/O failure (`errors.stopped_outside_input`), a Slurm slice (`enabled=False`) stay."""
         try:
             yield self
         except ImpsampError as e:
-            if enabled and self.fresh and not e.keeps_output:
+            if enabled and self.fresh and not stopped_outside_input(e):
                 self.discard()
             raise
 

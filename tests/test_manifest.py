@@ -196,12 +196,23 @@ def test_bad_input_met_by_a_fresh_run_discards_it_a_resumed_run_and_os_errors_ke
     attempt(tmp_path / "mine", CorpusError("bad row"))
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())  # the user's: emptied
     (tmp_path / "mine" / ".notes.tmp-1").write_text("looks like residue")
+    (tmp_path / "mine" / SHARD_RECORDS).mkdir()  # an empty record folder left by an earlier run
     attempt(tmp_path / "mine", CorpusError("bad row"))
-    assert [p.name for p in (tmp_path / "mine").iterdir()] == [".notes.tmp-1"]  # there before: kept
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == [".notes.tmp-1"]  # files there before: kept
+    assert StageRun(tmp_path / "mine", "embed", config={}, inputs={}).begin().fresh  # the next run starts anew
     attempt(tmp_path / "disk", OSError(28, "No space left on device"))
     assert (tmp_path / "disk" / RUN_RECORD).exists()  # not bad input: resumable
     attempt(tmp_path / "died", keeping_output(StageError("a worker died; rerun to resume")))
     assert (tmp_path / "died" / RUN_RECORD).exists()
+    io = OSError(5, "Input/output error")  # a read that failed in the operating system, reported as a
+    wrapped = StageError(f"vectors-00000.npy cannot be read ({io})")  # damaged input (`raise ... from None`
+    wrapped.__context__ = io  # keeps it as the context): resumable too
+    attempt(tmp_path / "nfs", wrapped)
+    assert (tmp_path / "nfs" / RUN_RECORD).exists()
+    from impsamp.embedding.config import EmbedderError
+
+    attempt(tmp_path / "mine2", EmbedderError("returned non-finite vectors"))  # the user's embedder code
+    assert (tmp_path / "mine2" / RUN_RECORD).exists()
     run = StageRun(tmp_path / "disk", "embed", config={"k": "a"}, inputs={}).begin()
     assert not run.fresh and run.is_done("s0")
     with pytest.raises(CorpusError), run.discarded_on_error():

@@ -63,6 +63,8 @@ TEXTS_SCHEMA = pa.schema([
 class EmbedderError(ImpsampError):
     """An embedder returned vectors or units that break the `Embedder` contract."""
 
+    keeps_output = True  # the embedder's code, not the corpus: fixed, the same run resumes
+
 
 @dataclass(frozen=True)
 class EmbedConfig:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ..errors import CorpusError, is_io_failure, keeping_output
+from ..errors import CorpusError
 from .records import BATCH_ROWS, BatchBuilder, CorpusFile, ReadStats, decode_utf8, short_error
 
 if TYPE_CHECKING:
@@ -132,8 +132,8 @@ def read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: 
                 if out is not None:
                     yield out
     except (OSError, pa.ArrowException) as e:
-        raise keeping_output(CorpusError(f"{path}: cannot read it as {f.format} ({short_error(e)}); is the "
-                                         "file complete?"), is_io_failure(e)) from e
+        raise CorpusError(f"{path}: cannot read it as {f.format} ({short_error(e)}); "
+                          "is the file complete?") from e
     if (batch := builder.flush()) is not None:
         yield batch
 

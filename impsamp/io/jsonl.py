@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from ..errors import CorpusError, is_io_failure, keeping_output
+from ..errors import CorpusError
 from .records import BatchBuilder, CorpusFile, ReadStats, check_fields, detect_format, short_error
 
 if TYPE_CHECKING:
@@ -123,9 +123,8 @@ def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int
                             yield batch
                 row += 1
     except (OSError, EOFError, zstd_error()) as e:
-        err = CorpusError(f"{path} line {row + 1}: cannot read it as jsonl ({short_error(e)}); "
-                          "is the file complete?")
-        raise keeping_output(err, is_io_failure(e)) from None
+        raise CorpusError(f"{path} line {row + 1}: cannot read it as jsonl ({short_error(e)}); "
+                          "is the file complete?") from None
     if row < stop:
         raise CorpusError(f"{path}: has {row} lines, {f.rows} when the corpus was opened; "
                           "the file changed while it was being read")

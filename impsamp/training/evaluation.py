@@ -40,12 +40,11 @@ def encode_file(spec: str | Path, tok: LoadedTokenizer, text_field: str = "text"
     return np.concatenate(parts), n_bytes
 
 
-def check_eval_files(eval_files: Sequence[str | Path], tok: LoadedTokenizer, text_field: str = "text"
-                     ) -> None:
-    """Read and tokenize every evaluation file before training: a bad row or an empty file is then one
-    line at the start (and the new run leaves nothing behind), not an error after the training."""
+def check_eval_files(eval_files: Sequence[str | Path], text_field: str = "text") -> None:
+    """Read every evaluation file through before training (parsing only): a bad row or an empty file is
+    then one line at the start (and a new run leaves nothing behind), not an error after the training."""
     for spec in eval_files:
-        if len(encode_file(spec, tok, text_field)[0]) < 2:
+        if sum(1 for _ in open_corpus(spec, text_field=text_field).iter_texts()) == 0:
             raise CorpusError(f"{spec}: no document with text to evaluate")
 
 

@@ -244,6 +244,7 @@ class _Trainer:
 
     def _prepare(self) -> None:
         cfg, out = self.cfg, self.out
+        check_eval_files(self.eval, cfg.text_field)  # before the tokenizer is trained: a bad row fails first
         tok_file = out / "tokenizer.json"
         if not tok_file.exists():
             if self.init is not None:
@@ -254,7 +255,6 @@ class _Trainer:
                 train_tokenizer(self.data or clustered_corpus(cfg.clusters), cfg.resolved("vocab_size"), tok_file,
                                 sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
         tok = load_tokenizer(tok_file)
-        check_eval_files(self.eval, tok, cfg.text_field)
         if cfg.clusters:
             tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
                             text_field=cfg.text_field)
