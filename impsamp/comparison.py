@@ -227,7 +227,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     for what, corpus in [("--target", target_corpus), *(("--eval", open_corpus(e, text_field=cfg.text_field))
                                                          for e in evals)]:
         # read through now (they are small): a bad row fails here, not after the generic corpus's embedding
-        if sum(1 for _ in corpus.iter_texts()) == 0:
+        if corpus.count_documents() == 0:
             raise ConfigError(f"{what} {', '.join(f.path for f in corpus.files)}: no document with text")
     inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
               "target": {"fingerprint": target_corpus.fingerprint()}, "eval": evals}

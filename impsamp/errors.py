@@ -10,23 +10,19 @@ class ImpsampError(Exception):
     (`StageRun.discarded_on_error`); bad input or settings leave nothing behind."""
 
 
-def keeping_output(err: ImpsampError, when: bool = True) -> ImpsampError:
-    """`err`, marked (when `when`) as a stop outside the run's input: its committed output is kept."""
-    err.keeps_output = when
+def keeping_output(err: ImpsampError) -> ImpsampError:
+    """`err`, marked as a stop outside the run's input: its committed output is kept."""
+    err.keeps_output = True
     return err
-
-
-def is_io_failure(e: BaseException) -> bool:
-    """An operating-system read or write failure (it has an errno), not a damaged or malformed file."""
-    return isinstance(e, OSError) and e.errno is not None
 
 
 def stopped_outside_input(err: BaseException) -> bool:
     """Whether a run that stopped on `err` keeps its committed output: `err` is marked so, or it (or an
-    error it was raised while handling) is an operating-system read or write failure."""
+    error it was raised while handling) is an operating-system read or write failure (an `OSError` with
+    an errno, not a damaged or malformed file)."""
     seen: BaseException | None = err
     while seen is not None:
-        if getattr(seen, "keeps_output", False) or is_io_failure(seen):
+        if getattr(seen, "keeps_output", False) or (isinstance(seen, OSError) and seen.errno is not None):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

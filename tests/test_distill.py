@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from ._helpers import TRAIN_FLAGS, invoke, ok, one_line_error, write_corpus
+from ._helpers import TRAIN_FLAGS, invoke, ok, one_line_error, with_and_without_text_field, write_corpus
 
 torch = pytest.importorskip("torch")
 
@@ -95,12 +94,9 @@ def test_large_preset_is_about_five_times_tiny():
 
 
 def test_text_field_reads_a_sample_whose_text_is_elsewhere(runs, tmp_path):
-    rows = [json.loads(line) for line in Path(runs["target"]).read_text().splitlines()]
-    body = tmp_path / "body.jsonl"
-    body.write_text("".join(json.dumps({"body": r["text"]}) + "\n" for r in rows))
-    args = ["distill", "--teacher", runs["teacher"], "--student", runs["student"], "--target", body, *FT]
-    one_line_error(invoke(*args, "--out", tmp_path / "no"), "no 'text' field", "--text-field")
-    ok(invoke(*args, "--out", tmp_path / "yes", "--text-field", "body", "--alpha", "0"))
-    ok(invoke("distill", "--teacher", runs["teacher"], "--student", runs["student"], "--target", runs["target"],
-              *FT, "--out", tmp_path / "ref", "--alpha", "0"))  # the same text under its usual name: the same model
-    assert (tmp_path / "yes" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    def args(t, out):
+        return ["distill", "--teacher", runs["teacher"], "--student", runs["student"], "--target", t, *FT,
+                "--alpha", "0", "--out", out]
+
+    yes, ref = with_and_without_text_field(args, Path(runs["target"]), tmp_path)
+    assert (yes / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()  # the same model

@@ -132,8 +132,7 @@ def read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: 
                 if out is not None:
                     yield out
     except (OSError, pa.ArrowException) as e:
-        raise CorpusError(f"{path}: cannot read it as {f.format} ({short_error(e)}); "
-                          "is the file complete?") from e
+        raise CorpusError(f"{path}: cannot read it as {f.format} ({short_error(e)}); is the file complete?") from e
     if (batch := builder.flush()) is not None:
         yield batch
 

@@ -71,6 +71,10 @@ class Corpus:
         for batch in self.read():
             yield from batch.column("text").to_pylist()
 
+    def count_documents(self) -> int:
+        """Documents with text, every row read (a bad one raises `CorpusError` here, not later)."""
+        return sum(batch.num_rows for batch in self.read())
+
     def take_rows(self, shard: Shard, rows: np.ndarray) -> pa.Array:
         """Text of the given rows (in-file row numbers within `shard`), in the order given.
 

@@ -44,7 +44,7 @@ def check_eval_files(eval_files: Sequence[str | Path], text_field: str = "text")
     """Read every evaluation file through before training (parsing only): a bad row or an empty file is
     then one line at the start (and a new run leaves nothing behind), not an error after the training."""
     for spec in eval_files:
-        if sum(1 for _ in open_corpus(spec, text_field=text_field).iter_texts()) == 0:
+        if open_corpus(spec, text_field=text_field).count_documents() == 0:
             raise CorpusError(f"{spec}: no document with text to evaluate")
 
 
