@@ -21,6 +21,7 @@ from .comparison_report import markdown_table, rows, write_report
 from .config import check_seed, flags_set, positive
 from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
+from .guards import released_on_return
 from .manifest import MANIFEST, StageRun, read_manifest
 from .training_noise import lm_seeds, mean_metrics, paired, per_seed, run_dir
 
@@ -200,6 +201,7 @@ def _reuse(path: Path, stage: str, config: dict[str, Any], fingerprints: dict[st
     return same_cfg and same_inputs
 
 
+@released_on_return
 def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Sequence[str | Path],
             eval_files: Sequence[str | Path], out_dir: str | Path, config: CompareConfig | None = None, *,
             embeddings: str | Path | None = None, clusters: str | Path | None = None,

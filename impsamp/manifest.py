@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImpsampError, StageError, stopped_outside_input
+from .guards import hold, refuse_input_inside, release
 
 logger = logging.getLogger(__name__)
 
@@ -226,36 +227,6 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     return manifest
 
 
-def _strings(obj: Any) -> Iterator[str]:
-    if isinstance(obj, (str, Path)):
-        yield str(obj)
-    elif isinstance(obj, Mapping):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _strings(v)
-
-
-def refuse_input_inside(out: Path, inputs: Any) -> None:
-    """Refuse an output folder that is, or holds, one of the run's inputs (any path named in `inputs`):
-    replacing it would delete that input."""
-    if not out.exists():
-        return
-    root = out.resolve()
-    for s in _strings(inputs):
-        if not s or "\n" in s or len(s) > 4096:
-            continue
-        try:
-            p = Path(s).resolve()
-            hit = p.exists() and (p == root or root in p.parents)
-        except (OSError, ValueError):
-            continue
-        if hit:
-            raise StageError(f"{out} is also an input of this run ({s}): writing there would delete it; "
-                             "choose another output directory")
-
-
 def verify_outputs(path: str | Path, manifest: Manifest) -> None:
     """Check every output file against its sha256 (slow on big outputs)."""
     for ref in manifest.outputs:
@@ -300,6 +271,8 @@ class StageRun:
     version: str = ""
     input_paths: Any = ()
     """Paths the run reads that `inputs` does not name (nested lists): --overwrite never deletes them."""
+    shared: bool = False
+    """A slice of a sliced run: its folder's lock is shared with the other slices (`guards.hold`)."""
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -310,26 +283,31 @@ class StageRun:
             self.version = __version__
         self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
                                 "version": self.version})
-        self.fresh, self._made_dir, self._found = False, False, set()  # set by `begin`
+        self.fresh, self._made_dir, self._found, self._lock = False, False, set(), None  # set by `begin`
 
     @property
     def records_dir(self) -> Path:
         return self.out_dir / SHARD_RECORDS
 
     def begin(self) -> StageRun:
-        """Create (or reopen for resume) the output directory; refuse to clobber what is not ours."""
+        """Create (or reopen for resume) the output directory, locked; refuse to clobber what is not ours."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise StageError(f"{out} exists and is a file; choose another output directory")
-        if out.exists() and not _only_residue(out):
-            self._reuse_existing(out)
-        self._made_dir = made = not out.exists()
-        self.fresh = made or _only_residue(out)  # nothing to resume; `discard` keeps the files found here
-        self._found = set() if made else {p for p in out.iterdir() if not p.is_dir()}
+        existed = out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StageError(f"cannot write to {out}: {e.strerror or e}; choose a writable output "
+                             "directory with free space") from e
+        self._lock = hold(out, shared=self.shared)  # before anything is read: no one else writes
+        wiped = existed and not _only_residue(out) and self._reuse_existing(out)
+        self._made_dir = not existed or wiped
+        self.fresh = self._made_dir or _only_residue(out)  # nothing to resume; `discard` keeps what was found
+        self._found = set() if self._made_dir else {p for p in out.iterdir() if not p.is_dir()}
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
             # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
-            out.mkdir(parents=True, exist_ok=True)
             if not (out / RUN_RECORD).exists():
                 atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key,
                                                      "config": self.config, "inputs": self.inputs})
@@ -339,35 +317,36 @@ class StageRun:
                              "directory with free space") from e
         return self
 
-    def _reuse_existing(self, out: Path) -> None:
+    def _reuse_existing(self, out: Path) -> bool:
         # Only a manifest or run record that impsamp wrote makes a directory ours: another tool's
-        # manifest.json must not let --overwrite delete that tool's output.
+        # manifest.json must not let --overwrite delete that tool's output. True: emptied (--overwrite).
         manifest = _read_json_dict(out / MANIFEST)
         if manifest is not None and {"stage", "impsamp_version", "outputs"} <= set(manifest):
             if not self.overwrite:
                 raise StageError(f"{out} already holds a complete '{manifest['stage']}' output; pass "
                                  "--overwrite to replace it or choose another output directory")
-            self._wipe(out)
-            return
+            return self._wipe(out)
         run = _read_json_dict(out / RUN_RECORD)
         if not (out / MANIFEST).exists() and run is not None and {"stage", "key"} <= set(run):
             if run.get("key") == self.key:
                 logger.info("resuming the interrupted run in %s", out)
-                return
+                return False
             if not self.overwrite:
                 raise StageError(f"{out} holds an interrupted '{run.get('stage', '?')}' run with other "
                                  "settings or inputs; rerun it with the same ones to resume, or pass "
                                  "--overwrite to start over")
-            self._wipe(out)
-            return
+            return self._wipe(out)
         raise StageError(f"{out} is not empty and is not an impsamp output; refusing to write into it "
                          "(choose a new or empty output directory)")
 
-    def _wipe(self, out: Path) -> None:
+    def _wipe(self, out: Path) -> bool:
         refuse_input_inside(out, [self.inputs, self.input_paths])
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
+        # The folder itself stays: its lock is ours.
         (out / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(out)
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        return True
 
     @contextlib.contextmanager
     def discarded_on_error(self, enabled: bool = True) -> Iterator[StageRun]:
@@ -386,6 +365,7 @@ class StageRun:
         (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
         for p in [out] if self._made_dir else set(out.iterdir()) - self._found:
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        release(self._lock)
 
     # ---- shards
 
@@ -469,6 +449,7 @@ class StageRun:
         for d in sorted((p for p in self.out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             if not any(d.iterdir()):
                 d.rmdir()
+        release(self._lock)
 
 
 def _read_json_dict(path: Path) -> dict[str, Any] | None:

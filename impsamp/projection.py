@@ -28,10 +28,12 @@ import numpy as np
 
 from .costs import Costs, encoder_flops
 from .errors import ConfigError
+from .guards import released_on_return
 
 PROJECTION = "projection.json"
 
 
+@released_on_return
 def project(network: str | Path, out_dir: str | Path, *, target: str | Path | list | None = None,
             cluster: int | None = None, text_field: str = "text", overwrite: bool = False):
     """Compute the dense small model of a projected `network` run for a target (or one cluster).
@@ -66,25 +68,22 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
     mcfg = net.model_config
     small_cfg = replace(net.config, arch="dense", clusters=None, level=None, condition="cluster", basis=None,
                         code_dim=None, codes="learned", init=None)
+    source = {"target": spec, "text_field": text_field if spec else None, "cluster": cluster}
     run = StageRun(Path(out_dir), "train", config=asdict(small_cfg), inputs={
-        "projected": {"path": str(net.path), "fingerprint": net.manifest.fingerprint}, "target": spec,
-        "cluster": cluster}, overwrite=overwrite).begin()
+        "projected": {"path": str(net.path), "fingerprint": net.manifest.fingerprint}, **source},
+        overwrite=overwrite).begin()
     out = run.out_dir
     with torch.no_grad():
         small = net.load_model("cpu").project(cond)
     save_weights(small, out / "model.safetensors")
     atomic_write_bytes(out / "tokenizer.json", net.tokenizer_path.read_bytes())
-    p = mcfg.projection
-    proj_flops = 2.0 * p.n_basis * mcfg.n_layer * 3 * mcfg.n_embd * mcfg.mlp_hidden
-    costs = Costs(generic=Costs.from_dict(net.metrics["costs"]).generic, selection=enc_flops + proj_flops,
-                  inference_flops_per_token=mcfg.flops_per_token() / 3, params_total=mcfg.n_params(),
-                  params_active=mcfg.n_active_params())
+    costs = _costs(net, enc_flops)
     dense = mcfg.dense()
     atomic_write_json(out / "config.json", {
         "model": dense.to_dict(), "train": asdict(small_cfg), "world_size": 1, "steps": {},
         "n_params": dense.n_params(), "tokenizer": json.loads((net.path / "config.json").read_text())["tokenizer"]})
-    record.update(network=str(net.path), network_fingerprint=net.manifest.fingerprint, target=spec,
-                  cluster=cluster, seconds=round(time.perf_counter() - t0, 3))
+    record.update(network=str(net.path), network_fingerprint=net.manifest.fingerprint, **source,
+                  seconds=round(time.perf_counter() - t0, 3))
     atomic_write_json(out / PROJECTION, record)
     metrics = {"costs": costs.to_dict(), "projection": {k: record[k] for k in ("condition", "why")}}
     atomic_write_json(out / "eval.json", metrics)
@@ -92,6 +91,16 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
     files = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json", PROJECTION)
     run.finish(stats=metrics, extra_files={f: out / f for f in files})
     return TrainRun.load(out)
+
+
+def _costs(net, enc_flops: float) -> Costs:
+    """The small model's costs: the network's generic training; embedding the target and projecting."""
+    mcfg = net.model_config
+    p = mcfg.projection
+    proj_flops = 2.0 * p.n_basis * mcfg.n_layer * 3 * mcfg.n_embd * mcfg.mlp_hidden
+    return Costs(generic=Costs.from_dict(net.metrics["costs"]).generic, selection=enc_flops + proj_flops,
+                 inference_flops_per_token=mcfg.flops_per_token() / 3, params_total=mcfg.n_params(),
+                 params_active=mcfg.n_active_params())
 
 
 def _load_network(network):

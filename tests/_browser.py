@@ -49,8 +49,9 @@ class Browser:
             for fd, want in zip(high, (3, 4), strict=True):
                 os.dup2(fd, want)  # inheritable
 
+        env = {**os.environ, "TMPDIR": self.profile}  # its shared-memory files too go with the profile
         self.proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=remap, pass_fds=(3, 4))
         os.close(to_child_r)
         os.close(from_child_w)

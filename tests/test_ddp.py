@@ -67,8 +67,15 @@ def _torchrun(corpus: dict[str, Path], out: Path, kill_at: str | None = None) ->
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
             "-m", "impsamp", "train", "--data", str(corpus["data"]), "--finetune", str(corpus["finetune"]),
             "--eval", str(corpus["eval"]), *FLAGS, "--out", str(out)]
-    env = {**ENV, "IMPSAMP_TEST_KILL_AT": kill_at} if kill_at else ENV
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, env=_env(out, kill_at), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def _env(out: Path, kill_at: str | None = None) -> dict[str, str]:
+    """ENV with TMPDIR beside `out`: torchrun's agent leaves a log folder there (not in /tmp)."""
+    tmp = out.parent / f"{out.name}-tmp"
+    tmp.mkdir(exist_ok=True)
+    return {**ENV, "TMPDIR": str(tmp), **({"IMPSAMP_TEST_KILL_AT": kill_at} if kill_at else {})}
 
 
 def _wait(proc: subprocess.Popen, ok: bool, timeout: float = 150) -> str:
@@ -180,7 +187,8 @@ def test_a_corpus_that_fails_on_rank_0_stops_every_rank_with_its_error(tmp_path)
     blank = _write_jsonl(tmp_path / "blank.jsonl", ["   ", ""])
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
             "-m", "impsamp", "train", "--data", str(blank), *FLAGS, "--out", str(tmp_path / "run")]
-    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, env=_env(tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     out = _wait(proc, ok=False, timeout=90)
     assert "Error: " in out and "no document with text to train on" in out, out
     assert not (tmp_path / "run" / "manifest.json").exists()

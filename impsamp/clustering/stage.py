@@ -12,6 +12,7 @@ import numpy as np
 
 from .._deps import require
 from ..errors import StageError
+from ..guards import released_on_return
 from ..manifest import StageRun, inside, sha256_file, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@released_on_return
 def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: ClusterConfig | None = None, *,
             overwrite: bool = False, progress: bool = False,
             execution: Execution | None = None) -> Clusters | SliceResult:
@@ -63,7 +65,8 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     gpu = use_gpu(cfg.device)
     inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
                              "fingerprint": emb.manifest.fingerprint, "model": embedding_model_name(emb)}}
-    run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+    run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
+                   shared=ex.sliced).begin()
     if ex.require_complete:
         check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
     with run.discarded_on_error(enabled=not ex.sliced):  # bad vectors found by this run: nothing left behind

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import from_dict
 from ..errors import ConfigError, CorpusError, StageError
+from ..guards import released_on_return
 from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, fingerprint, tmp_name
@@ -82,6 +83,7 @@ def _resume_key(run: StageRun) -> str:
     return fingerprint({"stage": run.stage, "config": config, "inputs": run.inputs, "version": run.version})
 
 
+@released_on_return
 def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Path,
           config: EmbedConfig | None = None, *, embedder: Embedder | None = None, overwrite: bool = False,
           progress: bool = False, execution: Execution | None = None) -> Embeddings | SliceResult:
@@ -123,7 +125,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
                    inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
-                   overwrite=overwrite)
+                   overwrite=overwrite, shared=ex.sliced)
     run.key = _resume_key(run)
     run.begin()
     shards = corpus.shards(cfg.rows_per_shard)

@@ -25,6 +25,7 @@ import numpy as np
 from ..clustering.groups import Grouping, make_grouping
 from ..costs import Costs
 from ..errors import CorpusError
+from ..guards import released_on_return
 from ..manifest import MANIFEST, StageRun, atomic_write_json, read_manifest
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
@@ -32,6 +33,7 @@ from .config import ExpertsConfig
 from .result import GROUPS, TOKENIZER, Experts, data_dir, expert_dir
 
 
+@released_on_return
 def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | None = None, *,
             execution: Execution | None = None, overwrite: bool = False, progress: bool = False
             ) -> Experts | SliceResult:
@@ -55,7 +57,8 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
     grouping = make_grouping(inputs.clu, cfg.groups, cfg.level, cfg.seed)
     described = inputs.described()
     run = StageRun(Path(out_dir), "experts", config=asdict(cfg), inputs={
-        "embeddings": described["embeddings"], "clusters": described["clusters"]}, overwrite=overwrite).begin()
+        "embeddings": described["embeddings"], "clusters": described["clusters"]}, overwrite=overwrite,
+        shared=ex.sliced).begin()
     out = run.out_dir
     groups = _describe_groups(grouping, inputs.clu, cfg)
     atomic_write_json(out / GROUPS, {**grouping.to_dict(), "per_group": groups})

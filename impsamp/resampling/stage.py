@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
+from ..guards import released_on_return
 from ..hardware import cpu_count
 from ..histograms import (Histogram, embed_like, from_assignments, histogram, is_embed_output,
                           is_histogram_file, mixture, stored_target_vectors)
@@ -104,6 +105,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name)
 
 
+@released_on_return
 def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any] = (),
              config: ResampleConfig | None = None, weighting: Callable[..., Any] | None = None,
              overwrite: bool = False, progress: bool = False, command: str | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .._deps import require
 from ..errors import StageError
-from ..manifest import refuse_input_inside
+from ..guards import refuse_input_inside
 from .families import get_family
 from .result import TrainRun
 

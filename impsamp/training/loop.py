@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from ..costs import Costs
+from ..guards import released_on_return
 from ..io import open_corpus
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
 from ..progress import progress_bar
@@ -102,6 +103,7 @@ def _as_list(x: Any) -> list[str]:
     return [str(x)] if isinstance(x, (str, Path)) else [str(p) for p in x]
 
 
+@released_on_return
 def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, config: TrainConfig | None = None,
           *, finetune: Sequence[str | Path] | None = None, eval: Sequence[str | Path] | None = None,
           progress: bool = False, overwrite: bool = False, resume: bool = False,
