@@ -21,6 +21,7 @@ import errno
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,14 +35,21 @@ except ImportError:  # not POSIX: no locking
 
 logger = logging.getLogger(__name__)
 
-_HELD: dict[tuple[int, int], int] = {}
-"""This process's locks: (device, inode) of the folder -> the open descriptor that holds its lock."""
+class FolderBusy(StageError):
+    """Another process (or thread) is writing the folder."""
+
+
+_HELD: dict[tuple[int, int], tuple[int, int]] = {}
+"""This process's locks: (device, inode) of the folder -> (the open descriptor holding it, its thread)."""
+_MUTEX = threading.Lock()
+BUSY = ("is being written by another process (this or another impsamp command still running, or a slice of "
+        "a sliced run); wait for it to end, or choose another output directory")
 
 
 def hold(folder: Path, *, shared: bool = False) -> tuple[int, int] | None:
-    """Lock `folder` (it must exist) for writing: exclusive, or `shared` with other slices of one run.
-    Returns the key to `release`, None where the filesystem has no locks. Raises StageError when another
-    process holds it."""
+    """Lock `folder` (it must exist) for writing: exclusive, or `shared` with other slices of one run; a
+    folder this thread holds already is re-locked in the mode asked. Returns the key to `release`, None where
+    the filesystem has no locks. Raises StageError when another process (or thread) holds it."""
     if fcntl is None:
         return None
     try:
@@ -49,45 +57,55 @@ def hold(folder: Path, *, shared: bool = False) -> tuple[int, int] | None:
     except OSError:  # unreadable: what follows fails with its own error
         return None
     st = os.fstat(fd)
-    key = (st.st_dev, st.st_ino)
-    if key in _HELD:  # ours already (a run in this process that ended unreleased): the same file, re-locked
-        os.close(fd)
-        fd = _HELD.pop(key)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise StageError(f"{folder} is being written by another process (this or another impsamp command "
-                             "still running, or a slice of a sliced run); wait for it to end, or choose "
-                             "another output directory") from None
-        logger.warning("cannot lock %s (%s): nothing stops a second process from writing it at the same time",
-                       folder, e.strerror or e)
-        return None
-    _HELD[key] = fd
+    key, me = (st.st_dev, st.st_ino), threading.get_ident()
+    with _MUTEX:
+        if key in _HELD:
+            os.close(fd)
+            fd, owner = _HELD[key]
+            if owner != me and any(t.ident == owner for t in threading.enumerate()):
+                raise FolderBusy(f"{folder} is being written by another thread of this process; wait for it "
+                                 "to end, or choose another output directory")
+            del _HELD[key]  # ours, or left by a thread that has ended: the same open file, re-locked
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise FolderBusy(f"{folder} {BUSY}") from None
+            logger.warning("cannot lock %s (%s): nothing stops a second process from writing it at the same "
+                           "time", folder, e.strerror or e)
+            return None
+        _HELD[key] = (fd, me)
     return key
 
 
 def release(key: tuple[int, int] | None) -> None:
     """Drop a lock taken by `hold` (closing its descriptor releases it)."""
-    fd = _HELD.pop(key, None) if key is not None else None
+    with _MUTEX:
+        fd = _HELD.pop(key, (None, None))[0] if key is not None else None
     if fd is not None:
         os.close(fd)
+
+
+def _mine() -> set[tuple[int, int]]:
+    me = threading.get_ident()
+    with _MUTEX:
+        return {key for key, (_, owner) in _HELD.items() if owner == me}
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def released_on_return(fn: F) -> F:
-    """Decorate a stage's entry function: the folder locks taken during a call are let go when it ends,
-    however it ends (its nested stages' too)."""
+    """Decorate a stage's entry function: the folder locks its thread took during a call are let go when it
+    ends, however it ends (its nested stages' too)."""
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        before = set(_HELD)
+        before = _mine()
         try:
             return fn(*args, **kwargs)
         finally:
-            for key in set(_HELD) - before:
+            for key in _mine() - before:
                 release(key)
     return call  # type: ignore[return-value]
 

@@ -341,11 +341,14 @@ class StageRun:
 
     def _wipe(self, out: Path) -> bool:
         refuse_input_inside(out, [self.inputs, self.input_paths])
+        if self.shared:  # a slice empties the folder only while no other slice writes it
+            hold(out, shared=False)
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
         # The folder itself stays: its lock is ours.
         (out / MANIFEST).unlink(missing_ok=True)
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        _empty(set(out.iterdir()), strict=True)
+        if self.shared:
+            hold(out, shared=True)
         return True
 
     @contextlib.contextmanager
@@ -363,8 +366,10 @@ class StageRun:
         """Remove what this fresh run wrote: the folder if the run made it, else what it added to it."""
         out = self.out_dir
         (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
-        for p in [out] if self._made_dir else set(out.iterdir()) - self._found:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if self._made_dir and not out.is_symlink():
+            shutil.rmtree(out, ignore_errors=True)
+        else:  # the user's folder, or one behind a symlink: emptied of what this run added
+            _empty(set(out.iterdir()) - self._found)
         release(self._lock)
 
     # ---- shards
@@ -458,6 +463,17 @@ def _read_json_dict(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def _empty(paths: set[Path], *, strict: bool = False) -> None:
+    """Remove `paths` (files, links, folders); `strict`: an error stops it."""
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=not strict)
+        elif strict:
+            p.unlink()
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _only_residue(out: Path) -> bool:

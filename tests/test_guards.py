@@ -121,3 +121,81 @@ def test_a_run_that_stopped_in_this_process_does_not_block_the_command_elsewhere
     r = subprocess.run(argv(*EMBED_ARGS(corpus, out)), env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr  # not "being written by another process"
     assert json.loads((out / MANIFEST).read_text())["stats"]["resumed_shards"] >= 1
+
+
+def test_a_slice_with_overwrite_does_not_empty_the_folder_while_another_slice_writes_it(tmp_path):
+    out = tmp_path / "out"
+    proc = _holder(out, shared=True)  # slice 0 of a run, still writing
+    try:
+        other = StageRun(out, "embed", config={"model": "another"}, inputs={}, shared=True, overwrite=True)
+        with pytest.raises(StageError, match="being written by another process"):
+            other.begin()  # another run's slice asks to start over: it would delete slice 0's work
+        assert (out / RUN_RECORD).exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    StageRun(out, "embed", config={"model": "another"}, inputs={}, shared=True, overwrite=True).begin()
+
+
+def test_threads_of_one_process_neither_share_a_folder_nor_let_go_of_each_others_locks(tmp_path):
+    import threading
+
+    from impsamp.guards import released_on_return
+
+    started, finish = threading.Event(), threading.Event()
+
+    @released_on_return
+    def slow_stage(out):
+        _run(out).begin()
+        started.set()
+        finish.wait(30)
+
+    @released_on_return
+    def quick_stage(out):
+        _run(out).begin().finish(stats={})
+
+    worker = threading.Thread(target=slow_stage, args=(tmp_path / "a",))
+    worker.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(StageError, match="another thread of this process"):
+            _run(tmp_path / "a").begin()
+        quick_stage(tmp_path / "b")  # another stage ends in this thread: the worker's lock stays
+        proc = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "a"), "whole", "overwrite"],
+                              env=ENV, capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0 and "being written by another process" in proc.stdout + proc.stderr
+    finally:
+        finish.set()
+        worker.join(30)
+    _run(tmp_path / "a").begin().finish(stats={})  # its thread ended: its folder is free
+
+
+def test_overwrite_through_a_symlink_then_bad_input_leaves_the_target_empty_and_reusable(tmp_path):
+    corpus, bad = write_corpus(tmp_path / "good.jsonl", 60), tmp_path / "bad.jsonl"
+    bad.write_text(corpus.read_text() + "{not json\n")
+    real, link = tmp_path / "real", tmp_path / "link"
+    ok(invoke(*EMBED_ARGS(corpus, real)))
+    link.symlink_to(real)
+    one_line_error(invoke(*EMBED_ARGS(bad, link, "--overwrite")), "line 61")
+    assert link.is_symlink() and list(real.iterdir()) == []  # emptied, not left with shards and no record
+    ok(invoke(*EMBED_ARGS(corpus, link)))
+    assert (real / MANIFEST).exists()
+
+
+def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_its_embeddings(tmp_path):
+    from cli.compare import _cached_embeddings
+    from impsamp.comparison import CompareConfig
+
+    pool, cache = write_corpus(tmp_path / "pool.jsonl", 150), tmp_path / "cache" / "emb"
+    cfg = CompareConfig(model="hashing:64")
+    proc = subprocess.Popen(argv("embed", pool, "--out", cache, "--model", "hashing:64", "--max-tokens",
+                                 cfg.max_tokens, "--rows-per-shard", "25", "--no-progress"),
+                            env={**ENV, "IMPSAMP_TEST_SLOW_SHARD": "0.5"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not (cache / RUN_RECORD).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    assert _cached_embeddings(pool, cache, cfg, progress=False) == cache  # waited, did not refuse
+    assert proc.wait(timeout=60) == 0, proc.communicate()
+    assert json.loads((cache / MANIFEST).read_text())["stats"]["resumed_shards"] == 0  # the other's, unshared
