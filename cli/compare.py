@@ -13,7 +13,7 @@ from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
 from impsamp.config import cache_dir, resolve_config
 from impsamp.errors import StageError
-from impsamp.guards import FolderBusy
+from impsamp.guards import FolderBusy, wait_for_writer
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.training.config import DTYPES
 
@@ -223,26 +223,22 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
 def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool) -> Path:
     from impsamp.embedding import EmbedConfig, Embeddings, embed
 
+    try:
+        Embeddings.load(emb_dir)
+        return emb_dir
+    except StageError:
+        pass
+    if progress:
+        click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
     backend, quantize = embed_backend(cfg.backend)
-    waiting = False
-    while True:
-        try:
-            Embeddings.load(emb_dir)
-            return emb_dir
-        except StageError:
-            pass
-        if progress and not waiting:
-            click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
-        try:
-            embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
-                                             quantize=quantize), progress=progress)
-            return emb_dir
-        except StageError as e:  # FolderBusy: another demo fills the cache; its embeddings do once complete
-            if not isinstance(e, FolderBusy):
-                if not (emb_dir / "manifest.json").exists():
-                    raise
-                continue
-            if not waiting:
-                click.echo("[impsamp] another impsamp process is embedding it; waiting for it", err=True)
-            waiting = True
-            time.sleep(1.0)
+    try:
+        embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
+                                         quantize=quantize), progress=progress)
+    except FolderBusy:  # another demo is filling the cache: its embeddings do, once it is done
+        click.echo("[impsamp] another impsamp process is embedding it; waiting for it to finish", err=True)
+        wait_for_writer(emb_dir)
+    except StageError:  # finished by another process meanwhile ("already holds a complete output")
+        if not (emb_dir / "manifest.json").exists():
+            raise
+    Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
+    return emb_dir

@@ -3,14 +3,14 @@
 `hold`: an advisory lock (`flock`) on the folder itself while a stage writes it. A second process that
 would write the same folder (the same command started twice, an `--overwrite` while the first run still
 writes) stops with a one-line error instead of interleaving its files with the first run's or deleting
-them. The slices of one sliced run (`--num-shards/--shard-index`) share their folder: they take the lock
-shared, and a whole run (or `impsamp finalize`) takes it exclusive, so `finalize` refuses while a slice
-still writes.
+them. A whole run (or `impsamp finalize`) holds it exclusive. The slices of one sliced run
+(`--num-shards/--shard-index`) share it: a slice holds it exclusive while it sets the folder up (and may
+empty it for `--overwrite` only then, while no other slice writes), then shared.
 
 The kernel drops a lock when its process ends, however it ends: a killed run leaves no stale lock to clear
-by hand. A stage's entry function (`released_on_return`) lets go of the locks it took when it returns or
-raises: a run stopped in a notebook does not block the same command in a terminal. Where the filesystem
-has no locks (some network mounts) locking is skipped, with a warning.
+by hand. A stage's entry function (`released_on_return`) lets go of the locks its thread took when it
+returns or raises: a run stopped in a notebook does not block the same command in a terminal. Where the
+filesystem has no locks (some network mounts) locking is skipped, with a warning.
 
 `refuse_input_inside`: `--overwrite` empties a folder; never one that is, or holds, an input of the run.
 """
@@ -22,7 +22,9 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,62 +37,123 @@ except ImportError:  # not POSIX: no locking
 
 logger = logging.getLogger(__name__)
 
-class FolderBusy(StageError):
-    """Another process (or thread) is writing the folder."""
-
-
-_HELD: dict[tuple[int, int], tuple[int, int]] = {}
-"""This process's locks: (device, inode) of the folder -> (the open descriptor holding it, its thread)."""
-_MUTEX = threading.Lock()
+SLICE_WAIT = 10.0
+"""Seconds a slice waits for another slice that is setting the folder up (it holds the lock exclusive)."""
 BUSY = ("is being written by another process (this or another impsamp command still running, or a slice of "
         "a sliced run); wait for it to end, or choose another output directory")
 
 
+class FolderBusy(StageError):
+    """Another process (or thread) is writing the folder."""
+
+
+@dataclass
+class _Held:
+    fd: int
+    owner: threading.Thread
+    exclusive: bool
+
+
+_HELD: dict[tuple[int, int], _Held] = {}
+"""This process's locks, by (device, inode) of the folder."""
+_MUTEX = threading.Lock()
+
+
 def hold(folder: Path, *, shared: bool = False) -> tuple[int, int] | None:
-    """Lock `folder` (it must exist) for writing: exclusive, or `shared` with other slices of one run; a
-    folder this thread holds already is re-locked in the mode asked. Returns the key to `release`, None where
-    the filesystem has no locks. Raises StageError when another process (or thread) holds it."""
+    """Lock `folder` (it must exist) for writing. A whole run's lock is exclusive. A slice's (`shared`) is
+    exclusive while no other slice writes (it may set the folder up, `--overwrite` included; then `share`
+    it), else shared with them. A folder this thread holds is locked again (a failed change of mode drops
+    it). Returns the key to `release`; None where the filesystem has no locks. Raises FolderBusy."""
     if fcntl is None:
         return None
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # unreadable: what follows fails with its own error
-        return None
+    except OSError as e:
+        return _unlocked(folder, e)
     st = os.fstat(fd)
-    key, me = (st.st_dev, st.st_ino), threading.get_ident()
+    key, me = (st.st_dev, st.st_ino), threading.current_thread()
     with _MUTEX:
-        if key in _HELD:
+        held = _HELD.pop(key, None)
+        if held is not None:
             os.close(fd)
-            fd, owner = _HELD[key]
-            if owner != me and any(t.ident == owner for t in threading.enumerate()):
+            fd = held.fd
+            if held.owner is not me and held.owner.is_alive():
+                _HELD[key] = held
                 raise FolderBusy(f"{folder} is being written by another thread of this process; wait for it "
                                  "to end, or choose another output directory")
-            del _HELD[key]  # ours, or left by a thread that has ended: the same open file, re-locked
-        try:
-            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise FolderBusy(f"{folder} {BUSY}") from None
-            logger.warning("cannot lock %s (%s): nothing stops a second process from writing it at the same "
-                           "time", folder, e.strerror or e)
-            return None
-        _HELD[key] = (fd, me)
+    try:
+        exclusive = _lock(fd, folder, shared)
+    except BaseException:
+        os.close(fd)
+        raise
+    if exclusive is None:
+        os.close(fd)
+        return None
+    with _MUTEX:
+        _HELD[key] = _Held(fd, me, exclusive)
     return key
+
+
+def _lock(fd: int, folder: Path, shared: bool) -> bool | None:
+    """flock `fd`: True exclusive; False shared (a slice beside running slices); None: no locks here."""
+    deadline = time.monotonic() + (SLICE_WAIT if shared else 0.0)
+    modes = (fcntl.LOCK_EX, fcntl.LOCK_SH) if shared else (fcntl.LOCK_EX,)
+    while True:
+        for mode in modes:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return mode == fcntl.LOCK_EX
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return _unlocked(folder, e)
+        if time.monotonic() >= deadline:  # a slice waits out another that holds it exclusive for its set-up
+            raise FolderBusy(f"{folder} {BUSY}")
+        time.sleep(0.05)
+
+
+def _unlocked(folder: Path, e: OSError) -> None:
+    logger.warning("cannot lock %s (%s): nothing stops a second process from writing it at the same time",
+                   folder, e.strerror or e)
+    return None
+
+
+def exclusive(key: tuple[int, int] | None) -> bool:
+    """Whether this process may set the folder up alone (no lock at all counts as yes)."""
+    with _MUTEX:
+        return key not in _HELD or _HELD[key].exclusive
+
+
+def share(key: tuple[int, int] | None) -> None:
+    """A slice's folder is set up: let the other slices of its run write beside it."""
+    with _MUTEX:
+        held = _HELD.get(key) if key is not None else None
+    if held is not None and held.exclusive:
+        fcntl.flock(held.fd, fcntl.LOCK_SH)
+        held.exclusive = False
 
 
 def release(key: tuple[int, int] | None) -> None:
     """Drop a lock taken by `hold` (closing its descriptor releases it)."""
     with _MUTEX:
-        fd = _HELD.pop(key, (None, None))[0] if key is not None else None
-    if fd is not None:
-        os.close(fd)
+        held = _HELD.pop(key, None) if key is not None else None
+    if held is not None:
+        os.close(held.fd)
+
+
+def wait_for_writer(folder: Path, poll: float = 1.0) -> None:
+    """Return once no process writes `folder` (its lock is free)."""
+    while True:
+        try:
+            release(hold(folder))
+            return
+        except FolderBusy:
+            time.sleep(poll)
 
 
 def _mine() -> set[tuple[int, int]]:
-    me = threading.get_ident()
+    me = threading.current_thread()
     with _MUTEX:
-        return {key for key, (_, owner) in _HELD.items() if owner == me}
+        return {key for key, held in _HELD.items() if held.owner is me}
 
 
 F = TypeVar("F", bound=Callable[..., Any])

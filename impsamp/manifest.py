@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImpsampError, StageError, stopped_outside_input
-from .guards import hold, refuse_input_inside, release
+from .guards import FolderBusy, exclusive, hold, refuse_input_inside, release, share
 
 logger = logging.getLogger(__name__)
 
@@ -238,14 +238,8 @@ def verify_outputs(path: str | Path, manifest: Manifest) -> None:
 # ----------------------------------------------------------------------------- a stage being built
 
 TEST_SLOW_SHARD_ENV = "IMPSAMP_TEST_SLOW_SHARD"
-
-
-def _test_pause() -> None:
-    """Test-only hook: IMPSAMP_TEST_SLOW_SHARD=SECONDS sleeps after every committed shard, so the
-    crash tests can SIGKILL a stage between (or, with the rename in flight, during) shard commits."""
-    if delay := os.environ.get(TEST_SLOW_SHARD_ENV):
-        time.sleep(float(delay))
-
+"""Test-only: SECONDS to sleep after every committed shard, so the crash tests can SIGKILL a stage between
+(or, with the rename in flight, during) shard commits."""
 
 
 @dataclass
@@ -283,7 +277,7 @@ class StageRun:
             self.version = __version__
         self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
                                 "version": self.version})
-        self.fresh, self._made_dir, self._found, self._lock = False, False, set(), None  # set by `begin`
+        self.fresh, self._all_ours, self._found, self._lock = False, False, set(), None  # set by `begin`
 
     @property
     def records_dir(self) -> Path:
@@ -301,10 +295,20 @@ class StageRun:
             raise StageError(f"cannot write to {out}: {e.strerror or e}; choose a writable output "
                              "directory with free space") from e
         self._lock = hold(out, shared=self.shared)  # before anything is read: no one else writes
+        try:
+            self._set_up(out, existed)
+        except BaseException:
+            release(self._lock)
+            raise
+        if self.shared:
+            share(self._lock)  # set up: the run's other slices may write beside this one
+        return self
+
+    def _set_up(self, out: Path, existed: bool) -> None:
         wiped = existed and not _only_residue(out) and self._reuse_existing(out)
-        self._made_dir = not existed or wiped
-        self.fresh = self._made_dir or _only_residue(out)  # nothing to resume; `discard` keeps what was found
-        self._found = set() if self._made_dir else {p for p in out.iterdir() if not p.is_dir()}
+        self._all_ours = not existed or wiped  # `discard` removes the whole folder
+        self.fresh = self._all_ours or _only_residue(out)  # nothing to resume; `discard` keeps what was found
+        self._found = set() if self._all_ours else {p for p in out.iterdir() if not p.is_dir()}
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
             # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
@@ -315,7 +319,6 @@ class StageRun:
         except OSError as e:
             raise StageError(f"cannot write to {out}: {e.strerror or e}; choose a writable output "
                              "directory with free space") from e
-        return self
 
     def _reuse_existing(self, out: Path) -> bool:
         # Only a manifest or run record that impsamp wrote makes a directory ours: another tool's
@@ -341,14 +344,13 @@ class StageRun:
 
     def _wipe(self, out: Path) -> bool:
         refuse_input_inside(out, [self.inputs, self.input_paths])
-        if self.shared:  # a slice empties the folder only while no other slice writes it
-            hold(out, shared=False)
+        if not exclusive(self._lock):  # a slice while other slices write: emptying would delete their work
+            raise FolderBusy(f"{out} is being written by slices of another run; pass --overwrite when none "
+                             "of them runs (or start one slice with it first, then the others)")
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
         # The folder itself stays: its lock is ours.
         (out / MANIFEST).unlink(missing_ok=True)
         _empty(set(out.iterdir()), strict=True)
-        if self.shared:
-            hold(out, shared=True)
         return True
 
     @contextlib.contextmanager
@@ -363,10 +365,11 @@ class StageRun:
             raise
 
     def discard(self) -> None:
-        """Remove what this fresh run wrote: the folder if the run made it, else what it added to it."""
+        """Remove what this fresh run wrote: the folder if the run made it or emptied it (`--overwrite`; one
+        behind a symlink is emptied), else what it added to it."""
         out = self.out_dir
         (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
-        if self._made_dir and not out.is_symlink():
+        if self._all_ours and not out.is_symlink():
             shutil.rmtree(out, ignore_errors=True)
         else:  # the user's folder, or one behind a symlink: emptied of what this run added
             _empty(set(out.iterdir()) - self._found)
@@ -406,7 +409,8 @@ class StageRun:
             refs.append(asdict(FileRef(name, final.stat().st_size, digest, (rows or {}).get(name))))
         record = {"shard": shard, "files": refs, "stats": dict(stats or {}), "intermediate": intermediate}
         atomic_write_json(record_file, record)
-        _test_pause()
+        if delay := os.environ.get(TEST_SLOW_SHARD_ENV):
+            time.sleep(float(delay))
         return record
 
     def forget(self, shard: str) -> None:
@@ -470,10 +474,8 @@ def _empty(paths: set[Path], *, strict: bool = False) -> None:
     for p in paths:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=not strict)
-        elif strict:
-            p.unlink()
         else:
-            p.unlink(missing_ok=True)
+            p.unlink(missing_ok=not strict)
 
 
 def _only_residue(out: Path) -> bool:

@@ -10,9 +10,11 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from impsamp import guards
 from impsamp.embedding import EmbedConfig, embed
 from impsamp.embedding.hashing import HashingEmbedder
 from impsamp.errors import StageError
@@ -23,16 +25,16 @@ from ._helpers import ENV, EMBED_ARGS, argv, invoke, ok, one_line_error, payload
 HOLDER = textwrap.dedent('''
     import sys, time
     from impsamp.manifest import StageRun
-    run = StageRun(sys.argv[1], "embed", config={}, inputs={}, shared=sys.argv[2] == "shared",
-                   overwrite=sys.argv[3] == "overwrite").begin()
+    run = StageRun(sys.argv[1], "embed", config={"model": sys.argv[4]} if sys.argv[4] else {}, inputs={},
+                   shared=sys.argv[2] == "shared", overwrite=sys.argv[3] == "overwrite").begin()
     print("holding", flush=True)
     time.sleep(120)
 ''')
 
 
-def _holder(out, shared: bool = False, overwrite: bool = False) -> subprocess.Popen:
+def _holder(out, shared: bool = False, overwrite: bool = False, config: str = "") -> subprocess.Popen:
     """A process that begins a run in `out` and keeps it open (until killed)."""
-    modes = ["shared" if shared else "whole", "overwrite" if overwrite else "-"]
+    modes = ["shared" if shared else "whole", "overwrite" if overwrite else "-", config]
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *modes], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "holding", proc.communicate()
@@ -41,6 +43,12 @@ def _holder(out, shared: bool = False, overwrite: bool = False) -> subprocess.Po
 
 def _run(out, shared: bool = False) -> StageRun:
     return StageRun(out, "embed", config={}, inputs={}, shared=shared)
+
+
+@pytest.fixture(autouse=True)
+def _short_slice_wait(monkeypatch):
+    """A slice waits this long for another one setting the folder up (10 s in use)."""
+    monkeypatch.setattr(guards, "SLICE_WAIT", 0.5)
 
 
 def test_a_second_writer_is_refused_until_the_first_ends_however_it_ends(tmp_path):
@@ -59,11 +67,12 @@ def test_a_second_writer_is_refused_until_the_first_ends_however_it_ends(tmp_pat
     run.finish(stats={})
 
 
-def test_slices_share_their_folder_and_a_whole_run_waits_for_none_of_them(tmp_path):
+def test_slices_share_their_folder_and_a_whole_run_is_refused_while_one_writes(tmp_path):
     out = tmp_path / "out"
     proc = _holder(out, shared=True)
     try:
-        _run(out, shared=True).begin()  # another slice of the same run: allowed
+        _run(out, shared=True).begin().finish(stats={})  # another slice of the same run: allowed
+        (out / MANIFEST).unlink()
         with pytest.raises(StageError, match="being written by another process"):
             _run(out).begin()  # `finalize` (a whole run) while a slice still writes: refused
     finally:
@@ -71,12 +80,25 @@ def test_slices_share_their_folder_and_a_whole_run_waits_for_none_of_them(tmp_pa
         proc.wait(timeout=30)
 
 
+def test_slices_of_one_run_with_overwrite_empty_the_old_output_once_and_then_join(tmp_path):
+    out, new = tmp_path / "out", {"model": "new"}
+    _run(out).begin().finish(stats={})  # a complete output of other settings
+    proc = _holder(out, shared=True, overwrite=True, config="new")  # slice 0 empties it and starts
+    try:
+        assert not (out / MANIFEST).exists()
+        again = StageRun(out, "embed", config=new, inputs={}, shared=True, overwrite=True).begin()
+        assert again.fresh is False  # slice 1 joins slice 0's run, deleting nothing
+        guards.release(again._lock)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def test_a_rerun_in_the_same_process_takes_over_an_earlier_runs_lock(tmp_path):
     out = tmp_path / "out"
-    first = _run(out).begin()  # never finished: a failed run whose traceback a notebook keeps alive
-    again = _run(out).begin()
-    again.finish(stats={})
-    assert (out / MANIFEST).exists() and first.key == again.key
+    _run(out).begin()  # never finished: a failed run whose traceback a notebook keeps alive
+    _run(out).begin().finish(stats={})
+    assert (out / MANIFEST).exists()
     proc = _holder(out, overwrite=True)  # the lock went with the finish: another process may now write
     proc.kill()
     proc.wait(timeout=30)
@@ -88,7 +110,7 @@ def test_overwrite_while_a_run_still_writes_is_refused_and_the_run_finishes_inta
     corpus = write_corpus(tmp_path / "generic.jsonl", 150)
     ref, out = tmp_path / "ref", tmp_path / "out"
     ok(invoke(*EMBED_ARGS(corpus, ref)))
-    proc = subprocess.Popen(argv(*EMBED_ARGS(corpus, out)), env={**ENV, "IMPSAMP_TEST_SLOW_SHARD": "0.4"},
+    proc = subprocess.Popen(argv(*EMBED_ARGS(corpus, out)), env={**ENV, "IMPSAMP_TEST_SLOW_SHARD": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while len(list((out / SHARD_RECORDS).glob("*.json"))) < 1:
@@ -128,7 +150,7 @@ def test_a_slice_with_overwrite_does_not_empty_the_folder_while_another_slice_wr
     proc = _holder(out, shared=True)  # slice 0 of a run, still writing
     try:
         other = StageRun(out, "embed", config={"model": "another"}, inputs={}, shared=True, overwrite=True)
-        with pytest.raises(StageError, match="being written by another process"):
+        with pytest.raises(StageError, match="being written by slices of another run; pass --overwrite when"):
             other.begin()  # another run's slice asks to start over: it would delete slice 0's work
         assert (out / RUN_RECORD).exists()
     finally:
@@ -142,26 +164,27 @@ def test_threads_of_one_process_neither_share_a_folder_nor_let_go_of_each_others
 
     from impsamp.guards import released_on_return
 
-    started, finish = threading.Event(), threading.Event()
+    go, started, finish = threading.Event(), threading.Event(), threading.Event()
 
-    @released_on_return
     def slow_stage(out):
+        go.wait(30)
         _run(out).begin()
         started.set()
         finish.wait(30)
 
     @released_on_return
     def quick_stage(out):
-        _run(out).begin().finish(stats={})
+        _run(out).begin()
+        go.set()  # the worker takes its lock while this stage runs: it is not this stage's to let go of
+        assert started.wait(30)
 
     worker = threading.Thread(target=slow_stage, args=(tmp_path / "a",))
     worker.start()
     try:
-        assert started.wait(30)
+        quick_stage(tmp_path / "b")
         with pytest.raises(StageError, match="another thread of this process"):
             _run(tmp_path / "a").begin()
-        quick_stage(tmp_path / "b")  # another stage ends in this thread: the worker's lock stays
-        proc = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "a"), "whole", "overwrite"],
+        proc = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path / "a"), "whole", "overwrite", ""],
                               env=ENV, capture_output=True, text=True, timeout=60)
         assert proc.returncode != 0 and "being written by another process" in proc.stdout + proc.stderr
     finally:
@@ -196,6 +219,30 @@ def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_it
     while not (cache / RUN_RECORD).exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.01)
-    assert _cached_embeddings(pool, cache, cfg, progress=False) == cache  # waited, did not refuse
+    with ThreadPoolExecutor(1) as pool_:  # a wait that never ends fails the test instead of hanging it
+        assert pool_.submit(_cached_embeddings, pool, cache, cfg, False).result(timeout=60) == cache
     assert proc.wait(timeout=60) == 0, proc.communicate()
     assert json.loads((cache / MANIFEST).read_text())["stats"]["resumed_shards"] == 0  # the other's, unshared
+
+
+def test_a_begin_that_refuses_lets_go_of_the_folder(tmp_path):
+    out = tmp_path / "out"
+    _run(out).begin().finish(stats={})
+    with pytest.raises(StageError, match="already holds a complete"):
+        _run(out).begin()  # no --overwrite: refused after the lock was taken
+    proc = _holder(out, overwrite=True)  # so another process may write it now
+    proc.kill()
+    proc.wait(timeout=30)
+
+
+def test_a_damaged_demo_cache_is_a_one_line_error_not_an_endless_retry(tmp_path):
+    from cli.compare import _cached_embeddings
+    from impsamp.comparison import CompareConfig
+
+    pool, cache = write_corpus(tmp_path / "pool.jsonl", 40), tmp_path / "cache" / "emb"
+    cfg = CompareConfig(model="hashing:64")
+    ok(invoke("embed", pool, "--out", cache, "--model", "hashing:64", "--max-tokens", cfg.max_tokens,
+              "--no-progress"))
+    next(cache.glob("vectors-*.npy")).unlink()
+    with ThreadPoolExecutor(1) as ex, pytest.raises(StageError, match="vectors-00000.npy is missing"):
+        ex.submit(_cached_embeddings, pool, cache, cfg, False).result(timeout=60)
