@@ -111,9 +111,16 @@ def _lock(fd: int, folder: Path, shared: bool) -> bool | None:
         time.sleep(0.05)
 
 
+_WARNED: list[str] = []
+
+
 def _unlocked(folder: Path, e: OSError) -> None:
-    logger.warning("cannot lock %s (%s): nothing stops a second process from writing it at the same time",
-                   folder, e.strerror or e)
+    """No lock here (a filesystem without them: NFS refuses one on a folder opened read-only, Lustre mounted
+    noflock): said once per process, not on every stage of a pipeline."""
+    if not _WARNED:
+        _WARNED.append(str(folder))
+        logger.warning("cannot lock %s (%s): nothing stops a second process from writing the same output "
+                       "folder at the same time (said once per process)", folder, e.strerror or e)
     return None
 
 

@@ -246,3 +246,21 @@ def test_a_damaged_demo_cache_is_a_one_line_error_not_an_endless_retry(tmp_path)
     next(cache.glob("vectors-*.npy")).unlink()
     with ThreadPoolExecutor(1) as ex, pytest.raises(StageError, match="vectors-00000.npy is missing"):
         ex.submit(_cached_embeddings, pool, cache, cfg, False).result(timeout=60)
+
+
+def test_a_filesystem_without_locks_runs_unlocked_and_says_so_once(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import logging
+
+    def no_locks(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")  # NFS: no flock on a folder opened read-only
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(guards, "_WARNED", [])
+    with caplog.at_level(logging.WARNING, logger="impsamp.guards"):
+        for name in ("a", "b"):
+            run = _run(tmp_path / name).begin()
+            assert run._lock is None
+            run.finish(stats={})
+    assert [r.getMessage().startswith(f"cannot lock {tmp_path / 'a'}") for r in caplog.records] == [True]
