@@ -9,14 +9,16 @@ empty it for `--overwrite` only then, while no other slice writes), then shared.
 
 The kernel drops a lock when its process ends, however it ends: a killed run leaves no stale lock to clear
 by hand. A stage's entry function (`released_on_return`) lets go of the locks its thread took when it
-returns or raises: a run stopped in a notebook does not block the same command in a terminal. Where the
-filesystem has no locks (some network mounts) locking is skipped, with a warning.
+returns or raises: a run stopped in a notebook does not block the same command in a terminal. NFS has no
+`flock` on a folder (an exclusive one needs a file open for writing): there the lock is on LOCK_FILE inside
+it. Where a filesystem has no locks at all, locking is skipped, with a warning.
 
 `refuse_input_inside`: `--overwrite` empties a folder; never one that is, or holds, an input of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -37,6 +39,9 @@ except ImportError:  # not POSIX: no locking
 
 logger = logging.getLogger(__name__)
 
+LOCK_FILE = ".lock.tmp-impsamp"
+"""Where a filesystem has no flock on a folder (NFS): the lock is on this file in it. A temp name: never
+payload, residue to `manifest._only_residue`, removed by `StageRun.finish` with the other temp files."""
 SLICE_WAIT = 10.0
 """Seconds a slice waits for another slice that is setting the folder up (it holds the lock exclusive)."""
 BUSY = ("is being written by another process (this or another impsamp command still running, or a slice of "
@@ -52,6 +57,7 @@ class _Held:
     fd: int
     owner: threading.Thread
     exclusive: bool
+    lock_file: Path | None = None  # the lock is on this file, not on the folder (NFS)
 
 
 _HELD: dict[tuple[int, int], _Held] = {}
@@ -82,20 +88,25 @@ def hold(folder: Path, *, shared: bool = False) -> tuple[int, int] | None:
                 raise FolderBusy(f"{folder} is being written by another thread of this process; wait for it "
                                  "to end, or choose another output directory")
     try:
-        exclusive = _lock(fd, folder, shared)
+        got = _lock(fd, folder, shared)
     except BaseException:
         os.close(fd)
         raise
-    if exclusive is None:
+    lock_file = held.lock_file if held is not None else None
+    if isinstance(got, OSError):  # no flock on a folder here (NFS): on a file inside it, then
         os.close(fd)
-        return None
+        fd, got = _lock_file(folder, shared)
+        if fd is None:
+            return _unlocked(folder, got)
+        lock_file = folder / LOCK_FILE
     with _MUTEX:
-        _HELD[key] = _Held(fd, me, exclusive)
+        _HELD[key] = _Held(fd, me, got, lock_file)
     return key
 
 
-def _lock(fd: int, folder: Path, shared: bool) -> bool | None:
-    """flock `fd`: True exclusive; False shared (a slice beside running slices); None: no locks here."""
+def _lock(fd: int, folder: Path, shared: bool) -> bool | OSError:
+    """flock `fd`: True exclusive; False shared (a slice beside running slices); the error where the
+    filesystem refuses it."""
     deadline = time.monotonic() + (SLICE_WAIT if shared else 0.0)
     modes = (fcntl.LOCK_EX, fcntl.LOCK_SH) if shared else (fcntl.LOCK_EX,)
     while True:
@@ -105,18 +116,40 @@ def _lock(fd: int, folder: Path, shared: bool) -> bool | None:
                 return mode == fcntl.LOCK_EX
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    return _unlocked(folder, e)
+                    return e
         if time.monotonic() >= deadline:  # a slice waits out another that holds it exclusive for its set-up
             raise FolderBusy(f"{folder} {BUSY}")
         time.sleep(0.05)
+
+
+def _lock_file(folder: Path, shared: bool) -> tuple[int, bool] | tuple[None, OSError]:
+    """The lock on LOCK_FILE in `folder`, opened for writing (NFS locks a file only so). `finish` removes
+    the file: a lock on a file no longer at that name is dropped and taken again."""
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return None, e
+        try:
+            got = _lock(fd, folder, shared)
+            if isinstance(got, OSError):
+                os.close(fd)
+                return None, got
+            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, got
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 _WARNED: list[str] = []
 
 
 def _unlocked(folder: Path, e: OSError) -> None:
-    """No lock here (a filesystem without them: NFS refuses one on a folder opened read-only, Lustre mounted
-    noflock): said once per process, not on every stage of a pipeline."""
+    """No lock here (a filesystem without them: Lustre mounted noflock): said once per process, not on every
+    stage of a pipeline."""
     if not _WARNED:
         _WARNED.append(str(folder))
         logger.warning("cannot lock %s (%s): nothing stops a second process from writing the same output "
@@ -143,8 +176,14 @@ def release(key: tuple[int, int] | None) -> None:
     """Drop a lock taken by `hold` (closing its descriptor releases it)."""
     with _MUTEX:
         held = _HELD.pop(key, None) if key is not None else None
-    if held is not None:
-        os.close(held.fd)
+    if held is None:
+        return
+    if held.lock_file is not None:  # removed unless another slice still holds it
+        with contextlib.suppress(OSError):
+            fcntl.flock(held.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(held.lock_file).st_ino == os.fstat(held.fd).st_ino:
+                os.unlink(held.lock_file)
+    os.close(held.fd)
 
 
 def wait_for_writer(folder: Path, poll: float = 1.0) -> None:

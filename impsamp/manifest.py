@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImpsampError, StageError, stopped_outside_input
-from .guards import FolderBusy, exclusive, hold, refuse_input_inside, release, share
+from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, release, share
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ class StageRun:
         # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
         # The folder itself stays: its lock is ours.
         (out / MANIFEST).unlink(missing_ok=True)
-        _empty(set(out.iterdir()), strict=True)
+        _empty(set(out.iterdir()) - {out / LOCK_FILE}, strict=True)  # the lock file (NFS) is held
         return True
 
     @contextlib.contextmanager

@@ -22,9 +22,21 @@ from impsamp.manifest import MANIFEST, RUN_RECORD, SHARD_RECORDS, StageRun
 
 from ._helpers import ENV, EMBED_ARGS, argv, invoke, ok, one_line_error, payload, write_corpus
 
+NO_FOLDER_FLOCK = textwrap.dedent('''
+    import errno, fcntl, os, stat
+    _flock = fcntl.flock
+
+    def flock(fd, op):  # as on NFS: no exclusive flock on a folder (it cannot be opened for writing)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return _flock(fd, op)
+''')
 HOLDER = textwrap.dedent('''
-    import sys, time
+    import os, sys, time
     from impsamp.manifest import StageRun
+    if os.environ.get("NFS"):
+        exec(os.environ["NFS"])
+        fcntl.flock = flock
     run = StageRun(sys.argv[1], "embed", config={"model": sys.argv[4]} if sys.argv[4] else {}, inputs={},
                    shared=sys.argv[2] == "shared", overwrite=sys.argv[3] == "overwrite").begin()
     print("holding", flush=True)
@@ -32,10 +44,12 @@ HOLDER = textwrap.dedent('''
 ''')
 
 
-def _holder(out, shared: bool = False, overwrite: bool = False, config: str = "") -> subprocess.Popen:
+def _holder(out, shared: bool = False, overwrite: bool = False, config: str = "", nfs: bool = False
+            ) -> subprocess.Popen:
     """A process that begins a run in `out` and keeps it open (until killed)."""
     modes = ["shared" if shared else "whole", "overwrite" if overwrite else "-", config]
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *modes], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *modes],
+                            env={**ENV, "NFS": NO_FOLDER_FLOCK} if nfs else ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout.readline().strip() == "holding", proc.communicate()
     return proc
@@ -264,3 +278,33 @@ def test_a_filesystem_without_locks_runs_unlocked_and_says_so_once(tmp_path, mon
             assert run._lock is None
             run.finish(stats={})
     assert [r.getMessage().startswith(f"cannot lock {tmp_path / 'a'}") for r in caplog.records] == [True]
+
+
+def test_without_flock_on_folders_a_lock_file_inside_does_the_same_and_finish_removes_it(tmp_path,
+                                                                                         monkeypatch):
+    import fcntl
+
+    scope: dict = {}
+    exec(NO_FOLDER_FLOCK, scope)
+    monkeypatch.setattr(fcntl, "flock", scope["flock"])
+    out = tmp_path / "out"
+    proc = _holder(out, nfs=True)
+    try:
+        assert (out / guards.LOCK_FILE).exists()
+        with pytest.raises(StageError, match="being written by another process"):
+            _run(out).begin()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    run = _run(out).begin()  # the killed holder's lock went with it; its run resumes
+    assert run.fresh is False
+    run.finish(stats={})
+    assert [p.name for p in out.iterdir()] == [MANIFEST]  # the lock file is not part of the output
+    with pytest.raises(StageError, match="already holds a complete"):
+        _run(out).begin()
+    assert [p.name for p in out.iterdir()] == [MANIFEST]  # nor left by a refused run
+    StageRun(out, "embed", config={"model": "x"}, inputs={}, overwrite=True).begin()  # empties it...
+    assert (out / guards.LOCK_FILE).exists()  # ...but for the lock it holds
+    r = subprocess.run([sys.executable, "-c", HOLDER, str(out), "whole", "overwrite", "y"],
+                       env={**ENV, "NFS": NO_FOLDER_FLOCK}, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "being written by another process" in r.stdout + r.stderr
