@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock.tmp-impsamp"
 """Where a filesystem has no flock on a folder (NFS): the lock is on this file in it. A temp name: never
-payload, residue to `manifest._only_residue`, removed by `StageRun.finish` with the other temp files."""
+payload, residue to `manifest._only_residue`; `release` removes it once no other slice holds it."""
 SLICE_WAIT = 10.0
 """Seconds a slice waits for another slice that is setting the folder up (it holds the lock exclusive)."""
 BUSY = ("is being written by another process (this or another impsamp command still running, or a slice of "
@@ -133,8 +133,10 @@ def _lock_file(folder: Path, shared: bool) -> tuple[int, bool] | tuple[None, OSE
             return None, e
         try:
             got = _lock(fd, folder, shared)
-            if isinstance(got, OSError):
+            if isinstance(got, OSError):  # no locks at all here: nothing to keep the file for
                 os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 return None, got
             if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:
                 return fd, got

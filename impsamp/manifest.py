@@ -305,9 +305,9 @@ class StageRun:
         return self
 
     def _set_up(self, out: Path, existed: bool) -> None:
-        wiped = existed and not _only_residue(out) and self._reuse_existing(out)
-        self._all_ours = not existed or wiped  # `discard` removes the whole folder
-        self.fresh = self._all_ours or _only_residue(out)  # nothing to resume; `discard` keeps what was found
+        residue = _only_residue(out)
+        self._all_ours = not existed or (not residue and self._reuse_existing(out))  # True: emptied
+        self.fresh = self._all_ours or residue  # nothing to resume; `discard` keeps what was found
         self._found = set() if self._all_ours else {p for p in out.iterdir() if not p.is_dir()}
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
@@ -453,7 +453,8 @@ class StageRun:
         shutil.rmtree(self.records_dir, ignore_errors=True)
         (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
         for p in self.out_dir.rglob(".*.tmp-*"):
-            p.unlink(missing_ok=True)
+            if p != self.out_dir / LOCK_FILE:  # the lock (NFS): `release` removes it, once no one holds it
+                p.unlink(missing_ok=True)
         # folders emptied by removing intermediate files (e.g. resample's _spill/)
         for d in sorted((p for p in self.out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             if not any(d.iterdir()):
