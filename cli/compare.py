@@ -32,8 +32,14 @@ def _check_k(clusters: Path, k: int) -> None:
                                f"cluster with --k {k}")
 
 
-def _split(methods: str | None) -> tuple[str, ...] | None:
-    return tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
+def _split(methods: str | None, flag: str = "--methods") -> tuple[str, ...] | None:
+    if methods is None:
+        return None
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    if not names:
+        raise click.BadParameter("names no entry; give a comma-separated list, or leave the flag out for the "
+                                 "default", param_hint=f"'{flag}'")
+    return names
 
 
 DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20}
@@ -145,7 +151,8 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     gives C(N) = generic + N x per-target (plan.png), the strategy with the lowest perplexity within
     the budgets you state and the runner-up, and the decision figure (decision.png).
     """
-    cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods), models=_split(models),
+    cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods),
+                         models=_split(models, "--models"),
                          groups=groups, expert_select=expert_select, large_steps=large_steps,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,

@@ -18,14 +18,14 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
 @out_option
 @click.option("--alpha", type=float, default=None,
               help="Weight of the distillation term; 0 is plain fine-tuning [default: 0.5].")
-@click.option("--temperature", type=float, default=None, help="Softmax temperature of both distributions [2].")
+@click.option("--temperature", type=float, default=None, help="Softmax temperature of both distributions [default: 2].")
 @click.option("--finetune-steps", type=int, default=None, help="Fine-tuning steps [default: one pass].")
 @click.option("--finetune-lr", type=float, default=None, help="Fine-tuning peak lr [default: the preset's / 10].")
 @click.option("--early-stopping", type=int, default=None,
               help="Stop after N validations without a lower held-out loss; keep the best weights.")
 @click.option("--eval", "eval_files", multiple=True, help="In-domain evaluation files (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:N, mps [default: auto].")
-@click.option("--seed", type=int, default=None, help="Random seed.")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
 @click.option("--text-field", default=None, help="Text field of --target and --eval [default: text].")
 @config_option(section="train")
 @overwrite_option

@@ -123,7 +123,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                f"unique documents, repetition {s['repetition_rate']:.1%}"
                + (f", {s['spilled_units']:,.0f} draws spilled over the repeat cap" if s.get("spilled_units") else "")
                + f") -> {out_dir}")
-    click.echo(f"KL(target||generic) {s['kl_target_generic']:.3f} -> KL(target||selected) "
+    t = "target" if s.get("targets") else "generic"  # --method uniform without a target: the pool itself
+    click.echo(f"KL({t}||generic) {s['kl_target_generic']:.3f} -> KL({t}||selected) "
                f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}"
                + (f"; documents inside the clusters: --within {s['within']}"
                   if s.get("within") and (cfg.method, cfg.scheme) == ("importance", "match") else ""))

@@ -195,7 +195,7 @@ def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--eval", "eval_files", multiple=True, required=True, help="File to score (repeatable).")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the document text.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, mps.")
 @click.option("--weights", type=click.Choice(["model.safetensors", "pretrained.safetensors"]),
               default="model.safetensors", show_default=True, help="Final or pre-fine-tuning weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
@@ -213,6 +213,11 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # scoring is one process's work: under torchrun, rank 0 does it and the others exit
+    routed = "an `impsamp experts` output" if _stage(run_dir) == "experts" else \
+        "a projected network" if _recorded(run_dir).get("arch") == "projected" else None
+    if routed and weights != "model.safetensors":
+        raise click.BadParameter(f"{run_dir} is {routed}: its documents are scored with each small model's "
+                                 "final weights", param_hint="'--weights'")
     if _stage(run_dir) == "experts":
         from impsamp.mixture import evaluate_routed
 
@@ -240,7 +245,7 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--weights", type=click.Choice(["model.safetensors", "pretrained.safetensors"]),
               default="model.safetensors", show_default=True, help="Final or pre-fine-tuning weights.")
-@overwrite_option
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export in OUT (never a folder of something else).")
 def export(run_dir, out, weights, overwrite):
     """Write a trained run as a Hugging Face transformers (Llama) checkpoint folder.
 

@@ -28,7 +28,7 @@ def _model_label(name: str, e: dict[str, Any]) -> str:
     if name == "projected":
         return f"projected network (cluster {e['condition']})"
     if name == "large":
-        return f"large ({e['preset']}, {e['steps']} steps)"
+        return f"large ({e['preset']}, {e['steps']} step{'' if e['steps'] == 1 else 's'})"
     if name == "distill":
         return f"distilled (teacher {e['teacher']}, alpha {e['alpha']})"
     return "soup of experts" if name == "soup" else name

@@ -16,6 +16,8 @@ import math
 import numbers
 import os
 import sys
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,26 +33,78 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") 
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
+    _check_types(cls, data, source)
     try:
         return cls(**data)
     except TypeError as e:
         raise ConfigError(f"{source}: {e}") from e
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def _check_types(cls: type, data: Mapping[str, Any], source: str) -> None:
+    """One line naming the key whose value has the wrong type (`tokens = "lots"`), where the field's type
+    is a plain one (int, float, str, bool, a list, or any of them or None)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: leave the check to the class
+        return
+    for key, value in data.items():
+        want = _plain_types(hints.get(key))
+        if want is not None and not any(_is(value, t) for t in want):
+            names = " or ".join(sorted({_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in want}))
+            raise ConfigError(f"{source}: {key} = {value!r} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
+                              f"expected {names}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+               type(None): "nothing (leave it out)"}
+
+
+def _plain_types(hint: Any) -> tuple[type, ...] | None:
+    """The plain types a hint allows; None where it is anything else (left to the class to check)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        arms = [_plain_types(a) for a in args]
+        return None if any(a is None for a in arms) else tuple(t for a in arms for t in a)
+    if typing.get_origin(hint) in (list, tuple, Sequence):
+        return (list,)
+    return (hint,) if hint in (int, float, str, bool, type(None)) else None
+
+
+def _is(value: Any, t: type) -> bool:
+    if t is list:
+        return isinstance(value, (list, tuple))
+    if t in (int, float):  # an integer may be written as 2e9
+        integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+        return not isinstance(value, bool) and (integral if t is int else isinstance(value, numbers.Real))
+    if t is str:  # a path given for a file name
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, t)
+
+
+def load_toml(path: str | Path, *, sections: bool = True) -> dict[str, Any]:
+    """The TOML file's tables; `sections`: refuse a top-level name that is not a command's section."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
     path = Path(path)
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8 whatever the locale
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))  # TOML is UTF-8 whatever the locale
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(doc) - set(SECTIONS)) if sections else []
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(f'[{u}]' for u in unknown)}; impsamp reads "
+                          f"{', '.join(f'[{x}]' for x in SECTIONS)} (a key belongs under one of them)")
+    return doc
+
+
+SECTIONS = ("embed", "cluster", "resample", "train", "compare", "experts")
+"""The TOML sections the commands read: each its own (project, specialize, distill read [train])."""
 
 
 def resolve_config(cls: type[T], config_file: str | Path | None = None, section: str | None = None,
@@ -59,7 +113,7 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     data: dict[str, Any] = {}
     source = "flags"
     if config_file is not None:
-        doc = load_toml(config_file)
+        doc = load_toml(config_file, sections=section is not None)
         source = f"{config_file} [{section}]" if section else str(config_file)
         data = doc.get(section, {}) if section else doc
         if not isinstance(data, dict):

@@ -42,3 +42,8 @@ class StageError(ImpsampError):
 
 class WeightingError(ImpsampError):
     """A weighting function failed or returned weights that cannot be sampled from."""
+
+
+def a_or_an(word: str) -> str:
+    """The article before `word` in a message ("an 'experts' output")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import logging
 import os
 import threading
@@ -165,12 +166,18 @@ def exclusive(key: tuple[int, int] | None) -> bool:
         return key not in _HELD or _HELD[key].exclusive
 
 
-def share(key: tuple[int, int] | None) -> None:
-    """A slice's folder is set up: let the other slices of its run write beside it."""
+def share(key: tuple[int, int] | None, folder: Path) -> None:
+    """A slice's folder is set up: let the other slices of its run write beside it. Linux drops the exclusive
+    lock before it takes the shared one; a process that took the folder in between (a whole run) wins, and
+    this slice stops (FolderBusy) rather than wait and then write into that run's output."""
     with _MUTEX:
         held = _HELD.get(key) if key is not None else None
     if held is not None and held.exclusive:
-        fcntl.flock(held.fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(held.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            release(key)
+            raise FolderBusy(f"{folder} {BUSY}") from None
         held.exclusive = False
 
 
@@ -232,20 +239,55 @@ def _strings(obj: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def refuse_input_inside(out: Path, inputs: Any) -> None:
-    """Refuse an output folder that is, or holds, one of the run's inputs (any path named in `inputs`):
-    replacing it would delete that input."""
-    if not out.exists():
-        return
-    root = out.resolve()
-    for s in _strings(inputs):
+def _recorded_inputs(folder: Path) -> Any:
+    """The inputs a complete stage output's manifest records (None: not one)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return m.get("inputs", {}) if isinstance(m, dict) and {"stage", "impsamp_version"} <= set(m) else None
+
+
+def _paths(obj: Any) -> set[Path]:
+    found = set()
+    for s in _strings(obj):
         if not s or "\n" in s or len(s) > 4096:
             continue
         try:
             p = Path(s).resolve()
-            hit = p.exists() and (p == root or root in p.parents)
+            if p.exists():
+                found.add(p)
         except (OSError, ValueError):
             continue
-        if hit:
-            raise StageError(f"{out} is also an input of this run ({s}): writing there would delete it; "
-                             "choose another output directory")
+    return found
+
+
+def refuse_input_inside(out: Path, inputs: Any) -> None:
+    """Refuse an output folder that is, or holds, one of the run's inputs (any path named in `inputs`), or
+    what a stage output among them was made from (a projected network's clustering, an expert's experts
+    folder and its inputs), or that lies inside such a stage output: replacing it would delete that input
+    or damage the output it is part of."""
+    if not out.exists():
+        return
+    root = out.resolve()
+    named = _paths(inputs)
+    stages: set[Path] = set()
+    for p in list(named):
+        for folder in (p, *p.parents):  # an input inside a stage output (an expert of an experts run)
+            made_from = _recorded_inputs(folder)
+            if made_from is not None and folder not in stages:
+                stages.add(folder)
+                named |= _paths(made_from)
+    for p in sorted(named | stages):
+        if p == root or root in p.parents or (p in stages and p in root.parents):
+            raise StageError(f"{out} is {'inside' if p in root.parents else 'also'} an input of this run "
+                             f"({p}): writing there would delete or damage it; choose another output directory")
+
+
+def refuse_inside_output(out: Path) -> None:
+    """Refuse an output folder inside a complete stage output (a finished run, an experts folder): writing
+    there would change an output that is done, and another run may be reading it."""
+    for folder in Path(out).resolve().parents:
+        if _recorded_inputs(folder) is not None:
+            raise StageError(f"{out} is inside {folder}, a finished impsamp output; choose an output directory "
+                             "outside it")

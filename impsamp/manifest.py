@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ImpsampError, StageError, stopped_outside_input
-from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, release, share
+from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
+from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_output, release, share
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,8 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     """
     path = Path(path)
     expected = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
-    want = f"; expected a '{'/'.join(expected)}' output (from `impsamp {expected[0]}`)" if expected else ""
+    want = (f"; expected {a_or_an(expected[0])} '{'/'.join(expected)}' output (from `impsamp {expected[0]}`)"
+            if expected else "")
     if not (path / MANIFEST).is_file():
         raise StageError(f"{path} {describe_dir(path)}{want}")
     try:
@@ -212,7 +213,7 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     except (ValueError, TypeError, KeyError) as e:
         raise StageError(f"{path / MANIFEST} is corrupt ({e}); rerun the stage with --overwrite") from e
     if expected and manifest.stage not in expected:
-        raise StageError(f"{path} is a '{manifest.stage}' output{want}")
+        raise StageError(f"{path} is {a_or_an(manifest.stage)} '{manifest.stage}' output{want}")
     for ref in manifest.outputs:
         if not ref.path or Path(ref.path).is_absolute() or ".." in Path(ref.path).parts:
             raise StageError(f"{path / MANIFEST} lists {ref.path!r}, outside {path}: the manifest is corrupt "
@@ -288,6 +289,7 @@ class StageRun:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise StageError(f"{out} exists and is a file; choose another output directory")
+        refuse_inside_output(out)
         existed = out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +303,7 @@ class StageRun:
             release(self._lock)
             raise
         if self.shared:
-            share(self._lock)  # set up: the run's other slices may write beside this one
+            share(self._lock, out)  # set up: the run's other slices may write beside this one
         return self
 
     def _set_up(self, out: Path, existed: bool) -> None:
@@ -347,8 +349,7 @@ class StageRun:
         if not exclusive(self._lock):  # a slice while other slices write: emptying would delete their work
             raise FolderBusy(f"{out} is being written by slices of another run; pass --overwrite when none "
                              "of them runs (or start one slice with it first, then the others)")
-        # Remove the manifest first: if we are killed halfway, what is left is not taken as complete.
-        # The folder itself stays: its lock is ours.
+        # The manifest first: killed halfway, what is left is not complete. The folder (its lock is ours) stays.
         (out / MANIFEST).unlink(missing_ok=True)
         _empty(set(out.iterdir()) - {out / LOCK_FILE}, strict=True)  # the lock file (NFS) is held
         return True
@@ -452,9 +453,8 @@ class StageRun:
         """Remove run bookkeeping and temp residue (after the manifest is written)."""
         shutil.rmtree(self.records_dir, ignore_errors=True)
         (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
-        for p in self.out_dir.rglob(".*.tmp-*"):
-            if p != self.out_dir / LOCK_FILE:  # the lock (NFS): `release` removes it, once no one holds it
-                p.unlink(missing_ok=True)
+        for p in set(self.out_dir.rglob(".*.tmp-*")) - {self.out_dir / LOCK_FILE}:  # `release` removes that one
+            p.unlink(missing_ok=True)
         # folders emptied by removing intermediate files (e.g. resample's _spill/)
         for d in sorted((p for p in self.out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             if not any(d.iterdir()):

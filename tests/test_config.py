@@ -143,3 +143,14 @@ def test_positive():
         positive("k", 0)
     with pytest.raises(ConfigError, match="--temp must be >= 0, got -0.5"):
         positive("temp", -0.5, flag="--temp", allow_zero=True)
+
+
+def test_a_misspelt_section_or_a_value_of_the_wrong_type_is_named(toml):
+    p = toml("[clustr]\nk = 3\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: unknown section\(s\) \[clustr\]; impsamp reads \[embed\]"):
+        resolve_config(DemoConfig, p, "cluster")
+    with pytest.raises(ConfigError, match=r"\[cluster\]: k = 'lots' is a string; expected an integer"):
+        resolve_config(DemoConfig, toml('[cluster]\nk = "lots"\n'), "cluster")
+    with pytest.raises(ConfigError, match=r"\[embed\]: model = 3 is an integer; expected a string"):
+        resolve_config(DemoConfig, toml("[embed]\nmodel = 3\n"), "embed")
+    assert resolve_config(DemoConfig, toml("[cluster]\nk = 2e3\n"), "cluster").k == 2000  # an integer as 2e3

@@ -122,7 +122,7 @@ def test_template_renders_with_str_format():
     assert "" not in fields, "positional {} placeholder in TEMPLATE.md"
     rendered = text.format(**{f: f"<{f}>" for f in fields})
     assert "{" not in rendered and "}" not in rendered
-    assert _front_matter(rendered)["name"] == "<name>"
+    assert _front_matter(rendered)["name"] == "<name_y>"
 
 
 def test_each_selection_has_its_own_datasets_fingerprint(tmp_path):
@@ -139,3 +139,28 @@ def test_each_selection_has_its_own_datasets_fingerprint(tmp_path):
     first = json.loads((p["sel"] / "state.json").read_text())["_fingerprint"]
     assert fp("again") == first
     assert len({first, fp("seed1", "--seed", "1"), fp("uniform", "--method", "uniform")}) == 3
+
+
+@pytest.mark.parametrize("fmt,method", [("parquet", "uniform"), ("jsonl", "ngram"), ("arrow", "importance")])
+def test_a_selection_in_any_format_has_a_valid_card_loads_as_a_folder_and_trains(tmp_path, fmt, method):
+    """Its card's front matter is YAML (`datasets` parses it) naming the data files, so `load_dataset(DIR)`
+    reads those and not manifest.json; `train --data DIR` reads them too."""
+    import datasets
+    import yaml
+
+    from ._helpers import RESAMPLE_ARGS, TRAIN_ARGS, build_pipeline, invoke, ok
+
+    p = build_pipeline(tmp_path)
+    out = tmp_path / "sel2"
+    ok(invoke(*RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], out, "--format", fmt, "--method", method)))
+    card = yaml.safe_load((out / "README.md").read_text(encoding="utf-8").split("---\n")[1])
+    rows = json.loads((out / "manifest.json").read_text())["stats"]["rows"]
+    assert card["num_rows"] == rows and card["source_datasets"] == ["generic.jsonl"]
+    assert ("uniformly at random" in card["description"]) == (method == "uniform")
+    if fmt == "arrow":
+        assert datasets.load_from_disk(str(out)).num_rows == rows
+    else:
+        assert card["configs"][0]["data_files"] == f"data-*.{fmt}"
+        loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
+        assert loaded.num_rows == rows and "text" in loaded.column_names
+    ok(invoke(*TRAIN_ARGS(out, tmp_path / "lm")))

@@ -100,3 +100,17 @@ def test_text_field_reads_a_sample_whose_text_is_elsewhere(runs, tmp_path):
 
     yes, ref = with_and_without_text_field(args, Path(runs["target"]), tmp_path)
     assert (yes / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()  # the same model
+
+
+def test_overwrite_never_deletes_the_teacher_or_the_tokenizer_it_reads(runs, tmp_path):
+    import shutil
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(runs["teacher"], teacher)
+    one_line_error(invoke("distill", "--teacher", teacher, "--student", runs["student"], "--target", runs["target"],
+                          "--out", teacher, "--overwrite", *FT), "also an input of this run")
+    assert (teacher / "model.safetensors").is_file() and (teacher / "manifest.json").is_file()
+    one_line_error(invoke("train", "--data", runs["target"], "--tokenizer", teacher / "tokenizer.json",
+                          "--out", teacher, "--overwrite", "--steps", "2", *TRAIN_FLAGS), "also an input of this run")
+    assert (teacher / "tokenizer.json").is_file() and (teacher / "model.safetensors").is_file()
+    assert oct((teacher / "model.safetensors").stat().st_mode & 0o777) != "0o600"  # readable like the rest

@@ -211,6 +211,14 @@ def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
     ok(invoke(*CLUSTER_ARGS(emb3, clu3)))
     one_line_error(invoke("experts", pipe["emb"], clu3, "--out", tmp_path / "y", "--config", pipe["toml"]),
                    "was not clustered from")
+    bad = tmp_path / "bad-tokenizer.json"
+    bad.write_text("{}")
+    one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "z", "--tokenizer", bad,
+                          "--config", pipe["toml"]), "bad-tokenizer.json")
+    assert not (tmp_path / "z").exists()  # refused before the folder was made: the fixed command just runs
+    one_line_error(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", tmp_path / "s4",
+                          "--select", "all", "--finetune-val-fraction", "0"), "--finetune-val-fraction")
+    assert not (tmp_path / "s4").exists() and not (tmp_path / "s4.candidates").exists()
 
 
 def test_killed_experts_resume_and_slices_give_the_same_bytes(pipe, tmp_path):

@@ -307,3 +307,27 @@ def test_without_flock_on_folders_a_lock_file_inside_does_the_same_and_finish_re
     r = subprocess.run([sys.executable, "-c", HOLDER, str(out), "whole", "overwrite", "y"],
                        env={**ENV, "NFS": NO_FOLDER_FLOCK}, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "being written by another process" in r.stdout + r.stderr
+
+
+def test_a_whole_run_that_takes_the_folder_while_a_slice_shares_it_stops_the_slice(tmp_path, monkeypatch):
+    import fcntl
+
+    out, real, rival = tmp_path / "out", fcntl.flock, []
+
+    def overtaken(fd, op):  # Linux drops the exclusive lock before it takes the shared one: a rival gets in
+        if op & fcntl.LOCK_SH and not rival:
+            real(fd, fcntl.LOCK_UN)
+            rival.append(_holder(out, overwrite=True, config="other"))
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", overtaken)
+    try:
+        with pytest.raises(StageError, match="being written by another process"):
+            _run(out, shared=True).begin()
+        st = out.stat()
+        assert (st.st_dev, st.st_ino) not in guards._HELD  # the slice let go of its descriptor
+        assert json.loads((out / RUN_RECORD).read_text())["config"] == {"model": "other"}
+    finally:
+        for proc in rival:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -123,6 +123,24 @@ def test_a_target_under_another_field_needs_text_field(run, tmp_path):
     assert yes["target"] == ref["target"] and yes["weight"] == ref["weight"]
 
 
+def test_a_selection_measured_against_another_target_says_so(run, tmp_path):
+    """--target beside --selection: the KLs are the given target's (against the generic corpus and the
+    selection), not the selection's own target's, and the header says whose weights are shown."""
+    from impsamp.histograms import kl
+
+    law = write_corpus(tmp_path / "law.jsonl", 30, seed=2, topics=("law",), ids=False)
+    own = _data(run["page"].read_text())
+    for target, other in ((run["target"], False), (law, True)):
+        ok(invoke("inspect", run["clu"], "--selection", run["sel"], "--target", target, "--out", tmp_path / "p.html"))
+        d = _data((tmp_path / "p.html").read_text())
+        t, g, r = (np.asarray(d["leaves"][key], dtype=float) for key in ("target", "docs", "rows"))
+        assert d["selection"]["kl_target_selected"] == pytest.approx(kl(t, r / r.sum()), rel=1e-9)
+        assert d["selection"]["kl_target_generic"] == pytest.approx(kl(t, g / g.sum()), rel=1e-9)
+        assert d["leaves"]["weight"] == own["leaves"]["weight"]  # the weights it was drawn with
+        assert d["target"].get("selection_drawn_for") == ("bio.jsonl" if other else None)
+    assert d["selection"]["kl_target_selected"] > own["selection"]["kl_target_selected"] + 1
+
+
 def test_a_tree_page_has_every_level(run, tmp_path):
     import impsamp
 

@@ -453,3 +453,14 @@ def test_copying_a_corpus_keeps_its_fingerprint(tmp_path):
     src = write_format("hf", tmp_path / "src", make_docs())
     shutil.copytree(src, tmp_path / "copy")
     assert open_corpus(src).fingerprint() == open_corpus(tmp_path / "copy").fingerprint()
+
+
+def test_a_dictionary_encoded_text_column_reads_as_its_strings(tmp_path):
+    """What pandas writes for a categorical column (dictionary<string>): read, not refused."""
+    texts = ["alpha beta", "gamma delta", "alpha beta", "é ünï"]
+    col = pa.array(texts).dictionary_encode()
+    pq.write_table(pa.table({"text": col, "id": [f"d{i}" for i in range(4)]}), tmp_path / "cat.parquet")
+    corpus = open_corpus(tmp_path / "cat.parquet")
+    assert list(corpus.iter_texts()) == texts
+    feather.write_feather(pa.table({"body": col}), tmp_path / "cat.arrow")
+    assert list(open_corpus(tmp_path / "cat.arrow", text_field="body").iter_texts()) == texts

@@ -366,7 +366,7 @@ def test_the_manifest_records_config_inputs_outputs_stats_and_versions(tmp_path,
 def test_read_manifest_says_what_it_found(tmp_path, stage):
     out = tmp_path / "emb"
     assert stage(out, 1).returncode == 0
-    with pytest.raises(StageError, match=r"emb is a 'embed' output; expected a 'cluster' output "
+    with pytest.raises(StageError, match=r"emb is an 'embed' output; expected a 'cluster' output "
                                          r"\(from `impsamp cluster`\)"):
         read_manifest(out, expect_stage="cluster")
     assert read_manifest(out, expect_stage=("cluster", "embed")).stage == "embed"

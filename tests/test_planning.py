@@ -96,7 +96,7 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     out = tmp_path / "plan"
     r = ok(invoke(*compare_args(corpus, out, "--models", "dense,large,distill", "--targets-expected", "50",
                                 "--inference-budget", "1e6", "--per-target-budget", "1e15")))
-    assert "| large (tiny-large, 1 steps) |" in r.output and "| distilled (teacher tiny-large, alpha 0.5) |" in r.output
+    assert "| large (tiny-large, 1 step) |" in r.output and "| distilled (teacher tiny-large, alpha 0.5) |" in r.output
     res = Report.load(out).results
     large, dist, uni = res["models"]["large"], res["models"]["distill"], res["methods"]["uniform"]
     assert large["costs"]["params_active"] > 4 * uni["costs"]["params_active"]
@@ -105,7 +105,7 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     assert TrainRun.load(out / "runs" / "distill").config.teacher == str(out / "runs" / "large")
     plan = res["plan"]
     assert plan["best"] in ("dense, uniform", "dense, importance", "distilled (teacher tiny-large, alpha 0.5)")
-    assert "large (tiny-large, 1 steps)" not in plan["fitting"]  # over the inference budget
+    assert "large (tiny-large, 1 step)" not in plan["fitting"]  # over the inference budget
     assert f"plan: {plan['best']}" in r.output
     report = (out / "report.md").read_text()
     assert "## Which strategy to plan for" in report and "Plan for" in report

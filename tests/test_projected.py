@@ -291,6 +291,28 @@ def test_projected_bad_inputs_are_one_line_errors(pipe, tmp_path):
     one_line_error(invoke("project", dense, "--cluster", "0", "--out", tmp_path / "h"), "--arch projected")
 
 
+def test_what_a_network_was_made_from_is_no_output_and_it_teaches_no_one(pipe, tmp_path):
+    """`project --out` the network's own clustering (what its manifest records), or a folder inside a stage
+    output it reads, is refused in one line with --overwrite; a projected network is no `--teacher`."""
+    import shutil
+
+    clu = tmp_path / "clu"
+    shutil.copytree(pipe["clu"], clu)
+    net = tmp_path / "pn"
+    ok(invoke("train", "--clusters", clu, "--out", net, *PN_FLAGS))
+    before = sorted(p.name for p in clu.iterdir())
+    one_line_error(invoke("project", net, "--target", pipe["target"], "--out", clu, "--overwrite"),
+                   "also an input of this run")
+    one_line_error(invoke("project", net, "--target", pipe["target"], "--out", net / "sub"),
+                   "a finished impsamp output")
+    assert sorted(p.name for p in clu.iterdir()) == before and not (net / "sub").exists()
+    small = tmp_path / "small"
+    ok(invoke("project", net, "--target", pipe["target"], "--out", small))
+    one_line_error(invoke("distill", "--teacher", net, "--student", small, "--target", pipe["target"],
+                          "--out", tmp_path / "d", "--finetune-steps", "2"), "a teacher is a dense model")
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_torchrun_trains_a_projected_network_and_resumes_after_a_crash(pipe, tmp_path):
     """Two gloo ranks: every rank conditions a step on the same cluster, the replicas stay equal

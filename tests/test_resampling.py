@@ -417,3 +417,54 @@ def test_within_top_holds_a_bytes_budget_under_either_repeat_mode(generic_shards
     r, t = np.concatenate(reps), np.concatenate(sizes)
     assert abs(float((r * t).sum()) - 30_000) / 30_000 < 0.02 and r.max() <= 2
     assert not r[~_top_mask(log_w, 22_500, sizes)].any()  # the top F / R = 0.75 of the budget
+
+
+def test_spread_rounds_a_token_quota_by_sizes_and_meets_it_on_average():
+    from impsamp.resampling.within import spread
+
+    rng = np.random.default_rng(0)
+    size = np.exp(rng.normal(5.5, 0.8, 60))
+    size[0] = 50 * size.mean()  # one very long document
+    quota = 3 * float(np.median(size))
+    draws = [spread(quota, np.zeros(60), 1, np.random.default_rng(s), size) for s in range(400)]
+    totals = [float((r * size).sum()) for r in draws]
+    # the long document is never drawn into a quota it would swamp; counting members instead (the rounding
+    # before 0.7.8) drew it about one time in 20, at 17 times the quota
+    assert not any(r[0] for r in draws)
+    assert abs(np.mean(totals) - quota) / quota < 0.03  # the quota is met on average
+
+
+def test_a_few_long_documents_do_not_double_a_small_token_budget():
+    """A pool whose mean document length is set by a few long ones: the default's token quotas are filled
+    by the documents' sizes, not by counts of the cluster's mean size."""
+    rng = np.random.default_rng(1)
+    n = 900
+    leaves = [rng.integers(0, 16, size=n).astype(np.int64)]
+    sizes = [np.where(rng.random(n) < 0.01, 16_000, rng.integers(100, 600, size=n)).astype(np.int64)]
+    log_w = [rng.normal(size=n)]
+    generic = _hist(np.bincount(leaves[0], minlength=16))
+    for seed in range(6):
+        cfg = ResampleConfig(tokens=20_000, scheme="match", within="knn", seed=seed)
+        plan = make_plan(cfg, np.ones(16), generic, leaves, sizes, within_log_w=log_w)
+        got = float((unit_repeats(cfg, plan, 0, leaves[0]) * sizes[0]).sum())
+        assert abs(got - 20_000) / 20_000 < 0.08, (seed, got)
+
+
+def test_a_uniform_sample_is_measured_against_a_target_given_and_drawn_the_same(tmp_path):
+    import json
+
+    from ._helpers import RESAMPLE_ARGS, build_pipeline, invoke, ok
+
+    p = build_pipeline(tmp_path)
+    runs = {}
+    for name, target in (("with", ("--target", p["target"])), ("without", ())):
+        args = [a for a in RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp_path / name, "--method", "uniform")
+                if a not in ("--target", p["target"])] + list(target)
+        runs[name] = (ok(invoke(*args)).output, json.loads((tmp_path / name / "manifest.json").read_text())["stats"])
+    (said, stats), (said0, stats0) = runs["with"], runs["without"]
+    assert stats["targets"][0]["documents"] == 40 and not stats0["targets"]
+    assert stats["kl_target_generic"] > 0.5 and stats0["kl_target_generic"] == pytest.approx(0, abs=1e-9)
+    assert "KL(target||generic)" in said and "KL(generic||generic)" in said0
+    data = sorted(p.name for p in (tmp_path / "with").glob("data-*"))
+    assert data and all((tmp_path / "with" / n).read_bytes() == (tmp_path / "without" / n).read_bytes()
+                        for n in data)  # the target is only measured against

@@ -197,6 +197,27 @@ def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
 
 
+def test_export_replaces_only_an_earlier_export(trained, tmp_path):
+    pytest.importorskip("transformers")
+    from impsamp_cli.main import cli
+
+    def export(out, *extra):
+        return CliRunner().invoke(cli, ["export", str(trained.path), str(out), *extra])
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    msg = _one_line_error(export(mine, "--overwrite"))
+    assert "not an `impsamp export` output" in msg and (mine / "notes.txt").read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert export(empty).exit_code == 0 and (empty / "impsamp_export.json").is_file()
+    assert "already exists" in _one_line_error(export(empty))
+    assert export(empty, "--overwrite").exit_code == 0
+    assert "a finished impsamp output" in _one_line_error(export(trained.path / "hf"))
+    assert not (trained.path / "hf").exists()
+
+
 def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):
     from impsamp_cli.main import cli
 

@@ -109,7 +109,7 @@ def target_masses(target, clusters, masses: Masses | None = None, *, text_field:
     Args:
         target: a corpus (files, folder, glob), its `embed` output, a saved histogram, or a `Histogram`.
     """
-    from ..histograms import Histogram, generic_histogram, histogram
+    from ..histograms import Histogram, generic_histogram, histogram, kl
     from ..resampling import ResampleConfig
     from ..weighting import compute_weights
 
@@ -117,9 +117,16 @@ def target_masses(target, clusters, masses: Masses | None = None, *, text_field:
     about = {"source": hist.source and ", ".join(Path(s.strip()).name for s in hist.source.split(",")),
              "documents": hist.total}
     masses = masses or Masses()
-    weights = masses.weights
+    weights, described = masses.weights, dict(masses.about)
+    if masses.rows is not None and masses.rows.sum() > 0:  # a selection, measured against this target
+        drawn_for = (described.get("target") or {}).get("source")
+        if drawn_for and drawn_for != about["source"]:
+            about["selection_drawn_for"] = drawn_for  # its weights are those it was drawn with
+        described["selection"] = {**described["selection"],
+                                  "kl_target_generic": kl(hist.probs(), generic_histogram(clusters).probs()),
+                                  "kl_target_selected": kl(hist.probs(), masses.rows / masses.rows.sum())}
     if weights is None:
         d = ResampleConfig(docs=1)
         weights, _ = compute_weights("ratio", hist, generic_histogram(clusters), smoothing=d.smoothing,
                                      temperature=d.temperature, cap=d.cap, backoff=d.backoff)
-    return replace(masses, target=hist.probs(), weights=weights, about={**masses.about, "target": about})
+    return replace(masses, target=hist.probs(), weights=weights, about={**described, "target": about})

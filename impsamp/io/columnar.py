@@ -107,6 +107,8 @@ def read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: 
     id_field = corpus.id_field or ("id" if "id" in schema.names else None)
     columns = [corpus.text_field] + ([id_field] if id_field and id_field != corpus.text_field else [])
     text_type = schema.field(corpus.text_field).type
+    if pa.types.is_dictionary(text_type):  # pandas' categorical strings: read as their values
+        text_type = text_type.value_type
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)
             or pa.types.is_binary(text_type) or pa.types.is_large_binary(text_type)):
         raise CorpusError(f"{path}: field '{corpus.text_field}' has type {text_type}, not a string; "
@@ -139,6 +141,8 @@ def read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: 
 
 def to_pylist(col: pa.Array) -> list[Any]:
     """Python values of a column; a string column holding invalid UTF-8 comes back as bytes."""
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
     try:
         return col.to_pylist()
     except UnicodeDecodeError:

@@ -42,12 +42,16 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
             splits = []
         raise CorpusError(f"{path} is a `datasets` DatasetDict; name one split's folder instead "
                           f"(splits: {splits}), e.g. {path / (splits[0] if splits else 'train')}")
-    # A stage directory is not a corpus, except a complete `resample` output (a `datasets` folder).
-    if is_impsamp_output(path) and not ((path / "manifest.json").is_file() and is_hf_dataset_dir(path)):
-        from ..manifest import describe_dir
+    # A stage directory is not a corpus, except a complete `resample` output: its data files, in any format.
+    if is_impsamp_output(path):
+        selection = _selection_files(path)
+        if selection is None:
+            from ..manifest import describe_dir
 
-        raise CorpusError(f"{path} {describe_dir(path)}, not a corpus; give the corpus files it was made "
-                          "from (only a `resample` output can be read as a corpus)")
+            raise CorpusError(f"{path} {describe_dir(path)}, not a corpus; give the corpus files it was made "
+                              "from (only a `resample` output can be read as a corpus)")
+        if not is_hf_dataset_dir(path):  # Parquet or JSONL; an Arrow one is a `datasets` folder, below
+            return selection
     if is_hf_dataset_dir(path):
         try:
             files = json.loads((path / "state.json").read_text())["_data_files"]
@@ -66,6 +70,20 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
     if not found and not _nested:
         raise CorpusError(f"{path}: the folder holds no corpus file; impsamp reads {SUPPORTED}")
     return found
+
+
+def _selection_files(path: Path) -> list[Path] | None:
+    """The data files a complete `resample` output lists (Arrow, Parquet or JSONL); None for another folder."""
+    from ..manifest import MANIFEST
+
+    try:
+        m = json.loads((path / MANIFEST).read_text())
+        if m.get("stage") != "resample":
+            return None
+        names = sorted(o["path"] for o in m["outputs"])
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    return [path / n for n in names if n.startswith("data-") and detect_format(path / n)]
 
 
 def is_impsamp_output(path: Path) -> bool:

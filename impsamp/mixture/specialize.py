@@ -60,17 +60,20 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     ft = replace(base_cfg, preset=first.config.preset, arch=first.config.arch)
     if select == "all" and ft.finetune_val_fraction is None:
         ft = replace(ft, finetune_val_fraction=0.1)
+    if select == "all" and not ft.finetune_val_fraction:
+        raise ConfigError("--select all compares the experts on a held-out split of the sample: "
+                          "--finetune-val-fraction must be above 0")
     base = ex.costs.with_part("selection", encoder_flops(enc_params, enc_tokens))
     record: dict[str, Any] = {
         "experts": str(ex.path), "experts_fingerprint": ex.manifest.fingerprint, "select": select,
         "target": targets, "group_mass": [round(float(m), 6) for m in mass], "top_group": int(np.argmax(mass)),
         "selection_flops": {"target_embedding": encoder_flops(enc_params, enc_tokens)},
-        "finetune_config": asdict(base_cfg)}
+        "finetune_config": asdict(ft)}
     if select == "top":
         chosen = int(np.argmax(mass))
         record["why"] = f"group {chosen} holds the most target mass ({mass[chosen]:.1%})"
     elif select == "lowest-loss":
-        losses, flops = _losses(ex, targets, ft.text_field)
+        losses, flops = _losses(ex, targets, ft.text_field, ft.device)
         base = base.with_part("selection", flops)
         record["selection_flops"]["scoring_experts"] = flops
         chosen = int(np.argmin(losses))
@@ -88,12 +91,12 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
                  overwrite=overwrite, base_costs=base, records={SPECIALIZATION: record})
 
 
-def _losses(ex: Experts, targets: list[str], text_field: str) -> tuple[list[float], float]:
+def _losses(ex: Experts, targets: list[str], text_field: str, device: str = "auto") -> tuple[list[float], float]:
     """Each expert's loss on the whole sample before fine-tuning, and the FLOPs of scoring them."""
     from ..training.evaluation import encode_file, stream_nll
     from ..training.runtime import resolve_device
 
-    dev = resolve_device("auto")
+    dev = resolve_device(device)
     losses, flops = [], 0.0
     tok = ex.expert(0).load_tokenizer()
     ids = np.concatenate([encode_file(t, tok, text_field)[0] for t in targets])

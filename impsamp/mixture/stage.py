@@ -56,6 +56,10 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
     inputs = open_inputs(embeddings, clusters, ResampleConfig(docs=1))
     grouping = make_grouping(inputs.clu, cfg.groups, cfg.level, cfg.seed)
     described = inputs.described()
+    if cfg.tokenizer:  # a bad file is refused before the output folder is made
+        from ..training import load_tokenizer
+
+        load_tokenizer(cfg.tokenizer)
     run = StageRun(Path(out_dir), "experts", config=asdict(cfg), inputs={
         "embeddings": described["embeddings"], "clusters": described["clusters"]}, overwrite=overwrite,
         shared=ex.sliced).begin()

@@ -125,10 +125,9 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
     draws = _largest_remainder(expected, int(round(expected.sum())), room)
     repeats = None
     if cfg.within != "uniform":
-        # --within-top's rooms in tokens or bytes are fractional counts (eligible size / the cluster's mean
-        # size): whole draws under them would drop a part of a unit per full cluster, so those quotas stay
-        # in the budget's unit
-        quota = (expected if eligible is not None and unit != "docs" else draws) * size
+        # a token or byte budget's quotas stay in its unit (`spread` rounds each to whole documents by their
+        # sizes): whole draws of the cluster's mean size would round each cluster by a mean document
+        quota = (draws if unit == "docs" else expected) * size
         repeats = unit_repeats_within(quota, shard_leaves, within_log_w, float(cap), cfg.seed,
                                       None if unit == "docs" else shard_sizes, even=cfg.within_repeats == "even",
                                       eligible=eligible)

@@ -143,7 +143,8 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
 
     template = (Path(__file__).parents[1] / "data" / "selection_card.md").read_text()
     budget = stats["budget"]
-    generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (" ..." if len(corpus.files) > 3 else "")
+    generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (
+        f" and {len(corpus.files) - 3:,} more files" if len(corpus.files) > 3 else "")
     target_name = ", ".join(t["target"] for t in stats["targets"]) or "(none: uniform sample)"
     diag = ["| diagnostic | value |", "|---|---:|"] + [
         f"| {k.replace('_', ' ')} | {_num(stats[k])} |" for k in (
@@ -158,23 +159,77 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
     for c in top:
         ex = " / ".join(json.dumps(e[:80])[1:-1].replace("|", "\\|") for e in examples.get(c, []))
         lines.append(f"| {c} | {p_t[c]:.3f} | {p_g[c]:.3f} | {p_s[c]:.3f} | {plan.weights[c]:.3g} | {ex} |")
+    name = f"impsamp-selection-{fingerprint_key[7:15]}"
+    scheme = cfg.scheme if cfg.method == "importance" else f"{cfg.method} (topk)"
+    plain = {"name": name, "license": "that of the generic corpus", "target": target_name,
+             "tokens_counted_with": budget["tokens_counted_with"], "scheme": scheme,
+             "weighting": stats["weighting"], "fingerprint": fingerprint_key, "impsamp_version": __version__}
     values = {
-        "name": _yaml(f"impsamp-selection-{fingerprint_key[7:15]}"), "generic_corpus": _yaml(generic_name),
-        "target": _yaml(target_name), "license": _yaml("that of the generic corpus"),
-        "num_documents": stats["rows"], "num_tokens": stats["tokens"], "num_characters": stats["characters"],
+        **plain, **{f"{k}_y": _yaml(v) for k, v in plain.items()}, "title": name, "configs": _configs(cfg.format),
+        "generic_corpus": generic_name, "source_datasets": _source_datasets(corpus.files),
+        "description": _yaml(_description(cfg, stats, generic_name, target_name)),
+        "chosen": _chosen(cfg, clu.n_leaves, target_name), "budget_how": _budget_how(cfg, stats),
+        "num_rows": stats["rows"], "num_documents": stats["unique_documents"], "num_tokens": stats["tokens"],
+        "num_characters": stats["characters"],
         "num_bytes": stats["bytes"], "budget": f"{budget['amount']:,} {budget['unit']}",
-        "tokens_counted_with": _yaml(budget["tokens_counted_with"]),
         "tokens_how": budget.get("how", "exact, every unit's whole text tokenized"), "k": clu.n_leaves,
-        "scheme": _yaml(cfg.scheme if cfg.method == "importance" else f"{cfg.method} (topk)"),
-        "weighting": _yaml(stats["weighting"]), "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
+        "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
         "kl_target_selected": f"{stats['kl_target_selected']:.4f}", "seed": cfg.seed,
-        "fingerprint": _yaml(fingerprint_key), "impsamp_version": _yaml(__version__),
         "command": command or "impsamp.resample(...)",
         "config": json.dumps(asdict(cfg), indent=2, sort_keys=True),
         "diagnostics_table": "\n".join(diag), "top_clusters": "\n".join(lines),
         "within_how": _within_how(cfg, stats),
     }
     return template.format(**values)
+
+
+def _source_datasets(files) -> str:
+    """The card's `source_datasets`: the generic corpus's file names (the first 20, then how many more)."""
+    names = [Path(f.path).name for f in files]
+    return json.dumps(names[:20] + ([f"and {len(names) - 20:,} more files"] if len(names) > 20 else []))
+
+
+def _configs(fmt: str) -> str:
+    """The card's `configs` (Hugging Face's dataset card field): `datasets.load_dataset(DIR)` reads the data
+    files named there, not the folder's manifest.json and histograms.json as well."""
+    if fmt == "arrow":  # a `save_to_disk` folder: `datasets.load_from_disk`
+        return ""
+    return f"configs:\n- config_name: default\n  data_files: \"data-*.{fmt}\""
+
+
+def _description(cfg: ResampleConfig, stats: dict[str, Any], generic: str, target: str) -> str:
+    what = f"{stats['rows']:,} rows of {generic}"
+    if cfg.method == "uniform":
+        return f"{what} drawn uniformly at random by impsamp"
+    if cfg.method in ("ngram", "classifier"):
+        return f"{what} selected by impsamp (--method {cfg.method}) to resemble the in-domain sample {target}"
+    return f"{what} resampled by impsamp so that their embedding-cluster histogram matches the in-domain " \
+        f"sample {target}"
+
+
+def _chosen(cfg: ResampleConfig, k: int, target: str) -> str:
+    if cfg.method == "uniform":
+        return "They are a uniform random sample: nothing in it was matched to a target" + (
+            f" ({target} is only measured against, in the diagnostics)." if "(none" not in target else ".")
+    if cfg.method in ("ngram", "classifier"):
+        return f"Each was scored on its own against the in-domain sample {target} (`--method {cfg.method}`)."
+    return f"They were chosen so that their distribution over {k} embedding clusters follows the in-domain " \
+        f"sample {target}."
+
+
+def _budget_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
+    """How close to the budget the draw lands: whole documents by size, or a count of documents."""
+    if stats["budget"]["unit"] == "docs":
+        return "The budget is a count of rows."
+    if cfg.method != "importance":
+        return "Documents were taken in order of their keys until they held the budget."
+    if cfg.scheme == "match" and stats.get("within", "uniform") != "uniform":
+        return ("Each cluster's share of the budget was filled with whole documents by their sizes, so the "
+                "total is close to the budget.")
+    return ("As in the seed paper, each cluster gave a number of documents (its share of the budget over its "
+            "mean document size), so the total varies with the sizes of the documents drawn: on a small "
+            "budget and a corpus with some very long documents it can miss by much (split them with "
+            "`--windows`).")
 
 
 def _num(v: Any) -> str:

@@ -93,8 +93,10 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
 def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting: Callable[..., Any] | None
           ) -> Target:
     """The target histogram and the cluster weights (uniform: the generic histogram, weight 1)."""
-    if cfg.method == "uniform":
-        hist, described, vectors, spec = inputs.generic, [], None, "uniform"
+    if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
+        hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
+            (inputs.generic, [], None)
+        spec = "uniform"
     else:
         if not targets:
             raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")

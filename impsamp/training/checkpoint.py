@@ -32,10 +32,25 @@ def state_dict_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask can only be read by setting it (for the process)
+
+
+def make_readable(path: Path) -> None:
+    """safetensors writes its files 0600: give them the mode the process's other files get."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Write the model's weights as safetensors, atomically."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt"})
+    make_readable(tmp)
     _fsync_file(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)

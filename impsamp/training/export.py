@@ -8,9 +8,15 @@ from pathlib import Path
 
 from .._deps import require
 from ..errors import StageError
-from ..guards import refuse_input_inside
+from ..guards import refuse_input_inside, refuse_inside_output
+from ..manifest import atomic_write_json
+from .checkpoint import make_readable
 from .families import get_family
 from .result import TrainRun
+
+
+MARKER = "impsamp_export.json"
+"""What the run was and which weights: it also marks the folder as an export `--overwrite` may replace."""
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.safetensors",
@@ -24,18 +30,25 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     """
     from safetensors.torch import load_file, save_file
 
+    from .. import __version__
+
     transformers = require("transformers")
     run = TrainRun.load(run_dir)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise StageError(f"{out} is a file; choose a folder to export to")
     refuse_input_inside(out, [str(run.path)])
-    if out.exists() and not overwrite:
-        raise StageError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
+    refuse_inside_output(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():  # --overwrite replaces an export, never a folder of something else
+            raise StageError(f"{out} is not empty and is not an `impsamp export` output; refusing to replace it "
+                             "(choose a new or empty folder)")
+        if not overwrite:
+            raise StageError(f"{out} already exists; pass --overwrite to replace it or choose another folder")
     src = run.path / weights
     if not src.is_file():
         raise StageError(f"{src} does not exist; weights must be model.safetensors or pretrained.safetensors "
-                         "(kept only when the run fine-tuned)")
+                         "(kept by a run that both pretrained on --data and fine-tuned)")
     family = get_family(run.config.arch)
     if family.export is None:
         raise StageError(f"{run.path} is a '{family.name}' model, which has no transformers equivalent; "
@@ -51,10 +64,14 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
         hf_config, state = family.export(load_file(str(src)), run.model_config, tok.eos_id)
         hf_config.save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        make_readable(tmp / "model.safetensors")
         fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(run.tokenizer_path), eos_token=eos,
                                                     bos_token=eos, unk_token=None, pad_token=eos,
                                                     model_max_length=run.model_config.block_size)
         fast.save_pretrained(tmp)
+        atomic_write_json(tmp / MARKER, {"run": str(run.path),
+                                         "run_fingerprint": run.manifest and run.manifest.fingerprint,
+                                         "weights": weights, "impsamp_version": __version__})
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

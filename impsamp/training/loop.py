@@ -242,7 +242,9 @@ class _Trainer:
         if self.base_costs is not None:
             inputs["base_costs"] = self.base_costs.to_dict()
         inputs["world_size"] = self.rt.world
-        return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite).begin()
+        read = [cfg.teacher, cfg.tokenizer, cfg.init, cfg.clusters]  # files --overwrite must not delete
+        return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
+                        input_paths=[str(r) for r in read if r]).begin()
 
     def _prepare(self) -> None:
         cfg, out = self.cfg, self.out

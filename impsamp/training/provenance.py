@@ -63,6 +63,9 @@ def check_teacher(cfg: TrainConfig, init: TrainRun | None, finetunes: bool) -> T
         teacher = TrainRun.load(cfg.teacher)
     except (StageError, FileNotFoundError) as e:
         raise TrainError(f"--teacher {cfg.teacher}: not a finished `impsamp train` run ({e})") from None
+    if teacher.config.arch != "dense":  # a projected network needs a condition for each target
+        raise TrainError(f"--teacher {cfg.teacher} is a '{teacher.config.arch}' network; a teacher is a dense "
+                         "model: use the small model `impsamp project` makes from it for this target")
     student_tok = init.tokenizer_path if init is not None else cfg.tokenizer
     if student_tok is None:
         raise ConfigError(f"--teacher {cfg.teacher}: give the student's tokenizer (--init RUN or --tokenizer) so "

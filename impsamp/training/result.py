@@ -45,8 +45,9 @@ class TrainRun:
         from .checkpoint import load_weights
 
         if not (self.path / weights).is_file():
-            raise TrainError(f"{self.path / weights} does not exist (pretrained.safetensors is only kept "
-                             "when the run fine-tuned)")
+            raise TrainError(f"{self.path / weights} does not exist (pretrained.safetensors is kept by a run "
+                             "that both pretrained on --data and fine-tuned; one started from --init has the "
+                             "--init run's)")
         model = build_model(self.config.arch, self.model_config)
         load_weights(model, self.path / weights)
         return model.to(device).eval()

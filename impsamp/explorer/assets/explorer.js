@@ -102,6 +102,8 @@
       let s = `Target ${tg.source || "sample"}: ${int(tg.documents)} documents.`;
       if (sel && sel.kl_target_generic !== null && sel.kl_target_generic !== undefined)
         s += ` KL(target \u2016 generic) ${sel.kl_target_generic.toFixed(3)} \u2192 KL(target \u2016 selection) ${sel.kl_target_selected.toFixed(3)}.`;
+      if (tg.selection_drawn_for)
+        s += ` The selection was drawn for ${tg.selection_drawn_for}: its weights are that target's \u00f7 generic.`;
       facts.push(h("li", { text: s }));
     } else facts.push(h("li", { text: "No target given: pass --target (or --selection) to see target mass and weights." }));
     const help = "Each cluster groups similar documents (k-means on their embeddings). Generic and target: the share of the generic "
