@@ -168,17 +168,21 @@ def exclusive(key: tuple[int, int] | None) -> bool:
 
 def share(key: tuple[int, int] | None, folder: Path) -> None:
     """A slice's folder is set up: let the other slices of its run write beside it. Linux drops the exclusive
-    lock before it takes the shared one; a process that took the folder in between (a whole run) wins, and
-    this slice stops (FolderBusy) rather than wait and then write into that run's output."""
+    lock before it takes the shared one; where another process takes the folder in between, this slice
+    waits for it as `hold` does: for a slice setting up, then shared beside it; a whole run still holding
+    it after SLICE_WAIT stops this slice (FolderBusy) rather than let it write into that run's output."""
     with _MUTEX:
         held = _HELD.get(key) if key is not None else None
-    if held is not None and held.exclusive:
+    while held is not None and held.exclusive:
         try:
             fcntl.flock(held.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            release(key)
-            raise FolderBusy(f"{folder} {BUSY}") from None
-        held.exclusive = False
+            held.exclusive = False
+        except BlockingIOError:  # another process took it in between: a slice setting up waits, a run wins
+            try:
+                held.exclusive = _lock(held.fd, folder, shared=True) is True
+            except FolderBusy:
+                release(key)
+                raise
 
 
 def release(key: tuple[int, int] | None) -> None:
@@ -240,12 +244,26 @@ def _strings(obj: Any) -> Iterator[str]:
 
 
 def _recorded_inputs(folder: Path) -> Any:
-    """The inputs a complete stage output's manifest records (None: not one)."""
+    """The input paths a complete stage output's manifest records (None: not one): the values under its
+    inputs' `path` and `paths` keys, the files and folders it was made from."""
     try:
         m = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    return m.get("inputs", {}) if isinstance(m, dict) and {"stage", "impsamp_version"} <= set(m) else None
+    if not (isinstance(m, dict) and {"stage", "impsamp_version"} <= set(m)):
+        return None
+    found: list[Any] = []
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                found.append(v) if k in ("path", "paths") else walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+
+    walk(m.get("inputs", {}))
+    return found
 
 
 def _paths(obj: Any) -> set[Path]:
@@ -266,16 +284,21 @@ def refuse_input_inside(out: Path, inputs: Any) -> None:
     """Refuse an output folder that is, or holds, one of the run's inputs (any path named in `inputs`), or
     what a stage output among them was made from (a projected network's clustering, an expert's experts
     folder and its inputs), or that lies inside such a stage output: replacing it would delete that input
-    or damage the output it is part of."""
+    or damage the output it is part of. (A stage records its input paths as given: a relative one is found
+    from the folder it was run in.)"""
     if not out.exists():
         return
     root = out.resolve()
     named = _paths(inputs)
     stages: set[Path] = set()
+    seen: set[Path] = set()
     for p in list(named):
         for folder in (p, *p.parents):  # an input inside a stage output (an expert of an experts run)
+            if folder in seen:
+                break  # its ancestors were walked from another input
+            seen.add(folder)
             made_from = _recorded_inputs(folder)
-            if made_from is not None and folder not in stages:
+            if made_from is not None:
                 stages.add(folder)
                 named |= _paths(made_from)
     for p in sorted(named | stages):

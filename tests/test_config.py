@@ -151,6 +151,13 @@ def test_a_misspelt_section_or_a_value_of_the_wrong_type_is_named(toml):
         resolve_config(DemoConfig, p, "cluster")
     with pytest.raises(ConfigError, match=r"\[cluster\]: k = 'lots' is a string; expected an integer"):
         resolve_config(DemoConfig, toml('[cluster]\nk = "lots"\n'), "cluster")
-    with pytest.raises(ConfigError, match=r"\[embed\]: model = 3 is an integer; expected a string"):
-        resolve_config(DemoConfig, toml("[embed]\nmodel = 3\n"), "embed")
-    assert resolve_config(DemoConfig, toml("[cluster]\nk = 2e3\n"), "cluster").k == 2000  # an integer as 2e3
+    with pytest.raises(ConfigError, match=r"\[cluster\]: seed = \[1\] is a list; expected an integer"):
+        resolve_config(DemoConfig, toml("[cluster]\nseed = [1]\n"), "cluster")
+    k = resolve_config(DemoConfig, toml("[cluster]\nk = 2e3\n"), "cluster").k
+    assert k == 2000 and isinstance(k, int)  # an integer written as 2e3 is one
+
+
+def test_a_value_the_config_class_parses_is_left_to_it(toml):
+    from impsamp.clustering import ClusterConfig
+
+    assert resolve_config(ClusterConfig, toml('[cluster]\nlevels = "4,4"\n'), "cluster").levels == (4, 4)

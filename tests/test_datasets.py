@@ -164,3 +164,12 @@ def test_a_selection_in_any_format_has_a_valid_card_loads_as_a_folder_and_trains
         loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf"))
         assert loaded.num_rows == rows and "text" in loaded.column_names
     ok(invoke(*TRAIN_ARGS(out, tmp_path / "lm")))
+
+
+def test_card_strings_outside_the_basic_plane_survive_yaml():
+    import yaml
+
+    from impsamp.resampling.report import _yaml
+
+    name = "sample 😀: \"quoted\" # not a comment"
+    assert yaml.safe_load(f"target: {_yaml(name)}\n")["target"].encode("utf-8").decode("utf-8") == name

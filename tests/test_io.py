@@ -464,3 +464,19 @@ def test_a_dictionary_encoded_text_column_reads_as_its_strings(tmp_path):
     assert list(corpus.iter_texts()) == texts
     feather.write_feather(pa.table({"body": col}), tmp_path / "cat.arrow")
     assert list(open_corpus(tmp_path / "cat.arrow", text_field="body").iter_texts()) == texts
+
+
+def test_files_a_folder_holds_that_impsamp_does_not_read_are_named_once(tmp_path, caplog):
+    import logging
+
+    from impsamp.io import discovery
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.jsonl").write_text('{"text": "one"}\n')
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="impsamp.io.discovery"):
+        for _ in range(2):
+            assert list(open_corpus(tmp_path / "c").iter_texts()) == ["one"]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "skipped 1 file(s)" in said[0] and "notes.txt" in said[0]
+    assert str(tmp_path / "c") in discovery._WARNED

@@ -5,10 +5,13 @@ from __future__ import annotations
 import glob as _glob
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from ..errors import CorpusError
 from .records import SUPPORTED, detect_format, short_error
+
+logger = logging.getLogger(__name__)
 
 
 def is_hf_dataset_dir(path: Path) -> bool:
@@ -60,6 +63,7 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
             raise CorpusError(f"{path / 'state.json'} is not a readable `datasets` state file ({short_error(e)}); "
                               "save the dataset again with `save_to_disk`") from None
     found: list[Path] = []
+    skipped: list[str] = []
     for p in sorted(path.iterdir()):
         if p.name.startswith((".", "_")):
             continue  # hidden files, temp residue, bookkeeping
@@ -67,9 +71,18 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
             found += expand_dir(p, _nested=True)
         elif p.is_file() and detect_format(p):
             found.append(p)
+        elif p.is_file():
+            skipped.append(p.name)
     if not found and not _nested:
         raise CorpusError(f"{path}: the folder holds no corpus file; impsamp reads {SUPPORTED}")
+    if skipped and found and str(path) not in _WARNED:  # once per folder: a corpus is opened more than once
+        _WARNED.add(str(path))
+        logger.warning("%s: skipped %d file(s) of a type impsamp does not read (%s%s); it reads %s", path,
+                       len(skipped), ", ".join(skipped[:3]), ", ..." if len(skipped) > 3 else "", SUPPORTED)
     return found
+
+
+_WARNED: set[str] = set()
 
 
 def _selection_files(path: Path) -> list[Path] | None:
@@ -83,7 +96,7 @@ def _selection_files(path: Path) -> list[Path] | None:
         names = sorted(o["path"] for o in m["outputs"])
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-    return [path / n for n in names if n.startswith("data-") and detect_format(path / n)]
+    return [path / n for n in names if n.startswith("data-") and Path(n).name == n and detect_format(path / n)]
 
 
 def is_impsamp_output(path: Path) -> bool:

@@ -104,7 +104,7 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
 
 
 def _yaml(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, str) else str(v)
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, str) else str(v)  # YAML reads no surrogate pairs
 
 
 def _within_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
@@ -186,7 +186,8 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
 def _source_datasets(files) -> str:
     """The card's `source_datasets`: the generic corpus's file names (the first 20, then how many more)."""
     names = [Path(f.path).name for f in files]
-    return json.dumps(names[:20] + ([f"and {len(names) - 20:,} more files"] if len(names) > 20 else []))
+    return json.dumps(names[:20] + ([f"and {len(names) - 20:,} more files"] if len(names) > 20 else []),
+                      ensure_ascii=False)
 
 
 def _configs(fmt: str) -> str:

@@ -19,6 +19,17 @@ MARKER = "impsamp_export.json"
 """What the run was and which weights: it also marks the folder as an export `--overwrite` may replace."""
 
 
+def _an_export(out: Path) -> bool:
+    """Whether `out` holds an earlier export: its marker, or (before 0.7.8, which had none) only the files an
+    export writes, weights and config among them."""
+    if (out / MARKER).is_file():
+        return True
+    names = {p.name for p in out.iterdir()}
+    return {"config.json", "model.safetensors"} <= names and names <= {
+        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "chat_template.jinja"}
+
+
 def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.safetensors",
            overwrite: bool = False) -> Path:
     """Write `out_dir` as a `transformers` folder: config.json, model.safetensors, tokenizer files.
@@ -40,7 +51,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     refuse_input_inside(out, [str(run.path)])
     refuse_inside_output(out)
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).is_file():  # --overwrite replaces an export, never a folder of something else
+        if not _an_export(out):  # --overwrite replaces an export, never a folder of something else
             raise StageError(f"{out} is not empty and is not an `impsamp export` output; refusing to replace it "
                              "(choose a new or empty folder)")
         if not overwrite:
