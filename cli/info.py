@@ -56,6 +56,8 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
             for line in describe(Costs.from_dict(m.stats["costs"])):
                 click.echo(f"  {line}")
         return
+    if len(paths) == 1 and _describe_histogram(first, as_json):
+        return
     corpus = open_corpus(list(paths), text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
     s = corpus_summary(corpus)
     if as_json:
@@ -98,3 +100,22 @@ def _short_input(v):
 def _fmt(v) -> str:
     text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _describe_histogram(path: Path, as_json: bool) -> bool:
+    """A saved target histogram (`impsamp histogram`): its counts' facts. False for anything else."""
+    from impsamp.histograms import Histogram, describe, is_histogram_file
+
+    if not is_histogram_file(path):
+        return False
+    hist = Histogram.load(path)
+    facts = {"path": str(path), "histogram_of": hist.source, "clusters_fingerprint": hist.clusters_fingerprint,
+             **describe(hist)}
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        click.echo(f"{path}: saved histogram of {hist.source or 'a target'}: {facts['documents']:,.0f} documents "
+                   f"over {facts['clusters']:,} clusters (top cluster {facts['top_cluster_mass']:.1%}, "
+                   f"{facts['empty_clusters']:,} empty); clustering {hist.clusters_fingerprint[:19]}")
+    return True
+

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from . import cluster, compare, distill, embed, experts, finalize, info, inspect, project, resample, train  # noqa: F401
+from . import (cluster, compare, distill, embed, experts, finalize, histogram, info, inspect, project,  # noqa: F401
+               resample, train)
 from .app import cli
 
 

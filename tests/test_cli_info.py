@@ -353,3 +353,22 @@ def test_a_closed_pipe_stops_quietly(tmp_path):
     os.close(w)
     assert p.returncode != 0
     assert p.stderr == "", p.stderr
+
+
+def test_a_saved_histogram_stands_for_its_sample_and_info_describes_it(tmp_path):
+    from ._helpers import RESAMPLE_ARGS, build_pipeline, invoke, ok, one_line_error
+
+    p = build_pipeline(tmp_path)
+    hist = tmp_path / "bio.hist.json"
+    said = ok(invoke("histogram", p["clu"], "--target", p["target"], "--out", hist)).output
+    assert said.startswith(f"{hist}: 40 documents over 4 clusters")
+    facts = json.loads(info(hist, "--json").output)
+    assert facts["documents"] == 40 and facts["clusters"] == 4 and facts["histogram_of"].endswith("bio.jsonl")
+    one_line_error(invoke("histogram", p["clu"], "--target", p["target"], "--out", hist), "--overwrite")
+    one_line_error(invoke("histogram", p["clu"], "--target", p["target"], "--out", tmp_path / "h.txt"), ".json")
+    # counts only, no text: with documents drawn uniformly inside the clusters it selects what the sample does
+    for name, target in (("from-sample", p["target"]), ("from-hist", hist)):
+        ok(invoke(*RESAMPLE_ARGS(p["emb"], p["clu"], target, tmp_path / name, "--within", "uniform")))
+    data = sorted(f.name for f in (tmp_path / "from-sample").glob("data-*"))
+    assert data and all((tmp_path / "from-sample" / n).read_bytes() == (tmp_path / "from-hist" / n).read_bytes()
+                        for n in data)
