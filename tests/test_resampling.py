@@ -432,6 +432,11 @@ def test_spread_rounds_a_token_quota_by_sizes_and_meets_it_on_average():
     # before 0.7.8) drew it about one time in 20, at 17 times the quota
     assert not any(r[0] for r in draws)
     assert abs(np.mean(totals) - quota) / quota < 0.03  # the quota is met on average
+    # a cluster holding only long documents still gets its share, on average: one now and then
+    long = np.array([5000.0, 6000.0, 7000.0])
+    totals = [float((spread(500.0, np.zeros(3), 1, np.random.default_rng(s), long) * long).sum())
+              for s in range(2000)]
+    assert 0 < np.mean(np.array(totals) > 0) < 0.2 and abs(np.mean(totals) - 500) / 500 < 0.2
 
 
 def test_a_few_long_documents_do_not_double_a_small_token_budget():
@@ -468,3 +473,17 @@ def test_a_uniform_sample_is_measured_against_a_target_given_and_drawn_the_same(
     data = sorted(p.name for p in (tmp_path / "with").glob("data-*"))
     assert data and all((tmp_path / "with" / n).read_bytes() == (tmp_path / "without" / n).read_bytes()
                         for n in data)  # the target is only measured against
+
+
+def test_backoff_on_a_flat_clustering_is_said_to_do_nothing(tmp_path, caplog):
+    import logging
+
+    from impsamp.resampling import resample
+
+    from ._helpers import build_pipeline
+
+    p = build_pipeline(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="impsamp.resampling.stage"):
+        resample(p["emb"], p["clu"], tmp_path / "b", targets=[str(p["target"])],
+                 config=ResampleConfig(docs=50, backoff=2.0))
+    assert any("--backoff 2 does nothing on a flat clustering" in r.getMessage() for r in caplog.records)

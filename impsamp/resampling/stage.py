@@ -102,6 +102,9 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
             raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")
         hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg)
         spec = (weighting or cfg.weighting) if cfg.method == "importance" else "ratio"
+    if cfg.backoff > 0 and inputs.clu.n_levels < 2:
+        logger.warning("--backoff %g does nothing on a flat clustering (%s): it pulls a sparse leaf toward its "
+                       "parent in a tree (`impsamp cluster --levels`)", cfg.backoff, inputs.clu.path)
     builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
     weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
     return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name)

@@ -205,8 +205,9 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
     the rest counts. With sizes, the rest is a size: the members the draw reaches are taken while they fit
     in what is left, and the first that does not is taken with probability (what is left) / (its size), so
     the quota is met on average and the weights' order is kept. A member over OUTSIZED times the whole quota
-    (a long document in a small quota) is passed over: counting members instead let one such document
-    double a small budget (split long documents with `--windows` to have them drawn at small budgets)."""
+    (a long document in a small quota) is passed over while another can be taken: counting members instead
+    let one such document double a small budget (split long documents with `--windows` to have them drawn
+    at small budgets)."""
     n = len(log_w)
     if quota <= 0 or n == 0:
         return np.zeros(n, np.int64)
@@ -224,10 +225,13 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
         base[order[:extra]] += 1
         return base
     left = float(quota) - float((base * size).sum())
+    outsized = size > OUTSIZED * quota  # a long document in a small quota: it would swamp the cluster's share
+    if outsized[order].all():  # ... unless every candidate is one: then one is taken now and then, not never
+        outsized[:] = False
     for i in order:
         if left <= 0:
             break
-        if size[i] > OUTSIZED * quota:  # a long document in a small quota: it would swamp the cluster's share
+        if outsized[i]:
             continue
         if size[i] <= left:
             base[i] += 1
