@@ -32,9 +32,11 @@ def histogram(clusters_dir, targets, out_file, text_field, overwrite):
 
     if out_file.suffix != ".json":
         raise ConfigError(f"--out {out_file}: give a path ending in .json")
-    if out_file.exists() and not (overwrite and is_histogram_file(out_file)):
-        raise ConfigError(f"--out {out_file} exists; " + ("pass --overwrite to replace it" if is_histogram_file(
-            out_file) else "it is not a saved histogram: choose another path"))
+    if out_file.exists():
+        if not is_histogram_file(out_file):
+            raise ConfigError(f"--out {out_file} exists and is not a saved histogram; choose another path")
+        if not overwrite:
+            raise ConfigError(f"--out {out_file} exists; pass --overwrite to replace it")
     hist = target_histogram(targets[0] if len(targets) == 1 else list(targets), clusters_dir, text_field=text_field)
     hist.save(out_file)
     d = describe(hist)

@@ -218,11 +218,11 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     if routed and weights != "model.safetensors":
         raise click.BadParameter(f"{run_dir} is {routed}: its documents are scored with each small model's "
                                  "final weights", param_hint="'--weights'")
-    if _stage(run_dir) == "experts":
+    if routed == "an `impsamp experts` output":
         from impsamp.mixture import evaluate_routed
 
         m = evaluate_routed(run_dir, list(eval_files), text_field=text_field, device=device)
-    elif _recorded(run_dir).get("arch") == "projected":
+    elif routed:
         from impsamp.projection import evaluate_projected
 
         m = evaluate_projected(run_dir, list(eval_files), text_field=text_field, device=device)

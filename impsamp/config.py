@@ -72,8 +72,6 @@ def _plain_types(hint: Any) -> tuple[type, ...] | None:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         arms = [_plain_types(a) for a in args]
         return None if any(a is None for a in arms) else tuple(t for a in arms for t in a)
-    if typing.get_origin(hint) in (list, tuple, Sequence):
-        return (list,)
     return (hint,) if hint in (int, float, str, bool, type(None)) else None
 
 

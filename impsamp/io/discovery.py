@@ -87,16 +87,15 @@ _WARNED: set[str] = set()
 
 def _selection_files(path: Path) -> list[Path] | None:
     """The data files a complete `resample` output lists (Arrow, Parquet or JSONL); None for another folder."""
-    from ..manifest import MANIFEST
+    from ..errors import StageError
+    from ..manifest import read_manifest
 
     try:
-        m = json.loads((path / MANIFEST).read_text())
-        if m.get("stage") != "resample":
-            return None
-        names = sorted(o["path"] for o in m["outputs"])
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        manifest = read_manifest(path, expect_stage="resample")  # checks its listed paths stay inside it
+    except StageError:
         return None
-    return [path / n for n in names if n.startswith("data-") and Path(n).name == n and detect_format(path / n)]
+    return sorted(path / o.path for o in manifest.outputs
+                  if o.path.startswith("data-") and detect_format(path / o.path))
 
 
 def is_impsamp_output(path: Path) -> bool:

@@ -122,13 +122,12 @@ def _split_budget(cfg: ExpertsConfig, tokens: np.ndarray) -> list[int]:
 def _shared_tokenizer(out: Path, cfg: ExpertsConfig, inputs, progress: bool) -> Path:
     """One tokenizer for every expert (so their losses compare and routing can mix them)."""
     from ..manifest import atomic_write_bytes
-    from ..training import TrainConfig, load_tokenizer, train_tokenizer
+    from ..training import TrainConfig, train_tokenizer
 
     path = out / TOKENIZER
     if path.exists():
         return path
-    if cfg.tokenizer:
-        load_tokenizer(cfg.tokenizer)  # a bad file is named as the user gave it, not as its copy
+    if cfg.tokenizer:  # checked by `experts` before the folder was made
         atomic_write_bytes(path, Path(cfg.tokenizer).read_bytes())
         return path
     tcfg = TrainConfig(**cfg.train)

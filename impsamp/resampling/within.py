@@ -215,14 +215,13 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
     expected = cap_draws(w / w.sum(), float(quota), np.full(n, float(cap)), size)
     base = np.floor(expected + 1e-9).astype(np.int64)
     frac = np.clip(expected - base, 0.0, None)
-    extra = int(round(expected.sum() - base.sum()))
-    if extra <= 0 and (size is None or not (frac > 0).any()):
+    if not (frac > 0).any():
         return base
     with np.errstate(divide="ignore"):
         keys = np.where(frac > 0, np.log(frac), -np.inf) + rng.gumbel(size=n)
     order = np.argsort(-keys, kind="stable")[:int((frac > 0).sum())]
     if size is None:
-        base[order[:extra]] += 1
+        base[order[:max(0, int(round(expected.sum() - base.sum())))]] += 1
         return base
     left = float(quota) - float((base * size).sum())
     outsized = size > OUTSIZED * quota  # a long document in a small quota: it would swamp the cluster's share
