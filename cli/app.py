@@ -98,7 +98,9 @@ COUNT = Count()
 
 def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
-                        help="Replace an existing complete output (an interrupted one resumes without it).")(f)
+                        help="Replace an existing complete output. It is moved to OUT/_replaced and deleted once "
+                             "the new one completes (the disk holds both meanwhile); an interrupted run resumes "
+                             "without --overwrite.")(f)
 
 
 def config_option(f=None, *, section: str | None = None):

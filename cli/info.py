@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from impsamp.io import corpus_summary, open_corpus
-from impsamp.manifest import MANIFEST, RUN_RECORD, describe_dir, read_manifest
+from impsamp.manifest import MANIFEST, describe_dir, read_manifest
+from impsamp.outdir import is_stage_dir
 
 from .app import cli
 
@@ -79,8 +80,8 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
 
 def _is_stage_dir(path: Path) -> bool:
     """An impsamp stage directory (complete or interrupted), not a folder that happens to hold a
-    manifest.json of another tool."""
-    if (path / RUN_RECORD).exists():
+    manifest.json of another tool; an output whose `--overwrite` replacement stopped counts too."""
+    if is_stage_dir(path):
         return True
     if not (path / MANIFEST).is_file():
         return False

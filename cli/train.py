@@ -79,7 +79,8 @@ def _train_options(f):
               help="Autocast dtype [default: bfloat16 on CUDA and on CPUs with AMX or AVX512-BF16, "
               "else float32].")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile [default: on CUDA].")
-@click.option("--text-field", default=None, help="Field holding the document text [default: text].")
+@click.option("--text-field", default=None, help="Field holding the document text of --finetune, --eval and "
+              "--data files; a selection folder as --data is read from its own `text` [default: text].")
 @click.option("--keep-checkpoints", is_flag=True, default=None, help="Keep the last checkpoint in the run.")
 @click.option("--pretrain-costs", type=click.Choice(["auto", "generic", "per-target"]), default=None,
               help="Charge pretraining FLOPs to generic (paid once) or per-target [default: auto: per-target "

@@ -325,7 +325,8 @@ def _train_config(out: Path, cfg: CompareConfig, generic_corpus, progress: bool)
     return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps,
                        seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
                        tokenizer=str(tok_path.resolve()), dtype=cfg.dtype, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
-                       n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size)
+                       n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size,
+                       text_field=cfg.text_field)
 
 
 def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, Any], generic_corpus,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import StageError
+from .outdir import complete_manifest
 
 try:
     import fcntl
@@ -246,11 +246,8 @@ def _strings(obj: Any) -> Iterator[str]:
 def _recorded_inputs(folder: Path) -> Any:
     """The input paths a complete stage output's manifest records (None: not one): the values under its
     inputs' `path` and `paths` keys, the files and folders it was made from."""
-    try:
-        m = json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(m, dict) and {"stage", "impsamp_version"} <= set(m)):
+    m = complete_manifest(folder)
+    if m is None:
         return None
     found: list[Any] = []
 

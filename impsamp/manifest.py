@@ -10,7 +10,8 @@ A stage (embed, cluster, resample, train) writes exactly one directory:
 
 A rerun with the same config and inputs skips every shard that has a record; a killed run resumes
 and ends with the same payload bytes as an uninterrupted one. A complete output is only replaced
-with `overwrite=True`, and a directory that is not an impsamp output is never deleted.
+with `overwrite=True`, and stays whole in `_replaced/` until the new one completes (put back if the new
+run stops on bad input; see `outdir`). A directory that is not an impsamp output is never deleted.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from typing import Any
 
 from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
 from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_output, release, share
+from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_name: re-exported)
+    MANIFEST, REPLACED, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, is_tmp_name,
+    iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-RUN_RECORD = "_run.json"
-SHARD_RECORDS = "_shards"
 STAGES = ("embed", "cluster", "resample", "train", "compare")
 
 
@@ -51,15 +52,6 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def tmp_name(path: Path) -> Path:
-    """The temporary name a file is written under before it is committed by rename."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def is_tmp_name(name: str) -> bool:
-    return name.startswith(".") and ".tmp-" in name
 
 
 def inside(root: Path, rel: str) -> Path:
@@ -170,29 +162,6 @@ class Manifest:
             if ref.path == path:
                 return ref
         raise KeyError(path)
-
-
-def describe_dir(path: Path) -> str:
-    """What `path` looks like, for error messages."""
-    if not path.exists():
-        return "does not exist"
-    if not path.is_dir():
-        return "is a file, not a stage directory"
-    if (path / MANIFEST).exists():
-        try:
-            stage = json.loads((path / MANIFEST).read_text())["stage"]
-        except (ValueError, KeyError, OSError):
-            return "has an unreadable manifest.json"
-        return f"is a complete '{stage}' output"
-    if (path / RUN_RECORD).exists():
-        try:
-            stage = json.loads((path / RUN_RECORD).read_text())["stage"]
-        except (ValueError, KeyError, OSError):
-            stage = "?"
-        n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
-        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted): "
-                f"rerun the same `impsamp {stage}` command to resume it")
-    return "is not an impsamp output (no manifest.json)"
 
 
 def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | None = None,
@@ -307,13 +276,15 @@ class StageRun:
         return self
 
     def _set_up(self, out: Path, existed: bool) -> None:
-        residue = _only_residue(out)
+        if existed and exclusive(self._lock) and (done := recover(out, {out / LOCK_FILE})):
+            logger.warning("%s: %s", out, done)
+        residue = only_residue(out)
         self._all_ours = not existed or (not residue and self._reuse_existing(out))  # True: emptied
         self.fresh = self._all_ours or residue  # nothing to resume; `discard` keeps what was found
         self._found = set() if self._all_ours else {p for p in out.iterdir() if not p.is_dir()}
         try:
             # The run record first: a run killed right after it is resumable, one killed before it
-            # leaves only temp residue (see `_only_residue`), never a directory we dare not touch.
+            # leaves only temp residue (see `only_residue`), never a directory we dare not touch.
             if not (out / RUN_RECORD).exists():
                 atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key,
                                                      "config": self.config, "inputs": self.inputs})
@@ -325,13 +296,13 @@ class StageRun:
     def _reuse_existing(self, out: Path) -> bool:
         # Only a manifest or run record that impsamp wrote makes a directory ours: another tool's
         # manifest.json must not let --overwrite delete that tool's output. True: emptied (--overwrite).
-        manifest = _read_json_dict(out / MANIFEST)
-        if manifest is not None and {"stage", "impsamp_version", "outputs"} <= set(manifest):
+        manifest = complete_manifest(out)
+        if manifest is not None:
             if not self.overwrite:
                 raise StageError(f"{out} already holds a complete '{manifest['stage']}' output; pass "
                                  "--overwrite to replace it or choose another output directory")
             return self._wipe(out)
-        run = _read_json_dict(out / RUN_RECORD)
+        run = read_json_dict(out / RUN_RECORD)
         if not (out / MANIFEST).exists() and run is not None and {"stage", "key"} <= set(run):
             if run.get("key") == self.key:
                 logger.info("resuming the interrupted run in %s", out)
@@ -339,7 +310,7 @@ class StageRun:
             if not self.overwrite:
                 raise StageError(f"{out} holds an interrupted '{run.get('stage', '?')}' run with other "
                                  "settings or inputs; rerun it with the same ones to resume, or pass "
-                                 "--overwrite to start over")
+                                 f"--overwrite to start over{kept_note(out)}")
             return self._wipe(out)
         raise StageError(f"{out} is not empty and is not an impsamp output; refusing to write into it "
                          "(choose a new or empty output directory)")
@@ -349,9 +320,7 @@ class StageRun:
         if not exclusive(self._lock):  # a slice while other slices write: emptying would delete their work
             raise FolderBusy(f"{out} is being written by slices of another run; pass --overwrite when none "
                              "of them runs (or start one slice with it first, then the others)")
-        # The manifest first: killed halfway, what is left is not complete. The folder (its lock is ours) stays.
-        (out / MANIFEST).unlink(missing_ok=True)
-        _empty(set(out.iterdir()) - {out / LOCK_FILE}, strict=True)  # the lock file (NFS) is held
+        set_aside(out, {out / LOCK_FILE})  # the lock file (NFS) is held; a complete output goes to _replaced/
         return True
 
     @contextlib.contextmanager
@@ -366,15 +335,22 @@ class StageRun:
             raise
 
     def discard(self) -> None:
-        """Remove what this fresh run wrote: the folder if the run made it or emptied it (`--overwrite`; one
-        behind a symlink is emptied), else what it added to it."""
+        """Remove what this fresh run wrote: the folder if the run made it, else what it added to it. A
+        complete output it was replacing (`--overwrite`) is put back; one behind a symlink is emptied."""
         out = self.out_dir
-        (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
-        if self._all_ours and not out.is_symlink():
-            shutil.rmtree(out, ignore_errors=True)
-        else:  # the user's folder, or one behind a symlink: emptied of what this run added
-            _empty(set(out.iterdir()) - self._found)
-        release(self._lock)
+        try:
+            if self._all_ours and put_back(out, keep={out / LOCK_FILE}):  # (removes the run record too)
+                logger.warning("%s: the output this run was replacing is put back", out)
+                return
+            (out / RUN_RECORD).unlink(missing_ok=True)  # first: a half-removed folder is not a resumable run
+            if self._all_ours and not out.is_symlink():
+                shutil.rmtree(out, ignore_errors=True)
+            else:  # the user's folder, or one behind a symlink: emptied of what this run added
+                empty(set(out.iterdir()) - self._found)
+        except OSError as e:  # the bad input stays the error to report; the next run finishes the move
+            logger.warning("%s: could not remove what this run wrote (%s)", out, e)
+        finally:
+            release(self._lock)
 
     # ---- shards
 
@@ -453,6 +429,7 @@ class StageRun:
         """Remove run bookkeeping and temp residue (after the manifest is written)."""
         shutil.rmtree(self.records_dir, ignore_errors=True)
         (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / REPLACED, ignore_errors=True)  # the output this one replaced
         for p in set(self.out_dir.rglob(".*.tmp-*")) - {self.out_dir / LOCK_FILE}:  # `release` removes that one
             p.unlink(missing_ok=True)
         # folders emptied by removing intermediate files (e.g. resample's _spill/)
@@ -460,40 +437,3 @@ class StageRun:
             if not any(d.iterdir()):
                 d.rmdir()
         release(self._lock)
-
-
-def _read_json_dict(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def _empty(paths: set[Path], *, strict: bool = False) -> None:
-    """Remove `paths` (files, links, folders); `strict`: an error stops it."""
-    for p in paths:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=not strict)
-        else:
-            p.unlink(missing_ok=not strict)
-
-
-def _only_residue(out: Path) -> bool:
-    """True when `out` holds nothing but temp files and an empty `_shards/` (a run killed at its start)."""
-    for p in out.iterdir():
-        if is_tmp_name(p.name) and p.is_file():
-            continue
-        if p.name == SHARD_RECORDS and p.is_dir() and not any(p.iterdir()):
-            continue
-        return False
-    return True
-
-
-def iter_stage_files(path: Path) -> Iterator[Path]:
-    """Payload files of a stage directory (no bookkeeping, no temp residue)."""
-    for p in sorted(path.rglob("*")):
-        rel = p.relative_to(path)
-        if p.is_file() and not any(is_tmp_name(part) or part in (SHARD_RECORDS, RUN_RECORD)
-                                   for part in rel.parts):
-            yield p

@@ -205,7 +205,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     except (StageError, FileNotFoundError, KeyError):
         log(progress, f"training the {'projected network' if name == 'projected' else 'soup of experts'}")
         net = train(None, path, ncfg, progress=progress, overwrite=True)
-    small = project(net, out / "runs" / f"{name}-small", target=targets, overwrite=True)
+    small = project(net, out / "runs" / f"{name}-small", target=targets, text_field=tcfg.text_field, overwrite=True)
     rec = json.loads((small.path / PROJECTION).read_text())
     ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps, init=str(small.path))
     log(progress, f"fine-tuning the {name} small model")

@@ -60,7 +60,7 @@ def _large(out: Path, cfg, tcfg, data: list[str], targets: list, evals: list[str
     vocab = padded_vocab(load_tokenizer(tcfg.tokenizer).vocab_size)
     lcfg = TrainConfig(preset=LARGE_PRESET[tcfg.preset], tokenizer=tcfg.tokenizer, seed=tcfg.seed,
                        block_size=tcfg.block_size, batch_size=tcfg.batch_size, finetune_steps=cfg.finetune_steps,
-                       pretrain_costs="generic")
+                       pretrain_costs="generic", text_field=tcfg.text_field)
     steps = cfg.large_steps or max(1, round(cfg.steps * tcfg.model_config(vocab).flops_per_token()
                                             / lcfg.model_config(vocab).flops_per_token()))
     lcfg = replace(lcfg, steps=steps)

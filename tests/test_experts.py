@@ -13,7 +13,7 @@ import pytest
 from impsamp.manifest import MANIFEST
 
 from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, TIMING, invoke, ok, one_line_error, run_sub,
-                       tiny_compare_toml, with_and_without_text_field,
+                       tiny_compare_toml, under_field, with_and_without_text_field,
                        write_corpus)
 
 pytest.importorskip("torch")
@@ -219,6 +219,10 @@ def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
     one_line_error(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", tmp_path / "s4",
                           "--select", "all", "--finetune-val-fraction", "0"), "--finetune-val-fraction")
     assert not (tmp_path / "s4").exists() and not (tmp_path / "s4.candidates").exists()
+    field = tmp_path / "field.toml"  # the experts read their own data (`text`) and the embedded corpus's field
+    field.write_text(TINY + 'text_field = "body"\n')
+    one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "f", "--config", field),
+                   "text_field")
 
 
 def test_killed_experts_resume_and_slices_give_the_same_bytes(pipe, tmp_path):
@@ -252,10 +256,12 @@ def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path
 
     toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
-    r = ok(invoke("compare", "--generic", pipe["generic"], "--target", pipe["target"], "--eval", pipe["target"],
+    # the user's files hold their text under `body`; the selections and the experts' data under `text`
+    generic, target = (under_field(pipe[k], tmp_path / f"{k}.jsonl") for k in ("generic", "target"))
+    r = ok(invoke("compare", "--generic", generic, "--target", target, "--eval", target,
                   "--out", out, "--methods", "uniform,importance", "--models", "dense,experts", "--groups", "2",
                   "--tokens", "2000", "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml,
-                  "--no-progress"))
+                  "--no-progress", "--text-field", "body"))
     assert "| experts G=2 (top) |" in r.output and "| dense, importance |" in r.output
     res = Report.load(out).results
     e, uniform, imp = res["models"]["experts"], res["methods"]["uniform"], res["methods"]["importance"]

@@ -206,16 +206,18 @@ def test_threads_of_one_process_neither_share_a_folder_nor_let_go_of_each_others
     _run(tmp_path / "a").begin().finish(stats={})  # its thread ended: its folder is free
 
 
-def test_overwrite_through_a_symlink_then_bad_input_leaves_the_target_empty_and_reusable(tmp_path):
+def test_overwrite_through_a_symlink_then_bad_input_puts_the_old_output_back(tmp_path):
     corpus, bad = write_corpus(tmp_path / "good.jsonl", 60), tmp_path / "bad.jsonl"
     bad.write_text(corpus.read_text() + "{not json\n")
     real, link = tmp_path / "real", tmp_path / "link"
     ok(invoke(*EMBED_ARGS(corpus, real)))
+    before = {p.name: p.read_bytes() for p in real.iterdir()}
     link.symlink_to(real)
     one_line_error(invoke(*EMBED_ARGS(bad, link, "--overwrite")), "line 61")
-    assert link.is_symlink() and list(real.iterdir()) == []  # emptied, not left with shards and no record
-    ok(invoke(*EMBED_ARGS(corpus, link)))
-    assert (real / MANIFEST).exists()
+    assert link.is_symlink() and {p.name: p.read_bytes() for p in real.iterdir()} == before  # no shards left
+    ok(invoke(*EMBED_ARGS(corpus, link, "--overwrite", "--rows-per-shard", "30")))
+    assert (real / MANIFEST).exists() and "docs-00002.parquet" not in {p.name for p in real.iterdir()}
+    assert not (real / "_replaced").exists()  # the old output goes once the new one is complete
 
 
 def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_its_embeddings(tmp_path):

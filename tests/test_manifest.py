@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from impsamp.errors import StageError, keeping_output
 from impsamp.manifest import (
     MANIFEST,
+    REPLACED,
     RUN_RECORD,
     SHARD_RECORDS,
     Manifest,
@@ -94,7 +96,7 @@ def payload(out: Path) -> dict[str, bytes]:
 
 def assert_clean(out: Path) -> None:
     """A finished stage directory: payload + manifest, no temp residue, no run bookkeeping."""
-    leftovers = [p for p in out.rglob("*") if is_tmp_name(p.name) or p.name in (SHARD_RECORDS, RUN_RECORD)]
+    leftovers = [p for p in out.rglob("*") if is_tmp_name(p.name) or p.name in (SHARD_RECORDS, RUN_RECORD, REPLACED)]
     assert leftovers == []
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == sorted([MANIFEST, *(o.path for o in read_manifest(out).outputs)])
@@ -252,6 +254,104 @@ def test_a_complete_output_is_replaced_only_with_overwrite(tmp_path, stage):
     assert stage(tmp_path / "ref", 3, seed=1).returncode == 0
     same_result(tmp_path / "ref", out)
     assert_clean(out)
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_completes(tmp_path, stage):
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    old, old_manifest = payload(out), (out / MANIFEST).read_bytes()
+    r = stage(out, 3, seed=1, fail_at=2, overwrite=True)  # the replacement dies halfway
+    assert r.returncode != 0 and "shard 2 failed" in r.stderr
+    assert not (out / MANIFEST).exists()  # not complete: no reader takes it for the old or the new output
+    assert payload(out / REPLACED) == old and (out / REPLACED / MANIFEST).read_bytes() == old_manifest
+    assert f"the 'embed' output it replaces is kept in {out / REPLACED}" in describe_dir(out)
+    r = stage(out, 3, seed=2)  # other settings, no --overwrite: refused, and told where the old output is
+    assert r.returncode != 0 and "interrupted 'embed' run with other settings" in r.stderr
+    assert str(out / REPLACED) in r.stderr
+    r = stage(out, 3, seed=1, overwrite=True)  # the same command again resumes, then drops the old output
+    assert r.returncode == 0 and json.loads(r.stdout) == {"skipped": [0, 1]}
+    assert stage(tmp_path / "ref", 3, seed=1).returncode == 0
+    same_result(tmp_path / "ref", out)
+    assert_clean(out)
+    assert not (out / REPLACED).exists()
+
+
+def test_a_replacement_that_meets_bad_input_puts_the_old_output_back(tmp_path, stage):
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    from impsamp.errors import CorpusError
+
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    run = StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+    with pytest.raises(CorpusError), run.discarded_on_error():
+        _commit_one(run, "s0")
+        raise CorpusError("bad row")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    read_manifest(out)
+    r = stage(out, 2, seed=1)
+    assert r.returncode != 0 and "already holds a complete 'embed' output" in r.stderr
+
+
+class _Stop(BaseException):
+    """A kill, as far as the folder is concerned: nothing after it runs, no handler cleans up."""
+
+
+def _stop_after(monkeypatch, n: int) -> None:
+    """Make the n-th `os.replace` of `outdir` stop the process (none before it is undone)."""
+    import impsamp.outdir as outdir
+
+    calls, real = [0], os.replace
+
+    def replace(a, b):
+        calls[0] += 1
+        if calls[0] > n:
+            raise _Stop
+        real(a, b)
+
+    monkeypatch.setattr(outdir.os, "replace", replace)
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("when", ["set aside", "put back"])
+def test_a_replacement_stopped_at_any_move_loses_nothing_of_the_old_output(tmp_path, stage, monkeypatch, when):
+    from impsamp.errors import CorpusError
+
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    old = _files(out)
+    # set aside: 4 moves (manifest, summary.json, vectors/, the folder); put back: 5 (the folder twice,
+    # then its entries, manifest last), after the first, which leaves a resumable run (its record is there)
+    for n in range(4) if when == "set aside" else range(1, 6):
+        with monkeypatch.context() as m:
+            if when == "set aside":
+                _stop_after(m, n)
+                with contextlib.suppress(_Stop):
+                    StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+            else:
+                run = StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+                _commit_one(run, "s0")
+                _stop_after(m, n)
+                with contextlib.suppress(_Stop), pytest.raises(CorpusError), run.discarded_on_error():
+                    raise CorpusError("bad row")
+        assert (out / MANIFEST).exists() or "rerun the command to put it back" in describe_dir(out), n
+        with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+            StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()  # any run first puts it back
+        assert _files(out) == old, n
+        read_manifest(out)
+
+
+def test_overwrite_never_takes_a_folder_for_ours_because_of_a_stage_output_inside_it(tmp_path, stage):
+    proj = tmp_path / "proj"
+    assert stage(proj / "_replaced", 2).returncode == 0  # the user's own output, in a subfolder of theirs
+    (proj / "notes.txt").write_text("mine")
+    before = _files(proj)
+    for overwrite in (False, True):
+        with pytest.raises(StageError, match="not empty and is not an impsamp output"):
+            StageRun(proj, "embed", config={}, inputs={}, overwrite=overwrite).begin()
+    assert _files(proj) == before
 
 
 def test_overwrite_never_deletes_an_input_of_the_run(tmp_path):

@@ -442,6 +442,22 @@ def test_other_formats_read_back(stages, tmp_path, fmt):
     assert all(f.suffix == f".{fmt}" for f in sel.data_files)
 
 
+def test_a_selection_is_read_from_its_own_text_column_whatever_the_users_field(stages, tmp_path):
+    from impsamp.errors import CorpusError
+    from impsamp.training.data import data_text_field
+
+    root, generic, target, topics, emb, clu = stages
+    sel = impsamp.resample(emb, clu, tmp_path / "sel", targets=[target], config=ResampleConfig(docs=50))
+    body = tmp_path / "body.jsonl"
+    body.write_text('{"body": "a document of mine"}\n')
+    for spec in ([sel.path], [f"{sel.path}/data-*.arrow"], [str(f) for f in sel.data_files]):
+        assert data_text_field(spec, "body") == "text", spec  # the folder, a glob into it, its files
+    assert data_text_field([body], "body") == "body" and data_text_field([generic], "text") == "text"
+    assert data_text_field([sel.path, generic], "text") == "text"  # a 'text' corpus beside it: one field
+    with pytest.raises(CorpusError, match=r"--data mixes a selection .* --text-field body"):
+        data_text_field([sel.path, body], "body")
+
+
 def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
     args = ["resample", root / "emb", root / "clu", "--target", target, "--docs", 400, "--rows-per-shard", 60,

@@ -10,7 +10,7 @@ import pytest
 from impsamp.errors import ConfigError
 from impsamp.planning import Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section
 
-from ._helpers import invoke, ok, run_sub, tiny_compare_toml, write_corpus
+from ._helpers import invoke, ok, run_sub, tiny_compare_toml, under_field, write_corpus
 
 
 def entry(generic, per_target, params, ppl, inference=None):
@@ -94,8 +94,10 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     from impsamp.training import TrainRun
 
     out = tmp_path / "plan"
-    r = ok(invoke(*compare_args(corpus, out, "--models", "dense,large,distill", "--targets-expected", "50",
-                                "--inference-budget", "1e6", "--per-target-budget", "1e15")))
+    body = {k: under_field(corpus[k], tmp_path / f"{k}.jsonl") for k in ("generic", "target")}  # text: `body`
+    r = ok(invoke(*compare_args({**corpus, **body}, out, "--models", "dense,large,distill", "--targets-expected",
+                                "50", "--inference-budget", "1e6", "--per-target-budget", "1e15", "--text-field",
+                                "body")))
     assert "| large (tiny-large, 1 step) |" in r.output and "| distilled (teacher tiny-large, alpha 0.5) |" in r.output
     res = Report.load(out).results
     large, dist, uni = res["models"]["large"], res["models"]["distill"], res["methods"]["uniform"]

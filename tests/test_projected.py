@@ -10,7 +10,7 @@ import pytest
 from impsamp.manifest import MANIFEST
 
 from ._helpers import (CLUSTER_ARGS, EMBED_ARGS, TRAIN_FLAGS, invoke, ok, one_line_error, run_sub, tiny_compare_toml,
-                       with_and_without_text_field, write_corpus)
+                       under_field, with_and_without_text_field, write_corpus)
 
 torch = pytest.importorskip("torch")
 
@@ -342,9 +342,11 @@ def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe,
 
     toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
-    r = ok(invoke("compare", "--generic", pipe["generic"], "--target", pipe["target"], "--eval", pipe["target"],
+    generic, target = (under_field(pipe[k], tmp_path / f"{k}.jsonl") for k in ("generic", "target"))  # text: `body`
+    r = ok(invoke("compare", "--generic", generic, "--target", target, "--eval", target,
                   "--out", out, "--methods", "uniform", "--models", "dense,projected,soup", "--tokens", "2000",
-                  "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml, "--no-progress"))
+                  "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml, "--no-progress",
+                  "--text-field", "body"))
     assert "| soup of experts |" in r.output and "| projected network (cluster " in r.output
     res = Report.load(out).results
     uniform = res["methods"]["uniform"]

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from ..errors import CorpusError
+from ..outdir import describe_dir, is_stage_dir
 from .records import SUPPORTED, detect_format, short_error
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,9 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
         raise CorpusError(f"{path} is a `datasets` DatasetDict; name one split's folder instead "
                           f"(splits: {splits}), e.g. {path / (splits[0] if splits else 'train')}")
     # A stage directory is not a corpus, except a complete `resample` output: its data files, in any format.
-    if is_impsamp_output(path):
+    if is_stage_dir(path):
         selection = _selection_files(path)
         if selection is None:
-            from ..manifest import describe_dir
-
             raise CorpusError(f"{path} {describe_dir(path)}, not a corpus; give the corpus files it was made "
                               "from (only a `resample` output can be read as a corpus)")
         if not is_hf_dataset_dir(path):  # Parquet or JSONL; an Arrow one is a `datasets` folder, below
@@ -85,6 +84,12 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
 _WARNED: set[str] = set()
 
 
+def selection_files(folder: Path) -> set[Path]:
+    """The data files (resolved) of `folder` when it is a complete `resample` output, else none: their text
+    is under `text`, whatever field the user's own files use."""
+    return {p.resolve() for p in _selection_files(folder) or ()} if folder.is_dir() else set()
+
+
 def _selection_files(path: Path) -> list[Path] | None:
     """The data files a complete `resample` output lists (Arrow, Parquet or JSONL); None for another folder."""
     from ..errors import StageError
@@ -96,19 +101,6 @@ def _selection_files(path: Path) -> list[Path] | None:
         return None
     return sorted(path / o.path for o in manifest.outputs
                   if o.path.startswith("data-") and detect_format(path / o.path))
-
-
-def is_impsamp_output(path: Path) -> bool:
-    """A stage directory (complete or interrupted), recognised by its manifest or its run record."""
-    from ..manifest import MANIFEST, RUN_RECORD
-
-    if (path / RUN_RECORD).is_file():
-        return True
-    try:
-        m = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(m, dict) and "stage" in m and "impsamp_version" in m
 
 
 def file_digest(path: Path, size: int, sample: int = 1 << 20) -> str:

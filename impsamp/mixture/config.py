@@ -46,7 +46,9 @@ class ExpertsConfig:
             raise ConfigError(f"--groups must be >= 2 (one group is the dense model), got {self.groups}")
         if self.tokens_per_expert is not None and self.total_tokens is not None:
             raise ConfigError("give --tokens-per-expert or --total-tokens, not both")
-        fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed"} & set(self.train))
+        # text_field: each expert reads its group's Parquet parts (text under `text`); the shared tokenizer
+        # reads the embedded corpus with the field it was embedded with
+        fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed", "text_field"} & set(self.train))
         if fixed:
             raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
         TrainConfig(**self.train)  # unknown keys and bad values fail here, in one line

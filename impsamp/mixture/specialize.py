@@ -120,8 +120,9 @@ def _finished(path: Path, cfg, targets: list[str]):
         run = TrainRun.load(path)
     except (StageError, OSError, ValueError):
         return None
+    wanted = open_corpus(targets, text_field=cfg.text_field).fingerprint()
     same = run.manifest.config == json.loads(json.dumps(asdict(cfg))) and run.manifest.impsamp_version == __version__ \
-        and (run.manifest.inputs.get("finetune") or {}).get("fingerprint") == open_corpus(targets).fingerprint()
+        and (run.manifest.inputs.get("finetune") or {}).get("fingerprint") == wanted
     return run if same else None
 
 

@@ -136,7 +136,7 @@ def _shared_tokenizer(out: Path, cfg: ExpertsConfig, inputs, progress: bool) -> 
 
         print("[impsamp] training the experts' shared tokenizer", file=sys.stderr, flush=True)
     train_tokenizer([f.path for f in inputs.corpus.files], tcfg.resolved("vocab_size"), path,
-                    sample_docs=tcfg.tokenizer_sample_docs, text_field=tcfg.text_field)
+                    sample_docs=tcfg.tokenizer_sample_docs, text_field=inputs.corpus.text_field)
     return path
 
 

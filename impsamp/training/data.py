@@ -72,6 +72,28 @@ class BinWriter:
         return TokenBin(str(self.final), self.dtype.name, self.tokens, self.documents, self.bytes)
 
 
+def data_text_field(specs: Sequence[str | Path], text_field: str) -> str:
+    """The field `--data` is read with: `text` when it is an impsamp selection (a `resample` folder, or
+    its data files, keeps its text there), whatever `--text-field` names for the user's own files (the
+    in-domain sample, the eval text); else `text_field`.
+
+    Raises:
+        CorpusError: a selection beside files of another text field (one corpus reads one field).
+    """
+    from ..io.discovery import expand, selection_files
+
+    files = [f.resolve() for s in specs for f in expand(s)]
+    listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
+    ours = [f for f in files if f in listed]
+    if files and len(ours) == len(files):
+        return "text"
+    if ours and text_field != "text":
+        raise CorpusError(f"--data mixes a selection ({ours[0].parent}, text under 'text') with files read "
+                          f"with --text-field {text_field}; give those files a 'text' field, or train on them "
+                          "apart")
+    return text_field
+
+
 def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir: Path, name: str, *,
                     text_field: str = "text", val_fraction: float = 0.0) -> dict[str, TokenBin]:
     """Tokenize a corpus into `{name}.bin` and `{name}-val.bin`; reuse them if already made.

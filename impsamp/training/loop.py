@@ -19,6 +19,7 @@ from the newest checkpoint with the same world size (another one is refused).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -42,7 +43,7 @@ from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint
 from .conditioned import (GroupBatches, GroupBins, check_projected, clustered_corpus, conditioning_record,
                           count_groups, load_group_bins, tokenize_groups)
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError, padded_vocab
-from .data import Batches, TokenBin, check_enough, load_bins, tokenize_corpus
+from .data import Batches, TokenBin, check_enough, data_text_field, load_bins, tokenize_corpus
 from .distill import Distilled
 from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
@@ -149,6 +150,10 @@ class _Trainer:
     init: TrainRun | None = None
     teacher: TrainRun | None = None
 
+    @functools.cached_property
+    def data_field(self) -> str:
+        return data_text_field(self.data, self.cfg.text_field)
+
     # ---- preparation (rank 0), shared with the other ranks through files
 
     def run(self, overwrite: bool, resume: bool) -> TrainRun:
@@ -227,9 +232,9 @@ class _Trainer:
             if before and not cfg.tokenizer:
                 raise TokenizerError(f"the interrupted run in {out} used --tokenizer {before}; pass it "
                                      "again to resume, or pass --overwrite to start over")
-        corpora = {"data": self.data, "finetune": self.finetune}
-        inputs: dict[str, Any] = {k: {"paths": v, "fingerprint": open_corpus(v, text_field=cfg.text_field)
-                                      .fingerprint()} if v else None for k, v in corpora.items()}
+        inputs: dict[str, Any] = {k: {"paths": v, "fingerprint": open_corpus(v, text_field=field).fingerprint()}
+                                  if v else None for k, v, field in [("data", self.data, self.data_field),
+                                                                     ("finetune", self.finetune, cfg.text_field)]}
         inputs["eval"] = [{"path": e, "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
                           for e in self.eval]
         inputs["tokenizer"] = file_sha256(cfg.tokenizer) if cfg.tokenizer else None
@@ -257,14 +262,14 @@ class _Trainer:
                 atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
             else:
                 train_tokenizer(self.data or clustered_corpus(cfg.clusters), cfg.resolved("vocab_size"), tok_file,
-                                sample_docs=cfg.tokenizer_sample_docs, text_field=cfg.text_field)
+                                sample_docs=cfg.tokenizer_sample_docs, text_field=self.data_field)
         tok = load_tokenizer(tok_file)
         if cfg.clusters:
             tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
                             text_field=cfg.text_field)
         block = self.init.model_config.block_size if self.init else cfg.resolved("block_size")
         if self.data:
-            bins = tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=cfg.text_field,
+            bins = tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=self.data_field,
                                    val_fraction=cfg.val_fraction)
             check_enough(bins["train"], block, "pretrain")
         if self.finetune:

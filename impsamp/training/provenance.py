@@ -111,11 +111,12 @@ def finished_run(path: Path, cfg: TrainConfig, data: list[str]) -> TrainRun | No
 
     from .. import __version__
     from ..io import open_corpus
+    from .data import data_text_field
 
     try:
         tr = TrainRun.load(path)
         recorded = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
-        wanted = open_corpus(data, text_field=cfg.text_field).fingerprint() if data else None
+        wanted = open_corpus(data, text_field=data_text_field(data, cfg.text_field)).fingerprint() if data else None
         if tr.manifest.config == json.loads(json.dumps(asdict(cfg))) and tr.manifest.impsamp_version == __version__ \
                 and recorded == wanted:
             return tr

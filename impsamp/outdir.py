@@ -1,0 +1,195 @@
+"""What a stage's output folder holds, read from its files: complete, interrupted, being replaced.
+
+`manifest.StageRun` writes the folders; this module only names their parts and tells their states
+apart, and moves a complete output aside while `--overwrite` replaces it:
+
+    out_dir/
+      manifest.json   the output is complete (written last)
+      _run.json       a run was started here (and, without manifest.json, interrupted)
+      _shards/        that run's committed shards
+      _replaced/      the complete output an `--overwrite` run replaces: kept until the new one
+                      completes, put back if it stops on bad input (`_replaced.part/`,
+                      `_replaced.restore/`, `_replaced.back/`: a move stopped halfway, that the
+                      next run to lock the folder finishes, see `recover`)
+      .lock           held while a run writes (`guards`)
+
+Nothing here imports the rest of impsamp, so `guards` and `io.discovery` share its tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+RUN_RECORD = "_run.json"
+SHARD_RECORDS = "_shards"
+REPLACED = "_replaced"
+SETTING_ASIDE, RESTORING, PUTTING_BACK = "_replaced.part", "_replaced.restore", "_replaced.back"
+BOOKKEEPING = (SHARD_RECORDS, RUN_RECORD, REPLACED, SETTING_ASIDE, RESTORING, PUTTING_BACK)
+
+
+def tmp_name(path: Path) -> Path:
+    """The temporary name a file is written under before it is committed by rename."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def is_tmp_name(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name
+
+
+def read_json_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def complete_manifest(folder: Path) -> dict[str, Any] | None:
+    """`folder`'s manifest when impsamp wrote it (another tool's manifest.json is not ours), else None."""
+    m = read_json_dict(folder / MANIFEST)
+    return m if m is not None and {"stage", "impsamp_version", "outputs"} <= set(m) else None
+
+
+def is_stage_dir(path: Path) -> bool:
+    """A stage directory: complete, interrupted, or an output an `--overwrite` run stopped while moving it
+    (not a folder that merely holds another tool's manifest.json, or a stage output in a subfolder)."""
+    if (path / RUN_RECORD).is_file() or complete_manifest(path) is not None:
+        return True
+    if any(complete_manifest(path / n) is not None for n in (SETTING_ASIDE, RESTORING, PUTTING_BACK)):
+        return True
+    return complete_manifest(path / REPLACED) is not None and all(
+        is_tmp_name(p.name) for p in path.iterdir() if p.name != REPLACED)
+
+
+def describe_dir(path: Path) -> str:
+    """What `path` looks like, for error messages."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_dir():
+        return "is a file, not a stage directory"
+    if (path / MANIFEST).exists():
+        try:
+            stage = json.loads((path / MANIFEST).read_text())["stage"]
+        except (ValueError, KeyError, OSError):
+            return "has an unreadable manifest.json"
+        return f"is a complete '{stage}' output"
+    kept = kept_note(path)
+    moving = [path / n for n in (SETTING_ASIDE, RESTORING, PUTTING_BACK) if (path / n).is_dir()]
+    if moving or (kept and not (path / RUN_RECORD).exists()):
+        return (f"holds an output that an --overwrite run stopped while moving it ({(moving or [path / REPLACED])[0]}): "
+                "rerun the command to put it back")
+    if (path / RUN_RECORD).exists():
+        try:
+            stage = json.loads((path / RUN_RECORD).read_text())["stage"]
+        except (ValueError, KeyError, OSError):
+            stage = "?"
+        n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
+        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted): "
+                f"rerun the same `impsamp {stage}` command to resume it{kept}")
+    return "is not an impsamp output (no manifest.json)"
+
+
+def kept_note(out: Path) -> str:
+    """Where the complete output that an unfinished `--overwrite` run replaces is kept ("": none)."""
+    old = complete_manifest(out / REPLACED)
+    return "" if old is None else f" (the '{old['stage']}' output it replaces is kept in {out / REPLACED})"
+
+
+# ----------------------------------------------------------------------------- emptying and replacing
+
+
+def empty(paths: set[Path], *, strict: bool = False) -> None:
+    """Remove `paths` (files, links, folders); `strict`: an error stops it."""
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=not strict)
+        else:
+            p.unlink(missing_ok=not strict)
+
+
+def only_residue(out: Path) -> bool:
+    """True when `out` holds nothing but temp files and an empty `_shards/` (a run killed at its start)."""
+    for p in out.iterdir():
+        if is_tmp_name(p.name) and p.is_file():
+            continue
+        if p.name == SHARD_RECORDS and p.is_dir() and not any(p.iterdir()):
+            continue
+        return False
+    return True
+
+
+def set_aside(out: Path, keep: set[Path]) -> None:
+    """Clear `out` for a new run, all but `keep` (the lock file). A complete output is moved into
+    `_replaced.part/`, the manifest first, which becomes `_replaced/` once whole (one rename): stopped
+    halfway, `recover` moves it back. An interrupted run is deleted; a `_replaced/` beside it stays (a
+    replacement that never finished: it is still the last complete output)."""
+    aside, part = out / REPLACED, out / SETTING_ASIDE
+    if complete_manifest(out) is not None:
+        empty({aside} & set(out.iterdir()), strict=True)  # left over from a finished replacement
+        part.mkdir()
+        os.replace(out / MANIFEST, part / MANIFEST)
+        for p in sorted(set(out.iterdir()) - keep - {part}):
+            os.replace(p, part / p.name)
+        os.replace(part, aside)
+        return
+    if complete_manifest(aside) is not None:
+        keep = keep | {aside}
+    empty(set(out.iterdir()) - keep, strict=True)
+
+
+def put_back(out: Path, keep: set[Path]) -> bool:
+    """Undo `set_aside` after the new run stopped on bad input: what the run wrote (all but `keep`) goes,
+    the replaced output comes back, its manifest last. False: there was nothing to put back."""
+    if complete_manifest(out / REPLACED) is None:
+        return False
+    os.replace(out / REPLACED, out / RESTORING)  # one rename: from here on, `recover` finishes it
+    recover(out, keep)
+    return True
+
+
+def recover(out: Path, keep: set[Path]) -> str | None:
+    """Finish what a stopped `set_aside`, `put_back` or `StageRun.cleanup` left half done, before a run
+    reads the folder (with its lock held alone). Returns what it did, for the log."""
+    if (out / SETTING_ASIDE).is_dir():  # the old output was whole before: move it back
+        _move_back(out / SETTING_ASIDE, out)
+        return "moved the output an --overwrite had begun to set aside back"
+    if (out / RESTORING).is_dir():  # the new run's files go first, then the old ones come back
+        empty(set(out.iterdir()) - keep - {out / RESTORING}, strict=True)
+        os.replace(out / RESTORING, out / PUTTING_BACK)
+    if (out / PUTTING_BACK).is_dir():
+        _move_back(out / PUTTING_BACK, out)
+        return "put back the output an --overwrite run was replacing"
+    aside = out / REPLACED
+    if not aside.is_dir() or complete_manifest(aside) is None:
+        return None
+    if complete_manifest(out) is not None:  # the new output is complete: its cleanup was stopped
+        shutil.rmtree(aside)
+        return "removed the output a finished --overwrite replaced"
+    others = set(out.iterdir()) - keep - {aside}
+    if not (out / RUN_RECORD).exists() and all(is_tmp_name(p.name) for p in others):
+        empty(others, strict=True)  # set aside, then stopped before its run began: put it back
+        _move_back(aside, out)
+        return "put back the output an --overwrite run was replacing"
+    return None
+
+
+def _move_back(src: Path, out: Path) -> None:
+    for p in sorted(set(src.iterdir()) - {src / MANIFEST}):
+        os.replace(p, out / p.name)
+    if (src / MANIFEST).exists():
+        os.replace(src / MANIFEST, out / MANIFEST)
+    src.rmdir()
+
+
+def iter_stage_files(path: Path) -> Iterator[Path]:
+    """Payload files of a stage directory (no bookkeeping, no temp residue)."""
+    for p in sorted(path.rglob("*")):
+        rel = p.relative_to(path)
+        if p.is_file() and not any(is_tmp_name(part) or part in BOOKKEEPING for part in rel.parts):
+            yield p
