@@ -106,7 +106,7 @@ def test_budget_tokenizer_counts_in_that_tokenizer(pipeline):
     written = count_tokens(load_tokenizer(pipeline["bpe"]), texts).sum()
     assert abs(written / budget - 1) < 0.05, written
     assert stats["tokens"] == written  # counted exactly
-    assert stats["budget"]["tokens_counted_with"] == str(pipeline["bpe"]) and stats["budget"]["exact"]
+    assert stats["budget"]["tokens_counted_with"] == str(pipeline["bpe"]) and stats["budget"]["tokens_exact"]
     model_tokens = count_tokens(_model_tokenizer(), texts).sum()
     assert abs(model_tokens / budget - 1) > 0.1  # another tokenizer, another selection size
     card = (pipeline["root"] / "tok-bpe" / "README.md").read_text()

@@ -178,8 +178,8 @@ def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, token
     done = (path / MANIFEST).is_file()  # trained before a kill that came before its commit
     try:
         tr = TrainRun.load(path) if done else None
-        if tr is None or tr.manifest.config != asdict(tcfg):
-            tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=done)
+        if tr is None or tr.manifest.config != asdict(tcfg):  # (the folder is the experts' own: replaced freely)
+            tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=True)
     except TooLittleData as e:
         raise CorpusError(f"expert {g}: its group holds {e.tokens:,} tokens, fewer than one sequence of "
                           f"{e.block_size} + 1; make fewer, larger groups (--groups, or a level nearer "

@@ -69,11 +69,11 @@ class BudgetCounter:
         model = self.emb.model_info.get("name", "the embedding model")
         if self.tokenizer_path is not None:
             return {"tokens_counted_with": str(self.tokenizer_path), "tokenizer_sha256": _sha256(self.tokenizer_path),
-                    "exact": True}
+                    "tokens_exact": True}
         how = "each window's own tokens" if self.windowed else (
             "exact for documents the model read whole; past its window, estimated at the read span's "
             "tokens per character")
-        return {"tokens_counted_with": f"{model} tokenizer", "how": how, "exact": self.windowed,
+        return {"tokens_counted_with": f"{model} tokenizer", "how": how, "tokens_exact": self.windowed,
                 "lengths_from": "unit tables" if self.in_tables else "corpus (embeddings predate full lengths)"}
 
     def prepare(self, run: StageRun, names: list[str], bar=None) -> None:
