@@ -70,6 +70,10 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
     if s["documents"] == 0:
         click.echo(f"  warning: no documents: all {s['rows']:,} rows are empty or whitespace; "
                    "check --text-field")
+    if s["distinct_ids"] < s["documents"]:
+        click.echo(f"  warning: {s['documents'] - s['distinct_ids']:,} documents repeat an earlier document's id "
+                   f"({s['distinct_ids']:,} distinct); a selection keeps each row's source_file and source_row "
+                   "beside its id")
     if s["replaced_utf8"]:
         click.echo(f"  rows with invalid UTF-8 replaced: {s['replaced_utf8']:,}")
     for path, names in list(s["fields"].items())[:5]:

@@ -63,6 +63,16 @@ def test_info_json_on_a_mixed_folder(tmp_path):
     assert (s["files"], s["rows"], s["documents"], s["formats"]) == (2, 5, 5, ["jsonl", "parquet"])
 
 
+def test_info_warns_of_ids_that_repeat_across_files(tmp_path):
+    for name in ("a", "b"):  # two exports that each number their documents from 0
+        (tmp_path / f"{name}.jsonl").write_bytes(lines([{"id": str(i), "text": f"{name} {i}"} for i in range(3)]))
+    r = info(tmp_path)
+    assert r.exit_code == 0 and "warning: 3 documents repeat an earlier document's id (3 distinct)" in r.output
+    assert json.loads(info(tmp_path, "--json").output)["distinct_ids"] == 3
+    r = info(tmp_path / "a.jsonl")
+    assert r.exit_code == 0 and "repeat" not in r.output
+
+
 def test_info_on_the_bundled_demo_corpus():
     demo = Path(__file__).resolve().parents[1] / "impsamp" / "data" / "demo" / "pool.parquet"
     if not demo.exists():

@@ -236,9 +236,12 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
     """Counts over a whole corpus (a full read): documents, characters, skipped, fields per file."""
     stats = ReadStats()
     n_docs = n_chars = 0
+    id_hashes = []  # 8 bytes a document: a repeated id (a user's id field that is not unique) is told
     for batch in corpus.read(stats=stats):
         n_docs += batch.num_rows
         n_chars += sum(len(t) for t in batch.column("text").to_pylist())
+        ids = batch.column("id").to_pylist()
+        id_hashes.append(np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)))
     fields = {}
     for f in corpus.files:
         if f.format != "jsonl":
@@ -252,5 +255,6 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
                 fields[f.path] = []
     return {"files": len(corpus.files), "rows": corpus.n_rows, "documents": n_docs, "characters": n_chars,
             "skipped_empty": stats.skipped_empty, "replaced_utf8": stats.replaced_utf8,
+            "distinct_ids": len(np.unique(np.concatenate(id_hashes))) if id_hashes else 0,
             "bytes": sum(f.bytes for f in corpus.files), "fields": fields,
             "formats": sorted({f.format for f in corpus.files})}
