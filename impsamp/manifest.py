@@ -34,7 +34,7 @@ from typing import Any
 from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
 from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_output, release, share
 from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_name: re-exported)
-    MANIFEST, REPLACED, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, is_tmp_name,
+    MANIFEST, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, finish_cleanup, is_tmp_name,
     iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
 
 logger = logging.getLogger(__name__)
@@ -427,9 +427,7 @@ class StageRun:
 
     def cleanup(self) -> None:
         """Remove run bookkeeping and temp residue (after the manifest is written)."""
-        shutil.rmtree(self.records_dir, ignore_errors=True)
-        (self.out_dir / RUN_RECORD).unlink(missing_ok=True)
-        shutil.rmtree(self.out_dir / REPLACED, ignore_errors=True)  # the output this one replaced
+        finish_cleanup(self.out_dir)  # records, run record, the output this one replaced
         for p in set(self.out_dir.rglob(".*.tmp-*")) - {self.out_dir / LOCK_FILE}:  # `release` removes that one
             p.unlink(missing_ok=True)
         # folders emptied by removing intermediate files (e.g. resample's _spill/)

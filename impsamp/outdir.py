@@ -90,8 +90,10 @@ def describe_dir(path: Path) -> str:
         except (ValueError, KeyError, OSError):
             stage = "?"
         n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
-        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted): "
-                f"rerun the same `impsamp {stage}` command to resume it{kept}")
+        sliced = (f" (slices of a --num-shards run: run the missing ones, then `impsamp finalize {path}`)"
+                  if stage in ("embed", "cluster", "experts") else "")
+        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted or is "
+                f"still running): rerun the same `impsamp {stage}` command to resume it{sliced}{kept}")
     return "is not an impsamp output (no manifest.json)"
 
 
@@ -131,7 +133,7 @@ def set_aside(out: Path, keep: set[Path]) -> None:
     replacement that never finished: it is still the last complete output)."""
     aside, part = out / REPLACED, out / SETTING_ASIDE
     if complete_manifest(out) is not None:
-        empty({aside} & set(out.iterdir()), strict=True)  # left over from a finished replacement
+        drop_replaced(out)  # left over from a finished replacement
         part.mkdir()
         os.replace(out / MANIFEST, part / MANIFEST)
         for p in sorted(set(out.iterdir()) - keep - {part}):
@@ -166,17 +168,31 @@ def recover(out: Path, keep: set[Path]) -> str | None:
         _move_back(out / PUTTING_BACK, out)
         return "put back the output an --overwrite run was replacing"
     aside = out / REPLACED
+    if complete_manifest(out) is not None and any((out / n).exists() for n in (RUN_RECORD, SHARD_RECORDS, REPLACED)):
+        finish_cleanup(out)  # complete, then stopped in its cleanup
+        return "removed what a finished run left of its bookkeeping"
     if not aside.is_dir() or complete_manifest(aside) is None:
         return None
-    if complete_manifest(out) is not None:  # the new output is complete: its cleanup was stopped
-        shutil.rmtree(aside)
-        return "removed the output a finished --overwrite replaced"
     others = set(out.iterdir()) - keep - {aside}
     if not (out / RUN_RECORD).exists() and all(is_tmp_name(p.name) for p in others):
         empty(others, strict=True)  # set aside, then stopped before its run began: put it back
         _move_back(aside, out)
         return "put back the output an --overwrite run was replacing"
     return None
+
+
+def finish_cleanup(out: Path) -> None:
+    """Remove a complete output's run bookkeeping and the output it replaced (`StageRun.cleanup`)."""
+    shutil.rmtree(out / SHARD_RECORDS, ignore_errors=True)
+    (out / RUN_RECORD).unlink(missing_ok=True)
+    drop_replaced(out)
+
+
+def drop_replaced(out: Path) -> None:
+    """Delete `_replaced/`, its manifest first: stopped halfway, what is left never looks complete."""
+    if (out / REPLACED).is_dir():
+        (out / REPLACED / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(out / REPLACED, ignore_errors=True)
 
 
 def _move_back(src: Path, out: Path) -> None:

@@ -17,7 +17,6 @@ import pytest
 from impsamp.errors import StageError, keeping_output
 from impsamp.manifest import (
     MANIFEST,
-    REPLACED,
     RUN_RECORD,
     SHARD_RECORDS,
     Manifest,
@@ -30,6 +29,7 @@ from impsamp.manifest import (
     read_manifest,
     verify_outputs,
 )
+from impsamp.outdir import REPLACED
 
 # A tiny stage: N shards of deterministic bytes, each written in two halves with a sleep between them
 # (a kill lands mid-write), then a whole-stage summary file and the manifest.
@@ -341,6 +341,34 @@ def test_a_replacement_stopped_at_any_move_loses_nothing_of_the_old_output(tmp_p
             StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()  # any run first puts it back
         assert _files(out) == old, n
         read_manifest(out)
+
+
+def test_a_cleanup_stopped_after_the_manifest_leaves_nothing_that_looks_complete_and_the_next_run_ends_it(
+        tmp_path, stage, monkeypatch):
+    import impsamp.outdir as outdir
+
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    with monkeypatch.context() as m:  # the replaced output is being deleted when the process stops
+        real = outdir.shutil.rmtree
+
+        def rmtree(path, **kw):
+            if Path(path).name == REPLACED:
+                raise _Stop
+            real(path, **kw)
+
+        m.setattr(outdir.shutil, "rmtree", rmtree)
+        with contextlib.suppress(_Stop):
+            run = StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+            _commit_one(run, "s0")
+            run.finish(stats={})
+    new = _files(out)
+    assert (out / REPLACED).is_dir() and not (out / REPLACED / MANIFEST).exists()  # never "complete" again
+    assert read_manifest(out).config == {"seed": 9}  # the new output is complete
+    with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+        StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()  # ends the cleanup first
+    assert not (out / REPLACED).exists() and not (out / RUN_RECORD).exists() and not (out / SHARD_RECORDS).exists()
+    assert {k: v for k, v in new.items() if k.split("/")[0] not in (REPLACED, RUN_RECORD, SHARD_RECORDS)} == _files(out)
 
 
 def test_overwrite_never_takes_a_folder_for_ours_because_of_a_stage_output_inside_it(tmp_path, stage):
