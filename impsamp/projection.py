@@ -70,7 +70,7 @@ def project(network: str | Path, out_dir: str | Path, *, target: str | Path | li
                         code_dim=None, codes="learned", init=None)
     source = {"target": spec, "text_field": text_field if spec else None, "cluster": cluster}
     run = StageRun(Path(out_dir), "train", config=asdict(small_cfg), inputs={
-        "projected": {"path": str(net.path), "fingerprint": net.manifest.fingerprint}, **source},
+        "projected": {"path": str(Path(net.path).resolve()), "fingerprint": net.manifest.fingerprint}, **source},
         overwrite=overwrite).begin()
     out = run.out_dir
     with torch.no_grad():

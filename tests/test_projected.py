@@ -291,15 +291,19 @@ def test_projected_bad_inputs_are_one_line_errors(pipe, tmp_path):
     one_line_error(invoke("project", dense, "--cluster", "0", "--out", tmp_path / "h"), "--arch projected")
 
 
-def test_what_a_network_was_made_from_is_no_output_and_it_teaches_no_one(pipe, tmp_path):
-    """`project --out` the network's own clustering (what its manifest records), or a folder inside a stage
-    output it reads, is refused in one line with --overwrite; a projected network is no `--teacher`."""
+def test_what_a_network_was_made_from_is_no_output_and_it_teaches_no_one(pipe, tmp_path, monkeypatch):
+    """`project --out` the network's own clustering (what its manifest records, given relative to another
+    folder), or a folder inside a stage output it reads, is refused in one line with --overwrite; a
+    projected network is no `--teacher`."""
     import shutil
 
     clu = tmp_path / "clu"
     shutil.copytree(pipe["clu"], clu)
     net = tmp_path / "pn"
-    ok(invoke("train", "--clusters", clu, "--out", net, *PN_FLAGS))
+    monkeypatch.chdir(tmp_path)
+    ok(invoke("train", "--clusters", "clu", "--out", net, *PN_FLAGS))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     before = sorted(p.name for p in clu.iterdir())
     one_line_error(invoke("project", net, "--target", pipe["target"], "--out", clu, "--overwrite"),
                    "also an input of this run")

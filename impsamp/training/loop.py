@@ -35,7 +35,6 @@ import torch
 
 from ..costs import Costs
 from ..guards import released_on_return
-from ..io import open_corpus
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
 from ..progress import progress_bar
 from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, load_weights, read_state,
@@ -47,7 +46,7 @@ from .data import Batches, TokenBin, check_enough, data_text_field, load_bins, t
 from .distill import Distilled
 from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
-from .provenance import check_teacher, init_run, run_costs
+from .provenance import check_teacher, init_run, run_costs, run_inputs
 from .result import TrainRun
 from .runtime import Runtime, check_memory
 from .stopping import BEST, EarlyStop
@@ -232,21 +231,8 @@ class _Trainer:
             if before and not cfg.tokenizer:
                 raise TokenizerError(f"the interrupted run in {out} used --tokenizer {before}; pass it "
                                      "again to resume, or pass --overwrite to start over")
-        inputs: dict[str, Any] = {k: {"paths": v, "fingerprint": open_corpus(v, text_field=field).fingerprint()}
-                                  if v else None for k, v, field in [("data", self.data, self.data_field),
-                                                                     ("finetune", self.finetune, cfg.text_field)]}
-        inputs["eval"] = [{"path": e, "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
-                          for e in self.eval]
-        inputs["tokenizer"] = file_sha256(cfg.tokenizer) if cfg.tokenizer else None
-        if self.init is not None:
-            inputs["init"] = {"path": cfg.init, "fingerprint": self.init.manifest.fingerprint}
-        if cfg.clusters:
-            from ..clustering import Clusters
-
-            inputs["clusters"] = {"path": cfg.clusters, "fingerprint": Clusters.load(cfg.clusters).manifest.fingerprint}
-        if self.base_costs is not None:
-            inputs["base_costs"] = self.base_costs.to_dict()
-        inputs["world_size"] = self.rt.world
+        inputs = run_inputs(cfg, self.data, self.data_field, self.finetune, self.eval, self.init, self.base_costs,
+                            self.rt.world)
         read = [cfg.teacher, cfg.tokenizer, cfg.init, cfg.clusters]  # files --overwrite must not delete
         return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
                         input_paths=[str(r) for r in read if r]).begin()

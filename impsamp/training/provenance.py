@@ -4,6 +4,7 @@ accounting every run records (`impsamp.costs`)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,34 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
         c = c.with_part("generic", t.generic).with_part("teacher", t.per_target + forward_flops(
             teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
     return c
+
+
+def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: list[str], evals: list[str],
+               init: TrainRun | None, base_costs: Costs | None, world: int) -> dict[str, Any]:
+    """What a run records as its inputs (part of its resume key): corpora by fingerprint, paths made
+    absolute (so that `guards` finds what an --overwrite must spare from any folder)."""
+    from ..io import open_corpus
+
+    def corpus(paths: list[str], field: str) -> dict[str, Any] | None:
+        return {"paths": [os.path.abspath(p) for p in paths],
+                "fingerprint": open_corpus(paths, text_field=field).fingerprint()} if paths else None
+
+    inputs: dict[str, Any] = {
+        "data": corpus(data, data_field), "finetune": corpus(finetune, cfg.text_field),
+        "eval": [{"path": os.path.abspath(e), "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
+                 for e in evals],
+        "tokenizer": file_sha256(cfg.tokenizer) if cfg.tokenizer else None}
+    if init is not None:
+        inputs["init"] = {"path": os.path.abspath(cfg.init), "fingerprint": init.manifest.fingerprint}
+    if cfg.clusters:
+        from ..clustering import Clusters
+
+        inputs["clusters"] = {"path": os.path.abspath(cfg.clusters),
+                              "fingerprint": Clusters.load(cfg.clusters).manifest.fingerprint}
+    if base_costs is not None:
+        inputs["base_costs"] = base_costs.to_dict()
+    inputs["world_size"] = world
+    return inputs
 
 
 def finished_run(path: Path, cfg: TrainConfig, data: list[str]) -> TrainRun | None:
