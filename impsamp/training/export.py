@@ -83,9 +83,11 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
         atomic_write_json(tmp / MARKER, {"run": str(run.path),
                                          "run_fingerprint": run.manifest and run.manifest.fingerprint,
                                          "weights": weights, "impsamp_version": __version__})
-        if out.exists():
-            shutil.rmtree(out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        if out.exists():  # renamed, not deleted, until the new export is in place: a kill loses neither
+            os.replace(out, old)
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
