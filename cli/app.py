@@ -99,7 +99,8 @@ COUNT = Count()
 def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
                         help="Replace an existing complete output. It is moved to OUT/_replaced and deleted once "
-                             "the new one completes (the disk holds both meanwhile); an interrupted run resumes "
+                             "the new one completes (the disk holds both meanwhile: short of space, delete OUT "
+                             "instead); an interrupted run resumes "
                              "without --overwrite.")(f)
 
 
