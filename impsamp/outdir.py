@@ -11,9 +11,9 @@ apart, and moves a complete output aside while `--overwrite` replaces it:
                       completes, put back if it stops on bad input (`_replaced.part/`,
                       `_replaced.restore/`, `_replaced.back/`: a move stopped halfway, that the
                       next run to lock the folder finishes, see `recover`)
-      .lock           held while a run writes (`guards`)
+      .lock.tmp-impsamp   on NFS only: the file a run locks while it writes (elsewhere the folder itself; `guards`)
 
-Nothing here imports the rest of impsamp, so `guards` and `io.discovery` share its tests.
+Nothing here imports the rest of impsamp, so `guards`, `io.discovery` and the CLI share its checks.
 """
 
 from __future__ import annotations

@@ -83,12 +83,18 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
         atomic_write_json(tmp / MARKER, {"run": str(run.path),
                                          "run_fingerprint": run.manifest and run.manifest.fingerprint,
                                          "weights": weights, "impsamp_version": __version__})
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():  # renamed, not deleted, until the new export is in place: a kill loses neither
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        _put_in_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished export `tmp` to `out`; an earlier export there is renamed aside, not deleted,
+    until the new one is in place: a kill loses neither."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
