@@ -13,7 +13,7 @@ returns or raises: a run stopped in a notebook does not block the same command i
 `flock` on a folder (an exclusive one needs a file open for writing): there the lock is on LOCK_FILE inside
 it. Where a filesystem has no locks at all, locking is skipped, with a warning.
 
-`refuse_input_inside`: `--overwrite` empties a folder; never one that is, or holds, an input of the run.
+`refuse_input_inside`: `--overwrite` clears a folder; never one that is, or holds, an input of the run.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock.tmp-impsamp"
 """Where a filesystem has no flock on a folder (NFS): the lock is on this file in it. A temp name: never
-payload, residue to `manifest._only_residue`; `release` removes it once no other slice holds it."""
+payload, residue to `outdir.only_residue`; `release` removes it once no other slice holds it."""
 SLICE_WAIT = 10.0
 """Seconds a slice waits for another slice that is setting the folder up (it holds the lock exclusive)."""
 BUSY = ("is being written by another process (this or another impsamp command still running, or a slice of "

@@ -35,7 +35,7 @@ from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
 from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_output, release, share
 from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_name: re-exported)
     MANIFEST, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, finish_cleanup, is_tmp_name,
-    iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
+    is_stage_dir, iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
 
 logger = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class StageRun:
         if existed and exclusive(self._lock) and (done := recover(out, {out / LOCK_FILE})):
             logger.warning("%s: %s", out, done)
         residue = only_residue(out)
-        self._all_ours = not existed or (not residue and self._reuse_existing(out))  # True: emptied
+        self._all_ours = not existed or (not residue and self._reuse_existing(out))  # True: cleared
         self.fresh = self._all_ours or residue  # nothing to resume; `discard` keeps what was found
         self._found = set() if self._all_ours else {p for p in out.iterdir() if not p.is_dir()}
         try:
@@ -295,13 +295,13 @@ class StageRun:
 
     def _reuse_existing(self, out: Path) -> bool:
         # Only a manifest or run record that impsamp wrote makes a directory ours: another tool's
-        # manifest.json must not let --overwrite delete that tool's output. True: emptied (--overwrite).
+        # manifest.json must not let --overwrite delete that tool's output. True: cleared (--overwrite).
         manifest = complete_manifest(out)
         if manifest is not None:
             if not self.overwrite:
                 raise StageError(f"{out} already holds a complete '{manifest['stage']}' output; pass "
                                  "--overwrite to replace it or choose another output directory")
-            return self._wipe(out)
+            return self._clear(out)
         run = read_json_dict(out / RUN_RECORD)
         if not (out / MANIFEST).exists() and run is not None and {"stage", "key"} <= set(run):
             if run.get("key") == self.key:
@@ -311,11 +311,14 @@ class StageRun:
                 raise StageError(f"{out} holds an interrupted '{run.get('stage', '?')}' run with other "
                                  "settings or inputs; rerun it with the same ones to resume, or pass "
                                  f"--overwrite to start over{kept_note(out)}")
-            return self._wipe(out)
+            return self._clear(out)
+        if is_stage_dir(out):  # a replacement a kill cut short, left for a run holding the lock alone
+            raise StageError(f"{out} {describe_dir(out)}")
         raise StageError(f"{out} is not empty and is not an impsamp output; refusing to write into it "
                          "(choose a new or empty output directory)")
 
-    def _wipe(self, out: Path) -> bool:
+    def _clear(self, out: Path) -> bool:
+        """Make room for a fresh run (--overwrite): a complete output is set aside, an interrupted run deleted."""
         refuse_input_inside(out, [self.inputs, self.input_paths])
         if not exclusive(self._lock):  # a slice while other slices write: emptying would delete their work
             raise FolderBusy(f"{out} is being written by slices of another run; pass --overwrite when none "
@@ -335,8 +338,9 @@ class StageRun:
             raise
 
     def discard(self) -> None:
-        """Remove what this fresh run wrote: the folder if the run made it, else what it added to it. A
-        complete output it was replacing (`--overwrite`) is put back; one behind a symlink is emptied."""
+        """Remove what this fresh run wrote: the folder if the run made it or cleared it (`--overwrite`; a
+        complete output it was replacing is put back, a folder behind a symlink emptied), else what it
+        added to the folder."""
         out = self.out_dir
         try:
             if self._all_ours and put_back(out, keep={out / LOCK_FILE}):  # (removes the run record too)
@@ -347,7 +351,7 @@ class StageRun:
                 shutil.rmtree(out, ignore_errors=True)
             else:  # the user's folder, or one behind a symlink: emptied of what this run added
                 empty(set(out.iterdir()) - self._found)
-        except OSError as e:  # the bad input stays the error to report; the next run finishes the move
+        except (OSError, ImpsampError) as e:  # the bad input stays the error to report; the next run finishes
             logger.warning("%s: could not remove what this run wrote (%s)", out, e)
         finally:
             release(self._lock)

@@ -1,7 +1,7 @@
 """What a stage's output folder holds, read from its files: complete, interrupted, being replaced.
 
-`manifest.StageRun` writes the folders; this module only names their parts and tells their states
-apart, and moves a complete output aside while `--overwrite` replaces it:
+`manifest.StageRun` writes the folders; this module names their parts, tells their states apart, moves
+a complete output aside while `--overwrite` replaces it, and finishes what a kill cut short (`recover`):
 
     out_dir/
       manifest.json   the output is complete (written last)
@@ -9,11 +9,11 @@ apart, and moves a complete output aside while `--overwrite` replaces it:
       _shards/        that run's committed shards
       _replaced/      the complete output an `--overwrite` run replaces: kept until the new one
                       completes, put back if it stops on bad input (`_replaced.part/`,
-                      `_replaced.restore/`, `_replaced.back/`: a move stopped halfway, that the
-                      next run to lock the folder finishes, see `recover`)
+                      `_replaced.undo/`, `_replaced.back/`: a move stopped halfway, that the next
+                      run holding the folder's lock alone finishes, see `recover`)
       .lock.tmp-impsamp   on NFS only: the file a run locks while it writes (elsewhere the folder itself; `guards`)
 
-Nothing here imports the rest of impsamp, so `guards`, `io.discovery` and the CLI share its checks.
+It imports nothing of impsamp but `errors`, so `guards`, `io.discovery` and the CLI share its checks.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import StageError
+
 MANIFEST = "manifest.json"
 RUN_RECORD = "_run.json"
 SHARD_RECORDS = "_shards"
 REPLACED = "_replaced"
-SETTING_ASIDE, RESTORING, PUTTING_BACK = "_replaced.part", "_replaced.restore", "_replaced.back"
-BOOKKEEPING = (SHARD_RECORDS, RUN_RECORD, REPLACED, SETTING_ASIDE, RESTORING, PUTTING_BACK)
+SETTING_ASIDE, UNDOING, MOVING_BACK = "_replaced.part", "_replaced.undo", "_replaced.back"
+MOVES = (SETTING_ASIDE, UNDOING, MOVING_BACK)  # a replacement's moves that a kill may cut short
+MARK = ".impsamp-replaced"  # in each of those folders: impsamp made it (a user's `_replaced/` is not ours)
+BOOKKEEPING = (SHARD_RECORDS, RUN_RECORD, REPLACED, *MOVES)
 
 
 def tmp_name(path: Path) -> Path:
@@ -61,9 +65,9 @@ def is_stage_dir(path: Path) -> bool:
     (not a folder that merely holds another tool's manifest.json, or a stage output in a subfolder)."""
     if (path / RUN_RECORD).is_file() or complete_manifest(path) is not None:
         return True
-    if any(complete_manifest(path / n) is not None for n in (SETTING_ASIDE, RESTORING, PUTTING_BACK)):
+    if any(_ours(path / n) for n in MOVES):
         return True
-    return complete_manifest(path / REPLACED) is not None and all(
+    return last_complete(path) is not None and all(
         is_tmp_name(p.name) for p in path.iterdir() if p.name != REPLACED)
 
 
@@ -80,7 +84,7 @@ def describe_dir(path: Path) -> str:
             return "has an unreadable manifest.json"
         return f"is a complete '{stage}' output"
     kept = kept_note(path)
-    moving = [path / n for n in (SETTING_ASIDE, RESTORING, PUTTING_BACK) if (path / n).is_dir()]
+    moving = [path / n for n in MOVES if _ours(path / n)]
     if moving or (kept and not (path / RUN_RECORD).exists()):
         return (f"holds an output that an --overwrite run stopped while moving it ({(moving or [path / REPLACED])[0]}): "
                 "rerun the command to put it back")
@@ -99,7 +103,7 @@ def describe_dir(path: Path) -> str:
 
 def kept_note(out: Path) -> str:
     """Where the complete output that an unfinished `--overwrite` run replaces is kept ("": none)."""
-    old = complete_manifest(out / REPLACED)
+    old = last_complete(out)
     return "" if old is None else f" (the '{old['stage']}' output it replaces is kept in {out / REPLACED})"
 
 
@@ -128,19 +132,21 @@ def only_residue(out: Path) -> bool:
 
 def set_aside(out: Path, keep: set[Path]) -> None:
     """Clear `out` for a new run, all but `keep` (the lock file). A complete output is moved into
-    `_replaced.part/`, the manifest first, which becomes `_replaced/` once whole (one rename): stopped
-    halfway, `recover` moves it back. An interrupted run is deleted; a `_replaced/` beside it stays (a
-    replacement that never finished: it is still the last complete output)."""
+    `_replaced.part/` (marked as impsamp's first, then the manifest, then the rest), which becomes
+    `_replaced/` once whole (one rename): stopped halfway, `recover` moves it back. An interrupted run is
+    deleted; a `_replaced/` beside it stays (a replacement that never finished: still the last complete
+    output)."""
     aside, part = out / REPLACED, out / SETTING_ASIDE
     if complete_manifest(out) is not None:
-        drop_replaced(out)  # left over from a finished replacement
+        drop_replaced(out, strict=True)  # left over from a finished replacement
         part.mkdir()
+        (part / MARK).write_text("the output an `impsamp --overwrite` run replaces\n")
         os.replace(out / MANIFEST, part / MANIFEST)
         for p in sorted(set(out.iterdir()) - keep - {part}):
             os.replace(p, part / p.name)
         os.replace(part, aside)
         return
-    if complete_manifest(aside) is not None:
+    if last_complete(out) is not None:
         keep = keep | {aside}
     empty(set(out.iterdir()) - keep, strict=True)
 
@@ -148,37 +154,65 @@ def set_aside(out: Path, keep: set[Path]) -> None:
 def put_back(out: Path, keep: set[Path]) -> bool:
     """Undo `set_aside` after the new run stopped on bad input: what the run wrote (all but `keep`) goes,
     the replaced output comes back, its manifest last. False: there was nothing to put back."""
-    if complete_manifest(out / REPLACED) is None:
+    if last_complete(out) is None:
         return False
-    os.replace(out / REPLACED, out / RESTORING)  # one rename: from here on, `recover` finishes it
+    os.replace(out / REPLACED, out / UNDOING)  # one rename: from here on, `recover` finishes it
     recover(out, keep)
     return True
 
 
 def recover(out: Path, keep: set[Path]) -> str | None:
-    """Finish what a stopped `set_aside`, `put_back` or `StageRun.cleanup` left half done, before a run
-    reads the folder (with its lock held alone). Returns what it did, for the log."""
-    if (out / SETTING_ASIDE).is_dir():  # the old output was whole before: move it back
-        _move_back(out / SETTING_ASIDE, out)
-        return "moved the output an --overwrite had begun to set aside back"
-    if (out / RESTORING).is_dir():  # the new run's files go first, then the old ones come back
-        empty(set(out.iterdir()) - keep - {out / RESTORING}, strict=True)
-        os.replace(out / RESTORING, out / PUTTING_BACK)
-    if (out / PUTTING_BACK).is_dir():
-        _move_back(out / PUTTING_BACK, out)
-        return "put back the output an --overwrite run was replacing"
-    aside = out / REPLACED
-    if complete_manifest(out) is not None and any((out / n).exists() for n in (RUN_RECORD, SHARD_RECORDS, REPLACED)):
+    """Finish what a kill cut short, before a run reads the folder (with its lock held alone). Each step
+    is one rename, so a kill leaves one of these states:
+
+        set_aside   OUT's files -> _replaced.part/ (filling) -> _replaced/
+        put_back    _replaced/ -> _replaced.undo/ (OUT emptied of the new run) -> _replaced.back/ (moved
+                    back, manifest last)
+        cleanup     the new manifest.json written -> bookkeeping and _replaced/ deleted (manifest first)
+
+    Only folders marked as impsamp's (MARK) are touched; a state no step leaves is refused, never
+    deleted. Returns what it did, for the log.
+
+    Raises:
+        StageError: `out` holds folders by these names that impsamp did not leave so.
+    """
+    moves = [out / n for n in MOVES if (out / n).exists()]
+    complete = complete_manifest(out) is not None
+    if moves:
+        src = moves[0]
+        if moves == [out / SETTING_ASIDE] and complete and not any(src.iterdir()):
+            src.rmdir()  # stopped before it was marked: nothing was moved
+            return "removed the empty folder of a set-aside that never began"
+        if len(moves) > 1 or not _ours(src) or (complete and set(src.iterdir()) != {src / MARK}):
+            raise StageError(f"{out} holds {', '.join(p.name for p in moves)} in a state impsamp does not leave "
+                             "(an --overwrite stopped halfway, then changed by hand?); move them out of the "
+                             "folder and run again")
+        if src.name == UNDOING:  # the new run's files go first, then the old ones come back
+            empty(set(out.iterdir()) - keep - {src}, strict=True)
+            os.replace(src, out / MOVING_BACK)
+            src = out / MOVING_BACK
+        _move_back(src, out)
+        return {SETTING_ASIDE: "moved back the output an --overwrite had begun to set aside"}.get(
+            moves[0].name, "put back the output an --overwrite run was replacing")
+    if complete and any((out / n).exists() for n in (RUN_RECORD, SHARD_RECORDS, REPLACED)):
         finish_cleanup(out)  # complete, then stopped in its cleanup
         return "removed what a finished run left of its bookkeeping"
-    if not aside.is_dir() or complete_manifest(aside) is None:
-        return None
-    others = set(out.iterdir()) - keep - {aside}
-    if not (out / RUN_RECORD).exists() and all(is_tmp_name(p.name) for p in others):
+    others = set(out.iterdir()) - keep - {out / REPLACED}
+    if last_complete(out) is not None and not (out / RUN_RECORD).exists() and all(is_tmp_name(p.name) for p in others):
         empty(others, strict=True)  # set aside, then stopped before its run began: put it back
-        _move_back(aside, out)
+        _move_back(out / REPLACED, out)
         return "put back the output an --overwrite run was replacing"
     return None
+
+
+def moving(out: Path) -> bool:
+    """Whether a replacement's move was cut short in `out` (the next run holding its lock finishes it)."""
+    return any(_ours(out / n) for n in MOVES)
+
+
+def last_complete(out: Path) -> dict[str, Any] | None:
+    """The manifest of the complete output an unfinished `--overwrite` run replaces (in `_replaced/`)."""
+    return complete_manifest(out / REPLACED) if _ours(out / REPLACED) else None
 
 
 def finish_cleanup(out: Path) -> None:
@@ -188,18 +222,27 @@ def finish_cleanup(out: Path) -> None:
     drop_replaced(out)
 
 
-def drop_replaced(out: Path) -> None:
+def drop_replaced(out: Path, *, strict: bool = False) -> None:
     """Delete `_replaced/`, its manifest first: stopped halfway, what is left never looks complete."""
     if (out / REPLACED).is_dir():
         (out / REPLACED / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(out / REPLACED, ignore_errors=True)
+        shutil.rmtree(out / REPLACED, ignore_errors=not strict)
+
+
+def _ours(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and (folder / MARK).is_file()
 
 
 def _move_back(src: Path, out: Path) -> None:
-    for p in sorted(set(src.iterdir()) - {src / MANIFEST}):
+    entries = sorted(set(src.iterdir()) - {src / MANIFEST, src / MARK})
+    if clash := [p.name for p in entries if (out / p.name).exists()]:
+        raise StageError(f"{out} holds {clash[0]} both in it and in {src}: impsamp cannot tell which to keep; "
+                         f"move one of them out and run again")
+    for p in entries:
         os.replace(p, out / p.name)
     if (src / MANIFEST).exists():
         os.replace(src / MANIFEST, out / MANIFEST)
+    (src / MARK).unlink(missing_ok=True)
     src.rmdir()
 
 

@@ -29,7 +29,7 @@ from impsamp.manifest import (
     read_manifest,
     verify_outputs,
 )
-from impsamp.outdir import REPLACED
+from impsamp.outdir import MARK, REPLACED
 
 # A tiny stage: N shards of deterministic bytes, each written in two halves with a sleep between them
 # (a kill lands mid-write), then a whole-stage summary file and the manifest.
@@ -263,7 +263,8 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_completes(tmp_path, st
     r = stage(out, 3, seed=1, fail_at=2, overwrite=True)  # the replacement dies halfway
     assert r.returncode != 0 and "shard 2 failed" in r.stderr
     assert not (out / MANIFEST).exists()  # not complete: no reader takes it for the old or the new output
-    assert payload(out / REPLACED) == old and (out / REPLACED / MANIFEST).read_bytes() == old_manifest
+    kept = {k: v for k, v in payload(out / REPLACED).items() if k != MARK}
+    assert kept == old and (out / REPLACED / MANIFEST).read_bytes() == old_manifest
     assert f"the 'embed' output it replaces is kept in {out / REPLACED}" in describe_dir(out)
     r = stage(out, 3, seed=2)  # other settings, no --overwrite: refused, and told where the old output is
     assert r.returncode != 0 and "interrupted 'embed' run with other settings" in r.stderr
@@ -297,7 +298,7 @@ class _Stop(BaseException):
 
 
 def _stop_after(monkeypatch, n: int) -> None:
-    """Make the n-th `os.replace` of `outdir` stop the process (none before it is undone)."""
+    """Make every `os.replace` after the first n stop the process (the whole process's: `outdir.os` is `os`)."""
     import impsamp.outdir as outdir
 
     calls, real = [0], os.replace
@@ -322,9 +323,10 @@ def test_a_replacement_stopped_at_any_move_loses_nothing_of_the_old_output(tmp_p
     out = tmp_path / "out"
     assert stage(out, 2).returncode == 0
     old = _files(out)
-    # set aside: 4 moves (manifest, summary.json, vectors/, the folder); put back: 5 (the folder twice,
-    # then its entries, manifest last), after the first, which leaves a resumable run (its record is there)
-    for n in range(4) if when == "set aside" else range(1, 6):
+    # this stage's set-aside: 4 renames (manifest, summary.json, vectors/, the folder), then the new run's record
+    # (n = 4: set aside, stopped before the run began); put back: 5 (the folder twice, then its entries,
+    # manifest last), after the first, which leaves a resumable run (its record is still there)
+    for n in range(5) if when == "set aside" else range(1, 6):
         with monkeypatch.context() as m:
             if when == "set aside":
                 _stop_after(m, n)
@@ -371,15 +373,47 @@ def test_a_cleanup_stopped_after_the_manifest_leaves_nothing_that_looks_complete
     assert {k: v for k, v in new.items() if k.split("/")[0] not in (REPLACED, RUN_RECORD, SHARD_RECORDS)} == _files(out)
 
 
-def test_overwrite_never_takes_a_folder_for_ours_because_of_a_stage_output_inside_it(tmp_path, stage):
+@pytest.mark.parametrize("name", [REPLACED, "_replaced.part", "_replaced.undo", "_replaced.back"])
+def test_overwrite_never_takes_a_folder_for_ours_because_of_a_folder_named_like_its_own(tmp_path, stage, name):
     proj = tmp_path / "proj"
-    assert stage(proj / "_replaced", 2).returncode == 0  # the user's own output, in a subfolder of theirs
-    (proj / "notes.txt").write_text("mine")
-    before = _files(proj)
-    for overwrite in (False, True):
-        with pytest.raises(StageError, match="not empty and is not an impsamp output"):
-            StageRun(proj, "embed", config={}, inputs={}, overwrite=overwrite).begin()
+    assert stage(proj / name, 2).returncode == 0  # the user's own output, in a subfolder of theirs
+    for extra in ({}, {"notes.txt": "mine"}):
+        for f, text in extra.items():
+            (proj / f).write_text(text)
+        before = _files(proj)
+        for overwrite in (False, True):
+            with pytest.raises(StageError, match="not empty and is not an impsamp output|does not leave"):
+                StageRun(proj, "embed", config={}, inputs={}, overwrite=overwrite).begin()
+        assert _files(proj) == before
+    (proj / "_replaced.undo").mkdir(exist_ok=True)  # an empty one beside a file of theirs: nothing deleted
+    with pytest.raises(StageError):
+        StageRun(proj, "embed", config={}, inputs={}, overwrite=True).begin()
     assert _files(proj) == before
+
+
+def test_a_set_aside_stopped_before_its_folder_was_marked_is_forgotten(tmp_path, stage):
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    before = _files(out)
+    (out / "_replaced.part").mkdir()  # made, then killed before the mark: nothing was moved
+    with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+        StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()
+    assert _files(out) == before and not (out / "_replaced.part").exists()
+
+
+def test_two_half_done_moves_at_once_are_refused_not_guessed(tmp_path, stage, monkeypatch):
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    with monkeypatch.context() as m:
+        _stop_after(m, 2)  # set aside halfway: manifest and summary.json moved
+        with contextlib.suppress(_Stop):
+            StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+    (out / "_replaced.back").mkdir()
+    (out / "_replaced.back" / MARK).write_text("")
+    before = _files(out)
+    with pytest.raises(StageError, match=r"_replaced.part, _replaced.back in a state impsamp does not leave"):
+        StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+    assert _files(out) == before
 
 
 def test_overwrite_never_deletes_an_input_of_the_run(tmp_path):

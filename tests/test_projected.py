@@ -234,6 +234,14 @@ def test_project_reads_a_target_whose_text_is_under_another_field(pipe, tmp_path
     assert (yes["text_field"], ref["text_field"]) == ("body", "text")  # the record says how it was read
 
 
+def test_a_network_reads_its_clusterings_corpus_with_the_field_it_was_embedded_with(pipe, tmp_path):
+    body = under_field(pipe["generic"], tmp_path / "generic.jsonl")
+    emb, clu = tmp_path / "emb", tmp_path / "clu"
+    ok(invoke(*EMBED_ARGS(body, emb, "--text-field", "body")))
+    ok(invoke(*CLUSTER_ARGS(emb, clu)))
+    ok(invoke("train", "--clusters", clu, "--out", tmp_path / "pn", *PN_FLAGS))  # no --text-field needed
+
+
 def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pipe, tmp_path):
     from impsamp.projection import evaluate_projected, project
     from impsamp.training import evaluate

@@ -236,7 +236,9 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
     """Counts over a whole corpus (a full read): documents, characters, skipped, fields per file."""
     stats = ReadStats()
     n_docs = n_chars = 0
-    id_hashes = []  # 8 bytes a document: a repeated id (a user's id field that is not unique) is told
+    # A repeated id (a user's id field that is not unique) is told by 64-bit hashes, 8 bytes a document
+    # (and a sort): past ~10^8 documents a spurious repeat from two ids of one hash becomes possible.
+    id_hashes = []
     for batch in corpus.read(stats=stats):
         n_docs += batch.num_rows
         n_chars += sum(len(t) for t in batch.column("text").to_pylist())

@@ -129,11 +129,12 @@ def load_group_bins(cache_dir: Path) -> GroupBins:
     return GroupBins.from_dict(json.loads((cache_dir / META).read_text())["groups"])
 
 
-def clustered_corpus(clusters: str) -> list[str]:
-    """The files of the corpus a clustering's embeddings were made from."""
+def clustered_corpus(clusters: str) -> tuple[list[str], str]:
+    """The files of the corpus a clustering's embeddings were made from, and its text field."""
     from ..clustering import Clusters
 
-    return [f.path for f in Clusters.load(clusters).embeddings().corpus().files]
+    corpus = Clusters.load(clusters).embeddings().corpus()
+    return [f.path for f in corpus.files], corpus.text_field
 
 
 def conditioning_record(groups: GroupBins, batches: GroupBatches) -> dict[str, Any]:

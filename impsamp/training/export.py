@@ -91,10 +91,19 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
 
 
 def _put_in_place(tmp: Path, out: Path) -> None:
-    """Rename the finished export `tmp` to `out`; an earlier export there is renamed aside, not deleted,
-    until the new one is in place: a kill loses neither."""
+    """Rename the finished export `tmp` to `out`. An earlier export there is renamed aside (as
+    `.NAME.old-PID`, beside it), not deleted, until the new one is in place, and renamed back if that
+    fails: a kill between the two renames leaves both, named so."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if (old.exists() or old.is_symlink()) and not out.exists():
+            os.replace(old, out)
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)

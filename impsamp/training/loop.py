@@ -36,6 +36,7 @@ import torch
 from ..costs import Costs
 from ..guards import released_on_return
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
+from ..outdir import moving
 from ..progress import progress_bar
 from .checkpoint import (CHECKPOINTS, PHASES, latest_checkpoint, load_checkpoint, load_weights, read_state,
                          save_checkpoint, save_weights)
@@ -212,7 +213,7 @@ class _Trainer:
 
     def _begin(self, overwrite: bool, resume: bool) -> StageRun:
         cfg, out = self.cfg, self.out
-        interrupted = (out / RUN_RECORD).exists() and not (out / MANIFEST).exists()
+        interrupted = (out / RUN_RECORD).exists() and not (out / MANIFEST).exists() and not moving(out)
         if resume and not interrupted:
             raise TrainError(f"--resume: {out} holds no interrupted run to resume")
         record = json.loads((out / RUN_RECORD).read_text()) if interrupted else {}
@@ -247,8 +248,9 @@ class _Trainer:
             elif cfg.tokenizer:
                 atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
             else:
-                train_tokenizer(self.data or clustered_corpus(cfg.clusters), cfg.resolved("vocab_size"), tok_file,
-                                sample_docs=cfg.tokenizer_sample_docs, text_field=self.data_field)
+                paths, field = (self.data, self.data_field) if self.data else clustered_corpus(cfg.clusters)
+                train_tokenizer(paths, cfg.resolved("vocab_size"), tok_file, sample_docs=cfg.tokenizer_sample_docs,
+                                text_field=field)
         tok = load_tokenizer(tok_file)
         if cfg.clusters:
             tokenize_groups(cfg.clusters, cfg.level, tok, out / GROUPS_CACHE, val_fraction=cfg.val_fraction,
