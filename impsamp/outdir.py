@@ -180,9 +180,9 @@ def recover(out: Path, keep: set[Path]) -> str | None:
     complete = complete_manifest(out) is not None
     if moves:
         src = moves[0]
-        if moves == [out / SETTING_ASIDE] and complete and not any(src.iterdir()):
-            src.rmdir()  # stopped before it was marked: nothing was moved
-            return "removed the empty folder of a set-aside that never began"
+        if len(moves) == 1 and complete and not any(src.iterdir()):
+            src.rmdir()  # made and not marked yet, or emptied and unmarked: nothing is in it
+            return "removed the empty folder of a move that had not begun or had ended"
         if len(moves) > 1 or not _ours(src) or (complete and set(src.iterdir()) != {src / MARK}):
             raise StageError(f"{out} holds {', '.join(p.name for p in moves)} in a state impsamp does not leave "
                              "(an --overwrite stopped halfway, then changed by hand?); move them out of the "

@@ -391,14 +391,15 @@ def test_overwrite_never_takes_a_folder_for_ours_because_of_a_folder_named_like_
     assert _files(proj) == before
 
 
-def test_a_set_aside_stopped_before_its_folder_was_marked_is_forgotten(tmp_path, stage):
+def test_an_empty_move_folder_beside_a_complete_output_is_forgotten(tmp_path, stage):
     out = tmp_path / "out"
     assert stage(out, 2).returncode == 0
     before = _files(out)
-    (out / "_replaced.part").mkdir()  # made, then killed before the mark: nothing was moved
-    with pytest.raises(StageError, match="already holds a complete 'embed' output"):
-        StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()
-    assert _files(out) == before and not (out / "_replaced.part").exists()
+    for name in ("_replaced.part", "_replaced.back"):  # made, killed before its mark; or emptied, unmarked
+        (out / name).mkdir()
+        with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+            StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()
+        assert _files(out) == before and not (out / name).exists()
 
 
 def test_two_half_done_moves_at_once_are_refused_not_guessed(tmp_path, stage, monkeypatch):
