@@ -100,8 +100,7 @@ def overwrite_option(f):
     return click.option("--overwrite", is_flag=True,
                         help="Replace an existing complete output. It is moved to OUT/_replaced and deleted once "
                              "the new one completes (the disk holds both meanwhile: short of space, delete OUT "
-                             "instead); an interrupted run resumes "
-                             "without --overwrite.")(f)
+                             "instead); an interrupted run resumes without --overwrite.")(f)
 
 
 def config_option(f=None, *, section: str | None = None):

@@ -11,6 +11,7 @@ from typing import Any
 from ..costs import Costs, forward_flops, model_costs, training_flops
 from ..errors import ConfigError, StageError
 from ..manifest import MANIFEST
+from ..outdir import complete_manifest
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError
 from .result import TrainRun
 from .tokenizer import file_sha256
@@ -26,13 +27,8 @@ def selection_flops(spec: str) -> float:
 
 def is_selection(spec: str) -> bool:
     """Whether a --data spec is a `resample` output (a selection made for one target)."""
-    p = Path(spec)
-    if not (p / MANIFEST).is_file():
-        return False
-    try:
-        return json.loads((p / MANIFEST).read_text()).get("stage") == "resample"
-    except (OSError, ValueError, AttributeError):
-        return False
+    m = complete_manifest(Path(spec))
+    return m is not None and m["stage"] == "resample"
 
 
 def init_run(cfg: TrainConfig) -> TrainRun:
