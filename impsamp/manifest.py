@@ -431,7 +431,8 @@ class StageRun:
 
     def cleanup(self) -> None:
         """Remove run bookkeeping and temp residue (after the manifest is written)."""
-        finish_cleanup(self.out_dir)  # records, run record, the output this one replaced
+        if failed := finish_cleanup(self.out_dir):  # records, run record, the output this one replaced
+            logger.warning("%s: %s", self.out_dir, failed)
         for p in set(self.out_dir.rglob(".*.tmp-*")) - {self.out_dir / LOCK_FILE}:  # `release` removes that one
             p.unlink(missing_ok=True)
         # folders emptied by removing intermediate files (e.g. resample's _spill/)

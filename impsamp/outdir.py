@@ -194,9 +194,9 @@ def recover(out: Path, keep: set[Path]) -> str | None:
         _move_back(src, out)
         return {SETTING_ASIDE: "moved back the output an --overwrite had begun to set aside"}.get(
             moves[0].name, "put back the output an --overwrite run was replacing")
-    if complete and any((out / n).exists() for n in (RUN_RECORD, SHARD_RECORDS, REPLACED)):
-        finish_cleanup(out)  # complete, then stopped in its cleanup
-        return "removed what a finished run left of its bookkeeping"
+    if complete and ((out / RUN_RECORD).exists() or (out / SHARD_RECORDS).exists() or _ours(out / REPLACED)):
+        # complete, then stopped in its cleanup (or one that could not delete everything: said again)
+        return finish_cleanup(out) or "removed what a finished run left of its bookkeeping"
     others = set(out.iterdir()) - keep - {out / REPLACED}
     if last_complete(out) is not None and not (out / RUN_RECORD).exists() and all(is_tmp_name(p.name) for p in others):
         empty(others, strict=True)  # set aside, then stopped before its run began: put it back
@@ -215,18 +215,42 @@ def last_complete(out: Path) -> dict[str, Any] | None:
     return complete_manifest(out / REPLACED) if _ours(out / REPLACED) else None
 
 
-def finish_cleanup(out: Path) -> None:
-    """Remove a complete output's run bookkeeping and the output it replaced (`StageRun.cleanup`)."""
-    shutil.rmtree(out / SHARD_RECORDS, ignore_errors=True)
-    (out / RUN_RECORD).unlink(missing_ok=True)
-    drop_replaced(out)
+def finish_cleanup(out: Path) -> str | None:
+    """Remove a complete output's run bookkeeping and the output it replaced (`StageRun.cleanup`).
+    Returns None, or what could not be removed and why (the output itself is complete either way)."""
+    failed: list[tuple[str, OSError]] = []
+    shutil.rmtree(out / SHARD_RECORDS, onerror=lambda _f, path, exc: failed.append((path, exc[1])))
+    for remove in (lambda: (out / RUN_RECORD).unlink(missing_ok=True), lambda: drop_replaced(out, strict=True)):
+        try:
+            remove()
+        except OSError as e:
+            failed.append((e.filename or str(out / REPLACED), e))
+    failed = [(path, e) for path, e in failed if not isinstance(e, FileNotFoundError)]
+    if not failed:
+        return None
+    path, e = failed[0]
+    top = out / Path(path).relative_to(out).parts[0] if Path(path).is_relative_to(out) else Path(path)
+    return f"could not delete {path} ({e.strerror or e}): the output is complete; delete {top} yourself"
 
 
 def drop_replaced(out: Path, *, strict: bool = False) -> None:
-    """Delete `_replaced/`, its manifest first: stopped halfway, what is left never looks complete."""
-    if (out / REPLACED).is_dir():
-        (out / REPLACED / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(out / REPLACED, ignore_errors=not strict)
+    """Delete `_replaced/` if impsamp made it: its manifest first (stopped halfway, what is left never
+    looks complete), its mark last (what is left is still known as impsamp's, and deleted next time)."""
+    aside = out / REPLACED
+    if not _ours(aside):
+        return
+    try:
+        (aside / MANIFEST).unlink(missing_ok=True)
+        for p in sorted(set(aside.iterdir()) - {aside / MARK}):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        (aside / MARK).unlink()
+        aside.rmdir()
+    except OSError:
+        if strict:
+            raise
 
 
 def _ours(folder: Path) -> bool:

@@ -345,6 +345,51 @@ def test_a_replacement_stopped_at_any_move_loses_nothing_of_the_old_output(tmp_p
         read_manifest(out)
 
 
+def _unlink_failing(error):
+    """A `Path.unlink` that raises `error` on the payload files of `_replaced/` (its manifest goes)."""
+    real = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self.parent.name == REPLACED and self.name not in (MANIFEST, MARK):
+            raise error() if error is _Stop else error(13, "Permission denied", str(self))
+        real(self, missing_ok=missing_ok)
+    return unlink
+
+
+def test_a_replaced_output_that_cannot_be_deleted_is_said_each_time_never_claimed_removed(
+        tmp_path, stage, monkeypatch, caplog):
+    import impsamp.outdir as outdir
+
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    with monkeypatch.context() as m:
+        m.setattr(outdir.Path, "unlink", _unlink_failing(PermissionError))
+        run = StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
+        _commit_one(run, "s0")
+        run.finish(stats={})
+        assert f"could not delete {out / REPLACED}" in caplog.text and "Permission denied" in caplog.text
+        assert read_manifest(out).config == {"seed": 9} and not (out / REPLACED / MANIFEST).exists()
+        for _ in range(2):  # every later run says it again, and never that it removed it
+            caplog.clear()
+            with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+                StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()
+            assert f"delete {out / REPLACED} yourself" in caplog.text and "removed" not in caplog.text
+    caplog.clear()
+    with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+        StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()  # deletable again: it goes
+    assert "removed what a finished run left" in caplog.text and not (out / REPLACED).exists()
+
+
+def test_a_users_folder_named_replaced_inside_a_complete_output_is_not_deleted(tmp_path, stage):
+    out = tmp_path / "out"
+    assert stage(out, 2).returncode == 0
+    (out / REPLACED).mkdir()
+    (out / REPLACED / "notes.txt").write_text("mine")
+    with pytest.raises(StageError, match="already holds a complete 'embed' output"):
+        StageRun(out, "embed", config={"seed": 9}, inputs={}).begin()
+    assert (out / REPLACED / "notes.txt").read_text() == "mine"
+
+
 def test_a_cleanup_stopped_after_the_manifest_leaves_nothing_that_looks_complete_and_the_next_run_ends_it(
         tmp_path, stage, monkeypatch):
     import impsamp.outdir as outdir
@@ -352,14 +397,7 @@ def test_a_cleanup_stopped_after_the_manifest_leaves_nothing_that_looks_complete
     out = tmp_path / "out"
     assert stage(out, 2).returncode == 0
     with monkeypatch.context() as m:  # the replaced output is being deleted when the process stops
-        real = outdir.shutil.rmtree
-
-        def rmtree(path, **kw):
-            if Path(path).name == REPLACED:
-                raise _Stop
-            real(path, **kw)
-
-        m.setattr(outdir.shutil, "rmtree", rmtree)
+        m.setattr(outdir.Path, "unlink", _unlink_failing(_Stop))
         with contextlib.suppress(_Stop):
             run = StageRun(out, "embed", config={"seed": 9}, inputs={}, overwrite=True).begin()
             _commit_one(run, "s0")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,27 @@ def test_export_replaces_only_an_earlier_export(trained, tmp_path):
     assert export(empty, "--overwrite").exit_code == 0
     assert "a finished impsamp output" in _one_line_error(export(trained.path / "hf"))
     assert not (trained.path / "hf").exists()
+
+
+def test_export_finishes_what_a_killed_export_left_beside_its_folder(trained, tmp_path, caplog):
+    pytest.importorskip("transformers")
+    from impsamp.errors import StageError
+    from impsamp.training.export import export
+
+    out = export(trained.path, tmp_path / "hf")
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    dead = 4_194_304 + 7  # above Linux's largest pid: no such process
+    out.rename(tmp_path / f".hf.old-{dead}")  # killed between the renames of `export --overwrite`
+    (tmp_path / f".hf.tmp-{dead + 1}").mkdir()  # and an earlier one killed while writing
+    (tmp_path / f".hf.tmp-{dead + 1}" / "model.safetensors").write_bytes(b"half")
+    with pytest.raises(StageError, match="already exists"):
+        export(trained.path, out)  # the earlier export comes back first
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == first and "put back the earlier export" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    shutil.copytree(out, tmp_path / f".hf.old-{dead}")  # killed while deleting the replaced export
+    export(trained.path, out, weights="pretrained.safetensors", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert json.loads((out / "impsamp_export.json").read_text())["weights"] == "pretrained.safetensors"
 
 
 def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from .checkpoint import make_readable
 from .families import get_family
 from .result import TrainRun
 
+
+logger = logging.getLogger(__name__)
 
 MARKER = "impsamp_export.json"
 """What the run was and which weights: it also marks the folder as an export `--overwrite` may replace."""
@@ -50,6 +54,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
         raise StageError(f"{out} is a file; choose a folder to export to")
     refuse_input_inside(out, [str(run.path)])
     refuse_inside_output(out)
+    _recover(out)
     if out.exists() and any(out.iterdir()):
         if not _an_export(out):  # --overwrite replaces an export, never a folder of something else
             raise StageError(f"{out} is not empty and is not an `impsamp export` output; refusing to replace it "
@@ -90,10 +95,51 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     return out
 
 
+def _left_beside(out: Path) -> dict[str, list[Path]]:
+    """What killed exports to `out` left beside it, by kind ("tmp": a new export being written, "old": an
+    earlier one renamed aside), only those of processes no longer running on this machine."""
+    found: dict[str, list[Path]] = {"tmp": [], "old": []}
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
+    for p in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
+        if (m := pattern.fullmatch(p.name)) and not _running(int(m[2])):
+            found[m[1]].append(p)
+    return found
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def _recover(out: Path) -> None:
+    """Finish what a killed export left: half-written new exports go; an earlier export renamed aside
+    comes back if nothing took its place (the kill fell between `_put_in_place`'s renames), and goes if
+    the new one is in place (the kill fell in its deletion)."""
+    left = _left_beside(out)
+    for p in left["tmp"]:
+        shutil.rmtree(p, ignore_errors=True)
+    olds = left["old"]
+    if olds and not out.exists() and not out.is_symlink():
+        os.replace(olds[-1], out)
+        logger.warning("%s: put back the earlier export an interrupted `impsamp export --overwrite` had "
+                       "renamed to %s", out, olds[-1].name)
+        olds = olds[:-1]
+    for p in olds:
+        p.unlink() if p.is_symlink() else shutil.rmtree(p, ignore_errors=True)
+
+
 def _put_in_place(tmp: Path, out: Path) -> None:
     """Rename the finished export `tmp` to `out`. An earlier export there is renamed aside (as
     `.NAME.old-PID`, beside it), not deleted, until the new one is in place, and renamed back if that
-    fails: a kill between the two renames leaves both, named so."""
+    fails: a kill between the two renames leaves both, named so, and the next export to `out` finishes it
+    (`_recover`)."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists() or out.is_symlink():
         os.replace(out, old)
