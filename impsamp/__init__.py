@@ -27,7 +27,7 @@ _LAZY = {
     "Embedder": "embedding", "HashingEmbedder": "embedding",
     "cluster": "clustering", "Clusters": "clustering", "ClusterConfig": "clustering",
     "histogram": "histograms", "Histogram": "histograms",
-    "density_ratio": "weighting",
+    "density_ratio": "weighting", "generic_histogram": "histograms",
     "resample": "resampling", "Selection": "resampling", "ResampleConfig": "resampling",
     "demo_corpus": "datasets",
     "Execution": "scale", "finalize": "finalizing",
@@ -47,3 +47,7 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'impsamp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy names too, for tab completion
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison_report import markdown_table, rows, write_report
-from .config import check_seed, flags_set, positive
+from .config import as_config, check_fields, check_seed, documented, flags_set, positive
 from .domains import domain_column, domain_shares, majority_domain
 from .errors import ConfigError, StageError
 from .guards import released_on_return
@@ -34,6 +34,7 @@ cluster's quota weighted by a cross-fitted n-gram classifier's odds: `--within n
 MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 
 
+@documented
 @dataclass(frozen=True)
 class CompareConfig:
     """What `compare` runs; the defaults are sized for a 2-core CPU and the bundled corpus."""
@@ -108,6 +109,7 @@ class CompareConfig:
     text_field: str = "text"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         from .training.config import DTYPES, PRESETS
 
         check_seed(self.seed)  # it seeds faiss's k-means too: 31 bits
@@ -218,7 +220,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     """
     from .io import open_corpus
 
-    cfg = config or CompareConfig()
+    cfg = as_config(CompareConfig, config) or CompareConfig()
     out = Path(out_dir)
     targets = [target] if isinstance(target, (str, Path)) else list(target)
     evals = [str(Path(e).resolve()) for e in eval_files]

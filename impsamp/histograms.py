@@ -73,6 +73,8 @@ class Histogram:
         from .manifest import atomic_write_json
 
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; give the histogram a file path (e.g. {path / 'target.json'})")
         atomic_write_json(path, {"format": HIST_FORMAT, "clusters_fingerprint": self.clusters_fingerprint,
                                  "source": self.source, "counts": self.counts.tolist(),
                                  "ancestors": [a.tolist() for a in self.ancestors]})
@@ -88,7 +90,11 @@ class Histogram:
             counts = np.asarray(d["counts"], dtype=np.float64)
             if counts.ndim != 1 or not np.all(np.isfinite(counts)) or np.any(counts < 0):
                 raise ValueError("its counts must be one list of finite numbers >= 0")
-            return cls(counts, tuple(np.asarray(a, dtype=np.int64) for a in d["ancestors"]),
+            ancestors = tuple(np.asarray(a, dtype=np.int64) for a in d["ancestors"])
+            if any(a.shape != counts.shape for a in ancestors):
+                raise ValueError(f"it holds {len(counts)} counts for {len(ancestors[0]) if ancestors else 0} "
+                                 "clusters")
+            return cls(counts, ancestors,
                        d["clusters_fingerprint"], d.get("source", str(path)))
         except (ValueError, KeyError, OSError, TypeError) as e:
             raise ConfigError(f"{path}: not a saved impsamp histogram ({e})") from None
@@ -181,9 +187,14 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
         clusters: an `impsamp cluster` output (or its path).
         embeddings: the generic embeddings the clustering was fitted on (default: recorded in the
             clustering); a corpus target is embedded with exactly their model and settings.
+        text_field, id_field: the fields of a corpus target's text and document id.
+
+    Returns:
+        A `Histogram`: documents per leaf cluster (`.counts`, `.probs()`, `.top(n)`, `.save(path)`).
 
     Raises:
-        StageError: the target was embedded with another model or made over another clustering.
+        StageError: the target was embedded with another model or made over another clustering, or the
+            embeddings given are not the clustering's.
     """
     from .clustering import Clusters
     from .embedding import Embeddings
@@ -198,6 +209,7 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
         return hist
     generic = embeddings if isinstance(embeddings, Embeddings) else (
         Embeddings.load(embeddings) if embeddings is not None else clusters.embeddings())
+    clusters.check_made_from(generic)
     if spec is not None and is_embed_output(spec):
         vectors = stored_target_vectors(spec, generic)
         return from_assignments(clusters.assign(vectors)[:, -1], clusters, source=str(spec))

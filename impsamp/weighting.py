@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import positive
 from .errors import ConfigError, WeightingError
 from .histograms import Histogram
 
@@ -64,7 +65,14 @@ def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 1
         temperature: < 1 flattens the weights toward uniform sampling, > 1 sharpens them.
         cap: largest weight relative to the mean weight of a generic document (None: no cap).
         backoff: hierarchy only: pseudo-documents that pull a sparse leaf toward its parent.
+
+    Raises:
+        ConfigError: a setting out of its range (as `ResampleConfig` would refuse it).
     """
+    for name, value in (("smoothing", smoothing), ("backoff", backoff)):
+        positive(name, value, allow_zero=True)
+    for name, value in (("temperature", temperature), ("cap", cap)):
+        positive(name, value)
     p_t = backoff_probs(target, generic, smoothing=smoothing, backoff=backoff)
     p_g = generic.probs()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -115,6 +123,8 @@ def load_function(spec: str, flag: str) -> Callable[..., Any]:
 def check_weights(w: Any, k: int, name: str) -> np.ndarray:
     """Validate a weighting's output; messages name the function."""
     try:
+        if np.iscomplexobj(w):
+            raise TypeError("complex numbers")
         w = np.asarray(w, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise WeightingError(f"weighting {name} returned {type(w).__name__}, not numbers ({e})") from None

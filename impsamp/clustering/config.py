@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import check_fields, documented
 from ..errors import ConfigError
 
 BATCH_ROWS = 65_536
@@ -22,6 +23,7 @@ kill a run in the middle. Never set it otherwise."""
 DEVICES = ("auto", "cpu", "gpu")
 
 
+@documented
 @dataclass(frozen=True)
 class ClusterConfig:
     """k-means over L2-normalised sentence embeddings (faiss), flat or hierarchical."""
@@ -44,6 +46,7 @@ class ClusterConfig:
     """'auto' (faiss GPU when a GPU and a GPU faiss build are present), 'cpu' or 'gpu'."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.levels is not None:
             levels = self.levels
             if isinstance(levels, str):

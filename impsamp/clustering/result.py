@@ -125,6 +125,13 @@ class Clusters:
         mask = table.column("level").to_numpy() == j
         return {key: table.column(key).to_numpy()[mask] for key in ("documents", "tokens")}
 
+    def check_made_from(self, emb: Embeddings) -> None:
+        """Raise StageError unless this clustering was fitted on `emb` (an embeddings/clusters pair)."""
+        recorded = self.manifest.inputs.get("embeddings", {})
+        if recorded.get("fingerprint") != emb.manifest.fingerprint:
+            raise StageError(f"{self.path} was not clustered from {emb.path} (its manifest records "
+                             f"{recorded.get('path')}); pass the matching pair")
+
     def embeddings(self) -> Embeddings:
         """Reopen the embeddings this clustering was made from, checking they are the same run.
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._deps import require
+from ..config import as_config
 from ..errors import StageError
 from ..guards import released_on_return
 from ..manifest import StageRun, inside, sha256_file, tmp_name
@@ -55,7 +56,7 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
         StageError: the embeddings are incomplete, damaged, not normalised, or the output exists.
         ConfigError: k or levels do not fit the number of vectors.
     """
-    cfg = config if config is not None else ClusterConfig()
+    cfg = as_config(ClusterConfig, config) or ClusterConfig()
     ex = execution or LOCAL
     out_dir = Path(out_dir)
     emb = load_embeddings(embeddings)

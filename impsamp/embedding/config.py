@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..config import check_fields, documented
 from ..errors import ConfigError, ImpsampError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -66,6 +67,7 @@ class EmbedderError(ImpsampError):
     keeps_output = True  # the embedder's code, not the corpus: fixed, the same run resumes
 
 
+@documented
 @dataclass(frozen=True)
 class EmbedConfig:
     """How to embed a corpus (the `[embed]` section of a config file)."""
@@ -98,10 +100,14 @@ class EmbedConfig:
     which tokenizing bounds: threads share one GIL (on an H200 15 threads tokenized ~14,400 docs/s,
     the model alone ran ~65,000). Same bytes either way; needs the `__main__` guard, as `workers`."""
     text_field: str = "text"
+    """Field (JSONL key or column) holding each document's text."""
     id_field: str | None = None
+    """Field holding a document id (None: `id` if present, else FILE:ROW)."""
     encoding_errors: str = "strict"
+    """Undecodable UTF-8 in a text file: `strict` (stop, naming the file and line) or `replace` (U+FFFD)."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.quantize in ("none", "None", ""):
             object.__setattr__(self, "quantize", None)
         if not isinstance(self.model, str) or not self.model.strip():

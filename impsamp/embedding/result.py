@@ -27,7 +27,7 @@ def docs_name(shard: str) -> str:
     return f"docs-{shard}.parquet"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Embeddings:
     """A finished `embed` stage directory: vectors (memory-mapped) row-aligned with a unit table."""
 
@@ -37,6 +37,9 @@ class Embeddings:
     n: int
     """Units (documents, or windows with `windows=True`)."""
     shard_names: list[str]
+
+    def __repr__(self) -> str:
+        return f"Embeddings({str(self.path)!r}, n={self.n}, dim={self.dim}, model={self.model_info.get('name')!r})"
 
     @classmethod
     def load(cls, path: str | Path) -> Embeddings:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import from_dict
+from ..config import as_config, from_dict
 from ..errors import ConfigError, CorpusError, StageError
 from ..guards import released_on_return
 from ..hardware import cpu_count
@@ -109,7 +109,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     With `workers > 1` the worker processes are spawned: a script that calls `embed` needs the usual
     `if __name__ == "__main__":` guard.
     """
-    cfg = config or EmbedConfig()
+    cfg = as_config(EmbedConfig, config) or EmbedConfig()
     ex = execution or LOCAL
     if not isinstance(corpus, Corpus):
         corpus = open_corpus(corpus, text_field=cfg.text_field, id_field=cfg.id_field,

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..config import check_seed
 from ..errors import ConfigError
 from .masses import Masses, load_selection, selection_masses, target_masses
 from .page import is_ours, payload, render
@@ -43,6 +45,11 @@ def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int
     from ..clustering import Clusters
 
     out = check_out(out)
+    check_seed(seed, "--seed", maximum=None)
+    if per_cluster is not None and (isinstance(per_cluster, bool) or not isinstance(per_cluster, numbers.Integral)
+                                    or per_cluster < 1):
+        raise ConfigError(f"--sample (per_cluster) must be an integer >= 1: documents sampled per cluster, "
+                          f"got {per_cluster!r}")
     clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
     masses = Masses()
     if selection is not None:

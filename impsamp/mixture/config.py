@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import MAX_SEED_32, check_seed, positive
+from ..config import MAX_SEED_32, check_fields, check_seed, documented, from_dict, positive
 from ..errors import ConfigError
 
 SELECT_RULES = ("top", "lowest-loss", "all")
 
 
+@documented
 @dataclass(frozen=True)
 class ExpertsConfig:
     """What `experts()` builds (saved in the manifest; the execution engine is not part of it)."""
@@ -34,6 +35,7 @@ class ExpertsConfig:
     """Seed of the grouping and of every expert's training."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         from ..training import TrainConfig
 
         positive("groups", self.groups, flag="--groups")
@@ -51,7 +53,9 @@ class ExpertsConfig:
         fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed", "text_field"} & set(self.train))
         if fixed:
             raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
-        TrainConfig(**self.train)  # unknown keys and bad values fail here, in one line
+        if not isinstance(self.train, dict):
+            raise ConfigError(f"the experts' train settings must be a table of TrainConfig fields, got {self.train!r}")
+        from_dict(TrainConfig, self.train, source="[experts.train]")  # unknown keys and bad values: one line
 
     def train_config(self, tokens: int | None, tokenizer: str):
         from ..training import TrainConfig

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..clustering.groups import Grouping, make_grouping
+from ..config import as_config
 from ..costs import Costs
 from ..errors import CorpusError
 from ..guards import released_on_return
@@ -51,7 +52,7 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
     from ..resampling.config import ResampleConfig
     from ..resampling.inputs import open_inputs
 
-    cfg = config or ExpertsConfig()
+    cfg = as_config(ExpertsConfig, config) or ExpertsConfig()
     ex = execution or LOCAL
     inputs = open_inputs(embeddings, clusters, ResampleConfig(docs=1))
     grouping = make_grouping(inputs.clu, cfg.groups, cfg.level, cfg.seed)

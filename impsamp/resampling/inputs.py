@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StageError
 from ..histograms import Histogram, generic_histogram
 from .budget import BudgetCounter
 from .config import ResampleConfig
@@ -45,10 +44,7 @@ def open_inputs(embeddings, clusters, cfg: ResampleConfig) -> Inputs:
 
     emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
     clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
-    recorded = clu.manifest.inputs.get("embeddings", {}).get("fingerprint")
-    if recorded != emb.manifest.fingerprint:
-        raise StageError(f"{clu.path} was not clustered from {emb.path} (its manifest records "
-                         f"{clu.manifest.inputs.get('embeddings', {}).get('path')}); pass the matching pair")
+    clu.check_made_from(emb)
     corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
     names = list(emb.shard_names)
     windowed = bool(emb.model_info.get("windows"))

@@ -21,7 +21,12 @@ from .writing import unit_texts
 
 def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
     if isinstance(t, tuple):
-        return t[0], float(t[1])
+        if len(t) != 2:
+            raise ConfigError(f"target {t!r}: give a path or a (path, weight) pair")
+        try:
+            return t[0], float(t[1])
+        except (TypeError, ValueError):
+            raise ConfigError(f"target {t!r}: the weight {t[1]!r} is not a number; give (path, 0.3)") from None
     s = str(t)
     head, sep, tail = s.rpartition(":")
     if sep and head and not Path(s).exists():

@@ -89,6 +89,7 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     mean_size = np.where(n_c > 0, size_c / np.maximum(n_c, 1), 0.0)
     q = weights * n_c
     q = q / q.sum()
+    _check_not_absurd(amount, unit, float(np.where(q > 0, n_c if unit == "docs" else size_c, 0.0).sum()))
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, DRAWS])
@@ -101,6 +102,20 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     for c in np.flatnonzero(draws):
         shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
     return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+
+
+MAX_MEAN_REPEATS = 100
+"""A budget over this many times the text of the clusters the target weighs is refused: data-constrained
+scaling (Muennighoff et al., 2023) finds repeated text worth little past ~4 epochs and nothing past ~40, and
+such a selection only costs disk and memory (and overflows Arrow's 32-bit string offsets)."""
+
+
+def _check_not_absurd(amount: float, unit: str, held: float) -> None:
+    if amount > MAX_MEAN_REPEATS * held:
+        raise ConfigError(f"--{unit} {amount:,.0f} is {amount / max(held, 1e-12):,.0f} times the {held:,.0f} "
+                          f"{_UNIT_NAMES[unit]} of the clusters the target weighs: every document would be repeated "
+                          f"over {MAX_MEAN_REPEATS} times, which teaches a model nothing new; lower --{unit} or give "
+                          "a larger generic corpus")
 
 
 def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units: float, n_c: np.ndarray,

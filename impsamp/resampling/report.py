@@ -90,9 +90,11 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
     x = np.arange(len(order))
     fig = Figure(figsize=(10, 4), dpi=100)
     ax = fig.add_subplot()
-    for off, p, label in ((-0.27, p_t, "target"), (0.0, p_g, "generic"), (0.27, p_s, "selected")):
-        ax.bar(x + off, p[order], width=0.27, label=label)
-    ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=7)
+    # the cluster explorer's colours: generic grey, target orange, selection blue
+    for off, p, label, color in ((-0.27, p_g, "generic", "#9a9a9a"), (0.0, p_t, "target", "#e66101"),
+                                 (0.27, p_s, "selected", "#2c7bb6")):
+        ax.bar(x + off, p[order], width=0.27, label=label, color=color)
+    ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=9)
     ax.set_xlabel(f"cluster (top {len(order)} by target + selected mass)")
     ax.set_ylabel("share of documents")
     ax.legend()

@@ -13,12 +13,18 @@ from ..manifest import Manifest, read_manifest
 from .config import SELECTION_SCHEMA
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Selection:
-    """A finished `resample` directory."""
+    """A finished `resample` directory: its data files (`data_files`, read them with `to_table`,
+    `datasets.load_from_disk(path)` or any Arrow/Parquet/JSONL reader) and what the draw did (`stats`)."""
 
     path: Path
     manifest: Manifest
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (f"Selection({str(self.path)!r}, rows={s.get('rows')}, tokens={s.get('tokens')}, "
+                f"format={self.manifest.config.get('format')!r})")
 
     @classmethod
     def load(cls, path: str | Path) -> Selection:
@@ -27,10 +33,16 @@ class Selection:
 
     @property
     def data_files(self) -> list[Path]:
+        """The selection's shards, in order (`data-00000-of-0000N.arrow`, `.parquet` or `.jsonl`)."""
         return [self.path / o.path for o in self.manifest.outputs if o.path.startswith("data-")]
 
     @property
     def stats(self) -> dict[str, Any]:
+        """What the draw did, as the data card reports it: rows, tokens, bytes, unique_documents,
+        repetition_rate, kl_target_generic and kl_target_selected (KL of the target's cluster histogram
+        from the generic's and from the selection's), effective_sample_size, budget, max_repeat and
+        spilled_units (the repeat cap and what it moved to neighbouring clusters), selection_flops,
+        seconds, ...; `sorted(sel.stats)` lists them all."""
         return self.manifest.stats
 
     def to_table(self) -> pa.Table:

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..config import as_config
+from ..costs import encoder_flops, encoder_params
 from ..errors import ConfigError
 from ..guards import released_on_return
 from ..hardware import cpu_count
@@ -38,7 +40,6 @@ from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .tables import PerShard, hist_key
 from .within import classifier_log_weights, knn_ngram_log_weights, knn_similarity, within_log_weights
-from ..costs import encoder_flops, encoder_params
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
 
 logger = logging.getLogger(__name__)
@@ -121,9 +122,16 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         embeddings: the generic corpus's `impsamp embed` output (an `Embeddings` or its path).
         clusters: the `impsamp cluster` output fitted on it (a `Clusters` or its path).
         targets: in-domain samples: corpus paths, target `embed` dirs, saved histograms, each
-            optionally with a mixture weight (`"law.jsonl:0.7"` or `("law.jsonl", 0.7)`).
-        config: budget, method, scheme, weighting options, seed, output format.
-        weighting: a Python callable overriding `config.weighting`.
+            optionally with a mixture weight (`"law.jsonl:0.7"` or `("law.jsonl", 0.7)`); one path alone
+            is one target.
+        config: budget (required), method, scheme, weighting options, seed, output format (a
+            `ResampleConfig`, or a dict of its fields).
+        weighting: a Python callable overriding `config.weighting`: (target Histogram, generic Histogram)
+            -> one finite weight >= 0 per leaf cluster.
+        overwrite: replace a complete output in `out_dir` (kept in `out_dir/_replaced` until the new one
+            is complete); without it a complete output is refused and an interrupted one resumed.
+        progress: show progress bars.
+        command: the command line to record in the data card (the CLI passes it).
         execution: `impsamp.scale.Execution(engine="ray")` runs both passes' shards as Ray tasks, and
             the first n-gram target's hashing of the shards the cache lacks (same bytes). Slices
             (`num_shards`) are refused: the output is one global shuffle.
@@ -132,10 +140,16 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
             outside the run.
             The selection is the same either way.
 
+    Returns:
+        The `Selection` written (`.stats`, `.data_files`, `.to_table()`).
+
     Raises:
         ConfigError, StageError, WeightingError: bad budget, mismatched inputs, bad weights.
     """
-    cfg = config or ResampleConfig(docs=1000)
+    cfg = as_config(ResampleConfig, config)
+    if cfg is None:
+        raise ConfigError("resample: give a budget, config=ResampleConfig(tokens=N) (or docs=N, bytes=N)")
+    targets = [targets] if isinstance(targets, (str, Path)) else targets
     ex = execution or LOCAL
     if ex.sliced:
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
@@ -169,6 +183,10 @@ def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequ
                          PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
                          _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache, ex),
                          within, inputs.clu.centroids)
+        if plan.draws.sum() < 1:
+            unit, amount = cfg.budget
+            raise ConfigError(f"--{unit} {amount:,} selects no document: the budget is smaller than the "
+                              "documents of the clusters the target weighs; raise it")
     n_out = max(1, math.ceil(int(plan.draws.sum()) / cfg.rows_per_shard))
     bar = progress_bar(progress, "resample", "shard", total=len(inputs.names) + n_out)
     _route_pass(run, ex, cfg_eff, inputs, plan, target.weights, n_out, bar)

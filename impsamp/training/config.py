@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import MAX_SEED_32, check_seed, flags_set, positive
+from ..config import MAX_SEED_32, check_fields, check_seed, documented, flags_set, positive
 from ..errors import ConfigError, ImpsampError
 from .shape import ModelConfig
 
@@ -51,6 +51,7 @@ class TokenizerError(TrainError):
     """A tokenizer file cannot be used, or does not match the run it should resume."""
 
 
+@documented
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides what `train()` computes (saved in the run's manifest and config.json)."""
@@ -147,6 +148,7 @@ class TrainConfig:
     """Batches of the held-out split scored for the validation loss at each checkpoint."""
 
     def __post_init__(self) -> None:
+        check_fields(self)
         from .families import get_family
 
         get_family(self.arch)  # an unknown family is a one-line error

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..config import as_config
 from ..costs import Costs
 from ..guards import released_on_return
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
@@ -126,7 +127,7 @@ def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, c
     Returns:
         The finished `TrainRun` (`metrics`: "train", "pretrained", "finetuned", see evaluation.py).
     """
-    cfg = config or TrainConfig()
+    cfg = as_config(TrainConfig, config) or TrainConfig()
     rt = Runtime.start(cfg)
     try:
         return _Trainer(cfg, rt, Path(out_dir), _as_list(data), _as_list(finetune), _as_list(eval),

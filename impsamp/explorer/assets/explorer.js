@@ -214,13 +214,15 @@
   hist.canvas.addEventListener("mouseleave", hideTip);
   hist.canvas.addEventListener("click", (ev) => { const b = histAt(ev); if (b) select(b.c.id); });
   function histPanel() {
-    const by = HAS_T ? "the most target mass" : "the most generic documents";
+    const nT = histOrder.filter((c) => c.t > 0).length;  // with fewer target clusters than bars, the rest are the largest
+    const which = !HAS_T ? `the ${TOP} clusters with the most generic documents` : nT < TOP
+      ? `the ${nT} clusters that hold target mass, then the ${TOP - nT} largest others` : `the ${TOP} clusters with the most target mass`;
     const rest = HAS_T ? 1 - histOrder.reduce((a, c) => a + c.t, 0) : 1 - histOrder.reduce((a, c) => a + c.g, 0);
     const note = K > TOP ? ` The other ${int(K - TOP)} clusters hold ${pct(rest > 1e-6 ? rest : 0)} of the ${HAS_T ? "target" : "generic corpus"}.` : "";
     const keys = h("div", { class: "legend" }, ...SERIES.map(([, name, col]) => {
       const sw = h("span", { class: "swatch" }); sw.style.background = col; return h("span", null, sw, name + " ");
     }));
-    return h("section", { class: "panel", id: "hist-panel" }, h("h2", { text: HAS_T ? `Generic vs target: the ${TOP} clusters with ${by}` : `Cluster sizes: the ${TOP} clusters with ${by}` }),
+    return h("section", { class: "panel", id: "hist-panel" }, h("h2", { text: HAS_T ? `Generic vs target: ${which}` : `Cluster sizes: ${which}` }),
       h("p", { class: "caption", text: "Share of each corpus's documents per cluster (selection: share of its rows)." + note }),
       hist.canvas, keys);
   }

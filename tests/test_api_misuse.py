@@ -1,0 +1,121 @@
+"""The Python API used wrongly the way users do: one-line impsamp errors, nothing left that looks complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import impsamp
+from impsamp import ClusterConfig, EmbedConfig, ResampleConfig
+from impsamp.errors import ConfigError, StageError, WeightingError
+from impsamp.outdir import MANIFEST
+
+from ._helpers import build_pipeline
+
+
+@pytest.fixture(scope="module")
+def p(tmp_path_factory):
+    return build_pipeline(tmp_path_factory.mktemp("api"))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: EmbedConfig(windows="no"), "windows = 'no' is a string; expected true or false"),
+    (lambda: ClusterConfig(spherical=1), "spherical = 1 is an integer; expected true or false"),
+    (lambda: ResampleConfig(tokens=True), "tokens = True is a flag; expected an integer"),
+    (lambda: ResampleConfig(tokens="5000"), "tokens = '5000' is a string"),
+    (lambda: ResampleConfig(tokens=2.5), "tokens = 2.5 is not an integer"),
+    (lambda: ResampleConfig(docs=10, rows_per_shard="10"), "rows_per_shard = '10' is a string"),
+    (lambda: EmbedConfig(text_field=None), "text_field = None must be given; expected a string"),
+])
+def test_a_config_field_of_the_wrong_type_is_named(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_training_config_fields_are_checked_before_any_work():
+    from impsamp.training import TrainConfig
+
+    with pytest.raises(ConfigError, match="steps = 2.5 is not an integer"):
+        TrainConfig(steps=2.5)
+    with pytest.raises(ConfigError, match="compile = 'no' is a string; expected true or false"):
+        TrainConfig(compile="no")
+    with pytest.raises(ConfigError, match=r"\[experts.train\]: unknown key\(s\) \['stepz'\]"):
+        impsamp.ExpertsConfig(groups=2, total_tokens=2000, train={"stepz": 3})
+
+
+def test_an_integral_float_is_an_integer():
+    assert ResampleConfig(tokens=5e7).tokens == 50_000_000 and isinstance(ResampleConfig(tokens=5e7).tokens, int)
+    assert ClusterConfig(k=8.0).k == 8
+
+
+def test_resample_takes_one_target_path_and_a_dict_config_and_refuses_no_budget(p, tmp_path):
+    sel = impsamp.resample(p["emb"], p["clu"], tmp_path / "a", targets=p["target"], config={"docs": 50})
+    again = impsamp.resample(p["emb"], p["clu"], tmp_path / "b", targets=[str(p["target"])],
+                             config=ResampleConfig(docs=50))
+    assert sel.data_files[0].read_bytes() == again.data_files[0].read_bytes()
+    assert repr(sel).startswith(f"Selection({str(tmp_path / 'a')!r}, rows=50,")
+    with pytest.raises(ConfigError, match="give a budget"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "c", targets=[p["target"]])
+    with pytest.raises(ConfigError, match="config must be a ResampleConfig .* got int"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "c", targets=[p["target"]], config=5)
+    with pytest.raises(ConfigError, match="the weight 'a' is not a number"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "c", targets=[(p["target"], "a")], config={"docs": 5})
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (1, "--tokens 1 selects no document"),
+    (10**9, r"--tokens 1,000,000,000 is [\d,]+ times the [\d,]+ tokens of the clusters the target weighs"),
+])
+def test_a_budget_that_selects_nothing_or_repeats_absurdly_is_refused_and_leaves_nothing(p, tmp_path, tokens,
+                                                                                          message):
+    out = tmp_path / "sel"
+    with pytest.raises(ConfigError, match=message):
+        impsamp.resample(p["emb"], p["clu"], out, targets=[p["target"]], config=ResampleConfig(tokens=tokens))
+    assert not (out / MANIFEST).exists() and not (out.exists() and any(out.iterdir()))
+
+
+def test_a_histogram_refuses_embeddings_the_clustering_was_not_made_from(p, tmp_path):
+    other = tmp_path / "other"
+    impsamp.embed(p["generic"], other, EmbedConfig(model="hashing:64", max_tokens=32))
+    with pytest.raises(StageError, match="was not clustered from"):
+        impsamp.histogram(p["target"], p["clu"], embeddings=other)
+    hist = impsamp.histogram(p["target"], p["clu"])
+    with pytest.raises(ConfigError, match="is a folder; give the histogram a file path"):
+        hist.save(tmp_path)
+
+
+@pytest.mark.parametrize("kw, message", [({"cap": -1}, "cap must be > 0"), ({"temperature": float("nan")},
+                                         "temperature must be a finite number"), ({"smoothing": -1}, "smoothing must be >= 0")])
+def test_density_ratio_checks_its_settings(p, kw, message):
+    hist = impsamp.histogram(p["target"], p["clu"])
+    with pytest.raises(ConfigError, match=message):
+        impsamp.density_ratio(hist, impsamp.generic_histogram(impsamp.Clusters.load(p["clu"])), **kw)
+
+
+def test_complex_weights_are_refused(p, tmp_path):
+    with pytest.raises(WeightingError, match="not numbers"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "w", targets=[p["target"]], config={"docs": 20},
+                         weighting=lambda t, g: np.ones(t.k, dtype=complex))
+
+
+@pytest.mark.parametrize("kw, message", [({"seed": -1}, "--seed must be an integer >= 0"),
+                                         ({"per_cluster": "8"}, r"--sample \(per_cluster\) must be an integer >= 1"),
+                                         ({"per_cluster": 0}, r"--sample \(per_cluster\) must be an integer >= 1")])
+def test_inspect_checks_its_settings(p, tmp_path, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        impsamp.inspect(p["clu"], tmp_path / "x.html", **kw)
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_the_lazy_names_are_listed_for_completion():
+    assert {"embed", "cluster", "resample", "Selection", "generic_histogram"} <= set(dir(impsamp))
+
+
+def test_help_on_a_config_class_says_what_each_field_means():
+    from impsamp.training import TrainConfig
+
+    doc = ResampleConfig.__doc__
+    assert doc.startswith("How to draw a selection") and "\n    tokens: Budget in tokens of the text written" in doc
+    assert "\n    within_top: " in doc and "\n    seed: " in doc
+    assert "\n    steps: " in TrainConfig.__doc__ and "\n    spherical: Cosine geometry" in ClusterConfig.__doc__
