@@ -6,12 +6,17 @@ It sits above the stages (it dispatches to each), so that `scale`, which the sta
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from .errors import StageError
+from .guards import LOCK_FILE, hold, release
 from .manifest import MANIFEST, RUN_RECORD, describe_dir
+from .outdir import BOOKKEEPING, recover
 from .scale import Execution
+
+logger = logging.getLogger(__name__)
 
 
 def finalize(out_dir: str | Path) -> Any:
@@ -25,6 +30,8 @@ def finalize(out_dir: str | Path) -> Any:
     out = Path(out_dir)
     if (out / MANIFEST).is_file():  # finalized already (or run whole): say so, like a rerun would
         from .manifest import read_manifest
+
+        _end_cleanup(out)
 
         stage = read_manifest(out).stage
         if stage == "embed":
@@ -66,3 +73,16 @@ def finalize(out_dir: str | Path) -> Any:
         return experts(inputs["embeddings"]["path"], inputs["clusters"]["path"], out, cfg, execution=done)
     raise StageError(f"{out} is an interrupted '{stage}' run; only embed, cluster and experts run in slices: rerun "
                      f"the same `impsamp {stage}` command to resume it")
+
+
+def _end_cleanup(out: Path) -> None:
+    """A finalize killed after its manifest left the run's bookkeeping (and, for `--overwrite`, the output
+    it replaced): remove it, as the stage's own next run would, with the folder's lock held alone."""
+    if not any((out / name).exists() for name in BOOKKEEPING):
+        return
+    key = hold(out)
+    try:
+        if done := recover(out, {out / LOCK_FILE}):
+            logger.warning("%s: %s", out, done)
+    finally:
+        release(key)

@@ -487,3 +487,12 @@ def test_backoff_on_a_flat_clustering_is_said_to_do_nothing(tmp_path, caplog):
         resample(p["emb"], p["clu"], tmp_path / "b", targets=[str(p["target"])],
                  config=ResampleConfig(docs=50, backoff=2.0))
     assert any("--backoff 2 does nothing on a flat clustering" in r.getMessage() for r in caplog.records)
+
+
+def test_the_recorded_command_leaves_out_where_and_how_the_run_went():
+    from impsamp.resampling.stage import command_line
+
+    base = ["resample", "E", "C", "--target", "law.jsonl", "--tokens", "5000", "--out", "sel"]
+    noisy = [*base[:3], "--engine", "ray", "--ray-address=auto", *base[3:], "--no-progress", "--overwrite",
+             "--no-ngram-cache"]
+    assert command_line(noisy) == command_line(base) == "impsamp " + " ".join(base)

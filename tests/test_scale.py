@@ -275,6 +275,24 @@ def test_bad_execution_flags_name_the_flag(kwargs, flag):
         Execution(**kwargs)
 
 
+def test_a_finalize_killed_after_its_manifest_is_tidied_by_the_next_finalize(local, tmp_path):
+    import shutil
+
+    from impsamp.outdir import MARK, REPLACED, RUN_RECORD, SHARD_RECORDS
+
+    out = tmp_path / "clu"
+    shutil.copytree(local["clu"], out)
+    payload = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / RUN_RECORD).write_text("{}")  # what a kill in its cleanup leaves: bookkeeping, the replaced output
+    (out / SHARD_RECORDS).mkdir()
+    (out / SHARD_RECORDS / "shard-00000.json").write_text("{}")
+    (out / REPLACED).mkdir()
+    (out / REPLACED / MARK).write_text("")
+    (out / REPLACED / "centroids.npy").write_bytes(b"old")
+    assert "already complete" in _cli("finalize", out).stdout
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == payload
+
+
 def test_finalize_refuses_what_is_not_a_sliced_stage(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(StageError, match="finalize"):

@@ -389,5 +389,20 @@ def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str)
     return str(tmp), rows.num_rows
 
 
-def command_line() -> str:
-    return "impsamp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+WHERE_FLAGS = {"--engine": 1, "--ray-address": 1, "--progress": 0, "--no-progress": 0, "--ngram-cache": 0,
+               "--no-ngram-cache": 0, "--overwrite": 0}
+"""Flags that say where or how a run goes, not what it selects: left out of the command the data card
+records, so a selection's files are the same bytes whichever engine, cache or progress display made it."""
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The `impsamp` command that made a selection, for its data card (without `WHERE_FLAGS`)."""
+    args, kept, skip = sys.argv[1:] if argv is None else argv, [], 0
+    for a in args:
+        if skip:
+            skip -= 1
+        elif a.split("=", 1)[0] in WHERE_FLAGS:
+            skip = WHERE_FLAGS[a] if "=" not in a else 0
+        else:
+            kept.append(a)
+    return "impsamp " + " ".join(shlex.quote(a) for a in kept)
