@@ -218,12 +218,12 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
 
     Every step reuses a finished output of the same settings and inputs, so a killed run resumes.
     """
-    from .io import open_corpus
+    from .io import as_specs, open_corpus
 
     cfg = as_config(CompareConfig, config) or CompareConfig()
     out = Path(out_dir)
-    targets = [target] if isinstance(target, (str, Path)) else list(target)
-    evals = [str(Path(e).resolve()) for e in eval_files]
+    targets = as_specs(target)
+    evals = [str(Path(e).resolve()) for e in as_specs(eval_files)]
     if not evals:
         raise ConfigError("--eval: give at least one evaluation file")
     generic_corpus = open_corpus(generic, text_field=cfg.text_field)

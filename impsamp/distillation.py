@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from .io import as_specs
+
 
 def distill(teacher: str | Path, student: str | Path, target: str | Path | Sequence[str | Path],
             out_dir: str | Path, *, alpha: float = 0.5, temperature: float = 2.0, config=None,
@@ -33,6 +35,5 @@ def distill(teacher: str | Path, student: str | Path, target: str | Path | Seque
                   temperature=temperature, tokenizer=None, steps=None, tokens=None)
     if base is not None:  # the student's own preset and family
         cfg = replace(cfg, preset=base.config.preset, arch=base.config.arch)
-    targets = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
-    return train(None, out_dir, cfg, finetune=targets, eval=list(eval or []) or None, progress=progress,
+    return train(None, out_dir, cfg, finetune=as_specs(target), eval=as_specs(eval) or None, progress=progress,
                  overwrite=overwrite)

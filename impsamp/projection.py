@@ -29,6 +29,7 @@ import numpy as np
 from .costs import Costs, encoder_flops
 from .errors import ConfigError
 from .guards import released_on_return
+from .io import as_specs
 
 PROJECTION = "projection.json"
 
@@ -123,7 +124,7 @@ def _target_mass(target, cond_info: dict[str, Any], text_field: str = "text"
     from .histograms import Histogram, is_histogram_file, target_counts
 
     recorded = cond_info["clusters"]
-    specs = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
+    specs = as_specs(target)
     if len(specs) == 1 and is_histogram_file(specs[0]):
         hist = Histogram.load(specs[0])
         if hist.clusters_fingerprint != recorded["fingerprint"]:

@@ -256,6 +256,7 @@ def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):
     assert lines[-1].startswith("macro average (2 files)")
     assert f"{m['macro_ppl']:.2f}" in lines[-1]
     assert m["macro_ppl"] == pytest.approx(sum(v["ppl"] for v in m["per_file"].values()) / 2)
+    assert evaluate(trained.path, files[0])["per_file"] == evaluate(trained.path, [files[0]])["per_file"]  # one path
 
 
 def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):

@@ -17,9 +17,9 @@ folders, globs, `datasets` folders), `jsonl` (plain, gzip, zstd), `columnar` (Pa
 
 from __future__ import annotations
 
-from .corpus import Corpus, corpus_summary, open_corpus, reopen_corpus
+from .corpus import Corpus, as_specs, corpus_summary, open_corpus, reopen_corpus
 from .jsonl import open_binary
 from .records import BATCH_ROWS, DOC_SCHEMA, FORMATS, SUPPORTED, CorpusFile, ReadStats, Shard, detect_format
 
 __all__ = ["BATCH_ROWS", "DOC_SCHEMA", "FORMATS", "SUPPORTED", "Corpus", "CorpusFile", "ReadStats", "Shard",
-           "corpus_summary", "detect_format", "open_binary", "open_corpus", "reopen_corpus"]
+           "as_specs", "corpus_summary", "detect_format", "open_binary", "open_corpus", "reopen_corpus"]

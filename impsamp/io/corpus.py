@@ -147,6 +147,13 @@ class Corpus:
         return out
 
 
+def as_specs(paths: Any) -> list[str]:
+    """One corpus spec or several as a list of strings: a bare path is one spec, not its characters."""
+    if paths is None:
+        return []
+    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+
+
 def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "text",
                 id_field: str | None = None, encoding_errors: str = "strict") -> Corpus:
     """Find the files of a corpus, count their rows and check the text field exists.
@@ -162,7 +169,7 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     """
     if encoding_errors not in ENCODING_ERRORS:
         raise CorpusError(f"encoding_errors must be one of {ENCODING_ERRORS}, got {encoding_errors!r}")
-    specs = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    specs = as_specs(paths)
     if not specs:
         raise CorpusError("no corpus given; name at least one file, folder or glob")
     files: list[CorpusFile] = []

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorpusError
+from ..io import as_specs
 from .result import TOKENIZER, Experts
 
 
@@ -76,7 +77,7 @@ def score_routed(clu, leaf_group: np.ndarray, n_groups: int, tok, model_of: Call
 
     embedder = clu.embeddings().embedder()  # opened once for every file
     files = []  # (spec, texts, group of each text)
-    for spec in eval_files:
+    for spec in as_specs(eval_files):
         texts = list(open_corpus(spec, text_field=text_field).iter_texts())
         if not texts:
             raise CorpusError(f"{spec}: no document with text to evaluate")

@@ -28,6 +28,7 @@ from ..clustering.groups import group_mass
 from ..costs import Costs, encoder_flops, forward_flops
 from ..errors import ConfigError
 from ..histograms import target_counts
+from ..io import as_specs
 from .config import SELECT_RULES
 from .result import Experts
 
@@ -87,7 +88,7 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
                          f"sample's held-out split ({val[chosen]:.4f})")
     record.update(chosen=chosen, target_mass_on_chosen=round(float(mass[chosen]), 6))
     run_cfg = replace(ft, init=str(ex.expert_path(chosen)))
-    return train(None, out_dir, run_cfg, finetune=targets, eval=list(eval or []) or None, progress=progress,
+    return train(None, out_dir, run_cfg, finetune=targets, eval=as_specs(eval) or None, progress=progress,
                  overwrite=overwrite, base_costs=base, records={SPECIALIZATION: record})
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CorpusError
-from ..io import open_corpus
+from ..io import as_specs, open_corpus
 from .tokenizer import LoadedTokenizer
 
 
@@ -43,7 +43,7 @@ def encode_file(spec: str | Path, tok: LoadedTokenizer, text_field: str = "text"
 def check_eval_files(eval_files: Sequence[str | Path], text_field: str = "text") -> None:
     """Read every evaluation file through before training (parsing only): a bad row or an empty file is
     then one line at the start (and a new run leaves nothing behind), not an error after the training."""
-    for spec in eval_files:
+    for spec in as_specs(eval_files):
         if open_corpus(spec, text_field=text_field).count_documents() == 0:
             raise CorpusError(f"{spec}: no document with text to evaluate")
 
@@ -81,7 +81,7 @@ def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Seq
                    block_size: int, batch_size: int, device: torch.device, autocast=None,
                    text_field: str = "text") -> dict[str, Any]:
     per_file: dict[str, dict[str, float]] = {}
-    for spec in eval_files:
+    for spec in as_specs(eval_files):
         ids, n_bytes = encode_file(spec, tok, text_field)
         nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast)
         if n_tok == 0:

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..config import as_config
+from ..io import as_specs
 from ..costs import Costs
 from ..guards import released_on_return
 from ..manifest import MANIFEST, RUN_RECORD, StageRun, atomic_write_bytes, atomic_write_json
@@ -99,10 +100,6 @@ def _finite(loss: float, phase: str, step: int) -> float:
     return loss
 
 
-def _as_list(x: Any) -> list[str]:
-    if x is None:
-        return []
-    return [str(x)] if isinstance(x, (str, Path)) else [str(p) for p in x]
 
 
 @released_on_return
@@ -130,7 +127,7 @@ def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, c
     cfg = as_config(TrainConfig, config) or TrainConfig()
     rt = Runtime.start(cfg)
     try:
-        return _Trainer(cfg, rt, Path(out_dir), _as_list(data), _as_list(finetune), _as_list(eval),
+        return _Trainer(cfg, rt, Path(out_dir), as_specs(data), as_specs(finetune), as_specs(eval),
                         progress, base_costs, dict(records or {})).run(overwrite, resume)
     finally:
         rt.close()
