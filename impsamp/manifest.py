@@ -184,8 +184,11 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     Raises:
         StageError: the directory is missing, incomplete, corrupt or of another stage.
     """
-    path = Path(path)
     expected = (expect_stage,) if isinstance(expect_stage, str) else expect_stage
+    if not isinstance(path, (str, os.PathLike)):
+        what = f"`impsamp {'/'.join(expected)}`" if expected else "impsamp"
+        raise StageError(f"expected the folder of an {what} output, got {path!r}")
+    path = Path(path)
     want = (f"; expected {a_or_an(expected[0])} '{'/'.join(expected)}' output (from `impsamp {expected[0]}`)"
             if expected else "")
     if not (path / MANIFEST).is_file():

@@ -119,3 +119,17 @@ def test_help_on_a_config_class_says_what_each_field_means():
     assert doc.startswith("How to draw a selection") and "\n    tokens: Budget in tokens of the text written" in doc
     assert "\n    within_top: " in doc and "\n    seed: " in doc
     assert "\n    steps: " in TrainConfig.__doc__ and "\n    spherical: Cosine geometry" in ClusterConfig.__doc__
+
+
+def test_something_that_is_not_a_path_is_named_not_a_type_error(p, tmp_path):
+    from impsamp.errors import CorpusError
+
+    with pytest.raises(StageError, match=r"expected the folder of an `impsamp embed` output, got None"):
+        impsamp.cluster(None, tmp_path / "c")
+    with pytest.raises(StageError, match=r"`impsamp resample` output, got 5"):
+        impsamp.Selection.load(5)
+    with pytest.raises(CorpusError, match="expected a corpus path .* got 123"):
+        impsamp.embed(123, tmp_path / "e", EmbedConfig(model="hashing:64"))
+    with pytest.raises(ConfigError, match="give the .html file to write, got None"):
+        impsamp.inspect(p["clu"], None)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()

@@ -38,8 +38,8 @@ class Clusters:
         Raises:
             StageError: the directory is missing, incomplete, damaged or of another stage.
         """
-        path = Path(path)
-        return cls(path, read_manifest(path, expect_stage="cluster"))
+        manifest = read_manifest(path, expect_stage="cluster")  # first: it checks `path` is a path
+        return cls(Path(path), manifest)
 
     def __repr__(self) -> str:
         return f"Clusters({str(self.path)!r}, n_leaves={self.n_leaves}, levels={self.levels})"

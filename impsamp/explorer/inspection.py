@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int
 
 def check_out(out: str | Path) -> Path:
     """`out` as a Path, refused when it is not an .html file path or holds a file of something else."""
+    if not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"--out: give the .html file to write, got {out!r}")
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"--out {out}: give a path ending in .html (the explorer is one HTML file)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,7 +151,12 @@ def as_specs(paths: Any) -> list[str]:
     """One corpus spec or several as a list of strings: a bare path is one spec, not its characters."""
     if paths is None:
         return []
-    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    items = list(paths) if isinstance(paths, Iterable) else [paths]
+    if not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise CorpusError(f"expected a corpus path (file, folder, glob) or a list of them, got {paths!r}")
+    return [os.fspath(p) for p in items]
 
 
 def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "text",

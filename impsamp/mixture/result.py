@@ -34,8 +34,8 @@ class Experts:
 
     @classmethod
     def load(cls, path: str | Path) -> Experts:
-        path = Path(path)
-        return cls(path, read_manifest(path, expect_stage="experts"))
+        manifest = read_manifest(path, expect_stage="experts")  # first: it checks `path` is a path
+        return cls(Path(path), manifest)
 
     def __repr__(self) -> str:
         return f"Experts({str(self.path)!r}, groups={self.n_groups})"

@@ -28,8 +28,8 @@ class Selection:
 
     @classmethod
     def load(cls, path: str | Path) -> Selection:
-        path = Path(path)
-        return cls(path, read_manifest(path, expect_stage="resample"))
+        manifest = read_manifest(path, expect_stage="resample")  # first: it checks `path` is a path
+        return cls(Path(path), manifest)
 
     @property
     def data_files(self) -> list[Path]:
