@@ -171,7 +171,7 @@ def documented(cls: type[T]) -> type[T]:
             name = None
     if fields:
         body = [textwrap.fill(" ".join(" ".join(d).split()), 100, initial_indent=f"    {n}: ",
-                              subsequent_indent=" " * 8) for n, d in fields]
+                              subsequent_indent=" " * 8, break_on_hyphens=False) for n, d in fields]
         cls.__doc__ = (cls.__doc__ or "").strip() + "\n\nFields:\n" + "\n".join(body)
     return cls
 
@@ -206,7 +206,7 @@ def check_fields(cfg: Any) -> None:
                     "is a flag" if isinstance(value, bool) else
                     f"is {_TYPE_NAMES.get(type(value), type(value).__name__)}")
             raise ConfigError(f"{cls.__name__}: {f.name} = {value!r} {what}; expected {names}")
-        if fitted is not value:
+        if fitted is not value and (type(fitted) is not type(value) or fitted != value):
             object.__setattr__(cfg, f.name, fitted)
 
 
@@ -214,17 +214,18 @@ _UNFIT = object()
 
 
 def _fit(value: Any, want: tuple[type, ...]) -> Any:
+    """`value` as a field of types `want` holds it (numpy scalars and paths as plain Python), or _UNFIT."""
     if value is None:
         return value if type(None) in want else _UNFIT
-    if isinstance(value, bool):
-        return value if bool in want else _UNFIT
-    if isinstance(value, str):
-        return value if str in want else _UNFIT
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value) if bool in want else _UNFIT
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value) if str in want and isinstance(os.fspath(value), str) else _UNFIT
     if isinstance(value, numbers.Integral):
-        return value if (int in want or float in want) else _UNFIT
+        return (int(value) if int in want else float(value)) if (int in want or float in want) else _UNFIT
     if isinstance(value, numbers.Real):
         if float in want:
-            return value
+            return float(value)
         return int(value) if int in want and math.isfinite(value) and float(value).is_integer() else _UNFIT
     return _UNFIT
 

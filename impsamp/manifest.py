@@ -110,19 +110,6 @@ def fingerprint(obj: Any) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def content_view(inputs: Any) -> Any:
-    """`inputs` as a run's key sees them: where a content hash (`fingerprint`, `digest`) stands beside a
-    recorded `path` or `paths`, the path is left out, so the same inputs reached by another path (the
-    project moved, the demo run from another folder) make the same run, resumable, with the same
-    fingerprint in its data card. The manifest keeps the paths (to reopen the inputs, and guard them)."""
-    if isinstance(inputs, dict):
-        hashed = "fingerprint" in inputs or "digest" in inputs
-        return {k: content_view(v) for k, v in inputs.items() if not (hashed and k in ("path", "paths"))}
-    if isinstance(inputs, (list, tuple)):
-        return [content_view(v) for v in inputs]
-    return inputs
-
-
 def library_versions() -> dict[str, str]:
     """Versions of Python and of the numeric libraries this process has imported."""
     env = {"python": platform.python_version(), "platform": platform.platform()}
@@ -261,7 +248,7 @@ class StageRun:
             from . import __version__
 
             self.version = __version__
-        self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": content_view(self.inputs),
+        self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
                                 "version": self.version})
         self.fresh, self._all_ours, self._found, self._lock = False, False, set(), None  # set by `begin`
 

@@ -133,3 +133,25 @@ def test_something_that_is_not_a_path_is_named_not_a_type_error(p, tmp_path):
     with pytest.raises(ConfigError, match="give the .html file to write, got None"):
         impsamp.inspect(p["clu"], None)
     assert not (tmp_path / "c").exists() and not (tmp_path / "e").exists()
+
+
+def test_numpy_scalars_and_paths_become_plain_values():
+    from pathlib import Path
+
+    from impsamp.training import TrainConfig
+
+    cfg = ResampleConfig(docs=np.int64(50), temperature=np.float32(0.5), cap=3)
+    assert (type(cfg.docs), type(cfg.temperature), type(cfg.cap)) == (int, float, float)
+    assert ClusterConfig(spherical=np.True_).spherical is True
+    assert TrainConfig(tokenizer=Path("tok.json")).tokenizer == "tok.json"
+    with pytest.raises(ConfigError, match="must be a table of TrainConfig fields, got 3"):
+        impsamp.ExpertsConfig(groups=2, train=3)
+    assert "ngram-\n" not in ResampleConfig.__doc__ and "ngram-classifier" in ResampleConfig.__doc__
+
+
+def test_one_path_weight_pair_is_one_target_and_verbose_is_not_recorded(p, tmp_path):
+    from impsamp.resampling.stage import command_line
+
+    sel = impsamp.resample(p["emb"], p["clu"], tmp_path / "a", targets=(p["target"], 1.0), config={"docs": np.int64(20)})
+    assert sel.stats["rows"] == 20
+    assert command_line(["-v", "resample", "E", "C", "--verbose"]) == "impsamp resample E C"

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -226,17 +227,18 @@ def test_export_finishes_what_a_killed_export_left_beside_its_folder(trained, tm
 
     out = export(trained.path, tmp_path / "hf")
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    dead = 4_194_304 + 7  # above Linux's largest pid: no such process
-    out.rename(tmp_path / f".hf.old-{dead}")  # killed between the renames of `export --overwrite`
-    (tmp_path / f".hf.tmp-{dead + 1}").mkdir()  # and an earlier one killed while writing
-    (tmp_path / f".hf.tmp-{dead + 1}" / "model.safetensors").write_bytes(b"half")
+    host, dead = socket.gethostname(), 4_194_304 + 7  # above Linux's largest pid: no such process
+    out.rename(tmp_path / f".hf.old-{host}-{dead}")  # killed between the renames of `export --overwrite`
+    (tmp_path / f".hf.tmp-{host}-{dead + 1}").mkdir()  # and an earlier one killed while writing
+    (tmp_path / f".hf.tmp-{host}-{dead + 1}" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / f".hf.tmp-otherhost-{dead + 1}").mkdir()  # another machine's (a shared folder): not ours
     with pytest.raises(StageError, match="already exists"):
         export(trained.path, out)  # the earlier export comes back first
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first and "put back the earlier export" in caplog.text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
-    shutil.copytree(out, tmp_path / f".hf.old-{dead}")  # killed while deleting the replaced export
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".hf.tmp-otherhost-{dead + 1}", "hf"]
+    shutil.copytree(out, tmp_path / f".hf.old-{host}-{dead}")  # killed while deleting the replaced export
     export(trained.path, out, weights="pretrained.safetensors", overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".hf.tmp-otherhost-{dead + 1}", "hf"]
     assert json.loads((out / "impsamp_export.json").read_text())["weights"] == "pretrained.safetensors"
 
 

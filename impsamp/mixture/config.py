@@ -38,6 +38,8 @@ class ExpertsConfig:
         check_fields(self)
         from ..training import TrainConfig
 
+        if not isinstance(self.train, dict):
+            raise ConfigError(f"the experts' train settings must be a table of TrainConfig fields, got {self.train!r}")
         positive("groups", self.groups, flag="--groups")
         positive("tokens_per_expert", self.tokens_per_expert, flag="--tokens-per-expert")
         positive("total_tokens", self.total_tokens, flag="--total-tokens")
@@ -53,8 +55,6 @@ class ExpertsConfig:
         fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed", "text_field"} & set(self.train))
         if fixed:
             raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
-        if not isinstance(self.train, dict):
-            raise ConfigError(f"the experts' train settings must be a table of TrainConfig fields, got {self.train!r}")
         from_dict(TrainConfig, self.train, source="[experts.train]")  # unknown keys and bad values: one line
 
     def train_config(self, tokens: int | None, tokenizer: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -149,7 +150,9 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     cfg = as_config(ResampleConfig, config)
     if cfg is None:
         raise ConfigError("resample: give a budget, config=ResampleConfig(tokens=N) (or docs=N, bytes=N)")
-    targets = [targets] if isinstance(targets, (str, Path)) else targets
+    if isinstance(targets, (str, Path)) or (isinstance(targets, tuple) and len(targets) == 2
+                                            and isinstance(targets[1], numbers.Real)):
+        targets = [targets]  # one target: a path, or one (path, weight) pair
     ex = execution or LOCAL
     if ex.sliced:
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
@@ -390,7 +393,7 @@ def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str)
 
 
 WHERE_FLAGS = {"--engine": 1, "--ray-address": 1, "--progress": 0, "--no-progress": 0, "--ngram-cache": 0,
-               "--no-ngram-cache": 0, "--overwrite": 0}
+               "--no-ngram-cache": 0, "--overwrite": 0, "-v": 0, "--verbose": 0}
 """Flags that say where or how a run goes, not what it selects: left out of the command the data card
 records, so a selection's files are the same bytes whichever engine, cache or progress display made it."""
 

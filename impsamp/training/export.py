@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 from .._deps import require
@@ -73,7 +74,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
                             else ""))
     tok = run.load_tokenizer()
     eos = tok.tokenizer.id_to_token(tok.eos_id)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f".{out.name}.tmp-{_me()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -95,20 +96,28 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
     return out
 
 
+def _me() -> str:
+    """This export's mark in the names of its temp folders (`.NAME.tmp-HOST-PID`, `.NAME.old-HOST-PID`): the
+    host as well, so a folder shared by several machines (NFS) is only tidied of this one's dead exports."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _left_beside(out: Path) -> dict[str, list[Path]]:
-    """What killed exports to `out` left beside it, by kind ("tmp": a new export being written, "old": an
-    earlier one renamed aside), only those of processes no longer running on this machine."""
+    """What killed exports to `out` on this host left beside it, by kind ("tmp": a new export being
+    written, "old": an earlier one renamed aside), only those of processes no longer running; the newest
+    last."""
     found: dict[str, list[Path]] = {"tmp": [], "old": []}
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-(\d+)")
-    for p in sorted(out.parent.iterdir()) if out.parent.is_dir() else []:
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)")
+    for p in out.parent.iterdir() if out.parent.is_dir() else []:
         if (m := pattern.fullmatch(p.name)) and not _running(int(m[2])):
             found[m[1]].append(p)
+    for paths in found.values():
+        paths.sort(key=lambda p: (p.lstat().st_mtime_ns, p.name))
     return found
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
+    """Whether process `pid` runs on this host (this process too: another thread may be exporting)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,8 +129,8 @@ def _running(pid: int) -> bool:
 
 def _recover(out: Path) -> None:
     """Finish what a killed export left: half-written new exports go; an earlier export renamed aside
-    comes back if nothing took its place (the kill fell between `_put_in_place`'s renames), and goes if
-    the new one is in place (the kill fell in its deletion)."""
+    comes back if nothing took its place (the kill fell between `_put_in_place`'s renames; the newest,
+    where several), and goes if the new one is in place (the kill fell in its deletion)."""
     left = _left_beside(out)
     for p in left["tmp"]:
         shutil.rmtree(p, ignore_errors=True)
@@ -140,7 +149,7 @@ def _put_in_place(tmp: Path, out: Path) -> None:
     `.NAME.old-PID`, beside it), not deleted, until the new one is in place, and renamed back if that
     fails: a kill between the two renames leaves both, named so, and the next export to `out` finishes it
     (`_recover`)."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{_me()}")
     if out.exists() or out.is_symlink():
         os.replace(out, old)
     try:
