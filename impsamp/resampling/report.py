@@ -61,10 +61,17 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
             files[name] = out / name
     if plot.result() if plot is not None else plot_histograms(out / "histograms.png", target, generic, plan):
         files["histograms.png"] = out / "histograms.png"
-    card = render_card(cfg, stats, target, inputs, plan, command, run.key)
+    card = render_card(cfg, stats, target, inputs, plan, command, data_key(run))
     atomic_write_bytes(out / "README.md", card.encode())
     files["README.md"] = out / "README.md"
     return files
+
+
+def data_key(run: StageRun) -> str:
+    """A fingerprint of the selection's data files (their committed sha256s): what the card names the
+    selection by, so the same selection, made in any folder or by any engine, has the same card."""
+    return fingerprint(sorted((ref["path"], ref["sha256"]) for rec in run.records() if not rec.get("intermediate")
+                              for ref in rec["files"]))
 
 
 def content_key(run: StageRun, emb, clu) -> str:
