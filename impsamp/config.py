@@ -41,29 +41,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "config") 
 
 
 def _check_types(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """One line naming the key whose value cannot be what its field holds (`tokens = "lots"` for a count, a
-    list for a rate); an integer written as 2e9 becomes one. Fields typed anything but numbers or flags (a
-    string the class parses, say) are left to the class."""
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:  # an annotation that does not resolve: leave the check to the class
-        return dict(data)
-    out = dict(data)
-    for key, value in data.items():
-        want = _plain_types(hints.get(key))
-        if want is None or not set(want) <= {int, float, bool, type(None)}:
-            continue
-        if isinstance(value, (str, list, tuple, dict)):
-            names = " or ".join(sorted({_TYPE_NAMES[t] for t in want}))
-            raise ConfigError(f"{source}: {key} = {value!r} is {_TYPE_NAMES.get(type(value), type(value).__name__)}; "
-                              f"expected {names}")
-        if int in want and float not in want and isinstance(value, float) and value.is_integer():
-            out[key] = int(value)  # 2e9 in TOML is a float
-    return out
+    """`check_fields`' check on a TOML section or the flags, naming the file and section (or "flags")."""
+    return {key: _fitted(cls, key, value, source) for key, value in data.items()}
 
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
-               tuple: "a list", dict: "a table", type(None): "nothing (leave it out)"}
+               tuple: "a list", dict: "a table"}
 
 
 def _plain_types(hint: Any) -> tuple[type, ...] | None:
@@ -188,26 +171,29 @@ def as_config(cls: type[T], value: Any, name: str = "config") -> T | None:
 
 def check_fields(cfg: Any) -> None:
     """Refuse, in one line naming the field, a value its annotation does not allow: a string for a count,
-    "no" for a flag, 2.5 steps, True tokens, None for a name. An integral float for an integer field
-    becomes an integer (2e9). Fields typed anything else (tuples, tables, a string the class parses) are
-    left to the class. Configs built from TOML or flags are checked by `from_dict` first, with the key."""
-    cls = type(cfg)
-    hints = _hints(cls)
+    "no" for a flag, 2.5 steps, True tokens, None for a name. Values are made plain: an integral float for
+    an integer field becomes an integer (2e9 in TOML), numpy scalars and paths Python's own. Fields typed
+    anything else (tuples, tables, a string the class parses) are left to the class."""
     for f in dataclasses.fields(cfg):
-        want = _plain_types(hints.get(f.name))
-        if want is None:
-            continue
         value = getattr(cfg, f.name)
-        fitted = _fit(value, want)
-        if fitted is _UNFIT:
-            names = " or ".join(sorted({_TYPE_NAMES[t] for t in want if t is not type(None)}))
-            names += " (or None)" if type(None) in want else ""
-            what = ("must be given" if value is None else "is not an integer" if isinstance(value, float) else
-                    "is a flag" if isinstance(value, bool) else
-                    f"is {_TYPE_NAMES.get(type(value), type(value).__name__)}")
-            raise ConfigError(f"{cls.__name__}: {f.name} = {value!r} {what}; expected {names}")
-        if fitted is not value and (type(fitted) is not type(value) or fitted != value):
+        fitted = _fitted(type(cfg), f.name, value, type(cfg).__name__)
+        if fitted is not value:
             object.__setattr__(cfg, f.name, fitted)
+
+
+def _fitted(cls: type, key: str, value: Any, where: str) -> Any:
+    """`value` as field `key` of `cls` holds it, or a ConfigError naming `where` the value came from."""
+    want = _plain_types(_hints(cls).get(key))
+    if want is None:
+        return value
+    fitted = _fit(value, want)
+    if fitted is _UNFIT:
+        names = " or ".join(sorted({_TYPE_NAMES[t] for t in want if t is not type(None)}))
+        names += " (or None)" if type(None) in want else ""
+        what = ("must be given" if value is None else "is not an integer" if isinstance(value, float) else
+                "is a flag" if isinstance(value, bool) else f"is {_TYPE_NAMES.get(type(value), type(value).__name__)}")
+        raise ConfigError(f"{where}: {key} = {value!r} {what}; expected {names}")
+    return fitted
 
 
 _UNFIT = object()

@@ -138,7 +138,7 @@ def set_aside(out: Path, keep: set[Path]) -> None:
     output)."""
     aside, part = out / REPLACED, out / SETTING_ASIDE
     if complete_manifest(out) is not None:
-        drop_replaced(out, strict=True)  # left over from a finished replacement
+        drop_replaced(out)  # left over from a finished replacement
         part.mkdir()
         (part / MARK).write_text("the output an `impsamp --overwrite` run replaces\n")
         os.replace(out / MANIFEST, part / MANIFEST)
@@ -218,39 +218,31 @@ def last_complete(out: Path) -> dict[str, Any] | None:
 def finish_cleanup(out: Path) -> str | None:
     """Remove a complete output's run bookkeeping and the output it replaced (`StageRun.cleanup`).
     Returns None, or what could not be removed and why (the output itself is complete either way)."""
-    failed: list[tuple[str, OSError]] = []
-    shutil.rmtree(out / SHARD_RECORDS, onerror=lambda _f, path, exc: failed.append((path, exc[1])))
-    for remove in (lambda: (out / RUN_RECORD).unlink(missing_ok=True), lambda: drop_replaced(out, strict=True)):
+    for part, remove in ((SHARD_RECORDS, shutil.rmtree), (RUN_RECORD, Path.unlink), (REPLACED, drop_replaced)):
         try:
-            remove()
-        except OSError as e:
-            failed.append((e.filename or str(out / REPLACED), e))
-    failed = [(path, e) for path, e in failed if not isinstance(e, FileNotFoundError)]
-    if not failed:
-        return None
-    path, e = failed[0]
-    top = out / Path(path).relative_to(out).parts[0] if Path(path).is_relative_to(out) else Path(path)
-    return f"could not delete {path} ({e.strerror or e}): the output is complete; delete {top} yourself"
+            remove(out if part == REPLACED else out / part)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # said at every run until it goes (permissions, say)
+            return (f"could not delete {e.filename or out / part} ({e.strerror or e}): the output is complete; "
+                    f"delete {out / part} yourself")
+    return None
 
 
-def drop_replaced(out: Path, *, strict: bool = False) -> None:
+def drop_replaced(out: Path) -> None:
     """Delete `_replaced/` if impsamp made it: its manifest first (stopped halfway, what is left never
     looks complete), its mark last (what is left is still known as impsamp's, and deleted next time)."""
     aside = out / REPLACED
     if not _ours(aside):
         return
-    try:
-        (aside / MANIFEST).unlink(missing_ok=True)
-        for p in sorted(set(aside.iterdir()) - {aside / MARK}):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        (aside / MARK).unlink()
-        aside.rmdir()
-    except OSError:
-        if strict:
-            raise
+    (aside / MANIFEST).unlink(missing_ok=True)
+    for p in sorted(set(aside.iterdir()) - {aside / MARK}):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    (aside / MARK).unlink()
+    aside.rmdir()
 
 
 def _ours(folder: Path) -> bool:
