@@ -256,8 +256,8 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
     """1. The generic corpus embedded and clustered once (or the given outputs)."""
     from .clustering import ClusterConfig, Clusters, cluster
     from .embedding import EmbedConfig, Embeddings, embed
-
     from .embedding.loading import embed_backend
+    from .io import same_file
 
     backend, quantize = embed_backend(cfg.backend)
     clu, given = (Clusters.load(clusters) if clusters is not None else None), "--embeddings"
@@ -269,8 +269,8 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
         given = f"--clusters {clusters}: their embeddings"
     if embeddings is not None:
         emb = Embeddings.load(embeddings)
-        made_of = [(f.get("digest"), f.get("rows")) for f in emb.manifest.inputs.get("corpus", {}).get("files", [])]
-        if made_of != [(f.digest, f.rows) for f in generic_corpus.files]:
+        made_of = emb.manifest.inputs.get("corpus", {}).get("files", [])
+        if len(made_of) != len(generic_corpus.files) or not all(map(same_file, made_of, generic_corpus.files)):
             raise ConfigError(f"{given} {embeddings} were made from another corpus than --generic; pass "
                               "the embeddings of --generic, or leave them out to embed it")
     elif _reuse(out / "embeddings", "embed",

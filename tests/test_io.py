@@ -390,6 +390,39 @@ def test_reopen_corpus_refuses_a_changed_corpus(tmp_path):
         reopen_corpus(spec)
 
 
+@pytest.mark.parametrize("compression", ["", ".gz"])
+def test_reopen_corpus_refuses_a_same_size_edit_in_the_middle_of_a_jsonl_file(tmp_path, compression):
+    """A JSONL file's digest covers its whole content (it is read through to count rows anyway): an edit
+    that keeps the size and the first and last MiB is still seen."""
+    texts = [f"document {i} " + "x" * 300 for i in range(12_000)]  # ~4 MiB: the edit is past the first MiB
+    data = jsonl_bytes([{"text": t} for t in texts])
+    path = tmp_path / f"big.jsonl{compression}"
+    write = (lambda b: path.write_bytes(gzip.compress(b, mtime=0))) if compression else path.write_bytes
+    write(data)
+    spec = json.loads(json.dumps(open_corpus(path).spec()))
+    assert spec["files"][0]["digest"].startswith("sha256:")
+    middle = data.index(b"document 6000 ")
+    write(data[:middle] + b"Document" + data[middle + 8:])  # same size (plain), same rows, other text
+    with pytest.raises(CorpusError, match="changed since it was embedded" if compression
+                       else "same size and rows, other content"):
+        reopen_corpus(spec)
+
+
+def test_reopen_corpus_accepts_the_first_and_last_mib_digest_of_earlier_manifests(tmp_path):
+    """Manifests written before 0.7.11 hold a JSONL file's sampled digest: the file is compared that way."""
+    from impsamp.io.discovery import file_digest
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(make_docs()))
+    spec = json.loads(json.dumps(open_corpus(path).spec()))
+    spec["files"][0]["digest"] = file_digest(path, path.stat().st_size)  # as 0.7.10 recorded it
+    assert reopen_corpus(spec).n_rows == len(make_docs())
+    data = path.read_bytes()
+    path.write_bytes(b"{" + b" " + data[2:])  # same size and rows, first bytes edited: the old digest sees it
+    with pytest.raises(CorpusError, match="same size and rows, other content"):
+        reopen_corpus(spec)
+
+
 def test_take_returns_texts_and_ids_by_doc_index(tmp_path):
     docs = make_docs()
     corpus = open_corpus(write_format("mixed-folder", tmp_path, docs))

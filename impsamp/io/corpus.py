@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..errors import CorpusError
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import expand, file_digest
-from .jsonl import count_lines, open_binary, read_jsonl, zstd_error
+from .jsonl import FULL_DIGEST, count_lines, open_binary, read_jsonl, zstd_error
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
                       short_error)
 
@@ -217,7 +217,7 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
             raise CorpusError(f"the corpus recorded in the manifest had {len(spec['files'])} file(s); "
                               f"{len(corpus.files)} are found now; embed it again")
         for old, new in zip(spec["files"], corpus.files):
-            if (old["bytes"], old["digest"], old["rows"]) != (new.bytes, new.digest, new.rows):
+            if not same_file(old, new):
                 how = (f"was {old['bytes']} bytes / {old['rows']} rows, now {new.bytes} bytes / {new.rows} rows"
                        if (old["bytes"], old["rows"]) != (new.bytes, new.rows) else
                        "same size and rows, other content: its sha256 differs")
@@ -225,23 +225,35 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
     return corpus
 
 
+def same_file(recorded: dict[str, Any], f: CorpusFile) -> bool:
+    """Whether `f` is the file a manifest recorded (`CorpusFile.describe()`): size, rows and digest. A JSONL file
+    recorded before 0.7.11 has the digest of its first and last MiB: that one is compared then."""
+    if (recorded.get("bytes"), recorded.get("rows")) != (f.bytes, f.rows):
+        return False
+    old = recorded.get("digest")
+    if old == f.digest:
+        return True
+    legacy = isinstance(old, str) and ":" not in old and f.digest.startswith(FULL_DIGEST)
+    return legacy and old == file_digest(Path(f.path), f.bytes)
+
+
 def describe_file(path: Path, offset: int, text_field: str, id_field: str | None) -> CorpusFile:
     fmt = detect_format(path)
     size = path.stat().st_size
     try:
         if fmt == "jsonl":
-            rows, checkpoints = count_lines(path)
+            rows, checkpoints, digest = count_lines(path)
             names = None
         else:
             schema, rows = arrow_schema_rows(path, fmt)
             names = schema.names
             check_fields(path, names, text_field, id_field, where="")
-            checkpoints = ()
+            checkpoints, digest = (), file_digest(path, size)
     except CorpusError:
         raise
     except (OSError, pa.ArrowException, EOFError, ValueError, zstd_error()) as e:
         raise CorpusError(f"{path}: cannot read it as {fmt} ({short_error(e)}); is the file complete?") from e
-    return CorpusFile(str(path), fmt, rows, size, file_digest(path, size), offset, checkpoints)
+    return CorpusFile(str(path), fmt, rows, size, digest, offset, checkpoints)
 
 
 def corpus_summary(corpus: Corpus) -> dict[str, Any]:

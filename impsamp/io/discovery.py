@@ -104,7 +104,10 @@ def _selection_files(path: Path) -> list[Path] | None:
 
 
 def file_digest(path: Path, size: int, sample: int = 1 << 20) -> str:
-    """sha256 over the size and the first and last MiB: catches edits without reading 100 GB."""
+    """sha256 over the size and the first and last MiB, for Parquet and Arrow files, whose rows come from their
+    footer (a JSONL file is read through to count its lines, and hashed whole on the way: `jsonl.count_lines`).
+    Missed: an edit past the first MiB and before the last that keeps the file's size (compressed data rarely
+    keeps it; uncompressed data may)."""
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         h.update(f.read(sample))

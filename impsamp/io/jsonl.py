@@ -78,27 +78,45 @@ class ZstdRaw(io.RawIOBase):
 CHECKPOINT_EVERY = 4096
 
 
-def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...]]:
-    """Rows (lines) of a JSONL file, with byte offsets every 4096 lines for plain files."""
+def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
+    """Rows (lines) of a JSONL file, byte offsets every 4096 lines for plain files, and the sha256 of its
+    whole content (decompressed), all in one read: the file is read through to count its rows anyway.
+    A thread hashes each block (hashlib lets go of the GIL) while this one finds its newlines."""
+    import hashlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
     plain = detect_format(path) == "jsonl" and not path.name.lower().endswith((".gz", ".zst", ".zstd"))
+    h = hashlib.sha256()
     rows, pos, checkpoints = 0, 0, [(0, 0)]
     last = b"\n"
-    with open_binary(path) as f:
-        if not plain:
-            while block := f.read(1 << 22):
+    with open_binary(path) as f, ThreadPoolExecutor(1) as hasher:
+        hashed = None
+        while block := f.read(1 << 22):
+            if hashed is not None:
+                hashed.result()  # blocks are hashed in order, one at a time
+            hashed = hasher.submit(h.update, block)
+            if plain:  # a checkpoint just after every 4096th newline
+                ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
+                first = -rows % CHECKPOINT_EVERY or CHECKPOINT_EVERY  # lines in this block up to the next one
+                checkpoints += [(rows + int(i) + 1, pos + int(ends[i]))
+                                for i in range(first - 1, len(ends), CHECKPOINT_EVERY)]
+                rows += len(ends)
+            else:
                 rows += block.count(b"\n")
-                last = block[-1:]
-        else:
-            for line in f:
-                rows += 1
-                pos += len(line)
-                if rows % CHECKPOINT_EVERY == 0:
-                    checkpoints.append((rows, pos))
-                last = line[-1:]
-            return rows, tuple(checkpoints)
+            pos += len(block)
+            last = block[-1:]
+        if hashed is not None:
+            hashed.result()
     if last != b"\n":
         rows += 1  # a last line without a newline is still a row
-    return rows, ()
+    return rows, tuple(checkpoints) if plain else (), FULL_DIGEST + h.hexdigest()
+
+
+FULL_DIGEST = "sha256:"
+"""The prefix of a digest over a file's whole content (JSONL, since 0.7.11); a bare hex digest covers the file's
+size and first and last MiB (`discovery.file_digest`: Parquet and Arrow files, and JSONL before 0.7.11)."""
 
 
 def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int, batch_rows: int,
