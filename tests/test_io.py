@@ -421,6 +421,9 @@ def test_reopen_corpus_accepts_the_first_and_last_mib_digest_of_earlier_manifest
     path.write_bytes(b"{" + b" " + data[2:])  # same size and rows, first bytes edited: the old digest sees it
     with pytest.raises(CorpusError, match="same size and rows, other content"):
         reopen_corpus(spec)
+    spec["files"][0]["digest"] = None  # a damaged manifest
+    with pytest.raises(CorpusError, match="records no usable digest"):
+        reopen_corpus(spec)
 
 
 def test_take_returns_texts_and_ids_by_doc_index(tmp_path):

@@ -570,6 +570,34 @@ def test_changed_corpus_is_refused(stages, tmp_path):
     assert r.exit_code == 1 and "changed since it was embedded" in r.output
 
 
+def test_embeddings_of_0_7_10_still_resample(stages, tmp_path):
+    """0.7.10 recorded a JSONL file's digest over its size and first and last MiB, and keyed the corpus's
+    fingerprint by it: such embeddings still give their corpus, and resample, while the file is unchanged."""
+    from impsamp.io import open_corpus
+    from impsamp.io.discovery import file_digest
+
+    root, generic, target, topics, _, _ = stages
+    g2 = tmp_path / "g.jsonl"
+    g2.write_text(generic.read_text())
+    impsamp.embed(g2, tmp_path / "emb", EmbedConfig(model="hashing:64"))
+    impsamp.cluster(tmp_path / "emb", tmp_path / "clu", ClusterConfig(k=3))
+    manifest = tmp_path / "emb" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    corpus = open_corpus(g2)
+    legacy = replace(corpus, files=[replace(corpus.files[0], digest=file_digest(g2, g2.stat().st_size))])
+    record["inputs"]["corpus"]["files"][0]["digest"] = legacy.files[0].digest
+    record["inputs"]["corpus"]["fingerprint"] = legacy.fingerprint()
+    manifest.write_text(json.dumps(record))
+    assert impsamp.Embeddings.load(tmp_path / "emb").corpus().fingerprint() == legacy.fingerprint()
+    r = _invoke(["resample", tmp_path / "emb", tmp_path / "clu", "--target", target, "--out", tmp_path / "o",
+                 "--docs", 5])
+    assert r.exit_code == 0, r.output
+    g2.write_text(generic.read_text().replace("e", "E", 1))  # same size and rows, first bytes edited
+    r = _invoke(["resample", tmp_path / "emb", tmp_path / "clu", "--target", target, "--out", tmp_path / "o2",
+                 "--docs", 5])
+    assert r.exit_code == 1 and "same size and rows, other content" in r.output
+
+
 def test_clusters_of_other_embeddings_are_refused(stages, tmp_path):
     root, generic, target, topics, _, _ = stages
     emb = impsamp.embed(target, tmp_path / "emb", EmbedConfig(model="hashing:64"))

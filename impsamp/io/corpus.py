@@ -218,16 +218,29 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
                               f"{len(corpus.files)} are found now; embed it again")
         for old, new in zip(spec["files"], corpus.files):
             if not same_file(old, new):
-                how = (f"was {old['bytes']} bytes / {old['rows']} rows, now {new.bytes} bytes / {new.rows} rows"
-                       if (old["bytes"], old["rows"]) != (new.bytes, new.rows) else
-                       "same size and rows, other content: its sha256 differs")
-                raise CorpusError(f"{new.path} changed since it was embedded ({how}); embed it again")
+                raise CorpusError(f"{new.path} changed since it was embedded ({_how_changed(old, new)}); "
+                                  "embed it again")
+        # the same files: keep the digests as recorded (a JSONL file's from before 0.7.11 too), so the corpus's
+        # fingerprint is the one the outputs made from it were keyed by
+        kept = [replace(f, digest=old["digest"]) for old, f in zip(spec["files"], corpus.files)]
+        corpus = replace(corpus, files=kept)
     return corpus
+
+
+def _how_changed(recorded: dict[str, Any], f: CorpusFile) -> str:
+    was = (recorded.get("bytes"), recorded.get("rows"))
+    if was != (f.bytes, f.rows):
+        return f"was {was[0]} bytes / {was[1]} rows, now {f.bytes} bytes / {f.rows} rows"
+    if not isinstance(recorded.get("digest"), str) or not recorded.get("digest"):
+        return "the manifest records no usable digest of it"
+    return "same size and rows, other content: its sha256 differs"
 
 
 def same_file(recorded: dict[str, Any], f: CorpusFile) -> bool:
     """Whether `f` is the file a manifest recorded (`CorpusFile.describe()`): size, rows and digest. A JSONL file
     recorded before 0.7.11 has the digest of its first and last MiB: that one is compared then."""
+    if not isinstance(recorded, dict):
+        return False
     if (recorded.get("bytes"), recorded.get("rows")) != (f.bytes, f.rows):
         return False
     old = recorded.get("digest")

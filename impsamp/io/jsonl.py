@@ -97,7 +97,7 @@ def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
             if hashed is not None:
                 hashed.result()  # blocks are hashed in order, one at a time
             hashed = hasher.submit(h.update, block)
-            if plain:  # a checkpoint just after every 4096th newline
+            if plain:  # a checkpoint just after every 4096th newline (none at the end: no shard starts there)
                 ends = np.flatnonzero(np.frombuffer(block, np.uint8) == 10) + 1
                 first = -rows % CHECKPOINT_EVERY or CHECKPOINT_EVERY  # lines in this block up to the next one
                 checkpoints += [(rows + int(i) + 1, pos + int(ends[i]))
