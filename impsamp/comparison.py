@@ -257,7 +257,7 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
     from .clustering import ClusterConfig, Clusters, cluster
     from .embedding import EmbedConfig, Embeddings, embed
     from .embedding.loading import embed_backend
-    from .io import same_file
+    from .io import file_changed
 
     backend, quantize = embed_backend(cfg.backend)
     clu, given = (Clusters.load(clusters) if clusters is not None else None), "--embeddings"
@@ -270,7 +270,7 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
     if embeddings is not None:
         emb = Embeddings.load(embeddings)
         made_of = emb.manifest.inputs.get("corpus", {}).get("files", [])
-        if len(made_of) != len(generic_corpus.files) or not all(map(same_file, made_of, generic_corpus.files)):
+        if len(made_of) != len(generic_corpus.files) or any(map(file_changed, made_of, generic_corpus.files)):
             raise ConfigError(f"{given} {embeddings} were made from another corpus than --generic; pass "
                               "the embeddings of --generic, or leave them out to embed it")
     elif _reuse(out / "embeddings", "embed",

@@ -12,15 +12,15 @@ are skipped and counted, never fatal.
 
 Modules: `records` (formats, CorpusFile, Shard, ReadStats, batches, decoding), `discovery` (paths,
 folders, globs, `datasets` folders), `jsonl` (plain, gzip, zstd), `columnar` (Parquet, Arrow) and
-`corpus` (Corpus, open_corpus, reopen_corpus, same_file, corpus_summary).
+`corpus` (Corpus, open_corpus, reopen_corpus, file_changed, corpus_summary).
 """
 
 from __future__ import annotations
 
-from .corpus import Corpus, as_specs, corpus_summary, open_corpus, reopen_corpus, same_file
+from .corpus import Corpus, as_specs, corpus_summary, file_changed, open_corpus, reopen_corpus
 from .jsonl import open_binary
 from .records import BATCH_ROWS, DOC_SCHEMA, FORMATS, SUPPORTED, CorpusFile, ReadStats, Shard, detect_format
 
 __all__ = ["BATCH_ROWS", "DOC_SCHEMA", "FORMATS", "SUPPORTED", "Corpus", "CorpusFile", "ReadStats", "Shard",
-           "as_specs", "corpus_summary", "detect_format", "open_binary", "open_corpus", "reopen_corpus",
-           "same_file"]
+           "as_specs", "corpus_summary", "detect_format", "file_changed", "open_binary", "open_corpus",
+           "reopen_corpus"]

@@ -217,9 +217,8 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
             raise CorpusError(f"the corpus recorded in the manifest had {len(spec['files'])} file(s); "
                               f"{len(corpus.files)} are found now; embed it again")
         for old, new in zip(spec["files"], corpus.files):
-            if not same_file(old, new):
-                raise CorpusError(f"{new.path} changed since it was embedded ({_how_changed(old, new)}); "
-                                  "embed it again")
+            if (how := file_changed(old, new)) is not None:
+                raise CorpusError(f"{new.path} changed since it was embedded ({how}); embed it again")
         # the same files: keep the digests as recorded (a JSONL file's from before 0.7.11 too), so the corpus's
         # fingerprint is the one the outputs made from it were keyed by
         kept = [replace(f, digest=old["digest"]) for old, f in zip(spec["files"], corpus.files)]
@@ -227,27 +226,22 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
     return corpus
 
 
-def _how_changed(recorded: dict[str, Any], f: CorpusFile) -> str:
+def file_changed(recorded: Any, f: CorpusFile) -> str | None:
+    """How `f` differs from the file a manifest recorded (`CorpusFile.describe()`: size, rows, digest), or None
+    when it is the same file. A JSONL file recorded before 0.7.11 has the digest of its size and first and last
+    MiB (no `sha256:` prefix): the file is compared by that one."""
+    if not isinstance(recorded, dict):
+        return "the manifest's record of it is damaged"
     was = (recorded.get("bytes"), recorded.get("rows"))
     if was != (f.bytes, f.rows):
         return f"was {was[0]} bytes / {was[1]} rows, now {f.bytes} bytes / {f.rows} rows"
-    if not isinstance(recorded.get("digest"), str) or not recorded.get("digest"):
-        return "the manifest records no usable digest of it"
-    return "same size and rows, other content: its sha256 differs"
-
-
-def same_file(recorded: dict[str, Any], f: CorpusFile) -> bool:
-    """Whether `f` is the file a manifest recorded (`CorpusFile.describe()`): size, rows and digest. A JSONL file
-    recorded before 0.7.11 has the digest of its first and last MiB: that one is compared then."""
-    if not isinstance(recorded, dict):
-        return False
-    if (recorded.get("bytes"), recorded.get("rows")) != (f.bytes, f.rows):
-        return False
     old = recorded.get("digest")
-    if old == f.digest:
-        return True
-    legacy = isinstance(old, str) and ":" not in old and f.digest.startswith(FULL_DIGEST)
-    return legacy and old == file_digest(Path(f.path), f.bytes)
+    if not isinstance(old, str) or not old:
+        return "the manifest records no usable digest of it"
+    legacy = ":" not in old and f.digest.startswith(FULL_DIGEST)
+    if old == (file_digest(Path(f.path), f.bytes) if legacy else f.digest):
+        return None
+    return "same size and rows, other content: its sha256 differs"
 
 
 def describe_file(path: Path, offset: int, text_field: str, id_field: str | None) -> CorpusFile:

@@ -76,6 +76,9 @@ class ZstdRaw(io.RawIOBase):
 
 
 CHECKPOINT_EVERY = 4096
+FULL_DIGEST = "sha256:"
+"""The prefix of a digest over a file's whole content (JSONL, since 0.7.11); a bare hex digest covers the file's
+size and first and last MiB (`discovery.file_digest`: Parquet and Arrow files, and JSONL before 0.7.11)."""
 
 
 def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
@@ -112,11 +115,6 @@ def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
     if last != b"\n":
         rows += 1  # a last line without a newline is still a row
     return rows, tuple(checkpoints) if plain else (), FULL_DIGEST + h.hexdigest()
-
-
-FULL_DIGEST = "sha256:"
-"""The prefix of a digest over a file's whole content (JSONL, since 0.7.11); a bare hex digest covers the file's
-size and first and last MiB (`discovery.file_digest`: Parquet and Arrow files, and JSONL before 0.7.11)."""
 
 
 def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int, batch_rows: int,
