@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = (ROOT / "benchmarks" / "summary.md").read_text()
 parts = [SUMMARY]
-for name in ("embed", "embed_gpu", "cluster", "resample", "ngram_cache", "within_purity", "membership", "histogram_prior",
+for name in ("embed", "embed_gpu", "cluster", "resample", "jsonl_read", "ngram_cache", "within_purity", "membership", "histogram_prior",
              "budget", "train", "demo", "paper", "rare_target", "eval_oracle", "experts", "projected", "plan",
              "plan-session", "ray"):
     f = ROOT / "benchmarks" / "results" / f"{name}.md"

@@ -492,25 +492,22 @@ def test_a_read_failure_mid_corpus_keeps_the_committed_shards_and_resumes(tmp_pa
         calls.append(path)
         if len(calls) == 1:  # counting the lines when the corpus is opened
             return fh
-        lines = iter(fh.readlines())
 
-        class Failing:
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc):
-                fh.close()
+        class Failing:  # the 31st line read from where it was opened (or sought) fails
+            n = 0
 
             def seek(self, pos):
-                nonlocal lines
                 fh.seek(pos)
-                lines = iter(fh.readlines())
+                self.n = 0
 
-            def __iter__(self):
-                for n, line in enumerate(lines):
-                    if n == 30:
-                        raise OSError(errno.EIO, "Input/output error")
-                    yield line
+            def readline(self):
+                if self.n == 30:
+                    raise OSError(errno.EIO, "Input/output error")
+                self.n += 1
+                return fh.readline()
+
+            def close(self):
+                fh.close()
         return Failing()
 
     monkeypatch.setattr(jsonl, "open_binary", failing)

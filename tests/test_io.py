@@ -191,6 +191,66 @@ def test_long_jsonl_shards_past_the_seek_checkpoints(tmp_path, compression, rows
     assert seen == list(range(n))
 
 
+def compress_as(compression: str, data: bytes) -> bytes:
+    return {"": lambda b: b, ".gz": gzip.compress, ".zst": zstandard.ZstdCompressor().compress}[compression](data)
+
+
+@pytest.mark.parametrize("compression", [".gz", ".zst"])
+def test_a_compressed_file_read_shard_by_shard_is_decompressed_once(tmp_path, compression, monkeypatch):
+    """gzip and zstd cannot seek: each shard goes on from where the previous read of the file stopped
+    (0.7.11 decompressed the file from its start for every shard). Out of order, from threads, or after a
+    read that stopped early, every shard still gets its own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from impsamp.io import jsonl
+
+    n = 5_000
+    path = tmp_path / f"long.jsonl{compression}"
+    path.write_bytes(compress_as(compression, "".join(json.dumps({"text": f"row {i}"}) + "\n"
+                                                       for i in range(n)).encode()))
+    corpus = open_corpus(path)
+    opened = []
+    real_open = jsonl.open_binary
+    monkeypatch.setattr(jsonl, "open_binary", lambda p: opened.append(p) or real_open(p))
+
+    def rows_of(shard):
+        return [r for b in corpus.read(shard) for r in b.column("row").to_pylist()]
+
+    shards = corpus.shards(500)
+    assert [rows_of(s) for s in shards] == [list(range(s.start, s.stop)) for s in shards]
+    assert len(opened) == 1  # in order: one reader went through the file
+    assert [rows_of(s) for s in reversed(shards[:4])] == [list(range(s.start, s.stop)) for s in reversed(shards[:4])]
+    next(corpus.read(shards[5], batch_rows=10))  # a read given up after its first batch: its reader is closed
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(rows_of, shards))
+    assert got == [list(range(s.start, s.stop)) for s in shards]
+    assert sum(1 for k, _, _ in jsonl._kept if k[1] == str(path)) <= jsonl.KEPT_CURSORS
+    texts = corpus.take_rows(shards[3], np.array([1999, 1500, 1999, 1700]))  # any order, repeats
+    assert texts.to_pylist() == ["row 1999", "row 1500", "row 1999", "row 1700"]
+
+
+def test_taking_rows_of_a_jsonl_file_parses_only_those_lines(tmp_path, monkeypatch):
+    """`take_rows` (resample's read of the selected rows) parses the lines asked for and only counts the
+    others; the texts are those a full read gives, a BOM, an escaped surrogate pair and empty lines included."""
+    from impsamp.io import jsonl
+
+    lines = [json.dumps({"text": f"{SAMPLES[i % len(SAMPLES)]} {i}"}, ensure_ascii=i % 2 == 0) for i in range(300)]
+    lines[7] = ""  # an empty line is a row without a document
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
+    corpus = open_corpus(path)
+    by_row = dict(zip(read_all(corpus).column("row").to_pylist(), read_all(corpus).column("text").to_pylist()))
+    parsed = []
+    real = jsonl.parse_json_line
+    monkeypatch.setattr(jsonl, "parse_json_line", lambda c, p, row, *a: parsed.append(row) or real(c, p, row, *a))
+    shard = corpus.shards(1000)[0]
+    wanted = np.array([0, 299, 2, 150, 2, 8])
+    assert corpus.take_rows(shard, wanted).to_pylist() == [by_row[r] for r in wanted]
+    assert sorted(parsed) == [0, 2, 8, 150, 299]
+    with pytest.raises(CorpusError, match="row 7 holds no text any more"):
+        corpus.take_rows(shard, np.array([5, 7]))
+
+
 @pytest.mark.parametrize("rows_per_shard", [1000, 2048, 3000, 10_000])
 def test_parquet_shards_inside_a_large_row_group(tmp_path, rows_per_shard):
     """A row group larger than one read batch (2048 rows): shards start and stop mid-group."""
@@ -433,11 +493,37 @@ def test_reopen_corpus_accepts_the_first_and_last_mib_digest_of_earlier_manifest
     assert "damaged" in file_changed(["not", "a", "record"], open_corpus(path).files[0])
 
 
+@pytest.mark.parametrize("damage", ["a path, not a record", "no path", "no files", "files not a list",
+                                    "no text field", "not a dict"])
+def test_a_damaged_corpus_record_is_one_corpus_error_naming_its_file(tmp_path, damage):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(make_docs()))
+    spec = json.loads(json.dumps(open_corpus(path).spec()))
+    if damage == "a path, not a record":
+        spec["files"] = [str(path)]
+    elif damage == "no path":
+        del spec["files"][0]["path"]
+    elif damage == "no files":
+        del spec["files"]
+    elif damage == "files not a list":
+        spec["files"] = None
+    elif damage == "no text field":
+        del spec["text_field"]
+    else:
+        spec = [spec]
+    with pytest.raises(CorpusError, match=r"the corpus record in /x/manifest.json is damaged.*embed the corpus again"):
+        reopen_corpus(spec, source="/x/manifest.json")
+
+
 def test_take_returns_texts_and_ids_by_doc_index(tmp_path):
     docs = make_docs()
     corpus = open_corpus(write_format("mixed-folder", tmp_path, docs))
-    got = corpus.take([0, 21, 119, 50])
-    assert got == {i: (docs[i]["id"], docs[i]["text"]) for i in (0, 21, 50, 119)}
+    got = corpus.take([0, 21, 119, 50, 70, 90])  # JSONL, Parquet, feather, .gz, .zst
+    assert got == {i: (docs[i]["id"], docs[i]["text"]) for i in (0, 21, 50, 70, 90, 119)}
+    no_ids = tmp_path / "no-ids.jsonl.gz"
+    no_ids.write_bytes(gzip.compress(jsonl_bytes([{"text": d["text"]} for d in docs])))
+    assert open_corpus(no_ids).take([3, 1]) == {1: ("no-ids.jsonl.gz:1", docs[1]["text"]),
+                                                 3: ("no-ids.jsonl.gz:3", docs[3]["text"])}
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -523,3 +609,93 @@ def test_files_a_folder_holds_that_impsamp_does_not_read_are_named_once(tmp_path
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "skipped 1 file(s)" in said[0] and "notes.txt" in said[0]
     assert str(tmp_path / "c") in discovery._WARNED
+
+
+@pytest.fixture
+def settled_now(monkeypatch):
+    """Files count as settled (`known.SETTLED_SECONDS`) 0.05 s after their last write instead of 2 s."""
+    from impsamp.io import known
+
+    monkeypatch.setattr(known, "SETTLED_SECONDS", 0.05)
+    return known
+
+
+def counting_reads(monkeypatch) -> list[Path]:
+    from impsamp.io import corpus as corpus_mod
+
+    reads = []
+    real = corpus_mod.count_lines
+    monkeypatch.setattr(corpus_mod, "count_lines", lambda p: reads.append(p) or real(p))
+    return reads
+
+
+def test_an_unchanged_jsonl_file_is_not_read_through_again(tmp_path, monkeypatch, settled_now):
+    """What the full read of a JSONL file found is kept by the file's identity on disk: opening it again
+    (each resample, slice, compare) only stats it. Any write makes it read again, a same-size edit with its
+    modification time put back included (the change time moves)."""
+    import os
+    import time
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(make_docs(10_000)))  # past the first seek checkpoint
+    time.sleep(0.1)
+    reads = counting_reads(monkeypatch)
+    first = open_corpus(path)
+    again = open_corpus(path)
+    assert len(reads) == 1 and again.files == first.files and again.fingerprint() == first.fingerprint()
+    assert len(again.files[0].line_offsets) == 3
+    spec = first.spec()
+    st = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"doc-1\"", b"doc-X\"", 1))  # same size and rows, other content
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # its old modification time put back
+    time.sleep(0.1)
+    with pytest.raises(CorpusError, match="changed since it was embedded"):
+        reopen_corpus(spec)
+    assert len(reads) == 2
+    monkeypatch.setenv("IMPSAMP_NO_FILE_CACHE", "1")
+    open_corpus(path)
+    assert len(reads) == 3
+
+
+def test_a_file_written_just_before_or_during_its_read_is_not_kept(tmp_path, monkeypatch, settled_now):
+    from impsamp.io import corpus as corpus_mod
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(make_docs()))
+    reads = counting_reads(monkeypatch)
+    monkeypatch.setattr(settled_now, "SETTLED_SECONDS", 3600.0)  # just written: not settled
+    open_corpus(path)
+    open_corpus(path)
+    assert len(reads) == 2 and not settled_now.entry_path(path.resolve()).exists()
+    monkeypatch.setattr(settled_now, "SETTLED_SECONDS", 0.0)
+    real = corpus_mod.count_lines
+
+    def appended_during_the_read(p):
+        got = real(p)
+        with open(p, "ab") as f:
+            f.write(jsonl_bytes(make_docs(1)))
+        return got
+
+    monkeypatch.setattr(corpus_mod, "count_lines", appended_during_the_read)
+    open_corpus(path)
+    assert not settled_now.entry_path(path.resolve()).exists()
+
+
+def test_a_damaged_or_foreign_cache_entry_is_read_past(tmp_path, monkeypatch, settled_now):
+    import time
+
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(jsonl_bytes(make_docs()))
+    time.sleep(0.1)
+    reads = counting_reads(monkeypatch)
+    rows = open_corpus(path).n_rows
+    entry = settled_now.entry_path(path.resolve())
+    kept = json.loads(entry.read_text())
+    for damage in ("{not json", json.dumps({**kept, "rows": "many"}), json.dumps({**kept, "path": "/elsewhere"}),
+                   json.dumps({**kept, "digest": None}), json.dumps([kept])):
+        entry.write_text(damage)
+        assert open_corpus(path).n_rows == rows
+    assert len(reads) == 1 + 5
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # a cache that cannot be written
+    assert open_corpus(path).n_rows == rows and len(reads) == 7

@@ -364,7 +364,7 @@ def test_ngram_features_are_kept_for_later_targets_and_give_the_same_bytes(stage
         return {o.path: o.sha256 for o in sel.manifest.outputs if o.path.startswith("data-")}
 
     plain = data_hashes("plain", ngram_cache=False)
-    assert not (tmp_path / "cache").exists()  # --no-ngram-cache keeps nothing outside the run
+    assert not (tmp_path / "cache" / "ngram").exists()  # --no-ngram-cache keeps no features outside the run
     assert data_hashes("cold") == plain
     kept = sorted((tmp_path / "cache" / "ngram").glob("*/*.npz"))
     assert [f.stem for f in kept] == list(emb.shard_names)  # one file per embedding shard, nothing else
@@ -413,7 +413,7 @@ def test_kept_ngram_features_are_the_same_numbers_and_never_another_embeddings(s
     monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "cache2"))
     r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--method", "ngram",
                  "--no-ngram-cache", "--out", tmp_path / "cli"])
-    assert r.exit_code == 0 and not (tmp_path / "cache2").exists(), r.output
+    assert r.exit_code == 0 and not (tmp_path / "cache2" / "ngram").exists(), r.output
 
 
 def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages, tmp_path):

@@ -129,8 +129,8 @@ class Embeddings:
         Raises:
             CorpusError: a file is missing or changed. StageError: the fingerprint differs.
         """
-        spec = self.manifest.inputs["corpus"]
-        corpus = reopen_corpus(spec)
+        spec = self.manifest.inputs.get("corpus")
+        corpus = reopen_corpus(spec, source=str(self.path / "manifest.json"))
         if corpus.fingerprint() != spec.get("fingerprint"):
             raise StageError(f"the corpus of {self.path} changed since it was embedded (fingerprint "
                              f"{corpus.fingerprint()} != {spec.get('fingerprint')}); embed it again")

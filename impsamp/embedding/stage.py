@@ -172,7 +172,7 @@ def finalize_embed(out_dir: Path, record: dict[str, Any], execution: Execution) 
     config = dict(record["config"])
     identity = dict(config.pop("model_identity"))
     cfg = from_dict(EmbedConfig, config, source=str(out_dir / "_run.json"))
-    corpus = reopen_corpus(record["inputs"]["corpus"])
+    corpus = reopen_corpus(record["inputs"]["corpus"], source=str(out_dir / "_run.json"))
     dim = identity.get("dim")
     if not isinstance(dim, int):
         first = sorted(out_dir.glob("vectors-*.npy"))

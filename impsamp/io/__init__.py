@@ -11,7 +11,8 @@ keeps a stable index: its row counted over the files in order. Empty and whitesp
 are skipped and counted, never fatal.
 
 Modules: `records` (formats, CorpusFile, Shard, ReadStats, batches, decoding), `discovery` (paths,
-folders, globs, `datasets` folders), `jsonl` (plain, gzip, zstd), `columnar` (Parquet, Arrow) and
+folders, globs, `datasets` folders), `jsonl` (plain, gzip, zstd), `known` (what a JSONL file's full read found,
+kept by the file's identity on disk), `columnar` (Parquet, Arrow) and
 `corpus` (Corpus, open_corpus, reopen_corpus, file_changed, corpus_summary).
 """
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 from ..errors import CorpusError
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import expand, file_digest
-from .jsonl import FULL_DIGEST, count_lines, open_binary, read_jsonl, zstd_error
+from .jsonl import FULL_DIGEST, count_lines, open_binary, read_jsonl, take_jsonl, zstd_error
+from .known import counted
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
                       short_error)
 
@@ -96,12 +97,15 @@ class Corpus:
             text_type = arrow_schema(path, f.format).field(self.text_field).type
             if pa.types.is_string(text_type) or pa.types.is_large_string(text_type):
                 return self._take_columnar(f, rows)
-        got: dict[int, str] = {}
         wanted = set(rows.tolist())
-        for b in self.read(shard, stats=ReadStats()):
-            for r, t in zip(b.column("row").to_pylist(), b.column("text").to_pylist()):
-                if r in wanted:
-                    got[r] = t
+        if f.format == "jsonl":  # the wanted lines parsed, the others only counted
+            got = {r: text for r, (text, _) in take_jsonl(self, f, wanted).items()}
+        else:
+            got = {}
+            for b in self.read(shard, stats=ReadStats()):
+                for r, t in zip(b.column("row").to_pylist(), b.column("text").to_pylist()):
+                    if r in wanted:
+                        got[r] = t
         if len(got) < len(wanted):
             missing = min(wanted - got.keys())
             raise CorpusError(f"{path}: row {missing} holds no text any more; the corpus changed since it "
@@ -135,7 +139,13 @@ class Corpus:
         """Text and id of the given global document indices (a streaming pass over their shards)."""
         wanted = set(int(i) for i in doc_index)
         out: dict[int, tuple[str, str]] = {}
+        for f in self.files:  # JSONL: only the wanted lines parsed
+            mine = [i - f.offset for i in wanted if f.format == "jsonl" and f.offset <= i < f.offset + f.rows]
+            for row, (text, doc_id) in take_jsonl(self, f, mine).items():
+                out[f.offset + row] = (doc_id if doc_id is not None else f.row_id(row), text)
         for s in self.shards():
+            if self.files[s.file].format == "jsonl":
+                continue
             lo = self.files[s.file].offset + s.start
             if not any(lo <= i < lo + s.rows for i in wanted):
                 continue
@@ -204,12 +214,19 @@ def with_id_prefixes(files: list[CorpusFile]) -> list[CorpusFile]:
     return [replace(f, id_prefix=n) for f, n in zip(files, names)]
 
 
-def reopen_corpus(spec: dict[str, Any], *, check: bool = True) -> Corpus:
-    """Reopen a corpus from `Corpus.spec()`; with `check`, refuse it if a file changed since."""
-    files = [f["path"] for f in spec["files"]]
+def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "the manifest") -> Corpus:
+    """Reopen a corpus from `Corpus.spec()`; with `check`, refuse it if a file changed since. `source` names
+    the file the spec came from, in the error for a damaged one."""
+    recorded = spec.get("files") if isinstance(spec, dict) else None
+    if not isinstance(recorded, list) or not recorded or not all(
+            isinstance(f, dict) and isinstance(f.get("path"), str) for f in recorded) \
+            or not isinstance(spec.get("text_field"), str):
+        raise CorpusError(f"the corpus record in {source} is damaged (no list of files with their paths, or "
+                          "no text field); embed the corpus again")
+    files = [f["path"] for f in recorded]
     try:
-        corpus = open_corpus(files, text_field=spec["text_field"], id_field=spec["id_field"],
-                             encoding_errors=spec["encoding_errors"])
+        corpus = open_corpus(files, text_field=spec["text_field"], id_field=spec.get("id_field"),
+                             encoding_errors=spec.get("encoding_errors", "strict"))
     except CorpusError as e:
         raise CorpusError(f"cannot reopen the corpus recorded in the manifest: {e}") from e
     if check:
@@ -249,7 +266,7 @@ def describe_file(path: Path, offset: int, text_field: str, id_field: str | None
     size = path.stat().st_size
     try:
         if fmt == "jsonl":
-            rows, checkpoints, digest = count_lines(path)
+            rows, checkpoints, digest = counted(path, count_lines)  # read through once per version of the file
             names = None
         else:
             schema, rows = arrow_schema_rows(path, fmt)

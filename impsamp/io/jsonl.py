@@ -5,7 +5,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,32 +122,107 @@ def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
 def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int, batch_rows: int,
                 stats: ReadStats) -> Iterator[pa.RecordBatch]:
     path = Path(f.path)
-    row, seek = 0, 0
-    for r, off in f.line_offsets:
-        if r <= start:
-            row, seek = r, off
     builder = BatchBuilder(f, file_i, batch_rows)
-    try:
-        with open_binary(path) as fh:
-            if seek:
-                fh.seek(seek)
-            for raw in fh:
-                if row >= stop:
-                    break
-                if row >= start:
-                    text, doc_id = parse_json_line(corpus, path, row, raw, stats)
-                    if text is not None:
-                        if (batch := builder.add(row, doc_id, text)) is not None:
-                            yield batch
-                row += 1
-    except (OSError, EOFError, zstd_error()) as e:
-        raise CorpusError(f"{path} line {row + 1}: cannot read it as jsonl ({short_error(e)}); "
-                          "is the file complete?") from None
-    if row < stop:
-        raise CorpusError(f"{path}: has {row} lines, {f.rows} when the corpus was opened; "
+    with LineCursor(f, start) as cur:
+        for row, raw in cur.lines(stop):
+            if row >= start:
+                text, doc_id = parse_json_line(corpus, path, row, raw, stats)
+                if text is not None:
+                    if (batch := builder.add(row, doc_id, text)) is not None:
+                        yield batch
+    if cur.row < stop:
+        raise CorpusError(f"{path}: has {cur.row} lines, {f.rows} when the corpus was opened; "
                           "the file changed while it was being read")
     if (batch := builder.flush()) is not None:
         yield batch
+
+
+def take_jsonl(corpus: Corpus, f: CorpusFile, rows: Iterable[int]) -> dict[int, tuple[str, str | None]]:
+    """(text, id or None) of the given lines (0-based) of a JSONL file, by line: only those lines are parsed,
+    the others only counted. A line with no text is left out. The caller has checked the file is the one the
+    rows were read from (its digest), which read every line then."""
+    wanted = sorted(set(rows))
+    got: dict[int, tuple[str, str | None]] = {}
+    if not wanted:
+        return got
+    stats, i, path = ReadStats(), 0, Path(f.path)
+    with LineCursor(f, wanted[0]) as cur:
+        for row, raw in cur.lines(wanted[-1] + 1):
+            if row == wanted[i]:
+                text, doc_id = parse_json_line(corpus, path, row, raw, stats)
+                if text is not None:
+                    got[row] = (text, doc_id)
+                i += 1
+    return got
+
+
+class LineCursor:
+    """An open JSONL file at a line, for reading lines `start..stop`: a plain file seeks to the checkpoint before
+    `start`; a compressed one (gzip and zstd cannot seek) goes on from where an earlier read of this file in this
+    process stopped, at or before `start`, so reading a file's shards in order decompresses it once, not once
+    per shard. A cursor that read to its `stop` without error is kept for the next read (`KEPT_CURSORS`)."""
+
+    def __init__(self, f: CorpusFile, start: int):
+        self.path, self.key = Path(f.path), (os.getpid(), f.path, f.bytes, f.digest)
+        self.compressed = not f.line_offsets  # a plain file has a checkpoint at line 0 at least
+        self.row, self.stop, seek = 0, -1, 0
+        for r, off in f.line_offsets:
+            if r <= start:
+                self.row, seek = r, off
+        kept = _take_kept(self.key, start) if self.compressed else None
+        if kept is not None:
+            self.row, self.fh = kept
+        else:
+            self.fh = open_binary(self.path)
+            if seek:
+                self.fh.seek(seek)
+
+    def lines(self, stop: int) -> Iterator[tuple[int, bytes]]:
+        """(line number, raw line) up to `stop` (or the end of the file); the cursor stays after the last."""
+        self.stop = stop
+        try:
+            while self.row < stop:
+                raw = self.fh.readline()
+                if not raw:
+                    return
+                yield self.row, raw
+                self.row += 1
+        except (OSError, EOFError, zstd_error()) as e:
+            raise CorpusError(f"{self.path} line {self.row + 1}: cannot read it as jsonl ({short_error(e)}); "
+                              "is the file complete?") from None
+
+    def __enter__(self) -> LineCursor:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None and self.compressed and self.row == self.stop:
+            _keep(self.key, self.row, self.fh)
+        else:
+            self.fh.close()
+
+
+KEPT_CURSORS = 8
+"""Compressed JSONL readers kept open per process, the least recently left closed first."""
+_kept: list[tuple[tuple[Any, ...], int, io.BufferedIOBase]] = []
+_kept_lock = threading.Lock()
+
+
+def _take_kept(key: tuple[Any, ...], start: int) -> tuple[int, io.BufferedIOBase] | None:
+    """The kept reader of this file furthest along but not past `start`, taken out of the pool."""
+    with _kept_lock:
+        best = max((i for i, (k, row, _) in enumerate(_kept) if k == key and row <= start),
+                   key=lambda i: _kept[i][1], default=None)
+        if best is None:
+            return None
+        _, row, fh = _kept.pop(best)
+        return row, fh
+
+
+def _keep(key: tuple[Any, ...], row: int, fh: io.BufferedIOBase) -> None:
+    with _kept_lock:
+        _kept.append((key, row, fh))
+        while len(_kept) > KEPT_CURSORS:
+            _kept.pop(0)[2].close()
 
 
 def zstd_error() -> type[BaseException]:

@@ -55,6 +55,10 @@ class CorpusFile:
     """FILE in the `FILE:ROW` ids of documents without an id: the file name, or its path below the
     corpus's common folder when two files share a name (e.g. two `data-00000-of-00001.arrow`)."""
 
+    def row_id(self, row: int) -> str:
+        """The id of a document without one: `FILE:ROW`."""
+        return f"{self.id_prefix or Path(self.path).name}:{row}"
+
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "rows": self.rows, "bytes": self.bytes,
                 "digest": self.digest}
@@ -95,14 +99,13 @@ class ReadStats:
 class BatchBuilder:
     def __init__(self, f: CorpusFile, file_i: int, batch_rows: int):
         self.f, self.file_i, self.batch_rows = f, file_i, batch_rows
-        self.prefix = f.id_prefix or Path(f.path).name
         self.rows: list[int] = []
         self.ids: list[str] = []
         self.texts: list[str] = []
 
     def add(self, row: int, doc_id: str | None, text: str) -> pa.RecordBatch | None:
         self.rows.append(row)
-        self.ids.append(doc_id if doc_id is not None else f"{self.prefix}:{row}")
+        self.ids.append(doc_id if doc_id is not None else self.f.row_id(row))
         self.texts.append(text)
         return self.flush() if len(self.rows) >= self.batch_rows else None
 
