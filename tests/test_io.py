@@ -224,7 +224,7 @@ def test_a_compressed_file_read_shard_by_shard_is_decompressed_once(tmp_path, co
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(rows_of, shards))
     assert got == [list(range(s.start, s.stop)) for s in shards]
-    assert sum(1 for k, _, _ in jsonl._kept if k[1] == str(path)) <= jsonl.KEPT_CURSORS
+    assert sum(1 for k, _, _ in jsonl._idle if k[0] == str(path)) <= jsonl.IDLE_READERS
     texts = corpus.take_rows(shards[3], np.array([1999, 1500, 1999, 1700]))  # any order, repeats
     assert texts.to_pylist() == ["row 1999", "row 1500", "row 1999", "row 1700"]
 
@@ -699,3 +699,77 @@ def test_a_damaged_or_foreign_cache_entry_is_read_past(tmp_path, monkeypatch, se
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # a cache that cannot be written
     assert open_corpus(path).n_rows == rows and len(reads) == 7
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.gz"])
+def test_a_jsonl_file_gone_or_cut_after_opening_is_a_corpus_error(tmp_path, name):
+    path = tmp_path / name
+    data = jsonl_bytes(make_docs(100))
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    corpus = open_corpus(path)
+    shard = corpus.shards(1000)[0]
+    half = jsonl_bytes(make_docs(50))
+    path.write_bytes(gzip.compress(half) if name.endswith(".gz") else half)
+    with pytest.raises(CorpusError, match="has 50 lines, 100 when the corpus was opened"):
+        corpus.take([10, 90])
+    path.unlink()
+    for call in (lambda: list(corpus.read(shard)), lambda: corpus.take_rows(shard, np.array([3])),
+                 lambda: corpus.take([3])):
+        with pytest.raises(CorpusError, match=f"{name} line 1: cannot read it as jsonl .*No such file"):
+            call()
+
+
+def test_idle_readers_end_at_the_end_of_a_file_and_are_not_shared_with_a_fork(tmp_path):
+    import os
+
+    from impsamp.io import jsonl
+
+    path = tmp_path / "a.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(make_docs(100))))
+    corpus = open_corpus(path)
+    shards = corpus.shards(30)
+    jsonl.close_idle_readers()
+    list(corpus.read(shards[0]))
+    assert [row for k, row, _ in jsonl._idle if k[0] == str(path)] == [30]  # waits for the next shard
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: an empty pool, its own readers, the same rows
+        ok = not jsonl._idle and [b.column("row").to_pylist() for b in corpus.read(shards[1])] == [list(range(30, 60))]
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    for s in shards[1:]:
+        list(corpus.read(s))
+    assert not [k for k, _, _ in jsonl._idle if k[0] == str(path)]  # read to its end: closed, not kept
+
+
+def test_the_file_cache_is_read_past_when_it_cannot_help(tmp_path, monkeypatch, settled_now):
+    """No cache folder to be found (no home), a file name that is not UTF-8, a file that settles only while it
+    is being read: the corpus opens as without a cache, and nothing wrong is kept."""
+    import os
+    import time
+
+    from impsamp import config
+    from impsamp.io import corpus as corpus_mod
+
+    path = tmp_path / os.fsdecode(b"caf\xe9.jsonl")
+    path.write_bytes(jsonl_bytes(make_docs()))
+    time.sleep(0.1)
+    reads = counting_reads(monkeypatch)
+    assert open_corpus(path).n_rows == open_corpus(path).n_rows == 120 and len(reads) == 1  # kept, then used
+    monkeypatch.setattr(config, "cache_dir", lambda: (_ for _ in ()).throw(RuntimeError("no home directory")))
+    assert open_corpus(path).n_rows == 120 and len(reads) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(settled_now, "SETTLED_SECONDS", 0.5)
+    fresh = tmp_path / "fresh.jsonl"
+    fresh.write_bytes(jsonl_bytes(make_docs()))
+    real = corpus_mod.count_lines
+
+    def slow(p):  # the file is only 0.6 s old when this read ends, but was 0.0 s old when it began
+        time.sleep(0.6)
+        return real(p)
+
+    monkeypatch.setattr(corpus_mod, "count_lines", slow)
+    open_corpus(fresh)
+    assert not settled_now.entry_path(fresh.resolve()).exists()

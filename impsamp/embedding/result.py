@@ -129,7 +129,8 @@ class Embeddings:
         Raises:
             CorpusError: a file is missing or changed. StageError: the fingerprint differs.
         """
-        spec = self.manifest.inputs.get("corpus")
+        inputs = self.manifest.inputs
+        spec = inputs.get("corpus") if isinstance(inputs, dict) else None
         corpus = reopen_corpus(spec, source=str(self.path / "manifest.json"))
         if corpus.fingerprint() != spec.get("fingerprint"):
             raise StageError(f"the corpus of {self.path} changed since it was embedded (fingerprint "

@@ -136,11 +136,14 @@ class Corpus:
         return texts.take(pa.array(inverse))
 
     def take(self, doc_index: np.ndarray) -> dict[int, tuple[str, str]]:
-        """Text and id of the given global document indices (a streaming pass over their shards)."""
+        """Id and text of the given global document indices: of a JSONL file only those lines are parsed; the
+        shards of other files that hold one are read."""
         wanted = set(int(i) for i in doc_index)
         out: dict[int, tuple[str, str]] = {}
-        for f in self.files:  # JSONL: only the wanted lines parsed
-            mine = [i - f.offset for i in wanted if f.format == "jsonl" and f.offset <= i < f.offset + f.rows]
+        for f in self.files:
+            if f.format != "jsonl":
+                continue
+            mine = [i - f.offset for i in wanted if f.offset <= i < f.offset + f.rows]
             for row, (text, doc_id) in take_jsonl(self, f, mine).items():
                 out[f.offset + row] = (doc_id if doc_id is not None else f.row_id(row), text)
         for s in self.shards():

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from .corpus import Corpus
 
 
+def compressed(path: Path) -> bool:
+    """gzip or zstd by its name (`open_binary` decompresses it; it cannot seek)."""
+    return path.name.lower().endswith((".gz", ".zst", ".zstd"))
+
+
 def open_binary(path: Path) -> io.BufferedIOBase:
     name = path.name.lower()
     if name.endswith(".gz"):
@@ -92,7 +97,7 @@ def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:
 
     import numpy as np
 
-    plain = detect_format(path) == "jsonl" and not path.name.lower().endswith((".gz", ".zst", ".zstd"))
+    plain = detect_format(path) == "jsonl" and not compressed(path)
     h = hashlib.sha256()
     rows, pos, checkpoints = 0, 0, [(0, 0)]
     last = b"\n"
@@ -123,63 +128,77 @@ def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int
                 stats: ReadStats) -> Iterator[pa.RecordBatch]:
     path = Path(f.path)
     builder = BatchBuilder(f, file_i, batch_rows)
-    with LineCursor(f, start) as cur:
-        for row, raw in cur.lines(stop):
+    with LineReader(f, start) as reader:
+        for row, raw in reader.lines(stop):
             if row >= start:
                 text, doc_id = parse_json_line(corpus, path, row, raw, stats)
                 if text is not None:
                     if (batch := builder.add(row, doc_id, text)) is not None:
                         yield batch
-    if cur.row < stop:
-        raise CorpusError(f"{path}: has {cur.row} lines, {f.rows} when the corpus was opened; "
+    if reader.row < stop:
+        raise CorpusError(f"{path}: has {reader.row} lines, {f.rows} when the corpus was opened; "
                           "the file changed while it was being read")
     if (batch := builder.flush()) is not None:
         yield batch
 
 
 def take_jsonl(corpus: Corpus, f: CorpusFile, rows: Iterable[int]) -> dict[int, tuple[str, str | None]]:
-    """(text, id or None) of the given lines (0-based) of a JSONL file, by line: only those lines are parsed,
-    the others only counted. A line with no text is left out. The caller has checked the file is the one the
-    rows were read from (its digest), which read every line then."""
+    """(text, id or None) of the given lines (0-based) of a JSONL file, by line number; a line with no text is
+    left out. Only those lines are parsed; the others are only counted, which is safe because the caller
+    reopened the corpus and so checked the file's digest."""
     wanted = sorted(set(rows))
     got: dict[int, tuple[str, str | None]] = {}
     if not wanted:
         return got
     stats, i, path = ReadStats(), 0, Path(f.path)
-    with LineCursor(f, wanted[0]) as cur:
-        for row, raw in cur.lines(wanted[-1] + 1):
+    with LineReader(f, wanted[0]) as reader:
+        for row, raw in reader.lines(wanted[-1] + 1):
             if row == wanted[i]:
                 text, doc_id = parse_json_line(corpus, path, row, raw, stats)
                 if text is not None:
                     got[row] = (text, doc_id)
                 i += 1
+    if reader.row <= wanted[-1]:
+        raise CorpusError(f"{path}: has {reader.row} lines, {f.rows} when the corpus was opened; "
+                          "the file changed since")
     return got
 
 
-class LineCursor:
-    """An open JSONL file at a line, for reading lines `start..stop`: a plain file seeks to the checkpoint before
-    `start`; a compressed one (gzip and zstd cannot seek) goes on from where an earlier read of this file in this
-    process stopped, at or before `start`, so reading a file's shards in order decompresses it once, not once
-    per shard. A cursor that read to its `stop` without error is kept for the next read (`KEPT_CURSORS`)."""
+class LineReader:
+    """A JSONL file open at a line, to read its lines `start..stop`. A plain file seeks to the checkpoint at or
+    before `start`. A compressed one (gzip and zstd cannot seek) goes on from an idle reader of this process
+    that stopped at or before `start`, if there is one: reading a file's shards in order decompresses it once,
+    not once per shard. A reader that read to its `stop` without error, short of the end of the file, waits
+    in `_idle` for the next shard (at most `IDLE_READERS`); any other is closed."""
 
     def __init__(self, f: CorpusFile, start: int):
-        self.path, self.key = Path(f.path), (os.getpid(), f.path, f.bytes, f.digest)
-        self.compressed = not f.line_offsets  # a plain file has a checkpoint at line 0 at least
-        self.row, self.stop, seek = 0, -1, 0
+        self.path, self.rows, self.key = Path(f.path), f.rows, (f.path, f.bytes, f.digest)
+        self.compressed = compressed(self.path)
+        self.row, self.finished, seek = 0, False, 0
         for r, off in f.line_offsets:
             if r <= start:
                 self.row, seek = r, off
-        kept = _take_kept(self.key, start) if self.compressed else None
-        if kept is not None:
-            self.row, self.fh = kept
-        else:
+        idle = _take_idle(self.key, start) if self.compressed else None
+        if idle is not None:
+            self.row, self.fh = idle
+            return
+        try:
             self.fh = open_binary(self.path)
+        except OSError as e:
+            raise self._error(e) from None
+        try:
             if seek:
                 self.fh.seek(seek)
+        except OSError as e:
+            self.fh.close()
+            raise self._error(e) from None
+
+    def _error(self, e: BaseException) -> CorpusError:
+        return CorpusError(f"{self.path} line {self.row + 1}: cannot read it as jsonl ({short_error(e)}); "
+                           "is the file complete?")
 
     def lines(self, stop: int) -> Iterator[tuple[int, bytes]]:
-        """(line number, raw line) up to `stop` (or the end of the file); the cursor stays after the last."""
-        self.stop = stop
+        """(line number, raw line) up to `stop` or the end of the file; `row` is then the next line's number."""
         try:
             while self.row < stop:
                 raw = self.fh.readline()
@@ -187,42 +206,59 @@ class LineCursor:
                     return
                 yield self.row, raw
                 self.row += 1
+            self.finished = True
         except (OSError, EOFError, zstd_error()) as e:
-            raise CorpusError(f"{self.path} line {self.row + 1}: cannot read it as jsonl ({short_error(e)}); "
-                              "is the file complete?") from None
+            raise self._error(e) from None
 
-    def __enter__(self) -> LineCursor:
+    def __enter__(self) -> LineReader:
         return self
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        if kind is None and self.compressed and self.row == self.stop:
-            _keep(self.key, self.row, self.fh)
+        if kind is None and self.finished and self.compressed and self.row < self.rows:
+            _make_idle(self.key, self.row, self.fh)
         else:
             self.fh.close()
 
 
-KEPT_CURSORS = 8
-"""Compressed JSONL readers kept open per process, the least recently left closed first."""
-_kept: list[tuple[tuple[Any, ...], int, io.BufferedIOBase]] = []
-_kept_lock = threading.Lock()
+IDLE_READERS = 8
+"""Readers of compressed JSONL files left open per process between shards, the longest idle closed first."""
+_idle: list[tuple[tuple[Any, ...], int, io.BufferedIOBase]] = []
+_idle_lock = threading.Lock()
 
 
-def _take_kept(key: tuple[Any, ...], start: int) -> tuple[int, io.BufferedIOBase] | None:
-    """The kept reader of this file furthest along but not past `start`, taken out of the pool."""
-    with _kept_lock:
-        best = max((i for i, (k, row, _) in enumerate(_kept) if k == key and row <= start),
-                   key=lambda i: _kept[i][1], default=None)
+def _take_idle(key: tuple[Any, ...], start: int) -> tuple[int, io.BufferedIOBase] | None:
+    """The idle reader of this file furthest along but not past `start`, taken out of the pool."""
+    with _idle_lock:
+        best = max((i for i, (k, row, _) in enumerate(_idle) if k == key and row <= start),
+                   key=lambda i: _idle[i][1], default=None)
         if best is None:
             return None
-        _, row, fh = _kept.pop(best)
+        _, row, fh = _idle.pop(best)
         return row, fh
 
 
-def _keep(key: tuple[Any, ...], row: int, fh: io.BufferedIOBase) -> None:
-    with _kept_lock:
-        _kept.append((key, row, fh))
-        while len(_kept) > KEPT_CURSORS:
-            _kept.pop(0)[2].close()
+def _make_idle(key: tuple[Any, ...], row: int, fh: io.BufferedIOBase) -> None:
+    with _idle_lock:
+        _idle.append((key, row, fh))
+        while len(_idle) > IDLE_READERS:
+            _idle.pop(0)[2].close()
+
+
+def close_idle_readers() -> None:
+    """Close the readers kept between shards (a long-lived process done with a corpus frees their memory and,
+    for a deleted file, its disk space)."""
+    with _idle_lock:
+        while _idle:
+            _idle.pop()[2].close()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets an empty pool and a lock no thread holds; the parent's readers stay the parent's."""
+    global _idle, _idle_lock
+    _idle, _idle_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def zstd_error() -> type[BaseException]:

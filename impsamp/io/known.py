@@ -3,12 +3,15 @@ under the file's identity on disk, so that opening the corpus again (each `resam
 corpus is unchanged; each Slurm slice, `compare` and `train` open it too) does not read and hash every byte again.
 
 The identity is what the operating system changes on any write: device, inode, size, modification and change
-times in nanoseconds (git's index trusts the same fields). The change time cannot be set back by a program
-(`touch` and `os.utime` set the modification time and so move it forward), so a file edited in place, even to
-the same size with its old modification time put back, is read again. A file whose times are under
-`SETTLED_SECONDS` old when it is read is not kept: file systems stamp times in ticks (a few ms on Linux, 2 s on
-FAT, the server's on NFS), and a write in the tick just after the read could leave the identity as it was.
-`IMPSAMP_NO_FILE_CACHE=1` turns it off (every open reads every file).
+times in nanoseconds (git's index trusts the same fields). A program cannot set the change time back (`touch`
+and `os.utime` set the modification time and so move the change time forward), so a file edited in place, even
+to the same size with its old modification time put back, is read again. The identity is taken from an open
+file (`fstat`): on NFS, opening revalidates the attributes a plain `stat` may serve from the client's cache.
+What a read finds is kept only when the file's times were at least `SETTLED_SECONDS` old when the read began
+and its identity did not change during it: file systems stamp times in ticks (a few ms on Linux's local file
+systems, 1-2 s on some others), and a write in the same tick as the stamp could leave the identity as it was.
+`IMPSAMP_NO_FILE_CACHE=1` turns it off (every open reads every file), for mounts that do not keep these
+times (some FUSE and object-store file systems).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,27 +30,37 @@ Counted = tuple[int, tuple[tuple[int, int], ...], str]
 
 
 def identity(path: Path) -> list[int]:
-    st = os.stat(path)
+    """Device, inode, size, modification and change times (ns) of the file, from an open descriptor."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def entry_path(path: Path) -> Path:
     from ..config import cache_dir
 
-    return cache_dir() / "files" / (hashlib.sha256(str(path).encode()).hexdigest()[:32] + ".json")
+    return cache_dir() / "files" / (hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".json")
+
+
+def enabled() -> bool:
+    return os.environ.get("IMPSAMP_NO_FILE_CACHE", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
 def counted(path: Path, count: Callable[[Path], Counted]) -> Counted:
-    """`count(path)`, or what it gave when this file, with this identity, was last read through."""
-    if os.environ.get("IMPSAMP_NO_FILE_CACHE", "").strip() not in ("", "0"):
+    """`count(path)`, or what it gave when this file, with this identity, was last read through. The cache is
+    a help, never a failure: one that cannot be found, read or written is read past."""
+    if not enabled():
         return count(path)
     before = identity(path)
     kept = _load(path, before)
     if kept is not None:
         return kept
+    began = time.time_ns()
     result = count(path)
-    settled = time.time_ns() - max(before[3], before[4]) >= SETTLED_SECONDS * 1e9
-    if settled and identity(path) == before:  # not written during the read, nor just before it
+    if began - max(before[3], before[4]) >= SETTLED_SECONDS * 1e9 and identity(path) == before:
         _store(path, before, result)
     return result
 
@@ -54,26 +68,29 @@ def counted(path: Path, count: Callable[[Path], Counted]) -> Counted:
 def _load(path: Path, ident: list[int]) -> Counted | None:
     try:
         e = json.loads(entry_path(path).read_text())
-        if e["path"] != str(path) or e["identity"] != ident:
+        if e["path"] != os.fsencode(path).hex() or e["identity"] != ident:
             return None
         rows, checkpoints, digest = int(e["rows"]), tuple((int(r), int(o)) for r, o in e["checkpoints"]), e["digest"]
         return (rows, checkpoints, digest) if isinstance(digest, str) and digest else None
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: read the file
+    except Exception:  # noqa: BLE001 - none yet, damaged, or no cache folder to be found: read the file
         return None
 
 
 def _store(path: Path, ident: list[int], result: Counted) -> None:
     rows, checkpoints, digest = result
-    entry = {"path": str(path), "identity": ident, "rows": rows, "checkpoints": [list(c) for c in checkpoints],
-             "digest": digest}
-    target = entry_path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    entry = {"path": os.fsencode(path).hex(), "identity": ident, "rows": rows,
+             "checkpoints": [list(c) for c in checkpoints], "digest": digest}
+    tmp = None
     try:
+        target = entry_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(entry, separators=(",", ":")))
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(entry, separators=(",", ":")))
         os.replace(tmp, target)  # whole or not there: a reader never sees half an entry
-    except OSError:  # a read-only, full or broken cache: the next open reads the file again
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    except Exception:  # noqa: BLE001 - a read-only, full or missing cache: the next open reads the file again
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
