@@ -773,3 +773,44 @@ def test_the_file_cache_is_read_past_when_it_cannot_help(tmp_path, monkeypatch, 
     monkeypatch.setattr(corpus_mod, "count_lines", slow)
     open_corpus(fresh)
     assert not settled_now.entry_path(fresh.resolve()).exists()
+
+
+def corrupt_deflate(data: bytes) -> bytes:
+    """A gzip file whose deflate stream is damaged (a decompression error, not a CRC mismatch)."""
+    import zlib
+
+    full = gzip.compress(data)
+    for pos in range(20, len(full)):
+        bad = bytearray(full)
+        bad[pos] ^= 0x5A
+        try:
+            gzip.decompress(bytes(bad))
+        except zlib.error:
+            return bytes(bad)
+        except (OSError, EOFError):
+            continue
+    raise AssertionError("no position gave a deflate error")
+
+
+@pytest.mark.parametrize("reader", ["isal", "gzip module"])
+def test_gzip_is_read_with_isal_or_the_gzip_module_to_the_same_rows_and_damage_is_one_error(tmp_path, monkeypatch,
+                                                                                         reader):
+    import sys
+
+    if reader == "gzip module":
+        monkeypatch.setitem(sys.modules, "isal", None)  # `from isal import igzip` raises ImportError
+    else:
+        pytest.importorskip("isal")
+    docs = make_docs(3000)
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(jsonl_bytes(docs[:1000])) + gzip.compress(jsonl_bytes(docs[1000:])))  # 2 members
+    corpus = open_corpus(path)
+    assert corpus.files[0].digest == "sha256:" + hashlib.sha256(jsonl_bytes(docs)).hexdigest()
+    assert read_all(corpus).column("text").to_pylist() == [d["text"] for d in docs]
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(corrupt_deflate(jsonl_bytes(docs)))
+    with pytest.raises(CorpusError, match="bad.jsonl.gz: cannot read it as jsonl .*is the file complete"):
+        open_corpus(bad)
+    path.write_bytes(corrupt_deflate(jsonl_bytes(docs)))  # damaged after opening: the read says so
+    with pytest.raises(CorpusError, match="a.jsonl.gz line 1: cannot read it as jsonl"):
+        read_all(corpus)

@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..errors import CorpusError
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import expand, file_digest
-from .jsonl import FULL_DIGEST, count_lines, open_binary, read_jsonl, take_jsonl, zstd_error
+from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
 from .known import counted
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
                       short_error)
@@ -278,7 +278,7 @@ def describe_file(path: Path, offset: int, text_field: str, id_field: str | None
             checkpoints, digest = (), file_digest(path, size)
     except CorpusError:
         raise
-    except (OSError, pa.ArrowException, EOFError, ValueError, zstd_error()) as e:
+    except (pa.ArrowException, ValueError, *read_errors()) as e:
         raise CorpusError(f"{path}: cannot read it as {fmt} ({short_error(e)}); is the file complete?") from e
     return CorpusFile(str(path), fmt, rows, size, digest, offset, checkpoints)
 

@@ -28,7 +28,11 @@ def compressed(path: Path) -> bool:
 def open_binary(path: Path) -> io.BufferedIOBase:
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        try:  # ISA-L's gzip (the `isal` package): the same bytes at 3-4x the zlib module's speed
+            from isal import igzip
+        except ImportError:
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        return igzip.open(path, "rb")  # type: ignore[return-value]
     if name.endswith((".zst", ".zstd")):
         from .._deps import require
 
@@ -207,7 +211,7 @@ class LineReader:
                 yield self.row, raw
                 self.row += 1
             self.finished = True
-        except (OSError, EOFError, zstd_error()) as e:
+        except read_errors() as e:
             raise self._error(e) from None
 
     def __enter__(self) -> LineReader:
@@ -259,6 +263,16 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or cut file raises: an OS error (gzip's `BadGzipFile` is one), a stream cut short
+    (`EOFError`), a damaged deflate stream (zlib's or ISA-L's error), a damaged zstd frame."""
+    import sys
+    import zlib
+
+    isal = sys.modules.get("isal.igzip_lib")
+    return (OSError, EOFError, zlib.error, zstd_error()) + ((isal.IsalError,) if isal is not None else ())
 
 
 def zstd_error() -> type[BaseException]:
