@@ -814,3 +814,70 @@ def test_gzip_is_read_with_isal_or_the_gzip_module_to_the_same_rows_and_damage_i
     path.write_bytes(corrupt_deflate(jsonl_bytes(docs)))  # damaged after opening: the read says so
     with pytest.raises(CorpusError, match="a.jsonl.gz line 1: cannot read it as jsonl"):
         read_all(corpus)
+
+
+def test_processes_opening_one_corpus_at_once_read_each_file_once_between_them(tmp_path, monkeypatch, settled_now):
+    """The slices of a Slurm array open the corpus together: a file one of them is reading through is left for
+    last by the others, who then find its entry, so each file is read once and the reading is shared."""
+    import threading
+    import time
+
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"part-{i}.jsonl")
+        paths[-1].write_bytes(jsonl_bytes(make_docs(50 + i)))
+    time.sleep(0.1)
+    from impsamp.io import corpus as corpus_mod
+
+    real, reads, lock, at_once = corpus_mod.count_lines, [], threading.Lock(), [0, 0]  # now, most
+
+    def slow(p):
+        with lock:
+            reads.append(p.name)
+            at_once[0] += 1
+            at_once[1] = max(at_once)
+        time.sleep(0.3)
+        with lock:
+            at_once[0] -= 1
+        return real(p)
+
+    monkeypatch.setattr(corpus_mod, "count_lines", slow)
+    opened = [None] * 3
+    slices = [threading.Thread(target=lambda k=k: opened.__setitem__(k, open_corpus(str(tmp_path / "part-*.jsonl"))))
+              for k in range(3)]  # flock locks belong to open files: threads contend as processes do
+    for t in slices:
+        t.start()
+    for t in slices:
+        t.join()
+    assert sorted(reads) == [p.name for p in paths]  # each file read once, by one of the three
+    assert opened[0].files == opened[1].files == opened[2].files and opened[0].n_rows == 50 + 51 + 52 + 53
+    assert [f.offset for f in opened[0].files] == [0, 50, 101, 153]
+    assert at_once[1] >= 2  # shared: files read side by side, not one after another in a queue
+
+
+def test_a_file_another_process_is_reading_is_left_for_last(tmp_path, monkeypatch, settled_now):
+    import fcntl
+    import os
+    import threading
+    import time
+
+    paths = [tmp_path / f"part-{i}.jsonl" for i in range(3)]
+    for p in paths:
+        p.write_bytes(jsonl_bytes(make_docs()))
+    time.sleep(0.1)
+    reads = counting_reads(monkeypatch)
+    lock = settled_now.entry_path(paths[0].resolve()).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "another process" reads part-0 through
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("c", open_corpus([str(p) for p in paths])))
+    t.start()
+    deadline = time.time() + 10
+    while len(reads) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    assert [p.name for p in reads] == ["part-1.jsonl", "part-2.jsonl"] and t.is_alive()  # waits for part-0 last
+    os.close(fd)
+    t.join(10)
+    assert [p.name for p in reads] == ["part-1.jsonl", "part-2.jsonl", "part-0.jsonl"]  # no entry was left: read
+    assert [Path(f.path).name for f in result["c"].files] == ["part-0.jsonl", "part-1.jsonl", "part-2.jsonl"]

@@ -190,18 +190,22 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     specs = as_specs(paths)
     if not specs:
         raise CorpusError("no corpus given; name at least one file, folder or glob")
-    files: list[CorpusFile] = []
+    paths: list[Path] = []
     seen: set[str] = set()
-    offset = 0
     for spec in specs:
         for p in expand(spec):
             key = str(p.resolve())
-            if key in seen:
-                continue
-            seen.add(key)
-            f = describe_file(p.resolve(), offset, text_field, id_field)
-            files.append(f)
-            offset += f.rows
+            if key not in seen:
+                seen.add(key)
+                paths.append(p.resolve())
+    # a file another process is reading through (a slice of the same array) is left for last, when its
+    # reading is likely kept: slices opening one corpus together share the reading of its files
+    described = {i: describe_file(p, text_field, id_field, wait=False) for i, p in enumerate(paths)}
+    files, offset = [], 0
+    for i, p in enumerate(paths):
+        f = described[i] or describe_file(p, text_field, id_field, wait=True)
+        files.append(replace(f, offset=offset))
+        offset += f.rows
     files = with_id_prefixes(files)
     corpus = Corpus(files, text_field, id_field, encoding_errors)
     if corpus.n_rows == 0:
@@ -264,12 +268,17 @@ def file_changed(recorded: Any, f: CorpusFile) -> str | None:
     return "same size and rows, other content: its sha256 differs"
 
 
-def describe_file(path: Path, offset: int, text_field: str, id_field: str | None) -> CorpusFile:
+def describe_file(path: Path, text_field: str, id_field: str | None, *, wait: bool = True) -> CorpusFile | None:
+    """Format, rows, size and digest of one file (its offset 0); None when `wait` is False and another process
+    is reading the file through (see `known.counted`)."""
     fmt = detect_format(path)
     size = path.stat().st_size
     try:
         if fmt == "jsonl":
-            rows, checkpoints, digest = counted(path, count_lines)  # read through once per version of the file
+            got = counted(path, count_lines, wait=wait)  # read through once per version of the file
+            if got is None:
+                return None
+            rows, checkpoints, digest = got
             names = None
         else:
             schema, rows = arrow_schema_rows(path, fmt)
@@ -280,7 +289,7 @@ def describe_file(path: Path, offset: int, text_field: str, id_field: str | None
         raise
     except (pa.ArrowException, ValueError, *read_errors()) as e:
         raise CorpusError(f"{path}: cannot read it as {fmt} ({short_error(e)}); is the file complete?") from e
-    return CorpusFile(str(path), fmt, rows, size, digest, offset, checkpoints)
+    return CorpusFile(str(path), fmt, rows, size, digest, 0, checkpoints)
 
 
 def corpus_summary(corpus: Corpus) -> dict[str, Any]:

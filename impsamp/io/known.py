@@ -16,12 +16,13 @@ times (some FUSE and object-store file systems).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 SETTLED_SECONDS = 2.0
@@ -49,20 +50,59 @@ def enabled() -> bool:
     return os.environ.get("IMPSAMP_NO_FILE_CACHE", "").strip().lower() in ("", "0", "false", "no", "off")
 
 
-def counted(path: Path, count: Callable[[Path], Counted]) -> Counted:
+def counted(path: Path, count: Callable[[Path], Counted], *, wait: bool = True) -> Counted | None:
     """`count(path)`, or what it gave when this file, with this identity, was last read through. The cache is
-    a help, never a failure: one that cannot be found, read or written is read past."""
+    a help, never a failure: one that cannot be found, read or written is read past.
+
+    Processes that open one corpus at once (the slices of a Slurm array) read each settled file once between
+    them: the reader holds a lock on its entry while it counts. With `wait=False` a file another process is
+    counting gives None at once (come back to it later, when its entry is likely there)."""
     if not enabled():
         return count(path)
     before = identity(path)
     kept = _load(path, before)
     if kept is not None:
         return kept
-    began = time.time_ns()
-    result = count(path)
-    if began - max(before[3], before[4]) >= SETTLED_SECONDS * 1e9 and identity(path) == before:
-        _store(path, before, result)
-    return result
+    settled = time.time_ns() - max(before[3], before[4]) >= SETTLED_SECONDS * 1e9
+    if not settled:  # its read will not be kept: no point in making others wait for it
+        return count(path)
+    with _counting(path, wait) as mine:
+        if not mine:
+            return None
+        kept = _load(path, before)  # counted by another process while this one waited
+        if kept is not None:
+            return kept
+        result = count(path)
+        if identity(path) == before:  # not written during the read
+            _store(path, before, result)
+        return result
+
+
+@contextlib.contextmanager
+def _counting(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive `flock` on the entry's lock file while this process counts the file: True when held (or
+    when the cache cannot be locked: count anyway), False when another holds it and `wait` is False."""
+    fd = None
+    try:
+        import fcntl
+
+        lock = entry_path(path).with_suffix(".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        yield False
+        return
+    except Exception:  # noqa: BLE001 - no cache, no flock (some NFS), no fcntl: count without the lock
+        if fd is not None:
+            os.close(fd)
+        fd = None
+    try:
+        yield True
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _load(path: Path, ident: list[int]) -> Counted | None:
