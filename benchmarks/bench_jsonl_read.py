@@ -112,8 +112,9 @@ def main() -> None:
     files = make_files(Path(args.folder), args.copies, args.formats.split(","))
     print(f"{machine()}; impsamp {__version__}; {args.copies} pool copies, shards of {args.rows_per_shard:,} rows, "
           f"{args.share:.0%} of each shard's rows taken")
-    print("| file | MB on disk | rows | floor s | read shards s | floor / read | take s | floor / take |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| file | MB on disk | rows | floor s | read shards s | floor / read | floor keeping the rows s | take s "
+          "| floor / take |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, path in files.items():
         corpus = open_corpus(path)
         shards = corpus.shards(args.rows_per_shard)
@@ -132,7 +133,7 @@ def main() -> None:
                 t[k].append(v)
         med = {k: statistics.median(v) for k, v in t.items()}
         print(f"| {path.name} | {path.stat().st_size / 1e6:,.0f} | {corpus.n_rows:,} | {med['floor']:.2f} | "
-              f"{med['read']:.2f} | {med['floor'] / med['read']:.2f}x | {med['take']:.2f} | "
+              f"{med['read']:.2f} | {med['floor'] / med['read']:.2f}x | {med['floor_take']:.2f} | {med['take']:.2f} | "
               f"{med['floor_take'] / med['take']:.2f}x |")
 
 

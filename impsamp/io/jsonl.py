@@ -139,9 +139,7 @@ def read_jsonl(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: int
                 if text is not None:
                     if (batch := builder.add(row, doc_id, text)) is not None:
                         yield batch
-    if reader.row < stop:
-        raise CorpusError(f"{path}: has {reader.row} lines, {f.rows} when the corpus was opened; "
-                          "the file changed while it was being read")
+    reader.check_reached(stop)
     if (batch := builder.flush()) is not None:
         yield batch
 
@@ -162,9 +160,7 @@ def take_jsonl(corpus: Corpus, f: CorpusFile, rows: Iterable[int]) -> dict[int, 
                 if text is not None:
                     got[row] = (text, doc_id)
                 i += 1
-    if reader.row <= wanted[-1]:
-        raise CorpusError(f"{path}: has {reader.row} lines, {f.rows} when the corpus was opened; "
-                          "the file changed since")
+    reader.check_reached(wanted[-1] + 1)
     return got
 
 
@@ -213,6 +209,12 @@ class LineReader:
             self.finished = True
         except read_errors() as e:
             raise self._error(e) from None
+
+    def check_reached(self, stop: int) -> None:
+        """Raise if the file ended before line `stop` (it is shorter than when the corpus was opened)."""
+        if self.row < stop:
+            raise CorpusError(f"{self.path}: has {self.row} lines, {self.rows} when the corpus was opened; "
+                              "the file changed since")
 
     def __enter__(self) -> LineReader:
         return self
