@@ -16,6 +16,7 @@ from impsamp.errors import StageError
 from impsamp.guards import FolderBusy, wait_for_writer
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.training.config import DTYPES
+from impsamp.usercache import mark_used
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -232,6 +233,7 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
 
     try:
         Embeddings.load(emb_dir)
+        mark_used(emb_dir)
         return emb_dir
     except StageError:
         pass

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import (cluster, compare, distill, embed, experts, finalize, histogram, info, inspect, project,  # noqa: F401
-               resample, train)
+from . import (cache, cluster, compare, distill, embed, experts, finalize, histogram, info,  # noqa: F401
+               inspect, project, resample, train)
 from .app import cli
 
 

@@ -32,3 +32,15 @@ def pytest_unconfigure(config):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject.toml's addopts): one test process per core, at most 4. The tests run torch, Ray
+    and subprocesses of their own, so more processes than cores only contend; each whole file goes to one
+    process (`--dist loadfile`), so a module's fixtures (the real model's embeddings) are built once.
+    `-n 0` runs everything in this process (for a debugger)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))

@@ -374,6 +374,11 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
     alone.batch_tokens = 128
     assert np.array_equal(split, embed_texts(texts, alone)[0])
     check_target_path_needs_no_torch(texts, int8, tmp_path_factory.mktemp("vectors"))
+    from impsamp import usercache
+
+    facts = usercache.summary()  # `impsamp cache` finds the export (fp32 + int8) and the tokenizer record
+    assert (facts["onnx"]["entries"], facts["tokenizers"]["entries"], facts["other"]["entries"]) == (1, 1, 0)
+    assert facts["onnx"]["bytes"] > 10_000_000
 
 
 def check_target_path_needs_no_torch(texts, want, tmp):

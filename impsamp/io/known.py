@@ -25,7 +25,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .. import usercache
+
 SETTLED_SECONDS = 2.0
+MAX_ENTRIES = 50_000
+"""Entries kept (one per JSONL file path read; 1-5 KB each): past it the least recently used go, a quarter at
+once. Looked at every `PRUNE_EVERY`-th new entry, so a corpus of many files is not slowed by it."""
+PRUNE_EVERY = 64
 Counted = tuple[int, tuple[tuple[int, int], ...], str]
 """rows, (row, byte offset) seek checkpoints, digest: what `jsonl.count_lines` returns."""
 
@@ -111,7 +117,10 @@ def _load(path: Path, ident: list[int]) -> Counted | None:
         if e["path"] != os.fsencode(path).hex() or e["identity"] != ident:
             return None
         rows, checkpoints, digest = int(e["rows"]), tuple((int(r), int(o)) for r, o in e["checkpoints"]), e["digest"]
-        return (rows, checkpoints, digest) if isinstance(digest, str) and digest else None
+        if not (isinstance(digest, str) and digest):
+            return None
+        usercache.mark_used(entry_path(path))
+        return rows, checkpoints, digest
     except Exception:  # noqa: BLE001 - none yet, damaged, or no cache folder to be found: read the file
         return None
 
@@ -124,13 +133,23 @@ def _store(path: Path, ident: list[int], result: Counted) -> None:
     try:
         target = entry_path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        new = not target.exists()
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(entry, separators=(",", ":")))
         os.replace(tmp, target)  # whole or not there: a reader never sees half an entry
+        tmp = None
+        if new and int(target.stem[:8], 16) % PRUNE_EVERY == 0:
+            _prune(target.parent)
     except Exception:  # noqa: BLE001 - a read-only, full or missing cache: the next open reads the file again
         if tmp is not None:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _prune(folder: Path) -> None:
+    """Down to three quarters of `MAX_ENTRIES` when over it (names only are listed first: cheap)."""
+    if sum(1 for n in os.listdir(folder) if n.endswith(".json")) > MAX_ENTRIES:
+        usercache.prune("files", keep=MAX_ENTRIES * 3 // 4)

@@ -17,7 +17,7 @@ cannot be written is skipped with a warning. Later targets read the matrices and
 weights and counts are the same numbers, to the bit, as hashing again gives. Size: ~4 bytes per distinct
 n-gram of a unit, so it grows with the documents' length (1.5x the float16 embeddings of the bundled pool,
 several times that for long web pages); `IMPSAMP_CACHE_DIR` moves the cache, deleting `ngram/` clears it,
-and `impsamp resample --no-ngram-cache` keeps nothing outside the run.
+`impsamp cache --clear ngram` too, and `impsamp resample --no-ngram-cache` keeps nothing outside the run.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .._deps import require
 from ..config import cache_dir
 from ..manifest import fingerprint
 from ..selectors import N_FEATURES
+from ..usercache import mark_used
 
 logger = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
@@ -58,6 +59,7 @@ def features_folder(manifest) -> Path:
                        "featurizer": featurizer_recipe(), "n_features": N_FEATURES, "recipe": RECIPE})
     folder = cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
     _sweep(folder)
+    mark_used(folder)
     return folder
 
 

@@ -1,0 +1,120 @@
+"""`impsamp cache`: the user cache by kind, clearing it (by age, never what a run is writing), and the
+file entries' cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from impsamp import usercache
+from impsamp.io import known, open_corpus
+
+from ._helpers import CLUSTER_ARGS, EMBED_ARGS, RESAMPLE_ARGS, invoke, ok, payload, write_corpus
+
+DAY = 86_400
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("IMPSAMP_CACHE_DIR", str(folder))
+    monkeypatch.setattr(known, "SETTLED_SECONDS", 0.05)  # the corpus files just written count as settled
+    return folder
+
+
+def age(folder: Path, days: float) -> None:
+    """Set every modification time under `folder` `days` back, as if no run had used it since."""
+    then = time.time() - days * DAY
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.utime(Path(top) / name, (then, then))
+    os.utime(folder, (then, then))
+
+
+def selection(root: Path, name: str) -> dict[str, bytes]:
+    ok(invoke(*RESAMPLE_ARGS(root / "emb", root / "clu", root / "bio.jsonl", root / name)))
+    return {k: v for k, v in payload(root / name).items() if k.startswith("data-")}
+
+
+@pytest.fixture
+def stages(tmp_path, cache):
+    write_corpus(tmp_path / "generic.jsonl", 200)
+    write_corpus(tmp_path / "bio.jsonl", 30, seed=1, topics=("bio",), ids=False)
+    time.sleep(0.1)
+    ok(invoke(*EMBED_ARGS(tmp_path / "generic.jsonl", tmp_path / "emb")))
+    ok(invoke(*CLUSTER_ARGS(tmp_path / "emb", tmp_path / "clu")))
+    return tmp_path
+
+
+def test_a_run_leaves_entries_of_known_kinds_and_clearing_them_changes_no_selection(stages, cache):
+    first = selection(stages, "sel")  # the default for a corpus target keeps the pool's n-gram features
+    facts = usercache.summary()
+    assert facts["ngram"]["entries"] == 1 and facts["ngram"]["bytes"] > 0
+    assert facts["files"]["entries"] == 2  # the generic corpus and the target, each read through once
+    assert facts["other"] == {"entries": 0, "bytes": 0, "used": None}  # all a run wrote is of a known kind
+    shown = ok(invoke("cache")).output
+    assert str(cache) in shown and any(line.split()[:2] == ["ngram", "1"] for line in shown.splitlines())
+
+    assert usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1)  # just written: a run may be writing it
+    age(cache, 2)
+    out = ok(invoke("cache", "--clear", "ngram", "--older-than", "3")).output
+    assert "removed 0 ngram entries unused for 3 days" in out and (cache / "ngram").glob("*")
+    out = ok(invoke("cache", "--clear", "ngram", "--older-than", "1")).output
+    assert "removed 1 ngram entries unused for 1 days" in out
+    assert list((cache / "ngram").iterdir()) == []  # nothing half-removed left behind
+    assert selection(stages, "again") == first  # made again, the same bytes
+    assert usercache.summary()["ngram"]["entries"] == 1
+
+    age(cache, 2)
+    facts = json.loads(ok(invoke("cache", "--clear", "all", "--json")).output)
+    assert facts["entries"] == 3 and facts["bytes"] > 0 and facts["busy"] == 0
+    assert all(f["entries"] == 0 for f in usercache.summary().values())
+    assert list((cache / "files").iterdir()) == []  # the entries' locks went with them
+
+
+def test_reading_an_entry_marks_it_used_so_age_spares_it(stages, cache):
+    selection(stages, "sel")
+    age(cache, 5)
+    open_corpus([str(stages / "generic.jsonl")])  # found in the file cache: marked used
+    ok(invoke("cache", "--clear", "files", "--older-than", "1"))
+    left = [json.loads(p.read_text())["path"] for p in (cache / "files").glob("*.json")]
+    assert left == [os.fsencode(stages / "generic.jsonl").hex()]
+    assert sorted(p.suffix for p in (cache / "files").iterdir()) == [".json", ".lock"]
+
+
+def test_file_entries_past_the_cap_lose_the_least_recently_used(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(known, "MAX_ENTRIES", 4)
+    monkeypatch.setattr(known, "PRUNE_EVERY", 1)
+    monkeypatch.setattr(usercache, "BUSY_SECONDS", 0)
+    paths = [write_corpus(tmp_path / f"part-{i}.jsonl", 5, seed=i) for i in range(8)]
+    time.sleep(0.1)
+    for i, p in enumerate(paths):
+        open_corpus([str(p)])
+        entry = known.entry_path(p.resolve())
+        os.utime(entry, (time.time() - (8 - i), time.time() - (8 - i)))  # part-0 the least recently used
+    kept = sorted(json.loads(p.read_text())["path"] for p in (cache / "files").glob("*.json"))
+    assert len(kept) <= 4 and os.fsencode(paths[-1].resolve()).hex() in kept
+    assert os.fsencode(paths[0].resolve()).hex() not in kept
+
+
+def test_the_demo_and_the_ngram_features_are_written_where_the_cache_looks(tmp_path, cache):
+    from impsamp_cli.compare import demo_embeddings_dir
+
+    demo = demo_embeddings_dir(tmp_path / "pool.parquet", "torch", 128, "9.9.9")
+    demo.mkdir(parents=True)
+    (demo / "manifest.json").write_text("{}")
+    assert [e.path for e in usercache.entries("demo")] == [demo]
+    assert usercache.clear(["demo"], older_than_s=0).busy == 1
+    age(cache, 1)
+    assert usercache.clear(["demo"]).entries == 1 and list(cache.iterdir()) == []  # its version folder too
+
+
+def test_bad_cache_flags_are_one_line(cache):
+    r = invoke("cache", "--older-than", "3")
+    assert r.exit_code != 0 and "--older-than needs --clear" in r.output and "Traceback" not in r.output
+    r = invoke("cache", "--clear", "everything")
+    assert r.exit_code == 2 and "'everything' is not one of" in r.output
