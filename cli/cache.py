@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import click
@@ -23,8 +24,9 @@ def cache(kinds, days, as_json):
 
     The cache is IMPSAMP_CACHE_DIR (or IMPSAMP_CACHE), else $XDG_CACHE_HOME/impsamp, else ~/.cache/impsamp.
     It holds exported ONNX models and tokenizers (`embed --backend onnx`), each embedding's hashed n-gram
-    features (`resample`'s n-gram methods; the largest kind), what a read of each JSONL file found, and the
-    demo's embeddings. Entries a run changed in the last minute are left alone (it may be writing them).
+    features (`resample`'s n-gram weightings; the kind that grows), what a read of each JSONL file found, and
+    the demo's embeddings. Entries a live run writes or reads are left alone, and so is anything impsamp did
+    not make.
 
     \b
     Examples:
@@ -34,24 +36,44 @@ def cache(kinds, days, as_json):
     """
     from impsamp.config import cache_dir
     from impsamp.errors import ConfigError
-    from impsamp.usercache import DESCRIPTIONS, KINDS, clear, summary
+    from impsamp.usercache import KINDS
 
     if days is not None and not kinds:
         raise ConfigError("--older-than needs --clear KIND (or --clear all)")
+    if days is not None and not math.isfinite(days):
+        raise ConfigError(f"--older-than must be a number of days, got {days}")
+    if cache_dir().exists() and not cache_dir().is_dir():
+        raise ConfigError(f"the user cache {cache_dir()} is a file, not a folder: point IMPSAMP_CACHE_DIR "
+                          "at a folder (or remove the file)")
     if kinds:
-        chosen = list(KINDS) if "all" in kinds else list(dict.fromkeys(kinds))
-        done = clear(chosen, older_than_s=None if days is None else days * 86_400)
-        facts = {"cache": str(cache_dir()), "cleared": chosen, "entries": done.entries, "bytes": done.bytes,
-                 "busy": done.busy}
-        if as_json:
-            click.echo(json.dumps(facts, indent=2))
-            return
+        _clear(list(KINDS) if "all" in kinds else list(dict.fromkeys(kinds)), days, as_json)
+    else:
+        _show(as_json)
+
+
+def _clear(chosen: list[str], days: float | None, as_json: bool) -> None:
+    from impsamp.config import cache_dir
+    from impsamp.errors import ConfigError
+    from impsamp.usercache import clear
+
+    done = clear(chosen, older_than_s=None if days is None else days * 86_400)
+    if as_json:
+        click.echo(json.dumps({"cache": str(cache_dir()), "cleared": chosen, "entries": done.entries,
+                               "bytes": done.bytes, "busy": done.busy, "failed": done.failed}, indent=2))
+    else:
         unused = "" if days is None else f" unused for {days:g} days"
         click.echo(f"{cache_dir()}: removed {done.entries} {', '.join(chosen)} entries{unused} "
                    f"({_size(done.bytes)})")
         if done.busy:
-            click.echo(f"left {done.busy} entries a run changed in the last minute; clear again after it")
-        return
+            click.echo(f"left {done.busy} entries a running impsamp writes or reads; clear again after it")
+    if done.failed:
+        raise ConfigError(f"could not remove {done.failed} entries in {cache_dir()}: check its permissions")
+
+
+def _show(as_json: bool) -> None:
+    from impsamp.config import cache_dir
+    from impsamp.usercache import DESCRIPTIONS, summary
+
     facts = summary()
     if as_json:
         click.echo(json.dumps({"cache": str(cache_dir()), "kinds": facts}, indent=2))
@@ -60,10 +82,9 @@ def cache(kinds, days, as_json):
     click.echo(f"  {'kind':<11} {'entries':>7} {'size':>10}  {'last used':<16}  what")
     for kind, f in facts.items():
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(f["used"])) if f["used"] else "-"
-        what = DESCRIPTIONS.get(kind, "not impsamp's, or an older impsamp's: left alone")
-        click.echo(f"  {kind:<11} {f['entries']:>7} {_size(f['bytes']):>10}  {used:<16}  {what}")
-    total = sum(f["bytes"] for f in facts.values())
-    click.echo(f"  {'total':<11} {'':>7} {_size(total):>10}")
+        size, what = _size(f["bytes"]), DESCRIPTIONS[kind]
+        click.echo(f"  {kind:<11} {f['entries']:>7} {size:>10}  {used:<16}  {what}")
+    click.echo(f"  {'total':<11} {'':>7} {_size(sum(f['bytes'] for f in facts.values())):>10}")
 
 
 def _size(n: int) -> str:

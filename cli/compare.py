@@ -16,7 +16,7 @@ from impsamp.errors import StageError
 from impsamp.guards import FolderBusy, wait_for_writer
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.training.config import DTYPES
-from impsamp.usercache import mark_used
+from impsamp.usercache import use
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -233,7 +233,7 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
 
     try:
         Embeddings.load(emb_dir)
-        mark_used(emb_dir)
+        use(emb_dir)  # held while this demo runs: `impsamp cache --clear` leaves it
         return emb_dir
     except StageError:
         pass
@@ -250,4 +250,5 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
         if not (emb_dir / "manifest.json").exists():
             raise
     Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
+    use(emb_dir)
     return emb_dir

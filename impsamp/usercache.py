@@ -1,54 +1,74 @@
 """What impsamp keeps in its user cache (`config.cache_dir()`) between runs, by kind, and clearing it.
 
-    kind        one entry                                                           where, under the cache
-    onnx        an embedding model exported to ONNX (and its int8 copy)             onnx/<key>/
-    tokenizers  an embedding model's tokenizer as `tokenizers` reads it             tokenizers/<key>.json
-    ngram       one embedding run's hashed n-gram features (~1.5x the embedding)    ngram/<key>/
-    files       what a full read of one JSONL file found (rows, seek points, hash)  files/<key>.json
-    demo        the demo's embeddings, per impsamp version and installation         demo-<version>/<name>/
+    kind        one entry                                                         where, under the cache
+    onnx        an embedding model exported to ONNX (and its int8 copy)           onnx/<key>-v<recipe>/
+    tokenizers  an embedding model's tokenizer as `tokenizers` reads it           tokenizers/<key>.json
+    ngram       one embedding run's hashed n-gram features (~1.5x the embedding)  ngram/<key>/
+    files       what a full read of one JSONL file found (rows, seeks, hash)      files/<key>.json
+    demo        the demo's embeddings (per version, backend, length, install)     demo-<version>/embeddings-*/
 
-Every entry is a help, never a need: one that is missing is made again (the export, the tokenizer, the n-gram
-hashing, a read of the file, the demo's embedding), so clearing loses time, never results. Runs mark the
-entries they read (`mark_used`: the modification time), so `--older-than` finds what no run has used lately.
+Only names of these shapes (<key>: 32 hex digits) are entries: a file someone else put in the folder is
+"other" and never removed. Every entry is a help, never a need: one that is missing is made again (the
+export, the tokenizer, the n-gram hashing, a read of the file, the demo's embedding), so clearing costs time,
+not results.
 
-    usercache.summary()                         # {kind: {"entries", "bytes", "used"}} and "other"
+    usercache.summary()                         # {kind: {"entries", "bytes", "used"}}, "temporary", "other"
     usercache.clear(["ngram"], older_than_s=30 * 86400)
-    usercache.prune("files", keep=20_000)       # the oldest beyond the newest `keep`
+    usercache.use(folder)                       # a run reads this entry: stamp it, keep it while it lives
 
-An entry changed in the last `BUSY_SECONDS` is left alone: a run may be writing it. A folder is renamed out of
-the way before it is removed, so a run never finds half of one. Names that start with a dot are a run's
-temporary files (left by a killed run when they are over a day old, and then removed with their kind).
+`use` stamps the entry (its modification time: `older_than_s` counts from it) and, for a folder, holds a
+shared `flock` on it until the process ends; the stage writing a folder holds an exclusive one
+(`guards.hold`). `clear` removes a folder only under an exclusive lock it gets at once, so never one a live
+run writes or reads, and moves it aside before removing it, so a run never finds half of one. An entry
+changed in the last `BUSY_SECONDS` counts as in use too (the only sign where a file system has no locks).
+Names that start with a dot are a run's temporary files; those of killed runs (over a day old) go with their
+kind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import shutil
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import cache_dir
 
-KINDS: dict[str, str] = {
-    "onnx": "onnx/*",
-    "tokenizers": "tokenizers/*.json",
-    "ngram": "ngram/*",
-    "files": "files/*.json",
-    "demo": "demo-*/*",
+try:
+    import fcntl
+except ImportError:  # not POSIX: the modification time alone says what is in use
+    fcntl = None  # type: ignore[assignment]
+
+_HEX = "[0-9a-f]{32}"
+KINDS: dict[str, tuple[str, str, str]] = {
+    "onnx": ("onnx", "onnx", rf"{_HEX}-v\d+"),
+    "tokenizers": ("tokenizers", "tokenizers", rf"{_HEX}\.json"),
+    "ngram": ("ngram", "ngram", _HEX),
+    "files": ("files", "files", rf"{_HEX}\.json"),
+    "demo": ("demo-*", r"demo-\d+\.\d+\.\d+[\w.+-]*", r"embeddings-[\w.+-]+-\d+-[0-9a-f]{12}"),
 }
-"""Each kind's entries, as a glob under the cache folder (tests/test_usercache.py: the writers agree)."""
+"""Each kind's folders (a glob under the cache, and the shape of their names), and the shape of its entries.
+The modules that write them name the same places (tests/test_usercache.py checks it)."""
 DESCRIPTIONS = {
     "onnx": "embedding models exported to ONNX",
     "tokenizers": "embedding models' tokenizers",
     "ngram": "embeddings' hashed n-gram features",
     "files": "JSONL files' row counts and hashes",
     "demo": "the demo's embeddings",
+    "temporary": "files of runs in progress, or left by killed ones",
+    "other": "not impsamp's: left alone",
 }
 BUSY_SECONDS = 60.0
 LEFTOVER_SECONDS = 86_400.0
+_IN_USE: dict[Path, int] = {}
+"""This process's shared locks on the entries it uses, by path: held until it ends (or clears them itself)."""
+_MUTEX = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -65,24 +85,36 @@ class Cleared:
     entries: int
     bytes: int
     busy: int
-    """Entries left alone because they changed in the last `BUSY_SECONDS`."""
+    """Entries left because a live run writes or reads them (without locks: changed in the last minute)."""
+    failed: int = 0
+    """Entries that could not be removed (permissions): still there."""
 
 
 def entries(kind: str, root: Path | None = None) -> list[Entry]:
     """The kind's entries, oldest use first."""
-    root = cache_dir() if root is None else root
     found = []
-    for path in root.glob(KINDS[kind]):
-        if path.name.startswith(".") or path.parent.name.startswith("."):
-            continue
+    for path in _candidates(kind, cache_dir() if root is None else root):
         size, used = _measure(path)
         if used is not None:
             found.append(Entry(kind, path, size, used))
     return sorted(found, key=lambda e: (e.used, str(e.path)))
 
 
+def _candidates(kind: str, root: Path) -> Iterator[Path]:
+    folders, folder_name, entry_name = KINDS[kind]
+    try:
+        parents = [p for p in root.glob(folders) if re.fullmatch(folder_name, p.name) and p.is_dir()]
+    except OSError:
+        return
+    for parent in sorted(parents):
+        with contextlib.suppress(OSError):
+            for p in sorted(parent.iterdir()):
+                if re.fullmatch(entry_name, p.name) and not p.is_symlink():
+                    yield p
+
+
 def summary() -> dict[str, dict]:
-    """Per kind, and for "other" (whatever else is in the folder): entries, bytes, last use (None: none)."""
+    """Per kind, then "temporary" (dot names) and "other": entries, bytes, last use (None: none)."""
     root = cache_dir()
     facts, known = {}, set()
     for kind in KINDS:
@@ -90,44 +122,63 @@ def summary() -> dict[str, dict]:
         facts[kind] = {"entries": len(es), "bytes": sum(e.bytes for e in es),
                        "used": max((e.used for e in es), default=None)}
         known.update(e.path for e in es)
-    other = [p for p in _walk(root) if p.is_file() and not _ours(p.relative_to(root), known, root)]
-    facts["other"] = {"entries": len(other), "bytes": sum(_size(p) for p in other), "used": None}
+    rest: dict[str, list[int]] = {"temporary": [], "other": []}
+    for p, st in _files(root):
+        rel = p.relative_to(root)
+        if any(root.joinpath(*rel.parts[:i]) in known for i in range(1, len(rel.parts) + 1)):
+            continue
+        locks = rel.parts[0] == "files" and rel.suffix == ".lock"  # the file entries' locks
+        temporary = locks or any(x.startswith(".") for x in rel.parts)
+        rest["temporary" if temporary else "other"].append(st.st_size)
+    for name, sizes in rest.items():
+        facts[name] = {"entries": len(sizes), "bytes": sum(sizes), "used": None}
     return facts
-
-
-def _ours(rel: Path, known: set[Path], root: Path) -> bool:
-    """Inside an entry, a run's temporary file (a dot name) or a `files` entry's lock."""
-    if any(part.startswith(".") for part in rel.parts) or (rel.parts[0] == "files" and rel.suffix == ".lock"):
-        return True
-    return any(root.joinpath(*rel.parts[:i]) in known for i in range(1, len(rel.parts) + 1))
 
 
 def clear(kinds: Iterable[str], older_than_s: float | None = None) -> Cleared:
     """Remove the kinds' entries (those unused for `older_than_s` seconds, or all) and their leftovers."""
+    if older_than_s is not None and not (math.isfinite(older_than_s) and older_than_s >= 0):
+        raise ValueError(f"older_than_s must be a finite number >= 0, got {older_than_s!r}")
     now = time.time()
-    removed = freed = busy = 0
+    removed = freed = busy = failed = 0
     for kind in kinds:
         for e in entries(kind):
-            if now - e.used < BUSY_SECONDS:
-                busy += 1
-            elif older_than_s is None or now - e.used >= older_than_s:
-                removed, freed = removed + _remove(e), freed + e.bytes
+            if older_than_s is not None and now - e.used < older_than_s:
+                continue
+            outcome = _remove(e, now)
+            removed, freed = removed + (outcome == "removed"), freed + e.bytes * (outcome == "removed")
+            busy, failed = busy + (outcome == "busy"), failed + (outcome == "failed")
         _remove_leftovers(kind, now)
-    return Cleared(removed, freed, busy)
+    return Cleared(removed, freed, busy, failed)
 
 
 def prune(kind: str, keep: int) -> int:
     """Remove the kind's least recently used entries beyond the newest `keep`; how many went."""
     es = entries(kind)
     now = time.time()
-    gone = [e for e in es[:max(0, len(es) - keep)] if now - e.used >= BUSY_SECONDS]
-    return sum(_remove(e) for e in gone)
+    return sum(_remove(e, now) == "removed" for e in es[:max(0, len(es) - keep)])
 
 
-def mark_used(path: Path) -> None:
-    """Stamp an entry a run has just read, for `--older-than` (a read-only cache is left as it is)."""
+def use(path: Path) -> None:
+    """A run reads this entry: stamp it for `older_than_s`, and hold a folder's shared lock while this process
+    lives, so that `clear` leaves it (a read-only cache, or one without locks, is used as it is)."""
     with contextlib.suppress(OSError):
         os.utime(path)
+    if fcntl is None or not path.is_dir():
+        return
+    with _MUTEX:
+        if path in _IN_USE:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:  # being written (its stage holds it exclusive: done soon), or no locks here
+            os.close(fd)
+            return
+        _IN_USE[path] = fd
 
 
 def _measure(path: Path) -> tuple[int, float | None]:
@@ -136,58 +187,122 @@ def _measure(path: Path) -> tuple[int, float | None]:
         st = path.stat()
     except OSError:
         return 0, None
-    size, used = (0, st.st_mtime) if path.is_dir() else (st.st_size, st.st_mtime)
-    for p in _walk(path) if path.is_dir() else ():
-        with contextlib.suppress(OSError):
-            s = p.stat()
-            used = max(used, s.st_mtime)
-            size += s.st_size if p.is_file() else 0
+    size, used = (0 if path.is_dir() else st.st_size), st.st_mtime
+    for _, s in _files(path, dirs=True) if path.is_dir() else ():
+        used = max(used, s.st_mtime)
+        size += s.st_size if not _is_dir(s) else 0
     return size, used
 
 
-def _walk(folder: Path) -> Iterable[Path]:
-    for top, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            yield Path(top) / name
+def _files(folder: Path, dirs: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every file (and folder, with `dirs`) under `folder` with its `lstat`; what cannot be read is passed."""
+    for top, subdirs, names in os.walk(folder):
+        for name in (subdirs + names) if dirs else names:
+            p = Path(top) / name
+            with contextlib.suppress(OSError):
+                yield p, p.lstat()
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+def _is_dir(st: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISDIR(st.st_mode)
 
 
-def _remove(e: Entry) -> int:
-    """1 when the entry went, 0 when it could not be removed (another run removed it first, say)."""
-    try:
-        if e.path.is_dir():
-            aside = e.path.with_name(f".deleting-{e.path.name}-{os.getpid()}")
-            os.rename(e.path, aside)  # whole or gone: no run finds half a folder
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
+def _remove(e: Entry, now: float) -> str:
+    """"removed", "busy" (a live run holds it, or it changed in the last minute) or "failed"."""
+    if now - e.used < BUSY_SECONDS:
+        return "busy"
+    if not e.path.is_dir():
+        try:
             e.path.unlink()
-            if e.kind == "files":
-                e.path.with_suffix(".lock").unlink(missing_ok=True)
-    except OSError:
-        return 0
+        except FileNotFoundError:
+            return "removed"  # another clear got there first
+        except OSError:
+            return "failed"
+        if e.kind == "files":
+            _unlink_unheld(e.path.with_suffix(".lock"))
+        return "removed"
+    with _exclusive(e.path) as mine:
+        if not mine:
+            return "busy"
+        aside = e.path.with_name(f".deleting-{e.path.name}-{os.getpid()}")
+        try:
+            os.rename(e.path, aside)  # whole or gone: no run finds half a folder
+        except FileNotFoundError:
+            return "removed"
+        except OSError:
+            return "failed"
+    shutil.rmtree(aside, ignore_errors=True)
     if e.kind == "demo":  # an emptied demo-<version>/ goes too
         with contextlib.suppress(OSError):
             e.path.parent.rmdir()
-    return 1
+    return "failed" if aside.exists() else "removed"  # what stays is retried as a leftover
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[bool]:
+    """An exclusive lock on `folder` got at once (True), or False when a live run holds it. This process's own
+    use of it is given up first: clearing is its own choice. Without locks here, True."""
+    with _MUTEX:
+        fd = _IN_USE.pop(folder, None)
+    if fd is not None:
+        os.close(fd)
+    if fcntl is None:
+        yield True
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield True  # gone, or unreadable: the rename says which
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # no locks on this file system: the modification time has spoken
+            pass
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _unlink_unheld(lock: Path) -> None:
+    """Remove a file entry's lock file unless a process holds it (it is reading that file through)."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.unlink()
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _remove_leftovers(kind: str, now: float) -> None:
     """Temporary files and folders of killed runs (a day old: a live run's are younger), half-removed entries,
-    and for `files` the locks of entries no longer there."""
+    and for `files` the locks no process holds whose entry is gone."""
     root = cache_dir()
-    parents = {p.parent for p in root.glob(KINDS[kind])} | {root / KINDS[kind].split("/")[0]}
-    for parent in parents:
-        for p in parent.glob(".*") if parent.is_dir() else ():
-            with contextlib.suppress(OSError):
-                if p.name.startswith(".deleting-") or now - p.stat().st_mtime > LEFTOVER_SECONDS:
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
-        for lock in parent.glob("*.lock") if kind == "files" and parent.is_dir() else ():
-            with contextlib.suppress(OSError):
-                if not lock.with_suffix(".json").exists() and now - lock.stat().st_mtime > BUSY_SECONDS:
-                    lock.unlink()
+    folders, folder_name, _ = KINDS[kind]
+    with contextlib.suppress(OSError):
+        for parent in (p for p in root.glob(folders) if re.fullmatch(folder_name, p.name) and p.is_dir()):
+            for p in parent.glob(".*"):
+                with contextlib.suppress(OSError):
+                    if p.name.startswith(".deleting-") or now - p.lstat().st_mtime > LEFTOVER_SECONDS:
+                        _remove_path(p)
+            for lock in parent.glob("*.lock") if kind == "files" else ():
+                if not lock.with_suffix(".json").exists():
+                    _unlink_unheld(lock)
+
+
+def _remove_path(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink()

@@ -35,10 +35,10 @@ def pytest_unconfigure(config):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto` (pyproject.toml's addopts): one test process per core, at most 4. The tests run torch, Ray
-    and subprocesses of their own, so more processes than cores only contend; each whole file goes to one
-    process (`--dist loadfile`), so a module's fixtures (the real model's embeddings) are built once.
-    `-n 0` runs everything in this process (for a debugger)."""
+    """`-n auto` (README's test command, with pytest-xdist): one test process per core, at most 4. The tests
+    run torch, Ray and subprocesses of their own, so more processes than cores only contend; `--dist
+    loadfile` gives each process whole files, so a module's fixtures (the real model's embeddings) are built
+    once. Plain `pytest tests/test_io.py` runs in one process."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

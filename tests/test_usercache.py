@@ -62,7 +62,7 @@ def test_a_run_leaves_entries_of_known_kinds_and_clearing_them_changes_no_select
     assert usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1)  # just written: a run may be writing it
     age(cache, 2)
     out = ok(invoke("cache", "--clear", "ngram", "--older-than", "3")).output
-    assert "removed 0 ngram entries unused for 3 days" in out and (cache / "ngram").glob("*")
+    assert "removed 0 ngram entries unused for 3 days" in out and len(list((cache / "ngram").iterdir())) == 1
     out = ok(invoke("cache", "--clear", "ngram", "--older-than", "1")).output
     assert "removed 1 ngram entries unused for 1 days" in out
     assert list((cache / "ngram").iterdir()) == []  # nothing half-removed left behind
@@ -118,3 +118,84 @@ def test_bad_cache_flags_are_one_line(cache):
     assert r.exit_code != 0 and "--older-than needs --clear" in r.output and "Traceback" not in r.output
     r = invoke("cache", "--clear", "everything")
     assert r.exit_code == 2 and "'everything' is not one of" in r.output
+
+
+def fake_entry(cache: Path, rel: str, days: float = 2) -> Path:
+    """An entry of the shape impsamp writes (a folder holding one file), `days` old."""
+    entry = cache / rel
+    entry.mkdir(parents=True)
+    (entry / "0.npz").write_bytes(b"x" * 1000)
+    age(entry, days)
+    return entry
+
+
+def test_an_entry_a_live_run_writes_or_reads_is_left_however_old(cache):
+    import subprocess
+    import sys
+
+    from impsamp import guards
+
+    entry = fake_entry(cache, "ngram/" + "a" * 32)
+    key = guards.hold(entry)  # a stage writing it (in this process: its lock is not this process's use)
+    assert usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1) and entry.is_dir()
+    guards.release(key)
+    code = ("import sys; from pathlib import Path; from impsamp import usercache; "
+            "usercache.use(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()")
+    reader = subprocess.Popen([sys.executable, "-c", code, str(entry)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "held"
+        age(entry, 2)  # `use` stamped it: age it again, so only the lock keeps it
+        r = invoke("cache", "--clear", "ngram")
+        assert "removed 0 ngram entries" in r.output and "left 1 entries a running impsamp" in r.output
+        assert entry.is_dir()
+    finally:
+        reader.communicate("")
+    assert usercache.clear(["ngram"]) == usercache.Cleared(1, 1000, 0)
+    assert list((cache / "ngram").iterdir()) == []
+
+
+def test_what_impsamp_did_not_make_is_other_and_never_removed(cache, tmp_path):
+    outside = tmp_path / "elsewhere"
+    (outside / "embeddings-a").mkdir(parents=True)
+    (outside / "notes.txt").write_text("mine")
+    for rel in ("onnx/resnet50.onnx", "tokenizers/my-bpe.json", "files/config.json", "demo-notes/slides.md",
+                "data.jsonl"):
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_text("not impsamp's")
+    (cache / "ngram").mkdir()
+    (cache / "ngram" / ("b" * 32)).symlink_to(outside, target_is_directory=True)
+    (cache / "demo-0.7.12").symlink_to(outside, target_is_directory=True)
+    age(cache, 40)
+    facts = usercache.summary()
+    assert facts["other"]["entries"] == 5 and all(facts[k]["entries"] == 0 for k in usercache.KINDS)
+    out = ok(invoke("cache", "--clear", "all", "--older-than", "30")).output
+    assert "removed 0 " in out
+    assert sorted(p.name for p in outside.iterdir()) == ["embeddings-a", "notes.txt"]
+    assert (cache / "onnx/resnet50.onnx").read_text() == "not impsamp's"
+    assert (cache / "demo-notes/slides.md").exists()
+
+
+def test_an_entry_that_cannot_be_removed_is_one_line_and_not_counted(cache, monkeypatch):
+    entry = fake_entry(cache, "ngram/" + "c" * 32)
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", str(src))
+
+    monkeypatch.setattr(os, "rename", refuse)
+    r = invoke("cache", "--clear", "ngram")
+    assert r.exit_code == 1 and "could not remove 1 entries" in r.output and "Traceback" not in r.output
+    assert "removed 0 ngram entries (0 B)" in r.output and entry.is_dir()
+
+
+def test_a_file_entrys_lock_a_reader_holds_is_kept(stages, cache):
+    selection(stages, "sel")
+    generic = (stages / "generic.jsonl").resolve()
+    age(cache, 2)
+    with known._counting(generic, True) as mine:  # "another process" reads the file through again
+        assert mine
+        usercache.clear(["files"])
+        entry = known.entry_path(generic)
+        assert not entry.exists() and entry.with_suffix(".lock").exists()
+    usercache.clear(["files"])  # no one holds it now: the orphan lock goes
+    assert list((cache / "files").iterdir()) == []

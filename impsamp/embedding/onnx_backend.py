@@ -40,7 +40,7 @@ import numpy as np
 
 from .._deps import require
 from ..config import cache_dir
-from ..usercache import mark_used
+from ..usercache import use
 from ..errors import ConfigError, ImpsampError
 from ..manifest import sha256_file
 from .config import CPU_CALLERS
@@ -66,7 +66,7 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> Pat
     fp32 = folder / "model.onnx"
     if not fp32.is_file():
         _export(resolved, folder)
-    mark_used(folder)
+    use(folder)
     if quantize != "int8":
         return fp32
     int8 = folder / "model-int8.onnx"
@@ -317,7 +317,7 @@ def model_tokenizer(resolved: ResolvedModel) -> tuple[Any, int]:
     try:
         cached = json.loads(record.read_text())
         loaded = tokenizers.Tokenizer.from_str(cached["tokenizer"]), int(cached["pad_id"])
-        mark_used(record)
+        use(record)
         return loaded
     except Exception:  # noqa: BLE001 - missing, unreadable or from another tokenizers: build it again
         pass

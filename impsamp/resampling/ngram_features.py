@@ -37,7 +37,7 @@ from .._deps import require
 from ..config import cache_dir
 from ..manifest import fingerprint
 from ..selectors import N_FEATURES
-from ..usercache import mark_used
+from ..usercache import use
 
 logger = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
@@ -59,7 +59,7 @@ def features_folder(manifest) -> Path:
                        "featurizer": featurizer_recipe(), "n_features": N_FEATURES, "recipe": RECIPE})
     folder = cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
     _sweep(folder)
-    mark_used(folder)
+    use(folder)
     return folder
 
 
@@ -89,6 +89,7 @@ def keep(folder: Path, name: str, x) -> None:
     with one warning."""
     try:
         _write(folder / f"{name}.npz", x)
+        use(folder)  # made by this write: `impsamp cache --clear` leaves it while this run fills it
     except OSError as e:  # a full or read-only cache: the selection does not need it
         if folder not in _WARNED:
             _WARNED.add(folder)
