@@ -25,8 +25,9 @@ def cache(kinds, days, as_json):
     The cache is IMPSAMP_CACHE_DIR (or IMPSAMP_CACHE), else $XDG_CACHE_HOME/impsamp, else ~/.cache/impsamp.
     It holds exported ONNX models and tokenizers (`embed --backend onnx`), each embedding's hashed n-gram
     features (`resample`'s n-gram weightings; the kind that grows), what a read of each JSONL file found, and
-    the demo's embeddings. Entries a live run writes or reads are left alone, and so is anything impsamp did
-    not make.
+    the demo's embeddings. Nothing there is a result: what a run wants again is made again. Entries changed
+    in the last minute, a running demo's embeddings and a model being exported or loaded are left, and so
+    is anything impsamp did not make.
 
     \b
     Examples:
@@ -65,7 +66,8 @@ def _clear(chosen: list[str], days: float | None, as_json: bool) -> None:
         click.echo(f"{cache_dir()}: removed {done.entries} {', '.join(chosen)} entries{unused} "
                    f"({_size(done.bytes)})")
         if done.busy:
-            click.echo(f"left {done.busy} entries a running impsamp writes or reads; clear again after it")
+            click.echo(f"left {done.busy} entries in use (changed in the last minute, or held by a running "
+                       "impsamp); clear again later")
     if done.failed:
         raise ConfigError(f"could not remove {done.failed} entries in {cache_dir()}: check its permissions")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -13,10 +14,10 @@ from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
 from impsamp.config import cache_dir, resolve_config
 from impsamp.errors import StageError
-from impsamp.guards import FolderBusy, wait_for_writer
+from impsamp.guards import FolderBusy
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.training.config import DTYPES
-from impsamp.usercache import use
+from impsamp.usercache import Hold
 
 from .app import cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -210,17 +211,19 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     emb_dir = demo_embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens,
                                  __version__)
     show = show_progress(progress)
-    emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show)
-    try:
-        report = Report.load(out_dir)
-        same = report.results.get("config") == {**CompareConfig().__dict__, **cfg.__dict__} and \
-            report.results.get("target_domain") == domain and report.results.get("impsamp_version") == __version__
-        same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
-    except StageError:
-        same = False
-    if not same:
-        report = _compare([corpus.pool], [corpus.sample(domain)], [corpus.eval(domain)], out_dir, cfg,
-                          embeddings=emb, overwrite=True, progress=show)
+    with contextlib.ExitStack() as stack:  # the cached embeddings are held while this demo reads them
+        emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show, stack)
+        try:
+            report = Report.load(out_dir)
+            results = report.results
+            same = results.get("config") == {**CompareConfig().__dict__, **cfg.__dict__} and \
+                results.get("target_domain") == domain and results.get("impsamp_version") == __version__
+            same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
+        except StageError:
+            same = False
+        if not same:
+            report = _compare([corpus.pool], [corpus.sample(domain)], [corpus.eval(domain)], out_dir, cfg,
+                              embeddings=emb, overwrite=True, progress=show)
     click.echo(f"\nimpsamp demo: target domain {domain}; generic pool of {len(corpus.domains)} domains\n")
     click.echo(report.table())
     click.echo(f"\nreport: {out_dir / 'report.md'}  (selections, runs, plots and results.json beside it)")
@@ -228,15 +231,15 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     click.echo(f"open in a browser: {out_dir / 'report.html'}  (plots, each selection's cluster explorer)")
 
 
-def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool) -> Path:
+def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool,
+                       stack: contextlib.ExitStack | None = None) -> Path:
+    """The demo's embeddings in the user cache, made once (or waited for, while another demo makes them). A
+    shared lock on them is held until `stack` closes (or at once without one): `impsamp cache --clear` leaves
+    them while this demo reads them."""
     from impsamp.embedding import EmbedConfig, Embeddings, embed
 
-    try:
-        Embeddings.load(emb_dir)
-        use(emb_dir)  # held while this demo runs: `impsamp cache --clear` leaves it
+    if _complete_and_held(emb_dir, stack, wait=False):
         return emb_dir
-    except StageError:
-        pass
     if progress:
         click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
     backend, quantize = embed_backend(cfg.backend)
@@ -245,10 +248,27 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
                                          quantize=quantize), progress=progress)
     except FolderBusy:  # another demo is filling the cache: its embeddings do, once it is done
         click.echo("[impsamp] another impsamp process is embedding it; waiting for it to finish", err=True)
-        wait_for_writer(emb_dir)
     except StageError:  # finished by another process meanwhile ("already holds a complete output")
         if not (emb_dir / "manifest.json").exists():
             raise
-    Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
-    use(emb_dir)
+    if not _complete_and_held(emb_dir, stack, wait=True):  # waits for the writer's lock, not its readers'
+        Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
     return emb_dir
+
+
+def _complete_and_held(emb_dir: Path, stack: contextlib.ExitStack | None, *, wait: bool) -> bool:
+    """Hold `emb_dir` (waiting for a writer with `wait`), then check it is a complete embedding: True, held
+    until `stack` closes; False, let go (so that `embed` may write it)."""
+    from impsamp.embedding import Embeddings
+
+    hold = Hold(emb_dir, wait=wait)
+    try:
+        Embeddings.load(emb_dir)
+    except StageError:
+        hold.release()
+        return False
+    if stack is None:
+        hold.release()
+    else:
+        stack.callback(hold.release)
+    return True

@@ -14,31 +14,33 @@ not results.
 
     usercache.summary()                         # {kind: {"entries", "bytes", "used"}}, "temporary", "other"
     usercache.clear(["ngram"], older_than_s=30 * 86400)
-    usercache.use(folder)                       # a run reads this entry: stamp it, keep it while it lives
+    with usercache.Hold(folder) as held: ...   # a run reads this entry folder: `clear` leaves it meanwhile
+    usercache.touch(path)                       # a run used this entry: `older_than_s` counts from now
 
-`use` stamps the entry (its modification time: `older_than_s` counts from it) and, for a folder, holds a
-shared `flock` on it until the process ends; the stage writing a folder holds an exclusive one
-(`guards.hold`). `clear` removes a folder only under an exclusive lock it gets at once, so never one a live
-run writes or reads, and moves it aside before removing it, so a run never finds half of one. An entry
-changed in the last `BUSY_SECONDS` counts as in use too (the only sign where a file system has no locks).
-Names that start with a dot are a run's temporary files; those of killed runs (over a day old) go with their
-kind.
+A run holds a shared `flock` on an entry folder while it reads it (`Hold`); the stage writing a folder holds
+an exclusive one (`guards.hold`; on file systems without locks on folders, such as NFS, both lock the same
+file inside it). `clear` removes a folder only under an exclusive lock it gets at once, so never one a live
+run reads or writes, and moves it aside before removing it, so a run never finds half of one. An entry
+changed in the last `BUSY_SECONDS` counts as in use too (the only sign where a file system has no locks at
+all). The temporary files runs write under names of known shapes (`LEFTOVERS`) go with their kind once a day
+old (a killed run's; a live run's are younger).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import cache_dir
+from .guards import LOCK_FILE
 
 try:
     import fcntl
@@ -55,6 +57,15 @@ KINDS: dict[str, tuple[str, str, str]] = {
 }
 """Each kind's folders (a glob under the cache, and the shape of their names), and the shape of its entries.
 The modules that write them name the same places (tests/test_usercache.py checks it)."""
+LEFTOVERS: dict[str, str] = {
+    "onnx": r"\.tmp-export-.+",
+    "tokenizers": rf"\.{_HEX}\.json\.tmp-\d+",
+    "ngram": "",
+    "files": rf"\.{_HEX}\.json\..+\.tmp|{_HEX}\.lock",
+    "demo": "",
+}
+"""The temporary files runs leave beside a kind's entries (besides `.deleting-<entry>-<pid>`, an entry `clear`
+was removing); temporary files inside an entry go with it. A file entry's lock is one too."""
 DESCRIPTIONS = {
     "onnx": "embedding models exported to ONNX",
     "tokenizers": "embedding models' tokenizers",
@@ -66,9 +77,6 @@ DESCRIPTIONS = {
 }
 BUSY_SECONDS = 60.0
 LEFTOVER_SECONDS = 86_400.0
-_IN_USE: dict[Path, int] = {}
-"""This process's shared locks on the entries it uses, by path: held until it ends (or clears them itself)."""
-_MUTEX = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,8 @@ def _candidates(kind: str, root: Path) -> Iterator[Path]:
 
 
 def summary() -> dict[str, dict]:
-    """Per kind, then "temporary" (dot names) and "other": entries, bytes, last use (None: none)."""
+    """Per kind, then "temporary" (`LEFTOVERS`, entries set aside) and "other" (files impsamp did not write):
+    entries (files, for the last two), bytes, last use (None: none)."""
     root = cache_dir()
     facts, known = {}, set()
     for kind in KINDS:
@@ -127,12 +136,16 @@ def summary() -> dict[str, dict]:
         rel = p.relative_to(root)
         if any(root.joinpath(*rel.parts[:i]) in known for i in range(1, len(rel.parts) + 1)):
             continue
-        locks = rel.parts[0] == "files" and rel.suffix == ".lock"  # the file entries' locks
-        temporary = locks or any(x.startswith(".") for x in rel.parts)
-        rest["temporary" if temporary else "other"].append(st.st_size)
+        rest["temporary" if _temporary(rel) else "other"].append(st.st_size)
     for name, sizes in rest.items():
         facts[name] = {"entries": len(sizes), "bytes": sum(sizes), "used": None}
     return facts
+
+
+def _temporary(rel: Path) -> bool:
+    """A file in or under a leftover beside a kind's entries (`rel`: relative to the cache)."""
+    return len(rel.parts) > 1 and any(re.fullmatch(folder, rel.parts[0]) and _leftover(kind, rel.parts[1])
+                                      for kind, (_, folder, _) in KINDS.items())
 
 
 def clear(kinds: Iterable[str], older_than_s: float | None = None) -> Cleared:
@@ -145,7 +158,7 @@ def clear(kinds: Iterable[str], older_than_s: float | None = None) -> Cleared:
         for e in entries(kind):
             if older_than_s is not None and now - e.used < older_than_s:
                 continue
-            outcome = _remove(e, now)
+            outcome = _remove(e, now)  # "gone": another clear removed it and counts it
             removed, freed = removed + (outcome == "removed"), freed + e.bytes * (outcome == "removed")
             busy, failed = busy + (outcome == "busy"), failed + (outcome == "failed")
         _remove_leftovers(kind, now)
@@ -153,32 +166,83 @@ def clear(kinds: Iterable[str], older_than_s: float | None = None) -> Cleared:
 
 
 def prune(kind: str, keep: int) -> int:
-    """Remove the kind's least recently used entries beyond the newest `keep`; how many went."""
+    """Remove the kind's least recently used entries beyond the newest `keep`; how many went. Recent ones
+    too: a cap is kept even while one run makes more entries than it (a folder a live run holds is left)."""
     es = entries(kind)
     now = time.time()
-    return sum(_remove(e, now) == "removed" for e in es[:max(0, len(es) - keep)])
+    return sum(_remove(e, now, recent=True) == "removed" for e in es[:max(0, len(es) - keep)])
 
 
-def use(path: Path) -> None:
-    """A run reads this entry: stamp it for `older_than_s`, and hold a folder's shared lock while this process
-    lives, so that `clear` leaves it (a read-only cache, or one without locks, is used as it is)."""
+def touch(path: Path) -> None:
+    """A run used this entry: stamp it for `older_than_s` (a read-only cache is left as it is)."""
     with contextlib.suppress(OSError):
         os.utime(path)
-    if fcntl is None or not path.is_dir():
-        return
-    with _MUTEX:
-        if path in _IN_USE:
-            return
+
+
+class Hold:
+    """A shared lock on an entry folder while a run reads it: `clear` leaves the folder until `release` (or
+    the end of the `with` block, or of the process). `held` is False where the folder is gone, is being
+    written (and `wait` is False) or cannot be locked: check the folder after taking the hold, not before.
+
+        with Hold(folder) as held:
+            if held and (folder / "model.onnx").is_file(): ...
+    """
+
+    def __init__(self, folder: Path, *, wait: bool = False):
+        touch(folder)
+        self.fd, state = _lock(folder, shared=True, wait=wait)
+        self.held = state in ("held", "no locks")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> bool:
+        return self.held
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _lock(folder: Path, *, shared: bool, wait: bool) -> tuple[int | None, str]:
+    """Lock `folder` (as `guards.hold` does: the folder, else guards' lock file in it), and check that the
+    path still names the folder locked. Returns (descriptor to close, "held"); (None, "busy") when another
+    process holds it the other way; (None, "gone") when it is not there or not readable; (None, "moved") when
+    another folder took its path meanwhile; (None, "no locks").
+    """
+    if fcntl is None:
+        return None, "no locks"
+    mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        inode = os.fstat(fd).st_ino
+    except OSError:
+        return None, "gone"
+    state = _flock(fd, mode)
+    if state == "unsupported":  # no flock on a folder (NFS): on the file guards locks there
+        os.close(fd)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:  # being written (its stage holds it exclusive: done soon), or no locks here
-            os.close(fd)
-            return
-        _IN_USE[path] = fd
+            return None, "gone"
+        state = _flock(fd, mode)
+    if state == "held":
+        with contextlib.suppress(OSError):
+            if os.stat(folder).st_ino == inode:
+                return fd, "held"
+        state = "moved"  # moved or removed while this process waited for the lock
+    os.close(fd)
+    return None, state
+
+
+def _flock(fd: int, mode: int) -> str:
+    try:
+        fcntl.flock(fd, mode)
+        return "held"
+    except OSError as e:  # busy, or this file system has no flock on this kind of file (EBADF: NFS, a folder)
+        unsupported = (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP)
+        return "unsupported" if e.errno in unsupported else "busy"
 
 
 def _measure(path: Path) -> tuple[int, float | None]:
@@ -209,64 +273,41 @@ def _is_dir(st: os.stat_result) -> bool:
     return stat.S_ISDIR(st.st_mode)
 
 
-def _remove(e: Entry, now: float) -> str:
-    """"removed", "busy" (a live run holds it, or it changed in the last minute) or "failed"."""
-    if now - e.used < BUSY_SECONDS:
+def _remove(e: Entry, now: float, recent: bool = False) -> str:
+    """"removed", "gone" (another clear got there first), "busy" (a live run holds it, or, unless `recent`, it
+    changed in the last minute) or "failed"."""
+    if not recent and now - e.used < BUSY_SECONDS:
         return "busy"
     if not e.path.is_dir():
         try:
             e.path.unlink()
         except FileNotFoundError:
-            return "removed"  # another clear got there first
+            return "gone"
         except OSError:
             return "failed"
         if e.kind == "files":
             _unlink_unheld(e.path.with_suffix(".lock"))
         return "removed"
-    with _exclusive(e.path) as mine:
-        if not mine:
-            return "busy"
-        aside = e.path.with_name(f".deleting-{e.path.name}-{os.getpid()}")
-        try:
-            os.rename(e.path, aside)  # whole or gone: no run finds half a folder
-        except FileNotFoundError:
-            return "removed"
-        except OSError:
-            return "failed"
+    fd, state = _lock(e.path, shared=False, wait=False)
+    if state == "gone":
+        return "gone" if not e.path.exists() else "failed"
+    if state in ("busy", "moved"):  # moved: set aside by another clear, and made again by a run since
+        return "busy"
+    aside = e.path.with_name(f".deleting-{e.path.name}-{os.getpid()}")
+    try:
+        os.rename(e.path, aside)  # whole or gone: no run finds half a folder
+    except FileNotFoundError:
+        return "gone"
+    except OSError:
+        return "failed"
+    finally:
+        if fd is not None:
+            os.close(fd)
     shutil.rmtree(aside, ignore_errors=True)
     if e.kind == "demo":  # an emptied demo-<version>/ goes too
         with contextlib.suppress(OSError):
             e.path.parent.rmdir()
     return "failed" if aside.exists() else "removed"  # what stays is retried as a leftover
-
-
-@contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[bool]:
-    """An exclusive lock on `folder` got at once (True), or False when a live run holds it. This process's own
-    use of it is given up first: clearing is its own choice. Without locks here, True."""
-    with _MUTEX:
-        fd = _IN_USE.pop(folder, None)
-    if fd is not None:
-        os.close(fd)
-    if fcntl is None:
-        yield True
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        yield True  # gone, or unreadable: the rename says which
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:  # no locks on this file system: the modification time has spoken
-            pass
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _unlink_unheld(lock: Path) -> None:
@@ -285,20 +326,30 @@ def _unlink_unheld(lock: Path) -> None:
         os.close(fd)
 
 
+def _leftover(kind: str, name: str) -> bool:
+    """A name of the shapes runs leave beside the kind's entries (`LEFTOVERS`), or an entry set aside."""
+    entry = KINDS[kind][2]
+    return bool(re.fullmatch(rf"\.deleting-(?:{entry})-\d+", name)
+                or (LEFTOVERS[kind] and re.fullmatch(LEFTOVERS[kind], name)))
+
+
 def _remove_leftovers(kind: str, now: float) -> None:
-    """Temporary files and folders of killed runs (a day old: a live run's are younger), half-removed entries,
-    and for `files` the locks no process holds whose entry is gone."""
+    """Temporary files and folders of killed runs (a day old: a live run's are younger), entries set aside and
+    not yet removed, and for `files` the locks no process holds whose entry is gone."""
     root = cache_dir()
     folders, folder_name, _ = KINDS[kind]
     with contextlib.suppress(OSError):
         for parent in (p for p in root.glob(folders) if re.fullmatch(folder_name, p.name) and p.is_dir()):
-            for p in parent.glob(".*"):
+            for p in parent.iterdir():
+                if not _leftover(kind, p.name):
+                    continue
+                if p.name.endswith(".lock"):
+                    if not p.with_suffix(".json").exists():
+                        _unlink_unheld(p)
+                    continue
                 with contextlib.suppress(OSError):
                     if p.name.startswith(".deleting-") or now - p.lstat().st_mtime > LEFTOVER_SECONDS:
                         _remove_path(p)
-            for lock in parent.glob("*.lock") if kind == "files" else ():
-                if not lock.with_suffix(".json").exists():
-                    _unlink_unheld(lock)
 
 
 def _remove_path(p: Path) -> None:

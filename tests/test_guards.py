@@ -240,6 +240,42 @@ def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_it
     assert json.loads((cache / MANIFEST).read_text())["stats"]["resumed_shards"] == 0  # the other's, unshared
 
 
+def test_a_demo_waits_for_another_demos_embedding_not_for_the_rest_of_its_run(tmp_path):
+    """The first demo holds its cached embeddings (a shared lock) for its whole run, so that `impsamp cache
+    --clear` leaves them; a second demo that found them being written waits for the writer only."""
+    from cli.compare import _cached_embeddings
+    from impsamp.comparison import CompareConfig
+
+    pool, cache = write_corpus(tmp_path / "pool.jsonl", 150), tmp_path / "cache" / "emb"
+    code = textwrap.dedent(f"""
+        import contextlib, sys, time
+        from pathlib import Path
+        from cli.compare import _cached_embeddings
+        from impsamp.comparison import CompareConfig
+        with contextlib.ExitStack() as stack:
+            _cached_embeddings(Path({str(pool)!r}), Path({str(cache)!r}), CompareConfig(model="hashing:64"),
+                               False, stack)
+            print("embedded", flush=True)
+            time.sleep(120)  # the rest of the first demo: selections, training
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code], env={**ENV, "IMPSAMP_TEST_SLOW_SHARD": "0.5"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (cache / RUN_RECORD).exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.01)
+        started = time.monotonic()
+        with ThreadPoolExecutor(1) as ex:
+            got = ex.submit(_cached_embeddings, pool, cache, CompareConfig(model="hashing:64"), False)
+            assert got.result(timeout=60) == cache
+        assert first.poll() is None and time.monotonic() - started < 60  # not after the first demo's end
+        assert first.stdout.readline().strip() == "embedded"
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+
+
 def test_a_begin_that_refuses_lets_go_of_the_folder(tmp_path):
     out = tmp_path / "out"
     _run(out).begin().finish(stats={})

@@ -89,7 +89,6 @@ def test_reading_an_entry_marks_it_used_so_age_spares_it(stages, cache):
 def test_file_entries_past_the_cap_lose_the_least_recently_used(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(known, "MAX_ENTRIES", 4)
     monkeypatch.setattr(known, "PRUNE_EVERY", 1)
-    monkeypatch.setattr(usercache, "BUSY_SECONDS", 0)
     paths = [write_corpus(tmp_path / f"part-{i}.jsonl", 5, seed=i) for i in range(8)]
     time.sleep(0.1)
     for i, p in enumerate(paths):
@@ -140,14 +139,15 @@ def test_an_entry_a_live_run_writes_or_reads_is_left_however_old(cache):
     assert usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1) and entry.is_dir()
     guards.release(key)
     code = ("import sys; from pathlib import Path; from impsamp import usercache; "
-            "usercache.use(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()")
+            "h = usercache.Hold(Path(sys.argv[1])); print('held' if h.held else 'not', flush=True); "
+            "sys.stdin.read()")
     reader = subprocess.Popen([sys.executable, "-c", code, str(entry)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "held"
         age(entry, 2)  # `use` stamped it: age it again, so only the lock keeps it
         r = invoke("cache", "--clear", "ngram")
-        assert "removed 0 ngram entries" in r.output and "left 1 entries a running impsamp" in r.output
+        assert "removed 0 ngram entries" in r.output and "left 1 entries in use" in r.output
         assert entry.is_dir()
     finally:
         reader.communicate("")
@@ -199,3 +199,18 @@ def test_a_file_entrys_lock_a_reader_holds_is_kept(stages, cache):
         assert not entry.exists() and entry.with_suffix(".lock").exists()
     usercache.clear(["files"])  # no one holds it now: the orphan lock goes
     assert list((cache / "files").iterdir()) == []
+
+
+def test_only_the_temporary_files_impsamp_writes_go_with_their_kind(cache):
+    theirs = ["ngram/.my-notes", "onnx/.git/config", "files/backup.lock", "tokenizers/.draft.json"]
+    ours = [".tmp-export-abc123/model.onnx", ".deleting-" + "d" * 32 + "-v3-4242/model.onnx"]
+    for rel in theirs + [f"onnx/{x}" for x in ours] + ["files/" + "e" * 32 + ".lock"]:
+        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cache / rel).write_text("x" * 10)
+    age(cache, 2)
+    facts = usercache.summary()
+    assert (facts["temporary"]["entries"], facts["other"]["entries"]) == (3, 4)
+    usercache.clear(list(usercache.KINDS))
+    assert all((cache / rel).read_text() == "x" * 10 for rel in theirs)  # not impsamp's: left alone
+    assert sorted(p.name for p in (cache / "onnx").iterdir()) == [".git"]
+    assert sorted(p.name for p in (cache / "files").iterdir()) == ["backup.lock"]

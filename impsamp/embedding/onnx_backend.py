@@ -40,8 +40,8 @@ import numpy as np
 
 from .._deps import require
 from ..config import cache_dir
-from ..usercache import use
-from ..errors import ConfigError, ImpsampError
+from ..usercache import Hold, touch
+from ..errors import ConfigError, ImpsampError, StageError
 from ..manifest import sha256_file
 from .config import CPU_CALLERS
 from .contract import EmbeddedBatch, l2_normalize
@@ -60,19 +60,27 @@ _PROBE = ["The cat sat on the mat.", "Quarterly revenue rose 4% on strong cloud 
           "The protein folds into a beta sheet within microseconds."]
 
 
-def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> Path:
-    """The cached ONNX file of a model (exported, and quantized, on first use)."""
+def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tuple[Path, Hold]:
+    """The cached ONNX file of a model (exported, and quantized, on first use), and a hold on its cache
+    folder: `impsamp cache --clear` leaves the folder until the caller releases it (its sessions loaded)."""
     folder = cache_dir() / "onnx" / f"{resolved.weights_sha256[:32]}-v{EXPORT_RECIPE}"
     fp32 = folder / "model.onnx"
-    if not fp32.is_file():
-        _export(resolved, folder)
-    use(folder)
+    for _ in range(3):  # a clear that removes the folder between its export and the hold: export again
+        if not fp32.is_file():
+            _export(resolved, folder)
+        hold = Hold(folder)
+        if hold.held and fp32.is_file():
+            break
+        hold.release()
+    else:
+        raise StageError(f"{folder}: the exported model keeps being removed (`impsamp cache --clear` running "
+                         "in a loop?); rerun when it is not")
     if quantize != "int8":
-        return fp32
+        return fp32, hold
     int8 = folder / "model-int8.onnx"
     if not int8.is_file():
         _quantize(fp32, int8)
-    return int8
+    return int8, hold
 
 
 def _wrap(model: Any, bias_mask: bool) -> Any:
@@ -317,7 +325,7 @@ def model_tokenizer(resolved: ResolvedModel) -> tuple[Any, int]:
     try:
         cached = json.loads(record.read_text())
         loaded = tokenizers.Tokenizer.from_str(cached["tokenizer"]), int(cached["pad_id"])
-        use(record)
+        touch(record)
         return loaded
     except Exception:  # noqa: BLE001 - missing, unreadable or from another tokenizers: build it again
         pass
@@ -349,13 +357,14 @@ class OnnxEmbedder(TransformerEmbedder):
         backend_tokenizer, pad_id = model_tokenizer(resolved)
         super().__init__(resolved, backend_tokenizer, max_tokens=max_tokens, windows=windows,
                          batch_tokens=batch_tokens, pad_id=pad_id)
-        self.path = onnx_model_path(resolved, quantize)
+        self.path, hold = onnx_model_path(resolved, quantize)
         # On CPU, CPU_SESSIONS sessions run alternate batches side by side, each on its share of the
         # threads: fewer threads per operator wait on each other (int8 on 2 cores: 215-220 vs 195-205
         # docs/s, model alone; float32 even; the vectors are bit-identical either way).
         n = min(CPU_SESSIONS, threads or 1) if device == "cpu" else 1
-        self._sessions = [_session(self.path, max(1, (threads or 1) // n) if threads else None, device)
-                          for _ in range(n)]
+        with hold:  # the sessions hold the model in memory: the cache entry may go after this
+            self._sessions = [_session(self.path, max(1, (threads or 1) // n) if threads else None, device)
+                              for _ in range(n)]
         self._session = self._sessions[0]
         self._pool = self._side_by_side_pool(n, "impsamp-onnx")
         self._pooling = resolved.pooling

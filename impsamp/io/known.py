@@ -119,7 +119,7 @@ def _load(path: Path, ident: list[int]) -> Counted | None:
         rows, checkpoints, digest = int(e["rows"]), tuple((int(r), int(o)) for r, o in e["checkpoints"]), e["digest"]
         if not (isinstance(digest, str) and digest):
             return None
-        usercache.use(entry_path(path))
+        usercache.touch(entry_path(path))
         return rows, checkpoints, digest
     except Exception:  # noqa: BLE001 - none yet, damaged, or no cache folder to be found: read the file
         return None

@@ -17,7 +17,8 @@ cannot be written is skipped with a warning. Later targets read the matrices and
 weights and counts are the same numbers, to the bit, as hashing again gives. Size: ~4 bytes per distinct
 n-gram of a unit, so it grows with the documents' length (1.5x the float16 embeddings of the bundled pool,
 several times that for long web pages); `IMPSAMP_CACHE_DIR` moves the cache, deleting `ngram/` clears it,
-`impsamp cache --clear ngram` too, and `impsamp resample --no-ngram-cache` keeps nothing outside the run.
+`impsamp cache --clear ngram` too (a run whose folder goes meanwhile hashes the shards it still needs again:
+the same numbers), and `impsamp resample --no-ngram-cache` keeps nothing outside the run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from .._deps import require
 from ..config import cache_dir
 from ..manifest import fingerprint
 from ..selectors import N_FEATURES
-from ..usercache import use
+from ..usercache import touch
 
 logger = logging.getLogger(__name__)
 _WARNED: set[Path] = set()
@@ -59,7 +60,7 @@ def features_folder(manifest) -> Path:
                        "featurizer": featurizer_recipe(), "n_features": N_FEATURES, "recipe": RECIPE})
     folder = cache_dir() / "ngram" / key.removeprefix("sha256:")[:32]
     _sweep(folder)
-    use(folder)
+    touch(folder)
     return folder
 
 
@@ -89,7 +90,7 @@ def keep(folder: Path, name: str, x) -> None:
     with one warning."""
     try:
         _write(folder / f"{name}.npz", x)
-        use(folder)  # made by this write: `impsamp cache --clear` leaves it while this run fills it
+        touch(folder)  # `impsamp cache --clear` leaves a folder changed in the last minute
     except OSError as e:  # a full or read-only cache: the selection does not need it
         if folder not in _WARNED:
             _WARNED.add(folder)

@@ -127,10 +127,13 @@ def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, c
     cfg = as_config(TrainConfig, config) or TrainConfig()
     rt = Runtime.start(cfg)
     try:
-        return _Trainer(cfg, rt, Path(out_dir), as_specs(data), as_specs(finetune), as_specs(eval),
-                        progress, base_costs, dict(records or {})).run(overwrite, resume)
-    finally:
+        run = _Trainer(cfg, rt, Path(out_dir), as_specs(data), as_specs(finetune), as_specs(eval),
+                       progress, base_costs, dict(records or {})).run(overwrite, resume)
+    except BaseException:
         rt.close()
+        raise
+    rt.close(finished=True)
+    return run
 
 
 @dataclass
