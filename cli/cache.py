@@ -41,7 +41,7 @@ def cache(kinds, days, as_json):
 
     if days is not None and not kinds:
         raise ConfigError("--older-than needs --clear KIND (or --clear all)")
-    if days is not None and not math.isfinite(days):
+    if days is not None and not math.isfinite(days * 86_400):
         raise ConfigError(f"--older-than must be a number of days, got {days}")
     if cache_dir().exists() and not cache_dir().is_dir():
         raise ConfigError(f"the user cache {cache_dir()} is a file, not a folder: point IMPSAMP_CACHE_DIR "

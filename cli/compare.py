@@ -238,22 +238,26 @@ def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: 
     them while this demo reads them."""
     from impsamp.embedding import EmbedConfig, Embeddings, embed
 
-    if _complete_and_held(emb_dir, stack, wait=False):
-        return emb_dir
-    if progress:
-        click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
-    backend, quantize = embed_backend(cfg.backend)
-    try:
-        embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
-                                         quantize=quantize), progress=progress)
-    except FolderBusy:  # another demo is filling the cache: its embeddings do, once it is done
-        click.echo("[impsamp] another impsamp process is embedding it; waiting for it to finish", err=True)
-    except StageError:  # finished by another process meanwhile ("already holds a complete output")
-        if not (emb_dir / "manifest.json").exists():
-            raise
-    if not _complete_and_held(emb_dir, stack, wait=True):  # waits for the writer's lock, not its readers'
-        Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
-    return emb_dir
+    for _ in range(3):  # again when a cache clear removed them between the embedding and the hold
+        if _complete_and_held(emb_dir, stack, wait=False):
+            return emb_dir
+        if progress:
+            click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
+        backend, quantize = embed_backend(cfg.backend)
+        try:
+            embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
+                                             quantize=quantize), progress=progress)
+        except FolderBusy:  # another demo is filling the cache: its embeddings do, once it is done
+            click.echo("[impsamp] another impsamp process is embedding it; waiting for it to end", err=True)
+        except StageError:  # finished by another process meanwhile ("already holds a complete output")
+            if not (emb_dir / "manifest.json").exists():
+                raise
+        if _complete_and_held(emb_dir, stack, wait=True):  # waits for the writer's lock, not its readers'
+            return emb_dir
+        if emb_dir.exists():
+            break
+    Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
+    return emb_dir  # complete, and not held: this file system has no locks
 
 
 def _complete_and_held(emb_dir: Path, stack: contextlib.ExitStack | None, *, wait: bool) -> bool:
@@ -263,6 +267,8 @@ def _complete_and_held(emb_dir: Path, stack: contextlib.ExitStack | None, *, wai
 
     hold = Hold(emb_dir, wait=wait)
     try:
+        if not hold.held:  # being written or removed (a cache clear holds it): not to be read now
+            raise StageError(f"{emb_dir} is not held")
         Embeddings.load(emb_dir)
     except StageError:
         hold.release()

@@ -55,8 +55,10 @@ KINDS: dict[str, tuple[str, str, str]] = {
     "files": ("files", "files", rf"{_HEX}\.json"),
     "demo": ("demo-*", r"demo-\d+\.\d+\.\d+[\w.+-]*", r"embeddings-[\w.+-]+-\d+-[0-9a-f]{12}"),
 }
-"""Each kind's folders (a glob under the cache, and the shape of their names), and the shape of its entries.
-The modules that write them name the same places (tests/test_usercache.py checks it)."""
+"""Each kind's folders (a glob under the cache, and the shape of their names), and the shape of its entries
+(folders for FOLDER_KINDS, files for the others). The modules that write them name the same places
+(tests/test_usercache.py checks it)."""
+FOLDER_KINDS = {"onnx", "ngram", "demo"}
 LEFTOVERS: dict[str, str] = {
     "onnx": r"\.tmp-export-.+",
     "tokenizers": rf"\.{_HEX}\.json\.tmp-\d+",
@@ -117,7 +119,8 @@ def _candidates(kind: str, root: Path) -> Iterator[Path]:
     for parent in sorted(parents):
         with contextlib.suppress(OSError):
             for p in sorted(parent.iterdir()):
-                if re.fullmatch(entry_name, p.name) and not p.is_symlink():
+                if re.fullmatch(entry_name, p.name) and not p.is_symlink() and \
+                        p.is_dir() == (kind in FOLDER_KINDS):
                     yield p
 
 

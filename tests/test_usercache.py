@@ -214,3 +214,57 @@ def test_only_the_temporary_files_impsamp_writes_go_with_their_kind(cache):
     assert all((cache / rel).read_text() == "x" * 10 for rel in theirs)  # not impsamp's: left alone
     assert sorted(p.name for p in (cache / "onnx").iterdir()) == [".git"]
     assert sorted(p.name for p in (cache / "files").iterdir()) == ["backup.lock"]
+
+
+def test_the_demo_reads_its_cached_embeddings_only_while_it_holds_them(tmp_path, cache):
+    import contextlib
+
+    from impsamp_cli.compare import _complete_and_held, demo_embeddings_dir
+
+    emb = demo_embeddings_dir(tmp_path / "pool.jsonl", "hashing", 64, "9.9.9")
+    ok(invoke(*EMBED_ARGS(write_corpus(tmp_path / "pool.jsonl", 30), emb)))
+    fd, state = usercache._lock(emb, shared=False, wait=False)  # a cache clear deciding on it
+    assert state == "held"
+    with contextlib.ExitStack() as stack:
+        assert not _complete_and_held(emb, stack, wait=False)  # complete, but not to be read now
+        os.close(fd)
+        assert _complete_and_held(emb, stack, wait=False)
+        assert usercache.clear(["demo"], older_than_s=0) == usercache.Cleared(0, 0, 1)  # held by this demo
+    age(cache, 1)
+    assert usercache.clear(["demo"]).entries == 1  # the demo's stack closed: let go
+
+
+def test_a_failed_int8_quantize_lets_go_of_the_model_folder(cache, monkeypatch):
+    from types import SimpleNamespace
+
+    from impsamp.embedding import onnx_backend
+
+    model = SimpleNamespace(weights_sha256="f" * 64)
+    folder = cache / "onnx" / f"{'f' * 32}-v{onnx_backend.EXPORT_RECIPE}"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"exported")
+
+    def full_disk(fp32, int8):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx_backend, "_quantize", full_disk)
+    with pytest.raises(OSError):
+        onnx_backend.onnx_model_path(model, "int8")
+    path, hold = onnx_backend.onnx_model_path(model)
+    assert path == folder / "model.onnx" and hold.held
+    hold.release()
+    age(cache, 1)
+    assert usercache.clear(["onnx"]) == usercache.Cleared(1, 8, 0)  # no hold left behind
+
+
+def test_odd_ages_and_entries_of_the_wrong_type(cache):
+    r = invoke("cache", "--clear", "ngram", "--older-than", "1e308")
+    assert r.exit_code == 1 and "--older-than must be a number of days" in r.output and "Traceback" not in r.output
+    (cache / "demo-1.0.0").mkdir(parents=True)
+    (cache / "demo-1.0.0" / "embeddings-x-1-abcdefabcdef").write_text("a file, not an embedding folder")
+    (cache / "files").mkdir()
+    (cache / "files" / ("a" * 32 + ".json")).mkdir()  # a folder named like a file entry
+    age(cache, 2)
+    facts = usercache.summary()
+    assert facts["demo"]["entries"] == facts["files"]["entries"] == 0 and facts["other"]["entries"] == 1
+    assert usercache.clear(list(usercache.KINDS)).entries == 0

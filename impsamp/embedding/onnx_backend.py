@@ -68,7 +68,7 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tup
     for _ in range(3):  # a clear that removes the folder between its export and the hold: export again
         if not fp32.is_file():
             _export(resolved, folder)
-        hold = Hold(folder)
+        hold = Hold(folder, wait=True)  # waits out a cache clear deciding on it (it holds it exclusive)
         if hold.held and fp32.is_file():
             break
         hold.release()
@@ -78,8 +78,12 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tup
     if quantize != "int8":
         return fp32, hold
     int8 = folder / "model-int8.onnx"
-    if not int8.is_file():
-        _quantize(fp32, int8)
+    try:
+        if not int8.is_file():
+            _quantize(fp32, int8)
+    except BaseException:
+        hold.release()
+        raise
     return int8, hold
 
 

@@ -134,7 +134,8 @@ class Runtime:
             import torch.distributed as dist
 
             if finished:
-                dist.barrier()
+                with contextlib.suppress(Exception):  # a rank that failed is reported by itself (torchrun)
+                    dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
