@@ -34,6 +34,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ DESCRIPTIONS = {
     "other": "not impsamp's: left alone",
 }
 BUSY_SECONDS = 60.0
+Stat = os.stat_result
 LEFTOVER_SECONDS = 86_400.0
 
 
@@ -135,10 +137,8 @@ def summary() -> dict[str, dict]:
                        "used": max((e.used for e in es), default=None)}
         known.update(e.path for e in es)
     rest: dict[str, list[int]] = {"temporary": [], "other": []}
-    for p, st in _files(root):
+    for p, st in _files(root, skip=known):  # the entries were measured above
         rel = p.relative_to(root)
-        if any(root.joinpath(*rel.parts[:i]) in known for i in range(1, len(rel.parts) + 1)):
-            continue
         rest["temporary" if _temporary(rel) else "other"].append(st.st_size)
     for name, sizes in rest.items():
         facts[name] = {"entries": len(sizes), "bytes": sum(sizes), "used": None}
@@ -225,18 +225,38 @@ def _lock(folder: Path, *, shared: bool, wait: bool) -> tuple[int | None, str]:
     state = _flock(fd, mode)
     if state == "unsupported":  # no flock on a folder (NFS): on the file guards locks there
         os.close(fd)
-        try:
-            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            return None, "gone"
-        state = _flock(fd, mode)
+        fd, state = _lock_file(folder / LOCK_FILE, mode)
     if state == "held":
         with contextlib.suppress(OSError):
             if os.stat(folder).st_ino == inode:
                 return fd, "held"
         state = "moved"  # moved or removed while this process waited for the lock
-    os.close(fd)
+    if fd is not None:
+        os.close(fd)
     return None, state
+
+
+def _lock_file(path: Path, mode: int) -> tuple[int | None, str]:
+    """The lock on guards' lock file: "no locks" where files cannot be locked either (Lustre mounted
+    noflock); taken again when a writer's `guards.release` removed the file meanwhile (as guards does)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None, "gone"
+        state = _flock(fd, mode)
+        if state == "unsupported":  # no locks at all here: nothing to keep the file for (as guards does)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None, "no locks"
+        if state != "held":
+            os.close(fd)
+            return None, state
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd, "held"
+        os.close(fd)
 
 
 def _flock(fd: int, mode: int) -> str:
@@ -257,23 +277,21 @@ def _measure(path: Path) -> tuple[int, float | None]:
     size, used = (0 if path.is_dir() else st.st_size), st.st_mtime
     for _, s in _files(path, dirs=True) if path.is_dir() else ():
         used = max(used, s.st_mtime)
-        size += s.st_size if not _is_dir(s) else 0
+        size += 0 if stat.S_ISDIR(s.st_mode) else s.st_size
     return size, used
 
 
-def _files(folder: Path, dirs: bool = False) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every file (and folder, with `dirs`) under `folder` with its `lstat`; what cannot be read is passed."""
+def _files(folder: Path, dirs: bool = False, skip: Iterable[Path] = ()) -> Iterator[tuple[Path, Stat]]:
+    """Every file (and folder, with `dirs`) under `folder` with its `lstat`, except those in or under `skip`;
+    what cannot be read is passed."""
+    skip = set(skip)
     for top, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if Path(top) / d not in skip]
         for name in (subdirs + names) if dirs else names:
             p = Path(top) / name
-            with contextlib.suppress(OSError):
-                yield p, p.lstat()
-
-
-def _is_dir(st: os.stat_result) -> bool:
-    import stat
-
-    return stat.S_ISDIR(st.st_mode)
+            if p not in skip:
+                with contextlib.suppress(OSError):
+                    yield p, p.lstat()
 
 
 def _remove(e: Entry, now: float, recent: bool = False) -> str:

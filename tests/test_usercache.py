@@ -100,7 +100,7 @@ def test_file_entries_past_the_cap_lose_the_least_recently_used(tmp_path, cache,
     assert os.fsencode(paths[0].resolve()).hex() not in kept
 
 
-def test_the_demo_and_the_ngram_features_are_written_where_the_cache_looks(tmp_path, cache):
+def test_the_demo_writes_its_embeddings_where_the_cache_looks(tmp_path, cache):
     from impsamp_cli.compare import demo_embeddings_dir
 
     demo = demo_embeddings_dir(tmp_path / "pool.parquet", "torch", 128, "9.9.9")
@@ -259,7 +259,8 @@ def test_a_failed_int8_quantize_lets_go_of_the_model_folder(cache, monkeypatch):
 
 def test_odd_ages_and_entries_of_the_wrong_type(cache):
     r = invoke("cache", "--clear", "ngram", "--older-than", "1e308")
-    assert r.exit_code == 1 and "--older-than must be a number of days" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "--older-than must be a number of days" in r.output
+    assert "Traceback" not in r.output
     (cache / "demo-1.0.0").mkdir(parents=True)
     (cache / "demo-1.0.0" / "embeddings-x-1-abcdefabcdef").write_text("a file, not an embedding folder")
     (cache / "files").mkdir()
@@ -268,3 +269,37 @@ def test_odd_ages_and_entries_of_the_wrong_type(cache):
     facts = usercache.summary()
     assert facts["demo"]["entries"] == facts["files"]["entries"] == 0 and facts["other"]["entries"] == 1
     assert usercache.clear(list(usercache.KINDS)).entries == 0
+
+
+def test_on_nfs_guards_lock_file_decides_and_without_any_locks_the_age(cache, monkeypatch):
+    import errno
+    import fcntl
+
+    from impsamp import guards
+
+    from .test_guards import NO_FOLDER_FLOCK
+
+    scope: dict = {}
+    exec(NO_FOLDER_FLOCK, scope)  # as on NFS: flock on files only
+    monkeypatch.setattr(fcntl, "flock", scope["flock"])
+    entry = fake_entry(cache, "ngram/" + "a" * 32)
+    key = guards.hold(entry)  # a stage writing it: on guards' lock file in the folder
+    age(entry, 2)  # so that only the lock keeps it
+    assert usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1)
+    guards.release(key)
+    with usercache.Hold(entry) as held:
+        age(entry, 2)
+        assert held and usercache.clear(["ngram"]) == usercache.Cleared(0, 0, 1)  # a reader, the same file
+    age(entry, 2)
+    assert usercache.clear(["ngram"]).entries == 1
+
+    def no_locks(fd, op):  # no flock at all (Lustre mounted noflock): the one-minute window decides
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    entry = fake_entry(cache, "ngram/" + "b" * 32)
+    with usercache.Hold(entry) as held:
+        assert held and not (entry / guards.LOCK_FILE).exists()  # a run goes on, and leaves no lock file
+    assert usercache.clear(["ngram"]).busy == 1  # just used
+    age(entry, 2)
+    assert usercache.clear(["ngram"]).entries == 1

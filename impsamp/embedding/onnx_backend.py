@@ -40,9 +40,9 @@ import numpy as np
 
 from .._deps import require
 from ..config import cache_dir
-from ..usercache import Hold, touch
 from ..errors import ConfigError, ImpsampError, StageError
 from ..manifest import sha256_file
+from ..usercache import Hold, touch
 from .config import CPU_CALLERS
 from .contract import EmbeddedBatch, l2_normalize
 from .models import ResolvedModel

@@ -29,8 +29,9 @@ from .. import usercache
 
 SETTLED_SECONDS = 2.0
 MAX_ENTRIES = 50_000
-"""Entries kept (one per JSONL file path read; 1-5 KB each): past it the least recently used go, a quarter at
-once. Looked at every `PRUNE_EVERY`-th new entry, so a corpus of many files is not slowed by it."""
+"""Entries kept (one per JSONL file path read; about 5 KB per million lines): past it the least recently used
+go, a quarter at once (`usercache.prune`). Looked at every `PRUNE_EVERY`-th new entry, so a corpus of many
+files is not slowed by it."""
 PRUNE_EVERY = 64
 Counted = tuple[int, tuple[tuple[int, int], ...], str]
 """rows, (row, byte offset) seek checkpoints, digest: what `jsonl.count_lines` returns."""
