@@ -24,7 +24,7 @@ def cache(kinds, days, as_json):
 
     The cache is IMPSAMP_CACHE_DIR (or IMPSAMP_CACHE), else $XDG_CACHE_HOME/impsamp, else ~/.cache/impsamp.
     It holds exported ONNX models and tokenizers (`embed --backend onnx`), each embedding's hashed n-gram
-    features (`resample`'s n-gram weightings; the kind that grows), what a read of each JSONL file found, and
+    features (`resample`'s n-gram weightings; the kind that grows), what a read of each corpus file found, and
     the demo's embeddings. Nothing there is a result: what a run wants again is made again. Entries changed
     in the last minute, a running demo's embeddings and a model being exported or loaded are left, and so
     is anything impsamp did not make.

@@ -4,7 +4,7 @@
     onnx        an embedding model exported to ONNX (and its int8 copy)           onnx/<key>-v<recipe>/
     tokenizers  an embedding model's tokenizer as `tokenizers` reads it           tokenizers/<key>.json
     ngram       one embedding run's hashed n-gram features (~1.5x the embedding)  ngram/<key>/
-    files       what a full read of one JSONL file found (rows, seeks, hash)      files/<key>.json
+    files       what a full read of one corpus file found (rows, seeks, hash)     files/<key>.json
     demo        the demo's embeddings (per version, backend, length, install)     demo-<version>/embeddings-*/
 
 Only names of these shapes (<key>: 32 hex digits) are entries: a file someone else put in the folder is
@@ -73,7 +73,7 @@ DESCRIPTIONS = {
     "onnx": "embedding models exported to ONNX",
     "tokenizers": "embedding models' tokenizers",
     "ngram": "embeddings' hashed n-gram features",
-    "files": "JSONL files' row counts and hashes",
+    "files": "corpus files' row counts and hashes",
     "demo": "the demo's embeddings",
     "temporary": "files of runs in progress, or left by killed ones",
     "other": "not impsamp's: left alone",

@@ -361,10 +361,16 @@ def test_onnx_backend_matches_torch(tmp_path_factory, monkeypatch, st_model, dem
     assert (got * ref).sum(axis=1).min() >= 0.999
     assert onnx.identity["backend"] == "onnx" and same_model(onnx.identity, load_embedder(
         EmbedConfig(model="all-MiniLM-L6-v2", backend="onnx", max_tokens=128)).identity)
+    killed, live = onnx.path.parent / ".tmp-model-int8-killed", onnx.path.parent / ".tmp-model-int8-live"
+    for scratch in (killed, live):  # scratch folders of quantizes, one killed two days ago, one running
+        scratch.mkdir()
+        (scratch / "model.onnx").write_bytes(b"partial")
+    os.utime(killed, (time.time() - 2 * 86400,) * 2)
     int8_emb = load_embedder(EmbedConfig(max_tokens=128, backend="onnx", quantize="int8", device="cpu"),
                              threads=2)
     int8, _ = embed_texts(texts, int8_emb)
     assert (int8 * ref).sum(axis=1).mean() >= 0.98
+    assert not killed.exists() and live.is_dir()
     # two sessions side by side (batches alternate) give the same bits as one session alone
     assert len(int8_emb._sessions) == 2
     int8_emb.batch_tokens = 128  # one text per batch: both sessions get work

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ from .._deps import require
 from ..config import cache_dir
 from ..errors import ConfigError, ImpsampError, StageError
 from ..manifest import sha256_file
-from ..usercache import Hold, touch
+from ..usercache import LEFTOVER_SECONDS, Hold, touch
 from .config import CPU_CALLERS
 from .contract import EmbeddedBatch, l2_normalize
 from .models import ResolvedModel
@@ -75,9 +76,10 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tup
     else:
         raise StageError(f"{folder}: the exported model keeps being removed (`impsamp cache --clear` running "
                          "in a loop?); rerun when it is not")
+    int8 = folder / "model-int8.onnx"
+    _remove_killed_quantizes(int8)
     if quantize != "int8":
         return fp32, hold
-    int8 = folder / "model-int8.onnx"
     try:
         if not int8.is_file():
             _quantize(fp32, int8)
@@ -259,6 +261,15 @@ def _root_logging_off() -> Iterator[None]:
         yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def _remove_killed_quantizes(int8: Path) -> None:
+    """The scratch folders of quantizes killed over a day ago (a live one's is younger): they would stay inside
+    the cache entry, as large as the model, until the whole entry is cleared."""
+    for old in int8.parent.glob(f".tmp-{int8.stem}-*"):
+        with contextlib.suppress(OSError):
+            if time.time() - old.lstat().st_mtime > LEFTOVER_SECONDS:
+                shutil.rmtree(old)
 
 
 def _quantize(fp32: Path, int8: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import CorpusError
+from ..manifest import sha256_file
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import expand, file_digest
 from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
@@ -243,7 +244,7 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "th
         for old, new in zip(spec["files"], corpus.files):
             if (how := file_changed(old, new)) is not None:
                 raise CorpusError(f"{new.path} changed since it was embedded ({how}); embed it again")
-        # the same files: keep the digests as recorded (a JSONL file's from before 0.7.11 too), so the corpus's
+        # the same files: keep the digests as recorded (an earlier version's too), so the corpus's
         # fingerprint is the one the outputs made from it were keyed by
         kept = [replace(f, digest=old["digest"]) for old, f in zip(spec["files"], corpus.files)]
         corpus = replace(corpus, files=kept)
@@ -252,8 +253,9 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "th
 
 def file_changed(recorded: Any, f: CorpusFile) -> str | None:
     """How `f` differs from the file a manifest recorded (`CorpusFile.describe()`: size, rows, digest), or None
-    when it is the same file. A JSONL file recorded before 0.7.11 has the digest of its size and first and last
-    MiB (no `sha256:` prefix): the file is compared by that one."""
+    when it is the same file. A file recorded by an earlier version (JSONL before 0.7.11, Parquet and Arrow
+    before 0.7.14) has the digest of its size and first and last MiB (no `sha256:` prefix): it is compared by
+    that one."""
     if not isinstance(recorded, dict):
         return "the manifest's record of it is damaged"
     was = (recorded.get("bytes"), recorded.get("rows"))
@@ -284,7 +286,11 @@ def describe_file(path: Path, text_field: str, id_field: str | None, *, wait: bo
             schema, rows = arrow_schema_rows(path, fmt)
             names = schema.names
             check_fields(path, names, text_field, id_field, where="")
-            checkpoints, digest = (), file_digest(path, size)
+            # hashed whole once per version of the file, as JSONL is: a same-size edit mid-file is seen
+            got = counted(path, lambda p: (rows, (), FULL_DIGEST + sha256_file(p, chunk=1 << 22)), wait=wait)
+            if got is None:
+                return None
+            checkpoints, digest = (), got[2]
     except CorpusError:
         raise
     except (pa.ArrowException, ValueError, *read_errors()) as e:

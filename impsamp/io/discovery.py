@@ -104,10 +104,9 @@ def _selection_files(path: Path) -> list[Path] | None:
 
 
 def file_digest(path: Path, size: int, sample: int = 1 << 20) -> str:
-    """sha256 over the size and the first and last MiB, for Parquet and Arrow files, whose rows come from their
-    footer (a JSONL file is read through to count its lines, and hashed whole on the way: `jsonl.count_lines`).
-    Missed: an edit past the first MiB and before the last that keeps the file's size (compressed data rarely
-    keeps it; uncompressed data may)."""
+    """sha256 over the size and the first and last MiB: the digest of Parquet and Arrow files up to 0.7.13 (and
+    of JSONL files up to 0.7.10), kept to compare a file with a manifest that recorded it so. Missed: an edit
+    past the first MiB and before the last that keeps the file's size; files are now hashed whole."""
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
         h.update(f.read(sample))

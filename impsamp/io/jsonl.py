@@ -88,8 +88,8 @@ class ZstdRaw(io.RawIOBase):
 
 CHECKPOINT_EVERY = 4096
 FULL_DIGEST = "sha256:"
-"""The prefix of a digest over a file's whole content (JSONL, since 0.7.11); a bare hex digest covers the file's
-size and first and last MiB (`discovery.file_digest`: Parquet and Arrow files, and JSONL before 0.7.11)."""
+"""The prefix of a digest over a file's whole content (JSONL since 0.7.11, Parquet and Arrow since 0.7.14); a bare
+hex digest covers the file's size and first and last MiB (`discovery.file_digest`: the earlier versions)."""
 
 
 def count_lines(path: Path) -> tuple[int, tuple[tuple[int, int], ...], str]:

@@ -1,4 +1,4 @@
-"""What a full read of a JSONL file found (rows, seek checkpoints, sha256 of its content), kept in the user cache
+"""What a full read of a corpus file found (rows, seek checkpoints, sha256 of its content), kept in the user cache
 under the file's identity on disk, so that opening the corpus again (each `resample` of an embedding checks its
 corpus is unchanged; each Slurm slice, `compare` and `train` open it too) does not read and hash every byte again.
 
@@ -29,7 +29,7 @@ from .. import usercache
 
 SETTLED_SECONDS = 2.0
 MAX_ENTRIES = 50_000
-"""Entries kept (one per JSONL file path read; about 5 KB per million lines): past it the least recently used
+"""Entries kept (one per corpus file path read; about 5 KB per million lines): past it the least recently used
 go, a quarter at once (`usercache.prune`). Looked at every `PRUNE_EVERY`-th new entry, so a corpus of many
 files is not slowed by it."""
 PRUNE_EVERY = 64
