@@ -12,14 +12,15 @@ import click
 from impsamp.comparison import METHODS, MODELS, CompareConfig, Report
 from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
-from impsamp.config import cache_dir, resolve_config
+from impsamp.config import cache_dir, resolve_config, to_dict
 from impsamp.errors import StageError
 from impsamp.guards import FolderBusy
+from impsamp.outdir import RUN_RECORD, complete_manifest, describe_dir, read_json_dict
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.training.config import DTYPES
 from impsamp.usercache import Hold
 
-from .app import cli, config_option, overwrite_option, progress_option, show_progress
+from .app import COUNT, cli, config_option, overwrite_option, progress_option, show_progress
 
 _methods = click.option("--methods", default=None, metavar="M1,M2,...",
                         help=f"Selectors to compare, from {', '.join(METHODS)} [default: uniform,importance].")
@@ -56,7 +57,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 
     def apply(f):
         for opt in reversed([
-            click.option("--tokens", type=int, default=None, help="Selection budget per method, in tokens "
+            click.option("--tokens", type=COUNT, default=None, help="Selection budget per method, in tokens "
                          f"[default: {d['tokens']:,}]."),
             click.option("--k", type=int, default=None, help=f"k-means clusters [default: {d['k']}]."),
             click.option("--steps", type=int, default=None,
@@ -211,13 +212,14 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     emb_dir = demo_embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens,
                                  __version__)
     show = show_progress(progress)
+    _refuse_other_outputs(out_dir, corpus.pool)
     with contextlib.ExitStack() as stack:  # the cached embeddings are held while this demo reads them
         emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show, stack)
         try:
             report = Report.load(out_dir)
             results = report.results
-            same = results.get("config") == {**CompareConfig().__dict__, **cfg.__dict__} and \
-                results.get("target_domain") == domain and results.get("impsamp_version") == __version__
+            same = results.get("config") == to_dict(cfg) and results.get("target_domain") == domain \
+                and results.get("impsamp_version") == __version__
             same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
         except StageError:
             same = False
@@ -229,6 +231,22 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     click.echo(f"\nreport: {out_dir / 'report.md'}  (selections, runs, plots and results.json beside it)")
     click.echo(f"finished in {time.time() - started:.0f} s")
     click.echo(f"open in a browser: {out_dir / 'report.html'}  (plots, each selection's cluster explorer)")
+
+
+def _refuse_other_outputs(out_dir: Path, pool: Path) -> None:
+    """The demo replaces its own report (another target's, settings' or version's) without --overwrite: a
+    `compare` over the bundled pool, complete or interrupted. Any other impsamp output is refused."""
+    from impsamp.io import open_corpus
+
+    record = complete_manifest(out_dir) or read_json_dict(out_dir / RUN_RECORD)
+    if record is None:  # new, empty, or not impsamp's (which the stage refuses to write into)
+        return
+    generic = (record.get("inputs") or {}).get("generic") if isinstance(record.get("inputs"), dict) else None
+    if record.get("stage") == "compare" and isinstance(generic, dict) \
+            and generic.get("fingerprint") == open_corpus(pool).fingerprint():
+        return
+    raise StageError(f"--out {out_dir} {describe_dir(out_dir)}, not a demo report: choose another --out (the "
+                     "demo replaces only its own reports)")
 
 
 def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import from_dict, load_toml
+from impsamp.config import config_section, from_dict
+from impsamp.errors import ConfigError
 from impsamp.training.config import PRESETS
 
 from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, progress_option,
@@ -56,7 +57,9 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     from impsamp.mixture import ExpertsConfig
     from impsamp.mixture import experts as run_experts
 
-    section = dict(load_toml(config_file).get("experts", {})) if config_file else {}
+    section = config_section(config_file, "experts") if config_file else {}
+    if not isinstance(section.get("train", {}), dict):
+        raise ConfigError(f"{config_file}: 'experts.train' must be a table ([experts.train] with keys under it)")
     in_section = section.pop("preset", None)  # [experts] preset = ..., as the flag (which wins)
     preset = preset or in_section
     if preset:  # the flag wins over [experts.train] preset, the section's other keys stay

@@ -10,7 +10,7 @@ from impsamp.config import resolve_config
 from impsamp.resampling import FORMATS, METHODS, SCHEMES, WITHIN_REPEATS, ResampleConfig, command_line
 from impsamp.resampling import resample as _resample
 
-from .app import (cli, config_option, execution, out_option, overwrite_option, progress_option,
+from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, progress_option,
                   scale_options, show_progress)
 
 
@@ -21,15 +21,15 @@ from .app import (cli, config_option, execution, out_option, overwrite_option, p
               help="In-domain sample: a corpus file/folder/glob, its `impsamp embed` output, or a saved "
                    "histogram (.json). Repeat for a mixture, e.g. --target law.jsonl:0.7 --target med.jsonl:0.3.")
 @out_option
-@click.option("--tokens", type=int, default=None,
+@click.option("--tokens", type=COUNT, default=None,
               help="Budget in tokens of the text written (whole documents, or windows with embed --windows), "
                    "counted with the embedding model's tokenizer (past its window, estimated from the tokens "
                    "per character of the part it read) or with --budget-tokenizer.")
 @click.option("--budget-tokenizer", type=click.Path(dir_okay=False), default=None, metavar="TOKENIZER.JSON",
               help="Count --tokens with this tokenizer (e.g. your trainer's), exactly: reads and tokenizes the "
                    "generic corpus's text once (resumable).")
-@click.option("--bytes", "n_bytes", type=int, default=None, help="Budget in UTF-8 bytes of the text written.")
-@click.option("--docs", type=int, default=None, help="Budget in documents (windows with embed --windows).")
+@click.option("--bytes", "n_bytes", type=COUNT, default=None, help="Budget in UTF-8 bytes of the text written.")
+@click.option("--docs", type=COUNT, default=None, help="Budget in documents (windows with embed --windows).")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help=f"Selector [default: {ResampleConfig.method}]; uniform is the random-sample baseline.")
 @click.option("--scheme", type=click.Choice(SCHEMES), default=None,

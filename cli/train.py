@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import from_dict, load_toml
+from impsamp.config import config_section, from_dict
 from impsamp.training.config import PRESETS, TrainConfig
 from impsamp.training.families import FAMILIES
 
@@ -150,13 +150,6 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
                        f"over {len(m['per_file'])} file(s)")
 
 
-def _stage(path: Path) -> str | None:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def _check_tuning(numbers: dict, finetune) -> None:
     tuning = [f"--{k.replace('_', '-')}" for k in ("finetune_steps", "finetune_lr", "early_stopping", "eval_every",
                                                     "finetune_val_fraction") if numbers.get(k) is not None]
@@ -183,7 +176,7 @@ def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str
 
 def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
     """Defaults < the [train] section of --config < flags; a budget flag replaces the file's other budget."""
-    data = dict(load_toml(config_file).get("train", {})) if config_file else {}
+    data = config_section(config_file, "train") if config_file else {}
     flags = {k: v for k, v in flags.items() if v is not None}
     for given, other in (("tokens", "steps"), ("steps", "tokens")):
         if given in flags:
@@ -210,25 +203,11 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
     On an `impsamp experts` output each document is scored by the expert of its own group; on a
     projected network (`--arch projected`), by the small model of its own cluster.
     """
-    from impsamp.training import evaluate as run_eval
+    from impsamp.scoring import evaluate as run_eval
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # scoring is one process's work: under torchrun, rank 0 does it and the others exit
-    routed = "an `impsamp experts` output" if _stage(run_dir) == "experts" else \
-        "a projected network" if _recorded(run_dir).get("arch") == "projected" else None
-    if routed and weights != "model.safetensors":
-        raise click.BadParameter(f"{run_dir} is {routed}: its documents are scored with each small model's "
-                                 "final weights", param_hint="'--weights'")
-    if routed == "an `impsamp experts` output":
-        from impsamp.mixture import evaluate_routed
-
-        m = evaluate_routed(run_dir, list(eval_files), text_field=text_field, device=device)
-    elif routed:
-        from impsamp.projection import evaluate_projected
-
-        m = evaluate_projected(run_dir, list(eval_files), text_field=text_field, device=device)
-    else:
-        m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
+    m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return

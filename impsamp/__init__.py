@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, CorpusError, ImpsampError, StageError, WeightingError
 
-__version__ = "0.7.13"
+__version__ = "0.7.14"
 
 # public name -> module that defines it; resolved on first use so `import impsamp` stays light
 _LAZY = {
@@ -34,7 +34,7 @@ _LAZY = {
     "experts": "mixture", "Experts": "mixture", "ExpertsConfig": "mixture", "specialize": "mixture",
     "evaluate_routed": "mixture", "Costs": "costs",
     "project": "projection", "evaluate_projected": "projection", "distill": "distillation",
-    "inspect": "explorer",
+    "inspect": "explorer", "evaluate": "scoring",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

@@ -220,7 +220,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     """
     from .io import as_specs, open_corpus
 
-    cfg = as_config(CompareConfig, config) or CompareConfig()
+    cfg = _with_clusters_k(as_config(CompareConfig, config) or CompareConfig(), clusters)
     out = Path(out_dir)
     targets = as_specs(target)
     evals = [str(Path(e).resolve()) for e in as_specs(eval_files)]
@@ -228,16 +228,19 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         raise ConfigError("--eval: give at least one evaluation file")
     generic_corpus = open_corpus(generic, text_field=cfg.text_field)
     target_corpus = open_corpus(targets, text_field=cfg.text_field)
-    for what, corpus in [("--target", target_corpus), *(("--eval", open_corpus(e, text_field=cfg.text_field))
-                                                         for e in evals)]:
+    eval_corpora = [open_corpus(e, text_field=cfg.text_field) for e in evals]
+    for what, corpus in [("--target", target_corpus), *(("--eval", c) for c in eval_corpora)]:
         # read through now (they are small): a bad row fails here, not after the generic corpus's embedding
         if corpus.count_documents() == 0:
             raise ConfigError(f"{what} {', '.join(f.path for f in corpus.files)}: no document with text")
+    # every input by content: a run resumed after an evaluation file was edited would mix old and new scores
     inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
-              "target": {"fingerprint": target_corpus.fingerprint()}, "eval": evals}
+              "target": {"fingerprint": target_corpus.fingerprint()},
+              "eval": [{"path": e, "fingerprint": c.fingerprint()} for e, c in zip(evals, eval_corpora)]}
     read = [f.path for f in [*generic_corpus.files, *target_corpus.files]] + [embeddings, clusters]
+    emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
-    emb, clu = _embed_and_cluster(out, cfg, generic_corpus, embeddings, clusters, progress)
+    emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
     selections = _select(out, cfg, emb, clu, targets, progress)
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
@@ -252,15 +255,27 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     return Report(out, results)
 
 
-def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings, clusters, progress: bool):
-    """1. The generic corpus embedded and clustered once (or the given outputs)."""
-    from .clustering import ClusterConfig, Clusters, cluster
-    from .embedding import EmbedConfig, Embeddings, embed
-    from .embedding.loading import embed_backend
+def _with_clusters_k(cfg: CompareConfig, clusters: str | Path | None) -> CompareConfig:
+    """With given `clusters`, their k (the config's default k gives way; another k is refused): the report and
+    the manifest record the k the selections used."""
+    if clusters is None:
+        return cfg
+    from .clustering import Clusters
+
+    n = Clusters.load(clusters).n_leaves
+    if cfg.k not in (n, CompareConfig.k):
+        raise ConfigError(f"--clusters {clusters} has k = {n}: drop --k {cfg.k}, or leave --clusters out to "
+                          f"cluster with --k {cfg.k}")
+    return replace(cfg, k=n)
+
+
+def _given_outputs(generic_corpus, embeddings, clusters):
+    """The `--embeddings` and `--clusters` outputs given (None where not), checked to be of the generic corpus."""
+    from .clustering import Clusters
+    from .embedding import Embeddings
     from .io import file_changed
 
-    backend, quantize = embed_backend(cfg.backend)
-    clu, given = (Clusters.load(clusters) if clusters is not None else None), "--embeddings"
+    emb, clu, given = None, (Clusters.load(clusters) if clusters is not None else None), "--embeddings"
     if embeddings is None and clu is not None:  # the clusters' own embeddings
         embeddings = clu.manifest.inputs.get("embeddings", {}).get("path")
         if not (embeddings and (Path(embeddings) / MANIFEST).is_file()):
@@ -273,20 +288,30 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, embeddings
         if len(made_of) != len(generic_corpus.files) or any(map(file_changed, made_of, generic_corpus.files)):
             raise ConfigError(f"{given} {embeddings} were made from another corpus than --generic; pass "
                               "the embeddings of --generic, or leave them out to embed it")
-    elif _reuse(out / "embeddings", "embed",
+    if clu is not None and clu.manifest.inputs.get("embeddings", {}).get("fingerprint") != emb.manifest.fingerprint:
+        raise ConfigError(f"--clusters {clusters} were made from other embeddings than those of --generic; "
+                          "pass a clustering of them, or leave --clusters out")
+    return emb, clu
+
+
+def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, emb, clu, progress: bool):
+    """1. The generic corpus embedded and clustered once (or the given outputs, checked by `_given_outputs`)."""
+    from .clustering import ClusterConfig, Clusters, cluster
+    from .embedding import EmbedConfig, Embeddings, embed
+    from .embedding.loading import embed_backend
+
+    if clu is not None:  # given (with their embeddings)
+        return emb, clu
+    backend, quantize = embed_backend(cfg.backend)
+    if emb is None and _reuse(out / "embeddings", "embed",
                 {"max_tokens": cfg.max_tokens, "backend": backend, "quantize": quantize},
                 {"corpus": generic_corpus.fingerprint()}):
         emb = Embeddings.load(out / "embeddings")
-    else:
+    elif emb is None:
         _log(progress, "embedding the generic corpus")
         ecfg = EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend, quantize=quantize,
                            text_field=cfg.text_field)
         emb = embed(generic_corpus, out / "embeddings", ecfg, overwrite=True, progress=progress)
-    if clu is not None:
-        if clu.manifest.inputs.get("embeddings", {}).get("fingerprint") != emb.manifest.fingerprint:
-            raise ConfigError(f"--clusters {clusters} were made from other embeddings than those of --generic; "
-                              "pass a clustering of them, or leave --clusters out")
-        return emb, clu
     if _reuse(out / "clusters", "cluster", {"k": cfg.k, "seed": cfg.seed}, {"embeddings": emb.manifest.fingerprint}):
         return emb, Clusters.load(out / "clusters")
     _log(progress, f"clustering (k={cfg.k})")
@@ -367,7 +392,7 @@ def _trained(path: Path, tcfg, sel, targets: list, evals: list[str], progress: b
     from .training import train
     from .training.provenance import finished_run
 
-    if (tr := finished_run(path, tcfg, [str(sel.path)])) is not None:
+    if (tr := finished_run(path, tcfg, [str(sel.path)], targets, evals)) is not None:
         return tr
     _log(progress, f"training on the {path.name} selection")
     return train([sel.path], path, tcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)

@@ -90,18 +90,22 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     data: dict[str, Any] = {}
     source = "flags"
     if config_file is not None:
-        doc = load_toml(config_file, sections=section is not None)
+        data = config_section(config_file, section) if section else load_toml(config_file, sections=False)
         source = f"{config_file} [{section}]" if section else str(config_file)
-        data = doc.get(section, {}) if section else doc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{config_file}: '{section}' must be a table ([{section}] with keys under "
-                              f"it), got {type(data).__name__}")
-        data = dict(data)
     overrides = {k: v for k, v in flags.items() if v is not None}
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")
     return from_dict(cls, {**data, **overrides}, source=source)
+
+
+def config_section(config_file: str | Path, section: str) -> dict[str, Any]:
+    """The `[section]` table of a TOML config file (a copy; {} when absent); anything but a table is refused."""
+    data = load_toml(config_file).get(section, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_file}: '{section}' must be a table ([{section}] with keys under it), got "
+                          f"{type(data).__name__}")
+    return dict(data)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

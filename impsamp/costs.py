@@ -60,11 +60,6 @@ class Costs:
             raise ValueError(f"unknown cost part {part!r}; valid: {', '.join(PARTS)}")
         return replace(self, **{part: getattr(self, part) + flops})
 
-    def as_generic(self) -> Costs:
-        """Every training FLOP moved to `generic` (a model trained once and shared by all targets)."""
-        return replace(self, generic=self.generic + self.per_target,
-                       **{p: 0.0 for p in PER_TARGET})
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["per_target"] = self.per_target

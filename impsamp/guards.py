@@ -64,6 +64,9 @@ class _Held:
 _HELD: dict[tuple[int, int], _Held] = {}
 """This process's locks, by (device, inode) of the folder."""
 _MUTEX = threading.Lock()
+BUSY_ERRNOS = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+"""What `flock` fails with when another process holds the lock; any other error means this file system
+cannot lock here (NFS on a folder: EBADF; Lustre mounted noflock; ...). `usercache` reads them the same way."""
 
 
 def hold(folder: Path, *, shared: bool = False) -> tuple[int, int] | None:
@@ -116,7 +119,7 @@ def _lock(fd: int, folder: Path, shared: bool) -> bool | OSError:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 return mode == fcntl.LOCK_EX
             except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                if e.errno not in BUSY_ERRNOS:
                     return e
         if time.monotonic() >= deadline:  # a slice waits out another that holds it exclusive for its set-up
             raise FolderBusy(f"{folder} {BUSY}")
@@ -197,16 +200,6 @@ def release(key: tuple[int, int] | None) -> None:
             if os.stat(held.lock_file).st_ino == os.fstat(held.fd).st_ino:
                 os.unlink(held.lock_file)
     os.close(held.fd)
-
-
-def wait_for_writer(folder: Path, poll: float = 1.0) -> None:
-    """Return once no process writes `folder` (its lock is free)."""
-    while True:
-        try:
-            release(hold(folder))
-            return
-        except FolderBusy:
-            time.sleep(poll)
 
 
 def _mine() -> set[tuple[int, int]]:

@@ -1,6 +1,6 @@
 """The stage contract: one output directory per stage, shards committed by rename, manifest last.
 
-A stage (embed, cluster, resample, train) writes exactly one directory:
+A stage (embed, cluster, resample, train, experts, compare, ...) writes exactly one directory:
 
     out_dir/
       _run.json            what this run is (stage, config, inputs): the key that lets a rerun resume
@@ -38,9 +38,6 @@ from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_nam
     is_stage_dir, iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
 
 logger = logging.getLogger(__name__)
-
-STAGES = ("embed", "cluster", "resample", "train", "compare")
-
 
 # ----------------------------------------------------------------------------- small file helpers
 

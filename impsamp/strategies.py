@@ -65,7 +65,7 @@ def _large(out: Path, cfg, tcfg, data: list[str], targets: list, evals: list[str
                                             / lcfg.model_config(vocab).flops_per_token()))
     lcfg = replace(lcfg, steps=steps)
     path = out / "runs" / "large"
-    if (run := finished_run(path, lcfg, data)) is not None:
+    if (run := finished_run(path, lcfg, data, targets, evals)) is not None:
         return run
     log(progress, f"training the large model ({lcfg.preset}, {steps} steps)")
     return train(data, path, lcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
@@ -87,7 +87,7 @@ def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, ev
     path = out / "runs" / "distill"
     want = replace(ft, init=str(student.path), teacher=str(teacher.path), alpha=cfg.distill_alpha,
                    temperature=cfg.distill_temperature, preset=student.config.preset, arch=student.config.arch)
-    run = finished_run(path, want, [])
+    run = finished_run(path, want, [], targets, evals)
     if run is None:
         log(progress, f"distilling {teacher.config.preset} into {student.config.preset}")
         run = distill(teacher.path, student.path, targets, path, alpha=cfg.distill_alpha,

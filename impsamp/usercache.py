@@ -29,7 +29,6 @@ old (a killed run's; a live run's are younger).
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import re
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import cache_dir
-from .guards import LOCK_FILE
+from .guards import BUSY_ERRNOS, LOCK_FILE
 
 try:
     import fcntl
@@ -264,8 +263,7 @@ def _flock(fd: int, mode: int) -> str:
         fcntl.flock(fd, mode)
         return "held"
     except OSError as e:  # busy, or this file system has no flock on this kind of file (EBADF: NFS, a folder)
-        unsupported = (errno.EBADF, errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP)
-        return "unsupported" if e.errno in unsupported else "busy"
+        return "busy" if e.errno in BUSY_ERRNOS else "unsupported"
 
 
 def _measure(path: Path) -> tuple[int, float | None]:

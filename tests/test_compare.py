@@ -175,11 +175,27 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
 
     ref = run(tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
+    # a finished LM run is reused only on the same data, fine-tuning and evaluation text
+    from impsamp.training import TrainRun
+    from impsamp.training.provenance import finished_run
+
+    lm = TrainRun.load(tmp_path / "ref" / "runs" / "uniform")
+    data = lm.manifest.inputs["data"]["paths"]
+    edited = tmp_path / "eval-edited.jsonl"
+    edited.write_text(evals.read_text().replace("loop", "LOOP"))
+    assert finished_run(lm.path, lm.config, data, [str(target)], [str(evals)]) is not None
+    assert finished_run(lm.path, lm.config, data, [str(target)], [str(edited)]) is None
+    assert finished_run(lm.path, lm.config, data, [str(edited)], [str(evals)]) is None
     out = tmp_path / "cmp"
     # killed in the first LM run, after the embeddings, clusters and both selections are done
     killed = run(out, IMPSAMP_TEST_KILL_AT="pretrain:2")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / "manifest.json").exists()
+    original = evals.read_bytes()  # an evaluation file edited meanwhile: the run is refused, not resumed
+    evals.write_text(original.decode().replace("loop", "LOOP"))
+    refused = run(out)
+    assert refused.returncode == 1 and "other settings or inputs" in refused.stderr, refused.stderr
+    evals.write_bytes(original)
     done = {p: (out / p / "manifest.json").stat().st_mtime_ns
             for p in ("embeddings", "clusters", "selections/uniform", "selections/importance")}
     again = run(out)
@@ -206,6 +222,52 @@ def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypa
     assert same == demo_embeddings_dir(one, "torch", 128, "0.2.0")
     assert same.parent == tmp_path / "cache" / "demo-0.2.0"
     assert demo_embeddings_dir(one, "onnx", 128, "0.2.0") != same != demo_embeddings_dir(one, "torch", 256, "0.2.0")
+
+
+def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, monkeypatch):
+    """A second demo of the same settings prints the first's report (no training); another target replaces it
+    without --overwrite; an --out that holds another stage's output is refused and left as it was. The
+    embedding and the compare are stand-ins here: what is tested is the demo's choice."""
+    from dataclasses import asdict
+
+    import impsamp_cli.compare as demo_cli
+
+    from impsamp import __version__
+    from impsamp.datasets import demo_corpus
+    from impsamp.io import open_corpus
+    from impsamp.manifest import StageRun
+
+    corpus = demo_corpus()
+    domain_of = {str(corpus.sample(d)): d for d in corpus.domains}
+    compares = []
+
+    def fake_compare(generic, target, evals, out, cfg, *, embeddings, overwrite, progress):
+        compares.append(overwrite)
+        run = StageRun(out, "compare", config=asdict(cfg), overwrite=overwrite,
+                       inputs={"generic": {"fingerprint": open_corpus(generic).fingerprint()}}).begin()
+        results = {"config": asdict(cfg), "impsamp_version": __version__, "target_domain": domain_of[str(target[0])]}
+        for name, text in (("results.json", json.dumps(results)), ("report.html", "<html></html>")):
+            (out / name).write_text(text)
+        run.finish(stats={}, extra_files={n: out / n for n in ("results.json", "report.html")})
+        return Report.load(out)
+
+    monkeypatch.setattr(demo_cli, "_cached_embeddings", lambda *a, **kw: tmp_path / "emb")
+    monkeypatch.setattr(demo_cli, "_compare", fake_compare)
+    monkeypatch.setattr(Report, "table", lambda self: "(table)")
+    out = tmp_path / "demo"
+    for _ in range(2):
+        r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--no-progress"])
+        assert r.exit_code == 0, r.output
+    assert len(compares) == 1  # the second demo reused the first's report
+    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--target", "shakespeare", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert compares == [True, True]  # its own report, for another target: replaced
+    other = tmp_path / "clusters"
+    StageRun(other, "cluster", config={}, inputs={}).begin().finish(stats={})
+    before = sorted(p.name for p in other.iterdir())
+    r = CliRunner().invoke(cli, ["demo", "--out", str(other), "--no-progress"])
+    assert r.exit_code == 1 and "not a demo report" in r.output and len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in other.iterdir()) == before and len(compares) == 2
 
 
 def test_auto_backend_is_onnx_int8_without_amx_and_torch_with_it(monkeypatch):
@@ -261,7 +323,6 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
 def test_compare_refuses_stage_outputs_of_another_corpus_and_keeps_its_inputs(tmp_path):
     from impsamp.clustering import ClusterConfig, cluster
     from impsamp.embedding import EmbedConfig, embed
-    from impsamp.manifest import MANIFEST
 
     generic, target, evals = _small_inputs(tmp_path, seed=0)
     emb = embed(target, tmp_path / "emb", EmbedConfig(model="hashing:64"))  # the target's, not the generic's
@@ -269,12 +330,13 @@ def test_compare_refuses_stage_outputs_of_another_corpus_and_keeps_its_inputs(tm
                                  "--out", str(tmp_path / "cmp"), "--embeddings", str(emb.path),
                                  "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 1 and "--embeddings" in r.output and "another corpus than --generic" in r.output, r.output
-    assert not (tmp_path / "cmp" / MANIFEST).exists()
+    assert not (tmp_path / "cmp").exists()  # refused before anything is written
     clu = cluster(emb, tmp_path / "clu", ClusterConfig(k=2))  # --clusters alone: their own embeddings are checked
     r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
                                  "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path),
                                  "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 1 and "their embeddings" in r.output and "another corpus" in r.output, r.output
+    assert not (tmp_path / "cmp").exists()
     # --overwrite never deletes a folder that holds one of the compare's inputs
     (tmp_path / "cmp2").mkdir()
     inner = _write(tmp_path / "cmp2" / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 200,
@@ -299,6 +361,11 @@ def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters
                                  "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path), "--k", "4"])
     assert r.exit_code == 2 and "has k = 3: drop --k 4" in r.output, r.output
     assert not (tmp_path / "cmp").exists()
+    from impsamp.comparison import _with_clusters_k, compare  # the Python API: the same refusal; the default
+    with pytest.raises(ConfigError, match="has k = 3: drop --k 128"):  # k gives way to the clusters' own
+        compare(generic, target, [evals], tmp_path / "cmp", CompareConfig(k=128), clusters=clu.path)
+    assert not (tmp_path / "cmp").exists()
+    assert _with_clusters_k(CompareConfig(), clu.path).k == 3 and _with_clusters_k(CompareConfig(), None).k == 64
 
 
 @pytest.mark.parametrize("which, content, message", [

@@ -82,6 +82,21 @@ def test_unknown_key_in_the_toml_names_the_file_and_section(toml):
         resolve_config(DemoConfig, p, "cluster")
 
 
+@pytest.mark.parametrize("text, command, named", [
+    ("train = 5\n", ["train", "--data", "d.jsonl", "--out", "o"], "'train' must be a table"),
+    ('experts = "x"\n', ["experts", "e", "c", "--out", "o"], "'experts' must be a table"),
+    ("[experts]\ntrain = 5\n", ["experts", "e", "c", "--out", "o"], "'experts.train' must be a table"),
+])
+def test_train_and_experts_sections_that_are_not_tables_are_one_line(toml, text, command, named):
+    """`train` and `experts` read their sections themselves (budget flags replace the file's other budget):
+    a section that is not a table is the same one-line error as the other commands give, not a traceback."""
+    from click.testing import CliRunner
+    from impsamp_cli.main import cli
+
+    r = CliRunner().invoke(cli, [*command, "--config", str(toml(text))])
+    assert r.exit_code == 1 and named in r.output and "Traceback" not in r.output, r.output
+
+
 def test_a_bad_value_in_the_toml_is_a_config_error(toml):
     p = toml("[cluster]\nk = -1\n")
     with pytest.raises(ConfigError, match="--k must be > 0, got -1"):
@@ -161,3 +176,16 @@ def test_a_value_the_config_class_parses_is_left_to_it(toml):
     from impsamp.clustering import ClusterConfig
 
     assert resolve_config(ClusterConfig, toml('[cluster]\nlevels = "4,4"\n'), "cluster").levels == (4, 4)
+
+
+@pytest.mark.parametrize("command", [["resample", "e", "c", "--target", "t.jsonl", "--out", "o"],
+                                     ["compare", "--generic", "g.jsonl", "--target", "t.jsonl", "--eval", "v.jsonl",
+                                      "--out", "o"]])
+def test_selection_budgets_may_be_written_as_floats_as_in_toml(command):
+    """`--tokens 5e7` is a count on every command (TOML takes 5e7 too); 2.5 and `lots` are not."""
+    from click.testing import CliRunner
+    from impsamp_cli.main import cli
+
+    for value, ok in (("5e7", True), ("2.5", False), ("lots", False)):
+        r = CliRunner().invoke(cli, [*command, "--tokens", value])
+        assert r.exit_code != 0 and ("--tokens" in r.output) != ok, (value, r.output)

@@ -124,3 +124,26 @@ def test_fine_tuning_flags_without_a_sample_are_named_as_ignored(base, tmp_path)
     r = ok(invoke("train", "--data", base["data"], "--out", tmp_path / "w", *TRAIN_FLAGS, "--steps", "2",
                   "--early-stopping", "2", "--finetune-lr", "0.01"))
     assert "warning: --finetune-lr, --early-stopping ignored: no --finetune sample" in r.output, r.output
+
+
+def test_the_python_api_fine_tunes_an_init_run_with_its_own_preset_and_family(base, tmp_path):
+    """`TrainConfig(init=RUN)` takes the run's preset (its learning rate and batch defaults) and family, as
+    `impsamp train --init RUN` does: the two fine-tune the same model the same way."""
+    from impsamp.errors import ConfigError
+    from impsamp.training import TrainConfig, TrainRun, train
+    from impsamp.training.provenance import with_init_defaults
+
+    large = tmp_path / "large"  # a run of another preset than the default (its shape from the flags)
+    ok(invoke("train", "--data", base["data"], "--out", large, *TRAIN_FLAGS, "--steps", "2", "--preset", "tiny-large",
+              "--dtype", "float32"))
+    cfg = with_init_defaults(TrainConfig(init=str(large), finetune_steps=2))
+    assert (cfg.preset, cfg.arch, cfg.resolved("lr")) == ("tiny-large", "dense", 6e-4)
+    with pytest.raises(ConfigError, match="drop --preset mini"):
+        with_init_defaults(TrainConfig(init=str(large), preset="mini"))
+    api = train(None, tmp_path / "api", TrainConfig(init=str(large), finetune_steps=2, device="cpu", dtype="float32",
+                                                    batch_size=4), finetune=[base["sample"]])
+    ok(invoke("train", "--init", large, "--finetune", base["sample"], "--out", tmp_path / "cli", "--finetune-steps",
+              "2", "--device", "cpu", "--dtype", "float32", "--batch-size", "4", "--no-progress"))
+    via_cli = TrainRun.load(tmp_path / "cli")
+    assert api.config == via_cli.config and api.config.preset == "tiny-large"
+    assert (api.path / "model.safetensors").read_bytes() == (via_cli.path / "model.safetensors").read_bytes()

@@ -263,6 +263,17 @@ def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pi
     whole = evaluate_projected(pipe["pn"], [pipe["target"]], device="cpu")["per_file"][str(pipe["target"])]
     r = ok(invoke("evaluate", pipe["pn"], "--eval", pipe["target"]))
     assert f"{whole['ppl']:.2f}" in r.output
+    # the Python API: impsamp.evaluate routes as the command does; the dense scorer says where to go
+    import impsamp
+    from impsamp.errors import ConfigError
+
+    assert impsamp.evaluate(pipe["pn"], [pipe["target"]], device="cpu") == evaluate_projected(
+        pipe["pn"], [pipe["target"]], device="cpu")
+    with pytest.raises(ConfigError, match="projected network.*impsamp.evaluate"):
+        evaluate(pipe["pn"], [one])
+    with pytest.raises(ConfigError, match="final weights; drop --weights"):
+        impsamp.evaluate(pipe["pn"], [one], weights="pretrained.safetensors")
+    assert impsamp.evaluate(tmp_path / "g", [one])["per_file"][str(one)]["ppl"] == pytest.approx(routed["ppl"], rel=1e-6)
 
 
 def test_killed_projected_run_resumes_to_the_same_weights(pipe, tmp_path):

@@ -303,3 +303,32 @@ def test_on_nfs_guards_lock_file_decides_and_without_any_locks_the_age(cache, mo
     assert usercache.clear(["ngram"]).busy == 1  # just used
     age(entry, 2)
     assert usercache.clear(["ngram"]).entries == 1
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "EIO", "ENOSYS", "EOPNOTSUPP", "EWOULDBLOCK", "EACCES"])
+def test_guards_and_the_cache_read_a_flock_error_the_same_way(cache, monkeypatch, code):
+    """A stage's writer and the cache's clear agree on what a failed `flock` means: another holder (busy), or a
+    file system without locks. (They once listed opposite sets: EIO meant "no locks" to one, "busy" to the other.)"""
+    import errno
+    import fcntl
+
+    from impsamp import guards
+
+    number = getattr(errno, code)
+
+    def failing(fd, op):
+        raise OSError(number, code)
+
+    monkeypatch.setattr(fcntl, "flock", failing)
+    busy = number in guards.BUSY_ERRNOS
+    entry = fake_entry(cache, "ngram/" + "c" * 32)
+    if busy:
+        with pytest.raises(guards.FolderBusy):
+            guards.hold(entry)
+    else:
+        assert guards.hold(entry) is None  # no locks here: the writer goes on unlocked
+    with usercache.Hold(entry) as held:
+        assert bool(held) is not busy
+    age(entry, 2)
+    cleared = usercache.clear(["ngram"])
+    assert (cleared.busy, cleared.entries) == ((1, 0) if busy else (0, 1))

@@ -27,7 +27,6 @@ from .writing import unit_texts
 
 logger = logging.getLogger(__name__)
 
-UNITS = ("tokens", "bytes", "docs")
 _SPAN_COLUMNS = ["row", "char_start", "char_end", "tokens"]
 _LENGTH_COLUMNS = ["text_chars", "text_bytes", "text_tokens"]
 COUNT_BATCH = 1024

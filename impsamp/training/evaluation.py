@@ -99,14 +99,19 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
     """Perplexity and bits per byte of a finished run's model on `eval_files` (see module doc).
 
     Args:
-        run_dir: a complete `impsamp train` output.
+        run_dir: a complete `impsamp train` output of a dense model (`impsamp.evaluate` takes any trained
+            output: also cluster experts and projected networks, each document scored by its own small model).
         eval_files: corpus specs (files, folders, globs); each is one entry of `per_file`.
         weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
     """
+    from ..errors import ConfigError
     from .result import TrainRun
     from .runtime import resolve_device, resolve_dtype
 
     run = TrainRun.load(run_dir)
+    if run.config.arch == "projected":
+        raise ConfigError(f"{run_dir} is a projected network: each document is scored by the small model "
+                          "of its own cluster; use impsamp.evaluate (or impsamp.evaluate_projected)")
     dev = resolve_device(device)
     model = run.load_model(dev, weights=weights)
     dtype = resolve_dtype(run.config.dtype, dev)

@@ -49,7 +49,7 @@ from .data import Batches, TokenBin, check_enough, data_text_field, load_bins, t
 from .distill import Distilled
 from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
-from .provenance import check_teacher, init_run, run_costs, run_inputs
+from .provenance import check_teacher, init_run, run_costs, run_inputs, with_init_defaults
 from .result import TrainRun
 from .runtime import Runtime, check_memory
 from .stopping import BEST, EarlyStop
@@ -124,7 +124,7 @@ def train(data: Sequence[str | Path] | str | Path | None, out_dir: str | Path, c
     Returns:
         The finished `TrainRun` (`metrics`: "train", "pretrained", "finetuned", see evaluation.py).
     """
-    cfg = as_config(TrainConfig, config) or TrainConfig()
+    cfg = with_init_defaults(as_config(TrainConfig, config) or TrainConfig())
     rt = Runtime.start(cfg)
     try:
         run = _Trainer(cfg, rt, Path(out_dir), as_specs(data), as_specs(finetune), as_specs(eval),

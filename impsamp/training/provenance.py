@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,22 @@ def is_selection(spec: str) -> bool:
     """Whether a --data spec is a `resample` output (a selection made for one target)."""
     m = complete_manifest(Path(spec))
     return m is not None and m["stage"] == "resample"
+
+
+def with_init_defaults(cfg: TrainConfig) -> TrainConfig:
+    """With `init`, the run's own preset (its learning-rate and batch defaults) and family where `cfg` keeps the
+    defaults (tiny, dense): `TrainConfig(init=RUN)` fine-tunes as `impsamp train --init RUN` does. A preset
+    other than the default and the run's is refused (the run fixes the model)."""
+    if not cfg.init:
+        return cfg
+    try:
+        own = TrainRun.load(cfg.init).config
+    except (StageError, FileNotFoundError, OSError, ValueError, TypeError):
+        return cfg  # `init_run` says what is wrong with it
+    default = TrainConfig()
+    if cfg.preset not in (default.preset, own.preset):
+        raise ConfigError(f"--init {cfg.init} fixes the model (preset {own.preset}): drop --preset {cfg.preset}")
+    return replace(cfg, preset=own.preset, arch=own.arch if cfg.arch == default.arch else cfg.arch)
 
 
 def init_run(cfg: TrainConfig) -> TrainRun:
@@ -129,22 +147,29 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
     return inputs
 
 
-def finished_run(path: Path, cfg: TrainConfig, data: list[str]) -> TrainRun | None:
-    """The finished run in `path` if this impsamp version made it with `cfg` on these data (by
-    fingerprint), else None: what `compare` reuses after a kill or a rerun."""
+def finished_run(path: Path, cfg: TrainConfig, data: Sequence[str], finetune: Sequence[str] = (),
+                 evals: Sequence[str] = ()) -> TrainRun | None:
+    """The finished run in `path` if this impsamp version made it with `cfg` on these data, fine-tuning and
+    evaluation files (each by fingerprint), else None: what `compare` reuses after a kill or a rerun."""
     from dataclasses import asdict
 
     from .. import __version__
-    from ..io import open_corpus
+    from ..io import as_specs, open_corpus
     from .data import data_text_field
+
+    def fingerprint(paths: list[str], field: str) -> str | None:
+        return open_corpus(paths, text_field=field).fingerprint() if paths else None
 
     try:
         tr = TrainRun.load(path)
-        recorded = (tr.manifest.inputs.get("data") or {}).get("fingerprint")
-        wanted = open_corpus(data, text_field=data_text_field(data, cfg.text_field)).fingerprint() if data else None
-        if tr.manifest.config == json.loads(json.dumps(asdict(cfg))) and tr.manifest.impsamp_version == __version__ \
-                and recorded == wanted:
-            return tr
-    except (StageError, FileNotFoundError, KeyError, OSError):
-        pass
-    return None
+        m = tr.manifest
+        if m.config != json.loads(json.dumps(asdict(cfg))) or m.impsamp_version != __version__:
+            return None
+        data, finetune = as_specs(data), as_specs(finetune)
+        recorded = [(m.inputs.get(role) or {}).get("fingerprint") for role in ("data", "finetune")]
+        recorded += [e.get("fingerprint") for e in m.inputs.get("eval") or []]
+        wanted = [fingerprint(data, data_text_field(data, cfg.text_field)), fingerprint(finetune, cfg.text_field)]
+        wanted += [fingerprint([e], cfg.text_field) for e in as_specs(evals)]
+        return tr if recorded == wanted else None
+    except (StageError, FileNotFoundError, KeyError, OSError, AttributeError):
+        return None
