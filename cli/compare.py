@@ -17,6 +17,7 @@ from impsamp.errors import StageError
 from impsamp.guards import FolderBusy
 from impsamp.outdir import RUN_RECORD, complete_manifest, describe_dir, read_json_dict
 from impsamp.resampling import WITHIN_REPEATS
+from impsamp.resampling.stage import command_line
 from impsamp.training.config import DTYPES
 from impsamp.usercache import Hold
 
@@ -166,7 +167,7 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     if clusters is not None and k is not None:
         _check_k(clusters, k)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
-                      clusters=clusters, overwrite=overwrite, progress=show_progress(progress))
+                      clusters=clusters, overwrite=overwrite, progress=show_progress(progress), command=command_line())
     click.echo(report.table())
     plan = report.results.get("plan", {})
     if plan.get("budgets", {}) and any(v is not None for k, v in plan["budgets"].items() if k != "inference_unit"):
@@ -225,7 +226,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
             same = False
         if not same:
             report = _compare([corpus.pool], [corpus.sample(domain)], [corpus.eval(domain)], out_dir, cfg,
-                              embeddings=emb, overwrite=True, progress=show)
+                              embeddings=emb, overwrite=True, progress=show, command=command_line())
     click.echo(f"\nimpsamp demo: target domain {domain}; generic pool of {len(corpus.domains)} domains\n")
     click.echo(report.table())
     click.echo(f"\nreport: {out_dir / 'report.md'}  (selections, runs, plots and results.json beside it)")

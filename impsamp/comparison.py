@@ -207,7 +207,7 @@ def _reuse(path: Path, stage: str, config: dict[str, Any], fingerprints: dict[st
 def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Sequence[str | Path],
             eval_files: Sequence[str | Path], out_dir: str | Path, config: CompareConfig | None = None, *,
             embeddings: str | Path | None = None, clusters: str | Path | None = None,
-            overwrite: bool = False, progress: bool = False) -> Report:
+            overwrite: bool = False, progress: bool = False, command: str | None = None) -> Report:
     """Select with each method at the same budget, train the same LM on each, and report perplexities.
 
     Args:
@@ -215,6 +215,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
         target: the in-domain sample (used to select, then to fine-tune).
         eval_files: in-domain evaluation text (never seen in selection or training).
         embeddings, clusters: existing stage outputs of the generic corpus to reuse.
+        command: the command line that ran this (the CLI's), recorded on each selection's data card.
 
     Every step reuses a finished output of the same settings and inputs, so a killed run resumes.
     """
@@ -241,7 +242,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
-    selections = _select(out, cfg, emb, clu, targets, progress)
+    selections = _select(out, cfg, emb, clu, targets, progress, command or "impsamp.compare(...)")
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
     if set(cfg.models) - {"dense"}:
@@ -319,7 +320,7 @@ def _embed_and_cluster(out: Path, cfg: CompareConfig, generic_corpus, emb, clu, 
                         progress=progress)
 
 
-def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bool) -> dict[str, Any]:
+def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bool, command: str) -> dict[str, Any]:
     """2. One selection per method, at the same budget."""
     from .resampling import Selection, resample
 
@@ -336,7 +337,7 @@ def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bo
             continue
         _log(progress, f"selecting: {method}")
         selections[method] = resample(emb, clu, path, targets=targets, config=rcfg, overwrite=True,
-                                      progress=progress, command=f"impsamp compare (method {method})")
+                                      progress=progress, command=f"{command}  # its {method} selection")
     return selections
 
 

@@ -81,7 +81,8 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     ]
     lines += report_lines(results)
     if results.get("target_domain"):
-        lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection:", ""]
+        lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection (of its rows, as "
+                  "the table's target-domain share):", ""]
         for m, e in results["methods"].items():
             shares = sorted(e.get("domain_shares", {}).items(), key=lambda kv: -kv[1])
             lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" for d, s in shares[:8]))
@@ -104,7 +105,10 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     lines += ["Selections are in `selections/<method>/` (each with its data card, histogram plot and cluster "
               "explorer, `explorer.html`, linked from `report.html`), "
               "runs in `runs/<method>/`, every number in `results.json`. FLOPs: training 6 x parameters x "
-              "tokens plus attention; generic is paid once for all targets, per-target for each new one.", ""]
+              "tokens plus attention, embedding 2 x the encoder's parameters x tokens embedded; generic is paid "
+              "once for all targets (pretraining on the generic corpus; embedding it, for the strategies that "
+              "read its clusters or vectors), per-target for each new one (embedding its sample, pretraining on "
+              "a selection made for it, fine-tuning).", ""]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
     files["report.md"] = out / "report.md"
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2, default=float) + "\n").encode())

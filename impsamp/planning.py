@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .costs import format_flops
 from .errors import ConfigError
 
 LARGE_PRESET = {"tiny": "tiny-large", "slm-126m": "llm-771m"}
@@ -107,16 +108,16 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
         smallest = min(scored, key=lambda s: s[2]["params"]) if scored else None
         out.update(best=None, runner_up=None, why=(
             "no strategy fits these budgets" + (
-                f": the cheapest per target is {cheapest[1]} ({cheapest[2]['per_target']:.3g} FLOPs) and the "
-                f"smallest at inference {smallest[1]} ({smallest[2]['params']:.3g} parameters, "
-                f"{smallest[2]['inference']:.3g} FLOPs per token)" if cheapest else "")))
+                f": the cheapest per target is {cheapest[1]} ({format_flops(cheapest[2]['per_target'])}) and the "
+                f"smallest at inference {smallest[1]} ({_count(smallest[2]['params'])} parameters, "
+                f"{format_flops(smallest[2]['inference'])} per token)" if cheapest else "")))
         return out
     best = fitting[0]
     out.update(best=best[1], best_ppl=best[0], total_cost=best[2]["generic"] + n * best[2]["per_target"],
                runner_up=fitting[1][1] if len(fitting) > 1 else None,
                runner_up_ppl=fitting[1][0] if len(fitting) > 1 else None)
     out["why"] = (f"{best[1]} has the lowest perplexity after fine-tuning ({best[0]:.2f}) of the "
-                  f"{len(fitting)} strategies within the budgets; C({n}) = {out['total_cost']:.3g} FLOPs")
+                  f"{len(fitting)} strategies within the budgets; C({n}) = {format_flops(out['total_cost'])}")
     return out
 
 
@@ -143,8 +144,6 @@ def decision_map(rows: list[tuple[str, dict[str, Any]]], n: int = 25) -> dict[st
 
 def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines of the planning report and the choice (for results.json)."""
-    from .costs import format_flops
-
     plan = choose(rows, b)
     ns = sorted({1, 10, 100, 1000, *([b.targets] if b.targets else [])})
     lines = ["## Which strategy to plan for", "",
@@ -160,17 +159,17 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[li
     if b.given:
         stated = ", ".join(x for x in (
             f"{b.targets} targets expected" if b.targets else "",
-            f"inference at most {b.inference:.3g} {'FLOPs per token' if b.inference_unit == 'flops' else 'parameters'}"
-            if b.inference is not None else "",
-            f"per-target at most {b.per_target:.3g} FLOPs" if b.per_target is not None else "") if x)
+            (f"inference at most {format_flops(b.inference)} per token" if b.inference_unit == "flops" else
+             f"inference at most {_count(b.inference)} parameters") if b.inference is not None else "",
+            f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "") if x)
         if plan["best"] is None:
             lines += [f"Budgets: {stated}. **{plan['why'].capitalize()}.**", ""]
         else:
             runner = (f"; runner-up: {plan['runner_up']} ({plan['runner_up_ppl']:.2f})" if plan["runner_up"]
                       else "; no other strategy fits")
             lines += [f"Budgets: {stated}. **Plan for {plan['best']}**: {plan['why']}{runner}.", ""]
-    lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining is "
-              "flat, one that pays per target climbs); `decision.png` shades, for each per-target budget and "
+    lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining climbs "
+              "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
               "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
               "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
               "with `--targets-expected`, `--inference-budget` and `--per-target-budget` to get the choice in one "
@@ -197,13 +196,26 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
+def _count(n: float) -> str:
+    """5e6 -> '5M', 22_550_000 -> '22.6M', 300 -> '300'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
 def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int | None = None) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=100)
+    same: dict[tuple[float, ...], list[str]] = {}  # strategies of equal costs share one line (else it hides them)
     for label, curve in cost_curves(rows).items():
-        ax.plot(N_TARGETS, np.maximum(curve, 1.0), label=label)
+        same.setdefault(tuple(np.round(np.maximum(curve, 1.0), -3)), []).append(label)
+    styles = ("-", "--", "-.", ":")
+    for i, (curve, labels) in enumerate(same.items()):
+        ax.plot(N_TARGETS, curve, linestyle=styles[i % len(styles)], linewidth=1.6,
+                label=" = ".join(labels) + (" (the same costs)" if len(labels) > 1 else ""))
     if targets:
         ax.axvline(targets, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")

@@ -175,6 +175,8 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
 
     ref = run(tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
+    card = (tmp_path / "ref" / "selections" / "importance" / "README.md").read_text()
+    assert "impsamp compare --generic" in card and "# its importance selection" in card  # a command one can run
     # a finished LM run is reused only on the same data, fine-tuning and evaluation text
     from impsamp.training import TrainRun
     from impsamp.training.provenance import finished_run
@@ -241,7 +243,7 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
     domain_of = {str(corpus.sample(d)): d for d in corpus.domains}
     compares = []
 
-    def fake_compare(generic, target, evals, out, cfg, *, embeddings, overwrite, progress):
+    def fake_compare(generic, target, evals, out, cfg, *, embeddings, overwrite, progress, command):
         compares.append(overwrite)
         run = StageRun(out, "compare", config=asdict(cfg), overwrite=overwrite,
                        inputs={"generic": {"fingerprint": open_corpus(generic).fingerprint()}}).begin()

@@ -118,9 +118,11 @@ def test_template_renders_with_str_format():
     import string
 
     text = (DATA_CARDS / "TEMPLATE.md").read_text(encoding="utf-8")
-    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(text) if f is not None]
+    fields = {f for f, _ in parsed}
     assert "" not in fields, "positional {} placeholder in TEMPLATE.md"
-    rendered = text.format(**{f: f"<{f}>" for f in fields})
+    numbers = {f for f, spec in parsed if spec}  # `{num_rows:,}`: a count, grouped in the prose
+    rendered = text.format(**{f: 1234 if f in numbers else f"<{f}>" for f in fields})
     assert "{" not in rendered and "}" not in rendered
     assert _front_matter(rendered)["name"] == "<name_y>"
 
@@ -157,6 +159,13 @@ def test_a_selection_in_any_format_has_a_valid_card_loads_as_a_folder_and_trains
     rows = json.loads((out / "manifest.json").read_text())["stats"]["rows"]
     assert card["num_rows"] == rows and card["source_datasets"] == ["generic.jsonl"]
     assert ("uniformly at random" in card["description"]) == (method == "uniform")
+    # the prose says what the method did and what its `weight` column holds: cluster weights for importance only
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert ("importance weight of that cluster" in text) == ("Each cluster received" in text) == (method == "importance")
+    assert ("| weight |" in text) == (method == "importance")
+    assert {"uniform": "every document was equally likely", "ngram": "hashed n-gram likelihoods",
+            "importance": "importance weight"}[method] in text
+    assert f"{rows:,} rows" in text and "\\u20" not in text
     if fmt == "arrow":
         assert datasets.load_from_disk(str(out)).num_rows == rows
     else:

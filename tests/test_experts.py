@@ -349,6 +349,11 @@ def test_real_model_experts_specialize_on_the_bundled_corpus(tmp_path):
     # token it read: 14 of the 16-token window, the other 2 are [CLS] and [SEP])
     assert rec["selection_flops"]["target_embedding"] == pytest.approx(2 * 22_713_216 * 200 * 14, rel=0.01)
     assert run.metrics["costs"]["selection"] == rec["selection_flops"]["target_embedding"]
+    # embedding the generic pool grouped its documents: paid once, with the experts' pretraining
+    assert emb.flops == pytest.approx(2 * 22_713_216 * emb.manifest.stats["tokens"]) and emb.flops > 0
+    pretraining = sum(ex.expert(g).metrics["costs"]["generic"] for g in range(2))
+    assert ex.costs.generic == pytest.approx(pretraining + emb.flops)
+    assert run.metrics["costs"]["generic"] == pytest.approx(ex.costs.generic)
     routed = evaluate_routed(ex, [corpus.eval("python_docs")], device="cpu")
     per = routed["per_file"][str(corpus.eval("python_docs"))]
     assert math.isfinite(per["ppl"]) and sum(per["documents_per_group"]) == 200

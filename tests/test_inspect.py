@@ -186,7 +186,10 @@ def test_the_compare_report_page_links_each_explorer(run, tmp_path):
     assert "<td class=\"num\">9.1</td>" in page and "<code>code</code> &amp; &lt;b&gt;text&lt;/b&gt;" in page
     assert "data:image/png;base64," in page and '<a href="selections/importance/explorer.html">' in page
     uniform = _data((out / "selections" / "uniform" / "explorer.html").read_text())
-    assert uniform["target"]["source"] == "bio.jsonl" and set(uniform["leaves"]["weight"]) == {1.0}
+    # a uniform selection weighs no cluster: its page shows none (it once showed 1x beside a target 12x its generic)
+    assert uniform["target"]["source"] == "bio.jsonl" and uniform["leaves"]["weight"] is None
+    importance = _data((out / "selections" / "importance" / "explorer.html").read_text())
+    assert len(importance["leaves"]["weight"]) == Clusters.load(run["clu"]).n_leaves
 
 
 # ---- the page in a real browser ------------------------------------------------------------------

@@ -91,6 +91,32 @@ def test_python_api_and_the_match_histogram(stages, tmp_path):
     assert sel.stats["kl_target_selected"] < 0.01 < sel.stats["kl_target_generic"]
 
 
+def test_embedding_costs_are_charged_to_the_methods_that_read_the_vectors(stages, tmp_path, monkeypatch):
+    """`importance` and `classifier` read the generic corpus's embeddings (paid once: `generic_flops`) and the
+    target's (per target: `selection_flops`); `uniform` and `ngram` need neither. A run pretrained on the
+    selection charges them as such. (The hashing embedder is given 1,000 parameters here: an unknown encoder
+    costs nothing.)"""
+    pytest.importorskip("torch")
+    from impsamp import costs
+    from impsamp.training import TrainConfig, train
+
+    root, generic, target, topics, emb, clu = stages
+    monkeypatch.setitem(costs.ENCODERS, "hashing", 1000)
+    assert emb.flops == 2 * 1000 * emb.manifest.stats["tokens"] > 0
+    sels = {m: impsamp.resample(emb, clu, tmp_path / m, targets=[target], config=ResampleConfig(docs=100, method=m))
+            for m in ("importance", "classifier", "uniform", "ngram")}
+    for m, sel in sels.items():
+        reads = m in ("importance", "classifier")
+        assert sel.stats["generic_flops"] == (emb.flops if reads else 0.0), m
+        assert (sel.stats["selection_flops"] > 0) is reads, m
+    shape = TrainConfig(n_layer=1, n_embd=32, n_head=2, mlp_hidden=64, block_size=32, vocab_size=300, batch_size=2,
+                        steps=2, device="cpu", dtype="float32")
+    run = train([sels["importance"].path, sels["importance"].path], tmp_path / "lm", shape)  # one embedding, once
+    c = run.metrics["costs"]
+    assert c["generic"] == emb.flops and c["selection"] == 2 * sels["importance"].stats["selection_flops"]
+    assert c["pretraining"] > 0
+
+
 def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
     saved = impsamp.histogram(target, clu).save(tmp_path / "bio.hist.json")

@@ -51,7 +51,7 @@ def test_nothing_fits_is_said_in_one_line():
     said = [li for li in lines if "No strategy fits" in li]
     assert len(said) == 1 and "Plan for" not in "\n".join(lines)
     lines, plan = plan_section(ROWS, Budgets(targets=10, per_target=6))
-    assert any(li.startswith("Budgets: 10 targets expected, per-target at most 6 FLOPs. **Plan for large**")
+    assert any(li.startswith("Budgets: 10 targets expected, per-target at most 6 FLOP. **Plan for large**")
                for li in lines), lines
 
 

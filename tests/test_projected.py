@@ -175,6 +175,17 @@ def pipe(tmp_path_factory):
     return p
 
 
+def test_a_network_conditioned_on_clusters_pays_for_embedding_the_generic_corpus_once(pipe, monkeypatch):
+    from impsamp import costs
+    from impsamp.clustering import Clusters
+    from impsamp.training.provenance import embedding_flops
+
+    monkeypatch.setitem(costs.ENCODERS, "hashing", 1000)  # the test embedder, priced: unknown ones cost 0
+    emb = Clusters.load(pipe["clu"]).embeddings()
+    assert embedding_flops([], str(pipe["clu"])) == emb.flops == 2 * 1000 * emb.manifest.stats["tokens"] > 0
+    assert embedding_flops([str(pipe["generic"])], None) == 0  # a corpus, not a selection: no embedding
+
+
 def test_projected_training_records_its_conditioning_and_costs(pipe):
     from impsamp.training import TrainRun
 
@@ -184,7 +195,7 @@ def test_projected_training_records_its_conditioning_and_costs(pipe):
     cond = info["conditioning"]
     assert cond["groups"] == 4 and cond["leaf_group"] == [0, 1, 2, 3] and cond["condition"] == "cluster"
     costs = run.metrics["costs"]
-    assert costs["generic"] == run.model_config.flops_per_token() * run.metrics["train"]["tokens"]
+    assert costs["generic"] == run.model_config.flops_per_token() * run.metrics["train"]["tokens"]  # + 0: hashing
     assert costs["per_target"] == 0 and costs["params_total"] == run.model_config.n_params()
     assert costs["params_active"] == run.model_config.dense().n_params()
     steps = [json.loads(li) for li in (pipe["pn"] / "metrics.jsonl").read_text().splitlines()]

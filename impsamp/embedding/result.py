@@ -63,6 +63,14 @@ class Embeddings:
         return dict(self.manifest.config["model_identity"])
 
     @property
+    def flops(self) -> float:
+        """What embedding the corpus cost (2 x the encoder's parameters per token embedded; 0 for an encoder
+        `costs.ENCODERS` does not know): paid once, by every strategy that reads these vectors."""
+        from ..costs import encoder_flops, encoder_params
+
+        return encoder_flops(encoder_params(self.model_info.get("name", "")), int(self.manifest.stats.get("tokens", 0)))
+
+    @property
     def config(self) -> EmbedConfig:
         names = {f.name for f in fields(EmbedConfig)}
         return from_dict(EmbedConfig, {k: v for k, v in self.manifest.config.items() if k in names},

@@ -63,7 +63,10 @@ def selection_masses(sel, n_leaves: int) -> Masses:
         target = counts / counts.sum()
         described["target"] = {"source": ", ".join(Path(t["target"]).name for t in targets),
                                "documents": float(sum(t.get("documents", 0) for t in targets))}
-    return Masses(target, np.asarray(hist["weights"], dtype=np.float64), rows, repeats, described)
+    # only `importance` weighs clusters: the others weigh documents (ngram, classifier) or nothing (uniform), and
+    # the page must not colour clusters by weights the draw never used
+    weights = np.asarray(hist["weights"], dtype=np.float64) if s.get("method") == "importance" else None
+    return Masses(target, weights, rows, repeats, described)
 
 
 def selection_counts(sel, n_leaves: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +107,8 @@ def _ints(col) -> np.ndarray:
 
 def target_masses(target, clusters, masses: Masses | None = None, *, text_field: str = "text") -> Masses:
     """`masses` with the target's share per leaf from `target`; without a selection, also the weights
-    `impsamp resample` would use by default (the density ratio, no smoothing).
+    `impsamp resample` would use by default (the density ratio, no smoothing); a selection keeps its own (none
+    for a method that weighs no clusters).
 
     Args:
         target: a corpus (files, folder, glob), its `embed` output, a saved histogram, or a `Histogram`.
@@ -125,7 +129,7 @@ def target_masses(target, clusters, masses: Masses | None = None, *, text_field:
         described["selection"] = {**described["selection"],
                                   "kl_target_generic": kl(hist.probs(), generic_histogram(clusters).probs()),
                                   "kl_target_selected": kl(hist.probs(), masses.rows / masses.rows.sum())}
-    if weights is None:
+    if weights is None and masses.rows is None:  # no selection: what `resample` would use by default
         d = ResampleConfig(docs=1)
         weights, _ = compute_weights("ratio", hist, generic_histogram(clusters), smoothing=d.smoothing,
                                      temperature=d.temperature, cap=d.cap, backoff=d.backoff)

@@ -93,7 +93,7 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
         return False
     p_t, p_g = target.probs(), generic.probs()
     p_s = plan.draws / max(plan.draws.sum(), 1)
-    order = np.argsort(-(p_t + p_s), kind="stable")[:top]
+    order = np.lexsort((-p_g, -(p_t + p_s)))[:top]  # then the largest clusters of the generic corpus
     x = np.arange(len(order))
     fig = Figure(figsize=(10, 4), dpi=100)
     ax = fig.add_subplot()
@@ -102,8 +102,8 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
                                  (0.27, p_s, "selected", "#2c7bb6")):
         ax.bar(x + off, p[order], width=0.27, label=label, color=color)
     ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=9)
-    ax.set_xlabel(f"cluster (top {len(order)} by target + selected mass)")
-    ax.set_ylabel("share of documents")
+    ax.set_xlabel(f"cluster (top {len(order)} by target + selected mass, then by generic mass)")
+    ax.set_ylabel("share (of documents; selected: of rows)")
     ax.legend()
     fig.tight_layout()
     tmp = tmp_name(path)
@@ -164,10 +164,14 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
     p_s = plan.draws / max(plan.draws.sum(), 1)
     top = [int(c) for c in np.argsort(-p_s, kind="stable")[:5] if p_s[c] > 0]
     examples = _examples(top, corpus, inputs.tables, inputs.names, inputs.leaves)
-    lines = ["| cluster | target | generic | selected | weight | examples |", "|---:|---:|---:|---:|---:|---|"]
+    weighed = cfg.method == "importance"  # the others never weigh clusters: no weight column
+    lines = ["| cluster | target | generic | selected |" + (" weight |" if weighed else "") + " examples |",
+             "|---:|---:|---:|---:|" + ("---:|" if weighed else "") + "---|"]
     for c in top:
-        ex = " / ".join(json.dumps(e[:80])[1:-1].replace("|", "\\|") for e in examples.get(c, []))
-        lines.append(f"| {c} | {p_t[c]:.3f} | {p_g[c]:.3f} | {p_s[c]:.3f} | {plan.weights[c]:.3g} | {ex} |")
+        ex = " / ".join(json.dumps(e[:80], ensure_ascii=False)[1:-1].replace("|", "\\|")
+                        for e in examples.get(c, []))
+        weight = f" {plan.weights[c]:.3g} |" if weighed else ""
+        lines.append(f"| {c} | {p_t[c]:.3f} | {p_g[c]:.3f} | {p_s[c]:.3f} |{weight} {ex} |")
     name = f"impsamp-selection-{fingerprint_key[7:15]}"
     scheme = cfg.scheme if cfg.method == "importance" else f"{cfg.method} (topk)"
     plain = {"name": name, "license": "that of the generic corpus", "target": target_name,
@@ -187,9 +191,32 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
         "command": command or "impsamp.resample(...)",
         "config": json.dumps(asdict(cfg), indent=2, sort_keys=True),
         "diagnostics_table": "\n".join(diag), "top_clusters": "\n".join(lines),
-        "within_how": _within_how(cfg, stats),
+        "within_how": _within_how(cfg, stats), **_weight_words(cfg, stats),
     }
     return template.format(**values)
+
+
+def _weight_words(cfg: ResampleConfig, stats: dict[str, Any]) -> dict[str, str]:
+    """What the `weight` column holds and how the method weighed, for the card's provenance and step 3."""
+    if cfg.method == "uniform":
+        return {"weight_column": "its weight (1: every document was equally likely)",
+                "weigh_step": "Nothing was weighed: every document of the generic corpus was equally likely (a "
+                              "uniform sample; the target is only measured against, in the diagnostics)."}
+    if cfg.method == "ngram":
+        return {"weight_column": "its own importance weight (the ratio of its hashed n-gram likelihoods under "
+                                 "the target sample and the generic corpus)",
+                "weigh_step": "Each document received its own importance weight, the ratio of its hashed n-gram "
+                              "likelihoods under the target sample and under the generic corpus (as DSIR does); "
+                              "the clusters played no part in the choice."}
+    if cfg.method == "classifier":
+        return {"weight_column": "its own weight (the odds a logistic regression on the embeddings gives it of "
+                                 "being target text)",
+                "weigh_step": "Each document received its own weight, the odds a logistic regression on the "
+                              "embeddings (the target sample against a sample of the generic corpus) gives it of "
+                              "being target text; the clusters played no part in the choice."}
+    return {"weight_column": "the importance weight of that cluster",
+            "weigh_step": f"Each cluster received an importance weight ({stats['weighting']}), e.g. the ratio of "
+                          "its share in the target to its share in the generic corpus."}
 
 
 def _source_datasets(files) -> str:
@@ -232,7 +259,9 @@ def _budget_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
     if stats["budget"]["unit"] == "docs":
         return "The budget is a count of rows."
     if cfg.method != "importance":
-        return "Documents were taken in order of their keys until they held the budget."
+        return ("Each document's key is its log-weight plus seeded Gumbel noise, and documents were taken in "
+                "order of their keys until they held the budget: a draw without replacement in proportion to "
+                "the weights.")
     if cfg.scheme == "match" and stats.get("within", "uniform") != "uniform":
         return ("Each cluster's share of the budget was filled with whole documents by their sizes, so the "
                 "total is close to the budget.")

@@ -333,10 +333,20 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
                   "spilled_units": float(plan.spilled.sum()) if plan.spilled is not None else 0.0,
                   "max_repeat": plan.max_repeat,
                   **({"eligible_units": plan.eligible} if plan.eligible is not None else {}),
-                  "selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")),
-                                                   sum(t.get("embedded_tokens", 0) for t in target.described))})
+                  **_embedding_flops(cfg, inputs, target)})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)
     return Selection(run.out_dir, run.finish(stats=stats, extra_files=extra))
+
+
+def _embedding_flops(cfg: ResampleConfig, inputs: Inputs, target: Target) -> dict[str, float]:
+    """What the method's embeddings cost: the target's sample (per target, `selection_flops`) and the generic
+    corpus (paid once, `generic_flops`), for the methods that read vectors (`importance`: the clusters;
+    `classifier`). `uniform` and `ngram` need neither (the target is embedded for the diagnostics only)."""
+    if cfg.method not in ("importance", "classifier"):
+        return {"selection_flops": 0.0, "generic_flops": 0.0}
+    target_tokens = sum(t.get("embedded_tokens", 0) for t in target.described)
+    return {"selection_flops": encoder_flops(encoder_params(inputs.emb.model_info.get("name", "")), target_tokens),
+            "generic_flops": inputs.emb.flops}
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:

@@ -207,7 +207,8 @@ class _Trainer:
         metrics = self._train_phases(phases, mcfg, tok)
         if rt.main:
             metrics["costs"] = run_costs(mcfg, metrics, self.base_costs, self.init, self.data,
-                                         cfg.pretrain_costs, self.teacher if cfg.alpha > 0 else None).to_dict()
+                                         cfg.pretrain_costs, self.teacher if cfg.alpha > 0 else None,
+                                         clusters=cfg.clusters).to_dict()
             self._finish(stage, metrics)
         rt.barrier()
         return TrainRun.load(self.out)

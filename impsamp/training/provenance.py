@@ -20,11 +20,36 @@ from .tokenizer import file_sha256
 
 
 def selection_flops(spec: str) -> float:
-    """What making a `resample` selection cost (its target's embedding), 0 for anything else."""
+    """What making a `resample` selection cost per target (its target's embedding), 0 for anything else."""
+    return _selection_stat(spec, "selection_flops")[0]
+
+
+def embedding_flops(data: Sequence[str], clusters: str | None) -> float:
+    """Embedding the generic corpus, paid once: for the `resample` selections in `data` whose method reads the
+    embeddings (each embedding counted once), and for a network conditioned on `clusters` (theirs)."""
+    paid: dict[str, float] = {}
+    for spec in data:
+        flops, embeddings = _selection_stat(spec, "generic_flops")
+        if flops:
+            paid[embeddings] = flops
+    if clusters:
+        from ..clustering import Clusters
+
+        with_emb = Clusters.load(clusters)
+        try:
+            paid[with_emb.manifest.inputs["embeddings"]["fingerprint"]] = with_emb.embeddings().flops
+        except (StageError, KeyError, TypeError):  # the embeddings are gone: not counted
+            pass
+    return sum(paid.values())
+
+
+def _selection_stat(spec: str, key: str) -> tuple[float, str]:
+    """A selection's recorded stat and the fingerprint of the embeddings it was made from ((0, "") if none)."""
     try:
-        return float(json.loads((Path(spec) / MANIFEST).read_text())["stats"].get("selection_flops", 0.0))
+        m = json.loads((Path(spec) / MANIFEST).read_text())
+        return float(m["stats"].get(key, 0.0)), str(m["inputs"]["embeddings"]["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0.0
+        return 0.0, ""
 
 
 def is_selection(spec: str) -> bool:
@@ -92,11 +117,14 @@ def check_teacher(cfg: TrainConfig, init: TrainRun | None, finetunes: bool) -> T
 
 
 def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, init: TrainRun | None,
-              data: list[str], pretrain_costs: str, teacher: TrainRun | None = None) -> Costs:
+              data: list[str], pretrain_costs: str, teacher: TrainRun | None = None,
+              clusters: str | None = None) -> Costs:
     """FLOPs of a run's phases on top of what it started from: `base`, else the `init` run's costs.
 
     Pretraining is charged to `generic` unless it ran on `resample` selections (a selection is
-    made for one target: per-target `pretraining`) or `pretrain_costs` says otherwise. A distilling
+    made for one target: per-target `pretraining`) or `pretrain_costs` says otherwise. Embedding the generic
+    corpus is `generic` (paid once) for a selection method that reads the embeddings and for a network
+    conditioned on `clusters`; embedding the target is per-target `selection`. A distilling
     run adds its teacher: the teacher's generic FLOPs to `generic`, its per-target FLOPs (its own
     fine-tuning on the target) and its forward passes over the fine-tuning tokens to `teacher`."""
     if base is None:
@@ -110,6 +138,7 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
                         training_flops(mcfg, metrics["train"]["tokens"]))
         if how != "generic":  # embedding the target to select its data
             c = c.with_part("selection", sum(selection_flops(d) for d in data))
+        c = c.with_part("generic", embedding_flops(data if how != "generic" else [], clusters))
     if "train_finetune" in metrics:
         c = c.with_part("finetuning", training_flops(mcfg, metrics["train_finetune"]["tokens"]))
     if teacher is not None:

@@ -100,16 +100,21 @@
     }
     if (tg) {
       let s = `Target ${tg.source || "sample"}: ${int(tg.documents)} documents.`;
-      if (sel && sel.kl_target_generic !== null && sel.kl_target_generic !== undefined)
+      if (sel && sel.kl_target_generic !== null && sel.kl_target_generic !== undefined) {
         s += ` KL(target \u2016 generic) ${sel.kl_target_generic.toFixed(3)} \u2192 KL(target \u2016 selection) ${sel.kl_target_selected.toFixed(3)}.`;
+        const missed = HAS_S && HAS_T ? C.filter((c) => c.t > 0 && c.rows === 0).length : 0;
+        if (missed) s += ` The selection has no row in ${int(missed)} of the target's clusters: there KL(target \u2016 selection) `
+          + "is infinite, and the figure floors the selection's share at 1e-12.";
+      }
       if (tg.selection_drawn_for)
         s += ` The selection was drawn for ${tg.selection_drawn_for}: its weights are that target's \u00f7 generic.`;
       facts.push(h("li", { text: s }));
     } else facts.push(h("li", { text: "No target given: pass --target (or --selection) to see target mass and weights." }));
-    const help = "Each cluster groups similar documents (k-means on their embeddings). Generic and target: the share of the generic "
-      + "corpus's and of the target sample's documents in the cluster. Weight: target \u00f7 generic, how much importance sampling "
-      + "multiplies a document's chance (red, above 1: pulled in; blue, below 1: pushed out). Selected: the share of the "
-      + "selection's rows. Repeats: rows that are a second or later copy of a document.";
+    const help = "Each cluster groups similar documents (k-means on their embeddings). Generic"
+      + (HAS_T ? " and target: the share of the generic corpus's and of the target sample's documents in the cluster." : ": the share of the generic corpus's documents in the cluster.")
+      + (HAS_W ? " Weight: the cluster's importance weight (target \u00f7 generic, smoothed and capped), how much importance "
+        + "sampling multiplies a document's chance (red, above 1: pulled in; blue, below 1: pushed out)." : "")
+      + (HAS_S ? " Selected: the share of the selection's rows. Repeats: rows that are a second or later copy of a document." : "");
     return h("header", null, h("h1", { text: D.title }), h("ul", { class: "facts" }, ...facts), h("p", { class: "help", text: help }));
   }
 
@@ -164,7 +169,9 @@
       const zero = h("span", { class: "swatch open" }); zero.style.borderColor = ZERO;
       items.push(h("span", { text: "weight \u2264 1/16\u00d7 " }), bar, h("span", { text: " \u2265 16\u00d7 (grey: 1\u00d7)" }),
         zero, h("span", { text: "open circle: 0\u00d7, no target document" }));
-    } else items.push(h("span", { text: "colour: no weights (give a target or a selection)" }));
+    } else if (D.selection) items.push(h("span", { text: `colour: none (a ${D.selection.method} selection weighs `
+      + (D.selection.method === "uniform" ? "nothing" : "each document on its own, not the clusters") + ")" }));
+    else items.push(h("span", { text: "colour: no weights (give a target or a selection)" }));
     return h("div", null, h("div", { class: "legend" }, ...items),
       h("div", { class: "legend", text: "Size: documents in the cluster. Hover a dot for its terms, click it for its details." }));
   }
@@ -185,6 +192,7 @@
     const slot = (W - left - 4) / histOrder.length, bw = Math.max(1, (slot * 0.8) / SERIES.length);
     const widest = Math.max(...histOrder.map((c) => ctx.measureText(String(c.id)).width));
     const tilt = widest > slot - 4, bottom = tilt ? 18 + widest * 0.72 : 30;
+    const every = tilt ? Math.max(1, Math.ceil(13 / slot)) : 1;  // tilted labels 13 px apart at least (narrow screens)
     const step = niceStep(Math.max(1e-9, ...histOrder.flatMap((c) => SERIES.map(([k]) => c[k] || 0))));
     const ymax = step * Math.ceil(Math.max(1e-9, ...histOrder.flatMap((c) => SERIES.map(([k]) => c[k] || 0))) / step);
     ctx.fillStyle = "#444"; ctx.strokeStyle = "#e5e5e5"; ctx.lineWidth = 1;
@@ -201,6 +209,7 @@
         ctx.fillStyle = col; ctx.fillRect(x0 + j * bw, H - bottom - hgt, bw - (bw > 3 ? 1 : 0), hgt);
       });
       hist.bars.push({ c, x0: left + i * slot, x1: left + (i + 1) * slot });
+      if (i % every && c.id !== state.selected) return;
       ctx.save(); ctx.translate(left + (i + 0.5) * slot, H - bottom + 6); ctx.rotate(tilt ? -Math.PI / 4 : 0);
       ctx.fillStyle = c.id === state.selected ? "#000" : "#555"; ctx.textAlign = tilt ? "right" : "center";
       ctx.fillText(String(c.id), tilt ? 4 : 0, tilt ? 4 : 10); ctx.restore();
