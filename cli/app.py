@@ -153,10 +153,12 @@ def scale_options(*, gpus: bool = False, slices: bool = True, slices_help: str |
 def execution(engine: str, ray_address: str | None, num_shards: int | None, shard_index: int | None,
               gpus_per_worker: float | None = None, tokenize_tasks: bool = False):
     from impsamp.errors import ConfigError
-    from impsamp.scale import Execution
+    from impsamp.scale import Execution, check_reachable
 
     if gpus_per_worker is not None and engine != "ray":
         raise ConfigError("--gpus-per-worker sizes Ray tasks: it needs --engine ray")
-    return Execution(engine=engine, ray_address=ray_address, num_shards=num_shards, shard_index=shard_index,
-                     gpus_per_worker=1.0 if gpus_per_worker is None else gpus_per_worker,
-                     tokenize_tasks=tokenize_tasks)
+    ex = Execution(engine=engine, ray_address=ray_address, num_shards=num_shards, shard_index=shard_index,
+                   gpus_per_worker=1.0 if gpus_per_worker is None else gpus_per_worker, tokenize_tasks=tokenize_tasks)
+    if ex.ray_address:  # before the stage writes anything (the stage checks again when it connects)
+        check_reachable(ex.ray_address)
+    return ex

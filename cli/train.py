@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import config_section, from_dict
+from impsamp.config import resolve_config
 from impsamp.training.config import PRESETS, TrainConfig
 from impsamp.training.families import FAMILIES
 
@@ -176,13 +176,7 @@ def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str
 
 def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
     """Defaults < the [train] section of --config < flags; a budget flag replaces the file's other budget."""
-    data = config_section(config_file, "train") if config_file else {}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    for given, other in (("tokens", "steps"), ("steps", "tokens")):
-        if given in flags:
-            data.pop(other, None)
-    source = f"{config_file} [train]" if config_file else "flags"
-    return from_dict(TrainConfig, {**data, **flags}, source=source)
+    return resolve_config(TrainConfig, config_file, "train", **flags)
 
 
 @cli.command()

@@ -86,13 +86,17 @@ SECTIONS = ("embed", "cluster", "resample", "train", "compare", "experts")
 
 def resolve_config(cls: type[T], config_file: str | Path | None = None, section: str | None = None,
                    **flags: Any) -> T:
-    """Defaults < the `[section]` of `config_file` < flags that are not None."""
+    """Defaults < the `[section]` of `config_file` < flags that are not None. A flag of one of the config's
+    `ALTERNATIVES` (the budgets: `--docs` where the file says `tokens`) replaces the file's others."""
     data: dict[str, Any] = {}
     source = "flags"
     if config_file is not None:
         data = config_section(config_file, section) if section else load_toml(config_file, sections=False)
         source = f"{config_file} [{section}]" if section else str(config_file)
     overrides = {k: v for k, v in flags.items() if v is not None}
+    for group in getattr(cls, "ALTERNATIVES", ()):
+        if any(k in overrides for k in group):
+            data = {k: v for k, v in data.items() if k not in group or k in overrides}
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")

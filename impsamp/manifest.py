@@ -24,7 +24,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -107,14 +106,25 @@ def fingerprint(obj: Any) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
+_DISTRIBUTIONS = {"numpy": ("numpy",), "pyarrow": ("pyarrow",), "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+                  "torch": ("torch",), "sentence_transformers": ("sentence-transformers",),
+                  "transformers": ("transformers",), "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+                  "tokenizers": ("tokenizers",), "sklearn": ("scikit-learn",), "ray": ("ray",)}
+
+
 def library_versions() -> dict[str, str]:
-    """Versions of Python and of the numeric libraries this process has imported."""
+    """Versions of Python and of the numeric libraries installed, whichever this process imported (the same
+    record whether a stage ran here, in Ray tasks or in slices that `finalize` completed)."""
+    import importlib.metadata
+
     env = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("numpy", "pyarrow", "faiss", "torch", "sentence_transformers", "transformers",
-                 "onnxruntime", "tokenizers", "sklearn", "ray"):
-        mod = sys.modules.get(name)
-        if mod is not None:
-            env[name] = str(getattr(mod, "__version__", "unknown"))
+    for name, dists in _DISTRIBUTIONS.items():
+        for dist in dists:
+            try:
+                env[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     return env
 
 

@@ -271,15 +271,37 @@ def _in_processes(fn: Callable[..., Any], calls: list[tuple[str, tuple[Any, ...]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    pool = ProcessPoolExecutor(max_workers=min(processes, len(calls)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=min(processes, len(calls)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=pool_process_init, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(fn, *args): key for key, args in calls}
         for fut in as_completed(futures):
             done(futures[fut], fut.result())
     except BaseException:
+        # Ctrl-C, a failed shard: stop the shards in flight now (what they wrote is temp files, which the next run
+        # removes), not after every queued shard ran, and leave no process behind for the exit to wait on
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # before shutdown, which drops them
         pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.terminate()
         raise
     pool.shutdown(wait=True)
+
+
+def pool_process_init(parent: int) -> None:
+    """A pool process leaves Ctrl-C to its parent, which stops the pool (a worker that caught it went on to its
+    next shard), and on Linux ends with its parent (SIGTERM or SIGKILL of the run left the workers running)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -303,11 +325,12 @@ def ray_session(execution: Execution) -> Iterator[Any]:
         kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
                                   "logging_level": logging.WARNING}
         if execution.ray_address:
+            check_reachable(execution.ray_address)
             kwargs["address"] = execution.ray_address
-        else:
+        else:  # a Ray of our own, even where `ray start` runs one on this machine (else ray.init joins that)
             from .hardware import cpu_count
 
-            kwargs["num_cpus"] = execution.num_cpus or cpu_count()
+            kwargs.update(address="local", num_cpus=execution.num_cpus or cpu_count())
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -320,6 +343,22 @@ def ray_session(execution: Execution) -> Iterator[Any]:
     finally:
         if started:
             ray.shutdown()
+
+
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """A `host:port` (or `ray://host:port`) that nothing answers at is one line within `timeout` seconds (Ray
+    itself retries for minutes, printing only its own warnings); `auto` and other forms are Ray's to judge."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
+    if not m:
+        return
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); give the head node's "
+                          "address and port (`ray start --head` prints it), or `auto` on a node of the cluster") from None
 
 
 @contextlib.contextmanager
@@ -466,4 +505,4 @@ def _get(ray: Any, ref: Any, key: Any) -> Any:
 
 
 __all__ = ["ENGINES", "LOCAL", "Execution", "SliceResult", "check_complete", "commit_once", "run_tasks",
-           "ray_session", "engine_session", "run_ray"]
+           "ray_session", "engine_session", "run_ray", "check_reachable"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -143,12 +144,27 @@ def compute_weights(spec: str | Callable[..., Any], target: Histogram, generic: 
                     **builtin_kwargs: Any) -> tuple[np.ndarray, str]:
     """Run a weighting and check its output. Built-ins get `builtin_kwargs` (smoothing, ...)."""
     fn, name = resolve_weighting(spec)
-    try:
-        w = fn(target, generic, **builtin_kwargs) if fn is density_ratio else fn(target, generic)
+    try:  # on read-only copies: a function that wrote into them would change the diagnostics, not the draw
+        w = fn(target, generic, **builtin_kwargs) if fn is density_ratio else fn(_frozen(target), _frozen(generic))
     except Exception as e:
         raise WeightingError(f"weighting {name} raised {type(e).__name__}: {e}") from None
     w = check_weights(w, generic.k, name)
     if not (w * generic.counts).any():
         raise WeightingError(f"weighting {name} puts weight only on clusters with no generic documents; "
                              "nothing can be sampled")
+    top = float(w.max())
+    if not 1e-30 <= top <= 1e30:  # weights are relative: outside float32's reach (the selection's weight column)
+        w = w / top  # and the planner's products, the largest becomes 1; ordinary weights are kept as they are
     return w, name
+
+
+def _frozen(h: Histogram) -> Histogram:
+    """A copy of `h` whose arrays cannot be written."""
+    def ro(a):
+        if a is None:
+            return None
+        a = np.array(a, copy=True)
+        a.flags.writeable = False
+        return a
+
+    return replace(h, counts=ro(h.counts), ancestors=tuple(ro(a) for a in h.ancestors), tokens=ro(h.tokens))

@@ -189,3 +189,17 @@ def test_selection_budgets_may_be_written_as_floats_as_in_toml(command):
     for value, ok in (("5e7", True), ("2.5", False), ("lots", False)):
         r = CliRunner().invoke(cli, [*command, "--tokens", value])
         assert r.exit_code != 0 and ("--tokens" in r.output) != ok, (value, r.output)
+
+
+def test_a_budget_flag_replaces_the_config_files_budget(toml):
+    """`[resample] tokens = ...` in the file and `--docs` on the command line: the flag's budget, not "give
+    exactly one budget" (train: `--tokens` over the file's `steps`, as before)."""
+    from impsamp.resampling import ResampleConfig
+    from impsamp.training import TrainConfig
+
+    p = toml("[resample]\ntokens = 50000\nseed = 3\n[train]\nsteps = 100\nlr = 0.002\n")
+    cfg = resolve_config(ResampleConfig, p, "resample", docs=100)
+    assert (cfg.tokens, cfg.docs, cfg.seed) == (None, 100, 3)
+    assert resolve_config(ResampleConfig, p, "resample").tokens == 50000
+    t = resolve_config(TrainConfig, p, "train", tokens=1000)
+    assert (t.steps, t.tokens, t.lr) == (None, 1000, 0.002)

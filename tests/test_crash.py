@@ -10,6 +10,7 @@ write is interrupted too (killed between its half-written temp file and the rena
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import subprocess
@@ -190,3 +191,53 @@ def test_a_killed_manifest_write_is_not_a_result_and_the_rerun_completes(stage, 
     assert comparable(out) == comparable(reference(stage, pipe))
     assert stable_stats(out) == stable_stats(reference(stage, pipe))
     assert_clean(out)  # the half-written temp manifest is gone
+
+
+def test_ctrl_c_stops_a_process_pool_at_once_leaves_no_process_and_resumes(tmp_path):
+    """Ctrl-C (SIGINT to the process group, twice, as an impatient user does) on `embed --workers 2`: the run
+    stops within seconds, not after every queued shard ran (a worker that caught it went on to its next one),
+    no pool process outlives it (the second Ctrl-C once hung the exit forever), and the rerun completes to the
+    bytes of an uninterrupted run."""
+    import os
+
+    import json
+
+    words = [f"w{i}" for i in range(3000)]  # long documents: each shard takes a while, as real ones do
+    rng = random.Random(0)
+    corpus = tmp_path / "g.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choices(words, k=400))}) + "\n" for _ in range(8000)))
+    args = ["embed", corpus, "--model", "hashing:256", "--rows-per-shard", "500", "--no-progress"]
+    out = tmp_path / "emb"
+    proc = subprocess.Popen(argv(*args, "--out", out, "--workers", "2"), env=ENV, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any((out / SHARD_RECORDS).glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted: make the corpus larger"
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    stopped = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:  # a hung run (the bug this guards against) must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Interrupted; rerun" in err and "Traceback" not in err, err
+    assert time.monotonic() - stopped < 10
+    for _ in range(50):  # every process of its group gone (the pool's workers, the resource tracker)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of the interrupted run outlived it")
+    committed = len(list((out / SHARD_RECORDS).glob("*.json")))
+    assert committed < 16 and not (out / MANIFEST).exists()  # stopped, not run to the end
+    ok(invoke(*args, "--out", out, "--workers", "2"))
+    ok(invoke(*args, "--out", tmp_path / "ref"))
+    assert_clean(out)
+    assert comparable(out) == comparable(tmp_path / "ref")

@@ -454,6 +454,10 @@ def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages
         with pytest.raises((impsamp.WeightingError, impsamp.ConfigError), match=message):
             impsamp.resample(emb, clu, tmp_path / fn, targets=[target], config=bad)
         assert not (tmp_path / fn / "manifest.json").exists()
+    # a hook that writes into the target's vectors it was given (which the next shard's call would see): refused
+    with pytest.raises(impsamp.WeightingError, match="writes_the_target_vectors raised ValueError.*read-only"):
+        impsamp.resample(emb, clu, tmp_path / "writes", targets=[target],
+                         config=replace(cfg, within="tests.weighting_plugins:writes_the_target_vectors"))
     r = _invoke(["resample", root / "emb", root / "clu", "--target", target, "--docs", 50, "--within",
                  "tests.weighting_plugins:negative_document_weights", "--out", tmp_path / "cli"])
     assert r.exit_code != 0 and "not positive finite" in r.output and "Traceback" not in r.output

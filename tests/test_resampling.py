@@ -174,12 +174,26 @@ def test_custom_weighting_by_import_string():
     ("negative", "negative weight"),
     ("raises", "raised RuntimeError: boom"),
     ("all_zero", "all-zero"),
+    ("writes_its_inputs", "raised ValueError: assignment destination is read-only"),
 ])
 def test_bad_custom_weighting_is_named_in_the_error(fn, message):
     generic, target = _hist([10, 10, 10, 10]), _hist([9, 1, 0, 0])
     with pytest.raises(WeightingError, match=message) as e:
         compute_weights(f"tests.weighting_plugins:{fn}", target, generic)
     assert f"tests.weighting_plugins:{fn}" in str(e.value)
+
+
+def test_weights_of_any_valid_scale_are_kept_within_float32_and_ordinary_ones_as_they_are():
+    """Weights are relative: 1e50 or 1e-50 everywhere the target has documents is a valid weighting, which the
+    selection's float32 weight column (and the planner's products) could not hold; such weights are rescaled so
+    the largest is 1. Ordinary weights are returned unchanged."""
+    generic, target = _hist([10, 10, 10, 10]), _hist([9, 1, 0, 0])
+    for fn in ("huge", "tiny"):
+        w, _ = compute_weights(f"tests.weighting_plugins:{fn}", target, generic)
+        assert w.tolist() == [1.0, 1.0, 0.0, 0.0] and np.isfinite(w.astype(np.float32)).all()
+    w, _ = compute_weights("tests.weighting_plugins:capped_ratio", target, generic)
+    assert w.tolist() == np.minimum(target.probs(1.0) / generic.probs(1.0), 3.0).tolist()
+    assert target.counts.tolist() == [9, 1, 0, 0]  # a weighting gets copies
 
 
 def test_unknown_weighting_lists_the_builtins():

@@ -138,6 +138,7 @@ def test_a_stage_session_starts_ray_once_for_all_its_passes(monkeypatch):
         def init(self, **kwargs):
             self.up = True
             self.events.append("init")
+            self.kwargs = kwargs
 
         def shutdown(self):
             self.up = False
@@ -153,6 +154,33 @@ def test_a_stage_session_starts_ray_once_for_all_its_passes(monkeypatch):
     with impsamp.scale.engine_session(LOCAL):
         pass
     assert fake.events == ["init", "shutdown"]  # the local engine does not touch Ray
+    # a Ray of its own even where `ray start` runs one on this machine (ray.init() alone would join that one,
+    # and refuse the num_cpus given)
+    assert fake.kwargs["address"] == "local" and fake.kwargs["num_cpus"] >= 1
+
+
+def test_a_ray_address_that_nothing_answers_at_is_one_line_at_once(tmp_path):
+    import socket
+    import time
+
+    from impsamp.scale import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConfigError, match="nothing answers there"):
+            check_reachable(address)
+    assert time.monotonic() - started < 5
+    with socket.socket() as s:  # a listening one passes; `auto` is Ray's to resolve
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+        check_reachable("auto")
+    r = subprocess.run([sys.executable, "-m", "impsamp", "cluster", tmp_path / "emb", "--out", tmp_path / "x",
+                        "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    assert r.returncode != 0 and "nothing answers there" in r.stderr and not (tmp_path / "x").exists(), r.stderr
 
 
 def test_a_ray_worker_killed_mid_stage_is_retried_and_the_output_is_the_same(ray_cluster, data, local,

@@ -36,3 +36,26 @@ def negative_document_weights(target_vectors, vectors):
 
 def wrong_length_document_weights(target_vectors, vectors):
     return np.ones(len(vectors) + 1)
+
+
+def writes_its_inputs(target, generic):
+    """Tries to change the histograms it was given (the diagnostics would then describe other data)."""
+    w = target.probs(1.0) / generic.probs(1.0)
+    target.counts[:] = 1.0
+    return w
+
+
+def huge(target, generic):
+    """Valid weights of a scale float32 cannot hold (1e50 where the target has documents)."""
+    return np.where(target.counts > 0, 1e50, 0.0)
+
+
+def tiny(target, generic):
+    return np.where(target.counts > 0, 1e-50, 0.0)
+
+
+def writes_the_target_vectors(target_vectors, vectors):
+    """A document-weight hook that writes into the target's vectors (which the next shard's call would see)."""
+    w = np.exp(20 * (vectors @ target_vectors.T).max(axis=1))
+    target_vectors[:] = 0.0
+    return w

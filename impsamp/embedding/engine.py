@@ -224,7 +224,7 @@ def _process_pool(embedder: TransformerEmbedder, processes: int) -> ProcessPoolE
         if pool is not None:
             pool[1].shutdown(wait=False, cancel_futures=True)
         executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(),))
+                                       initializer=_tokenizing_init, initargs=(embedder.tokenizing_only(), os.getpid()))
         weakref.finalize(embedder, executor.shutdown, wait=False, cancel_futures=True)
         pool = embedder._tokenizing_pool = (processes, executor)
     return pool[1]
@@ -234,8 +234,11 @@ _TOKENIZING: TransformerEmbedder | None = None
 """The tokenizing copy of the embedder, in a tokenizing process."""
 
 
-def _tokenizing_init(twin: TransformerEmbedder) -> None:
+def _tokenizing_init(twin: TransformerEmbedder, parent: int) -> None:
     global _TOKENIZING
+    from ..scale import pool_process_init
+
+    pool_process_init(parent)  # Ctrl-C is the parent's to handle; ends with it
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
     _TOKENIZING = twin
 

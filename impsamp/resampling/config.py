@@ -34,6 +34,8 @@ FEATURES = {f.name: {"dtype": {"string": "string", "int64": "int64", "int32": "i
 class ResampleConfig:
     """How to draw a selection from the clustered generic corpus."""
 
+    ALTERNATIVES = (("tokens", "docs", "bytes"),)  # not a field: a budget flag replaces a config file's budget
+
     tokens: int | None = None
     """Budget in tokens of the text written: the embedding model's tokenizer on whole documents (past the
     embedded window estimated at the window's tokens per character), or `budget_tokenizer`'s, exact."""

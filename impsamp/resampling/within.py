@@ -138,11 +138,13 @@ def within_log_weights(spec: str, target_vectors: np.ndarray, emb, names: Sequen
     if spec == "knn":
         return knn_log_weights(target_vectors, emb, names, temperature)
     fn = load_function(spec, "--within")
+    tvec = np.array(target_vectors, dtype=np.float32)  # a read-only copy: one shard's call cannot change the next's
+    tvec.flags.writeable = False
     out = []
     for name in names:
         v = np.asarray(emb.shard_vectors(name), dtype=np.float32)
         try:
-            w = fn(np.asarray(target_vectors, dtype=np.float32), v)
+            w = fn(tvec, v)
         except Exception as e:  # the user's code: any error is theirs, named in one line
             raise WeightingError(f"--within {spec} raised {type(e).__name__}: {e}") from None
         out.append(np.log(check_document_weights(w, len(v), spec, name)))

@@ -56,6 +56,8 @@ class TokenizerError(TrainError):
 class TrainConfig:
     """Everything that decides what `train()` computes (saved in the run's manifest and config.json)."""
 
+    ALTERNATIVES = (("steps", "tokens"),)  # not a field: a budget flag replaces a config file's budget
+
     preset: str = "tiny"
     """Model size and defaults: one of PRESETS."""
     n_layer: int | None = None
