@@ -236,7 +236,7 @@ _TOKENIZING: TransformerEmbedder | None = None
 
 def _tokenizing_init(twin: TransformerEmbedder, parent: int) -> None:
     global _TOKENIZING
-    from ..scale import pool_process_init
+    from ..pools import pool_process_init
 
     pool_process_init(parent)  # Ctrl-C is the parent's to handle; ends with it
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
