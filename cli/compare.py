@@ -222,7 +222,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
             same = results.get("config") == to_dict(cfg) and results.get("target_domain") == domain \
                 and results.get("impsamp_version") == __version__
             same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
-        except StageError:
+        except (StageError, OSError, ValueError, AttributeError):  # none, incomplete or damaged: made again
             same = False
         if not same:
             report = _compare([corpus.pool], [corpus.sample(domain)], [corpus.eval(domain)], out_dir, cfg,
@@ -237,14 +237,19 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
 def _refuse_other_outputs(out_dir: Path, pool: Path) -> None:
     """The demo replaces its own report (another target's, settings' or version's) without --overwrite: a
     `compare` over the bundled pool, complete or interrupted. Any other impsamp output is refused."""
+    from dataclasses import replace
+
     from impsamp.io import open_corpus
+    from impsamp.io.discovery import file_digest
 
     record = complete_manifest(out_dir) or read_json_dict(out_dir / RUN_RECORD)
     if record is None:  # new, empty, or not impsamp's (which the stage refuses to write into)
         return
     generic = (record.get("inputs") or {}).get("generic") if isinstance(record.get("inputs"), dict) else None
+    corpus = open_corpus(pool)  # its fingerprint now, and as impsamp up to 0.7.13 took it (sampled Parquet digests)
+    before = replace(corpus, files=[replace(f, digest=file_digest(Path(f.path), f.bytes)) for f in corpus.files])
     if record.get("stage") == "compare" and isinstance(generic, dict) \
-            and generic.get("fingerprint") == open_corpus(pool).fingerprint():
+            and generic.get("fingerprint") in (corpus.fingerprint(), before.fingerprint()):
         return
     raise StageError(f"--out {out_dir} {describe_dir(out_dir)}, not a demo report: choose another --out (the "
                      "demo replaces only its own reports)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,12 +265,25 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
     r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--target", "shakespeare", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert compares == [True, True]  # its own report, for another target: replaced
+    # a report of 0.7.13 or before, which took the pool's fingerprint from sampled Parquet digests: replaced too
+    from dataclasses import replace
+
+    from impsamp.io.discovery import file_digest
+
+    pool = open_corpus(corpus.pool)
+    legacy = replace(pool, files=[replace(f, digest=file_digest(Path(f.path), f.bytes)) for f in pool.files])
+    assert legacy.fingerprint() != pool.fingerprint()
+    old = tmp_path / "old-demo"
+    StageRun(old, "compare", config={}, inputs={"generic": {"fingerprint": legacy.fingerprint()}},
+             version="0.7.13").begin().finish(stats={})
+    r = CliRunner().invoke(cli, ["demo", "--out", str(old), "--no-progress"])
+    assert r.exit_code == 0 and compares == [True, True, True], r.output
     other = tmp_path / "clusters"
     StageRun(other, "cluster", config={}, inputs={}).begin().finish(stats={})
     before = sorted(p.name for p in other.iterdir())
     r = CliRunner().invoke(cli, ["demo", "--out", str(other), "--no-progress"])
     assert r.exit_code == 1 and "not a demo report" in r.output and len(r.output.strip().splitlines()) == 1
-    assert sorted(p.name for p in other.iterdir()) == before and len(compares) == 2
+    assert sorted(p.name for p in other.iterdir()) == before and len(compares) == 3
 
 
 def test_auto_backend_is_onnx_int8_without_amx_and_torch_with_it(monkeypatch):
