@@ -15,7 +15,8 @@ be stored, `params_active` what runs per token (one expert of a mixture).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 PARTS = ("generic", "selection", "pretraining", "finetuning", "teacher")
@@ -40,6 +41,10 @@ class Costs:
     """Parameters stored (all experts of a mixture)."""
     params_active: int = 0
     """Parameters that run per token (one expert)."""
+    paid: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """One-time work inside the parts above, by what it made ("embed:<fingerprint>" of an embedding, "select:..."
+    of a selection): (part, FLOPs). What runs inherit from each other (an `init` run's costs, a teacher's) holds
+    such work once, however many of them paid for it."""
 
     @property
     def per_target(self) -> float:
@@ -50,9 +55,27 @@ class Costs:
         return self.generic + n_targets * self.per_target
 
     def __add__(self, other: Costs) -> Costs:
-        """Training costs add up; the model (inference, parameters) is the right-hand side's."""
+        """Training costs add up (work both paid for, once); the model (inference, parameters) is the right-hand
+        side's."""
         sums = {p: getattr(self, p) + getattr(other, p) for p in PARTS}
-        return replace(other, **sums)
+        for key, (part, flops) in other.paid.items():
+            if key in self.paid:
+                sums[part] -= flops
+        return replace(other, **sums, paid={**self.paid, **other.paid})
+
+    def paying(self, work: Mapping[str, tuple[str, float]]) -> Costs:
+        """These costs plus the one-time `work` ({key: (part, FLOPs)}) not already paid for."""
+        new = {k: (part, float(flops)) for k, (part, flops) in work.items() if k not in self.paid and flops}
+        c = self
+        for part, flops in new.values():
+            c = c.with_part(part, flops)
+        return replace(c, paid={**self.paid, **new})
+
+    def with_generic_of(self, other: Costs) -> Costs:
+        """These costs plus `other`'s generic FLOPs (a teacher's pretraining), its one-time work counted once."""
+        generic = {k: v for k, v in other.paid.items() if v[0] == "generic"}
+        overlap = sum(flops for k, (_, flops) in generic.items() if k in self.paid)
+        return replace(self, generic=self.generic + other.generic - overlap, paid={**generic, **self.paid})
 
     def with_part(self, part: str, flops: float) -> Costs:
         """These costs plus `flops` in `part`."""
@@ -68,7 +91,10 @@ class Costs:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> Costs:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in names})
+        kept = {k: v for k, v in (d or {}).items() if k in names}
+        if isinstance(kept.get("paid"), dict):
+            kept["paid"] = {k: (str(v[0]), float(v[1])) for k, v in kept["paid"].items()}
+        return cls(**kept)
 
 
 def training_flops(model_config: Any, tokens: int) -> float:

@@ -89,13 +89,15 @@ def in_processes(fn: Callable[..., Any], calls: list[tuple[str, tuple[Any, ...]]
     pool.shutdown(wait=True)
 
 
-def pool_process_init(parent: int) -> None:
+def pool_process_init(parent: int, die_with_parent: bool = True) -> None:
     """A pool process leaves Ctrl-C to its parent, which stops the pool (a worker that caught it went on to its
-    next shard), and on Linux ends with its parent (SIGTERM or SIGKILL of the run left the workers running)."""
+    next shard), and on Linux ends with its parent (SIGTERM or SIGKILL of the run left the workers running).
+    Linux sends that signal when the *thread* that started the process ends: `die_with_parent` only for a pool
+    used and shut down by the thread that made it (`in_processes`), not one kept for later calls."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
+    if die_with_parent and sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             import ctypes
 

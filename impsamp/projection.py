@@ -99,7 +99,9 @@ def _costs(net, enc_flops: float) -> Costs:
     mcfg = net.model_config
     p = mcfg.projection
     proj_flops = 2.0 * p.n_basis * mcfg.n_layer * 3 * mcfg.n_embd * mcfg.mlp_hidden
-    return Costs(generic=Costs.from_dict(net.metrics["costs"]).generic, selection=enc_flops + proj_flops,
+    trained = Costs.from_dict(net.metrics["costs"])  # its generic work: pretraining, embedding the corpus
+    paid = {k: v for k, v in trained.paid.items() if v[0] == "generic"}
+    return Costs(generic=trained.generic, selection=enc_flops + proj_flops, paid=paid,
                  inference_flops_per_token=mcfg.flops_per_token() / 3, params_total=mcfg.n_params(),
                  params_active=mcfg.n_active_params())
 

@@ -231,9 +231,10 @@ def ray_session(execution: Execution) -> Iterator[Any]:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
                                   "logging_level": logging.WARNING}
-        if execution.ray_address:
-            check_reachable(execution.ray_address)
-            kwargs["address"] = execution.ray_address
+        address = execution.ray_address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets the latter
+        if address:
+            check_reachable(address)
+            kwargs["address"] = address
         else:  # a Ray of our own, even where `ray start` runs one on this machine (else ray.init joins that)
             from .hardware import cpu_count
 
@@ -252,20 +253,29 @@ def ray_session(execution: Execution) -> Iterator[Any]:
             ray.shutdown()
 
 
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-    """A `host:port` (or `ray://host:port`) that nothing answers at is one line within `timeout` seconds (Ray
-    itself retries for minutes, printing only its own warnings); `auto` and other forms are Ray's to judge."""
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) that nothing answers at for `timeout` seconds is one line (Ray itself
+    retries for minutes, printing only its own warnings); `auto` and other forms are Ray's to judge. Tried again
+    until then: a head node started a moment ago may not listen yet."""
     import re
     import socket
+    import time
 
     m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
     if not m:
         return
-    try:
-        socket.create_connection((m.group(1), int(m.group(2))), timeout=timeout).close()
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); give the head node's "
-                          "address and port (`ray start --head` prints it), or `auto` on a node of the cluster") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((m.group(1), int(m.group(2))), timeout=max(0.1, deadline - time.monotonic())).close()
+            return
+        except (OSError, ValueError) as e:
+            unknown_host = isinstance(e, (socket.gaierror, ValueError))
+            if unknown_host or time.monotonic() + 0.5 >= deadline:
+                raise ConfigError(f"--ray-address {address}: nothing answers there ({getattr(e, 'strerror', None) or e}); "
+                                  "give the head node's address and port (`ray start --head` prints it), or `auto` "
+                                  "on a node of the cluster") from None
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager

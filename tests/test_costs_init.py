@@ -147,3 +147,19 @@ def test_the_python_api_fine_tunes_an_init_run_with_its_own_preset_and_family(ba
     via_cli = TrainRun.load(tmp_path / "cli")
     assert api.config == via_cli.config and api.config.preset == "tiny-large"
     assert (api.path / "model.safetensors").read_bytes() == (via_cli.path / "model.safetensors").read_bytes()
+
+
+def test_one_time_work_is_counted_once_however_many_runs_inherit_it():
+    """Embedding the generic corpus (and making a selection) is paid once: a run that starts from another's
+    costs, adds a teacher's, or pays for it again counts it once; the record survives the JSON round trip."""
+    from impsamp.costs import Costs
+
+    student = Costs(generic=100.0, pretraining=10.0).paying({"embed:E": ("generic", 50.0), "select:S": ("selection", 7.0)})
+    assert (student.generic, student.selection) == (150.0, 7.0)
+    assert student.paying({"embed:E": ("generic", 50.0)}) == student  # paid already
+    teacher = Costs(generic=300.0, finetuning=5.0).paying({"embed:E": ("generic", 50.0)})
+    distilled = student.with_generic_of(teacher)
+    assert distilled.generic == 150.0 + 350.0 - 50.0 and distilled.paid == student.paid
+    both = student + teacher
+    assert both.generic == 150.0 + 350.0 - 50.0 and both.selection == 7.0 and both.finetuning == 5.0
+    assert Costs.from_dict(json.loads(json.dumps(student.to_dict()))) == student

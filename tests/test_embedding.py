@@ -553,6 +553,13 @@ def test_tokenizing_processes_give_the_same_bytes(tmp_path, monkeypatch, demo_te
     assert pools == [2]  # one pool of 2 processes for every shard of the run
     assert len(list((tmp_path / "procs").glob("vectors-*.npy"))) > 1
     assert payload(tmp_path / "threads") == payload(tmp_path / "procs")
+    # one embedder's pool serves its later calls too (as a Ray worker's or a notebook's embedder does): the pool
+    # must outlive the reader thread of the call that started it
+    cfg = EmbedConfig(**base, tokenize_processes=1)
+    model = load_embedder(cfg)
+    for name in ("again-1", "again-2"):
+        embed(src, tmp_path / name, cfg, embedder=model)
+        assert payload(tmp_path / name) == payload(tmp_path / "threads")
     # an interrupted run may resume with another number of tokenizing processes (or workers)
     from dataclasses import asdict
     from types import SimpleNamespace

@@ -178,12 +178,14 @@ def pipe(tmp_path_factory):
 def test_a_network_conditioned_on_clusters_pays_for_embedding_the_generic_corpus_once(pipe, monkeypatch):
     from impsamp import costs
     from impsamp.clustering import Clusters
-    from impsamp.training.provenance import embedding_flops
+    from impsamp.training.provenance import one_time_work
 
     monkeypatch.setitem(costs.ENCODERS, "hashing", 1000)  # the test embedder, priced: unknown ones cost 0
     emb = Clusters.load(pipe["clu"]).embeddings()
-    assert embedding_flops([], str(pipe["clu"])) == emb.flops == 2 * 1000 * emb.manifest.stats["tokens"] > 0
-    assert embedding_flops([str(pipe["generic"])], None) == 0  # a corpus, not a selection: no embedding
+    work = one_time_work([], str(pipe["clu"]), per_target=False)
+    assert work == {f"embed:{emb.manifest.fingerprint}": ("generic", emb.flops)}
+    assert emb.flops == 2 * 1000 * emb.manifest.stats["tokens"] > 0
+    assert one_time_work([str(pipe["generic"])], None, per_target=True) == {}  # a corpus, not a selection
 
 
 def test_projected_training_records_its_conditioning_and_costs(pipe):

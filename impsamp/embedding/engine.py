@@ -238,7 +238,8 @@ def _tokenizing_init(twin: TransformerEmbedder, parent: int) -> None:
     global _TOKENIZING
     from ..pools import pool_process_init
 
-    pool_process_init(parent)  # Ctrl-C is the parent's to handle; ends with it
+    pool_process_init(parent, die_with_parent=False)  # Ctrl-C is the parent's; the pool outlives the thread
+    # that started it (kept on the embedder for its later calls), so no death signal tied to that thread
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes are the parallelism
     _TOKENIZING = twin
 

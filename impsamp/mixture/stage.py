@@ -85,7 +85,7 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
     run_tasks(ex, train_expert, tasks, done)
     if ex.sliced:
         return slice_result(run, ex, committed, data_names + expert_names)
-    return _finish(run, grouping, groups, inputs.emb.flops)
+    return _finish(run, grouping, groups, {f"embed:{inputs.emb.manifest.fingerprint}": ("generic", inputs.emb.flops)})
 
 
 def _describe_groups(grouping: Grouping, clu, cfg: ExpertsConfig) -> list[dict[str, Any]]:
@@ -190,7 +190,8 @@ def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, token
             "costs": tr.metrics["costs"]}
 
 
-def _finish(run: StageRun, grouping: Grouping, groups: list[dict[str, Any]], embedding_flops: float) -> Experts:
+def _finish(run: StageRun, grouping: Grouping, groups: list[dict[str, Any]],
+            embedding: dict[str, tuple[str, float]]) -> Experts:
     """The manifest: generic costs are the experts' pretraining and the generic corpus's embedding (what
     grouped its documents)."""
     out = run.out_dir
@@ -207,8 +208,8 @@ def _finish(run: StageRun, grouping: Grouping, groups: list[dict[str, Any]], emb
         per_expert.append({**groups[g], "steps": rec["train"]["steps"], "trained_tokens": rec["train"]["tokens"],
                            "val_loss": rec["train"]["val_loss"]})
     one = Costs.from_dict(run.shard_record("expert-000")["stats"]["costs"])
-    costs = Costs(generic=total.generic + embedding_flops, inference_flops_per_token=one.inference_flops_per_token,
-                  params_total=one.params_active * grouping.n_groups, params_active=one.params_active)
+    costs = Costs(generic=total.generic, inference_flops_per_token=one.inference_flops_per_token,
+                  params_total=one.params_active * grouping.n_groups, params_active=one.params_active).paying(embedding)
     run.finish(stats={"groups": grouping.n_groups, "grouping": grouping.how, "per_group": per_expert,
                       "costs": costs.to_dict()}, extra_files=files)
     return Experts.load(out)

@@ -12,44 +12,39 @@ from typing import Any
 
 from ..costs import Costs, forward_flops, model_costs, training_flops
 from ..errors import ConfigError, StageError
-from ..manifest import MANIFEST
 from ..outdir import complete_manifest
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError
 from .result import TrainRun
 from .tokenizer import file_sha256
 
 
-def selection_flops(spec: str) -> float:
-    """What making a `resample` selection cost per target (its target's embedding), 0 for anything else."""
-    return _selection_stat(spec, "selection_flops")[0]
-
-
-def embedding_flops(data: Sequence[str], clusters: str | None) -> float:
-    """Embedding the generic corpus, paid once: for the `resample` selections in `data` whose method reads the
-    embeddings (each embedding counted once), and for a network conditioned on `clusters` (theirs)."""
-    paid: dict[str, float] = {}
-    for spec in data:
-        flops, embeddings = _selection_stat(spec, "generic_flops")
-        if flops:
-            paid[embeddings] = flops
+def one_time_work(data: Sequence[str], clusters: str | None, per_target: bool) -> dict[str, tuple[str, float]]:
+    """The one-time work behind a run's data, keyed by what it made (`Costs.paying` counts each once, however many
+    runs inherit it): for each `resample` selection, embedding its target (per-target `selection`, when the
+    pretraining is per target) and the generic corpus (`generic`, for the methods that read the vectors); for a
+    network conditioned on `clusters`, embedding their corpus."""
+    work: dict[str, tuple[str, float]] = {}
+    for spec in dict.fromkeys(data):  # a selection given twice was made once
+        m = complete_manifest(Path(spec))
+        if m is None or m.get("stage") != "resample":
+            continue
+        try:
+            stats, embeddings = m["stats"], m["inputs"]["embeddings"]["fingerprint"]
+            if per_target:
+                work[f"select:{m['fingerprint']}"] = ("selection", float(stats.get("selection_flops", 0.0)))
+            work[f"embed:{embeddings}"] = ("generic", float(stats.get("generic_flops", 0.0)))
+        except (KeyError, TypeError, ValueError, AttributeError):  # an older selection's record: not counted
+            continue
     if clusters:
         from ..clustering import Clusters
 
-        with_emb = Clusters.load(clusters)
+        clu = Clusters.load(clusters)
         try:
-            paid[with_emb.manifest.inputs["embeddings"]["fingerprint"]] = with_emb.embeddings().flops
+            emb = clu.embeddings()
+            work[f"embed:{emb.manifest.fingerprint}"] = ("generic", emb.flops)
         except (StageError, KeyError, TypeError):  # the embeddings are gone: not counted
             pass
-    return sum(paid.values())
-
-
-def _selection_stat(spec: str, key: str) -> tuple[float, str]:
-    """A selection's recorded stat and the fingerprint of the embeddings it was made from ((0, "") if none)."""
-    try:
-        m = json.loads((Path(spec) / MANIFEST).read_text())
-        return float(m["stats"].get(key, 0.0)), str(m["inputs"]["embeddings"]["fingerprint"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return 0.0, ""
+    return work
 
 
 def is_selection(spec: str) -> bool:
@@ -136,14 +131,12 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
             how = "per-target" if data and all(is_selection(d) for d in data) else "generic"
         c = c.with_part("generic" if how == "generic" else "pretraining",
                         training_flops(mcfg, metrics["train"]["tokens"]))
-        if how != "generic":  # embedding the target to select its data
-            c = c.with_part("selection", sum(selection_flops(d) for d in data))
-        c = c.with_part("generic", embedding_flops(data if how != "generic" else [], clusters))
+        c = c.paying(one_time_work(data, clusters, per_target=how != "generic"))
     if "train_finetune" in metrics:
         c = c.with_part("finetuning", training_flops(mcfg, metrics["train_finetune"]["tokens"]))
     if teacher is not None:
         t = Costs.from_dict(teacher.metrics.get("costs"))
-        c = c.with_part("generic", t.generic).with_part("teacher", t.per_target + forward_flops(
+        c = c.with_generic_of(t).with_part("teacher", t.per_target + forward_flops(
             teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
     return c
 
