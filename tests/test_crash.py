@@ -208,8 +208,11 @@ def test_ctrl_c_stops_a_process_pool_at_once_leaves_no_process_and_resumes(tmp_p
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choices(words, k=400))}) + "\n" for _ in range(8000)))
     args = ["embed", corpus, "--model", "hashing:256", "--rows-per-shard", "500", "--no-progress"]
     out = tmp_path / "emb"
+    # SIGINT's default handling restored in the child: a test run started in the background (CI's shell) has it
+    # ignored, and a process started with SIGINT ignored never sees Ctrl-C
     proc = subprocess.Popen(argv(*args, "--out", out, "--workers", "2"), env=ENV, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not any((out / SHARD_RECORDS).glob("*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
