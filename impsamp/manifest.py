@@ -247,6 +247,9 @@ class StageRun:
     """Paths the run reads that `inputs` does not name (nested lists): --overwrite never deletes them."""
     shared: bool = False
     """A slice of a sliced run: its folder's lock is shared with the other slices (`guards.hold`)."""
+    unkeyed: tuple[str, ...] = ()
+    """Config fields that do not change the output (how many processes, how often to log): left out of the key,
+    so an interrupted run resumes with other values of them."""
     started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -255,8 +258,8 @@ class StageRun:
             from . import __version__
 
             self.version = __version__
-        self.key = fingerprint({"stage": self.stage, "config": self.config, "inputs": self.inputs,
-                                "version": self.version})
+        keyed = {k: v for k, v in self.config.items() if k not in self.unkeyed}
+        self.key = fingerprint({"stage": self.stage, "config": keyed, "inputs": self.inputs, "version": self.version})
         self.fresh, self._all_ours, self._found, self._lock = False, False, set(), None  # set by `begin`
 
     @property

@@ -17,7 +17,7 @@ from ..errors import ConfigError, CorpusError, StageError
 from ..guards import released_on_return
 from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
-from ..manifest import StageRun, fingerprint, tmp_name
+from ..manifest import StageRun, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, Upstream, check_complete, commit_once,
                      run_tasks, slice_result)
@@ -76,13 +76,6 @@ def _config_of(cfg: EmbedConfig, identity: dict[str, Any]) -> EmbedConfig:
         return replace(cfg, model=updates["model"])
 
 
-def _resume_key(run: StageRun) -> str:
-    """StageRun's key without `workers` and `tokenize_processes`: a run may be resumed with other
-    numbers of either (they do not change the bytes)."""
-    config = {k: v for k, v in run.config.items() if k not in ("workers", "tokenize_processes")}
-    return fingerprint({"stage": run.stage, "config": config, "inputs": run.inputs, "version": run.version})
-
-
 @released_on_return
 def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Path,
           config: EmbedConfig | None = None, *, embedder: Embedder | None = None, overwrite: bool = False,
@@ -125,8 +118,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
                    inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
-                   overwrite=overwrite, shared=ex.sliced)
-    run.key = _resume_key(run)
+                   overwrite=overwrite, shared=ex.sliced, unkeyed=("workers", "tokenize_processes"))
     run.begin()
     shards = corpus.shards(cfg.rows_per_shard)
     if ex.require_complete:
