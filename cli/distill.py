@@ -45,11 +45,11 @@ def distill(teacher, student, target, out_dir, alpha, temperature, finetune_step
     """
     from impsamp.distillation import distill as run_distill
 
-    from .train import resolve_train_config
+    from impsamp.config import resolve_config
+    from impsamp.training import TrainConfig
 
-    cfg = resolve_train_config(config_file, dict(finetune_steps=finetune_steps, finetune_lr=finetune_lr,
-                                     early_stopping=early_stopping, device=device, seed=seed,
-                                     text_field=text_field))
+    cfg = resolve_config(TrainConfig, config_file, "train", finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                         early_stopping=early_stopping, device=device, seed=seed, text_field=text_field)
     run = run_distill(teacher, student, list(target), out_dir, alpha=0.5 if alpha is None else alpha,
                       temperature=2.0 if temperature is None else temperature, config=cfg,
                       eval=list(eval_files), progress=show_progress(progress), overwrite=overwrite)

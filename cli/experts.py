@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import config_section, from_dict
+from impsamp.config import config_section, from_dict, without_replaced
 from impsamp.errors import ConfigError
 from impsamp.training.config import PRESETS
 
@@ -64,12 +64,9 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     preset = preset or in_section
     if preset:  # the flag wins over [experts.train] preset, the section's other keys stay
         section["train"] = {**(section.get("train") or {}), "preset": preset}
-    for given, other in ((tokens_per_expert, "total_tokens"), (total_tokens, "tokens_per_expert")):
-        if given is not None:  # a budget flag replaces the file's other budget
-            section.pop(other, None)
-    flags = dict(groups=groups, level=level, tokens_per_expert=tokens_per_expert,
-                 total_tokens=total_tokens, tokenizer=tokenizer, seed=seed)
-    cfg = from_dict(ExpertsConfig, {**section, **{k: v for k, v in flags.items() if v is not None}},
+    flags = {k: v for k, v in dict(groups=groups, level=level, tokens_per_expert=tokens_per_expert,
+                                   total_tokens=total_tokens, tokenizer=tokenizer, seed=seed).items() if v is not None}
+    cfg = from_dict(ExpertsConfig, {**without_replaced(ExpertsConfig, section, flags), **flags},
                     source=f"{config_file} [experts]" if config_file else "flags")
     ex = execution(engine, ray_address, num_shards, shard_index)
     result = run_experts(embeddings_dir, clusters_dir, out_dir, cfg, execution=ex, overwrite=overwrite,

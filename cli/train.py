@@ -121,11 +121,10 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     _check_tuning(numbers, finetune)
     if init:  # the run's own preset (its lr and batch defaults) and family
         preset, arch = _init_defaults(init, preset, arch)
-    cfg = resolve_train_config(config_file, dict(preset=preset, arch=arch, tokenizer=tokenizer, device=device, dtype=dtype,
-                                     compile=compile_, text_field=text_field, init=init, clusters=clusters,
-                                     level=level, condition=condition, basis=basis, code_dim=code_dim, codes=codes,
-                                     pretrain_costs=pretrain_costs, keep_checkpoints=keep_checkpoints,
-                                     **numbers))
+    cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, arch=arch, tokenizer=tokenizer,
+                         device=device, dtype=dtype, compile=compile_, text_field=text_field, init=init,
+                         clusters=clusters, level=level, condition=condition, basis=basis, code_dim=code_dim,
+                         codes=codes, pretrain_costs=pretrain_costs, keep_checkpoints=keep_checkpoints, **numbers)
     run = run_training(list(data), out_dir, cfg, finetune=list(finetune) or None,
                        eval=list(eval_files) or None,
                        progress=show_progress(progress), overwrite=overwrite, resume=resume)
@@ -172,11 +171,6 @@ def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str
         raise click.UsageError(f"--init {init} fixes the model (preset {own['preset']}): "
                                f"drop --preset {preset}")
     return preset or own.get("preset"), arch or own.get("arch")
-
-
-def resolve_train_config(config_file: Path | None, flags: dict) -> TrainConfig:
-    """Defaults < the [train] section of --config < flags; a budget flag replaces the file's other budget."""
-    return resolve_config(TrainConfig, config_file, "train", **flags)
 
 
 @cli.command()

@@ -94,13 +94,20 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
         data = config_section(config_file, section) if section else load_toml(config_file, sections=False)
         source = f"{config_file} [{section}]" if section else str(config_file)
     overrides = {k: v for k, v in flags.items() if v is not None}
-    for group in getattr(cls, "ALTERNATIVES", ()):
-        if any(k in overrides for k in group):
-            data = {k: v for k, v in data.items() if k not in group or k in overrides}
+    data = without_replaced(cls, data, overrides)
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")
     return from_dict(cls, {**data, **overrides}, source=source)
+
+
+def without_replaced(cls: type, data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a config file's section) without the keys a flag in `overrides` replaces: the others of its group
+    in `cls.ALTERNATIVES` (a budget flag replaces the file's other budgets)."""
+    for group in getattr(cls, "ALTERNATIVES", ()):
+        if any(k in overrides for k in group):
+            data = {k: v for k, v in data.items() if k not in group or k in overrides}
+    return data
 
 
 def config_section(config_file: str | Path, section: str) -> dict[str, Any]:

@@ -57,11 +57,17 @@ class Costs:
     def __add__(self, other: Costs) -> Costs:
         """Training costs add up (work both paid for, once); the model (inference, parameters) is the right-hand
         side's."""
-        sums = {p: getattr(self, p) + getattr(other, p) for p in PARTS}
-        for key, (part, flops) in other.paid.items():
-            if key in self.paid:
-                sums[part] -= flops
+        twice = self._already_paid(other.paid)
+        sums = {p: getattr(self, p) + getattr(other, p) - twice[p] for p in PARTS}
         return replace(other, **sums, paid={**self.paid, **other.paid})
+
+    def _already_paid(self, work: Mapping[str, tuple[str, float]]) -> dict[str, float]:
+        """FLOPs per part of the one-time `work` these costs hold already."""
+        twice = dict.fromkeys(PARTS, 0.0)
+        for key, (part, flops) in work.items():
+            if key in self.paid:
+                twice[part] += flops
+        return twice
 
     def paying(self, work: Mapping[str, tuple[str, float]]) -> Costs:
         """These costs plus the one-time `work` ({key: (part, FLOPs)}) not already paid for."""
@@ -74,8 +80,8 @@ class Costs:
     def with_generic_of(self, other: Costs) -> Costs:
         """These costs plus `other`'s generic FLOPs (a teacher's pretraining), its one-time work counted once."""
         generic = {k: v for k, v in other.paid.items() if v[0] == "generic"}
-        overlap = sum(flops for k, (_, flops) in generic.items() if k in self.paid)
-        return replace(self, generic=self.generic + other.generic - overlap, paid={**generic, **self.paid})
+        return replace(self, generic=self.generic + other.generic - self._already_paid(generic)["generic"],
+                       paid={**generic, **self.paid})
 
     def with_part(self, part: str, flops: float) -> Costs:
         """These costs plus `flops` in `part`."""

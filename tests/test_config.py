@@ -203,3 +203,9 @@ def test_a_budget_flag_replaces_the_config_files_budget(toml):
     assert resolve_config(ResampleConfig, p, "resample").tokens == 50000
     t = resolve_config(TrainConfig, p, "train", tokens=1000)
     assert (t.steps, t.tokens, t.lr) == (None, 1000, 0.002)
+    from impsamp.config import without_replaced  # `impsamp experts` reads its nested section itself, the same rule
+    from impsamp.mixture import ExpertsConfig
+
+    section = {"total_tokens": 10**6, "groups": 4}
+    assert without_replaced(ExpertsConfig, section, {"tokens_per_expert": 500}) == {"groups": 4}
+    assert without_replaced(ExpertsConfig, section, {"seed": 1}) == section

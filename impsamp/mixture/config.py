@@ -16,6 +16,8 @@ SELECT_RULES = ("top", "lowest-loss", "all")
 class ExpertsConfig:
     """What `experts()` builds (saved in the manifest; the execution engine is not part of it)."""
 
+    ALTERNATIVES = (("tokens_per_expert", "total_tokens"),)  # not a field: a budget flag replaces the file's
+
     groups: int | None = None
     """Experts G: the clusters are merged into G groups (k-means on the leaf centroids, weighted by
     their documents) unless the clustering has exactly G leaves [default: 4, or the nodes of `level`]."""
