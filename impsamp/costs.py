@@ -77,11 +77,14 @@ class Costs:
             c = c.with_part(part, flops)
         return replace(c, paid={**self.paid, **new})
 
-    def with_generic_of(self, other: Costs) -> Costs:
-        """These costs plus `other`'s generic FLOPs (a teacher's pretraining), its one-time work counted once."""
-        generic = {k: v for k, v in other.paid.items() if v[0] == "generic"}
-        return replace(self, generic=self.generic + other.generic - self._already_paid(generic)["generic"],
-                       paid={**generic, **self.paid})
+    def with_teacher(self, teacher: Costs, forward: float) -> Costs:
+        """These costs plus a teacher's: its generic FLOPs to `generic`, its per-target FLOPs and its `forward`
+        passes over the student's fine-tuning tokens to `teacher`. One-time work both paid for (the teacher
+        pretrained on the student's selection, say) is counted once."""
+        twice = self._already_paid(teacher.paid)
+        per_target = teacher.per_target - sum(twice[p] for p in PER_TARGET)
+        return replace(self, generic=self.generic + teacher.generic - twice["generic"],
+                       teacher=self.teacher + per_target + forward, paid={**teacher.paid, **self.paid})
 
     def with_part(self, part: str, flops: float) -> Costs:
         """These costs plus `flops` in `part`."""

@@ -1,7 +1,7 @@
 """What impsamp keeps in its user cache (`config.cache_dir()`) between runs, by kind, and clearing it.
 
     kind        one entry                                                         where, under the cache
-    onnx        an embedding model exported to ONNX (and its int8 copy)           onnx/<key>-v<recipe>/
+    onnx        an embedding model exported to ONNX (and its int8 copy)           onnx/<key>-v<recipe>-<libs>/
     tokenizers  an embedding model's tokenizer as `tokenizers` reads it           tokenizers/<key>.json
     ngram       one embedding run's hashed n-gram features (~1.5x the embedding)  ngram/<key>/
     files       what a full read of one corpus file found (rows, seeks, hash)     files/<key>.json
@@ -49,7 +49,7 @@ except ImportError:  # not POSIX: the modification time alone says what is in us
 
 _HEX = "[0-9a-f]{32}"
 KINDS: dict[str, tuple[str, str, str]] = {
-    "onnx": ("onnx", "onnx", rf"{_HEX}-v\d+"),
+    "onnx": ("onnx", "onnx", rf"{_HEX}-v\d+(-[0-9a-f]{{12}})?"),  # <libs>: the exporting libraries' versions
     "tokenizers": ("tokenizers", "tokenizers", rf"{_HEX}\.json"),
     "ngram": ("ngram", "ngram", _HEX),
     "files": ("files", "files", rf"{_HEX}\.json"),

@@ -158,8 +158,17 @@ def test_one_time_work_is_counted_once_however_many_runs_inherit_it():
     assert (student.generic, student.selection) == (150.0, 7.0)
     assert student.paying({"embed:E": ("generic", 50.0)}) == student  # paid already
     teacher = Costs(generic=300.0, finetuning=5.0).paying({"embed:E": ("generic", 50.0)})
-    distilled = student.with_generic_of(teacher)
+    distilled = student.with_teacher(teacher, forward=2.0)
     assert distilled.generic == 150.0 + 350.0 - 50.0 and distilled.paid == student.paid
+    assert distilled.teacher == 5.0 + 2.0
+    # a teacher pretrained on the student's own selection: the selection is counted once (the student's)
+    same = Costs(generic=300.0, pretraining=20.0).paying({"embed:E": ("generic", 50.0), "select:S": ("selection", 7.0)})
+    distilled = student.with_teacher(same, forward=2.0)
+    assert (distilled.selection, distilled.teacher, distilled.generic) == (7.0, 20.0 + 2.0, 150.0 + 300.0)
+    # a teacher of another selection: its selection is the teacher's, and recorded as paid
+    other = Costs(pretraining=20.0).paying({"select:T": ("selection", 9.0)})
+    distilled = student.with_teacher(other, forward=0.0)
+    assert distilled.teacher == 29.0 and "select:T" in distilled.paid
     both = student + teacher
     assert both.generic == 150.0 + 350.0 - 50.0 and both.selection == 7.0 and both.finetuning == 5.0
     assert Costs.from_dict(json.loads(json.dumps(student.to_dict()))) == student

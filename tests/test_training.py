@@ -166,7 +166,8 @@ def test_killed_run_resumes_to_the_same_weights(corpus, tmp_path):
     _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-0-pretrain-*")  # killed in pretraining
     assert not (run / "manifest.json").exists()
     _kill_when(_cli(*args, "--out", str(run), env=slow), run, "ckpt-1-finetune-*")  # killed in fine-tuning
-    _finish(_cli(*args, "--out", str(run), "--log-every", "7"))  # how often it logs is not part of the run's key
+    # how often it logs and checkpoints is not part of the run's key
+    _finish(_cli(*args, "--out", str(run), "--log-every", "7", "--checkpoint-every", "4"))
     _finish(ref)
     for name in ("model.safetensors", "pretrained.safetensors"):
         assert (run / name).read_bytes() == (tmp_path / "ref" / name).read_bytes(), name

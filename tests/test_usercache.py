@@ -240,7 +240,7 @@ def test_a_failed_int8_quantize_lets_go_of_the_model_folder(cache, monkeypatch):
     from impsamp.embedding import onnx_backend
 
     model = SimpleNamespace(weights_sha256="f" * 64)
-    folder = cache / "onnx" / f"{'f' * 32}-v{onnx_backend.EXPORT_RECIPE}"
+    folder = cache / "onnx" / f"{'f' * 32}-v{onnx_backend.EXPORT_RECIPE}-{onnx_backend.toolchain()}"
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"exported")
 

@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 EXPORT_RECIPE = 3
 """Bump when the export or quantization recipe changes: old cache entries are then ignored."""
 OPSET = 17
+TOOLCHAIN = ("torch", "transformers", "onnx", "onnxruntime")
+"""What makes the cached file (export, fusion, quantization): its versions name the cache entry, so that an
+upgrade exports again instead of reusing a file another version made."""
 _UNSUPPORTED = ("{name}: the onnx backend runs Transformer + Pooling (mean, cls or max) (+ Normalize) "
                 "models; this one has other modules or pooling; use --backend torch")
 _PROBE = ["The cat sat on the mat.", "Quarterly revenue rose 4% on strong cloud demand.",
@@ -64,7 +67,7 @@ _PROBE = ["The cat sat on the mat.", "Quarterly revenue rose 4% on strong cloud 
 def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tuple[Path, Hold]:
     """The cached ONNX file of a model (exported, and quantized, on first use), and a hold on its cache
     folder: `impsamp cache --clear` leaves the folder until the caller releases it (its sessions loaded)."""
-    folder = cache_dir() / "onnx" / f"{resolved.weights_sha256[:32]}-v{EXPORT_RECIPE}"
+    folder = cache_dir() / "onnx" / f"{resolved.weights_sha256[:32]}-v{EXPORT_RECIPE}-{toolchain()}"
     fp32 = folder / "model.onnx"
     for _ in range(3):  # a clear that removes the folder between its export and the hold: export again
         if not fp32.is_file():
@@ -87,6 +90,17 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tup
         hold.release()
         raise
     return int8, hold
+
+
+def toolchain() -> str:
+    """A short digest of the installed `TOOLCHAIN` versions."""
+    versions = []
+    for dist in TOOLCHAIN:
+        try:
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist}=none")
+    return hashlib.sha256(";".join(versions).encode()).hexdigest()[:12]
 
 
 def _wrap(model: Any, bias_mask: bool) -> Any:
@@ -386,7 +400,7 @@ class OnnxEmbedder(TransformerEmbedder):
         self.dim = int(self._session.get_outputs()[0].shape[-1] or resolved.hidden_size)
         self.name = resolved.name
         self.identity = {**self._identity("onnx", quantize, "int8" if quantize else "float32"),
-                         "compute": f"onnx export recipe {EXPORT_RECIPE}"}
+                         "compute": f"onnx export recipe {EXPORT_RECIPE}, toolchain {toolchain()}"}
         if quantize:
             self._check_int8(threads)
 

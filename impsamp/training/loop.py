@@ -238,7 +238,7 @@ class _Trainer:
                             self.rt.world)
         read = [cfg.teacher, cfg.tokenizer, cfg.init, cfg.clusters]  # files --overwrite must not delete
         return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
-                        input_paths=[str(r) for r in read if r], unkeyed=("log_every",)).begin()
+                        input_paths=[str(r) for r in read if r], unkeyed=("log_every", "checkpoint_every")).begin()
 
     def _prepare(self) -> None:
         cfg, out = self.cfg, self.out

@@ -136,8 +136,7 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
         c = c.with_part("finetuning", training_flops(mcfg, metrics["train_finetune"]["tokens"]))
     if teacher is not None:
         t = Costs.from_dict(teacher.metrics.get("costs"))
-        c = c.with_generic_of(t).with_part("teacher", t.per_target + forward_flops(
-            teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
+        c = c.with_teacher(t, forward_flops(teacher.model_config, metrics.get("train_finetune", {}).get("tokens", 0)))
     return c
 
 
