@@ -188,7 +188,11 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     if not (path / MANIFEST).is_file():
         raise StageError(f"{path} {describe_dir(path)}{want}")
     try:
-        manifest = Manifest.from_dict(json.loads((path / MANIFEST).read_text()))
+        record = json.loads((path / MANIFEST).read_text())
+        if isinstance(record, dict) and "impsamp_version" not in record:
+            raise StageError(f"{path / MANIFEST} is not an impsamp manifest (it records no impsamp_version: another "
+                             f"tool's file?){want or '; give the folder of an impsamp output'}")
+        manifest = Manifest.from_dict(record)
     except (ValueError, TypeError, KeyError) as e:
         raise StageError(f"{path / MANIFEST} is corrupt ({e}); rerun the stage with --overwrite") from e
     if expected and manifest.stage not in expected:

@@ -78,11 +78,12 @@ def describe_dir(path: Path) -> str:
     if not path.is_dir():
         return "is a file, not a stage directory"
     if (path / MANIFEST).exists():
-        try:
-            stage = json.loads((path / MANIFEST).read_text())["stage"]
-        except (ValueError, KeyError, OSError):
+        if (ours := complete_manifest(path)) is not None:
+            return f"is a complete '{ours['stage']}' output"
+        if read_json_dict(path / MANIFEST) is None:
             return "has an unreadable manifest.json"
-        return f"is a complete '{stage}' output"
+        if not (path / RUN_RECORD).exists():
+            return "holds a manifest.json impsamp did not write (another tool's?), not an impsamp output"
     kept = kept_note(path)
     moving = [path / n for n in MOVES if _ours(path / n)]
     if moving or (kept and not (path / RUN_RECORD).exists()):

@@ -595,9 +595,12 @@ def test_read_manifest_detects_damage(tmp_path, stage):
     part.write_bytes(b"\x00" + data[1:])  # same size, other bytes: only the sha256 sees it
     with pytest.raises(StageError, match="does not match its sha256"):
         verify_outputs(out, read_manifest(out))
-    (out / MANIFEST).write_text('{"stage": "embed"}')
+    (out / MANIFEST).write_text('{"stage": "embed", "impsamp_version": "0.7.15"}')
     with pytest.raises(StageError, match="is corrupt"):
         read_manifest(out)
+    (out / MANIFEST).write_text('{"stage": "build", "name": "x"}')  # another tool's manifest
+    with pytest.raises(StageError, match="is not an impsamp manifest.*expected an 'embed' output"):
+        read_manifest(out, expect_stage="embed")
     (out / MANIFEST).write_text("[1, 2")
     with pytest.raises(StageError, match="is corrupt"):
         read_manifest(out)
