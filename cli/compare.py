@@ -171,7 +171,8 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     click.echo(report.table())
     plan = report.results.get("plan", {})
     if plan.get("budgets", {}) and any(v is not None for k, v in plan["budgets"].items() if k != "inference_unit"):
-        click.echo(f"plan: {plan['best']} (runner-up {plan['runner_up']})" if plan["best"] else f"plan: {plan['why']}")
+        runner_up = f"runner-up {plan['runner_up']}" if plan.get("runner_up") else "no other strategy fits"
+        click.echo(f"plan: {plan['best']} ({runner_up})" if plan["best"] else f"plan: {plan['why']}")
     click.echo(f"report: {out_dir / 'report.md'} (in a browser: {out_dir / 'report.html'})")
 
 
@@ -206,6 +207,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
 
     started = time.time()
     corpus = demo_corpus()
+    sample, held_out = corpus.sample(domain), corpus.eval(domain)  # an unknown --target: refused before any work
     methods = METHODS if all_methods else None
     flags = {"steps": steps, "finetune_steps": finetune_steps, "preset": preset}
     cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, seed=seed,
@@ -225,7 +227,7 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
         except (StageError, OSError, ValueError, AttributeError):  # none, incomplete or damaged: made again
             same = False
         if not same:
-            report = _compare([corpus.pool], [corpus.sample(domain)], [corpus.eval(domain)], out_dir, cfg,
+            report = _compare([corpus.pool], [sample], [held_out], out_dir, cfg,
                               embeddings=emb, overwrite=True, progress=show, command=command_line())
     click.echo(f"\nimpsamp demo: target domain {domain}; generic pool of {len(corpus.domains)} domains\n")
     click.echo(report.table())

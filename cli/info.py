@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from impsamp.io import corpus_summary, open_corpus
-from impsamp.manifest import MANIFEST, describe_dir, read_manifest
+from impsamp.manifest import MANIFEST, describe_dir, read_manifest, verify_outputs
 from impsamp.outdir import is_stage_dir
 
 from .app import cli
@@ -21,7 +21,10 @@ from .app import cli
 @click.option("--encoding-errors", type=click.Choice(["strict", "replace"]), default="strict",
               show_default=True, help="What to do with invalid UTF-8.")
 @click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
-def info(paths, text_field, id_field, encoding_errors, as_json):
+@click.option("--verify", is_flag=True,
+              help="For a stage directory: check every output file against the sha256 its manifest records "
+                   "(reads them all; without it only their sizes are checked).")
+def info(paths, text_field, id_field, encoding_errors, as_json, verify):
     """Describe a corpus (files, globs, folders) or an impsamp stage directory.
 
     \b
@@ -31,32 +34,10 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
     """
     first = Path(paths[0])
     if len(paths) == 1 and first.is_dir() and _is_stage_dir(first):
-        if not (first / MANIFEST).exists():
-            raise click.ClickException(f"{first} {describe_dir(first)}")
-        m = read_manifest(first)
-        facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,
-                 "inputs": {k: _short_input(v) for k, v in m.inputs.items()},
-                 "outputs": len(m.outputs), "bytes": sum(o.bytes for o in m.outputs),
-                 "created_at": m.created_at, "impsamp_version": m.impsamp_version}
-        if as_json:
-            click.echo(json.dumps(facts, indent=2, default=str))
-            return
-        click.echo(f"{first}: complete '{m.stage}' output ({facts['outputs']} files, {facts['bytes']:,} bytes), "
-                   f"made {m.created_at} by impsamp {m.impsamp_version}")
-        for key in ("config", "stats", "inputs"):
-            click.echo(f"{key}:")
-            for k, v in facts[key].items():
-                skip = (key == "stats" and k == "costs") or (  # shown below; a tree's unused flat k
-                    key == "config" and m.stage == "cluster" and k == "k" and m.config.get("levels"))
-                if not skip:
-                    click.echo(f"  {k}: {_fmt(v)}")
-        if isinstance(m.stats.get("costs"), dict):
-            from impsamp.costs import Costs, describe
-
-            click.echo("costs (FLOPs):")
-            for line in describe(Costs.from_dict(m.stats["costs"])):
-                click.echo(f"  {line}")
+        _describe_stage_dir(first, as_json, verify)
         return
+    if verify:
+        raise click.UsageError("--verify checks a stage directory's files; give one stage directory")
     if len(paths) == 1 and _describe_histogram(first, as_json):
         return
     corpus = open_corpus(list(paths), text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
@@ -80,6 +61,41 @@ def info(paths, text_field, id_field, encoding_errors, as_json):
         click.echo(f"  fields of {Path(path).name}: {', '.join(names)}")
     if len(s["fields"]) > 5:
         click.echo(f"  ... and {len(s['fields']) - 5} more file(s)")
+
+
+def _describe_stage_dir(first: Path, as_json: bool, verify: bool) -> None:
+    """What a stage directory holds (its manifest), its files checked against their sha256 with `verify`."""
+    if not (first / MANIFEST).exists():
+        raise click.ClickException(f"{first} {describe_dir(first)}")
+    m = read_manifest(first)
+    if verify:
+        verify_outputs(first, m)
+    facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,
+             "inputs": {k: _short_input(v) for k, v in m.inputs.items()},
+             "outputs": len(m.outputs), "bytes": sum(o.bytes for o in m.outputs),
+             "created_at": m.created_at, "impsamp_version": m.impsamp_version}
+    if verify:
+        facts["verified"] = True
+    if as_json:
+        click.echo(json.dumps(facts, indent=2, default=str))
+        return
+    click.echo(f"{first}: complete '{m.stage}' output ({facts['outputs']} files, {facts['bytes']:,} bytes), "
+               f"made {m.created_at} by impsamp {m.impsamp_version}")
+    if verify:
+        click.echo(f"verified: all {facts['outputs']} files match their sha256")
+    for key in ("config", "stats", "inputs"):
+        click.echo(f"{key}:")
+        for k, v in facts[key].items():
+            skip = (key == "stats" and k == "costs") or (  # shown below; a tree's unused flat k
+                key == "config" and m.stage == "cluster" and k == "k" and m.config.get("levels"))
+            if not skip:
+                click.echo(f"  {k}: {_fmt(v)}")
+    if isinstance(m.stats.get("costs"), dict):
+        from impsamp.costs import Costs, describe
+
+        click.echo("costs (FLOPs):")
+        for line in describe(Costs.from_dict(m.stats["costs"])):
+            click.echo(f"  {line}")
 
 
 def _is_stage_dir(path: Path) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import (cache, cluster, compare, distill, embed, experts, finalize, histogram, info,  # noqa: F401
-               inspect, project, resample, train)
+               inspect, plan, project, resample, train)
 from .app import cli
 
 

@@ -151,6 +151,9 @@ class CompareConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
         positive("targets_expected", self.targets_expected, flag="--targets-expected")
+        if not 0 <= self.distill_alpha <= 1:  # checked here, not minutes later when `distill` trains
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.distill_alpha}")
+        positive("distill_temperature", self.distill_temperature)
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
 
@@ -164,7 +167,7 @@ class CompareConfig:
                   "importance-uniform": {"within": "uniform"}}.get(method, {})
         importance = method in ("importance", "importance-uniform")
         return ResampleConfig(tokens=self.tokens, method="importance" if importance else method,
-                              scheme=self.scheme, seed=self.seed, text_field=self.text_field,
+                              scheme=self.scheme if importance else "match", seed=self.seed, text_field=self.text_field,
                               max_repeat=self.max_repeat if importance else None, **within)
 
 
@@ -245,6 +248,9 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     selections = _select(out, cfg, emb, clu, targets, progress, command or "impsamp.compare(...)")
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
+    # what embedded the pool, as it ran: given --embeddings keep their own settings, whatever the config's
+    results["embedding"] = {"path": str(emb.path), **{k: emb.manifest.config.get(k) for k in (
+        "model", "backend", "quantize", "precision", "max_tokens", "windows")}}
     if set(cfg.models) - {"dense"}:
         from .strategies import model_entries
 

@@ -247,7 +247,7 @@ def _recorded_inputs(folder: Path) -> Any:
     def walk(obj: Any) -> None:
         if isinstance(obj, Mapping):
             for k, v in obj.items():
-                found.append(v) if k in ("path", "paths") else walk(v)
+                found.append(v) if k in ("path", "paths", "folders") else walk(v)
         elif isinstance(obj, (list, tuple)):
             for v in obj:
                 walk(v)
@@ -279,11 +279,21 @@ def refuse_input_inside(out: Path, inputs: Any) -> None:
     if not out.exists():
         return
     root = out.resolve()
+    named, stages = _inputs_behind(inputs)
+    for p in sorted(named | stages):
+        if p == root or root in p.parents or (p in stages and p in root.parents):
+            raise StageError(f"{out} is {'inside' if p in root.parents else 'also'} an input of this run "
+                             f"({p}): writing there would delete or damage it; choose another output directory")
+
+
+def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
+    """The existing paths named in `inputs` with what the stage outputs among them (or holding them: an expert
+    of an experts run) were made from, and those stage outputs."""
     named = _paths(inputs)
     stages: set[Path] = set()
     seen: set[Path] = set()
     for p in list(named):
-        for folder in (p, *p.parents):  # an input inside a stage output (an expert of an experts run)
+        for folder in (p, *p.parents):
             if folder in seen:
                 break  # its ancestors were walked from another input
             seen.add(folder)
@@ -291,10 +301,18 @@ def refuse_input_inside(out: Path, inputs: Any) -> None:
             if made_from is not None:
                 stages.add(folder)
                 named |= _paths(made_from)
-    for p in sorted(named | stages):
-        if p == root or root in p.parents or (p in stages and p in root.parents):
-            raise StageError(f"{out} is {'inside' if p in root.parents else 'also'} an input of this run "
-                             f"({p}): writing there would delete or damage it; choose another output directory")
+    return named, stages
+
+
+def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
+    """Refuse an output folder inside a folder the run reads as input, or that a stage output among its
+    inputs was made from (a corpus given as a folder): the output would become part of that corpus, read
+    again (or refused) by every later run over it."""
+    root = Path(out).resolve()
+    for p in sorted(_inputs_behind(inputs)[0]):
+        if p.is_dir() and p in root.parents:
+            raise StageError(f"{out} is inside {p}, a corpus folder this run's input comes from: the output "
+                             "would become part of that corpus; choose an output directory outside it")
 
 
 def refuse_inside_output(out: Path) -> None:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
-from .guards import LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_output, release, share
+from .guards import (LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_input_folder,
+                     refuse_inside_output, release, share)
 from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_name: re-exported)
     MANIFEST, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, finish_cleanup, is_tmp_name,
     is_stage_dir, iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
@@ -276,6 +277,7 @@ class StageRun:
         if out.exists() and not out.is_dir():
             raise StageError(f"{out} exists and is a file; choose another output directory")
         refuse_inside_output(out)
+        refuse_inside_input_folder(out, [self.inputs, self.input_paths])
         existed = out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -116,8 +116,10 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
     out.update(best=best[1], best_ppl=best[0], total_cost=best[2]["generic"] + n * best[2]["per_target"],
                runner_up=fitting[1][1] if len(fitting) > 1 else None,
                runner_up_ppl=fitting[1][0] if len(fitting) > 1 else None)
-    out["why"] = (f"{best[1]} has the lowest perplexity after fine-tuning ({best[0]:.2f}) of the "
-                  f"{len(fitting)} strategies within the budgets; C({n}) = {format_flops(out['total_cost'])}")
+    out["why"] = ((f"{best[1]} has the lowest perplexity after fine-tuning ({best[0]:.2f}) of the "
+                   f"{len(fitting)} strategies within the budgets" if len(fitting) > 1 else
+                   f"{best[1]} is the only strategy within the budgets (perplexity after fine-tuning {best[0]:.2f})")
+                  + f"; C({n}) = {format_flops(out['total_cost'])}")
     return out
 
 

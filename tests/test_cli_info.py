@@ -109,6 +109,18 @@ def test_info_on_an_interrupted_stage_directory(tmp_path):
     assert_one_line_error(info(tmp_path / "emb"), "incomplete 'embed' output")
 
 
+def test_info_verify_checks_every_file_against_its_sha256(tmp_path):
+    _demo_stage(tmp_path / "emb")
+    r = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "emb")])
+    assert r.exit_code == 0 and "verified: all 1 files match their sha256" in r.output, r.output
+    (tmp_path / "emb" / "part-00000.bin").write_bytes(b"\x01" * 100)  # the same size: only the sha256 tells
+    assert info(tmp_path / "emb").exit_code == 0
+    assert_one_line_error(CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "emb")]),
+                          "part-00000.bin does not match its sha256")
+    r = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path)])  # not a stage directory
+    assert r.exit_code == 2 and "--verify checks a stage directory" in r.output
+
+
 def test_info_on_a_damaged_stage_directory(tmp_path):
     _demo_stage(tmp_path / "emb")
     (tmp_path / "emb" / "part-00000.bin").write_bytes(b"short")

@@ -285,6 +285,28 @@ def test_config_errors_name_the_flag(tmp_path, emb_data):
     assert r.exit_code == 2 and "cannot be combined" in r.output
 
 
+def test_assignments_damaged_in_place_are_a_stage_error_naming_the_file(tmp_path, emb_data):
+    """An edit that keeps the file's size passes the manifest's size check: ids out of range or a wrong shape
+    are still told in one line, not met as an IndexError in a later stage."""
+    emb, _, _ = emb_data
+    c = cluster(emb, tmp_path / "h", ClusterConfig(levels=(4, 2)))
+    name = c.shard_names[0]
+    path = c.path / f"assign-{name}.npy"
+    good = np.load(path)
+    for level, bad in ((1, 8), (0, -1)):  # 8 leaves: ids 0..7 at level 1
+        a = good.copy()
+        a[3, level] = bad
+        np.save(path, a)
+        with pytest.raises(StageError, match=rf"assign-{name}.npy holds cluster id {bad} at level {level}, "
+                                             rf"outside 0\.\.{c.levels[level] - 1}.*--verify"):
+            Clusters.load(c.path).shard_assign(name)
+    np.save(path, good[:, :1].repeat(2, axis=0))  # the same size, one column
+    with pytest.raises(StageError, match=r"not \(rows, 2\) cluster ids"):
+        Clusters.load(c.path).shard_assign(name)
+    np.save(path, good)
+    assert np.array_equal(Clusters.load(c.path).shard_assign(name), good)
+
+
 def test_clusters_refuse_rebuilt_embeddings_and_other_stages(tmp_path, emb_data):
     emb, x, _ = emb_data
     with pytest.raises(StageError, match="expected a 'cluster' output"):

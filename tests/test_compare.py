@@ -65,6 +65,8 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
         assert np.isfinite(e["metrics"]["pretrained"]["macro_ppl"]), m
         assert np.isfinite(e["metrics"]["finetuned"]["macro_ppl"]), m
     assert report.results["target_domain"] == "code"
+    assert {k: report.results["embedding"][k] for k in ("model", "backend", "max_tokens")} == {
+        "model": "hashing:64", "backend": "torch", "max_tokens": 128}  # what embedded the pool, as it ran
     for m in ("importance", "importance-uniform"):
         assert methods[m]["target_domain_share"] > methods["uniform"]["target_domain_share"], m
     imp, paper = (json.loads((out / "selections" / m / "manifest.json").read_text())["config"]
@@ -130,6 +132,11 @@ def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="no large preset for --preset mini"):  # before any work, not after
         CompareConfig(preset="mini", models=("dense", "distill"))
     assert CompareConfig(preset="mini", models=("dense", "experts")).preset == "mini"
+    for bad in (2.0, -0.1, float("nan")):  # at once, whatever --models: not after minutes of training
+        with pytest.raises(ConfigError, match="--alpha must be in"):
+            CompareConfig(distill_alpha=bad)
+    with pytest.raises(ConfigError, match="distill_temperature must be > 0"):
+        CompareConfig(distill_temperature=0.0)
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():
@@ -396,3 +403,16 @@ def test_a_bad_target_or_eval_file_is_refused_before_the_generic_corpus_is_embed
                                  str(evals), "--out", str(tmp_path / "cmp"), "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "cmp").exists()
+
+
+def test_the_demo_refuses_an_unknown_target_before_any_work(tmp_path, monkeypatch):
+    """Not after exporting the model and embedding the pool (minutes from an empty cache)."""
+    import impsamp_cli.compare as demo_cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the demo embedded before checking --target")
+
+    monkeypatch.setattr(demo_cli, "_cached_embeddings", no_work)
+    r = CliRunner().invoke(cli, ["demo", "--target", "pythondocs", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 1 and "unknown demo domain 'pythondocs'; valid domains:" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "d").exists()

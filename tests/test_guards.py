@@ -369,3 +369,23 @@ def test_a_whole_run_that_takes_the_folder_while_a_slice_shares_it_stops_the_sli
         for proc in rival:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_an_output_inside_a_corpus_folder_an_input_comes_from_is_refused(tmp_path):
+    """A stage writing inside a corpus folder it reads (directly, or through the embeddings made from it) would
+    add to that corpus: every later run over the folder would read (or refuse) the output."""
+    from ._helpers import CLUSTER_ARGS, RESAMPLE_ARGS, TRAIN_ARGS
+
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus / "part.jsonl", 60)
+    target = write_corpus(tmp_path / "target.jsonl", 20, seed=1, topics=("bio",))
+    one_line_error(invoke(*EMBED_ARGS(corpus, corpus / "emb")), f"inside {corpus}", "outside it")
+    ok(invoke(*EMBED_ARGS(corpus, tmp_path / "emb")))
+    one_line_error(invoke(*CLUSTER_ARGS(tmp_path / "emb", corpus / "clu")), f"inside {corpus}")
+    ok(invoke(*CLUSTER_ARGS(tmp_path / "emb", tmp_path / "clu")))
+    one_line_error(invoke(*RESAMPLE_ARGS(tmp_path / "emb", tmp_path / "clu", target, corpus / "sel")),
+                   f"inside {corpus}")
+    one_line_error(invoke(*TRAIN_ARGS(corpus, corpus / "run")), f"inside {corpus}")
+    assert sorted(p.name for p in corpus.iterdir()) == ["part.jsonl"]  # nothing written there
+    ok(invoke(*RESAMPLE_ARGS(tmp_path / "emb", tmp_path / "clu", target, tmp_path / "sel")))  # outside: as before
+    ok(invoke(*EMBED_ARGS(corpus, tmp_path / "emb2")))  # and the corpus still reads as it did

@@ -10,7 +10,7 @@ import pytest
 from impsamp.errors import ConfigError
 from impsamp.planning import Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section
 
-from ._helpers import invoke, ok, run_sub, tiny_compare_toml, under_field, write_corpus
+from ._helpers import invoke, ok, one_line_error, run_sub, tiny_compare_toml, under_field, write_corpus
 
 
 def entry(generic, per_target, params, ppl, inference=None):
@@ -112,6 +112,19 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Which strategy to plan for" in report and "Plan for" in report
     assert (out / "plan.png").stat().st_size > 5000 and (out / "decision.png").stat().st_size > 5000
+
+    # other budgets, from the same runs: `impsamp plan` chooses as the report would have, training nothing
+    from impsamp.comparison_report import rows
+
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file())
+    r = ok(invoke("plan", out, "--per-target-budget", "1e20", "--inference-budget", "1e20flops", "--json"))
+    again = choose(rows(res), Budgets(50, 1e20, "flops", 1e20))
+    assert json.loads(r.output) == json.loads(json.dumps(again)) and "large (tiny-large, 1 step)" in again["fitting"]
+    shown = ok(invoke("plan", out, "--targets-expected", "7")).output  # the others: the report's budgets
+    assert "| C(7) |" in shown and f"Plan for {choose(rows(res), Budgets(7, 1e6, 'params', 1e15))['best']}" in shown
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()) == before
+    one_line_error(invoke("plan", out, "--per-target-budget", "-1"), "--per-target-budget must be > 0")
+    one_line_error(invoke("plan", out / "runs" / "large"), "expected a 'compare' output")
 
 
 def test_killed_compare_resumes_reusing_finished_runs(corpus, tmp_path):

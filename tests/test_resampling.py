@@ -271,6 +271,12 @@ def test_within_knn_spreads_over_many_documents_at_a_high_temperature(generic_sh
     ({"within": "knn", "method": "uniform"}, "--within knn weighs documents inside `match`"),
     ({"within": "knn", "within_temperature": 0}, "--within-temperature must be > 0"),
     ({"within": "knn+ngram", "method": "ngram"}, "--within knn+ngram weighs documents inside `match`"),
+    # settings the run would ignore are refused, not dropped
+    ({"scheme": "topk", "within_repeats": "weighted"}, "--within-repeats shape(s) how --within's document weights"),
+    ({"scheme": "topk", "within_temperature": 0.5}, "--scheme topk uses no such weights: leave them out"),
+    ({"method": "uniform", "within_temperature": 0.3}, "--method uniform uses no such weights"),
+    ({"within": "uniform", "within_temperature": 0.3}, "--within uniform uses no such weights"),
+    ({"method": "ngram", "scheme": "crisp"}, "--method ngram ranks documents and draws each at most once"),
 ])
 def test_within_flags_are_checked(kw, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

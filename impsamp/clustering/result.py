@@ -110,7 +110,23 @@ class Clusters:
         if name not in self.shard_names:
             raise StageError(f"{self.path} has no shard {name!r}; shards: {', '.join(self.shard_names[:5])}"
                              + (" ..." if len(self.shard_names) > 5 else ""))
-        return np.load(self.path / f"assign-{name}.npy", mmap_mode="r")
+        path = self.path / f"assign-{name}.npy"
+        damaged = (f"the cluster output is damaged; rerun `impsamp cluster` with --overwrite (`impsamp info --verify "
+                   f"{self.path}` checks every file against its sha256)")
+        try:
+            a = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise StageError(f"{path} cannot be read ({e}): {damaged}") from None
+        if a.ndim != 2 or a.shape[1] != self.n_levels or a.dtype.kind not in "iu":
+            raise StageError(f"{path} holds a {a.dtype} array of shape {a.shape}, not (rows, {self.n_levels}) "
+                             f"cluster ids: {damaged}")
+        if len(a):
+            lo, hi = a.min(axis=0), a.max(axis=0)
+            for j, k in enumerate(self.levels):
+                if lo[j] < 0 or hi[j] >= k:
+                    raise StageError(f"{path} holds cluster id {lo[j] if lo[j] < 0 else hi[j]} at level {j}, "
+                                     f"outside 0..{k - 1}: {damaged}")
+        return a
 
     def leaf_assign(self) -> np.ndarray:
         """(n,) int32 leaf id of every embedding row, shards concatenated in embedding order."""

@@ -32,6 +32,8 @@ class Corpus:
     id_field: str | None = None
     encoding_errors: str = "strict"
     stats: ReadStats = field(default_factory=ReadStats)
+    folders: tuple[str, ...] = ()
+    """The folders (resolved) given as the corpus: a stage writing inside one would add to its own input."""
 
     @property
     def n_rows(self) -> int:
@@ -39,8 +41,9 @@ class Corpus:
 
     def spec(self) -> dict[str, Any]:
         """What is needed to reopen this corpus and check it has not changed (stored in manifests)."""
-        return {"files": [f.describe() for f in self.files], "text_field": self.text_field,
+        spec = {"files": [f.describe() for f in self.files], "text_field": self.text_field,
                 "id_field": self.id_field, "encoding_errors": self.encoding_errors}
+        return {**spec, "folders": list(self.folders)} if self.folders else spec
 
     def fingerprint(self) -> str:
         from ..manifest import fingerprint
@@ -208,7 +211,9 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
         files.append(replace(f, offset=offset))
         offset += f.rows
     files = with_id_prefixes(files)
-    corpus = Corpus(files, text_field, id_field, encoding_errors)
+    folders = tuple(dict.fromkeys(str(Path(s).resolve()) for s in specs
+                                  if not any(c in s for c in "*?[") and Path(s).is_dir()))
+    corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders)
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
     return corpus
@@ -248,7 +253,8 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "th
         # fingerprint is the one the outputs made from it were keyed by
         kept = [replace(f, digest=old["digest"]) for old, f in zip(spec["files"], corpus.files)]
         corpus = replace(corpus, files=kept)
-    return corpus
+    folders = spec.get("folders")
+    return replace(corpus, folders=tuple(folders)) if isinstance(folders, list) else corpus
 
 
 def file_changed(recorded: Any, f: CorpusFile) -> str | None:

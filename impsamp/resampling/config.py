@@ -135,6 +135,16 @@ class ResampleConfig:
             if shaping:
                 raise ConfigError(f"{', '.join(shaping)} shape(s) the cluster weights of --method importance; "
                                   f"--method {self.method} has none: leave them out")
+        if self.method != "importance" or self.scheme != "match" or self.within == "uniform":
+            ignored = flags_set(self, ("within_temperature", "within_repeats"))
+            which = (f"--method {self.method}" if self.method != "importance" else
+                     f"--scheme {self.scheme}" if self.scheme != "match" else "--within uniform")
+            if ignored:
+                raise ConfigError(f"{', '.join(ignored)} shape(s) how --within's document weights draw inside "
+                                  f"`match`'s cluster quotas; {which} uses no such weights: leave them out")
+        if self.method != "importance" and self.scheme == "crisp":
+            raise ConfigError(f"--scheme crisp shapes the cluster quotas of --method importance; --method "
+                              f"{self.method} ranks documents and draws each at most once: leave --scheme out")
         module, sep, attr = self.within.partition(":")
         if self.within not in WITHIN and not (sep and module and attr):
             raise ConfigError(f"--within must be one of {', '.join(WITHIN)} or package.module:function, "
@@ -162,7 +172,9 @@ class ResampleConfig:
             if self.within_top is not None:
                 raise ConfigError("--within-top ranks units by their --within weight, and a target given as a saved "
                                   "histogram has none: drop --within-top or give the target's corpus")
-            return replace(self, within="uniform")
+            # no document weights: the settings that shape them go back to their defaults (none applies)
+            return replace(self, within="uniform", within_temperature=ResampleConfig.within_temperature,
+                           within_repeats=ResampleConfig.within_repeats)
         return replace(self, within="ngram-classifier" if target_has_text else "knn")
 
     @property

@@ -1,0 +1,54 @@
+"""`impsamp plan REPORT`: the planning choice of a finished comparison under other budgets, nothing trained again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .app import cli
+
+
+@cli.command()
+@click.argument("report_dir", type=click.Path(path_type=Path))
+@click.option("--targets-expected", type=int, default=None,
+              help="How many targets you expect (C(N) is reported there) [default: the report's].")
+@click.option("--inference-budget", default=None,
+              help="The largest model you can serve, active parameters (5e6) or FLOPs per token (1e7flops) "
+                   "[default: the report's].")
+@click.option("--per-target-budget", type=float, default=None,
+              help="The most FLOPs you can spend per target [default: the report's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the choice as JSON.")
+def plan(report_dir, targets_expected, inference_budget, per_target_budget, as_json):
+    """Which strategy to plan for, from a finished `impsamp compare` (or `impsamp demo`) report, under the
+    budgets you give: the C(N) table and the choice, as the report's planning section has them. Nothing is
+    trained again; a budget you leave out keeps the value the report was made with. (`decision.png` does not
+    depend on the budgets: it stays right.)
+
+    \b
+    Examples:
+      impsamp plan runs/law-plan --per-target-budget 1e13
+      impsamp plan impsamp-demo --targets-expected 1000 --inference-budget 1e7flops --json
+    """
+    from impsamp.comparison import Report
+    from impsamp.comparison_report import rows
+    from impsamp.config import positive
+    from impsamp.planning import Budgets, parse_inference_budget, plan_section
+
+    positive("targets_expected", targets_expected, flag="--targets-expected")
+    positive("per_target_budget", per_target_budget, flag="--per-target-budget")
+    value, unit = parse_inference_budget(inference_budget)
+    report = Report.load(report_dir)
+    recorded = report.results.get("config", {})
+    if inference_budget is None:
+        value, unit = parse_inference_budget(recorded.get("inference_budget"))
+    budgets = Budgets(targets_expected if targets_expected is not None else recorded.get("targets_expected"),
+                      value, unit,
+                      per_target_budget if per_target_budget is not None else recorded.get("per_target_budget"))
+    lines, choice = plan_section(rows(report.results), budgets)
+    if as_json:
+        click.echo(json.dumps(choice, indent=2))
+        return
+    shown = lines[2:lines.index(next(li for li in lines if li.startswith("How to read it")))]  # the table, the choice
+    click.echo("\n".join(shown).replace("from the rows above", f"from the runs of {report_dir}").rstrip())
