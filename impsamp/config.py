@@ -15,6 +15,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 import sys
 import types
 import typing
@@ -98,7 +99,20 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")
-    return from_dict(cls, {**data, **overrides}, source=source)
+    try:
+        return from_dict(cls, {**data, **overrides}, source=source)
+    except ConfigError as e:
+        raise _from_the_file(e, data, overrides, source) from None
+
+
+def _from_the_file(e: ConfigError, data: dict[str, Any], overrides: dict[str, Any], source: str) -> ConfigError:
+    """A check that names `--flag` when the value came from the config file (no flag given): the file's key
+    instead, so that the user looks where the value is."""
+    m = re.match(r"--([a-z][a-z0-9-]*)\b", str(e))
+    key = m.group(1).replace("-", "_") if m else None
+    if key is None or key not in data or key in overrides:
+        return e
+    return ConfigError(f"{source}: {key}{str(e)[m.end():]}")
 
 
 def without_replaced(cls: type, data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

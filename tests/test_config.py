@@ -99,8 +99,10 @@ def test_train_and_experts_sections_that_are_not_tables_are_one_line(toml, text,
 
 def test_a_bad_value_in_the_toml_is_a_config_error(toml):
     p = toml("[cluster]\nk = -1\n")
-    with pytest.raises(ConfigError, match="--k must be > 0, got -1"):
+    with pytest.raises(ConfigError, match=rf"^{p} \[cluster\]: k must be > 0, got -1$"):  # where the value is
         resolve_config(DemoConfig, p, "cluster")
+    with pytest.raises(ConfigError, match="^--k must be > 0, got -2$"):  # a flag's value: the flag
+        resolve_config(DemoConfig, p, "cluster", k=-2)
 
 
 def test_an_unknown_flag_is_a_programming_error(toml):
