@@ -109,7 +109,7 @@ def _is_stage_dir(path: Path) -> bool:
         m = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return True  # a damaged manifest: read_manifest says so
-    return isinstance(m, dict) and "stage" in m
+    return isinstance(m, dict) and {"stage", "impsamp_version"} <= set(m)  # another tool's may say "stage" too
 
 
 def _short_input(v):

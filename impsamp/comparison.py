@@ -39,6 +39,8 @@ MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 class CompareConfig:
     """What `compare` runs; the defaults are sized for a 2-core CPU and the bundled corpus."""
 
+    FLAGS = {"alpha": "distill_alpha", "select": "expert_select"}  # not a field: flags named otherwise than theirs
+
     methods: tuple[str, ...] = ("uniform", "importance")
     models: tuple[str, ...] = ("dense",)
     """dense: the preset trained on each method's selection; experts: G experts trained on the generic
@@ -242,6 +244,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
               "target": {"fingerprint": target_corpus.fingerprint()},
               "eval": [{"path": e, "fingerprint": c.fingerprint()} for e, c in zip(evals, eval_corpora)]}
     read = [f.path for f in [*generic_corpus.files, *target_corpus.files]] + [embeddings, clusters]
+    read += [*generic_corpus.folders, *target_corpus.folders]  # --out inside one: refused before it is made
     emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
@@ -249,8 +252,8 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     tcfg = _train_config(out, cfg, generic_corpus, progress)
     results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
     # what embedded the pool, as it ran: given --embeddings keep their own settings, whatever the config's
-    results["embedding"] = {"path": str(emb.path), **{k: emb.manifest.config.get(k) for k in (
-        "model", "backend", "quantize", "precision", "max_tokens", "windows")}}
+    results["embedding"] = {k: emb.manifest.config.get(k) for k in (
+        "model", "backend", "quantize", "precision", "max_tokens", "windows")}
     if set(cfg.models) - {"dense"}:
         from .strategies import model_entries
 

@@ -102,15 +102,18 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     try:
         return from_dict(cls, {**data, **overrides}, source=source)
     except ConfigError as e:
-        raise _from_the_file(e, data, overrides, source) from None
+        raise _from_the_file(cls, e, data, overrides, source) from None
 
 
-def _from_the_file(e: ConfigError, data: dict[str, Any], overrides: dict[str, Any], source: str) -> ConfigError:
-    """A check that names `--flag` when the value came from the config file (no flag given): the file's key
-    instead, so that the user looks where the value is."""
-    m = re.match(r"--([a-z][a-z0-9-]*)\b", str(e))
-    key = m.group(1).replace("-", "_") if m else None
-    if key is None or key not in data or key in overrides:
+def _from_the_file(cls: type, e: ConfigError, data: dict[str, Any], overrides: dict[str, Any],
+                   source: str) -> ConfigError:
+    """A check that names `--flag` (or the field) when the value came from the config file (no flag given): the
+    file and key instead, so that the user looks where the value is. `cls.FLAGS` maps flags named otherwise
+    than their field (`--alpha`: `distill_alpha`)."""
+    m = re.match(r"(?:--)?([a-z][a-z0-9_-]*)\b", str(e))
+    name = m.group(1) if m else ""
+    key = getattr(cls, "FLAGS", {}).get(name, name.replace("-", "_"))
+    if not m or key not in data or key in overrides:
         return e
     return ConfigError(f"{source}: {key}{str(e)[m.end():]}")
 

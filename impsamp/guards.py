@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import StageError
-from .outdir import complete_manifest
+from .outdir import complete_manifest, is_hf_dataset_dir
 
 try:
     import fcntl
@@ -292,7 +292,9 @@ def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
     named = _paths(inputs)
     stages: set[Path] = set()
     seen: set[Path] = set()
-    for p in list(named):
+    todo = list(named)
+    while todo:  # through every stage behind (a selection's embeddings' corpus)
+        p = todo.pop()
         for folder in (p, *p.parents):
             if folder in seen:
                 break  # its ancestors were walked from another input
@@ -300,7 +302,9 @@ def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
             made_from = _recorded_inputs(folder)
             if made_from is not None:
                 stages.add(folder)
-                named |= _paths(made_from)
+                new = _paths(made_from) - named
+                named |= new
+                todo += new
     return named, stages
 
 
@@ -310,7 +314,9 @@ def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
     again (or refused) by every later run over it."""
     root = Path(out).resolve()
     for p in sorted(_inputs_behind(inputs)[0]):
-        if p.is_dir() and p in root.parents:
+        if not (p.is_dir() and p in root.parents) or is_hf_dataset_dir(p):
+            continue  # a `datasets` folder reads only the files its state.json lists
+        if not root.relative_to(p).parts[0].startswith((".", "_")):  # a corpus folder skips those names
             raise StageError(f"{out} is inside {p}, a corpus folder this run's input comes from: the output "
                              "would become part of that corpus; choose an output directory outside it")
 

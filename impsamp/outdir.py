@@ -54,6 +54,11 @@ def read_json_dict(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def is_hf_dataset_dir(path: Path) -> bool:
+    """A `datasets.save_to_disk` folder (its state.json lists the data files it reads)."""
+    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+
+
 def complete_manifest(folder: Path) -> dict[str, Any] | None:
     """`folder`'s manifest when impsamp wrote it (another tool's manifest.json is not ours), else None."""
     m = read_json_dict(folder / MANIFEST)

@@ -127,8 +127,8 @@ def test_info_on_a_damaged_stage_directory(tmp_path):
     assert_one_line_error(info(tmp_path / "emb"), "part-00000.bin has 5 bytes, the manifest says 100")
     (tmp_path / "emb" / "manifest.json").write_text("{not json")
     assert_one_line_error(info(tmp_path / "emb"), "manifest.json is corrupt")
-    (tmp_path / "emb" / "manifest.json").write_text('{"stage": "build", "steps": 3}')  # another tool's
-    assert_one_line_error(info(tmp_path / "emb"), "manifest.json is not an impsamp manifest")
+    (tmp_path / "emb" / "manifest.json").write_text('{"stage": "build", "steps": 3}')  # another tool's:
+    assert_one_line_error(info(tmp_path / "emb"), "manifest.json line 1: no 'text' field")  # the folder is read as a corpus
 
 
 # ----------------------------------------------------------------------------- bad input

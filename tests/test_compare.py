@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,6 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
     assert r.exit_code == 0, r.output
     assert compares == [True, True]  # its own report, for another target: replaced
     # a report of 0.7.13 or before, which took the pool's fingerprint from sampled Parquet digests: replaced too
-    from dataclasses import replace
 
     from impsamp.io.discovery import file_digest
 
@@ -323,7 +323,9 @@ def test_importance_weighs_documents_and_importance_uniform_is_the_papers():
     assert (imp.method, imp.within, imp.within_temperature) == ("importance", "auto", 0.2)
     assert imp.resolved(target_has_vectors=True, target_has_text=True).within == "ngram-classifier"
     assert imp.resolved(target_has_vectors=True).within == "knn"  # a target's embed output: vectors, no text
-    assert imp.resolved(target_has_vectors=False).within == "uniform"  # a saved histogram: no documents
+    with pytest.raises(ConfigError, match="--within-temperature shape.* a saved histogram has none"):
+        imp.resolved(target_has_vectors=False)  # a saved histogram: no documents to weigh, refused, not dropped
+    assert replace(imp, within_temperature=0.05).resolved(target_has_vectors=False).within == "uniform"
     assert (paper.method, paper.within) == ("importance", "uniform")
     assert cfg.selection_config("ngram").within == "auto" and cfg.selection_config("ngram").resolved(True, True) \
         .within == "uniform"  # the other methods never weigh inside clusters

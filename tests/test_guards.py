@@ -386,6 +386,12 @@ def test_an_output_inside_a_corpus_folder_an_input_comes_from_is_refused(tmp_pat
     one_line_error(invoke(*RESAMPLE_ARGS(tmp_path / "emb", tmp_path / "clu", target, corpus / "sel")),
                    f"inside {corpus}")
     one_line_error(invoke(*TRAIN_ARGS(corpus, corpus / "run")), f"inside {corpus}")
+    one_line_error(invoke("compare", "--generic", corpus, "--target", target, "--eval", target, "--out",
+                          corpus / "cmp", "--methods", "uniform"), f"{corpus / 'cmp'} is inside {corpus}")
     assert sorted(p.name for p in corpus.iterdir()) == ["part.jsonl"]  # nothing written there
     ok(invoke(*RESAMPLE_ARGS(tmp_path / "emb", tmp_path / "clu", target, tmp_path / "sel")))  # outside: as before
+    # through every stage behind: the selection's embeddings were made from the folder
+    one_line_error(invoke(*TRAIN_ARGS(tmp_path / "sel", corpus / "run")), f"inside {corpus}")
+    ok(invoke(*EMBED_ARGS(corpus, corpus / "_emb")))  # names a folder's reading skips: never part of the corpus
     ok(invoke(*EMBED_ARGS(corpus, tmp_path / "emb2")))  # and the corpus still reads as it did
+    assert len(json.loads((tmp_path / "emb2" / "manifest.json").read_text())["inputs"]["corpus"]["files"]) == 1

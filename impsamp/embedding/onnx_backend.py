@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 EXPORT_RECIPE = 3
 """Bump when the export or quantization recipe changes: old cache entries are then ignored."""
 OPSET = 17
-TOOLCHAIN = ("torch", "transformers", "onnx", "onnxruntime")
+TOOLCHAIN = (("torch",), ("transformers",), ("onnx",), ("onnxruntime", "onnxruntime-gpu"))
 """What makes the cached file (export, fusion, quantization): its versions name the cache entry, so that an
 upgrade exports again instead of reusing a file another version made."""
 _UNSUPPORTED = ("{name}: the onnx backend runs Transformer + Pooling (mean, cls or max) (+ Normalize) "
@@ -95,11 +95,15 @@ def onnx_model_path(resolved: ResolvedModel, quantize: str | None = None) -> tup
 def toolchain() -> str:
     """A short digest of the installed `TOOLCHAIN` versions."""
     versions = []
-    for dist in TOOLCHAIN:
-        try:
-            versions.append(f"{dist}={importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(f"{dist}=none")
+    for dists in TOOLCHAIN:  # a library's first installed distribution (onnxruntime or onnxruntime-gpu)
+        found = "none"
+        for dist in dists:
+            try:
+                found = f"{dist}={importlib.metadata.version(dist)}"
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        versions.append(f"{dists[0]}:{found}")
     return hashlib.sha256(";".join(versions).encode()).hexdigest()[:12]
 
 

@@ -9,14 +9,10 @@ import logging
 from pathlib import Path
 
 from ..errors import CorpusError
-from ..outdir import describe_dir, is_stage_dir
+from ..outdir import describe_dir, is_hf_dataset_dir, is_stage_dir
 from .records import SUPPORTED, detect_format, short_error
 
 logger = logging.getLogger(__name__)
-
-
-def is_hf_dataset_dir(path: Path) -> bool:
-    return (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
 
 
 def expand(spec: str | Path) -> list[Path]:

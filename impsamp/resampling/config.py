@@ -172,9 +172,12 @@ class ResampleConfig:
             if self.within_top is not None:
                 raise ConfigError("--within-top ranks units by their --within weight, and a target given as a saved "
                                   "histogram has none: drop --within-top or give the target's corpus")
-            # no document weights: the settings that shape them go back to their defaults (none applies)
-            return replace(self, within="uniform", within_temperature=ResampleConfig.within_temperature,
-                           within_repeats=ResampleConfig.within_repeats)
+            if self.method == "importance" and self.scheme == "match" and flags_set(
+                    self, ("within_temperature", "within_repeats")):
+                raise ConfigError(f"{', '.join(flags_set(self, ('within_temperature', 'within_repeats')))} shape(s) "
+                                  "document weights, and a target given as a saved histogram has none: leave them "
+                                  "out or give the target's corpus")
+            return replace(self, within="uniform")
         return replace(self, within="ngram-classifier" if target_has_text else "knn")
 
     @property

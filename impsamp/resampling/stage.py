@@ -23,7 +23,7 @@ import pyarrow as pa
 from ..config import as_config
 from ..costs import encoder_flops, encoder_params
 from ..errors import ConfigError
-from ..guards import released_on_return
+from ..guards import refuse_inside_input_folder, released_on_return
 from ..hardware import cpu_count
 from ..histograms import (Histogram, embed_like, from_assignments, histogram, is_embed_output,
                           is_histogram_file, mixture, stored_target_vectors)
@@ -163,6 +163,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     # `--within auto`: ngram-classifier for corpus targets, knn for `embed` outputs, uniform for histograms
     cfg = cfg.resolved(target.vectors is not None, targets_have_text(targets) and _have_sklearn(cfg))
     _check_target_kinds(cfg, targets, target)  # before anything is written
+    refuse_inside_input_folder(Path(out_dir), [inputs.described(), target.described])  # before the weights' work
     # with Ray: one session for every pass (each would start and stop its own), once the inputs are checked
     with engine_session(ex):
         return _resample(inputs, target, out_dir, targets, cfg, overwrite, progress, command, ex, ngram_cache)
