@@ -45,6 +45,10 @@ class ImpsampGroup(click.Group):
                                        "free disk space, then rerun to resume") from None
         except MemoryError:
             raise click.ClickException("out of memory; lower --batch-size or use a smaller sample") from None
+        finally:
+            from impsamp import manifest
+
+            manifest.COMMAND = None  # set by `cli` for this command only (the API, or a next command in-process)
 
 
 @click.group(cls=ImpsampGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,6 +69,10 @@ def cli(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from impsamp import manifest
+
+    # the command an interrupted run is resumed with (`specialize` and `distill` write `train` runs)
+    manifest.COMMAND = click.get_current_context().invoked_subcommand
 
 
 def _one_line(message: str) -> str:

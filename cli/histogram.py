@@ -28,10 +28,12 @@ def histogram(clusters_dir, targets, out_file, text_field, overwrite):
     documents. `resample` weighs clusters by it (document-level weights need the sample itself).
     """
     from impsamp.errors import ConfigError
+    from impsamp.guards import refuse_inside_output
     from impsamp.histograms import describe, histogram as target_histogram, is_histogram_file
 
     if out_file.suffix != ".json":
         raise ConfigError(f"--out {out_file}: give a path ending in .json")
+    refuse_inside_output(out_file)  # a file inside a finished output would go with its next --overwrite
     if out_file.exists():
         if not is_histogram_file(out_file):
             raise ConfigError(f"--out {out_file} exists and is not a saved histogram; choose another path")

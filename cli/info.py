@@ -9,7 +9,7 @@ import click
 
 from impsamp.io import corpus_summary, open_corpus
 from impsamp.manifest import MANIFEST, describe_dir, read_manifest, verify_outputs
-from impsamp.outdir import is_stage_dir
+from impsamp.outdir import complete_manifest, is_stage_dir
 
 from .app import cli
 
@@ -68,21 +68,21 @@ def _describe_stage_dir(first: Path, as_json: bool, verify: bool) -> None:
     if not (first / MANIFEST).exists():
         raise click.ClickException(f"{first} {describe_dir(first)}")
     m = read_manifest(first)
-    if verify:
-        verify_outputs(first, m)
+    inside = _verified(first, m) if verify else []
     facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,
              "inputs": {k: _short_input(v) for k, v in m.inputs.items()},
              "outputs": len(m.outputs), "bytes": sum(o.bytes for o in m.outputs),
              "created_at": m.created_at, "impsamp_version": m.impsamp_version}
     if verify:
-        facts["verified"] = True
+        facts["verified"] = [str(first), *map(str, inside)]
     if as_json:
         click.echo(json.dumps(facts, indent=2, default=str))
         return
     click.echo(f"{first}: complete '{m.stage}' output ({facts['outputs']} files, {facts['bytes']:,} bytes), "
                f"made {m.created_at} by impsamp {m.impsamp_version}")
     if verify:
-        click.echo(f"verified: all {facts['outputs']} files match their sha256")
+        click.echo(f"verified: all {facts['outputs']} files match their sha256"
+                   + (f", and those of the {len(inside)} stage outputs inside it" if inside else ""))
     for key in ("config", "stats", "inputs"):
         click.echo(f"{key}:")
         for k, v in facts[key].items():
@@ -96,6 +96,18 @@ def _describe_stage_dir(first: Path, as_json: bool, verify: bool) -> None:
         click.echo("costs (FLOPs):")
         for line in describe(Costs.from_dict(m.stats["costs"])):
             click.echo(f"  {line}")
+
+
+def _verified(folder: Path, m) -> list[Path]:
+    """Check `folder`'s files and those of the complete stage outputs inside it (a compare's selections and
+    runs) against their sha256; the outputs inside, checked."""
+    verify_outputs(folder, m)
+    inside = sorted(p.parent for p in folder.rglob(MANIFEST) if p.parent != folder
+                    and not any(part.startswith(("_", ".")) for part in p.parent.relative_to(folder).parts)
+                    and complete_manifest(p.parent) is not None)
+    for sub in inside:
+        verify_outputs(sub, read_manifest(sub))
+    return inside
 
 
 def _is_stage_dir(path: Path) -> bool:

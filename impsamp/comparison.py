@@ -148,6 +148,9 @@ class CompareConfig:
         for name in ("groups", "k"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"--{name} must be >= 2, got {getattr(self, name)}")
+        if "experts" in self.models and self.groups > self.k:  # here, not after the other models have trained
+            raise ConfigError(f"--groups {self.groups} is more than the {self.k} clusters the experts split (--k, "
+                              f"or those of --clusters); give --groups <= {self.k}")
         for name in ("tokens", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

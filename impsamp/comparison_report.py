@@ -22,6 +22,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def _upper_first(text: str) -> str:
+    return text[:1].upper() + text[1:]  # not str.capitalize: it lowercases the rest ("4.46M" -> "4.46m")
+
+
 def _model_label(name: str, e: dict[str, Any]) -> str:
     if name == "experts":
         return f"experts G={e['groups']} ({e['select']})"
@@ -97,7 +101,7 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     for name in ("projected", "soup"):
         if name in results.get("models", {}):
             e = results["models"][name]
-            lines += [f"{_model_label(name, e).capitalize()}: one shared network trained on the generic corpus for "
+            lines += [f"{_upper_first(_model_label(name, e))}: one shared network trained on the generic corpus for "
                       f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
                       f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
     plan_lines, results["plan"] = _plan(out, results, files)

@@ -326,5 +326,5 @@ def refuse_inside_output(out: Path) -> None:
     there would change an output that is done, and another run may be reading it."""
     for folder in Path(out).resolve().parents:
         if _recorded_inputs(folder) is not None:
-            raise StageError(f"{out} is inside {folder}, a finished impsamp output; choose an output directory "
+            raise StageError(f"{out} is inside {folder}, a finished impsamp output; choose an output path "
                              "outside it")

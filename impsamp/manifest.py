@@ -227,6 +227,10 @@ TEST_SLOW_SHARD_ENV = "IMPSAMP_TEST_SLOW_SHARD"
 (or, with the rename in flight, during) shard commits."""
 
 
+COMMAND: str | None = None
+"""The `impsamp` command this process runs (set by the CLI): an interrupted run's record names it."""
+
+
 @dataclass
 class StageRun:
     """An output directory being built by one stage: shard commits, resume, manifest last.
@@ -305,7 +309,7 @@ class StageRun:
             # The run record first: a run killed right after it is resumable, one killed before it
             # leaves only temp residue (see `only_residue`), never a directory we dare not touch.
             if not (out / RUN_RECORD).exists():
-                atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key,
+                atomic_write_json(out / RUN_RECORD, {"stage": self.stage, "key": self.key, "command": COMMAND,
                                                      "config": self.config, "inputs": self.inputs})
             self.records_dir.mkdir(exist_ok=True)
         except OSError as e:

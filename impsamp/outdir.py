@@ -95,15 +95,14 @@ def describe_dir(path: Path) -> str:
         return (f"holds an output that an --overwrite run stopped while moving it ({(moving or [path / REPLACED])[0]}): "
                 "rerun the command to put it back")
     if (path / RUN_RECORD).exists():
-        try:
-            stage = json.loads((path / RUN_RECORD).read_text())["stage"]
-        except (ValueError, KeyError, OSError):
-            stage = "?"
+        record = read_json_dict(path / RUN_RECORD) or {}
+        stage = record.get("stage") if isinstance(record.get("stage"), str) else "?"
+        command = record.get("command") if isinstance(record.get("command"), str) else stage
         n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
         sliced = (f" (slices of a --num-shards run: run the missing ones, then `impsamp finalize {path}`)"
                   if stage in ("embed", "cluster", "experts") else "")
         return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted or is "
-                f"still running): rerun the same `impsamp {stage}` command to resume it{sliced}{kept}")
+                f"still running): rerun the same `impsamp {command}` command to resume it{sliced}{kept}")
     return "is not an impsamp output (no manifest.json)"
 
 

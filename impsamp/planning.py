@@ -52,15 +52,21 @@ def parse_inference_budget(text: str | float | None) -> tuple[float | None, str]
     """'5e6', '5e6params', '4.5M params' -> parameters; '1e7flops', '10M flops' -> FLOPs per token."""
     if text is None:
         return None, "params"
-    if isinstance(text, (int, float)):
-        return float(text), "params"
-    m = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?\d+)?)\s*([kmgt]?)\s*(params?|flops?)?\s*", str(text).lower())
-    if not m:
-        raise ConfigError(f"--inference-budget {text!r}: give a parameter count (5e6, 4.5M params) or FLOPs per "
-                          "token (1e7flops, 10M flops)")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(2)]
-    unit = "flops" if (m.group(3) or "params").startswith("flop") else "params"
-    return float(m.group(1)) * scale, unit
+    bad = ConfigError(f"--inference-budget {text!r}: give a positive parameter count (5e6, 4.5M params) or FLOPs "
+                      "per token (1e7flops, 10M flops)")
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), "params"
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)(e[+-]?\d+)?\s*([kmgt]?)\s*(params?|flops?)?\s*",
+                         str(text).lower())
+        if not m:
+            raise bad
+        scale = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group(3)]
+        value = float(m.group(1) + (m.group(2) or "")) * scale
+        unit = "flops" if (m.group(4) or "params").startswith("flop") else "params"
+    if not (math.isfinite(value) and value > 0):  # 0 fits nothing; 1e400 is no number
+        raise bad
+    return value, unit
 
 
 def row_costs(entry: dict[str, Any]) -> dict[str, float]:
@@ -165,7 +171,7 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[li
              f"inference at most {_count(b.inference)} parameters") if b.inference is not None else "",
             f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "") if x)
         if plan["best"] is None:
-            lines += [f"Budgets: {stated}. **{plan['why'].capitalize()}.**", ""]
+            lines += [f"Budgets: {stated}. **{plan['why'][:1].upper() + plan['why'][1:]}.**", ""]
         else:
             runner = (f"; runner-up: {plan['runner_up']} ({plan['runner_up_ppl']:.2f})" if plan["runner_up"]
                       else "; no other strategy fits")

@@ -135,6 +135,8 @@ def summary() -> dict[str, dict]:
         facts[kind] = {"entries": len(es), "bytes": sum(e.bytes for e in es),
                        "used": max((e.used for e in es), default=None)}
         known.update(e.path for e in es)
+        if kind == "files":  # an entry's lock (0 bytes) goes with it: not a leftover while the entry is there
+            known.update(e.path.with_suffix(".lock") for e in es)
     rest: dict[str, list[int]] = {"temporary": [], "other": []}
     for p, st in _files(root, skip=known):  # the entries were measured above
         rel = p.relative_to(root)

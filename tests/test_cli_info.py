@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,14 @@ def test_info_verify_checks_every_file_against_its_sha256(tmp_path):
     assert info(tmp_path / "emb").exit_code == 0
     assert_one_line_error(CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "emb")]),
                           "part-00000.bin does not match its sha256")
+    _demo_stage(tmp_path / "outer")  # a stage output holding others (as a compare holds its runs)
+    _demo_stage(tmp_path / "inner")
+    shutil.copytree(tmp_path / "inner", tmp_path / "outer" / "runs" / "inner")
+    r = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "outer")])
+    assert "and those of the 1 stage outputs inside it" in r.output, r.output
+    (tmp_path / "outer" / "runs" / "inner" / "part-00000.bin").write_bytes(b"\x02" * 100)
+    assert_one_line_error(CliRunner().invoke(cli, ["info", "--verify", str(tmp_path / "outer")]),
+                          "inner/part-00000.bin does not match its sha256")
     r = CliRunner().invoke(cli, ["info", "--verify", str(tmp_path)])  # not a stage directory
     assert r.exit_code == 2 and "--verify checks a stage directory" in r.output
 

@@ -138,6 +138,9 @@ def test_compare_config_checks_methods_and_seeds():
             CompareConfig(distill_alpha=bad)
     with pytest.raises(ConfigError, match="distill_temperature must be > 0"):
         CompareConfig(distill_temperature=0.0)
+    with pytest.raises(ConfigError, match="--groups 9 is more than the 8 clusters"):
+        CompareConfig(models=("dense", "experts"), groups=9, k=8)
+    assert CompareConfig(groups=9, k=8).groups == 9  # no experts: --groups is not used
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():

@@ -216,6 +216,11 @@ def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
     one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "z", "--tokenizer", bad,
                           "--config", pipe["toml"]), "bad-tokenizer.json")
     assert not (tmp_path / "z").exists()  # refused before the folder was made: the fixed command just runs
+    from impsamp.errors import ConfigError
+    from impsamp.mixture import ExpertsConfig
+
+    with pytest.raises(ConfigError, match="the experts only pretrain, and a teacher guides fine-tuning"):
+        ExpertsConfig(train={"teacher": str(pipe["ex"])})  # before any group data is written
     one_line_error(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", tmp_path / "s4",
                           "--select", "all", "--finetune-val-fraction", "0"), "--finetune-val-fraction")
     assert not (tmp_path / "s4").exists() and not (tmp_path / "s4.candidates").exists()

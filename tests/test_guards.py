@@ -395,3 +395,7 @@ def test_an_output_inside_a_corpus_folder_an_input_comes_from_is_refused(tmp_pat
     ok(invoke(*EMBED_ARGS(corpus, corpus / "_emb")))  # names a folder's reading skips: never part of the corpus
     ok(invoke(*EMBED_ARGS(corpus, tmp_path / "emb2")))  # and the corpus still reads as it did
     assert len(json.loads((tmp_path / "emb2" / "manifest.json").read_text())["inputs"]["corpus"]["files"]) == 1
+    # a file written inside a finished output would go with its next --overwrite: refused too
+    clu = tmp_path / "clu"
+    one_line_error(invoke("histogram", clu, "--target", target, "--out", clu / "t.hist.json"), "a finished impsamp output")
+    one_line_error(invoke("inspect", clu, "--out", clu / "e.html"), "a finished impsamp output")

@@ -649,3 +649,20 @@ def test_a_stage_in_process_writes_exactly_payload_and_manifest(tmp_path):
     m = run.finish(stats={"n": 3})
     assert sorted(p.name for p in out.iterdir()) == ["a-0.txt", "a-1.txt", "a-2.txt", MANIFEST]
     assert read_manifest(out, expect_stage="cluster") == m
+
+
+def test_an_interrupted_run_names_the_command_that_resumes_it(tmp_path, monkeypatch):
+    """`specialize` and `distill` write `train` runs: an interrupted one says to rerun `specialize`, not `train`."""
+    from click.testing import CliRunner
+    from impsamp_cli.main import cli
+
+    from impsamp import manifest
+
+    monkeypatch.setattr(manifest, "COMMAND", "specialize")  # as `impsamp specialize` sets it
+    StageRun(tmp_path / "sp", "train", config={}, inputs={}).begin()
+    assert "rerun the same `impsamp specialize` command to resume it" in describe_dir(tmp_path / "sp")
+    monkeypatch.setattr(manifest, "COMMAND", None)  # the Python API: the stage's own name
+    StageRun(tmp_path / "tr", "train", config={}, inputs={}).begin()
+    assert "rerun the same `impsamp train` command" in describe_dir(tmp_path / "tr")
+    r = CliRunner().invoke(cli, ["info", str(tmp_path / "sp")])
+    assert "`impsamp specialize`" in r.output and manifest.COMMAND is None  # set for one command only

@@ -70,8 +70,17 @@ def test_inference_budget_parsing():
     assert parse_inference_budget("4.5M params") == (4.5e6, "params")
     assert parse_inference_budget("10M flops") == (1e7, "flops")
     assert parse_inference_budget("1e7flops") == (1e7, "flops")
-    with pytest.raises(ConfigError, match="--inference-budget"):
-        parse_inference_budget("lots")
+    assert parse_inference_budget(".5m") == (5e5, "params") and parse_inference_budget(2e6) == (2e6, "params")
+    for bad in ("lots", "0", "0flops", "-5", "1e400", "1.2.3", "nan", 0, float("inf")):  # 0 fits nothing
+        with pytest.raises(ConfigError, match="--inference-budget .*give a positive"):
+            parse_inference_budget(bad)
+
+
+def test_nothing_fits_names_the_cheapest_with_its_units_intact():
+    lines, plan = plan_section(ROWS, Budgets(per_target=1e-3))
+    assert plan["best"] is None
+    line = next(li for li in lines if li.startswith("Budgets:"))
+    assert "**No strategy fits these budgets" in line and plan["why"][1:] in line  # not str.capitalize's lowercase
 
 
 @pytest.fixture(scope="module")

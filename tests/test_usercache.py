@@ -56,6 +56,7 @@ def test_a_run_leaves_entries_of_known_kinds_and_clearing_them_changes_no_select
     assert facts["ngram"]["entries"] == 1 and facts["ngram"]["bytes"] > 0
     assert facts["files"]["entries"] == 2  # the generic corpus and the target, each read through once
     assert facts["other"] == {"entries": 0, "bytes": 0, "used": None}  # all a run wrote is of a known kind
+    assert facts["temporary"]["entries"] == 0  # the file entries' locks go with them: no leftovers of a killed run
     shown = ok(invoke("cache")).output
     assert str(cache) in shown and any(line.split()[:2] == ["ngram", "1"] for line in shown.splitlines())
 

@@ -40,7 +40,7 @@ def make_grouping(clusters, groups: int | None, level: int | None, seed: int, *,
     if level is not None:
         if level >= clusters.n_levels:
             raise ConfigError(f"--level {level}: {where} has {clusters.n_levels} level(s) "
-                              f"({'x'.join(map(str, clusters.levels))}); use 0..{clusters.n_levels - 1}")
+                              f"({' and '.join(map(str, clusters.levels))} clusters); use 0..{clusters.n_levels - 1}")
         n = clusters.levels[level]
         if groups is not None and groups != n:
             raise ConfigError(f"--groups {groups} and --level {level} disagree: level {level} of {where} has "

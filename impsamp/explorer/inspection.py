@@ -73,6 +73,9 @@ def check_out(out: str | Path) -> Path:
     if out.exists() and not is_ours(out):
         raise ConfigError(f"--out {out} exists and is not an explorer page impsamp wrote; choose another "
                           "path or remove it")
+    from ..guards import refuse_inside_output
+
+    refuse_inside_output(out)  # a page inside a finished output would go with its next --overwrite
     return out
 
 

@@ -294,8 +294,8 @@ def parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: Rea
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         if corpus.encoding_errors != "replace":
-            raise CorpusError(f"{path} line {line_no}: invalid UTF-8 at byte {e.start}; fix the file or "
-                              "pass --encoding-errors replace") from None
+            raise CorpusError(f"{path} line {line_no}: invalid UTF-8 at byte {e.start}; fix the file, or "
+                              "pass --encoding-errors replace to `embed` (or `info`)") from None
         line = raw.decode("utf-8", errors="replace")
         stats.replaced_utf8 += 1
     if not line.strip():
@@ -342,7 +342,7 @@ def no_surrogates(corpus: Corpus, path: Path, line_no: int, text: str, stats: Re
     except UnicodeEncodeError:
         if corpus.encoding_errors != "replace":
             raise CorpusError(f"{path} line {line_no}: a \\u escape encodes a lone surrogate (invalid "
-                              "UTF-16, e.g. a cut emoji); fix the file or pass --encoding-errors replace"
+                              "UTF-16, e.g. a cut emoji); fix the file, or pass --encoding-errors replace to `embed` (or `info`)"
                               ) from None
         stats.replaced_utf8 += 1
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")

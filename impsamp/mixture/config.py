@@ -57,6 +57,9 @@ class ExpertsConfig:
         fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed", "text_field"} & set(self.train))
         if fixed:
             raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
+        if self.train.get("teacher"):  # refused here, before the group data is written
+            raise ConfigError("the experts only pretrain, and a teacher guides fine-tuning: drop teacher from the "
+                              "train settings (distill a specialized expert with `impsamp distill`)")
         from_dict(TrainConfig, self.train, source="[experts.train]")  # unknown keys and bad values: one line
 
     def train_config(self, tokens: int | None, tokenizer: str):

@@ -181,7 +181,7 @@ class GroupBatches:
             from ..errors import CorpusError
 
             raise CorpusError(f"no group of {groups.clusters['path']} has one sequence of --block-size "
-                              f"{block_size} + 1 tokens; give more data or lower --block-size")
+                              f"{block_size} + 1 tokens; give more data or a smaller --block-size (set when the model is pretrained)")
         self.p = tokens / tokens.sum()
         self.offsets = np.arange(block_size + 1)
 

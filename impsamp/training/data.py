@@ -140,7 +140,7 @@ class TooLittleData(CorpusError):
 def check_enough(bin: TokenBin, block_size: int, what: str) -> None:
     if bin.tokens < block_size + 1:
         raise TooLittleData(f"the {what} data has {bin.tokens:,} tokens, fewer than one sequence of "
-                            f"--block-size {block_size} + 1; give more data or lower --block-size",
+                            f"--block-size {block_size} + 1; give more data or a smaller --block-size (set when the model is pretrained)",
                             bin.tokens, block_size)
 
 
