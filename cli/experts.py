@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.config import config_section, from_dict, without_replaced
+from impsamp.config import config_section, from_dict, named_where_given, without_replaced
 from impsamp.errors import ConfigError
 from impsamp.training.config import PRESETS
 
@@ -66,8 +66,13 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
         section["train"] = {**(section.get("train") or {}), "preset": preset}
     flags = {k: v for k, v in dict(groups=groups, level=level, tokens_per_expert=tokens_per_expert,
                                    total_tokens=total_tokens, tokenizer=tokenizer, seed=seed).items() if v is not None}
-    cfg = from_dict(ExpertsConfig, {**without_replaced(ExpertsConfig, section, flags), **flags},
-                    source=f"{config_file} [experts]" if config_file else "flags")
+    source = f"{config_file} [experts]" if config_file else "flags"
+    try:
+        cfg = from_dict(ExpertsConfig, {**without_replaced(ExpertsConfig, section, flags), **flags}, source=source)
+    except ConfigError as e:
+        if config_file and str(e).startswith("[experts.train]"):  # the train settings' own check: name the file
+            raise ConfigError(f"{config_file} {e}") from None
+        raise named_where_given(ExpertsConfig, e, section, flags, source) from None
     ex = execution(engine, ray_address, num_shards, shard_index)
     result = run_experts(embeddings_dir, clusters_dir, out_dir, cfg, execution=ex, overwrite=overwrite,
                          progress=show_progress(progress))

@@ -102,20 +102,26 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
     try:
         return from_dict(cls, {**data, **overrides}, source=source)
     except ConfigError as e:
-        raise _from_the_file(cls, e, data, overrides, source) from None
+        raise named_where_given(cls, e, data, overrides, source) from None
 
 
-def _from_the_file(cls: type, e: ConfigError, data: dict[str, Any], overrides: dict[str, Any],
-                   source: str) -> ConfigError:
+def named_where_given(cls: type, e: ConfigError, data: dict[str, Any], overrides: dict[str, Any],
+                      source: str) -> ConfigError:
     """A check that names `--flag` (or the field) when the value came from the config file (no flag given): the
-    file and key instead, so that the user looks where the value is. `cls.FLAGS` maps flags named otherwise
-    than their field (`--alpha`: `distill_alpha`)."""
+    file and key instead, so that the user looks where the value is; a key of a table inside the section
+    (`[experts.train]`) is named with that table. `cls.FLAGS` maps flags named otherwise than their field
+    (`--alpha`: `distill_alpha`)."""
     m = re.match(r"(?:--)?([a-z][a-z0-9_-]*)\b", str(e))
     name = m.group(1) if m else ""
     key = getattr(cls, "FLAGS", {}).get(name, name.replace("-", "_"))
-    if not m or key not in data or key in overrides:
+    if not m or key in overrides:
         return e
-    return ConfigError(f"{source}: {key}{str(e)[m.end():]}")
+    if key in data:
+        return ConfigError(f"{source}: {key}{str(e)[m.end():]}")
+    table = next((t for t, v in data.items() if isinstance(v, dict) and key in v and t not in overrides), None)
+    if table is None or not source.endswith("]"):
+        return e
+    return ConfigError(f"{source[:-1]}.{table}]: {key}{str(e)[m.end():]}")
 
 
 def without_replaced(cls: type, data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -221,6 +221,15 @@ def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
 
     with pytest.raises(ConfigError, match="the experts only pretrain, and a teacher guides fine-tuning"):
         ExpertsConfig(train={"teacher": str(pipe["ex"])})  # before any group data is written
+    bad_toml = tmp_path / "bad.toml"  # a bad value in the file is named by the file and its table
+    for text, needle in (("[experts.train]\nblock_size = 0\n", "bad.toml [experts.train]: block_size must be > 0"),
+                         ("[experts.train]\nlr = 'fast'\n", "bad.toml [experts.train]: lr = 'fast' is a string"),
+                         ("[experts]\ngroups = 1\n", "bad.toml [experts]: groups must be >= 2")):
+        bad_toml.write_text(text)
+        one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "w", "--config", bad_toml),
+                       needle)
+    one_line_error(invoke("experts", pipe["emb"], pipe["clu"], "--out", tmp_path / "w", "--config", bad_toml,
+                          "--groups", "1"), "--groups must be >= 2")  # the flag's value: the flag
     one_line_error(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", tmp_path / "s4",
                           "--select", "all", "--finetune-val-fraction", "0"), "--finetune-val-fraction")
     assert not (tmp_path / "s4").exists() and not (tmp_path / "s4.candidates").exists()
