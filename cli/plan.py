@@ -46,9 +46,8 @@ def plan(report_dir, targets_expected, inference_budget, per_target_budget, as_j
     budgets = Budgets(targets_expected if targets_expected is not None else recorded.get("targets_expected"),
                       value, unit,
                       per_target_budget if per_target_budget is not None else recorded.get("per_target_budget"))
-    lines, choice = plan_section(rows(report.results), budgets)
+    lines, choice = plan_section(rows(report.results), budgets, source=f"the runs of {report_dir}", guide=False)
     if as_json:
         click.echo(json.dumps(choice, indent=2))
         return
-    shown = lines[2:lines.index(next(li for li in lines if li.startswith("How to read it")))]  # the table, the choice
-    click.echo("\n".join(shown).replace("from the rows above", f"from the runs of {report_dir}").rstrip())
+    click.echo("\n".join(lines[2:]).rstrip())  # without the section's heading

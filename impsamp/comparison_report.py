@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import upper_first
 from .manifest import atomic_write_bytes
 from .training_noise import plus_minus, report_lines, seed_words, standard_error
 
@@ -20,10 +21,6 @@ def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for name, e in results.get("models", {}).items():
         out.append((_model_label(name, e), e))
     return out
-
-
-def _upper_first(text: str) -> str:
-    return text[:1].upper() + text[1:]  # not str.capitalize: it lowercases the rest ("4.46M" -> "4.46m")
 
 
 def _model_label(name: str, e: dict[str, Any]) -> str:
@@ -101,7 +98,7 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     for name in ("projected", "soup"):
         if name in results.get("models", {}):
             e = results["models"][name]
-            lines += [f"{_upper_first(_model_label(name, e))}: one shared network trained on the generic corpus for "
+            lines += [f"{upper_first(_model_label(name, e))}: one shared network trained on the generic corpus for "
                       f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
                       f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
     plan_lines, results["plan"] = _plan(out, results, files)

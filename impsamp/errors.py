@@ -47,3 +47,8 @@ class WeightingError(ImpsampError):
 def a_or_an(word: str) -> str:
     """The article before `word` in a message ("an 'experts' output")."""
     return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def upper_first(text: str) -> str:
+    """`text` opening a sentence; not `str.capitalize`, which lowercases the rest ("4.46M" -> "4.46m")."""
+    return text[:1].upper() + text[1:]

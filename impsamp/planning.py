@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .costs import format_flops
-from .errors import ConfigError
+from .errors import ConfigError, upper_first
 
 LARGE_PRESET = {"tiny": "tiny-large", "slm-126m": "llm-771m"}
 """The large model of each small preset (about 5-6x its parameters and inference FLOPs)."""
@@ -150,12 +150,14 @@ def decision_map(rows: list[tuple[str, dict[str, Any]]], n: int = 25) -> dict[st
 # ---- the report section and its figures
 
 
-def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines of the planning report and the choice (for results.json)."""
+def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: str = "the rows above",
+                 guide: bool = True) -> tuple[list[str], dict[str, Any]]:
+    """Markdown lines of the planning report (C(N) of the rows, from `source`; the choice; with `guide`, how to
+    read the figures) and the choice (for results.json)."""
     plan = choose(rows, b)
     ns = sorted({1, 10, 100, 1000, *([b.targets] if b.targets else [])})
     lines = ["## Which strategy to plan for", "",
-             "Cost of serving N targets, C(N) = generic (paid once) + N x per-target, from the rows above:", "",
+             f"Cost of serving N targets, C(N) = generic (paid once) + N x per-target, from {source}:", "",
              "| strategy | " + " | ".join(f"C({k})" for k in ns) + " | inference FLOPs/token | ppl after fine-tuning |",
              "|---|" + "---|" * (len(ns) + 2)]
     for label, e in rows:
@@ -171,17 +173,18 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> tuple[li
              f"inference at most {_count(b.inference)} parameters") if b.inference is not None else "",
             f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "") if x)
         if plan["best"] is None:
-            lines += [f"Budgets: {stated}. **{plan['why'][:1].upper() + plan['why'][1:]}.**", ""]
+            lines += [f"Budgets: {stated}. **{upper_first(plan['why'])}.**", ""]
         else:
             runner = (f"; runner-up: {plan['runner_up']} ({plan['runner_up_ppl']:.2f})" if plan["runner_up"]
                       else "; no other strategy fits")
             lines += [f"Budgets: {stated}. **Plan for {plan['best']}**: {plan['why']}{runner}.", ""]
-    lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining climbs "
-              "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
-              "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
-              "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
-              "with `--targets-expected`, `--inference-budget` and `--per-target-budget` to get the choice in one "
-              "line.", ""]
+    if guide:
+        lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining climbs "
+                  "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
+                  "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
+                  "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
+                  "with `--targets-expected`, `--inference-budget` and `--per-target-budget` to get the choice in one "
+                  "line.", ""]
     return lines, plan
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..errors import CorpusError
 from ..manifest import sha256_file
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
-from .discovery import expand, file_digest
+from .discovery import expand, file_digest, is_glob
 from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
 from .known import counted
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
@@ -212,7 +212,7 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
         offset += f.rows
     files = with_id_prefixes(files)
     folders = tuple(dict.fromkeys(str(Path(s).resolve()) for s in specs
-                                  if not any(c in s for c in "*?[") and Path(s).is_dir()))
+                                  if not is_glob(s) and Path(s).is_dir()))
     corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders)
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")

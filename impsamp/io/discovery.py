@@ -15,10 +15,15 @@ from .records import SUPPORTED, detect_format, short_error
 logger = logging.getLogger(__name__)
 
 
+def is_glob(spec: str | Path) -> bool:
+    """A corpus spec that is a glob pattern, not a path."""
+    return any(c in str(spec) for c in "*?[")
+
+
 def expand(spec: str | Path) -> list[Path]:
     """Files of one path, folder or glob, sorted; HF folders expand to their data files."""
     s = str(spec)
-    if any(c in s for c in "*?["):
+    if is_glob(s):
         matches = sorted(Path(p) for p in _glob.glob(s, recursive=True))
         if not matches:
             raise CorpusError(f"{s}: the pattern matches no file; check the path")
