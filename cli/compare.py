@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from impsamp.comparison import METHODS, MODELS, CompareConfig, Report
+from impsamp.comparison import K_DEFAULT, METHODS, MODELS, CompareConfig, Report, resolve_k
 from impsamp.embedding.loading import backend_label, embed_backend
 from impsamp.comparison import compare as _compare
 from impsamp.config import cache_dir, resolve_config, to_dict
@@ -27,15 +27,6 @@ _methods = click.option("--methods", default=None, metavar="M1,M2,...",
                         help=f"Selectors to compare, from {', '.join(METHODS)} [default: uniform,importance].")
 
 
-def _check_k(clusters: Path, k: int) -> None:
-    from impsamp.clustering import Clusters
-
-    n = Clusters.load(clusters).n_leaves
-    if n != k:
-        raise click.UsageError(f"--clusters {clusters} has k = {n}: drop --k {k}, or leave --clusters out to "
-                               f"cluster with --k {k}")
-
-
 def _split(methods: str | None, flag: str = "--methods") -> tuple[str, ...] | None:
     if methods is None:
         return None
@@ -46,14 +37,15 @@ def _split(methods: str | None, flag: str = "--methods") -> tuple[str, ...] | No
     return names
 
 
-DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20}
+DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20, "k": K_DEFAULT}
 """`impsamp demo`'s model and steps, where `compare` has `tiny`, 100 and 30: about half the training time
 (the `mini` preset runs ~2.2x `tiny`'s tokens/s), so the demo ends in about 4 minutes on 2 cores without
 AMX, and importance sampling's lead over uniform stays as plain (BENCHMARKS.md, `impsamp demo`)."""
 
 
 def _shared_options(f=None, *, defaults: dict | None = None):
-    d = {name: getattr(CompareConfig, name) for name in ("tokens", "k", "steps", "finetune_steps", "preset")}
+    d = {name: getattr(CompareConfig, name) for name in ("tokens", "steps", "finetune_steps", "preset")}
+    d["k"] = f"{K_DEFAULT}, or the k of --clusters"
     d.update(defaults or {})
 
     def apply(f):
@@ -164,8 +156,6 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,
                          lm_seeds=lm_seeds, text_field=text_field)
-    if clusters is not None and k is not None:
-        _check_k(clusters, k)
     report = _compare(list(generic), list(target), list(eval_files), out_dir, cfg, embeddings=embeddings,
                       clusters=clusters, overwrite=overwrite, progress=show_progress(progress), command=command_line())
     click.echo(report.table())
@@ -210,8 +200,8 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     sample, held_out = corpus.sample(domain), corpus.eval(domain)  # an unknown --target: refused before any work
     methods = METHODS if all_methods else None
     flags = {"steps": steps, "finetune_steps": finetune_steps, "preset": preset}
-    cfg = resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, seed=seed,
-                         **{name: DEMO_DEFAULTS[name] if v is None else v for name, v in flags.items()})
+    cfg = resolve_k(resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, seed=seed,
+                                   **{name: DEMO_DEFAULTS[name] if v is None else v for name, v in flags.items()}))
     emb_dir = demo_embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens,
                                  __version__)
     show = show_progress(progress)

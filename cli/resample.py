@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from impsamp.config import resolve_config
+from impsamp.errors import ConfigError
 from impsamp.resampling import FORMATS, METHODS, SCHEMES, WITHIN_REPEATS, ResampleConfig, command_line
 from impsamp.resampling import resample as _resample
 
@@ -115,6 +116,9 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                          within_temperature=within_temperature, within_repeats=within_repeats, within_top=within_top,
                          seed=seed, format=fmt,
                          rows_per_shard=rows_per_shard, text_field=text_field, id_field=id_field)
+    if scheme == "match" and cfg.method != "importance":  # the default, so the config cannot tell it was asked
+        raise ConfigError(f"--scheme match draws with replacement for --method importance; --method {cfg.method} "
+                          "draws each unit at most once (topk): leave --scheme out")
     sel = _resample(embeddings_dir, clusters_dir, out_dir, targets=list(targets), config=cfg, overwrite=overwrite,
                     progress=show_progress(progress), command=command_line(), execution=ex,
                     ngram_cache=ngram_cache)
@@ -125,6 +129,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                + f") -> {out_dir}")
     t = "target" if s.get("targets") else "generic"  # --method uniform without a target: the pool itself
     click.echo(f"KL({t}||generic) {s['kl_target_generic']:.3f} -> KL({t}||selected) "
-               f"{s['kl_target_selected']:.3f}; effective sample size {s['effective_sample_size']:,.0f}"
+               f"{s['kl_target_selected']:.3f}"
+               + (f"; effective sample size {s['effective_sample_size']:,.0f}"
+                  if s.get("effective_sample_size") is not None else "")
                + (f"; documents inside the clusters: --within {s['within']}"
                   if s.get("within") and (cfg.method, cfg.scheme) == ("importance", "match") else ""))

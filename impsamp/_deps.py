@@ -22,6 +22,13 @@ _EXTRAS = {
 }
 
 
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def require(module: str) -> ModuleType:
     """Import `module` or raise an `ImpsampError` saying which package to install."""
     try:

@@ -34,6 +34,10 @@ cluster's quota weighted by a cross-fitted n-gram classifier's odds: `--within n
 MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
 
 
+K_DEFAULT = 64
+"""`compare`'s k-means clusters when neither --k nor --clusters says."""
+
+
 @documented
 @dataclass(frozen=True)
 class CompareConfig:
@@ -65,8 +69,8 @@ class CompareConfig:
     """How the target's expert is picked: top, lowest-loss or all."""
     tokens: int = 200_000
     """Selection budget per method, in embedding-model tokens (about the size of one bundled domain)."""
-    k: int = 64
-    """Flat k-means clusters."""
+    k: int | None = None
+    """Flat k-means clusters: K_DEFAULT (64), or the k of the clusters given (another k is refused)."""
     scheme: str = "match"
     within: str = "auto"
     """`importance`'s `--within`: auto (ngram-classifier for a corpus target), knn, knn+ngram, ngram-classifier,
@@ -146,11 +150,12 @@ class CompareConfig:
             raise ConfigError(f"--models large/distill: no large preset for --preset {self.preset} (they run "
                               f"with {' or '.join(LARGE_PRESET)}); drop them or choose one of those presets")
         for name in ("groups", "k"):
-            if getattr(self, name) < 2:
+            if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ConfigError(f"--{name} must be >= 2, got {getattr(self, name)}")
-        if "experts" in self.models and self.groups > self.k:  # here, not after the other models have trained
-            raise ConfigError(f"--groups {self.groups} is more than the {self.k} clusters the experts split (--k, "
-                              f"or those of --clusters); give --groups <= {self.k}")
+        k = K_DEFAULT if self.k is None else self.k  # (given clusters' k is checked again once it is known)
+        if "experts" in self.models and self.groups > k:  # here, not after the other models have trained
+            raise ConfigError(f"--groups {self.groups} is more than the {k} clusters the experts split (--k, "
+                              f"or those of --clusters); give --groups <= {k}")
         for name in ("tokens", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -229,7 +234,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     """
     from .io import as_specs, open_corpus
 
-    cfg = _with_clusters_k(as_config(CompareConfig, config) or CompareConfig(), clusters)
+    cfg = resolve_k(as_config(CompareConfig, config) or CompareConfig(), clusters)
     out = Path(out_dir)
     targets = as_specs(target)
     evals = [str(Path(e).resolve()) for e in as_specs(eval_files)]
@@ -247,7 +252,8 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
               "target": {"fingerprint": target_corpus.fingerprint()},
               "eval": [{"path": e, "fingerprint": c.fingerprint()} for e, c in zip(evals, eval_corpora)]}
     read = [f.path for f in [*generic_corpus.files, *target_corpus.files]] + [embeddings, clusters]
-    read += [*generic_corpus.folders, *target_corpus.folders]  # --out inside one: refused before it is made
+    # --out inside one, or where a pattern reaches: refused before it is made
+    read += [*generic_corpus.folders, *target_corpus.folders, {"globs": [*generic_corpus.globs, *target_corpus.globs]}]
     emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
@@ -268,15 +274,15 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     return Report(out, results)
 
 
-def _with_clusters_k(cfg: CompareConfig, clusters: str | Path | None) -> CompareConfig:
-    """With given `clusters`, their k (the config's default k gives way; another k is refused): the report and
-    the manifest record the k the selections used."""
+def resolve_k(cfg: CompareConfig, clusters: str | Path | None = None) -> CompareConfig:
+    """The k the selections use, made concrete: the given `clusters`' (a k asked for that differs is refused),
+    else the config's, else K_DEFAULT. The report and the manifest record it."""
     if clusters is None:
-        return cfg
+        return cfg if cfg.k is not None else replace(cfg, k=K_DEFAULT)
     from .clustering import Clusters
 
     n = Clusters.load(clusters).n_leaves
-    if cfg.k not in (n, CompareConfig.k):
+    if cfg.k not in (n, None):
         raise ConfigError(f"--clusters {clusters} has k = {n}: drop --k {cfg.k}, or leave --clusters out to "
                           f"cluster with --k {cfg.k}")
     return replace(cfg, k=n)

@@ -4,14 +4,13 @@ perplexity bar chart, the planning section and its figures, and report.html besi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import upper_first
-from .manifest import atomic_write_bytes
+from .manifest import atomic_write_bytes, tmp_name
 from .training_noise import plus_minus, report_lines, seed_words, standard_error
 
 
@@ -158,7 +157,7 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
     ax.set_ylabel("in-domain perplexity (lower is better)")
     ax.legend(loc="upper right", ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(path)
     fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
     tmp.replace(path)

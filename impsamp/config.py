@@ -278,6 +278,13 @@ def positive(name: str, value: float | int | None, *, flag: str | None = None, a
         raise ConfigError(f"{flag or name} must be {what}, got {value}")
 
 
+def check_cap(cap: float | None, flag: str = "cap") -> None:
+    """A cap on weights as a multiple of their mean: no largest weight is below the mean."""
+    if cap is not None and not cap >= 1:
+        raise ConfigError(f"{flag} must be >= 1 (a multiple of the mean weight, which no largest weight is "
+                          f"below), got {cap}")
+
+
 def flags_set(cfg: Any, names: Sequence[str]) -> list[str]:
     """The `--flag` names of the fields in `names` whose value differs from the dataclass's default: settings
     a user gave that another setting would ignore."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,6 +163,17 @@ def _unlocked(folder: Path, e: OSError) -> None:
         logger.warning("cannot lock %s (%s): nothing stops a second process from writing the same output "
                        "folder at the same time (said once per process)", folder, e.strerror or e)
     return None
+
+
+def refuse_busy(folder: Path, *, shared: bool = False) -> None:
+    """Stop now if another process writes `folder`, before a stage's slow set-up (loading a model, embedding
+    a target) rather than after it: `hold` it and let go at once. `StageRun.begin` takes the lock for good."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return  # not there yet: nobody writes it
+    if (st.st_dev, st.st_ino) not in _mine():  # this thread's own (a demo's nested stage): nothing to ask
+        release(hold(Path(folder), shared=shared))
 
 
 def exclusive(key: tuple[int, int] | None) -> bool:
@@ -310,15 +323,47 @@ def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
 
 def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
     """Refuse an output folder inside a folder the run reads as input, or that a stage output among its
-    inputs was made from (a corpus given as a folder): the output would become part of that corpus, read
-    again (or refused) by every later run over it."""
+    inputs was made from (a corpus given as a folder), or where a glob given as such a corpus could match
+    it or what it will hold: the output would become part of that corpus, read again (or refused) by every
+    later run over it."""
     root = Path(out).resolve()
-    for p in sorted(_inputs_behind(inputs)[0]):
+    named, stages = _inputs_behind(inputs)
+    for p in sorted(named):
         if not (p.is_dir() and p in root.parents) or is_hf_dataset_dir(p):
             continue  # a `datasets` folder reads only the files its state.json lists
         if not root.relative_to(p).parts[0].startswith((".", "_")):  # a corpus folder skips those names
             raise StageError(f"{out} is inside {p}, a corpus folder this run's input comes from: the output "
                              "would become part of that corpus; choose an output directory outside it")
+    recorded = [(complete_manifest(s) or {}).get("inputs") for s in sorted(stages)]
+    for pattern in sorted(_globs([inputs, recorded])):
+        if glob_may_reach(pattern, root):
+            raise StageError(f"{out} could be matched by {pattern}, a corpus pattern this run's input comes "
+                             "from: the output would become part of that corpus; choose an output directory "
+                             "the pattern does not reach")
+
+
+def _globs(obj: Any) -> set[str]:
+    """The glob patterns under `globs` keys (`io.Corpus.spec`) anywhere in `obj`."""
+    if isinstance(obj, Mapping):
+        return set().union(*(set(_strings(v)) if k == "globs" else _globs(v) for k, v in obj.items()))
+    if isinstance(obj, (list, tuple)):
+        return set().union(*map(_globs, obj))
+    return set()
+
+
+def glob_may_reach(pattern: str, path: Path) -> bool:
+    """Whether `glob.glob(pattern, recursive=True)` (an absolute pattern) could match `path`, a folder above
+    it (read as a corpus folder, so `path` is read too) or something a stage will write inside it."""
+    parts, rel = Path(pattern).parts, Path(path).parts
+    plain = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
+    if rel[:plain] != parts[:plain]:
+        return False
+    for name, part in zip_longest(rel[plain:], parts[plain:]):
+        if part is None or part == "**" or name is None:
+            return True  # a folder above `path` matched; `**` matches anything below; or inside `path` may
+        if name.startswith(".") and not part.startswith(".") or not fnmatch.fnmatchcase(name, part):
+            return False  # glob's `*` passes over hidden names
+    return True
 
 
 def refuse_inside_output(out: Path) -> None:

@@ -75,6 +75,8 @@ class Histogram:
         path = Path(path)
         if path.is_dir():
             raise ConfigError(f"{path} is a folder; give the histogram a file path (e.g. {path / 'target.json'})")
+        if path.suffix != ".json":  # `--target` knows a histogram by it (`is_histogram_file`)
+            raise ConfigError(f"{path}: give a path ending in .json (a --target is read as a histogram only so)")
         atomic_write_json(path, {"format": HIST_FORMAT, "clusters_fingerprint": self.clusters_fingerprint,
                                  "source": self.source, "counts": self.counts.tolist(),
                                  "ancestors": [a.tolist() for a in self.ancestors]})
@@ -98,9 +100,6 @@ class Histogram:
                        d["clusters_fingerprint"], d.get("source", str(path)))
         except (ValueError, KeyError, OSError, TypeError) as e:
             raise ConfigError(f"{path}: not a saved impsamp histogram ({e})") from None
-
-    def mix(self, others: Sequence[tuple[Histogram, float]]) -> Histogram:  # pragma: no cover - alias
-        return mixture([(self, 1.0), *others])
 
 
 def is_histogram_file(path: str | Path) -> bool:
@@ -224,22 +223,15 @@ def target_counts(clu: Clusters, target, text_field: str = "text") -> tuple[list
     (checked to come from the same model as the clustering's embeddings); `text_field` names a corpus's
     text field."""
     from .costs import encoder_params
-    from .embedding import Embeddings, embed_texts
-    from .io import open_corpus
+    from .embedding import Embeddings
 
     specs = [str(target)] if isinstance(target, (str, Path)) else [str(t) for t in target]
-    if len(specs) == 1 and Path(specs[0]).is_dir() and (Path(specs[0]) / "manifest.json").is_file():
+    if len(specs) == 1 and is_embed_output(specs[0]):
         emb = Embeddings.load(specs[0])          # a target embedded before: checked to be the same model
-        hist = histogram(specs[0], clu)
-        return [f.path for f in emb.corpus().files], hist.counts, 0, 0
+        return [f.path for f in emb.corpus().files], histogram(specs[0], clu).counts, 0, 0
     generic = clu.embeddings()
-    texts = list(open_corpus(specs, text_field=text_field).iter_texts())
-    if not texts:
-        raise ConfigError(f"the target {', '.join(specs)} has no documents")
-    embedder = generic.embedder()
-    vectors, table = embed_texts(texts, embedder)
-    leaves = clu.assign(vectors)[:, -1]
-    counts = np.bincount(leaves, minlength=clu.n_leaves).astype(np.float64)
+    vectors, table = embed_like(specs, generic, text_field=text_field)
+    counts = np.bincount(clu.assign(vectors)[:, -1], minlength=clu.n_leaves).astype(np.float64)
     return specs, counts, int(np.asarray(table.column("tokens")).sum()), encoder_params(generic.model_info.get("name", ""))
 
 

@@ -200,9 +200,9 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    import os
+    from .outdir import tmp_name
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(path)
     fig.savefig(tmp, format="png", metadata={"Software": None})
     tmp.replace(path)
 

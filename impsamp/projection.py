@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,16 +31,19 @@ from .errors import ConfigError
 from .guards import released_on_return
 from .io import as_specs
 
+if TYPE_CHECKING:
+    from .training import TrainRun
+
 PROJECTION = "projection.json"
 
 
 @released_on_return
-def project(network: str | Path, out_dir: str | Path, *, target: str | Path | list | None = None,
+def project(network: str | Path | TrainRun, out_dir: str | Path, *, target: str | Path | list | None = None,
             cluster: int | None = None, text_field: str = "text", overwrite: bool = False):
     """Compute the dense small model of a projected `network` run for a target (or one cluster).
 
     Args:
-        network: an `impsamp train --arch projected` run.
+        network: an `impsamp train --arch projected` run (its folder or its `TrainRun`).
         target: the in-domain sample (files, folder, glob), an `embed` output of it, or a saved
             histogram (`impsamp.histogram(...).save(path)`) over the network's clustering.
         cluster: a group number instead of a target.
@@ -167,7 +170,7 @@ def _condition(mass: np.ndarray, cond_info: dict[str, Any], cluster: int | None 
     return mass, rec
 
 
-def evaluate_projected(network: str | Path, eval_files, *, text_field: str = "text", device: str = "auto"
+def evaluate_projected(network: str | Path | TrainRun, eval_files, *, text_field: str = "text", device: str = "auto"
                        ) -> dict[str, Any]:
     """Routed perplexity of a projected network: each document scored by the small model of its own
     cluster (a soup: of its one-cluster histogram), as `evaluate_routed` scores a mixture of experts."""

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .config import positive
+from .config import check_cap, positive
 from .errors import ConfigError, WeightingError
 from .histograms import Histogram
 
 logger = logging.getLogger(__name__)
 
 
-def backoff_probs(target: Histogram, generic: Histogram, *, smoothing: float = 1.0,
+def backoff_probs(target: Histogram, generic: Histogram, *, smoothing: float = 0.0,
                   backoff: float = 0.0) -> np.ndarray:
     """p_target per leaf; with a hierarchy, sparse leaves borrow from their parent (CRISP).
 
@@ -56,15 +56,18 @@ def backoff_probs(target: Histogram, generic: Histogram, *, smoothing: float = 1
     return counts / counts.sum()
 
 
-def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 1.0,
+def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 0.0,
                   temperature: float = 1.0, cap: float | None = None, backoff: float = 0.0) -> np.ndarray:
-    """w(c) = (p_target(c) / p_generic(c)) ** temperature, smoothed, optionally capped.
+    """w(c) = (p_target(c) / p_generic(c)) ** temperature, smoothed, optionally capped. The defaults are
+    `ResampleConfig`'s: these are the weights `impsamp resample` draws with.
 
     Args:
         smoothing: pseudo-documents added to every target leaf (Laplace). A cluster with no generic
             document gets weight 0 (there is nothing to draw).
         temperature: < 1 flattens the weights toward uniform sampling, > 1 sharpens them.
-        cap: largest weight relative to the mean weight of a generic document (None: no cap).
+        cap: largest weight relative to the mean weight of a generic document, the mean of the capped
+            weights (>= 1; None: no cap). Where the cap cannot hold (it is below the share of the
+            generic corpus in clusters of positive weight, inverted), those clusters are weighted alike.
         backoff: hierarchy only: pseudo-documents that pull a sparse leaf toward its parent.
 
     Raises:
@@ -74,14 +77,32 @@ def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 1
         positive(name, value, allow_zero=True)
     for name, value in (("temperature", temperature), ("cap", cap)):
         positive(name, value)
+    check_cap(cap)
     p_t = backoff_probs(target, generic, smoothing=smoothing, backoff=backoff)
     p_g = generic.probs()
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(generic.counts > 0, (p_t / p_g) ** temperature, 0.0)
-    if cap is not None:
-        mean = float((w * generic.counts).sum() / max(generic.total, 1.0))
-        w = np.minimum(w, cap * mean)
-    return w
+    return w if cap is None else capped(w, generic.counts.astype(np.float64), cap)
+
+
+def capped(w: np.ndarray, n: np.ndarray, cap: float) -> np.ndarray:
+    """`w` with no weight above `cap` times the mean weight of a document (`n` documents per cluster) after
+    capping: the level t with t = cap * mean(min(w, t)), solved over the sorted weights (capping the top j
+    clusters, t = cap * (the rest's weight) / (documents - cap * the top j's documents))."""
+    total = float(n.sum())
+    if total <= 0 or w.max() <= cap * float((w * n).sum()) / total:
+        return w
+    order = np.argsort(-w, kind="stable")
+    ws, ns = w[order], n[order]
+    top_docs = np.cumsum(ns)
+    rest = np.append(np.cumsum((ws * ns)[::-1])[::-1][1:], 0.0)  # below the top j: summed, not subtracted
+    nxt = np.append(ws[1:], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = cap * rest / (total - cap * top_docs)
+    fits = (total - cap * top_docs > 0) & (level > 0) & (level >= nxt) & (level <= ws)  # not t = 0
+    if not fits.any():  # the cap is out of reach: every cluster of positive weight weighs the same
+        return (w > 0).astype(np.float64)
+    return np.minimum(w, level[int(np.argmax(fits))])
 
 
 def uniform(target: Histogram, generic: Histogram) -> np.ndarray:
@@ -146,6 +167,8 @@ def compute_weights(spec: str | Callable[..., Any], target: Histogram, generic: 
     fn, name = resolve_weighting(spec)
     try:  # on read-only copies: a function that wrote into them would change the diagnostics, not the draw
         w = fn(target, generic, **builtin_kwargs) if fn is density_ratio else fn(_frozen(target), _frozen(generic))
+    except ConfigError:  # a built-in's setting out of range: already one line naming it
+        raise
     except Exception as e:
         raise WeightingError(f"weighting {name} raised {type(e).__name__}: {e}") from None
     w = check_weights(w, generic.k, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -83,6 +85,9 @@ def test_a_histogram_refuses_embeddings_the_clustering_was_not_made_from(p, tmp_
     hist = impsamp.histogram(p["target"], p["clu"])
     with pytest.raises(ConfigError, match="is a folder; give the histogram a file path"):
         hist.save(tmp_path)
+    with pytest.raises(ConfigError, match="h.hist: give a path ending in .json"):  # --target would not know it
+        hist.save(tmp_path / "h.hist")
+    assert not (tmp_path / "h.hist").exists()
 
 
 @pytest.mark.parametrize("kw, message", [({"cap": -1}, "cap must be > 0"), ({"temperature": float("nan")},
@@ -97,6 +102,26 @@ def test_complex_weights_are_refused(p, tmp_path):
     with pytest.raises(WeightingError, match="not numbers"):
         impsamp.resample(p["emb"], p["clu"], tmp_path / "w", targets=[p["target"]], config={"docs": 20},
                          weighting=lambda t, g: np.ones(t.k, dtype=complex))
+
+
+@pytest.mark.parametrize("method", ["uniform", "ngram", "classifier"])
+def test_a_weighting_function_for_a_method_without_cluster_weights_is_refused(p, tmp_path, method):
+    """As `--weighting` is: the function would never be called, the selection would not be what was asked."""
+    called = []
+    with pytest.raises(ConfigError, match=f"--method {method} has none: leave it out"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "w", targets=[p["target"]],
+                         config={"docs": 20, "method": method}, weighting=lambda t, g: called.append(1))
+    assert not called and not (tmp_path / "w").exists()
+
+
+def test_density_ratio_by_default_gives_the_weights_resample_draws_with(p, tmp_path):
+    """`impsamp.density_ratio(...)` is how the README says to check weights: its defaults are resample's."""
+    sel = impsamp.resample(p["emb"], p["clu"], tmp_path / "s", targets=[p["target"]],
+                           config={"docs": 20, "within": "uniform"})
+    hist = impsamp.histogram(p["target"], p["clu"])
+    w = impsamp.density_ratio(hist, impsamp.generic_histogram(impsamp.Clusters.load(p["clu"])))
+    recorded = json.loads((sel.path / "histograms.json").read_text())["weights"]
+    np.testing.assert_allclose(w, recorded, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kw, message", [({"seed": -1}, "--seed must be an integer >= 0"),
@@ -155,3 +180,18 @@ def test_one_path_weight_pair_is_one_target_and_verbose_is_not_recorded(p, tmp_p
     sel = impsamp.resample(p["emb"], p["clu"], tmp_path / "a", targets=(p["target"], 1.0), config={"docs": np.int64(20)})
     assert sel.stats["rows"] == 20
     assert command_line(["-v", "resample", "E", "C", "--verbose"]) == "impsamp resample E C"
+
+
+def test_selection_diagnostics_mean_what_they_say_for_every_method(p, tmp_path):
+    """KL(target || selection) is the histograms' own, whatever the budget (a cluster the selection misses is
+    floored once, not by a pseudo-count that grows with the rows); an effective sample size is given only for
+    the methods that draw by cluster weights."""
+    from impsamp.histograms import kl
+
+    for method, docs in (("uniform", 5), ("uniform", 40), ("ngram", 20), ("importance", 20)):
+        sel = impsamp.resample(p["emb"], p["clu"], tmp_path / f"{method}-{docs}", targets=[p["target"]],
+                               config={"docs": docs, "method": method})
+        h = json.loads((sel.path / "histograms.json").read_text())
+        assert sel.stats["kl_target_selected"] == pytest.approx(kl(h["target"], h["selected"]), rel=1e-12)
+        assert (sel.stats["effective_sample_size"] is None) == (method == "ngram")
+    assert "effective sample size | - |" in (tmp_path / "ngram-20" / "README.md").read_text()

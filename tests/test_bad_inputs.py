@@ -375,6 +375,16 @@ def resample_ngram_with_cluster_weight_flags(tmp, p):
             tmp / "out", ["--temperature", "--method ngram", "leave them out"])
 
 
+def resample_scheme_match_for_a_method_that_draws_once(tmp, p):  # the default's name, asked for: not ignored
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--method", "ngram", "--scheme", "match"),
+            tmp / "out", ["--scheme match", "--method ngram", "leave --scheme out"])
+
+
+def resample_a_ranking_budget_beyond_the_pool(tmp, p):  # the way out named is one that method has
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--method", "ngram", "--docs", "100000"),
+            tmp / "out", ["--docs 100,000", "--method importance", "at most once"])
+
+
 def resample_target_weight_not_a_number(tmp, p):
     return (RESAMPLE_ARGS(p["emb"], p["clu"], f"{p['target']}:abc", tmp / "out"), tmp / "out",
             ["bio.jsonl:abc", "'abc'", "FILE:WEIGHT"])

@@ -387,13 +387,19 @@ def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters
                   ClusterConfig(k=3))
     r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
                                  "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path), "--k", "4"])
-    assert r.exit_code == 2 and "has k = 3: drop --k 4" in r.output, r.output
+    assert r.exit_code == 1 and "has k = 3: drop --k 4" in r.output, r.output
     assert not (tmp_path / "cmp").exists()
-    from impsamp.comparison import _with_clusters_k, compare  # the Python API: the same refusal; the default
-    with pytest.raises(ConfigError, match="has k = 3: drop --k 128"):  # k gives way to the clusters' own
-        compare(generic, target, [evals], tmp_path / "cmp", CompareConfig(k=128), clusters=clu.path)
+    from impsamp.comparison import compare, resolve_k  # the Python API: the same refusal, for any k asked for
+    for k in (128, 64):  # the default's value too, asked for (a config file's `k = 64`, say)
+        with pytest.raises(ConfigError, match=f"has k = 3: drop --k {k}"):
+            compare(generic, target, [evals], tmp_path / "cmp", CompareConfig(k=k), clusters=clu.path)
+    toml = tmp_path / "c.toml"
+    toml.write_text("[compare]\nk = 64\n")
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(generic), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp"), "--clusters", str(clu.path), "--config", str(toml)])
+    assert r.exit_code == 1 and "has k = 3: drop --k 64" in r.output, r.output
     assert not (tmp_path / "cmp").exists()
-    assert _with_clusters_k(CompareConfig(), clu.path).k == 3 and _with_clusters_k(CompareConfig(), None).k == 64
+    assert resolve_k(CompareConfig(), clu.path).k == 3 and resolve_k(CompareConfig()).k == 64
 
 
 @pytest.mark.parametrize("which, content, message", [

@@ -328,6 +328,7 @@ def test_level_groups_follow_the_tree(pipe, tmp_path):
     long.write_text(TINY.replace("block_size = 32", "block_size = 4096"))
     one_line_error(invoke("experts", pipe["emb"], tree, "--out", tmp_path / "y", "--level", "1",
                           "--config", long), ": its group holds", "4096 + 1", "[experts.train]")
+    assert not (tmp_path / "y" / "experts").exists()  # found before any expert began to train
 
 
 @pytest.mark.slow

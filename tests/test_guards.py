@@ -81,6 +81,32 @@ def test_a_second_writer_is_refused_until_the_first_ends_however_it_ends(tmp_pat
     run.finish(stats={})
 
 
+def test_a_busy_folder_is_refused_before_the_model_loads_or_the_inputs_are_read(tmp_path, monkeypatch):
+    """`embed` into a folder another process writes stops at once, not after loading the model (half a
+    minute, or minutes for an ONNX export); `resample` before it embeds the target."""
+    from impsamp.embedding import stage
+    from impsamp.resampling import ResampleConfig, resample
+
+    def load_embedder(*a, **k):
+        raise AssertionError("the model was loaded for a run that cannot write its folder")
+
+    monkeypatch.setattr(stage, "load_embedder", load_embedder)
+    corpus = write_corpus(tmp_path / "c.jsonl", 10)
+    out = tmp_path / "out"
+    proc = _holder(out)
+    try:
+        for overwrite in (False, True):
+            with pytest.raises(StageError, match="being written by another process"):
+                embed(corpus, out, EmbedConfig(model="all-MiniLM-L6-v2"), overwrite=overwrite)
+        with pytest.raises(StageError, match="being written by another process"):  # its inputs are not there
+            resample(tmp_path / "no-emb", tmp_path / "no-clu", out, targets=[corpus], config=ResampleConfig(tokens=100))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with pytest.raises(AssertionError, match="the model was loaded"):  # free again: it goes on to the model
+        embed(corpus, out, EmbedConfig(model="all-MiniLM-L6-v2"))
+
+
 def test_slices_share_their_folder_and_a_whole_run_is_refused_while_one_writes(tmp_path):
     out = tmp_path / "out"
     proc = _holder(out, shared=True)
@@ -399,3 +425,28 @@ def test_an_output_inside_a_corpus_folder_an_input_comes_from_is_refused(tmp_pat
     clu = tmp_path / "clu"
     one_line_error(invoke("histogram", clu, "--target", target, "--out", clu / "t.hist.json"), "a finished impsamp output")
     one_line_error(invoke("inspect", clu, "--out", clu / "e.html"), "a finished impsamp output")
+
+
+def test_an_output_a_corpus_glob_could_match_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    """A corpus given as a pattern reads whatever it matches later too: an output it reaches (or a folder the
+    stage would fill under it) would be read, or refused, by the next run of the same command. Where the
+    pattern cannot reach, the output is accepted; the check also follows a selection back to its corpus."""
+    from ._helpers import CLUSTER_ARGS, RESAMPLE_ARGS, TRAIN_ARGS
+
+    monkeypatch.chdir(tmp_path)  # relative patterns, as typed in a shell
+    write_corpus(tmp_path / "data" / "a.jsonl", 60)
+    target = write_corpus(tmp_path / "tgt" / "t.jsonl", 20, seed=1, topics=("bio",))
+    for out in ["data/emb", "data/_emb"]:  # `*` matches `_emb` (a folder's own reading would skip it)
+        one_line_error(invoke(*EMBED_ARGS("data/*", out)), "could be matched by", f"{tmp_path}/data/*")
+    ok(invoke(*EMBED_ARGS("data/*", "data/.emb")))  # `*` passes over hidden names, as the shell's does
+    ok(invoke(*EMBED_ARGS("data/*.jsonl", "data/emb")))  # `emb` is not `*.jsonl`: out of its reach
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".emb", "a.jsonl", "emb"]
+    ok(invoke(*CLUSTER_ARGS("data/emb", "clu")))
+    one_line_error(invoke(*RESAMPLE_ARGS("data/emb", "clu", "tgt/*", "tgt/sel")), "could be matched by")
+    one_line_error(invoke(*RESAMPLE_ARGS("data/emb", "clu", target, "data/x.jsonl")), "could be matched by")
+    ok(invoke(*RESAMPLE_ARGS("data/emb", "clu", "tgt/*", "sel")))
+    one_line_error(invoke(*TRAIN_ARGS("sel", "tgt/run")), "could be matched by", f"{tmp_path}/tgt/*")
+    one_line_error(invoke("compare", "--generic", "data/**/*.jsonl", "--target", target, "--eval", target,
+                          "--out", "data/deep/cmp", "--methods", "uniform"), "could be matched by")
+    assert not (tmp_path / "tgt" / "sel").exists() and not (tmp_path / "data" / "deep").exists()
+    assert sorted(p.name for p in (tmp_path / "tgt").iterdir()) == ["t.jsonl"]

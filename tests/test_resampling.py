@@ -58,6 +58,30 @@ def test_match_reproduces_the_target_histogram(generic_shards):
     assert kl(target.probs(), got) < 1e-3 < kl(target.probs(), generic.counts)
 
 
+@pytest.mark.parametrize("cap", [1.2, 2.0, 5.0])
+def test_cap_bounds_the_largest_weight_by_the_mean_of_the_capped_weights(cap):
+    """The cap is a multiple of the mean weight of a generic document after capping (the mean falls as the
+    heavy clusters are cut: capping at the old mean's multiple left 6.9x for cap 2); weights below the level
+    are kept as they were, and a cap already met changes nothing."""
+    rng = np.random.default_rng(0)
+    generic = _hist(rng.integers(1, 200, size=40))
+    target = _hist(np.r_[rng.integers(50, 500, size=3), rng.integers(0, 5, size=37)])
+    free = density_ratio(target, generic)
+    w = density_ratio(target, generic, cap=cap)
+    mean = (w * generic.counts).sum() / generic.total
+    assert w.max() == pytest.approx(cap * mean, rel=1e-9, abs=0)
+    kept = free <= w.max()
+    np.testing.assert_array_equal(w[kept], free[kept])
+    assert (w[~kept] == w.max()).all() and (~kept).any()
+    np.testing.assert_array_equal(density_ratio(target, generic, cap=1e6), free)
+    # out of reach (all the weight on 2 of 40 clusters: their mean is below the top by at least 20x): alike
+    np.testing.assert_array_equal(density_ratio(_hist([1, 1] + [0] * 38), generic, cap=3), [1, 1] + [0] * 38)
+    with pytest.raises(ConfigError, match="cap must be >= 1"):
+        density_ratio(target, generic, cap=0.5)
+    with pytest.raises(ConfigError, match="--cap must be >= 1"):
+        ResampleConfig(docs=1, cap=0.5)
+
+
 def test_match_spreads_repeats_evenly_inside_a_cluster(generic_shards):
     shards, tokens, generic = generic_shards
     target = _hist([0, 0, 0, 0, 0, 0, 1, 1])
@@ -193,7 +217,6 @@ def test_weights_of_any_valid_scale_are_kept_within_float32_and_ordinary_ones_as
         assert w.tolist() == [1.0, 1.0, 0.0, 0.0] and np.isfinite(w.astype(np.float32)).all()
     w, _ = compute_weights("tests.weighting_plugins:capped_ratio", target, generic)
     assert w.tolist() == np.minimum(target.probs(1.0) / generic.probs(1.0), 3.0).tolist()
-    assert target.counts.tolist() == [9, 1, 0, 0]  # a weighting gets copies
 
 
 def test_unknown_weighting_lists_the_builtins():

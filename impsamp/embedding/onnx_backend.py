@@ -42,7 +42,7 @@ import numpy as np
 from .._deps import require
 from ..config import cache_dir
 from ..errors import ConfigError, ImpsampError, StageError
-from ..manifest import sha256_file
+from ..manifest import sha256_file, tmp_name
 from ..usercache import LEFTOVER_SECONDS, Hold, touch
 from .config import CPU_CALLERS
 from .contract import EmbeddedBatch, l2_normalize
@@ -368,7 +368,7 @@ def model_tokenizer(resolved: ResolvedModel) -> tuple[Any, int]:
     if not hasattr(hf_tok, "backend_tokenizer"):
         raise ConfigError(f"{resolved.name}: impsamp needs a model with a fast (Rust) tokenizer")
     pad_id = int(hf_tok.pad_token_id or 0)
-    tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(record)
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"model": resolved.name, "pad_id": pad_id,
@@ -433,7 +433,7 @@ class OnnxEmbedder(TransformerEmbedder):
                 want = l2_normalize(_pool(hidden, mask, self._pooling))
                 cos.extend((self.forward(ids, mask) * want).sum(axis=1).tolist())
             self.int8_probe_cosine = float(np.mean(cos))
-            tmp = record.with_name(f".{record.name}.tmp-{os.getpid()}")
+            tmp = tmp_name(record)
             check = {"mean_cosine": self.int8_probe_cosine, "probe": _PROBE}
             tmp.write_text(json.dumps(check, indent=2) + "\n")
             os.replace(tmp, record)

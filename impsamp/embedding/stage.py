@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import as_config, from_dict
 from ..errors import ConfigError, CorpusError, StageError
-from ..guards import released_on_return
+from ..guards import refuse_busy, released_on_return
 from ..hardware import cpu_count
 from ..io import Corpus, Shard, open_corpus, reopen_corpus
 from ..manifest import StageRun, tmp_name
@@ -110,6 +110,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     cfg = replace(cfg, text_field=corpus.text_field, id_field=corpus.id_field,
                   encoding_errors=corpus.encoding_errors)
     threads = max(1, cpu_count() // cfg.workers)
+    refuse_busy(Path(out_dir), shared=ex.sliced)  # before the model loads (seconds, minutes for an export)
     emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
     check_embedder(emb)
     if ex.tokenize_tasks and not isinstance(emb, TransformerEmbedder):

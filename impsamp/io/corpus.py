@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..errors import CorpusError
 from ..manifest import sha256_file
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
-from .discovery import expand, file_digest, is_glob
+from .discovery import absolute_glob, expand, file_digest, is_glob
 from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
 from .known import counted
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
@@ -34,6 +34,8 @@ class Corpus:
     stats: ReadStats = field(default_factory=ReadStats)
     folders: tuple[str, ...] = ()
     """The folders (resolved) given as the corpus: a stage writing inside one would add to its own input."""
+    globs: tuple[str, ...] = ()
+    """The glob patterns given as the corpus (`discovery.absolute_glob`): the same, for what they match."""
 
     @property
     def n_rows(self) -> int:
@@ -43,7 +45,8 @@ class Corpus:
         """What is needed to reopen this corpus and check it has not changed (stored in manifests)."""
         spec = {"files": [f.describe() for f in self.files], "text_field": self.text_field,
                 "id_field": self.id_field, "encoding_errors": self.encoding_errors}
-        return {**spec, "folders": list(self.folders)} if self.folders else spec
+        found = {"folders": list(self.folders), "globs": list(self.globs)}
+        return {**spec, **{k: v for k, v in found.items() if v}}
 
     def fingerprint(self) -> str:
         from ..manifest import fingerprint
@@ -213,7 +216,8 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     files = with_id_prefixes(files)
     folders = tuple(dict.fromkeys(str(Path(s).resolve()) for s in specs
                                   if not is_glob(s) and Path(s).is_dir()))
-    corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders)
+    globs = tuple(dict.fromkeys(absolute_glob(s) for s in specs if is_glob(s)))
+    corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders, globs=globs)
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
     return corpus

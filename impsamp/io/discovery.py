@@ -20,6 +20,14 @@ def is_glob(spec: str | Path) -> bool:
     return any(c in str(spec) for c in "*?[")
 
 
+def absolute_glob(spec: str | Path) -> str:
+    """A glob pattern anchored where it was given: its leading plain folders resolved (so a pattern recorded in
+    a manifest means the same from any working folder), the rest as written."""
+    parts = Path(spec).parts
+    plain = next((i for i, p in enumerate(parts) if is_glob(p)), len(parts))
+    return str(Path(*parts[:plain]).resolve().joinpath(*parts[plain:]))
+
+
 def expand(spec: str | Path) -> list[Path]:
     """Files of one path, folder or glob, sorted; HF folders expand to their data files."""
     s = str(spec)

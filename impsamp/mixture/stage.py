@@ -74,6 +74,7 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
         check_complete(run, data_names + expert_names)
     else:
         _write_group_data(run, inputs, grouping, data_names, progress)
+        _refuse_small_groups(out, cfg, groups, tokenizer)
     committed = 0
 
     def done(name: str, result: dict[str, Any]) -> None:
@@ -168,6 +169,44 @@ def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str
     bar.close()
 
 
+SMALL_GROUP = 4
+"""A group with fewer encoder tokens than this many training sequences is tokenized before any expert
+trains (`_refuse_small_groups`); the LM's tokens of a larger one are never that few."""
+
+
+def _refuse_small_groups(out: Path, cfg: ExpertsConfig, groups: list[dict[str, Any]], tokenizer: Path) -> None:
+    """Stop before the first expert trains if a group is too small for one training sequence, rather than
+    when its turn comes, after the experts before it have trained. The groups that may be (few encoder
+    tokens) are tokenized as their expert's run would, into a scratch folder."""
+    import tempfile
+
+    from ..training import load_tokenizer
+    from ..training.data import TooLittleData, check_enough, tokenize_corpus
+
+    tcfg = cfg.train_config(None, str(tokenizer))
+    block = tcfg.resolved("block_size")
+    small = [d["group"] for d in groups if d["tokens"] < SMALL_GROUP * (block + 1)]
+    if not small:
+        return
+    tok = load_tokenizer(tokenizer)
+    with tempfile.TemporaryDirectory(prefix="impsamp-groups-") as scratch:
+        for g in small:
+            try:
+                bins = tokenize_corpus([str(out / data_dir(g))], tok, Path(scratch), f"g{g:03d}",
+                                       val_fraction=tcfg.val_fraction)
+                check_enough(bins["train"], block, "pretrain")
+            except TooLittleData as e:
+                raise _too_small(g, e.tokens, block) from None
+            except CorpusError:  # no document with text at all
+                raise _too_small(g, 0, block) from None
+
+
+def _too_small(g: int, tokens: int, block: int) -> CorpusError:
+    return CorpusError(f"expert {g}: its group holds {tokens:,} tokens, fewer than one sequence of {block} + 1; "
+                       "make fewer, larger groups (--groups, or a level nearer the top with --level) or a smaller "
+                       "block_size under [experts.train] of --config, and pass --overwrite")
+
+
 def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, tokenizer: str,
                  progress: bool) -> dict[str, Any]:
     """Pretrain group g's expert (resuming an interrupted one); returns what its shard record keeps."""
@@ -181,11 +220,8 @@ def train_expert(g: int, out: str, cfg: ExpertsConfig, budget: int | None, token
         tr = TrainRun.load(path) if done else None
         if tr is None or tr.manifest.config != asdict(tcfg):  # (the folder is the experts' own: replaced freely)
             tr = train([str(Path(out) / data_dir(g))], path, tcfg, progress=progress, overwrite=True)
-    except TooLittleData as e:
-        raise CorpusError(f"expert {g}: its group holds {e.tokens:,} tokens, fewer than one sequence of "
-                          f"{e.block_size} + 1; make fewer, larger groups (--groups, or a level nearer "
-                          "the top with --level) or a smaller block_size under [experts.train] of --config, "
-                          "and pass --overwrite") from None
+    except TooLittleData as e:  # (`_refuse_small_groups` finds it first)
+        raise _too_small(g, e.tokens, e.block_size) from None
     return {"group": g, "fingerprint": tr.manifest.fingerprint, "train": tr.metrics["train"],
             "costs": tr.metrics["costs"]}
 

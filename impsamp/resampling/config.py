@@ -7,13 +7,14 @@ from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
-from ..config import check_fields, check_seed, documented, flags_set, positive
+from .._deps import installed
+from ..config import check_cap, check_fields, check_seed, documented, flags_set, positive
 from ..errors import ConfigError
 
 SCHEMES = ("match", "crisp", "topk")
 WITHIN = ("auto", "uniform", "knn", "knn+ngram", "ngram-classifier")
 WITHIN_REPEATS = ("even", "weighted")
-KNN_MAX_REPEAT = 4
+WITHIN_MAX_REPEAT = 4
 """The repeat cap of a weighted `--within` (knn, knn+ngram, ngram-classifier, a function) when
 `--max-repeat` is not given: about 4 epochs of a document train
 nearly as well as fresh text (data-constrained scaling), and the cap keeps the closest documents from
@@ -65,7 +66,7 @@ class ResampleConfig:
     max_repeat: int | None = None
     """`match`: most times one document may be drawn; what a cluster cannot hold spills to the clusters
     nearest to it by centroid that the weighting does not exclude (`impsamp.resampling.within`). A
-    `within` other than `uniform` caps at `KNN_MAX_REPEAT` (4) when this is not given, raised to the
+    `within` other than `uniform` caps at `WITHIN_MAX_REPEAT` (4) when this is not given, raised to the
     fewest repeats that hold the budget where 4 cannot (with a warning; the cap used is in the stats)."""
     within: str = "auto"
     """`match`: how documents are drawn inside a cluster's quota: `uniform` (the seed paper), `knn`
@@ -118,6 +119,7 @@ class ResampleConfig:
             positive(name, getattr(self, name), flag="--" + name, allow_zero=True)
         for name in ("temperature", "cap", "within_temperature"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        check_cap(self.cap, "--cap")
         check_seed(self.seed, maximum=None)
         if self.within_top is not None and not self.within_top >= 1:
             raise ConfigError(f"--within-top must be >= 1 (a multiple of the budget), got {self.within_top}")
@@ -178,7 +180,7 @@ class ResampleConfig:
                                   "document weights, and a target given as a saved histogram has none: leave them "
                                   "out or give the target's corpus")
             return replace(self, within="uniform")
-        return replace(self, within="ngram-classifier" if target_has_text else "knn")
+        return replace(self, within="ngram-classifier" if target_has_text and installed("sklearn") else "knn")
 
     @property
     def budget(self) -> tuple[str, int]:

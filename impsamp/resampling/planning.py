@@ -34,7 +34,7 @@ class Plan:
     """How many draws each (input shard, cluster) gets, and the numbers behind them."""
 
     weights: np.ndarray       # (k,) w(c)
-    draws: np.ndarray         # (k,) m_c: selected units per cluster (topk: expected)
+    draws: np.ndarray         # (k,) m_c: selected units per cluster (topk: counted from the chosen units)
     shard_counts: np.ndarray  # (S, k) generic units per shard and cluster
     shard_draws: np.ndarray | None   # (S, k) draws per shard and cluster (match, crisp)
     topk_threshold: float | None = None
@@ -162,7 +162,7 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
           shard_leaves: list[np.ndarray], shard_sizes, within_log_w: list[np.ndarray] | None):
     """`match`'s repeat cap and each cluster's room (draws it can hold; None: no limit), and with
     `--within-top` the units that may be drawn (per shard, a mask). `need`: the budget in its unit."""
-    from .config import KNN_MAX_REPEAT
+    from .config import WITHIN_MAX_REPEAT
     from .within import top_units
 
     unit = cfg.budget[0]
@@ -179,7 +179,7 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
         room = np.where(size > 0, held / np.maximum(size, 1e-12), 0.0) * float(cap)
         _check_room(room, size, need, cap, unit, " (every unit of them eligible)")
         return cap, room, eligible
-    cap = cfg.max_repeat or (KNN_MAX_REPEAT if cfg.within != "uniform" else None)
+    cap = cfg.max_repeat or (WITHIN_MAX_REPEAT if cfg.within != "uniform" else None)
     if cap is None:
         return None, None, None
     held = np.where(q > 0, n_c, 0.0) * size  # a cluster weighted 0 is never drawn, not even spilled to
@@ -188,7 +188,7 @@ def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray,
         # uniform drawing succeeds); a --max-repeat the user gives is kept, and refused below
         cap = max(cap, int(np.ceil(need / max(held.sum(), 1e-12) - 1e-9)))
         logger.warning("the budget needs up to %d draws of a document in the clusters the target weighs: "
-                       "the default repeat cap (%d) is raised to it", cap, KNN_MAX_REPEAT)
+                       "the default repeat cap (%d) is raised to it", cap, WITHIN_MAX_REPEAT)
     room = np.where(q > 0, n_c * float(cap), 0.0)
     _check_room(room, size, need, cap, unit)
     return cap, room, None
@@ -216,9 +216,10 @@ def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndar
     available = (sum(int(e.sum()) for e in eligible) if unit == "docs" else
                  float(sum(t[e].sum() for t, e in zip(shard_sizes, eligible))))
     if amount > available:
+        other = ("use --scheme match" if cfg.method == "importance" else
+                 f"draw with repeats (--method importance; --method {cfg.method} draws each unit at most once)")
         raise ConfigError(f"budget impossible without replacement: --{unit} {amount:,} but only "
-                          f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or "
-                          "use --scheme match")
+                          f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or {other}")
     # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
     keys = [_topk_keys(cfg, lw, s) for s, lw in enumerate(doc_log_w)]
     best_k = np.empty(0)

@@ -21,18 +21,21 @@ logger = logging.getLogger(__name__)
 
 
 def selection_diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,
-                 unique: int, tokens: int) -> dict[str, Any]:
+                          unique: int, tokens: int, *, weighed: bool = True) -> dict[str, Any]:
+    """The selection's statistics. `weighed`: it was drawn by the cluster weights `weights`, so their effective
+    sample size means something (`ngram` and `classifier` rank documents: None there)."""
     n_c = generic.counts
-    w_docs = weights * n_c
-    ess = float(w_docs.sum() ** 2 / max((weights ** 2 * n_c).sum(), 1e-300))
+    ess = float((weights * n_c).sum() ** 2 / max((weights ** 2 * n_c).sum(), 1e-300)) if weighed else None
     t = describe(target)
     return {
         "rows": rows, "tokens": tokens, "unique_documents": unique,
         "unique_share": unique / rows if rows else 0.0,
         "repetition_rate": 1 - unique / rows if rows else 0.0,
         "kl_target_generic": kl(target.probs(), generic.probs()),
-        "kl_target_selected": kl(target.probs(), plan.draws.astype(np.float64) + 1e-12),
-        "effective_sample_size": ess, "effective_sample_share": ess / max(generic.total, 1.0),
+        # kl's floor for a cluster the selection missed (a floor on the counts would grow with the budget)
+        "kl_target_selected": kl(target.probs(), plan.draws),
+        "effective_sample_size": ess,
+        "effective_sample_share": ess / max(generic.total, 1.0) if ess is not None else None,
         "target_documents": t["documents"], "target_entropy": t["entropy"],
         "target_top_cluster_mass": t["top_cluster_mass"], "empty_target_clusters": t["empty_clusters"],
         "clusters": t["clusters"],
@@ -76,13 +79,15 @@ def data_key(run: StageRun) -> str:
 
 def content_key(run: StageRun, emb, clu) -> str:
     """A fingerprint of what the selection is made of, wherever its inputs lie: the corpus's content, the
-    embed, cluster and resample settings, the target histogram, how the budget was counted and the
-    version (the run key also covers the input paths). `datasets` keys its caches by it."""
+    embed, cluster and resample settings, the target histogram and the document weights inside the clusters
+    (two targets of one histogram weigh documents apart), how the budget was counted and the version (the
+    run key also covers the input paths). `datasets` keys its caches by it."""
     budget = {k: v for k, v in run.inputs.get("budget", {}).items() if k != "tokens_counted_with"}
     return fingerprint({"corpus": emb.manifest.inputs.get("corpus", {}).get("fingerprint"),
                         "embed": emb.manifest.config, "cluster": clu.manifest.config,
                         "resample": {k: v for k, v in run.config.items() if k != "budget_tokenizer"},
-                        "target": run.inputs.get("target_fingerprint"), "budget": budget, "version": run.version})
+                        "target": run.inputs.get("target_fingerprint"), "within": run.inputs.get("within_fingerprint"),
+                        "budget": budget, "version": run.version})
 
 
 def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
@@ -272,7 +277,7 @@ def _budget_how(cfg: ResampleConfig, stats: dict[str, Any]) -> str:
 
 
 def _num(v: Any) -> str:
-    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
 def _examples(clusters: list[int], corpus, shard_tables, names, shard_leaves, per: int = 3

@@ -40,7 +40,8 @@ class Selection:
     def stats(self) -> dict[str, Any]:
         """What the draw did, as the data card reports it: rows, tokens, bytes, unique_documents,
         repetition_rate, kl_target_generic and kl_target_selected (KL of the target's cluster histogram
-        from the generic's and from the selection's), effective_sample_size, budget, max_repeat and
+        from the generic's and from the selection's), effective_sample_size (None for
+        `ngram` and `classifier`, which draw by no cluster weights), budget, max_repeat and
         spilled_units (the repeat cap and what it moved to neighbouring clusters), selection_flops,
         seconds, ...; `sorted(sel.stats)` lists them all."""
         return self.manifest.stats

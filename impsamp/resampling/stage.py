@@ -23,10 +23,11 @@ import pyarrow as pa
 from ..config import as_config
 from ..costs import encoder_flops, encoder_params
 from ..errors import ConfigError
-from ..guards import refuse_inside_input_folder, released_on_return
+from ..guards import refuse_busy, refuse_inside_input_folder, released_on_return
 from ..hardware import cpu_count
 from ..histograms import (Histogram, embed_like, from_assignments, histogram, is_embed_output,
                           is_histogram_file, mixture, stored_target_vectors)
+from ..io.discovery import absolute_glob, is_glob
 from ..manifest import StageRun, inside, tmp_name
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, engine_session, run_tasks
@@ -88,13 +89,17 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
-        described.append({"target": str(spec), "weight": w, "documents": h.total, "embedded_tokens": embedded})
+        described.append({"target": str(spec), "weight": w, "documents": h.total, "embedded_tokens": embedded,
+                          **({"globs": [absolute_glob(spec)]} if is_glob(spec) else {})})
     return mixture(parts), described, np.concatenate(vectors) if len(vectors) == len(parts) else None
 
 
 def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting: Callable[..., Any] | None
           ) -> Target:
     """The target histogram and the cluster weights (uniform: the generic histogram, weight 1)."""
+    if weighting is not None and cfg.method != "importance":  # as ResampleConfig refuses --weighting
+        raise ConfigError(f"weighting= shapes the cluster weights of --method importance; --method {cfg.method} "
+                          "has none: leave it out")
     if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
         hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
             (inputs.generic, [], None)
@@ -158,10 +163,16 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
                           "input shard, so it cannot be cut into independent slices; run it as one job "
                           "(--engine ray spreads its shards over a Ray cluster)")
+    refuse_busy(Path(out_dir))  # before the target is embedded
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
     # `--within auto`: ngram-classifier for corpus targets, knn for `embed` outputs, uniform for histograms
-    cfg = cfg.resolved(target.vectors is not None, targets_have_text(targets) and _have_sklearn(cfg))
+    has_text = targets_have_text(targets)
+    resolved = cfg.resolved(target.vectors is not None, has_text)
+    if cfg.within == "auto" and resolved.within == "knn" and has_text:  # not the n-gram classifier: why
+        logger.warning("--within auto: scikit-learn is not installed (pip install 'impsamp[select]'), so "
+                       "documents are weighted by --within knn instead of ngram-classifier")
+    cfg = resolved
     _check_target_kinds(cfg, targets, target)  # before anything is written
     refuse_inside_input_folder(Path(out_dir), [inputs.described(), target.described])  # before the weights' work
     # with Ray: one session for every pass (each would start and stop its own), once the inputs are checked
@@ -239,19 +250,6 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
     return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
 
 
-def _have_sklearn(cfg: ResampleConfig) -> bool:
-    """Whether `--within auto` can use the n-gram classifier (scikit-learn, the `select` extra); without
-    it auto falls back to knn, and says so once."""
-    import importlib.util
-
-    if cfg.within != "auto" or (cfg.method, cfg.scheme) != ("importance", "match") or \
-            importlib.util.find_spec("sklearn") is not None:
-        return True
-    logger.warning("--within auto: scikit-learn is not installed (pip install 'impsamp[select]'), so documents "
-                   "are weighted by --within knn instead of ngram-classifier")
-    return False
-
-
 def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Target) -> None:
     """One line for a setting the targets cannot serve: the n-grams need each target's text, and the
     document-level comparisons (`--method classifier`, `--within` other than uniform) its vectors, which
@@ -326,7 +324,8 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
     records = [run.shard_record(f"route-{name}")["stats"] for name in names]
     selected = {key: int(sum(r[key] for r in records)) for key in ("tokens", "chars", "bytes")}
     stats = selection_diagnostics(target.histogram, inputs.generic, plan, target.weights, int(plan.draws.sum()),
-                                  sum(r["unique"] for r in records), selected["tokens"])
+                                  sum(r["unique"] for r in records), selected["tokens"],
+                                  weighed=cfg.method in ("importance", "uniform"))
     stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
                   "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,

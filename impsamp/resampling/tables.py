@@ -1,4 +1,4 @@
-"""Per-shard helpers: views of the embedding's unit tables and arrays (read on access), a progress bar."""
+"""Per-shard helpers: views of the embedding's unit tables and arrays, read from disk on each access (nothing kept)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..manifest import fsync_dir
+from ..manifest import fsync_dir, tmp_name
 from .config import TrainError
 
 PHASES = ("pretrain", "finetune")
@@ -48,7 +48,7 @@ def make_readable(path: Path) -> None:
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """Write the model's weights as safetensors, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = tmp_name(path)
     save_file(state_dict_tensors(model), str(tmp), metadata={"format": "pt"})
     make_readable(tmp)
     _fsync_file(tmp)
