@@ -236,8 +236,12 @@ def target_counts(clu: Clusters, target, text_field: str = "text") -> tuple[list
 
 
 def is_embed_output(path: str | Path) -> bool:
-    """A folder holding a stage's manifest: for a target, its `impsamp embed` output."""
-    return Path(path).is_dir() and (Path(path) / "manifest.json").is_file()
+    """A complete `impsamp embed` output (a target embedded before). Any other folder is read as a corpus: one
+    holding another tool's manifest.json, or a `resample` output (a corpus of its selected text); another
+    stage's output is refused there, by name."""
+    from .outdir import complete_manifest
+
+    return Path(path).is_dir() and (complete_manifest(Path(path)) or {}).get("stage") == "embed"
 
 
 def stored_target_vectors(spec: str | Path, generic: Embeddings) -> np.ndarray:

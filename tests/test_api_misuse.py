@@ -195,3 +195,21 @@ def test_selection_diagnostics_mean_what_they_say_for_every_method(p, tmp_path):
         assert sel.stats["kl_target_selected"] == pytest.approx(kl(h["target"], h["selected"]), rel=1e-12)
         assert (sel.stats["effective_sample_size"] is None) == (method == "ngram")
     assert "effective sample size | - |" in (tmp_path / "ngram-20" / "README.md").read_text()
+
+
+def test_a_target_folder_is_an_embed_output_only_if_impsamp_says_so(p, tmp_path):
+    """A folder holding another tool's manifest.json is a corpus folder, not an embedded target; when that
+    file is not data, the error says how to leave it out. A finished `resample` output is a corpus of its
+    selected text, as a target too."""
+    folder = tmp_path / "tgt"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_bytes(p["target"].read_bytes())
+    (folder / "manifest.json").write_text('{"files": ["part-0.jsonl"], "source": "crawler"}\n')
+    with pytest.raises(impsamp.errors.CorpusError) as e:
+        impsamp.histogram(folder, p["clu"])
+    assert "manifest.json" in str(e.value) and f"'{folder / '*.jsonl'}'" in str(e.value)
+    assert "embed" not in str(e.value)
+    hist = impsamp.histogram(str(folder / "*.jsonl"), p["clu"])
+    assert hist.counts.tolist() == impsamp.histogram(p["target"], p["clu"]).counts.tolist()
+    sel = impsamp.resample(p["emb"], p["clu"], tmp_path / "sel", targets=[p["target"]], config={"docs": 30})
+    assert impsamp.histogram(sel.path, p["clu"]).total == 30  # its 30 rows, read as a corpus

@@ -137,7 +137,8 @@ def test_info_on_a_damaged_stage_directory(tmp_path):
     (tmp_path / "emb" / "manifest.json").write_text("{not json")
     assert_one_line_error(info(tmp_path / "emb"), "manifest.json is corrupt")
     (tmp_path / "emb" / "manifest.json").write_text('{"stage": "build", "steps": 3}')  # another tool's:
-    assert_one_line_error(info(tmp_path / "emb"), "manifest.json line 1: no 'text' field")  # the folder is read as a corpus
+    assert_one_line_error(info(tmp_path / "emb"), "manifest.json: its first line is not a JSON object with a 'text' "
+                          "field", "name the data files instead")  # the folder is read as a corpus
 
 
 # ----------------------------------------------------------------------------- bad input

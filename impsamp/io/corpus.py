@@ -199,14 +199,19 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
         raise CorpusError("no corpus given; name at least one file, folder or glob")
     paths: list[Path] = []
     seen: set[str] = set()
+    found_in: dict[Path, str] = {}  # .json files a folder's reading found: maybe not data (`_check_found_json`)
     for spec in specs:
         for p in expand(spec):
             key = str(p.resolve())
             if key not in seen:
                 seen.add(key)
                 paths.append(p.resolve())
+                if p.name.lower().endswith(".json") and not is_glob(spec) and Path(spec).is_dir():
+                    found_in[p.resolve()] = str(spec)
     # a file another process is reading through (a slice of the same array) is left for last, when its
     # reading is likely kept: slices opening one corpus together share the reading of its files
+    for p, folder in found_in.items():
+        _check_found_json(p, folder, text_field)
     described = {i: describe_file(p, text_field, id_field, wait=False) for i, p in enumerate(paths)}
     files, offset = [], 0
     for i, p in enumerate(paths):
@@ -221,6 +226,21 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
     return corpus
+
+
+def _check_found_json(path: Path, folder: str, text_field: str) -> None:
+    """A .json file a folder's reading found may be another tool's metadata (a manifest.json), not JSON
+    Lines: its first line must be an object with the text field, else the error says how to leave it out."""
+    with open(path, "rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        row = None
+    if first and not (isinstance(row, dict) and text_field in row):
+        raise CorpusError(f"{path}: its first line is not a JSON object with a '{text_field}' field, and it was found "
+                          f"in the folder {folder}; if it is not data (another tool's metadata), name the data files "
+                          f"instead, e.g. '{Path(folder) / '*.jsonl'}', else pass --text-field NAME")
 
 
 def with_id_prefixes(files: list[CorpusFile]) -> list[CorpusFile]:

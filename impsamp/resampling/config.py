@@ -60,7 +60,8 @@ class ResampleConfig:
     temperature: float = 1.0
     """Exponent on the density ratio: < 1 flattens toward uniform."""
     cap: float | None = None
-    """Largest cluster weight, as a multiple of the mean weight of a generic document."""
+    """Largest cluster weight, as a multiple (>= 1) of the mean weight of a generic document, the mean of
+    the capped weights (`weighting.capped`)."""
     backoff: float = 0.0
     """Hierarchy: pseudo-documents pulling a sparse leaf's target share toward its parent's."""
     max_repeat: int | None = None

@@ -90,6 +90,9 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     q = weights * n_c
     q = q / q.sum()
     _check_not_absurd(amount, unit, float(np.where(q > 0, n_c if unit == "docs" else size_c, 0.0).sum()))
+    if cfg.scheme == "match" and cfg.within != "uniform" and unit != "docs":
+        shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]  # read once, kept for the spread
+        mean_size = _drawable_mean(q, float(amount), shard_leaves, shard_sizes, mean_size)
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, DRAWS])
@@ -102,6 +105,39 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     for c in np.flatnonzero(draws):
         shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
     return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+
+
+DRAWABLE_ROUNDS = 20
+"""`_drawable_mean` stops after this many rounds should the sets not settle (2 or 3 do on real corpora)."""
+
+
+def _drawable_mean(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray], shard_sizes: list[np.ndarray],
+                   mean_size: np.ndarray) -> np.ndarray:
+    """Each cluster's mean size over the units `within.spread` may draw for its share of a token or byte
+    budget, so that the shares follow the target's documents. A long document the spread passes over (over
+    OUTSIZED times its cluster's share) would otherwise raise its cluster's mean, and with it the share,
+    which the cluster's other documents then cannot fill while the other clusters go short. A unit is
+    judged by the share its cluster would have without it (one long document cannot make room for itself).
+    The shares depend on the means, so the sets are found again from the last means until they stay the same
+    (at first a long document shrinks every other cluster's share: what that set aside is taken back)."""
+    from .within import OUTSIZED
+
+    leaves, sizes = np.concatenate(shard_leaves), np.concatenate(shard_sizes)
+    k = len(q)
+    kept = np.ones(len(sizes), bool)
+    for _ in range(DRAWABLE_ROUNDS):
+        n = np.bincount(leaves[kept], minlength=k)
+        total = np.bincount(leaves[kept], weights=sizes[kept], minlength=k)
+        mean = np.where(n > 0, total / np.maximum(n, 1), mean_size)  # none drawable: all may be (`drawable`)
+        n_i, t_i, q_i = n[leaves], total[leaves], q[leaves]
+        without = np.where(n_i > 1, (t_i - sizes) / np.maximum(n_i - 1, 1), mean[leaves])  # its cluster's mean
+        rest = float((q * mean).sum()) - q_i * mean[leaves]
+        share = amount * q_i * without / np.maximum(rest + q_i * without, 1e-12)
+        keep = sizes <= OUTSIZED * share
+        if np.array_equal(keep, kept):
+            break
+        kept = keep
+    return mean
 
 
 MAX_MEAN_REPEATS = 100
@@ -127,8 +163,6 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
 
     unit = cfg.budget[0]
     size = np.ones_like(q) if unit == "docs" else mean_size
-    if cfg.within != "uniform" and unit != "docs":  # the units' sizes, read once for `_room` and the spread
-        shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]
     need = n_units * float((q * size).sum())
     cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, within_log_w)
     expected, spilled = q * n_units, None

@@ -73,6 +73,13 @@ instead lowered the selection's share on target at 40,000 tokens (94.9% against 
 the target's documents are often a little longer than a small quota)."""
 
 
+def drawable(size: np.ndarray, quota: float) -> np.ndarray:
+    """The members `spread` may draw for a `quota`: all but those over OUTSIZED times it (a long document in
+    a small quota), unless every member is one (then any may be, now and then)."""
+    ok = size <= OUTSIZED * quota
+    return ok if ok.any() else np.ones_like(ok)
+
+
 def cap_draws(q: np.ndarray, total: float, limit: np.ndarray, size: np.ndarray | None = None) -> np.ndarray:
     """Expected counts proportional to q, never above `limit` (water-filling), holding `total` in all:
     sum(counts * size) = total, `size` each item's size in the budget's unit (default 1: a count)."""
@@ -214,6 +221,8 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
     if quota <= 0 or n == 0:
         return np.zeros(n, np.int64)
     w = np.exp(np.maximum(log_w - log_w.max(), -700.0))  # > 0: every member can take a share
+    if size is not None:  # ... but one passed over: the others hold its share
+        w = np.where(drawable(size, quota), w, 0.0)
     expected = cap_draws(w / w.sum(), float(quota), np.full(n, float(cap)), size)
     base = np.floor(expected + 1e-9).astype(np.int64)
     frac = np.clip(expected - base, 0.0, None)
@@ -226,14 +235,9 @@ def spread(quota: float, log_w: np.ndarray, cap: float, rng: np.random.Generator
         base[order[:max(0, int(round(expected.sum() - base.sum())))]] += 1
         return base
     left = float(quota) - float((base * size).sum())
-    outsized = size > OUTSIZED * quota  # a long document in a small quota: it would swamp the cluster's share
-    if outsized[order].all():  # ... unless every candidate is one: then one is taken now and then, not never
-        outsized[:] = False
-    for i in order:
+    for i in order:  # (an outsized member has no share: none of them is here unless all members are)
         if left <= 0:
             break
-        if outsized[i]:
-            continue
         if size[i] <= left:
             base[i] += 1
             left -= float(size[i])
@@ -280,8 +284,9 @@ def unit_repeats_within(quota: np.ndarray, shard_leaves: list[np.ndarray], log_w
         if allowed is not None:
             members = members[allowed[members]]
         room = cap
-        if even:
-            held = float(len(members) if sizes is None else sizes[members].sum())
+        if even:  # what the members `spread` may draw hold
+            held = float(len(members) if sizes is None else
+                         sizes[members][drawable(sizes[members], float(quota[c]))].sum())
             room = min(cap, max(1.0, float(np.ceil(quota[c] / max(held, 1e-12) - 1e-9))))
         reps[members] = spread(float(quota[c]), weights[members], room,
                                np.random.default_rng([seed, WITHIN_RNG, int(c)]),
