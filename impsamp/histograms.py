@@ -172,7 +172,7 @@ def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-12) -> float:
     q = np.asarray(q, dtype=np.float64)
     p, q = p / p.sum(), q / q.sum()
     m = p > 0
-    return float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], eps)))))
+    return max(0.0, float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], eps))))))  # not -0.000 for p = q
 
 
 def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | str | Path, *,

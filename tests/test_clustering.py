@@ -120,6 +120,16 @@ def test_flat_default_sample_is_k_times_max_points_per_centroid(tmp_path, emb_da
     assert c.manifest.stats["train_points"] == 400
 
 
+def test_a_sample_too_small_for_its_k_is_fitted_with_a_warning(tmp_path, emb_data, caplog):
+    """faiss advises 39 points per centroid; a --sample below it fits the noise, and says so (not silently)."""
+    emb, _, _ = emb_data
+    cluster(emb, tmp_path / "small", ClusterConfig(k=8, sample=10))
+    assert "--sample 10 fits 8 clusters on 1.2 points each" in caplog.text
+    caplog.clear()
+    cluster(emb, tmp_path / "enough", ClusterConfig(k=8, sample=400))
+    assert "points each" not in caplog.text
+
+
 def test_hierarchy_leaves_are_dense_and_parents_consistent(tmp_path, emb_data):
     emb, x, label = emb_data
     c = cluster(emb, tmp_path / "h", ClusterConfig(levels=(16, 3)))

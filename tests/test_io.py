@@ -326,6 +326,14 @@ def test_ids_are_derived_from_file_and_row_when_there_is_none(tmp_path):
     assert t.column("id").to_pylist() == ["a.jsonl:0", "a.jsonl:1", "b.parquet:0"]
 
 
+@pytest.mark.parametrize("suffix", [".json.zstd", ".ndjson.zstd", ".jsonl.zstd", ".ndjson.zst"])
+def test_every_jsonl_name_reads_with_either_zstd_suffix(tmp_path, suffix):
+    docs = make_docs(5)
+    p = tmp_path / f"part{suffix}"
+    p.write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(docs)))
+    assert list(open_corpus(p).iter_texts()) == [d["text"] for d in docs]
+
+
 def test_derived_ids_stay_unique_when_two_files_share_a_name(tmp_path):
     """Two `datasets` folders both hold `data-00000-of-00001.arrow`: the ids must not collide."""
     for sub in ("one", "two"):
@@ -333,6 +341,9 @@ def test_derived_ids_stay_unique_when_two_files_share_a_name(tmp_path):
         (tmp_path / sub / "part.jsonl").write_bytes(jsonl_bytes([{"text": f"{sub} a"}, {"text": f"{sub} b"}]))
     ids = read_all(open_corpus(tmp_path)).column("id").to_pylist()
     assert ids == ["one/part.jsonl:0", "one/part.jsonl:1", "two/part.jsonl:0", "two/part.jsonl:1"]
+    from impsamp.resampling.report import _source_datasets  # a selection's card names them the same way
+
+    assert json.loads(_source_datasets(open_corpus(tmp_path).files)) == ["one/part.jsonl", "two/part.jsonl"]
 
 
 def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path):

@@ -257,6 +257,27 @@ def test_one_very_long_document_neither_starves_the_budget_nor_skews_the_mix(gen
     np.testing.assert_allclose(plan.draws / plan.draws.sum(), target.probs(), atol=0.03)  # the target's mix
 
 
+def test_a_ranking_passes_over_a_document_that_would_multiply_its_budget(generic_shards):
+    """`ngram`, `classifier` and `uniform` take the best-ranked units until the budget is met, the last whole:
+    one ranked first and 50 times the budget made a 20,000-token selection 6 times too large. It is passed
+    over while the others can hold the budget, and taken where only it can."""
+    shards, tokens, generic = generic_shards
+    tokens = [t.astype(np.float64) for t in tokens]
+    tokens[0][0] = 1_000_000.0
+    log_w = [np.zeros(len(s)) for s in shards]
+    log_w[0][0] = 50.0  # ranked first by any seed's Gumbel keys
+    cfg = ResampleConfig(tokens=20_000, method="classifier")
+    plan = make_plan(cfg, np.ones(K), generic, shards, tokens, doc_log_w=log_w)
+    reps = [unit_repeats(cfg.effective(), plan, i, s) for i, s in enumerate(shards)]
+    got = sum(float((r * t).sum()) for r, t in zip(reps, tokens))
+    assert reps[0][0] == 0 and abs(got - 20_000) < 150  # within the last document taken whole
+    alone = [np.full(len(s), -np.inf) for s in shards]
+    alone[0][0] = 0.0  # the only unit with a weight: the budget needs it
+    plan = make_plan(ResampleConfig(tokens=20_000, method="classifier"), np.ones(K), generic, shards, tokens,
+                     doc_log_w=alone)
+    assert unit_repeats(cfg.effective(), plan, 0, shards[0])[0] == 1
+
+
 def test_within_knn_keeps_the_cluster_quotas_and_prefers_close_documents(generic_shards):
     shards, tokens, generic = generic_shards
     target = _hist([50, 1, 1, 1, 1, 1, 1, 1])

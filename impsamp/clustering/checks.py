@@ -106,4 +106,12 @@ def check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
     if size < need:
         raise ConfigError(f"--sample {size:,} is smaller than the {need:,} clusters asked for; "
                           f"use --sample {need:,} or more")
+    if cfg.sample is not None and size < MIN_POINTS_PER_CENTROID * need:  # a sample asked for: maybe too small
+        logger.warning("--sample %d fits %d clusters on %.1f points each: faiss advises at least %d; the "
+                       "centroids will follow the sample's noise (raise --sample, or lower --k)",
+                       size, need, size / need, MIN_POINTS_PER_CENTROID)
     return size
+
+
+MIN_POINTS_PER_CENTROID = 39
+"""faiss's own advice (its k-means warns below it): fewer sample points per centroid fit the noise."""

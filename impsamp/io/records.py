@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 
 FORMATS = {
     "jsonl": (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst",
-              ".json.zst", ".jsonl.zstd", ".ndjson.zst"),
+              ".json.zst", ".ndjson.zst", ".jsonl.zstd", ".json.zstd", ".ndjson.zstd"),
     "parquet": (".parquet", ".pq"),
     "arrow": (".arrow", ".feather", ".ipc"),
 }
-SUPPORTED = ("JSONL (.jsonl/.json/.ndjson, optionally .gz or .zst), Parquet (.parquet), "
+SUPPORTED = ("JSONL (.jsonl/.json/.ndjson, optionally .gz, .zst or .zstd), Parquet (.parquet), "
              "Arrow IPC/Feather (.arrow/.feather/.ipc), a `datasets.save_to_disk` folder, "
              "or a folder or glob of these")
 BATCH_ROWS = 2048

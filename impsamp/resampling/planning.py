@@ -256,6 +256,12 @@ def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndar
                           f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or {other}")
     # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
     keys = [_topk_keys(cfg, lw, s) for s, lw in enumerate(doc_log_w)]
+    if unit != "docs":  # a unit over OUTSIZED times the whole budget would multiply it: passed over, as in
+        from .within import OUTSIZED  # `within.spread`, while the others hold the budget
+
+        small = [np.asarray(t, np.float64) <= OUTSIZED * amount for t in shard_sizes]
+        if sum(float(np.asarray(t)[e & m].sum()) for t, e, m in zip(shard_sizes, eligible, small)) >= amount:
+            keys = [np.where(m, k, -np.inf) for k, m in zip(keys, small)]
     best_k = np.empty(0)
     best_t = np.empty(0)
     for s, sizes in enumerate(shard_sizes):

@@ -225,8 +225,9 @@ def _weight_words(cfg: ResampleConfig, stats: dict[str, Any]) -> dict[str, str]:
 
 
 def _source_datasets(files) -> str:
-    """The card's `source_datasets`: the generic corpus's file names (the first 20, then how many more)."""
-    names = [Path(f.path).name for f in files]
+    """The card's `source_datasets`: the generic corpus's files by the names its ids use (the file name, or
+    the path from their common folder where two share a name), the first 20, then how many more."""
+    names = [f.id_prefix or Path(f.path).name for f in files]
     return json.dumps(names[:20] + ([f"and {len(names) - 20:,} more files"] if len(names) > 20 else []),
                       ensure_ascii=False)
 
