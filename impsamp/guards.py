@@ -339,7 +339,7 @@ def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
         if glob_may_reach(pattern, root):
             raise StageError(f"{out} could be matched by {pattern}, a corpus pattern this run's input comes "
                              "from: the output would become part of that corpus; choose an output directory "
-                             "the pattern does not reach")
+                             "the pattern does not reach (its `*` and `**` pass over names that start with '.')")
 
 
 def _globs(obj: Any) -> set[str]:
@@ -358,9 +358,12 @@ def glob_may_reach(pattern: str, path: Path) -> bool:
     plain = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), len(parts))
     if rel[:plain] != parts[:plain]:
         return False
-    for name, part in zip_longest(rel[plain:], parts[plain:]):
-        if part is None or part == "**" or name is None:
-            return True  # a folder above `path` matched; `**` matches anything below; or inside `path` may
+    for i, (name, part) in enumerate(zip_longest(rel[plain:], parts[plain:])):
+        if part == "**":  # anything below, but hidden names (as `*`), unless a later part names one
+            later = parts[plain + i + 1:]
+            return not any(n.startswith(".") for n in rel[plain + i:]) or any(p.startswith(".") for p in later)
+        if part is None or name is None:
+            return True  # a folder above `path` matched; or inside `path` may
         if name.startswith(".") and not part.startswith(".") or not fnmatch.fnmatchcase(name, part):
             return False  # glob's `*` passes over hidden names
     return True

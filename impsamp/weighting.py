@@ -99,7 +99,8 @@ def capped(w: np.ndarray, n: np.ndarray, cap: float) -> np.ndarray:
     nxt = np.append(ws[1:], 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         level = cap * rest / (total - cap * top_docs)
-    fits = (total - cap * top_docs > 0) & (level > 0) & (level >= nxt) & (level <= ws)  # not t = 0
+    tol = 1e-9 * float(ws[0])  # a level on a weight itself: rounding must not make both sides of it miss
+    fits = (total - cap * top_docs > 0) & (level > 0) & (level >= nxt - tol) & (level <= ws + tol)  # not t = 0
     if not fits.any():  # the cap is out of reach: every cluster of positive weight weighs the same
         return (w > 0).astype(np.float64)
     return np.minimum(w, level[int(np.argmax(fits))])

@@ -448,5 +448,6 @@ def test_an_output_a_corpus_glob_could_match_is_refused_before_anything_is_writt
     one_line_error(invoke(*TRAIN_ARGS("sel", "tgt/run")), "could be matched by", f"{tmp_path}/tgt/*")
     one_line_error(invoke("compare", "--generic", "data/**/*.jsonl", "--target", target, "--eval", target,
                           "--out", "data/deep/cmp", "--methods", "uniform"), "could be matched by")
+    ok(invoke(*EMBED_ARGS("data/**/*.jsonl", "data/.cache/emb")))  # `**` passes over hidden names too
     assert not (tmp_path / "tgt" / "sel").exists() and not (tmp_path / "data" / "deep").exists()
     assert sorted(p.name for p in (tmp_path / "tgt").iterdir()) == ["t.jsonl"]

@@ -11,7 +11,7 @@ from impsamp.errors import ConfigError, WeightingError
 from impsamp.histograms import Histogram, kl, mixture
 from impsamp.resampling import ResampleConfig
 from impsamp.resampling.planning import make_plan, unit_repeats
-from impsamp.weighting import check_weights, compute_weights, density_ratio, resolve_weighting
+from impsamp.weighting import capped, check_weights, compute_weights, density_ratio, resolve_weighting
 
 K = 8
 
@@ -74,6 +74,8 @@ def test_cap_bounds_the_largest_weight_by_the_mean_of_the_capped_weights(cap):
     np.testing.assert_array_equal(w[kept], free[kept])
     assert (w[~kept] == w.max()).all() and (~kept).any()
     np.testing.assert_array_equal(density_ratio(target, generic, cap=1e6), free)
+    # a level on a weight itself (rounding put it a hair outside both neighbouring intervals: all alike)
+    np.testing.assert_allclose(capped(np.array([4.0, 9, 5]), np.array([2.0, 13, 6]), 1.0194174757281553), [4, 5, 5])
     # out of reach (all the weight on 2 of 40 clusters: their mean is below the top by at least 20x): alike
     np.testing.assert_array_equal(density_ratio(_hist([1, 1] + [0] * 38), generic, cap=3), [1, 1] + [0] * 38)
     with pytest.raises(ConfigError, match="cap must be >= 1"):
@@ -506,15 +508,18 @@ def test_within_top_holds_a_bytes_budget_under_either_repeat_mode(generic_shards
 def test_spread_rounds_a_token_quota_by_sizes_and_meets_it_on_average():
     from impsamp.resampling.within import spread
 
+    from impsamp.resampling.planning import _drawable_units
+
     rng = np.random.default_rng(0)
     size = np.exp(rng.normal(5.5, 0.8, 60))
     size[0] = 50 * size.mean()  # one very long document
     quota = 3 * float(np.median(size))
-    draws = [spread(quota, np.zeros(60), 1, np.random.default_rng(s), size) for s in range(400)]
-    totals = [float((r * size).sum()) for r in draws]
-    # the long document is never drawn into a quota it would swamp; counting members instead (the rounding
-    # before 0.7.8) drew it about one time in 20, at 17 times the quota
-    assert not any(r[0] for r in draws)
+    # it is not drawn into a share it would swamp (the plan decides, for the spread and the shares alike);
+    # counting members instead (the rounding before 0.7.8) drew it about one time in 20, at 17 times the quota
+    drawable, n, mean = _drawable_units(np.ones(1), quota, [np.zeros(60, np.int64)], [size])
+    assert not drawable[0][0] and drawable[0][1:].all() and n[0] == 59 and mean[0] == pytest.approx(size[1:].mean())
+    draws = [spread(quota, np.zeros(59), 1, np.random.default_rng(s), size[1:]) for s in range(400)]
+    totals = [float((r * size[1:]).sum()) for r in draws]
     assert abs(np.mean(totals) - quota) / quota < 0.03  # the quota is met on average
     # a cluster holding only long documents still gets its share, on average: one now and then
     long = np.array([5000.0, 6000.0, 7000.0])

@@ -90,15 +90,16 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     q = weights * n_c
     q = q / q.sum()
     _check_not_absurd(amount, unit, float(np.where(q > 0, n_c if unit == "docs" else size_c, 0.0).sum()))
+    drawable = None
     if cfg.scheme == "match" and cfg.within != "uniform" and unit != "docs":
         shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]  # read once, kept for the spread
-        mean_size = _drawable_mean(q, float(amount), shard_leaves, shard_sizes, mean_size)
+        drawable, n_drawable, mean_size = _drawable_units(q, float(amount), shard_leaves, shard_sizes)
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
     n_units = amount if unit == "docs" else amount / max(float((q * mean_size).sum()), 1e-12)
     rng = np.random.default_rng([cfg.seed, DRAWS])
     if cfg.scheme == "match":
-        return _plan_match(cfg, weights, q, n_units, n_c, mean_size, shard_counts, shard_leaves, shard_sizes,
-                           within_log_w, centroids, rng)
+        return _plan_match(cfg, weights, q, n_units, n_c if drawable is None else n_drawable, mean_size,
+                           shard_counts, shard_leaves, shard_sizes, within_log_w, centroids, rng, drawable)
     # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
     draws = rng.multinomial(int(round(n_units)), q)
     shard_draws = np.zeros_like(shard_counts)
@@ -107,37 +108,29 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
 
 
-DRAWABLE_ROUNDS = 20
-"""`_drawable_mean` stops after this many rounds should the sets not settle (2 or 3 do on real corpora)."""
-
-
-def _drawable_mean(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray], shard_sizes: list[np.ndarray],
-                   mean_size: np.ndarray) -> np.ndarray:
-    """Each cluster's mean size over the units `within.spread` may draw for its share of a token or byte
-    budget, so that the shares follow the target's documents. A long document the spread passes over (over
-    OUTSIZED times its cluster's share) would otherwise raise its cluster's mean, and with it the share,
-    which the cluster's other documents then cannot fill while the other clusters go short. A unit is
-    judged by the share its cluster would have without it (one long document cannot make room for itself).
-    The shares depend on the means, so the sets are found again from the last means until they stay the same
-    (at first a long document shrinks every other cluster's share: what that set aside is taken back)."""
+def _drawable_units(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray], shard_sizes: list[np.ndarray]
+                    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The units the spread may draw for a token or byte budget (per shard, a mask), how many each cluster
+    holds, and their mean size (each cluster's share of the budget follows the target's documents through
+    it). A unit over OUTSIZED times its cluster's share would swamp it: it is passed over, judged against the
+    share its cluster's median unit gives (a mean would let one long document raise its own cluster's share,
+    which the cluster's other documents then cannot fill while the other clusters go short). A cluster whose
+    every unit is over: all of them, drawn now and then."""
     from .within import OUTSIZED
 
     leaves, sizes = np.concatenate(shard_leaves), np.concatenate(shard_sizes)
     k = len(q)
-    kept = np.ones(len(sizes), bool)
-    for _ in range(DRAWABLE_ROUNDS):
-        n = np.bincount(leaves[kept], minlength=k)
-        total = np.bincount(leaves[kept], weights=sizes[kept], minlength=k)
-        mean = np.where(n > 0, total / np.maximum(n, 1), mean_size)  # none drawable: all may be (`drawable`)
-        n_i, t_i, q_i = n[leaves], total[leaves], q[leaves]
-        without = np.where(n_i > 1, (t_i - sizes) / np.maximum(n_i - 1, 1), mean[leaves])  # its cluster's mean
-        rest = float((q * mean).sum()) - q_i * mean[leaves]
-        share = amount * q_i * without / np.maximum(rest + q_i * without, 1e-12)
-        keep = sizes <= OUTSIZED * share
-        if np.array_equal(keep, kept):
-            break
-        kept = keep
-    return mean
+    n = np.bincount(leaves, minlength=k)
+    by_size = np.lexsort((sizes, leaves))  # by cluster, then size
+    starts = np.concatenate([[0], np.cumsum(n)])
+    median = np.where(n > 0, sizes[by_size[np.minimum((starts[:-1] + starts[1:]) // 2, len(sizes) - 1)]], 0.0)
+    share = amount * q * median / max(float((q * median).sum()), 1e-12)
+    ok = sizes <= OUTSIZED * share[leaves]
+    ok |= (np.bincount(leaves[ok], minlength=k) == 0)[leaves]
+    n_ok = np.bincount(leaves[ok], minlength=k)
+    mean = np.where(n_ok > 0, np.bincount(leaves[ok], weights=sizes[ok], minlength=k) / np.maximum(n_ok, 1), 0.0)
+    ends = np.cumsum([len(a) for a in shard_leaves])
+    return np.split(ok, ends[:-1]), n_ok, mean
 
 
 MAX_MEAN_REPEATS = 100
@@ -157,14 +150,16 @@ def _check_not_absurd(amount: float, unit: str, held: float) -> None:
 def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units: float, n_c: np.ndarray,
                 mean_size: np.ndarray, shard_counts: np.ndarray, shard_leaves: list[np.ndarray], shard_sizes,
                 within_log_w: list[np.ndarray] | None, centroids: np.ndarray | None,
-                rng: np.random.Generator) -> Plan:
-    """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours)."""
+                rng: np.random.Generator, drawable: list[np.ndarray] | None = None) -> Plan:
+    """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours).
+    `drawable` (`_drawable_units`; `n_c` then counts them): the only units the spread may draw."""
     from .within import spill, unit_repeats_within
 
     unit = cfg.budget[0]
     size = np.ones_like(q) if unit == "docs" else mean_size
     need = n_units * float((q * size).sum())
-    cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, within_log_w)
+    ranked = within_log_w if drawable is None else [np.where(d, w, -np.inf) for d, w in zip(drawable, within_log_w)]
+    cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, ranked)
     expected, spilled = q * n_units, None
     if room is not None:
         if centroids is None:  # no geometry given: every cluster equally near, the lower id first
@@ -177,9 +172,11 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
         # a token or byte budget's quotas stay in its unit (`spread` rounds each to whole documents by their
         # sizes): whole draws of the cluster's mean size would round each cluster by a mean document
         quota = (draws if unit == "docs" else expected) * size
+        allowed = drawable if eligible is None else eligible if drawable is None else [
+            e & d for e, d in zip(eligible, drawable)]
         repeats = unit_repeats_within(quota, shard_leaves, within_log_w, float(cap), cfg.seed,
                                       None if unit == "docs" else shard_sizes, even=cfg.within_repeats == "even",
-                                      eligible=eligible)
+                                      eligible=allowed)
         shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
                                ).astype(np.int64)
         draws = shard_draws.sum(axis=0)
@@ -256,8 +253,8 @@ def _plan_topk(cfg: ResampleConfig, weights: np.ndarray, doc_log_w: list[np.ndar
                           f"{int(available):,} {_UNIT_NAMES[unit]} have a non-zero weight; lower --{unit} or {other}")
     # A running top set (O(selected) memory): keys and token counts of the best candidates so far.
     keys = [_topk_keys(cfg, lw, s) for s, lw in enumerate(doc_log_w)]
-    if unit != "docs":  # a unit over OUTSIZED times the whole budget would multiply it: passed over, as in
-        from .within import OUTSIZED  # `within.spread`, while the others hold the budget
+    if unit != "docs":  # a unit over OUTSIZED times the whole budget would multiply it: passed over, as
+        from .within import OUTSIZED  # `_drawable_units` does for a share, while the others hold the budget
 
         small = [np.asarray(t, np.float64) <= OUTSIZED * amount for t in shard_sizes]
         if sum(float(np.asarray(t)[e & m].sum()) for t, e, m in zip(shard_sizes, eligible, small)) >= amount:
