@@ -121,9 +121,11 @@ def _drawable_units(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray]
     leaves, sizes = np.concatenate(shard_leaves), np.concatenate(shard_sizes)
     k = len(q)
     n = np.bincount(leaves, minlength=k)
-    by_size = np.lexsort((sizes, leaves))  # by cluster, then size
+    scale = float(sizes.max()) + 1.0
+    by_size = np.sort(leaves + sizes / scale)  # by cluster, then size, in one key: a sort, not an argsort
     starts = np.concatenate([[0], np.cumsum(n)])
-    median = np.where(n > 0, sizes[by_size[np.minimum((starts[:-1] + starts[1:]) // 2, len(sizes) - 1)]], 0.0)
+    mid = np.minimum((starts[:-1] + starts[1:]) // 2, len(sizes) - 1)
+    median = np.where(n > 0, (by_size[mid] - np.arange(k)) * scale, 0.0)
     share = amount * q * median / max(float((q * median).sum()), 1e-12)
     ok = sizes <= OUTSIZED * share[leaves]
     ok |= (np.bincount(leaves[ok], minlength=k) == 0)[leaves]
