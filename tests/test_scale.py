@@ -290,6 +290,17 @@ def test_finalize_refuses_missing_shards_and_a_plain_rerun_completes(data, local
     assert_same(out, local["emb"])
 
 
+def test_slices_of_a_corpus_given_as_a_glob_finalize(data, local, tmp_path):
+    """`finalize` reopens the corpus from the slices' record: a glob recorded there (it guards the output) must
+    come back with it, or the run's key differs and the complete slices read as "other settings"."""
+    out = tmp_path / "emb"
+    for i in (0, 1):
+        impsamp.embed(str(data / "generic*.parquet"), out, EMBED, execution=Execution(num_shards=2, shard_index=i))
+    finalize(out)
+    assert json.loads((out / "manifest.json").read_text())["inputs"]["corpus"]["globs"] == [str(data / "generic*.parquet")]
+    assert impsamp.Embeddings.load(out).vectors().tolist() == impsamp.Embeddings.load(local["emb"]).vectors().tolist()
+
+
 def test_resample_refuses_slices_in_one_line(data, local, tmp_path):
     r = _cli("resample", local["emb"], local["clu"], "--target", data / "target.parquet", "--docs", 10,
              "--out", tmp_path / "sel", "--num-shards", 2, "--shard-index", 0, check=False)

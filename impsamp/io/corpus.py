@@ -277,8 +277,8 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "th
         # fingerprint is the one the outputs made from it were keyed by
         kept = [replace(f, digest=old["digest"]) for old, f in zip(spec["files"], corpus.files)]
         corpus = replace(corpus, files=kept)
-    folders = spec.get("folders")
-    return replace(corpus, folders=tuple(folders)) if isinstance(folders, list) else corpus
+    given = {k: tuple(spec[k]) for k in ("folders", "globs") if isinstance(spec.get(k), list)}  # as recorded
+    return replace(corpus, **given)
 
 
 def file_changed(recorded: Any, f: CorpusFile) -> str | None:
