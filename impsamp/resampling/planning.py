@@ -44,6 +44,7 @@ class Plan:
     spilled: np.ndarray | None = None  # (k,) expected draws each cluster passed to its neighbours (repeat cap)
     max_repeat: float | None = None  # the repeat cap the plan kept (None: no cap)
     eligible: int | None = None  # `--within-top`: how many units could be drawn
+    drawable: list[np.ndarray] | None = None  # per shard, per unit: may be drawn (`_drawable_units`; None: all)
 
 
 def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
@@ -91,7 +92,7 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     q = q / q.sum()
     _check_not_absurd(amount, unit, float(np.where(q > 0, n_c if unit == "docs" else size_c, 0.0).sum()))
     drawable = None
-    if cfg.scheme == "match" and cfg.within != "uniform" and unit != "docs":
+    if cfg.scheme == "match" and unit != "docs":
         shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]  # read once, kept for the spread
         drawable, n_drawable, mean_size = _drawable_units(q, float(amount), shard_leaves, shard_sizes)
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
@@ -154,13 +155,15 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
                 within_log_w: list[np.ndarray] | None, centroids: np.ndarray | None,
                 rng: np.random.Generator, drawable: list[np.ndarray] | None = None) -> Plan:
     """`match`: each cluster's draws in proportion to q, under the repeat cap (spilled to neighbours).
-    `drawable` (`_drawable_units`; `n_c` then counts them): the only units the spread may draw."""
+    `drawable` (`_drawable_units`; `n_c` then counts them): the only units that may be drawn, whether the
+    spread weighs them or they are drawn uniformly."""
     from .within import spill, unit_repeats_within
 
     unit = cfg.budget[0]
     size = np.ones_like(q) if unit == "docs" else mean_size
     need = n_units * float((q * size).sum())
-    ranked = within_log_w if drawable is None else [np.where(d, w, -np.inf) for d, w in zip(drawable, within_log_w)]
+    ranked = within_log_w if drawable is None or within_log_w is None else [
+        np.where(d, w, -np.inf) for d, w in zip(drawable, within_log_w)]
     cap, room, eligible = _room(cfg, q, n_c, size, need, shard_leaves, shard_sizes, ranked)
     expected, spilled = q * n_units, None
     if room is not None:
@@ -182,13 +185,16 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
         shard_draws = np.stack([np.bincount(a, weights=r, minlength=len(q)) for a, r in zip(shard_leaves, repeats)]
                                ).astype(np.int64)
         draws = shard_draws.sum(axis=0)
-    else:
+    else:  # uniform inside the clusters: whole rounds over the units that may be drawn, the rest spread
+        counts = shard_counts if drawable is None else np.stack(
+            [np.bincount(a[d], minlength=len(q)) for a, d in zip(shard_leaves, drawable)]).astype(np.int64)
         extra = draws % np.maximum(n_c, 1)
-        shard_draws = shard_counts * (draws // np.maximum(n_c, 1))
+        shard_draws = counts * (draws // np.maximum(n_c, 1))
         for c in np.flatnonzero(extra):
-            shard_draws[:, c] += rng.multivariate_hypergeometric(shard_counts[:, c], int(extra[c]))
+            shard_draws[:, c] += rng.multivariate_hypergeometric(counts[:, c], int(extra[c]))
     return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, repeats=repeats, spilled=spilled,
-                max_repeat=cap, eligible=None if eligible is None else int(sum(e.sum() for e in eligible)))
+                max_repeat=cap, eligible=None if eligible is None else int(sum(e.sum() for e in eligible)),
+                drawable=drawable if repeats is None else None)
 
 
 def _room(cfg: ResampleConfig, q: np.ndarray, n_c: np.ndarray, size: np.ndarray, need: float,
@@ -294,6 +300,8 @@ def unit_repeats(cfg: ResampleConfig, plan: Plan, shard: int, leaves: np.ndarray
     bounds = np.concatenate([[0], np.cumsum(counts)])
     for c in np.flatnonzero(draws):
         members = order[bounds[c]:bounds[c + 1]]
+        if plan.drawable is not None:  # (match: a long document in a small share is never drawn)
+            members = members[plan.drawable[shard][members]]
         if cfg.scheme == "match":
             base, extra = divmod(int(draws[c]), len(members))
             reps[members] = base
