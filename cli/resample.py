@@ -42,8 +42,8 @@ from .app import (COUNT, cli, config_option, execution, out_option, overwrite_op
                    "[default: ratio].")
 @click.option("--smoothing", type=float, default=None, help="Laplace pseudo-documents per target cluster [default: 0].")
 @click.option("--temperature", type=float, default=None, help="Exponent on the density ratio [default: 1].")
-@click.option("--cap", type=float, default=None, help="Largest cluster weight, as a multiple (>= 1) of the mean weight of a generic "
-                   "document once capped.")
+@click.option("--cap", type=float, default=None,
+              help="Largest cluster weight, as a multiple (>= 1) of the mean weight of a generic document once capped.")
 @click.option("--backoff", type=float, default=None,
               help="Hierarchical clusters: pseudo-documents pulling sparse leaves toward their parent [default: 0].")
 @click.option("--max-repeat", type=int, default=None,

@@ -251,9 +251,8 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     inputs = {"generic": {"fingerprint": generic_corpus.fingerprint()},
               "target": {"fingerprint": target_corpus.fingerprint()},
               "eval": [{"path": e, "fingerprint": c.fingerprint()} for e, c in zip(evals, eval_corpora)]}
-    read = [f.path for f in [*generic_corpus.files, *target_corpus.files]] + [embeddings, clusters]
-    # --out inside one, or where a pattern reaches: refused before it is made
-    read += [*generic_corpus.folders, *target_corpus.folders, {"globs": [*generic_corpus.globs, *target_corpus.globs]}]
+    # the corpora's files, folders and globs (--out inside one, or where a pattern reaches: refused before it is made)
+    read = [generic_corpus.spec(), target_corpus.spec(), embeddings, clusters]
     emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)

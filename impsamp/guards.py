@@ -249,9 +249,9 @@ def _strings(obj: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def _recorded_inputs(folder: Path) -> Any:
-    """The input paths a complete stage output's manifest records (None: not one): the values under its
-    inputs' `path` and `paths` keys, the files and folders it was made from."""
+def _recorded_inputs(folder: Path) -> tuple[list[Any], set[str]] | None:
+    """What a complete stage output's manifest records it was made from (None: not one): the values under its
+    inputs' `path`, `paths` and `folders` keys (files and folders), and the corpus globs (`globs` keys)."""
     m = complete_manifest(folder)
     if m is None:
         return None
@@ -266,7 +266,7 @@ def _recorded_inputs(folder: Path) -> Any:
                 walk(v)
 
     walk(m.get("inputs", {}))
-    return found
+    return found, _globs(m.get("inputs", {}))
 
 
 def _paths(obj: Any) -> set[Path]:
@@ -292,17 +292,17 @@ def refuse_input_inside(out: Path, inputs: Any) -> None:
     if not out.exists():
         return
     root = out.resolve()
-    named, stages = _inputs_behind(inputs)
+    named, stages, _ = _inputs_behind(inputs)
     for p in sorted(named | stages):
         if p == root or root in p.parents or (p in stages and p in root.parents):
             raise StageError(f"{out} is {'inside' if p in root.parents else 'also'} an input of this run "
                              f"({p}): writing there would delete or damage it; choose another output directory")
 
 
-def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
+def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path], set[str]]:
     """The existing paths named in `inputs` with what the stage outputs among them (or holding them: an expert
-    of an experts run) were made from, and those stage outputs."""
-    named = _paths(inputs)
+    of an experts run) were made from, those stage outputs, and the corpus globs of them all."""
+    named, globs = _paths(inputs), _globs(inputs)
     stages: set[Path] = set()
     seen: set[Path] = set()
     todo = list(named)
@@ -312,13 +312,14 @@ def _inputs_behind(inputs: Any) -> tuple[set[Path], set[Path]]:
             if folder in seen:
                 break  # its ancestors were walked from another input
             seen.add(folder)
-            made_from = _recorded_inputs(folder)
-            if made_from is not None:
+            recorded = _recorded_inputs(folder)
+            if recorded is not None:
                 stages.add(folder)
-                new = _paths(made_from) - named
+                new = _paths(recorded[0]) - named
                 named |= new
+                globs |= recorded[1]
                 todo += new
-    return named, stages
+    return named, stages, globs
 
 
 def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
@@ -327,15 +328,14 @@ def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
     it or what it will hold: the output would become part of that corpus, read again (or refused) by every
     later run over it."""
     root = Path(out).resolve()
-    named, stages = _inputs_behind(inputs)
+    named, _, globs = _inputs_behind(inputs)
     for p in sorted(named):
         if not (p.is_dir() and p in root.parents) or is_hf_dataset_dir(p):
             continue  # a `datasets` folder reads only the files its state.json lists
         if not root.relative_to(p).parts[0].startswith((".", "_")):  # a corpus folder skips those names
             raise StageError(f"{out} is inside {p}, a corpus folder this run's input comes from: the output "
                              "would become part of that corpus; choose an output directory outside it")
-    recorded = [(complete_manifest(s) or {}).get("inputs") for s in sorted(stages)]
-    for pattern in sorted(_globs([inputs, recorded])):
+    for pattern in sorted(globs):
         if glob_may_reach(pattern, root):
             raise StageError(f"{out} could be matched by {pattern}, a corpus pattern this run's input comes "
                              "from: the output would become part of that corpus; choose an output directory "

@@ -68,8 +68,8 @@ tau a unit one standard deviation above another weighs e^10 times more (the sett
 
 OUTSIZED = 4.0
 """A unit longer than this many times its cluster's share of a token or byte budget is not drawn
-(`planning._drawable_units`): taken, it would put that many times the target's share in the cluster. Passing over every unit longer than the quota
-instead lowered the selection's share on target at 40,000 tokens (94.9% against 95.9%, 8 domains x 3 seeds:
+(`planning._drawable_units`): taken, it would put that many times the target's share in the cluster.
+Passing over every unit longer than the share instead lowered the selection's share on target at 40,000 tokens (94.9% against 95.9%, 8 domains x 3 seeds:
 the target's documents are often a little longer than a small quota)."""
 
 
