@@ -377,7 +377,7 @@ def test_invalid_utf8_in_a_parquet_string_column(tmp_path):
     pq.write_table(pa.table({"text": bad}), tmp_path / "s.parquet")
     pq.write_table(pa.table({"text": raw}), tmp_path / "b.parquet")
     for name in ("s.parquet", "b.parquet"):
-        with pytest.raises(CorpusError, match=rf"{name} row 1: invalid UTF-8"):
+        with pytest.raises(CorpusError, match=rf"{name} row 1 \(counted from 0\): invalid UTF-8"):
             list(open_corpus(tmp_path / name).iter_texts())
         texts = list(open_corpus(tmp_path / name, encoding_errors="replace").iter_texts())
         assert texts == ["fine", "bad \ufffd"]

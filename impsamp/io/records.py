@@ -139,7 +139,7 @@ def decode_utf8(corpus: Corpus, path: Path, row: int, raw: bytes, stats: ReadSta
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         if corpus.encoding_errors != "replace":
-            raise CorpusError(f"{path} row {row}: invalid UTF-8 at byte {e.start}; fix the file or pass "
-                              "--encoding-errors replace") from None
+            raise CorpusError(f"{path} row {row} (counted from 0): invalid UTF-8 at byte {e.start}; fix the file "
+                              "or pass --encoding-errors replace") from None
         stats.replaced_utf8 += 1
         return raw.decode("utf-8", errors="replace")

@@ -7,7 +7,8 @@ Three schemes (DESIGN.md):
   generic histogram (= the target's with the density ratio). Inside a cluster, documents are taken
   as evenly as possible: each is repeated floor(m/n) times and (m mod n) of them once more, so a
   repeat only happens once every document of the cluster has been used.
-- `crisp`: draw a cluster from the weighted histogram, then a document uniformly inside it, i.i.d.
+- `crisp`: draw a cluster from the weighted histogram, then a document uniformly inside it, i.i.d. (for a
+  token or byte budget, among the documents `match` may draw: none far over its cluster's share).
 - `topk`: without replacement, Gumbel top-k on log w(c(x)) (DSIR's form); no repeats.
 
 Everything runs in data-fixed shards (the embedding shards) with a random stream per shard, so the

@@ -92,7 +92,7 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     q = q / q.sum()
     _check_not_absurd(amount, unit, float(np.where(q > 0, n_c if unit == "docs" else size_c, 0.0).sum()))
     drawable = None
-    if cfg.scheme == "match" and unit != "docs":
+    if unit != "docs":  # match and crisp alike
         shard_sizes = [np.asarray(t, np.float64) for t in shard_sizes]  # read once, kept for the spread
         drawable, n_drawable, mean_size = _drawable_units(q, float(amount), shard_leaves, shard_sizes)
     # units to draw: a doc budget directly; a token or byte budget through each cluster's mean size
@@ -101,12 +101,13 @@ def make_plan(cfg: ResampleConfig, weights: np.ndarray, generic: Histogram, shar
     if cfg.scheme == "match":
         return _plan_match(cfg, weights, q, n_units, n_c if drawable is None else n_drawable, mean_size,
                            shard_counts, shard_leaves, shard_sizes, within_log_w, centroids, rng, drawable)
-    # crisp: i.i.d. cluster draws, then uniform documents inside the cluster
+    # crisp: i.i.d. cluster draws, then uniform documents inside the cluster (among the drawable ones)
     draws = rng.multinomial(int(round(n_units)), q)
+    counts = _drawable_counts(shard_counts, shard_leaves, drawable)
     shard_draws = np.zeros_like(shard_counts)
     for c in np.flatnonzero(draws):
-        shard_draws[:, c] = rng.multinomial(int(draws[c]), shard_counts[:, c] / n_c[c])
-    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws)
+        shard_draws[:, c] = rng.multinomial(int(draws[c]), counts[:, c] / counts[:, c].sum())
+    return Plan(weights, draws.astype(np.int64), shard_counts, shard_draws, drawable=drawable)
 
 
 def _drawable_units(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray], shard_sizes: list[np.ndarray]
@@ -134,6 +135,15 @@ def _drawable_units(q: np.ndarray, amount: float, shard_leaves: list[np.ndarray]
     mean = np.where(n_ok > 0, np.bincount(leaves[ok], weights=sizes[ok], minlength=k) / np.maximum(n_ok, 1), 0.0)
     ends = np.cumsum([len(a) for a in shard_leaves])
     return np.split(ok, ends[:-1]), n_ok, mean
+
+
+def _drawable_counts(shard_counts: np.ndarray, shard_leaves: list[np.ndarray], drawable: list[np.ndarray] | None
+                     ) -> np.ndarray:
+    """(S, k) units per shard and cluster that may be drawn."""
+    if drawable is None:
+        return shard_counts
+    k = shard_counts.shape[1]
+    return np.stack([np.bincount(a[d], minlength=k) for a, d in zip(shard_leaves, drawable)]).astype(np.int64)
 
 
 MAX_MEAN_REPEATS = 100
@@ -186,8 +196,7 @@ def _plan_match(cfg: ResampleConfig, weights: np.ndarray, q: np.ndarray, n_units
                                ).astype(np.int64)
         draws = shard_draws.sum(axis=0)
     else:  # uniform inside the clusters: whole rounds over the units that may be drawn, the rest spread
-        counts = shard_counts if drawable is None else np.stack(
-            [np.bincount(a[d], minlength=len(q)) for a, d in zip(shard_leaves, drawable)]).astype(np.int64)
+        counts = _drawable_counts(shard_counts, shard_leaves, drawable)
         extra = draws % np.maximum(n_c, 1)
         shard_draws = counts * (draws // np.maximum(n_c, 1))
         for c in np.flatnonzero(extra):
