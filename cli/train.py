@@ -22,8 +22,9 @@ _INT_FLAGS = {
     "steps": "Optimizer steps [default: one pass over the data].",
     "batch_size": "Sequences per micro-batch per process (global batch: see above).",
     "grad_accum": "Micro-batches per optimizer step.",
-    "warmup_steps": "Linear warm-up steps [default: min(1000, steps/20)].",
+    "warmup_steps": "Pretraining's linear warm-up steps [default: min(1000, steps/20)].",
     "finetune_steps": "Fine-tuning steps [default: one pass over the fine-tuning data].",
+    "finetune_warmup_steps": "Fine-tuning's linear warm-up steps [default: min(1000, finetune steps/20)].",
     "checkpoint_every": "Steps between resumable checkpoints.", "seed": "Random seed.",
     "log_every": "Steps between metrics lines.",
     "early_stopping": "Stop fine-tuning after N validations without a lower in-domain validation loss; "
@@ -119,6 +120,9 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
         raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
                                "(or --arch projected --clusters CLU)")
     _check_tuning(numbers, finetune)
+    if numbers.get("warmup_steps") is not None and not data and not clusters:
+        click.echo("warning: --warmup-steps ignored: no --data to pretrain on (--finetune-warmup-steps sets "
+                   "fine-tuning's)", err=True)
     if init:  # the run's own preset (its lr and batch defaults) and family
         preset, arch = _init_defaults(init, preset, arch)
     cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, arch=arch, tokenizer=tokenizer,
@@ -150,8 +154,9 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
 
 
 def _check_tuning(numbers: dict, finetune) -> None:
-    tuning = [f"--{k.replace('_', '-')}" for k in ("finetune_steps", "finetune_lr", "early_stopping", "eval_every",
-                                                    "finetune_val_fraction") if numbers.get(k) is not None]
+    tuning = [f"--{k.replace('_', '-')}" for k in ("finetune_steps", "finetune_lr", "finetune_warmup_steps",
+                                                    "early_stopping", "eval_every", "finetune_val_fraction")
+              if numbers.get(k) is not None]
     if tuning and not finetune:  # a warning: scripts pass one set of flags to every run
         click.echo(f"warning: {', '.join(tuning)} ignored: no --finetune sample to fine-tune on", err=True)
 

@@ -139,6 +139,13 @@ class CompareConfig:
         if within_set and "importance" not in self.methods:
             raise ConfigError(f"{', '.join(within_set)} set(s) how `importance` draws inside the clusters; add "
                               "importance to --methods, or leave them out")
+        for fields, models in ((("groups", "expert_select"), ("experts",)), (("large_steps",), ("large", "distill")),
+                               (("distill_alpha", "distill_temperature"), ("distill",))):
+            given = flags_set(self, fields)
+            if given and not set(models) & set(self.models):
+                flags = [{f"--{v.replace('_', '-')}": f"--{k}" for k, v in self.FLAGS.items()}.get(g, g) for g in given]
+                raise ConfigError(f"{', '.join(flags)} set(s) the {' or '.join(models)} model; add it to --models, or "
+                                  "leave them out")
         for m in (*self.methods, "importance"):  # importance's settings are checked even when it does not run
             self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
@@ -161,6 +168,7 @@ class CompareConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
         positive("targets_expected", self.targets_expected, flag="--targets-expected")
+        positive("large_steps", self.large_steps, flag="--large-steps")  # before the dense runs train
         if not 0 <= self.distill_alpha <= 1:  # checked here, not minutes later when `distill` trains
             raise ConfigError(f"--alpha must be in [0, 1], got {self.distill_alpha}")
         positive("distill_temperature", self.distill_temperature)

@@ -71,16 +71,17 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     if _plot_perplexity(out / "perplexity.png", results):
         files["perplexity.png"] = out / "perplexity.png"
     cfg = results["config"]
+    trained = (f"pretrained on each selection of {cfg['tokens']:,} tokens from the generic corpus" if results["methods"]
+               else "pretrained on the generic corpus (no dense model on a selection: `--models` has no dense)")
     lines = [
         "# impsamp compare", "",
         f"Same LM preset (`{cfg['preset']}`, {cfg['steps']} pretraining steps, {cfg['finetune_steps']} "
-        f"fine-tuning steps, {seed_words(cfg)}) pretrained on each selection of {cfg['tokens']:,} "
-        f"tokens from the generic corpus, then fine-tuned on the in-domain sample; perplexity and bits "
-        f"per byte on the evaluation text (macro-averaged over files). Clusters: k={clu.n_leaves}.", "",
+        f"fine-tuning steps, {seed_words(cfg)}) {trained}, then fine-tuned on the in-domain sample; perplexity "
+        f"and bits per byte on the evaluation text (macro-averaged over files). Clusters: k={clu.n_leaves}.", "",
         markdown_table(results), "",
     ]
     lines += report_lines(results)
-    if results.get("target_domain"):
+    if results.get("target_domain") and results["methods"]:
         lines += [f"Target domain: `{results['target_domain']}`. Domain shares of each selection (of its rows, as "
                   "the table's target-domain share):", ""]
         for m, e in results["methods"].items():

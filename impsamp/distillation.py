@@ -28,8 +28,10 @@ def distill(teacher: str | Path, student: str | Path, target: str | Path | Seque
     `config`: a `TrainConfig` for fine-tuning (finetune_steps, finetune_lr, early_stopping, seed...);
     the model shape and tokenizer are the student's. Returns the `TrainRun` in `out_dir`.
     """
+    from .config import as_config
     from .training import TrainConfig, TrainRun, train
 
+    config = as_config(TrainConfig, config)
     base = TrainRun.load(student) if Path(student, "manifest.json").is_file() else None
     cfg = replace(config or TrainConfig(), init=str(student), teacher=str(teacher), alpha=alpha,
                   temperature=temperature, tokenizer=None, steps=None, tokens=None)

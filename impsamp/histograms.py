@@ -29,12 +29,13 @@ logger = logging.getLogger(__name__)
 HIST_FORMAT = "impsamp-histogram/1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Histogram:
     """Documents per leaf cluster (float, so mixtures and smoothing stay exact).
 
     `ancestors[j]` maps each leaf to its node at level j of the tree (the last level is the leaf
-    itself); a flat clustering has one level.
+    itself); a flat clustering has one level. Two are equal when their counts, tree, clustering and
+    source are (`==`, `in`, dict keys and sets work; the numpy fields are compared by value).
     """
 
     counts: np.ndarray
@@ -42,6 +43,16 @@ class Histogram:
     clusters_fingerprint: str
     source: str = ""
     tokens: np.ndarray | None = field(default=None, compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return (self.clusters_fingerprint == other.clusters_fingerprint and self.source == other.source
+                and np.array_equal(self.counts, other.counts) and len(self.ancestors) == len(other.ancestors)
+                and all(np.array_equal(a, b) for a, b in zip(self.ancestors, other.ancestors)))
+
+    def __hash__(self) -> int:
+        return hash((self.clusters_fingerprint, self.source, np.asarray(self.counts, np.float64).tobytes()))
 
     @property
     def k(self) -> int:

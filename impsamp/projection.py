@@ -199,6 +199,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     projected for the target, fine-tuned like the dense runs; the report's entry."""
     from .errors import StageError
     from .training import TrainRun, train
+    from .training.provenance import finished_run, with_init_defaults
 
     name = "projected" if condition == "cluster" else "soup"
     ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,
@@ -211,10 +212,31 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     except (StageError, FileNotFoundError, KeyError):
         log(progress, f"training the {'projected network' if name == 'projected' else 'soup of experts'}")
         net = train(None, path, ncfg, progress=progress, overwrite=True)
-    small = project(net, out / "runs" / f"{name}-small", target=targets, text_field=tcfg.text_field, overwrite=True)
+    small_path = out / "runs" / f"{name}-small"
+    small = _projected_from(small_path, net, targets, tcfg.text_field)
+    if small is None:
+        small = project(net, small_path, target=targets, text_field=tcfg.text_field, overwrite=True)
     rec = json.loads((small.path / PROJECTION).read_text())
     ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps, init=str(small.path))
-    log(progress, f"fine-tuning the {name} small model")
-    run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)
+    run = finished_run(out / "runs" / name, with_init_defaults(ft), [], targets, evals)
+    if run is None:  # (a finished one is kept: a killed compare resumes without redoing it)
+        log(progress, f"fine-tuning the {name} small model")
+        run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)
     return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": net.model_config.n_params()},
             "condition": rec["condition"], "group_mass": rec["group_mass"], "why": rec["why"]}
+
+
+def _projected_from(path: Path, net, targets: list, text_field: str):
+    """The small model in `path` if this version projected it from `net` (by fingerprint) for these targets."""
+    from . import __version__
+    from .errors import StageError
+    from .training import TrainRun
+
+    try:
+        small = TrainRun.load(path)
+        rec = json.loads((path / PROJECTION).read_text())
+    except (StageError, OSError, ValueError):
+        return None
+    same = (rec.get("network_fingerprint") == net.manifest.fingerprint and rec.get("target") == [str(t) for t in as_specs(targets)]
+            and rec.get("text_field") == text_field and small.manifest.impsamp_version == __version__)
+    return small if same else None

@@ -85,11 +85,12 @@ def ngram_classifier_features(counts):
     return preprocessing.normalize(counts.astype(np.float64).log1p())
 
 
-def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER_FOLDS):
-    """Logistic regression on hashed n-grams (`ngram_classifier_features`), target documents (1) against
-    generic units (0), class-balanced, cross-fitted: the generic rows fall in `folds` seeded folds and
-    each is scored by the model fitted without its fold (so a unit's own n-grams never count as
-    "generic" in its score). -> (log-odds per generic row, the fold models)."""
+def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER_FOLDS,
+                          target_weights: np.ndarray | None = None):
+    """Logistic regression on hashed n-grams (`ngram_classifier_features`), target documents (1, each
+    weighed by `target_weights` if given) against generic units (0), class-balanced, cross-fitted: the
+    generic rows fall in `folds` seeded folds and each is scored by the model fitted without its fold (so a
+    unit's own n-grams never count as "generic" in its score). -> (log-odds per generic row, the fold models)."""
     linear, sparse = require("sklearn.linear_model"), require("scipy.sparse")
     xg, xt = ngram_classifier_features(generic_counts), ngram_classifier_features(target_counts)
     fold = np.random.default_rng(0).permutation(xg.shape[0]) % folds
@@ -100,19 +101,23 @@ def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER
         train = np.flatnonzero(fold != f)
         y = np.concatenate([np.zeros(len(train)), np.ones(xt.shape[0])])
         clf = linear.LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
-        clf.fit(sparse.vstack([xg[train], xt], format="csr"), y)
+        clf.fit(sparse.vstack([xg[train], xt], format="csr"), y, sample_weight=None if target_weights is None
+                else np.concatenate([np.ones(len(train)), target_weights]))
         odds[fold == f] = clf.decision_function(xg[fold == f])
         models.append(clf)
     return odds, models
 
 
-def fit_classifier(target_vectors: np.ndarray, generic_vectors: np.ndarray, seed: int = 0):
-    """Logistic regression, target (1) against generic (0), class-balanced."""
+def fit_classifier(target_vectors: np.ndarray, generic_vectors: np.ndarray, seed: int = 0,
+                   target_weights: np.ndarray | None = None):
+    """Logistic regression, target (1, each weighed by `target_weights` if given) against generic (0),
+    class-balanced."""
     linear = require("sklearn.linear_model")
     x = np.concatenate([target_vectors, generic_vectors]).astype(np.float32)
     y = np.concatenate([np.ones(len(target_vectors)), np.zeros(len(generic_vectors))])
     clf = linear.LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced", random_state=seed)
-    clf.fit(x, y)
+    clf.fit(x, y, sample_weight=None if target_weights is None
+            else np.concatenate([target_weights, np.ones(len(generic_vectors))]))
     return clf
 
 

@@ -48,34 +48,44 @@ def model_entries(out: Path, cfg, tcfg, emb, clu, selections: dict[str, Any], ge
 
 
 def _large(out: Path, cfg, tcfg, data: list[str], targets: list, evals: list[str], progress: bool, log):
-    from .planning import LARGE_PRESET
-    from .training import TrainConfig, train
+    from .training import train
     from .training.config import padded_vocab
     from .training.provenance import finished_run
     from .training.tokenizer import load_tokenizer
 
-    if tcfg.preset not in LARGE_PRESET:
-        raise ConfigError(f"--models large/distill: no large preset for --preset {tcfg.preset} "
-                          f"(known: {', '.join(LARGE_PRESET)})")
-    vocab = padded_vocab(load_tokenizer(tcfg.tokenizer).vocab_size)
-    lcfg = TrainConfig(preset=LARGE_PRESET[tcfg.preset], tokenizer=tcfg.tokenizer, seed=tcfg.seed,
-                       block_size=tcfg.block_size, batch_size=tcfg.batch_size, finetune_steps=cfg.finetune_steps,
-                       pretrain_costs="generic", text_field=tcfg.text_field)
-    steps = cfg.large_steps or max(1, round(cfg.steps * tcfg.model_config(vocab).flops_per_token()
-                                            / lcfg.model_config(vocab).flops_per_token()))
-    lcfg = replace(lcfg, steps=steps)
+    lcfg = large_config(cfg, tcfg, padded_vocab(load_tokenizer(tcfg.tokenizer).vocab_size))
     path = out / "runs" / "large"
     if (run := finished_run(path, lcfg, data, targets, evals)) is not None:
         return run
-    log(progress, f"training the large model ({lcfg.preset}, {steps} steps)")
+    log(progress, f"training the large model ({lcfg.preset}, {lcfg.steps} steps)")
     return train(data, path, lcfg, finetune=targets, eval=evals, progress=progress, overwrite=True)
+
+
+def large_config(cfg, tcfg, vocab: int):
+    """The large model's settings: the large preset of the dense runs' (`planning.LARGE_PRESET`), their tokenizer,
+    seed, precision and fine-tuning, and `--large-steps` or as many steps as spend the dense model's generic
+    FLOPs, each step its own preset's batch (llm-771m's is a quarter of slm-126m's)."""
+    from .planning import LARGE_PRESET
+    from .training import TrainConfig
+
+    if tcfg.preset not in LARGE_PRESET:
+        raise ConfigError(f"--models large/distill: no large preset for --preset {tcfg.preset} "
+                          f"(known: {', '.join(LARGE_PRESET)})")
+    lcfg = TrainConfig(preset=LARGE_PRESET[tcfg.preset], tokenizer=tcfg.tokenizer, seed=tcfg.seed,
+                       block_size=tcfg.block_size, batch_size=tcfg.batch_size, finetune_steps=cfg.finetune_steps,
+                       pretrain_costs="generic", text_field=tcfg.text_field, dtype=tcfg.dtype, device=tcfg.device)
+
+    def step_flops(c) -> float:
+        return c.model_config(vocab).flops_per_token() * c.resolved("batch_size") * c.resolved("block_size")
+
+    return replace(lcfg, steps=cfg.large_steps or max(1, round(cfg.steps * step_flops(tcfg) / step_flops(lcfg))))
 
 
 def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, evals: list[str], progress: bool,
                log) -> dict[str, Any]:
     from .distillation import distill
     from .training import train
-    from .training.provenance import finished_run
+    from .training.provenance import finished_run, with_init_defaults
 
     scfg = replace(tcfg, finetune_steps=None, pretrain_costs="generic")
     student_path = out / "runs" / "dense-generic"
@@ -85,8 +95,8 @@ def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, ev
         student = train(data, student_path, scfg, progress=progress, overwrite=True)
     ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps)
     path = out / "runs" / "distill"
-    want = replace(ft, init=str(student.path), teacher=str(teacher.path), alpha=cfg.distill_alpha,
-                   temperature=cfg.distill_temperature, preset=student.config.preset, arch=student.config.arch)
+    want = with_init_defaults(replace(ft, init=str(student.path), teacher=str(teacher.path), alpha=cfg.distill_alpha,
+                                      temperature=cfg.distill_temperature))  # as `train` records it
     run = finished_run(path, want, [], targets, evals)
     if run is None:
         log(progress, f"distilling {teacher.config.preset} into {student.config.preset}")

@@ -90,6 +90,19 @@ def test_a_histogram_refuses_embeddings_the_clustering_was_not_made_from(p, tmp_
     assert not (tmp_path / "h.hist").exists()
 
 
+def test_histograms_compare_by_value_and_reload_from_relative_paths(p, tmp_path, monkeypatch):
+    """`==` on two histograms raised numpy's "truth value is ambiguous", and `hash` a TypeError; a handle
+    opened from a relative path broke after `os.chdir`, calling good output damaged."""
+    a, b = impsamp.histogram(p["target"], p["clu"]), impsamp.histogram(p["target"], p["clu"])
+    assert a == b and hash(a) == hash(b) and a in [b] and len({a, b}) == 1
+    generic = impsamp.generic_histogram(impsamp.Clusters.load(p["clu"]))
+    assert a != generic and a != "a histogram"
+    monkeypatch.chdir(p["root"])
+    emb, clu = impsamp.Embeddings.load("emb"), impsamp.Clusters.load("clu")
+    monkeypatch.chdir(tmp_path)
+    assert len(emb.shard_vectors(emb.shard_names[0])) > 0 and impsamp.histogram(p["target"], clu) == a
+
+
 @pytest.mark.parametrize("kw, message", [({"cap": -1}, "cap must be > 0"), ({"temperature": float("nan")},
                                          "temperature must be a finite number"), ({"smoothing": -1}, "smoothing must be >= 0")])
 def test_density_ratio_checks_its_settings(p, kw, message):

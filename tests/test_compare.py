@@ -133,14 +133,23 @@ def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="no large preset for --preset mini"):  # before any work, not after
         CompareConfig(preset="mini", models=("dense", "distill"))
     assert CompareConfig(preset="mini", models=("dense", "experts")).preset == "mini"
-    for bad in (2.0, -0.1, float("nan")):  # at once, whatever --models: not after minutes of training
+    distill = ("dense", "distill")
+    for bad in (2.0, -0.1, float("nan")):  # at once: not after minutes of training
         with pytest.raises(ConfigError, match="--alpha must be in"):
-            CompareConfig(distill_alpha=bad)
+            CompareConfig(distill_alpha=bad, models=distill)
     with pytest.raises(ConfigError, match="distill_temperature must be > 0"):
-        CompareConfig(distill_temperature=0.0)
+        CompareConfig(distill_temperature=0.0, models=distill)
     with pytest.raises(ConfigError, match="--groups 9 is more than the 8 clusters"):
         CompareConfig(models=("dense", "experts"), groups=9, k=8)
-    assert CompareConfig(groups=9, k=8).groups == 9  # no experts: --groups is not used
+    # a model's settings without the model did nothing: refused, as --within without importance is
+    for kw, message in [({"groups": 9, "k": 8}, "--groups set"), ({"expert_select": "all"}, "--select set"),
+                        ({"distill_alpha": 0.3}, "--alpha set"), ({"large_steps": 5}, "--large-steps set")]:
+        with pytest.raises(ConfigError, match=f"{message}.*add it to --models"):
+            CompareConfig(**kw)
+    # --large-steps 0 was taken as the default, -1 failed after the dense runs had trained
+    for bad in (0, -1):
+        with pytest.raises(ConfigError, match=f"--large-steps must be > 0, got {bad}"):
+            CompareConfig(large_steps=bad, models=distill)
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():

@@ -84,7 +84,8 @@ def test_early_stopping_keeps_the_best_weights(base, tmp_path):
     out = tmp_path / "es"
     ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "40",
               "--finetune-lr", "1.0", "--early-stopping", "2", "--eval-every", "2", "--finetune-val-fraction", "0.25",
-              "--device", "cpu", "--no-progress", "--batch-size", "4", "--dtype", "float32"))
+              "--device", "cpu", "--no-progress", "--batch-size", "4", "--dtype", "float32",
+              "--checkpoint-every", "3"))  # checkpoints between validations (they carry the best weights on)
     run = TrainRun.load(out)
     stop = run.metrics["early_stopping"]
     vals = [r["val_loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -107,10 +108,12 @@ def test_early_stopping_resumes_to_the_same_bytes(base, tmp_path):
 
     args = ["train", "--init", base["run"], "--finetune", base["sample"], "--finetune-steps", "12",
             "--finetune-lr", "0.05", "--early-stopping", "2", "--eval-every", "2", "--finetune-val-fraction", "0.25",
-            "--device", "cpu", "--no-progress", "--batch-size", "4"]
+            "--device", "cpu", "--no-progress", "--batch-size", "4", "--checkpoint-every", "3"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert run_sub(*args, "--out", whole).returncode == 0
-    r = run_sub(*args, "--out", killed, env={"IMPSAMP_TEST_KILL_AT": "finetune:4"})
+    # killed after the checkpoint of step 3, which falls between validations (2, 4): it resumes with the
+    # stopping state of step 2 (a fresh one forgot a validation, and the best weights were lost)
+    r = run_sub(*args, "--out", killed, env={"IMPSAMP_TEST_KILL_AT": "finetune:3"})
     assert r.returncode != 0
     r = run_sub(*args, "--out", killed)
     assert r.returncode == 0, r.stderr
@@ -126,6 +129,18 @@ def test_fine_tuning_flags_without_a_sample_are_named_as_ignored(base, tmp_path)
     assert "warning: --finetune-lr, --early-stopping ignored: no --finetune sample" in r.output, r.output
 
 
+def test_fine_tuning_warms_up_as_its_own_flag_says(base, tmp_path):
+    """--warmup-steps is pretraining's (it was silently ignored by a fine-tuning-only run, whose warm-up stayed
+    min(1000, steps/20)); --finetune-warmup-steps sets fine-tuning's."""
+    out = tmp_path / "wu"
+    r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "6",
+                  "--finetune-lr", "0.01", "--finetune-warmup-steps", "3", "--warmup-steps", "0", "--log-every", "1",
+                  "--device", "cpu", "--no-progress", "--batch-size", "4"))
+    assert "warning: --warmup-steps ignored: no --data to pretrain on" in r.output
+    lrs = [rec["lr"] for rec in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in rec]
+    assert lrs[:4] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01]) and lrs[4] < 0.01  # then the cosine
+
+
 def test_the_python_api_fine_tunes_an_init_run_with_its_own_preset_and_family(base, tmp_path):
     """`TrainConfig(init=RUN)` takes the run's preset (its learning rate and batch defaults) and family, as
     `impsamp train --init RUN` does: the two fine-tune the same model the same way."""
@@ -135,9 +150,11 @@ def test_the_python_api_fine_tunes_an_init_run_with_its_own_preset_and_family(ba
 
     large = tmp_path / "large"  # a run of another preset than the default (its shape from the flags)
     ok(invoke("train", "--data", base["data"], "--out", large, *TRAIN_FLAGS, "--steps", "2", "--preset", "tiny-large",
-              "--dtype", "float32"))
+              "--dtype", "float32", "--lr", "0.002"))
+    # its own lr and batch too, where it set them (a specialized expert fine-tuned at its preset's lr / 10)
     cfg = with_init_defaults(TrainConfig(init=str(large), finetune_steps=2))
-    assert (cfg.preset, cfg.arch, cfg.resolved("lr")) == ("tiny-large", "dense", 6e-4)
+    assert (cfg.preset, cfg.arch, cfg.resolved("lr"), cfg.resolved("batch_size")) == ("tiny-large", "dense", 0.002, 4)
+    assert with_init_defaults(TrainConfig(init=str(large), lr=1e-4, batch_size=8)).resolved("lr") == 1e-4
     with pytest.raises(ConfigError, match="drop --preset mini"):
         with_init_defaults(TrainConfig(init=str(large), preset="mini"))
     api = train(None, tmp_path / "api", TrainConfig(init=str(large), finetune_steps=2, device="cpu", dtype="float32",

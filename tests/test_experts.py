@@ -267,6 +267,7 @@ def test_ray_experts_give_the_same_bytes(pipe, tmp_path):
 
 def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path):
     from impsamp.comparison import Report
+    from impsamp.mixture import Experts
 
     toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
@@ -275,8 +276,8 @@ def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path
     r = ok(invoke("compare", "--generic", generic, "--target", target, "--eval", target,
                   "--out", out, "--methods", "uniform,importance", "--models", "dense,experts", "--groups", "2",
                   "--tokens", "2000", "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml,
-                  "--no-progress", "--text-field", "body"))
-    assert "| experts G=2 (top) |" in r.output and "| dense, importance |" in r.output
+                  "--no-progress", "--text-field", "body", "--select", "all", "--dtype", "float32"))
+    assert "| experts G=2 (all) |" in r.output and "| dense, importance |" in r.output
     res = Report.load(out).results
     e, uniform, imp = res["models"]["experts"], res["methods"]["uniform"], res["methods"]["importance"]
     # equal generic pretraining FLOPs (to whole steps), one expert's size at inference
@@ -286,6 +287,38 @@ def test_compare_with_experts_reports_costs_and_the_chosen_expert(pipe, tmp_path
     assert uniform["costs"]["pretraining"] == 0
     assert 0 < e["target_mass_on_chosen"] <= 1 and e["chosen"] in (0, 1)
     assert "Experts: 2 groups" in (out / "report.md").read_text()
+    # every model at the compare's --dtype and LM seed (the experts trained at `auto` and seed 0 whatever was asked)
+    ex = Experts.load(out / "experts")
+    assert ex.expert(0).config.dtype == "float32" and ex.manifest.config["seed"] == res["config"]["seed"]
+    _a_resumed_compare_keeps_the_finished_specialization(out, res, [str(target)])
+
+
+def _a_resumed_compare_keeps_the_finished_specialization(out, res, targets):
+    """Resumed, a compare fine-tuned every candidate of `--select all` and the winner again: the settings it
+    compared with were not those `specialize` records."""
+    import importlib
+
+    specialize = importlib.import_module("impsamp.mixture.specialize")  # the package's `specialize` is the function
+    stage = importlib.import_module("impsamp.mixture.stage")
+    from impsamp.clustering import Clusters
+    from impsamp.comparison import CompareConfig, _train_config
+    from impsamp.config import from_dict
+    from impsamp.embedding import Embeddings
+    from impsamp.mixture.strategy import experts_entry
+
+    cfg = from_dict(CompareConfig, res["config"])
+    tcfg = _train_config(out, cfg, None, False)  # the tokenizer is there: only the settings
+    evals = [e["path"] for e in json.loads((out / MANIFEST).read_text())["inputs"]["eval"]]
+
+    def refuse(*a, **k):
+        raise AssertionError("redone")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(specialize, "specialize", refuse)
+        mp.setattr(stage, "experts", refuse)
+        entry = experts_entry(out, cfg, tcfg, Embeddings.load(out / "embeddings"), Clusters.load(out / "clusters"),
+                              targets, evals, False, lambda *a: None)
+    assert entry["metrics"] == res["models"]["experts"]["metrics"]
 
 
 def test_resample_selection_counts_as_per_target_pretraining(pipe, tmp_path):
@@ -342,7 +375,6 @@ def test_real_model_experts_specialize_on_the_bundled_corpus(tmp_path):
     from impsamp.datasets import demo_corpus
     from impsamp.embedding import EmbedConfig, embed
     from impsamp.mixture import ExpertsConfig, evaluate_routed, experts, specialize
-    from impsamp.training import TrainConfig
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     corpus = demo_corpus()
@@ -356,7 +388,7 @@ def test_real_model_experts_specialize_on_the_bundled_corpus(tmp_path):
                  device="cpu")
     ex = experts(emb, clu, tmp_path / "ex", ExpertsConfig(groups=2, total_tokens=2048, train=shape))
     run = specialize(ex, [corpus.sample("python_docs")], tmp_path / "sp", select="top",
-                     config=TrainConfig(finetune_steps=2, batch_size=4, device="cpu"),
+                     config={"finetune_steps": 2, "batch_size": 4, "device": "cpu"},  # a dict, as anywhere
                      eval=[corpus.eval("python_docs")])
     rec = json.loads((tmp_path / "sp" / "specialization.json").read_text())
     assert rec["chosen"] == int(np.argmax(rec["group_mass"])) and rec["target_mass_on_chosen"] > 0.5
@@ -374,3 +406,23 @@ def test_real_model_experts_specialize_on_the_bundled_corpus(tmp_path):
     assert math.isfinite(per["ppl"]) and sum(per["documents_per_group"]) == 200
     # held-out python_docs goes mostly where the sample's mass is
     assert per["documents_per_group"][rec["chosen"]] >= 100
+
+
+def test_an_experts_budget_too_small_for_a_step_each_is_said_and_a_typo_refused(caplog):
+    """`--total-tokens 1e30` overflowed the step arithmetic and spun; a budget under one step per expert was
+    exceeded in silence (each expert trains at least one step)."""
+    import logging
+
+    from impsamp.errors import ConfigError
+    from impsamp.mixture import ExpertsConfig
+    from impsamp.mixture.stage import _split_budget
+
+    with pytest.raises(ConfigError, match="--total-tokens 1e\\+30 is over 1e\\+15 tokens"):
+        ExpertsConfig(groups=2, total_tokens=1e30)
+    shape = {"block_size": 32, "batch_size": 4}  # 128 tokens a step
+    cfg = ExpertsConfig(groups=4, total_tokens=128 * 10, train=shape)
+    with caplog.at_level(logging.WARNING, logger="impsamp"):
+        assert sum(_split_budget(cfg, np.array([5.0, 3.0, 1.0, 1.0]))) == 128 * 10 and not caplog.records
+        small = ExpertsConfig(groups=4, total_tokens=200, train=shape)
+        assert _split_budget(small, np.array([5.0, 3.0, 1.0, 1.0])) == [128] * 4
+    assert "4 experts train at least one step of 128 tokens each: 512 tokens in all, not the 200" in caplog.text

@@ -133,6 +133,29 @@ def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     assert 0.35 < np.mean(t == "bio") < 0.65 and 0.35 < np.mean(t == "law") < 0.65
 
 
+@pytest.mark.parametrize("method", ["ngram", "classifier"])
+def test_document_level_methods_weigh_a_mixed_target_as_the_histogram_does(stages, tmp_path, method):
+    """A mixed target's parts count by their weights in the n-gram counts and the classifier's fit, as in the
+    histogram (each part normalised, then weighted): these methods pooled every part's documents alike, so a
+    part given weight 0 (or a small weight and many documents) still drew the selection its way."""
+    from impsamp.resampling.methods import mixture_row_weights
+
+    root, generic, target, topics, emb, clu = stages
+    law = tmp_path / "law.jsonl"
+    rng = np.random.default_rng(2)
+    law.write_text("".join(json.dumps({"text": _doc(rng, "law")}) + "\n" for _ in range(120)))
+    cfg = ResampleConfig(docs=150, method=method)
+    shares = {}
+    for w in (0.0, 0.5):
+        sel = impsamp.resample(emb, clu, tmp_path / f"w{w}", targets=[(target, 1 - w), (law, w)], config=cfg)
+        shares[w] = np.mean(_topics_of(sel, topics) == "law")
+    assert shares[0.0] < 0.05 < 0.3 < shares[0.5]
+    # per document: a part's weight over its size, summing to the documents; one part: all alike
+    np.testing.assert_allclose(mixture_row_weights([1, 4], [0.5, 0.5]), [2.5, 0.625, 0.625, 0.625, 0.625])
+    np.testing.assert_allclose(mixture_row_weights([2, 1], [3, 0]), [1.5, 1.5, 0.0])
+    assert mixture_row_weights([7], [0.3]) is None
+
+
 @pytest.mark.parametrize("method", ["topk", "uniform", "ngram", "classifier"])
 def test_without_replacement_methods_have_no_duplicates(stages, tmp_path, method):
     root, generic, target, topics, emb, clu = stages
@@ -333,7 +356,7 @@ def test_ngram_classifier_scores_the_units_not_fitted_on_by_the_fold_models_mean
     monkeypatch.setattr(methods, "CLASSIFIER_ROWS", 400)
     seen = {}
     fit_odds, weights = selectors.ngram_classifier_odds, stage.classifier_log_weights
-    monkeypatch.setattr(selectors, "ngram_classifier_odds", lambda g, t: seen.setdefault("fit", fit_odds(g, t)))
+    monkeypatch.setattr(selectors, "ngram_classifier_odds", lambda g, t, **kw: seen.setdefault("fit", fit_odds(g, t, **kw)))
     monkeypatch.setattr(stage, "classifier_log_weights", lambda o, tau: seen.setdefault("odds", o) and weights(o, tau))
     impsamp.resample(emb, clu, tmp_path / "s", targets=[target],
                      config=ResampleConfig(docs=100, within="ngram-classifier", seed=2))

@@ -150,3 +150,23 @@ def test_killed_compare_resumes_reusing_finished_runs(corpus, tmp_path):
     assert run_sub(*compare_args(corpus, ref, "--models", "dense,large"), timeout=300).returncode == 0
     table = lambda d: json.loads((d / "results.json").read_text())["models"]["large"]["metrics"]["finetuned"]  # noqa: E731
     assert table(out)["macro_ppl"] == table(ref)["macro_ppl"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "slm-126m"])
+def test_the_large_model_spends_the_dense_models_generic_flops_with_its_own_batch(preset):
+    """`large` trains at the dense runs' generic FLOPs: the steps scaled by FLOPs per token alone gave the paper's
+    llm-771m (batch 8) a quarter of slm-126m's (batch 32) pretraining compute."""
+    from impsamp.comparison import CompareConfig
+    from impsamp.strategies import large_config
+    from impsamp.training import TrainConfig
+
+    cfg = CompareConfig(preset=preset, models=("dense", "large"), steps=1000, dtype="float32")
+    dense = TrainConfig(preset=preset, steps=1000, dtype="float32", seed=3)
+    large = large_config(cfg, dense, 32_000)
+
+    def generic(c):
+        return c.steps * c.model_config(32_000).flops_per_token() * c.resolved("batch_size") * c.resolved("block_size")
+
+    assert large.preset != preset and large.dtype == "float32" and large.seed == 3
+    assert generic(large) == pytest.approx(generic(dense), rel=0.01)
+    assert large_config(CompareConfig(preset=preset, models=("large",), large_steps=7), dense, 32_000).steps == 7

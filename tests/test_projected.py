@@ -393,6 +393,36 @@ def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe,
         assert e["costs"]["finetuning"] == uniform["costs"]["finetuning"]
         assert e["metrics"]["finetuned"]["macro_ppl"] > 1
     assert "Soup of experts: one shared network" in (out / "report.md").read_text()
+    _a_resumed_compare_keeps_the_finished_projections(out, [str(target)])
+
+
+def _a_resumed_compare_keeps_the_finished_projections(out, targets):
+    """A compare resumed after a kill re-projected and re-fine-tuned a finished projected network and soup."""
+    import impsamp.projection as projection
+    import impsamp.training as training
+    from impsamp.clustering import Clusters
+    from impsamp.comparison import CompareConfig, Report, _train_config
+    from impsamp.config import from_dict
+    from impsamp.io import open_corpus
+
+    res = Report.load(out).results
+    cfg = from_dict(CompareConfig, res["config"])
+    generic = open_corpus(sorted(str(p) for p in (out.parent).glob("generic.jsonl")), text_field=cfg.text_field)
+    tcfg = _train_config(out, cfg, generic, False)  # the tokenizer is there: only the settings
+    evals = [e["path"] for e in json.loads((out / MANIFEST).read_text())["inputs"]["eval"]]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/" + MANIFEST)}
+
+    def refuse(*a, **k):
+        raise AssertionError("redone")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(projection, "project", refuse)
+        mp.setattr(training, "train", refuse)
+        for name, condition in (("projected", "cluster"), ("soup", "histogram")):
+            entry = projection.projected_entry(out, cfg, tcfg, Clusters.load(out / "clusters"), targets, evals, False,
+                                               lambda *a: None, condition)
+            assert entry["metrics"] == res["models"][name]["metrics"]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
 def test_level_conditions_on_the_nodes_of_a_tree_level(pipe, tmp_path):

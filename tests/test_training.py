@@ -269,6 +269,40 @@ def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):
     assert run.model_config.vocab_size == 320  # 280 padded to a multiple of 64
 
 
+def test_the_held_out_share_is_the_fraction_asked_for():
+    """A validation share of 0.4 held out 0.51 of the documents (one in round(1/0.4) = 2); a share 1/k keeps its
+    split of before (one in k by the text's CRC-32), so cached token files and runs stay as they were."""
+    import zlib
+
+    from impsamp.training.data import held_out, split_key
+
+    texts = [f"document {i} about wheat".encode() for i in range(20_000)]
+    for share in (0.05, 0.3, 0.35, 0.4, 0.49):
+        assert abs(sum(map(held_out(share), texts)) / len(texts) - share) < 0.01, share
+    assert [held_out(0.1)(t) for t in texts] == [zlib.crc32(t) % 10 == 0 for t in texts]
+    assert not any(held_out(0.0)(t) for t in texts[:100])
+    assert split_key(0.1) == {"val_fraction": 0.1} and split_key(0.4)["split"] == "share"
+
+
+def test_a_tokenizer_that_cuts_or_pads_is_read_whole(corpus, tmp_path):
+    """A user's tokenizer.json made for an encoder cuts and pads every text to its window: the LM trained on
+    padding and scored a cut document's bytes by its first tokens (bits per byte 2x too low)."""
+    import tokenizers
+
+    from impsamp.training.tokenizer import load_tokenizer
+
+    path = train_tokenizer([corpus["farm"]], 280, tmp_path / "tok" / "tokenizer.json")
+    text = " ".join(["the farm grows wheat and barley"] * 20)
+    whole = load_tokenizer(path).encode_batch([text, "wheat"])
+    cutting = tokenizers.Tokenizer.from_file(str(path))
+    cutting.enable_truncation(8)
+    cutting.enable_padding(length=8)
+    cutting.save(str(tmp_path / "cut.json"))
+    assert [len(e.ids) for e in cutting.encode_batch([text, "wheat"])] == [8, 8]
+    assert load_tokenizer(tmp_path / "cut.json").encode_batch([text, "wheat"]) == whole
+    assert len(whole[0]) > 20 and len(whole[1]) < 8
+
+
 def test_a_new_model_family_is_one_registration(corpus, tmp_path, monkeypatch):
     """The loop, checkpoints, evaluation and TrainRun use only the family contract: a registered toy
     family (the dense model with its own parameter groups and no transformers export) trains, resumes

@@ -40,7 +40,7 @@ class Clusters:
             StageError: the directory is missing, incomplete, damaged or of another stage.
         """
         manifest = read_manifest(path, expect_stage="cluster")  # first: it checks `path` is a path
-        return cls(Path(path), manifest)
+        return cls(Path(path).absolute(), manifest)  # absolute: the handle outlives an os.chdir
 
     def __repr__(self) -> str:
         return f"Clusters({str(self.path)!r}, n_leaves={self.n_leaves}, levels={self.levels})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._deps import require
+from ..config import as_config
 from ..errors import ConfigError, ImpsampError
 from ..hardware import cpu_count
 from .config import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, MAX_PREPARE_THREADS, EmbedConfig
@@ -45,7 +46,7 @@ def load_embedder(config: EmbedConfig | None = None, *, threads: int | None = No
     Raises:
         ConfigError: unknown model, `cuda` without a GPU, an ONNX-incompatible model, ...
     """
-    cfg = config or EmbedConfig()
+    cfg = as_config(EmbedConfig, config) or EmbedConfig()
     device = resolve_device(cfg)
     if cfg.model.startswith("hashing:"):
         dim = cfg.model.split(":", 1)[1]

@@ -49,7 +49,7 @@ class Embeddings:
             StageError: missing, incomplete, damaged, or not an `embed` output.
         """
         manifest = read_manifest(path, expect_stage="embed")  # first: it checks `path` is a path
-        path = Path(path)
+        path = Path(path).absolute()  # the handle outlives an os.chdir
         shards = manifest.stats.get("shards", [])
         return cls(path, manifest, int(manifest.stats["dim"]), sum(int(s["rows"]) for s in shards),
                    [s["name"] for s in shards])

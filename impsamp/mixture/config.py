@@ -11,6 +11,10 @@ from ..errors import ConfigError
 SELECT_RULES = ("top", "lowest-loss", "all")
 
 
+MAX_TOKENS = 10 ** 15
+"""The largest experts' budget taken: past it a count is a typo (and overflows the step arithmetic)."""
+
+
 @documented
 @dataclass(frozen=True)
 class ExpertsConfig:
@@ -45,6 +49,10 @@ class ExpertsConfig:
         positive("groups", self.groups, flag="--groups")
         positive("tokens_per_expert", self.tokens_per_expert, flag="--tokens-per-expert")
         positive("total_tokens", self.total_tokens, flag="--total-tokens")
+        for name in ("tokens_per_expert", "total_tokens"):  # 10^15: ~100x the largest LM's pretraining
+            if (getattr(self, name) or 0) > MAX_TOKENS:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name):.3g} is over {MAX_TOKENS:.0e} "
+                                  "tokens; give a budget in tokens (2e9 is two billion)")
         check_seed(self.seed, maximum=MAX_SEED_32)
         if self.level is not None and self.level < 0:
             raise ConfigError(f"--level must be >= 0, got {self.level}")

@@ -35,7 +35,7 @@ class Experts:
     @classmethod
     def load(cls, path: str | Path) -> Experts:
         manifest = read_manifest(path, expect_stage="experts")  # first: it checks `path` is a path
-        return cls(Path(path), manifest)
+        return cls(Path(path).absolute(), manifest)  # absolute: the handle outlives an os.chdir
 
     def __repr__(self) -> str:
         return f"Experts({str(self.path)!r}, groups={self.n_groups})"

@@ -16,7 +16,6 @@ target's embedding and any scoring as selection, and every candidate's fine-tuni
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -48,19 +47,17 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
             the model, tokenizer and shape are the expert's.
         eval: in-domain evaluation files, scored before and after fine-tuning.
     """
+    from ..config import as_config
     from ..training import TrainConfig, train
 
+    config = as_config(TrainConfig, config)
     if select not in SELECT_RULES:
         raise ConfigError(f"--select {select!r} is unknown; valid: {', '.join(SELECT_RULES)}")
     ex = experts if isinstance(experts, Experts) else Experts.load(experts)
     text_field = config.text_field if config is not None else "text"
     targets, counts, enc_tokens, enc_params = target_counts(ex.clusters(), target, text_field)
     mass = group_mass(counts, ex.grouping)
-    first = ex.expert(0)
-    base_cfg = replace(config or TrainConfig(), init=None, tokenizer=None, steps=None, tokens=None)
-    ft = replace(base_cfg, preset=first.config.preset, arch=first.config.arch)
-    if select == "all" and ft.finetune_val_fraction is None:
-        ft = replace(ft, finetune_val_fraction=0.1)
+    ft = specialization_config(ex, config or TrainConfig(), select)
     if select == "all" and not ft.finetune_val_fraction:
         raise ConfigError("--select all compares the experts on a held-out split of the sample: "
                           "--finetune-val-fraction must be above 0")
@@ -81,7 +78,7 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
         record["scores"] = {"loss_before_finetuning": [round(x, 6) for x in losses]}
         record["why"] = f"expert {chosen} has the lowest loss on the sample before fine-tuning ({losses[chosen]:.4f})"
     else:
-        chosen, val, spent = _fine_tune_all(ex, targets, Path(out_dir), ft, base, progress, overwrite)
+        chosen, val, spent = _fine_tune_all(ex, targets, Path(out_dir), ft, progress)
         base = base.with_part("finetuning", spent)
         record["scores"] = {"val_loss_after_finetuning": val}
         record["why"] = (f"fine-tuned all {ex.n_groups} experts; expert {chosen} has the lowest loss on the "
@@ -90,6 +87,15 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     run_cfg = replace(ft, init=str(ex.expert_path(chosen)))
     return train(None, out_dir, run_cfg, finetune=targets, eval=as_specs(eval) or None, progress=progress,
                  overwrite=overwrite, base_costs=base, records={SPECIALIZATION: record})
+
+
+def specialization_config(ex: Experts, config, select: str):
+    """The fine-tuning settings `specialize` records and uses: `config`'s, with the experts' preset and
+    family, and no init, tokenizer or pretraining; `all` holds out 0.1 of the sample unless told otherwise."""
+    first = ex.expert(0)
+    ft = replace(config, init=None, tokenizer=None, steps=None, tokens=None, preset=first.config.preset,
+                 arch=first.config.arch)
+    return replace(ft, finetune_val_fraction=0.1) if select == "all" and ft.finetune_val_fraction is None else ft
 
 
 def _losses(ex: Experts, targets: list[str], text_field: str, device: str = "auto") -> tuple[list[float], float]:
@@ -111,24 +117,20 @@ def _losses(ex: Experts, targets: list[str], text_field: str, device: str = "aut
 
 
 def _finished(path: Path, cfg, targets: list[str]):
-    """The complete candidate run in `path` if it fine-tuned this expert on these targets with `cfg`."""
-    from .. import __version__
-    from ..errors import StageError
-    from ..io import open_corpus
+    """The complete candidate run in `path` if it fine-tuned this expert (by fingerprint) on these targets with
+    `cfg` (as `train` records it) in this version: the same inputs would give the same bytes."""
+    from ..training.provenance import finished_run, with_init_defaults
+
+    run = finished_run(path, with_init_defaults(cfg), [], targets)
+    if run is None or not cfg.init:
+        return run
     from ..training import TrainRun
 
-    try:
-        run = TrainRun.load(path)
-    except (StageError, OSError, ValueError):
-        return None
-    wanted = open_corpus(targets, text_field=cfg.text_field).fingerprint()
-    same = run.manifest.config == json.loads(json.dumps(asdict(cfg))) and run.manifest.impsamp_version == __version__ \
-        and (run.manifest.inputs.get("finetune") or {}).get("fingerprint") == wanted
-    return run if same else None
+    return run if run.manifest.inputs.get("init", {}).get("fingerprint") == TrainRun.load(cfg.init).manifest.fingerprint \
+        else None
 
 
-def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, base: Costs, progress: bool,
-                   overwrite: bool) -> tuple[int, list[float], float]:
+def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, progress: bool) -> tuple[int, list[float], float]:
     """Fine-tune every expert; (the best one, each one's held-out loss, the FLOPs of all but the best)."""
     from ..training import train
 
@@ -136,8 +138,8 @@ def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, base: Costs, 
     val, flops = [], []
     for g in range(ex.n_groups):
         cfg = replace(ft, init=str(ex.expert_path(g)))
-        run = _finished(where / f"g{g:03d}", cfg, targets) if not overwrite else None
-        if run is None:  # a candidate finished before a kill is kept
+        run = _finished(where / f"g{g:03d}", cfg, targets)
+        if run is None:  # a candidate finished before (a kill, an --overwrite of the same settings) is kept
             run = train(None, where / f"g{g:03d}", cfg, finetune=targets, progress=progress, overwrite=True,
                         base_costs=Costs())
         stop = run.metrics.get("early_stopping")

@@ -16,6 +16,7 @@ same whichever way (a run's weights do not depend on the number of torch threads
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from ..progress import progress_bar
 from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
 from .config import ExpertsConfig
 from .result import GROUPS, TOKENIZER, Experts, data_dir, expert_dir
+
+logger = logging.getLogger(__name__)
 
 
 @released_on_return
@@ -109,6 +112,10 @@ def _split_budget(cfg: ExpertsConfig, tokens: np.ndarray) -> list[int]:
     tcfg = TrainConfig(**cfg.train)
     per_step = tcfg.resolved("batch_size") * tcfg.resolved("block_size") * tcfg.grad_accum
     total = max(len(tokens), round(cfg.total_tokens / per_step))
+    if total * per_step > 1.5 * cfg.total_tokens:
+        logger.warning("%d experts train at least one step of %s tokens each: %s tokens in all, not the %s asked "
+                       "for (raise it, or give fewer --groups)", len(tokens), f"{per_step:,}", f"{total * per_step:,}",
+                       f"{cfg.total_tokens:,}")
     share = total * tokens / tokens.sum()
     steps = np.maximum(np.floor(share).astype(np.int64), 1)
     order = np.argsort(-(share - np.floor(share)), kind="stable")

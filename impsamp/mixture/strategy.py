@@ -23,14 +23,15 @@ def experts_entry(out: Path, cfg, tcfg, emb, clu, targets: list, evals: list[str
 
     from .config import ExpertsConfig
     from .result import Experts
-    from .specialize import SPECIALIZATION, specialize
+    from .specialize import SPECIALIZATION, specialization_config, specialize
     from .stage import experts
 
-    shape = {k: getattr(tcfg, k) for k in ("preset", "n_layer", "n_embd", "n_head", "block_size", "batch_size")
-             if getattr(tcfg, k) is not None}
+    shape = {k: getattr(tcfg, k) for k in ("preset", "n_layer", "n_embd", "n_head", "block_size", "batch_size",
+                                           "dtype", "device") if getattr(tcfg, k) is not None}
     per_step = tcfg.resolved("batch_size") * tcfg.resolved("block_size")
+    # the LM seed (--train-seed, else --seed): it seeds the grouping of the clusters and each expert's training
     ecfg = ExpertsConfig(groups=cfg.groups, total_tokens=cfg.steps * per_step, train=shape,
-                         tokenizer=tcfg.tokenizer, seed=cfg.seed)
+                         tokenizer=tcfg.tokenizer, seed=tcfg.seed)
     path = out / "experts"
     try:
         ex = Experts.load(path)
@@ -42,10 +43,14 @@ def experts_entry(out: Path, cfg, tcfg, emb, clu, targets: list, evals: list[str
         ex = experts(emb, clu, path, ecfg, overwrite=True, progress=progress)
     run_path = out / "runs" / f"experts-{cfg.expert_select}"
     ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps)
-    log(progress, f"specializing the experts ({cfg.expert_select})")
-    want = json.loads(json.dumps(asdict(replace(ft, init=None))))
-    run = _reuse_or(run_path, lambda: specialize(ex, targets, run_path, select=cfg.expert_select, config=ft,
-                                                 eval=evals, progress=progress, overwrite=True), ex, want)
+    want = json.loads(json.dumps(asdict(specialization_config(ex, ft, cfg.expert_select))))
+
+    def make():
+        log(progress, f"specializing the experts ({cfg.expert_select})")
+        return specialize(ex, targets, run_path, select=cfg.expert_select, config=ft, eval=evals, progress=progress,
+                          overwrite=True)
+
+    run = _reuse_or(run_path, make, ex, want)
     rec = json.loads((run.path / SPECIALIZATION).read_text())
     return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": ex.costs.params_total},
             "groups": ex.n_groups, "select": cfg.expert_select, "chosen": rec["chosen"],

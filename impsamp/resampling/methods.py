@@ -62,6 +62,41 @@ def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
 
 
+def target_text_parts(targets: Sequence[Any], cfg: ResampleConfig, method: str) -> list[tuple[Any, float]]:
+    """Each target part's corpus (`target_corpus` checks they all have text) and its mixture weight."""
+    from ..io import open_corpus
+
+    target_corpus(targets, cfg, method)
+    return [(open_corpus([sp], text_field=cfg.text_field, id_field=cfg.id_field), w)
+            for sp, w in map(parse_target, targets)]
+
+
+def mixture_row_weights(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray | None:
+    """Per target document (the parts' in order), the weight that gives each part its share of a document-level
+    signal as `histograms.mixture` gives it its share of the histogram (each part normalised first:
+    `law:0.7 med:0.3` is 70% law's whatever the sample sizes), scaled to sum to the number of documents; a
+    part given weight 0 is left out. None for one part: every document alike."""
+    if len(sizes) < 2:
+        return None
+    n = np.asarray(sizes, np.float64)
+    share = np.asarray(weights, np.float64) / float(np.sum(weights))
+    return np.repeat(np.where(n > 0, share / np.maximum(n, 1), 0.0) * n.sum(), np.asarray(sizes, np.int64))
+
+
+def mixed_ngram_counts(parts: Sequence[tuple[Any, float]]) -> np.ndarray:
+    """The target's hashed n-gram counts: one part's, or the parts' distributions mixed by their weights (as
+    the histogram is), scaled to all the parts' total count (the smoothing sees the sample's size)."""
+    from ..selectors import ngram_counts
+
+    counts = [ngram_counts(corpus.iter_texts()) for corpus, _ in parts]
+    if len(counts) == 1:
+        return counts[0]
+    share = np.asarray([w for _, w in parts], np.float64)
+    share /= share.sum()
+    total = float(sum(c.sum() for c in counts))
+    return total * sum(s * c / max(float(c.sum()), 1e-12) for s, c in zip(share, counts))
+
+
 CLASSIFIER_ROWS = 5_000
 """`--within ngram-classifier`: the most generic units the classifier is fitted on (a seeded sample of a
 larger pool; the units outside it are scored by the mean of the fold models). The fit is most of what a target
@@ -142,7 +177,9 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
 
     sparse = require("scipy.sparse")
 
-    target = ngram_matrix(list(target_corpus(targets, cfg, "importance --within ngram-classifier").iter_texts()))
+    texts = [list(c.iter_texts()) for c, _ in target_text_parts(targets, cfg, "importance --within ngram-classifier")]
+    target = ngram_matrix([t for part in texts for t in part])
+    row_w = mixture_row_weights([len(t) for t in texts], [parse_target(t)[1] for t in targets])
     _, matrix = _unit_ngrams(inputs, cache, execution, progress)
     names = inputs.names
     sizes = [len(inputs.tables.column(n, "row")) for n in names]
@@ -155,7 +192,7 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
     for name, lo, hi in zip(names, starts[:-1], starts[1:]):
         parts.append(matrix(name, fit[(fit >= lo) & (fit < hi)] - lo))  # without the cache: only these rows hashed
         bar.update(1)
-    fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target)
+    fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target, target_weights=row_w)
     if len(fit) < n:  # the units not fitted on are scored by the fold models' mean: one linear model
         mean_coef = np.mean([m.coef_[0] for m in models], axis=0)
         mean_intercept = float(np.mean([m.intercept_[0] for m in models]))
@@ -183,7 +220,7 @@ def ngram_unit_log_weights(run: StageRun | None, cfg: ResampleConfig, targets, i
     from ..selectors import N_FEATURES, ngram_counts, ngram_log_ratio
     from .ngram_features import features_folder, shard_totals
 
-    target_counts = ngram_counts(target_corpus(targets, cfg, "ngram").iter_texts())
+    target_counts = mixed_ngram_counts(target_text_parts(targets, cfg, "ngram"))
     names = inputs.names
     texts, matrix = _unit_ngrams(inputs, cache, execution, progress)  # the second pass reads these
     bar = progress_bar(progress, "ngram weights", "shard", total=2 * len(names))
@@ -235,9 +272,10 @@ def _load_counts(path: Path, n: int) -> np.ndarray | None:
     return counts if counts.shape == (n,) and np.isfinite(counts).all() and (counts >= 0).all() else None
 
 
-def classifier_unit_log_weights(cfg: ResampleConfig, tvec: np.ndarray, emb, names) -> list[np.ndarray]:
-    """Log-odds of a logistic regression, target vectors (embedded once, for the histogram too) against
-    a generic sample, per unit."""
+def classifier_unit_log_weights(cfg: ResampleConfig, tvec: np.ndarray, emb, names,
+                                tweights: np.ndarray | None = None) -> list[np.ndarray]:
+    """Log-odds of a logistic regression, target vectors (embedded once, for the histogram too; weighed by
+    `tweights`, their parts' mixture weights) against a generic sample, per unit."""
     from ..selectors import classifier_log_weights, fit_classifier, sample_rows
 
     sizes = [emb.shard_table(n, columns=["row"]).num_rows for n in names]
@@ -245,5 +283,5 @@ def classifier_unit_log_weights(cfg: ResampleConfig, tvec: np.ndarray, emb, name
     starts = np.concatenate([[0], np.cumsum(sizes)])
     generic = np.concatenate([np.asarray(emb.shard_vectors(n)[rows[(rows >= lo) & (rows < hi)] - lo], np.float32)
                               for n, lo, hi in zip(names, starts[:-1], starts[1:])])
-    clf = fit_classifier(tvec, generic, seed=cfg.seed)
+    clf = fit_classifier(tvec, generic, seed=cfg.seed, target_weights=tweights)
     return [classifier_log_weights(clf, np.asarray(emb.shard_vectors(n), np.float32)) for n in names]

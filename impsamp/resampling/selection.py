@@ -29,7 +29,7 @@ class Selection:
     @classmethod
     def load(cls, path: str | Path) -> Selection:
         manifest = read_manifest(path, expect_stage="resample")  # first: it checks `path` is a path
-        return cls(Path(path), manifest)
+        return cls(Path(path).absolute(), manifest)  # absolute: the handle outlives an os.chdir
 
     @property
     def data_files(self) -> list[Path]:

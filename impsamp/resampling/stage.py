@@ -35,8 +35,8 @@ from ..weighting import compute_weights
 from .budget import UnitSizes
 from .config import SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
-from .methods import (classifier_unit_log_weights, ngram_classifier_unit_log_odds, ngram_unit_log_weights,
-                      parse_target, target_corpus, targets_have_text)
+from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
+                      ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
 from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
@@ -59,19 +59,30 @@ class Target:
     vectors: np.ndarray | None
     weights: np.ndarray
     weighting: str
+    vector_weights: np.ndarray | None = None
+    """Per target vector, its part's mixture weight over the part's size (`methods.mixture_row_weights`);
+    None for one part."""
+
+    @property
+    def weighed_vectors(self) -> np.ndarray | None:
+        """The vectors of the parts the mixture weighs (a part given weight 0 is not the target's)."""
+        if self.vectors is None or self.vector_weights is None:
+            return self.vectors
+        return self.vectors[self.vector_weights > 0]
 
 
 def target_histogram(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
                      ) -> tuple[Histogram, list[dict[str, Any]]]:
     """The (mixture) target histogram, and a description of each part for the manifest."""
-    hist, described, _ = target_parts(targets, clusters, embeddings, cfg)
+    hist, described, _, _ = target_parts(targets, clusters, embeddings, cfg)
     return hist, described
 
 
 def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConfig
-                 ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None]:
+                 ) -> tuple[Histogram, list[dict[str, Any]], np.ndarray | None, np.ndarray | None]:
     """`target_histogram`, and the vectors of the parts when no part is a saved histogram (a corpus is
-    embedded once here, each part on its own; an `impsamp embed` output gives its stored vectors), else None."""
+    embedded once here, each part on its own; an `impsamp embed` output gives its stored vectors), else None,
+    with each vector's weight in the mixture (`mixture_row_weights`)."""
     parts, described, vectors = [], [], []
     for t in targets:
         spec, w = parse_target(t)
@@ -91,7 +102,10 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
         parts.append((h, w))
         described.append({"target": str(spec), "weight": w, "documents": h.total, "embedded_tokens": embedded,
                           **({"globs": [absolute_glob(spec)]} if is_glob(spec) else {})})
-    return mixture(parts), described, np.concatenate(vectors) if len(vectors) == len(parts) else None
+    if len(vectors) < len(parts):
+        return mixture(parts), described, None, None
+    row_weights = mixture_row_weights([len(v) for v in vectors], [w for _, w in parts])
+    return mixture(parts), described, np.concatenate(vectors), row_weights
 
 
 def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting: Callable[..., Any] | None
@@ -101,20 +115,21 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
         raise ConfigError(f"weighting= shapes the cluster weights of --method importance; --method {cfg.method} "
                           "has none: leave it out")
     if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
-        hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
-            (inputs.generic, [], None)
+        hist, described, vectors, row_w = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
+            (inputs.generic, [], None, None)
         spec = "uniform"
     else:
         if not targets:
             raise ConfigError("no target given; pass --target with an in-domain sample (or --method uniform)")
-        hist, described, vectors = target_parts(targets, inputs.clu, inputs.emb, cfg)
+        hist, described, vectors, row_w = target_parts(targets, inputs.clu, inputs.emb, cfg)
         spec = (weighting or cfg.weighting) if cfg.method == "importance" else "ratio"
     if cfg.backoff > 0 and inputs.clu.n_levels < 2:
         logger.warning("--backoff %g does nothing on a flat clustering (%s): it pulls a sparse leaf toward its "
                        "parent in a tree (`impsamp cluster --levels`)", cfg.backoff, inputs.clu.path)
     builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
     weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
-    return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name)
+    return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name,
+                  row_w)
 
 
 @released_on_return
@@ -230,7 +245,7 @@ def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[
     if cfg.method == "ngram":
         return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
     if cfg.method == "classifier":
-        return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names)
+        return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names, target.vector_weights)
     return None
 
 
@@ -245,9 +260,9 @@ def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
         return classifier_log_weights(odds, cfg.within_temperature)
     if cfg.within == "knn+ngram":
         ngram = ngram_unit_log_weights(None, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
-        return knn_ngram_log_weights(knn_similarity(target.vectors, inputs.emb, inputs.names), ngram,
+        return knn_ngram_log_weights(knn_similarity(target.weighed_vectors, inputs.emb, inputs.names), ngram,
                                      cfg.within_temperature)
-    return within_log_weights(cfg.within, target.vectors, inputs.emb, inputs.names, cfg.within_temperature)
+    return within_log_weights(cfg.within, target.weighed_vectors, inputs.emb, inputs.names, cfg.within_temperature)
 
 
 def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Target) -> None:

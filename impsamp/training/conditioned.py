@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ import numpy as np
 
 from ..manifest import atomic_write_json, fingerprint
 from .config import TrainError
-from .data import BinWriter, TokenBin, token_dtype
+from .data import BinWriter, TokenBin, held_out, split_key, token_dtype
 from .tokenizer import LoadedTokenizer
 
 META = "groups.json"
@@ -96,7 +95,7 @@ def tokenize_groups(clusters: str, level: int | None, tok: LoadedTokenizer, cach
     described = {"path": str(clu.path.resolve()), "fingerprint": clu.manifest.fingerprint,
                  "leaves": clu.n_leaves, "level": level}
     key = fingerprint({"clusters": clu.manifest.fingerprint, "leaf_group": grouping.leaf_group.tolist(),
-                       "tokenizer": tok.tokenizer.to_str(), "val_fraction": val_fraction, "text_field": text_field})
+                       "tokenizer": tok.tokenizer.to_str(), **split_key(val_fraction), "text_field": text_field})
     meta = cache_dir / META
     if meta.exists():
         old = json.loads(meta.read_text())
@@ -106,7 +105,7 @@ def tokenize_groups(clusters: str, level: int | None, tok: LoadedTokenizer, cach
                 return bins
     cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
-    every = round(1 / val_fraction) if val_fraction > 0 else 0
+    is_val = held_out(val_fraction)
     writers = [{split: BinWriter(cache_dir / f"group-{g:04d}{'-val' if split == 'val' else ''}.bin", dtype)
                 for split in ("train", "val")} for g in range(grouping.n_groups)]
     for s, shard in enumerate(inputs.names):
@@ -115,8 +114,8 @@ def tokenize_groups(clusters: str, level: int | None, tok: LoadedTokenizer, cach
         texts = unit_texts(inputs.corpus, inputs.corpus_shards[shard], table, units, inputs.windowed).to_pylist()
         groups = grouping.leaf_group[inputs.leaves[s]]
         for text, ids, g in zip(texts, tok.encode_batch(texts), groups, strict=True):
-            split = "val" if every and zlib.crc32(text.encode("utf-8")) % every == 0 else "train"
-            writers[int(g)][split].add(ids, tok.eos_id, len(text.encode("utf-8")))
+            raw = text.encode("utf-8")
+            writers[int(g)]["val" if is_val(raw) else "train"].add(ids, tok.eos_id, len(raw))
     committed = [{split: w.commit() for split, w in pair.items()} for pair in writers]
     bins = GroupBins([c["train"] for c in committed], [c["val"] for c in committed], grouping.how,
                      grouping.leaf_group.tolist(), described)

@@ -112,7 +112,9 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     """Cosine decay ends at lr * min_lr_ratio."""
     warmup_steps: int | None = None
-    """Linear warm-up; default min(1000, steps // 20)."""
+    """Pretraining's linear warm-up; default min(1000, steps // 20)."""
+    finetune_warmup_steps: int | None = None
+    """Fine-tuning's linear warm-up; default min(1000, finetune steps // 20)."""
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -162,7 +164,7 @@ class TrainConfig:
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
         for name in ("lr", "finetune_lr"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
-        for name in ("weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "finetune_warmup_steps", "min_lr_ratio"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"), allow_zero=True)
         if self.steps is not None and self.tokens is not None:
             raise ConfigError("give --steps or --tokens, not both")

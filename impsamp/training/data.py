@@ -4,9 +4,10 @@
     batches = Batches(bins["train"], block_size=256, batch_size=16, seed=0)
     x, y = batches.get(step=12, micro=0)          # (16, 256) int64 each, y = x shifted by one
 
-A document goes to the validation memmap when the CRC-32 of its text is a multiple of
-k = 1 / val_fraction: about one in k, the same for every copy of a text (a resampled selection
-repeats documents, and a repeat must not sit on both sides of the split). Batches are random
+A document goes to the validation memmap by the CRC-32 of its text (`held_out`): for val_fraction = 1/k
+when it is a multiple of k (about one in k), for any other fraction when it is below that share of 2^32;
+the same for every copy of a text (a resampled selection repeats documents, and a repeat must not sit on
+both sides of the split). Batches are random
 windows drawn by a generator seeded with (seed, stream, step, micro-step, rank): a batch is a
 pure function of its step, so a resumed run reads exactly what an uninterrupted one would. In a
 `torchrun` job each rank draws from its own contiguous slice of the tokens.
@@ -17,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +96,24 @@ def data_text_field(specs: Sequence[str | Path], text_field: str) -> str:
     return text_field
 
 
+def held_out(val_fraction: float) -> Callable[[bytes], bool]:
+    """Whether a text (its UTF-8 bytes) is held out for validation, by its CRC-32: a multiple of k for
+    val_fraction = 1/k, else below val_fraction x 2^32 (a share of 0.4 is 0.4, not 1/round(2.5))."""
+    if val_fraction <= 0:
+        return lambda raw: False
+    k = round(1 / val_fraction)
+    if abs(k * val_fraction - 1) < 1e-9:
+        return lambda raw: zlib.crc32(raw) % k == 0
+    limit = val_fraction * 2 ** 32
+    return lambda raw: zlib.crc32(raw) < limit
+
+
+def split_key(val_fraction: float) -> dict[str, Any]:
+    """What the split depends on, for a token cache's key (a 1/k fraction's key is as before `held_out`)."""
+    k = round(1 / val_fraction) if val_fraction > 0 else 0
+    return {"val_fraction": val_fraction, **({} if not k or abs(k * val_fraction - 1) < 1e-9 else {"split": "share"})}
+
+
 def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir: Path, name: str, *,
                     text_field: str = "text", val_fraction: float = 0.0) -> dict[str, TokenBin]:
     """Tokenize a corpus into `{name}.bin` and `{name}-val.bin`; reuse them if already made.
@@ -102,7 +122,7 @@ def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir
     """
     corpus = open_corpus(list(paths), text_field=text_field)
     key = fingerprint({"corpus": corpus.fingerprint(), "tokenizer": tok.tokenizer.to_str(),
-                       "val_fraction": val_fraction})
+                       **split_key(val_fraction)})
     meta = cache_dir / f"{name}.json"
     if meta.exists():
         old = json.loads(meta.read_text())
@@ -110,14 +130,14 @@ def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir
             return {k: TokenBin(**v) for k, v in old["bins"].items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tok.vocab_size)
-    every = round(1 / val_fraction) if val_fraction > 0 else 0
+    is_val = held_out(val_fraction)
     writers = {"train": BinWriter(cache_dir / f"{name}.bin", dtype),
                "val": BinWriter(cache_dir / f"{name}-val.bin", dtype)}
     for batch in corpus.read():
         texts = batch.column("text").to_pylist()
         for text, ids in zip(texts, tok.encode_batch(texts), strict=True):
-            split = "val" if every and zlib.crc32(text.encode("utf-8")) % every == 0 else "train"
-            writers[split].add(ids, tok.eos_id, len(text.encode("utf-8")))
+            raw = text.encode("utf-8")
+            writers["val" if is_val(raw) else "train"].add(ids, tok.eos_id, len(raw))
     bins = {k: w.commit() for k, w in writers.items()}
     if bins["train"].documents == 0:
         raise CorpusError(f"{', '.join(map(str, paths))}: no document with text to train on "

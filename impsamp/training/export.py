@@ -82,7 +82,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
         hf_config.save_pretrained(tmp)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         make_readable(tmp / "model.safetensors")
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(run.tokenizer_path), eos_token=eos,
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.tokenizer, eos_token=eos,
                                                     bos_token=eos, unk_token=None, pad_token=eos,
                                                     model_max_length=run.model_config.block_size)
         fast.save_pretrained(tmp)

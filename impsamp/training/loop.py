@@ -292,7 +292,8 @@ class _Trainer:
         if self.finetune:
             ft = cfg.finetune_steps or max(1, -(-bins["finetune"]["train"].tokens // per_step))
             stop = EarlyStop(cfg.early_stopping, cfg.eval_every or max(1, ft // 10)) if cfg.early_stopping else None
-            phases.append(Phase("finetune", ft, cfg.finetune_lr or lr / 10, min(1000, ft // 20),
+            warmup = cfg.finetune_warmup_steps if cfg.finetune_warmup_steps is not None else min(1000, ft // 20)
+            phases.append(Phase("finetune", ft, cfg.finetune_lr or lr / 10, warmup,
                                 self._batches(bins["finetune"], mcfg, 1), bins["finetune"]["val"], stop))
         return phases
 
@@ -400,7 +401,7 @@ class _Trainer:
                 t0 = time.perf_counter()
                 rec["val_loss"] = self._val_loss(ph, model, whole=is_val)
                 self._append_log(rec)
-                extra, best = self._validate(ph, done, rec["val_loss"], model) if is_val else ({}, None)
+                extra, best = self._stop_state(ph, done, rec["val_loss"] if is_val else None, model)
                 save_checkpoint(self.out, ph.name, done, model, opt,
                                 {"metrics": metrics, "data": {"sampler": "seeded random windows",
                                                               "next_step": done, "tokens": done * per_step},
@@ -426,15 +427,20 @@ class _Trainer:
                              self.rt.device, self.rt.autocast, max_windows=cap)
         return round(nats / n, 6)
 
-    def _validate(self, ph: Phase, step: int, loss: float | None, model: torch.nn.Module
-                  ) -> tuple[dict[str, Any], tuple[str, torch.nn.Module | Path]]:
-        """Early stopping's bookkeeping at a validation: its state for the checkpoint, and the best
-        weights to keep beside it (these, or the previous checkpoint's copy)."""
-        assert ph.stop is not None and loss is not None
-        improved = ph.stop.update(step, loss)
+    def _stop_state(self, ph: Phase, step: int, val_loss: float | None, model: torch.nn.Module
+                    ) -> tuple[dict[str, Any], tuple[str, torch.nn.Module | Path] | None]:
+        """Early stopping's part of a checkpoint: its state, and the best weights to keep beside it (these,
+        at a validation (`val_loss` given) that improved, else the previous checkpoint's copy). Every
+        checkpoint of the phase carries both, one at a validation or not: saving a checkpoint deletes the
+        older ones, and a run resumed from any of them keeps its best loss, patience and best weights."""
+        if ph.stop is None:
+            return {}, None
+        improved = val_loss is not None and ph.stop.update(step, val_loss)
         previous = latest_checkpoint(self.out)
-        keep: torch.nn.Module | Path = model if improved or previous is None else previous / BEST
-        return {"early_stopping": ph.stop.state()}, (BEST, keep)
+        held = previous / BEST if previous is not None and (previous / BEST).is_file() else None
+        if improved or held is None and val_loss is not None:
+            return {"early_stopping": ph.stop.state()}, (BEST, model)
+        return {"early_stopping": ph.stop.state()}, None if held is None else (BEST, held)
 
     # ---- the metrics log and the run directory
 

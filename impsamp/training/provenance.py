@@ -55,8 +55,9 @@ def is_selection(spec: str) -> bool:
 
 def with_init_defaults(cfg: TrainConfig) -> TrainConfig:
     """With `init`, the run's own preset (its learning-rate and batch defaults) and family where `cfg` keeps the
-    defaults (tiny, dense): `TrainConfig(init=RUN)` fine-tunes as `impsamp train --init RUN` does. A preset
-    other than the default and the run's is refused (the run fixes the model)."""
+    defaults (tiny, dense), and its own learning rate and batch where it set them and `cfg` does not (the
+    fine-tuning lr is then the run's lr / 10): `TrainConfig(init=RUN)` fine-tunes as `impsamp train --init RUN`
+    does. A preset other than the default and the run's is refused (the run fixes the model)."""
     if not cfg.init:
         return cfg
     try:
@@ -66,7 +67,8 @@ def with_init_defaults(cfg: TrainConfig) -> TrainConfig:
     default = TrainConfig()
     if cfg.preset not in (default.preset, own.preset):
         raise ConfigError(f"--init {cfg.init} fixes the model (preset {own.preset}): drop --preset {cfg.preset}")
-    return replace(cfg, preset=own.preset, arch=own.arch if cfg.arch == default.arch else cfg.arch)
+    carried = {k: getattr(own, k) for k in ("lr", "batch_size") if getattr(cfg, k) is None}
+    return replace(cfg, preset=own.preset, arch=own.arch if cfg.arch == default.arch else cfg.arch, **carried)
 
 
 def init_run(cfg: TrainConfig) -> TrainRun:

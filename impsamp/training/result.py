@@ -29,7 +29,7 @@ class TrainRun:
     @classmethod
     def load(cls, run_dir: str | Path) -> TrainRun:
         manifest = read_manifest(run_dir, expect_stage="train")  # first: it checks `run_dir` is a path
-        path = Path(run_dir)
+        path = Path(run_dir).absolute()  # the handle outlives an os.chdir
         info = json.loads((path / "config.json").read_text())
         return cls(path, from_dict(TrainConfig, info["train"], source=str(path / "config.json")),
                    ModelConfig(**info["model"]), json.loads((path / "eval.json").read_text()), manifest)

@@ -97,6 +97,10 @@ def load_tokenizer(path: str | Path) -> LoadedTokenizer:
     except Exception as e:  # tokenizers raises a plain Exception on bad JSON
         why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise TokenizerError(f"{path}: not a HF tokenizers tokenizer.json ({why})") from e
+    # a tokenizer made for an encoder (a BERT's) may cut or pad every text to its window: the LM reads whole
+    # documents, and a cut one would score fewer tokens than its bytes (bits per byte too low)
+    tok.no_truncation()
+    tok.no_padding()
     vocab = tok.get_vocab(with_added_tokens=True)
     for name in EOS_CANDIDATES:
         if name in vocab:
