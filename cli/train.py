@@ -123,7 +123,7 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     if numbers.get("warmup_steps") is not None and not data and not clusters:
         click.echo("warning: --warmup-steps ignored: no --data to pretrain on (--finetune-warmup-steps sets "
                    "fine-tuning's)", err=True)
-    if init:  # the run's own preset (its lr and batch defaults) and family
+    if init:  # the run's own preset and family (train() takes its lr and batch where it set them)
         preset, arch = _init_defaults(init, preset, arch)
     cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, arch=arch, tokenizer=tokenizer,
                          device=device, dtype=dtype, compile=compile_, text_field=text_field, init=init,

@@ -52,7 +52,8 @@ class Histogram:
                 and all(np.array_equal(a, b) for a, b in zip(self.ancestors, other.ancestors)))
 
     def __hash__(self) -> int:
-        return hash((self.clusters_fingerprint, self.source, np.asarray(self.counts, np.float64).tobytes()))
+        # + 0.0: -0.0 and 0.0 are equal counts, and must hash alike
+        return hash((self.clusters_fingerprint, self.source, (np.asarray(self.counts, np.float64) + 0.0).tobytes()))
 
     @property
     def k(self) -> int:

@@ -189,3 +189,19 @@ def test_one_time_work_is_counted_once_however_many_runs_inherit_it():
     both = student + teacher
     assert both.generic == 150.0 + 350.0 - 50.0 and both.selection == 7.0 and both.finetuning == 5.0
     assert Costs.from_dict(json.loads(json.dumps(student.to_dict()))) == student
+
+
+def test_a_finished_fine_tuning_is_reused_only_from_the_same_init_run(base, tmp_path):
+    """`finished_run` (what a resumed compare reuses) judged a fine-tuned run by its settings and files: a run
+    it started from, remade in place since (a projected network's small model re-projected), went unseen."""
+    from impsamp.training import TrainConfig, train
+    from impsamp.training.provenance import finished_run, with_init_defaults
+
+    start = tmp_path / "start"
+    ok(invoke("train", "--data", base["data"], "--out", start, *TRAIN_FLAGS, "--steps", "2", "--dtype", "float32"))
+    cfg = TrainConfig(init=str(start), finetune_steps=2, device="cpu", dtype="float32")
+    ft = train(None, tmp_path / "ft", cfg, finetune=[base["sample"]])
+    assert finished_run(ft.path, with_init_defaults(cfg), [], [base["sample"]]).path == ft.path
+    ok(invoke("train", "--data", base["data"], "--out", start, *TRAIN_FLAGS, "--steps", "3", "--dtype", "float32",
+              "--overwrite"))  # the same path, another run
+    assert finished_run(ft.path, with_init_defaults(cfg), [], [base["sample"]]) is None

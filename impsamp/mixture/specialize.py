@@ -121,13 +121,7 @@ def _finished(path: Path, cfg, targets: list[str]):
     `cfg` (as `train` records it) in this version: the same inputs would give the same bytes."""
     from ..training.provenance import finished_run, with_init_defaults
 
-    run = finished_run(path, with_init_defaults(cfg), [], targets)
-    if run is None or not cfg.init:
-        return run
-    from ..training import TrainRun
-
-    return run if run.manifest.inputs.get("init", {}).get("fingerprint") == TrainRun.load(cfg.init).manifest.fingerprint \
-        else None
+    return finished_run(path, with_init_defaults(cfg), [], targets)
 
 
 def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, progress: bool) -> tuple[int, list[float], float]:

@@ -159,6 +159,9 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
         "tokenizer": file_sha256(cfg.tokenizer) if cfg.tokenizer else None}
     if init is not None:
         inputs["init"] = {"path": os.path.abspath(cfg.init), "fingerprint": init.manifest.fingerprint}
+    if cfg.teacher:
+        inputs["teacher"] = {"path": os.path.abspath(cfg.teacher),
+                             "fingerprint": TrainRun.load(cfg.teacher).manifest.fingerprint}
     if cfg.clusters:
         from ..clustering import Clusters
 
@@ -173,7 +176,8 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
 def finished_run(path: Path, cfg: TrainConfig, data: Sequence[str], finetune: Sequence[str] = (),
                  evals: Sequence[str] = ()) -> TrainRun | None:
     """The finished run in `path` if this impsamp version made it with `cfg` on these data, fine-tuning and
-    evaluation files (each by fingerprint), else None: what `compare` reuses after a kill or a rerun."""
+    evaluation files, from its `init` run and with its `teacher` (each by fingerprint), else None: what
+    `compare` reuses after a kill or a rerun."""
     from dataclasses import asdict
 
     from .. import __version__
@@ -193,6 +197,11 @@ def finished_run(path: Path, cfg: TrainConfig, data: Sequence[str], finetune: Se
         recorded += [e.get("fingerprint") for e in m.inputs.get("eval") or []]
         wanted = [fingerprint(data, data_text_field(data, cfg.text_field)), fingerprint(finetune, cfg.text_field)]
         wanted += [fingerprint([e], cfg.text_field) for e in as_specs(evals)]
+        # the runs it started from and learnt from, by content: a same-path run remade since is another input
+        for role, named in (("init", cfg.init), ("teacher", cfg.teacher)):
+            if named:
+                recorded.append((m.inputs.get(role) or {}).get("fingerprint"))
+                wanted.append(TrainRun.load(named).manifest.fingerprint)
         return tr if recorded == wanted else None
     except (StageError, FileNotFoundError, KeyError, OSError, AttributeError):
         return None
