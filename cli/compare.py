@@ -91,6 +91,8 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--inference-budget", default=None,
               help="Planning: the largest model you can serve, active parameters (5e6) or FLOPs per token (1e7flops).")
 @click.option("--per-target-budget", type=float, default=None, help="Planning: the most FLOPs you can spend per target.")
+@click.option("--pretraining-budget", type=float, default=None,
+              help="Planning: the most generic FLOPs you can spend before any target is known.")
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")
@@ -128,7 +130,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @overwrite_option
 @progress_option
 def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
-            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, dtype,
+            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, pretraining_budget, dtype,
             within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps,
             preset, seed, train_seed, lm_seeds, text_field, config_file,
             overwrite, progress):
@@ -152,6 +154,7 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
                          groups=groups, expert_select=expert_select, large_steps=large_steps,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,
+                         pretraining_budget=pretraining_budget,
                          dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,

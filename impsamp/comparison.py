@@ -65,6 +65,8 @@ class CompareConfig:
     """Planning: the largest deployed model, in active parameters (5e6) or FLOPs per token (1e7flops)."""
     per_target_budget: float | None = None
     """Planning: the largest per-target FLOPs."""
+    pretraining_budget: float | None = None
+    """Planning: the largest generic FLOPs, spent before any target is known."""
     expert_select: str = "top"
     """How the target's expert is picked: top, lowest-loss or all."""
     tokens: int = 200_000
@@ -167,6 +169,7 @@ class CompareConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
+        positive("pretraining_budget", self.pretraining_budget, flag="--pretraining-budget")
         positive("targets_expected", self.targets_expected, flag="--targets-expected")
         positive("large_steps", self.large_steps, flag="--large-steps")  # before the dense runs train
         if not 0 <= self.distill_alpha <= 1:  # checked here, not minutes later when `distill` trains

@@ -125,7 +125,8 @@ def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[l
 
     cfg = results["config"]
     value, unit = parse_inference_budget(cfg.get("inference_budget"))
-    budgets = Budgets(cfg.get("targets_expected"), value, unit, cfg.get("per_target_budget"))
+    budgets = Budgets(cfg.get("targets_expected"), value, unit, cfg.get("per_target_budget"),
+                      cfg.get("pretraining_budget"))
     entries = rows(results)
     for name, plot in (("plan.png", lambda p: plot_costs(p, entries, budgets.targets)),
                        ("decision.png", lambda p: plot_decision(p, entries))):

@@ -42,10 +42,12 @@ class Budgets:
     inference_unit: str = "params"
     per_target: float | None = None
     """Largest per-target FLOPs (selection, pretraining on a selection, fine-tuning, teacher)."""
+    pretraining: float | None = None
+    """Largest generic FLOPs, spent before any target is known (the paper's pretraining budget)."""
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.targets, self.inference, self.per_target))
+        return any(v is not None for v in (self.targets, self.inference, self.per_target, self.pretraining))
 
 
 def parse_inference_budget(text: str | float | None) -> tuple[float | None, str]:
@@ -88,6 +90,8 @@ def cost_curves(rows: list[tuple[str, dict[str, Any]]], n: np.ndarray = N_TARGET
 def _fits(c: dict[str, float], b: Budgets) -> bool:
     if b.per_target is not None and c["per_target"] > b.per_target:
         return False
+    if b.pretraining is not None and c["generic"] > b.pretraining:
+        return False
     if b.inference is not None:
         used = c["inference"] if b.inference_unit == "flops" else c["params"]
         if used > b.inference:
@@ -107,7 +111,8 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
     fitting = sorted((s for s in scored if s[3]), key=lambda s: (s[0], s[1]))
     n = b.targets or 1
     out: dict[str, Any] = {"budgets": {"targets": b.targets, "inference": b.inference,
-                                       "inference_unit": b.inference_unit, "per_target": b.per_target},
+                                       "inference_unit": b.inference_unit, "per_target": b.per_target,
+                                       "pretraining": b.pretraining},
                            "fitting": [s[1] for s in fitting]}
     if not fitting:
         cheapest = min(scored, key=lambda s: s[2]["per_target"]) if scored else None
@@ -116,7 +121,10 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
             "no strategy fits these budgets" + (
                 f": the cheapest per target is {cheapest[1]} ({format_flops(cheapest[2]['per_target'])}) and the "
                 f"smallest at inference {smallest[1]} ({_count(smallest[2]['params'])} parameters, "
-                f"{format_flops(smallest[2]['inference'])} per token)" if cheapest else "")))
+                f"{format_flops(smallest[2]['inference'])} per token)" if cheapest else "")
+            + (f"; the least pretraining {least[1]} ({format_flops(least[2]['generic'])})"
+               if scored and b.pretraining is not None and (least := min(scored, key=lambda s: s[2]["generic"]))
+               else "")))
         return out
     best = fitting[0]
     out.update(best=best[1], best_ppl=best[0], total_cost=best[2]["generic"] + n * best[2]["per_target"],
@@ -171,7 +179,8 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
             f"{b.targets} targets expected" if b.targets else "",
             (f"inference at most {format_flops(b.inference)} per token" if b.inference_unit == "flops" else
              f"inference at most {_count(b.inference)} parameters") if b.inference is not None else "",
-            f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "") if x)
+            f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "",
+            f"pretraining at most {format_flops(b.pretraining)}" if b.pretraining is not None else "") if x)
         if plan["best"] is None:
             lines += [f"Budgets: {stated}. **{upper_first(plan['why'])}.**", ""]
         else:

@@ -154,6 +154,7 @@ def test_lowest_loss_and_all_rules(pipe):
     losses = rec["scores"]["loss_before_finetuning"]
     assert rec["chosen"] == int(np.argmin(losses)) and len(losses) == ex.n_groups
     assert rec["selection_flops"]["scoring_experts"] > 0
+    assert TrainRun.load(low).metrics["costs"]["selection"] == rec["selection_flops"]["scoring_experts"]  # only that
     every = pipe["root"] / "sp-all"
     ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", every, "--select", "all", *FT))
     rec = json.loads((every / "specialization.json").read_text())

@@ -41,6 +41,14 @@ def test_choice_under_budgets_and_the_runner_up():
     assert (cheap["best"], cheap["runner_up"]) == ("experts G=4 (top)", None)
     flops = choose(ROWS, Budgets(inference=20, inference_unit="flops"))  # 2 x params FLOPs per token
     assert flops["best"] == "dense, importance"
+    # the paper's fourth budget: what may be spent before any target is known (generic FLOPs)
+    early = choose(ROWS, Budgets(pretraining=100))
+    assert (early["best"], early["fitting"]) == ("dense, importance", ["dense, importance", "experts G=4 (top)"])
+    assert early["budgets"]["pretraining"] == 100
+    none = choose(ROWS, Budgets(pretraining=50, per_target=2))
+    assert none["best"] is None and "the least pretraining dense, importance (0 FLOP)" in none["why"]
+    lines, _ = plan_section(ROWS, Budgets(pretraining=600))
+    assert any("pretraining at most 600 FLOP. **Plan for large**" in li for li in lines), lines
 
 
 def test_nothing_fits_is_said_in_one_line():
@@ -133,6 +141,9 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     assert "| C(7) |" in shown and f"Plan for {choose(rows(res), Budgets(7, 1e6, 'params', 1e15))['best']}" in shown
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()) == before
     one_line_error(invoke("plan", out, "--per-target-budget", "-1"), "--per-target-budget must be > 0")
+    # nothing may be spent before the target is known: only what pretrains per target (importance sampling) fits
+    early = json.loads(ok(invoke("plan", out, "--pretraining-budget", "1", "--json")).output)
+    assert early["fitting"] == [label for label, e in rows(res) if e["costs"]["generic"] <= 1] and early["fitting"]
     one_line_error(invoke("plan", out / "runs" / "large"), "expected a 'compare' output")
 
 

@@ -11,7 +11,8 @@ held-out split (G fine-tunes; the winner is then fine-tuned once more into OUT w
 files: the same seed gives it the candidate's weights, and that copy is not counted in its cost).
 OUT is an ordinary `train` run; `specialization.json` in it records the histogram per group, the
 scores and why the expert won, and its costs count the experts' pretraining as generic, the
-target's embedding and any scoring as selection, and every candidate's fine-tuning.
+target's embedding (`top`, which decides by it) and any scoring as selection, and every candidate's
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     if select == "all" and not ft.finetune_val_fraction:
         raise ConfigError("--select all compares the experts on a held-out split of the sample: "
                           "--finetune-val-fraction must be above 0")
-    base = ex.costs.with_part("selection", encoder_flops(enc_params, enc_tokens))
+    # embedding the target is what `top` decides by; the other rules decide by the experts' losses (the mass is
+    # recorded for the report, not charged)
+    base = ex.costs.with_part("selection", encoder_flops(enc_params, enc_tokens) if select == "top" else 0.0)
     record: dict[str, Any] = {
         "experts": str(ex.path), "experts_fingerprint": ex.manifest.fingerprint, "select": select,
         "target": targets, "group_mass": [round(float(m), 6) for m in mass], "top_group": int(np.argmax(mass)),
