@@ -38,7 +38,7 @@ def info(paths, text_field, id_field, encoding_errors, as_json, verify):
         return
     if verify:
         raise click.UsageError("--verify checks a stage directory's files; give one stage directory")
-    if len(paths) == 1 and _describe_histogram(first, as_json):
+    if len(paths) == 1 and (_describe_histogram(first, as_json) or _describe_other_output(first, as_json)):
         return
     corpus = open_corpus(list(paths), text_field=text_field, id_field=id_field, encoding_errors=encoding_errors)
     s = corpus_summary(corpus)
@@ -133,6 +133,30 @@ def _short_input(v):
 def _fmt(v) -> str:
     text = json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _describe_other_output(path: Path, as_json: bool) -> bool:
+    """A file or folder impsamp writes that is no corpus and no stage directory: a selection's histograms.json,
+    an `impsamp export` folder. False for anything else."""
+    from impsamp.training.exporting import MARKER
+
+    if path.is_file() and path.name == "histograms.json" and (complete_manifest(path.parent) or {}).get(
+            "stage") == "resample":
+        h = json.loads(path.read_text())
+        facts = {"path": str(path), "of_selection": str(path.parent), "clusters": len(h["generic"]),
+                 **{k: float(sum(h[k])) for k in ("target", "generic", "selected")}}
+        said = (f"{path}: the cluster histograms of the selection {path.parent} over {facts['clusters']:,} clusters: "
+                f"target {facts['target']:,.0f}, generic {facts['generic']:,.0f}, selected {facts['selected']:,.0f} "
+                f"units; `impsamp info {path.parent}` describes the selection")
+    elif path.is_dir() and (path / MARKER).is_file():
+        facts = {"path": str(path), "export_of": json.loads((path / MARKER).read_text())}
+        said = (f"{path}: a transformers export of {facts['export_of'].get('run')} ({facts['export_of'].get('weights')}, "
+                f"impsamp {facts['export_of'].get('impsamp_version')}): "
+                "AutoModelForCausalLM.from_pretrained and AutoTokenizer.from_pretrained read it")
+    else:
+        return False
+    click.echo(json.dumps(facts, indent=2) if as_json else said)
+    return True
 
 
 def _describe_histogram(path: Path, as_json: bool) -> bool:

@@ -141,13 +141,7 @@ class CompareConfig:
         if within_set and "importance" not in self.methods:
             raise ConfigError(f"{', '.join(within_set)} set(s) how `importance` draws inside the clusters; add "
                               "importance to --methods, or leave them out")
-        for fields, models in ((("groups", "expert_select"), ("experts",)), (("large_steps",), ("large", "distill")),
-                               (("distill_alpha", "distill_temperature"), ("distill",))):
-            given = flags_set(self, fields)
-            if given and not set(models) & set(self.models):
-                flags = [{f"--{v.replace('_', '-')}": f"--{k}" for k, v in self.FLAGS.items()}.get(g, g) for g in given]
-                raise ConfigError(f"{', '.join(flags)} set(s) the {' or '.join(models)} model; add it to --models, or "
-                                  "leave them out")
+        self._check_model_flags()
         for m in (*self.methods, "importance"):  # importance's settings are checked even when it does not run
             self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
@@ -177,6 +171,16 @@ class CompareConfig:
         positive("distill_temperature", self.distill_temperature)
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
+
+    def _check_model_flags(self) -> None:
+        """A model's settings given without the model did nothing: refused, as `--within` without importance is."""
+        for fields, models in ((("groups", "expert_select"), ("experts",)), (("large_steps",), ("large", "distill")),
+                               (("distill_alpha", "distill_temperature"), ("distill",))):
+            given = flags_set(self, fields)
+            if given and not set(models) & set(self.models):
+                flags = [{f"--{v.replace('_', '-')}": f"--{k}" for k, v in self.FLAGS.items()}.get(g, g) for g in given]
+                raise ConfigError(f"{', '.join(flags)} set(s) the {' or '.join(models)} model; add it to --models, or "
+                                  "leave them out")
 
     def selection_config(self, method: str):
         """`resample`'s settings for one method's selection (`importance-uniform`: importance with

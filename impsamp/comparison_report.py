@@ -43,7 +43,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     entries = rows(results)
     has_domain = any("target_domain_share" in e for _, e in entries)
     head = ["method", "ppl pretrained", "bpb pretrained", "ppl fine-tuned", "bpb fine-tuned",
-            "repetition", "KL(t||sel)"] + (["target-domain share"] if has_domain else []) + \
+            "repetition", "KL(t‖sel)"] + (["target-domain share"] if has_domain else []) + \
         ["generic FLOPs", "per-target FLOPs", "inference FLOPs/token", "params (inference)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, e in entries:

@@ -74,7 +74,7 @@ class Histogram:
     def entropy(self) -> float:
         p = self.probs()
         p = p[p > 0]
-        return float(-(p * np.log(p)).sum())
+        return float(-(p * np.log(p)).sum()) + 0.0  # + 0.0: one cluster's entropy is 0, not -0.0
 
     def top(self, n: int = 10) -> list[tuple[int, float]]:
         p = self.probs()

@@ -137,22 +137,25 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
     return out
 
 
-def decision_map(rows: list[tuple[str, dict[str, Any]]], n: int = 25) -> dict[str, Any]:
-    """The row `choose` picks over a log grid of per-target budgets x inference budgets (parameters)."""
+def decision_map(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The row `choose` picks for every per-target budget x inference budget (parameters): the choice changes
+    only where a budget crosses a row's cost, so the map's cells run between those costs (`*_edges`, with a
+    margin each side) and each holds one choice (`grid[i, j]`, -1 for none), taken inside the cell: its edges are
+    where the choice changes, exactly."""
     costs = [row_costs(e) for _, e in rows]
-    per = [c["per_target"] for c in costs if c["per_target"] > 0]
-    params = [c["params"] for c in costs if c["params"] > 0]
+    per = sorted({c["per_target"] for c in costs if c["per_target"] > 0})
+    params = sorted({c["params"] for c in costs if c["params"] > 0})
     if not per or not params:
         return {}
-    xs = np.logspace(math.log10(min(per)) - 0.5, math.log10(max(per)) + 0.5, n)
-    ys = np.logspace(math.log10(min(params)) - 0.2, math.log10(max(params)) + 0.2, n)
+    xs = np.asarray([per[0] / 10 ** 0.5, *per, per[-1] * 10 ** 0.5])
+    ys = np.asarray([params[0] / 10 ** 0.2, *params, params[-1] * 10 ** 0.2])
     labels = [label for label, _ in rows]
-    grid = np.full((n, n), -1, dtype=np.int64)
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
+    grid = np.full((len(ys) - 1, len(xs) - 1), -1, dtype=np.int64)
+    for i, y in enumerate(np.sqrt(ys[:-1] * ys[1:])):  # inside each cell: past its lower edges' costs
+        for j, x in enumerate(np.sqrt(xs[:-1] * xs[1:])):
             best = choose(rows, Budgets(inference=float(y), per_target=float(x)))["best"]
             grid[i, j] = labels.index(best) if best is not None else -1
-    return {"per_target": xs, "params": ys, "grid": grid, "labels": labels}
+    return {"per_target_edges": xs, "params_edges": ys, "grid": grid, "labels": labels}
 
 
 # ---- the report section and its figures
@@ -241,7 +244,7 @@ def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int 
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("targets served (N)")
-    ax.set_ylabel("total training FLOPs, C(N)")
+    ax.set_ylabel("total FLOPs, C(N)")
     ax.set_title("C(N) = generic + N x per-target")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -262,8 +265,9 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     used = sorted(set(m["grid"].ravel().tolist()))
     colors = plt.get_cmap("tab10")
     cmap = ListedColormap(["#eeeeee"] + [colors(i % 10) for i in range(len(labels))])
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=100)
-    ax.pcolormesh(m["per_target"], m["params"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels), shading="nearest")
+    fig, ax = plt.subplots(figsize=(8.6, 4.6), dpi=100)
+    ax.pcolormesh(m["per_target_edges"], m["params_edges"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels),
+                  shading="flat")
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):  # a range of a decade or two labels every minor tick: keep 2 and 5
@@ -277,8 +281,8 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     if -1 in used:
         handles.append(plt.Rectangle((0, 0), 1, 1, color=cmap(0)))
         names.append("nothing fits")
-    ax.legend(handles, names, fontsize=7, loc="upper left")
-    fig.tight_layout()
+    ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()  # the legend beside the map, not on it
     _save(fig, path)
     plt.close(fig)
     return True

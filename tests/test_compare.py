@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,13 +45,14 @@ def _small_inputs(tmp_path, seed: int):
     return generic, target, evals
 
 
-def test_compare_runs_every_method_and_writes_a_report(tmp_path):
+def test_compare_runs_every_method_and_writes_a_report(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     generic = _write(tmp_path / "generic.jsonl", lambda i: "farm" if i % 2 else "code", 300, rng)
     target = _write(tmp_path / "target.jsonl", lambda i: "code", 40, rng)
     evals = _write(tmp_path / "eval.jsonl", lambda i: "code", 20, rng)
     out = tmp_path / "cmp"
-    args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
+    monkeypatch.chdir(tmp_path)  # a relative --out, as the demo's default is (the report's links broke on it)
+    args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", "cmp",
             "--methods", "uniform,importance,importance-uniform,ngram,classifier", "--tokens", 3000, "--k", 4, "--steps", 3,
             "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml",
             "--within-temperature", 0.1, "--within-repeats", "weighted", "--max-repeat", 3, "--dtype", "float32"]
@@ -79,6 +81,11 @@ def test_compare_runs_every_method_and_writes_a_report(tmp_path):
     trained = json.loads((out / "runs" / "importance" / "manifest.json").read_text())["config"]
     assert trained["dtype"] == "float32"  # --dtype reaches every run
     assert (out / "report.md").read_text().startswith("# impsamp compare")
+    assert 'href="selections/importance/explorer.html"' in (out / "report.html").read_text()
+    # a GitHub-style table is one only where the header has the separator's cells (a `||` in it split one in two)
+    md = (out / "report.md").read_text().splitlines()
+    for i in [i for i, li in enumerate(md) if re.fullmatch(r"\|(-+\|)+", li.strip())]:
+        assert md[i - 1].count("|") == md[i].count("|") == md[i + 1].count("|"), md[i - 1]
     # a second run reuses every stage and refuses to clobber without --overwrite
     r2 = CliRunner().invoke(cli, [str(a) for a in args])
     assert r2.exit_code == 1 and "--overwrite" in r2.output

@@ -299,7 +299,7 @@ def _a_resumed_compare_keeps_the_finished_specialization(out, res, targets):
     compared with were not those `specialize` records."""
     import importlib
 
-    specialize = importlib.import_module("impsamp.mixture.specialize")  # the package's `specialize` is the function
+    specialize = importlib.import_module("impsamp.mixture.specializing")
     stage = importlib.import_module("impsamp.mixture.stage")
     from impsamp.clustering import Clusters
     from impsamp.comparison import CompareConfig, _train_config

@@ -46,3 +46,17 @@ def test_a_missing_optional_dependency_says_what_to_install(monkeypatch):
     hint = r"pip install 'faiss-cpu' \(or pip install 'impsamp\[cluster\]'\)"
     with pytest.raises(ImpsampError, match=hint):
         require("faiss")
+
+
+def test_no_exported_name_is_also_a_submodule():
+    """`impsamp.training.export` and `impsamp.mixture.specialize` were functions and modules both: once any code
+    imported the module (an `impsamp info` of an export folder; a compare with experts), the package's name was the
+    module, and `impsamp.specialize(...)` failed with "'module' object is not callable"."""
+    import importlib
+    import pkgutil
+
+    for pkg in ("impsamp", "impsamp.training", "impsamp.mixture", "impsamp.resampling", "impsamp.clustering",
+                "impsamp.embedding", "impsamp.explorer", "impsamp.io"):
+        m = importlib.import_module(pkg)
+        clash = {s.name for s in pkgutil.iter_modules(m.__path__)} & set(getattr(m, "__all__", ()))
+        assert not clash, f"{pkg}: {sorted(clash)} name both a submodule and what the package exports"

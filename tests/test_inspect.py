@@ -254,6 +254,11 @@ def test_the_explorer_works_in_a_browser_from_disk(run, browser, tmp_path):
     assert any(t.startswith("<script>window.__pwned=1</script> <b>bold</b>") for t in texts), texts
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert page.evaluate("document.querySelectorAll('#app b, #app script').length") == 0
+    # each cluster's details, the first shown's and any other's: no stray "null" where the first's caption was
+    for row in page.evaluate("[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"):
+        _click(page, f'tr[data-cluster="{row}"]')
+        detail = page.evaluate("document.getElementById('detail').innerText")
+        assert detail.startswith(f"Cluster {row}\n") and "null" not in detail.split("\n")[:2], detail
     requests = page.requests()
     assert page.errors() == [] and all(u.startswith("file:") for u in requests), (page.errors(), requests)
     _the_tree_expands(run, browser)

@@ -133,6 +133,23 @@ def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     assert 0.35 < np.mean(t == "bio") < 0.65 and 0.35 < np.mean(t == "law") < 0.65
 
 
+def test_the_data_cards_examples_are_documents_the_selection_holds(stages, tmp_path):
+    """The card's examples per top cluster were its first documents in corpus order, selected or not (6 of the
+    demo card's 15 were never selected)."""
+    root, generic, target, topics, emb, clu = stages
+    sel = impsamp.resample(emb, clu, tmp_path / "few", targets=[target], config=ResampleConfig(docs=20))
+    held = {" ".join(t.split()) for t in sel.to_table().column("text").to_pylist()}
+    card = (sel.path / "README.md").read_text()
+    table = card.split("## Top clusters")[1].split("## ")[0]
+    examples = [e for li in table.splitlines() if li.startswith("| ") and li[2].isdigit()
+                for e in li.rstrip(" |").split(" | ")[-1].split(" / ")]
+    assert len(examples) >= 3
+    assert all(any(t.startswith(e) for t in held) for e in examples), examples
+    # `impsamp info` on the selection's histograms.json (read as a corpus, it failed: "no 'text' field")
+    r = _invoke(["info", sel.path / "histograms.json"])
+    assert r.exit_code == 0 and "selected 20 units" in r.output and f"impsamp info {sel.path}" in r.output, r.output
+
+
 @pytest.mark.parametrize("method", ["ngram", "classifier"])
 def test_document_level_methods_weigh_a_mixed_target_as_the_histogram_does(stages, tmp_path, method):
     """A mixed target's parts count by their weights in the n-gram counts and the classifier's fit, as in the

@@ -64,13 +64,20 @@ def test_nothing_fits_is_said_in_one_line():
 
 
 def test_decision_map_redraws_the_papers_rule_from_the_rows():
-    m = decision_map(ROWS, n=9)
+    m = decision_map(ROWS)
     labels, grid = m["labels"], m["grid"]
     assert grid[-1, -1] == labels.index("large")              # everything affordable: the large model
     assert (grid[0] == -1).all()                              # below the smallest model: nothing fits
-    small = int(np.argmax(m["params"] >= 5))                   # the first inference budget a small model fits
+    small = int(np.argmax(m["params_edges"] >= 5))             # the row of cells from a small model's size up
     assert grid[small, -1] == labels.index("dense, importance")  # large per-target budget: importance sampling
     assert grid[small, 0] == -1 and labels.index("experts G=4 (top)") in grid[small].tolist()  # small: experts
+    # the cells' edges are the rows' own costs: the boundaries lie where the choice changes, not a grid step off
+    # (the demo's map drew importance's edge at 7.66e12 FLOPs; its cost is 7.32e12)
+    assert {1, 5, 10} <= set(m["per_target_edges"].tolist()) and {5, 25} <= set(m["params_edges"].tolist())
+    for i, y in enumerate(m["params_edges"][:-1]):
+        for j, x in enumerate(m["per_target_edges"][:-1]):  # a budget exactly at a cell's lower edges chooses as it
+            best = choose(ROWS, Budgets(inference=float(y), per_target=float(x)))["best"]
+            assert grid[i, j] == (labels.index(best) if best else -1), (x, y)
 
 
 def test_inference_budget_parsing():

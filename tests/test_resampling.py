@@ -591,3 +591,15 @@ def test_the_recorded_command_leaves_out_where_and_how_the_run_went():
     noisy = [*base[:3], "--engine", "ray", "--ray-address=auto", *base[3:], "--no-progress", "--overwrite",
              "--no-ngram-cache"]
     assert command_line(noisy) == command_line(base) == "impsamp " + " ".join(base)
+
+
+def test_a_documents_text_in_the_data_card_is_shown_not_rendered():
+    """The card's examples went in raw: a document's <script> became an element, its `**` bold, once rendered."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from impsamp.resampling.report import card_text
+
+    text = '<script>alert(1)</script> **bold** a|b `code` [link](x) back\\slash "quoted"\nnext line'
+    cell = card_text(text)
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(f"| a | b |\n|---|---|\n| 1 | {cell} |\n")
+    assert "<script>" not in html and "<strong>" not in html and "<code>" not in html and "<a " not in html
+    assert html.count("<td>") == 2 and "&lt;script&gt;alert(1)&lt;/script&gt; **bold** a|b `code`" in html

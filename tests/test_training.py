@@ -198,6 +198,8 @@ def test_export_loads_in_transformers_with_the_same_logits(trained, tmp_path):
         ours = trained.load_model()(x)
         theirs = hf(x).logits
     assert torch.allclose(ours, theirs, atol=1e-4), (ours - theirs).abs().max()
+    said = CliRunner().invoke(cli, ["info", str(tmp_path / "hf")])  # read as a corpus, it failed on config.json
+    assert said.exit_code == 0 and f"a transformers export of {trained.path}" in said.output, said.output
 
 
 def test_export_replaces_only_an_earlier_export(trained, tmp_path):
@@ -224,7 +226,7 @@ def test_export_replaces_only_an_earlier_export(trained, tmp_path):
 def test_export_finishes_what_a_killed_export_left_beside_its_folder(trained, tmp_path, caplog):
     pytest.importorskip("transformers")
     from impsamp.errors import StageError
-    from impsamp.training.export import export
+    from impsamp.training.exporting import export
 
     out = export(trained.path, tmp_path / "hf")
     first = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -28,6 +28,7 @@ def write_report_html(out: Path, clusters, methods: list[str], *, seed: int = 0)
     """
     from ..manifest import atomic_write_bytes
 
+    out = Path(out).absolute()  # the selections' handles hold absolute paths (a relative --out is common)
     dirs = {m: out / "selections" / m for m in methods}
     dirs = {m: d for m, d in dirs.items() if (d / "manifest.json").is_file()}
     pages = selection_pages(clusters, dirs, seed=seed)
@@ -96,7 +97,7 @@ def _block(block: str) -> str:
 
 
 def _cells(line: str) -> list[str]:
-    # KL(t||sel) is one cell (compare's tables have no empty cell)
+    # an older report's KL(t||sel) header is one cell (compare's tables have no empty cell); 0.7.17 writes KL(t‖sel)
     inner = line.strip().strip("|").replace("||", "\u2016")
     return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
 

@@ -8,7 +8,8 @@
 
 Modules: config (ExpertsConfig), grouping (clusters -> groups), stage (experts(): group data,
 shared tokenizer, one `train` run per group), result (Experts), routing (routed perplexity),
-specialize (pick an expert for a target and fine-tune it).
+specializing (`specialize`: pick an expert for a target and fine-tune it; a module of the
+function's name would, once imported, shadow it).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from .config import SELECT_RULES, ExpertsConfig
 
-_LAZY = {"experts": "stage", "Experts": "result", "specialize": "specialize",
+_LAZY = {"experts": "stage", "Experts": "result", "specialize": "specializing",
          "evaluate_routed": "routing"}
 
 __all__ = ["SELECT_RULES", "ExpertsConfig", *_LAZY]

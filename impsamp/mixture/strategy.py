@@ -23,7 +23,7 @@ def experts_entry(out: Path, cfg, tcfg, emb, clu, targets: list, evals: list[str
 
     from .config import ExpertsConfig
     from .result import Experts
-    from .specialize import SPECIALIZATION, specialization_config, specialize
+    from .specializing import SPECIALIZATION, specialization_config, specialize
     from .stage import experts
 
     shape = {k: getattr(tcfg, k) for k in ("preset", "n_layer", "n_embd", "n_head", "block_size", "batch_size",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from ..histograms import Histogram, describe, kl
 from ..manifest import StageRun, atomic_write_bytes, fingerprint, tmp_name
 from .config import FEATURES, ResampleConfig
 from .inputs import Inputs
-from .planning import Plan
+from .planning import Plan, unit_repeats
 from .writing import data_name
 
 logger = logging.getLogger(__name__)
@@ -168,13 +169,13 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
     p_t, p_g = target.probs(), generic.probs()
     p_s = plan.draws / max(plan.draws.sum(), 1)
     top = [int(c) for c in np.argsort(-p_s, kind="stable")[:5] if p_s[c] > 0]
-    examples = _examples(top, corpus, inputs.tables, inputs.names, inputs.leaves)
+    examples = _examples(top, corpus, inputs.tables, inputs.names, inputs.leaves,
+                         lambda s: unit_repeats(cfg, plan, s, inputs.leaves[s]) > 0)
     weighed = cfg.method == "importance"  # the others never weigh clusters: no weight column
     lines = ["| cluster | target | generic | selected |" + (" weight |" if weighed else "") + " examples |",
              "|---:|---:|---:|---:|" + ("---:|" if weighed else "") + "---|"]
     for c in top:
-        ex = " / ".join(json.dumps(e[:80], ensure_ascii=False)[1:-1].replace("|", "\\|")
-                        for e in examples.get(c, []))
+        ex = " / ".join(card_text(e[:80]) for e in examples.get(c, []))
         weight = f" {plan.weights[c]:.3g} |" if weighed else ""
         lines.append(f"| {c} | {p_t[c]:.3f} | {p_g[c]:.3f} | {p_s[c]:.3f} |{weight} {ex} |")
     name = f"impsamp-selection-{fingerprint_key[7:15]}"
@@ -281,15 +282,23 @@ def _num(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
 
 
-def _examples(clusters: list[int], corpus, shard_tables, names, shard_leaves, per: int = 3
+def card_text(text: str) -> str:
+    """A document's text as a table cell of the Markdown card, shown as written: JSON-escaped (one line), then
+    Markdown's and HTML's specials backslash-escaped (a document's <script>, `**` or `|` is not rendered)."""
+    return re.sub(r"([`*_\[\]<>#~|])", r"\\\1", json.dumps(text, ensure_ascii=False)[1:-1])
+
+
+def _examples(clusters: list[int], corpus, shard_tables, names, shard_leaves, selected, per: int = 3
               ) -> dict[int, list[str]]:
-    """First few documents of each cluster (in corpus order), for the data card."""
+    """First few selected documents of each cluster (in corpus order), for the data card; `selected(s)`: which
+    units of input shard s the selection holds."""
     want: dict[int, list[int]] = {c: [] for c in clusters}
-    for name, leaves in zip(names, shard_leaves):
+    for s, (name, leaves) in enumerate(zip(names, shard_leaves)):
         idx = shard_tables.column(name, "doc_index")
+        chosen = selected(s)
         for c in clusters:
             if len(want[c]) < per:
-                want[c].extend(idx[leaves == c][: per - len(want[c])].tolist())
+                want[c].extend(idx[(leaves == c) & chosen][: per - len(want[c])].tolist())
         if all(len(v) >= per for v in want.values()):
             break
     texts = corpus.take(np.asarray([i for v in want.values() for i in v], dtype=np.int64))

@@ -14,7 +14,8 @@ data (token memmaps, batches), conditioned (per-cluster memmaps and cluster- or 
 batches), checkpoint (safetensors), runtime (device, DDP, memory), loop (train), distill (the
 distillation loss), provenance (`--init`, `--teacher`, cost accounting), stopping (early stopping),
 result (TrainRun: a finished run), evaluation (ppl, bits per byte), hf (the dense family as a
-transformers Llama), export (a run as a transformers folder).
+transformers Llama), exporting (`export`: a run as a transformers folder; a module named `export` would,
+once imported, shadow the function).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _LAZY = {
     "train": "loop", "TrainRun": "result",
     "evaluate": "evaluation",
     "train_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
-    "export": "export",
+    "export": "exporting",
     "GPT": "model",
 }
 

@@ -1,6 +1,6 @@
 """A Llama-architecture decoder: pre-norm RMSNorm, rotary positions, SwiGLU, no biases, tied embeddings.
 
-The layout maps 1:1 onto Hugging Face `LlamaForCausalLM` (see `export.py`): the fused `qkv` and
+The layout maps 1:1 onto Hugging Face `LlamaForCausalLM` (see `exporting.py`): the fused `qkv` and
 `gate_up` projections are split row-wise on export, and the rotary embedding uses the same
 "rotate_half" convention on the two halves of each head (not interleaved pairs), so a checkpoint
 exported to `transformers` gives the same logits.

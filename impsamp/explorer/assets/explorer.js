@@ -251,7 +251,7 @@
     const snips = c.snips.length ? c.snips.map((s) => h("blockquote", { class: "snippet", text: s })) : [h("p", { class: "caption", text: "(no documents sampled)" })];
     const why = c.id === state.initial ? h("p", { class: "caption", text: (FLAT_W ? "Every cluster has the same weight. " : "") + `The cluster with ${RANK_TEXT}; `
       + "click any other on the map, the histogram or the table." }) : null;
-    detail.replaceChildren(h("h3", { text: `Cluster ${c.id}` }), why, dl, h("h4", { text: "Top terms" }), terms,
+    detail.replaceChildren(h("h3", { text: `Cluster ${c.id}` }), ...(why ? [why] : []), dl, h("h4", { text: "Top terms" }), terms,
       h("h4", { text: "Example documents" }), ...snips);
   }
   function select(id) {
