@@ -451,3 +451,49 @@ def test_an_output_a_corpus_glob_could_match_is_refused_before_anything_is_writt
     ok(invoke(*EMBED_ARGS("data/**/*.jsonl", "data/.cache/emb")))  # `**` passes over hidden names too
     assert not (tmp_path / "tgt" / "sel").exists() and not (tmp_path / "data" / "deep").exists()
     assert sorted(p.name for p in (tmp_path / "tgt").iterdir()) == ["t.jsonl"]
+
+
+READER = textwrap.dedent('''
+    import sys, time
+    from impsamp.guards import hold_inputs
+    hold_inputs(sys.argv[1])
+    print("holding", flush=True)
+    time.sleep(120)
+''')
+
+
+def test_a_stage_output_being_read_is_not_overwritten_and_one_being_written_is_not_read(tmp_path):
+    """A review: `cluster --overwrite` of the clusters a resample was reading made a selection marked complete
+    from half the old centroids and half the new (KL 1.43 from its target). A reader share-locks its inputs."""
+    from impsamp.resampling import ResampleConfig
+    from impsamp.resampling.inputs import open_inputs
+
+    root = tmp_path
+    corpus = write_corpus(root / "c.jsonl", 60)
+    ok(invoke(*EMBED_ARGS(corpus, root / "emb")))
+    ok(invoke("cluster", root / "emb", "--out", root / "clu", "--k", "3", "--no-progress"))
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(root / "clu")], env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "holding", reader.communicate()
+        r = invoke("cluster", root / "emb", "--out", root / "clu", "--k", "3", "--seed", "9", "--overwrite",
+                   "--no-progress")
+        one_line_error(r, "being written by another process", "or read by one as its input")
+        assert (root / "clu" / MANIFEST).is_file()  # untouched
+    finally:
+        reader.kill()
+        reader.wait(timeout=30)
+    writer = _holder(root / "busy")  # a stage writing its output: not read meanwhile
+    try:
+        with pytest.raises(StageError, match="busy is being written by another process; wait for it to end before"):
+            guards.hold_inputs(root / "busy")
+        open_inputs(root / "emb", root / "clu", ResampleConfig(docs=5))  # the others: read as ever, and held
+        import os
+
+        held = {(st.st_dev, st.st_ino) for st in (os.stat(root / "emb"), os.stat(root / "clu"))}
+        assert held <= guards._mine()
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
+        for key in guards._mine():
+            guards.release(key)

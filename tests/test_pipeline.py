@@ -681,6 +681,11 @@ def test_clusters_of_other_embeddings_are_refused(stages, tmp_path):
                  "--docs", 5])
     assert r.exit_code == 1 and "was not clustered from" in r.output
     assert emb.n == 60
+    # the same folder embedded again after the clustering: said so (it read "not clustered from X ... records X")
+    clu = impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=2, seed=0))
+    impsamp.embed(target, tmp_path / "emb", EmbedConfig(model="hashing:32"), overwrite=True)
+    r = _invoke(["resample", tmp_path / "emb", clu.path, "--target", target, "--out", tmp_path / "o3", "--docs", 5])
+    assert r.exit_code == 1 and "which has been embedded again since" in r.output, r.output
 
 
 def test_windows_select_text_spans(tmp_path):

@@ -288,3 +288,37 @@ def test_offline_the_default_model_loads_from_its_package(no_network):
     v = emb.embed_texts(["protein folding", "contract law"]).vectors
     assert v.shape == (2, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
     assert no_network == []
+
+
+def test_a_corpus_file_written_while_a_stage_reads_it_is_refused_at_the_end(tmp_path, monkeypatch):
+    """A review: the corpus edited in place (same size and inode) while a resample read it went into a selection
+    marked complete, its manifest recording the first version; and so for an embedding."""
+    import impsamp
+    import impsamp.resampling.stage as stage
+    from impsamp.errors import CorpusError
+    from impsamp.resampling import ResampleConfig
+
+    p = build_pipeline(tmp_path, n=120)
+    route = stage._route_pass
+
+    def route_then_edit(*args, **kwargs):
+        route(*args, **kwargs)
+        raw = p["generic"].read_bytes()
+        p["generic"].write_bytes(raw.replace(b"e", b"E", 1))  # the same size, in place
+
+    monkeypatch.setattr(stage, "_route_pass", route_then_edit)
+    with pytest.raises(CorpusError, match="generic.jsonl was written while this run read it"):
+        impsamp.resample(p["emb"], p["clu"], tmp_path / "sel2", targets=[p["target"]], config=ResampleConfig(docs=30))
+    assert not (tmp_path / "sel2" / MANIFEST).exists()
+    import impsamp.embedding.stage as embedding
+
+    tasks = embedding.run_tasks
+
+    def embed_then_edit(*args, **kwargs):
+        tasks(*args, **kwargs)
+        p["target"].write_bytes(p["target"].read_bytes().replace(b"e", b"E", 1))
+
+    monkeypatch.setattr(embedding, "run_tasks", embed_then_edit)
+    r = invoke(*EMBED_ARGS(p["target"], tmp_path / "temb"))
+    assert r.exit_code != 0 and "bio.jsonl was written while this run read it" in r.output, r.output
+    assert not (tmp_path / "temb" / MANIFEST).exists()

@@ -148,6 +148,9 @@ class Clusters:
         """Raise StageError unless this clustering was fitted on `emb` (an embeddings/clusters pair)."""
         recorded = self.manifest.inputs.get("embeddings", {})
         if recorded.get("fingerprint") != emb.manifest.fingerprint:
+            if recorded.get("path") == str(Path(emb.path).resolve()):  # the same folder, embedded again since
+                raise StageError(f"{self.path} was clustered from an earlier run in {emb.path}, which has been "
+                                 "embedded again since; run `impsamp cluster` on it again")
             raise StageError(f"{self.path} was not clustered from {emb.path} (its manifest records "
                              f"{recorded.get('path')}); pass the matching pair")
 

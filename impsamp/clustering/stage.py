@@ -13,7 +13,7 @@ import numpy as np
 from .._deps import require
 from ..config import as_config
 from ..errors import StageError
-from ..guards import released_on_return
+from ..guards import hold_inputs, released_on_return
 from ..manifest import StageRun, inside, sha256_file, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
@@ -60,6 +60,8 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     ex = execution or LOCAL
     out_dir = Path(out_dir)
     emb = load_embeddings(embeddings)
+    hold_inputs(emb.path)  # an --overwrite of the embeddings is refused while this run reads them
+    emb = load_embeddings(emb.path)  # as they are, now that no one may replace them
     shards = check_embeddings(emb)
     n = sum(rows for _, rows in shards)
     size = check_sizes(cfg, n, Path(emb.path))

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..progress import progress_bar
 from .config import ClusterConfig
-from .kmeans import fit_kmeans, map_small, nearest_centroid, sample_rows
+from .kmeans import fit_kmeans, fit_threads, map_small, nearest_centroid, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def fit_tree(x: np.ndarray, cfg: ClusterConfig, gpu: bool, progress: bool) -> tu
         logger.warning("%d node(s) held fewer sample points than their level's k and got fewer children; "
                        "raise --sample for a fuller tree", small_nodes)
     info = {"train_points": int(len(x)) if cfg.levels else used[0], "train_points_per_level": used,
-            "train_objective": train_obj if cfg.levels is None else None, "small_nodes": small_nodes}
+            "train_objective": train_obj if cfg.levels is None else None, "small_nodes": small_nodes,
+            # the top level's fit threads (a tree's children fit on one each): its bytes depend on the count
+            "omp_threads": fit_threads(len(sub), k0, x.shape[1], gpu)}
     return tree, info
 
 

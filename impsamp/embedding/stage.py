@@ -207,16 +207,17 @@ def _run_shards(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shar
     gpu = cfg.device == "cuda" or getattr(emb, "_device", None) == "cuda"
     if ex.tokenize_tasks:
         _run_fed(run, ex, corpus, pending, wcfg, blob, emb, threads, gpu, done)
-        return
-    tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
-    run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
-              stream=None if workers else lambda check: ((r.shard.name, r) for r in embed_shards(
-                  corpus, pending, emb, on_chunk=lambda docs, tokens: (check(), bar(docs, tokens)),
-                  processes=cfg.tokenize_processes)),
-              done_in_background=True,
-              # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its
-              # GPU's share of the node's CPUs, which tokenize for it (one task per GPU on 16 cores: 16)
-              num_cpus=None if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
+    else:
+        tasks = [(s.name, (wcfg, blob, Shared("corpus"), threads, s, str(run.out_dir))) for s in pending]
+        run_tasks(ex, _embed_in_worker, tasks, done, shared={"corpus": corpus}, processes=cfg.workers,
+                  stream=None if workers else lambda check: ((r.shard.name, r) for r in embed_shards(
+                      corpus, pending, emb, on_chunk=lambda docs, tokens: (check(), bar(docs, tokens)),
+                      processes=cfg.tokenize_processes)),
+                  done_in_background=True,
+                  # CPU: each task gets the threads a local worker would (cpu_count // workers); GPU: its
+                  # GPU's share of the node's CPUs, which tokenize for it (one task per GPU on 16 cores: 16)
+                  num_cpus=None if gpu else threads, num_gpus=ex.gpus_per_worker if gpu else 0)
+    corpus.check_unchanged()  # a file written while it was read: its vectors may mix two versions
 
 
 def _run_fed(run: StageRun, ex: Execution, corpus: Corpus, pending: list[Shard], wcfg: EmbedConfig,

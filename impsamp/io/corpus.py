@@ -18,7 +18,7 @@ from ..manifest import sha256_file
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
 from .discovery import absolute_glob, expand, file_digest, is_glob
 from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
-from .known import counted
+from .known import counted, identity
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
                       short_error)
 
@@ -36,6 +36,22 @@ class Corpus:
     """The folders (resolved) given as the corpus: a stage writing inside one would add to its own input."""
     globs: tuple[str, ...] = ()
     """The glob patterns given as the corpus (`discovery.absolute_glob`): the same, for what they match."""
+    opened: dict[str, list[int]] = field(default_factory=dict, compare=False, repr=False)
+    """Each file's identity (`known.identity`) when the corpus was opened: `check_unchanged`."""
+
+    def check_unchanged(self) -> None:
+        """Refuse a file written since the corpus was opened (its identity changed: an edit in place keeps its
+        size and inode, not its times): what a run read from it may mix two versions, and its manifest would
+        record the first. Called before a stage that read the text marks its output complete."""
+        for path, was in self.opened.items():
+            try:
+                now = identity(Path(path))
+            except OSError:
+                now = None
+            if now != was:
+                raise CorpusError(f"{path} was {'written' if now else 'removed'} while this run read it: what the "
+                                  "run read may mix two versions of it; rerun once it stays as it is (a change "
+                                  "since the embedding needs `impsamp embed` again)")
 
     @property
     def n_rows(self) -> int:
@@ -212,6 +228,7 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     # reading is likely kept: slices opening one corpus together share the reading of its files
     for p, folder in found_in.items():
         _check_found_json(p, folder, text_field)
+    opened = {str(p): identity(p) for p in paths}  # before reading them: an edit from now on is seen
     described = {i: describe_file(p, text_field, id_field, wait=False) for i, p in enumerate(paths)}
     files, offset = [], 0
     for i, p in enumerate(paths):
@@ -222,7 +239,7 @@ def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "
     folders = tuple(dict.fromkeys(str(Path(s).resolve()) for s in specs
                                   if not is_glob(s) and Path(s).is_dir()))
     globs = tuple(dict.fromkeys(absolute_glob(s) for s in specs if is_glob(s)))
-    corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders, globs=globs)
+    corpus = Corpus(files, text_field, id_field, encoding_errors, folders=folders, globs=globs, opened=opened)
     if corpus.n_rows == 0:
         raise CorpusError(f"the corpus {', '.join(map(str, specs))} is empty (0 rows); give a non-empty file")
     return corpus

@@ -41,9 +41,12 @@ def open_inputs(embeddings, clusters, cfg: ResampleConfig) -> Inputs:
     unchanged since it was embedded."""
     from ..clustering import Clusters
     from ..embedding import Embeddings
+    from ..guards import hold_inputs
 
-    emb = embeddings if isinstance(embeddings, Embeddings) else Embeddings.load(embeddings)
-    clu = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
+    # read-locked first (an --overwrite of either is refused while this run reads them), then opened
+    hold_inputs(*(x.path if isinstance(x, (Embeddings, Clusters)) else x for x in (embeddings, clusters)))
+    emb = Embeddings.load(embeddings.path if isinstance(embeddings, Embeddings) else embeddings)
+    clu = Clusters.load(clusters.path if isinstance(clusters, Clusters) else clusters)
     clu.check_made_from(emb)
     corpus = emb.corpus()  # reopened and checked unchanged since it was embedded
     names = list(emb.shard_names)

@@ -335,6 +335,7 @@ def _gather_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, names: list[
 def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, plan: Plan, n_out: int,
             command: str | None, plot) -> Selection:
     """Diagnostics, histograms, plot, data card, then the manifest (which makes the output complete)."""
+    inputs.corpus.check_unchanged()  # a file written while the routing pass read it: not a selection to keep
     names = inputs.names
     records = [run.shard_record(f"route-{name}")["stats"] for name in names]
     selected = {key: int(sum(r[key] for r in records)) for key in ("tokens", "chars", "bytes")}
@@ -365,7 +366,9 @@ def _embedding_flops(cfg: ResampleConfig, inputs: Inputs, target: Target) -> dic
 
 
 def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` on a daemon thread; -> a Future."""
+    """`fn(*args)` on a thread; -> a Future. Not a daemon: a run that fails before it waits for the plot (a
+    corpus file written meanwhile, a full disk) must not exit while matplotlib draws, which aborted the
+    interpreter ("terminate called without an active exception", exit 134) in 4 runs of 6."""
     import threading
     from concurrent.futures import Future
 
@@ -377,7 +380,7 @@ def _in_background(fn: Callable[..., Any], *args: Any) -> Any:
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits on the result
             fut.set_exception(e)
 
-    threading.Thread(target=work, daemon=True, name="impsamp-plot").start()
+    threading.Thread(target=work, daemon=False, name="impsamp-plot").start()
     return fut
 
 
