@@ -195,8 +195,8 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
                   "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
                   "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
                   "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
-                  "with `--targets-expected`, `--inference-budget` and `--per-target-budget` to get the choice in one "
-                  "line.", ""]
+                  "with `--targets-expected`, `--inference-budget`, `--per-target-budget` and `--pretraining-budget` "
+                  "to get the choice in one line (`impsamp plan` reads them for this report, training nothing).", ""]
     return lines, plan
 
 
