@@ -38,6 +38,10 @@ K_DEFAULT = 64
 """`compare`'s k-means clusters when neither --k nor --clusters says."""
 
 
+PLANNING_BUDGETS = ("targets_expected", "inference_budget", "per_target_budget", "pretraining_budget")
+"""CompareConfig's fields that choose among the runs and train nothing (`impsamp plan` changes them after)."""
+
+
 @documented
 @dataclass(frozen=True)
 class CompareConfig:
@@ -269,7 +273,9 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     # the corpora's files, folders and globs (--out inside one, or where a pattern reaches: refused before it is made)
     read = [generic_corpus.spec(), target_corpus.spec(), embeddings, clusters]
     emb, clu = _given_outputs(generic_corpus, embeddings, clusters)  # checked before anything is written
-    run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read).begin()
+    # the planning budgets only shape the report's choice: an interrupted run resumes with other ones
+    run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read,
+                   unkeyed=PLANNING_BUDGETS).begin()
     emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
     selections = _select(out, cfg, emb, clu, targets, progress, command or "impsamp.compare(...)")
     tcfg = _train_config(out, cfg, generic_corpus, progress)

@@ -194,10 +194,10 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
 
     generic, target, evals = _small_inputs(tmp_path, seed=1)
 
-    def run(out, **env):
+    def run(out, *extra, **env):
         args = ["compare", "--generic", generic, "--target", target, "--eval", evals, "--out", out,
                 "--methods", "uniform,importance", "--tokens", 2000, "--k", 4, "--steps", 4,
-                "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml"]
+                "--finetune-steps", 2, "--no-progress", "--config", tmp_path / "c.toml", *extra]
         return subprocess.run([sys.executable, "-m", "impsamp", *map(str, args)], capture_output=True,
                               text=True, env={**os.environ, **env}, timeout=300)
 
@@ -228,10 +228,13 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
     evals.write_bytes(original)
     done = {p: (out / p / "manifest.json").stat().st_mtime_ns
             for p in ("embeddings", "clusters", "selections/uniform", "selections/importance")}
-    again = run(out)
+    again = run(out, "--targets-expected", 7)  # the budgets only choose: resumed with another (it was refused)
     assert again.returncode == 0, again.stderr
     assert {p: (out / p / "manifest.json").stat().st_mtime_ns for p in done} == done  # reused, not redone
     a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert a["config"].pop("targets_expected") == 7 and b["config"].pop("targets_expected") is None
+    for res in (a, b):
+        res.pop("plan", None)
     for res in (a, b):  # wall-clock speed is the only thing allowed to differ
         for e in res["methods"].values():
             for phase in ("train", "train_finetune"):
