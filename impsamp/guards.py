@@ -178,12 +178,13 @@ def hold_inputs(*folders: Path | str) -> None:
             fd = os.open(folder, os.O_RDONLY)
         except OSError:
             continue  # the stage's own checks say what is wrong with it
-        st = os.fstat(fd)
+        st, me = os.fstat(fd), threading.current_thread()
         key = (st.st_dev, st.st_ino)
         with _MUTEX:
-            if key in _HELD and _HELD[key].owner is threading.current_thread():
-                os.close(fd)
-                continue
+            held = _HELD.get(key)
+        if held is not None and held.owner is me:
+            os.close(fd)
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError as e:
@@ -192,8 +193,8 @@ def hold_inputs(*folders: Path | str) -> None:
                 raise FolderBusy(f"{folder} is being written by another process; wait for it to end before "
                                  "reading it") from None
             continue  # no locks on this filesystem
-        with _MUTEX:
-            _HELD[key] = _Held(fd, threading.current_thread(), False)
+        with _MUTEX:  # another thread's lock on it stays its own: this one is kept under this thread's key
+            _HELD[key if key not in _HELD else (*key, me.ident)] = _Held(fd, me, False)
 
 
 def refuse_busy(folder: Path, *, shared: bool = False) -> None:

@@ -143,10 +143,15 @@ def test_specialize_top_picks_the_largest_group_and_records_why(pipe):
     assert "costs (FLOPs):" in info and "generic (paid once)" in info
 
 
-def test_lowest_loss_and_all_rules(pipe):
+def test_lowest_loss_and_all_rules(pipe, monkeypatch):
+    import importlib
+
     from impsamp.mixture import Experts
     from impsamp.training import TrainRun
 
+    # the hashing embedder costs nothing to run: a price for embedding the target, to see who pays it
+    specializing = importlib.import_module("impsamp.mixture.specializing")
+    monkeypatch.setattr(specializing, "encoder_flops", lambda params, tokens: 1e9)
     ex = Experts.load(pipe["ex"])
     low = pipe["root"] / "sp-low"
     ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", low, "--select", "lowest-loss", *FT))
@@ -154,7 +159,9 @@ def test_lowest_loss_and_all_rules(pipe):
     losses = rec["scores"]["loss_before_finetuning"]
     assert rec["chosen"] == int(np.argmin(losses)) and len(losses) == ex.n_groups
     assert rec["selection_flops"]["scoring_experts"] > 0
-    assert TrainRun.load(low).metrics["costs"]["selection"] == rec["selection_flops"]["scoring_experts"]  # only that
+    # lowest-loss decides by the experts' losses: the target's embedding is recorded, not charged (it was)
+    assert rec["selection_flops"]["target_embedding"] == 1e9
+    assert TrainRun.load(low).metrics["costs"]["selection"] == rec["selection_flops"]["scoring_experts"]
     every = pipe["root"] / "sp-all"
     ok(invoke("specialize", pipe["ex"], "--target", pipe["target"], "--out", every, "--select", "all", *FT))
     rec = json.loads((every / "specialization.json").read_text())

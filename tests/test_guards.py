@@ -497,3 +497,35 @@ def test_a_stage_output_being_read_is_not_overwritten_and_one_being_written_is_n
         writer.wait(timeout=30)
         for key in guards._mine():
             guards.release(key)
+
+
+def test_two_threads_reading_one_input_keep_their_own_locks(tmp_path):
+    """A second thread's read lock on a folder took over the first's entry: the first's lock then outlived it
+    (never released), and its end released the second's."""
+    import threading
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    took, done = threading.Event(), threading.Event()
+    theirs: set = set()
+
+    def reader():
+        guards.hold_inputs(folder)
+        theirs.update(guards._mine())
+        took.set()
+        done.wait(10)
+        for key in guards._mine():
+            guards.release(key)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    took.wait(10)
+    guards.hold_inputs(folder)
+    mine = guards._mine()
+    assert len(theirs) == 1 and len(mine) == 1 and not theirs & mine  # each thread its own
+    for key in mine:
+        guards.release(key)
+    assert theirs <= set(guards._HELD)  # the other thread's lock is still held
+    done.set()
+    t.join(10)
+    assert not theirs & set(guards._HELD)

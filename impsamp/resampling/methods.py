@@ -54,21 +54,26 @@ def targets_have_text(targets: Sequence[Any]) -> bool:
 def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
     from ..io import open_corpus
 
+    return open_corpus(_text_specs(targets, method), text_field=cfg.text_field, id_field=cfg.id_field)
+
+
+def target_text_parts(targets: Sequence[Any], cfg: ResampleConfig, method: str) -> list[tuple[Any, float]]:
+    """Each target part's corpus and its mixture weight."""
+    from ..io import open_corpus
+
+    _text_specs(targets, method)
+    return [(open_corpus([sp], text_field=cfg.text_field, id_field=cfg.id_field), w)
+            for sp, w in map(parse_target, targets)]
+
+
+def _text_specs(targets: Sequence[Any], method: str) -> list[Any]:
+    """The targets' specs, refused in one line where one has no text (a stage output or a histogram)."""
     specs = [parse_target(t)[0] for t in targets]
     for sp in specs:
         if _textless(sp):
             raise ConfigError(f"--method {method} needs the target's text; {sp} is a stage output or "
                               "histogram: pass the in-domain corpus itself")
-    return open_corpus(specs, text_field=cfg.text_field, id_field=cfg.id_field)
-
-
-def target_text_parts(targets: Sequence[Any], cfg: ResampleConfig, method: str) -> list[tuple[Any, float]]:
-    """Each target part's corpus (`target_corpus` checks they all have text) and its mixture weight."""
-    from ..io import open_corpus
-
-    target_corpus(targets, cfg, method)
-    return [(open_corpus([sp], text_field=cfg.text_field, id_field=cfg.id_field), w)
-            for sp, w in map(parse_target, targets)]
+    return specs
 
 
 def mixture_row_weights(sizes: Sequence[int], weights: Sequence[float]) -> np.ndarray | None:
@@ -177,9 +182,10 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
 
     sparse = require("scipy.sparse")
 
-    texts = [list(c.iter_texts()) for c, _ in target_text_parts(targets, cfg, "importance --within ngram-classifier")]
+    parts = target_text_parts(targets, cfg, "importance --within ngram-classifier")
+    texts = [list(c.iter_texts()) for c, _ in parts]
     target = ngram_matrix([t for part in texts for t in part])
-    row_w = mixture_row_weights([len(t) for t in texts], [parse_target(t)[1] for t in targets])
+    row_w = mixture_row_weights([len(t) for t in texts], [w for _, w in parts])
     _, matrix = _unit_ngrams(inputs, cache, execution, progress)
     names = inputs.names
     sizes = [len(inputs.tables.column(n, "row")) for n in names]

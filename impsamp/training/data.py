@@ -96,13 +96,18 @@ def data_text_field(specs: Sequence[str | Path], text_field: str) -> str:
     return text_field
 
 
+def _one_in(val_fraction: float) -> int | None:
+    """k where val_fraction is 1/k; None for any other share (and for 0)."""
+    k = round(1 / val_fraction) if val_fraction > 0 else 0
+    return k if k and abs(k * val_fraction - 1) < 1e-9 else None
+
+
 def held_out(val_fraction: float) -> Callable[[bytes], bool]:
     """Whether a text (its UTF-8 bytes) is held out for validation, by its CRC-32: a multiple of k for
     val_fraction = 1/k, else below val_fraction x 2^32 (a share of 0.4 is 0.4, not 1/round(2.5))."""
     if val_fraction <= 0:
         return lambda raw: False
-    k = round(1 / val_fraction)
-    if abs(k * val_fraction - 1) < 1e-9:
+    if (k := _one_in(val_fraction)) is not None:
         return lambda raw: zlib.crc32(raw) % k == 0
     limit = val_fraction * 2 ** 32
     return lambda raw: zlib.crc32(raw) < limit
@@ -110,8 +115,8 @@ def held_out(val_fraction: float) -> Callable[[bytes], bool]:
 
 def split_key(val_fraction: float) -> dict[str, Any]:
     """What the split depends on, for a token cache's key (a 1/k fraction's key is as before `held_out`)."""
-    k = round(1 / val_fraction) if val_fraction > 0 else 0
-    return {"val_fraction": val_fraction, **({} if not k or abs(k * val_fraction - 1) < 1e-9 else {"split": "share"})}
+    share = val_fraction > 0 and _one_in(val_fraction) is None
+    return {"val_fraction": val_fraction, **({"split": "share"} if share else {})}
 
 
 def tokenize_corpus(paths: Sequence[str | Path], tok: LoadedTokenizer, cache_dir: Path, name: str, *,

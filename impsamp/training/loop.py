@@ -235,7 +235,7 @@ class _Trainer:
                 raise TokenizerError(f"the interrupted run in {out} used --tokenizer {before}; pass it "
                                      "again to resume, or pass --overwrite to start over")
         inputs = run_inputs(cfg, self.data, self.data_field, self.finetune, self.eval, self.init, self.base_costs,
-                            self.rt.world)
+                            self.rt.world, self.teacher)
         read = [cfg.teacher, cfg.tokenizer, cfg.init, cfg.clusters]  # files --overwrite must not delete
         return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
                         input_paths=[str(r) for r in read if r], unkeyed=("log_every", "checkpoint_every")).begin()

@@ -143,7 +143,8 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
 
 
 def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: list[str], evals: list[str],
-               init: TrainRun | None, base_costs: Costs | None, world: int) -> dict[str, Any]:
+               init: TrainRun | None, base_costs: Costs | None, world: int,
+               teacher: TrainRun | None = None) -> dict[str, Any]:
     """What a run records as its inputs (part of its resume key): corpora by fingerprint, paths made
     absolute (so that `guards` finds what an --overwrite must spare from any folder)."""
     from ..io import open_corpus
@@ -159,9 +160,8 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
         "tokenizer": file_sha256(cfg.tokenizer) if cfg.tokenizer else None}
     if init is not None:
         inputs["init"] = {"path": os.path.abspath(cfg.init), "fingerprint": init.manifest.fingerprint}
-    if cfg.teacher:
-        inputs["teacher"] = {"path": os.path.abspath(cfg.teacher),
-                             "fingerprint": TrainRun.load(cfg.teacher).manifest.fingerprint}
+    if teacher is not None:
+        inputs["teacher"] = {"path": os.path.abspath(cfg.teacher), "fingerprint": teacher.manifest.fingerprint}
     if cfg.clusters:
         from ..clustering import Clusters
 
