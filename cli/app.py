@@ -14,6 +14,14 @@ import impsamp
 from impsamp.errors import ImpsampError
 
 
+MEMORY_HINTS = {
+    "embed": "lower --batch-tokens", "cluster": "lower --sample (the vectors k-means trains on)",
+    "train": "lower --batch-size (--grad-accum keeps the batch) or --block-size",
+    "experts": "lower the experts' batch_size in --config", "compare": "lower batch_size in --config",
+    "distill": "lower batch_size in --config", "inspect": "lower --sample"}
+"""What to lower when a command runs out of memory."""
+
+
 class ImpsampGroup(click.Group):
     """Turn library errors into one line `Error: ...` and exit 1, never a traceback."""
 
@@ -44,7 +52,8 @@ class ImpsampGroup(click.Group):
             raise click.ClickException(f"{e.strerror or e}{where}; check the path, its permissions and "
                                        "free disk space, then rerun to resume") from None
         except MemoryError:
-            raise click.ClickException("out of memory; lower --batch-size or use a smaller sample") from None
+            lower = MEMORY_HINTS.get(ctx.invoked_subcommand or "", "use a smaller input")
+            raise click.ClickException(f"out of memory; {lower}") from None
         finally:
             from impsamp import manifest
 
@@ -136,7 +145,7 @@ def out_option(f):
                         help="Output directory (created; resumed if a previous run was interrupted).")(f)
 
 
-def scale_options(*, gpus: bool = False, slices: bool = True, slices_help: str | None = None):
+def scale_options(*, gpus: bool = False, slices_help: str | None = None):
     """--engine, --ray-address, --num-shards/--shard-index (and --gpus-per-worker for embed)."""
     def decorate(f):
         if gpus:

@@ -119,12 +119,9 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     if not data and not init and not clusters:
         raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
                                "(or --arch projected --clusters CLU)")
-    _check_tuning(numbers, finetune)
-    if numbers.get("warmup_steps") is not None and not data and not clusters:
-        click.echo("warning: --warmup-steps ignored: no --data to pretrain on (--finetune-warmup-steps sets "
-                   "fine-tuning's)", err=True)
-    if init:  # the run's own preset and family (train() takes its lr and batch where it set them)
-        preset, arch = _init_defaults(init, preset, arch)
+    _check_tuning(numbers, finetune, pretrains=bool(data or clusters))
+    if init and preset is not None:  # train() takes the run's preset, family, lr and batch (`with_init_defaults`);
+        _check_init_preset(init, preset)  # an explicit --preset of its default (tiny) it could not tell apart
     cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, arch=arch, tokenizer=tokenizer,
                          device=device, dtype=dtype, compile=compile_, text_field=text_field, init=init,
                          clusters=clusters, level=level, condition=condition, basis=basis, code_dim=code_dim,
@@ -153,12 +150,17 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
                        f"over {len(m['per_file'])} file(s)")
 
 
-def _check_tuning(numbers: dict, finetune) -> None:
+def _check_tuning(numbers: dict, finetune, pretrains: bool) -> None:
+    """Warn of flags of a phase the run has not: scripts pass one set of flags to every run."""
     tuning = [f"--{k.replace('_', '-')}" for k in ("finetune_steps", "finetune_lr", "finetune_warmup_steps",
                                                     "early_stopping", "eval_every", "finetune_val_fraction")
               if numbers.get(k) is not None]
-    if tuning and not finetune:  # a warning: scripts pass one set of flags to every run
+    if tuning and not finetune:
         click.echo(f"warning: {', '.join(tuning)} ignored: no --finetune sample to fine-tune on", err=True)
+    pretraining = [f"--{k.replace('_', '-')}" for k in ("steps", "tokens", "warmup_steps") if numbers.get(k) is not None]
+    if pretraining and not pretrains:
+        click.echo(f"warning: {', '.join(pretraining)} ignored: no --data to pretrain on (--finetune-steps and "
+                   "--finetune-warmup-steps set fine-tuning's)", err=True)
 
 
 def _recorded(run: str | Path) -> dict:
@@ -170,12 +172,10 @@ def _recorded(run: str | Path) -> dict:
     return train_cfg if isinstance(train_cfg, dict) else {}
 
 
-def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str | None, str | None]:
+def _check_init_preset(init: str, preset: str) -> None:
     own = _recorded(init)
-    if preset is not None and own.get("preset") not in (None, preset):
-        raise click.UsageError(f"--init {init} fixes the model (preset {own['preset']}): "
-                               f"drop --preset {preset}")
-    return preset or own.get("preset"), arch or own.get("arch")
+    if own.get("preset") not in (None, preset):
+        raise click.UsageError(f"--init {init} fixes the model (preset {own['preset']}): drop --preset {preset}")
 
 
 @cli.command()
@@ -186,7 +186,8 @@ def _init_defaults(init: str, preset: str | None, arch: str | None) -> tuple[str
 @click.option("--weights", type=click.Choice(["model.safetensors", "pretrained.safetensors"]),
               default="model.safetensors", show_default=True, help="Final or pre-fine-tuning weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
+@progress_option
+def evaluate(run_dir, eval_files, text_field, device, weights, as_json, progress):
     """Perplexity and bits per byte of a trained run on each --eval file, and their macro average.
 
     \b
@@ -200,7 +201,8 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json):
 
     if int(os.environ.get("RANK", "0")) != 0:
         return  # scoring is one process's work: under torchrun, rank 0 does it and the others exit
-    m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights)
+    m = run_eval(run_dir, list(eval_files), text_field, device=device, weights=weights,
+                 progress=show_progress(progress))
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return

@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, CorpusError, ImpsampError, StageError, WeightingError
 
-__version__ = "0.7.17"
+__version__ = "0.7.18"
 
 # public name -> module that defines it; resolved on first use so `import impsamp` stays light
 _LAZY = {
@@ -35,6 +35,8 @@ _LAZY = {
     "evaluate_routed": "mixture", "Costs": "costs",
     "project": "projection", "evaluate_projected": "projection", "distill": "distillation",
     "inspect": "explorer", "evaluate": "scoring",
+    "train": "training", "TrainConfig": "training", "TrainRun": "training",
+    "compare": "comparison", "CompareConfig": "comparison",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

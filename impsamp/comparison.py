@@ -121,6 +121,9 @@ class CompareConfig:
     text_field: str = "text"
 
     def __post_init__(self) -> None:
+        for name in ("methods", "models"):  # a config file's "uniform,importance" reads as the flag does
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, tuple(m.strip() for m in getattr(self, name).split(",") if m.strip()))
         check_fields(self)
         from .training.config import DTYPES, PRESETS
 
@@ -175,6 +178,28 @@ class CompareConfig:
         positive("distill_temperature", self.distill_temperature)
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
+        self._check_lm_shape()
+
+    def _check_lm_shape(self) -> None:
+        """The LM's settings checked now, not after the selections and the tokenizer; compare takes the shape
+        from its config file only, so the error names the keys there."""
+        try:
+            self.train_config()
+        except ConfigError as e:
+            msg, shape = str(e), ("n_layer", "n_embd", "n_head", "block_size", "batch_size")
+            for name in shape:
+                msg = msg.replace(f"--{name.replace('_', '-')}", name)
+            raise ConfigError(f"{msg} (the [compare] table of --config)" if any(n in msg for n in shape) else msg
+                              ) from None
+
+    def train_config(self, tokenizer: str | None = None):
+        """The one training config every dense run of the compare gets (`TrainConfig`)."""
+        from .training import TrainConfig
+
+        return TrainConfig(preset=self.preset, steps=self.steps, finetune_steps=self.finetune_steps,
+                           seed=self.seed if self.train_seed is None else self.train_seed, tokenizer=tokenizer,
+                           dtype=self.dtype, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
+                           block_size=self.block_size, batch_size=self.batch_size, text_field=self.text_field)
 
     def _check_model_flags(self) -> None:
         """A model's settings given without the model did nothing: refused, as `--within` without importance is."""
@@ -276,19 +301,23 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     # the planning budgets only shape the report's choice: an interrupted run resumes with other ones
     run = StageRun(out, "compare", config=asdict(cfg), inputs=inputs, overwrite=overwrite, input_paths=read,
                    unkeyed=PLANNING_BUDGETS).begin()
-    emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
-    selections = _select(out, cfg, emb, clu, targets, progress, command or "impsamp.compare(...)")
-    tcfg = _train_config(out, cfg, generic_corpus, progress)
-    results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals, progress)
-    # what embedded the pool, as it ran: given --embeddings keep their own settings, whatever the config's
-    results["embedding"] = {k: emb.manifest.config.get(k) for k in (
-        "model", "backend", "quantize", "precision", "max_tokens", "windows")}
-    if set(cfg.models) - {"dense"}:
-        from .strategies import model_entries
+    # bad input met by a fresh run (a row of the generic corpus, a budget the pool cannot hold): what it wrote is
+    # removed and a report it was replacing (--overwrite) put back, so the same command runs once it is fixed
+    with run.discarded_on_error():
+        emb, clu = _embed_and_cluster(out, cfg, generic_corpus, emb, clu, progress)
+        selections = _select(out, cfg, emb, clu, targets, progress, command or "impsamp.compare(...)")
+        tcfg = _train_config(out, cfg, generic_corpus, progress)
+        results = _train_and_score(out, cfg, tcfg, selections, generic_corpus, target_corpus, targets, evals,
+                                   progress)
+        # what embedded the pool, as it ran: given --embeddings keep their own settings, whatever the config's
+        results["embedding"] = {k: emb.manifest.config.get(k) for k in (
+            "model", "backend", "quantize", "precision", "max_tokens", "windows")}
+        if set(cfg.models) - {"dense"}:
+            from .strategies import model_entries
 
-        results["models"] = model_entries(out, cfg, tcfg, emb, clu, selections, generic_corpus, targets, evals,
-                                          progress, _log)
-    files = write_report(out, results, clu)
+            results["models"] = model_entries(out, cfg, tcfg, emb, clu, selections, generic_corpus, targets, evals,
+                                              progress, _log)
+        files = write_report(out, results, clu)
     run.finish(stats={"methods": list(cfg.methods), "models": list(cfg.models), "table": _summary(results)},
                extra_files=files)
     return Report(out, results)
@@ -382,17 +411,13 @@ def _select(out: Path, cfg: CompareConfig, emb, clu, targets: list, progress: bo
 def _train_config(out: Path, cfg: CompareConfig, generic_corpus, progress: bool):
     """3. One tokenizer for all runs (trained on the generic corpus, so perplexities compare), and the
     one training config every selection gets."""
-    from .training import TrainConfig, train_tokenizer
+    from .training import train_tokenizer
 
     tok_path = out / "tokenizer.json"
     if not tok_path.exists():
         _log(progress, "training the tokenizer")
         train_tokenizer([f.path for f in generic_corpus.files], cfg.vocab_size, tok_path, text_field=cfg.text_field)
-    return TrainConfig(preset=cfg.preset, steps=cfg.steps, finetune_steps=cfg.finetune_steps,
-                       seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
-                       tokenizer=str(tok_path.resolve()), dtype=cfg.dtype, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
-                       n_head=cfg.n_head, block_size=cfg.block_size, batch_size=cfg.batch_size,
-                       text_field=cfg.text_field)
+    return cfg.train_config(str(tok_path.resolve()))
 
 
 def _train_and_score(out: Path, cfg: CompareConfig, tcfg, selections: dict[str, Any], generic_corpus,

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from .errors import upper_first
-from .manifest import atomic_write_bytes, tmp_name
+from .manifest import atomic_write_bytes
+from .plots import figure, save_png
 from .training_noise import plus_minus, report_lines, seed_words, standard_error
 
 
@@ -136,13 +137,6 @@ def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[l
 
 
 def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
     entries = rows(results)
     methods = [label for label, _ in entries]
     pre = [e["metrics"]["pretrained"]["macro_ppl"] for _, e in entries]
@@ -150,7 +144,10 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
     pre_se, fin_se = ([standard_error(e["lm_seeds"][key]) if "lm_seeds" in e else np.nan for _, e in entries]
                       for key in ("pretrained_ppl", "finetuned_ppl"))  # error bars where there are several LM seeds
     x = np.arange(len(methods))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(methods)), 3.8), dpi=100)
+    fig = figure((max(6.0, 1.4 * len(methods)), 3.8))
+    if fig is None:
+        return False
+    ax = fig.add_subplot()
     ax.bar(x - 0.2, pre, width=0.4, yerr=pre_se, capsize=3, label="pretrained only")
     ax.bar(x + 0.2, fin, width=0.4, yerr=fin_se, capsize=3, label="after fine-tuning")
     ax.set_ylim(top=1.2 * np.nanmax([*pre, *fin]))  # room for the legend above the bars
@@ -159,8 +156,5 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
     ax.set_ylabel("in-domain perplexity (lower is better)")
     ax.legend(loc="upper right", ncol=2)
     fig.tight_layout()
-    tmp = tmp_name(path)
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
     return True

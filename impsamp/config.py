@@ -82,7 +82,8 @@ def load_toml(path: str | Path, *, sections: bool = True) -> dict[str, Any]:
 
 
 SECTIONS = ("embed", "cluster", "resample", "train", "compare", "experts")
-"""The TOML sections the commands read: each its own (project, specialize, distill read [train])."""
+"""The TOML sections the commands read: each its own (distill reads [train]; project and specialize take flags
+only)."""
 
 
 def resolve_config(cls: type[T], config_file: str | Path | None = None, section: str | None = None,

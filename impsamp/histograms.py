@@ -145,8 +145,12 @@ def from_assignments(leaf_assign: np.ndarray, clusters: Clusters, *, source: str
     return Histogram(counts, leaf_ancestors(clusters), clusters.manifest.fingerprint, source, tok)
 
 
-def generic_histogram(clusters: Clusters) -> Histogram:
-    """The generic corpus's histogram, from the counts the `cluster` stage recorded."""
+def generic_histogram(clusters: Clusters | str | Path) -> Histogram:
+    """The generic corpus's histogram, from the counts the `cluster` stage recorded (`clusters`: its output or
+    path)."""
+    from .clustering import Clusters
+
+    clusters = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
     c = clusters.counts()
     return Histogram(np.asarray(c["documents"], dtype=np.float64), leaf_ancestors(clusters),
                      clusters.manifest.fingerprint, "generic", np.asarray(c["tokens"], dtype=np.float64))
@@ -216,7 +220,7 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
         hist = Histogram.load(spec)
         if hist.clusters_fingerprint != clusters.manifest.fingerprint or hist.k != clusters.n_leaves:
             raise StageError(f"{spec} is a histogram over another clustering (not {clusters.path}); "
-                             "make it again with `impsamp.histogram` against this clustering")
+                             "make it again against this clustering (`impsamp histogram`, or `impsamp.histogram`)")
         return hist
     generic = embeddings if isinstance(embeddings, Embeddings) else (
         Embeddings.load(embeddings) if embeddings is not None else clusters.embeddings())

@@ -1,5 +1,5 @@
-"""Which strategy to plan for: the large model and distillation as `compare` models, and the
-planning report over every row (the seed paper's question, answered on the user's own data).
+"""Which strategy to plan for: the planning report over every row of a `compare` (the seed paper's
+question, answered on the user's own data; the rows' models are `strategies`).
 
     plan = choose(rows, Budgets(targets=100, inference=5e6, per_target=2e13))
     plan["best"], plan["runner_up"], plan["why"]
@@ -27,6 +27,7 @@ import numpy as np
 
 from .costs import format_flops
 from .errors import ConfigError, upper_first
+from .plots import figure, save_png
 
 LARGE_PRESET = {"tiny": "tiny-large", "slm-126m": "llm-771m"}
 """The large model of each small preset (about 5-6x its parameters and inference FLOPs)."""
@@ -200,25 +201,6 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
     return lines, plan
 
 
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    from .outdir import tmp_name
-
-    tmp = tmp_name(path)
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    tmp.replace(path)
-
-
 def _count(n: float) -> str:
     """5e6 -> '5M', 22_550_000 -> '22.6M', 300 -> '300'."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -228,10 +210,10 @@ def _count(n: float) -> str:
 
 
 def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int | None = None) -> bool:
-    plt = _pyplot()
-    if plt is None:
+    fig = figure((7.0, 4.2))
+    if fig is None:
         return False
-    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=100)
+    ax = fig.add_subplot()
     same: dict[tuple[float, ...], list[str]] = {}  # strategies of equal costs share one line (else it hides them)
     for label, curve in cost_curves(rows).items():
         same.setdefault(tuple(np.round(np.maximum(curve, 1.0), -3)), []).append(label)
@@ -248,24 +230,25 @@ def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int 
     ax.set_title("C(N) = generic + N x per-target")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 
 def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
-    plt = _pyplot()
     m = decision_map(rows)
-    if plt is None or not m:
+    fig = figure((8.6, 4.6)) if m else None
+    if fig is None:
         return False
+    from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
     from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
     labels = m["labels"]
     used = sorted(set(m["grid"].ravel().tolist()))
-    colors = plt.get_cmap("tab10")
+    colors = colormaps["tab10"]
     cmap = ListedColormap(["#eeeeee"] + [colors(i % 10) for i in range(len(labels))])
-    fig, ax = plt.subplots(figsize=(8.6, 4.6), dpi=100)
+    ax = fig.add_subplot()
     ax.pcolormesh(m["per_target_edges"], m["params_edges"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels),
                   shading="flat")
     ax.set_xscale("log")
@@ -276,13 +259,12 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     ax.set_xlabel("per-target budget (FLOPs)")
     ax.set_ylabel("inference budget (active parameters)")
     ax.set_title("lowest perplexity after fine-tuning within both budgets")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in used if i >= 0]
+    handles = [Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in used if i >= 0]
     names = [labels[i] for i in used if i >= 0]
     if -1 in used:
-        handles.append(plt.Rectangle((0, 0), 1, 1, color=cmap(0)))
+        handles.append(Rectangle((0, 0), 1, 1, color=cmap(0)))
         names.append("nothing fits")
     ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()  # the legend beside the map, not on it
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
     return True

@@ -20,10 +20,11 @@ from .outdir import complete_manifest
 
 
 def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: str = "text", *,
-             device: str = "auto", weights: str = "model.safetensors") -> dict[str, Any]:
+             device: str = "auto", weights: str = "model.safetensors", progress: bool = False) -> dict[str, Any]:
     """{"per_file": {file: {ppl, bpb, tokens, bytes, loss}}, "macro_ppl", "macro_bpb"} of `run_dir` (a `train`
     run, dense or projected, or an `experts` output) on `eval_files` (each one entry of `per_file`).
-    `weights`: "model.safetensors" (final) or "pretrained.safetensors" (a dense run before fine-tuning)."""
+    `weights`: "model.safetensors" (final) or "pretrained.safetensors" (a dense run before fine-tuning).
+    `progress`: a bar over each file's batches (a dense run)."""
     manifest = complete_manifest(Path(run_dir)) or {}
     routed = None
     if manifest.get("stage") == "experts":
@@ -43,4 +44,4 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
         return evaluate_routed(run_dir, eval_files, text_field=text_field, device=device)
     from .training import evaluate as evaluate_dense
 
-    return evaluate_dense(run_dir, eval_files, text_field, device=device, weights=weights)
+    return evaluate_dense(run_dir, eval_files, text_field, device=device, weights=weights, progress=progress)

@@ -80,8 +80,11 @@ def density_ratio(target: Histogram, generic: Histogram, *, smoothing: float = 0
     check_cap(cap)
     p_t = backoff_probs(target, generic, smoothing=smoothing, backoff=backoff)
     p_g = generic.probs()
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         w = np.where(generic.counts > 0, (p_t / p_g) ** temperature, 0.0)
+    if not np.isfinite(w).all():
+        raise ConfigError(f"--temperature {temperature:g} overflows the cluster weights (the density ratio to that "
+                          "power is past float64's range); lower it")
     return w if cap is None else capped(w, generic.counts.astype(np.float64), cap)
 
 
@@ -136,7 +139,7 @@ def load_function(spec: str, flag: str) -> Callable[..., Any]:
     module, _, attr = spec.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
-    except Exception as e:  # an import can fail in any way; report it as the user's module
+    except (Exception, SystemExit) as e:  # an import can fail in any way; report it as the user's module
         raise ConfigError(f"{flag} {spec}: cannot load it ({type(e).__name__}: {e})") from None
     if not callable(fn):
         raise ConfigError(f"{flag} {spec}: {attr} is a {type(fn).__name__}, not a function")
@@ -170,10 +173,12 @@ def compute_weights(spec: str | Callable[..., Any], target: Histogram, generic: 
         w = fn(target, generic, **builtin_kwargs) if fn is density_ratio else fn(_frozen(target), _frozen(generic))
     except ConfigError:  # a built-in's setting out of range: already one line naming it
         raise
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # the user's code: sys.exit() in it is an error too
         raise WeightingError(f"weighting {name} raised {type(e).__name__}: {e}") from None
     w = check_weights(w, generic.k, name)
-    if not (w * generic.counts).any():
+    with np.errstate(over="ignore"):  # weights near float64's top: their product only has to be nonzero
+        reaches = bool((w * generic.counts).any())
+    if not reaches:
         raise WeightingError(f"weighting {name} puts weight only on clusters with no generic documents; "
                              "nothing can be sampled")
     top = float(w.max())

@@ -137,7 +137,7 @@ def test_density_ratio_by_default_gives_the_weights_resample_draws_with(p, tmp_p
     np.testing.assert_allclose(w, recorded, rtol=1e-6)
 
 
-@pytest.mark.parametrize("kw, message", [({"seed": -1}, "--seed must be an integer >= 0"),
+@pytest.mark.parametrize("kw, message", [({"seed": -1}, "--seed must be an integer from 0 to 4294967295"),
                                          ({"per_cluster": "8"}, r"--sample \(per_cluster\) must be an integer >= 1"),
                                          ({"per_cluster": 0}, r"--sample \(per_cluster\) must be an integer >= 1")])
 def test_inspect_checks_its_settings(p, tmp_path, kw, message):

@@ -357,7 +357,20 @@ def train_too_little_data_for_one_sequence(tmp, p):
 
 
 def train_that_diverges(tmp, p):  # a finite but absurd learning rate: the loss turns NaN, no run is committed
-    return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e12"), tmp / "out", ["diverged", "--lr"]
+    return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e5"), tmp / "out", ["diverged", "--lr"]
+
+
+def train_lr_past_float32(tmp, p):  # it overflowed in torch with a traceback
+    return TRAIN_ARGS(p["target"], tmp / "out", "--lr", "1e39"), tmp / "out", ["--lr must be at most"]
+
+
+def cluster_niter_past_a_c_int(tmp, p):  # an OverflowError from faiss, and an incomplete output left
+    return CLUSTER_ARGS(p["emb"], tmp / "out", "--niter", str(2**31)), tmp / "out", ["--niter must be in 1..2147483647"]
+
+
+def resample_temperature_past_float64(tmp, p):  # the weights overflowed: "non-finite weights", no flag named
+    return (RESAMPLE_ARGS(p["emb"], p["clu"], p["target"], tmp / "out", "--temperature", "1e300"), tmp / "out",
+            ["--temperature 1e+300 overflows"])
 
 
 def train_projected_flags_on_a_dense_model(tmp, p):

@@ -157,6 +157,9 @@ def test_compare_config_checks_methods_and_seeds():
     for bad in (0, -1):
         with pytest.raises(ConfigError, match=f"--large-steps must be > 0, got {bad}"):
             CompareConfig(large_steps=bad, models=distill)
+    # the LM's shape (from the config file: compare has no such flags) was checked after every selection
+    with pytest.raises(ConfigError, match=r"^n_embd 250 must be a multiple of n_head 4 .*\(the \[compare\] table"):
+        CompareConfig(n_embd=250)
 
 
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():
@@ -203,6 +206,15 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
 
     ref = run(tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
+    # an --overwrite stopped by bad input (a budget the pool cannot hold) puts the finished report back; a fresh run
+    # stopped so leaves nothing, and the same command runs once the input is fixed (it left a run of "other settings")
+    report = (tmp_path / "ref" / "results.json").read_bytes()
+    bad = run(tmp_path / "ref", "--tokens", 10**8, "--overwrite")
+    assert bad.returncode == 1 and "put back" in bad.stderr, bad.stderr
+    assert (tmp_path / "ref" / "results.json").read_bytes() == report and (tmp_path / "ref" / "manifest.json").exists()
+    assert not (tmp_path / "ref" / "_replaced").exists()
+    bad = run(tmp_path / "fresh", "--tokens", 10**8)
+    assert bad.returncode == 1 and not (tmp_path / "fresh").exists(), bad.stderr
     card = (tmp_path / "ref" / "selections" / "importance" / "README.md").read_text()
     assert "impsamp compare --generic" in card and "# its importance selection" in card  # a command one can run
     # a finished LM run is reused only on the same data, fine-tuning and evaluation text

@@ -135,8 +135,8 @@ def test_fine_tuning_warms_up_as_its_own_flag_says(base, tmp_path):
     out = tmp_path / "wu"
     r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "6",
                   "--finetune-lr", "0.01", "--finetune-warmup-steps", "3", "--warmup-steps", "0", "--log-every", "1",
-                  "--device", "cpu", "--no-progress", "--batch-size", "4"))
-    assert "warning: --warmup-steps ignored: no --data to pretrain on" in r.output
+                  "--device", "cpu", "--no-progress", "--batch-size", "4", "--steps", "500"))
+    assert "warning: --steps, --warmup-steps ignored: no --data to pretrain on" in r.output
     lrs = [rec["lr"] for rec in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in rec]
     assert lrs[:4] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01]) and lrs[4] < 0.01  # then the cosine
 
@@ -164,6 +164,14 @@ def test_the_python_api_fine_tunes_an_init_run_with_its_own_preset_and_family(ba
     via_cli = TrainRun.load(tmp_path / "cli")
     assert api.config == via_cli.config and api.config.preset == "tiny-large"
     assert (api.path / "model.safetensors").read_bytes() == (via_cli.path / "model.safetensors").read_bytes()
+    # a config file's preset was overridden by the run's without a word; an explicit --preset of the default too
+    toml = tmp_path / "c.toml"
+    toml.write_text('[train]\npreset = "slm-126m"\n')
+    one_line_error(invoke("train", "--init", large, "--finetune", base["sample"], "--out", tmp_path / "t",
+                          "--config", toml), "fixes the model (preset tiny-large)", "slm-126m")
+    one_line_error(invoke("train", "--init", large, "--finetune", base["sample"], "--out", tmp_path / "t",
+                          "--preset", "tiny"), "fixes the model (preset tiny-large): drop --preset tiny")
+    assert not (tmp_path / "t").exists()
 
 
 def test_one_time_work_is_counted_once_however_many_runs_inherit_it():

@@ -319,6 +319,18 @@ def test_text_field_and_id_field_options(tmp_path):
         open_corpus(tmp_path / "c.parquet", text_field="body", id_field="nope")
 
 
+def test_ids_of_other_types_are_written_as_json_writes_them(tmp_path):
+    """A JSON id `true`, `1e3` or `{"a": 1}` became Python's "True", "1000.0", "{'a': 1}" (and `true` then
+    collided with a string id "True"); the JSON text joins back to the source."""
+    vals = [True, 1e3, {"a": 1}, [1, 2], "True", 7, None]
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(jsonl_bytes([{"text": f"doc {i}", "id": v} for i, v in enumerate(vals)]))
+    got = read_all(open_corpus(p)).column("id").to_pylist()
+    assert got == ["true", "1000.0", '{"a": 1}', "[1, 2]", "True", "7", "c.jsonl:6"]
+    pq.write_table(pa.table({"text": ["x", "y"], "id": [True, False]}), tmp_path / "b.parquet")
+    assert read_all(open_corpus(tmp_path / "b.parquet")).column("id").to_pylist() == ["true", "false"]
+
+
 def test_ids_are_derived_from_file_and_row_when_there_is_none(tmp_path):
     (tmp_path / "a.jsonl").write_bytes(jsonl_bytes([{"text": "x"}, {"text": "y"}]))
     pq.write_table(pa.table({"text": ["z"]}), tmp_path / "b.parquet")

@@ -131,6 +131,28 @@ def test_saved_histogram_and_mixture_targets(stages, tmp_path):
                            config=ResampleConfig(docs=400, smoothing=0.0))
     t = _topics_of(sel, topics)
     assert 0.35 < np.mean(t == "bio") < 0.65 and 0.35 < np.mean(t == "law") < 0.65
+    # the card says how each part's histogram was had (it said every target was embedded)
+    card = (tmp_path / "mix" / "README.md").read_text()
+    assert "saved by `impsamp histogram`, read as it is" in card and "embedded with the same encoder" in card
+    alone = impsamp.resample(emb, clu, tmp_path / "saved", targets=[saved], config=ResampleConfig(docs=50))
+    card = (alone.path / "README.md").read_text()
+    assert "saved by `impsamp histogram`" in card and "embedded with the same encoder" not in card
+
+
+def test_the_card_says_which_bytes_were_replaced(tmp_path):
+    """`embed --encoding-errors replace` put U+FFFD in the text; the card said every document was copied
+    unchanged."""
+    rng = np.random.default_rng(0)
+    lines = [json.dumps({"text": _doc(rng, "bio")}).encode() for _ in range(30)]
+    g = tmp_path / "g.jsonl"
+    g.write_bytes(b"\n".join([*lines, b'{"text": "caf\xe9 au lait and more words"}']) + b"\n")
+    emb = impsamp.embed(g, tmp_path / "emb", EmbedConfig(model="hashing:16", encoding_errors="replace"))
+    clu = impsamp.cluster(emb, tmp_path / "clu", ClusterConfig(k=2))
+    sel = impsamp.resample(emb, clu, tmp_path / "s", config=ResampleConfig(docs=31, method="uniform"))
+    card = (sel.path / "README.md").read_text()
+    assert "1 of its documents held bytes that are not UTF-8, each replaced with U+FFFD" in card
+    assert "No in-domain sample was given" in card
+    assert any("\ufffd" in t for t in sel.to_table().column("text").to_pylist())
 
 
 def test_the_data_cards_examples_are_documents_the_selection_holds(stages, tmp_path):
@@ -701,6 +723,10 @@ def test_windows_select_text_spans(tmp_path):
         assert text in docs[i] and len(text.split()) <= 16
     assert tab.num_rows == 20 and len(set(zip(tab.column("doc_index").to_pylist(),
                                               tab.column("text").to_pylist()))) == 20  # topk: no span twice
+    # the card and stats count the documents the windows come from (they counted windows as documents)
+    docs_drawn = len(set(tab.column("doc_index").to_pylist()))
+    assert docs_drawn < 20 and sel.stats["unique_documents"] == docs_drawn and sel.stats["unique_units"] == 20
+    assert f"({docs_drawn:,} distinct documents;" in (tmp_path / "s" / "README.md").read_text()
 
 
 def test_within_knn_resume_refuses_other_document_weights(stages, tmp_path, monkeypatch):

@@ -80,6 +80,29 @@ def test_decision_map_redraws_the_papers_rule_from_the_rows():
             assert grid[i, j] == (labels.index(best) if best else -1), (x, y)
 
 
+def test_the_plots_leave_the_callers_matplotlib_alone(tmp_path):
+    """The library drew with pyplot after `matplotlib.use("Agg")`: a notebook calling `impsamp.compare` lost its
+    backend. The plots are Figures now, and pyplot is never imported."""
+    code = f"""
+import sys
+import matplotlib
+from impsamp.planning import plot_costs, plot_decision
+from tests.test_planning import ROWS
+matplotlib.use("svg")  # a backend of the caller's own
+assert plot_costs(__import__("pathlib").Path({str(tmp_path / "plan.png")!r}), ROWS, 10)
+assert plot_decision(__import__("pathlib").Path({str(tmp_path / "decision.png")!r}), ROWS)
+print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
+"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=120)
+    assert r.stdout.split() == ["svg", "False"], r.stdout + r.stderr
+    assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "decision.png").stat().st_size > 1000
+
+
 def test_inference_budget_parsing():
     assert parse_inference_budget("5e6") == (5e6, "params")
     assert parse_inference_budget("4.5M params") == (4.5e6, "params")

@@ -199,6 +199,7 @@ def test_custom_weighting_by_import_string():
     ("wrong_shape", r"returned shape \(3,\), expected \(4,\)"),
     ("negative", "negative weight"),
     ("raises", "raised RuntimeError: boom"),
+    ("exits", "raised SystemExit: 3"),
     ("all_zero", "all-zero"),
     ("writes_its_inputs", "raised ValueError: assignment destination is read-only"),
 ])
@@ -219,6 +220,25 @@ def test_weights_of_any_valid_scale_are_kept_within_float32_and_ordinary_ones_as
         assert w.tolist() == [1.0, 1.0, 0.0, 0.0] and np.isfinite(w.astype(np.float32)).all()
     w, _ = compute_weights("tests.weighting_plugins:capped_ratio", target, generic)
     assert w.tolist() == np.minimum(target.probs(1.0) / generic.probs(1.0), 3.0).tolist()
+
+
+def test_the_ratios_settings_are_refused_with_a_weighting_that_ignores_them(tmp_path):
+    """--temperature, --cap, --smoothing and --backoff shape the built-in ratio only: with --weighting uniform or a
+    function they changed nothing while the manifest recorded them."""
+    for weighting in ("uniform", "tests.weighting_plugins:capped_ratio"):
+        with pytest.raises(ConfigError, match=f"--temperature, --cap shape.*--weighting {weighting} does not"):
+            ResampleConfig(docs=10, weighting=weighting, temperature=0.5, cap=2.0)
+    ResampleConfig(docs=10, weighting="ratio", temperature=0.5, cap=2.0)  # the ratio takes them
+
+    from impsamp.resampling import resample
+
+    from ._helpers import build_pipeline
+
+    p = build_pipeline(tmp_path)
+    with pytest.raises(ConfigError, match="--smoothing shape.*weighting= replaces it"):
+        resample(p["emb"], p["clu"], tmp_path / "s", targets=[str(p["target"])],
+                 config=ResampleConfig(docs=50, smoothing=1.0), weighting=lambda t, g: np.ones(g.k))
+    assert not (tmp_path / "s" / "manifest.json").exists()
 
 
 def test_unknown_weighting_lists_the_builtins():
@@ -536,18 +556,23 @@ def test_spread_rounds_a_token_quota_by_sizes_and_meets_it_on_average():
 
 def test_a_few_long_documents_do_not_double_a_small_token_budget():
     """A pool whose mean document length is set by a few long ones: the default's token quotas are filled
-    by the documents' sizes, not by counts of the cluster's mean size."""
+    by the documents' sizes, not by counts of the cluster's mean size; and each cluster makes up for what the
+    ones before it took past their quotas, so the budget is missed by about one document, not one per cluster
+    (the rounding of 16 clusters alone put 1 seed in 60 12.7% over)."""
     rng = np.random.default_rng(1)
     n = 900
     leaves = [rng.integers(0, 16, size=n).astype(np.int64)]
     sizes = [np.where(rng.random(n) < 0.01, 16_000, rng.integers(100, 600, size=n)).astype(np.int64)]
     log_w = [rng.normal(size=n)]
     generic = _hist(np.bincount(leaves[0], minlength=16))
-    for seed in range(6):
+    for seed in range(12):
         cfg = ResampleConfig(tokens=20_000, scheme="match", within="knn", seed=seed)
         plan = make_plan(cfg, np.ones(16), generic, leaves, sizes, within_log_w=log_w)
-        got = float((unit_repeats(cfg, plan, 0, leaves[0]) * sizes[0]).sum())
-        assert abs(got - 20_000) / 20_000 < 0.08, (seed, got)
+        reps = unit_repeats(cfg, plan, 0, leaves[0])
+        got = float((reps * sizes[0]).sum())
+        assert abs(got - 20_000) < 1_200, (seed, got)  # two of the short documents at most
+        per_cluster = np.bincount(leaves[0], weights=reps * sizes[0], minlength=16)
+        assert (np.abs(per_cluster - 1_250) < 1_250).all(), per_cluster  # the quotas still hold, to a document
 
 
 def test_a_uniform_sample_is_measured_against_a_target_given_and_drawn_the_same(tmp_path):

@@ -262,6 +262,13 @@ def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):
     assert f"{m['macro_ppl']:.2f}" in lines[-1]
     assert m["macro_ppl"] == pytest.approx(sum(v["ppl"] for v in m["per_file"].values()) / 2)
     assert evaluate(trained.path, files[0])["per_file"] == evaluate(trained.path, [files[0]])["per_file"]  # one path
+    # long scoring shows a bar (it ran minutes without a word)
+    res = CliRunner().invoke(cli, ["evaluate", str(trained.path), "--eval", files[0], "--progress"])
+    assert res.exit_code == 0 and "scoring " + Path(files[0]).name in res.output, res.output
+    # one file named twice, another way: one entry (it counted twice in the macro mean)
+    other = str(Path(files[0]).parent / "." / Path(files[0]).name)
+    again = evaluate(trained.path, [files[0], files[1], other])
+    assert list(again["per_file"]) == files and again["macro_ppl"] == pytest.approx(m["macro_ppl"])
 
 
 def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):
@@ -399,6 +406,12 @@ def test_other_tokenizer_on_resume_is_refused(corpus, tmp_path, monkeypatch):
     assert "does not match the tokenizer of the interrupted run" in msg
     msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--checkpoint-every", "1"))
     assert "used --tokenizer" in msg
+    # the same tokenizer named another way (relative, from another folder) resumes: it was "other settings"
+    monkeypatch.setattr(loop, "_step_hook", lambda phase, step: None)
+    monkeypatch.chdir(tmp_path / "b")
+    res = _train_cli(out, "--data", str(corpus["farm"]), "--tokenizer", "../a/./tokenizer.json", "--checkpoint-every", "1")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["train"]["tokenizer"] == str(tok_a.resolve())
 
 
 def test_auto_dtype_is_bfloat16_where_the_cpu_multiplies_it_in_hardware(monkeypatch):

@@ -59,3 +59,9 @@ def writes_the_target_vectors(target_vectors, vectors):
     w = np.exp(20 * (vectors @ target_vectors.T).max(axis=1))
     target_vectors[:] = 0.0
     return w
+
+
+def exits(target, generic):
+    import sys
+
+    sys.exit(3)  # the user's code ending the process: reported as its error, not a silent exit 3

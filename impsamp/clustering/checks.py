@@ -91,8 +91,8 @@ def check_table_rows(emb: Embeddings, name: str, n_i: int, table_rows: int | Non
 def check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
     """Check k / levels / sample against n vectors; return the sample size S."""
     if cfg.levels is None and cfg.k > n:
-        raise ConfigError(f"--k {cfg.k:,} is larger than the number of vectors ({n:,}) in {emb_path}; "
-                          f"use --k {n:,} or fewer")
+        fix = f"use --k {n:,} or fewer" if n >= 2 else "embed a corpus of at least 2 documents (k-means needs k >= 2)"
+        raise ConfigError(f"--k {cfg.k:,} is larger than the number of vectors ({n:,}) in {emb_path}; {fix}")
     if cfg.levels is not None and cfg.max_leaves > n:
         raise ConfigError(f"--levels {','.join(map(str, cfg.levels))} asks for up to {cfg.max_leaves:,} "
                           f"leaves but {emb_path} holds only {n:,} vectors; use fewer or smaller levels")

@@ -59,7 +59,7 @@ class ClusterConfig:
                 raise ConfigError(f"--levels needs integers >= 2 (e.g. 32,32), got {list(levels)}")
             object.__setattr__(self, "levels", levels)
         _check_int("--k", self.k, minimum=2)
-        _check_int("--niter", self.niter, minimum=1)
+        _check_int("--niter", self.niter, minimum=1, maximum=2**31 - 1)  # faiss's C int
         _check_int("--seed", self.seed, minimum=0, maximum=2**31 - 1)
         _check_int("--max-points-per-centroid", self.max_points_per_centroid, minimum=1)
         if self.sample is not None:

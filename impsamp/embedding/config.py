@@ -129,6 +129,8 @@ class EmbedConfig:
         if self.precision == "float16" and self.device == "cpu":
             raise ConfigError("--precision float16 runs on GPU only; use bfloat16 or float32 with --device cpu")
         _at_least("--max-tokens", self.max_tokens, 4)
+        if self.max_tokens > 2**31 - 1:  # the tokenizers' and runtimes' int32 lengths
+            raise ConfigError(f"--max-tokens must be at most {2**31 - 1:,}, got {self.max_tokens:,}")
         if self.batch_tokens is not None:
             _at_least("--batch-tokens", self.batch_tokens, self.max_tokens,
                       why=f" (--max-tokens {self.max_tokens}: one unit must fit in a batch)")

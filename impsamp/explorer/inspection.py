@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..config import check_seed
+from ..config import MAX_SEED_32, check_seed
 from ..errors import ConfigError
 from .masses import Masses, load_selection, selection_masses, target_masses
 from .page import is_ours, payload, render
@@ -46,7 +46,7 @@ def inspect(clusters, out: str | Path, *, selection=None, target=None, seed: int
     from ..clustering import Clusters
 
     out = check_out(out)
-    check_seed(seed, "--seed", maximum=None)
+    check_seed(seed, "--seed", maximum=MAX_SEED_32)  # it seeds scikit-learn's TF-IDF sample
     if per_cluster is not None and (isinstance(per_cluster, bool) or not isinstance(per_cluster, numbers.Integral)
                                     or per_cluster < 1):
         raise ConfigError(f"--sample (per_cluster) must be an integer >= 1: documents sampled per cluster, "

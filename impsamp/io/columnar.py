@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .records import BATCH_ROWS, BatchBuilder, CorpusFile, ReadStats, decode_utf8, short_error
+from .records import BATCH_ROWS, BatchBuilder, CorpusFile, ReadStats, decode_utf8, id_text, short_error
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -130,7 +130,7 @@ def read_columnar(corpus: Corpus, f: CorpusFile, file_i: int, start: int, stop: 
                 if text is None or not text.strip():
                     stats.skipped_empty += 1
                     continue
-                out = builder.add(row, None if doc_id is None else str(doc_id), text)
+                out = builder.add(row, None if doc_id is None else id_text(doc_id), text)
                 if out is not None:
                     yield out
     except (OSError, pa.ArrowException) as e:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from ..errors import CorpusError
-from .records import BatchBuilder, CorpusFile, ReadStats, check_fields, detect_format, short_error
+from .records import BatchBuilder, CorpusFile, ReadStats, check_fields, detect_format, id_text, short_error
 
 if TYPE_CHECKING:
     from .corpus import Corpus
@@ -328,7 +328,7 @@ def parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: Rea
         stats.skipped_empty += 1
         return None, None
     id_field = corpus.id_field or ("id" if "id" in obj else None)
-    doc_id = str(obj[id_field]) if id_field and obj.get(id_field) is not None else None
+    doc_id = id_text(obj[id_field]) if id_field and obj.get(id_field) is not None else None
     if b"\\u" in raw:  # a \uD800-\uDFFF escape can decode to a lone surrogate, which is not text
         text = no_surrogates(corpus, path, line_no, text, stats)
         doc_id = None if doc_id is None else no_surrogates(corpus, path, line_no, doc_id, ReadStats())

@@ -3,6 +3,7 @@ documents (`DOC_SCHEMA`), and UTF-8 decoding under the corpus's `encoding_errors
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,16 @@ class BatchBuilder:
                                  pa.array(self.texts, pa.string())], schema=DOC_SCHEMA)
         self.rows, self.ids, self.texts = [], [], []
         return batch
+
+
+def id_text(value: Any) -> str:
+    """A document id as text, the way JSON writes it: `7` -> "7", `true` -> "true", `1e3` -> "1000.0",
+    `{"a": 1}` -> '{"a": 1}' (Python's str() gave "True" and "{'a': 1}", which join back to nothing)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float, list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)  # Parquet's dates, decimals, ...: their own text
 
 
 def short_error(e: BaseException) -> str:

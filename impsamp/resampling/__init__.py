@@ -4,9 +4,12 @@
 
 Three schemes (DESIGN.md):
 - `match` (default, the seed paper): the selection's cluster histogram matches the weighted
-  generic histogram (= the target's with the density ratio). Inside a cluster, documents are taken
-  as evenly as possible: each is repeated floor(m/n) times and (m mod n) of them once more, so a
-  repeat only happens once every document of the cluster has been used.
+  generic histogram (= the target's with the density ratio). Inside a cluster's quota, `--within`
+  says which documents: `uniform` (the seed paper) takes them as evenly as possible, each repeated
+  floor(m/n) times and (m mod n) of them once more, so a repeat only happens once every document of
+  the cluster has been used; the weighted ones (`ngram-classifier`, the default for a corpus target,
+  `knn`, ...) favour the target-like documents, up to a repeat cap (`within`). Units far over their
+  cluster's share of a token or byte budget are left out (`within.OUTSIZED`).
 - `crisp`: draw a cluster from the weighted histogram, then a document uniformly inside it, i.i.d. (for a
   token or byte budget, among the documents `match` may draw: none far over its cluster's share).
 - `topk`: without replacement, Gumbel top-k on log w(c(x)) (DSIR's form); no repeats.

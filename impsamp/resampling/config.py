@@ -120,6 +120,8 @@ class ResampleConfig:
             positive(name, getattr(self, name), flag="--" + name, allow_zero=True)
         for name in ("temperature", "cap", "within_temperature"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        if not self.within_temperature >= 1e-6:  # sharper only overflows: at 1e-6 the top unit already takes all
+            raise ConfigError(f"--within-temperature must be at least 1e-6, got {self.within_temperature:g}")
         check_cap(self.cap, "--cap")
         check_seed(self.seed, maximum=None)
         if self.within_top is not None and not self.within_top >= 1:
@@ -138,6 +140,9 @@ class ResampleConfig:
             if shaping:
                 raise ConfigError(f"{', '.join(shaping)} shape(s) the cluster weights of --method importance; "
                                   f"--method {self.method} has none: leave them out")
+        elif shaping := self.weighting != "ratio" and flags_set(self, ("smoothing", "temperature", "cap", "backoff")):
+            raise ConfigError(f"{', '.join(shaping)} shape(s) the built-in --weighting ratio; --weighting "
+                              f"{self.weighting} does not use them: leave them out")  # (uniform, a function)
         if self.method != "importance" or self.scheme != "match" or self.within == "uniform":
             ignored = flags_set(self, ("within_temperature", "within_repeats"))
             which = (f"--method {self.method}" if self.method != "importance" else

@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..histograms import Histogram
 from .config import ResampleConfig
+from .streams import DRAWS, KEYS, shard_rng
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,6 @@ class Plan:
     drawable: list[np.ndarray] | None = None  # per shard, per unit: may be drawn (`_drawable_units`; None: all)
 
 
-def shard_rng(seed: int, shard: int, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([seed, shard, purpose])
-
-
-KEYS, DRAWS, ROUTE, SHUFFLE = 1, 2, 3, 4
 _UNIT_NAMES = {"tokens": "tokens", "bytes": "bytes", "docs": "documents"}
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..histograms import Histogram, describe, kl
-from ..manifest import StageRun, atomic_write_bytes, fingerprint, tmp_name
+from ..manifest import StageRun, atomic_write_bytes, fingerprint
+from ..plots import figure, save_png
 from .config import FEATURES, ResampleConfig
 from .inputs import Inputs
 from .planning import Plan, unit_repeats
@@ -22,14 +23,18 @@ logger = logging.getLogger(__name__)
 
 
 def selection_diagnostics(target: Histogram, generic: Histogram, plan: Plan, weights: np.ndarray, rows: int,
-                          unique: int, tokens: int, *, weighed: bool = True) -> dict[str, Any]:
-    """The selection's statistics. `weighed`: it was drawn by the cluster weights `weights`, so their effective
-    sample size means something (`ngram` and `classifier` rank documents: None there)."""
+                          unique: int, tokens: int, *, weighed: bool = True, documents: int | None = None
+                          ) -> dict[str, Any]:
+    """The selection's statistics. `unique`: distinct units drawn (the repetition rate counts them); `documents`:
+    the distinct documents they come from (windows: fewer; None: as many). `weighed`: it was drawn by the cluster
+    weights `weights`, so their effective sample size means something (`ngram` and `classifier` rank documents:
+    None there)."""
     n_c = generic.counts
     ess = float((weights * n_c).sum() ** 2 / max((weights ** 2 * n_c).sum(), 1e-300)) if weighed else None
     t = describe(target)
     return {
-        "rows": rows, "tokens": tokens, "unique_documents": unique,
+        "rows": rows, "tokens": tokens, "unique_documents": unique if documents is None else documents,
+        "unique_units": unique,
         "unique_share": unique / rows if rows else 0.0,
         "repetition_rate": 1 - unique / rows if rows else 0.0,
         "kl_target_generic": kl(target.probs(), generic.probs()),
@@ -92,16 +97,14 @@ def content_key(run: StageRun, emb, clu) -> str:
 
 
 def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
-    try:
-        from matplotlib.figure import Figure  # no pyplot: no global state, a faster import
-    except ImportError:
+    fig = figure((10, 4))
+    if fig is None:
         logger.warning("matplotlib is not installed: no histogram plot (pip install matplotlib)")
         return False
     p_t, p_g = target.probs(), generic.probs()
     p_s = plan.draws / max(plan.draws.sum(), 1)
     order = np.lexsort((-p_g, -(p_t + p_s)))[:top]  # then the largest clusters of the generic corpus
     x = np.arange(len(order))
-    fig = Figure(figsize=(10, 4), dpi=100)
     ax = fig.add_subplot()
     # the cluster explorer's colours: generic grey, target orange, selection blue
     for off, p, label, color in ((-0.27, p_g, "generic", "#9a9a9a"), (0.0, p_t, "target", "#e66101"),
@@ -112,9 +115,7 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
     ax.set_ylabel("share (of documents; selected: of rows)")
     ax.legend()
     fig.tight_layout()
-    tmp = tmp_name(path)
-    fig.savefig(tmp, format="png", metadata={"Software": None})
-    tmp.replace(path)
+    save_png(fig, path)
     return True
 
 
@@ -195,11 +196,38 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
         "kl_target_generic": f"{stats['kl_target_generic']:.4f}",
         "kl_target_selected": f"{stats['kl_target_selected']:.4f}", "seed": cfg.seed,
         "command": command or "impsamp.resample(...)",
-        "config": json.dumps(asdict(cfg), indent=2, sort_keys=True),
+        # the weighting that ran (a function given to `resample(weighting=...)` replaces the config's name)
+        "config": json.dumps({**asdict(cfg), **({"weighting": stats["weighting"]} if weighed else {})}, indent=2,
+                             sort_keys=True),
         "diagnostics_table": "\n".join(diag), "top_clusters": "\n".join(lines),
         "within_how": _within_how(cfg, stats), **_weight_words(cfg, stats),
+        "copied": _copied(inputs), "target_step": _target_step(stats["targets"]),
     }
     return template.format(**values)
+
+
+def _copied(inputs: Inputs) -> str:
+    """How the text relates to the generic corpus's (windows of it; bytes that were not UTF-8 replaced)."""
+    what = ("Every row is a window of a document of the generic corpus (`embed --windows`), copied"
+            if inputs.windowed else "Every document is copied")
+    replaced = int(inputs.emb.manifest.stats.get("replaced_utf8", 0) or 0)
+    if replaced:
+        return (f"{what} from the generic corpus as impsamp read it: {replaced:,} of its documents held bytes that "
+                "are not UTF-8, each replaced with U+FFFD (`--encoding-errors replace`); the rest is unchanged.")
+    return f"{what} unchanged from the generic corpus."
+
+
+def _target_step(targets: list[dict[str, Any]]) -> str:
+    """Step 2 of the card: how the target's histogram over the clusters was had."""
+    if not targets:
+        return "No in-domain sample was given: there is no target histogram."
+    how = {"corpus": "embedded with the same encoder, each of its documents assigned to the nearest centroid",
+           "embeddings": "its stored vectors (an `impsamp embed` output of the same encoder) assigned to the "
+                         "nearest centroids",
+           "histogram": "its cluster histogram as saved by `impsamp histogram`, read as it is"}
+    kinds = sorted({t.get("kind", "corpus") for t in targets}, key=list(how).index)
+    return ("It took the target histogram over clusters from the in-domain sample: "
+            + "; ".join(how[k] for k in kinds) + ("." if len(kinds) == 1 else " (by part)."))
 
 
 def _weight_words(cfg: ResampleConfig, stats: dict[str, Any]) -> dict[str, str]:

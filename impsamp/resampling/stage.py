@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import as_config
+from ..config import as_config, flags_set
 from ..costs import encoder_flops, encoder_params
 from ..errors import ConfigError
 from ..guards import refuse_busy, refuse_inside_input_folder, released_on_return
@@ -37,9 +37,10 @@ from .config import SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
                       ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
-from .planning import ROUTE, SHUFFLE, Plan, make_plan, shard_rng, unit_repeats
+from .planning import Plan, make_plan, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
+from .streams import ROUTE, SHUFFLE, shard_rng
 from .tables import PerShard, hist_key
 from .within import classifier_log_weights, knn_ngram_log_weights, knn_similarity, within_log_weights
 from .writing import COMBINE_BYTES, data_name, selected_rows, spill_ok, write_output_shard, write_spill
@@ -87,10 +88,11 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
     for t in targets:
         spec, w = parse_target(t)
         embedded = 0  # tokens the encoder read here (for the selection's cost)
-        if is_histogram_file(spec):
+        kind = "histogram" if is_histogram_file(spec) else "embeddings" if is_embed_output(spec) else "corpus"
+        if kind == "histogram":
             h = histogram(spec, clusters, embeddings=embeddings)
         else:
-            if is_embed_output(spec):  # embedded before: its stored vectors (same model, checked)
+            if kind == "embeddings":  # embedded before: its stored vectors (same model, checked)
                 v = stored_target_vectors(spec, embeddings)
             else:
                 v, table = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
@@ -100,7 +102,8 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
-        described.append({"target": str(spec), "weight": w, "documents": h.total, "embedded_tokens": embedded,
+        described.append({"target": str(spec), "kind": kind, "weight": w, "documents": h.total,
+                          "embedded_tokens": embedded,
                           **({"globs": [absolute_glob(spec)]} if is_glob(spec) else {})})
     if len(vectors) < len(parts):
         return mixture(parts), described, None, None
@@ -114,6 +117,9 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     if weighting is not None and cfg.method != "importance":  # as ResampleConfig refuses --weighting
         raise ConfigError(f"weighting= shapes the cluster weights of --method importance; --method {cfg.method} "
                           "has none: leave it out")
+    if weighting is not None and (shaping := flags_set(cfg, ("smoothing", "temperature", "cap", "backoff"))):
+        raise ConfigError(f"{', '.join(shaping)} shape(s) the built-in --weighting ratio; weighting= replaces it: "
+                          "leave them out")
     if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
         hist, described, vectors, row_w = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
             (inputs.generic, [], None, None)
@@ -341,7 +347,8 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
     selected = {key: int(sum(r[key] for r in records)) for key in ("tokens", "chars", "bytes")}
     stats = selection_diagnostics(target.histogram, inputs.generic, plan, target.weights, int(plan.draws.sum()),
                                   sum(r["unique"] for r in records), selected["tokens"],
-                                  weighed=cfg.method in ("importance", "uniform"))
+                                  weighed=cfg.method in ("importance", "uniform"),
+                                  documents=sum(r.get("documents", r["unique"]) for r in records))
     stats.update({"characters": selected["chars"], "bytes": selected["bytes"],
                   "budget": {"unit": cfg.budget[0], "amount": cfg.budget[1], **inputs.counter.describe()},
                   "output_shards": n_out, "targets": target.described, "weighting": target.weighting,
@@ -399,7 +406,11 @@ def _route_shard(cfg: ResampleConfig, plan: Plan, s: int, name: str, inputs: Inp
     tmp.parent.mkdir(parents=True, exist_ok=True)
     write_spill(tmp, rows, buckets, n_out)
     sizes: UnitSizes = inputs.counter[name]
-    return str(tmp), {"unique": int((reps > 0).sum()), "rows": rows.num_rows, **sizes.totals(reps)}
+    # a document's windows are all in its shard (shards are ranges of the corpus's rows): counted here
+    documents = (int(np.unique(inputs.tables[name].column("doc_index").to_numpy()[reps > 0]).size)
+                 if inputs.windowed else int((reps > 0).sum()))
+    return str(tmp), {"unique": int((reps > 0).sum()), "documents": documents, "rows": rows.num_rows,
+                      **sizes.totals(reps)}
 
 
 def _gather_shard(spills: Sequence[str], b: int, seed: int, fmt: str, path: str) -> tuple[str, int]:

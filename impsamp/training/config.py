@@ -162,8 +162,10 @@ class TrainConfig:
                      "batch_size", "grad_accum", "finetune_steps", "checkpoint_every", "log_every",
                      "tokenizer_sample_docs", "eval_batches"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
-        for name in ("lr", "finetune_lr"):
+        for name, most in (("lr", 1e6), ("finetune_lr", 1e6), ("grad_accum", 2**20), ("temperature", 1e6)):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+            if getattr(self, name) is not None and getattr(self, name) > most:  # past float32 / an int64 loop
+                raise ConfigError(f"--{name.replace('_', '-')} must be at most {most:,}, got {getattr(self, name):g}")
         for name in ("weight_decay", "grad_clip", "warmup_steps", "finetune_warmup_steps", "min_lr_ratio"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"), allow_zero=True)
         if self.steps is not None and self.tokens is not None:

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import CorpusError
 from ..io import as_specs, open_corpus
+from ..progress import progress_bar
 from .tokenizer import LoadedTokenizer
 
 
@@ -50,10 +51,12 @@ def check_eval_files(eval_files: Sequence[str | Path], text_field: str = "text")
 
 @torch.no_grad()
 def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_size: int,
-               device: torch.device, autocast=None, max_windows: int | None = None) -> tuple[float, int]:
+               device: torch.device, autocast=None, max_windows: int | None = None, progress: bool = False,
+               desc: str = "scoring") -> tuple[float, int]:
     """Summed nats and number of predicted tokens over non-overlapping windows of `ids`.
 
     `autocast`: None or a zero-argument callable returning a context manager (e.g. torch.autocast).
+    `progress`: a bar over the batches, labelled `desc`.
     """
     was_training = model.training
     model.eval()
@@ -66,7 +69,7 @@ def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_s
     tail = n_full * block_size
     if (max_windows is None or n_full < max_windows) and len(ids) - tail >= 2:
         windows.append([tail])  # the last, shorter window
-    for group in windows:
+    for group in progress_bar(progress, desc, "batch", items=windows, leave=False):
         length = min(block_size, len(ids) - 1 - group[0])
         buf = torch.from_numpy(np.stack([ids[s:s + length + 1] for s in group]).astype(np.int64)).to(device)
         with autocast() if autocast is not None else contextlib.nullcontext():
@@ -79,11 +82,16 @@ def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_s
 
 def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Sequence[str | Path], *,
                    block_size: int, batch_size: int, device: torch.device, autocast=None,
-                   text_field: str = "text") -> dict[str, Any]:
+                   text_field: str = "text", progress: bool = False) -> dict[str, Any]:
     per_file: dict[str, dict[str, float]] = {}
-    for spec in as_specs(eval_files):
+    # one entry per file however it is spelled (`ev.jsonl` and `./ev.jsonl` counted it twice in the macro mean)
+    specs: dict[str, str] = {}
+    for s in as_specs(eval_files):
+        specs.setdefault(str(Path(s).resolve()), s)
+    for spec in specs.values():
         ids, n_bytes = encode_file(spec, tok, text_field)
-        nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast)
+        nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast, progress=progress,
+                                 desc=f"scoring {Path(spec).name}")
         if n_tok == 0:
             raise CorpusError(f"{spec}: no document with text to evaluate")
         per_file[str(spec)] = {"ppl": math.exp(nats / n_tok), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
@@ -94,8 +102,8 @@ def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Seq
 
 
 def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: str = "text", *,
-             device: str = "auto", batch_size: int | None = None, weights: str = "model.safetensors"
-             ) -> dict[str, Any]:
+             device: str = "auto", batch_size: int | None = None, weights: str = "model.safetensors",
+             progress: bool = False) -> dict[str, Any]:
     """Perplexity and bits per byte of a finished run's model on `eval_files` (see module doc).
 
     Args:
@@ -118,4 +126,4 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
     ctx = (lambda: torch.autocast(dev.type, dtype=dtype)) if dtype != torch.float32 else None
     return evaluate_model(model, run.load_tokenizer(), eval_files, block_size=run.model_config.block_size,
                           batch_size=batch_size or run.config.resolved("batch_size"), device=dev,
-                          autocast=ctx, text_field=text_field)
+                          autocast=ctx, text_field=text_field, progress=progress)

@@ -53,11 +53,20 @@ def is_selection(spec: str) -> bool:
     return m is not None and m["stage"] == "resample"
 
 
+def with_paths_resolved(cfg: TrainConfig) -> TrainConfig:
+    """`tokenizer`, `init` and `teacher` as absolute paths: a run killed in one working directory, or named
+    `./run` once and `run` next, resumes (and is reused) as the same run."""
+    paths = {k: str(Path(v).resolve()) for k in ("tokenizer", "init", "teacher") if (v := getattr(cfg, k))}
+    return replace(cfg, **paths) if paths else cfg
+
+
 def with_init_defaults(cfg: TrainConfig) -> TrainConfig:
     """With `init`, the run's own preset (its learning-rate and batch defaults) and family where `cfg` keeps the
     defaults (tiny, dense), and its own learning rate and batch where it set them and `cfg` does not (the
     fine-tuning lr is then the run's lr / 10): `TrainConfig(init=RUN)` fine-tunes as `impsamp train --init RUN`
-    does. A preset other than the default and the run's is refused (the run fixes the model)."""
+    does. A preset other than the default and the run's is refused (the run fixes the model). Paths are made
+    absolute (`with_paths_resolved`)."""
+    cfg = with_paths_resolved(cfg)
     if not cfg.init:
         return cfg
     try:
@@ -187,6 +196,7 @@ def finished_run(path: Path, cfg: TrainConfig, data: Sequence[str], finetune: Se
     def fingerprint(paths: list[str], field: str) -> str | None:
         return open_corpus(paths, text_field=field).fingerprint() if paths else None
 
+    cfg = with_init_defaults(cfg)  # as `train` records it (the caller's paths may be relative)
     try:
         tr = TrainRun.load(path)
         m = tr.manifest
