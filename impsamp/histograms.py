@@ -89,6 +89,7 @@ class Histogram:
             raise ConfigError(f"{path} is a folder; give the histogram a file path (e.g. {path / 'target.json'})")
         if path.suffix != ".json":  # `--target` knows a histogram by it (`is_histogram_file`)
             raise ConfigError(f"{path}: give a path ending in .json (a --target is read as a histogram only so)")
+        path.parent.mkdir(parents=True, exist_ok=True)  # as every stage's --out folder is made
         atomic_write_json(path, {"format": HIST_FORMAT, "clusters_fingerprint": self.clusters_fingerprint,
                                  "source": self.source, "counts": self.counts.tolist(),
                                  "ancestors": [a.tolist() for a in self.ancestors]})

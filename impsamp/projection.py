@@ -170,8 +170,8 @@ def _condition(mass: np.ndarray, cond_info: dict[str, Any], cluster: int | None 
     return mass, rec
 
 
-def evaluate_projected(network: str | Path | TrainRun, eval_files, *, text_field: str = "text", device: str = "auto"
-                       ) -> dict[str, Any]:
+def evaluate_projected(network: str | Path | TrainRun, eval_files, *, text_field: str = "text", device: str = "auto",
+                       progress: bool = False) -> dict[str, Any]:
     """Routed perplexity of a projected network: each document scored by the small model of its own
     cluster (a soup: of its one-cluster histogram), as `evaluate_routed` scores a mixture of experts."""
     from .clustering import Clusters
@@ -189,7 +189,7 @@ def evaluate_projected(network: str | Path | TrainRun, eval_files, *, text_field
 
     return score_routed(Clusters.load(info["clusters"]["path"]), np.asarray(info["leaf_group"]), n,
                         net.load_tokenizer(), model_of, eval_files, text_field=text_field, device=dev,
-                        routing="nearest leaf cluster's group, its projected small model")
+                        routing="nearest leaf cluster's group, its projected small model", progress=progress)
 
 
 def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], progress: bool, log,

@@ -24,7 +24,7 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
     """{"per_file": {file: {ppl, bpb, tokens, bytes, loss}}, "macro_ppl", "macro_bpb"} of `run_dir` (a `train`
     run, dense or projected, or an `experts` output) on `eval_files` (each one entry of `per_file`).
     `weights`: "model.safetensors" (final) or "pretrained.safetensors" (a dense run before fine-tuning).
-    `progress`: a bar over each file's batches (a dense run)."""
+    `progress`: a bar over each file's batches (routed: over each group's)."""
     manifest = complete_manifest(Path(run_dir)) or {}
     routed = None
     if manifest.get("stage") == "experts":
@@ -37,11 +37,11 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
     if routed == "a projected network":
         from .projection import evaluate_projected
 
-        return evaluate_projected(run_dir, eval_files, text_field=text_field, device=device)
+        return evaluate_projected(run_dir, eval_files, text_field=text_field, device=device, progress=progress)
     if routed:
         from .mixture import evaluate_routed
 
-        return evaluate_routed(run_dir, eval_files, text_field=text_field, device=device)
+        return evaluate_routed(run_dir, eval_files, text_field=text_field, device=device, progress=progress)
     from .training import evaluate as evaluate_dense
 
     return evaluate_dense(run_dir, eval_files, text_field, device=device, weights=weights, progress=progress)

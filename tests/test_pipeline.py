@@ -123,7 +123,7 @@ def test_embedding_costs_are_charged_to_the_methods_that_read_the_vectors(stages
 
 def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     root, generic, target, topics, emb, clu = stages
-    saved = impsamp.histogram(target, clu).save(tmp_path / "bio.hist.json")
+    saved = impsamp.histogram(target, clu).save(tmp_path / "new" / "bio.hist.json")  # a new folder is made
     law = tmp_path / "law.jsonl"
     rng = np.random.default_rng(1)
     law.write_text("".join(json.dumps({"text": _doc(rng, "law")}) + "\n" for _ in range(40)))

@@ -274,8 +274,8 @@ def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pi
     project(pipe["pn"], tmp_path / "g", cluster=g)
     assert routed["ppl"] == pytest.approx(evaluate(tmp_path / "g", [one])["per_file"][str(one)]["ppl"], rel=1e-6)
     whole = evaluate_projected(pipe["pn"], [pipe["target"]], device="cpu")["per_file"][str(pipe["target"])]
-    r = ok(invoke("evaluate", pipe["pn"], "--eval", pipe["target"]))
-    assert f"{whole['ppl']:.2f}" in r.output
+    r = ok(invoke("evaluate", pipe["pn"], "--eval", pipe["target"], "--progress"))
+    assert f"{whole['ppl']:.2f}" in r.output and "scoring group" in r.output  # a bar per group while it scores
     # the Python API: impsamp.evaluate routes as the command does; the dense scorer says where to go
     import impsamp
     from impsamp.errors import ConfigError

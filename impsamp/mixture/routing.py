@@ -45,7 +45,7 @@ def route_to_groups(clu, leaf_group: np.ndarray, texts: Sequence[str], embedder=
 
 
 def evaluate_routed(experts: Experts | str | Path, eval_files: Sequence[str | Path], *, text_field: str = "text",
-                    device: str = "auto") -> dict[str, Any]:
+                    device: str = "auto", progress: bool = False) -> dict[str, Any]:
     """Perplexity and bits per byte of the mixture on each file, every document scored by its group's expert.
 
     Returns the shape of `impsamp.training.evaluate` plus, per file, `documents_per_group`.
@@ -62,13 +62,14 @@ def evaluate_routed(experts: Experts | str | Path, eval_files: Sequence[str | Pa
 
     return score_routed(ex.clusters(), ex.grouping.leaf_group, ex.n_groups, load_tokenizer(ex.path / TOKENIZER),
                         model_of, eval_files, text_field=text_field, device=dev,
-                        routing="nearest leaf cluster's group")
+                        routing="nearest leaf cluster's group", progress=progress)
 
 
 def score_routed(clu, leaf_group: np.ndarray, n_groups: int, tok, model_of: Callable[[int], tuple[Any, Any]],
-                 eval_files: Sequence[str | Path], *, text_field: str, device, routing: str) -> dict[str, Any]:
+                 eval_files: Sequence[str | Path], *, text_field: str, device, routing: str,
+                 progress: bool = False) -> dict[str, Any]:
     """Each file's documents routed to groups and scored by `model_of(g)` -> (model, its TrainRun),
-    one model in memory at a time (see the module doc)."""
+    one model in memory at a time (see the module doc); `progress`: a bar per group and file."""
     import torch
 
     from ..io import open_corpus
@@ -95,7 +96,8 @@ def score_routed(clu, leaf_group: np.ndarray, n_groups: int, tok, model_of: Call
             if not docs:
                 continue
             ids = np.concatenate([[tok.eos_id]] + [[*t, tok.eos_id] for t in tok.encode_batch(docs)]).astype(np.int64)
-            n, c = stream_nll(model, ids, run.model_config.block_size, run.config.resolved("batch_size"), device, ctx)
+            n, c = stream_nll(model, ids, run.model_config.block_size, run.config.resolved("batch_size"), device, ctx,
+                              progress=progress, desc=f"scoring group {g}")
             nats[i] += n
             count[i] += c
         del model
