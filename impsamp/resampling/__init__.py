@@ -20,10 +20,11 @@ routes every selected row of an input shard to a random output shard (one Arrow 
 output shard in a spill file); pass 2 gathers each output shard's rows from the spill files,
 shuffles them and writes `data-XXXXX-of-NNNNN.arrow` (the `datasets.save_to_disk` layout).
 
-Modules: `config` (ResampleConfig, schemes, the output schema), `planning` (draws per cluster and per
-unit), `tables` (per-shard views of the embedding), `writing` (spill files and shuffled shards),
-`methods` (targets; the n-gram and classifier baselines), `report` (diagnostics, plot, data card),
-`stage` (`resample`) and `selection` (the `Selection` handle).
+Modules: `config` (ResampleConfig, schemes, the output schema), `streams` (one random stream per shard
+and purpose), `planning` (draws per cluster and per unit), `within` (document weights inside the
+clusters, the repeat cap, the spill), `tables` (per-shard views of the embedding), `writing` (spill
+files and shuffled shards), `methods` (targets; the n-gram and classifier baselines), `report`
+(diagnostics, plot, data card), `stage` (`resample`) and `selection` (the `Selection` handle).
 """
 
 from __future__ import annotations
