@@ -120,9 +120,6 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
         raise click.UsageError("give --data (the training corpus), or --init RUN with --finetune "
                                "(or --arch projected --clusters CLU)")
     _check_tuning(numbers, finetune, pretrains=bool(data or clusters))
-    if numbers.get("vocab_size") is not None and (tokenizer or init):  # it sizes a tokenizer trained here only
-        click.echo(f"warning: --vocab-size ignored: {'--tokenizer' if tokenizer else '--init'} brings its own "
-                   "tokenizer", err=True)
     if init and preset is not None:  # train() takes the run's preset, family, lr and batch (`with_init_defaults`);
         _check_init_preset(init, preset)  # an explicit --preset of its default (tiny) it could not tell apart
     cfg = resolve_config(TrainConfig, config_file, "train", preset=preset, arch=arch, tokenizer=tokenizer,

@@ -135,9 +135,8 @@ def test_fine_tuning_warms_up_as_its_own_flag_says(base, tmp_path):
     out = tmp_path / "wu"
     r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", out, "--finetune-steps", "6",
                   "--finetune-lr", "0.01", "--finetune-warmup-steps", "3", "--warmup-steps", "0", "--log-every", "1",
-                  "--device", "cpu", "--no-progress", "--batch-size", "4", "--steps", "500", "--vocab-size", "512"))
+                  "--device", "cpu", "--no-progress", "--batch-size", "4", "--steps", "500"))
     assert "warning: --steps, --warmup-steps ignored: no --data to pretrain on" in r.output
-    assert "warning: --vocab-size ignored: --init brings its own tokenizer" in r.output
     lrs = [rec["lr"] for rec in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "lr" in rec]
     assert lrs[:4] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01, 0.01]) and lrs[4] < 0.01  # then the cosine
 
