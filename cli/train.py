@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from impsamp.config import resolve_config
+from impsamp.errors import ImpsampError
 from impsamp.training.config import PRESETS, TrainConfig
 from impsamp.training.families import FAMILIES
 
@@ -163,19 +164,15 @@ def _check_tuning(numbers: dict, finetune, pretrains: bool) -> None:
                    "--finetune-warmup-steps set fine-tuning's)", err=True)
 
 
-def _recorded(run: str | Path) -> dict:
-    """A run's recorded train settings ({} when unreadable: train() and evaluate() say what is wrong)."""
-    try:
-        train_cfg = json.loads((Path(run) / "config.json").read_text())["train"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    return train_cfg if isinstance(train_cfg, dict) else {}
-
-
 def _check_init_preset(init: str, preset: str) -> None:
-    own = _recorded(init)
-    if own.get("preset") not in (None, preset):
-        raise click.UsageError(f"--init {init} fixes the model (preset {own['preset']}): drop --preset {preset}")
+    from impsamp.training import TrainRun
+
+    try:
+        own = TrainRun.load(init).config.preset
+    except (ImpsampError, OSError, ValueError, TypeError):
+        return  # train() says what is wrong with the run
+    if own != preset:
+        raise click.UsageError(f"--init {init} fixes the model (preset {own}): drop --preset {preset}")
 
 
 @cli.command()

@@ -267,8 +267,10 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def positive(name: str, value: float | int | None, *, flag: str | None = None, allow_zero: bool = False) -> None:
-    """Raise ConfigError unless `value` is a finite number > 0 (or >= 0)."""
+def positive(name: str, value: float | int | None, *, flag: str | None = None, allow_zero: bool = False,
+             most: float | None = None) -> None:
+    """Raise ConfigError unless `value` is a finite number > 0 (or >= 0), and at most `most` where given (a value
+    past it would overflow further on: float32 in torch, a C int, an int64 loop)."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -277,6 +279,8 @@ def positive(name: str, value: float | int | None, *, flag: str | None = None, a
         bound = ">= 0" if allow_zero else "> 0"
         what = bound if math.isfinite(value) else f"a finite number {bound}"
         raise ConfigError(f"{flag or name} must be {what}, got {value}")
+    if most is not None and value > most:
+        raise ConfigError(f"{flag or name} must be at most {most:,}, got {value:g}")
 
 
 def check_cap(cap: float | None, flag: str = "cap") -> None:

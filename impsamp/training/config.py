@@ -158,14 +158,11 @@ class TrainConfig:
         get_family(self.arch)  # an unknown family is a one-line error
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
+        most = {"grad_accum": 2**20, "lr": 1e6, "finetune_lr": 1e6}  # past them torch overflows, or a loop never ends
         for name in ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size", "steps", "tokens",
                      "batch_size", "grad_accum", "finetune_steps", "checkpoint_every", "log_every",
-                     "tokenizer_sample_docs", "eval_batches"):
-            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
-        for name, most in (("lr", 1e6), ("finetune_lr", 1e6), ("grad_accum", 2**20), ("temperature", 1e6)):
-            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
-            if getattr(self, name) is not None and getattr(self, name) > most:  # past float32 / an int64 loop
-                raise ConfigError(f"--{name.replace('_', '-')} must be at most {most:,}, got {getattr(self, name):g}")
+                     "tokenizer_sample_docs", "eval_batches", "lr", "finetune_lr"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"), most=most.get(name))
         for name in ("weight_decay", "grad_clip", "warmup_steps", "finetune_warmup_steps", "min_lr_ratio"):
             positive(name, getattr(self, name), flag="--" + name.replace("_", "-"), allow_zero=True)
         if self.steps is not None and self.tokens is not None:
@@ -180,7 +177,7 @@ class TrainConfig:
         positive("early_stopping", self.early_stopping, flag="--early-stopping")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
-        positive("temperature", self.temperature, flag="--temperature")
+        positive("temperature", self.temperature, flag="--temperature", most=1e6)
         check_seed(self.seed, maximum=MAX_SEED_32)
         self._check_projection()
         positive("eval_every", self.eval_every, flag="--eval-every")

@@ -353,7 +353,8 @@ class _Trainer:
     def _evaluate(self, model: torch.nn.Module, mcfg: ModelConfig, tok: LoadedTokenizer) -> dict[str, Any]:
         return evaluate_model(model, tok, self.eval, block_size=mcfg.block_size,
                               batch_size=self.cfg.resolved("batch_size"), device=self.rt.device,
-                              autocast=self.rt.autocast, text_field=self.cfg.text_field, progress=self.progress)
+                              autocast=self.rt.autocast, text_field=self.cfg.text_field,
+                              progress=self.progress and self.rt.main)
 
     def _run_phase(self, ph: Phase, model: torch.nn.Module, fwd: torch.nn.Module, opt: torch.optim.Optimizer,
                    start: int, metrics: dict[str, Any]) -> None:
