@@ -93,7 +93,12 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @click.option("--per-target-budget", type=float, default=None, help="Planning: the most FLOPs you can spend per target.")
 @click.option("--pretraining-budget", type=float, default=None,
               help="Planning: the most generic FLOPs you can spend before any target is known.")
+@click.option("--total-budget", type=float, default=None,
+              help="Planning: the most FLOPs for all the targets expected together, C(N) = generic + N x per-target "
+                   "(needs --targets-expected).")
 @click.option("--groups", type=int, default=None, help=f"Experts [default: {CompareConfig.groups}].")
+@click.option("--basis", type=int, default=None,
+              help="Basis matrices per layer (h) of the projected network and the soup [default: 16].")
 @click.option("--select", "expert_select", type=click.Choice(["top", "lowest-loss", "all"]), default=None,
               help="How the target's expert is picked [default: top].")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
@@ -129,8 +134,9 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 @config_option
 @overwrite_option
 @progress_option
-def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, expert_select,
-            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, pretraining_budget, dtype,
+def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods, models, groups, basis, expert_select,
+            large_steps, distill_alpha, targets_expected, inference_budget, per_target_budget, pretraining_budget,
+            total_budget, dtype,
             within, within_temperature, within_repeats, within_top, max_repeat, tokens, k, steps, finetune_steps,
             preset, seed, train_seed, lm_seeds, text_field, config_file,
             overwrite, progress):
@@ -151,10 +157,10 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     """
     cfg = resolve_config(CompareConfig, config_file, "compare", methods=_split(methods),
                          models=_split(models, "--models"),
-                         groups=groups, expert_select=expert_select, large_steps=large_steps,
+                         groups=groups, basis=basis, expert_select=expert_select, large_steps=large_steps,
                          distill_alpha=distill_alpha, targets_expected=targets_expected,
                          inference_budget=inference_budget, per_target_budget=per_target_budget,
-                         pretraining_budget=pretraining_budget,
+                         pretraining_budget=pretraining_budget, total_budget=total_budget,
                          dtype=dtype, within=within, within_temperature=within_temperature, within_repeats=within_repeats,
                          within_top=within_top, max_repeat=max_repeat, tokens=tokens, k=k,
                          steps=steps, finetune_steps=finetune_steps, preset=preset, seed=seed, train_seed=train_seed,

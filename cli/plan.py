@@ -21,8 +21,11 @@ from .app import cli
               help="The most FLOPs you can spend per target [default: the report's].")
 @click.option("--pretraining-budget", type=float, default=None,
               help="The most generic FLOPs you can spend before any target is known [default: the report's].")
+@click.option("--total-budget", type=float, default=None,
+              help="The most FLOPs for all the targets expected together, C(N) = generic + N x per-target (needs "
+                   "--targets-expected, here or in the report) [default: the report's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the choice as JSON.")
-def plan(report_dir, targets_expected, inference_budget, per_target_budget, pretraining_budget, as_json):
+def plan(report_dir, targets_expected, inference_budget, per_target_budget, pretraining_budget, total_budget, as_json):
     """Which strategy to plan for, from a finished `impsamp compare` (or `impsamp demo`) report, under the
     budgets you give: the C(N) table and the choice, as the report's planning section has them. Nothing is
     trained again; a budget you leave out keeps the value the report was made with. (`decision.png` does not
@@ -32,6 +35,7 @@ def plan(report_dir, targets_expected, inference_budget, per_target_budget, pret
     Examples:
       impsamp plan runs/law-plan --per-target-budget 1e13
       impsamp plan runs/law-plan --pretraining-budget 1e15   # little before the targets: per-target strategies
+      impsamp plan runs/law-plan --targets-expected 500 --total-budget 2e17   # what pays off over 500 targets
       impsamp plan impsamp-demo --targets-expected 1000 --inference-budget 1e7flops --json
     """
     from impsamp.comparison import Report
@@ -42,15 +46,17 @@ def plan(report_dir, targets_expected, inference_budget, per_target_budget, pret
     positive("targets_expected", targets_expected, flag="--targets-expected")
     positive("per_target_budget", per_target_budget, flag="--per-target-budget")
     positive("pretraining_budget", pretraining_budget, flag="--pretraining-budget")
+    positive("total_budget", total_budget, flag="--total-budget")
     value, unit = parse_inference_budget(inference_budget)
     report = Report.load(report_dir)
     recorded = report.results.get("config", {})
     if inference_budget is None:
         value, unit = parse_inference_budget(recorded.get("inference_budget"))
-    budgets = Budgets(targets_expected if targets_expected is not None else recorded.get("targets_expected"),
-                      value, unit,
-                      per_target_budget if per_target_budget is not None else recorded.get("per_target_budget"),
-                      pretraining_budget if pretraining_budget is not None else recorded.get("pretraining_budget"))
+    given = {"targets_expected": targets_expected, "per_target_budget": per_target_budget,
+             "pretraining_budget": pretraining_budget, "total_budget": total_budget}
+    b = {k: v if v is not None else recorded.get(k) for k, v in given.items()}  # what is left out: the report's
+    budgets = Budgets(b["targets_expected"], value, unit, b["per_target_budget"], b["pretraining_budget"],
+                      b["total_budget"])
     lines, choice = plan_section(rows(report.results), budgets, source=f"the runs of {report_dir}", guide=False)
     if as_json:
         click.echo(json.dumps(choice, indent=2))

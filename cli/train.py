@@ -203,10 +203,12 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json, progress
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
-    width = max(len(k) for k in m["per_file"])
+    here = Path.cwd()  # the files under the working folder shown relative to it (the JSON keeps absolute paths)
+    shown = {k: Path(k).relative_to(here).as_posix() if Path(k).is_relative_to(here) else k for k in m["per_file"]}
+    width = max(len(k) for k in shown.values())
     click.echo(f"{'file':<{width}}  {'tokens':>10}  {'bytes':>12}  {'ppl':>9}  {'bits/byte':>9}")
     for path, v in m["per_file"].items():
-        click.echo(f"{path:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  "
+        click.echo(f"{shown[path]:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  "
                    f"{v['bpb']:>9.3f}")
     label = f"macro average ({len(m['per_file'])} files)"
     click.echo(f"{label:<{width + 26}}  {m['macro_ppl']:>9.2f}  {m['macro_bpb']:>9.3f}")

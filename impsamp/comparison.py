@@ -38,7 +38,7 @@ K_DEFAULT = 64
 """`compare`'s k-means clusters when neither --k nor --clusters says."""
 
 
-PLANNING_BUDGETS = ("targets_expected", "inference_budget", "per_target_budget", "pretraining_budget")
+PLANNING_BUDGETS = ("targets_expected", "inference_budget", "per_target_budget", "pretraining_budget", "total_budget")
 """CompareConfig's fields that choose among the runs and train nothing (`impsamp plan` changes them after)."""
 
 
@@ -59,6 +59,9 @@ class CompareConfig:
     its teacher (`impsamp.strategies`)."""
     groups: int = 4
     """Experts (with `experts` in models)."""
+    basis: int | None = None
+    """Basis matrices per layer, h, of the projected network and the soup [default: 16] (the paper's grew with its
+    clusters: its main runs used 16, 32 and 64)."""
     large_steps: int | None = None
     """Pretraining steps of the large model [default: the dense model's generic FLOPs]."""
     distill_alpha: float = 0.5
@@ -71,6 +74,8 @@ class CompareConfig:
     """Planning: the largest per-target FLOPs."""
     pretraining_budget: float | None = None
     """Planning: the largest generic FLOPs, spent before any target is known."""
+    total_budget: float | None = None
+    """Planning: the largest C(N) = generic + N x per-target FLOPs for the targets expected (needs them)."""
     expert_select: str = "top"
     """How the target's expert is picked: top, lowest-loss or all."""
     tokens: int = 200_000
@@ -153,9 +158,9 @@ class CompareConfig:
             self.selection_config(m)  # resample's checks of --within, --within-temperature, --max-repeat, ...
         if self.expert_select not in ("top", "lowest-loss", "all"):
             raise ConfigError(f"--select must be top, lowest-loss or all, got {self.expert_select!r}")
-        from .planning import LARGE_PRESET, parse_inference_budget
+        from .planning import LARGE_PRESET
 
-        parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
+        self._check_budgets()
         if {"large", "distill"} & set(self.models) and self.preset not in LARGE_PRESET:
             raise ConfigError(f"--models large/distill: no large preset for --preset {self.preset} (they run "
                               f"with {' or '.join(LARGE_PRESET)}); drop them or choose one of those presets")
@@ -169,16 +174,23 @@ class CompareConfig:
         for name in ("tokens", "steps", "finetune_steps", "max_tokens", "lm_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        positive("per_target_budget", self.per_target_budget, flag="--per-target-budget")
-        positive("pretraining_budget", self.pretraining_budget, flag="--pretraining-budget")
-        positive("targets_expected", self.targets_expected, flag="--targets-expected")
         positive("large_steps", self.large_steps, flag="--large-steps")  # before the dense runs train
+        positive("basis", self.basis, flag="--basis")
         if not 0 <= self.distill_alpha <= 1:  # checked here, not minutes later when `distill` trains
             raise ConfigError(f"--alpha must be in [0, 1], got {self.distill_alpha}")
         positive("distill_temperature", self.distill_temperature)
         if self.preset not in PRESETS:
             raise ConfigError(f"--preset {self.preset!r} is unknown; valid presets: {', '.join(PRESETS)}")
         self._check_lm_shape()
+
+    def _check_budgets(self) -> None:
+        """The planning budgets, checked before anything runs (they only choose among the runs)."""
+        from .planning import Budgets, parse_inference_budget
+
+        parse_inference_budget(self.inference_budget)  # a bad budget is a one-line error
+        for name in ("targets_expected", "per_target_budget", "pretraining_budget", "total_budget"):
+            positive(name, getattr(self, name), flag="--" + name.replace("_", "-"))
+        Budgets(targets=self.targets_expected, total=self.total_budget)  # C(N) needs its N
 
     def _check_lm_shape(self) -> None:
         """The LM's settings checked now, not after the selections and the tokenizer; compare takes the shape
@@ -204,6 +216,7 @@ class CompareConfig:
     def _check_model_flags(self) -> None:
         """A model's settings given without the model did nothing: refused, as `--within` without importance is."""
         for fields, models in ((("groups", "expert_select"), ("experts",)), (("large_steps",), ("large", "distill")),
+                               (("basis",), ("projected", "soup")),
                                (("distill_alpha", "distill_temperature"), ("distill",))):
             given = flags_set(self, fields)
             if given and not set(models) & set(self.models):

@@ -99,7 +99,8 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
     for name in ("projected", "soup"):
         if name in results.get("models", {}):
             e = results["models"][name]
-            lines += [f"{upper_first(_model_label(name, e))}: one shared network trained on the generic corpus for "
+            h = f" with h = {e['basis']} basis matrices per layer" if "basis" in e else ""  # (older reports: no h)
+            lines += [f"{upper_first(_model_label(name, e))}: one shared network{h} trained on the generic corpus for "
                       f"the dense runs' steps, its small model computed for the target ({e['why']}), then "
                       f"fine-tuned: `{name}/`, `runs/{name}-small/`, `runs/{name}/`.", ""]
     plan_lines, results["plan"] = _plan(out, results, files)
@@ -127,7 +128,7 @@ def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[l
     cfg = results["config"]
     value, unit = parse_inference_budget(cfg.get("inference_budget"))
     budgets = Budgets(cfg.get("targets_expected"), value, unit, cfg.get("per_target_budget"),
-                      cfg.get("pretraining_budget"))
+                      cfg.get("pretraining_budget"), cfg.get("total_budget"))
     entries = rows(results)
     for name, plot in (("plan.png", lambda p: plot_costs(p, entries, budgets.targets)),
                        ("decision.png", lambda p: plot_decision(p, entries))):

@@ -97,6 +97,10 @@ def resolve_config(cls: type[T], config_file: str | Path | None = None, section:
         source = f"{config_file} [{section}]" if section else str(config_file)
     overrides = {k: v for k, v in flags.items() if v is not None}
     data = without_replaced(cls, data, overrides)
+    for group in getattr(cls, "ALTERNATIVES", ()):
+        if len(both := [k for k in group if k in data]) > 1:
+            raise ConfigError(f"{source}: {', '.join(both[:-1])} and {both[-1]} cannot be combined (each replaces "
+                              "the other); keep one")
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
     if unknown:
         raise TypeError(f"resolve_config: {unknown} are not fields of {cls.__name__}")

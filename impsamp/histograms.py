@@ -214,6 +214,8 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
     """
     from .clustering import Clusters
     from .embedding import Embeddings
+    from .io import as_specs
+    from .io.discovery import absolute_glob
 
     clusters = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
     spec = target if isinstance(target, (str, Path)) else None
@@ -228,10 +230,10 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
     clusters.check_made_from(generic)
     if spec is not None and is_embed_output(spec):
         vectors = stored_target_vectors(spec, generic)
-        return from_assignments(clusters.assign(vectors)[:, -1], clusters, source=str(spec))
+        return from_assignments(clusters.assign(vectors)[:, -1], clusters, source=absolute_glob(spec))
     vectors, _table = embed_like(target, generic, text_field=text_field, id_field=id_field)
-    return from_assignments(clusters.assign(vectors)[:, -1], clusters,
-                            source=str(target) if spec is not None else ", ".join(map(str, target)))
+    return from_assignments(clusters.assign(vectors)[:, -1], clusters,  # the files' absolute paths: not as typed
+                            source=", ".join(absolute_glob(t) for t in as_specs(target)))
 
 
 def target_counts(clu: Clusters, target, text_field: str = "text") -> tuple[list[str], np.ndarray, int, int]:

@@ -1,7 +1,7 @@
 """Which strategy to plan for: the planning report over every row of a `compare` (the seed paper's
 question, answered on the user's own data; the rows' models are `strategies`).
 
-    plan = choose(rows, Budgets(targets=100, inference=5e6, per_target=2e13))
+    plan = choose(rows, Budgets(targets=100, inference=5e6, per_target=2e13, total=5e15))
     plan["best"], plan["runner_up"], plan["why"]
 
 Every row of a compare (dense per method, experts, projected, soup, large, distill) has generic
@@ -9,8 +9,9 @@ FLOPs (paid once), per-target FLOPs, inference FLOPs per token, active parameter
 after fine-tuning. The report adds:
 - C(N) = generic + N x per-target for N = 1..1,000 (`cost_curves`, plan.png);
 - the strategy with the lowest perplexity after fine-tuning among those within the budgets the
-  user states (inference: active parameters or FLOPs per token; per-target FLOPs), the runner-up,
-  and C(N) at the number of targets expected (`choose`); one line when nothing fits;
+  user states (inference: active parameters or FLOPs per token; per-target FLOPs; generic FLOPs; the
+  total C(N) for the N targets expected), the runner-up, and C(N) at that N (`choose`); one line when
+  nothing fits;
 - the paper's decision figure redrawn from these numbers (`decision_map`, decision.png): over a grid
   of per-target and inference budgets, the row that `choose` would pick.
 """
@@ -45,10 +46,21 @@ class Budgets:
     """Largest per-target FLOPs (selection, pretraining on a selection, fine-tuning, teacher)."""
     pretraining: float | None = None
     """Largest generic FLOPs, spent before any target is known (the paper's pretraining budget)."""
+    total: float | None = None
+    """Largest C(N) = generic + N x per-target for the N = `targets` expected: where pretraining once pays off."""
+
+    def __post_init__(self) -> None:
+        if self.total is not None and not self.targets:
+            raise ConfigError("--total-budget is C(N) for the N targets you expect: give --targets-expected too")
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.targets, self.inference, self.per_target, self.pretraining))
+        return any(v is not None for v in (self.targets, self.inference, self.per_target, self.pretraining,
+                                           self.total))
+
+    def cost(self, c: dict[str, float]) -> float:
+        """C(N) of a row's costs at the targets expected (1 when none are)."""
+        return c["generic"] + (self.targets or 1) * c["per_target"]
 
 
 def parse_inference_budget(text: str | float | None) -> tuple[float | None, str]:
@@ -93,6 +105,8 @@ def _fits(c: dict[str, float], b: Budgets) -> bool:
         return False
     if b.pretraining is not None and c["generic"] > b.pretraining:
         return False
+    if b.total is not None and b.cost(c) > b.total:
+        return False
     if b.inference is not None:
         used = c["inference"] if b.inference_unit == "flops" else c["params"]
         if used > b.inference:
@@ -113,22 +127,13 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
     n = b.targets or 1
     out: dict[str, Any] = {"budgets": {"targets": b.targets, "inference": b.inference,
                                        "inference_unit": b.inference_unit, "per_target": b.per_target,
-                                       "pretraining": b.pretraining},
+                                       "pretraining": b.pretraining, "total": b.total},
                            "fitting": [s[1] for s in fitting]}
     if not fitting:
-        cheapest = min(scored, key=lambda s: s[2]["per_target"]) if scored else None
-        smallest = min(scored, key=lambda s: s[2]["params"]) if scored else None
-        out.update(best=None, runner_up=None, why=(
-            "no strategy fits these budgets" + (
-                f": the cheapest per target is {cheapest[1]} ({format_flops(cheapest[2]['per_target'])}) and the "
-                f"smallest at inference {smallest[1]} ({_count(smallest[2]['params'])} parameters, "
-                f"{format_flops(smallest[2]['inference'])} per token)" if cheapest else "")
-            + (f"; the least pretraining {least[1]} ({format_flops(least[2]['generic'])})"
-               if scored and b.pretraining is not None and (least := min(scored, key=lambda s: s[2]["generic"]))
-               else "")))
+        out.update(best=None, runner_up=None, why=_why_nothing_fits(scored, b))
         return out
     best = fitting[0]
-    out.update(best=best[1], best_ppl=best[0], total_cost=best[2]["generic"] + n * best[2]["per_target"],
+    out.update(best=best[1], best_ppl=best[0], total_cost=b.cost(best[2]),
                runner_up=fitting[1][1] if len(fitting) > 1 else None,
                runner_up_ppl=fitting[1][0] if len(fitting) > 1 else None)
     out["why"] = ((f"{best[1]} has the lowest perplexity after fine-tuning ({best[0]:.2f}) of the "
@@ -136,6 +141,29 @@ def choose(rows: list[tuple[str, dict[str, Any]]], b: Budgets) -> dict[str, Any]
                    f"{best[1]} is the only strategy within the budgets (perplexity after fine-tuning {best[0]:.2f})")
                   + f"; C({n}) = {format_flops(out['total_cost'])}")
     return out
+
+
+def _why_nothing_fits(scored: list[tuple[float, str, dict[str, float], bool]], b: Budgets) -> str:
+    """"no strategy fits these budgets", and the rows nearest to fitting: the cheapest per target, the smallest
+    at inference, and for the budgets stated the least pretraining and the least C(N)."""
+    if not scored:
+        return "no strategy fits these budgets"
+
+    def least(cost) -> tuple[str, dict[str, float]]:
+        """(label, costs) of the row with the least `cost(costs)`."""
+        return min(((label, costs) for _, label, costs, _ in scored), key=lambda row: cost(row[1]))
+
+    cheap, small = least(lambda c: c["per_target"]), least(lambda c: c["params"])
+    parts = [f"the cheapest per target is {cheap[0]} ({format_flops(cheap[1]['per_target'])}) and the smallest at "
+             f"inference {small[0]} ({_count(small[1]['params'])} parameters, {format_flops(small[1]['inference'])} "
+             "per token)"]
+    if b.pretraining is not None:
+        early = least(lambda c: c["generic"])
+        parts.append(f"the least pretraining {early[0]} ({format_flops(early[1]['generic'])})")
+    if b.total is not None:
+        whole = least(b.cost)
+        parts.append(f"the least C({b.targets}) {whole[0]} ({format_flops(b.cost(whole[1]))})")
+    return "no strategy fits these budgets: " + "; ".join(parts)
 
 
 def decision_map(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -184,7 +212,8 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
             (f"inference at most {format_flops(b.inference)} per token" if b.inference_unit == "flops" else
              f"inference at most {_count(b.inference)} parameters") if b.inference is not None else "",
             f"per-target at most {format_flops(b.per_target)}" if b.per_target is not None else "",
-            f"pretraining at most {format_flops(b.pretraining)}" if b.pretraining is not None else "") if x)
+            f"pretraining at most {format_flops(b.pretraining)}" if b.pretraining is not None else "",
+            f"C({b.targets}) at most {format_flops(b.total)}" if b.total is not None else "") if x)
         if plan["best"] is None:
             lines += [f"Budgets: {stated}. **{upper_first(plan['why'])}.**", ""]
         else:
@@ -196,7 +225,8 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
                   "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
                   "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
                   "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
-                  "with `--targets-expected`, `--inference-budget`, `--per-target-budget` and `--pretraining-budget` "
+                  "with `--targets-expected`, `--inference-budget`, `--per-target-budget`, `--pretraining-budget` and "
+                  "`--total-budget` "
                   "to get the choice in one line (`impsamp plan` reads them for this report, training nothing).", ""]
     return lines, plan
 

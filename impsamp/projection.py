@@ -30,6 +30,7 @@ from .costs import Costs, encoder_flops
 from .errors import ConfigError
 from .guards import released_on_return
 from .io import as_specs
+from .io.discovery import absolute_glob
 
 if TYPE_CHECKING:
     from .training import TrainRun
@@ -86,7 +87,7 @@ def project(network: str | Path | TrainRun, out_dir: str | Path, *, target: str 
     atomic_write_json(out / "config.json", {
         "model": dense.to_dict(), "train": asdict(small_cfg), "world_size": 1, "steps": {},
         "n_params": dense.n_params(), "tokenizer": json.loads((net.path / "config.json").read_text())["tokenizer"]})
-    record.update(network=str(net.path), network_fingerprint=net.manifest.fingerprint, **source,
+    record.update(network=str(Path(net.path).resolve()), network_fingerprint=net.manifest.fingerprint, **source,
                   seconds=round(time.perf_counter() - t0, 3))
     atomic_write_json(out / PROJECTION, record)
     metrics = {"costs": costs.to_dict(), "projection": {k: record[k] for k in ("condition", "why")}}
@@ -150,7 +151,7 @@ def _target_mass(target, cond_info: dict[str, Any], text_field: str = "text"
     mass = np.bincount(leaf_group, weights=np.asarray(counts, dtype=np.float64), minlength=cond_info["groups"])
     if mass.sum() <= 0:
         raise ConfigError(f"no document of the target {', '.join(specs)} was assigned to a cluster")
-    return mass / mass.sum(), flops, specs
+    return mass / mass.sum(), flops, [absolute_glob(s) for s in specs]  # recorded: not as typed
 
 
 def _condition(mass: np.ndarray, cond_info: dict[str, Any], cluster: int | None = None
@@ -203,7 +204,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
 
     name = "projected" if condition == "cluster" else "soup"
     ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,
-                   pretrain_costs="generic")
+                   pretrain_costs="generic", basis=cfg.basis)
     path = out / name
     try:
         net = TrainRun.load(path)
@@ -223,7 +224,8 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
         log(progress, f"fine-tuning the {name} small model")
         run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)
     return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": net.model_config.n_params()},
-            "condition": rec["condition"], "group_mass": rec["group_mass"], "why": rec["why"]}
+            "condition": rec["condition"], "group_mass": rec["group_mass"], "why": rec["why"],
+            "basis": net.model_config.projection.n_basis}
 
 
 def _projected_from(path: Path, net, targets: list, text_field: str):
@@ -237,6 +239,6 @@ def _projected_from(path: Path, net, targets: list, text_field: str):
         rec = json.loads((path / PROJECTION).read_text())
     except (StageError, OSError, ValueError):
         return None
-    same = (rec.get("network_fingerprint") == net.manifest.fingerprint and rec.get("target") == [str(t) for t in as_specs(targets)]
+    same = (rec.get("network_fingerprint") == net.manifest.fingerprint and rec.get("target") == [absolute_glob(t) for t in as_specs(targets)]
             and rec.get("text_field") == text_field and small.manifest.impsamp_version == __version__)
     return small if same else None

@@ -83,7 +83,7 @@ def large_config(cfg, tcfg, vocab: int):
 
 def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, evals: list[str], progress: bool,
                log) -> dict[str, Any]:
-    from .distillation import distill
+    from .distillation import distill, distill_config
     from .training import train
     from .training.provenance import finished_run, with_init_defaults
 
@@ -93,11 +93,10 @@ def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, ev
     if student is None:
         log(progress, "pretraining the student (the dense model, no fine-tuning)")
         student = train(data, student_path, scfg, progress=progress, overwrite=True)
-    ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps)
+    ft, _ = distill_config(replace(tcfg, finetune_steps=cfg.finetune_steps), student.path, teacher.path,
+                           cfg.distill_alpha, cfg.distill_temperature)  # (the shape it leaves is the student's)
     path = out / "runs" / "distill"
-    want = with_init_defaults(replace(ft, init=str(student.path), teacher=str(teacher.path), alpha=cfg.distill_alpha,
-                                      temperature=cfg.distill_temperature))  # as `train` records it
-    run = finished_run(path, want, [], targets, evals)
+    run = finished_run(path, with_init_defaults(ft), [], targets, evals)  # as `train` records it
     if run is None:
         log(progress, f"distilling {teacher.config.preset} into {student.config.preset}")
         run = distill(teacher.path, student.path, targets, path, alpha=cfg.distill_alpha,

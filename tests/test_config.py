@@ -211,3 +211,26 @@ def test_a_budget_flag_replaces_the_config_files_budget(toml):
     section = {"total_tokens": 10**6, "groups": 4}
     assert without_replaced(ExpertsConfig, section, {"tokens_per_expert": 500}) == {"groups": 4}
     assert without_replaced(ExpertsConfig, section, {"seed": 1}) == section
+
+
+def test_k_and_levels_are_alternatives_in_a_config_file(toml):
+    """`[cluster]` with both k and levels was accepted and k silently ignored (the flags refuse the pair); a flag
+    of the pair replaces the file's other, as a budget flag does."""
+    from impsamp.clustering import ClusterConfig
+
+    both = toml("[cluster]\nk = 4\nlevels = [2, 4]\n")
+    with pytest.raises(ConfigError, match=r"\[cluster\]: k and levels cannot be combined"):
+        resolve_config(ClusterConfig, both, "cluster")
+    assert resolve_config(ClusterConfig, both, "cluster", levels=(2, 2)).branching == (2, 2)
+    assert resolve_config(ClusterConfig, both, "cluster", k=3).branching == (3,)
+    assert resolve_config(ClusterConfig, toml("[cluster]\nlevels = [2, 4]\n"), "cluster", k=3).branching == (3,)
+
+
+def test_a_vocab_size_the_experts_tokenizer_makes_moot_is_refused():
+    """`[experts] tokenizer` given: the train settings' vocab_size sized nothing (now dropped from every expert's
+    run, which uses the shared tokenizer), so it is refused, as `train --tokenizer --vocab-size` is."""
+    from impsamp.mixture import ExpertsConfig
+
+    with pytest.raises(ConfigError, match="vocab_size sizes the tokenizer the experts train; --tokenizer tok.json"):
+        ExpertsConfig(tokenizer="tok.json", train={"vocab_size": 300})
+    assert ExpertsConfig(train={"vocab_size": 300}).train_config(100, "shared.json").vocab_size is None

@@ -69,6 +69,10 @@ def test_init_continues_from_the_given_weights(base, tmp_path):
                           "--n-embd", "64"), "--n-embd 64")
     one_line_error(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", tmp_path / "x",
                           "--preset", "tiny-large"), "preset tiny", "drop --preset tiny-large")
+    size = TrainRun.load(base["run"]).load_tokenizer().vocab_size  # the run's tokenizer is used: --vocab-size sized nothing
+    one_line_error(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--out", tmp_path / "x",
+                          "--vocab-size", size + 100), f"--vocab-size {size + 100} (its tokenizer has {size:,} tokens)")
+    assert not (tmp_path / "x").exists()
     one_line_error(invoke("train", "--init", tmp_path, "--finetune", base["sample"], "--out", tmp_path / "y"),
                    "--init")
     one_line_error(invoke("train", "--init", base["run"], "--out", tmp_path / "z"), "--finetune")

@@ -124,3 +124,24 @@ def test_embed_workers_and_resume_give_identical_bytes(mixed_corpus, tmp_path):
     assert json.loads((resumed / MANIFEST).read_text())["stats"]["resumed_shards"] >= 3
     for out in (one, two, resumed):
         assert_clean(out)
+
+
+def test_how_a_path_is_typed_changes_no_byte(first, tmp_path, monkeypatch):
+    """`bio.jsonl`, `./bio.jsonl` and `/abs/bio.jsonl` are one input: the selection's card, manifest key and
+    histogram, and the scores' keys, name it the same (they quoted it as typed)."""
+    import impsamp
+
+    monkeypatch.chdir(first["root"])
+    ok(invoke(*RESAMPLE_ARGS("./emb", "emb/../clu", "bio.jsonl", tmp_path / "sel")))
+    a, b = comparable(first["sel"]), comparable(tmp_path / "sel")
+    assert a == b
+    card = "\n".join(line.decode() for line in b["README.md"])
+    assert "in-domain sample bio.jsonl" in card and str(first["root"]) not in card  # the file, not where it lies
+    keys = [json.loads((d / MANIFEST).read_text())["fingerprint"] for d in (first["sel"], tmp_path / "sel")]
+    assert keys[0] == keys[1]
+    typed = impsamp.histogram("./bio.jsonl", "clu")
+    assert typed.source == str(first["target"]) and typed == impsamp.histogram(first["target"], first["clu"])
+    scores = [impsamp.evaluate("lm", [f])["per_file"] for f in ("bio.jsonl", first["target"])]
+    assert list(scores[0]) == list(scores[1]) == [str(first["target"])] and scores[0] == scores[1]
+    shown = ok(invoke("evaluate", "lm", "--eval", first["target"], "--no-progress")).output.splitlines()
+    assert shown[1].startswith("bio.jsonl ")  # the table: under the working folder, relative to it

@@ -114,3 +114,20 @@ def test_overwrite_never_deletes_the_teacher_or_the_tokenizer_it_reads(runs, tmp
                           "--out", teacher, "--overwrite", "--steps", "2", *TRAIN_FLAGS), "also an input of this run")
     assert (teacher / "tokenizer.json").is_file() and (teacher / "model.safetensors").is_file()
     assert oct((teacher / "model.safetensors").stat().st_mode & 0o777) != "0o600"  # readable like the rest
+
+
+def test_a_shared_config_files_pretraining_settings_are_said_unused(runs, tmp_path, caplog):
+    """`[train]` of a config file shared with `train` (steps, shape): distill only fine-tunes the student, so they
+    were dropped without a word (a shape was refused naming --init, a flag distill has not); now one warning
+    names them, and the file's fine-tuning settings are used."""
+    conf = tmp_path / "run.toml"
+    conf.write_text("[train]\nsteps = 50\nn_layer = 4\nfinetune_steps = 2\n")
+    with caplog.at_level("WARNING", logger="impsamp.distillation"):
+        ok(invoke("distill", "--teacher", runs["teacher"], "--student", runs["student"], "--target", runs["target"],
+                  "--out", tmp_path / "d", "--config", conf, "--device", "cpu", "--no-progress"))
+    said = [r.getMessage() for r in caplog.records if r.name == "impsamp.distillation"]
+    assert len(said) == 1 and said[0].startswith("distill does not use steps, n_layer: the student"), said
+    from impsamp.training import TrainRun
+
+    run = TrainRun.load(tmp_path / "d")
+    assert run.metrics["train_finetune"]["steps"] == 2 and run.config.n_layer is None

@@ -51,6 +51,23 @@ def test_choice_under_budgets_and_the_runner_up():
     assert any("pretraining at most 600 FLOP. **Plan for large**" in li for li in lines), lines
 
 
+def test_a_total_budget_over_the_targets_expected_picks_what_pays_off_at_that_n():
+    """C(N) = generic + N x per-target at most the total: at 1 target the per-target dense run fits and wins, at
+    100 only what pays in pretraining (experts: 100 + 100 x 1) does; without N it is refused (C(N) needs its N)."""
+    one = choose(ROWS, Budgets(targets=1, total=300))
+    assert (one["best"], one["fitting"]) == ("dense, importance", ["dense, importance", "experts G=4 (top)"])
+    many = choose(ROWS, Budgets(targets=100, total=300))
+    assert (many["best"], many["runner_up"], many["total_cost"]) == ("experts G=4 (top)", None, 200)
+    assert many["budgets"]["total"] == 300
+    none = choose(ROWS, Budgets(targets=100, total=150))
+    assert none["best"] is None and "the least C(100) experts G=4 (top) (200 FLOP)" in none["why"]
+    lines, _ = plan_section(ROWS, Budgets(targets=100, total=300))
+    assert any(li.startswith("Budgets: 100 targets expected, C(100) at most 300 FLOP. **Plan for experts")
+               for li in lines), lines
+    with pytest.raises(ConfigError, match="--total-budget .* give --targets-expected"):
+        Budgets(total=300)
+
+
 def test_nothing_fits_is_said_in_one_line():
     plan = choose(ROWS, Budgets(inference=1))
     assert plan["best"] is None and plan["fitting"] == []
@@ -175,6 +192,51 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     early = json.loads(ok(invoke("plan", out, "--pretraining-budget", "1", "--json")).output)
     assert early["fitting"] == [label for label, e in rows(res) if e["costs"]["generic"] <= 1] and early["fitting"]
     one_line_error(invoke("plan", out / "runs" / "large"), "expected a 'compare' output")
+    _a_resumed_compare_keeps_the_large_and_distilled_runs(out, res, [str(body["target"])])
+    # the total over the report's 50 targets: what fits is what C(50) allows, cheapest C(50) first when nothing does
+    c50 = {label: e["costs"]["generic"] + 50 * e["costs"]["per_target"] for label, e in rows(res)}
+    cut = sorted(c50.values())[1]
+    total = json.loads(ok(invoke("plan", out, "--total-budget", str(cut), "--inference-budget", "1e20", "--json")).output)
+    assert total["fitting"] and set(total["fitting"]) == {k for k, v in c50.items() if v <= cut} != set(c50)
+    assert total["total_cost"] == c50[total["best"]]
+    one_line_error(invoke("plan", out, "--total-budget", "1e10", "--targets-expected", "0"), "--targets-expected")
+
+
+def _a_resumed_compare_keeps_the_large_and_distilled_runs(out, res, targets):
+    """The distilled run was trained again by every resumed compare whose [compare] set a model shape (the run
+    recorded none: the student fixes it), with a warning naming settings the user never gave distill."""
+    import logging
+    from types import SimpleNamespace
+
+    import impsamp.distillation as distillation
+    import impsamp.training as training
+    from impsamp.comparison import CompareConfig, _train_config
+    from impsamp.config import from_dict
+    from impsamp.io import open_corpus
+    from impsamp.manifest import MANIFEST
+    from impsamp.strategies import model_entries
+
+    cfg = from_dict(CompareConfig, res["config"])
+    tcfg = _train_config(out, cfg, open_corpus(str(out.parent / "generic.jsonl"), text_field=cfg.text_field), False)
+    evals = [e["path"] for e in json.loads((out / MANIFEST).read_text())["inputs"]["eval"]]
+
+    def refuse(*a, **k):
+        raise AssertionError("redone")
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("impsamp").addHandler(handler)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(distillation, "distill", refuse)
+            mp.setattr(training, "train", refuse)
+            entries = model_entries(out, cfg, tcfg, None, None, {"uniform": SimpleNamespace(path=out / "selections" / "uniform")},
+                                    None, targets, evals, False, lambda *a: None)
+    finally:
+        logging.getLogger("impsamp").removeHandler(handler)
+    assert entries["distill"]["metrics"] == res["models"]["distill"]["metrics"]
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
 
 
 def test_killed_compare_resumes_reusing_finished_runs(corpus, tmp_path):

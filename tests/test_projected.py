@@ -375,6 +375,7 @@ def test_torchrun_trains_a_projected_network_and_resumes_after_a_crash(pipe, tmp
 
 def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe, tmp_path):
     from impsamp.comparison import Report
+    from impsamp.training import TrainRun
 
     toml = tiny_compare_toml(tmp_path / "c.toml")
     out = tmp_path / "cmp"
@@ -382,7 +383,7 @@ def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe,
     r = ok(invoke("compare", "--generic", generic, "--target", target, "--eval", target,
                   "--out", out, "--methods", "uniform", "--models", "dense,projected,soup", "--tokens", "2000",
                   "--k", "4", "--steps", "4", "--finetune-steps", "2", "--config", toml, "--no-progress",
-                  "--text-field", "body"))
+                  "--text-field", "body", "--basis", "3"))
     assert "| soup of experts |" in r.output and "| projected network (cluster " in r.output
     res = Report.load(out).results
     uniform = res["methods"]["uniform"]
@@ -392,7 +393,11 @@ def test_compare_with_projected_and_soup_at_the_dense_models_generic_flops(pipe,
         assert e["costs"]["params_active"] == uniform["costs"]["params_active"] < e["costs"]["params_total"]
         assert e["costs"]["finetuning"] == uniform["costs"]["finetuning"]
         assert e["metrics"]["finetuned"]["macro_ppl"] > 1
-    assert "Soup of experts: one shared network" in (out / "report.md").read_text()
+    assert "Soup of experts: one shared network with h = 3 basis matrices per layer" in (out / "report.md").read_text()
+    assert all(res["models"][n]["basis"] == 3 == TrainRun.load(out / n).model_config.projection.n_basis
+               for n in ("projected", "soup"))  # --basis reached both networks (h was 16 whatever was asked)
+    one_line_error(invoke("compare", "--generic", generic, "--target", target, "--eval", target, "--out", tmp_path / "b",
+                          "--methods", "uniform", "--basis", "3"), "--basis", "--models")  # no network to shape
     _a_resumed_compare_keeps_the_finished_projections(out, [str(target)])
 
 

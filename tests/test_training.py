@@ -23,6 +23,8 @@ pytest.importorskip("safetensors")
 from click.testing import CliRunner  # noqa: E402
 
 from impsamp.training import TrainConfig, TrainRun, evaluate, train, train_tokenizer  # noqa: E402
+from impsamp.training.config import TokenizerError  # noqa: E402
+from impsamp.training.tokenizer import load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -273,7 +275,10 @@ def test_evaluate_prints_ppl_and_bpb_per_file_and_macro(trained, corpus):
 
 def test_shared_tokenizer_is_used_as_given(corpus, tmp_path):
     tok = train_tokenizer([corpus["farm"], corpus["code"]], 280, tmp_path / "tok" / "tokenizer.json")
-    run = train([corpus["farm"]], tmp_path / "run", TrainConfig(**MICRO, steps=2, tokenizer=str(tok)))
+    with pytest.raises(TokenizerError, match=r"--vocab-size 300: --tokenizer .* fixes the vocabulary \(280 tokens\)"):
+        train([corpus["farm"]], tmp_path / "no", TrainConfig(**MICRO, steps=2, tokenizer=str(tok)))  # it sized nothing
+    assert not (tmp_path / "no").exists()
+    run = train([corpus["farm"]], tmp_path / "run", TrainConfig(**{**MICRO, "vocab_size": 280}, steps=2, tokenizer=str(tok)))
     assert (run.path / "tokenizer.json").read_bytes() == tok.read_bytes()
     assert run.model_config.vocab_size == 320  # 280 padded to a multiple of 64
 
@@ -401,8 +406,9 @@ def test_other_tokenizer_on_resume_is_refused(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     res = _train_cli(out, "--data", str(corpus["farm"]), "--tokenizer", str(tok_a), "--checkpoint-every", "1")
     assert res.exit_code == 130 and list((out / "checkpoints").glob("ckpt-*"))
+    size_b = str(load_tokenizer(tok_b).vocab_size)  # (the flags' --vocab-size 300 would be refused: it sizes nothing)
     msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--tokenizer", str(tok_b),
-                                     "--checkpoint-every", "1"))
+                                     "--checkpoint-every", "1", "--vocab-size", size_b))
     assert "does not match the tokenizer of the interrupted run" in msg
     msg = _one_line_error(_train_cli(out, "--data", str(corpus["farm"]), "--checkpoint-every", "1"))
     assert "used --tokenizer" in msg

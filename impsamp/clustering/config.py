@@ -28,6 +28,8 @@ DEVICES = ("auto", "cpu", "gpu")
 class ClusterConfig:
     """k-means over L2-normalised sentence embeddings (faiss), flat or hierarchical."""
 
+    ALTERNATIVES = (("k", "levels"),)  # not a field: --levels replaces a config file's k (and --k its levels)
+
     k: int = 1024
     """Number of clusters of a flat clustering (ignored when `levels` is set)."""
     levels: tuple[int, ...] | None = None

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import StageError
+from ..io.discovery import short_name
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def selection_masses(sel, n_leaves: int) -> Masses:
     counts = np.asarray(hist["target"], dtype=np.float64)
     if targets and counts.sum() > 0:  # a uniform selection has none: its histograms.json repeats the generic
         target = counts / counts.sum()
-        described["target"] = {"source": ", ".join(Path(t["target"]).name for t in targets),
+        described["target"] = {"source": ", ".join(short_name(t["target"]) for t in targets),
                                "documents": float(sum(t.get("documents", 0) for t in targets))}
     # only `importance` weighs clusters: the others weigh documents (ngram, classifier) or nothing (uniform), and
     # the page must not colour clusters by weights the draw never used
@@ -118,7 +118,7 @@ def target_masses(target, clusters, masses: Masses | None = None, *, text_field:
     from ..weighting import compute_weights
 
     hist = target if isinstance(target, Histogram) else histogram(target, clusters, text_field=text_field)
-    about = {"source": hist.source and ", ".join(Path(s.strip()).name for s in hist.source.split(",")),
+    about = {"source": hist.source and ", ".join(short_name(s.strip()) for s in hist.source.split(",")),
              "documents": hist.total}
     masses = masses or Masses()
     weights, described = masses.weights, dict(masses.about)

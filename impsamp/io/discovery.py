@@ -28,6 +28,14 @@ def absolute_glob(spec: str | Path) -> str:
     return str(Path(*parts[:plain]).resolve().joinpath(*parts[plain:]))
 
 
+def short_name(spec: str | Path) -> str:
+    """What a data card calls a path, folder or glob, wherever it lies and however it was typed: its name; a
+    pattern from the folder above its first wildcard (`law/*.jsonl`)."""
+    parts = Path(absolute_glob(spec)).parts
+    first = next((i for i, p in enumerate(parts) if is_glob(p)), None)
+    return Path(*parts[max(first - 1, 1):]).as_posix() if first is not None else parts[-1]
+
+
 def expand(spec: str | Path) -> list[Path]:
     """Files of one path, folder or glob, sorted; HF folders expand to their data files."""
     s = str(spec)

@@ -65,6 +65,9 @@ class ExpertsConfig:
         fixed = sorted({"tokens", "steps", "tokenizer", "init", "seed", "text_field"} & set(self.train))
         if fixed:
             raise ConfigError(f"the experts set {', '.join(fixed)} themselves; drop them from the train settings")
+        if self.tokenizer and self.train.get("vocab_size") is not None:  # it would size nothing
+            raise ConfigError(f"vocab_size sizes the tokenizer the experts train; --tokenizer {self.tokenizer} is "
+                              "given instead: drop vocab_size from the train settings")
         if self.train.get("teacher"):  # refused here, before the group data is written
             raise ConfigError("the experts only pretrain, and a teacher guides fine-tuning: drop teacher from the "
                               "train settings (distill a specialized expert with `impsamp distill`)")
@@ -73,5 +76,5 @@ class ExpertsConfig:
     def train_config(self, tokens: int | None, tokenizer: str):
         from ..training import TrainConfig
 
-        return TrainConfig(**self.train, tokens=tokens, tokenizer=tokenizer, seed=self.seed,
-                           pretrain_costs="generic")
+        own = {k: v for k, v in self.train.items() if k != "vocab_size"}  # it sized the shared tokenizer, no more
+        return TrainConfig(**own, tokens=tokens, tokenizer=tokenizer, seed=self.seed, pretrain_costs="generic")

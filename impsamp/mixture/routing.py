@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorpusError
-from ..io import as_specs
 from .result import TOKENIZER, Experts
 
 
@@ -73,16 +72,16 @@ def score_routed(clu, leaf_group: np.ndarray, n_groups: int, tok, model_of: Call
     import torch
 
     from ..io import open_corpus
-    from ..training.evaluation import stream_nll
+    from ..training.evaluation import eval_specs, stream_nll
     from ..training.runtime import resolve_dtype
 
     embedder = clu.embeddings().embedder()  # opened once for every file
-    files = []  # (spec, texts, group of each text)
-    for spec in as_specs(eval_files):
+    files = []  # (absolute path, texts, group of each text)
+    for key, spec in eval_specs(eval_files).items():
         texts = list(open_corpus(spec, text_field=text_field).iter_texts())
         if not texts:
             raise CorpusError(f"{spec}: no document with text to evaluate")
-        files.append((str(spec), texts, route_to_groups(clu, leaf_group, texts, embedder)))
+        files.append((key, texts, route_to_groups(clu, leaf_group, texts, embedder)))
     nats = np.zeros(len(files))
     count = np.zeros(len(files))
     for g in range(n_groups):
@@ -102,9 +101,9 @@ def score_routed(clu, leaf_group: np.ndarray, n_groups: int, tok, model_of: Call
             count[i] += c
         del model
     per_file: dict[str, dict[str, Any]] = {}
-    for i, (spec, texts, groups) in enumerate(files):
+    for i, (key, texts, groups) in enumerate(files):
         n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        per_file[spec] = {"ppl": math.exp(nats[i] / count[i]), "bpb": nats[i] / (math.log(2) * max(n_bytes, 1)),
+        per_file[key] = {"ppl": math.exp(nats[i] / count[i]), "bpb": nats[i] / (math.log(2) * max(n_bytes, 1)),
                           "tokens": int(count[i]), "bytes": n_bytes, "loss": nats[i] / count[i],
                           "documents_per_group": np.bincount(groups[groups >= 0], minlength=n_groups).tolist()}
     n = max(len(per_file), 1)

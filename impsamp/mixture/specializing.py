@@ -29,6 +29,7 @@ from ..costs import Costs, encoder_flops, forward_flops
 from ..errors import ConfigError
 from ..histograms import target_counts
 from ..io import as_specs
+from ..io.discovery import absolute_glob
 from .config import SELECT_RULES
 from .result import Experts
 
@@ -67,7 +68,7 @@ def specialize(experts: Experts | str | Path, target: str | Path | Sequence[str 
     base = ex.costs.with_part("selection", encoder_flops(enc_params, enc_tokens) if select == "top" else 0.0)
     record: dict[str, Any] = {
         "experts": str(ex.path), "experts_fingerprint": ex.manifest.fingerprint, "select": select,
-        "target": targets, "group_mass": [round(float(m), 6) for m in mass], "top_group": int(np.argmax(mass)),
+        "target": [absolute_glob(t) for t in targets], "group_mass": [round(float(m), 6) for m in mass], "top_group": int(np.argmax(mass)),
         "selection_flops": {"target_embedding": encoder_flops(enc_params, enc_tokens)},
         "finetune_config": asdict(ft)}
     if select == "top":

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..histograms import Histogram, describe, kl
+from ..io.discovery import short_name
 from ..manifest import StageRun, atomic_write_bytes, fingerprint
 from ..plots import figure, save_png
 from .config import FEATURES, ResampleConfig
@@ -161,7 +162,7 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
     budget = stats["budget"]
     generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (
         f" and {len(corpus.files) - 3:,} more files" if len(corpus.files) > 3 else "")
-    target_name = ", ".join(t["target"] for t in stats["targets"]) or "(none: uniform sample)"
+    target_name = ", ".join(short_name(t["target"]) for t in stats["targets"]) or "(none: uniform sample)"
     diag = ["| diagnostic | value |", "|---|---:|"] + [
         f"| {k.replace('_', ' ')} | {_num(stats[k])} |" for k in (
             "rows", "tokens", "characters", "bytes", "unique_documents", "repetition_rate", "kl_target_generic",

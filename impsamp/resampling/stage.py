@@ -97,14 +97,14 @@ def target_parts(targets: Sequence[Any], clusters, embeddings, cfg: ResampleConf
             else:
                 v, table = embed_like(spec, embeddings, text_field=cfg.text_field, id_field=cfg.id_field)
                 embedded = int(np.asarray(table.column("tokens")).sum())
-            h = from_assignments(clusters.assign(v)[:, -1], clusters, source=str(spec))
+            h = from_assignments(clusters.assign(v)[:, -1], clusters, source=absolute_glob(spec))
             vectors.append(v)
         if h.total <= 0:
             raise ConfigError(f"target {spec} has no documents; give a non-empty in-domain sample")
         parts.append((h, w))
-        described.append({"target": str(spec), "kind": kind, "weight": w, "documents": h.total,
+        described.append({"target": absolute_glob(spec), "kind": kind, "weight": w, "documents": h.total,
                           "embedded_tokens": embedded,
-                          **({"globs": [absolute_glob(spec)]} if is_glob(spec) else {})})
+                          **({"globs": [absolute_glob(spec)]} if is_glob(spec) else {})})  # (as `guards` reads)
     if len(vectors) < len(parts):
         return mixture(parts), described, None, None
     row_weights = mixture_row_weights([len(v) for v in vectors], [w for _, w in parts])

@@ -1,14 +1,15 @@
 """Perplexity and bits per byte of a model on evaluation files, per file and macro-averaged.
 
     metrics = evaluate("runs/lm", ["eval/law.jsonl", "eval/med.jsonl"])
-    metrics["per_file"]["eval/law.jsonl"]   # {"ppl": 14.2, "bpb": 1.03, "tokens": ..., "bytes": ...}
+    metrics["per_file"]["/data/eval/law.jsonl"]   # {"ppl": 14.2, "bpb": 1.03, "tokens": ..., "bytes": ...}
     metrics["macro_ppl"], metrics["macro_bpb"]
 
 Each file's documents are tokenized like the training data and joined into one stream that starts
 with EOS and has EOS after every document; the stream is scored in non-overlapping windows of
 `block_size`, so every token (end-of-document tokens included) is predicted exactly once.
 ppl = exp(total nats / predicted tokens); bpb = total nats / (ln 2 * UTF-8 bytes of the documents),
-which does not depend on the tokenizer. Macro averages are the plain means over files of ppl and
+which does not depend on the tokenizer. `per_file` is keyed by each file's absolute path (however it was typed,
+so the same files give the same bytes of metrics). Macro averages are the plain means over files of ppl and
 of bpb (the paper averages perplexity over domains).
 """
 
@@ -25,6 +26,7 @@ import torch
 
 from ..errors import CorpusError
 from ..io import as_specs, open_corpus
+from ..io.discovery import absolute_glob
 from ..progress import progress_bar
 from .tokenizer import LoadedTokenizer
 
@@ -80,21 +82,26 @@ def stream_nll(model: torch.nn.Module, ids: np.ndarray, block_size: int, batch_s
     return total, count
 
 
+def eval_specs(eval_files: str | Path | Sequence[str | Path]) -> dict[str, str]:
+    """Each evaluation file once, keyed by its absolute path (`ev.jsonl` and `./ev.jsonl` are one file: they
+    were counted twice in the macro mean, and named as typed), mapped to the spec as given."""
+    specs: dict[str, str] = {}
+    for s in as_specs(eval_files):
+        specs.setdefault(absolute_glob(s), str(s))
+    return specs
+
+
 def evaluate_model(model: torch.nn.Module, tok: LoadedTokenizer, eval_files: Sequence[str | Path], *,
                    block_size: int, batch_size: int, device: torch.device, autocast=None,
                    text_field: str = "text", progress: bool = False) -> dict[str, Any]:
     per_file: dict[str, dict[str, float]] = {}
-    # one entry per file however it is spelled (`ev.jsonl` and `./ev.jsonl` counted it twice in the macro mean)
-    specs: dict[str, str] = {}
-    for s in as_specs(eval_files):
-        specs.setdefault(str(Path(s).resolve()), s)
-    for spec in specs.values():
+    for key, spec in eval_specs(eval_files).items():
         ids, n_bytes = encode_file(spec, tok, text_field)
         nats, n_tok = stream_nll(model, ids, block_size, batch_size, device, autocast, progress=progress,
                                  desc=f"scoring {Path(spec).name}")
         if n_tok == 0:
             raise CorpusError(f"{spec}: no document with text to evaluate")
-        per_file[str(spec)] = {"ppl": math.exp(nats / n_tok), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
+        per_file[key] = {"ppl": math.exp(nats / n_tok), "bpb": nats / (math.log(2) * max(n_bytes, 1)),
                                "tokens": n_tok, "bytes": n_bytes, "loss": nats / n_tok}
     n = max(len(per_file), 1)
     return {"per_file": per_file, "macro_ppl": sum(v["ppl"] for v in per_file.values()) / n,

@@ -86,7 +86,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, weights: str = "model.sa
                                                     bos_token=eos, unk_token=None, pad_token=eos,
                                                     model_max_length=run.model_config.block_size)
         fast.save_pretrained(tmp)
-        atomic_write_json(tmp / MARKER, {"run": str(run.path),
+        atomic_write_json(tmp / MARKER, {"run": str(run.path.resolve()),  # not as typed
                                          "run_fingerprint": run.manifest and run.manifest.fingerprint,
                                          "weights": weights, "impsamp_version": __version__})
         _put_in_place(tmp, out)

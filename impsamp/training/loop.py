@@ -169,6 +169,9 @@ class _Trainer:
         self.init = init_run(cfg) if cfg.init else None
         self.teacher = check_teacher(cfg, self.init, bool(self.finetune)) if cfg.teacher else None
         user_tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+        if user_tok and cfg.vocab_size not in (None, user_tok.vocab_size):  # it sized nothing: it was recorded
+            raise TokenizerError(f"--vocab-size {cfg.vocab_size}: --tokenizer {cfg.tokenizer} fixes the vocabulary "
+                                 f"({user_tok.vocab_size:,} tokens); drop --vocab-size")
         guess = padded_vocab(user_tok.vocab_size if user_tok else cfg.resolved("vocab_size"))
         codes = count_groups(cfg.clusters, cfg.level) if cfg.clusters else None
         check_memory(cfg, self.init.model_config if self.init else cfg.model_config(guess, codes), rt)

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..costs import Costs, forward_flops, model_costs, training_flops
 from ..errors import ConfigError, StageError
+from ..io.discovery import absolute_glob
 from ..outdir import complete_manifest
 from .config import ModelConfig, TokenizerError, TrainConfig, TrainError
 from .result import TrainRun
@@ -92,6 +93,11 @@ def init_run(cfg: TrainConfig) -> TrainRun:
     clash = [f"--{k.replace('_', '-')} {getattr(cfg, k)} (the run has {getattr(shape, k)})"
              for k in ("n_layer", "n_embd", "n_head", "mlp_hidden", "block_size")
              if getattr(cfg, k) is not None and getattr(cfg, k) != getattr(shape, k)]
+    if cfg.vocab_size is not None:  # the run's tokenizer is used: its size, or the size it was trained for, is no clash
+        size = run.load_tokenizer().vocab_size
+        asked = run.config.resolved("vocab_size") if run.config.tokenizer is None else size
+        if cfg.vocab_size not in (asked, size):
+            clash.append(f"--vocab-size {cfg.vocab_size} (its tokenizer has {size:,} tokens)")
     if clash:
         raise ConfigError(f"--init {cfg.init} fixes the model shape: drop {', '.join(clash)}")
     if cfg.tokenizer and file_sha256(cfg.tokenizer) != file_sha256(run.tokenizer_path):
@@ -159,12 +165,12 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
     from ..io import open_corpus
 
     def corpus(paths: list[str], field: str) -> dict[str, Any] | None:
-        return {"paths": [os.path.abspath(p) for p in paths],
+        return {"paths": [absolute_glob(p) for p in paths],
                 "fingerprint": open_corpus(paths, text_field=field).fingerprint()} if paths else None
 
     inputs: dict[str, Any] = {
         "data": corpus(data, data_field), "finetune": corpus(finetune, cfg.text_field),
-        "eval": [{"path": os.path.abspath(e), "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
+        "eval": [{"path": absolute_glob(e), "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
                  for e in evals],
         "tokenizer": file_sha256(cfg.tokenizer) if cfg.tokenizer else None}
     if init is not None:
