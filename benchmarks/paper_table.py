@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     from impsamp.embedding.loading import backend_label, embed_backend
     from impsamp.datasets import demo_corpus
     from impsamp.embedding import EmbedConfig, embed
-    from impsamp_cli.compare import DEMO_DEFAULTS
+    from impsamp.demonstration import DEMO_DEFAULTS
 
     corpus = demo_corpus()
     domains = args.domains.split(",") if args.domains else list(corpus.domains)

@@ -62,7 +62,7 @@ def thinned_pool(work: Path, domain: str, fraction: float) -> Path:
 
 def config(args: argparse.Namespace, seed: int):
     from impsamp.comparison import CompareConfig
-    from impsamp_cli.compare import DEMO_DEFAULTS
+    from impsamp.demonstration import DEMO_DEFAULTS
 
     return CompareConfig(**DEMO_DEFAULTS, methods=tuple(args.methods.split(",")), tokens=args.tokens, k=args.k,
                          dtype="float32", seed=seed)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import time
 from pathlib import Path
 
 import click
 
-from impsamp.comparison import K_DEFAULT, METHODS, MODELS, CompareConfig, Report, resolve_k
-from impsamp.embedding.loading import backend_label, embed_backend
+from impsamp.comparison import K_DEFAULT, METHODS, MODELS, CompareConfig
 from impsamp.comparison import compare as _compare
-from impsamp.config import cache_dir, resolve_config, to_dict
-from impsamp.errors import StageError
-from impsamp.guards import FolderBusy
-from impsamp.outdir import RUN_RECORD, complete_manifest, describe_dir, read_json_dict
+from impsamp.config import resolve_config
+from impsamp.demonstration import DEMO_DEFAULTS
 from impsamp.resampling import WITHIN_REPEATS
 from impsamp.resampling.stage import command_line
 from impsamp.training.config import DTYPES
-from impsamp.usercache import Hold
 
 from .app import COUNT, cli, config_option, overwrite_option, progress_option, show_progress
 
@@ -35,12 +29,6 @@ def _split(methods: str | None, flag: str = "--methods") -> tuple[str, ...] | No
         raise click.BadParameter("names no entry; give a comma-separated list, or leave the flag out for the "
                                  "default", param_hint=f"'{flag}'")
     return names
-
-
-DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20, "k": K_DEFAULT}
-"""`impsamp demo`'s model and steps, where `compare` has `tiny`, 100 and 30: about half the training time
-(the `mini` preset runs ~2.2x `tiny`'s tokens/s), so the demo ends in about 4 minutes on 2 cores without
-AMX, and importance sampling's lead over uniform stays as plain (BENCHMARKS.md, `impsamp demo`)."""
 
 
 def _shared_options(f=None, *, defaults: dict | None = None):
@@ -175,14 +163,6 @@ def compare(generic, target, eval_files, out_dir, embeddings, clusters, methods,
     click.echo(f"report: {out_dir / 'report.md'} (in a browser: {out_dir / 'report.html'})")
 
 
-def demo_embeddings_dir(pool: Path, backend: str, max_tokens: int, version: str) -> Path:
-    """The demo's embedding cache for this installation's pool file. The embeddings record the corpus
-    path they were made from and selections read the text there, so each installation keeps its
-    own: a cache made by another (perhaps deleted) install is never picked up."""
-    install = hashlib.sha256(str(Path(pool).resolve()).encode()).hexdigest()[:12]
-    return cache_dir() / f"demo-{version}" / f"embeddings-{backend}-{max_tokens}-{install}"
-
-
 @cli.command()
 @click.option("--target", "domain", default="python_docs", show_default=True,
               help="Bundled domain to imitate (see data_cards/impsamp-demo.md).")
@@ -201,105 +181,16 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     small LM on each, fine-tunes it on the sample and prints the in-domain perplexities.
     Embeddings are cached between runs (IMPSAMP_CACHE_DIR or IMPSAMP_CACHE, default ~/.cache/impsamp).
     """
-    from impsamp import __version__
     from impsamp.datasets import demo_corpus
+    from impsamp.demonstration import demo as run_demo, demo_config
 
     started = time.time()
+    cfg = demo_config(all_methods=all_methods, tokens=tokens, k=k, seed=seed, steps=steps,
+                      finetune_steps=finetune_steps, preset=preset)
+    report = run_demo(domain, out_dir, config=cfg, progress=show_progress(progress), command=command_line())
     corpus = demo_corpus()
-    sample, held_out = corpus.sample(domain), corpus.eval(domain)  # an unknown --target: refused before any work
-    methods = METHODS if all_methods else None
-    flags = {"steps": steps, "finetune_steps": finetune_steps, "preset": preset}
-    cfg = resolve_k(resolve_config(CompareConfig, None, None, methods=methods, tokens=tokens, k=k, seed=seed,
-                                   **{name: DEMO_DEFAULTS[name] if v is None else v for name, v in flags.items()}))
-    emb_dir = demo_embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens,
-                                 __version__)
-    show = show_progress(progress)
-    _refuse_other_outputs(out_dir, corpus.pool)
-    with contextlib.ExitStack() as stack:  # the cached embeddings are held while this demo reads them
-        emb = _cached_embeddings(corpus.pool, emb_dir, cfg, show, stack)
-        try:
-            report = Report.load(out_dir)
-            results = report.results
-            same = results.get("config") == to_dict(cfg) and results.get("target_domain") == domain \
-                and results.get("impsamp_version") == __version__
-            same = same and (out_dir / "report.html").is_file()  # made before report.html existed: write it
-        except (StageError, OSError, ValueError, AttributeError):  # none, incomplete or damaged: made again
-            same = False
-        if not same:
-            report = _compare([corpus.pool], [sample], [held_out], out_dir, cfg,
-                              embeddings=emb, overwrite=True, progress=show, command=command_line())
     click.echo(f"\nimpsamp demo: target domain {domain}; generic pool of {len(corpus.domains)} domains\n")
     click.echo(report.table())
     click.echo(f"\nreport: {out_dir / 'report.md'}  (selections, runs, plots and results.json beside it)")
     click.echo(f"finished in {time.time() - started:.0f} s")
     click.echo(f"open in a browser: {out_dir / 'report.html'}  (plots, each selection's cluster explorer)")
-
-
-def _refuse_other_outputs(out_dir: Path, pool: Path) -> None:
-    """The demo replaces its own report (another target's, settings' or version's) without --overwrite: a
-    `compare` over the bundled pool, complete or interrupted. Any other impsamp output is refused."""
-    from dataclasses import replace
-
-    from impsamp.io import open_corpus
-    from impsamp.io.discovery import file_digest
-
-    record = complete_manifest(out_dir) or read_json_dict(out_dir / RUN_RECORD)
-    if record is None:  # new, empty, or not impsamp's (which the stage refuses to write into)
-        return
-    generic = (record.get("inputs") or {}).get("generic") if isinstance(record.get("inputs"), dict) else None
-    corpus = open_corpus(pool)  # its fingerprint now, and as impsamp up to 0.7.13 took it (sampled Parquet digests)
-    before = replace(corpus, files=[replace(f, digest=file_digest(Path(f.path), f.bytes)) for f in corpus.files])
-    if record.get("stage") == "compare" and isinstance(generic, dict) \
-            and generic.get("fingerprint") in (corpus.fingerprint(), before.fingerprint()):
-        return
-    raise StageError(f"--out {out_dir} {describe_dir(out_dir)}, not a demo report: choose another --out (the "
-                     "demo replaces only its own reports)")
-
-
-def _cached_embeddings(pool: Path, emb_dir: Path, cfg: CompareConfig, progress: bool,
-                       stack: contextlib.ExitStack | None = None) -> Path:
-    """The demo's embeddings in the user cache, made once (or waited for, while another demo makes them). A
-    shared lock on them is held until `stack` closes (or at once without one): `impsamp cache --clear` leaves
-    them while this demo reads them."""
-    from impsamp.embedding import EmbedConfig, Embeddings, embed
-
-    for _ in range(3):  # again when a cache clear removed them between the embedding and the hold
-        if _complete_and_held(emb_dir, stack, wait=False):
-            return emb_dir
-        if progress:
-            click.echo(f"[impsamp] embedding the bundled corpus once (cached in {emb_dir})", err=True)
-        backend, quantize = embed_backend(cfg.backend)
-        try:
-            embed(pool, emb_dir, EmbedConfig(model=cfg.model, max_tokens=cfg.max_tokens, backend=backend,
-                                             quantize=quantize), progress=progress)
-        except FolderBusy:  # another demo is filling the cache: its embeddings do, once it is done
-            click.echo("[impsamp] another impsamp process is embedding it; waiting for it to end", err=True)
-        except StageError:  # finished by another process meanwhile ("already holds a complete output")
-            if not (emb_dir / "manifest.json").exists():
-                raise
-        if _complete_and_held(emb_dir, stack, wait=True):  # waits for the writer's lock, not its readers'
-            return emb_dir
-        if emb_dir.exists():
-            break
-    Embeddings.load(emb_dir)  # a one-line error if the other process failed: rerun to resume its work
-    return emb_dir  # complete, and not held: this file system has no locks
-
-
-def _complete_and_held(emb_dir: Path, stack: contextlib.ExitStack | None, *, wait: bool) -> bool:
-    """Hold `emb_dir` (waiting for a writer with `wait`), then check it is a complete embedding: True, held
-    until `stack` closes; False, let go (so that `embed` may write it)."""
-    from impsamp.embedding import Embeddings
-
-    hold = Hold(emb_dir, wait=wait)
-    try:
-        if not hold.held:  # being written or removed (a cache clear holds it): not to be read now
-            raise StageError(f"{emb_dir} is not held")
-        Embeddings.load(emb_dir)
-    except StageError:
-        hold.release()
-        return False
-    if stack is None:
-        hold.release()
-    else:
-        stack.callback(hold.release)
-    return True

@@ -36,7 +36,7 @@ _LAZY = {
     "project": "projection", "evaluate_projected": "projection", "distill": "distillation",
     "inspect": "explorer", "evaluate": "scoring",
     "train": "training", "TrainConfig": "training", "TrainRun": "training",
-    "compare": "comparison", "CompareConfig": "comparison",
+    "compare": "comparison", "CompareConfig": "comparison", "demo": "demonstration", "demo_config": "demonstration",
 }
 
 __all__ = ["ImpsampError", "ConfigError", "CorpusError", "StageError", "WeightingError", "__version__",

@@ -257,7 +257,7 @@ def test_a_killed_compare_resumes_reusing_its_finished_stages(tmp_path):
 def test_each_installation_keeps_its_own_demo_embedding_cache(tmp_path, monkeypatch):
     # Embeddings record the corpus path they were made from, and selections read the text there: a
     # cache made from another install's pool (maybe deleted since) must not be picked up.
-    from impsamp_cli.compare import demo_embeddings_dir
+    from impsamp.demonstration import embeddings_dir as demo_embeddings_dir
 
     monkeypatch.delenv("IMPSAMP_CACHE_DIR", raising=False)
     monkeypatch.setenv("IMPSAMP_CACHE", str(tmp_path / "cache"))
@@ -275,7 +275,7 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
     embedding and the compare are stand-ins here: what is tested is the demo's choice."""
     from dataclasses import asdict
 
-    import impsamp_cli.compare as demo_cli
+    import impsamp.demonstration as demonstration
 
     from impsamp import __version__
     from impsamp.datasets import demo_corpus
@@ -296,8 +296,8 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
         run.finish(stats={}, extra_files={n: out / n for n in ("results.json", "report.html")})
         return Report.load(out)
 
-    monkeypatch.setattr(demo_cli, "_cached_embeddings", lambda *a, **kw: tmp_path / "emb")
-    monkeypatch.setattr(demo_cli, "_compare", fake_compare)
+    monkeypatch.setattr(demonstration, "cached_embeddings", lambda *a, **kw: tmp_path / "emb")
+    monkeypatch.setattr(demonstration, "compare", fake_compare)
     monkeypatch.setattr(Report, "table", lambda self: "(table)")
     out = tmp_path / "demo"
     for _ in range(2):
@@ -307,6 +307,10 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
     r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--target", "shakespeare", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert compares == [True, True]  # its own report, for another target: replaced
+    import impsamp  # the same from Python: `impsamp.demo` with the CLI's defaults reuses the report
+
+    assert impsamp.demo("shakespeare", out).results["target_domain"] == "shakespeare" and compares == [True, True]
+    assert impsamp.demo_config(all_methods=True, steps=5).methods == demonstration.METHODS
     # a report of 0.7.13 or before, which took the pool's fingerprint from sampled Parquet digests: replaced too
 
     from impsamp.io.discovery import file_digest
@@ -341,7 +345,7 @@ def test_auto_backend_is_onnx_int8_without_amx_and_torch_with_it(monkeypatch):
 
 
 def test_demo_help_gives_its_own_model_and_steps():
-    from impsamp_cli.compare import DEMO_DEFAULTS
+    from impsamp.demonstration import DEMO_DEFAULTS
 
     demo = CliRunner().invoke(cli, ["demo", "--help"]).output
     compare = CliRunner().invoke(cli, ["compare", "--help"]).output
@@ -449,12 +453,12 @@ def test_a_bad_target_or_eval_file_is_refused_before_the_generic_corpus_is_embed
 
 def test_the_demo_refuses_an_unknown_target_before_any_work(tmp_path, monkeypatch):
     """Not after exporting the model and embedding the pool (minutes from an empty cache)."""
-    import impsamp_cli.compare as demo_cli
+    import impsamp.demonstration as demonstration
 
     def no_work(*args, **kwargs):
         raise AssertionError("the demo embedded before checking --target")
 
-    monkeypatch.setattr(demo_cli, "_cached_embeddings", no_work)
+    monkeypatch.setattr(demonstration, "cached_embeddings", no_work)
     r = CliRunner().invoke(cli, ["demo", "--target", "pythondocs", "--out", str(tmp_path / "d")])
     assert r.exit_code == 1 and "unknown demo domain 'pythondocs'; valid domains:" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "d").exists()

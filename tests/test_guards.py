@@ -247,7 +247,7 @@ def test_overwrite_through_a_symlink_then_bad_input_puts_the_old_output_back(tmp
 
 
 def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_its_embeddings(tmp_path):
-    from cli.compare import _cached_embeddings
+    from impsamp.demonstration import cached_embeddings as _cached_embeddings
     from impsamp.comparison import CompareConfig
 
     pool, cache = write_corpus(tmp_path / "pool.jsonl", 150), tmp_path / "cache" / "emb"
@@ -269,14 +269,14 @@ def test_a_demo_waits_for_another_filling_the_shared_embedding_cache_and_uses_it
 def test_a_demo_waits_for_another_demos_embedding_not_for_the_rest_of_its_run(tmp_path):
     """The first demo holds its cached embeddings (a shared lock) for its whole run, so that `impsamp cache
     --clear` leaves them; a second demo that found them being written waits for the writer only."""
-    from cli.compare import _cached_embeddings
+    from impsamp.demonstration import cached_embeddings as _cached_embeddings
     from impsamp.comparison import CompareConfig
 
     pool, cache = write_corpus(tmp_path / "pool.jsonl", 150), tmp_path / "cache" / "emb"
     code = textwrap.dedent(f"""
         import contextlib, sys, time
         from pathlib import Path
-        from cli.compare import _cached_embeddings
+        from impsamp.demonstration import cached_embeddings as _cached_embeddings
         from impsamp.comparison import CompareConfig
         with contextlib.ExitStack() as stack:
             _cached_embeddings(Path({str(pool)!r}), Path({str(cache)!r}), CompareConfig(model="hashing:64"),
@@ -313,7 +313,7 @@ def test_a_begin_that_refuses_lets_go_of_the_folder(tmp_path):
 
 
 def test_a_damaged_demo_cache_is_a_one_line_error_not_an_endless_retry(tmp_path):
-    from cli.compare import _cached_embeddings
+    from impsamp.demonstration import cached_embeddings as _cached_embeddings
     from impsamp.comparison import CompareConfig
 
     pool, cache = write_corpus(tmp_path / "pool.jsonl", 40), tmp_path / "cache" / "emb"

@@ -102,7 +102,7 @@ def test_file_entries_past_the_cap_lose_the_least_recently_used(tmp_path, cache,
 
 
 def test_the_demo_writes_its_embeddings_where_the_cache_looks(tmp_path, cache):
-    from impsamp_cli.compare import demo_embeddings_dir
+    from impsamp.demonstration import embeddings_dir as demo_embeddings_dir
 
     demo = demo_embeddings_dir(tmp_path / "pool.parquet", "torch", 128, "9.9.9")
     demo.mkdir(parents=True)
@@ -220,7 +220,7 @@ def test_only_the_temporary_files_impsamp_writes_go_with_their_kind(cache):
 def test_the_demo_reads_its_cached_embeddings_only_while_it_holds_them(tmp_path, cache):
     import contextlib
 
-    from impsamp_cli.compare import _complete_and_held, demo_embeddings_dir
+    from impsamp.demonstration import complete_and_held as _complete_and_held, embeddings_dir as demo_embeddings_dir
 
     emb = demo_embeddings_dir(tmp_path / "pool.jsonl", "hashing", 64, "9.9.9")
     ok(invoke(*EMBED_ARGS(write_corpus(tmp_path / "pool.jsonl", 30), emb)))
