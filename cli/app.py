@@ -71,7 +71,7 @@ def cli(verbose: bool) -> None:
       impsamp embed CORPUS --out runs/emb              sentence embeddings of the generic corpus
       impsamp cluster runs/emb --out runs/clusters     faiss k-means over them (done once)
       impsamp resample runs/emb runs/clusters --target DOMAIN_SAMPLE --out runs/sel --tokens N
-      impsamp train --data runs/sel --out runs/lm      pretrain a small LM, fine-tune, evaluate
+      impsamp train --data runs/sel --out runs/lm      pretrain a small LM (--finetune, --eval: fine-tune, score)
     Or everything at once on the bundled corpus:  impsamp demo
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

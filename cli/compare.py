@@ -179,7 +179,8 @@ def demo(domain, all_methods, out_dir, tokens, k, steps, finetune_steps, preset,
     in-domain sample; evaluation: that domain's held-out text. Selects with uniform sampling and
     clustered importance sampling (and the other methods with --all-methods), trains the same
     small LM on each, fine-tunes it on the sample and prints the in-domain perplexities.
-    Embeddings are cached between runs (IMPSAMP_CACHE_DIR or IMPSAMP_CACHE, default ~/.cache/impsamp).
+    Embeddings are cached between runs (IMPSAMP_CACHE_DIR or IMPSAMP_CACHE, else $XDG_CACHE_HOME/impsamp, else
+    ~/.cache/impsamp).
     """
     from impsamp.datasets import demo_corpus
     from impsamp.demonstration import demo as run_demo, demo_config

@@ -20,7 +20,7 @@ from .app import cli, config_option, out_option, overwrite_option, progress_opti
               help="Weight of the distillation term; 0 is plain fine-tuning [default: 0.5].")
 @click.option("--temperature", type=float, default=None, help="Softmax temperature of both distributions [default: 2].")
 @click.option("--finetune-steps", type=int, default=None, help="Fine-tuning steps [default: one pass].")
-@click.option("--finetune-lr", type=float, default=None, help="Fine-tuning peak lr [default: the preset's / 10].")
+@click.option("--finetune-lr", type=float, default=None, help="Fine-tuning peak lr [default: the student's lr / 10].")
 @click.option("--early-stopping", type=int, default=None,
               help="Stop after N validations without a lower held-out loss; keep the best weights.")
 @click.option("--eval", "eval_files", multiple=True, help="In-domain evaluation files (repeatable).")
@@ -54,7 +54,8 @@ def distill(teacher, student, target, out_dir, alpha, temperature, finetune_step
                       temperature=2.0 if temperature is None else temperature, config=cfg,
                       eval=list(eval_files), progress=show_progress(progress), overwrite=overwrite)
     c = run.metrics["costs"]
-    line = f"{Path(out_dir)}: distilled for {run.metrics['train_finetune']['steps']} steps"
+    steps = run.metrics["train_finetune"]["steps"]
+    line = f"{Path(out_dir)}: distilled for {steps} step{'' if steps == 1 else 's'}"
     if "finetuned" in run.metrics:
         line += (f"; macro ppl {run.metrics['pretrained']['macro_ppl']:.2f} -> "
                  f"{run.metrics['finetuned']['macro_ppl']:.2f}")

@@ -83,7 +83,7 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     click.echo(f"{out_dir}: {s['groups']} experts ({s['grouping']})")
     for g in s["per_group"]:
         val = f", validation loss {g['val_loss']:.4f}" if g["val_loss"] is not None else ""
-        click.echo(f"  expert {g['group']}: {g['clusters']} clusters, {g['documents']:,} documents, trained "
+        click.echo(f"  expert {g['group']}: {g['clusters']} cluster{'' if g['clusters'] == 1 else 's'}, {g['documents']:,} documents, trained "
                    f"{g['trained_tokens']:,} tokens{val}")
 
 

@@ -83,7 +83,7 @@ from .app import (COUNT, cli, config_option, execution, out_option, overwrite_op
 @click.option("--id-field", default=None, help="Id field of target corpora.")
 @click.option("--ngram-cache/--no-ngram-cache", default=True, show_default=True,
               help="--method ngram and the --within n-gram options (auto's pick for a corpus target): keep the generic corpus's hashed n-grams in the user "
-                   "cache (IMPSAMP_CACHE_DIR, else ~/.cache/impsamp; ~4 bytes per distinct n-gram of a document: "
+                   "cache (IMPSAMP_CACHE_DIR, else $XDG_CACHE_HOME/impsamp, else ~/.cache/impsamp; ~4 bytes per distinct n-gram of a document: "
                    "1.5x the bundled pool's embeddings, more for long documents), so later targets on the same "
                    "embeddings skip reading its text; the selection is the same either way.")
 @scale_options(slices_help="Not supported by resample: its output is one global shuffle of every input "

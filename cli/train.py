@@ -138,7 +138,7 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
             continue
         val = f", validation loss {t['val_loss']:.4f}" if t.get("val_loss") is not None else ""
         what = "trained" if phase == "train" else "fine-tuned"
-        click.echo(f"{out_dir}: {what} {run.model_config.n_params():,} parameters for {t.get('steps')} steps "
+        click.echo(f"{out_dir}: {what} {run.model_config.n_params():,} parameters for {t.get('steps')} step{'' if t.get('steps') == 1 else 's'} "
                    f"({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
                    f"final loss {t.get('final_loss'):.4f}{val}")
     if stop := run.metrics.get("early_stopping"):

@@ -101,6 +101,14 @@ def test_histograms_compare_by_value_and_reload_from_relative_paths(p, tmp_path,
     emb, clu = impsamp.Embeddings.load("emb"), impsamp.Clusters.load("clu")
     monkeypatch.chdir(tmp_path)
     assert len(emb.shard_vectors(emb.shard_names[0])) > 0 and impsamp.histogram(p["target"], clu) == a
+    # the handle `resample` returns too (it kept the path as typed: its data files were then not found)
+    other = tmp_path / "other.jsonl"
+    other.write_text(p["target"].read_text())
+    sel = impsamp.resample(emb, clu, "sel-rel", targets=[(p["target"], 0.7), (other, 0.3)], config={"docs": 20})
+    monkeypatch.chdir(p["root"])
+    assert sel.path.is_absolute() and sel.to_table().num_rows == 20
+    card = (sel.path / "README.md").read_text()  # a mixture's card names each part's weight
+    assert f"in-domain sample {p['target'].name}:0.7, other.jsonl:0.3" in card
 
 
 @pytest.mark.parametrize("kw, message", [({"cap": -1}, "cap must be > 0"), ({"temperature": float("nan")},

@@ -67,7 +67,7 @@ class BudgetCounter:
         """How tokens are counted, for the manifest and the data card."""
         model = self.emb.model_info.get("name", "the embedding model")
         if self.tokenizer_path is not None:
-            return {"tokens_counted_with": str(self.tokenizer_path), "tokenizer_sha256": _sha256(self.tokenizer_path),
+            return {"tokens_counted_with": str(Path(self.tokenizer_path).resolve()), "tokenizer_sha256": _sha256(self.tokenizer_path),
                     "tokens_exact": True}
         how = "each window's own tokens" if self.windowed else (
             "exact for documents the model read whole; past its window, estimated at the read span's "

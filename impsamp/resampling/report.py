@@ -162,7 +162,9 @@ def render_card(cfg: ResampleConfig, stats: dict[str, Any], target: Histogram, i
     budget = stats["budget"]
     generic_name = ", ".join(Path(f.path).name for f in corpus.files[:3]) + (
         f" and {len(corpus.files) - 3:,} more files" if len(corpus.files) > 3 else "")
-    target_name = ", ".join(short_name(t["target"]) for t in stats["targets"]) or "(none: uniform sample)"
+    mixed = len(stats["targets"]) > 1  # a mixture names each part's weight (`law.jsonl:0.7, web.jsonl:0.3`)
+    target_name = ", ".join(short_name(t["target"]) + (f":{t['weight']:g}" if mixed else "")
+                            for t in stats["targets"]) or "(none: uniform sample)"
     diag = ["| diagnostic | value |", "|---|---:|"] + [
         f"| {k.replace('_', ' ')} | {_num(stats[k])} |" for k in (
             "rows", "tokens", "characters", "bytes", "unique_documents", "repetition_rate", "kl_target_generic",

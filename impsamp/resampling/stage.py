@@ -358,7 +358,7 @@ def _finish(run: StageRun, cfg: ResampleConfig, inputs: Inputs, target: Target, 
                   **({"eligible_units": plan.eligible} if plan.eligible is not None else {}),
                   **_embedding_flops(cfg, inputs, target)})
     extra = write_extras(run, cfg, stats, target.histogram, inputs, plan, command, n_out, plot)
-    return Selection(run.out_dir, run.finish(stats=stats, extra_files=extra))
+    return Selection(Path(run.out_dir).absolute(), run.finish(stats=stats, extra_files=extra))  # outlives a chdir
 
 
 def _embedding_flops(cfg: ResampleConfig, inputs: Inputs, target: Target) -> dict[str, float]:
