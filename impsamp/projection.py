@@ -223,7 +223,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     if run is None:  # (a finished one is kept: a killed compare resumes without redoing it)
         log(progress, f"fine-tuning the {name} small model")
         run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)
-    return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": net.model_config.n_params()},
+    return {"metrics": run.metrics, "costs": run.metrics["costs"],  # (its params_total: the network's)
             "condition": rec["condition"], "group_mass": rec["group_mass"], "why": rec["why"],
             "basis": net.model_config.projection.n_basis}
 

@@ -141,6 +141,10 @@ def test_specialize_top_picks_the_largest_group_and_records_why(pipe):
     assert "most target mass" in rec["why"] and f"expert {rec['chosen']}" in r.output
     info = ok(invoke("info", out)).output
     assert "costs (FLOPs):" in info and "generic (paid once)" in info
+    from impsamp.training import TrainRun  # one expert runs; all of them are stored (compare patched that in)
+
+    costs = TrainRun.load(out).metrics["costs"]
+    assert costs["params_total"] == ex.costs.params_total == ex.n_groups * costs["params_active"]
 
 
 def test_lowest_loss_and_all_rules(pipe, monkeypatch):

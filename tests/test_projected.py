@@ -234,6 +234,9 @@ def test_project_makes_a_dense_run_that_evaluate_and_init_take(pipe, tmp_path):
         tuned = TrainRun.load(ft)
         assert tuned.metrics["pretrained"]["macro_ppl"] == pytest.approx(ppl)
         assert tuned.metrics["costs"]["generic"] == costs["generic"]
+        # the network stays what is stored (it recorded the small model's parameters: compare patched them in)
+        assert tuned.metrics["costs"]["params_total"] == costs["params_total"] == TrainRun.load(pipe[net]).model_config.n_params()
+        assert tuned.metrics["costs"]["params_active"] == tuned.model_config.n_params() < costs["params_total"]
     r = ok(invoke("project", pipe["pn"], "--cluster", "2", "--out", tmp_path / "c2"))
     rec = json.loads((tmp_path / "c2" / "projection.json").read_text())
     assert rec["condition"] == 2 and rec["why"] == "--cluster 2" and "target" not in r.output

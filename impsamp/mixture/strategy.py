@@ -52,7 +52,7 @@ def experts_entry(out: Path, cfg, tcfg, emb, clu, targets: list, evals: list[str
 
     run = _reuse_or(run_path, make, ex, want)
     rec = json.loads((run.path / SPECIALIZATION).read_text())
-    return {"metrics": run.metrics, "costs": {**run.metrics["costs"], "params_total": ex.costs.params_total},
+    return {"metrics": run.metrics, "costs": run.metrics["costs"],  # (its params_total: all the experts')
             "groups": ex.n_groups, "select": cfg.expert_select, "chosen": rec["chosen"],
             "target_mass_on_chosen": rec["target_mass_on_chosen"], "group_mass": rec["group_mass"]}
 

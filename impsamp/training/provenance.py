@@ -142,6 +142,8 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
     if base is None:
         base = Costs.from_dict(init.metrics.get("costs")) if init is not None else Costs()
     c = base + model_costs(mcfg)
+    if base.params_total > c.params_total:  # made from a larger stored whole (a projected network, the experts):
+        c = replace(c, params_total=base.params_total)  # serving new targets keeps storing it
     if "train" in metrics:
         how = pretrain_costs
         if how == "auto":
