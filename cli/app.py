@@ -22,6 +22,11 @@ MEMORY_HINTS = {
 """What to lower when a command runs out of memory."""
 
 
+def plural(n: int, word: str) -> str:
+    """`1 step`, `3 steps`: a count and its noun as a sentence has them."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class ImpsampGroup(click.Group):
     """Turn library errors into one line `Error: ...` and exit 1, never a traceback."""
 

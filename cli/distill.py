@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import cli, config_option, out_option, overwrite_option, plural, progress_option, show_progress
 
 
 @cli.command()
@@ -54,8 +54,7 @@ def distill(teacher, student, target, out_dir, alpha, temperature, finetune_step
                       temperature=2.0 if temperature is None else temperature, config=cfg,
                       eval=list(eval_files), progress=show_progress(progress), overwrite=overwrite)
     c = run.metrics["costs"]
-    steps = run.metrics["train_finetune"]["steps"]
-    line = f"{Path(out_dir)}: distilled for {steps} step{'' if steps == 1 else 's'}"
+    line = f"{Path(out_dir)}: distilled for {plural(run.metrics['train_finetune']['steps'], 'step')}"
     if "finetuned" in run.metrics:
         line += (f"; macro ppl {run.metrics['pretrained']['macro_ppl']:.2f} -> "
                  f"{run.metrics['finetuned']['macro_ppl']:.2f}")

@@ -11,7 +11,7 @@ from impsamp.config import config_section, from_dict, named_where_given, without
 from impsamp.errors import ConfigError
 from impsamp.training.config import PRESETS
 
-from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, progress_option,
+from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, plural, progress_option,
                   scale_options, show_progress)
 
 
@@ -83,7 +83,7 @@ def experts(embeddings_dir, clusters_dir, out_dir, groups, level, tokens_per_exp
     click.echo(f"{out_dir}: {s['groups']} experts ({s['grouping']})")
     for g in s["per_group"]:
         val = f", validation loss {g['val_loss']:.4f}" if g["val_loss"] is not None else ""
-        click.echo(f"  expert {g['group']}: {g['clusters']} cluster{'' if g['clusters'] == 1 else 's'}, {g['documents']:,} documents, trained "
+        click.echo(f"  expert {g['group']}: {plural(g['clusters'], 'cluster')}, {g['documents']:,} documents, trained "
                    f"{g['trained_tokens']:,} tokens{val}")
 
 

@@ -13,7 +13,7 @@ from impsamp.errors import ImpsampError
 from impsamp.training.config import PRESETS, TrainConfig
 from impsamp.training.families import FAMILIES
 
-from .app import COUNT, cli, config_option, out_option, overwrite_option, progress_option, show_progress
+from .app import COUNT, cli, config_option, out_option, overwrite_option, plural, progress_option, show_progress
 
 _INT_FLAGS = {
     "n_layer": "Transformer layers.", "n_embd": "Model width.", "n_head": "Attention heads.",
@@ -138,7 +138,7 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
             continue
         val = f", validation loss {t['val_loss']:.4f}" if t.get("val_loss") is not None else ""
         what = "trained" if phase == "train" else "fine-tuned"
-        click.echo(f"{out_dir}: {what} {run.model_config.n_params():,} parameters for {t.get('steps')} step{'' if t.get('steps') == 1 else 's'} "
+        click.echo(f"{out_dir}: {what} {run.model_config.n_params():,} parameters for {plural(t.get('steps'), 'step')} "
                    f"({t.get('tokens', 0):,} tokens, {t.get('tokens_per_s') or 0:,.0f} tokens/s), "
                    f"final loss {t.get('final_loss'):.4f}{val}")
     if stop := run.metrics.get("early_stopping"):

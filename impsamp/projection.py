@@ -200,7 +200,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     projected for the target, fine-tuned like the dense runs; the report's entry."""
     from .errors import StageError
     from .training import TrainRun, train
-    from .training.provenance import finished_run, with_init_defaults
+    from .training.provenance import finished_run
 
     name = "projected" if condition == "cluster" else "soup"
     ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,
@@ -219,7 +219,7 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
         small = project(net, small_path, target=targets, text_field=tcfg.text_field, overwrite=True)
     rec = json.loads((small.path / PROJECTION).read_text())
     ft = replace(tcfg, steps=None, tokenizer=None, finetune_steps=cfg.finetune_steps, init=str(small.path))
-    run = finished_run(out / "runs" / name, with_init_defaults(ft), [], targets, evals)
+    run = finished_run(out / "runs" / name, ft, [], targets, evals)
     if run is None:  # (a finished one is kept: a killed compare resumes without redoing it)
         log(progress, f"fine-tuning the {name} small model")
         run = train(None, out / "runs" / name, ft, finetune=targets, eval=evals, progress=progress, overwrite=True)

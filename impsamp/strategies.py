@@ -85,7 +85,7 @@ def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, ev
                log) -> dict[str, Any]:
     from .distillation import distill, distill_config
     from .training import train
-    from .training.provenance import finished_run, with_init_defaults
+    from .training.provenance import finished_run
 
     scfg = replace(tcfg, finetune_steps=None, pretrain_costs="generic")
     student_path = out / "runs" / "dense-generic"
@@ -96,7 +96,7 @@ def _distilled(out: Path, cfg, tcfg, data: list[str], teacher, targets: list, ev
     ft, _ = distill_config(replace(tcfg, finetune_steps=cfg.finetune_steps), student.path, teacher.path,
                            cfg.distill_alpha, cfg.distill_temperature)  # (the shape it leaves is the student's)
     path = out / "runs" / "distill"
-    run = finished_run(path, with_init_defaults(ft), [], targets, evals)  # as `train` records it
+    run = finished_run(path, ft, [], targets, evals)
     if run is None:
         log(progress, f"distilling {teacher.config.preset} into {student.config.preset}")
         run = distill(teacher.path, student.path, targets, path, alpha=cfg.distill_alpha,

@@ -123,9 +123,9 @@ def _losses(ex: Experts, targets: list[str], text_field: str, device: str = "aut
 def _finished(path: Path, cfg, targets: list[str]):
     """The complete candidate run in `path` if it fine-tuned this expert (by fingerprint) on these targets with
     `cfg` (as `train` records it) in this version: the same inputs would give the same bytes."""
-    from ..training.provenance import finished_run, with_init_defaults
+    from ..training.provenance import finished_run
 
-    return finished_run(path, with_init_defaults(cfg), [], targets)
+    return finished_run(path, cfg, [], targets)
 
 
 def _fine_tune_all(ex: Experts, targets: list[str], out: Path, ft, progress: bool) -> tuple[int, list[float], float]:

@@ -20,6 +20,8 @@ WITHIN_MAX_REPEAT = 4
 nearly as well as fresh text (data-constrained scaling), and the cap keeps the closest documents from
 taking a whole cluster's quota."""
 METHODS = ("importance", "uniform", "ngram", "classifier")
+RATIO_SHAPING = ("smoothing", "temperature", "cap", "backoff")
+"""The settings of the built-in `--weighting ratio` (`weighting.density_ratio`): nothing else reads them."""
 FORMATS = ("arrow", "parquet", "jsonl")
 SELECTION_SCHEMA = pa.schema([
     ("text", pa.string()), ("id", pa.string()), ("source_file", pa.string()), ("source_row", pa.int64()),
@@ -106,6 +108,11 @@ class ResampleConfig:
     id_field: str | None = None
     """Id field of target corpora (None: `id` if present, else FILE:ROW)."""
 
+    def refuse_ratio_shaping(self, why: str) -> None:
+        """One line naming the `RATIO_SHAPING` settings given where the built-in ratio does not run (`why`)."""
+        if shaping := flags_set(self, RATIO_SHAPING):
+            raise ConfigError(f"{', '.join(shaping)} shape(s) the built-in --weighting ratio; {why}: leave them out")
+
     def __post_init__(self) -> None:
         check_fields(self)
         if sum(v is not None for v in (self.tokens, self.docs, self.bytes)) != 1:
@@ -136,13 +143,12 @@ class ResampleConfig:
             raise ConfigError(f"--max-repeat caps the repeats of --method importance --scheme match; {which} "
                               f"draws {how}: leave it out")
         if self.method != "importance":  # the other methods rank documents: no cluster weights to shape
-            shaping = flags_set(self, ("weighting", "smoothing", "temperature", "cap", "backoff"))
+            shaping = flags_set(self, ("weighting", *RATIO_SHAPING))
             if shaping:
                 raise ConfigError(f"{', '.join(shaping)} shape(s) the cluster weights of --method importance; "
                                   f"--method {self.method} has none: leave them out")
-        elif shaping := self.weighting != "ratio" and flags_set(self, ("smoothing", "temperature", "cap", "backoff")):
-            raise ConfigError(f"{', '.join(shaping)} shape(s) the built-in --weighting ratio; --weighting "
-                              f"{self.weighting} does not use them: leave them out")  # (uniform, a function)
+        elif self.weighting != "ratio":  # (uniform, a plug-in)
+            self.refuse_ratio_shaping(f"--weighting {self.weighting} does not use them")
         if self.method != "importance" or self.scheme != "match" or self.within == "uniform":
             ignored = flags_set(self, ("within_temperature", "within_repeats"))
             which = (f"--method {self.method}" if self.method != "importance" else

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..config import as_config, flags_set
+from ..config import as_config
 from ..costs import encoder_flops, encoder_params
 from ..errors import ConfigError
 from ..guards import refuse_busy, refuse_inside_input_folder, released_on_return
@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, engine_session, run_tasks
 from ..weighting import compute_weights
 from .budget import UnitSizes
-from .config import SELECTION_SCHEMA, ResampleConfig
+from .config import RATIO_SHAPING, SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
                       ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
@@ -117,9 +117,8 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     if weighting is not None and cfg.method != "importance":  # as ResampleConfig refuses --weighting
         raise ConfigError(f"weighting= shapes the cluster weights of --method importance; --method {cfg.method} "
                           "has none: leave it out")
-    if weighting is not None and (shaping := flags_set(cfg, ("smoothing", "temperature", "cap", "backoff"))):
-        raise ConfigError(f"{', '.join(shaping)} shape(s) the built-in --weighting ratio; weighting= replaces it: "
-                          "leave them out")
+    if weighting is not None:
+        cfg.refuse_ratio_shaping("weighting= replaces it")
     if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
         hist, described, vectors, row_w = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
             (inputs.generic, [], None, None)
@@ -132,7 +131,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     if cfg.backoff > 0 and inputs.clu.n_levels < 2:
         logger.warning("--backoff %g does nothing on a flat clustering (%s): it pulls a sparse leaf toward its "
                        "parent in a tree (`impsamp cluster --levels`)", cfg.backoff, inputs.clu.path)
-    builtin = {"smoothing": cfg.smoothing, "temperature": cfg.temperature, "cap": cfg.cap, "backoff": cfg.backoff}
+    builtin = {name: getattr(cfg, name) for name in RATIO_SHAPING}
     weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
     return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name,
                   row_w)
