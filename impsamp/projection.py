@@ -57,6 +57,7 @@ def project(network: str | Path | TrainRun, out_dir: str | Path, *, target: str 
     from .manifest import StageRun, atomic_write_bytes, atomic_write_json
     from .training import TrainRun
     from .training.checkpoint import save_weights
+    from .training.result import PAYLOAD, run_config
 
     t0 = time.perf_counter()
     net = _load_network(network)
@@ -84,16 +85,15 @@ def project(network: str | Path | TrainRun, out_dir: str | Path, *, target: str 
     atomic_write_bytes(out / "tokenizer.json", net.tokenizer_path.read_bytes())
     costs = _costs(net, enc_flops)
     dense = mcfg.dense()
-    atomic_write_json(out / "config.json", {
-        "model": dense.to_dict(), "train": asdict(small_cfg), "world_size": 1, "steps": {},
-        "n_params": dense.n_params(), "tokenizer": json.loads((net.path / "config.json").read_text())["tokenizer"]})
+    atomic_write_json(out / "config.json", run_config(  # no steps of its own: computed, not trained
+        dense, small_cfg, steps={}, tokenizer=json.loads((net.path / "config.json").read_text())["tokenizer"]))
     record.update(network=str(Path(net.path).resolve()), network_fingerprint=net.manifest.fingerprint, **source,
                   seconds=round(time.perf_counter() - t0, 3))
     atomic_write_json(out / PROJECTION, record)
     metrics = {"costs": costs.to_dict(), "projection": {k: record[k] for k in ("condition", "why")}}
     atomic_write_json(out / "eval.json", metrics)
     (out / "metrics.jsonl").write_text("")
-    files = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json", PROJECTION)
+    files = (*PAYLOAD, PROJECTION)
     run.finish(stats=metrics, extra_files={f: out / f for f in files})
     return TrainRun.load(out)
 

@@ -163,6 +163,17 @@ def test_same_seed_same_draws_other_seed_other_draws(generic_shards):
         assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_every_method_has_its_code():
+    """A name added to METHODS must be the cluster weigher, the uniform baseline, or a document ranker with its
+    scorer: anything else would run unnoticed as a ratio ranked by top-k."""
+    from impsamp.resampling.config import DOCUMENT_RANKERS, METHODS
+    from impsamp.resampling.stage import DOCUMENT_SCORERS
+
+    assert set(DOCUMENT_SCORERS) == set(DOCUMENT_RANKERS)
+    assert set(METHODS) == {"importance", "uniform", *DOCUMENT_RANKERS}
+    assert len(METHODS) == len(set(METHODS))
+
+
 def test_budget_flags_are_checked():
     with pytest.raises(ConfigError, match="exactly one budget"):
         ResampleConfig()

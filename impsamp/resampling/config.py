@@ -19,7 +19,10 @@ WITHIN_MAX_REPEAT = 4
 `--max-repeat` is not given: about 4 epochs of a document train
 nearly as well as fresh text (data-constrained scaling), and the cap keeps the closest documents from
 taking a whole cluster's quota."""
-METHODS = ("importance", "uniform", "ngram", "classifier")
+DOCUMENT_RANKERS = ("ngram", "classifier")
+"""The methods that score each document on its own (their scorers: `stage.DOCUMENT_SCORERS`) and draw the
+best by Gumbel top-k, without replacement; `importance` weighs clusters, `uniform` nothing."""
+METHODS = ("importance", "uniform", *DOCUMENT_RANKERS)
 RATIO_SHAPING = ("smoothing", "temperature", "cap", "backoff")
 """The settings of the built-in `--weighting ratio` (`weighting.density_ratio`): nothing else reads them."""
 FORMATS = ("arrow", "parquet", "jsonl")

@@ -33,7 +33,7 @@ from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, engine_session, run_tasks
 from ..weighting import compute_weights
 from .budget import UnitSizes
-from .config import RATIO_SHAPING, SELECTION_SCHEMA, ResampleConfig
+from .config import DOCUMENT_RANKERS, RATIO_SHAPING, SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
                       ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
@@ -133,8 +133,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
                        "parent in a tree (`impsamp cluster --levels`)", cfg.backoff, inputs.clu.path)
     builtin = {name: getattr(cfg, name) for name in RATIO_SHAPING}
     weights, name = compute_weights(spec, hist, inputs.generic, **builtin)
-    return Target(hist, described, vectors, weights, cfg.method if cfg.method in ("ngram", "classifier") else name,
-                  row_w)
+    return Target(hist, described, vectors, weights, cfg.method if cfg.method in DOCUMENT_RANKERS else name, row_w)
 
 
 @released_on_return
@@ -243,15 +242,29 @@ def _count_sizes(run: StageRun, inputs: Inputs, cfg: ResampleConfig, progress: b
         inputs.counter.prepare(run, inputs.names, bar)
 
 
+def _ngram_scores(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
+                  progress: bool, ngram_cache: bool, ex: Execution) -> list[np.ndarray]:
+    return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
+
+
+def _classifier_scores(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
+                       inputs: Inputs, progress: bool, ngram_cache: bool, ex: Execution) -> list[np.ndarray]:
+    return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names, target.vector_weights)
+
+
+DOCUMENT_SCORERS: dict[str, Callable[..., list[np.ndarray]]] = {"ngram": _ngram_scores,
+                                                                "classifier": _classifier_scores}
+"""Per-unit log-weights of each `DOCUMENT_RANKERS` method, by name: a method added there needs its scorer here
+(tests/test_resample.py checks the two agree)."""
+
+
 def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
                           inputs: Inputs, progress: bool, ngram_cache: bool, ex: Execution
                           ) -> list[np.ndarray] | None:
-    """Per-unit log-weights of the document-level selectors (ngram, classifier); None for the others."""
-    if cfg.method == "ngram":
-        return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
-    if cfg.method == "classifier":
-        return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names, target.vector_weights)
-    return None
+    """Per-unit log-weights of the document-level selectors (`DOCUMENT_SCORERS`); None for the others."""
+    if cfg.method not in DOCUMENT_RANKERS:
+        return None
+    return DOCUMENT_SCORERS[cfg.method](run, cfg, targets, target, inputs, progress, ngram_cache, ex)
 
 
 def _within_log_weights(cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,

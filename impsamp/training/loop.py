@@ -50,14 +50,13 @@ from .distill import Distilled
 from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
 from .provenance import check_teacher, init_run, run_costs, run_inputs, with_init_defaults
-from .result import TrainRun
+from .result import PAYLOAD, TrainRun, run_config
 from .runtime import Runtime, check_memory
 from .stopping import BEST, EarlyStop
 from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
 
 CACHE = "cache"
 GROUPS_CACHE = "cache/groups"
-PAYLOAD = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json")
 
 
 @dataclass
@@ -201,12 +200,11 @@ class _Trainer:
             padded_vocab(tok.vocab_size), groups.n_groups if groups else None)
         phases = self._phases(bins, mcfg, groups)
         if rt.main:
-            atomic_write_json(self.out / "config.json", {
-                "model": mcfg.to_dict(), "train": asdict(cfg), "world_size": rt.world,
-                "steps": {p.name: p.steps for p in phases}, "n_params": mcfg.n_params(),
-                "tokenizer": {"file": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
-                              "sha256": file_sha256(self.out / "tokenizer.json")},
-                **({"conditioning": conditioning_record(groups, phases[0].batches)} if groups else {})})
+            atomic_write_json(self.out / "config.json", run_config(
+                mcfg, cfg, world_size=rt.world, steps={p.name: p.steps for p in phases},
+                tokenizer={"file": "tokenizer.json", "vocab_size": tok.vocab_size, "eos_id": tok.eos_id,
+                           "sha256": file_sha256(self.out / "tokenizer.json")},
+                conditioning=conditioning_record(groups, phases[0].batches) if groups else None))
         metrics = self._train_phases(phases, mcfg, tok)
         if rt.main:
             metrics["costs"] = run_costs(mcfg, metrics, self.base_costs, self.init, self.data,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,18 @@ from ..manifest import Manifest, read_manifest
 from .config import ModelConfig, TrainConfig, TrainError
 from .families import build_model
 from .tokenizer import LoadedTokenizer, load_tokenizer
+
+PAYLOAD = ("tokenizer.json", "model.safetensors", "config.json", "metrics.jsonl", "eval.json")
+"""The files every finished run holds (`TrainRun.load` reads config.json and eval.json)."""
+
+
+def run_config(model: ModelConfig, train: TrainConfig, *, steps: dict[str, int], tokenizer: dict[str, Any],
+               world_size: int = 1, conditioning: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A run's config.json, as `TrainRun.load` reads it back: whoever writes a run (`train`, `project`)
+    writes it through here."""
+    return {"model": model.to_dict(), "train": asdict(train), "world_size": world_size, "steps": steps,
+            "n_params": model.n_params(), "tokenizer": tokenizer,
+            **({"conditioning": conditioning} if conditioning is not None else {})}
 
 
 @dataclass
