@@ -32,6 +32,9 @@ METHODS = ("uniform", "importance", "importance-uniform", "ngram", "classifier")
 cluster's quota weighted by a cross-fitted n-gram classifier's odds: `--within ngram-classifier`),
 `importance-uniform` the seed paper's (documents drawn uniformly inside the quotas: `--within uniform`)."""
 MODELS = ("dense", "experts", "projected", "soup", "large", "distill")
+LM_SETTINGS = ("preset", "steps", "finetune_steps", "dtype", "n_layer", "n_embd", "n_head", "block_size", "batch_size",
+               "text_field")
+"""`CompareConfig`'s fields that every dense run's `TrainConfig` takes as they are, under the same name."""
 
 
 K_DEFAULT = 64
@@ -208,10 +211,8 @@ class CompareConfig:
         """The one training config every dense run of the compare gets (`TrainConfig`)."""
         from .training import TrainConfig
 
-        return TrainConfig(preset=self.preset, steps=self.steps, finetune_steps=self.finetune_steps,
-                           seed=self.seed if self.train_seed is None else self.train_seed, tokenizer=tokenizer,
-                           dtype=self.dtype, n_layer=self.n_layer, n_embd=self.n_embd, n_head=self.n_head,
-                           block_size=self.block_size, batch_size=self.batch_size, text_field=self.text_field)
+        return TrainConfig(**{name: getattr(self, name) for name in LM_SETTINGS}, tokenizer=tokenizer,
+                           seed=self.seed if self.train_seed is None else self.train_seed)
 
     def _check_model_flags(self) -> None:
         """A model's settings given without the model did nothing: refused, as `--within` without importance is."""

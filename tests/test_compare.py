@@ -162,6 +162,21 @@ def test_compare_config_checks_methods_and_seeds():
         CompareConfig(n_embd=250)
 
 
+def test_every_dense_run_gets_the_compares_lm_settings():
+    from dataclasses import fields
+
+    from impsamp.comparison import LM_SETTINGS
+    from impsamp.training import TrainConfig
+
+    assert set(LM_SETTINGS) <= {f.name for f in fields(CompareConfig)} & {f.name for f in fields(TrainConfig)}
+    cfg = CompareConfig(preset="mini", steps=7, finetune_steps=3, dtype="float32", n_layer=2, n_embd=64, n_head=2,
+                        block_size=32, batch_size=4, text_field="body", seed=5)
+    tcfg = cfg.train_config("tok.json")
+    assert {name: getattr(tcfg, name) for name in LM_SETTINGS} == {name: getattr(cfg, name) for name in LM_SETTINGS}
+    assert (tcfg.tokenizer, tcfg.seed) == ("tok.json", 5)
+    assert CompareConfig(seed=5, train_seed=9).train_config().seed == 9
+
+
 def test_lm_seed_pairs_give_mean_standard_error_and_wins():
     from impsamp.training_noise import mean_metrics, paired, per_seed, report_lines
 
