@@ -233,7 +233,7 @@ def _fitted(cls: type, key: str, value: Any, where: str) -> Any:
     if fitted is _UNFIT:
         names = " or ".join(sorted({_TYPE_NAMES[t] for t in want if t is not type(None)}))
         names += " (or None)" if type(None) in want else ""
-        what = ("must be given" if value is None else "is not an integer" if isinstance(value, float) else
+        what = ("must be given" if value is None else "is not an integer" if isinstance(value, float) and int in want else
                 "is a flag" if isinstance(value, bool) else f"is {_TYPE_NAMES.get(type(value), type(value).__name__)}")
         raise ConfigError(f"{where}: {key} = {value!r} {what}; expected {names}")
     return fitted

@@ -19,8 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .comparison import K_DEFAULT, METHODS, CompareConfig, Report, compare, resolve_k
-from .config import cache_dir, to_dict
-from .errors import StageError
+from .config import as_config, cache_dir, from_dict, to_dict
+from .errors import ConfigError, StageError
 
 DEMO_DEFAULTS = {"preset": "mini", "steps": 80, "finetune_steps": 20, "k": K_DEFAULT}
 """The demo's model and steps, where `compare` has `tiny`, 100 and 30: about half the training time (the `mini`
@@ -32,11 +32,14 @@ def demo_config(*, all_methods: bool = False, **settings) -> CompareConfig:
     """The demo's `CompareConfig`: `DEMO_DEFAULTS` under `settings` (tokens, k, steps, finetune_steps, preset,
     seed; None keeps the default), every selector with `all_methods` (else uniform and importance)."""
     given = {name: value for name, value in settings.items() if value is not None}
-    return resolve_k(CompareConfig(**{**DEMO_DEFAULTS, **given, **({"methods": METHODS} if all_methods else {})}))
+    if all_methods and "methods" in given:  # one would silently replace the other
+        raise ConfigError("demo_config: give all_methods=True or methods=..., not both")
+    return resolve_k(from_dict(CompareConfig, {**DEMO_DEFAULTS, **given, **({"methods": METHODS} if all_methods else {})},
+                               source="demo_config"))
 
 
-def demo(domain: str = "python_docs", out_dir: str | Path = "impsamp-demo", *, config: CompareConfig | None = None,
-         progress: bool = False, command: str | None = None) -> Report:
+def demo(domain: str = "python_docs", out_dir: str | Path = "impsamp-demo", *,
+         config: CompareConfig | dict | None = None, progress: bool = False, command: str | None = None) -> Report:
     """Compare uniform sampling and clustered importance sampling for one bundled domain as the target, on the
     pool of all 8: the report in `out_dir` (reused when it was made with the same settings and version).
     `config`: `demo_config(...)` for another budget, k, steps, preset or seed, or every selector
@@ -47,7 +50,8 @@ def demo(domain: str = "python_docs", out_dir: str | Path = "impsamp-demo", *, c
 
     corpus = demo_corpus()
     sample, held_out = corpus.sample(domain), corpus.eval(domain)  # an unknown domain: refused before any work
-    cfg = config if config is not None else demo_config()
+    # k made concrete as the report records it: else a config without k never found its finished report
+    cfg = resolve_k(as_config(CompareConfig, config)) if config is not None else demo_config()
     out = Path(out_dir)
     emb_dir = embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens, __version__)
     refuse_other_outputs(out, corpus.pool)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .costs import format_flops
+from .config import positive
 from .errors import ConfigError, upper_first
 from .plots import figure, save_png
 
@@ -49,7 +50,16 @@ class Budgets:
     total: float | None = None
     """Largest C(N) = generic + N x per-target for the N = `targets` expected: where pretraining once pays off."""
 
+    FLAGS = {"targets": "--targets-expected", "inference": "--inference-budget", "per_target": "--per-target-budget",
+             "pretraining": "--pretraining-budget", "total": "--total-budget"}
+
     def __post_init__(self) -> None:
+        for name, flag in self.FLAGS.items():  # NaN would fit everything, a negative N price nothing
+            positive(name, getattr(self, name), flag=flag)
+        if self.targets is not None and self.targets != int(self.targets):
+            raise ConfigError(f"--targets-expected must be a whole number of targets, got {self.targets}")
+        if self.inference_unit not in ("params", "flops"):  # 'FLOPs' read as parameters chose a wrong row
+            raise ConfigError(f"inference_unit must be params or flops, got {self.inference_unit!r}")
         if self.total is not None and not self.targets:
             raise ConfigError("--total-budget is C(N) for the N targets you expect: give --targets-expected too")
 

@@ -19,6 +19,7 @@ parameters stored are the network's, the active ones the small model's.
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -65,6 +66,8 @@ def project(network: str | Path | TrainRun, out_dir: str | Path, *, target: str 
         raise ConfigError("give --target SAMPLE or --cluster ID (one of them)")
     cond_info = json.loads((net.path / "config.json").read_text())["conditioning"]
     if cluster is not None:
+        if isinstance(cluster, bool) or not isinstance(cluster, numbers.Integral):
+            raise ConfigError(f"--cluster must be a cluster number, got {cluster!r}")
         if not 0 <= cluster < cond_info["groups"]:
             raise ConfigError(f"--cluster {cluster}: {net.path} has clusters 0..{cond_info['groups'] - 1}")
         mass, enc_flops, spec = np.eye(cond_info["groups"])[cluster], 0.0, None
@@ -202,13 +205,16 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     from .training import TrainRun, train
     from .training.provenance import finished_run
 
+    from . import __version__
+
     name = "projected" if condition == "cluster" else "soup"
     ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,
                    pretrain_costs="generic", basis=cfg.basis)
     path = out / name
     try:
         net = TrainRun.load(path)
-        if net.config != ncfg or net.manifest.inputs["clusters"]["fingerprint"] != clu.manifest.fingerprint:
+        if net.config != ncfg or net.manifest.inputs["clusters"]["fingerprint"] != clu.manifest.fingerprint \
+                or net.manifest.impsamp_version != __version__:  # (as every other reuse: another version may differ)
             raise StageError("stale")
     except (StageError, FileNotFoundError, KeyError):
         log(progress, f"training the {'projected network' if name == 'projected' else 'soup of experts'}")

@@ -19,12 +19,19 @@ from .errors import ConfigError
 from .outdir import complete_manifest
 
 
-def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: str = "text", *,
+def evaluate(run_dir: str | Path | Any, eval_files: Sequence[str | Path], text_field: str = "text", *,
              device: str = "auto", weights: str = "model.safetensors", progress: bool = False) -> dict[str, Any]:
     """{"per_file": {file: {ppl, bpb, tokens, bytes, loss}}, "macro_ppl", "macro_bpb"} of `run_dir` (a `train`
     run, dense or projected, or an `experts` output) on `eval_files` (each one entry of `per_file`).
     `weights`: "model.safetensors" (final) or "pretrained.safetensors" (a dense run before fine-tuning).
     `progress`: a bar over each file's batches (routed: over each group's)."""
+    run_dir = getattr(run_dir, "path", run_dir)  # a `TrainRun` or `Experts` handle, as the routed scorers take
+    if not isinstance(run_dir, (str, Path)):
+        raise ConfigError(f"evaluate: give a run's folder (or its TrainRun / Experts), got {type(run_dir).__name__}")
+    if isinstance(eval_files, (str, Path)):
+        eval_files = [eval_files]
+    if not eval_files:  # (a macro perplexity of 0.0 over no file looked like a result)
+        raise ConfigError("evaluate: give at least one evaluation file")
     manifest = complete_manifest(Path(run_dir)) or {}
     routed = None
     if manifest.get("stage") == "experts":

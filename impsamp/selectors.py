@@ -86,14 +86,14 @@ def ngram_classifier_features(counts):
 
 
 def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER_FOLDS,
-                          target_weights: np.ndarray | None = None):
+                          target_weights: np.ndarray | None = None, seed: int = 0):
     """Logistic regression on hashed n-grams (`ngram_classifier_features`), target documents (1, each
     weighed by `target_weights` if given) against generic units (0), class-balanced, cross-fitted: the
-    generic rows fall in `folds` seeded folds and each is scored by the model fitted without its fold (so a
+    generic rows fall in `folds` folds drawn with `seed` and each is scored by the model fitted without its fold (so a
     unit's own n-grams never count as "generic" in its score). -> (log-odds per generic row, the fold models)."""
     linear, sparse = require("sklearn.linear_model"), require("scipy.sparse")
     xg, xt = ngram_classifier_features(generic_counts), ngram_classifier_features(target_counts)
-    fold = np.random.default_rng(0).permutation(xg.shape[0]) % folds
+    fold = np.random.default_rng(seed).permutation(xg.shape[0]) % folds
     odds, models = np.zeros(xg.shape[0]), []
     if xg.shape[0] < 2:  # nothing to hold out against: every unit alike
         return odds, models

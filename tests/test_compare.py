@@ -128,6 +128,9 @@ def test_train_seed_trains_the_same_selections_again(tmp_path):
 def test_compare_config_checks_methods_and_seeds():
     with pytest.raises(ConfigError, match="unknown"):
         CompareConfig(methods=("nope",))
+    with pytest.raises(ConfigError, match="--methods: uniform given twice"):
+        CompareConfig(methods="uniform,importance,uniform")
+    assert hash(CompareConfig(methods=["uniform", "importance"])) and CompareConfig(models=["dense"]).models == ("dense",)
     for name in ("seed", "train_seed"):
         for bad in (-1, 2**31):
             with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} must be an integer from 0 to "
@@ -160,6 +163,8 @@ def test_compare_config_checks_methods_and_seeds():
     # the LM's shape (from the config file: compare has no such flags) was checked after every selection
     with pytest.raises(ConfigError, match=r"^n_embd 250 must be a multiple of n_head 4 .*\(the \[compare\] table"):
         CompareConfig(n_embd=250)
+    with pytest.raises(ConfigError, match=r"^vocab_size must be >= 260 .*got 100 \(the \[compare\] table"):
+        CompareConfig(vocab_size=100)  # was refused after every selection, when the tokenizer was trained
 
 
 def test_every_dense_run_gets_the_compares_lm_settings():
@@ -326,6 +331,14 @@ def test_the_demo_reuses_its_own_report_and_replaces_no_other_output(tmp_path, m
 
     assert impsamp.demo("shakespeare", out).results["target_domain"] == "shakespeare" and compares == [True, True]
     assert impsamp.demo_config(all_methods=True, steps=5).methods == demonstration.METHODS
+    # a config given as the CompareConfig or dict it is (k left to the default) finds its report too
+    settings = {**demonstration.DEMO_DEFAULTS, "k": None}
+    for config in (CompareConfig(**settings), settings):
+        assert impsamp.demo("shakespeare", out, config=config) and compares == [True, True]
+    with pytest.raises(ConfigError, match="demo_config: unknown key.s. .'bogus'."):
+        impsamp.demo_config(bogus=1)
+    with pytest.raises(ConfigError, match="all_methods=True or methods=..., not both"):
+        impsamp.demo_config(all_methods=True, methods=("uniform",))
     # a report of 0.7.13 or before, which took the pool's fingerprint from sampled Parquet digests: replaced too
 
     from impsamp.io.discovery import file_digest
@@ -432,6 +445,11 @@ def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters
 
     with pytest.raises(ConfigError, match="--within, --within-top set.s. how `importance` draws"):
         CompareConfig(methods=("uniform", "ngram"), within="knn", within_top=1.25)
+    for drawn in ({"max_repeat": 2}, {"scheme": "crisp"}):  # were dropped without a word
+        with pytest.raises(ConfigError, match="set.s. how importance sampling draws; add importance"):
+            CompareConfig(methods=("uniform", "ngram"), **drawn)
+    assert CompareConfig(methods=("uniform", "importance-uniform"), max_repeat=2).selection_config(
+        "importance-uniform").max_repeat == 2
     generic, target, evals = _small_inputs(tmp_path, seed=0)
     clu = cluster(embed(generic, tmp_path / "emb", EmbedConfig(model="hashing:64")), tmp_path / "clu",
                   ClusterConfig(k=3))

@@ -46,6 +46,20 @@ def test_costs_match_a_hand_count(base):
     assert "generic (paid once)" in out and f"{params:,} total" in out
 
 
+def test_evaluate_takes_a_runs_handle_and_refuses_no_file_and_an_unknown_device(base):
+    import impsamp
+    from impsamp.training import TrainRun
+
+    by_path = impsamp.evaluate(base["run"], [base["sample"]], device="cpu")
+    assert impsamp.evaluate(TrainRun.load(base["run"]), str(base["sample"]), device="cpu") == by_path
+    with pytest.raises(impsamp.ConfigError, match="at least one evaluation file"):  # was a perplexity of 0.0
+        impsamp.evaluate(base["run"], [])
+    with pytest.raises(impsamp.ConfigError, match="--device 'tpu' is unknown; valid: auto, cpu"):
+        impsamp.evaluate(base["run"], [base["sample"]], device="tpu")
+    with pytest.raises(impsamp.ConfigError, match="give a run's folder"):
+        impsamp.evaluate(3, [base["sample"]])
+
+
 def test_init_continues_from_the_given_weights(base, tmp_path):
     from impsamp.costs import Costs
     from impsamp.training import TrainRun, evaluate

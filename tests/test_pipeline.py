@@ -137,6 +137,13 @@ def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     alone = impsamp.resample(emb, clu, tmp_path / "saved", targets=[saved], config=ResampleConfig(docs=50))
     card = (alone.path / "README.md").read_text()
     assert "saved by `impsamp histogram`" in card and "embedded with the same encoder" not in card
+    # the histogram object itself has no path to record: one line saying to save it (was numpy's TypeError)
+    for given in (impsamp.histogram(target, clu), [impsamp.histogram(target, clu)]):
+        with pytest.raises(impsamp.ConfigError, match="got a Histogram .save it with .save.path."):
+            impsamp.resample(emb, clu, tmp_path / "obj", targets=given, config=ResampleConfig(docs=50))
+    assert not (tmp_path / "obj").exists()
+    again = impsamp.resample(emb, clu, tmp_path / "gen", targets=(t for t in [saved]), config=ResampleConfig(docs=50))
+    assert again.stats["rows"] == alone.stats["rows"] == 50  # a generator is read once, whole
 
 
 def test_the_card_says_which_bytes_were_replaced(tmp_path):
@@ -384,6 +391,11 @@ def test_ngram_classifier_odds_are_cross_fitted_and_rank_the_target_like_rows_fi
     x = ngram_classifier_features(ngram_matrix(generic))
     assert np.allclose(odds[fold == 2], models[2].decision_function(x[fold == 2]))
     assert not np.allclose(odds[fold == 2], models[0].decision_function(x[fold == 2]))
+    # the folds are the run's seed's draw (they were seed 0's whatever --seed said)
+    other, other_models = ngram_classifier_odds(ngram_matrix(generic), target, seed=7)
+    fold = np.random.default_rng(7).permutation(300) % 5
+    assert np.allclose(other[fold == 2], other_models[2].decision_function(x[fold == 2]))
+    assert not np.array_equal(other, odds)
 
 
 def test_ngram_classifier_scores_the_units_not_fitted_on_by_the_fold_models_mean(stages, tmp_path, monkeypatch):
@@ -517,6 +529,7 @@ def test_within_hook_runs_the_users_document_weights_and_refuses_bad_ones(stages
     assert sel.stats["within"] == "tests.weighting_plugins:closeness" and np.mean(_topics_of(sel, topics) == "bio") > 0.6
     for fn, message in (("negative_document_weights", r"returned 200 weight\(s\) that are not positive"),
                         ("wrong_length_document_weights", r"returned shape \(201,\), expected \(200,\)"),
+                        ("complex_document_weights", r"returned ndarray, not numbers \(complex numbers\)"),
                         ("missing", "cannot load it")):
         bad = ResampleConfig(docs=300, within=f"tests.weighting_plugins:{fn}")
         with pytest.raises((impsamp.WeightingError, impsamp.ConfigError), match=message):
@@ -605,6 +618,48 @@ def test_a_damaged_spill_file_is_recomputed_on_resume(stages, tmp_path, monkeypa
     sel = impsamp.resample(emb, clu, tmp_path / "out", targets=[target], config=cfg)
     got = {o.path: o.sha256 for o in sel.manifest.outputs if o.path.startswith("data-")}
     assert got == {o.path: o.sha256 for o in ref.manifest.outputs if o.path.startswith("data-")}
+
+
+def test_a_resume_whose_weights_changed_is_refused(stages, tmp_path, monkeypatch):
+    """The spill files of an interrupted run were routed by its plan: a rerun whose cluster weights (a weighting
+    function edited under the same name) or document weights (made inside the run) differ must not use them."""
+    from impsamp.resampling import stage as rs
+
+    root, generic, target, topics, emb, clu = stages
+
+    def crash(*a, **k):
+        raise RuntimeError("killed")
+
+    def interrupted(out, cfg, **kw):
+        with monkeypatch.context() as m:
+            m.setattr(rs, "_gather_shard", crash)
+            with pytest.raises(RuntimeError, match="killed"):
+                impsamp.resample(emb, clu, out, targets=[target], config=cfg, **kw)
+
+    def one_cluster(t, g):
+        return (np.arange(len(t.counts)) == int(np.argmax(t.counts))).astype(float)
+
+    def ratio(t, g):
+        return t.probs() / np.maximum(g.probs(), 1e-12)
+
+    ratio.__qualname__, ratio.__name__ = one_cluster.__qualname__, one_cluster.__name__  # the same name, other weights
+    cfg = ResampleConfig(docs=120, rows_per_shard=60, within="uniform")
+    interrupted(tmp_path / "w", cfg, weighting=one_cluster)
+    with pytest.raises(impsamp.StageError, match="interrupted 'resample' run with other settings or inputs"):
+        impsamp.resample(emb, clu, tmp_path / "w", targets=[target], config=cfg, weighting=ratio)
+    sel = impsamp.resample(emb, clu, tmp_path / "w", targets=[target], config=cfg, weighting=one_cluster)
+    assert len(set(sel.to_table().column("cluster").to_pylist())) == 1  # its own weights, resumed
+    ngram = ResampleConfig(docs=120, rows_per_shard=60, method="ngram")
+    interrupted(tmp_path / "n", ngram)
+    scorer = rs.DOCUMENT_SCORERS["ngram"]
+    monkeypatch.setitem(rs.DOCUMENT_SCORERS, "ngram", lambda *a: [w[::-1] for w in scorer(*a)])
+    with pytest.raises(impsamp.StageError, match="planned from other weights"):
+        impsamp.resample(emb, clu, tmp_path / "n", targets=[target], config=ngram)
+    monkeypatch.undo()
+    resumed = impsamp.resample(emb, clu, tmp_path / "n", targets=[target], config=ngram)
+    fresh = impsamp.resample(emb, clu, tmp_path / "n2", targets=[target], config=ngram)
+    assert ({o.path: o.sha256 for o in resumed.manifest.outputs if o.path.startswith("data-")}
+            == {o.path: o.sha256 for o in fresh.manifest.outputs if o.path.startswith("data-")})
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -131,6 +131,20 @@ def test_inference_budget_parsing():
             parse_inference_budget(bad)
 
 
+def test_budgets_given_through_the_python_api_are_checked_as_the_flags_are():
+    # a misspelled unit read as parameters chose a row over the FLOPs budget; NaN fitted everything
+    for kwargs, message in [({"inference": 2e6, "inference_unit": "FLOPs"}, "inference_unit must be params or flops"),
+                            ({"per_target": float("nan")}, "--per-target-budget must be a finite number > 0"),
+                            ({"inference": float("nan")}, "--inference-budget must be a finite number > 0"),
+                            ({"targets": -5}, "--targets-expected must be > 0"),
+                            ({"targets": 2.5}, "--targets-expected must be a whole number"),
+                            ({"per_target": "1e9"}, "--per-target-budget must be a number"),
+                            ({"pretraining": 0}, "--pretraining-budget must be > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            Budgets(**kwargs)
+    assert Budgets(targets=3, inference=1e7, inference_unit="flops").given
+
+
 def test_nothing_fits_names_the_cheapest_with_its_units_intact():
     lines, plan = plan_section(ROWS, Budgets(per_target=1e-3))
     assert plan["best"] is None

@@ -259,6 +259,7 @@ def test_a_network_reads_its_clusterings_corpus_with_the_field_it_was_embedded_w
 
 
 def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pipe, tmp_path):
+    from impsamp.errors import ConfigError
     from impsamp.projection import evaluate_projected, project
     from impsamp.training import evaluate
 
@@ -275,13 +276,15 @@ def test_routed_evaluation_scores_each_document_with_its_clusters_small_model(pi
     routed = evaluate_projected(pipe["pn"], [one], device="cpu")["per_file"][str(one)]
     assert routed["documents_per_group"][g] == int((groups == g).sum()) == sum(routed["documents_per_group"])
     project(pipe["pn"], tmp_path / "g", cluster=g)
+    for bad in (float(g), True):  # were an IndexError and a TypeError from numpy
+        with pytest.raises(ConfigError, match="--cluster must be a cluster number"):
+            project(pipe["pn"], tmp_path / "bad", cluster=bad)
     assert routed["ppl"] == pytest.approx(evaluate(tmp_path / "g", [one])["per_file"][str(one)]["ppl"], rel=1e-6)
     whole = evaluate_projected(pipe["pn"], [pipe["target"]], device="cpu")["per_file"][str(pipe["target"])]
     r = ok(invoke("evaluate", pipe["pn"], "--eval", pipe["target"], "--progress"))
     assert f"{whole['ppl']:.2f}" in r.output and "scoring group" in r.output  # a bar per group while it scores
     # the Python API: impsamp.evaluate routes as the command does; the dense scorer says where to go
     import impsamp
-    from impsamp.errors import ConfigError
 
     assert impsamp.evaluate(pipe["pn"], [pipe["target"]], device="cpu") == evaluate_projected(
         pipe["pn"], [pipe["target"]], device="cpu")

@@ -250,6 +250,11 @@ def test_the_ratios_settings_are_refused_with_a_weighting_that_ignores_them(tmp_
         resample(p["emb"], p["clu"], tmp_path / "s", targets=[str(p["target"])],
                  config=ResampleConfig(docs=50, smoothing=1.0), weighting=lambda t, g: np.ones(g.k))
     assert not (tmp_path / "s" / "manifest.json").exists()
+    # weighting="ratio" names the built-in, which takes them, as config.weighting="ratio" does
+    shaped = ResampleConfig(docs=50, temperature=0.5)
+    by_name = resample(p["emb"], p["clu"], tmp_path / "r", targets=[str(p["target"])], config=shaped, weighting="ratio")
+    by_config = resample(p["emb"], p["clu"], tmp_path / "c", targets=[str(p["target"])], config=shaped)
+    assert by_name.to_table().column("doc_index").to_pylist() == by_config.to_table().column("doc_index").to_pylist()
 
 
 def test_unknown_weighting_lists_the_builtins():
@@ -257,6 +262,10 @@ def test_unknown_weighting_lists_the_builtins():
         resolve_weighting("nope")
     with pytest.raises(ConfigError, match="cannot load it"):
         resolve_weighting("no_such_module_xyz:fn")
+    for bad in ("", "nope", "module:"):  # refused with the config, not after the target is embedded
+        with pytest.raises(ConfigError, match=f"--weighting must be one of ratio, uniform or package.module:function, "
+                                              f"got '{bad}'"):
+            ResampleConfig(docs=10, weighting=bad)
 
 
 def test_check_weights_rejects_nan():

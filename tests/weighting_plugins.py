@@ -34,6 +34,10 @@ def negative_document_weights(target_vectors, vectors):
     return -np.ones(len(vectors))
 
 
+def complex_document_weights(target_vectors, vectors):
+    return np.ones(len(vectors)) + 1j
+
+
 def wrong_length_document_weights(target_vectors, vectors):
     return np.ones(len(vectors) + 1)
 

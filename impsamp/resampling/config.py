@@ -162,10 +162,10 @@ class ResampleConfig:
         if self.method != "importance" and self.scheme == "crisp":
             raise ConfigError(f"--scheme crisp shapes the cluster quotas of --method importance; --method "
                               f"{self.method} ranks documents and draws each at most once: leave --scheme out")
-        module, sep, attr = self.within.partition(":")
-        if self.within not in WITHIN and not (sep and module and attr):
-            raise ConfigError(f"--within must be one of {', '.join(WITHIN)} or package.module:function, "
-                              f"got {self.within!r}")
+        from ..weighting import WEIGHTINGS
+
+        _check_function_or_name(self.within, WITHIN, "--within")
+        _check_function_or_name(self.weighting, tuple(WEIGHTINGS), "--weighting")  # now, not after the target's work
         if self.within not in ("auto", "uniform") and (self.method != "importance" or self.scheme != "match"):
             raise ConfigError(f"--within {self.within} weighs documents inside `match`'s cluster quotas; use it "
                               "with --method importance --scheme match")
@@ -202,3 +202,10 @@ class ResampleConfig:
         """(unit, amount): unit is `tokens`, `bytes` or `docs`."""
         return next((u, v) for u, v in (("tokens", self.tokens), ("bytes", self.bytes), ("docs", self.docs))
                     if v is not None)
+
+
+def _check_function_or_name(value: str, names: tuple[str, ...], flag: str) -> None:
+    """A built-in's name or the shape of `package.module:function` (imported later, when the stage runs)."""
+    module, sep, attr = value.partition(":")
+    if value not in names and not (sep and module and attr):
+        raise ConfigError(f"{flag} must be one of {', '.join(names)} or package.module:function, got {value!r}")

@@ -3,6 +3,7 @@ classifier of `--within ngram-classifier`."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
         if len(t) != 2:
             raise ConfigError(f"target {t!r}: give a path or a (path, weight) pair")
         try:
-            return t[0], float(t[1])
+            return _target_path(t[0]), float(t[1])
         except (TypeError, ValueError):
             raise ConfigError(f"target {t!r}: the weight {t[1]!r} is not a number; give (path, 0.3)") from None
+    t = _target_path(t)
     s = str(t)
     head, sep, tail = s.rpartition(":")
     if sep and head and not Path(s).exists():
@@ -37,6 +39,16 @@ def parse_target(t: str | Path | tuple[Any, float]) -> tuple[str | Path, float]:
                 raise ConfigError(f"--target {s}: {tail!r} after the colon is not a weight; give FILE or "
                                   "FILE:WEIGHT (law.jsonl:0.3)") from None
     return t, 1.0
+
+
+def _target_path(t: Any) -> str | Path:
+    """A target's path: itself, or a stage output's (`Embeddings`); anything else one line."""
+    t = getattr(t, "path", t)
+    if not isinstance(t, (str, os.PathLike)):
+        hint = " (save it with .save(path) and pass the path)" if hasattr(t, "clusters_fingerprint") else ""
+        raise ConfigError(f"target: give a path (an in-domain corpus, its `embed` output or a saved histogram), "
+                          f"got a {type(t).__name__}{hint}")
+    return t
 
 
 def _textless(spec: str | Path) -> bool:
@@ -198,7 +210,8 @@ def ngram_classifier_unit_log_odds(cfg: ResampleConfig, targets, inputs: Inputs,
     for name, lo, hi in zip(names, starts[:-1], starts[1:]):
         parts.append(matrix(name, fit[(fit >= lo) & (fit < hi)] - lo))  # without the cache: only these rows hashed
         bar.update(1)
-    fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target, target_weights=row_w)
+    fitted_odds, models = ngram_classifier_odds(sparse.vstack(parts, format="csr"), target, target_weights=row_w,
+                                                 seed=cfg.seed)
     if len(fit) < n:  # the units not fitted on are scored by the fold models' mean: one linear model
         mean_coef = np.mean([m.coef_[0] for m in models], axis=0)
         mean_intercept = float(np.mean([m.intercept_[0] for m in models]))

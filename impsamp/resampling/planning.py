@@ -48,6 +48,28 @@ class Plan:
     drawable: list[np.ndarray] | None = None  # per shard, per unit: may be drawn (`_drawable_units`; None: all)
 
 
+def arrays_fingerprint(arrays: list[np.ndarray]) -> str:
+    """sha256 of float arrays, each rounded to 1e-9 (what a plan is made from, or the plan itself)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.round(np.asarray(a, np.float64), 9).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def plan_fingerprint(plan: Plan) -> str:
+    """What decides which units a plan draws and the weight each row records: a resume whose plan differs
+    (a weighting function edited under its name, a target's text changed where its histogram did not) must
+    not reuse the spill files of the first plan."""
+    parts: list[np.ndarray] = [plan.weights, plan.draws, np.asarray([plan.topk_threshold or 0.0])]
+    for per_shard in (plan.shard_draws, plan.doc_log_w, plan.repeats, plan.drawable):
+        parts.append(np.asarray([per_shard is None], np.float64))
+        if per_shard is not None:
+            parts.extend(np.asarray(a, np.float64).ravel() for a in per_shard)
+    return arrays_fingerprint(parts)
+
+
 _UNIT_NAMES = {"tokens": "tokens", "bytes": "bytes", "docs": "documents"}
 
 

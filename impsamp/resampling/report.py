@@ -17,7 +17,7 @@ from ..manifest import StageRun, atomic_write_bytes, fingerprint
 from ..plots import figure, save_png
 from .config import FEATURES, ResampleConfig
 from .inputs import Inputs
-from .planning import Plan, unit_repeats
+from .planning import Plan, plan_fingerprint, unit_repeats
 from .writing import data_name
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
     files["histograms.json"] = out / "histograms.json"
     if cfg.format == "arrow":
         data_files = [{"filename": data_name(b, n_out, "arrow")} for b in range(n_out)]
-        state = {"_data_files": data_files, "_fingerprint": content_key(run, inputs.emb, inputs.clu)[7:23],
+        state = {"_data_files": data_files, "_fingerprint": content_key(run, inputs.emb, inputs.clu, plan)[7:23],
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": None}
         info = {"citation": "", "description": "impsamp selection", "features": FEATURES,
@@ -84,17 +84,17 @@ def data_key(run: StageRun) -> str:
                               for ref in rec["files"]))
 
 
-def content_key(run: StageRun, emb, clu) -> str:
+def content_key(run: StageRun, emb, clu, plan: Plan) -> str:
     """A fingerprint of what the selection is made of, wherever its inputs lie: the corpus's content, the
-    embed, cluster and resample settings, the target histogram and the document weights inside the clusters
-    (two targets of one histogram weigh documents apart), how the budget was counted and the version (the
+    embed, cluster and resample settings, the target histogram, the plan (the cluster weights and the document
+    weights: two targets of one histogram weigh documents apart), how the budget was counted and the version (the
     run key also covers the input paths). `datasets` keys its caches by it."""
     budget = {k: v for k, v in run.inputs.get("budget", {}).items() if k != "tokens_counted_with"}
     return fingerprint({"corpus": emb.manifest.inputs.get("corpus", {}).get("fingerprint"),
                         "embed": emb.manifest.config, "cluster": clu.manifest.config,
                         "resample": {k: v for k, v in run.config.items() if k != "budget_tokenizer"},
                         "target": run.inputs.get("target_fingerprint"), "within": run.inputs.get("within_fingerprint"),
-                        "budget": budget, "version": run.version})
+                        "plan": plan_fingerprint(plan), "budget": budget, "version": run.version})
 
 
 def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:

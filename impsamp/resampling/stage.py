@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from ..config import as_config
 from ..costs import encoder_flops, encoder_params
-from ..errors import ConfigError
+from ..errors import ConfigError, StageError
 from ..guards import refuse_busy, refuse_inside_input_folder, released_on_return
 from ..hardware import cpu_count
 from ..histograms import (Histogram, embed_like, from_assignments, histogram, is_embed_output,
@@ -37,7 +38,7 @@ from .config import DOCUMENT_RANKERS, RATIO_SHAPING, SELECTION_SCHEMA, ResampleC
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
                       ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
-from .planning import Plan, make_plan, unit_repeats
+from .planning import Plan, arrays_fingerprint, make_plan, plan_fingerprint, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
 from .streams import ROUTE, SHUFFLE, shard_rng
@@ -117,7 +118,7 @@ def weigh(inputs: Inputs, targets: Sequence[Any], cfg: ResampleConfig, weighting
     if weighting is not None and cfg.method != "importance":  # as ResampleConfig refuses --weighting
         raise ConfigError(f"weighting= shapes the cluster weights of --method importance; --method {cfg.method} "
                           "has none: leave it out")
-    if weighting is not None:
+    if weighting is not None and weighting != "ratio":  # (the built-in's name, given here: its settings apply)
         cfg.refuse_ratio_shaping("weighting= replaces it")
     if cfg.method == "uniform":  # a target given is measured against (the diagnostics), not matched
         hist, described, vectors, row_w = target_parts(targets, inputs.clu, inputs.emb, cfg) if targets else \
@@ -174,9 +175,7 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
     cfg = as_config(ResampleConfig, config)
     if cfg is None:
         raise ConfigError("resample: give a budget, config=ResampleConfig(tokens=N) (or docs=N, bytes=N)")
-    if isinstance(targets, (str, Path)) or (isinstance(targets, tuple) and len(targets) == 2
-                                            and isinstance(targets[1], numbers.Real)):
-        targets = [targets]  # one target: a path, or one (path, weight) pair
+    targets = _target_list(targets)
     ex = execution or LOCAL
     if ex.sliced:
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
@@ -199,6 +198,15 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         return _resample(inputs, target, out_dir, targets, cfg, overwrite, progress, command, ex, ngram_cache)
 
 
+def _target_list(targets: Any) -> list[Any]:
+    """`resample`'s targets as a list: one target alone (a path, a stage's handle, one (path, weight) pair) or
+    any iterable of them (a generator is read once, here)."""
+    if isinstance(targets, (str, os.PathLike)) or not isinstance(targets, Iterable) or (
+            isinstance(targets, tuple) and len(targets) == 2 and isinstance(targets[1], numbers.Real)):
+        return [targets]
+    return list(targets)
+
+
 def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequence[Any], cfg: ResampleConfig,
               overwrite: bool, progress: bool, command: str | None, ex: Execution, ngram_cache: bool) -> Selection:
     """`resample`'s passes, on checked inputs, target and config."""
@@ -206,10 +214,12 @@ def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequ
     within = _within_log_weights(cfg, targets, target, inputs, progress, ngram_cache, ex)
     # the document weights go into the run's inputs: a resume whose weights differ (another thread count
     # of the embedder, say) is refused instead of mixing two plans' shards
-    within_key = {"within_fingerprint": _fingerprint(within)} if within is not None else {}
+    # and so do the cluster weights: a weighting function edited under the same name weighs otherwise
+    within_key = {"within_fingerprint": arrays_fingerprint(within)} if within is not None else {}
     run = StageRun(Path(out_dir), "resample", config={**asdict(cfg_eff), "weighting": target.weighting},
                    inputs={**inputs.described(), "targets": target.described,
-                           "target_fingerprint": hist_key(target.histogram), **within_key},
+                           "target_fingerprint": hist_key(target.histogram),
+                           "weights_fingerprint": arrays_fingerprint([target.weights]), **within_key},
                    overwrite=overwrite).begin()
     with run.discarded_on_error():  # e.g. a unit table or a weighting hook found bad: nothing left behind
         _count_sizes(run, inputs, cfg, progress)
@@ -217,6 +227,7 @@ def _resample(inputs: Inputs, target: Target, out_dir: str | Path, targets: Sequ
                          PerShard(inputs.names, lambda n: inputs.counter[n].of(cfg.budget[0])),
                          _document_log_weights(run, cfg, targets, target, inputs, progress, ngram_cache, ex),
                          within, inputs.clu.centroids)
+        _check_plan(run, plan)
         if plan.draws.sum() < 1:
             unit, amount = cfg.budget
             raise ConfigError(f"--{unit} {amount:,} selects no document: the budget is smaller than the "
@@ -298,14 +309,17 @@ def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
                           f"{spec} is a saved histogram: pass the in-domain sample itself")
 
 
-def _fingerprint(arrays: list[np.ndarray]) -> str:
-    """sha256 of per-unit float arrays, rounded to 1e-9 (what the plan is made from)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.round(np.asarray(a, np.float64), 9).tobytes())
-    return "sha256:" + h.hexdigest()
+def _check_plan(run: StageRun, plan: Plan) -> None:
+    """The plan's fingerprint, committed before any routing: a resume whose plan differs (the document weights
+    of `--method ngram|classifier`, made inside the run, from a target file changed where its histogram did
+    not) is refused instead of mixing two plans' spill files."""
+    fp = plan_fingerprint(plan)
+    if not run.is_done("plan"):
+        run.commit_shard("plan", {}, stats={"fingerprint": fp}, intermediate=True)
+    elif run.shard_record("plan")["stats"].get("fingerprint") != fp:
+        raise StageError(f"{run.out_dir} holds an interrupted resample whose draws were planned from other "
+                         "weights (a weighting or --within function edited, a target's text changed); rerun "
+                         "with the same inputs to resume, or pass --overwrite to start over")
 
 
 def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Inputs, plan: Plan,

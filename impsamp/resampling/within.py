@@ -154,6 +154,8 @@ def within_log_weights(spec: str, target_vectors: np.ndarray, emb, names: Sequen
 def check_document_weights(w, n: int, spec: str, shard: str) -> np.ndarray:
     """A document-weight function's output for one shard: n positive finite numbers, else a one-line error."""
     try:
+        if np.iscomplexobj(w):  # (numpy would drop the imaginary part with a warning)
+            raise TypeError("complex numbers")
         w = np.asarray(w, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise WeightingError(f"--within {spec} returned {type(w).__name__}, not numbers ({e})") from None

@@ -43,6 +43,12 @@ DTYPES = ("auto", "float32", "bfloat16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+def check_device(name: object) -> None:
+    """One line for a device name impsamp does not run on (`--device`)."""
+    if not isinstance(name, str) or not _DEVICE.match(name):
+        raise ConfigError(f"--device {name!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
+
+
 class TrainError(ImpsampError):
     """Training cannot start or continue: no such device, the model does not fit, a damaged run."""
 
@@ -185,8 +191,7 @@ class TrainConfig:
             raise ConfigError(f"--pretrain-costs must be auto, generic or per-target, got {self.pretrain_costs!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r} is unknown; valid: {', '.join(DTYPES)}")
-        if not _DEVICE.match(self.device):
-            raise ConfigError(f"--device {self.device!r} is unknown; valid: auto, cpu, cuda, cuda:N, mps")
+        check_device(self.device)
         n_embd, n_head = self.resolved("n_embd"), self.resolved("n_head")
         if n_embd % n_head or (n_embd // n_head) % 2:
             raise ConfigError(f"--n-embd {n_embd} must be a multiple of --n-head {n_head} with an even "

@@ -146,6 +146,9 @@ class Runtime:
 
 
 def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    from .config import check_device
+
+    check_device(name)  # a name torch does not know: one line, not torch's RuntimeError
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
