@@ -24,7 +24,7 @@ MEMORY_HINTS = {
 
 def plural(n: int, word: str) -> str:
     """`1 step`, `3 steps`: a count and its noun as a sentence has them."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 class ImpsampGroup(click.Group):

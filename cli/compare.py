@@ -56,8 +56,8 @@ def _shared_options(f=None, *, defaults: dict | None = None):
 
 @cli.command()
 @click.option("--generic", "generic", multiple=True, required=True, help="The generic corpus (file, folder, glob).")
-@click.option("--target", "target", multiple=True, required=True, help="The in-domain sample.")
-@click.option("--eval", "eval_files", multiple=True, required=True, help="In-domain evaluation text.")
+@click.option("--target", "target", multiple=True, required=True, help="The in-domain sample (file, folder, glob; repeat for more files, read as one sample).")
+@click.option("--eval", "eval_files", multiple=True, required=True, help="In-domain evaluation text (repeat: each file scored on its own, the report gives their mean).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Report folder.")
 @click.option("--embeddings", type=click.Path(path_type=Path), default=None,
               help="Reuse an `impsamp embed` output of the generic corpus.")
@@ -118,7 +118,7 @@ def _shared_options(f=None, *, defaults: dict | None = None):
                    "it): the report gives mean perplexities ± a standard error, and each method's difference from "
                    "the first one paired on the seed, so a gap can be told from the training's noise (N times the "
                    "training time) [default: 1].")
-@click.option("--text-field", default=None, help="Text field of all inputs [default: text].")
+@click.option("--text-field", default=None, help="Text field of --generic, --target and --eval (one field for all) [default: text].")
 @config_option
 @overwrite_option
 @progress_option

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .app import cli
+from .app import cli, plural
 
 
 @cli.command()
@@ -29,4 +29,4 @@ def finalize(out_dir):
     handle = run_finalize(out_dir)
     n = len(handle.manifest.outputs)
     did = "already complete, nothing to do" if was_complete else "manifest.json written"
-    click.echo(f"{out_dir}: complete '{handle.manifest.stage}' output ({n} files); {did}")
+    click.echo(f"{out_dir}: complete '{handle.manifest.stage}' output ({plural(n, 'file')}); {did}")

@@ -58,15 +58,20 @@ def info(paths, text_field, id_field, encoding_errors, as_json, verify):
     if s["replaced_utf8"]:
         click.echo(f"  rows with invalid UTF-8 replaced: {s['replaced_utf8']:,}")
     for path, names in list(s["fields"].items())[:5]:
-        click.echo(f"  fields of {Path(path).name}: {', '.join(names)}")
+        click.echo(f"  fields of {Path(path).name}: {', '.join(names) or '(none: no row to read them from)'}")
     if len(s["fields"]) > 5:
         click.echo(f"  ... and {len(s['fields']) - 5} more file(s)")
 
 
 def _describe_stage_dir(first: Path, as_json: bool, verify: bool) -> None:
     """What a stage directory holds (its manifest), its files checked against their sha256 with `verify`."""
-    if not (first / MANIFEST).exists():
-        raise click.ClickException(f"{first} {describe_dir(first)}")
+    if not (first / MANIFEST).exists():  # interrupted, or being written: where it stands is the answer, not an error
+        if verify:
+            raise click.ClickException(f"{first} {describe_dir(first)}; --verify checks a complete output's files")
+        where = describe_dir(first)
+        click.echo(json.dumps({"path": str(first), "complete": False, "status": where}, indent=2) if as_json
+                   else f"{first} {where}")
+        return
     m = read_manifest(first)
     inside = _verified(first, m) if verify else []
     facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,

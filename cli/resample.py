@@ -11,7 +11,7 @@ from impsamp.errors import ConfigError
 from impsamp.resampling import FORMATS, METHODS, SCHEMES, WITHIN_REPEATS, ResampleConfig, command_line
 from impsamp.resampling import resample as _resample
 
-from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, progress_option,
+from .app import (COUNT, cli, config_option, execution, out_option, overwrite_option, plural, progress_option,
                   scale_options, show_progress)
 
 
@@ -124,8 +124,8 @@ def resample(embeddings_dir, clusters_dir, targets, out_dir, tokens, budget_toke
                     progress=show_progress(progress), command=command_line(), execution=ex,
                     ngram_cache=ngram_cache)
     s = sel.stats
-    click.echo(f"{s['rows']:,} rows ({s['tokens']:,} tokens, {s['bytes']:,} bytes, {s['unique_documents']:,} "
-               f"unique documents, repetition {s['repetition_rate']:.1%}"
+    click.echo(f"{plural(s['rows'], 'row')} ({s['tokens']:,} tokens, {s['bytes']:,} bytes, "
+               f"{plural(s['unique_documents'], 'unique document')}, repetition {s['repetition_rate']:.1%}"
                + (f", {s['spilled_units']:,.0f} draws spilled over the repeat cap" if s.get("spilled_units") else "")
                + f") -> {out_dir}")
     t = "target" if s.get("targets") else "generic"  # --method uniform without a target: the pool itself

@@ -210,7 +210,7 @@ def evaluate(run_dir, eval_files, text_field, device, weights, as_json, progress
     for path, v in m["per_file"].items():
         click.echo(f"{shown[path]:<{width}}  {v['tokens']:>10,}  {v['bytes']:>12,}  {v['ppl']:>9.2f}  "
                    f"{v['bpb']:>9.3f}")
-    label = f"macro average ({len(m['per_file'])} files)"
+    label = f"macro average ({plural(len(m['per_file']), 'file')})"
     click.echo(f"{label:<{width + 26}}  {m['macro_ppl']:>9.2f}  {m['macro_bpb']:>9.3f}")
 
 

@@ -85,7 +85,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
 
     cfg = resolve_k(as_config(CompareConfig, config) or CompareConfig(), clusters)
     out = Path(out_dir)
-    targets = as_specs(target)
+    targets = _unweighted(as_specs(target))
     evals = [str(Path(e).resolve()) for e in as_specs(eval_files)]
     if not evals:
         raise ConfigError("--eval: give at least one evaluation file")
@@ -128,6 +128,16 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     return Report(out, results)
 
 
+def _unweighted(targets: list[str]) -> list[str]:
+    """The targets, refused in one line where one is given as `resample`'s PATH:WEIGHT."""
+    for t in targets:
+        head, _, tail = str(t).rpartition(":")
+        if head and not Path(t).exists() and Path(head).exists() and tail.replace(".", "", 1).isdigit():
+            raise ConfigError(f"--target {t}: compare reads its targets as one sample, without weights (a PATH:WEIGHT "
+                              f"mixture is `impsamp resample`'s); give --target {head}")
+    return targets
+
+
 def resolve_k(cfg: CompareConfig, clusters: str | Path | None = None) -> CompareConfig:
     """The k the selections use, made concrete: the given `clusters`' (a k asked for that differs is refused),
     else the config's, else K_DEFAULT. The report and the manifest record it."""
@@ -161,6 +171,11 @@ def _given_outputs(generic_corpus, embeddings, clusters):
         if len(made_of) != len(generic_corpus.files) or any(map(file_changed, made_of, generic_corpus.files)):
             raise ConfigError(f"{given} {embeddings} were made from another corpus than --generic; pass "
                               "the embeddings of --generic, or leave them out to embed it")
+        field = emb.manifest.inputs.get("corpus", {}).get("text_field", "text")
+        if field != generic_corpus.text_field:  # the selections would read one field, the tokenizer another
+            raise ConfigError(f"{given} {embeddings} read --generic's field {field!r}, and this compare reads "
+                              f"{generic_corpus.text_field!r} (--text-field); pass --text-field {field}, or leave "
+                              "the embeddings out to embed that field")
     if clu is not None and clu.manifest.inputs.get("embeddings", {}).get("fingerprint") != emb.manifest.fingerprint:
         raise ConfigError(f"--clusters {clusters} were made from other embeddings than those of --generic; "
                           "pass a clustering of them, or leave --clusters out")

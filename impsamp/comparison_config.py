@@ -136,7 +136,8 @@ class CompareConfig:
         if within_set and "importance" not in self.methods:
             raise ConfigError(f"{', '.join(within_set)} set(s) how `importance` draws inside the clusters; add "
                               "importance to --methods, or leave them out")
-        drawn = flags_set(self, ("scheme", "max_repeat"))
+        drawn = [f.replace("--scheme", "scheme (the [compare] table of --config)")  # no such flag
+                 for f in flags_set(self, ("scheme", "max_repeat"))]
         if drawn and not {"importance", "importance-uniform"} & set(self.methods):
             raise ConfigError(f"{', '.join(drawn)} set(s) how importance sampling draws; add importance (or "
                               "importance-uniform) to --methods, or leave them out")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,15 +44,17 @@ def demo(domain: str = "python_docs", out_dir: str | Path = "impsamp-demo", *,
     """Compare uniform sampling and clustered importance sampling for one bundled domain as the target, on the
     pool of all 8: the report in `out_dir` (reused when it was made with the same settings and version).
     `config`: `demo_config(...)` for another budget, k, steps, preset or seed, or every selector
-    (`demo_config(all_methods=True)`)."""
+    (`demo_config(all_methods=True)`); a dict is read as `demo_config(**config)`."""
     from . import __version__
     from .datasets import demo_corpus
     from .embedding.loading import backend_label, embed_backend
 
     corpus = demo_corpus()
     sample, held_out = corpus.sample(domain), corpus.eval(domain)  # an unknown domain: refused before any work
-    # k made concrete as the report records it: else a config without k never found its finished report
-    cfg = resolve_k(as_config(CompareConfig, config)) if config is not None else demo_config()
+    # a dict: settings over the demo's defaults, as demo_config takes them; k made concrete as the report records
+    # it (a config without k never found its finished report)
+    cfg = (demo_config() if config is None else demo_config(**config) if isinstance(config, Mapping)
+           else resolve_k(as_config(CompareConfig, config)))
     out = Path(out_dir)
     emb_dir = embeddings_dir(corpus.pool, backend_label(embed_backend(cfg.backend)), cfg.max_tokens, __version__)
     refuse_other_outputs(out, corpus.pool)

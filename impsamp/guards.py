@@ -360,10 +360,13 @@ def refuse_inside_input_folder(out: Path, inputs: Any) -> None:
     it or what it will hold: the output would become part of that corpus, read again (or refused) by every
     later run over it."""
     root = Path(out).resolve()
-    named, _, globs = _inputs_behind(inputs)
+    named, stages, globs = _inputs_behind(inputs)
     for p in sorted(named):
         if not (p.is_dir() and p in root.parents) or is_hf_dataset_dir(p):
             continue  # a `datasets` folder reads only the files its state.json lists
+        if p in stages:
+            raise StageError(f"{out} is inside {p}, an impsamp output this run reads: no stage writes inside "
+                             "another's output; choose an output directory outside it")
         if not root.relative_to(p).parts[0].startswith((".", "_")):  # a corpus folder skips those names
             raise StageError(f"{out} is inside {p}, a corpus folder this run's input comes from: the output "
                              "would become part of that corpus; choose an output directory outside it")

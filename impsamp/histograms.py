@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,9 @@ class Histogram:
     clusters_fingerprint: str
     source: str = ""
     tokens: np.ndarray | None = field(default=None, compare=False)
+    centroids_sha256: str = field(default="", compare=False)
+    """The clustering's centroids file (`centroids_key`): a clustering of other inputs or folders whose centroids
+    are these bytes assigns as this one, so a saved histogram is read over it too."""
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Histogram):
@@ -92,7 +95,8 @@ class Histogram:
         path.parent.mkdir(parents=True, exist_ok=True)  # as every stage's --out folder is made
         atomic_write_json(path, {"format": HIST_FORMAT, "clusters_fingerprint": self.clusters_fingerprint,
                                  "source": self.source, "counts": self.counts.tolist(),
-                                 "ancestors": [a.tolist() for a in self.ancestors]})
+                                 "ancestors": [a.tolist() for a in self.ancestors],
+                                 **({"centroids_sha256": self.centroids_sha256} if self.centroids_sha256 else {})})
         return path
 
     @classmethod
@@ -109,8 +113,8 @@ class Histogram:
             if any(a.shape != counts.shape for a in ancestors):
                 raise ValueError(f"it holds {len(counts)} counts for {len(ancestors[0]) if ancestors else 0} "
                                  "clusters")
-            return cls(counts, ancestors,
-                       d["clusters_fingerprint"], d.get("source", str(path)))
+            return cls(counts, ancestors, d["clusters_fingerprint"], d.get("source", str(path)),
+                       centroids_sha256=str(d.get("centroids_sha256", "")))  # (none before 0.7.20)
         except (ValueError, KeyError, OSError, TypeError) as e:
             raise ConfigError(f"{path}: not a saved impsamp histogram ({e})") from None
 
@@ -143,7 +147,13 @@ def from_assignments(leaf_assign: np.ndarray, clusters: Clusters, *, source: str
     tok = None
     if tokens is not None:
         tok = np.bincount(np.asarray(leaf_assign, dtype=np.int64), weights=tokens, minlength=clusters.n_leaves)
-    return Histogram(counts, leaf_ancestors(clusters), clusters.manifest.fingerprint, source, tok)
+    return Histogram(counts, leaf_ancestors(clusters), clusters.manifest.fingerprint, source, tok,
+                     centroids_key(clusters))
+
+
+def centroids_key(clusters: Clusters) -> str:
+    """The sha256 its manifest records of a clustering's centroids file ("" if none): what assigns a vector."""
+    return next((o.sha256 for o in clusters.manifest.outputs if o.path == "centroids.npy"), "")
 
 
 def generic_histogram(clusters: Clusters | str | Path) -> Histogram:
@@ -218,13 +228,17 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
     from .io.discovery import absolute_glob
 
     clusters = clusters if isinstance(clusters, Clusters) else Clusters.load(clusters)
+    target = getattr(target, "path", target)  # the target's `Embeddings` handle: its folder
     spec = target if isinstance(target, (str, Path)) else None
     if spec is not None and is_histogram_file(spec):
         hist = Histogram.load(spec)
-        if hist.clusters_fingerprint != clusters.manifest.fingerprint or hist.k != clusters.n_leaves:
+        same = hist.clusters_fingerprint == clusters.manifest.fingerprint or (  # this one, or its centroids' bytes
+            hist.centroids_sha256 != "" and hist.centroids_sha256 == centroids_key(clusters)
+            and hist.k == clusters.n_leaves and hist == replace(hist, ancestors=leaf_ancestors(clusters)))
+        if not same or hist.k != clusters.n_leaves:
             raise StageError(f"{spec} is a histogram over another clustering (not {clusters.path}); "
                              "make it again against this clustering (`impsamp histogram`, or `impsamp.histogram`)")
-        return hist
+        return replace(hist, clusters_fingerprint=clusters.manifest.fingerprint)  # read over this clustering
     generic = embeddings if isinstance(embeddings, Embeddings) else (
         Embeddings.load(embeddings) if embeddings is not None else clusters.embeddings())
     clusters.check_made_from(generic)
@@ -280,9 +294,10 @@ def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_fiel
     """
     from .embedding import embed_texts
     from .io import Corpus, open_corpus
+    from .io.discovery import data_text_field
 
-    if not isinstance(corpus, Corpus):
-        corpus = open_corpus(corpus, text_field=text_field, id_field=id_field)
+    if not isinstance(corpus, Corpus):  # a selection given as the target: read from its own `text`
+        corpus = open_corpus(corpus, text_field=data_text_field(corpus, text_field, "--target"), id_field=id_field)
     texts = list(corpus.iter_texts())
     if not texts:
         raise ConfigError(f"the target {', '.join(f.path for f in corpus.files)} has no documents")
@@ -303,5 +318,6 @@ def check_same_model(emb: Embeddings, generic: Embeddings, *, what: str) -> None
 def describe(hist: Histogram) -> dict[str, Any]:
     """Diagnostics of a target histogram the seed paper found predictive."""
     p = hist.probs()
-    return {"documents": hist.total, "entropy": hist.entropy(), "top_cluster_mass": float(p.max()),
+    # (documents rounded: a mixture's sum of shares printed 249.99999999999997 for 250)
+    return {"documents": round(hist.total, 6), "entropy": hist.entropy(), "top_cluster_mass": float(p.max()),
             "empty_clusters": int((hist.counts == 0).sum()), "clusters": hist.k}

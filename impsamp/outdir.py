@@ -98,12 +98,24 @@ def describe_dir(path: Path) -> str:
         record = read_json_dict(path / RUN_RECORD) or {}
         stage = record.get("stage") if isinstance(record.get("stage"), str) else "?"
         command = record.get("command") if isinstance(record.get("command"), str) else stage
-        n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
         sliced = (f" (slices of a --num-shards run: run the missing ones, then `impsamp finalize {path}`)"
                   if stage in ("embed", "cluster", "experts") else "")
-        return (f"is an incomplete '{stage}' output ({n} shard(s) committed; the run was interrupted or is "
+        return (f"is an incomplete '{stage}' output ({_progress(path, stage)}; the run was interrupted or is "
                 f"still running): rerun the same `impsamp {command}` command to resume it{sliced}{kept}")
     return "is not an impsamp output (no manifest.json)"
+
+
+def _progress(path: Path, stage: str) -> str:
+    """How far an interrupted run got: a training run's last checkpoint (`training.checkpoint` names them
+    checkpoints/ckpt-PHASEINDEX-PHASE-STEP/), another stage's committed shards."""
+    if stage == "train":
+        done = sorted(p.name for p in (path / "checkpoints").glob("ckpt-*") if (p / "state.json").is_file())
+        if not done:
+            return "no checkpoint yet"
+        *_, phase, step = done[-1].split("-")
+        return f"last checkpoint at {phase} step {int(step):,}" if step.isdigit() else f"last checkpoint {done[-1]}"
+    n = len(list((path / SHARD_RECORDS).glob("*.json"))) if (path / SHARD_RECORDS).exists() else 0
+    return f"{n} shard{'' if n == 1 else 's'} committed"
 
 
 def kept_note(out: Path) -> str:

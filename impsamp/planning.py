@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .costs import format_flops
 from .config import positive
+from .costs import format_flops
 from .errors import ConfigError, upper_first
 from .plots import figure, save_png
 

@@ -201,11 +201,10 @@ def projected_entry(out: Path, cfg, tcfg, clu, targets: list, evals: list[str], 
     """A projected network (`condition` cluster) or a soup of experts (histogram) as a `compare` model:
     trained on the generic corpus for the dense runs' steps and batch (the same generic FLOPs),
     projected for the target, fine-tuned like the dense runs; the report's entry."""
+    from . import __version__
     from .errors import StageError
     from .training import TrainRun, train
     from .training.provenance import finished_run
-
-    from . import __version__
 
     name = "projected" if condition == "cluster" else "soup"
     ncfg = replace(tcfg, arch="projected", clusters=str(clu.path), condition=condition, finetune_steps=None,

@@ -11,6 +11,7 @@ to the small model of its own group or cluster (their final weights).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +26,12 @@ def evaluate(run_dir: str | Path | Any, eval_files: Sequence[str | Path], text_f
     run, dense or projected, or an `experts` output) on `eval_files` (each one entry of `per_file`).
     `weights`: "model.safetensors" (final) or "pretrained.safetensors" (a dense run before fine-tuning).
     `progress`: a bar over each file's batches (routed: over each group's)."""
+    from .training.evaluation import eval_specs
+
     run_dir = getattr(run_dir, "path", run_dir)  # a `TrainRun` or `Experts` handle, as the routed scorers take
-    if not isinstance(run_dir, (str, Path)):
+    if not isinstance(run_dir, (str, os.PathLike)):
         raise ConfigError(f"evaluate: give a run's folder (or its TrainRun / Experts), got {type(run_dir).__name__}")
-    if isinstance(eval_files, (str, Path)):
-        eval_files = [eval_files]
-    if not eval_files:  # (a macro perplexity of 0.0 over no file looked like a result)
-        raise ConfigError("evaluate: give at least one evaluation file")
+    eval_files = list(eval_specs(eval_files).values())  # one line for none, before any model is loaded
     manifest = complete_manifest(Path(run_dir)) or {}
     routed = None
     if manifest.get("stage") == "experts":

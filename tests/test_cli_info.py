@@ -103,11 +103,19 @@ def test_info_on_a_complete_stage_directory(tmp_path):
 
 
 def test_info_on_an_interrupted_stage_directory(tmp_path):
+    """Where an interrupted run stands is what info is asked: said on one line, exit 0 (a script tells it from a
+    missing folder, exit 1); --verify has nothing to check in it."""
     _demo_stage(tmp_path / "emb", finish=False)
-    assert_one_line_error(info(tmp_path / "emb"), "incomplete 'embed' output", "1 shard(s)", "resume")
+    r = info(tmp_path / "emb")
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "incomplete 'embed' output (1 shard committed" in r.output and "resume" in r.output
+    facts = json.loads(info(tmp_path / "emb", "--json").output)
+    assert facts["complete"] is False and "incomplete 'embed' output" in facts["status"]
+    assert_one_line_error(info(tmp_path / "emb", "--verify"), "incomplete 'embed' output", "complete output's files")
+    assert_one_line_error(info(tmp_path / "nothing"), "no such file or folder")
     # a manifest whose atomic write was cut (temp file only) does not make it complete
     (tmp_path / "emb" / ".manifest.json.tmp-123").write_text('{"stage": "embed"')
-    assert_one_line_error(info(tmp_path / "emb"), "incomplete 'embed' output")
+    assert "incomplete 'embed' output" in info(tmp_path / "emb").output
 
 
 def test_info_verify_checks_every_file_against_its_sha256(tmp_path):
@@ -406,3 +414,16 @@ def test_a_saved_histogram_stands_for_its_sample_and_info_describes_it(tmp_path)
     data = sorted(f.name for f in (tmp_path / "from-sample").glob("data-*"))
     assert data and all((tmp_path / "from-sample" / n).read_bytes() == (tmp_path / "from-hist" / n).read_bytes()
                         for n in data)
+    # a colleague's clustering made by the same commands in other folders: the same centroids' bytes, so the
+    # histogram reads over it (it was refused, its run key holding the folders); another seed's is refused
+    from ._helpers import CLUSTER_ARGS, EMBED_ARGS
+
+    ok(invoke(*EMBED_ARGS(p["generic"], tmp_path / "theirs" / "emb")))
+    ok(invoke(*CLUSTER_ARGS(tmp_path / "theirs" / "emb", tmp_path / "theirs" / "clu")))
+    ok(invoke(*RESAMPLE_ARGS(tmp_path / "theirs" / "emb", tmp_path / "theirs" / "clu", hist, tmp_path / "theirs" / "sel",
+                             "--within", "uniform")))
+    assert all((tmp_path / "theirs" / "sel" / n).read_bytes() == (tmp_path / "from-hist" / n).read_bytes() for n in data)
+    ok(invoke("cluster", tmp_path / "theirs" / "emb", "--out", tmp_path / "theirs" / "clu7", "--k", "4", "--seed", "7",
+              "--no-progress"))
+    one_line_error(invoke(*RESAMPLE_ARGS(tmp_path / "theirs" / "emb", tmp_path / "theirs" / "clu7", hist,
+                                         tmp_path / "theirs" / "sel7")), "histogram over another clustering")

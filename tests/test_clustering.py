@@ -128,6 +128,12 @@ def test_a_sample_too_small_for_its_k_is_fitted_with_a_warning(tmp_path, emb_dat
     caplog.clear()
     cluster(emb, tmp_path / "enough", ClusterConfig(k=8, sample=400))
     assert "points each" not in caplog.text
+    # the whole corpus too small for its k (the default 1024 on a small corpus was fitted without a word)
+    cluster(emb, tmp_path / "many", ClusterConfig(k=200))
+    assert "200 clusters over 2,000 vectors: 10.0 each" in caplog.text and "--k 51 or fewer" in caplog.text
+    caplog.clear()
+    cluster(emb, tmp_path / "fits", ClusterConfig(k=50))
+    assert "vectors:" not in caplog.text
 
 
 def test_hierarchy_leaves_are_dense_and_parents_consistent(tmp_path, emb_data):

@@ -173,7 +173,10 @@ def test_every_dense_run_gets_the_compares_lm_settings():
     from impsamp.comparison import LM_SETTINGS
     from impsamp.training import TrainConfig
 
-    assert set(LM_SETTINGS) <= {f.name for f in fields(CompareConfig)} & {f.name for f in fields(TrainConfig)}
+    shared = {f.name for f in fields(CompareConfig)} & {f.name for f in fields(TrainConfig)}
+    # the names both have that mean something else in a compare: the selections' budget, the tokenizer it trains,
+    # the seed (else --train-seed), the projected networks' basis
+    assert shared - set(LM_SETTINGS) == {"tokens", "vocab_size", "seed", "basis"} and set(LM_SETTINGS) <= shared
     cfg = CompareConfig(preset="mini", steps=7, finetune_steps=3, dtype="float32", n_layer=2, n_embd=64, n_head=2,
                         block_size=32, batch_size=4, text_field="body", seed=5)
     tcfg = cfg.train_config("tok.json")
@@ -445,9 +448,9 @@ def test_importance_settings_without_importance_and_a_k_that_is_not_the_clusters
 
     with pytest.raises(ConfigError, match="--within, --within-top set.s. how `importance` draws"):
         CompareConfig(methods=("uniform", "ngram"), within="knn", within_top=1.25)
-    for drawn in ({"max_repeat": 2}, {"scheme": "crisp"}):  # were dropped without a word
-        with pytest.raises(ConfigError, match="set.s. how importance sampling draws; add importance"):
-            CompareConfig(methods=("uniform", "ngram"), **drawn)
+    for drawn, named in (({"max_repeat": 2}, "--max-repeat"), ({"scheme": "crisp"}, r"scheme \(the \[compare\] table")):
+        with pytest.raises(ConfigError, match=f"^{named}.* set.s. how importance sampling draws; add importance"):
+            CompareConfig(methods=("uniform", "ngram"), **drawn)  # were dropped without a word
     assert CompareConfig(methods=("uniform", "importance-uniform"), max_repeat=2).selection_config(
         "importance-uniform").max_repeat == 2
     generic, target, evals = _small_inputs(tmp_path, seed=0)
@@ -482,6 +485,27 @@ def test_a_bad_target_or_eval_file_is_refused_before_the_generic_corpus_is_embed
                                  str(evals), "--out", str(tmp_path / "cmp"), "--config", str(tmp_path / "c.toml")])
     assert r.exit_code == 1 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_weighted_target_and_embeddings_of_another_field_are_refused_in_one_line(tmp_path):
+    from impsamp.embedding import EmbedConfig, embed
+    from impsamp.io import open_corpus
+
+    generic, target, evals = _small_inputs(tmp_path, seed=0)
+    args = ["compare", "--generic", str(generic), "--eval", str(evals), "--out", str(tmp_path / "cmp"),
+            "--config", str(tmp_path / "c.toml")]
+    r = CliRunner().invoke(cli, [*args, "--target", f"{target}:0.7"])  # was "no such file or folder"
+    assert r.exit_code == 1 and "without weights (a PATH:WEIGHT mixture is `impsamp resample`'s)" in r.output, r.output
+    # embeddings of the generic corpus's `body`, a compare reading `text`: the selections and the tokenizer disagreed
+    both = tmp_path / "both.jsonl"
+    both.write_text("".join(json.dumps({**json.loads(line), "body": "other words"}) + "\n"
+                            for line in generic.read_text().splitlines()))
+    emb = embed(open_corpus(both, text_field="body"), tmp_path / "emb", EmbedConfig(model="hashing:64"))
+    r = CliRunner().invoke(cli, ["compare", "--generic", str(both), "--target", str(target), "--eval", str(evals),
+                                 "--out", str(tmp_path / "cmp"), "--config", str(tmp_path / "c.toml"),
+                                 "--embeddings", str(emb.path)])
+    assert r.exit_code == 1 and "read --generic's field 'body'" in r.output and "pass --text-field body" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "cmp").exists()
 
 
 def test_the_demo_refuses_an_unknown_target_before_any_work(tmp_path, monkeypatch):

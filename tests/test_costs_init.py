@@ -52,8 +52,17 @@ def test_evaluate_takes_a_runs_handle_and_refuses_no_file_and_an_unknown_device(
 
     by_path = impsamp.evaluate(base["run"], [base["sample"]], device="cpu")
     assert impsamp.evaluate(TrainRun.load(base["run"]), str(base["sample"]), device="cpu") == by_path
-    with pytest.raises(impsamp.ConfigError, match="at least one evaluation file"):  # was a perplexity of 0.0
-        impsamp.evaluate(base["run"], [])
+    from pathlib import PurePosixPath
+
+    from impsamp.training import evaluate as evaluate_dense
+
+    for files in ([], (f for f in [])):  # was a perplexity of 0.0, from every scorer
+        with pytest.raises(impsamp.ConfigError, match="at least one evaluation file"):
+            impsamp.evaluate(base["run"], files)
+    with pytest.raises(impsamp.ConfigError, match="at least one evaluation file"):
+        evaluate_dense(base["run"], [])
+    assert evaluate_dense(TrainRun.load(base["run"]), [base["sample"]], device="cpu") == by_path
+    assert impsamp.evaluate(PurePosixPath(base["run"]), [base["sample"]], device="cpu") == by_path
     with pytest.raises(impsamp.ConfigError, match="--device 'tpu' is unknown; valid: auto, cpu"):
         impsamp.evaluate(base["run"], [base["sample"]], device="tpu")
     with pytest.raises(impsamp.ConfigError, match="give a run's folder"):

@@ -303,6 +303,18 @@ def test_truncated_compressed_jsonl_is_an_error_not_fewer_rows(tmp_path):
             open_corpus(tmp_path / name)
 
 
+def test_a_compressed_file_named_as_plain_jsonl_says_which_suffix_it_needs(tmp_path):
+    """It read as invalid UTF-8, and with --encoding-errors replace as malformed JSON: neither the fix."""
+    data = jsonl_bytes(make_docs(20))
+    for kind, suffix, blob in [("gzip", ".gz", gzip.compress(data)),
+                               ("zstd", ".zst", zstandard.ZstdCompressor().compress(data))]:
+        (tmp_path / f"{kind}.jsonl").write_bytes(blob)
+        for errors in ("strict", "replace"):
+            with pytest.raises(CorpusError, match=rf"{kind}.jsonl is {kind}-compressed but its name does not end in "
+                                                  rf"\{suffix}; rename it to {kind}.jsonl\{suffix}"):
+                read_all(open_corpus(tmp_path / f"{kind}.jsonl", encoding_errors=errors))
+
+
 def test_text_field_and_id_field_options(tmp_path):
     p = tmp_path / "c.jsonl"
     p.write_bytes(jsonl_bytes([{"content": "hello", "key": 7, "id": "ignored"},
@@ -470,7 +482,8 @@ def test_reopen_corpus_refuses_a_changed_corpus(tmp_path):
     with pytest.raises(CorpusError, match="part-01.jsonl changed since"):
         reopen_corpus(spec)
     (tmp_path / "part-02.jsonl").unlink()
-    with pytest.raises(CorpusError, match="cannot reopen"):
+    with pytest.raises(CorpusError, match="cannot reopen the corpus recorded in the manifest: .*put it back, or "
+                                          "embed the corpus again where it is now"):
         reopen_corpus(spec)
 
 

@@ -149,7 +149,7 @@ def test_sigkill_mid_write_then_resume_gives_the_uninterrupted_bytes(tmp_path, s
     assert not (out / MANIFEST).exists()
     residue = list((out / "vectors").glob(".part-00001.bin.tmp-*"))
     assert residue and residue[0].stat().st_size == 32 * 1024  # the half that was written
-    with pytest.raises(StageError, match=r"incomplete 'embed' output \(1 shard\(s\) committed"):
+    with pytest.raises(StageError, match=r"incomplete 'embed' output \(1 shard committed"):
         read_manifest(out)
     with pytest.raises(StageError, match="incomplete"):
         read_manifest(out, expect_stage="embed")

@@ -144,6 +144,13 @@ def test_saved_histogram_and_mixture_targets(stages, tmp_path):
     assert not (tmp_path / "obj").exists()
     again = impsamp.resample(emb, clu, tmp_path / "gen", targets=(t for t in [saved]), config=ResampleConfig(docs=50))
     assert again.stats["rows"] == alone.stats["rows"] == 50  # a generator is read once, whole
+    uniform = ResampleConfig(docs=20, method="uniform")
+    assert impsamp.resample(emb, clu, tmp_path / "u", targets=None, config=uniform).stats["rows"] == 20
+    t_emb = impsamp.embed(target, tmp_path / "t-emb", EmbedConfig(model="hashing:64"))  # a stage's handle as target
+    assert impsamp.histogram(t_emb, clu) == impsamp.histogram(t_emb.path, clu)
+    with pytest.raises(impsamp.ConfigError, match="unknown weighting 'nope'"):  # before the target is embedded
+        impsamp.resample(emb, clu, tmp_path / "w", targets=[target], config=ResampleConfig(docs=20), weighting="nope")
+    assert not (tmp_path / "w").exists()
 
 
 def test_the_card_says_which_bytes_were_replaced(tmp_path):
@@ -567,6 +574,14 @@ def test_a_selection_is_read_from_its_own_text_column_whatever_the_users_field(s
     assert data_text_field([sel.path, generic], "text") == "text"  # a 'text' corpus beside it: one field
     with pytest.raises(CorpusError, match=r"--data mixes a selection .* --text-field body"):
         data_text_field([sel.path, body], "body")
+    # a selection as one part of a target beside a sample of another field: each part read with its own
+    rng = np.random.default_rng(5)
+    law = tmp_path / "law.jsonl"
+    law.write_text("".join(json.dumps({"body": _doc(rng, "law")}) + "\n" for _ in range(30)))
+    cfg = ResampleConfig(docs=60, text_field="body")  # the default --within reads both parts' text
+    mixed = impsamp.resample(emb, clu, tmp_path / "mixed", targets=[f"{sel.path}:0.5", f"{law}:0.5"], config=cfg)
+    assert [t["documents"] for t in mixed.stats["targets"]] == [50, 30] and mixed.stats["within"] == "ngram-classifier"
+    assert impsamp.histogram(sel.path, clu, text_field="body").total == 50
 
 
 def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):
@@ -653,7 +668,7 @@ def test_a_resume_whose_weights_changed_is_refused(stages, tmp_path, monkeypatch
     interrupted(tmp_path / "n", ngram)
     scorer = rs.DOCUMENT_SCORERS["ngram"]
     monkeypatch.setitem(rs.DOCUMENT_SCORERS, "ngram", lambda *a: [w[::-1] for w in scorer(*a)])
-    with pytest.raises(impsamp.StageError, match="planned from other weights"):
+    with pytest.raises(impsamp.StageError, match="planned from other document weights"):
         impsamp.resample(emb, clu, tmp_path / "n", targets=[target], config=ngram)
     monkeypatch.undo()
     resumed = impsamp.resample(emb, clu, tmp_path / "n", targets=[target], config=ngram)

@@ -124,6 +124,19 @@ def _kill_when(proc: subprocess.Popen, run_dir: Path, pattern: str, timeout: flo
 # ----------------------------------------------------------------------------- training
 
 
+def test_the_final_loss_is_the_last_log_window_whatever_the_checkpoints():
+    from impsamp.training.result import last_window_loss as _last_window_loss
+
+    def lines(*pairs):
+        return [{"step": s, "loss": v} for s, v in pairs]
+
+    plain = _last_window_loss(lines((10, 5.0), (20, 4.0), (30, 3.5)), 10)
+    split = _last_window_loss(lines((10, 5.0), (20, 4.0), (24, 3.0), (30, 23 / 6)), 10)  # a checkpoint at 24
+    assert plain == split == 3.5
+    assert _last_window_loss(lines((10, 5.0), (17, 4.2)), 10) == 4.2  # a phase that stopped early: its last 7 steps
+    assert _last_window_loss([], 10) is None
+
+
 def test_loss_falls_and_run_dir_is_complete(trained):
     log = [json.loads(line) for line in (trained.path / "metrics.jsonl").read_text().splitlines()]
     pre = [r["loss"] for r in log if r["phase"] == "pretrain" and "loss" in r]

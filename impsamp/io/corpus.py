@@ -282,7 +282,10 @@ def reopen_corpus(spec: dict[str, Any], *, check: bool = True, source: str = "th
         corpus = open_corpus(files, text_field=spec["text_field"], id_field=spec.get("id_field"),
                              encoding_errors=spec.get("encoding_errors", "strict"))
     except CorpusError as e:
-        raise CorpusError(f"cannot reopen the corpus recorded in the manifest: {e}") from e
+        missing = next((f for f in files if not Path(f).exists()), None)
+        fix = ("; the embeddings read their text there: put it back, or embed the corpus again where it is now"
+               if missing else "")
+        raise CorpusError(f"cannot reopen the corpus recorded in {source}: {e}{fix}") from e
     if check:
         if len(spec["files"]) != len(corpus.files):
             raise CorpusError(f"the corpus recorded in the manifest had {len(spec['files'])} file(s); "

@@ -101,6 +101,25 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
 _WARNED: set[str] = set()
 
 
+def data_text_field(specs, text_field: str, flag: str = "--data") -> str:
+    """The field `specs` are read with: `text` when they are an impsamp selection (a `resample` folder, or
+    its data files, keeps its text there), whatever `--text-field` names for the user's own files (the
+    in-domain sample, the eval text); else `text_field`.
+
+    Raises:
+        CorpusError: a selection beside files of another text field (one corpus reads one field).
+    """
+    files = [f.resolve() for s in ([specs] if isinstance(specs, (str, Path)) else specs) for f in expand(s)]
+    listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
+    ours = [f for f in files if f in listed]
+    if files and len(ours) == len(files):
+        return "text"
+    if ours and text_field != "text":
+        raise CorpusError(f"{flag} mixes a selection ({ours[0].parent}, text under 'text') with files read "
+                          f"with --text-field {text_field}; give those files a 'text' field, or give them apart")
+    return text_field
+
+
 def selection_files(folder: Path) -> set[Path]:
     """The data files (resolved) of `folder` when it is a complete `resample` output, else none: their text
     is under `text`, whatever field the user's own files use."""

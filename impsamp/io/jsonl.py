@@ -285,9 +285,23 @@ def zstd_error() -> type[BaseException]:
     return getattr(mod, "ZstdError", EOFError) if mod is not None else EOFError
 
 
+COMPRESSED_MAGIC = {b"\x1f\x8b": ("gzip", ".gz"), b"\x28\xb5\x2f\xfd": ("zstd", ".zst")}
+"""The first bytes of a gzip and a zstd stream, and the suffix that makes impsamp decompress the file."""
+
+
+def _refuse_compressed(path: Path, first_line: bytes) -> None:
+    """A compressed file named as plain JSONL: one line naming the suffix (it read as invalid UTF-8 or bad JSON)."""
+    for magic, (kind, suffix) in COMPRESSED_MAGIC.items():
+        if first_line.startswith(magic):
+            raise CorpusError(f"{path} is {kind}-compressed but its name does not end in {suffix}; rename it "
+                              f"to {path.name}{suffix}")
+
+
 def parse_json_line(corpus: Corpus, path: Path, row: int, raw: bytes, stats: ReadStats
                      ) -> tuple[str | None, str | None]:
     line_no = row + 1
+    if row == 0:
+        _refuse_compressed(path, raw)
     if row == 0 and raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte order mark
     try:

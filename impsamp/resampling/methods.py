@@ -63,18 +63,13 @@ def targets_have_text(targets: Sequence[Any]) -> bool:
     return bool(targets) and not any(_textless(parse_target(t)[0]) for t in targets)
 
 
-def target_corpus(targets: Sequence[Any], cfg: ResampleConfig, method: str):
-    from ..io import open_corpus
-
-    return open_corpus(_text_specs(targets, method), text_field=cfg.text_field, id_field=cfg.id_field)
-
-
 def target_text_parts(targets: Sequence[Any], cfg: ResampleConfig, method: str) -> list[tuple[Any, float]]:
-    """Each target part's corpus and its mixture weight."""
+    """Each target part's corpus (a selection read from its own `text`) and its mixture weight."""
     from ..io import open_corpus
+    from ..io.discovery import data_text_field
 
     _text_specs(targets, method)
-    return [(open_corpus([sp], text_field=cfg.text_field, id_field=cfg.id_field), w)
+    return [(open_corpus([sp], text_field=data_text_field([sp], cfg.text_field, "--target"), id_field=cfg.id_field), w)
             for sp, w in map(parse_target, targets)]
 
 

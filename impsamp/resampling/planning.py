@@ -49,7 +49,8 @@ class Plan:
 
 
 def arrays_fingerprint(arrays: list[np.ndarray]) -> str:
-    """sha256 of float arrays, each rounded to 1e-9 (what a plan is made from, or the plan itself)."""
+    """sha256 of float arrays (what a plan is made from, or the plan itself). The rounding to 1e-9 is no
+    tolerance: two sets of weights that differ in any unit almost surely differ here too."""
     import hashlib
 
     h = hashlib.sha256()

@@ -17,7 +17,7 @@ from ..manifest import StageRun, atomic_write_bytes, fingerprint
 from ..plots import figure, save_png
 from .config import FEATURES, ResampleConfig
 from .inputs import Inputs
-from .planning import Plan, plan_fingerprint, unit_repeats
+from .planning import Plan, unit_repeats
 from .writing import data_name
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def write_extras(run: StageRun, cfg: ResampleConfig, stats: dict[str, Any], targ
     files["histograms.json"] = out / "histograms.json"
     if cfg.format == "arrow":
         data_files = [{"filename": data_name(b, n_out, "arrow")} for b in range(n_out)]
-        state = {"_data_files": data_files, "_fingerprint": content_key(run, inputs.emb, inputs.clu, plan)[7:23],
+        state = {"_data_files": data_files, "_fingerprint": content_key(run, inputs.emb, inputs.clu)[7:23],
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": None}
         info = {"citation": "", "description": "impsamp selection", "features": FEATURES,
@@ -84,7 +84,7 @@ def data_key(run: StageRun) -> str:
                               for ref in rec["files"]))
 
 
-def content_key(run: StageRun, emb, clu, plan: Plan) -> str:
+def content_key(run: StageRun, emb, clu) -> str:
     """A fingerprint of what the selection is made of, wherever its inputs lie: the corpus's content, the
     embed, cluster and resample settings, the target histogram, the plan (the cluster weights and the document
     weights: two targets of one histogram weigh documents apart), how the budget was counted and the version (the
@@ -94,7 +94,7 @@ def content_key(run: StageRun, emb, clu, plan: Plan) -> str:
                         "embed": emb.manifest.config, "cluster": clu.manifest.config,
                         "resample": {k: v for k, v in run.config.items() if k != "budget_tokenizer"},
                         "target": run.inputs.get("target_fingerprint"), "within": run.inputs.get("within_fingerprint"),
-                        "plan": plan_fingerprint(plan), "budget": budget, "version": run.version})
+                        "plan": run.shard_record("plan")["stats"]["fingerprint"], "budget": budget, "version": run.version})
 
 
 def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Plan, top: int = 40) -> bool:
@@ -252,8 +252,9 @@ def _weight_words(cfg: ResampleConfig, stats: dict[str, Any]) -> dict[str, str]:
                               "embeddings (the target sample against a sample of the generic corpus) gives it of "
                               "being target text; the clusters played no part in the choice."}
     return {"weight_column": "the importance weight of that cluster",
-            "weigh_step": f"Each cluster received an importance weight ({stats['weighting']}), e.g. the ratio of "
-                          "its share in the target to its share in the generic corpus."}
+            "weigh_step": f"Each cluster received an importance weight ({stats['weighting']})"
+                          + (": the ratio of its share in the target to its share in the generic corpus."
+                             if stats["weighting"] == "ratio" else ".")}
 
 
 def _source_datasets(files) -> str:

@@ -32,12 +32,12 @@ from ..io.discovery import absolute_glob, is_glob
 from ..manifest import StageRun, inside, tmp_name
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, Shared, commit_once, engine_session, run_tasks
-from ..weighting import compute_weights
+from ..weighting import compute_weights, resolve_weighting
 from .budget import UnitSizes
 from .config import DOCUMENT_RANKERS, RATIO_SHAPING, SELECTION_SCHEMA, ResampleConfig
 from .inputs import Inputs, open_inputs
 from .methods import (classifier_unit_log_weights, mixture_row_weights, ngram_classifier_unit_log_odds,
-                      ngram_unit_log_weights, parse_target, target_corpus, targets_have_text)
+                      ngram_unit_log_weights, parse_target, target_text_parts, targets_have_text)
 from .planning import Plan, arrays_fingerprint, make_plan, plan_fingerprint, unit_repeats
 from .report import plot_histograms, selection_diagnostics, write_extras
 from .selection import Selection
@@ -181,6 +181,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
         raise ConfigError("resample --num-shards/--shard-index: the output is one global shuffle of every "
                           "input shard, so it cannot be cut into independent slices; run it as one job "
                           "(--engine ray spreads its shards over a Ray cluster)")
+    if isinstance(weighting, str):  # a name or import string: checked (and imported) before the target's work
+        resolve_weighting(weighting)
     refuse_busy(Path(out_dir))  # before the target is embedded
     inputs = open_inputs(embeddings, clusters, cfg)
     target = weigh(inputs, targets, cfg, weighting)
@@ -201,6 +203,8 @@ def resample(embeddings, clusters, out_dir: str | Path, *, targets: Sequence[Any
 def _target_list(targets: Any) -> list[Any]:
     """`resample`'s targets as a list: one target alone (a path, a stage's handle, one (path, weight) pair) or
     any iterable of them (a generator is read once, here)."""
+    if targets is None:  # (`--method uniform` takes no target)
+        return []
     if isinstance(targets, (str, os.PathLike)) or not isinstance(targets, Iterable) or (
             isinstance(targets, tuple) and len(targets) == 2 and isinstance(targets[1], numbers.Real)):
         return [targets]
@@ -255,18 +259,20 @@ def _count_sizes(run: StageRun, inputs: Inputs, cfg: ResampleConfig, progress: b
 
 def _ngram_scores(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target, inputs: Inputs,
                   progress: bool, ngram_cache: bool, ex: Execution) -> list[np.ndarray]:
+    """`--method ngram`: each unit's hashed n-gram log-ratio, target against pool (DSIR's)."""
     return ngram_unit_log_weights(run, cfg, targets, inputs, progress, cache=ngram_cache, execution=ex)
 
 
 def _classifier_scores(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
                        inputs: Inputs, progress: bool, ngram_cache: bool, ex: Execution) -> list[np.ndarray]:
+    """`--method classifier`: each unit's log-odds from a logistic regression on the embeddings."""
     return classifier_unit_log_weights(cfg, target.vectors, inputs.emb, inputs.names, target.vector_weights)
 
 
 DOCUMENT_SCORERS: dict[str, Callable[..., list[np.ndarray]]] = {"ngram": _ngram_scores,
                                                                 "classifier": _classifier_scores}
 """Per-unit log-weights of each `DOCUMENT_RANKERS` method, by name: a method added there needs its scorer here
-(tests/test_resample.py checks the two agree)."""
+(tests/test_resampling.py checks the two agree)."""
 
 
 def _document_log_weights(run: StageRun, cfg: ResampleConfig, targets: Sequence[Any], target: Target,
@@ -299,7 +305,7 @@ def _check_target_kinds(cfg: ResampleConfig, targets: Sequence[Any], target: Tar
     document-level comparisons (`--method classifier`, `--within` other than uniform) its vectors, which
     a saved histogram does not have."""
     if cfg.method == "ngram" or (cfg.method == "importance" and cfg.within in NGRAM_WITHIN):
-        target_corpus(targets, cfg, "ngram" if cfg.method == "ngram" else f"importance --within {cfg.within}")
+        target_text_parts(targets, cfg, "ngram" if cfg.method == "ngram" else f"importance --within {cfg.within}")
     what = ("--method classifier" if cfg.method == "classifier" else
             f"--within {cfg.within}" if cfg.method == "importance" and cfg.within != "uniform" else None)
     if what and target.vectors is None:
@@ -318,8 +324,9 @@ def _check_plan(run: StageRun, plan: Plan) -> None:
         run.commit_shard("plan", {}, stats={"fingerprint": fp}, intermediate=True)
     elif run.shard_record("plan")["stats"].get("fingerprint") != fp:
         raise StageError(f"{run.out_dir} holds an interrupted resample whose draws were planned from other "
-                         "weights (a weighting or --within function edited, a target's text changed); rerun "
-                         "with the same inputs to resume, or pass --overwrite to start over")
+                         "document weights: a target's text edited where its histogram stayed, or another machine, "
+                         "BLAS thread count or embedding backend (`--method classifier` fits on floats they round "
+                         "apart); resume it where it started, or pass --overwrite to start over")
 
 
 def _route_pass(run: StageRun, ex: Execution, cfg: ResampleConfig, inputs: Inputs, plan: Plan,

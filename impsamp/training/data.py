@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import CorpusError
 from ..io import open_corpus
+from ..io.discovery import data_text_field  # noqa: F401 - where the trainer's callers find it
 from ..manifest import atomic_write_json, fingerprint, tmp_name
 from .tokenizer import LoadedTokenizer
 
@@ -72,28 +73,6 @@ class BinWriter:
         self.fh.close()
         os.replace(self.tmp, self.final)
         return TokenBin(str(self.final), self.dtype.name, self.tokens, self.documents, self.bytes)
-
-
-def data_text_field(specs: Sequence[str | Path], text_field: str) -> str:
-    """The field `--data` is read with: `text` when it is an impsamp selection (a `resample` folder, or
-    its data files, keeps its text there), whatever `--text-field` names for the user's own files (the
-    in-domain sample, the eval text); else `text_field`.
-
-    Raises:
-        CorpusError: a selection beside files of another text field (one corpus reads one field).
-    """
-    from ..io.discovery import expand, selection_files
-
-    files = [f.resolve() for s in specs for f in expand(s)]
-    listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
-    ours = [f for f in files if f in listed]
-    if files and len(ours) == len(files):
-        return "text"
-    if ours and text_field != "text":
-        raise CorpusError(f"--data mixes a selection ({ours[0].parent}, text under 'text') with files read "
-                          f"with --text-field {text_field}; give those files a 'text' field, or train on them "
-                          "apart")
-    return text_field
 
 
 def _one_in(val_fraction: float) -> int | None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CorpusError
+from ..errors import ConfigError, CorpusError
 from ..io import as_specs, open_corpus
 from ..io.discovery import absolute_glob
 from ..progress import progress_bar
@@ -88,6 +88,8 @@ def eval_specs(eval_files: str | Path | Sequence[str | Path]) -> dict[str, str]:
     specs: dict[str, str] = {}
     for s in as_specs(eval_files):
         specs.setdefault(absolute_glob(s), str(s))
+    if not specs:  # (every scorer comes through here: a macro perplexity of 0.0 over no file looked like a result)
+        raise ConfigError("give at least one evaluation file (--eval)")
     return specs
 
 
@@ -119,11 +121,11 @@ def evaluate(run_dir: str | Path, eval_files: Sequence[str | Path], text_field: 
         eval_files: corpus specs (files, folders, globs); each is one entry of `per_file`.
         weights: "model.safetensors" (final) or "pretrained.safetensors" (before fine-tuning).
     """
-    from ..errors import ConfigError
     from .result import TrainRun
     from .runtime import resolve_device, resolve_dtype
 
-    run = TrainRun.load(run_dir)
+    run = run_dir if isinstance(run_dir, TrainRun) else TrainRun.load(run_dir)
+    eval_files = list(eval_specs(eval_files).values())  # before the model is loaded
     if run.config.arch == "projected":
         raise ConfigError(f"{run_dir} is a projected network: each document is scored by the small model "
                           "of its own cluster; use impsamp.evaluate (or impsamp.evaluate_projected)")

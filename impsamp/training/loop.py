@@ -50,7 +50,7 @@ from .distill import Distilled
 from .evaluation import check_eval_files, evaluate_model, stream_nll
 from .families import build_model, param_groups
 from .provenance import check_teacher, init_run, run_costs, run_inputs, with_init_defaults
-from .result import PAYLOAD, TrainRun, run_config
+from .result import PAYLOAD, TrainRun, last_window_loss, run_config
 from .runtime import Runtime, check_memory
 from .stopping import BEST, EarlyStop
 from .tokenizer import LoadedTokenizer, file_sha256, load_tokenizer, train_tokenizer
@@ -470,7 +470,7 @@ class _Trainer:
         speeds = [r["tokens_per_s"] for r in recs]
         # (a phase that stopped early ends at its last line)
         return {"steps": recs[-1]["step"] if recs else ph.steps, "tokens": recs[-1]["tokens"] if recs else 0,
-                "final_loss": recs[-1]["loss"] if recs else None, "val_loss": vals[-1] if vals else None,
+                "final_loss": last_window_loss(recs, self.cfg.log_every), "val_loss": vals[-1] if vals else None,
                 "tokens_per_s": round(sum(speeds) / len(speeds), 1) if speeds else None, "lr": ph.lr}
 
     def _finish(self, stage: StageRun, metrics: dict[str, Any]) -> None:
@@ -494,4 +494,3 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
     groups = param_groups(model, cfg.weight_decay)
     extra = {"fused": True} if device.type == "cuda" else {}
     return torch.optim.AdamW(groups, lr=cfg.resolved("lr"), betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
-

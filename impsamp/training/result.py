@@ -28,6 +28,23 @@ def run_config(model: ModelConfig, train: TrainConfig, *, steps: dict[str, int],
             **({"conditioning": conditioning} if conditioning is not None else {})}
 
 
+def last_window_loss(recs: list[dict[str, Any]], log_every: int) -> float | None:
+    """The mean training loss of a phase's last `log_every` window (the steps after the last multiple of it), from
+    its log lines weighted by the steps each covers: a checkpoint's line splits a window without moving the figure
+    (the last line alone was the loss since the checkpoint, so `--checkpoint-every` changed it)."""
+    if not recs:
+        return None
+    end = recs[-1]["step"]
+    start = (end - 1) // log_every * log_every  # lines come at every multiple of log_every: a window starts there
+    steps, total, before = 0, 0.0, start
+    for r in recs:
+        if r["step"] > start:
+            total += r["loss"] * (r["step"] - before)
+            steps += r["step"] - before
+        before = r["step"]
+    return round(total / steps, 6)
+
+
 @dataclass
 class TrainRun:
     """A finished training run: its config, model shape and metrics (what `TrainRun.load` reads)."""
