@@ -197,7 +197,9 @@ def read_manifest(path: str | Path, *, expect_stage: str | tuple[str, ...] | Non
     except (ValueError, TypeError, KeyError) as e:
         raise StageError(f"{path / MANIFEST} is corrupt ({e}); rerun the stage with --overwrite") from e
     if expected and manifest.stage not in expected:
-        raise StageError(f"{path} is {a_or_an(manifest.stage)} '{manifest.stage}' output{want}")
+        experts = (f"; each of its experts is one: {path / 'experts' / 'g000'}, ..."
+                   if manifest.stage == "experts" and "train" in expected else "")
+        raise StageError(f"{path} is {a_or_an(manifest.stage)} '{manifest.stage}' output{want}{experts}")
     for ref in manifest.outputs:
         if not ref.path or Path(ref.path).is_absolute() or ".." in Path(ref.path).parts:
             raise StageError(f"{path / MANIFEST} lists {ref.path!r}, outside {path}: the manifest is corrupt "

@@ -335,6 +335,19 @@ def test_bfloat16_stays_close_to_float32(demo_texts):
 
 
 @pytest.mark.slow
+def test_a_window_that_begins_inside_a_word_starts_at_the_word():
+    from impsamp.embedding.contract import WORD_SNAP, window_spans
+
+    text = "the optparse module parses options " + "x" * (WORD_SNAP + 10) + " end"
+    cut = text.index("parse module")  # a token starting at "parse" inside "optparse"
+    assert window_spans([0, cut], len(text), None, text) == ([0, text.index("optparse")], [text.index("optparse"),
+                                                                                           len(text)])
+    assert window_spans([0, cut], len(text), None) == ([0, cut], [cut, len(text)])  # without the text: as the tokens
+    inside = text.index("x" * 5) + WORD_SNAP + 5  # no space within reach: the token's start stays
+    assert window_spans([0, inside], len(text), None, text)[0] == [0, inside]
+    assert window_spans([0, 2, 4], 10, None, "abcdefghij")[0] == [0, 2, 4]  # never past the window before
+
+
 def test_real_windows_tile_long_documents(st_model, demo_texts):
     emb = load_embedder(EmbedConfig(max_tokens=64, windows=True, device="cpu", precision="float32"))
     texts = demo_texts[:4] + ["  " + "word " * 300]
@@ -344,6 +357,9 @@ def test_real_windows_tile_long_documents(st_model, demo_texts):
     import pyarrow as pa
 
     check_windows_tile(pa.Table.from_pandas(t), dict(enumerate(texts)), 62)
+    # a window that began on a subword ("parse" of "optparse") starts at its word: no word is cut in two
+    later = t[t.window > 0]
+    assert all(texts[d][s - 1].isspace() for d, s in zip(later.doc_index, later.char_start))
     # each window is embedded as its own text: the first window equals the truncated document
     head, _ = embed_texts(texts, load_embedder(EmbedConfig(max_tokens=64, device="cpu", precision="float32")))
     first = np.flatnonzero(t.window.to_numpy() == 0)

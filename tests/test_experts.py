@@ -205,6 +205,9 @@ def test_bad_inputs_are_one_line_errors(pipe, tmp_path):
                           "--config", pipe["toml"]), "--level 1")
     one_line_error(invoke("specialize", pipe["root"] / "nope", "--target", pipe["target"], "--out", tmp_path / "s"),
                    "experts")
+    # a command that takes one trained model, given the experts folder: where the models are
+    one_line_error(invoke("export", pipe["ex"], tmp_path / "hf"), "'experts' output",
+                   f"each of its experts is one: {pipe['ex'] / 'experts' / 'g000'}")
     # a target embedded with another model
     other = tmp_path / "other-emb"
     ok(invoke("embed", pipe["target"], "--out", other, "--model", "hashing:32", "--no-progress"))

@@ -68,9 +68,23 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def window_spans(starts: list[int], n_chars: int, truncated_end: int | None) -> tuple[list[int], list[int]]:
+WORD_SNAP = 64
+"""How far back (characters) a window's text may start to begin at its first word's first character."""
+
+
+def window_spans(starts: list[int], n_chars: int, truncated_end: int | None, text: str | None = None
+                 ) -> tuple[list[int], list[int]]:
     """Windows tile [0, n_chars): window w starts at its first token (window 0 at 0), ends where the next
-    starts. A single truncated unit ends at `truncated_end`."""
-    starts = [0] + starts[1:]
+    starts. A single truncated unit ends at `truncated_end`. With `text`, a window whose first token is inside a
+    word (a subword) starts at that word's first character instead, found within `WORD_SNAP` characters and
+    past the window before: the text a selection writes holds whole words (the vectors are the tokens')."""
+    starts = [0] + list(starts[1:])
+    if text is not None:
+        for w in range(1, len(starts)):
+            b, floor = starts[w], max(starts[w - 1] + 1, starts[w] - WORD_SNAP)
+            while b > floor and not text[b - 1].isspace():
+                b -= 1
+            if text[b - 1].isspace():  # a word's start (else no space near: the token's start stays)
+                starts[w] = b
     ends = starts[1:] + [n_chars if truncated_end is None else truncated_end]
     return starts, ends

@@ -209,7 +209,7 @@ class TransformerEmbedder:
                 ids.append(piece.ids)
                 owner.append(i), window.append(w), tokens.append(len(content))
                 first_starts.append(_orig_start(shifts[i], offsets[content[0]][0]) if len(content) else 0)
-            starts, ends = window_spans(first_starts, len(texts[i]), None)
+            starts, ends = window_spans(first_starts, len(texts[i]), None, texts[i])
             starts_all += starts
             ends_all += ends
         prepared = Prepared(len(texts), np.asarray(owner, np.int64), np.asarray(window, np.int32),
