@@ -144,11 +144,12 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     if stop := run.metrics.get("early_stopping"):
         click.echo(f"  early stopping: best validation loss {stop['best_val_loss']:.4f} at step "
                    f"{stop['best_step']}" + (f", stopped at {stop['stopped_at']}" if stop["stopped_at"] else ""))
-    for key in ("pretrained", "finetuned"):
+    before = "before fine-tuning (the --init run's weights)" if run.config.init else "pretrained"
+    for key, label in (("pretrained", before), ("finetuned", "finetuned")):
         if key in run.metrics:
             m = run.metrics[key]
-            click.echo(f"  {key}: macro ppl {m['macro_ppl']:.2f}, bits/byte {m['macro_bpb']:.3f} "
-                       f"over {len(m['per_file'])} file(s)")
+            click.echo(f"  {label}: macro ppl {m['macro_ppl']:.2f}, bits/byte {m['macro_bpb']:.3f} "
+                       f"over {plural(len(m['per_file']), 'file')}")
 
 
 def _check_tuning(numbers: dict, finetune, pretrains: bool) -> None:

@@ -77,7 +77,7 @@ def test_init_continues_from_the_given_weights(base, tmp_path):
     r = ok(invoke("train", "--init", base["run"], "--finetune", base["sample"], "--eval", base["sample"],
                   "--out", out, "--finetune-steps", "3", "--device", "cpu", "--no-progress", "--batch-size", "4",
                   "--dtype", "float32"))  # the --init run's precision: scored before, it must match evaluate()
-    assert "fine-tuned" in r.output
+    assert "fine-tuned" in r.output and "before fine-tuning (the --init run's weights): macro ppl" in r.output
     run = TrainRun.load(out)
     # scored before fine-tuning: exactly the --init run's model
     before = evaluate(base["run"], [base["sample"]], device="cpu")
