@@ -87,7 +87,8 @@ def write_report(out: Path, results: dict[str, Any], clu) -> dict[str, Path]:
                   "the table's target-domain share):", ""]
         for m, e in results["methods"].items():
             shares = sorted(e.get("domain_shares", {}).items(), key=lambda kv: -kv[1])
-            lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" for d, s in shares[:8]))
+            lines.append(f"- {m}: " + ", ".join(f"{d} {s:.0%}" if s >= 0.01 or s == 0 else f"{d} {s:.1%}"
+                                                 for d, s in shares[:8]))  # (0.46% read as 0%)
         lines.append("")
     if "experts" in results.get("models", {}):
         e = results["models"]["experts"]

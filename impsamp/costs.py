@@ -15,6 +15,8 @@ be stored, `params_active` what runs per token (one expert of a mixture).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -141,10 +143,19 @@ def encoder_flops(params: int, tokens: int) -> float:
 
 def format_flops(x: float) -> str:
     """1.23e15 -> '1.23 PFLOP'."""
-    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {unit}"
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6),
+                        ("kFLOP", 1e3)):
+        if abs(x) >= scale * 0.9995:  # (999.7 TFLOP rounds to 1.00 PFLOP, not to 1000 TFLOP)
+            return f"{_three_digits(x / scale)} {unit}"
     return f"{x:.3g} FLOP"
+
+
+def _three_digits(v: float) -> str:
+    """Three significant digits, trailing zeros kept: 19.0 beside 9.66 in a column (not 19), 123, 1.20."""
+    if not math.isfinite(v) or abs(v) >= 1000 or v == 0:
+        return f"{v:.3g}"
+    v = float(f"{v:.3g}")  # rounded first: 0.9997 is 1.00, not 1.000
+    return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}"
 
 
 def describe(c: Costs) -> list[str]:

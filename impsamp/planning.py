@@ -197,6 +197,13 @@ def decision_map(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"per_target_edges": xs, "params_edges": ys, "grid": grid, "labels": labels}
 
 
+def region_shares(m: dict[str, Any]) -> dict[int, float]:
+    """Each choice's share of the decision map's area as drawn (log axes): a choice won over a sliver of budgets
+    (two rows' costs 0.01% apart) is in the legend but not to be seen."""
+    area = np.outer(np.diff(np.log(m["params_edges"])), np.diff(np.log(m["per_target_edges"])))
+    return {int(i): float(area[m["grid"] == i].sum() / area.sum()) for i in np.unique(m["grid"])}
+
+
 # ---- the report section and its figures
 
 
@@ -249,18 +256,30 @@ def _count(n: float) -> str:
     return f"{n:.3g}"
 
 
+def cost_lines(rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The C(N) curves to draw: strategies whose costs are within 0.5% everywhere (a line's width on the log
+    plot) share one line, else the later one hides the first; `exact` where they agree to the FLOP's thousand."""
+    lines: list[dict[str, Any]] = []
+    for label, curve in cost_curves(rows).items():
+        line = next((ln for ln in lines if np.allclose(curve, ln["curve"], rtol=5e-3, atol=1.0)), None)
+        if line is None:
+            lines.append({"curve": curve, "labels": [label], "exact": True})
+        else:
+            line["labels"].append(label)
+            line["exact"] = line["exact"] and bool(np.allclose(curve, line["curve"], rtol=0, atol=1e3))
+    return lines
+
+
 def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int | None = None) -> bool:
     fig = figure((7.0, 4.2))
     if fig is None:
         return False
     ax = fig.add_subplot()
-    same: dict[tuple[float, ...], list[str]] = {}  # strategies of equal costs share one line (else it hides them)
-    for label, curve in cost_curves(rows).items():
-        same.setdefault(tuple(np.round(np.maximum(curve, 1.0), -3)), []).append(label)
     styles = ("-", "--", "-.", ":")
-    for i, (curve, labels) in enumerate(same.items()):
-        ax.plot(N_TARGETS, curve, linestyle=styles[i % len(styles)], linewidth=1.6,
-                label=" = ".join(labels) + (" (the same costs)" if len(labels) > 1 else ""))
+    for i, line in enumerate(cost_lines(rows)):
+        same = " (the same costs)" if line["exact"] else " (costs within 0.5%)"
+        ax.plot(N_TARGETS, line["curve"], linestyle=styles[i % len(styles)], linewidth=1.6,
+                label=" = ".join(line["labels"]) + (same if len(line["labels"]) > 1 else ""))
     if targets:
         ax.axvline(targets, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
@@ -300,7 +319,8 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     ax.set_ylabel("inference budget (active parameters)")
     ax.set_title("lowest perplexity after fine-tuning within both budgets")
     handles = [Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in used if i >= 0]
-    names = [labels[i] for i in used if i >= 0]
+    share = region_shares(m)
+    names = [labels[i] + (" (a strip too thin to see)" if share[i] < 0.002 else "") for i in used if i >= 0]
     if -1 in used:
         handles.append(Rectangle((0, 0), 1, 1, color=cmap(0)))
         names.append("nothing fits")

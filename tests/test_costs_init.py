@@ -69,6 +69,14 @@ def test_evaluate_takes_a_runs_handle_and_refuses_no_file_and_an_unknown_device(
         impsamp.evaluate(3, [base["sample"]])
 
 
+def test_flops_are_written_with_three_digits_in_any_unit():
+    from impsamp.costs import format_flops
+
+    got = [format_flops(x) for x in (19e12, 9.66e12, 123e9, 999.7e12, 999.4e12, 5.04e6, 5e5, 0.0)]
+    assert got == ["19.0 TFLOP", "9.66 TFLOP", "123 GFLOP", "1.00 PFLOP", "999 TFLOP", "5.04 MFLOP", "500 kFLOP",
+                   "0 FLOP"]
+
+
 def test_init_continues_from_the_given_weights(base, tmp_path):
     from impsamp.costs import Costs
     from impsamp.training import TrainRun, evaluate

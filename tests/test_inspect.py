@@ -69,6 +69,15 @@ def test_snippets_are_capped_in_length_and_count():
     assert got == [["a", "b", "c"], [s], []]  # 3 at most, distinct, none for an unsampled leaf
 
 
+def test_the_report_tables_right_align_every_kind_of_number():
+    from impsamp.explorer.report import _table
+
+    page = _table(["| method | ppl | params | note |", "|---|---|---|---|",
+                   "| dense | 2375.19 ± 33.77 | 2.23M of 8.90M | x |", "| experts | - | 2.23M | - |"])
+    assert page.count('<td class="num">') == 4 and '<th class="num">ppl</th><th class="num">params</th>' in page
+    assert "<td>dense</td>" in page and "<th>note</th>" in page and "<td>x</td>" in page  # words stay words
+
+
 def test_top_terms_are_distinctive_per_cluster_and_level():
     farm = ["tractor harvest wheat the and", "tractor barley wheat of the", "harvest tractor soil and"]
     code = ["compiler loop function the and", "compiler function variable of", "loop compiler debug the"]
@@ -82,6 +91,9 @@ def test_top_terms_are_distinctive_per_cluster_and_level():
     assert not {"the", "and", "of"} & {t for node in leaves + top for t in node}  # stop words
     assert len(top) == 1 and len(top[0]) == 3
     assert top_terms([], [np.array([], dtype=np.int64)], [2]) == [[[], []]]
+    long = ["tractor " + "a" * 41 + " harvest", "tractor " + "b" * 40 + " wheat"]  # a run of letters names no topic
+    terms, _ = top_terms(long, [np.zeros(2, np.int64), np.zeros(2, np.int64)], [1, 1], n_terms=6)
+    assert "a" * 41 not in terms[0] and "b" * 40 in terms[0]
 
 
 def test_sample_units_is_a_seeded_bottom_k_per_cluster():
@@ -243,11 +255,16 @@ def test_the_explorer_works_in_a_browser_from_disk(run, browser, tmp_path):
     tip = page.evaluate("(() => { const t = document.querySelector('.tip');"
                         " return [t.style.display, t.textContent]; })()")
     assert tip[0] == "block" and f"Cluster {dot['id']}" in tip[1]
+    def search(text: str) -> list[int]:
+        page.evaluate(f"(() => {{ const s = document.querySelector('input[type=search]'); s.value = {text!r};"
+                      " s.dispatchEvent(new Event('input')); })()")
+        page.evaluate("new Promise(r => setTimeout(r, 300))")
+        return _order(page)
+
+    # a number is a cluster's, not digits inside the snippets
+    assert search("2") == [2] and search("#3") == [3]
     # the documents holding a script show it as text and run nothing
-    page.evaluate("(() => { const s = document.querySelector('input[type=search]'); s.value = 'pwned';"
-                  " s.dispatchEvent(new Event('input')); })()")
-    page.evaluate("new Promise(r => setTimeout(r, 300))")
-    rows = _order(page)
+    rows = search("pwned")
     assert rows, "no cluster matches the filter 'pwned'"
     _click(page, f'tr[data-cluster="{rows[0]}"]')
     texts = page.evaluate("[...document.querySelectorAll('.snippet')].map(e => e.textContent)")

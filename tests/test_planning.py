@@ -97,6 +97,22 @@ def test_decision_map_redraws_the_papers_rule_from_the_rows():
             assert grid[i, j] == (labels.index(best) if best else -1), (x, y)
 
 
+def test_costs_a_line_width_apart_share_a_line_and_a_sliver_of_the_map_is_said():
+    from impsamp.planning import cost_lines, region_shares
+
+    rows = [("dense, uniform", entry(4.96e12, 309.705e9, 2.23e6, 600)),
+            ("projected network", entry(4.96e12, 309.737e9, 2.23e6, 590)),  # 0.01% apart: drawn on top, hidden
+            ("experts G=4 (top)", entry(4.96e12, 309.705e9, 2.23e6, 610)), ("large", entry(5e13, 2e12, 1e7, 400))]
+    lines = cost_lines(rows)
+    assert [ln["labels"] for ln in lines] == [["dense, uniform", "projected network", "experts G=4 (top)"], ["large"]]
+    assert lines[0]["exact"] is False and lines[1]["exact"] is True
+    assert cost_lines(rows[:1] + rows[2:3])[0]["exact"] is True  # the same costs, exactly
+    share = region_shares(decision_map(rows))
+    labels = [label for label, _ in rows]
+    assert share[labels.index("dense, uniform")] < 0.002 < share[labels.index("projected network")]
+    assert sum(share.values()) == pytest.approx(1.0)
+
+
 def test_the_plots_leave_the_callers_matplotlib_alone(tmp_path):
     """The library drew with pyplot after `matplotlib.use("Agg")`: a notebook calling `impsamp.compare` lost its
     backend. The plots are Figures now, and pyplot is never imported."""

@@ -105,14 +105,19 @@ def _cells(line: str) -> list[str]:
 def _table(lines: list[str]) -> str:
     head = _cells(lines[0])
     rows = [_cells(li) for li in lines[1:] if not re.fullmatch(r"\|?[\s:|-]+\|?", li.strip())]
-    num = re.compile(r"^[-+]?[\d.,]+(e[-+]?\d+)?\s*[%kMGTPE]?[A-Za-z]*$")
+    # a number with its unit, a mean ± its error, active of total parameters, or a dash for none
+    qty = r"[-+]?[\d.,]+(?:e[-+]?\d+)?\s*[%kMGTPE]?[A-Za-z/]*"
+    num = re.compile(rf"^(?:{qty}(?:\s*(?:±|of)\s*{qty})?|[-–—])$")
+    numeric = [any(j < len(r) and r[j] not in "-–—" for r in rows)
+               and all(num.match(r[j]) for r in rows if j < len(r)) for j in range(len(head))]
 
-    def cell(tag: str, text: str) -> str:
-        cls = ' class="num"' if tag == "td" and num.match(text) else ""
+    def cell(tag: str, text: str, j: int) -> str:
+        column = j < len(numeric) and numeric[j]
+        cls = ' class="num"' if column or (tag == "td" and text not in "-–—" and num.match(text)) else ""
         return f"<{tag}{cls}>{_inline(text)}</{tag}>"
 
-    thead = "<tr>" + "".join(cell("th", h) for h in head) + "</tr>"
-    tbody = "".join("<tr>" + "".join(cell("td", c) for c in r) + "</tr>" for r in rows)
+    thead = "<tr>" + "".join(cell("th", h, j) for j, h in enumerate(head)) + "</tr>"
+    tbody = "".join("<tr>" + "".join(cell("td", c, j) for j, c in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="table-wrap"><table><thead>{thead}</thead><tbody>{tbody}</tbody></table></div>'
 
 

@@ -14,8 +14,9 @@ from .._deps import require
 
 TERMS = 6
 """Top terms kept per cluster."""
-TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,}\b"
-"""Words of two or more letters (no digits, no underscores)."""
+TOKEN_PATTERN = r"(?u)\b[^\W\d_]{2,40}\b"
+"""Words of 2 to 40 letters (no digits, no underscores): a longer run of letters (a hash, base64) names no topic,
+and it stretched the page's term chips and tooltips thousands of pixels wide."""
 
 
 def top_terms(texts: list[str], groups: list[np.ndarray], n_nodes: list[int], n_terms: int = TERMS

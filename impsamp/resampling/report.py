@@ -114,6 +114,9 @@ def plot_histograms(path: Path, target: Histogram, generic: Histogram, plan: Pla
     ax.set_xticks(x, [str(c) for c in order], rotation=90, fontsize=9)
     ax.set_xlabel(f"cluster (top {len(order)} by target + selected mass, then by generic mass)")
     ax.set_ylabel("share (of documents; selected: of rows)")
+    from matplotlib.ticker import PercentFormatter
+
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))  # as the cluster explorer writes shares
     ax.legend()
     fig.tight_layout()
     save_png(fig, path)

@@ -179,9 +179,11 @@
   // ---- histogram -------------------------------------------------------------------------------
   const hist = { canvas: h("canvas", { id: "hist", "aria-label": "generic versus target histogram" }), bars: [] };
   const TOP = Math.min(K, 40);
-  const histOrder = C.slice().sort((a, b) => (HAS_T ? b.t - a.t : 0) || b.g - a.g || a.id - b.id).slice(0, TOP);
+  // the order of the selection's histograms.png: target + selected mass, then generic mass
+  const mass = (c) => (HAS_T ? c.t : 0) + (HAS_S ? c.s || 0 : 0);
+  const histOrder = C.slice().sort((a, b) => mass(b) - mass(a) || b.g - a.g || a.id - b.id).slice(0, TOP);
   const SERIES = [["g", "generic", "#9a9a9a"]].concat(HAS_T ? [["t", "target", "#e66101"]] : [],
-    HAS_S ? [["s", "selection", "#2c7bb6"]] : []);
+    HAS_S ? [["s", "selected", "#2c7bb6"]] : []);  // histograms.png's names
   function niceStep(max) {  // 1, 2, 2.5 or 5 x 10^n, about 4 ticks
     const raw = max / 4, mag = 10 ** Math.floor(Math.log10(raw));
     return mag * ([1, 2, 2.5, 5, 10].find((m) => m * mag >= raw) || 10);
@@ -223,11 +225,15 @@
   hist.canvas.addEventListener("mouseleave", hideTip);
   hist.canvas.addEventListener("click", (ev) => { const b = histAt(ev); if (b) select(b.c.id); });
   function histPanel() {
-    const nT = histOrder.filter((c) => c.t > 0).length;  // with fewer target clusters than bars, the rest are the largest
-    const which = !HAS_T ? `the ${TOP} clusters with the most generic documents` : nT < TOP
-      ? `the ${nT} clusters that hold target mass, then the ${TOP - nT} largest others` : `the ${TOP} clusters with the most target mass`;
-    const rest = HAS_T ? 1 - histOrder.reduce((a, c) => a + c.t, 0) : 1 - histOrder.reduce((a, c) => a + c.g, 0);
-    const note = K > TOP ? ` The other ${int(K - TOP)} clusters hold ${pct(rest > 1e-6 ? rest : 0)} of the ${HAS_T ? "target" : "generic corpus"}.` : "";
+    const nT = histOrder.filter((c) => mass(c) > 0).length;  // with fewer such clusters than bars, the rest are the largest
+    const what = HAS_T && HAS_S ? "target or selected mass" : HAS_T ? "target mass" : "selected mass";
+    const which = !HAS_T && !HAS_S ? `the ${TOP} clusters with the most generic documents` : nT < TOP
+      ? `the ${nT} cluster${nT === 1 ? "" : "s"} that hold ${what}, then the ${TOP - nT} largest other${TOP - nT === 1 ? "" : "s"}`
+      : `the ${TOP} clusters with the most ${what}`;
+    const left = (k) => { const r = 1 - histOrder.reduce((a, c) => a + (c[k] || 0), 0); return pct(r > 1e-6 ? r : 0); };
+    const parts = [HAS_T ? `${left("t")} of the target` : null, HAS_S ? `${left("s")} of the selection` : null]
+      .filter(Boolean);
+    const note = K > TOP ? ` The other ${int(K - TOP)} clusters hold ${parts.length ? parts.join(" and ") : `${left("g")} of the generic corpus`}.` : "";
     const keys = h("div", { class: "legend" }, ...SERIES.map(([, name, col]) => {
       const sw = h("span", { class: "swatch" }); sw.style.background = col; return h("span", null, sw, name + " ");
     }));
@@ -255,7 +261,10 @@
       h("h4", { text: "Example documents" }), ...snips);
   }
   function select(id) {
-    state.selected = id; renderDetail(); drawMap(); drawHist(); renderTable();
+    state.selected = id;
+    const at = visible().findIndex((c) => c.id === id);  // picked on the map: its row's page shown
+    if (at >= 0) state.page = Math.floor(at / state.pageSize);
+    renderDetail(); drawMap(); drawHist(); renderTable();
   }
   function openRow(id) { state.open = state.open === id ? null : id; select(id); }
 
@@ -266,7 +275,7 @@
       HAS_S ? [["s", "Selected", (c) => pct(c.s)], ["rep", "Repeats", (c) => int(c.rep)]] : [],
       [["terms", "Top terms", (c) => c.terms.join(", ")]]);
   const thead = h("thead"), tbody = h("tbody"), pager = h("div", { class: "pager" }), count = h("span", { class: "count" });
-  const search = h("input", { type: "search", placeholder: "filter: a word of the terms or snippets, or a cluster number", "aria-label": "filter clusters" });
+  const search = h("input", { type: "search", placeholder: "filter: a word of the terms or snippets, or a cluster number (#12)", "aria-label": "filter clusters" });
   let timer = null;
   search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.filter = search.value.trim().toLowerCase(); state.page = 0; renderTable(); }, 120); });
   const sizeSel = h("select", { "aria-label": "rows per page", onchange: (e) => { state.pageSize = +e.target.value; state.page = 0; renderTable(); } },
@@ -287,7 +296,8 @@
   function visible() {
     const q = state.filter;
     let rows = C;
-    if (q) rows = C.filter((c) => String(c.id) === q.replace(/^#/, "") || haystack[c.id].includes(q));
+    if (/^#?\d+$/.test(q)) rows = C.filter((c) => String(c.id) === q.replace(/^#/, ""));  // a cluster number
+    else if (q) rows = C.filter((c) => haystack[c.id].includes(q));
     const k = state.sortKey, dir = state.sortDir;
     return rows.slice().sort((a, b) => ((a[k] ?? -1) - (b[k] ?? -1)) * dir || a.id - b.id);
   }
