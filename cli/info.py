@@ -9,7 +9,7 @@ import click
 
 from impsamp.io import corpus_summary, open_corpus
 from impsamp.manifest import MANIFEST, describe_dir, read_manifest, verify_outputs
-from impsamp.outdir import complete_manifest, is_stage_dir
+from impsamp.outdir import RUN_RECORD, complete_manifest, is_stage_dir, read_json_dict
 
 from .app import cli
 
@@ -69,12 +69,13 @@ def _describe_stage_dir(first: Path, as_json: bool, verify: bool) -> None:
         if verify:
             raise click.ClickException(f"{first} {describe_dir(first)}; --verify checks a complete output's files")
         where = describe_dir(first)
-        click.echo(json.dumps({"path": str(first), "complete": False, "status": where}, indent=2) if as_json
-                   else f"{first} {where}")
+        record = read_json_dict(first / RUN_RECORD) or {}
+        facts = {"path": str(first), "complete": False, "stage": record.get("stage"), "status": where}
+        click.echo(json.dumps(facts, indent=2) if as_json else f"{first} {where}")
         return
     m = read_manifest(first)
     inside = _verified(first, m) if verify else []
-    facts = {"path": str(first), "stage": m.stage, "config": m.config, "stats": m.stats,
+    facts = {"path": str(first), "complete": True, "stage": m.stage, "config": m.config, "stats": m.stats,
              "inputs": {k: _short_input(v) for k, v in m.inputs.items()},
              "outputs": len(m.outputs), "bytes": sum(o.bytes for o in m.outputs),
              "created_at": m.created_at, "impsamp_version": m.impsamp_version}

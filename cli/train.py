@@ -144,7 +144,8 @@ def train(data, init, out_dir, preset, arch, clusters, level, condition, basis, 
     if stop := run.metrics.get("early_stopping"):
         click.echo(f"  early stopping: best validation loss {stop['best_val_loss']:.4f} at step "
                    f"{stop['best_step']}" + (f", stopped at {stop['stopped_at']}" if stop["stopped_at"] else ""))
-    before = "before fine-tuning (the --init run's weights)" if run.config.init else "pretrained"
+    init_only = run.config.init and "train" not in run.metrics  # with --data the run pretrained them further
+    before = "before fine-tuning (the --init run's weights)" if init_only else "pretrained"
     for key, label in (("pretrained", before), ("finetuned", "finetuned")):
         if key in run.metrics:
             m = run.metrics[key]

@@ -293,11 +293,12 @@ def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_fiel
     Returns (vectors (n_units, d) float32, unit table) from `impsamp.embedding.embed_texts`.
     """
     from .embedding import embed_texts
-    from .io import Corpus, open_corpus
+    from .io import Corpus, as_specs, open_corpus
     from .io.discovery import data_text_field
 
     if not isinstance(corpus, Corpus):  # a selection given as the target: read from its own `text`
-        corpus = open_corpus(corpus, text_field=data_text_field(corpus, text_field, "--target"), id_field=id_field)
+        specs = as_specs(corpus)  # (a generator read once)
+        corpus = open_corpus(specs, text_field=data_text_field(specs, text_field, "--target"), id_field=id_field)
     texts = list(corpus.iter_texts())
     if not texts:
         raise ConfigError(f"the target {', '.join(f.path for f in corpus.files)} has no documents")

@@ -99,7 +99,7 @@ def test_info_on_a_complete_stage_directory(tmp_path):
     assert "complete 'embed' output (1 files, 100 bytes)" in r.output
     assert "documents: 10" in r.output and "model: hashing:8" in r.output
     r = info(tmp_path / "emb", "--json")
-    assert json.loads(r.output)["stage"] == "embed"
+    assert json.loads(r.output)["stage"] == "embed" and json.loads(r.output)["complete"] is True
 
 
 def test_info_on_an_interrupted_stage_directory(tmp_path):
@@ -110,7 +110,7 @@ def test_info_on_an_interrupted_stage_directory(tmp_path):
     assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 1, r.output
     assert "incomplete 'embed' output (1 shard committed" in r.output and "resume" in r.output
     facts = json.loads(info(tmp_path / "emb", "--json").output)
-    assert facts["complete"] is False and "incomplete 'embed' output" in facts["status"]
+    assert facts["complete"] is False and facts["stage"] == "embed" and "incomplete 'embed' output" in facts["status"]
     assert_one_line_error(info(tmp_path / "emb", "--verify"), "incomplete 'embed' output", "complete output's files")
     assert_one_line_error(info(tmp_path / "nothing"), "no such file or folder")
     # a manifest whose atomic write was cut (temp file only) does not make it complete

@@ -346,6 +346,10 @@ def test_a_window_that_begins_inside_a_word_starts_at_the_word():
     inside = text.index("x" * 5) + WORD_SNAP + 5  # no space within reach: the token's start stays
     assert window_spans([0, inside], len(text), None, text)[0] == [0, inside]
     assert window_spans([0, 2, 4], 10, None, "abcdefghij")[0] == [0, 2, 4]  # never past the window before
+    # a tokenizer whose offsets start on the space before a word (sentencepiece, byte-level untrimmed): kept
+    words = "alpha beta gamma delta epsilon"
+    spaced = [0, words.index(" gamma"), words.index(" epsilon")]
+    assert window_spans(spaced, len(words), None, words)[0] == spaced
 
 
 def test_real_windows_tile_long_documents(st_model, demo_texts):

@@ -111,10 +111,11 @@ def check_sizes(cfg: ClusterConfig, n: int, emb_path: Path) -> int:
                        "centroids will follow the sample's noise (raise --sample, or lower --k)",
                        size, need, size / need, MIN_POINTS_PER_CENTROID)
     elif size < MIN_POINTS_PER_CENTROID * need:  # the whole corpus is small for k (the default 1024, say)
-        logger.warning("%s clusters over %s vectors: %.1f each, where faiss advises at least %d; the centroids fit "
-                       "noise and a target's histogram over them is mostly empty cells: --k %d or fewer suits "
-                       "this corpus", f"{need:,}", f"{n:,}", n / need, MIN_POINTS_PER_CENTROID,
-                       max(2, n // MIN_POINTS_PER_CENTROID))
+        fix = (f"--k {max(2, n // MIN_POINTS_PER_CENTROID)} or fewer" if cfg.levels is None else
+               f"--levels whose product is {max(2, n // MIN_POINTS_PER_CENTROID)} or less")
+        logger.warning("%s clusters over %s vectors: %.1f each, where faiss advises at least %d; the centroids follow "
+                       "noise and a target's histogram spreads over clusters too small to estimate: %s suits this "
+                       "corpus", f"{need:,}", f"{n:,}", n / need, MIN_POINTS_PER_CENTROID, fix)
     return size
 
 

@@ -82,6 +82,8 @@ def window_spans(starts: list[int], n_chars: int, truncated_end: int | None, tex
     if text is not None:
         for w in range(1, len(starts)):
             b, floor = starts[w], max(starts[w - 1] + 1, starts[w] - WORD_SNAP)
+            if b >= len(text) or text[b].isspace() or b < floor:  # on the space before a word (sentencepiece's
+                continue                                          # offsets): a word's start already
             while b > floor and not text[b - 1].isspace():
                 b -= 1
             if text[b - 1].isspace():  # a word's start (else no space near: the token's start stays)

@@ -109,7 +109,9 @@ def data_text_field(specs, text_field: str, flag: str = "--data") -> str:
     Raises:
         CorpusError: a selection beside files of another text field (one corpus reads one field).
     """
-    files = [f.resolve() for s in ([specs] if isinstance(specs, (str, Path)) else specs) for f in expand(s)]
+    from .corpus import as_specs
+
+    files = [f.resolve() for s in as_specs(specs) for f in expand(s)]
     listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
     ours = [f for f in files if f in listed]
     if files and len(ours) == len(files):

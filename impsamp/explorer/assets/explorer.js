@@ -180,7 +180,7 @@
   const hist = { canvas: h("canvas", { id: "hist", "aria-label": "generic versus target histogram" }), bars: [] };
   const TOP = Math.min(K, 40);
   // the order of the selection's histograms.png: target + selected mass, then generic mass
-  const mass = (c) => (HAS_T ? c.t : 0) + (HAS_S ? c.s || 0 : 0);
+  const mass = (c) => (HAS_T ? c.t : c.g) + (HAS_S ? c.s || 0 : 0);  // (no target: the png's target is the pool)
   const histOrder = C.slice().sort((a, b) => mass(b) - mass(a) || b.g - a.g || a.id - b.id).slice(0, TOP);
   const SERIES = [["g", "generic", "#9a9a9a"]].concat(HAS_T ? [["t", "target", "#e66101"]] : [],
     HAS_S ? [["s", "selected", "#2c7bb6"]] : []);  // histograms.png's names
@@ -226,7 +226,7 @@
   hist.canvas.addEventListener("click", (ev) => { const b = histAt(ev); if (b) select(b.c.id); });
   function histPanel() {
     const nT = histOrder.filter((c) => mass(c) > 0).length;  // with fewer such clusters than bars, the rest are the largest
-    const what = HAS_T && HAS_S ? "target or selected mass" : HAS_T ? "target mass" : "selected mass";
+    const what = HAS_T && HAS_S ? "target or selected mass" : HAS_T ? "target mass" : "generic or selected mass";
     const which = !HAS_T && !HAS_S ? `the ${TOP} clusters with the most generic documents` : nT < TOP
       ? `the ${nT} cluster${nT === 1 ? "" : "s"} that hold ${what}, then the ${TOP - nT} largest other${TOP - nT === 1 ? "" : "s"}`
       : `the ${TOP} clusters with the most ${what}`;
