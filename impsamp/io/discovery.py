@@ -6,6 +6,7 @@ import glob as _glob
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..errors import CorpusError
@@ -109,9 +110,8 @@ def data_text_field(specs, text_field: str, flag: str = "--data") -> str:
     Raises:
         CorpusError: a selection beside files of another text field (one corpus reads one field).
     """
-    from .corpus import as_specs
-
-    files = [f.resolve() for s in as_specs(specs) for f in expand(s)]
+    specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)  # (as `corpus.as_specs` reads them)
+    files = [f.resolve() for s in specs for f in expand(s)]
     listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
     ours = [f for f in files if f in listed]
     if files and len(ours) == len(files):
