@@ -81,7 +81,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
 
     Every step reuses a finished output of the same settings and inputs, so a killed run resumes.
     """
-    from .io import as_specs, open_corpus
+    from .io import as_specs, data_text_field, open_corpus
 
     cfg = resolve_k(as_config(CompareConfig, config) or CompareConfig(), clusters)
     out = Path(out_dir)
@@ -90,7 +90,7 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
     if not evals:
         raise ConfigError("--eval: give at least one evaluation file")
     generic_corpus = open_corpus(generic, text_field=cfg.text_field)
-    target_corpus = open_corpus(targets, text_field=cfg.text_field)
+    target_corpus = open_corpus(targets, text_field=data_text_field(targets, cfg.text_field, "--target"))
     eval_corpora = [open_corpus(e, text_field=cfg.text_field) for e in evals]
     for what, corpus in [("--target", target_corpus), *(("--eval", c) for c in eval_corpora)]:
         # read through now (they are small): a bad row fails here, not after the generic corpus's embedding

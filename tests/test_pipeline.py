@@ -582,6 +582,12 @@ def test_a_selection_is_read_from_its_own_text_column_whatever_the_users_field(s
     mixed = impsamp.resample(emb, clu, tmp_path / "mixed", targets=[f"{sel.path}:0.5", f"{law}:0.5"], config=cfg)
     assert [t["documents"] for t in mixed.stats["targets"]] == [50, 30] and mixed.stats["within"] == "ngram-classifier"
     assert impsamp.histogram(sel.path, clu, text_field="body").total == 50
+    # and a selection to fine-tune on, beside a --text-field of the user's own (it was read with it, and failed)
+    from ._helpers import TRAIN_FLAGS
+
+    r = _invoke(["train", "--data", sel.path, "--finetune", sel.path, "--text-field", "body", "--out", tmp_path / "lm",
+                 "--steps", 2, "--finetune-steps", 1, *TRAIN_FLAGS])
+    assert r.exit_code == 0, r.output
 
 
 def test_sigkill_then_resume_gives_identical_files(stages, tmp_path):

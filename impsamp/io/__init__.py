@@ -11,7 +11,7 @@ keeps a stable index: its row counted over the files in order. Empty and whitesp
 are skipped and counted, never fatal.
 
 Modules: `records` (formats, CorpusFile, Shard, ReadStats, batches, decoding), `discovery` (paths,
-folders, globs, `datasets` folders), `jsonl` (plain, gzip, zstd), `known` (what a JSONL file's full read found,
+folders, globs, `datasets` folders, the field a selection is read with), `jsonl` (plain, gzip, zstd), `known` (what a JSONL file's full read found,
 kept by the file's identity on disk), `columnar` (Parquet, Arrow) and
 `corpus` (Corpus, open_corpus, reopen_corpus, file_changed, corpus_summary).
 """
@@ -19,9 +19,10 @@ kept by the file's identity on disk), `columnar` (Parquet, Arrow) and
 from __future__ import annotations
 
 from .corpus import Corpus, as_specs, corpus_summary, file_changed, open_corpus, reopen_corpus
+from .discovery import data_text_field
 from .jsonl import open_binary
 from .records import BATCH_ROWS, DOC_SCHEMA, FORMATS, SUPPORTED, CorpusFile, ReadStats, Shard, detect_format
 
 __all__ = ["BATCH_ROWS", "DOC_SCHEMA", "FORMATS", "SUPPORTED", "Corpus", "CorpusFile", "ReadStats", "Shard",
-           "as_specs", "corpus_summary", "detect_format", "file_changed", "open_binary", "open_corpus",
-           "reopen_corpus"]
+           "as_specs", "corpus_summary", "data_text_field", "detect_format", "file_changed", "open_binary",
+           "open_corpus", "reopen_corpus"]

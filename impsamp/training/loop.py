@@ -151,8 +151,10 @@ class _Trainer:
     teacher: TrainRun | None = None
 
     @functools.cached_property
-    def data_field(self) -> str:
-        return data_text_field(self.data, self.cfg.text_field)
+    def fields(self) -> tuple[str, str]:
+        """The text fields of --data and --finetune: `text` for a selection, else --text-field."""
+        return (data_text_field(self.data, self.cfg.text_field),
+                data_text_field(self.finetune, self.cfg.text_field, "--finetune"))
 
     # ---- preparation (rank 0), shared with the other ranks through files
 
@@ -235,8 +237,8 @@ class _Trainer:
             if before and not cfg.tokenizer:
                 raise TokenizerError(f"the interrupted run in {out} used --tokenizer {before}; pass it "
                                      "again to resume, or pass --overwrite to start over")
-        inputs = run_inputs(cfg, self.data, self.data_field, self.finetune, self.eval, self.init, self.base_costs,
-                            self.rt.world, self.teacher)
+        inputs = run_inputs(cfg, self.data, self.fields[0], self.finetune, self.eval, self.init, self.base_costs,
+                            self.rt.world, self.teacher, self.fields[1])
         read = [cfg.teacher, cfg.tokenizer, cfg.init, cfg.clusters]  # files --overwrite must not delete
         return StageRun(out, "train", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
                         input_paths=[str(r) for r in read if r], unkeyed=("log_every", "checkpoint_every")).begin()
@@ -251,7 +253,7 @@ class _Trainer:
             elif cfg.tokenizer:
                 atomic_write_bytes(tok_file, Path(cfg.tokenizer).read_bytes())
             else:
-                paths, field = (self.data, self.data_field) if self.data else clustered_corpus(cfg.clusters)
+                paths, field = (self.data, self.fields[0]) if self.data else clustered_corpus(cfg.clusters)
                 train_tokenizer(paths, cfg.resolved("vocab_size"), tok_file, sample_docs=cfg.tokenizer_sample_docs,
                                 text_field=field)
         tok = load_tokenizer(tok_file)
@@ -260,11 +262,11 @@ class _Trainer:
                             text_field=cfg.text_field)
         block = self.init.model_config.block_size if self.init else cfg.resolved("block_size")
         if self.data:
-            bins = tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=self.data_field,
+            bins = tokenize_corpus(self.data, tok, out / CACHE, "pretrain", text_field=self.fields[0],
                                    val_fraction=cfg.val_fraction)
             check_enough(bins["train"], block, "pretrain")
         if self.finetune:
-            bins = tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=cfg.text_field,
+            bins = tokenize_corpus(self.finetune, tok, out / CACHE, "finetune", text_field=self.fields[1],
                                    val_fraction=cfg.finetune_val())
             check_enough(bins["train"], block, "finetune")
             if cfg.early_stopping and bins["val"].tokens < 2:

@@ -161,7 +161,7 @@ def run_costs(mcfg: ModelConfig, metrics: dict[str, Any], base: Costs | None, in
 
 def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: list[str], evals: list[str],
                init: TrainRun | None, base_costs: Costs | None, world: int,
-               teacher: TrainRun | None = None) -> dict[str, Any]:
+               teacher: TrainRun | None = None, finetune_field: str | None = None) -> dict[str, Any]:
     """What a run records as its inputs (part of its resume key): corpora by fingerprint, paths made
     absolute (so that `guards` finds what an --overwrite must spare from any folder)."""
     from ..io import open_corpus
@@ -171,7 +171,7 @@ def run_inputs(cfg: TrainConfig, data: list[str], data_field: str, finetune: lis
                 "fingerprint": open_corpus(paths, text_field=field).fingerprint()} if paths else None
 
     inputs: dict[str, Any] = {
-        "data": corpus(data, data_field), "finetune": corpus(finetune, cfg.text_field),
+        "data": corpus(data, data_field), "finetune": corpus(finetune, finetune_field or cfg.text_field),
         "eval": [{"path": absolute_glob(e), "fingerprint": open_corpus(e, text_field=cfg.text_field).fingerprint()}
                  for e in evals],
         "tokenizer": file_sha256(cfg.tokenizer) if cfg.tokenizer else None}
@@ -213,7 +213,8 @@ def finished_run(path: Path, cfg: TrainConfig, data: Sequence[str], finetune: Se
         data, finetune = as_specs(data), as_specs(finetune)
         recorded = [(m.inputs.get(role) or {}).get("fingerprint") for role in ("data", "finetune")]
         recorded += [e.get("fingerprint") for e in m.inputs.get("eval") or []]
-        wanted = [fingerprint(data, data_text_field(data, cfg.text_field)), fingerprint(finetune, cfg.text_field)]
+        wanted = [fingerprint(data, data_text_field(data, cfg.text_field)),
+                  fingerprint(finetune, data_text_field(finetune, cfg.text_field, "--finetune"))]
         wanted += [fingerprint([e], cfg.text_field) for e in as_specs(evals)]
         # the runs it started from and learnt from, by content: a same-path run remade since is another input
         for role, named in (("init", cfg.init), ("teacher", cfg.teacher)):
