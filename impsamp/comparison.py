@@ -129,12 +129,13 @@ def compare(generic: str | Path | Sequence[str | Path], target: str | Path | Seq
 
 
 def _unweighted(targets: list[str]) -> list[str]:
-    """The targets, refused in one line where one is given as `resample`'s PATH:WEIGHT."""
+    """The targets, refused in one line where one is given as `resample`'s PATH:WEIGHT (read as resample reads it)."""
+    from .resampling.methods import parse_target
+
     for t in targets:
-        head, _, tail = str(t).rpartition(":")
-        if head and not Path(t).exists() and Path(head).exists() and tail.replace(".", "", 1).isdigit():
+        if (path := str(parse_target(t)[0])) != str(t):
             raise ConfigError(f"--target {t}: compare reads its targets as one sample, without weights (a PATH:WEIGHT "
-                              f"mixture is `impsamp resample`'s); give --target {head}")
+                              f"mixture is `impsamp resample`'s); give --target {path}")
     return targets
 
 

@@ -156,6 +156,19 @@ def centroids_key(clusters: Clusters) -> str:
     return next((o.sha256 for o in clusters.manifest.outputs if o.path == "centroids.npy"), "")
 
 
+def made_over(hist: Histogram, clusters: Clusters) -> bool:
+    """Whether a saved histogram counts documents over `clusters`: made over it, or over a clustering whose
+    centroids file is the same bytes with the same tree (the same commands in another folder; the fingerprint
+    holds the folders)."""
+    if hist.k != clusters.n_leaves:
+        return False
+    if hist.clusters_fingerprint == clusters.manifest.fingerprint:
+        return True
+    tree = leaf_ancestors(clusters)
+    return (hist.centroids_sha256 != "" and hist.centroids_sha256 == centroids_key(clusters)
+            and len(tree) == len(hist.ancestors) and all(map(np.array_equal, tree, hist.ancestors)))
+
+
 def generic_histogram(clusters: Clusters | str | Path) -> Histogram:
     """The generic corpus's histogram, from the counts the `cluster` stage recorded (`clusters`: its output or
     path)."""
@@ -232,10 +245,7 @@ def histogram(target: str | Path | Sequence[str | Path], clusters: Clusters | st
     spec = target if isinstance(target, (str, Path)) else None
     if spec is not None and is_histogram_file(spec):
         hist = Histogram.load(spec)
-        same = hist.clusters_fingerprint == clusters.manifest.fingerprint or (  # this one, or its centroids' bytes
-            hist.centroids_sha256 != "" and hist.centroids_sha256 == centroids_key(clusters)
-            and hist.k == clusters.n_leaves and hist == replace(hist, ancestors=leaf_ancestors(clusters)))
-        if not same or hist.k != clusters.n_leaves:
+        if not made_over(hist, clusters):
             raise StageError(f"{spec} is a histogram over another clustering (not {clusters.path}); "
                              "make it again against this clustering (`impsamp histogram`, or `impsamp.histogram`)")
         return replace(hist, clusters_fingerprint=clusters.manifest.fingerprint)  # read over this clustering
@@ -293,8 +303,7 @@ def embed_like(corpus, generic: Embeddings, *, text_field: str = "text", id_fiel
     Returns (vectors (n_units, d) float32, unit table) from `impsamp.embedding.embed_texts`.
     """
     from .embedding import embed_texts
-    from .io import Corpus, as_specs, open_corpus
-    from .io.discovery import data_text_field
+    from .io import Corpus, as_specs, data_text_field, open_corpus
 
     if not isinstance(corpus, Corpus):  # a selection given as the target: read from its own `text`
         specs = as_specs(corpus)  # (a generator read once)

@@ -130,14 +130,14 @@ def _target_mass(target, cond_info: dict[str, Any], text_field: str = "text"
                  ) -> tuple[np.ndarray, float, list[str]]:
     """The target's mass per group, the FLOPs of embedding it, and what it was read from."""
     from .clustering import Clusters
-    from .histograms import Histogram, centroids_key, is_histogram_file, target_counts
+    from .histograms import Histogram, is_histogram_file, made_over, target_counts
 
     recorded = cond_info["clusters"]
     specs = as_specs(target)
     if len(specs) == 1 and is_histogram_file(specs[0]):
         hist = Histogram.load(specs[0])
-        if hist.clusters_fingerprint != recorded["fingerprint"] and not (  # (or its centroids' bytes, as resample)
-                hist.centroids_sha256 and hist.centroids_sha256 == centroids_key(Clusters.load(recorded["path"]))):
+        if hist.clusters_fingerprint != recorded["fingerprint"] and not made_over(
+                hist, Clusters.load(recorded["path"])):  # (the same centroids' bytes, as resample reads it)
             raise ConfigError(f"{specs[0]} is a histogram over another clustering than the network's "
                               f"({recorded['path']}); give the sample itself, or save its histogram over "
                               "that clustering with `impsamp.histogram(sample, clusters).save(path)`")

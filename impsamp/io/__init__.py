@@ -18,8 +18,8 @@ kept by the file's identity on disk), `columnar` (Parquet, Arrow) and
 
 from __future__ import annotations
 
-from .corpus import Corpus, as_specs, corpus_summary, file_changed, open_corpus, reopen_corpus
-from .discovery import data_text_field
+from .corpus import Corpus, corpus_summary, file_changed, open_corpus, reopen_corpus
+from .discovery import as_specs, data_text_field
 from .jsonl import open_binary
 from .records import BATCH_ROWS, DOC_SCHEMA, FORMATS, SUPPORTED, CorpusFile, ReadStats, Shard, detect_format
 

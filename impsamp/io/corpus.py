@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pyarrow as pa
 from ..errors import CorpusError
 from ..manifest import sha256_file
 from .columnar import arrow_batches, arrow_schema, arrow_schema_rows, read_arrow, read_parquet
-from .discovery import absolute_glob, expand, file_digest, is_glob
+from .discovery import absolute_glob, as_specs, expand, file_digest, is_glob
 from .jsonl import FULL_DIGEST, count_lines, open_binary, read_errors, read_jsonl, take_jsonl
 from .known import counted, identity
 from .records import (BATCH_ROWS, ENCODING_ERRORS, CorpusFile, ReadStats, Shard, check_fields, detect_format,
@@ -181,18 +181,6 @@ class Corpus:
                     if i in wanted:
                         out[i] = (d, t)
         return out
-
-
-def as_specs(paths: Any) -> list[str]:
-    """One corpus spec or several as a list of strings: a bare path is one spec, not its characters."""
-    if paths is None:
-        return []
-    if isinstance(paths, (str, os.PathLike)):
-        return [os.fspath(paths)]
-    items = list(paths) if isinstance(paths, Iterable) else [paths]
-    if not all(isinstance(p, (str, os.PathLike)) for p in items):
-        raise CorpusError(f"expected a corpus path (file, folder, glob) or a list of them, got {paths!r}")
-    return [os.fspath(p) for p in items]
 
 
 def open_corpus(paths: str | Path | Sequence[str | Path], *, text_field: str = "text",

@@ -7,7 +7,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import CorpusError
 from ..outdir import describe_dir, is_hf_dataset_dir, is_stage_dir
@@ -102,6 +104,18 @@ def expand_dir(path: Path, _nested: bool = False) -> list[Path]:
 _WARNED: set[str] = set()
 
 
+def as_specs(paths: Any) -> list[str]:
+    """One corpus spec or several as a list of strings: a bare path is one spec, not its characters."""
+    if paths is None:
+        return []
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    items = list(paths) if isinstance(paths, Iterable) else [paths]
+    if not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise CorpusError(f"expected a corpus path (file, folder, glob) or a list of them, got {paths!r}")
+    return [os.fspath(p) for p in items]
+
+
 def data_text_field(specs, text_field: str, flag: str = "--data") -> str:
     """The field `specs` are read with: `text` when they are an impsamp selection (a `resample` folder, or
     its data files, keeps its text there), whatever `--text-field` names for the user's own files (the
@@ -110,8 +124,7 @@ def data_text_field(specs, text_field: str, flag: str = "--data") -> str:
     Raises:
         CorpusError: a selection beside files of another text field (one corpus reads one field).
     """
-    specs = [specs] if isinstance(specs, (str, os.PathLike)) else list(specs)  # (as `corpus.as_specs` reads them)
-    files = [f.resolve() for s in specs for f in expand(s)]
+    files = [f.resolve() for s in as_specs(specs) for f in expand(s)]
     listed: set[Path] = set().union(*(selection_files(p) for p in {f.parent for f in files}))
     ours = [f for f in files if f in listed]
     if files and len(ours) == len(files):

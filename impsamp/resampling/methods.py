@@ -65,8 +65,7 @@ def targets_have_text(targets: Sequence[Any]) -> bool:
 
 def target_text_parts(targets: Sequence[Any], cfg: ResampleConfig, method: str) -> list[tuple[Any, float]]:
     """Each target part's corpus (a selection read from its own `text`) and its mixture weight."""
-    from ..io import open_corpus
-    from ..io.discovery import data_text_field
+    from ..io import data_text_field, open_corpus
 
     _text_specs(targets, method)
     return [(open_corpus([sp], text_field=data_text_field([sp], cfg.text_field, "--target"), id_field=cfg.id_field), w)
