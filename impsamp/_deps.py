@@ -15,6 +15,7 @@ _EXTRAS = {
     "onnxruntime": ("embed", "onnxruntime"),
     "tokenizers": ("train", "tokenizers"),
     "sklearn": ("select", "scikit-learn"),
+    "threadpoolctl": ("select", "threadpoolctl"),
     "matplotlib": ("plot", "matplotlib"),
     "safetensors": ("train", "safetensors"),
     "zstandard": ("io", "zstandard"),

@@ -5,7 +5,8 @@ would write the same folder (the same command started twice, an `--overwrite` wh
 writes) stops with a one-line error instead of interleaving its files with the first run's or deleting
 them. A whole run (or `impsamp finalize`) holds it exclusive. The slices of one sliced run
 (`--num-shards/--shard-index`) share it: a slice holds it exclusive while it sets the folder up (and may
-empty it for `--overwrite` only then, while no other slice writes), then shared.
+empty it for `--overwrite` only then, while no other slice writes), then shared, and locks its own slice's
+file in it (`hold_slice`): the same slice is run by one process at a time.
 
 The kernel drops a lock when its process ends, however it ends: a killed run leaves no stale lock to clear
 by hand. A stage's entry function (`released_on_return`) lets go of the locks its thread took when it
@@ -128,6 +129,51 @@ def _lock(fd: int, folder: Path, shared: bool) -> bool | OSError:
         time.sleep(0.05)
 
 
+def slice_lock(name: str) -> str:
+    """The file in a sliced run's folder that the process running slice `name` ("3-of-16") locks."""
+    return f".slice-{name}.tmp-impsamp"
+
+
+def hold_slice(folder: Path, name: str) -> tuple[int, int] | None:
+    """One process per slice: lock `folder`'s `slice_lock(name)` file exclusive, so the same --shard-index
+    started twice (an array task requeued while the first still runs) stops at once instead of doing that
+    slice's work twice beside it. `release` removes the file; one a killed slice left is removed by whoever
+    next holds the folder exclusive (a whole run, `finalize`; no slice holds its file then). Returns the key
+    to `release`; None where the filesystem has no locks. Raises FolderBusy."""
+    if fcntl is None:
+        return None
+    path = folder / slice_lock(name)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return _unlocked(folder, e)
+        if e := _flock_now(fd, fcntl.LOCK_EX, f"slice {name.replace('-', ' ')} of {folder} is running in another "
+                           "process (the same --shard-index started twice); wait for it to end, or run another slice"):
+            return _unlocked(folder, e)
+        st = os.fstat(fd)
+        if os.path.exists(path) and os.stat(path).st_ino == st.st_ino:  # not removed by its last holder meanwhile
+            break
+        os.close(fd)
+    key = (st.st_dev, st.st_ino)
+    with _MUTEX:
+        _HELD[key] = _Held(fd, threading.current_thread(), True, lock_file=path)
+    return key
+
+
+def _flock_now(fd: int, mode: int, busy: str) -> OSError | None:
+    """flock `fd` in `mode` without waiting: None when taken; where another process holds it, FolderBusy(busy);
+    where this filesystem has no locks, the error. `fd` is closed unless taken."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return None
+    except OSError as e:
+        os.close(fd)
+        if e.errno in BUSY_ERRNOS:
+            raise FolderBusy(busy) from None
+        return e
+
+
 def _lock_file(folder: Path, shared: bool) -> tuple[int, bool] | tuple[None, OSError]:
     """The lock on LOCK_FILE in `folder`, opened for writing (NFS locks a file only so). `finish` removes
     the file: a lock on a file no longer at that name is dropped and taken again."""
@@ -185,27 +231,28 @@ def hold_inputs(*folders: Path | str) -> None:
         if held is not None and held.owner is me:
             os.close(fd)
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in BUSY_ERRNOS:
-                raise FolderBusy(f"{folder} is being written by another process; wait for it to end before "
-                                 "reading it") from None
+        if _flock_now(fd, fcntl.LOCK_SH, f"{folder} is being written by another process; wait for it to end before "
+                      "reading it"):
             continue  # no locks on this filesystem
         with _MUTEX:  # another thread's lock on it stays its own: this one is kept under this thread's key
             _HELD[key if key not in _HELD else (*key, me.ident)] = _Held(fd, me, False)
 
 
-def refuse_busy(folder: Path, *, shared: bool = False) -> None:
-    """Stop now if another process writes `folder`, before a stage's slow set-up (loading a model, embedding
-    a target) rather than after it: `hold` it and let go at once. `StageRun.begin` takes the lock for good."""
+def refuse_busy(folder: Path, *, shared: bool = False, slice_name: str | None = None) -> None:
+    """Stop now if another process writes `folder` (or, given `slice_name`, runs that slice of it), before a
+    stage's slow set-up (loading a model, embedding a target) rather than after it: `hold` it and let go at
+    once. `StageRun.begin` takes the locks for good."""
     try:
         st = os.stat(folder)
     except OSError:
         return  # not there yet: nobody writes it
     if (st.st_dev, st.st_ino) not in _mine():  # this thread's own (a demo's nested stage): nothing to ask
-        release(hold(Path(folder), shared=shared))
+        key = hold(Path(folder), shared=shared or slice_name is not None)
+        try:
+            if slice_name is not None:
+                release(hold_slice(Path(folder), slice_name))
+        finally:
+            release(key)
 
 
 def exclusive(key: tuple[int, int] | None) -> bool:

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ImpsampError, StageError, a_or_an, stopped_outside_input
-from .guards import (LOCK_FILE, FolderBusy, exclusive, hold, refuse_input_inside, refuse_inside_input_folder,
-                     refuse_inside_output, release, share)
+from .guards import (LOCK_FILE, FolderBusy, exclusive, hold, hold_slice, refuse_input_inside,
+                     refuse_inside_input_folder, refuse_inside_output, release, share)
 from .outdir import (  # noqa: F401  (describe_dir, iter_stage_files, is_tmp_name: re-exported)
     MANIFEST, RUN_RECORD, SHARD_RECORDS, complete_manifest, describe_dir, empty, finish_cleanup, is_tmp_name,
     is_stage_dir, iter_stage_files, kept_note, only_residue, put_back, read_json_dict, recover, set_aside, tmp_name)
@@ -256,8 +256,9 @@ class StageRun:
     version: str = ""
     input_paths: Any = ()
     """Paths the run reads that `inputs` does not name (nested lists): --overwrite never deletes them."""
-    shared: bool = False
-    """A slice of a sliced run: its folder's lock is shared with the other slices (`guards.hold`)."""
+    slice_name: str | None = None
+    """A slice of a sliced run ("3-of-16", `Execution.slice_name`): its folder's lock is shared with the other
+    slices (`guards.hold`), and the slice itself is run by one process at a time (`guards.hold_slice`)."""
     unkeyed: tuple[str, ...] = ()
     """Config fields that do not change the output (how many processes, how often to log): left out of the key,
     so an interrupted run resumes with other values of them."""
@@ -293,12 +294,17 @@ class StageRun:
         self._lock = hold(out, shared=self.shared)  # before anything is read: no one else writes
         try:
             self._set_up(out, existed)
+            if self.slice_name is not None:
+                share(self._lock, out)  # set up: the run's other slices may write beside this one
+                hold_slice(out, self.slice_name)  # but not this slice's twin (let go with the folder's lock)
         except BaseException:
             release(self._lock)
             raise
-        if self.shared:
-            share(self._lock, out)  # set up: the run's other slices may write beside this one
         return self
+
+    @property
+    def shared(self) -> bool:
+        return self.slice_name is not None
 
     def _set_up(self, out: Path, existed: bool) -> None:
         if existed and exclusive(self._lock) and (done := recover(out, {out / LOCK_FILE})):

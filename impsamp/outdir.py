@@ -12,6 +12,7 @@ a complete output aside while `--overwrite` replaces it, and finishes what a kil
                       `_replaced.undo/`, `_replaced.back/`: a move stopped halfway, that the next
                       run holding the folder's lock alone finishes, see `recover`)
       .lock.tmp-impsamp   on NFS only: the file a run locks while it writes (elsewhere the folder itself; `guards`)
+      .slice-3-of-16.tmp-impsamp   the file slice 3 of a sliced run locks while it runs (`guards.hold_slice`)
 
 It imports nothing of impsamp but `errors`, so `guards`, `io.discovery` and the CLI share its checks.
 """

@@ -95,6 +95,11 @@ class Execution:
     def sliced(self) -> bool:
         return self.num_shards is not None
 
+    @property
+    def slice_name(self) -> str | None:
+        """This slice as "3-of-16" (None: not a slice); its lock file in the folder bears it (`guards.hold_slice`)."""
+        return None if self.num_shards is None else f"{self.shard_index}-of-{self.num_shards}"
+
     def in_workers(self, processes: int, tasks: int) -> bool:
         """Whether `run_tasks` runs these tasks outside this process (Ray tasks, or a process pool): their
         arguments must then pickle."""

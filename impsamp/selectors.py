@@ -16,8 +16,9 @@ diagnostics and data card as the clustered importance sampler.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -79,6 +80,16 @@ def ngram_log_ratio(target_counts: np.ndarray, generic_counts: np.ndarray, smoot
 CLASSIFIER_FOLDS = 5
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Fit and score the logistic regressions on one BLAS thread: OpenBLAS splits a long dot product's sum by
+    thread, so the fitted weights (and the documents drawn by them) changed with the machine's core count
+    (the demo's n-gram classifier: other log-odds at 1 and 2 threads). One thread was also the faster on 2
+    cores (1.0 s against 1.8 s for the demo's folds): the vectors are too short to pay for a second."""
+    with require("threadpoolctl").threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def ngram_classifier_features(counts):
     """The n-gram classifier's inputs: log(1 + count) of each hashed n-gram, rows L2-normalised (CSR)."""
     preprocessing = require("sklearn.preprocessing")
@@ -101,9 +112,10 @@ def ngram_classifier_odds(generic_counts, target_counts, folds: int = CLASSIFIER
         train = np.flatnonzero(fold != f)
         y = np.concatenate([np.zeros(len(train)), np.ones(xt.shape[0])])
         clf = linear.LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced")
-        clf.fit(sparse.vstack([xg[train], xt], format="csr"), y, sample_weight=None if target_weights is None
-                else np.concatenate([np.ones(len(train)), target_weights]))
-        odds[fold == f] = clf.decision_function(xg[fold == f])
+        with one_blas_thread():
+            clf.fit(sparse.vstack([xg[train], xt], format="csr"), y, sample_weight=None if target_weights is None
+                    else np.concatenate([np.ones(len(train)), target_weights]))
+            odds[fold == f] = clf.decision_function(xg[fold == f])
         models.append(clf)
     return odds, models
 
@@ -116,14 +128,16 @@ def fit_classifier(target_vectors: np.ndarray, generic_vectors: np.ndarray, seed
     x = np.concatenate([target_vectors, generic_vectors]).astype(np.float32)
     y = np.concatenate([np.ones(len(target_vectors)), np.zeros(len(generic_vectors))])
     clf = linear.LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced", random_state=seed)
-    clf.fit(x, y, sample_weight=None if target_weights is None
-            else np.concatenate([target_weights, np.ones(len(generic_vectors))]))
+    with one_blas_thread():
+        clf.fit(x, y, sample_weight=None if target_weights is None
+                else np.concatenate([target_weights, np.ones(len(generic_vectors))]))
     return clf
 
 
 def classifier_log_weights(clf, vectors: np.ndarray) -> np.ndarray:
-    """Log-odds of "in-domain" for each vector."""
-    return clf.decision_function(np.asarray(vectors, dtype=np.float32)).astype(np.float64)
+    """Log-odds of "in-domain" for each vector (one BLAS thread: the same bytes on any machine)."""
+    with one_blas_thread():
+        return clf.decision_function(np.asarray(vectors, dtype=np.float32)).astype(np.float64)
 
 
 def sample_rows(n_total: int, n: int, seed: int) -> np.ndarray:

@@ -145,3 +145,41 @@ def test_how_a_path_is_typed_changes_no_byte(first, tmp_path, monkeypatch):
     assert list(scores[0]) == list(scores[1]) == [str(first["target"])] and scores[0] == scores[1]
     shown = ok(invoke("evaluate", "lm", "--eval", first["target"], "--no-progress")).output.splitlines()
     assert shown[1].startswith("bio.jsonl ")  # the table: under the working folder, relative to it
+
+
+def test_document_weights_do_not_depend_on_the_blas_thread_count():
+    """The n-gram and embedding classifiers' log-odds and kNN similarities: the same bytes on 1 and 2 BLAS
+    threads (OpenBLAS splits long sums by thread; before the fix each of the three differed)."""
+    import hashlib
+    from importlib import resources
+
+    import faiss  # noqa: F401  (loaded before the limits below, so they reach its BLAS too)
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from impsamp import selectors
+    from impsamp.resampling.within import knn_similarity
+
+    demo = resources.files("impsamp") / "data" / "demo"
+    pool = pq.read_table(str(demo / "pool.parquet"), columns=["text"]).column("text").to_pylist()[:1000]
+    sample = pq.read_table(str(demo / "sample" / "database_docs.parquet"), columns=["text"]).column("text")
+    g, t = selectors.ngram_matrix(pool), selectors.ngram_matrix(sample.to_pylist()[:100])
+    rng = np.random.default_rng(0)
+    tvec = rng.normal(size=(300, 384)).astype(np.float32) + 0.1
+    gvec = rng.normal(size=(20000, 384)).astype(np.float32)
+
+    class Vectors:
+        def shard_vectors(self, name):
+            return gvec
+
+    def weights() -> list[str]:
+        odds = selectors.ngram_classifier_odds(g, t)[0]
+        logit = selectors.classifier_log_weights(selectors.fit_classifier(tvec, gvec[:5000]), gvec)
+        similarity = knn_similarity(tvec, Vectors(), ["s0"])[0]
+        return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in (odds, logit, similarity)]
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = weights()
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = weights()
+    assert dict(zip(("n-gram", "embedding", "knn"), one)) == dict(zip(("n-gram", "embedding", "knn"), two))

@@ -38,16 +38,17 @@ HOLDER = textwrap.dedent('''
         exec(os.environ["NFS"])
         fcntl.flock = flock
     run = StageRun(sys.argv[1], "embed", config={"model": sys.argv[4]} if sys.argv[4] else {}, inputs={},
-                   shared=sys.argv[2] == "shared", overwrite=sys.argv[3] == "overwrite").begin()
+                   slice_name=None if sys.argv[2] == "whole" else sys.argv[2],
+                   overwrite=sys.argv[3] == "overwrite").begin()
     print("holding", flush=True)
     time.sleep(120)
 ''')
 
 
-def _holder(out, shared: bool = False, overwrite: bool = False, config: str = "", nfs: bool = False
+def _holder(out, slice_name: str | None = None, overwrite: bool = False, config: str = "", nfs: bool = False
             ) -> subprocess.Popen:
-    """A process that begins a run in `out` and keeps it open (until killed)."""
-    modes = ["shared" if shared else "whole", "overwrite" if overwrite else "-", config]
+    """A process that begins a run (or a slice of one) in `out` and keeps it open (until killed)."""
+    modes = [slice_name or "whole", "overwrite" if overwrite else "-", config]
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out), *modes],
                             env={**ENV, "NFS": NO_FOLDER_FLOCK} if nfs else ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -55,8 +56,14 @@ def _holder(out, shared: bool = False, overwrite: bool = False, config: str = ""
     return proc
 
 
-def _run(out, shared: bool = False) -> StageRun:
-    return StageRun(out, "embed", config={}, inputs={}, shared=shared)
+def _run(out, slice_name: str | None = None) -> StageRun:
+    return StageRun(out, "embed", config={}, inputs={}, slice_name=slice_name)
+
+
+def _let_go(run: StageRun) -> None:
+    """Drop the locks a begun run took in this thread (the folder's and a slice's)."""
+    for key in guards._mine():
+        guards.release(key)
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +79,7 @@ def test_a_second_writer_is_refused_until_the_first_ends_however_it_ends(tmp_pat
         with pytest.raises(StageError, match="being written by another process"):
             _run(out).begin()
         with pytest.raises(StageError, match="being written by another process"):
-            _run(out, shared=True).begin()  # a slice neither: the holder is a whole run
+            _run(out, slice_name="1-of-2").begin()  # a slice neither: the holder is a whole run
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -109,9 +116,9 @@ def test_a_busy_folder_is_refused_before_the_model_loads_or_the_inputs_are_read(
 
 def test_slices_share_their_folder_and_a_whole_run_is_refused_while_one_writes(tmp_path):
     out = tmp_path / "out"
-    proc = _holder(out, shared=True)
+    proc = _holder(out, slice_name="0-of-2")
     try:
-        guards.release(_run(out, shared=True).begin()._lock)  # another slice of the same run: allowed
+        _let_go(_run(out, slice_name="1-of-2").begin())  # another slice of the same run: allowed
         with pytest.raises(StageError, match="being written by another process"):
             _run(out).begin()  # `finalize` (a whole run) while a slice still writes: refused
     finally:
@@ -119,15 +126,43 @@ def test_slices_share_their_folder_and_a_whole_run_is_refused_while_one_writes(t
         proc.wait(timeout=30)
 
 
+def test_the_same_slice_started_twice_is_refused_in_one_line_and_finalize_removes_the_slice_locks(tmp_path):
+    """A requeued array task beside the first: the same --shard-index again stops at once (it used to compute
+    and commit the slice a second time); the other slice runs beside it; the files the slices lock are gone
+    from the finished output."""
+    out = tmp_path / "out"
+    proc = _holder(out, slice_name="0-of-2")
+    try:
+        with pytest.raises(StageError, match=r"^slice 0 of 2 of .* is running in another process \(the same "
+                                             r"--shard-index started twice\)"):
+            _run(out, slice_name="0-of-2").begin()
+        assert not guards._mine()  # the refused twin let go of the folder's lock too
+        corpus = write_corpus(tmp_path / "c.jsonl", 60)
+        one_line_error(invoke(*EMBED_ARGS(corpus, out, "--num-shards", "2", "--shard-index", "0")),
+                       "slice 0 of 2", "the same --shard-index started twice")
+        _let_go(_run(out, slice_name="1-of-2").begin())
+        assert [p.name for p in out.glob(".slice-*")] == [guards.slice_lock("0-of-2")]  # slice 1's file went with it
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    _let_go(_run(out, slice_name="0-of-2").begin())  # its holder was killed: the slice runs again
+    assert (out / guards.slice_lock("0-of-2")).exists() is False
+    proc = _holder(out, slice_name="0-of-2")
+    proc.kill()
+    proc.wait(timeout=30)  # a killed slice leaves its file...
+    _run(out).begin().finish(stats={})  # ...that a whole run (`finalize`) removes: no slice runs beside it
+    assert not list(out.glob(".slice-*"))
+
+
 def test_slices_of_one_run_with_overwrite_empty_the_old_output_once_and_then_join(tmp_path):
     out, new = tmp_path / "out", {"model": "new"}
     _run(out).begin().finish(stats={})  # a complete output of other settings
-    proc = _holder(out, shared=True, overwrite=True, config="new")  # slice 0 empties it and starts
+    proc = _holder(out, slice_name="0-of-2", overwrite=True, config="new")  # slice 0 empties it and starts
     try:
         assert not (out / MANIFEST).exists()
-        again = StageRun(out, "embed", config=new, inputs={}, shared=True, overwrite=True).begin()
+        again = StageRun(out, "embed", config=new, inputs={}, slice_name="1-of-2", overwrite=True).begin()
         assert again.fresh is False  # slice 1 joins slice 0's run, deleting nothing
-        guards.release(again._lock)
+        _let_go(again)
     finally:
         proc.kill()
         proc.wait(timeout=30)
@@ -186,16 +221,16 @@ def test_a_run_that_stopped_in_this_process_does_not_block_the_command_elsewhere
 
 def test_a_slice_with_overwrite_does_not_empty_the_folder_while_another_slice_writes_it(tmp_path):
     out = tmp_path / "out"
-    proc = _holder(out, shared=True)  # slice 0 of a run, still writing
+    proc = _holder(out, slice_name="0-of-2")  # slice 0 of a run, still writing
     try:
-        other = StageRun(out, "embed", config={"model": "another"}, inputs={}, shared=True, overwrite=True)
+        other = StageRun(out, "embed", config={"model": "another"}, inputs={}, slice_name="1-of-2", overwrite=True)
         with pytest.raises(StageError, match="being written by slices of another run; pass --overwrite when"):
             other.begin()  # another run's slice asks to start over: it would delete slice 0's work
         assert (out / RUN_RECORD).exists()
     finally:
         proc.kill()
         proc.wait(timeout=30)
-    StageRun(out, "embed", config={"model": "another"}, inputs={}, shared=True, overwrite=True).begin()
+    _let_go(StageRun(out, "embed", config={"model": "another"}, inputs={}, slice_name="0-of-2", overwrite=True).begin())
 
 
 def test_threads_of_one_process_neither_share_a_folder_nor_let_go_of_each_others_locks(tmp_path):
@@ -387,7 +422,7 @@ def test_a_whole_run_that_takes_the_folder_while_a_slice_shares_it_stops_the_sli
     monkeypatch.setattr(fcntl, "flock", overtaken)
     try:
         with pytest.raises(StageError, match="being written by another process"):
-            _run(out, shared=True).begin()
+            _run(out, slice_name="0-of-2").begin()
         st = out.stat()
         assert (st.st_dev, st.st_ino) not in guards._HELD  # the slice let go of its descriptor
         assert json.loads((out / RUN_RECORD).read_text())["config"] == {"model": "other"}

@@ -69,7 +69,7 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     inputs = {"embeddings": {"path": str(Path(emb.path).resolve()), "stage": "embed",
                              "fingerprint": emb.manifest.fingerprint, "model": embedding_model_name(emb)}}
     run = StageRun(out_dir, "cluster", config=asdict(cfg), inputs=inputs, overwrite=overwrite,
-                   shared=ex.sliced).begin()
+                   slice_name=ex.slice_name).begin()
     if ex.require_complete:
         check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
     with run.discarded_on_error(enabled=not ex.sliced):  # bad vectors found by this run: nothing left behind

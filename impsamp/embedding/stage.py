@@ -110,7 +110,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     cfg = replace(cfg, text_field=corpus.text_field, id_field=corpus.id_field,
                   encoding_errors=corpus.encoding_errors)
     threads = max(1, cpu_count() // cfg.workers)
-    refuse_busy(Path(out_dir), shared=ex.sliced)  # before the model loads (seconds, minutes for an export)
+    refuse_busy(Path(out_dir), slice_name=ex.slice_name)  # before the model loads (seconds, minutes for an export)
     emb = embedder if embedder is not None else load_embedder(cfg, threads=threads)
     check_embedder(emb)
     if ex.tokenize_tasks and not isinstance(emb, TransformerEmbedder):
@@ -119,7 +119,7 @@ def embed(corpus: str | Path | Sequence[str | Path] | Corpus, out_dir: str | Pat
     cfg = _config_of(cfg, emb.identity)
     run = StageRun(Path(out_dir), "embed", config={**asdict(cfg), "model_identity": dict(emb.identity)},
                    inputs={"corpus": {**corpus.spec(), "fingerprint": corpus.fingerprint()}},
-                   overwrite=overwrite, shared=ex.sliced, unkeyed=("workers", "tokenize_processes"))
+                   overwrite=overwrite, slice_name=ex.slice_name, unkeyed=("workers", "tokenize_processes"))
     run.begin()
     shards = corpus.shards(cfg.rows_per_shard)
     if ex.require_complete:

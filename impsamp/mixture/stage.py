@@ -66,7 +66,7 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
         load_tokenizer(cfg.tokenizer)
     run = StageRun(Path(out_dir), "experts", config=asdict(cfg), inputs={
         "embeddings": described["embeddings"], "clusters": described["clusters"]}, overwrite=overwrite,
-        shared=ex.sliced).begin()
+        slice_name=ex.slice_name).begin()
     out = run.out_dir
     groups = _describe_groups(grouping, inputs.clu, cfg)
     atomic_write_json(out / GROUPS, {**grouping.to_dict(), "per_group": groups})

@@ -90,7 +90,9 @@ def cap_draws(q: np.ndarray, total: float, limit: np.ndarray, size: np.ndarray |
 
 
 def knn_similarity(target_vectors: np.ndarray, emb, names: Sequence[str]) -> list[np.ndarray]:
-    """Per input shard, each unit's cosine similarity to the nearest target vector (exact search)."""
+    """Per input shard, each unit's cosine similarity to the nearest target vector (exact search). faiss finds
+    the neighbour; its similarity is then recomputed in float64, one row at a time, since faiss's matrix
+    product rounds by the machine's BLAS thread count (other bytes, then other draws, on another machine)."""
     faiss = require("faiss")
     tvec = np.ascontiguousarray(target_vectors, dtype=np.float32)
     index = faiss.IndexFlatIP(tvec.shape[1])
@@ -98,8 +100,11 @@ def knn_similarity(target_vectors: np.ndarray, emb, names: Sequence[str]) -> lis
     out = []
     for name in names:
         v = np.ascontiguousarray(emb.shard_vectors(name), dtype=np.float32)
-        sim = index.search(v, 1)[0][:, 0] if len(v) else np.zeros(0, np.float32)
-        out.append(sim.astype(np.float64))
+        if not len(v):
+            out.append(np.zeros(0))
+            continue
+        nearest = index.search(v, 1)[1][:, 0]
+        out.append(np.einsum("ij,ij->i", v.astype(np.float64), tvec[nearest].astype(np.float64)))
     return out
 
 

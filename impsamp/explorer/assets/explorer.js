@@ -275,7 +275,7 @@
       HAS_S ? [["s", "Selected", (c) => pct(c.s)], ["rep", "Repeats", (c) => int(c.rep)]] : [],
       [["terms", "Top terms", (c) => c.terms.join(", ")]]);
   const thead = h("thead"), tbody = h("tbody"), pager = h("div", { class: "pager" }), count = h("span", { class: "count" });
-  const search = h("input", { type: "search", placeholder: "filter: a word of the terms or snippets, or a cluster number (#12)", "aria-label": "filter clusters" });
+  const search = h("input", { type: "search", placeholder: "filter: a word or number of the terms or snippets, or a cluster (#12)", "aria-label": "filter clusters" });
   let timer = null;
   search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => { state.filter = search.value.trim().toLowerCase(); state.page = 0; renderTable(); }, 120); });
   const sizeSel = h("select", { "aria-label": "rows per page", onchange: (e) => { state.pageSize = +e.target.value; state.page = 0; renderTable(); } },
@@ -296,10 +296,12 @@
   function visible() {
     const q = state.filter;
     let rows = C;
-    if (/^#?\d+$/.test(q)) rows = C.filter((c) => String(c.id) === q.replace(/^#/, ""));  // a cluster number
-    else if (q) rows = C.filter((c) => haystack[c.id].includes(q));
+    if (/^#\d+$/.test(q)) rows = C.filter((c) => String(c.id) === q.slice(1));  // #12: that cluster only
+    else if (q) rows = C.filter((c) => haystack[c.id].includes(q) || String(c.id) === q);
     const k = state.sortKey, dir = state.sortDir;
-    return rows.slice().sort((a, b) => ((a[k] ?? -1) - (b[k] ?? -1)) * dir || a.id - b.id);
+    // a bare number (a year, a version) searches the text too, with the cluster of that number first
+    const first = (c) => (/^\d+$/.test(q) && String(c.id) === q ? 0 : 1);
+    return rows.slice().sort((a, b) => first(a) - first(b) || ((a[k] ?? -1) - (b[k] ?? -1)) * dir || a.id - b.id);
   }
   function renderTable() {
     const rows = visible(), pages = Math.max(1, Math.ceil(rows.length / state.pageSize));
