@@ -25,11 +25,14 @@ from .app import cli
               help="The most FLOPs for all the targets expected together, C(N) = generic + N x per-target (needs "
                    "--targets-expected, here or in the report) [default: the report's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the choice as JSON.")
-def plan(report_dir, targets_expected, inference_budget, per_target_budget, pretraining_budget, total_budget, as_json):
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the decision map with these budgets marked into this PNG (outside the report).")
+def plan(report_dir, targets_expected, inference_budget, per_target_budget, pretraining_budget, total_budget, as_json,
+         plot):
     """Which strategy to plan for, from a finished `impsamp compare` (or `impsamp demo`) report, under the
     budgets you give: the C(N) table and the choice, as the report's planning section has them. Nothing is
-    trained again; a budget you leave out keeps the value the report was made with. (`decision.png` does not
-    depend on the budgets: it stays right.)
+    trained again; a budget you leave out keeps the value the report was made with. The report's
+    `decision.png` marks the report's budgets; `--plot FILE` draws it with these.
 
     \b
     Examples:
@@ -37,6 +40,7 @@ def plan(report_dir, targets_expected, inference_budget, per_target_budget, pret
       impsamp plan runs/law-plan --pretraining-budget 1e15   # little before the targets: per-target strategies
       impsamp plan runs/law-plan --targets-expected 500 --total-budget 2e17   # what pays off over 500 targets
       impsamp plan impsamp-demo --targets-expected 1000 --inference-budget 1e7flops --json
+      impsamp plan runs/law-plan --per-target-budget 1e13 --inference-budget 5e6 --plot law-decision.png
     """
     from impsamp.comparison import Report
     from impsamp.comparison_report import rows
@@ -58,7 +62,31 @@ def plan(report_dir, targets_expected, inference_budget, per_target_budget, pret
     budgets = Budgets(b["targets_expected"], value, unit, b["per_target_budget"], b["pretraining_budget"],
                       b["total_budget"])
     lines, choice = plan_section(rows(report.results), budgets, source=f"the runs of {report_dir}", guide=False)
+    if plot is not None:
+        _plot(plot, report_dir, rows(report.results), budgets)
     if as_json:
         click.echo(json.dumps(choice, indent=2))
         return
     click.echo("\n".join(lines[2:]).rstrip())  # without the section's heading
+
+
+def _plot(path: Path, report_dir: Path, entries, budgets) -> None:
+    """decision.png for these budgets, written to `path` (never into the finished report, whose files its
+    manifest lists)."""
+    from impsamp.errors import ConfigError
+    from impsamp.planning import plot_decision
+
+    if report_dir.resolve() in path.resolve().parents:
+        raise ConfigError(f"--plot {path}: that is inside the report {report_dir}, whose files are its manifest's; "
+                          "write it elsewhere (--plot decision-mine.png)")
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path}: give a .png file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        drawn = plot_decision(path, entries, budgets)
+    except OSError as e:
+        raise ConfigError(f"--plot {path}: cannot write it ({e.strerror or e}); choose a writable place") from None
+    if not drawn:
+        raise ConfigError("--plot: the decision map needs matplotlib and a report with per-target costs "
+                          "(pip install matplotlib)")
+    click.echo(f"decision map with these budgets: {path}", err=True)

@@ -132,7 +132,7 @@ def _plan(out: Path, results: dict[str, Any], files: dict[str, Path]) -> tuple[l
                       cfg.get("pretraining_budget"), cfg.get("total_budget"))
     entries = rows(results)
     for name, plot in (("plan.png", lambda p: plot_costs(p, entries, budgets.targets)),
-                       ("decision.png", lambda p: plot_decision(p, entries))):
+                       ("decision.png", lambda p: plot_decision(p, entries, budgets))):
         if plot(out / name):
             files[name] = out / name
     return plan_section(entries, budgets)
@@ -152,11 +152,12 @@ def _plot_perplexity(path: Path, results: dict[str, Any]) -> bool:
     ax = fig.add_subplot()
     ax.bar(x - 0.2, pre, width=0.4, yerr=pre_se, capsize=3, label="pretrained only")
     ax.bar(x + 0.2, fin, width=0.4, yerr=fin_se, capsize=3, label="after fine-tuning")
-    ax.set_ylim(top=1.2 * np.nanmax([*pre, *fin]))  # room for the legend above the bars
+    tops = np.asarray([*pre, *fin]) + np.nan_to_num(np.asarray([*pre_se, *fin_se], dtype=float))
+    ax.set_ylim(top=1.05 * np.nanmax(tops))  # the error bars inside
     ax.set_xticks(x, methods, rotation=20 if max(map(len, methods)) > 12 else 0, ha="right" if
                   max(map(len, methods)) > 12 else "center")
     ax.set_ylabel("in-domain perplexity (lower is better)")
-    ax.legend(loc="upper right", ncol=2)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)  # above the axes, off the bars
     fig.tight_layout()
     save_png(fig, path)
     return True

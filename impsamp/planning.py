@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,25 +176,30 @@ def _why_nothing_fits(scored: list[tuple[float, str, dict[str, float], bool]], b
     return "no strategy fits these budgets: " + "; ".join(parts)
 
 
-def decision_map(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The row `choose` picks for every per-target budget x inference budget (parameters): the choice changes
-    only where a budget crosses a row's cost, so the map's cells run between those costs (`*_edges`, with a
-    margin each side) and each holds one choice (`grid[i, j]`, -1 for none), taken inside the cell: its edges are
-    where the choice changes, exactly."""
+def decision_map(rows: list[tuple[str, dict[str, Any]]], b: Budgets | None = None) -> dict[str, Any]:
+    """The row `choose` picks for every per-target budget x inference budget (active parameters, or FLOPs per
+    token where `b` states the inference budget in FLOPs), under `b`'s other budgets (targets, pretraining, total):
+    the choice changes only where a budget crosses a row's cost, so the map's cells run between those costs
+    (`*_edges`, with a margin each side, reaching `b`'s own two budgets) and each holds one choice (`grid[i, j]`,
+    -1 for none), taken inside the cell: its edges are where the choice changes, exactly."""
+    b = b or Budgets()
+    unit = b.inference_unit
     costs = [row_costs(e) for _, e in rows]
     per = sorted({c["per_target"] for c in costs if c["per_target"] > 0})
-    params = sorted({c["params"] for c in costs if c["params"] > 0})
-    if not per or not params:
+    used = sorted({c["inference" if unit == "flops" else "params"] for c in costs} - {0.0})
+    if not per or not used:
         return {}
-    xs = np.asarray([per[0] / 10 ** 0.5, *per, per[-1] * 10 ** 0.5])
-    ys = np.asarray([params[0] / 10 ** 0.2, *params, params[-1] * 10 ** 0.2])
+    xs = np.asarray([min(per[0], b.per_target or per[0]) / 10 ** 0.5, *per,
+                     max(per[-1], b.per_target or per[-1]) * 10 ** 0.5])
+    ys = np.asarray([min(used[0], b.inference or used[0]) / 10 ** 0.2, *used,
+                     max(used[-1], b.inference or used[-1]) * 10 ** 0.2])
     labels = [label for label, _ in rows]
     grid = np.full((len(ys) - 1, len(xs) - 1), -1, dtype=np.int64)
     for i, y in enumerate(np.sqrt(ys[:-1] * ys[1:])):  # inside each cell: past its lower edges' costs
         for j, x in enumerate(np.sqrt(xs[:-1] * xs[1:])):
-            best = choose(rows, Budgets(inference=float(y), per_target=float(x)))["best"]
+            best = choose(rows, replace(b, inference=float(y), per_target=float(x)))["best"]
             grid[i, j] = labels.index(best) if best is not None else -1
-    return {"per_target_edges": xs, "params_edges": ys, "grid": grid, "labels": labels}
+    return {"per_target_edges": xs, "params_edges": ys, "grid": grid, "labels": labels, "unit": unit}
 
 
 def region_shares(m: dict[str, Any]) -> dict[int, float]:
@@ -293,15 +298,18 @@ def plot_costs(path: Path, rows: list[tuple[str, dict[str, Any]]], targets: int 
     return True
 
 
-def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
-    m = decision_map(rows)
+def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]], budgets: Budgets | None = None) -> bool:
+    """decision.png: `decision_map` shaded, the budgets stated (`budgets`) marked: a star where both axes' are
+    given, else a line; the other budgets stated named in the title."""
+    b = budgets or Budgets()
+    m = decision_map(rows, b)
     fig = figure((8.6, 4.6)) if m else None
     if fig is None:
         return False
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
-    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
     labels = m["labels"]
     used = sorted(set(m["grid"].ravel().tolist()))
@@ -310,21 +318,53 @@ def plot_decision(path: Path, rows: list[tuple[str, dict[str, Any]]]) -> bool:
     ax = fig.add_subplot()
     ax.pcolormesh(m["per_target_edges"], m["params_edges"], m["grid"] + 1, cmap=cmap, vmin=0, vmax=len(labels),
                   shading="flat")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):  # a range of a decade or two labels every minor tick: keep 2 and 5
-        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(3, 3)))
+    flops = m["unit"] == "flops"
+    _log_axes(ax, flops, [float(np.log10(e[-1] / e[0])) for e in (m["per_target_edges"], m["params_edges"])])
     ax.set_xlabel("per-target budget (FLOPs)")
-    ax.set_ylabel("inference budget (active parameters)")
-    ax.set_title("lowest perplexity after fine-tuning within both budgets")
+    ax.set_ylabel("inference budget (FLOPs per token)" if flops else "inference budget (active parameters)")
+    fixed = ", ".join(x for x in (f"pretraining at most {format_flops(b.pretraining)}" if b.pretraining else "",
+                                  f"C({b.targets}) at most {format_flops(b.total)}" if b.total else "") if x)
+    ax.set_title("lowest perplexity after fine-tuning within both budgets" + (f"\n({fixed})" if fixed else ""))
     handles = [Rectangle((0, 0), 1, 1, color=cmap(i + 1)) for i in used if i >= 0]
     share = region_shares(m)
     names = [labels[i] + (" (a strip too thin to see)" if share[i] < 0.002 else "") for i in used if i >= 0]
     if -1 in used:
         handles.append(Rectangle((0, 0), 1, 1, color=cmap(0)))
         names.append("nothing fits")
+    mark = dict(color="black", linestyle="--", linewidth=1.2)
+    if b.per_target is not None and b.inference is not None:
+        ax.plot([b.per_target], [b.inference], marker="*", markersize=15, color="black", markeredgecolor="white",
+                linestyle="none")
+        handles.append(Line2D([], [], marker="*", markersize=11, color="black", linestyle="none"))
+        names.append("your budgets")
+    elif b.per_target is not None or b.inference is not None:
+        (ax.axvline(b.per_target, **mark) if b.per_target is not None else ax.axhline(b.inference, **mark))
+        handles.append(Line2D([], [], **mark))
+        names.append(f"your {'per-target' if b.per_target is not None else 'inference'} budget")
     ax.legend(handles, names, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()  # the legend beside the map, not on it
     save_png(fig, path)
     return True
+
+
+def _log_axes(ax: Any, flops_y: bool, decades: list[float]) -> None:
+    """Log axes labelled in the report's units (2 TFLOP, 5M); an axis spanning `decades` of at most two labels its
+    2s and 5s too (on a wider one they would run into each other)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")  # (first: setting a scale resets the locators)
+    ax.set_yscale("log")
+    for axis, fmt, span in zip((ax.xaxis, ax.yaxis), (_short_flops, _short_flops if flops_y else _count), decades):
+        label = FuncFormatter(lambda v, _, fmt=fmt: fmt(v))
+        axis.set_major_locator(LogLocator(subs=(1.0,)))
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_major_formatter(label)
+        axis.set_minor_formatter(label if span <= 2.2 else NullFormatter())
+
+
+def _short_flops(v: float) -> str:
+    """A tick's FLOPs: 2e12 -> '2 TFLOP', 5e11 -> '500 GFLOP'."""
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if v >= scale * 0.9995:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g} FLOP"

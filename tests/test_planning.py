@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from impsamp.errors import ConfigError
-from impsamp.planning import Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section
+from impsamp.planning import (Budgets, choose, cost_curves, decision_map, parse_inference_budget, plan_section,
+                              plot_decision)
 
 from ._helpers import invoke, ok, one_line_error, run_sub, tiny_compare_toml, under_field, write_corpus
 
@@ -95,6 +96,20 @@ def test_decision_map_redraws_the_papers_rule_from_the_rows():
         for j, x in enumerate(m["per_target_edges"][:-1]):  # a budget exactly at a cell's lower edges chooses as it
             best = choose(ROWS, Budgets(inference=float(y), per_target=float(x)))["best"]
             assert grid[i, j] == (labels.index(best) if best else -1), (x, y)
+
+
+def test_the_decision_map_holds_the_budgets_stated(tmp_path):
+    """The map reaches the user's own budgets, honours the other ones (pretraining: `large` no longer fits
+    anywhere), reads an inference budget in FLOPs on a FLOPs axis, and decision.png marks them."""
+    b = Budgets(targets=10, inference=100, per_target=1000, pretraining=200)
+    m = decision_map(ROWS, b)
+    assert m["per_target_edges"][-1] > 1000 and m["params_edges"][-1] > 100  # the budgets lie on the map
+    assert m["labels"].index("large") not in m["grid"].tolist() and m["labels"].index("large") in decision_map(ROWS)["grid"]
+    flops = decision_map(ROWS, Budgets(inference=12, inference_unit="flops"))
+    assert flops["unit"] == "flops" and {10, 50} <= set(flops["params_edges"].tolist())  # 2 x params per token
+    for name, budgets in (("both", b), ("one", Budgets(per_target=3)), ("none", None)):
+        assert plot_decision(tmp_path / f"{name}.png", ROWS, budgets)
+    assert len({(tmp_path / f"{name}.png").read_bytes() for name in ("both", "one", "none")}) == 3
 
 
 def test_costs_a_line_width_apart_share_a_line_and_a_sliver_of_the_map_is_said():
@@ -216,6 +231,10 @@ def test_compare_plans_over_dense_large_and_distill(corpus, tmp_path):
     assert json.loads(r.output) == json.loads(json.dumps(again)) and "large (tiny-large, 1 step)" in again["fitting"]
     shown = ok(invoke("plan", out, "--targets-expected", "7")).output  # the others: the report's budgets
     assert "| C(7) |" in shown and f"Plan for {choose(rows(res), Budgets(7, 1e6, 'params', 1e15))['best']}" in shown
+    ok(invoke("plan", out, "--per-target-budget", "1e13", "--plot", tmp_path / "mine" / "decision.png"))
+    assert (tmp_path / "mine" / "decision.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "mine" / "decision.png").read_bytes() != (out / "decision.png").read_bytes()  # marked elsewhere
+    one_line_error(invoke("plan", out, "--plot", out / "mine.png"), "inside the report")
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()) == before
     one_line_error(invoke("plan", out, "--per-target-budget", "-1"), "--per-target-budget must be > 0")
     # nothing may be spent before the target is known: only what pretrains per target (importance sampling) fits
