@@ -143,22 +143,50 @@ def hold_slice(folder: Path, name: str) -> tuple[int, int] | None:
     if fcntl is None:
         return None
     path = folder / slice_lock(name)
+    fd = _take_file_lock(path, wait=False)
+    if fd is None:
+        raise FolderBusy(f"slice {name.replace('-', ' ')} of {folder} is running in another process (the same "
+                         "--shard-index started twice); wait for it to end, or run another slice")
+    if isinstance(fd, OSError):
+        return _unlocked(folder, fd)
+    st = os.fstat(fd)
+    with _MUTEX:
+        _HELD[(st.st_dev, st.st_ino)] = _Held(fd, threading.current_thread(), True, lock_file=path)
+    return (st.st_dev, st.st_ino)
+
+
+@contextlib.contextmanager
+def claim(folder: Path, name: str) -> Iterator[None]:
+    """Work on `name` (a shard the slices of a run all need) in this process alone: another process claiming it
+    waits until this one lets go (its shard committed, or it failed or was killed), then finds it done or does
+    it. Where the filesystem has no locks, nothing is held (the work may be done twice, to the same bytes)."""
+    path = folder / f".claim-{name}.tmp-impsamp"
+    fd = _take_file_lock(path, wait=True) if fcntl is not None else None
+    try:
+        yield
+    finally:
+        if isinstance(fd, int):
+            with contextlib.suppress(OSError):  # while held: a waiter then takes the name anew
+                path.unlink()
+            os.close(fd)
+
+
+def _take_file_lock(path: Path, wait: bool) -> int | OSError | None:
+    """An exclusive flock on the file `path` (created), held while it is still that name's: its descriptor;
+    None where another process holds it and not `wait`; the error where this filesystem has no locks."""
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            return _unlocked(folder, e)
-        if e := _flock_now(fd, fcntl.LOCK_EX, f"slice {name.replace('-', ' ')} of {folder} is running in another "
-                           "process (the same --shard-index started twice); wait for it to end, or run another slice"):
-            return _unlocked(folder, e)
-        st = os.fstat(fd)
-        if os.path.exists(path) and os.stat(path).st_ino == st.st_ino:  # not removed by its last holder meanwhile
-            break
+            return e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            os.close(fd)
+            return None if e.errno in BUSY_ERRNOS else e
+        if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed meanwhile
+            return fd
         os.close(fd)
-    key = (st.st_dev, st.st_ino)
-    with _MUTEX:
-        _HELD[key] = _Held(fd, threading.current_thread(), True, lock_file=path)
-    return key
 
 
 def _flock_now(fd: int, mode: int, busy: str) -> OSError | None:

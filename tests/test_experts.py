@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 from pathlib import Path
 
@@ -264,11 +265,30 @@ def test_killed_experts_resume_and_slices_give_the_same_bytes(pipe, tmp_path):
     want = payload(pipe["ex"])
     assert payload(killed) == want
     sliced = tmp_path / "sliced"
+    said = []
     for i in (1, 0):
-        ok(invoke(*args, "--out", sliced, "--num-shards", "2", "--shard-index", str(i)))
+        said.append(ok(invoke(*args, "--out", sliced, "--num-shards", "2", "--shard-index", str(i))).output)
         assert not (sliced / MANIFEST).exists()
     ok(invoke("finalize", sliced))
     assert payload(sliced) == want
+    # the first slice wrote every shard's group data (and its expert); the second found the data written
+    (first, total), (second, _) = (map(int, re.search(r"committed (\d+) shard.*of (\d+) done", o).groups()) for o in said)
+    assert (first, second) == (total - 1, 1), said
+
+
+def test_a_slice_writes_its_own_group_data_first_then_the_others_from_the_last(monkeypatch, tmp_path):
+    """Slices running together start on different shards and meet once, each shard claimed by one of them."""
+    from types import SimpleNamespace
+
+    from impsamp.mixture import stage
+    from impsamp.scale import Execution
+
+    wrote = []
+    monkeypatch.setattr(stage, "_write_shard_groups", lambda run, inputs, grouping, s, name: wrote.append(s))
+    run = SimpleNamespace(out_dir=tmp_path, is_done=lambda name: name == "d3")
+    names = [f"d{s}" for s in range(6)]
+    assert stage._write_group_data(run, None, None, names, False, Execution(num_shards=2, shard_index=1)) == 5
+    assert wrote == [1, 5, 4, 2, 0] and not list(tmp_path.iterdir())  # d3 done already; no claim file left
 
 
 def test_ray_experts_give_the_same_bytes(pipe, tmp_path):

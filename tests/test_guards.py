@@ -154,6 +154,45 @@ def test_the_same_slice_started_twice_is_refused_in_one_line_and_finalize_remove
     assert not list(out.glob(".slice-*"))
 
 
+CLAIMER = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from impsamp.guards import claim
+    with claim(Path(sys.argv[1]), "data-00001"):
+        print("holding", flush=True)
+        time.sleep(120)
+''')
+
+
+def test_a_claimed_shard_waits_for_its_claimer_to_end_however_it_ends(tmp_path):
+    """`guards.claim`: the slices of an experts run write each shard of group data once; one whose claimer was
+    killed is taken over, and the claim files go with their holders."""
+    import threading
+
+    from impsamp.guards import claim
+
+    proc = subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "holding"
+    entered = threading.Event()
+
+    def take():
+        with claim(tmp_path, "data-00001"):
+            entered.set()
+
+    with claim(tmp_path, "data-00002"):  # another shard: not waited for
+        pass
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    try:
+        assert not entered.wait(0.5)  # held by the other process
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert entered.wait(10)  # killed: its claim went with it
+    waiter.join(10)
+    assert not list(tmp_path.glob(".claim-*"))  # the file the killed claimer left is removed by the next holder
+
+
 def test_slices_of_one_run_with_overwrite_empty_the_old_output_once_and_then_join(tmp_path):
     out, new = tmp_path / "out", {"model": "new"}
     _run(out).begin().finish(stats={})  # a complete output of other settings

@@ -27,7 +27,7 @@ from ..clustering.groups import Grouping, make_grouping
 from ..config import as_config
 from ..costs import Costs
 from ..errors import CorpusError
-from ..guards import released_on_return
+from ..guards import claim, released_on_return
 from ..manifest import MANIFEST, StageRun, atomic_write_json, read_manifest
 from ..progress import progress_bar
 from ..scale import LOCAL, Execution, SliceResult, check_complete, commit_once, run_tasks, slice_result
@@ -73,12 +73,12 @@ def experts(embeddings, clusters, out_dir: str | Path, config: ExpertsConfig | N
     tokenizer = _shared_tokenizer(out, cfg, inputs, progress)
     data_names = [f"data-{s:05d}" for s in range(len(inputs.names))]
     expert_names = [f"expert-{g:03d}" for g in range(grouping.n_groups)]
+    committed = 0  # shards this run wrote: its data's, then its experts'
     if ex.require_complete:
         check_complete(run, data_names + expert_names)
     else:
-        _write_group_data(run, inputs, grouping, data_names, progress)
+        committed = _write_group_data(run, inputs, grouping, data_names, progress, ex)
         _refuse_small_groups(out, cfg, groups, tokenizer)
-    committed = 0
 
     def done(name: str, result: dict[str, Any]) -> None:
         nonlocal committed
@@ -149,31 +149,44 @@ def _shared_tokenizer(out: Path, cfg: ExpertsConfig, inputs, progress: bool) -> 
     return path
 
 
-def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str], progress: bool) -> None:
-    """One pass over the embedding shards: each group's units, with their text, as Parquet parts."""
-    from ..resampling.writing import selected_rows, write_output_shard
-
+def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str], progress: bool,
+                      ex: Execution) -> int:
+    """One pass over the embedding shards: each group's units, with their text, as Parquet parts. Every expert
+    reads every shard's part of its group, so each slice needs them all: it writes its own shards (index %
+    --num-shards) first, then the others' from the last, each shard claimed (`guards.claim`) so that no two
+    slices write one: the slices running together write each shard once, a slice alone all of them. Returns how
+    many it wrote."""
+    order = [s for s in range(len(names)) if ex.mine(s)] + [s for s in reversed(range(len(names))) if not ex.mine(s)]
     bar = progress_bar(progress, "group data", "shard", total=len(names))
-    for s, (name, shard) in enumerate(zip(names, inputs.names)):
-        if run.is_done(name):
-            bar.update(1)
-            continue
-        table = inputs.tables[shard]
-        leaves = inputs.leaves[s]
-        group = grouping.leaf_group[leaves]
-        ones = np.ones(len(leaves), dtype=np.float32)
-        files, rows = {}, {}
-        for g in np.unique(group):
-            reps = (group == g).astype(np.int64)
-            part = selected_rows(inputs.corpus, inputs.corpus_shards[shard], table, reps, leaves, ones,
-                                 inputs.windowed)
-            rel = f"{data_dir(int(g))}/part-{s:05d}.parquet"
-            tmp = run.tmp_path(rel)
-            write_output_shard(tmp, part, "parquet")
-            files[rel], rows[rel] = tmp, part.num_rows
-        run.commit_shard(name, files, stats={"rows": rows}, rows=rows)
+    written = 0
+    for s in order:
+        with claim(run.out_dir, names[s]):  # (waits while another slice writes it)
+            if not run.is_done(names[s]):
+                _write_shard_groups(run, inputs, grouping, s, names[s])
+                written += 1
         bar.update(1)
     bar.close()
+    return written
+
+
+def _write_shard_groups(run: StageRun, inputs, grouping: Grouping, s: int, name: str) -> None:
+    """Embedding shard s's units, with their text, one Parquet part per group, committed as shard `name`."""
+    from ..resampling.writing import selected_rows, write_output_shard
+
+    shard = inputs.names[s]
+    table = inputs.tables[shard]
+    leaves = inputs.leaves[s]
+    group = grouping.leaf_group[leaves]
+    ones = np.ones(len(leaves), dtype=np.float32)
+    files, rows = {}, {}
+    for g in np.unique(group):
+        reps = (group == g).astype(np.int64)
+        part = selected_rows(inputs.corpus, inputs.corpus_shards[shard], table, reps, leaves, ones, inputs.windowed)
+        rel = f"{data_dir(int(g))}/part-{s:05d}.parquet"
+        tmp = run.tmp_path(rel)
+        write_output_shard(tmp, part, "parquet")
+        files[rel], rows[rel] = tmp, part.num_rows
+    run.commit_shard(name, files, stats={"rows": rows}, rows=rows)
 
 
 SMALL_GROUP = 4
