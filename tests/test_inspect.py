@@ -114,6 +114,7 @@ def test_the_page_embeds_escaped_capped_deterministic_data(run):
     assert page.count("</script>") == 2 and "<!--" not in page  # the corpus's tags are only JSON escapes
     assert "<script>window" not in page and "<b>" not in page and "\\u003cscript\\u003ewindow.__pwned" in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing to fetch
+    assert '<meta name="color-scheme" content="only light">' in page  # a forced dark mode dimmed its canvases
     d = _data(page)
     leaves = d["leaves"]
     assert len(leaves["docs"]) == 4 == len(leaves["snippets"]) == len(leaves["terms"])

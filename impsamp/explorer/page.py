@@ -80,6 +80,7 @@ def render(data: dict[str, Any]) -> str:
         f'<meta name="generator" content="{GENERATOR}">',
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="color-scheme" content="only light">',  # a browser's forced dark mode dimmed the canvases
         f"<title>{html.escape(data['title'])}</title>", '<link rel="icon" href="data:,">',
         f"<style>\n{css}</style>", "</head>", "<body>",
         '<main id="app"><noscript>This page draws its tables and map with JavaScript; allow scripts for '

@@ -60,6 +60,7 @@ def render_report(markdown: str, figures: dict[str, bytes], explorers: dict[str,
     return "\n".join(["<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
                       f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
                       '<meta name="viewport" content="width=device-width, initial-scale=1">',
+                      '<meta name="color-scheme" content="only light">',  # no forced dark mode over the figures
                       "<title>impsamp compare report</title>", '<link rel="icon" href="data:,">',
                       f"<style>\n{css}</style>", "</head>", "<body>", "<main>", *body, "</main>", "</body>",
                       "</html>", ""])
