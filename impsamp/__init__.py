@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ConfigError, CorpusError, ImpsampError, StageError, WeightingError
 
-__version__ = "0.7.20"
+__version__ = "0.7.21"
 
 # public name -> module that defines it; resolved on first use so `import impsamp` stays light
 _LAZY = {

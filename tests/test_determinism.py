@@ -147,9 +147,9 @@ def test_how_a_path_is_typed_changes_no_byte(first, tmp_path, monkeypatch):
     assert shown[1].startswith("bio.jsonl ")  # the table: under the working folder, relative to it
 
 
-def test_document_weights_do_not_depend_on_the_blas_thread_count():
-    """The n-gram and embedding classifiers' log-odds and kNN similarities: the same bytes on 1 and 2 BLAS
-    threads (OpenBLAS splits long sums by thread; before the fix each of the three differed)."""
+def test_document_weights_and_cluster_scores_do_not_depend_on_the_blas_thread_count():
+    """The n-gram and embedding classifiers' log-odds, kNN similarities and the nearest centroids' ids and scores:
+    the same bytes on 1 and 2 BLAS threads (OpenBLAS splits long sums by thread; before the fix each differed)."""
     import hashlib
     from importlib import resources
 
@@ -158,6 +158,7 @@ def test_document_weights_do_not_depend_on_the_blas_thread_count():
     from threadpoolctl import threadpool_limits
 
     from impsamp import selectors
+    from impsamp.clustering.kmeans import nearest_centroid
     from impsamp.resampling.within import knn_similarity
 
     demo = resources.files("impsamp") / "data" / "demo"
@@ -176,10 +177,13 @@ def test_document_weights_do_not_depend_on_the_blas_thread_count():
         odds = selectors.ngram_classifier_odds(g, t)[0]
         logit = selectors.classifier_log_weights(selectors.fit_classifier(tvec, gvec[:5000]), gvec)
         similarity = knn_similarity(tvec, Vectors(), ["s0"])[0]
-        return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() for a in (odds, logit, similarity)]
+        nearest = np.concatenate(nearest_centroid(gvec[:5000], gvec[-1024:], spherical=True)).tobytes()
+        return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+                for a in (odds, logit, similarity, nearest)]
 
     with threadpool_limits(limits=1, user_api="blas"):
         one = weights()
     with threadpool_limits(limits=2, user_api="blas"):
         two = weights()
-    assert dict(zip(("n-gram", "embedding", "knn"), one)) == dict(zip(("n-gram", "embedding", "knn"), two))
+    names = ("n-gram", "embedding", "knn", "nearest centroid")
+    assert dict(zip(names, one)) == dict(zip(names, two))

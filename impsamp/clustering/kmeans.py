@@ -39,16 +39,53 @@ def _flat_index(d: int, spherical: bool, gpu: bool = False) -> Any:
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, gpu: bool = False
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row: (n,) int64 ids and (n,) float32 scores (similarity or squared L2)."""
+    """Nearest centroid of every row: (n,) int64 ids and (n,) float32 scores (similarity or squared L2).
+
+    faiss finds each row's two nearest; `_exact_nearest` scores them in float64: faiss's float32 matrix product
+    rounds by the BLAS thread count (on the demo pool 815 of 4,800 scores moved between 1 and 2 threads), so the
+    scores, and a near tie's winner, went with the machine's cores (and on a GPU with its own)."""
     if len(centroids) == 1:  # a single child: no search needed
-        c = centroids[0]
-        score = x @ c if spherical else np.sum((x - c) ** 2, axis=1)
-        return np.zeros(len(x), dtype=np.int64), score.astype(np.float32)
+        ids = np.zeros((len(x), 1), dtype=np.int64)
+        return _exact_nearest(x, centroids, ids, np.zeros((len(x), 1), dtype=np.float32), spherical)
     index = _flat_index(centroids.shape[1], spherical, gpu)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     with _omp_threads(1 if _is_small(len(x), len(centroids), centroids.shape[1]) else None):
-        score, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-    return ids[:, 0], score[:, 0]
+        rough, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 2)
+    return _exact_nearest(x, centroids, ids, rough, spherical)
+
+
+EXACT_ROWS = 1 << 14
+"""Rows re-scored in float64 at a time."""
+NEAR = 1e-4
+"""Two candidates whose float32 scores are within NEAR (relative, at least absolute) are both re-scored: far
+more than the float32 rounding (under 1e-6 here), so which rows count as near does not depend on it either."""
+
+
+def _exact_nearest(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, rough: np.ndarray, spherical: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's nearest centroid and its score, summed in float64 row by row (no BLAS: no thread count in the
+    sums): faiss's first candidate, or where its second is as near to within NEAR the better of the two in float64
+    (of equals, the lower id). Returns (ids, float32 scores)."""
+    best, score = ids[:, 0].astype(np.int64), np.empty(len(x), dtype=np.float32)
+    near = (np.flatnonzero(np.abs(rough[:, 0] - rough[:, 1]) <= NEAR * np.maximum(1.0, np.abs(rough[:, 0])))
+            if ids.shape[1] > 1 else np.zeros(0, dtype=np.int64))
+    first, second = _scores(x[near], centroids, ids[near, 0], spherical), _scores(x[near], centroids, ids[near, 1],
+                                                                                   spherical)
+    other = (second > first) if spherical else (second < first)
+    tie = (second == first) & (ids[near, 1] < ids[near, 0])
+    best[near[other | tie]] = ids[near[other | tie], 1]
+    for lo in range(0, len(x), EXACT_ROWS):
+        score[lo:lo + EXACT_ROWS] = _scores(x[lo:lo + EXACT_ROWS], centroids, best[lo:lo + EXACT_ROWS], spherical)
+    return best, score
+
+
+def _scores(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, spherical: bool) -> np.ndarray:
+    """float64 similarity (or squared distance) of each row of x to its centroid `ids[i]`."""
+    c = centroids[ids]
+    if spherical:
+        return np.einsum("ij,ij->i", x, c, dtype=np.float64)
+    diff = np.asarray(x, dtype=np.float64) - c
+    return np.einsum("ij,ij->i", diff, diff)
 
 
 SMALL_WORK = 1 << 26
@@ -68,8 +105,9 @@ def fit_threads(n: int, k: int, d: int, gpu: bool = False) -> int | None:
 
 @contextlib.contextmanager
 def _omp_threads(n: int | None) -> Iterator[None]:
-    """Run faiss with `n` OpenMP threads in this thread (None: leave as is). A search's assignments do not
-    depend on it; a k-means fit large enough for several threads (`_is_small`) does, slightly: its matrix
+    """Run faiss with `n` OpenMP threads in this thread (None: leave as is). `nearest_centroid`'s ids and scores
+    do not depend on it (re-scored in float64); a k-means fit large enough for several threads (`_is_small`) does,
+    slightly: its matrix
     products split the sums by thread, and a near tie goes the other way (a review: k = 128 on 40k vectors,
     1,712 of 39,766 assignments moved between 1 and 2 threads). The cluster manifest records the count."""
     if n is None:
