@@ -156,14 +156,16 @@ def hold_slice(folder: Path, name: str) -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def claim(folder: Path, name: str) -> Iterator[None]:
-    """Work on `name` (a shard the slices of a run all need) in this process alone: another process claiming it
-    waits until this one lets go (its shard committed, or it failed or was killed), then finds it done or does
-    it. Where the filesystem has no locks, nothing is held (the work may be done twice, to the same bytes)."""
+def claim(folder: Path, name: str, *, wait: bool = True) -> Iterator[bool]:
+    """Work on `name` (a shard the slices of a run all need) in this process alone: yields True once claimed;
+    another process claiming it waits until this one lets go (its shard committed, or it failed or was
+    killed), then finds it done or does it; without `wait` it gets False at once (do something else first).
+    Where the filesystem has no locks, nothing is held and it yields True (the work may be done twice, to the
+    same bytes)."""
     path = folder / f".claim-{name}.tmp-impsamp"
-    fd = _take_file_lock(path, wait=True) if fcntl is not None else None
+    fd = _take_file_lock(path, wait=wait) if fcntl is not None else None
     try:
-        yield
+        yield fd is not None
     finally:
         if isinstance(fd, int):
             with contextlib.suppress(OSError):  # while held: a waiter then takes the name anew
@@ -184,6 +186,9 @@ def _take_file_lock(path: Path, wait: bool) -> int | OSError | None:
         except OSError as e:
             os.close(fd)
             return None if e.errno in BUSY_ERRNOS else e
+        except BaseException:  # Ctrl-C while waiting
+            os.close(fd)
+            raise
         if os.path.exists(path) and os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed meanwhile
             return fd
         os.close(fd)

@@ -273,6 +273,7 @@ class StageRun:
         keyed = {k: v for k, v in self.config.items() if k not in self.unkeyed}
         self.key = fingerprint({"stage": self.stage, "config": keyed, "inputs": self.inputs, "version": self.version})
         self.fresh, self._all_ours, self._found, self._lock = False, False, set(), None  # set by `begin`
+        self._slice_lock = None
 
     @property
     def records_dir(self) -> Path:
@@ -296,9 +297,9 @@ class StageRun:
             self._set_up(out, existed)
             if self.slice_name is not None:
                 share(self._lock, out)  # set up: the run's other slices may write beside this one
-                hold_slice(out, self.slice_name)  # but not this slice's twin (let go with the folder's lock)
+                self._slice_lock = hold_slice(out, self.slice_name)  # but not this slice's twin
         except BaseException:
-            release(self._lock)
+            self.release()
             raise
         return self
 
@@ -385,7 +386,7 @@ class StageRun:
         except (OSError, ImpsampError) as e:  # the bad input stays the error to report; the next run finishes
             logger.warning("%s: could not remove what this run wrote (%s)", out, e)
         finally:
-            release(self._lock)
+            self.release()
 
     # ---- shards
 
@@ -470,4 +471,11 @@ class StageRun:
         for d in sorted((p for p in self.out_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             if not any(d.iterdir()):
                 d.rmdir()
+        self.release()
+
+    def release(self) -> None:
+        """Let go of the folder's lock (and a slice's own); a stage's entry function does it anyway when it ends
+        (`guards.released_on_return`)."""
+        release(self._slice_lock)
         release(self._lock)
+        self._slice_lock = self._lock = None

@@ -13,6 +13,7 @@ a complete output aside while `--overwrite` replaces it, and finishes what a kil
                       run holding the folder's lock alone finishes, see `recover`)
       .lock.tmp-impsamp   on NFS only: the file a run locks while it writes (elsewhere the folder itself; `guards`)
       .slice-3-of-16.tmp-impsamp   the file slice 3 of a sliced run locks while it runs (`guards.hold_slice`)
+      .claim-NAME.tmp-impsamp      a shard a slice is writing for all the slices (`guards.claim`: experts' data)
 
 It imports nothing of impsamp but `errors`, so `guards`, `io.discovery` and the CLI share its checks.
 """

@@ -186,7 +186,7 @@ def decision_map(rows: list[tuple[str, dict[str, Any]]], b: Budgets | None = Non
     unit = b.inference_unit
     costs = [row_costs(e) for _, e in rows]
     per = sorted({c["per_target"] for c in costs if c["per_target"] > 0})
-    used = sorted({c["inference" if unit == "flops" else "params"] for c in costs} - {0.0})
+    used = sorted({v for c in costs if (v := c["inference" if unit == "flops" else "params"]) > 0})
     if not per or not used:
         return {}
     xs = np.asarray([min(per[0], b.per_target or per[0]) / 10 ** 0.5, *per,
@@ -245,8 +245,9 @@ def plan_section(rows: list[tuple[str, dict[str, Any]]], b: Budgets, *, source: 
     if guide:
         lines += ["How to read it: `plan.png` draws C(N) for N from 1 to 1,000 (a strategy that pays in pretraining climbs "
                   "slowly, by its per-target embedding and fine-tuning; one that pretrains per target climbs fast); `decision.png` shades, for each per-target budget and "
-                  "inference budget (active parameters), the strategy with the lowest perplexity after fine-tuning "
-                  "that fits both (the seed paper's decision figure, redrawn from these runs). State your budgets "
+                  "inference budget (active parameters, or FLOPs per token where the budget is stated so), the strategy with "
+                  "the lowest perplexity after fine-tuning that fits both and the other budgets stated (the seed paper's "
+                  "decision figure, redrawn from these runs; the budgets stated are marked: a star, or a line). State your budgets "
                   "with `--targets-expected`, `--inference-budget`, `--per-target-budget`, `--pretraining-budget` and "
                   "`--total-budget` "
                   "to get the choice in one line (`impsamp plan` reads them for this report, training nothing).", ""]
@@ -364,7 +365,8 @@ def _log_axes(ax: Any, flops_y: bool, decades: list[float]) -> None:
 
 def _short_flops(v: float) -> str:
     """A tick's FLOPs: 2e12 -> '2 TFLOP', 5e11 -> '500 GFLOP'."""
-    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6),
+                        ("kFLOP", 1e3)):
         if v >= scale * 0.9995:
             return f"{v / scale:.3g} {unit}"
     return f"{v:.3g} FLOP"

@@ -169,6 +169,20 @@ def test_small_node_gets_fewer_children(tmp_path):
     assert np.array_equal(c.parents[1][ids[:, 1]], ids[:, 0])
 
 
+def test_a_node_of_one_point_gets_one_child_and_every_row_descends_to_it(tmp_path):
+    """A single child needs no search (0.7.21's re-scoring once crashed on it: IndexError)."""
+    rng = np.random.default_rng(1)
+    x = np.repeat(np.eye(D)[:3], [40, 40, 1], axis=0)
+    x = x + 0.05 * rng.normal(size=x.shape) / np.sqrt(D)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    c = cluster(write_embeddings(tmp_path / "e", x.astype(np.float16)), tmp_path / "c", ClusterConfig(levels=(3, 5)))
+    assert sorted(np.bincount(c.parents[1], minlength=3).tolist()) == [1, 5, 5]
+    ids = np.concatenate([c.shard_assign(s) for s in c.shard_names])
+    lone = ids[-1]
+    assert np.array_equal(c.parents[1][ids[:, 1]], ids[:, 0]) and (c.parents[1] == lone[0]).sum() == 1
+    assert np.array_equal(c.assign(x.astype(np.float32)), ids)
+
+
 def test_assign_new_vectors_matches_stored_assignments(tmp_path, emb_data):
     emb, x, _ = emb_data
     for cfg in (ClusterConfig(k=8), ClusterConfig(levels=(4, 4))):

@@ -169,6 +169,12 @@ def test_document_weights_and_cluster_scores_do_not_depend_on_the_blas_thread_co
     tvec = rng.normal(size=(300, 384)).astype(np.float32) + 0.1
     gvec = rng.normal(size=(20000, 384)).astype(np.float32)
 
+    unit = gvec[:5000] / np.linalg.norm(gvec[:5000], axis=1, keepdims=True)
+    bases = unit[-30:]  # near ties: each base with two copies a few ulps off (faiss's pick went with the threads)
+    nudged = [np.nextafter(bases, np.float32(j)) for j in (np.inf, -np.inf)]
+    triples = np.stack([bases, *nudged], axis=1).reshape(-1, 384)
+    exact = np.stack([np.einsum("ij,j->i", unit.astype(np.float64), c.astype(np.float64)) for c in triples], axis=1)
+
     class Vectors:
         def shard_vectors(self, name):
             return gvec
@@ -178,12 +184,14 @@ def test_document_weights_and_cluster_scores_do_not_depend_on_the_blas_thread_co
         logit = selectors.classifier_log_weights(selectors.fit_classifier(tvec, gvec[:5000]), gvec)
         similarity = knn_similarity(tvec, Vectors(), ["s0"])[0]
         nearest = np.concatenate(nearest_centroid(gvec[:5000], gvec[-1024:], spherical=True)).tobytes()
+        tied = nearest_centroid(unit, triples, spherical=True)[0]
+        assert np.array_equal(tied, np.argmax(exact, axis=1))  # the float64 nearest, of equals the lowest id
         return [hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-                for a in (odds, logit, similarity, nearest)]
+                for a in (odds, logit, similarity, nearest, tied)]
 
     with threadpool_limits(limits=1, user_api="blas"):
         one = weights()
     with threadpool_limits(limits=2, user_api="blas"):
         two = weights()
-    names = ("n-gram", "embedding", "knn", "nearest centroid")
+    names = ("n-gram", "embedding", "knn", "nearest centroid", "near ties")
     assert dict(zip(names, one)) == dict(zip(names, two))

@@ -289,6 +289,26 @@ def test_a_slice_writes_its_own_group_data_first_then_the_others_from_the_last(m
     names = [f"d{s}" for s in range(6)]
     assert stage._write_group_data(run, None, None, names, False, Execution(num_shards=2, shard_index=1)) == 5
     assert wrote == [1, 5, 4, 2, 0] and not list(tmp_path.iterdir())  # d3 done already; no claim file left
+    # a shard another slice is writing is passed over, then waited for (and found undone here: written)
+    import threading
+
+    from impsamp.guards import claim
+
+    taken, let_go = threading.Event(), threading.Event()
+
+    def other_slice():
+        with claim(tmp_path, "d5"):
+            taken.set()
+            let_go.wait(30)
+
+    holder = threading.Thread(target=other_slice)
+    holder.start()
+    taken.wait(10)
+    threading.Timer(1.0, let_go.set).start()
+    wrote.clear()
+    assert stage._write_group_data(run, None, None, names, False, Execution(num_shards=2, shard_index=1)) == 5
+    holder.join(10)
+    assert wrote == [1, 4, 2, 0, 5] and not list(tmp_path.iterdir())
 
 
 def test_ray_experts_give_the_same_bytes(pipe, tmp_path):

@@ -38,50 +38,63 @@ def _flat_index(d: int, spherical: bool, gpu: bool = False) -> Any:
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, *, spherical: bool, gpu: bool = False
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row: (n,) int64 ids and (n,) float32 scores (similarity or squared L2).
-
-    faiss finds each row's two nearest; `_exact_nearest` scores them in float64: faiss's float32 matrix product
-    rounds by the BLAS thread count (on the demo pool 815 of 4,800 scores moved between 1 and 2 threads), so the
-    scores, and a near tie's winner, went with the machine's cores (and on a GPU with its own)."""
-    if len(centroids) == 1:  # a single child: no search needed
-        ids = np.zeros((len(x), 1), dtype=np.int64)
-        return _exact_nearest(x, centroids, ids, np.zeros((len(x), 1), dtype=np.float32), spherical)
-    index = _flat_index(centroids.shape[1], spherical, gpu)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    with _omp_threads(1 if _is_small(len(x), len(centroids), centroids.shape[1]) else None):
-        rough, ids = index.search(np.ascontiguousarray(x, dtype=np.float32), 2)
-    return _exact_nearest(x, centroids, ids, rough, spherical)
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row: (n,) int64 ids and (n,) float32 scores (similarity or squared L2)."""
+    ids, score = nearest(x, centroids, spherical=spherical, gpu=gpu)
+    return ids, score.astype(np.float32)
 
 
+CANDIDATES = 4
+"""Points faiss returns per row for `nearest` to re-score."""
 EXACT_ROWS = 1 << 14
 """Rows re-scored in float64 at a time."""
 NEAR = 1e-4
-"""Two candidates whose float32 scores are within NEAR (relative, at least absolute) are both re-scored: far
-more than the float32 rounding (under 1e-6 here), so which rows count as near does not depend on it either."""
+"""Candidates whose float32 scores are within NEAR of the first (relative to the scores' size) are re-scored:
+far more than faiss's rounding (under 1e-6 for unit vectors), so which rows count as near does not depend on it."""
 
 
-def _exact_nearest(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, rough: np.ndarray, spherical: bool
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest centroid and its score, summed in float64 row by row (no BLAS: no thread count in the
-    sums): faiss's first candidate, or where its second is as near to within NEAR the better of the two in float64
-    (of equals, the lower id). Returns (ids, float32 scores)."""
-    best, score = ids[:, 0].astype(np.int64), np.empty(len(x), dtype=np.float32)
-    near = (np.flatnonzero(np.abs(rough[:, 0] - rough[:, 1]) <= NEAR * np.maximum(1.0, np.abs(rough[:, 0])))
-            if ids.shape[1] > 1 else np.zeros(0, dtype=np.int64))
-    first, second = _scores(x[near], centroids, ids[near, 0], spherical), _scores(x[near], centroids, ids[near, 1],
-                                                                                   spherical)
-    other = (second > first) if spherical else (second < first)
-    tie = (second == first) & (ids[near, 1] < ids[near, 0])
-    best[near[other | tie]] = ids[near[other | tie], 1]
-    for lo in range(0, len(x), EXACT_ROWS):
-        score[lo:lo + EXACT_ROWS] = _scores(x[lo:lo + EXACT_ROWS], centroids, best[lo:lo + EXACT_ROWS], spherical)
+def nearest(x: np.ndarray, points: np.ndarray, *, spherical: bool, gpu: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest of `points` to every row of x: (n,) int64 ids and (n,) float64 scores (similarity, or squared
+    L2 distance), the same on any machine's thread count: faiss's float32 matrix product rounds by the BLAS
+    thread count (on the demo pool 815 of 4,800 scores moved between 1 and 2 threads; a near tie's winner could),
+    so faiss only proposes CANDIDATES per row and the winner is chosen, and scored, in float64 row by row: among
+    the candidates within NEAR of faiss's first, or where even the last is that near among every point; of equal
+    scores the lowest id."""
+    if len(points) == 1 or not len(x):  # a single child: no search needed
+        ids = np.zeros(len(x), dtype=np.int64)
+        return ids, _scores(x, points, ids, spherical)
+    index = _flat_index(points.shape[1], spherical, gpu)
+    index.add(np.ascontiguousarray(points, dtype=np.float32))
+    with _omp_threads(1 if _is_small(len(x), len(points), points.shape[1]) else None):
+        rough, cand = index.search(np.ascontiguousarray(x, dtype=np.float32), min(CANDIDATES, len(points)))
+    best = cand[:, 0].astype(np.int64)
+    size = np.abs(rough[:, 0]) if spherical else (np.einsum("ij,ij->i", x, x, dtype=np.float64)
+                                                  + float(np.einsum("ij,ij->i", points, points).max()))
+    tol = NEAR * np.maximum(1.0, size)  # (faiss's L2 error grows with the norms, not with the distance)
+    near = np.flatnonzero(np.abs(rough[:, 0] - rough[:, 1]) <= tol)
+    full = near[np.abs(rough[near, 0] - rough[near, -1]) <= tol[near]] if cand.shape[1] < len(points) else near[:0]
+    part = np.setdiff1d(near, full)
+    best[part] = _best_of(x[part], points, cand[part], spherical)
+    best[full] = _best_of(x[full], points, np.broadcast_to(np.arange(len(points)), (len(full), len(points))),
+                          spherical)
+    score = np.concatenate([_scores(x[lo:lo + EXACT_ROWS], points, best[lo:lo + EXACT_ROWS], spherical)
+                            for lo in range(0, len(x), EXACT_ROWS)])
     return best, score
 
 
-def _scores(x: np.ndarray, centroids: np.ndarray, ids: np.ndarray, spherical: bool) -> np.ndarray:
-    """float64 similarity (or squared distance) of each row of x to its centroid `ids[i]`."""
-    c = centroids[ids]
+def _best_of(x: np.ndarray, points: np.ndarray, cand: np.ndarray, spherical: bool) -> np.ndarray:
+    """Per row, the candidate with the best float64 score; of equals the lowest id."""
+    cand = np.sort(cand, axis=1)
+    s = np.stack([_scores(x, points, cand[:, j], spherical) for j in range(cand.shape[1])], axis=1)
+    pick = np.argmax(s, axis=1) if spherical else np.argmin(s, axis=1)  # the first of equals: the lowest id
+    return cand[np.arange(len(cand)), pick] if len(cand) else cand[:, 0].astype(np.int64)
+
+
+def _scores(x: np.ndarray, points: np.ndarray, ids: np.ndarray, spherical: bool) -> np.ndarray:
+    """float64 similarity (or squared distance) of each row of x to its point `ids[i]`, summed row by row (no
+    BLAS: no thread count in the sums)."""
+    c = points[ids]
     if spherical:
         return np.einsum("ij,ij->i", x, c, dtype=np.float64)
     diff = np.asarray(x, dtype=np.float64) - c

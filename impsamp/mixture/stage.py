@@ -151,20 +151,24 @@ def _shared_tokenizer(out: Path, cfg: ExpertsConfig, inputs, progress: bool) -> 
 
 def _write_group_data(run: StageRun, inputs, grouping: Grouping, names: list[str], progress: bool,
                       ex: Execution) -> int:
-    """One pass over the embedding shards: each group's units, with their text, as Parquet parts. Every expert
-    reads every shard's part of its group, so each slice needs them all: it writes its own shards (index %
+    """Each group's units, with their text, as Parquet parts, one embedding shard at a time. Every expert reads
+    every shard's part of its group, so each slice needs them all: it writes its own shards (index %
     --num-shards) first, then the others' from the last, each shard claimed (`guards.claim`) so that no two
-    slices write one: the slices running together write each shard once, a slice alone all of them. Returns how
-    many it wrote."""
+    slices write one: one another slice holds is passed over, and waited for at the end. Slices running
+    together write each shard once, a slice alone all of them. Returns how many it wrote."""
     order = [s for s in range(len(names)) if ex.mine(s)] + [s for s in reversed(range(len(names))) if not ex.mine(s)]
     bar = progress_bar(progress, "group data", "shard", total=len(names))
-    written = 0
-    for s in order:
-        with claim(run.out_dir, names[s]):  # (waits while another slice writes it)
-            if not run.is_done(names[s]):
-                _write_shard_groups(run, inputs, grouping, s, names[s])
-                written += 1
-        bar.update(1)
+    written, held = 0, []
+    for wait, shards in ((False, order), (True, held)):  # (`held` fills in the first pass)
+        for s in shards:
+            with claim(run.out_dir, names[s], wait=wait) as mine:
+                if not mine:
+                    held.append(s)
+                    continue
+                if not run.is_done(names[s]):
+                    _write_shard_groups(run, inputs, grouping, s, names[s])
+                    written += 1
+            bar.update(1)
     bar.close()
     return written
 

@@ -53,7 +53,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._deps import require
 from ..errors import ConfigError, WeightingError
 from ..weighting import load_function
 from .streams import WITHIN, shard_rng
@@ -90,22 +89,13 @@ def cap_draws(q: np.ndarray, total: float, limit: np.ndarray, size: np.ndarray |
 
 
 def knn_similarity(target_vectors: np.ndarray, emb, names: Sequence[str]) -> list[np.ndarray]:
-    """Per input shard, each unit's cosine similarity to the nearest target vector (exact search). faiss finds
-    the neighbour; its similarity is then recomputed in float64, one row at a time, since faiss's matrix
-    product rounds by the machine's BLAS thread count (other bytes, then other draws, on another machine)."""
-    faiss = require("faiss")
+    """Per input shard, each unit's cosine similarity to the nearest target vector (exact search; chosen and
+    scored in float64, `clustering.kmeans.nearest`: the same on any machine's thread count)."""
+    from ..clustering.kmeans import nearest
+
     tvec = np.ascontiguousarray(target_vectors, dtype=np.float32)
-    index = faiss.IndexFlatIP(tvec.shape[1])
-    index.add(tvec)
-    out = []
-    for name in names:
-        v = np.ascontiguousarray(emb.shard_vectors(name), dtype=np.float32)
-        if not len(v):
-            out.append(np.zeros(0))
-            continue
-        nearest = index.search(v, 1)[1][:, 0]
-        out.append(np.einsum("ij,ij->i", v.astype(np.float64), tvec[nearest].astype(np.float64)))
-    return out
+    return [nearest(np.ascontiguousarray(emb.shard_vectors(name), dtype=np.float32), tvec, spherical=True)[1]
+            for name in names]
 
 
 def knn_log_weights(target_vectors: np.ndarray, emb, names: Sequence[str], temperature: float
