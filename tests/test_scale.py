@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -383,6 +384,38 @@ def test_a_cluster_slice_whose_fit_lost_the_race_reuses_or_refuses(local, tmp_pa
         assert "\n" not in str(e.value)
         assert (out / "_shards" / "fit.json").exists()   # a slice never deletes what others committed
         assert list(out.glob("assign-*.npy")) == []
+
+
+def test_a_cluster_slice_waits_for_the_fit_another_slice_is_making_and_reuses_it(local, tmp_path, monkeypatch):
+    """The slices of one run fit once: a slice that finds the fit claimed waits for it (it used to fit too, and
+    on a GPU, whose fits differ, be refused) and counts only what it committed."""
+    import threading
+
+    from impsamp.clustering import stage as clustering
+    from impsamp.clustering.config import FIT_RECORD
+    from impsamp.guards import claim
+
+    first, out = tmp_path / "first", tmp_path / "second"
+    impsamp.cluster(local["emb"], first, CLUSTER, execution=Execution(num_shards=2, shard_index=0))
+    out.mkdir()
+    taken, fitted = threading.Event(), []
+
+    def the_other_slice():  # fits (here: copies a fit) under the claim, after a while
+        with claim(out, FIT_RECORD):
+            taken.set()
+            time.sleep(1.0)
+            (out / "_shards").mkdir(exist_ok=True)
+            for name in ("centroids.npy", "_shards/fit.json"):
+                (out / name).write_bytes((first / name).read_bytes())
+
+    holder = threading.Thread(target=the_other_slice)
+    holder.start()
+    taken.wait(10)
+    monkeypatch.setattr(clustering, "fit_tree", lambda *a: fitted.append(1))
+    res = impsamp.cluster(local["emb"], out, CLUSTER, execution=Execution(num_shards=2, shard_index=1))
+    holder.join(10)
+    assert fitted == [] and (res.committed, res.done, res.total) == (4, 5, 9)  # 4 of 8 shards; not the fit
+    assert not list(out.glob(".claim-*"))
 
 
 # ----------------------------------------------------------------------------- tokenizing tasks

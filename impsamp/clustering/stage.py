@@ -13,7 +13,7 @@ import numpy as np
 from .._deps import require
 from ..config import as_config
 from ..errors import StageError
-from ..guards import hold_inputs, released_on_return
+from ..guards import claim, hold_inputs, released_on_return
 from ..manifest import StageRun, inside, sha256_file, tmp_name
 from ..progress import progress_bar
 from ..scale import (LOCAL, Execution, Shared, SliceResult, check_complete, commit_once, run_tasks,
@@ -73,9 +73,9 @@ def cluster(embeddings: Embeddings | str | Path, out_dir: str | Path, config: Cl
     if ex.require_complete:
         check_complete(run, [FIT_RECORD] + [name for name, _ in shards])
     with run.discarded_on_error(enabled=not ex.sliced):  # bad vectors found by this run: nothing left behind
-        tree, fit_stats = _fit_stage(run, emb, shards, cfg, size, gpu, progress)
+        tree, fit_stats, fitted = _fit_stage(run, emb, shards, cfg, size, gpu, progress)
         if ex.sliced:
-            committed = _assign_stage(run, emb, shards, tree, gpu, progress, ex)[2]
+            committed = fitted + _assign_stage(run, emb, shards, tree, gpu, progress, ex)[2]
             return slice_result(run, ex, committed, [FIT_RECORD] + [name for name, _ in shards])
         seconds_assign, score_sum, _ = _assign_stage(run, emb, shards, tree, gpu, progress, ex)
         counts_tmp, level_stats = _write_counts(run, emb, shards, tree)
@@ -96,34 +96,40 @@ def _shape_stats(tree: Tree, level_stats: list[dict[str, Any]], spherical: bool)
 
 
 def _fit_stage(run: StageRun, emb: Embeddings, shards: list[tuple[str, int]], cfg: ClusterConfig, size: int,
-               gpu: bool, progress: bool) -> tuple[Tree, dict[str, Any]]:
-    """Fit once and commit the centroids as the 'fit' record; a resumed run reloads them."""
-    if run.is_done(FIT_RECORD):
-        record = run.shard_record(FIT_RECORD)
-        logger.info("resuming: the fit is already committed")
-        return read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
-    t0 = time.perf_counter()
-    rows = sample_rows(sum(r for _, r in shards), size, cfg.seed)
-    x = _gather(emb, shards, rows)
-    tree, info = fit_tree(x, cfg, gpu, progress)
-    del x
-    info["seconds_fit"] = round(time.perf_counter() - t0, 3)
-    files = {}
-    for name, arr in tree_files(tree, hierarchical=cfg.levels is not None):
-        files[name] = tmp = run.tmp_path(name)
-        _save_npy(tmp, arr)
-    if run.is_done(FIT_RECORD):  # a concurrent slice committed its fit while this one was fitting
-        record = run.shard_record(FIT_RECORD)
-        ours = {name: sha256_file(tmp) for name, tmp in files.items()}
-        for tmp in files.values():
-            tmp.unlink(missing_ok=True)
-        if ours != {ref["path"]: ref["sha256"] for ref in record["files"]}:
-            raise StageError(f"{run.out_dir}: this slice fitted other centroids than the slice that "
-                             "committed the fit first (the k-means fit is not bit-reproducible here, e.g. on "
-                             "GPU); run --shard-index 0 alone first, then the other slices reuse its fit")
-        return read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
-    run.commit_shard(FIT_RECORD, files, stats={"n_levels": tree.n_levels, "fit": info})
-    return tree, info
+               gpu: bool, progress: bool) -> tuple[Tree, dict[str, Any], bool]:
+    """Fit once and commit the centroids as the 'fit' record; a resumed run reloads them, and so do the slices
+    started beside the one that fits: they wait on its claim (`guards.claim`) rather than fit too. Returns the
+    tree, the fit's stats and whether this run committed it."""
+    with claim(run.out_dir, FIT_RECORD):
+        if run.is_done(FIT_RECORD):
+            logger.info("the fit is already committed: reusing it")
+            return (*_committed_fit(run, cfg), False)
+        t0 = time.perf_counter()
+        rows = sample_rows(sum(r for _, r in shards), size, cfg.seed)
+        x = _gather(emb, shards, rows)
+        tree, info = fit_tree(x, cfg, gpu, progress)
+        del x
+        info["seconds_fit"] = round(time.perf_counter() - t0, 3)
+        files = {}
+        for name, arr in tree_files(tree, hierarchical=cfg.levels is not None):
+            files[name] = tmp = run.tmp_path(name)
+            _save_npy(tmp, arr)
+        if run.is_done(FIT_RECORD):  # committed meanwhile by a slice on a filesystem without locks
+            ours = {name: sha256_file(tmp) for name, tmp in files.items()}
+            for tmp in files.values():
+                tmp.unlink(missing_ok=True)
+            if ours != {ref["path"]: ref["sha256"] for ref in run.shard_record(FIT_RECORD)["files"]}:
+                raise StageError(f"{run.out_dir}: this slice fitted other centroids than the slice that "
+                                 "committed the fit first (the k-means fit is not bit-reproducible here, e.g. on "
+                                 "GPU); run --shard-index 0 alone first, then the other slices reuse its fit")
+            return (*_committed_fit(run, cfg), False)
+        run.commit_shard(FIT_RECORD, files, stats={"n_levels": tree.n_levels, "fit": info})
+        return tree, info, True
+
+
+def _committed_fit(run: StageRun, cfg: ClusterConfig) -> tuple[Tree, dict[str, Any]]:
+    record = run.shard_record(FIT_RECORD)
+    return read_tree(run.out_dir, record["stats"]["n_levels"], cfg.spherical), record["stats"]["fit"]
 
 
 def _gather(emb: Embeddings, shards: list[tuple[str, int]], rows: np.ndarray) -> np.ndarray:
