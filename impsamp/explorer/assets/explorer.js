@@ -129,6 +129,13 @@
     // clusters the target does not use first, then by weight (the pulled-in ones on top), larger first
     const order = map.pts.slice().sort((a, b) => (HAS_W ? (a.c.w > 0) - (b.c.w > 0) || a.c.w - b.c.w : 0) || b.r - a.r);
     for (const p of order) {
+      if (p.c.docs === 0) {  // an empty cluster: a cross, not a dot too small to see
+        const a = 3.5;
+        ctx.beginPath(); ctx.moveTo(p.px - a, p.py - a); ctx.lineTo(p.px + a, p.py + a);
+        ctx.moveTo(p.px - a, p.py + a); ctx.lineTo(p.px + a, p.py - a);
+        ctx.strokeStyle = "#555"; ctx.lineWidth = 1.4; ctx.stroke();
+        continue;
+      }
       ctx.beginPath(); ctx.arc(p.px, p.py, p.r, 0, 2 * Math.PI);
       if (p.c.w === 0) {  // no target document: an open circle
         ctx.strokeStyle = ZERO; ctx.lineWidth = 1.2; ctx.stroke();
@@ -173,7 +180,8 @@
       + (D.selection.method === "uniform" ? "nothing" : "each document on its own, not the clusters") + ")" }));
     else items.push(h("span", { text: "colour: no weights (give a target or a selection)" }));
     return h("div", null, h("div", { class: "legend" }, ...items),
-      h("div", { class: "legend", text: "Size: documents in the cluster. Hover a dot for its terms, click it for its details." }));
+      h("div", { class: "legend", text: "Size: documents in the cluster" + (C.some((c) => c.docs === 0) ? " (\u00d7: an empty one)" : "")
+        + ". Hover a dot for its terms, click it for its details." }));
   }
 
   // ---- histogram -------------------------------------------------------------------------------
